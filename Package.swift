@@ -1,0 +1,105 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "capstan",
+    platforms: [.macOS(.v15)],
+    products: [
+        // The SDK: depend on these to embed Capstan in a Swift program.
+        .library(name: "CapstanCore", targets: ["CapstanCore"]),
+        .library(name: "CapstanProviders", targets: ["CapstanProviders"]),
+        .library(name: "CapstanTrainer", targets: ["CapstanTrainer"]),
+        // The public C ABI every plugin includes (capstan_plugin.h).
+        .library(name: "CapstanPluginABI", targets: ["CapstanPluginABI"]),
+        .executable(name: "capstan", targets: ["capstan"]),
+        .executable(name: "capstan-bench", targets: ["CapstanBench"]),
+        // Plugins: one dynamic library per cloud, loaded at run time with dlopen.
+        .library(name: "CapstanPluginSim", type: .dynamic, targets: ["CapstanPluginSim"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        .target(
+            name: "CapstanPluginABI",
+            path: "Sources/PluginABI"
+        ),
+        .target(
+            name: "CapstanCore",
+            dependencies: [
+                "CapstanPluginABI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            path: "Sources/Core",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanProviders",
+            dependencies: [
+                "CapstanCore",
+                "CapstanPluginABI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Sources/Providers",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanTrainer",
+            dependencies: ["CapstanCore", "CapstanProviders"],
+            path: "Sources/Trainer",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "capstan",
+            dependencies: [
+                "CapstanCore", "CapstanProviders", "CapstanTrainer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/CLI",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "CapstanBench",
+            dependencies: ["CapstanCore", "CapstanProviders"],
+            path: "Benchmarks/CapstanBench",
+            swiftSettings: swiftSettings
+        ),
+        // plugins/<cloud>: each is its own dynamic library; nothing else links it.
+        .target(
+            name: "CapstanPluginSim",
+            dependencies: ["CapstanProviders", "CapstanCore", "CapstanPluginABI"],
+            path: "plugins/sim",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CapstanCoreTests",
+            dependencies: ["CapstanCore"],
+            path: "Tests/CapstanCoreTests",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CapstanProvidersTests",
+            dependencies: ["CapstanCore", "CapstanProviders"],
+            path: "Tests/CapstanProvidersTests",
+            swiftSettings: swiftSettings
+        ),
+        // Loads real plugin .so files and runs the built CLI. Never depends on a plugin target.
+        .testTarget(
+            name: "CapstanIntegrationTests",
+            dependencies: ["CapstanCore", "CapstanProviders"],
+            path: "Tests/CapstanIntegrationTests",
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

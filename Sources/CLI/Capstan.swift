@@ -1,0 +1,90 @@
+import ArgumentParser
+import CapstanCore
+import CapstanProviders
+import Foundation
+import Logging
+
+@main
+struct Capstan: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "capstan",
+        abstract: "Provision the cheapest GPU capacity across clouds and run fine-tunes on it.",
+        discussion: """
+            State and configuration live in CAPSTAN_HOME (default ~/.capstan); see docs/configuration.md.
+            Plugins are found on CAPSTAN_PLUGIN_PATH, in $CAPSTAN_HOME/plugins and next to this binary.
+            """,
+        version: CapstanVersion.string,
+        subcommands: [OffersCommand.self, PluginsCommand.self])
+}
+
+enum CapstanVersion {
+    static let string = "0.1.0"
+}
+
+/// Flags every verb accepts.
+struct GlobalOptions: ParsableArguments {
+    @Flag(name: .long, help: "Print data as JSON (stable field names) instead of tables.")
+    var json = false
+
+    @Option(name: .long, help: "Capstan's home folder (default: $CAPSTAN_HOME or ~/.capstan).")
+    var home: String?
+
+    @Flag(name: [.short, .long], help: "Log what Capstan and its plugins do, to stderr.")
+    var verbose = false
+
+    var capstanHome: CapstanHome { home.map(CapstanHome.init(root:)) ?? .fromEnvironment() }
+
+    var logger: Logger {
+        var l = Logger(label: "capstan") { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = .debug
+            return h
+        }
+        l.logLevel = verbose ? .debug : .warning
+        return l
+    }
+
+    func loadRegistry() throws -> ProviderRegistry {
+        try ProviderRegistry.load(home: capstanHome, logger: logger)
+    }
+}
+
+/// Prints a value as pretty JSON to stdout.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    e.dateEncodingStrategy = .iso8601
+    print(String(decoding: try e.encode(value), as: UTF8.self))
+}
+
+/// Writes a line to stderr.
+func printError(_ s: String) {
+    FileHandle.standardError.write(Data((s + "\n").utf8))
+}
+
+/// Runs `body`, turning a ``CapstanError`` into a readable message and exit code 1.
+func reportingErrors(_ body: () async throws -> Void) async throws {
+    do { try await body() } catch let e as CapstanError {
+        printError("error: \(e)")
+        throw ExitCode(1)
+    }
+}
+
+/// A plain text table, columns padded to their widest cell.
+struct TextTable {
+    var header: [String]
+    var rows: [[String]] = []
+    /// Columns aligned right (numbers).
+    var rightAligned: Set<Int> = []
+
+    func render() -> String {
+        let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { i, c in
+                let pad = String(repeating: " ", count: widths[i] - c.count)
+                return rightAligned.contains(i) ? pad + c : c + pad
+            }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }
+        return ([line(header)] + rows.map(line)).joined(separator: "\n")
+    }
+}

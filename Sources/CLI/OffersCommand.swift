@@ -1,0 +1,141 @@
+import ArgumentParser
+import CapstanCore
+import CapstanProviders
+import Foundation
+
+struct OffersCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "offers",
+        abstract: "List capacity offers from every enabled provider, cheapest cluster first.",
+        discussion: """
+            Examples:
+              capstan offers                                  everything, including this machine
+              capstan offers --gpu H100 --gpus-per-node 8 --nodes 2 --spot
+              capstan offers --gpu A100-80GB --max-price 30 --json
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "GPU model: a family (H100, A100, L40S, …) or a variant (H100-SXM, A100-40GB).")
+    var gpu: String?
+
+    @Option(help: "GPUs per node (exact).")
+    var gpusPerNode: Int?
+
+    @Option(help: "Nodes in the cluster.")
+    var nodes: Int = 1
+
+    @Flag(help: "Allow spot capacity where it is cheaper.")
+    var spot = false
+
+    @Flag(help: "Spot capacity only.")
+    var spotOnly = false
+
+    @Option(name: .customLong("region"), help: "Allowed region (repeatable).")
+    var regions: [String] = []
+
+    @Option(name: .customLong("provider"), help: "Only this provider (repeatable).")
+    var providers: [String] = []
+
+    @Option(help: "Ceiling on the whole cluster's price, $/h.")
+    var maxPrice: Double?
+
+    @Flag(help: "Also list the offers that were filtered out, with the reason.")
+    var explain = false
+
+    @Option(help: "Show at most this many offers (0: all).")
+    var limit: Int = 20
+
+    func validate() throws {
+        if spot && spotOnly { throw ValidationError("--spot and --spot-only exclude each other.") }
+        if nodes < 1 { throw ValidationError("--nodes must be at least 1.") }
+        if let g = gpusPerNode, g < 0 { throw ValidationError("--gpus-per-node cannot be negative.") }
+        if let p = maxPrice, p <= 0 { throw ValidationError("--max-price must be positive.") }
+        if let gpu {
+            do { _ = try GPUCatalog.resolve(gpu) } catch let e as CapstanError {
+                throw ValidationError(e.description)
+            }
+        }
+    }
+
+    var request: ResourceRequest {
+        ResourceRequest(
+            gpu: gpu, gpusPerNode: gpusPerNode, nodes: nodes, regions: regions,
+            spot: spotOnly ? .only : (spot ? .allowed : .never), maxPricePerHour: maxPrice, providers: providers)
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let registry = try global.loadRegistry()
+            let search = OfferSearch(providers: registry.compute, timeout: .milliseconds(Int64(registry.config.plugins.timeoutSeconds * 1000)))
+            let result = try await search.run(request)
+            if global.json {
+                try printJSON(OffersOutput(result: result, problems: registry.problems.map { .init(provider: $0.provider, error: $0.error) }))
+                return
+            }
+            render(result, problems: registry.problems)
+        }
+    }
+
+    func render(_ result: OfferSearchResult, problems: [ProviderRegistry.Problem]) {
+        let shown = limit > 0 ? Array(result.ranked.prefix(limit)) : result.ranked
+        if shown.isEmpty {
+            print("No offer matches \(describe(request)).")
+        } else {
+            var table = TextTable(header: ["PROVIDER", "INSTANCE TYPE", "REGION", "GPU", "GPUS", "VCPUS", "MEM GiB", "$/H NODE", "$/H TOTAL", "MARKET", "AVAIL"], rightAligned: [4, 5, 6, 7, 8])
+            for r in shown {
+                let o = r.offer
+                table.rows.append([
+                    o.provider, o.instanceType, o.zone ?? o.region, o.gpu ?? o.gpuName ?? "-", "\(o.gpusPerNode)",
+                    o.vcpus.map(String.init) ?? "-", o.memoryGiB.map { String(format: "%.0f", $0) } ?? "-",
+                    String(format: "%.2f", r.pricePerNode), String(format: "%.2f", r.clusterPricePerHour),
+                    r.spot ? "spot" : "on-demand", o.availability.rawValue,
+                ])
+            }
+            print(table.render())
+            if shown.count < result.ranked.count { print("… \(result.ranked.count - shown.count) more (use --limit 0 to see all)") }
+            let best = shown[0]
+            print("\nCheapest: \(best.offer.provider) \(best.offer.instanceType) in \(best.offer.zone ?? best.offer.region), "
+                + String(format: "$%.2f/h for %d node(s)", best.clusterPricePerHour, best.nodes) + (best.spot ? " on spot." : " on demand."))
+        }
+        if explain, !result.rejected.isEmpty {
+            print("\nFiltered out:")
+            for r in result.rejected { print("  \(r.offer.id): \(r.reason)") }
+        } else if !result.rejected.isEmpty {
+            print("\(result.rejected.count) offer(s) filtered out (--explain shows why).")
+        }
+        for report in result.providers where report.error != nil {
+            printError("warning: provider \(report.provider) gave no offers: \(report.error!)")
+        }
+        for p in problems {
+            printError("warning: \(p.provider): \(p.error)")
+        }
+    }
+
+    func describe(_ r: ResourceRequest) -> String {
+        var parts = ["\(r.nodes) node(s)"]
+        if let g = r.gpusPerNode { parts.append("\(g) GPU(s) per node") }
+        if let gpu = r.gpu { parts.append("GPU \(gpu)") }
+        if !r.regions.isEmpty { parts.append("regions \(r.regions.joined(separator: ","))") }
+        if let p = r.maxPricePerHour { parts.append(String(format: "under $%.2f/h", p)) }
+        parts.append(r.spot == .never ? "on demand" : r.spot == .only ? "spot only" : "spot allowed")
+        return parts.joined(separator: ", ")
+    }
+}
+
+/// `capstan offers --json` output. Field names are stable.
+struct OffersOutput: Encodable {
+    struct Problem: Encodable { var provider: String; var error: CapstanError }
+    var result: OfferSearchResult
+    var problems: [Problem]
+
+    enum CodingKeys: String, CodingKey { case request, offers, rejected, providers, problems }
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(result.request, forKey: .request)
+        try c.encode(result.ranked, forKey: .offers)
+        try c.encode(result.rejected, forKey: .rejected)
+        try c.encode(result.providers, forKey: .providers)
+        try c.encode(problems, forKey: .problems)
+    }
+}

@@ -1,0 +1,106 @@
+import ArgumentParser
+import CapstanCore
+import CapstanProviders
+import Foundation
+
+struct PluginsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plugins",
+        abstract: "List and inspect provider plugins.",
+        subcommands: [List.self, Inspect.self],
+        defaultSubcommand: List.self)
+
+    /// One row of `plugins list --json`.
+    struct PluginRow: Encodable {
+        var name: String
+        var path: String
+        var source: String
+        var status: String
+        var version: String?
+        var abiVersion: UInt32?
+        var capabilities: [String]
+        var error: CapstanError?
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List plugins on the search path and whether each is enabled.")
+        @OptionGroup var global: GlobalOptions
+
+        func run() async throws {
+            try await reportingErrors {
+                let registry = try global.loadRegistry()
+                var rows: [PluginRow] = [PluginRow(
+                    name: "local", path: "(built in)", source: "built in",
+                    status: registry.compute.contains { $0.name == "local" } ? "enabled" : "disabled",
+                    version: CapstanVersion.string, abiVersion: nil, capabilities: ["compute"], error: nil)]
+                rows.append(PluginRow(name: "file", path: "(built in)", source: "built in", status: "enabled", version: CapstanVersion.string, abiVersion: nil, capabilities: ["storage"], error: nil))
+                for entry in registry.plugins {
+                    switch entry.result {
+                    case .success(let lib):
+                        let status: String
+                        if let winner = entry.shadowedBy { status = "shadowed by \(winner)" }
+                        else if registry.instances[lib.name] != nil { status = "enabled" }
+                        else if let p = registry.problems.first(where: { $0.provider == lib.name }) { status = "error: \(p.error.message)" }
+                        else { status = "disabled (add providers.\(lib.name) to config.yaml)" }
+                        rows.append(PluginRow(name: lib.name, path: entry.path, source: entry.source, status: status, version: lib.manifest.version, abiVersion: lib.abiVersion, capabilities: lib.manifest.capabilities.map(\.name), error: nil))
+                    case .failure(let e):
+                        rows.append(PluginRow(name: (entry.path as NSString).lastPathComponent, path: entry.path, source: entry.source, status: "failed to load", version: nil, abiVersion: nil, capabilities: [], error: e))
+                    }
+                }
+                if global.json { try printJSON(rows); return }
+                var table = TextTable(header: ["NAME", "VERSION", "ABI", "CAPABILITIES", "STATUS", "PATH"])
+                for r in rows {
+                    table.rows.append([r.name, r.version ?? "-", r.abiVersion.map(String.init) ?? "-", r.capabilities.joined(separator: ","), r.status, r.path])
+                }
+                print(table.render())
+                for r in rows { if let e = r.error { printError("\n\(r.path):\n  \(e)") } }
+            }
+        }
+    }
+
+    struct Inspect: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a plugin's manifest and config schema (by name or by .so path).")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Plugin name (as in `plugins list`) or a path to a plugin file.")
+        var plugin: String
+
+        struct Output: Encodable {
+            var path: String
+            var abiVersion: UInt32
+            var manifest: PluginManifest
+        }
+
+        func run() async throws {
+            try await reportingErrors {
+                let library: PluginLibrary
+                if plugin.contains("/") {
+                    library = try PluginLibrary.load(path: plugin)
+                } else {
+                    let registry = try global.loadRegistry()
+                    guard let found = registry.plugins.first(where: { $0.library?.name == plugin && $0.shadowedBy == nil })?.library else {
+                        let names = registry.plugins.compactMap { $0.library?.name }
+                        throw CapstanError(.notFound, "No plugin named '\(plugin)' on the search path.", hint: names.isEmpty ? "No plugins were found; see `capstan plugins list`." : "Found: \(names.joined(separator: ", ")).")
+                    }
+                    library = found
+                }
+                let out = Output(path: library.path, abiVersion: library.abiVersion, manifest: library.manifest)
+                if global.json { try printJSON(out); return }
+                let m = library.manifest
+                print("name:          \(m.name)")
+                print("version:       \(m.version)")
+                print("abi version:   \(library.abiVersion)")
+                print("path:          \(library.path)")
+                print("capabilities:  \(m.capabilities.map(\.name).joined(separator: ", "))")
+                if let schemes = m.storageSchemes { print("bucket URIs:   \(schemes.map { "\($0)://" }.joined(separator: ", "))") }
+                print("auto-enable:   \(m.autoEnable ?? false ? "yes" : "no (enable with a providers.\(m.name) section)")")
+                if let d = m.description { print("description:   \(d)") }
+                if let schema = m.configSchema {
+                    let e = JSONEncoder()
+                    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+                    print("config schema (providers.\(m.name) in config.yaml):")
+                    print(String(decoding: try e.encode(schema), as: UTF8.self))
+                }
+            }
+        }
+    }
+}

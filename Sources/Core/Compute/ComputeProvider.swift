@@ -1,0 +1,73 @@
+/// Asks for capacity: instances on the `offer`, with what they need to boot and be found again.
+public struct LaunchRequest: Sendable, Hashable, Codable {
+    public var offer: Offer
+    /// Instances to start (all in the offer's region/zone).
+    public var count: Int
+    /// Unique per launch attempt. Written to the intent log before the call, passed to the cloud
+    /// (ClientToken, requestId) where it supports idempotency, and put on every instance as the
+    /// ``CapstanTags/intent`` tag so a retried or crashed launch can be recognised.
+    public var idempotencyKey: String
+    /// Applied to every instance; Capstan adds its ownership tags (``CapstanTags``).
+    public var tags: [String: String]
+    /// OpenSSH public key line to authorise on the instances.
+    public var sshPublicKey: String?
+    /// cloud-init / startup script.
+    public var userData: String?
+    /// A human-readable name prefix.
+    public var name: String?
+    /// Launch as spot (preemptible) capacity.
+    public var spot: Bool
+
+    public init(
+        offer: Offer, count: Int, idempotencyKey: String, tags: [String: String] = [:],
+        sshPublicKey: String? = nil, userData: String? = nil, name: String? = nil, spot: Bool = false
+    ) {
+        self.offer = offer
+        self.count = count
+        self.idempotencyKey = idempotencyKey
+        self.tags = tags
+        self.sshPublicKey = sshPublicKey
+        self.userData = userData
+        self.name = name
+        self.spot = spot
+    }
+}
+
+/// Selects instances: by id, by tags (all must match), or all of the provider's Capstan ones.
+public struct InstanceQuery: Sendable, Hashable, Codable {
+    public var ids: [String]?
+    public var tags: [String: String]
+    public var includeTerminated: Bool
+
+    public init(ids: [String]? = nil, tags: [String: String] = [:], includeTerminated: Bool = false) {
+        self.ids = ids
+        self.tags = tags
+        self.includeTerminated = includeTerminated
+    }
+
+    /// Whether `instance` is selected by this query.
+    public func matches(_ instance: Instance) -> Bool {
+        if let ids, !ids.contains(instance.id) { return false }
+        if !includeTerminated, instance.state.isGone { return false }
+        return tags.allSatisfy { instance.tags[$0.key] == $0.value }
+    }
+}
+
+/// A source of compute capacity: a cloud, a fleet of machines, or this machine.
+///
+/// Implementations are `Sendable` and safe to call concurrently. Errors are ``CapstanError``s
+/// with a code that tells the broker what to do (`.capacity`/`.quota` → next offer,
+/// `.rateLimited` → wait `retryAfter`, `.auth` → stop asking this provider).
+public protocol ComputeProvider: Sendable {
+    /// The provider's name, e.g. `local`, `aws`.
+    var name: String { get }
+    /// Offers that may satisfy `request`. Providers may pre-filter; the broker filters again.
+    func offers(for request: ResourceRequest) async throws -> [Offer]
+    /// Starts `request.count` instances. Idempotent per `idempotencyKey` where the cloud allows.
+    func launch(_ request: LaunchRequest) async throws -> [Instance]
+    /// Current state of the selected instances.
+    func describe(_ query: InstanceQuery) async throws -> [Instance]
+    /// Terminates the instances; terminating one that is already gone is not an error.
+    /// Returns their states after the call.
+    func terminate(ids: [String]) async throws -> [Instance]
+}

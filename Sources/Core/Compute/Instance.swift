@@ -1,0 +1,78 @@
+import Foundation
+
+/// A machine a provider runs for Capstan: a cloud VM, or a node slot of the local provider.
+public struct Instance: Sendable, Hashable, Codable, Identifiable {
+    /// Lifecycle states, common to every cloud (each plugin maps its own status values).
+    public enum State: String, Sendable, Hashable, Codable, CaseIterable {
+        case pending, running, stopping, stopped, terminating, terminated
+        /// Taken back by the cloud (spot interruption).
+        case preempted
+        /// The cloud reports it broken (e.g. Lambda `unhealthy`).
+        case failed
+        case unknown
+
+        /// No longer billed and never coming back.
+        public var isGone: Bool { self == .terminated || self == .preempted }
+        /// Billed or about to be.
+        public var isLive: Bool { !isGone }
+    }
+
+    public var id: String
+    public var provider: String
+    public var instanceType: String
+    public var region: String
+    public var zone: String?
+    public var state: State
+    /// The cloud's own word for the state, verbatim (`active`, `shutting-down`, …).
+    public var providerState: String?
+    public var privateAddress: String?
+    public var publicAddress: String?
+    public var sshPort: Int?
+    public var sshUser: String?
+    public var spot: Bool
+    public var pricePerHour: Double?
+    public var tags: [String: String]
+    public var launchedAt: Date?
+    /// Why it is in this state, when the cloud says (e.g. `Server.SpotInstanceTermination`).
+    public var stateReason: String?
+    /// Provider-specific facts (e.g. the local node's folder).
+    public var details: [String: String]
+
+    public init(
+        id: String, provider: String, instanceType: String, region: String, zone: String? = nil,
+        state: State, providerState: String? = nil, privateAddress: String? = nil,
+        publicAddress: String? = nil, sshPort: Int? = nil, sshUser: String? = nil, spot: Bool = false,
+        pricePerHour: Double? = nil, tags: [String: String] = [:], launchedAt: Date? = nil,
+        stateReason: String? = nil, details: [String: String] = [:]
+    ) {
+        self.id = id
+        self.provider = provider
+        self.instanceType = instanceType
+        self.region = region
+        self.zone = zone
+        self.state = state
+        self.providerState = providerState
+        self.privateAddress = privateAddress
+        self.publicAddress = publicAddress
+        self.sshPort = sshPort
+        self.sshUser = sshUser
+        self.spot = spot
+        self.pricePerHour = pricePerHour
+        self.tags = tags
+        self.launchedAt = launchedAt
+        self.stateReason = stateReason
+        self.details = details
+    }
+}
+
+/// Tag keys Capstan puts on everything it creates, so reconcile can find what it owns.
+public enum CapstanTags {
+    /// Marks a resource as Capstan's. Value: "true".
+    public static let managed = "capstan:managed"
+    /// The cluster the instance belongs to.
+    public static let cluster = "capstan:cluster"
+    /// The idempotency key of the launch intent that created it.
+    public static let intent = "capstan:intent"
+    /// Node index within the cluster (0 = leader).
+    public static let node = "capstan:node"
+}

@@ -1,0 +1,147 @@
+import Foundation
+import Yams
+
+/// The user configuration, `$CAPSTAN_HOME/config.yaml`. Every field is optional; an absent file
+/// means the embedded default (the built-in `local` provider and `file` storage).
+///
+/// ```yaml
+/// providers:
+///   local:
+///     slots: 4              # node slots on this machine
+///   sim:                    # any plugin: this section is passed to its create()
+///     offers: [...]
+///   aws:
+///     enabled: false        # turn a provider off without removing its section
+/// plugins:
+///   paths: [/opt/capstan/plugins]
+///   timeoutSeconds: 30      # per call (offers, launch); transfers are not limited
+/// storage:
+///   default: file:///data/capstan-bucket
+/// ```
+/// Unknown keys are errors, so a typo never silently changes behaviour.
+public struct CapstanConfig: Sendable, Hashable {
+    public struct Plugins: Sendable, Hashable {
+        public var paths: [String] = []
+        public var timeoutSeconds: Double = 30
+        public init() {}
+    }
+    public struct Storage: Sendable, Hashable {
+        /// Bucket URI used when a job names none.
+        public var defaultLocation: String?
+        public init() {}
+    }
+
+    /// Per-provider sections, keyed by provider name. Values are passed to the plugin's `create`
+    /// (minus `enabled`).
+    public var providers: [String: JSONValue] = [:]
+    public var plugins = Plugins()
+    public var storage = Storage()
+
+    public init() {}
+
+    /// Whether provider `name` is turned on: a section without `enabled: false`, or no section
+    /// and `defaultOn` (the built-in local provider, plugins whose manifest says `autoEnable`).
+    public func isEnabled(_ name: String, defaultOn: Bool) -> Bool {
+        guard let section = providers[name] else { return defaultOn }
+        return section["enabled"]?.boolValue ?? true
+    }
+
+    /// The config object passed to provider `name` (its section without `enabled`).
+    public func providerConfig(_ name: String) -> JSONValue {
+        guard case .object(var o) = providers[name] ?? .object([:]) else { return .object([:]) }
+        o["enabled"] = nil
+        return .object(o)
+    }
+
+    /// Reads `path`; a missing file is the default config.
+    public static func load(path: String) throws -> CapstanConfig {
+        guard FileManager.default.fileExists(atPath: path) else { return CapstanConfig() }
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw CapstanError(.io, "Cannot read config file \(path): \(error.localizedDescription)", hint: "Check its permissions.")
+        }
+        return try parse(text, source: path)
+    }
+
+    /// Parses YAML `text` (named `source` in errors).
+    public static func parse(_ text: String, source: String = "config") throws -> CapstanConfig {
+        func bad(_ what: String, line: Int? = nil) -> CapstanError {
+            CapstanError(.config, "Invalid config \(source)\(line.map { " line \($0)" } ?? ""): \(what).", hint: "See docs/configuration.md for the keys Capstan reads.")
+        }
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch let error as YamlError {
+            throw bad("\(error)".replacingOccurrences(of: "\n", with: " "))
+        }
+        guard let node else { return CapstanConfig() }
+        guard let top = node.mapping else { throw bad("the top level must be a mapping", line: node.mark?.line) }
+        var config = CapstanConfig()
+        for (k, v) in top {
+            guard let key = k.string else { throw bad("keys must be strings", line: k.mark?.line) }
+            switch key {
+            case "providers":
+                guard let m = v.mapping else { throw bad("'providers' must be a mapping of provider name to settings", line: v.mark?.line) }
+                for (pk, pv) in m {
+                    guard let name = pk.string else { throw bad("provider names must be strings", line: pk.mark?.line) }
+                    let value = try json(pv, path: "providers.\(name)", bad: bad)
+                    guard case .object = value else { throw bad("'providers.\(name)' must be a mapping", line: pv.mark?.line) }
+                    if let enabled = value["enabled"], enabled.boolValue == nil {
+                        throw bad("'providers.\(name).enabled' must be true or false", line: pv.mark?.line)
+                    }
+                    config.providers[name] = value
+                }
+            case "plugins":
+                guard let m = v.mapping else { throw bad("'plugins' must be a mapping", line: v.mark?.line) }
+                for (pk, pv) in m {
+                    switch pk.string {
+                    case "paths":
+                        guard let seq = pv.sequence, let paths = Optional(seq.compactMap(\.string)), paths.count == seq.count else {
+                            throw bad("'plugins.paths' must be a list of folders", line: pv.mark?.line)
+                        }
+                        config.plugins.paths = paths.map { ($0 as NSString).expandingTildeInPath }
+                    case "timeoutSeconds":
+                        guard let d = pv.float, d > 0 else { throw bad("'plugins.timeoutSeconds' must be a positive number", line: pv.mark?.line) }
+                        config.plugins.timeoutSeconds = d
+                    default: throw bad("unknown key 'plugins.\(pk.string ?? "?")' (known: paths, timeoutSeconds)", line: pk.mark?.line)
+                    }
+                }
+            case "storage":
+                guard let m = v.mapping else { throw bad("'storage' must be a mapping", line: v.mark?.line) }
+                for (sk, sv) in m {
+                    switch sk.string {
+                    case "default":
+                        guard let s = sv.string, s.contains("://") else { throw bad("'storage.default' must be a bucket URI like file:///path or s3://bucket/prefix", line: sv.mark?.line) }
+                        config.storage.defaultLocation = s
+                    default: throw bad("unknown key 'storage.\(sk.string ?? "?")' (known: default)", line: sk.mark?.line)
+                    }
+                }
+            default:
+                throw bad("unknown key '\(key)' (known: providers, plugins, storage)", line: k.mark?.line)
+            }
+        }
+        return config
+    }
+
+    private static func json(_ node: Node, path: String, bad: (String, Int?) -> CapstanError) throws -> JSONValue {
+        switch node {
+        case .scalar(let s):
+            if s.style == .plain {
+                if let b = node.bool { return .bool(b) }
+                if let i = node.int { return .number(Double(i)) }
+                if let d = node.float { return .number(d) }
+                if node.null != nil { return .null }
+            }
+            return .string(s.string)
+        case .mapping(let m):
+            var o: [String: JSONValue] = [:]
+            for (k, v) in m {
+                guard let key = k.string else { throw bad("keys under '\(path)' must be strings", k.mark?.line) }
+                o[key] = try json(v, path: "\(path).\(key)", bad: bad)
+            }
+            return .object(o)
+        case .sequence(let seq):
+            return .array(try seq.map { try json($0, path: path, bad: bad) })
+        case .alias:
+            throw bad("aliases are not supported at '\(path)'", node.mark?.line)
+        }
+    }
+}

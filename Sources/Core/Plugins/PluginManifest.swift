@@ -1,0 +1,39 @@
+/// What a plugin says about itself (its `manifest_json()`).
+public struct PluginManifest: Sendable, Hashable, Codable {
+    /// What a plugin provides.
+    public struct Capability: Sendable, Hashable, Codable, CustomStringConvertible {
+        public let name: String
+        public init(_ name: String) { self.name = name }
+        public static let compute = Capability("compute")
+        public static let storage = Capability("storage")
+        public var description: String { name }
+        public init(from decoder: any Decoder) throws { name = try decoder.singleValueContainer().decode(String.self) }
+        public func encode(to encoder: any Encoder) throws { var c = encoder.singleValueContainer(); try c.encode(name) }
+    }
+
+    public var name: String
+    public var version: String
+    public var description: String?
+    public var capabilities: [Capability]
+    /// JSON Schema of the object the plugin's `create` accepts (the `providers.<name>` section
+    /// of the user config).
+    public var configSchema: JSONValue?
+    /// Whether the plugin is used without a `providers.<name>` section in the config (e.g. a
+    /// cloud that finds its credentials in the environment). Defaults to false.
+    public var autoEnable: Bool?
+    /// URI schemes the plugin's object store serves (`s3`, `gs`).
+    public var storageSchemes: [String]?
+
+    public init(
+        name: String, version: String, description: String? = nil, capabilities: [Capability],
+        configSchema: JSONValue? = nil, autoEnable: Bool? = nil, storageSchemes: [String]? = nil
+    ) {
+        self.name = name
+        self.version = version
+        self.description = description
+        self.capabilities = capabilities
+        self.configSchema = configSchema
+        self.autoEnable = autoEnable
+        self.storageSchemes = storageSchemes
+    }
+}

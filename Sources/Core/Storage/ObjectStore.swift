@@ -1,0 +1,107 @@
+import Foundation
+
+/// What a store knows about one object.
+public struct ObjectInfo: Sendable, Hashable, Codable {
+    public var key: String
+    public var size: Int64
+    /// Hex SHA-256 of the whole object, when the store recorded one.
+    public var sha256: String?
+    /// The store's entity tag (S3 ETag, without quotes).
+    public var etag: String?
+    public var lastModified: Date?
+    public var metadata: [String: String]
+
+    public init(key: String, size: Int64, sha256: String? = nil, etag: String? = nil, lastModified: Date? = nil, metadata: [String: String] = [:]) {
+        self.key = key
+        self.size = size
+        self.sha256 = sha256
+        self.etag = etag
+        self.lastModified = lastModified
+        self.metadata = metadata
+    }
+}
+
+/// Progress of one transfer.
+public struct TransferProgress: Sendable, Hashable, Codable {
+    public var bytesDone: UInt64
+    /// 0 when unknown.
+    public var bytesTotal: UInt64
+    public init(bytesDone: UInt64, bytesTotal: UInt64) {
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+    }
+}
+
+/// Called as a transfer advances; may be called from any thread.
+public typealias TransferProgressHandler = @Sendable (TransferProgress) -> Void
+
+/// How to write an object.
+public struct PutOptions: Sendable, Hashable, Codable {
+    /// User metadata stored with the object.
+    public var metadata: [String: String]
+    /// Fail with `.invalidRequest` (code `PreconditionFailed`) if the key already exists.
+    public var ifNoneMatch: Bool
+    /// Refuse the upload if the file's SHA-256 differs (the file changed under us).
+    public var expectedSHA256: String?
+    /// Part size for multipart uploads, in bytes; the store picks when nil.
+    public var partSize: Int?
+    /// Parts in flight at once; the store picks when nil.
+    public var concurrency: Int?
+
+    public init(metadata: [String: String] = [:], ifNoneMatch: Bool = false, expectedSHA256: String? = nil, partSize: Int? = nil, concurrency: Int? = nil) {
+        self.metadata = metadata
+        self.ifNoneMatch = ifNoneMatch
+        self.expectedSHA256 = expectedSHA256
+        self.partSize = partSize
+        self.concurrency = concurrency
+    }
+}
+
+/// A bucket (or a prefix in one) where checkpoints and weights live: the user's own S3, GCS, R2,
+/// or a local folder.
+///
+/// Keys are `/`-separated relative paths (`jobs/j1/step-100/model.safetensors`). Writes are
+/// atomic: a reader sees the whole old object or the whole new one, never a partial upload.
+/// Built for multi-GB files: implementations stream from and to disk with bounded memory.
+public protocol ObjectStore: Sendable {
+    /// Where the store points, as a URI (`file:///data/bucket`, `s3://bucket/prefix`).
+    var location: String { get }
+    /// Uploads the file at `path` to `key`, atomically, and returns what was stored.
+    func put(file path: String, key: String, options: PutOptions, progress: TransferProgressHandler?) async throws -> ObjectInfo
+    /// Downloads `key` to `path` (written atomically, checksum verified where recorded).
+    func get(key: String, to path: String, progress: TransferProgressHandler?) async throws -> ObjectInfo
+    /// Objects whose key starts with `prefix`, sorted by key.
+    func list(prefix: String) async throws -> [ObjectInfo]
+    /// The object at `key`, or nil when there is none.
+    func head(key: String) async throws -> ObjectInfo?
+    /// Deletes `key`; deleting a missing key is not an error.
+    func delete(key: String) async throws
+}
+
+extension ObjectStore {
+    public func put(file path: String, key: String, options: PutOptions = .init()) async throws -> ObjectInfo {
+        try await put(file: path, key: key, options: options, progress: nil)
+    }
+    public func get(key: String, to path: String) async throws -> ObjectInfo {
+        try await get(key: key, to: path, progress: nil)
+    }
+}
+
+/// Rules every store applies to keys, so a key valid for one is valid for all.
+public enum ObjectKey {
+    /// Throws `.invalidRequest` unless `key` is a clean relative path: non-empty, no leading
+    /// `/`, no `.` or `..` or empty segments, no NUL, at most 1024 UTF-8 bytes (S3's limit).
+    public static func validate(_ key: String) throws {
+        func bad(_ why: String) -> CapstanError {
+            CapstanError(.invalidRequest, "Invalid object key '\(key)': \(why).", hint: "Use a relative path like 'jobs/name/step-100/model.safetensors'.")
+        }
+        if key.isEmpty { throw bad("it is empty") }
+        if key.utf8.count > 1024 { throw bad("it is longer than 1024 bytes") }
+        if key.hasPrefix("/") { throw bad("it starts with '/'") }
+        if key.contains("\0") { throw bad("it contains a NUL byte") }
+        for segment in key.split(separator: "/", omittingEmptySubsequences: false) {
+            if segment.isEmpty { throw bad("it has an empty path segment") }
+            if segment == "." || segment == ".." { throw bad("it has a '\(segment)' segment") }
+        }
+    }
+}

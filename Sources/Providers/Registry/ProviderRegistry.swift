@@ -1,0 +1,104 @@
+public import CapstanCore
+import Foundation
+public import Logging
+
+/// The providers and stores a Capstan process works with: the built-in `local` provider and
+/// `file` store, plus every enabled plugin found on the search path, configured from
+/// `$CAPSTAN_HOME/config.yaml`.
+///
+/// Loading never fails because of one plugin: a plugin that cannot be loaded or refuses its
+/// configuration becomes a ``Problem`` (shown by `capstan plugins list` and `capstan offers`),
+/// and the rest work.
+public struct ProviderRegistry: Sendable {
+    /// Something that kept a provider out, and why.
+    public struct Problem: Sendable {
+        public var provider: String
+        public var error: CapstanError
+    }
+
+    public let home: CapstanHome
+    public let config: CapstanConfig
+    /// Every plugin file found, loaded or not.
+    public let plugins: [PluginDiscovery.Entry]
+    public let compute: [any ComputeProvider]
+    /// Plugin instances by name (enabled plugins only).
+    public let instances: [String: PluginInstance]
+    public let problems: [Problem]
+
+    /// Loads config, discovers plugins and creates the enabled providers.
+    public static func load(
+        home: CapstanHome = .fromEnvironment(), environment: [String: String] = ProcessInfo.processInfo.environment,
+        logger: Logger = Logger(label: "capstan", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) throws -> ProviderRegistry {
+        try home.ensureExists()
+        let config = try CapstanConfig.load(path: home.configFile)
+        let discovery = PluginDiscovery.standard(home: home, extraFolders: config.plugins.paths, environment: environment)
+        let entries = discovery.discover()
+        var compute: [any ComputeProvider] = []
+        var instances: [String: PluginInstance] = [:]
+        var problems: [Problem] = []
+
+        if config.isEnabled("local", defaultOn: true) {
+            do {
+                let local = try config.providerConfig("local").decode(LocalProvider.Configuration.self)
+                compute.append(try LocalProvider(root: home.localFolder, configuration: local))
+            } catch let e as CapstanError {
+                problems.append(Problem(provider: "local", error: e))
+            } catch {
+                problems.append(Problem(provider: "local", error: CapstanError(.config, "providers.local is invalid: \(error).", hint: "The local provider accepts: slots (1–250).")))
+            }
+        }
+
+        var found = Set<String>(["local"])
+        for entry in entries where entry.shadowedBy == nil {
+            guard let library = entry.library else { continue }
+            found.insert(library.name)
+            if library.name == "local" {
+                problems.append(Problem(provider: "local", error: CapstanError(.pluginFailure, "Plugin \(entry.path) is named 'local', which is the built-in provider's name; it is ignored.", hint: "Rename the plugin.")))
+                continue
+            }
+            guard config.isEnabled(library.name, defaultOn: library.manifest.autoEnable ?? false) else { continue }
+            do {
+                let instance = try library.instantiate(config: config.providerConfig(library.name), logger: logger, timeout: .milliseconds(Int64(config.plugins.timeoutSeconds * 1000)))
+                instances[library.name] = instance
+                if library.manifest.capabilities.contains(.compute) {
+                    compute.append(try PluginComputeProvider(instance))
+                }
+            } catch let e as CapstanError {
+                problems.append(Problem(provider: library.name, error: e.attributed(to: library.name)))
+            } catch {
+                problems.append(Problem(provider: library.name, error: CapstanError(.pluginFailure, "\(error)", provider: library.name)))
+            }
+        }
+        for name in config.providers.keys.sorted() where !found.contains(name) && config.isEnabled(name, defaultOn: true) {
+            let searched = discovery.searchPath.map(\.folder).joined(separator: ", ")
+            problems.append(Problem(provider: name, error: CapstanError(
+                .config, "providers.\(name) is configured, but no plugin named '\(name)' was found.",
+                hint: "Install its .so into \(home.pluginsFolder) or set CAPSTAN_PLUGIN_PATH. Searched: \(searched).", provider: name)))
+        }
+        for entry in entries {
+            if case .failure(let e) = entry.result { problems.append(Problem(provider: (entry.path as NSString).lastPathComponent, error: e)) }
+        }
+        return ProviderRegistry(home: home, config: config, plugins: entries, compute: compute, instances: instances, problems: problems)
+    }
+
+    /// The enabled compute provider called `name`.
+    public func provider(named name: String) throws -> any ComputeProvider {
+        if let p = compute.first(where: { $0.name == name }) { return p }
+        throw CapstanError(.invalidRequest, "Provider '\(name)' is not enabled.", hint: "Enabled: \(compute.map(\.name).joined(separator: ", ")). See `capstan plugins list`.")
+    }
+
+    /// Opens the bucket at `location`: `file://` is built in; any other scheme is served by the
+    /// enabled plugin whose manifest lists it in `storageSchemes`.
+    public func store(for location: String) throws -> any ObjectStore {
+        guard let range = location.range(of: "://") else {
+            throw CapstanError(.invalidRequest, "'\(location)' is not a bucket URI.", hint: "Use file:///absolute/path, s3://bucket/prefix, …")
+        }
+        let scheme = String(location[..<range.lowerBound]).lowercased()
+        if scheme == "file" { return try FileObjectStore(location: location) }
+        for instance in instances.values.sorted(by: { $0.name < $1.name }) where (instance.library.manifest.storageSchemes ?? []).contains(scheme) {
+            return try PluginObjectStore(instance, location: location)
+        }
+        throw CapstanError(.unsupported, "No enabled storage plugin serves '\(scheme)://' buckets.", hint: "Install and enable the plugin for it (e.g. aws for s3://); see `capstan plugins list`.")
+    }
+}

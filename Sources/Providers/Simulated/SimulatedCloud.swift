@@ -1,0 +1,159 @@
+public import CapstanCore
+import Foundation
+import Logging
+
+/// An in-memory cloud with a configurable catalog and fault switches: the test double every
+/// broker and plugin test can run against (as NIOEmbedded is to NIOPosix), and the worked
+/// example behind the `sim` plugin in plugins/sim.
+///
+/// Instances go `pending` → `running` on the first describe after launch, keep their tags, and
+/// honour idempotency keys (a repeated key returns the same instances).
+public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
+    public struct Configuration: Sendable, Hashable, Codable {
+        /// The catalog; the default is a small 3-region catalog of common GPU boxes.
+        public var offers: [Offer]?
+        /// The first N launches fail with a capacity error (InsufficientInstanceCapacity).
+        public var capacityFailures: Int?
+        /// Launches into these regions always fail with a capacity error.
+        public var noCapacityRegions: [String]?
+        /// Added latency per call, in milliseconds.
+        public var latencyMs: Int?
+        /// Every call fails with an auth error (wrong credentials).
+        public var badCredentials: Bool?
+        public init(offers: [Offer]? = nil, capacityFailures: Int? = nil, noCapacityRegions: [String]? = nil, latencyMs: Int? = nil, badCredentials: Bool? = nil) {
+            self.offers = offers
+            self.capacityFailures = capacityFailures
+            self.noCapacityRegions = noCapacityRegions
+            self.latencyMs = latencyMs
+            self.badCredentials = badCredentials
+        }
+    }
+
+    public let name: String
+    public let configuration: Configuration
+    private let lock = NSLock()
+    private var instances: [String: Instance] = [:]
+    private var launches = 0
+
+    public init(name: String = "sim", configuration: Configuration = .init()) {
+        self.name = name
+        self.configuration = configuration
+    }
+
+    public static let defaultCatalog: [Offer] = {
+        var out: [Offer] = []
+        for (region, factor) in [("sim-east-1", 1.0), ("sim-west-1", 1.05), ("sim-eu-1", 1.12)] {
+            out.append(Offer(provider: "sim", instanceType: "sim.8xh100", region: region, gpuName: "H100", gpusPerNode: 8, vcpus: 192, memoryGiB: 2048, onDemandPricePerHour: 24.0 * factor, spotPricePerHour: 12.5 * factor, availability: .available, details: ["gpuMemoryMiB": "81920"]))
+            out.append(Offer(provider: "sim", instanceType: "sim.8xa100", region: region, gpuName: "nvidia-a100-80gb", gpusPerNode: 8, vcpus: 96, memoryGiB: 1360, onDemandPricePerHour: 14.3 * factor, spotPricePerHour: 6.1 * factor, availability: .available))
+            out.append(Offer(provider: "sim", instanceType: "sim.1xl4", region: region, gpuName: "NVIDIA L4", gpusPerNode: 1, vcpus: 8, memoryGiB: 32, onDemandPricePerHour: 0.8 * factor, spotPricePerHour: 0.3 * factor, availability: .available))
+        }
+        return out
+    }()
+
+    private func pause() async throws {
+        if let ms = configuration.latencyMs, ms > 0 { try await Task.sleep(for: .milliseconds(ms)) }
+        if configuration.badCredentials == true {
+            throw CapstanError(.auth, "The simulated cloud rejected the credentials.", hint: "Fix providers.\(name) in the config.", provider: name, cloudCode: "AuthFailure")
+        }
+    }
+
+    public func offers(for request: ResourceRequest) async throws -> [Offer] {
+        try await pause()
+        return (configuration.offers ?? Self.defaultCatalog).map { var o = $0; o.provider = name; return o.normalized() }
+    }
+
+    public func launch(_ request: LaunchRequest) async throws -> [Instance] {
+        try await pause()
+        return try lock.withLock {
+            let existing = instances.values.filter { $0.tags[CapstanTags.intent] == request.idempotencyKey }
+            if !existing.isEmpty { return existing.sorted { $0.id < $1.id } }
+            launches += 1
+            if launches <= (configuration.capacityFailures ?? 0) || (configuration.noCapacityRegions ?? []).contains(request.offer.region) {
+                throw CapstanError(
+                    .capacity, "No \(request.offer.instanceType) capacity in \(request.offer.region).", provider: name,
+                    cloudCode: "InsufficientInstanceCapacity", cloudMessage: "We currently do not have sufficient \(request.offer.instanceType) capacity in the region you requested.")
+            }
+            var out: [Instance] = []
+            for n in 0..<request.count {
+                var tags = request.tags
+                tags[CapstanTags.managed] = "true"
+                tags[CapstanTags.intent] = request.idempotencyKey
+                if tags[CapstanTags.node] == nil { tags[CapstanTags.node] = "\(n)" }
+                let id = "sim-" + UUID().uuidString.prefix(12).lowercased()
+                let price = request.spot ? request.offer.spotPricePerHour : request.offer.onDemandPricePerHour
+                let i = Instance(id: id, provider: name, instanceType: request.offer.instanceType, region: request.offer.region, zone: request.offer.zone, state: .pending, providerState: "pending", privateAddress: "10.0.0.\(instances.count % 250 + 2)", spot: request.spot, pricePerHour: price, tags: tags, launchedAt: Date())
+                instances[id] = i
+                out.append(i)
+            }
+            return out
+        }
+    }
+
+    public func describe(_ query: InstanceQuery) async throws -> [Instance] {
+        try await pause()
+        return lock.withLock {
+            for (id, i) in instances where i.state == .pending {
+                instances[id]?.state = .running
+                instances[id]?.providerState = "running"
+            }
+            return instances.values.filter(query.matches).sorted { $0.id < $1.id }
+        }
+    }
+
+    public func terminate(ids: [String]) async throws -> [Instance] {
+        try await pause()
+        return lock.withLock {
+            ids.map { id in
+                guard var i = instances[id] else {
+                    return Instance(id: id, provider: name, instanceType: "?", region: "?", state: .terminated, providerState: "not-found")
+                }
+                i.state = .terminated
+                i.providerState = "terminated"
+                instances[id] = i
+                return i
+            }
+        }
+    }
+
+    /// Simulates a spot interruption of `id`.
+    public func preempt(_ id: String) {
+        lock.withLock {
+            instances[id]?.state = .preempted
+            instances[id]?.stateReason = "Server.SpotInstanceTermination"
+        }
+    }
+
+    /// The plugin definition that exports this cloud (used by plugins/sim).
+    public static let pluginDefinition = PluginDefinition(
+        manifest: PluginManifest(
+            name: "sim", version: "1.0.0",
+            description: "A simulated cloud with a configurable catalog and fault switches, for tests and demos. Enable it with a providers.sim section.",
+            capabilities: [.compute, .storage],
+            configSchema: .object([
+                "type": .string("object"),
+                "properties": .object([
+                    "offers": .object(["type": .string("array"), "description": .string("The catalog (Offer objects); defaults to a small 3-region catalog.")]),
+                    "capacityFailures": .object(["type": .string("integer"), "description": .string("The first N launches fail with a capacity error.")]),
+                    "noCapacityRegions": .object(["type": .string("array"), "items": .object(["type": .string("string")])]),
+                    "latencyMs": .object(["type": .string("integer"), "description": .string("Added latency per call.")]),
+                    "badCredentials": .object(["type": .string("boolean")]),
+                ]),
+                "additionalProperties": .bool(false),
+            ]),
+            autoEnable: false, storageSchemes: ["simfile"]),
+        make: { config, logger in
+            let configuration: Configuration
+            do { configuration = try config.decode(Configuration.self) } catch {
+                throw CapstanError(.config, "providers.sim is invalid: \(error).", hint: "See `capstan plugins inspect sim` for its schema.")
+            }
+            logger.debug("simulated cloud created", metadata: ["offers": "\(configuration.offers?.count ?? defaultCatalog.count)"])
+            // Storage: `simfile:///path` buckets are file buckets served through the ABI, so
+            // the storage side of the kit is exercised end to end.
+            return PluginServices(compute: SimulatedCloud(configuration: configuration), openStore: { location in
+                guard location.hasPrefix("simfile://") else {
+                    throw CapstanError(.invalidRequest, "The sim plugin serves simfile:// buckets, not '\(location)'.")
+                }
+                return try FileObjectStore(root: String(location.dropFirst("simfile://".count)))
+            })
+        })
+}
