@@ -90,8 +90,14 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanProvidersTests",
-            dependencies: ["CapstanCore", "CapstanProviders"],
+            dependencies: ["CapstanCore", "CapstanProviders", .product(name: "Logging", package: "swift-log")],
             path: "Tests/CapstanProvidersTests",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CapstanTrainerTests",
+            dependencies: ["CapstanCore", "CapstanTrainer"],
+            path: "Tests/CapstanTrainerTests",
             swiftSettings: swiftSettings
         ),
         // Loads real plugin .so files and runs the built CLI. Never depends on a plugin target.
