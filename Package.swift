@@ -103,8 +103,9 @@ let package = Package(
         // Loads real plugin .so files and runs the built CLI. Never depends on a plugin target.
         .testTarget(
             name: "CapstanIntegrationTests",
-            dependencies: ["CapstanCore", "CapstanProviders"],
+            dependencies: ["CapstanCore", "CapstanProviders", .product(name: "Logging", package: "swift-log")],
             path: "Tests/CapstanIntegrationTests",
+            exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -56,6 +56,10 @@ public final class PluginLibrary: Sendable {
             }
         }
 
+        if let problem = ELFCheck.problem(path: path) {
+            throw fail(problem, hint: "Rebuild or re-download the plugin for this machine.")
+        }
+
         dlerror()
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
             let why = dlerror().map { String(cString: $0) } ?? "unknown dlopen error"

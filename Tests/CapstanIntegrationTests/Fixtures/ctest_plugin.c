@@ -1,0 +1,81 @@
+/* A C plugin whose misbehaviour is chosen at compile time (-DMODE=n), for the host's tests.
+ * MODE 0: well-behaved; 1: malformed JSON result; 2: never calls back; 3: calls back twice;
+ * 4: create fails with an error document; 5: manifest is not JSON; 6: entry returns NULL;
+ * 7: error status with a body that is not an error document; 8: answers from another thread.
+ * -DABI=n and -DSIZE=n forge the table's version and size; -DNO_ENTRY exports no entry symbol. */
+#include "capstan_plugin.h"
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef MODE
+#define MODE 0
+#endif
+#ifndef ABI
+#define ABI CAPSTAN_PLUGIN_ABI_VERSION
+#endif
+#ifndef SIZE
+#define SIZE sizeof(capstan_plugin)
+#endif
+
+static const char *manifest(void) {
+    if (MODE == 5) return "{not json";
+    return "{\"name\":\"ctest\",\"version\":\"0.0.1\",\"capabilities\":[\"compute\"]}";
+}
+
+static int32_t create(const char *config, const capstan_host *host, void **out, char **err) {
+    (void)config;
+    if (MODE == 4) {
+        *err = strdup("{\"code\":\"auth\",\"message\":\"ctest: the API key was rejected\",\"cloudCode\":\"global/invalid-api-key\"}");
+        return 1;
+    }
+    if (host && host->log) host->log(host->host_ctx, CAPSTAN_LOG_INFO, "ctest instance created");
+    *out = malloc(16);
+    return 0;
+}
+
+struct later { void *ctx; capstan_completion_fn done; };
+static void *answer_later(void *arg) {
+    struct later *l = arg;
+    usleep(1000);
+    l->done(l->ctx, CAPSTAN_STATUS_OK, "{\"offers\":[]}");
+    free(l);
+    return NULL;
+}
+
+static void invoke(void *h, const char *method, const char *req, void *ctx,
+                   capstan_completion_fn done, capstan_progress_fn progress) {
+    (void)h; (void)method; (void)req; (void)progress;
+    switch (MODE) {
+    case 1: done(ctx, CAPSTAN_STATUS_OK, "{\"offers\": [ {\"provider\": 12 "); break;
+    case 2: break;
+    case 3:
+        done(ctx, CAPSTAN_STATUS_OK, "{\"offers\":[]}");
+        done(ctx, CAPSTAN_STATUS_OK, "{\"offers\":[]}");
+        break;
+    case 7: done(ctx, CAPSTAN_STATUS_ERROR, "segfault"); break;
+    case 8: {
+        struct later *l = malloc(sizeof *l);
+        l->ctx = ctx; l->done = done;
+        pthread_t t;
+        pthread_create(&t, NULL, answer_later, l);
+        pthread_detach(t);
+        break;
+    }
+    default: done(ctx, CAPSTAN_STATUS_OK, "{\"offers\":[]}");
+    }
+}
+
+static void destroy(void *h) { free(h); }
+static void free_string(char *s) { free(s); }
+
+static const capstan_plugin table = {
+    ABI, SIZE, "ctest", manifest, create, invoke, destroy, free_string,
+};
+
+#ifdef NO_ENTRY
+const capstan_plugin *some_other_symbol(void) { return &table; }
+#else
+const capstan_plugin *capstan_plugin_entry(void) { return MODE == 6 ? NULL : &table; }
+#endif

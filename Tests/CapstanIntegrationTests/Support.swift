@@ -1,0 +1,93 @@
+import CapstanCore
+import Foundation
+import Testing
+
+/// Where the package's build products are (the built `capstan`, the plugin `.so` files): next to
+/// the test bundle, or `CAPSTAN_TEST_BUILD_DIR`.
+enum BuildProducts {
+    static let folder: String = {
+        if let dir = ProcessInfo.processInfo.environment["CAPSTAN_TEST_BUILD_DIR"] { return dir }
+        var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent()]
+        if let exe = Bundle.main.executableURL { candidates.append(exe.deletingLastPathComponent()) }
+        candidates.append(URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent())
+        for c in candidates where FileManager.default.fileExists(atPath: c.path + "/libCapstanPluginSim.so") || FileManager.default.fileExists(atPath: c.path + "/libCapstanPluginSim.dylib") {
+            return c.path
+        }
+        return candidates[0].path
+    }()
+
+    static var simPlugin: String {
+        let so = folder + "/libCapstanPluginSim.so"
+        return FileManager.default.fileExists(atPath: so) ? so : folder + "/libCapstanPluginSim.dylib"
+    }
+    static var capstan: String { folder + "/capstan" }
+    /// The public ABI header's folder.
+    static let abiInclude = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/Sources/PluginABI/include"
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures"
+}
+
+/// A fresh folder under the system temp dir.
+struct TempDir {
+    let path: String
+    init(_ label: String = "capstan-it") {
+        path = NSTemporaryDirectory() + "\(label)-\(UUID().uuidString.prefix(8))"
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    func file(_ name: String) -> String { path + "/" + name }
+    @discardableResult
+    func write(_ name: String, _ content: String) -> String {
+        let p = file(name)
+        try! FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try! Data(content.utf8).write(to: URL(fileURLWithPath: p))
+        return p
+    }
+    func cleanup() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+struct ProcessResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs a program to completion (killed after `timeout` seconds).
+func runProcess(_ exe: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 60) throws -> ProcessResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: exe)
+    p.arguments = args
+    var env = ProcessInfo.processInfo.environment
+    env["CAPSTAN_PLUGIN_PATH"] = nil
+    env["CAPSTAN_HOME"] = nil
+    for (k, v) in environment { env[k] = v }
+    p.environment = env
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let timer = DispatchWorkItem { if p.isRunning { p.terminate() } }
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer)
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    timer.cancel()
+    return ProcessResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+/// Compiles the C fixture plugin with `flags` into a `.so` (cached per flag set).
+enum CFixtures {
+    private static let cache = NSLock()
+    nonisolated(unsafe) private static var built: [String: String] = [:]
+    private static let dir = TempDir("capstan-cplugins")
+
+    static func plugin(_ flags: [String]) throws -> String {
+        let key = flags.joined(separator: " ")
+        cache.lock(); defer { cache.unlock() }
+        if let p = built[key] { return p }
+        let out = dir.file("ctest-\(built.count).so")
+        let cc = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/bin/clang"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/cc"
+        let r = try runProcess(cc, ["-shared", "-fPIC", "-O1", "-I", BuildProducts.abiInclude] + flags + ["-o", out, BuildProducts.fixtures + "/ctest_plugin.c", "-lpthread"])
+        guard r.status == 0 else { throw CapstanError(.internalError, "cc failed: \(r.stderr)") }
+        built[key] = out
+        return out
+    }
+}
