@@ -1,1 +1,99 @@
-print("x")
+// capstan-bench: figures for the closing notes, each against a baseline run in the same process.
+//   swift build -c release --product capstan-bench --product CapstanPluginSim
+//   .build/release/capstan-bench [plugin-call|ranking|all]
+import CapstanCore
+import CapstanProviders
+import Foundation
+import Logging
+
+func measure(_ label: String, iterations: Int, _ body: () async throws -> Void) async rethrows -> Double {
+    let start = ContinuousClock.now
+    try await body()
+    let seconds = (ContinuousClock.now - start).seconds
+    let perCall = seconds / Double(iterations) * 1e6
+    let padded = label.padding(toLength: 52, withPad: " ", startingAt: 0)
+    print("  " + padded + String(format: " %9.1f ms total  %8.2f µs/call", seconds * 1000, perCall))
+    return perCall
+}
+
+func pluginPath() -> String {
+    if let p = ProcessInfo.processInfo.environment["CAPSTAN_BENCH_PLUGIN"] { return p }
+    let dir = Bundle.main.executableURL!.resolvingSymlinksInPath().deletingLastPathComponent().path
+    return dir + "/libCapstanPluginSim.so"
+}
+
+func pluginCallBench() async throws {
+    let n = 10_000
+    print("Plugin-call overhead: \(n) calls each, sequential unless noted")
+    let direct = SimulatedCloud()
+    let kit = PluginKitInstance(name: "sim", services: try SimulatedCloud.pluginDefinition.make(.object([:]), Logger(label: "bench")))
+    let lib = try PluginLibrary.load(path: pluginPath())
+    let instance = try lib.instantiate()
+    let viaABI = try PluginComputeProvider(instance)
+    let request = ResourceRequest()
+    let requestJSON = try PluginWire.encoder.encode(request)
+    // Warm up every path.
+    _ = try await direct.offers(for: request)
+    _ = try await viaABI.offers(for: request)
+    _ = try await instance.invoke(PluginWire.Method.ping, request: Data("{}".utf8))
+
+    let tDirect = try await measure("offers(9 offers), direct Swift call", iterations: n) {
+        for _ in 0..<n { _ = try await direct.offers(for: request) }
+    }
+    let tJSON = try await measure("offers, JSON encode+decode in process (no C)", iterations: n) {
+        for _ in 0..<n {
+            let data = try await kit.handle(method: PluginWire.Method.offers, request: requestJSON, progress: nil)
+            _ = try PluginWire.decoder.decode(PluginWire.OffersResponse.self, from: data)
+        }
+    }
+    let tABI = try await measure("offers through the C ABI (dlopen'd .so)", iterations: n) {
+        for _ in 0..<n { _ = try await viaABI.offers(for: request) }
+    }
+    let tPing = try await measure("ping through the C ABI (empty JSON)", iterations: n) {
+        for _ in 0..<n { _ = try await instance.invoke(PluginWire.Method.ping, request: Data("{}".utf8)) }
+    }
+    let tConcurrent = try await measure("ping through the C ABI, \(n) concurrent", iterations: n) {
+        try await withThrowingTaskGroup(of: Void.self) { g in
+            for _ in 0..<n { g.addTask { _ = try await instance.invoke(PluginWire.Method.ping, request: Data("{}".utf8)) } }
+            try await g.waitForAll()
+        }
+    }
+    print(String(format: "  ratio ABI/direct for offers: %.1f×; ABI-only cost over in-process JSON: %.2f µs/call", tABI / tDirect, tABI - tJSON))
+    print(String(format: "  crossing floor (ping): %.2f µs/call sequential, %.2f µs/call amortised concurrent", tPing, tConcurrent))
+}
+
+func rankingBench() throws {
+    print("Ranking: 100,000 offers from 10 providers")
+    var rng = SystemRandomNumberGenerator()
+    let gpus = ["H100", "nvidia-a100-80gb", "NVIDIA L4", "gpu_8x_h100_sxm5", "NVIDIA H100 80GB HBM3", "L40S", "A10G", "nvidia-h200-141gb"]
+    var offers: [Offer] = []
+    offers.reserveCapacity(100_000)
+    for i in 0..<100_000 {
+        let count = [1, 2, 4, 8][i % 4]
+        offers.append(Offer(
+            provider: "p\(i % 10)", instanceType: "t\(i % 97)", region: "r\(i % 23)", zone: "r\(i % 23)\(["a", "b", "c"][i % 3])",
+            gpuName: gpus[i % gpus.count], gpusPerNode: count,
+            onDemandPricePerHour: Double.random(in: 0.5...100, using: &rng), spotPricePerHour: i % 3 == 0 ? nil : Double.random(in: 0.2...50, using: &rng),
+            availability: [.available, .limited, .unknown][i % 3]))
+    }
+    let normStart = ContinuousClock.now
+    let normalized = offers.map { $0.normalized() }
+    let normMs = (ContinuousClock.now - normStart).seconds * 1000
+    let request = ResourceRequest(gpu: "H100", gpusPerNode: 8, nodes: 2, spot: .allowed, maxPricePerHour: 120)
+    var best = Double.infinity
+    var kept = 0
+    for _ in 0..<5 {
+        let start = ContinuousClock.now
+        let (ranked, _) = try OfferRanking.rank(normalized, for: request)
+        best = min(best, (ContinuousClock.now - start).seconds * 1000)
+        kept = ranked.count
+    }
+    let sortStart = ContinuousClock.now
+    _ = normalized.sorted { ($0.onDemandPricePerHour ?? 0) < ($1.onDemandPricePerHour ?? 0) }
+    let sortMs = (ContinuousClock.now - sortStart).seconds * 1000
+    print(String(format: "  normalize GPU names: %.1f ms; rank (filter+price+sort), best of 5: %.1f ms (%d kept); baseline plain sort by price: %.1f ms; ratio %.1f×", normMs, best, kept, sortMs, best / sortMs))
+}
+
+let which = CommandLine.arguments.dropFirst().first ?? "all"
+if which == "plugin-call" || which == "all" { try await pluginCallBench() }
+if which == "ranking" || which == "all" { try rankingBench() }

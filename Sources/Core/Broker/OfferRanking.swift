@@ -12,36 +12,102 @@ public struct RankedOffer: Sendable, Hashable, Codable {
 }
 
 /// An offer that does not satisfy a request, and why (shown by `capstan offers --explain`).
+/// The reason is kept structured and formatted only when read: a search over 100,000 offers
+/// rejects most of them, and formatting every message would dominate the ranking's cost.
 public struct OfferRejection: Error, Sendable, Hashable, Codable {
+    enum Why: Sendable, Hashable {
+        case provider(String)
+        case region(String, [String])
+        case noGPU
+        case unknownGPU(String)
+        case otherGPU(String, String)
+        case gpuCount(Int, Int)
+        case maxNodes(Int, Int)
+        case unavailable
+        case noPrice(ResourceRequest.SpotPolicy)
+        case overBudget(Double, Int, Double)
+        case other(String)
+    }
     public var offer: Offer
-    public var reason: String
+    let why: Why
+
+    init(offer: Offer, why: Why) {
+        self.offer = offer
+        self.why = why
+    }
+
+    /// A short machine-readable reason: `provider`, `region`, `gpu`, `gpuCount`, `nodes`,
+    /// `capacity`, `price`, `budget`.
+    public var code: String {
+        switch why {
+        case .provider: "provider"
+        case .region: "region"
+        case .noGPU, .unknownGPU, .otherGPU: "gpu"
+        case .gpuCount: "gpuCount"
+        case .maxNodes: "nodes"
+        case .unavailable: "capacity"
+        case .noPrice: "price"
+        case .overBudget: "budget"
+        case .other: "other"
+        }
+    }
+
+    /// Why, in words.
+    public var reason: String {
+        switch why {
+        case .provider(let p): "provider \(p) not requested"
+        case .region(let r, let allowed): "region \(r) not in \(allowed.joined(separator: ","))"
+        case .noGPU: "no GPU"
+        case .unknownGPU(let name): "GPU '\(name)' is not in Capstan's catalog"
+        case .otherGPU(let gpu, let wanted): "GPU \(gpu) is not \(wanted)"
+        case .gpuCount(let has, let want): "\(has) GPU(s) per node, not \(want)"
+        case .maxNodes(let max, let need): "only \(max) node(s) available, \(need) needed"
+        case .unavailable: "no capacity reported"
+        case .noPrice(let policy): policy == .only ? "no spot price" : policy == .never ? "no on-demand price" : "no price"
+        case .overBudget(let total, let nodes, let cap): String(format: "$%.2f/h for %d node(s) is over the $%.2f/h limit", total, nodes, cap)
+        case .other(let s): s
+        }
+    }
+
+    enum CodingKeys: String, CodingKey { case offer, code, reason }
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        offer = try c.decode(Offer.self, forKey: .offer)
+        why = .other(try c.decode(String.self, forKey: .reason))
+    }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(offer, forKey: .offer)
+        try c.encode(code, forKey: .code)
+        try c.encode(reason, forKey: .reason)
+    }
 }
 
 /// Filters offers by a request and ranks the rest by total cluster $/h. Pure and deterministic.
 public enum OfferRanking {
     /// Checks one offer. `acceptedGPUs` is `GPUCatalog.resolve(request.gpu)` (resolved once).
     public static func evaluate(_ offer: Offer, for request: ResourceRequest, acceptedGPUs: Set<String>?) -> Result<RankedOffer, OfferRejection> {
-        func reject(_ why: String) -> Result<RankedOffer, OfferRejection> { .failure(OfferRejection(offer: offer, reason: why)) }
+        func reject(_ why: OfferRejection.Why) -> Result<RankedOffer, OfferRejection> { .failure(OfferRejection(offer: offer, why: why)) }
         if !request.providers.isEmpty, !request.providers.contains(offer.provider) {
-            return reject("provider \(offer.provider) not requested")
+            return reject(.provider(offer.provider))
         }
         if !request.regions.isEmpty, !request.regions.contains(offer.region), !(offer.zone.map(request.regions.contains) ?? false) {
-            return reject("region \(offer.region) not in \(request.regions.joined(separator: ","))")
+            return reject(.region(offer.region, request.regions))
         }
         if let accepted = acceptedGPUs {
             guard let gpu = offer.gpu else {
-                return reject(offer.gpusPerNode == 0 ? "no GPU" : "GPU '\(offer.gpuName ?? "?")' is not in Capstan's catalog")
+                return reject(offer.gpusPerNode == 0 ? .noGPU : .unknownGPU(offer.gpuName ?? "?"))
             }
-            guard accepted.contains(gpu) else { return reject("GPU \(gpu) is not \(request.gpu ?? "")") }
-            guard offer.gpusPerNode >= 1 else { return reject("no GPU") }
+            guard accepted.contains(gpu) else { return reject(.otherGPU(gpu, request.gpu ?? "")) }
+            guard offer.gpusPerNode >= 1 else { return reject(.noGPU) }
         }
         if let want = request.gpusPerNode, offer.gpusPerNode != want {
-            return reject("\(offer.gpusPerNode) GPU(s) per node, not \(want)")
+            return reject(.gpuCount(offer.gpusPerNode, want))
         }
         if let max = offer.maxNodes, max < request.nodes {
-            return reject("only \(max) node(s) available, \(request.nodes) needed")
+            return reject(.maxNodes(max, request.nodes))
         }
-        if offer.availability == .unavailable { return reject("no capacity reported") }
+        if offer.availability == .unavailable { return reject(.unavailable) }
         let price: (Double, Bool)?
         switch request.spot {
         case .never: price = offer.onDemandPricePerHour.map { ($0, false) }
@@ -51,11 +117,11 @@ public enum OfferRanking {
             price = candidates.min { $0.0 < $1.0 }
         }
         guard let (perNode, spot) = price, perNode >= 0, perNode.isFinite else {
-            return reject(request.spot == .only ? "no spot price" : request.spot == .never ? "no on-demand price" : "no price")
+            return reject(.noPrice(request.spot))
         }
         let total = perNode * Double(request.nodes)
         if let cap = request.maxPricePerHour, total > cap + 1e-9 {
-            return reject(String(format: "$%.2f/h for %d node(s) is over the $%.2f/h limit", total, request.nodes, cap))
+            return reject(.overBudget(total, request.nodes, cap))
         }
         return .success(RankedOffer(offer: offer, spot: spot, pricePerNode: perNode, nodes: request.nodes, clusterPricePerHour: total))
     }

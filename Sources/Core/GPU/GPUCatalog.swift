@@ -49,6 +49,21 @@ public enum GPUCatalog {
     /// assumed (SXM for H100 and A100), since that is what an unqualified name means on every
     /// cloud that reports one.
     public static func normalize(_ name: String, memoryMiB: Int? = nil) -> GPUModel? {
+        // Catalogs repeat a handful of strings thousands of times: remember each answer.
+        let key = NormalizeKey(name: name, memoryMiB: memoryMiB)
+        if let hit = normalizeCache.withLock({ $0[key] }) { return hit }
+        let model = computeNormalize(name, memoryMiB: memoryMiB)
+        normalizeCache.withLock { cache in
+            if cache.count > 4096 { cache.removeAll() }
+            cache[key] = .some(model)
+        }
+        return model
+    }
+
+    struct NormalizeKey: Hashable { var name: String; var memoryMiB: Int? }
+    static let normalizeCache = LockedBox<[NormalizeKey: GPUModel?]>([:])
+
+    static func computeNormalize(_ name: String, memoryMiB: Int?) -> GPUModel? {
         guard let parsed = ParsedGPUName(name) else { return nil }
         let memoryGiB = parsed.memoryGiB ?? memoryMiB.map { Double($0) / 1024 }
         let candidates = models.filter { $0.family == parsed.family }

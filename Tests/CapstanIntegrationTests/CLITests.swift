@@ -1,0 +1,118 @@
+import CapstanCore
+import Foundation
+import Testing
+
+/// Runs the built `capstan` binary on a fresh CAPSTAN_HOME, as a user would.
+@Suite("capstan CLI")
+struct CLITests {
+    func capstan(_ args: [String], home: TempDir, env: [String: String] = [:]) throws -> ProcessResult {
+        try runProcess(BuildProducts.capstan, args, environment: env.merging(["CAPSTAN_HOME": home.path]) { $1 })
+    }
+
+    @Test("`capstan offers` on a fresh home prints the local offer")
+    func freshOffers() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        let r = try capstan(["offers"], home: home)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("PROVIDER"))
+        #expect(r.stdout.contains("local"))
+        #expect(r.stdout.contains("Cheapest: local local-"))
+        #expect(FileManager.default.fileExists(atPath: home.path + "/local/nodes"))
+    }
+
+    @Test("`capstan offers --json` decodes, with stable field names")
+    func json() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        let r = try capstan(["offers", "--json"], home: home)
+        #expect(r.status == 0, "\(r.stderr)")
+        struct Output: Decodable {
+            var request: ResourceRequest
+            var offers: [RankedOffer]
+            var providers: [ProviderReport]
+        }
+        let out = try JSONDecoder().decode(Output.self, from: Data(r.stdout.utf8))
+        #expect(out.offers.first?.offer.provider == "local")
+        #expect(out.offers.first?.clusterPricePerHour == 0)
+        #expect(out.providers.map(\.provider) == ["local"])
+        #expect(out.request.nodes == 1)
+    }
+
+    @Test("a configured plugin's offers rank next to local ones")
+    func withPlugin() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        home.write("config.yaml", "providers:\n  sim: {}\n  local:\n    slots: 2\n")
+        let r = try capstan(["offers", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--spot", "--explain"], home: home)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("sim.8xh100"))
+        #expect(r.stdout.contains("Cheapest: sim sim.8xh100 in sim-east-1, $25.00/h for 2 node(s) on spot."))
+        #expect(r.stdout.contains("local/local/local-"))
+        let list = try capstan(["plugins", "list", "--json"], home: home)
+        #expect(list.status == 0)
+        struct Row: Decodable { var name: String; var status: String }
+        let rows = try JSONDecoder().decode([Row].self, from: Data(list.stdout.utf8))
+        #expect(rows.contains { $0.name == "sim" && $0.status == "enabled" })
+        #expect(rows.contains { $0.name == "local" && $0.status == "enabled" })
+    }
+
+    @Test("`plugins inspect` shows a manifest by name or path")
+    func inspect() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        let byName = try capstan(["plugins", "inspect", "sim", "--json"], home: home)
+        #expect(byName.status == 0, "\(byName.stderr)")
+        struct Out: Decodable { var abiVersion: Int; var manifest: PluginManifest }
+        let out = try JSONDecoder().decode(Out.self, from: Data(byName.stdout.utf8))
+        #expect(out.manifest.name == "sim" && out.abiVersion == 1)
+        let byPath = try capstan(["plugins", "inspect", BuildProducts.simPlugin], home: home)
+        #expect(byPath.stdout.contains("config schema (providers.sim in config.yaml):"))
+        let missing = try capstan(["plugins", "inspect", "nope"], home: home)
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("No plugin named 'nope'"))
+    }
+
+    @Test("a broken plugin on the search path is listed with its error, and the rest works")
+    func brokenPlugin() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        let plugins = TempDir(); defer { plugins.cleanup() }
+        plugins.write("libjunk.so", "not a library")
+        let env = ["CAPSTAN_PLUGIN_PATH": plugins.path]
+        let list = try capstan(["plugins", "list"], home: home, env: env)
+        #expect(list.status == 0)
+        #expect(list.stdout.contains("failed to load"))
+        #expect(list.stderr.contains("not a shared library"))
+        let offers = try capstan(["offers"], home: home, env: env)
+        #expect(offers.status == 0)
+        #expect(offers.stdout.contains("Cheapest: local"))
+    }
+
+    @Test("bad input is a clear error with a non-zero exit", arguments: [
+        (["offers", "--gpu", "H1000"], "Unknown GPU 'H1000'", Int32(64)),
+        (["offers", "--spot", "--spot-only"], "exclude each other", Int32(64)),
+        (["offers", "--nodes", "0"], "--nodes must be at least 1", Int32(64)),
+        (["offers", "--provider", "gcp"], "Provider 'gcp' is not enabled", Int32(1)),
+    ] as [([String], String, Int32)])
+    func badInput(args: [String], message: String, status: Int32) throws {
+        let home = TempDir(); defer { home.cleanup() }
+        let r = try capstan(args, home: home)
+        #expect(r.status == status)
+        #expect(r.stderr.contains(message), "\(r.stderr)")
+    }
+
+    @Test("a malformed config names the file and line")
+    func badConfig() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        home.write("config.yaml", "providers:\n  local:\n    slots: 2\nstorage:\n  defualt: file:///x\n")
+        let r = try capstan(["offers"], home: home)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("config.yaml line 5: unknown key 'storage.defualt'"), "\(r.stderr)")
+    }
+
+    @Test("a configured provider with no plugin is reported, not fatal")
+    func missingPlugin() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        home.write("config.yaml", "providers:\n  lambda:\n    apiKeyFile: ~/.lambda-key\n")
+        let r = try capstan(["offers"], home: home)
+        #expect(r.status == 0)
+        #expect(r.stderr.contains("providers.lambda is configured, but no plugin named 'lambda' was found"))
+        #expect(!r.stderr.contains(".lambda-key"))
+    }
+}
