@@ -14,7 +14,7 @@ struct Capstan: AsyncParsableCommand {
             Plugins are found on CAPSTAN_PLUGIN_PATH, in $CAPSTAN_HOME/plugins and next to this binary.
             """,
         version: CapstanVersion.string,
-        subcommands: [OffersCommand.self, PluginsCommand.self])
+        subcommands: [OffersCommand.self, UpCommand.self, DownCommand.self, StatusCommand.self, ReconcileCommand.self, PluginsCommand.self])
 }
 
 enum CapstanVersion {
@@ -47,6 +47,29 @@ struct GlobalOptions: ParsableArguments {
     func loadRegistry() throws -> ProviderRegistry {
         try ProviderRegistry.load(home: capstanHome, logger: logger)
     }
+
+    /// Everything a provisioning verb needs: providers, state, locks, fault hooks.
+    func provisioner(_ registry: ProviderRegistry, progress: (@Sendable (String) -> Void)? = nil) throws -> Provisioner {
+        let store = try StateStore.open(home: registry.home)
+        return Provisioner(
+            providers: registry.compute, store: store, locks: ClusterLocks(folder: registry.home.stateFolder + "/locks"),
+            faults: .fromEnvironment(), logger: logger, progress: progress)
+    }
+
+    func offerSearch(_ registry: ProviderRegistry, store: StateStore?, refresh: Bool = false) -> OfferSearch {
+        OfferSearch(providers: registry.compute, timeout: .milliseconds(Int64(registry.config.plugins.timeoutSeconds * 1000)), cache: store, refresh: refresh)
+    }
+}
+
+/// Formats dollars.
+func dollars(_ v: Double) -> String { String(format: "$%.2f", v) }
+
+/// Formats a duration in seconds as `3h12m`, `4m05s`, `12s`.
+func humanDuration(_ seconds: Double) -> String {
+    let s = Int(max(0, seconds))
+    if s >= 3600 { return "\(s / 3600)h\(String(format: "%02d", (s % 3600) / 60))m" }
+    if s >= 60 { return "\(s / 60)m\(String(format: "%02d", s % 60))s" }
+    return "\(s)s"
 }
 
 /// Prints a value as pretty JSON to stdout.
@@ -83,7 +106,7 @@ struct TextTable {
             cells.enumerated().map { i, c in
                 let pad = String(repeating: " ", count: widths[i] - c.count)
                 return rightAligned.contains(i) ? pad + c : c + pad
-            }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+            }.joined(separator: "  ").replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression)
         }
         return ([line(header)] + rows.map(line)).joined(separator: "\n")
     }

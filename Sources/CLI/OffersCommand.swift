@@ -46,6 +46,9 @@ struct OffersCommand: AsyncParsableCommand {
     @Option(help: "Show at most this many offers (0: all).")
     var limit: Int = 20
 
+    @Flag(help: "Ask every provider now instead of using offers cached in the last few minutes.")
+    var refresh = false
+
     func validate() throws {
         if spot && spotOnly { throw ValidationError("--spot and --spot-only exclude each other.") }
         if nodes < 1 { throw ValidationError("--nodes must be at least 1.") }
@@ -67,8 +70,8 @@ struct OffersCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let registry = try global.loadRegistry()
-            let search = OfferSearch(providers: registry.compute, timeout: .milliseconds(Int64(registry.config.plugins.timeoutSeconds * 1000)))
-            let result = try await search.run(request)
+            let store = try? StateStore.open(home: registry.home)
+            let result = try await global.offerSearch(registry, store: store, refresh: refresh).run(request)
             if global.json {
                 try printJSON(OffersOutput(result: result, problems: registry.problems.map { .init(provider: $0.provider, error: $0.error) }))
                 return
@@ -97,12 +100,22 @@ struct OffersCommand: AsyncParsableCommand {
             let best = shown[0]
             print("\nCheapest: \(best.offer.provider) \(best.offer.instanceType) in \(best.offer.zone ?? best.offer.region), "
                 + String(format: "$%.2f/h for %d node(s)", best.clusterPricePerHour, best.nodes) + (best.spot ? " on spot." : " on demand."))
+            if result.ranked.count > 1 {
+                let next = result.ranked[1]
+                let gap = next.clusterPricePerHour - best.clusterPricePerHour
+                let why = gap > 0 ? String(format: "$%.2f/h cheaper than", gap) : "same price as (ties go to better availability, then name)"
+                print("  It won: \(why) the next, \(next.offer.provider) \(next.offer.instanceType) in \(next.offer.zone ?? next.offer.region)\(next.spot ? " (spot)" : "").")
+            }
         }
         if explain, !result.rejected.isEmpty {
             print("\nFiltered out:")
             for r in result.rejected { print("  \(r.offer.id): \(r.reason)") }
         } else if !result.rejected.isEmpty {
             print("\(result.rejected.count) offer(s) filtered out (--explain shows why).")
+        }
+        let cached = result.providers.filter { $0.cachedAt != nil }
+        if !cached.isEmpty, let oldest = cached.compactMap(\.cachedAt).min() {
+            print("Offers from \(cached.map(\.provider).joined(separator: ", ")) are cached from \(humanDuration(Date().timeIntervalSince(oldest))) ago (--refresh asks again).")
         }
         for report in result.providers where report.error != nil {
             printError("warning: provider \(report.provider) gave no offers: \(report.error!)")

@@ -7,6 +7,23 @@ public struct ProviderReport: Sendable, Hashable, Codable {
     public var seconds: Double
     /// Why the provider contributed nothing (timeout, auth, plugin failure), if it failed.
     public var error: CapstanError?
+    /// When the offers came from the offer cache: when they were fetched.
+    public var cachedAt: Date?
+}
+
+/// Where ``OfferSearch`` keeps offers between runs (the ``StateStore`` is one).
+public protocol OfferCache: Sendable {
+    func cachedOffers(provider: String, requestKey: String, maxAge: Duration) throws -> (offers: [Offer], fetchedAt: Date)?
+    func cacheOffers(_ offers: [Offer], provider: String, requestKey: String) throws
+}
+
+extension StateStore: OfferCache {
+    public func cachedOffers(provider: String, requestKey: String, maxAge: Duration) throws -> (offers: [Offer], fetchedAt: Date)? {
+        try cachedOffers(provider: provider, requestKey: requestKey, maxAge: maxAge, now: Date())
+    }
+    public func cacheOffers(_ offers: [Offer], provider: String, requestKey: String) throws {
+        try cacheOffers(offers, provider: provider, requestKey: requestKey, now: Date())
+    }
 }
 
 /// The outcome of asking every provider for offers.
@@ -22,10 +39,28 @@ public struct OfferSearchResult: Sendable, Hashable, Codable {
 public struct OfferSearch: Sendable {
     public var providers: [any ComputeProvider]
     public var timeout: Duration
+    /// Serves a provider's offers for its ``ComputeProvider/offerCacheTTL``; nil: always ask.
+    public var cache: (any OfferCache)?
+    /// Ask every provider even where the cache is fresh (`capstan offers --refresh`).
+    public var refresh: Bool
 
-    public init(providers: [any ComputeProvider], timeout: Duration = .seconds(30)) {
+    public init(providers: [any ComputeProvider], timeout: Duration = .seconds(30), cache: (any OfferCache)? = nil, refresh: Bool = false) {
         self.providers = providers
         self.timeout = timeout
+        self.cache = cache
+        self.refresh = refresh
+    }
+
+    /// The part of a request a provider's answer depends on, as a stable string: nodes,
+    /// budget and provider filter are applied after gathering, so they do not split the cache.
+    static func cacheKey(_ request: ResourceRequest) -> String {
+        var r = request
+        r.providers = []
+        r.maxPricePerHour = nil
+        r.nodes = 1
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return (try? e.encode(r)).map { String(decoding: $0, as: UTF8.self) } ?? ""
     }
 
     public func run(_ request: ResourceRequest) async throws -> OfferSearchResult {
@@ -38,16 +73,25 @@ public struct OfferSearch: Sendable {
             }
         }
         let limit = timeout
+        let cache = self.cache
+        let refresh = self.refresh
+        let key = Self.cacheKey(request)
         var offers: [Offer] = []
         var reports: [ProviderReport] = []
         await withTaskGroup(of: (ProviderReport, [Offer]).self) { group in
             for provider in wanted {
                 group.addTask {
                     let start = ContinuousClock.now
-                    do {
-                        let found = try await withDeadline(limit, provider: provider.name) { try await provider.offers(for: request) }
+                    let ttl = provider.offerCacheTTL
+                    if !refresh, ttl > .zero, let cache, let hit = try? cache.cachedOffers(provider: provider.name, requestKey: key, maxAge: ttl) {
                         let secs = (ContinuousClock.now - start).seconds
-                        return (ProviderReport(provider: provider.name, offers: found.count, seconds: secs), found.map { $0.normalized() })
+                        return (ProviderReport(provider: provider.name, offers: hit.offers.count, seconds: secs, cachedAt: hit.fetchedAt), hit.offers)
+                    }
+                    do {
+                        let found = try await withDeadline(limit, provider: provider.name) { try await provider.offers(for: request) }.map { $0.normalized() }
+                        let secs = (ContinuousClock.now - start).seconds
+                        if ttl > .zero, let cache { try? cache.cacheOffers(found, provider: provider.name, requestKey: key) }
+                        return (ProviderReport(provider: provider.name, offers: found.count, seconds: secs), found)
                     } catch {
                         let secs = (ContinuousClock.now - start).seconds
                         let e = (error as? CapstanError)?.attributed(to: provider.name)

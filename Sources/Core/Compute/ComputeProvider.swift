@@ -70,4 +70,11 @@ public protocol ComputeProvider: Sendable {
     /// Terminates the instances; terminating one that is already gone is not an error.
     /// Returns their states after the call.
     func terminate(ids: [String]) async throws -> [Instance]
+    /// How long this provider's offers may be served from the offer cache (`.zero`: never
+    /// cached). Default 10 minutes: prices and catalogs change slowly.
+    var offerCacheTTL: Duration { get }
+}
+
+extension ComputeProvider {
+    public var offerCacheTTL: Duration { .seconds(600) }
 }

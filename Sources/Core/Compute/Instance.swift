@@ -69,8 +69,12 @@ public struct Instance: Sendable, Hashable, Codable, Identifiable {
 public enum CapstanTags {
     /// Marks a resource as Capstan's. Value: "true".
     public static let managed = "capstan:managed"
-    /// The cluster the instance belongs to.
+    /// The state store that created it (``StateStore/ownerID()``): reconcile touches only its own.
+    public static let owner = "capstan:owner"
+    /// The cluster's name (for people reading the cloud console).
     public static let cluster = "capstan:cluster"
+    /// The cluster's id (what reconcile matches on).
+    public static let clusterID = "capstan:cluster-id"
     /// The idempotency key of the launch intent that created it.
     public static let intent = "capstan:intent"
     /// Node index within the cluster (0 = leader).

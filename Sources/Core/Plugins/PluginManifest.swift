@@ -23,11 +23,14 @@ public struct PluginManifest: Sendable, Hashable, Codable {
     public var autoEnable: Bool?
     /// URI schemes the plugin's object store serves (`s3`, `gs`).
     public var storageSchemes: [String]?
+    /// How long its offers may be cached, in seconds (default 600; 0: never).
+    public var offerCacheSeconds: Double?
 
     public init(
         name: String, version: String, description: String? = nil, capabilities: [Capability],
-        configSchema: JSONValue? = nil, autoEnable: Bool? = nil, storageSchemes: [String]? = nil
+        configSchema: JSONValue? = nil, autoEnable: Bool? = nil, storageSchemes: [String]? = nil, offerCacheSeconds: Double? = nil
     ) {
+        self.offerCacheSeconds = offerCacheSeconds
         self.name = name
         self.version = version
         self.description = description

@@ -4,6 +4,9 @@ import Foundation
 public struct PluginComputeProvider: ComputeProvider {
     public let instance: PluginInstance
     public var name: String { instance.name }
+    public var offerCacheTTL: Duration {
+        .milliseconds(Int64((instance.library.manifest.offerCacheSeconds ?? 600) * 1000))
+    }
 
     public init(_ instance: PluginInstance) throws {
         guard instance.library.manifest.capabilities.contains(.compute) else {

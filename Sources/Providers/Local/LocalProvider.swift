@@ -21,20 +21,35 @@ public struct LocalProvider: ComputeProvider {
     public struct Configuration: Sendable, Hashable, Codable {
         /// How many nodes may run at once.
         public var slots: Int
-        public init(slots: Int = 8) { self.slots = slots }
+        /// Seconds a new node stays `pending` before it is `running`, like a cloud instance
+        /// booting (0: running at once). Lets tests and demos exercise the readiness waiter.
+        public var bootSeconds: Double
+        public init(slots: Int = 8, bootSeconds: Double = 0) {
+            self.slots = slots
+            self.bootSeconds = bootSeconds
+        }
 
-        enum CodingKeys: String, CodingKey, CaseIterable { case slots }
+        enum CodingKeys: String, CodingKey, CaseIterable { case slots, bootSeconds }
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: AnyKey.self)
             let known = Set(CodingKeys.allCases.map(\.rawValue))
             if let unknown = c.allKeys.first(where: { !known.contains($0.stringValue) }) {
-                throw CapstanError(.config, "Unknown key 'providers.local.\(unknown.stringValue)'.", hint: "The local provider accepts: slots (1–250).")
+                throw CapstanError(.config, "Unknown key 'providers.local.\(unknown.stringValue)'.", hint: "The local provider accepts: slots (1–250), bootSeconds.")
             }
             slots = try c.decodeIfPresent(Int.self, forKey: AnyKey("slots")) ?? 8
+            bootSeconds = try c.decodeIfPresent(Double.self, forKey: AnyKey("bootSeconds")) ?? 0
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(slots, forKey: .slots)
+            try c.encode(bootSeconds, forKey: .bootSeconds)
         }
     }
 
     public let name = "local"
+    /// Local offers reflect free slots right now: never cached.
+    public var offerCacheTTL: Duration { .zero }
     public let root: String
     public let configuration: Configuration
     public let resources: MachineResources
@@ -80,7 +95,7 @@ public struct LocalProvider: ComputeProvider {
             throw CapstanError(.invalidRequest, "Offer \(request.offer.id) is not a local offer.", provider: name)
         }
         return try withLock {
-            let all = try readAll()
+            let all = try readAll().map(booted)
             // Idempotency: a retried launch with the same key gets the same nodes.
             let previous = all.filter { $0.tags[CapstanTags.intent] == request.idempotencyKey && $0.state.isLive }
             if !previous.isEmpty { return previous.sorted { $0.id < $1.id } }
@@ -101,8 +116,9 @@ public struct LocalProvider: ComputeProvider {
                 tags[CapstanTags.intent] = request.idempotencyKey
                 if tags[CapstanTags.node] == nil { tags[CapstanTags.node] = "\(n)" }
                 let instance = Instance(
-                    id: id, provider: name, instanceType: instanceType, region: "local", state: .running,
-                    providerState: "running", privateAddress: "127.0.0.\(slot + 2)", publicAddress: nil,
+                    id: id, provider: name, instanceType: instanceType, region: "local",
+                    state: configuration.bootSeconds > 0 ? .pending : .running,
+                    providerState: configuration.bootSeconds > 0 ? "booting" : "running", privateAddress: "127.0.0.\(slot + 2)", publicAddress: nil,
                     spot: false, pricePerHour: 0, tags: tags, launchedAt: Date(),
                     details: ["slot": "\(slot)", "folder": folder, "workdir": folder + "/work"])
                 if let key = request.sshPublicKey {
@@ -119,7 +135,18 @@ public struct LocalProvider: ComputeProvider {
     }
 
     public func describe(_ query: InstanceQuery) async throws -> [Instance] {
-        try readAll().filter(query.matches).sorted { $0.id < $1.id }
+        try readAll().map(booted).filter(query.matches).sorted { $0.id < $1.id }
+    }
+
+    /// A pending node whose boot time has passed is running (computed on read, so no daemon is
+    /// needed to advance it).
+    func booted(_ instance: Instance) -> Instance {
+        guard instance.state == .pending, let launched = instance.launchedAt,
+              Date().timeIntervalSince(launched) >= configuration.bootSeconds else { return instance }
+        var i = instance
+        i.state = .running
+        i.providerState = "running"
+        return i
     }
 
     public func terminate(ids: [String]) async throws -> [Instance] {

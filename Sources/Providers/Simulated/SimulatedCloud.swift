@@ -1,6 +1,9 @@
 public import CapstanCore
 import Foundation
 import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An in-memory cloud with a configurable catalog and fault switches: the test double every
 /// broker and plugin test can run against (as NIOEmbedded is to NIOPosix), and the worked
@@ -20,7 +23,14 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
         public var latencyMs: Int?
         /// Every call fails with an auth error (wrong credentials).
         public var badCredentials: Bool?
-        public init(offers: [Offer]? = nil, capacityFailures: Int? = nil, noCapacityRegions: [String]? = nil, latencyMs: Int? = nil, badCredentials: Bool? = nil) {
+        /// Seconds an instance stays `pending` after launch (0: running on the first describe).
+        public var bootSeconds: Double?
+        /// Keep instances in this JSON file (shared by every process that names it), so they
+        /// outlive the process that launched them — as a real cloud's do.
+        public var stateFile: String?
+        public init(offers: [Offer]? = nil, capacityFailures: Int? = nil, noCapacityRegions: [String]? = nil, latencyMs: Int? = nil, badCredentials: Bool? = nil, bootSeconds: Double? = nil, stateFile: String? = nil) {
+            self.bootSeconds = bootSeconds
+            self.stateFile = stateFile
             self.offers = offers
             self.capacityFailures = capacityFailures
             self.noCapacityRegions = noCapacityRegions
@@ -32,8 +42,31 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
     public let name: String
     public let configuration: Configuration
     private let lock = NSLock()
-    private var instances: [String: Instance] = [:]
-    private var launches = 0
+    private var memory = SimState()
+
+    /// Everything the simulated cloud remembers.
+    struct SimState: Codable {
+        var instances: [String: Instance] = [:]
+        var launches = 0
+    }
+
+    /// Runs `body` on the state: in memory, or in `stateFile` under an exclusive `flock`.
+    private func withState<T>(_ body: (inout SimState) throws -> T) throws -> T {
+        try lock.withLock {
+            guard let file = configuration.stateFile else { return try body(&memory) }
+            let fd = open(file + ".lock", O_RDWR | O_CREAT, 0o644)
+            guard fd >= 0 else { throw CapstanError(.io, "Cannot open \(file).lock.", provider: name) }
+            defer { close(fd) }
+            flock(fd, LOCK_EX)
+            defer { flock(fd, LOCK_UN) }
+            var state = (FileManager.default.contents(atPath: file)).flatMap { try? PluginWire.decoder.decode(SimState.self, from: $0) } ?? SimState()
+            let out = try body(&state)
+            let tmp = file + ".tmp"
+            try PluginWire.encoder.encode(state).write(to: URL(fileURLWithPath: tmp))
+            guard rename(tmp, file) == 0 else { throw CapstanError(.io, "Cannot write \(file).", provider: name) }
+            return out
+        }
+    }
 
     public init(name: String = "sim", configuration: Configuration = .init()) {
         self.name = name
@@ -64,11 +97,11 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
 
     public func launch(_ request: LaunchRequest) async throws -> [Instance] {
         try await pause()
-        return try lock.withLock {
-            let existing = instances.values.filter { $0.tags[CapstanTags.intent] == request.idempotencyKey }
+        return try withState { state in
+            let existing = state.instances.values.filter { $0.tags[CapstanTags.intent] == request.idempotencyKey }
             if !existing.isEmpty { return existing.sorted { $0.id < $1.id } }
-            launches += 1
-            if launches <= (configuration.capacityFailures ?? 0) || (configuration.noCapacityRegions ?? []).contains(request.offer.region) {
+            state.launches += 1
+            if state.launches <= (configuration.capacityFailures ?? 0) || (configuration.noCapacityRegions ?? []).contains(request.offer.region) {
                 throw CapstanError(
                     .capacity, "No \(request.offer.instanceType) capacity in \(request.offer.region).", provider: name,
                     cloudCode: "InsufficientInstanceCapacity", cloudMessage: "We currently do not have sufficient \(request.offer.instanceType) capacity in the region you requested.")
@@ -81,8 +114,8 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
                 if tags[CapstanTags.node] == nil { tags[CapstanTags.node] = "\(n)" }
                 let id = "sim-" + UUID().uuidString.prefix(12).lowercased()
                 let price = request.spot ? request.offer.spotPricePerHour : request.offer.onDemandPricePerHour
-                let i = Instance(id: id, provider: name, instanceType: request.offer.instanceType, region: request.offer.region, zone: request.offer.zone, state: .pending, providerState: "pending", privateAddress: "10.0.0.\(instances.count % 250 + 2)", spot: request.spot, pricePerHour: price, tags: tags, launchedAt: Date())
-                instances[id] = i
+                let i = Instance(id: id, provider: name, instanceType: request.offer.instanceType, region: request.offer.region, zone: request.offer.zone, state: .pending, providerState: "pending", privateAddress: "10.0.0.\(state.instances.count % 250 + 2)", spot: request.spot, pricePerHour: price, tags: tags, launchedAt: Date())
+                state.instances[id] = i
                 out.append(i)
             }
             return out
@@ -91,35 +124,36 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
 
     public func describe(_ query: InstanceQuery) async throws -> [Instance] {
         try await pause()
-        return lock.withLock {
-            for (id, i) in instances where i.state == .pending {
-                instances[id]?.state = .running
-                instances[id]?.providerState = "running"
+        let boot = configuration.bootSeconds ?? 0
+        return try withState { state in
+            for (id, i) in state.instances where i.state == .pending && Date().timeIntervalSince(i.launchedAt ?? .distantPast) >= boot {
+                state.instances[id]?.state = .running
+                state.instances[id]?.providerState = "running"
             }
-            return instances.values.filter(query.matches).sorted { $0.id < $1.id }
+            return state.instances.values.filter(query.matches).sorted { $0.id < $1.id }
         }
     }
 
     public func terminate(ids: [String]) async throws -> [Instance] {
         try await pause()
-        return lock.withLock {
+        return try withState { state in
             ids.map { id in
-                guard var i = instances[id] else {
+                guard var i = state.instances[id] else {
                     return Instance(id: id, provider: name, instanceType: "?", region: "?", state: .terminated, providerState: "not-found")
                 }
                 i.state = .terminated
                 i.providerState = "terminated"
-                instances[id] = i
+                state.instances[id] = i
                 return i
             }
         }
     }
 
     /// Simulates a spot interruption of `id`.
-    public func preempt(_ id: String) {
-        lock.withLock {
-            instances[id]?.state = .preempted
-            instances[id]?.stateReason = "Server.SpotInstanceTermination"
+    public func preempt(_ id: String) throws {
+        try withState { state in
+            state.instances[id]?.state = .preempted
+            state.instances[id]?.stateReason = "Server.SpotInstanceTermination"
         }
     }
 
@@ -137,12 +171,18 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
                     "noCapacityRegions": .object(["type": .string("array"), "items": .object(["type": .string("string")])]),
                     "latencyMs": .object(["type": .string("integer"), "description": .string("Added latency per call.")]),
                     "badCredentials": .object(["type": .string("boolean")]),
+                    "bootSeconds": .object(["type": .string("number"), "description": .string("Seconds an instance stays pending.")]),
+                    "stateFile": .object(["type": .string("string"), "description": .string("Keep instances in this file so they outlive the process.")]),
                 ]),
                 "additionalProperties": .bool(false),
             ]),
             autoEnable: false, storageSchemes: ["simfile"]),
         make: { config, logger in
             let configuration: Configuration
+            let known: Set<String> = ["offers", "capacityFailures", "noCapacityRegions", "latencyMs", "badCredentials", "bootSeconds", "stateFile"]
+            if case .object(let o) = config, let unknown = o.keys.sorted().first(where: { !known.contains($0) }) {
+                throw CapstanError(.config, "Unknown key 'providers.sim.\(unknown)'.", hint: "Known: \(known.sorted().joined(separator: ", ")).")
+            }
             do { configuration = try config.decode(Configuration.self) } catch {
                 throw CapstanError(.config, "providers.sim is invalid: \(error).", hint: "See `capstan plugins inspect sim` for its schema.")
             }

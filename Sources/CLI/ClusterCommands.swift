@@ -1,0 +1,163 @@
+import ArgumentParser
+import CapstanCore
+import CapstanProviders
+import Foundation
+
+struct UpCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "up",
+        abstract: "Provision a cluster on the cheapest offer that has capacity, failing over down the ranking.",
+        discussion: """
+            Examples:
+              capstan up demo --nodes 2                      two local nodes on this machine
+              capstan up train --gpu H100 --gpus-per-node 8 --nodes 2 --spot
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Cluster name (lower-case letters, digits, dashes).")
+    var name: String
+    @Option(help: "GPU model (H100, A100-80GB, …).") var gpu: String?
+    @Option(help: "GPUs per node.") var gpusPerNode: Int?
+    @Option(help: "Nodes.") var nodes: Int = 1
+    @Flag(help: "Allow spot capacity where cheaper.") var spot = false
+    @Flag(help: "Spot capacity only.") var spotOnly = false
+    @Option(name: .customLong("region"), help: "Allowed region (repeatable).") var regions: [String] = []
+    @Option(name: .customLong("provider"), help: "Only this provider (repeatable).") var providers: [String] = []
+    @Option(help: "Ceiling on the cluster's price, $/h.") var maxPrice: Double?
+    @Flag(help: "Ask every provider for fresh offers.") var refresh = false
+
+    func validate() throws {
+        if spot && spotOnly { throw ValidationError("--spot and --spot-only exclude each other.") }
+        if nodes < 1 { throw ValidationError("--nodes must be at least 1.") }
+        do { try Provisioner.validate(name: name) } catch let e as CapstanError { throw ValidationError(e.description) }
+        if let gpu { do { _ = try GPUCatalog.resolve(gpu) } catch let e as CapstanError { throw ValidationError(e.description) } }
+    }
+
+    func run() async throws {
+        try await reportingErrors { try await provision() }
+    }
+
+    func provision() async throws {
+        let registry = try global.loadRegistry()
+        let json = global.json
+        let printer: (@Sendable (String) -> Void)? = json ? nil : { @Sendable line in print("  " + line) }
+        let provisioner = try global.provisioner(registry, progress: printer)
+        _ = await provisioner.reconcile()
+        let policy: ResourceRequest.SpotPolicy = spotOnly ? .only : (spot ? .allowed : .never)
+        let request = ResourceRequest(gpu: gpu, gpusPerNode: gpusPerNode, nodes: nodes, regions: regions, spot: policy, maxPricePerHour: maxPrice, providers: providers)
+        if !json { print("Provisioning \(name)…") }
+        let search = global.offerSearch(registry, store: provisioner.store, refresh: refresh)
+        let report = try await provisioner.up(name: name, request: request, search: search)
+        if json { try printJSON(report) } else { render(report) }
+        if report.cluster.status != .running { throw ExitCode(1) }
+    }
+
+    func render(_ report: ProvisionReport) {
+        if !report.attempts.isEmpty {
+            var table = TextTable(header: ["#", "OFFER", "MARKET", "$/H", "OUTCOME", "SECONDS"], rightAligned: [0, 3, 5])
+            for (i, a) in report.attempts.enumerated() {
+                table.rows.append(["\(i + 1)", a.offer.id, a.spot ? "spot" : "on-demand", String(format: "%.2f", a.clusterPricePerHour), a.error.map { "\($0.code.name): \($0.message)" } ?? a.outcome, String(format: "%.1f", a.seconds)])
+            }
+            print(table.render())
+        }
+        let c = report.cluster
+        if c.status == .running {
+            print("\nCluster \(c.name) is running: \(c.nodes) node(s) on \(c.offer?.provider ?? "?") \(c.offer?.instanceType ?? "?"), \(dollars(c.pricePerHour ?? 0))/h\(c.spot ? " (spot)" : "").")
+            for i in report.instances {
+                print("  \(i.tags[CapstanTags.node].map { "node \($0)" } ?? "node") \(i.id)  \(i.privateAddress ?? i.publicAddress ?? "-")")
+            }
+            print("Stop it with: capstan down \(c.name)")
+        } else {
+            printError("error: cluster \(c.name) could not be provisioned: \(report.noOfferReason ?? c.lastError ?? "unknown")")
+            printError("  → Try other GPUs, regions or --spot; `capstan offers --explain` shows what was filtered out.")
+        }
+    }
+}
+
+struct DownCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "down", abstract: "Terminate a cluster's instances.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Cluster name.") var name: String
+
+    func run() async throws {
+        try await reportingErrors {
+            let registry = try global.loadRegistry()
+            let provisioner = try global.provisioner(registry)
+            let cluster = try await provisioner.down(name: name)
+            _ = await provisioner.reconcile()
+            if global.json { try printJSON(cluster); return }
+            print("Cluster \(cluster.name) is \(cluster.status.rawValue).")
+        }
+    }
+}
+
+/// One cluster as `capstan status --json` prints it.
+struct ClusterStatusRow: Encodable {
+    var cluster: Cluster
+    var instances: [InstanceRecord]
+    var uptimeSeconds: Double
+    var costSoFar: Double
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show clusters, their instances, price, uptime and cost so far (reconciling first).")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Include terminated and failed clusters.") var all = false
+    @Flag(help: "Do not reconcile with the providers first.") var noReconcile = false
+
+    func run() async throws {
+        try await reportingErrors {
+            let registry = try global.loadRegistry()
+            let provisioner = try global.provisioner(registry)
+            let report = noReconcile ? ReconcileReport() : await provisioner.reconcile()
+            let now = Date()
+            let rows = try provisioner.store.clusters(includeFinished: all).map { c -> ClusterStatusRow in
+                let instances = try provisioner.store.instances(cluster: c.id)
+                let end = c.terminatedAt ?? now
+                return ClusterStatusRow(cluster: c, instances: instances, uptimeSeconds: c.readyAt.map { end.timeIntervalSince($0) } ?? 0, costSoFar: instances.reduce(0) { $0 + $1.cost(now: now) })
+            }
+            if global.json {
+                struct Out: Encodable { var clusters: [ClusterStatusRow]; var reconcile: ReconcileReport }
+                try printJSON(Out(clusters: rows, reconcile: report))
+                return
+            }
+            if report.didSomething {
+                print("Reconciled: \(report.terminated.count) orphaned instance(s) terminated, \(report.recoveredClusters.count) interrupted cluster(s) recovered, \(report.failedClusters.count) cleaned up.")
+            }
+            for (p, e) in report.providerErrors.sorted(by: { $0.key < $1.key }) { printError("warning: could not list \(p)'s instances: \(e)") }
+            if rows.isEmpty { print("No clusters\(all ? "" : " running"). Start one with: capstan up NAME --nodes 2"); return }
+            var table = TextTable(header: ["NAME", "STATUS", "PROVIDER", "REGION", "NODES", "GPU", "$/H", "UPTIME", "COST"], rightAligned: [4, 6, 8])
+            for r in rows {
+                let c = r.cluster
+                let gpu = c.offer.map { o in o.gpusPerNode > 0 ? "\(o.gpusPerNode)x\(o.gpu ?? o.gpuName ?? "?")" : "cpu" } ?? "-"
+                table.rows.append([c.name, c.status.rawValue, c.offer?.provider ?? "-", c.offer.map { $0.zone ?? $0.region } ?? "-", "\(c.nodes)", gpu, c.pricePerHour.map { String(format: "%.2f", $0) } ?? "-", humanDuration(r.uptimeSeconds), dollars(r.costSoFar)])
+            }
+            print(table.render())
+            for r in rows where !r.instances.isEmpty {
+                print("\n\(r.cluster.name):")
+                var t = TextTable(header: ["  NODE", "INSTANCE", "STATE", "ADDRESS", "$/H"], rightAligned: [4])
+                for i in r.instances {
+                    t.rows.append(["  " + (i.instance.tags[CapstanTags.node] ?? "-"), i.id, i.state.rawValue, i.instance.privateAddress ?? i.instance.publicAddress ?? "-", String(format: "%.2f", i.pricePerHour ?? 0)])
+                }
+                print(t.render())
+                if let e = r.cluster.lastError, r.cluster.status != .running { print("  last error: \(e)") }
+            }
+        }
+    }
+}
+
+struct ReconcileCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "reconcile", abstract: "Compare every provider's Capstan instances with the state and repair the difference (terminate orphans).")
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        try await reportingErrors {
+            let registry = try global.loadRegistry()
+            let report = try await global.provisioner(registry).reconcile()
+            if global.json { try printJSON(report); return }
+            print("adopted \(report.adopted.count), terminated \(report.terminated.count), recovered clusters \(report.recoveredClusters.count), cleaned-up clusters \(report.failedClusters.count), closed intents \(report.abandonedIntents.count)")
+            for id in report.terminated { print("  terminated \(id)") }
+            for (p, e) in report.providerErrors.sorted(by: { $0.key < $1.key }) { printError("warning: could not list \(p)'s instances: \(e)") }
+        }
+    }
+}

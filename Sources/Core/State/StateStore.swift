@@ -1,0 +1,229 @@
+import Foundation
+import GRDB
+
+/// Capstan's state: clusters, instances, launch intents, events and the offer cache, in one
+/// SQLite file (WAL mode) — `$CAPSTAN_HOME/state/capstan.db` by default, or any path a library
+/// user chooses. Safe to use from several threads and several processes at once.
+public final class StateStore: Sendable {
+    public let path: String
+    let db: DatabasePool
+
+    /// Opens (creating and migrating as needed) the database at `path`.
+    public init(path: String) throws {
+        self.path = path
+        do {
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            var config = Configuration()
+            config.busyMode = .timeout(10)
+            db = try DatabasePool(path: path, configuration: config)
+            try Self.migrator.migrate(db)
+        } catch let e as CapstanError {
+            throw e
+        } catch {
+            throw CapstanError(.io, "Cannot open the state database \(path): \(error).", hint: "Check the folder's permissions and free space; if the file is corrupt, move it aside (Capstan will reconcile from the clouds' tags).")
+        }
+    }
+
+    /// The store in `home` (`state/capstan.db`).
+    public static func open(home: CapstanHome) throws -> StateStore {
+        try StateStore(path: home.stateFolder + "/capstan.db")
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.create(table: "meta") { t in
+                t.primaryKey("key", .text)
+                t.column("value", .text).notNull()
+            }
+            try db.create(table: "cluster") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull()
+                t.column("status", .text).notNull()
+                t.column("request", .text).notNull()
+                t.column("offer", .text)
+                t.column("spot", .boolean).notNull()
+                t.column("nodes", .integer).notNull()
+                t.column("pricePerHour", .double)
+                t.column("intentKey", .text)
+                t.column("createdAt", .datetime).notNull()
+                t.column("readyAt", .datetime)
+                t.column("terminatedAt", .datetime)
+                t.column("lastError", .text)
+            }
+            // One live cluster per name; finished ones are kept as history.
+            try db.execute(sql: "CREATE UNIQUE INDEX cluster_live_name ON cluster(name) WHERE status IN ('provisioning','running','terminating')")
+            try db.create(table: "intent") { t in
+                t.primaryKey("key", .text)
+                t.column("clusterID", .text).notNull().indexed()
+                t.column("provider", .text).notNull()
+                t.column("offer", .text).notNull()
+                t.column("count", .integer).notNull()
+                t.column("spot", .boolean).notNull()
+                t.column("tags", .text).notNull()
+                t.column("status", .text).notNull()
+                t.column("createdAt", .datetime).notNull()
+                t.column("updatedAt", .datetime).notNull()
+                t.column("error", .text)
+                t.column("pid", .integer).notNull()
+            }
+            try db.create(table: "instance") { t in
+                t.column("provider", .text).notNull()
+                t.column("id", .text).notNull()
+                t.primaryKey(["provider", "id"])
+                t.column("clusterID", .text).notNull().indexed()
+                t.column("intentKey", .text).notNull()
+                t.column("state", .text).notNull()
+                t.column("pricePerHour", .double)
+                t.column("launchedAt", .datetime).notNull()
+                t.column("terminatedAt", .datetime)
+                t.column("instance", .text).notNull()
+            }
+            try db.create(table: "event") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("time", .datetime).notNull()
+                t.column("clusterID", .text).indexed()
+                t.column("kind", .text).notNull()
+                t.column("message", .text).notNull()
+            }
+            try db.create(table: "offerCache") { t in
+                t.column("provider", .text).notNull()
+                t.column("requestKey", .text).notNull()
+                t.primaryKey(["provider", "requestKey"])
+                t.column("fetchedAt", .datetime).notNull()
+                t.column("offers", .text).notNull()
+            }
+        }
+        return m
+    }
+
+    func write<T>(_ body: (Database) throws -> T) throws -> T {
+        do { return try db.write(body) } catch let e as CapstanError { throw e } catch let e as DatabaseError where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
+            throw CapstanError(.invalidRequest, "State conflict: \(e.message ?? "a unique value is already taken").")
+        } catch {
+            throw CapstanError(.io, "Cannot write the state database \(path): \(error).")
+        }
+    }
+
+    func read<T>(_ body: (Database) throws -> T) throws -> T {
+        do { return try db.read(body) } catch let e as CapstanError { throw e } catch {
+            throw CapstanError(.io, "Cannot read the state database \(path): \(error).")
+        }
+    }
+
+    // MARK: - Owner
+
+    /// A random id for this state store, put on every instance as ``CapstanTags/owner``, so that
+    /// reconcile only ever touches instances this installation created (two homes may share a
+    /// cloud account).
+    public func ownerID() throws -> String {
+        try write { db in
+            if let v = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'owner'") { return v }
+            let id = UUID().uuidString.lowercased().prefix(12).description
+            try db.execute(sql: "INSERT INTO meta(key, value) VALUES ('owner', ?)", arguments: [id])
+            return id
+        }
+    }
+
+    // MARK: - Clusters
+
+    /// Inserts a new cluster; fails with `.invalidRequest` when a live one has the name.
+    public func insert(_ cluster: Cluster) throws {
+        try write { db in
+            if let live = try Cluster.filter(Column("name") == cluster.name).filter([ClusterStatus.provisioning, .running, .terminating].map(\.rawValue).contains(Column("status"))).fetchOne(db) {
+                throw CapstanError(.invalidRequest, "A cluster named '\(cluster.name)' already exists (\(live.status.rawValue)).", hint: "Pick another name, or run `capstan down \(cluster.name)` first.")
+            }
+            try cluster.insert(db)
+        }
+    }
+
+    public func update(_ cluster: Cluster) throws { try write { try cluster.update($0) } }
+
+    /// The live cluster called `name`, else the most recent finished one.
+    public func cluster(named name: String) throws -> Cluster? {
+        try read { db in
+            let all = try Cluster.filter(Column("name") == name).order(Column("createdAt").desc).fetchAll(db)
+            return all.first { $0.status.isLive } ?? all.first
+        }
+    }
+
+    public func cluster(id: String) throws -> Cluster? { try read { try Cluster.fetchOne($0, key: id) } }
+
+    public func clusters(includeFinished: Bool = false) throws -> [Cluster] {
+        try read { db in
+            try Cluster.order(Column("createdAt")).fetchAll(db).filter { includeFinished || $0.status.isLive }
+        }
+    }
+
+    // MARK: - Intents
+
+    public func insert(_ intent: LaunchIntent) throws { try write { try intent.insert($0) } }
+
+    public func setIntent(_ key: String, status: LaunchIntent.Status, error: String? = nil) throws {
+        try write { db in
+            try db.execute(sql: "UPDATE intent SET status = ?, error = COALESCE(?, error), updatedAt = ? WHERE key = ?", arguments: [status.rawValue, error, Date(), key])
+        }
+    }
+
+    public func intent(_ key: String) throws -> LaunchIntent? { try read { try LaunchIntent.fetchOne($0, key: key) } }
+
+    public func intents(cluster id: String? = nil, status: LaunchIntent.Status? = nil) throws -> [LaunchIntent] {
+        try read { db in
+            var q = LaunchIntent.order(Column("createdAt"))
+            if let id { q = q.filter(Column("clusterID") == id) }
+            if let status { q = q.filter(Column("status") == status.rawValue) }
+            return try q.fetchAll(db)
+        }
+    }
+
+    // MARK: - Instances
+
+    /// Records what a provider said about an instance (insert or update).
+    public func record(_ instance: Instance, clusterID: String, intentKey: String) throws {
+        try write { db in
+            if var existing = try InstanceRecord.fetchOne(db, key: ["provider": instance.provider, "id": instance.id]) {
+                existing.state = instance.state
+                existing.instance = instance
+                if instance.state.isGone, existing.terminatedAt == nil { existing.terminatedAt = Date() }
+                try existing.update(db)
+            } else {
+                try InstanceRecord(instance: instance, clusterID: clusterID, intentKey: intentKey).insert(db)
+            }
+        }
+    }
+
+    public func instances(cluster id: String) throws -> [InstanceRecord] {
+        try read { try InstanceRecord.filter(Column("clusterID") == id).order(Column("launchedAt"), Column("id")).fetchAll($0) }
+    }
+
+    public func allInstances() throws -> [InstanceRecord] { try read { try InstanceRecord.fetchAll($0) } }
+
+    // MARK: - Events
+
+    public func event(_ kind: String, _ message: String, cluster: String? = nil) {
+        var e = StateEvent(clusterID: cluster, kind: kind, message: message)
+        _ = try? write { try e.insert($0) }
+    }
+
+    public func events(cluster id: String? = nil, limit: Int = 200) throws -> [StateEvent] {
+        try read { db in
+            var q = StateEvent.order(Column("id").desc).limit(limit)
+            if let id { q = q.filter(Column("clusterID") == id) }
+            return try q.fetchAll(db).reversed()
+        }
+    }
+
+    // MARK: - Offer cache
+
+    func cachedOffers(provider: String, requestKey: String, maxAge: Duration, now: Date = Date()) throws -> (offers: [Offer], fetchedAt: Date)? {
+        try read { db in
+            guard let r = try OfferCacheRecord.fetchOne(db, key: ["provider": provider, "requestKey": requestKey]) else { return nil }
+            guard now.timeIntervalSince(r.fetchedAt) <= maxAge.seconds, r.fetchedAt <= now.addingTimeInterval(60) else { return nil }
+            return (r.offers, r.fetchedAt)
+        }
+    }
+
+    func cacheOffers(_ offers: [Offer], provider: String, requestKey: String, now: Date = Date()) throws {
+        try write { try OfferCacheRecord(provider: provider, requestKey: requestKey, fetchedAt: now, offers: offers).save($0) }
+    }
+}
