@@ -96,6 +96,13 @@ let package = Package(
             path: "Tests/CapstanProvidersTests",
             swiftSettings: swiftSettings
         ),
+        // Provisioning, failover, reconcile and the state store, in process (SimulatedCloud, LocalProvider).
+        .testTarget(
+            name: "CapstanBrokerTests",
+            dependencies: ["CapstanCore", "CapstanProviders"],
+            path: "Tests/CapstanBrokerTests",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "CapstanTrainerTests",
             dependencies: ["CapstanCore", "CapstanTrainer"],

@@ -81,6 +81,24 @@ public struct LaunchIntent: Sendable, Hashable, Codable, FetchableRecord, Persis
     public var error: String?
     /// The process that wrote it.
     public var pid: Int32
+
+    public init(
+        key: String, clusterID: String, provider: String, offer: Offer, count: Int, spot: Bool, tags: [String: String],
+        status: Status = .pending, createdAt: Date = Date(), updatedAt: Date = Date(), error: String? = nil, pid: Int32 = getpid()
+    ) {
+        self.key = key
+        self.clusterID = clusterID
+        self.provider = provider
+        self.offer = offer
+        self.count = count
+        self.spot = spot
+        self.tags = tags
+        self.status = status
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.error = error
+        self.pid = pid
+    }
 }
 
 /// An instance as the state store knows it.

@@ -25,10 +25,16 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
         public var badCredentials: Bool?
         /// Seconds an instance stays `pending` after launch (0: running on the first describe).
         public var bootSeconds: Double?
+        /// The first N launches are throttled (rateLimited, Retry-After 0.05 s), then succeed.
+        public var rateLimitedLaunches: Int?
+        /// Instances launched into these regions fail while booting (state `failed`).
+        public var failBootRegions: [String]?
         /// Keep instances in this JSON file (shared by every process that names it), so they
         /// outlive the process that launched them — as a real cloud's do.
         public var stateFile: String?
-        public init(offers: [Offer]? = nil, capacityFailures: Int? = nil, noCapacityRegions: [String]? = nil, latencyMs: Int? = nil, badCredentials: Bool? = nil, bootSeconds: Double? = nil, stateFile: String? = nil) {
+        public init(offers: [Offer]? = nil, capacityFailures: Int? = nil, noCapacityRegions: [String]? = nil, latencyMs: Int? = nil, badCredentials: Bool? = nil, bootSeconds: Double? = nil, stateFile: String? = nil, rateLimitedLaunches: Int? = nil, failBootRegions: [String]? = nil) {
+            self.rateLimitedLaunches = rateLimitedLaunches
+            self.failBootRegions = failBootRegions
             self.bootSeconds = bootSeconds
             self.stateFile = stateFile
             self.offers = offers
@@ -101,7 +107,10 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
             let existing = state.instances.values.filter { $0.tags[CapstanTags.intent] == request.idempotencyKey }
             if !existing.isEmpty { return existing.sorted { $0.id < $1.id } }
             state.launches += 1
-            if state.launches <= (configuration.capacityFailures ?? 0) || (configuration.noCapacityRegions ?? []).contains(request.offer.region) {
+            if state.launches <= (configuration.rateLimitedLaunches ?? 0) {
+                throw CapstanError(.rateLimited, "Too many launch requests.", provider: name, retryAfterSeconds: 0.05, cloudCode: "RequestLimitExceeded")
+            }
+            if state.launches <= (configuration.capacityFailures ?? 0) + (configuration.rateLimitedLaunches ?? 0) || (configuration.noCapacityRegions ?? []).contains(request.offer.region) {
                 throw CapstanError(
                     .capacity, "No \(request.offer.instanceType) capacity in \(request.offer.region).", provider: name,
                     cloudCode: "InsufficientInstanceCapacity", cloudMessage: "We currently do not have sufficient \(request.offer.instanceType) capacity in the region you requested.")
@@ -127,8 +136,9 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
         let boot = configuration.bootSeconds ?? 0
         return try withState { state in
             for (id, i) in state.instances where i.state == .pending && Date().timeIntervalSince(i.launchedAt ?? .distantPast) >= boot {
-                state.instances[id]?.state = .running
-                state.instances[id]?.providerState = "running"
+                let fails = (configuration.failBootRegions ?? []).contains(i.region)
+                state.instances[id]?.state = fails ? .failed : .running
+                state.instances[id]?.providerState = fails ? "unhealthy" : "running"
             }
             return state.instances.values.filter(query.matches).sorted { $0.id < $1.id }
         }
@@ -173,13 +183,15 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
                     "badCredentials": .object(["type": .string("boolean")]),
                     "bootSeconds": .object(["type": .string("number"), "description": .string("Seconds an instance stays pending.")]),
                     "stateFile": .object(["type": .string("string"), "description": .string("Keep instances in this file so they outlive the process.")]),
+                    "rateLimitedLaunches": .object(["type": .string("integer"), "description": .string("The first N launches are throttled.")]),
+                    "failBootRegions": .object(["type": .string("array"), "items": .object(["type": .string("string")]), "description": .string("Instances in these regions fail while booting.")]),
                 ]),
                 "additionalProperties": .bool(false),
             ]),
             autoEnable: false, storageSchemes: ["simfile"]),
         make: { config, logger in
             let configuration: Configuration
-            let known: Set<String> = ["offers", "capacityFailures", "noCapacityRegions", "latencyMs", "badCredentials", "bootSeconds", "stateFile"]
+            let known: Set<String> = ["offers", "capacityFailures", "noCapacityRegions", "latencyMs", "badCredentials", "bootSeconds", "stateFile", "rateLimitedLaunches", "failBootRegions"]
             if case .object(let o) = config, let unknown = o.keys.sorted().first(where: { !known.contains($0) }) {
                 throw CapstanError(.config, "Unknown key 'providers.sim.\(unknown)'.", hint: "Known: \(known.sorted().joined(separator: ", ")).")
             }
