@@ -1,0 +1,107 @@
+import CapstanCore
+import CapstanProviders
+import Foundation
+import Testing
+
+/// kill -9 `capstan up` at each point of provisioning, against providers whose instances outlive
+/// the process (local node slots; the sim plugin with a state file), then count leaks: live
+/// instances that no running cluster owns after `capstan status` reconciles.
+@Suite("Crash safety of capstan up", .serialized)
+struct CrashTests {
+    enum Target: String, CaseIterable { case local, sim }
+
+    struct Home {
+        let dir = TempDir("capstan-crash")
+        let target: Target
+        init(_ target: Target, extraSim: String = "") {
+            self.target = target
+            switch target {
+            case .local:
+                dir.write("config.yaml", "providers:\n  local:\n    slots: 4\n    bootSeconds: 0.6\n")
+            case .sim:
+                dir.write("config.yaml", "providers:\n  local:\n    enabled: false\n  sim:\n    bootSeconds: 0.6\n    stateFile: \(dir.file("sim-cloud.json"))\n\(extraSim)")
+            }
+        }
+        var upArgs: [String] {
+            target == .local ? ["up", "c1", "--nodes", "2"] : ["up", "c1", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2"]
+        }
+        func capstan(_ args: [String], env: [String: String] = [:]) throws -> ProcessResult {
+            try runProcess(BuildProducts.capstan, args, environment: env.merging(["CAPSTAN_HOME": dir.path]) { $1 })
+        }
+        /// Live instances at the provider that no running cluster in the state store owns.
+        func leaks() async throws -> (live: Int, leaked: [String]) {
+            let provider: any ComputeProvider = target == .local
+                ? try LocalProvider(root: dir.file("local"), configuration: .init(slots: 4))
+                : SimulatedCloud(configuration: .init(stateFile: dir.file("sim-cloud.json")))
+            let live = try await provider.describe(InstanceQuery())
+            let store = try StateStore(path: dir.file("state/capstan.db"))
+            var leaked: [String] = []
+            for i in live {
+                let cluster = try store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
+                var owned = false
+                if let cluster, cluster.status == .running, cluster.intentKey == i.tags[CapstanTags.intent] {
+                    owned = try store.instances(cluster: cluster.id).contains { $0.id == i.id && !$0.state.isGone }
+                }
+                if !owned { leaked.append(i.id) }
+            }
+            return (live.count, leaked)
+        }
+    }
+
+    @Test("kill -9 at each provisioning point leaves zero leaked instances", arguments: Target.allCases)
+    func crashPoints(target: Target) async throws {
+        var tried = 0
+        for point in ["before-launch", "after-launch", "waiting"] {
+            let home = Home(target); defer { home.dir.cleanup() }
+            let r = try home.capstan(home.upArgs, env: ["CAPSTAN_TEST_CRASH_AT": point])
+            #expect(r.status == 9, "\(point): expected SIGKILL, got \(r.status): \(r.stderr)")
+            let status = try home.capstan(["status", "--json", "--all"])
+            #expect(status.status == 0, "\(status.stderr)")
+            let (live, leaked) = try await home.leaks()
+            #expect(leaked.isEmpty, "\(target) \(point): leaked \(leaked)")
+            // Before the launch call nothing exists; after it, the dead `up`'s nodes are adopted.
+            #expect(live == (point == "before-launch" ? 0 : 2), "\(target) \(point)")
+            // The name is usable again: either the recovered cluster runs, or `up` can retry.
+            let again = try home.capstan(point == "before-launch" ? home.upArgs : ["down", "c1"])
+            #expect(again.status == 0, "\(again.stderr)")
+            tried += 1
+        }
+        #expect(tried == 3)
+    }
+
+    @Test("kill -9 during the second offer's launch, after a capacity failover")
+    func crashAfterFailover() async throws {
+        for point in ["before-launch:2", "after-launch:2"] {
+            let home = Home(.sim, extraSim: "    noCapacityRegions: [sim-east-1]\n"); defer { home.dir.cleanup() }
+            let r = try home.capstan(home.upArgs, env: ["CAPSTAN_TEST_CRASH_AT": point])
+            #expect(r.status == 9)
+            _ = try home.capstan(["status"])
+            let (_, leaked) = try await home.leaks()
+            #expect(leaked.isEmpty, "\(point): leaked \(leaked)")
+        }
+    }
+
+    @Test("kill -9 at random moments of a booting launch", arguments: Target.allCases)
+    func randomKills(target: Target) async throws {
+        var leaks = 0
+        for trial in 0..<5 {
+            let home = Home(target); defer { home.dir.cleanup() }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: BuildProducts.capstan)
+            p.arguments = home.upArgs
+            p.environment = ProcessInfo.processInfo.environment.merging(["CAPSTAN_HOME": home.dir.path]) { $1 }
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            let delay = Double(trial) * 0.15 + Double.random(in: 0...0.1)
+            try await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            _ = try home.capstan(["status"])
+            let (_, leaked) = try await home.leaks()
+            leaks += leaked.count
+            #expect(leaked.isEmpty, "\(target) trial \(trial) at \(delay) s: leaked \(leaked)")
+        }
+        #expect(leaks == 0)
+    }
+}
