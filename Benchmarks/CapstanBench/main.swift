@@ -1,6 +1,6 @@
 // capstan-bench: figures for the closing notes, each against a baseline run in the same process.
 //   swift build -c release --product capstan-bench --product CapstanPluginSim
-//   .build/release/capstan-bench [plugin-call|ranking|all]
+//   .build/release/capstan-bench [plugin-call|ranking|cold-start|all]
 import CapstanCore
 import CapstanProviders
 import Foundation
@@ -94,6 +94,47 @@ func rankingBench() throws {
     print(String(format: "  normalize GPU names: %.1f ms; rank (filter+price+sort), best of 5: %.1f ms (%d kept); baseline plain sort by price: %.1f ms; ratio %.1f×", normMs, best, kept, sortMs, best / sortMs))
 }
 
+/// Wall time of `capstan offers` on a warm offer cache, against process start-up
+/// (`capstan --version`) and an uncached run (`--refresh`), medians of 20 runs each.
+func coldStartBench() throws {
+    let dir = Bundle.main.executableURL!.resolvingSymlinksInPath().deletingLastPathComponent().path
+    let capstan = dir + "/capstan"
+    guard FileManager.default.isExecutableFile(atPath: capstan) else {
+        print("Cold start: build capstan in the same configuration first (scripts/bench.sh does)")
+        return
+    }
+    let home = NSTemporaryDirectory() + "capstan-bench-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: home) }
+    try Data("providers:\n  sim: {}\n".utf8).write(to: URL(fileURLWithPath: home + "/config.yaml"))
+    func run(_ args: [String]) throws -> Double {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: capstan)
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(["CAPSTAN_HOME": home]) { $1 }
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        let start = ContinuousClock.now
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw CapstanError(.internalError, "capstan \(args) exited \(p.terminationStatus)") }
+        return (ContinuousClock.now - start).seconds * 1000
+    }
+    func median(_ args: [String]) throws -> Double {
+        let times = try (0..<20).map { _ in try run(args) }.sorted()
+        return times[times.count / 2]
+    }
+    _ = try run(["offers"])  // fills the offer cache (sim) and the state database
+    let version = try median(["--version"])
+    let cached = try median(["offers"])
+    let refresh = try median(["offers", "--refresh"])
+    print("Cold start (median of 20 processes; local + sim plugin enabled):")
+    print(String(format: "  capstan --version (process start-up baseline): %6.1f ms", version))
+    print(String(format: "  capstan offers, cached catalog:                %6.1f ms  (%.1f× start-up)", cached, cached / version))
+    print(String(format: "  capstan offers --refresh:                      %6.1f ms", refresh))
+}
+
 let which = CommandLine.arguments.dropFirst().first ?? "all"
 if which == "plugin-call" || which == "all" { try await pluginCallBench() }
 if which == "ranking" || which == "all" { try rankingBench() }
+if which == "cold-start" || which == "all" { try coldStartBench() }
