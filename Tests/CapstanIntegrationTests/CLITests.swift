@@ -116,3 +116,55 @@ struct CLITests {
         #expect(!r.stderr.contains(".lambda-key"))
     }
 }
+
+@Suite("capstan up/down/status")
+struct ClusterCLITests {
+    @Test("failover through the sim plugin: two capacity errors, then ready; the report lists all three")
+    func failover() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        home.write("config.yaml", "providers:\n  local:\n    enabled: false\n  sim:\n    noCapacityRegions: [sim-east-1, sim-west-1]\n    stateFile: \(home.file("cloud.json"))\n")
+        let env = ["CAPSTAN_HOME": home.path]
+        let up = try runProcess(BuildProducts.capstan, ["up", "train", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--json"], environment: env)
+        #expect(up.status == 0, "\(up.stderr)")
+        let report = try JSONDecoder.iso.decode(ProvisionReport.self, from: Data(up.stdout.utf8))
+        #expect(report.attempts.map(\.outcome) == ["capacity", "capacity", "ready"])
+        #expect(report.attempts.map(\.offer.region) == ["sim-east-1", "sim-west-1", "sim-eu-1"])
+        #expect(report.cluster.status == .running && report.instances.count == 2)
+
+        let status = try runProcess(BuildProducts.capstan, ["status"], environment: env)
+        #expect(status.stdout.contains("train  running  sim"), "\(status.stdout)")
+        let down = try runProcess(BuildProducts.capstan, ["down", "train"], environment: env)
+        #expect(down.stdout.contains("Cluster train is terminated."))
+        #expect(try runProcess(BuildProducts.capstan, ["status"], environment: env).stdout.contains("No clusters running"))
+    }
+
+    @Test("a second `capstan offers` is served from the offer cache; --refresh asks again")
+    func offerCache() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        home.write("config.yaml", "providers:\n  sim: {}\n")
+        let env = ["CAPSTAN_HOME": home.path]
+        let first = try runProcess(BuildProducts.capstan, ["offers"], environment: env)
+        #expect(!first.stdout.contains("cached"))
+        let second = try runProcess(BuildProducts.capstan, ["offers"], environment: env)
+        #expect(second.stdout.contains("Offers from sim are cached"), "\(second.stdout)")
+        let refreshed = try runProcess(BuildProducts.capstan, ["offers", "--refresh"], environment: env)
+        #expect(!refreshed.stdout.contains("cached"))
+    }
+
+    @Test("no capacity anywhere: exit 1 with what was tried")
+    func noCapacity() throws {
+        let home = TempDir(); defer { home.cleanup() }
+        home.write("config.yaml", "providers:\n  local:\n    slots: 1\n")
+        let r = try runProcess(BuildProducts.capstan, ["up", "big", "--nodes", "3"], environment: ["CAPSTAN_HOME": home.path])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("only 1 node(s) available, 3 needed"), "\(r.stderr)")
+    }
+}
+
+extension JSONDecoder {
+    static var iso: JSONDecoder {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        return d
+    }
+}
