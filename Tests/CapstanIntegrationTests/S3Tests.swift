@@ -1,0 +1,146 @@
+import CapstanCore
+import CapstanProviders
+import Foundation
+import Testing
+
+/// The endpoints scripts/test-servers.sh started (scripts/test.sh does it for every run).
+enum TestServers {
+    static func env(_ name: String) throws -> String {
+        guard let v = ProcessInfo.processInfo.environment[name], !v.isEmpty else {
+            throw CapstanError(.config, "\(name) is not set.", hint: "Run the tests with scripts/test.sh, which starts moto and SeaweedFS (scripts/test-servers.sh).")
+        }
+        return v
+    }
+    static var seaweed: String { get throws { try env("CAPSTAN_TEST_S3_ENDPOINT") } }
+    static var seaweedCredentials: AWSCredentials { get throws { AWSCredentials(accessKeyID: try env("CAPSTAN_TEST_S3_KEY"), secretAccessKey: try env("CAPSTAN_TEST_S3_SECRET")) } }
+    static var moto: String { get throws { try env("CAPSTAN_TEST_MOTO_ENDPOINT") } }
+    static var motoFaulty: String { get throws { try env("CAPSTAN_TEST_MOTO_FAULTY_ENDPOINT") } }
+    static let motoCredentials = AWSCredentials(accessKeyID: "AKIDMOTOTEST", secretAccessKey: "motosecret")
+}
+
+/// Writes `size` bytes of a deterministic pattern (different per `seed`).
+func makeFile(_ path: String, size: Int, seed: UInt8 = 7) throws {
+    FileManager.default.createFile(atPath: path, contents: nil)
+    let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+    var left = size
+    var block = 0
+    while left > 0 {
+        let n = min(left, 1 << 20)
+        h.write(Data((0..<n).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ block &* 7 &+ Int(seed)) }))
+        left -= n
+        block += 1
+    }
+    try h.close()
+}
+
+@Suite("S3 object store on real servers", .serialized)
+struct S3Tests {
+    func store(_ server: String, credentials: AWSCredentials, bucket: String, prefix: String = "ckpt", dir: TempDir, partSize: Int = 5 << 20) throws -> S3ObjectStore {
+        var config = S3Configuration(endpoint: server, region: "us-east-1", uploadStateFolder: dir.file("uploads"))
+        config.partSize = partSize
+        config.concurrency = 4
+        return try S3ObjectStore(location: "s3://\(bucket)/\(prefix)", credentials: credentials, configuration: config)
+    }
+
+    @Test("SeaweedFS: put (single and multipart), head, list, get with verification, delete")
+    func seaweedRoundTrip() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let s = try store(try TestServers.seaweed, credentials: try TestServers.seaweedCredentials, bucket: "capstan-rt", dir: dir)
+        try await s.createBucket()
+        try await s.createBucket()  // idempotent
+        let small = dir.file("small"), big = dir.file("big")
+        try makeFile(small, size: 1000)
+        try makeFile(big, size: 23 << 20 + 12345)  // 5 parts, the last short
+        let seen = Counter()
+        let a = try await s.put(file: small, key: "job/step-1/a.json", options: PutOptions(metadata: ["step": "1"]))
+        let b = try await s.put(file: big, key: "job/step-1/model.bin", options: PutOptions(), progress: { _ in seen.increment() })
+        #expect(a.size == 1000 && a.metadata["step"] == "1" && a.sha256?.count == 64)
+        #expect(b.size == Int64(23 << 20 + 12345))
+        #expect(seen.value == 5)
+        #expect(try await s.list(prefix: "job/").map(\.key) == ["job/step-1/a.json", "job/step-1/model.bin"])
+        let back = dir.file("back/model.bin")
+        let got = try await s.get(key: "job/step-1/model.bin", to: back)
+        #expect(got.sha256 == b.sha256)
+        #expect(FileManager.default.contentsEqual(atPath: big, andPath: back))
+        #expect(try await s.head(key: "job/none") == nil)
+        try await s.delete(key: "job/step-1/a.json")
+        #expect(try await s.head(key: "job/step-1/a.json") == nil)
+        let missing = await #expect(throws: CapstanError.self) { try await s.get(key: "job/none", to: dir.file("x")) }
+        #expect(missing?.code == .notFound)
+    }
+
+    @Test("SeaweedFS rejects a wrong secret: a clear auth error, nothing written")
+    func wrongSecret() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        var bad = try TestServers.seaweedCredentials
+        bad.secretAccessKey = "not-the-secret"
+        let s = try store(try TestServers.seaweed, credentials: bad, bucket: "capstan-rt", dir: dir)
+        try makeFile(dir.file("f"), size: 10)
+        let e = await #expect(throws: CapstanError.self) { try await s.put(file: dir.file("f"), key: "nope", options: PutOptions()) }
+        #expect(e?.code == .auth)
+        #expect(e?.cloudCode == "SignatureDoesNotMatch")
+        #expect(e?.message.contains("not-the-secret") == false)
+        #expect(e?.hint?.contains("credentials") == true)
+        let good = try store(try TestServers.seaweed, credentials: try TestServers.seaweedCredentials, bucket: "capstan-rt", dir: dir)
+        try await good.createBucket()
+        #expect(try await good.head(key: "nope") == nil)
+    }
+
+    @Test("conditional create and a changed file are refused")
+    func conditional() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let s = try store(try TestServers.moto, credentials: TestServers.motoCredentials, bucket: "capstan-cond", dir: dir)
+        try await s.createBucket()
+        try makeFile(dir.file("m"), size: 100)
+        _ = try await s.put(file: dir.file("m"), key: "manifest.json", options: PutOptions(ifNoneMatch: true))
+        let e = await #expect(throws: CapstanError.self) { try await s.put(file: dir.file("m"), key: "manifest.json", options: PutOptions(ifNoneMatch: true)) }
+        #expect(e?.cloudCode == "PreconditionFailed")
+        let e2 = await #expect(throws: CapstanError.self) { try await s.put(file: dir.file("m"), key: "other", options: PutOptions(expectedSHA256: String(repeating: "0", count: 64))) }
+        #expect(e2?.code == .invalidRequest)
+    }
+
+    @Test("moto: multipart round trip and listing past one page")
+    func motoMultipart() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let s = try store(try TestServers.moto, credentials: TestServers.motoCredentials, bucket: "capstan-moto", dir: dir)
+        try await s.createBucket()
+        try makeFile(dir.file("big"), size: 11 << 20)
+        let info = try await s.put(file: dir.file("big"), key: "m/model.bin", options: PutOptions())
+        let back = dir.file("back")
+        _ = try await s.get(key: "m/model.bin", to: back)
+        #expect(FileManager.default.contentsEqual(atPath: dir.file("big"), andPath: back))
+        #expect(info.sha256 != nil)
+        try makeFile(dir.file("tiny"), size: 3)
+        // 1,002 keys: ListObjectsV2 pages at 1,000, so the continuation token is exercised.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<1002 {
+                if i >= 16 { try await group.next() }
+                group.addTask { _ = try await s.put(file: dir.file("tiny"), key: "many/\(String(format: "%04d", i))", options: PutOptions()) }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await s.list(prefix: "many/").count == 1002)
+    }
+
+    @Test("an object whose bytes no longer match its recorded checksum is refused; the destination is untouched")
+    func corrupt() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let endpoint = try TestServers.seaweed
+        let creds = try TestServers.seaweedCredentials
+        let s = try store(endpoint, credentials: creds, bucket: "capstan-rt", prefix: "corrupt", dir: dir)
+        try await s.createBucket()
+        try makeFile(dir.file("good"), size: 2000, seed: 1)
+        try makeFile(dir.file("evil"), size: 2000, seed: 2)
+        let original = try await s.put(file: dir.file("good"), key: "x", options: PutOptions())
+        // A foreign writer replaces the bytes but leaves the old checksum (awscli, same server).
+        let aws = try runProcess("/usr/bin/env", ["aws", "--endpoint-url", endpoint, "--region", "us-east-1", "s3", "cp", dir.file("evil"), "s3://capstan-rt/corrupt/x", "--metadata", "capstan-sha256=\(original.sha256!)"],
+                                 environment: ["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey])
+        #expect(aws.status == 0, "\(aws.stderr)")
+        let dest = dir.file("dest")
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: dest))
+        let e = await #expect(throws: CapstanError.self) { try await s.get(key: "x", to: dest) }
+        #expect(e?.message.contains("is corrupt") == true)
+        #expect(try String(contentsOfFile: dest, encoding: .utf8) == "keep")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".capstan-get-") }.isEmpty)
+    }
+}
