@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "capstan-bench", targets: ["CapstanBench"]),
         // Plugins: one dynamic library per cloud, loaded at run time with dlopen.
         .library(name: "CapstanPluginSim", type: .dynamic, targets: ["CapstanPluginSim"]),
+        .library(name: "CapstanPluginAWS", type: .dynamic, targets: ["CapstanPluginAWS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -88,6 +89,12 @@ let package = Package(
             name: "CapstanPluginSim",
             dependencies: ["CapstanProviders", "CapstanCore", "CapstanPluginABI"],
             path: "plugins/sim",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanPluginAWS",
+            dependencies: ["CapstanProviders", "CapstanCore", "CapstanPluginABI"],
+            path: "plugins/aws",
             swiftSettings: swiftSettings
         ),
         .testTarget(

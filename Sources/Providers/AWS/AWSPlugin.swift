@@ -1,0 +1,56 @@
+import CapstanCore
+import Foundation
+import Logging
+
+/// The `aws` plugin: EC2 compute and S3 storage (plugins/aws exports this definition).
+public enum AWSPlugin {
+    public static let definition = PluginDefinition(
+        manifest: PluginManifest(
+            name: "aws", version: "1.0.0",
+            description: "AWS EC2 GPU instances and S3 (or any S3-compatible) storage, signed with SigV4. Credentials: environment, ~/.aws profiles.",
+            capabilities: [.compute, .storage],
+            configSchema: .object([
+                "type": .string("object"),
+                "additionalProperties": .bool(false),
+                "properties": .object([
+                    "profile": .object(["type": .string("string"), "description": .string("Profile in ~/.aws/credentials and ~/.aws/config.")]),
+                    "credentialsFile": .object(["type": .string("string"), "description": .string("An AWS-format credentials file to use instead of ~/.aws/credentials.")]),
+                    "regions": .object(["type": .string("array"), "items": .object(["type": .string("string")])]),
+                    "endpoint": .object(["type": .string("string"), "description": .string("Custom EC2 endpoint URL.")]),
+                    "s3Endpoint": .object(["type": .string("string"), "description": .string("Custom S3 endpoint URL (SeaweedFS, MinIO, R2, Backblaze).")]),
+                    "s3PathStyle": .object(["type": .string("boolean")]),
+                    "imageId": .object(["type": .string("string"), "description": .string("AMI for every region.")]),
+                    "imageIds": .object(["type": .string("object"), "description": .string("AMI per region.")]),
+                    "subnetId": .object(["type": .string("string")]),
+                    "securityGroupIds": .object(["type": .string("array"), "items": .object(["type": .string("string")])]),
+                    "instanceTypes": .object(["type": .string("array"), "description": .string("Instance type patterns (default: GPU families).")]),
+                    "onDemandPrices": .object(["type": .string("object"), "description": .string("$/h overrides of the built-in price table (\(EC2PriceTable.date)).")]),
+                ]),
+            ]),
+            autoEnable: false, storageSchemes: ["s3"], offerCacheSeconds: 600),
+        make: { config, logger in
+            if case .object(let o) = config, let unknown = o.keys.sorted().first(where: { !AWSSettings.keys.contains($0) }) {
+                throw CapstanError(.config, "Unknown key 'providers.aws.\(unknown)'.", hint: "Known: \(AWSSettings.keys.sorted().joined(separator: ", ")).")
+            }
+            let settings: AWSSettings
+            do { settings = try config.decode(AWSSettings.self) } catch {
+                throw CapstanError(.config, "providers.aws is invalid: \(error).", hint: "See `capstan plugins inspect aws`.")
+            }
+            var environment = ProcessInfo.processInfo.environment
+            if let file = settings.credentialsFile {
+                environment["AWS_SHARED_CREDENTIALS_FILE"] = (file as NSString).expandingTildeInPath
+                environment["AWS_ACCESS_KEY_ID"] = nil
+                environment["AWS_SECRET_ACCESS_KEY"] = nil
+            }
+            let chain = AWSCredentialChain(environment: environment, profile: settings.profile)
+            let credentials = try chain.credentials()
+            let region = chain.region()
+            logger.debug("aws plugin ready", metadata: ["regions": "\(settings.regions ?? [region ?? "default"])"])
+            let compute = try EC2ComputeProvider(settings: settings, credentials: credentials, defaultRegion: region)
+            return PluginServices(compute: compute, openStore: { location in
+                try S3ObjectStore(location: location, credentials: credentials, configuration: S3Configuration(
+                    endpoint: settings.s3Endpoint ?? ProcessInfo.processInfo.environment["AWS_ENDPOINT_URL_S3"],
+                    region: region ?? "us-east-1", pathStyle: settings.s3PathStyle))
+            })
+        })
+}

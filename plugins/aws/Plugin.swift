@@ -1,0 +1,8 @@
+// The `aws` plugin: EC2 compute and S3 storage, exported through the C ABI.
+import CapstanPluginABI
+import CapstanProviders
+
+@_cdecl("capstan_plugin_entry")
+public func capstanPluginEntry() -> UnsafePointer<capstan_plugin> {
+    CapstanPluginKit.export(AWSPlugin.definition)
+}
