@@ -14,7 +14,7 @@ struct Capstan: AsyncParsableCommand {
             Plugins are found on CAPSTAN_PLUGIN_PATH, in $CAPSTAN_HOME/plugins and next to this binary.
             """,
         version: CapstanVersion.string,
-        subcommands: [OffersCommand.self, UpCommand.self, DownCommand.self, StatusCommand.self, ReconcileCommand.self, PluginsCommand.self])
+        subcommands: [OffersCommand.self, UpCommand.self, DownCommand.self, StatusCommand.self, ReconcileCommand.self, StorageCommand.self, PluginsCommand.self])
 }
 
 enum CapstanVersion {

@@ -144,3 +144,61 @@ struct S3Tests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".capstan-get-") }.isEmpty)
     }
 }
+
+@Suite("Interrupted uploads", .serialized)
+struct InterruptedUploadTests {
+    @Test("kill -9 mid multipart upload: no object appears; the next cp resumes and completes")
+    func killMidUpload() async throws {
+        let home = TempDir("capstan-int"); defer { home.cleanup() }
+        let creds = try TestServers.seaweedCredentials
+        home.write("aws-credentials", "[default]\naws_access_key_id = \(creds.accessKeyID)\naws_secret_access_key = \(creds.secretAccessKey)\n")
+        home.write("config.yaml", "providers:\n  aws:\n    credentialsFile: \(home.file("aws-credentials"))\n    s3Endpoint: \(try TestServers.seaweed)\n    regions: [us-east-1]\n")
+        let direct = try S3ObjectStore(location: "s3://capstan-int", credentials: creds, configuration: S3Configuration(endpoint: try TestServers.seaweed, uploadStateFolder: home.file("direct-uploads")))
+        try await direct.createBucket()
+        let file = home.file("big.bin")
+        try makeFile(file, size: 100 << 20, seed: 9)
+        let run = "run-" + UUID().uuidString.prefix(8).lowercased()
+        let args = ["storage", "cp", file, "s3://capstan-int/\(run)/big.bin", "--part-size-mib", "5", "--concurrency", "1"]
+        let env = ProcessInfo.processInfo.environment.merging(["CAPSTAN_HOME": home.path]) { $1 }
+
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: BuildProducts.capstan)
+        p.arguments = args
+        p.environment = env
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        // Kill once the upload state records at least 4 finished parts.
+        let uploads = home.file("uploads")
+        var parts = 0
+        let deadline = Date().addingTimeInterval(60)
+        while parts < 4, Date() < deadline, p.isRunning {
+            if let f = try? FileManager.default.contentsOfDirectory(atPath: uploads).first(where: { $0.hasSuffix(".json") }),
+               let data = FileManager.default.contents(atPath: uploads + "/" + f),
+               let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let ps = obj["parts"] as? [String: Any] {
+                parts = ps.count
+            }
+            usleep(5_000)
+        }
+        #expect(p.isRunning, "the upload finished before it could be interrupted")
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(parts >= 4 && parts < 20, "parts at kill: \(parts)")
+
+        // Nothing that looks like an object.
+        #expect(try await direct.head(key: "\(run)/big.bin") == nil)
+        #expect(try await direct.list(prefix: "\(run)/").isEmpty)
+
+        // The same copy again resumes from the recorded parts.
+        let again = try runProcess(BuildProducts.capstan, args, environment: ["CAPSTAN_HOME": home.path])
+        #expect(again.status == 0, "\(again.stderr)")
+        let firstProgress = again.stderr.split(separator: "\n").first { $0.hasPrefix("progress ") }
+        let doneMiB = firstProgress.flatMap { Double($0.dropFirst("progress ".count).split(separator: "/")[0]) } ?? 0
+        #expect(doneMiB >= Double(parts * 5) - 0.1, "first progress after resume: \(firstProgress ?? "none")")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: uploads).filter { $0.hasSuffix(".json") }.isEmpty)
+        let back = home.file("back.bin")
+        let info = try await direct.get(key: "\(run)/big.bin", to: back)
+        #expect(info.size == 100 << 20)
+        #expect(FileManager.default.contentsEqual(atPath: file, andPath: back))
+    }
+}

@@ -1,0 +1,110 @@
+import ArgumentParser
+import CapstanCore
+import CapstanProviders
+import Foundation
+
+struct StorageCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage",
+        abstract: "Copy, list and delete objects in your buckets (file://, s3://, … through the storage plugins).",
+        subcommands: [Copy.self, List.self, Remove.self])
+
+    /// Splits `s3://bucket/a/b.bin` into the store location (`s3://bucket`) and the key (`a/b.bin`).
+    static func split(_ uri: String) throws -> (location: String, key: String) {
+        guard let r = uri.range(of: "://") else { throw ValidationError("'\(uri)' is not a bucket URI.") }
+        let scheme = uri[..<r.lowerBound]
+        let rest = uri[r.upperBound...]
+        if scheme == "file" {
+            // file:///root/bucket/key: the first path component is the bucket folder.
+            let parts = rest.dropFirst().split(separator: "/", maxSplits: 1)
+            guard parts.count == 2 else { throw ValidationError("'\(uri)' names no key.") }
+            return ("file:///\(parts[0])", String(parts[1]))
+        }
+        let parts = rest.split(separator: "/", maxSplits: 1)
+        guard let bucket = parts.first else { throw ValidationError("'\(uri)' names no bucket.") }
+        return ("\(scheme)://\(bucket)", parts.count > 1 ? String(parts[1]) : "")
+    }
+
+    struct Copy: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "cp", abstract: "Upload a file to a bucket URI, or download an object to a file.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Source: a local file or a bucket URI.") var source: String
+        @Argument(help: "Destination: a bucket URI or a local file.") var destination: String
+        @Option(name: .customLong("part-size-mib"), help: "Multipart part size in MiB.") var partSizeMiB: Int?
+        @Option(help: "Parts in flight at once.") var concurrency: Int?
+        @Flag(help: "Fail instead of overwriting an existing object.") var noClobber = false
+
+        func run() async throws {
+            try await reportingErrors {
+                let registry = try global.loadRegistry()
+                let start = ContinuousClock.now
+                let reporter = ProgressReporter(quiet: global.json)
+                let info: ObjectInfo
+                if destination.contains("://") {
+                    let (location, key) = try StorageCommand.split(destination)
+                    let store = try registry.store(for: location)
+                    let options = PutOptions(ifNoneMatch: noClobber, partSize: partSizeMiB.map { $0 << 20 }, concurrency: concurrency)
+                    info = try await store.put(file: source, key: key.isEmpty ? (source as NSString).lastPathComponent : key, options: options, progress: reporter.report)
+                } else {
+                    let (location, key) = try StorageCommand.split(source)
+                    info = try await registry.store(for: location).get(key: key, to: destination, progress: reporter.report)
+                }
+                let seconds = (ContinuousClock.now - start).seconds
+                if global.json { try printJSON(info); return }
+                print(String(format: "%@ %.1f MiB in %.1f s (%.0f MiB/s), sha256 %@", info.key, Double(info.size) / 1_048_576, seconds, Double(info.size) / 1_048_576 / max(seconds, 0.001), info.sha256 ?? "-"))
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List objects under a bucket URI prefix.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Bucket URI with an optional prefix, e.g. s3://bucket/jobs/.") var uri: String
+
+        func run() async throws {
+            try await reportingErrors {
+                let registry = try global.loadRegistry()
+                let (location, prefix) = try uri.hasPrefix("file://") ? (uri, "") : StorageCommand.split(uri)
+                let objects = try await registry.store(for: location).list(prefix: prefix)
+                if global.json { try printJSON(objects); return }
+                for o in objects { print(String(format: "%12lld  %@", o.size, o.key)) }
+            }
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "rm", abstract: "Delete an object.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Object URI.") var uri: String
+
+        func run() async throws {
+            try await reportingErrors {
+                let (location, key) = try StorageCommand.split(uri)
+                try await global.loadRegistry().store(for: location).delete(key: key)
+            }
+        }
+    }
+}
+
+/// Prints transfer progress to stderr, at most every 10%.
+final class ProgressReporter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lastDecile = -1
+    let quiet: Bool
+    init(quiet: Bool) { self.quiet = quiet }
+
+    var report: TransferProgressHandler {
+        { [self] p in
+            guard !quiet, p.bytesTotal > 0 else { return }
+            let decile = Int(p.bytesDone * 10 / p.bytesTotal)
+            let show: Bool = lock.withLock {
+                guard decile > lastDecile else { return false }
+                lastDecile = decile
+                return true
+            }
+            if show {
+                printError(String(format: "progress %.1f/%.1f MiB", Double(p.bytesDone) / 1_048_576, Double(p.bytesTotal) / 1_048_576))
+            }
+        }
+    }
+}
