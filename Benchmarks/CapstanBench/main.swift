@@ -134,7 +134,70 @@ func coldStartBench() throws {
     print(String(format: "  capstan offers --refresh:                      %6.1f ms", refresh))
 }
 
+/// 1 GiB up and down a SeaweedFS server: Capstan's S3 client against `aws s3 cp` on the same
+/// server, same file, same process run. Needs CAPSTAN_TEST_S3_ENDPOINT/KEY/SECRET (bench.sh s3
+/// starts SeaweedFS).
+func s3Bench() async throws {
+    let env = ProcessInfo.processInfo.environment
+    guard let endpoint = env["CAPSTAN_TEST_S3_ENDPOINT"], let key = env["CAPSTAN_TEST_S3_KEY"], let secret = env["CAPSTAN_TEST_S3_SECRET"] else {
+        print("S3: set CAPSTAN_TEST_S3_ENDPOINT/KEY/SECRET (scripts/bench.sh s3 starts SeaweedFS)")
+        return
+    }
+    let dir = NSTemporaryDirectory() + "capstan-s3bench-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let size = (Int(env["CAPSTAN_BENCH_S3_MIB"] ?? "") ?? 1024) << 20
+    let file = dir + "/payload.bin"
+    FileManager.default.createFile(atPath: file, contents: nil)
+    let h = try FileHandle(forWritingTo: URL(fileURLWithPath: file))
+    let random = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+    for _ in 0..<(size >> 20) { h.write(try random.read(upToCount: 1 << 20) ?? Data()) }
+    try h.close()
+    try random.close()
+    let creds = AWSCredentials(accessKeyID: key, secretAccessKey: secret)
+    var config = S3Configuration(endpoint: endpoint, uploadStateFolder: dir + "/uploads")
+    config.partSize = 16 << 20
+    config.concurrency = 8
+    let store = try S3ObjectStore(location: "s3://capstan-bench", credentials: creds, configuration: config)
+    try await store.createBucket()
+    func aws(_ args: [String]) throws -> Double {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["aws", "--endpoint-url", endpoint, "--region", "us-east-1"] + args
+        p.environment = env.merging(["AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret]) { $1 }
+        p.standardOutput = FileHandle.nullDevice
+        let start = ContinuousClock.now
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw CapstanError(.internalError, "aws \(args) failed") }
+        return (ContinuousClock.now - start).seconds
+    }
+    let mib = Double(size) / 1_048_576
+    var rows: [(String, Double, Double)] = []
+    for round in 0..<2 {
+        var t = ContinuousClock.now
+        _ = try await store.put(file: file, key: "capstan-\(round).bin", options: PutOptions())
+        let up = (ContinuousClock.now - t).seconds
+        t = ContinuousClock.now
+        _ = try await store.get(key: "capstan-\(round).bin", to: dir + "/back-capstan.bin")
+        let down = (ContinuousClock.now - t).seconds
+        let awsUp = try aws(["s3", "cp", file, "s3://capstan-bench/aws-\(round).bin"])
+        let awsDown = try aws(["s3", "cp", "s3://capstan-bench/aws-\(round).bin", dir + "/back-aws.bin"])
+        rows.append(("round \(round + 1)", mib / up, mib / awsUp))
+        rows.append(("round \(round + 1) down", mib / down, mib / awsDown))
+        try? FileManager.default.removeItem(atPath: dir + "/back-capstan.bin")
+        try? FileManager.default.removeItem(atPath: dir + "/back-aws.bin")
+    }
+    print("S3 on SeaweedFS, \(Int(mib)) MiB, 16 MiB parts × 8 in flight (capstan) vs aws s3 cp (awscli defaults):")
+    for (label, capstan, awscli) in rows {
+        let dir = label.hasSuffix("down") ? "download" : "upload  "
+        print(String(format: "  %@ %@: capstan %6.1f MiB/s   aws s3 cp %6.1f MiB/s   ratio %.2f×", label.replacingOccurrences(of: " down", with: ""), dir, capstan, awscli, capstan / awscli))
+    }
+    print("  (capstan's upload includes hashing the whole file for its SHA-256 before sending; its download includes verifying it)")
+}
+
 let which = CommandLine.arguments.dropFirst().first ?? "all"
 if which == "plugin-call" || which == "all" { try await pluginCallBench() }
 if which == "ranking" || which == "all" { try rankingBench() }
 if which == "cold-start" || which == "all" { try coldStartBench() }
+if which == "s3" || which == "all" { try await s3Bench() }

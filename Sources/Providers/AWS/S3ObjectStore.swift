@@ -35,8 +35,8 @@ public struct S3Configuration: Sendable, Hashable {
 /// SigV4.
 ///
 /// Built for multi-GB checkpoints with bounded memory: files above one part go up as multipart
-/// uploads with `concurrency` parts in flight, each part carrying `Content-MD5` and a signed
-/// SHA-256 payload hash (the server rejects a corrupted part); the whole file's SHA-256 is stored
+/// uploads with `concurrency` parts in flight, each part carrying `Content-MD5` (the server
+/// rejects a corrupted part with BadDigest); the whole file's SHA-256 is stored
 /// as `x-amz-meta-capstan-sha256` and verified on download. Downloads are parallel ranged GETs
 /// into a temp file that is renamed into place only once verified. An interrupted multipart
 /// upload never becomes an object (S3 shows nothing until Complete); its id and finished parts
@@ -252,7 +252,9 @@ public struct S3ObjectStore: ObjectStore {
                     let count = Int(min(Int64(partSize), source.size - offset))
                     let body = try source.read(offset: offset, count: count)
                     let md5 = Data(Insecure.MD5.hash(data: body)).base64EncodedString()
-                    let r = try await http.send(method: "PUT", path: path(key), query: [("partNumber", "\(n)"), ("uploadId", uploadID)], headers: [("Content-MD5", md5)], body: body)
+                    // Content-MD5 guards the part; hashing it a second time (SHA-256) for the
+                    // signature would cost a third pass over every byte, so the payload is unsigned.
+                    let r = try await http.send(method: "PUT", path: path(key), query: [("partNumber", "\(n)"), ("uploadId", uploadID)], headers: [("Content-MD5", md5)], body: body, payloadHash: SigV4Signer.unsignedPayload)
                     guard r.status == 200, let etag = r.header("ETag") else { throw failure(r, "upload part \(n) of \(key)") }
                     return (n, etag, count)
                 }
