@@ -105,12 +105,14 @@ struct OfferSearchTests {
     @Test("a slow and a failing provider degrade the answer but never block it")
     func degraded() async throws {
         let fast = ScriptedProvider(name: "fast", catalog: realisticCatalog.filter { $0.provider == "lambda" }.map { var o = $0; o.provider = "fast"; return o })
-        let slow = ScriptedProvider(name: "slow", delay: .seconds(30), catalog: realisticCatalog)
+        let slow = ScriptedProvider(name: "slow", delay: .seconds(120), catalog: realisticCatalog)
         let broken = ScriptedProvider(name: "broken", failure: CapstanError(.auth, "bad key", cloudCode: "global/invalid-api-key"))
         let search = OfferSearch(providers: [fast, slow, broken], timeout: .milliseconds(300))
         let start = ContinuousClock.now
         let result = try await search.run(ResourceRequest(gpu: "H100"))
-        #expect(ContinuousClock.now - start < .seconds(5))
+        // Not a timing test: the slow provider would take 120 s; the search must not wait for it
+        // (the bound is loose so a loaded machine cannot flake it).
+        #expect(ContinuousClock.now - start < .seconds(60))
         #expect(result.ranked.map(\.offer.instanceType) == ["gpu_1x_h100_pcie", "gpu_8x_h100_sxm5"])
         #expect(result.providers.map(\.provider) == ["broken", "fast", "slow"])
         #expect(result.providers[0].error?.code == .auth)

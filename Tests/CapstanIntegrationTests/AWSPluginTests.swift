@@ -42,7 +42,7 @@ struct AWSPluginTests {
         let offer = try #require(try await aws.offers(for: ResourceRequest(gpu: "A10G")).first { $0.instanceType == "g5.xlarge" })
         let key = "cap-" + UUID().uuidString.lowercased()
         let tags = [CapstanTags.managed: "true", CapstanTags.intent: key, "test": key]
-        let keygen = try runProcess("/usr/bin/ssh-keygen", ["-t", "ed25519", "-N", "", "-q", "-C", "capstan-test", "-f", dir.file("id")])
+        let keygen = try await runProcess("/usr/bin/ssh-keygen", ["-t", "ed25519", "-N", "", "-q", "-C", "capstan-test", "-f", dir.file("id")])
         #expect(keygen.status == 0, "\(keygen.stderr)")
         let publicKey = try String(contentsOfFile: dir.file("id.pub"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         let request = LaunchRequest(offer: offer, count: 2, idempotencyKey: key, tags: tags, sshPublicKey: publicKey, userData: "#!/bin/sh\necho hi\n", name: "capstan-t")
@@ -117,9 +117,9 @@ struct AWSProvisioningTests {
     }
 
     @Test("InsufficientInstanceCapacity twice (moto patched), then ready; the report lists all three attempts")
-    func capacityFailover() throws {
+    func capacityFailover() async throws {
         let home = Self.home(endpoint: try TestServers.motoFaulty); defer { home.cleanup() }
-        let r = try runProcess(BuildProducts.capstan, ["up", "train", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--json"], environment: ["CAPSTAN_HOME": home.path])
+        let r = try await runProcess(BuildProducts.capstan, ["up", "train", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--json"], environment: ["CAPSTAN_HOME": home.path])
         #expect(r.status == 0, "\(r.stderr)\n\(r.stdout)")
         let report = try JSONDecoder.iso.decode(ProvisionReport.self, from: Data(r.stdout.utf8))
         #expect(report.attempts.map(\.outcome) == ["capacity", "capacity", "ready"])
@@ -127,7 +127,7 @@ struct AWSProvisioningTests {
         #expect(Set(report.attempts.map { $0.offer.zone ?? "" }).count == 3)
         #expect(report.instances.count == 2 && Set(report.instances.map(\.zone)).count == 1)
         #expect(report.cluster.offer?.instanceType == "p5.48xlarge")
-        let down = try runProcess(BuildProducts.capstan, ["down", "train"], environment: ["CAPSTAN_HOME": home.path])
+        let down = try await runProcess(BuildProducts.capstan, ["down", "train"], environment: ["CAPSTAN_HOME": home.path])
         #expect(down.status == 0, "\(down.stderr)")
     }
 
@@ -137,9 +137,9 @@ struct AWSProvisioningTests {
         for point in ["before-launch", "after-launch", "waiting"] {
             let home = Self.home(endpoint: try TestServers.moto); defer { home.cleanup() }
             let env = ["CAPSTAN_HOME": home.path]
-            let r = try runProcess(BuildProducts.capstan, ["up", "c1", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2"], environment: env.merging(["CAPSTAN_TEST_CRASH_AT": point]) { $1 })
+            let r = try await runProcess(BuildProducts.capstan, ["up", "c1", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2"], environment: env.merging(["CAPSTAN_TEST_CRASH_AT": point]) { $1 })
             #expect(r.status == 9, "\(point): \(r.stderr)")
-            let status = try runProcess(BuildProducts.capstan, ["status", "--all"], environment: env)
+            let status = try await runProcess(BuildProducts.capstan, ["status", "--all"], environment: env)
             #expect(status.status == 0, "\(status.stderr)")
             // What does EC2 say this home owns?
             let store = try StateStore(path: home.file("state/capstan.db"))
@@ -150,7 +150,7 @@ struct AWSProvisioningTests {
                 if !(c?.status == .running && c?.intentKey == i.tags[CapstanTags.intent]) { leaks += 1 }
             }
             #expect(live.count == (point == "before-launch" ? 0 : 2), "\(point): \(live.map(\.id))")
-            _ = try runProcess(BuildProducts.capstan, ["down", "c1"], environment: env)
+            _ = try await runProcess(BuildProducts.capstan, ["down", "c1"], environment: env)
             #expect(try await ec2.describe(InstanceQuery(tags: [CapstanTags.owner: try store.ownerID()])).isEmpty)
             tried += 1
         }

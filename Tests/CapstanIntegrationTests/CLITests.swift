@@ -5,14 +5,14 @@ import Testing
 /// Runs the built `capstan` binary on a fresh CAPSTAN_HOME, as a user would.
 @Suite("capstan CLI")
 struct CLITests {
-    func capstan(_ args: [String], home: TempDir, env: [String: String] = [:]) throws -> ProcessResult {
-        try runProcess(BuildProducts.capstan, args, environment: env.merging(["CAPSTAN_HOME": home.path]) { $1 })
+    func capstan(_ args: [String], home: TempDir, env: [String: String] = [:]) async throws -> ProcessResult {
+        try await runProcess(BuildProducts.capstan, args, environment: env.merging(["CAPSTAN_HOME": home.path]) { $1 })
     }
 
     @Test("`capstan offers` on a fresh home prints the local offer")
-    func freshOffers() throws {
+    func freshOffers() async throws {
         let home = TempDir(); defer { home.cleanup() }
-        let r = try capstan(["offers"], home: home)
+        let r = try await capstan(["offers"], home: home)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("PROVIDER"))
         #expect(r.stdout.contains("local"))
@@ -21,9 +21,9 @@ struct CLITests {
     }
 
     @Test("`capstan offers --json` decodes, with stable field names")
-    func json() throws {
+    func json() async throws {
         let home = TempDir(); defer { home.cleanup() }
-        let r = try capstan(["offers", "--json"], home: home)
+        let r = try await capstan(["offers", "--json"], home: home)
         #expect(r.status == 0, "\(r.stderr)")
         struct Output: Decodable {
             var request: ResourceRequest
@@ -38,15 +38,15 @@ struct CLITests {
     }
 
     @Test("a configured plugin's offers rank next to local ones")
-    func withPlugin() throws {
+    func withPlugin() async throws {
         let home = TempDir(); defer { home.cleanup() }
         home.write("config.yaml", "providers:\n  sim: {}\n  local:\n    slots: 2\n")
-        let r = try capstan(["offers", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--spot", "--explain"], home: home)
+        let r = try await capstan(["offers", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--spot", "--explain"], home: home)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("sim.8xh100"))
         #expect(r.stdout.contains("Cheapest: sim sim.8xh100 in sim-east-1, $25.00/h for 2 node(s) on spot."))
         #expect(r.stdout.contains("local/local/local-"))
-        let list = try capstan(["plugins", "list", "--json"], home: home)
+        let list = try await capstan(["plugins", "list", "--json"], home: home)
         #expect(list.status == 0)
         struct Row: Decodable { var name: String; var status: String }
         let rows = try JSONDecoder().decode([Row].self, from: Data(list.stdout.utf8))
@@ -55,31 +55,31 @@ struct CLITests {
     }
 
     @Test("`plugins inspect` shows a manifest by name or path")
-    func inspect() throws {
+    func inspect() async throws {
         let home = TempDir(); defer { home.cleanup() }
-        let byName = try capstan(["plugins", "inspect", "sim", "--json"], home: home)
+        let byName = try await capstan(["plugins", "inspect", "sim", "--json"], home: home)
         #expect(byName.status == 0, "\(byName.stderr)")
         struct Out: Decodable { var abiVersion: Int; var manifest: PluginManifest }
         let out = try JSONDecoder().decode(Out.self, from: Data(byName.stdout.utf8))
         #expect(out.manifest.name == "sim" && out.abiVersion == 1)
-        let byPath = try capstan(["plugins", "inspect", BuildProducts.simPlugin], home: home)
+        let byPath = try await capstan(["plugins", "inspect", BuildProducts.simPlugin], home: home)
         #expect(byPath.stdout.contains("config schema (providers.sim in config.yaml):"))
-        let missing = try capstan(["plugins", "inspect", "nope"], home: home)
+        let missing = try await capstan(["plugins", "inspect", "nope"], home: home)
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("No plugin named 'nope'"))
     }
 
     @Test("a broken plugin on the search path is listed with its error, and the rest works")
-    func brokenPlugin() throws {
+    func brokenPlugin() async throws {
         let home = TempDir(); defer { home.cleanup() }
         let plugins = TempDir(); defer { plugins.cleanup() }
         plugins.write("libjunk.so", "not a library")
         let env = ["CAPSTAN_PLUGIN_PATH": plugins.path]
-        let list = try capstan(["plugins", "list"], home: home, env: env)
+        let list = try await capstan(["plugins", "list"], home: home, env: env)
         #expect(list.status == 0)
         #expect(list.stdout.contains("failed to load"))
         #expect(list.stderr.contains("not a shared library"))
-        let offers = try capstan(["offers"], home: home, env: env)
+        let offers = try await capstan(["offers"], home: home, env: env)
         #expect(offers.status == 0)
         #expect(offers.stdout.contains("Cheapest: local"))
     }
@@ -90,27 +90,27 @@ struct CLITests {
         (["offers", "--nodes", "0"], "--nodes must be at least 1", Int32(64)),
         (["offers", "--provider", "gcp"], "Provider 'gcp' is not enabled", Int32(1)),
     ] as [([String], String, Int32)])
-    func badInput(args: [String], message: String, status: Int32) throws {
+    func badInput(args: [String], message: String, status: Int32) async throws {
         let home = TempDir(); defer { home.cleanup() }
-        let r = try capstan(args, home: home)
+        let r = try await capstan(args, home: home)
         #expect(r.status == status)
         #expect(r.stderr.contains(message), "\(r.stderr)")
     }
 
     @Test("a malformed config names the file and line")
-    func badConfig() throws {
+    func badConfig() async throws {
         let home = TempDir(); defer { home.cleanup() }
         home.write("config.yaml", "providers:\n  local:\n    slots: 2\nstorage:\n  defualt: file:///x\n")
-        let r = try capstan(["offers"], home: home)
+        let r = try await capstan(["offers"], home: home)
         #expect(r.status == 1)
         #expect(r.stderr.contains("config.yaml line 5: unknown key 'storage.defualt'"), "\(r.stderr)")
     }
 
     @Test("a configured provider with no plugin is reported, not fatal")
-    func missingPlugin() throws {
+    func missingPlugin() async throws {
         let home = TempDir(); defer { home.cleanup() }
         home.write("config.yaml", "providers:\n  lambda:\n    apiKeyFile: ~/.lambda-key\n")
-        let r = try capstan(["offers"], home: home)
+        let r = try await capstan(["offers"], home: home)
         #expect(r.status == 0)
         #expect(r.stderr.contains("providers.lambda is configured, but no plugin named 'lambda' was found"))
         #expect(!r.stderr.contains(".lambda-key"))
@@ -120,42 +120,42 @@ struct CLITests {
 @Suite("capstan up/down/status")
 struct ClusterCLITests {
     @Test("failover through the sim plugin: two capacity errors, then ready; the report lists all three")
-    func failover() throws {
+    func failover() async throws {
         let home = TempDir(); defer { home.cleanup() }
         home.write("config.yaml", "providers:\n  local:\n    enabled: false\n  sim:\n    noCapacityRegions: [sim-east-1, sim-west-1]\n    stateFile: \(home.file("cloud.json"))\n")
         let env = ["CAPSTAN_HOME": home.path]
-        let up = try runProcess(BuildProducts.capstan, ["up", "train", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--json"], environment: env)
+        let up = try await runProcess(BuildProducts.capstan, ["up", "train", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--json"], environment: env)
         #expect(up.status == 0, "\(up.stderr)")
         let report = try JSONDecoder.iso.decode(ProvisionReport.self, from: Data(up.stdout.utf8))
         #expect(report.attempts.map(\.outcome) == ["capacity", "capacity", "ready"])
         #expect(report.attempts.map(\.offer.region) == ["sim-east-1", "sim-west-1", "sim-eu-1"])
         #expect(report.cluster.status == .running && report.instances.count == 2)
 
-        let status = try runProcess(BuildProducts.capstan, ["status"], environment: env)
+        let status = try await runProcess(BuildProducts.capstan, ["status"], environment: env)
         #expect(status.stdout.contains("train  running  sim"), "\(status.stdout)")
-        let down = try runProcess(BuildProducts.capstan, ["down", "train"], environment: env)
+        let down = try await runProcess(BuildProducts.capstan, ["down", "train"], environment: env)
         #expect(down.stdout.contains("Cluster train is terminated."))
-        #expect(try runProcess(BuildProducts.capstan, ["status"], environment: env).stdout.contains("No clusters running"))
+        #expect(try await runProcess(BuildProducts.capstan, ["status"], environment: env).stdout.contains("No clusters running"))
     }
 
     @Test("a second `capstan offers` is served from the offer cache; --refresh asks again")
-    func offerCache() throws {
+    func offerCache() async throws {
         let home = TempDir(); defer { home.cleanup() }
         home.write("config.yaml", "providers:\n  sim: {}\n")
         let env = ["CAPSTAN_HOME": home.path]
-        let first = try runProcess(BuildProducts.capstan, ["offers"], environment: env)
+        let first = try await runProcess(BuildProducts.capstan, ["offers"], environment: env)
         #expect(!first.stdout.contains("cached"))
-        let second = try runProcess(BuildProducts.capstan, ["offers"], environment: env)
+        let second = try await runProcess(BuildProducts.capstan, ["offers"], environment: env)
         #expect(second.stdout.contains("Offers from sim are cached"), "\(second.stdout)")
-        let refreshed = try runProcess(BuildProducts.capstan, ["offers", "--refresh"], environment: env)
+        let refreshed = try await runProcess(BuildProducts.capstan, ["offers", "--refresh"], environment: env)
         #expect(!refreshed.stdout.contains("cached"))
     }
 
     @Test("no capacity anywhere: exit 1 with what was tried")
-    func noCapacity() throws {
+    func noCapacity() async throws {
         let home = TempDir(); defer { home.cleanup() }
         home.write("config.yaml", "providers:\n  local:\n    slots: 1\n")
-        let r = try runProcess(BuildProducts.capstan, ["up", "big", "--nodes", "3"], environment: ["CAPSTAN_HOME": home.path])
+        let r = try await runProcess(BuildProducts.capstan, ["up", "big", "--nodes", "3"], environment: ["CAPSTAN_HOME": home.path])
         #expect(r.status == 1)
         #expect(r.stderr.contains("only 1 node(s) available, 3 needed"), "\(r.stderr)")
     }

@@ -25,8 +25,8 @@ struct CrashTests {
         var upArgs: [String] {
             target == .local ? ["up", "c1", "--nodes", "2"] : ["up", "c1", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2"]
         }
-        func capstan(_ args: [String], env: [String: String] = [:]) throws -> ProcessResult {
-            try runProcess(BuildProducts.capstan, args, environment: env.merging(["CAPSTAN_HOME": dir.path]) { $1 })
+        func capstan(_ args: [String], env: [String: String] = [:]) async throws -> ProcessResult {
+            try await runProcess(BuildProducts.capstan, args, environment: env.merging(["CAPSTAN_HOME": dir.path]) { $1 })
         }
         /// Live instances at the provider that no running cluster in the state store owns.
         func leaks() async throws -> (live: Int, leaked: [String]) {
@@ -53,16 +53,16 @@ struct CrashTests {
         var tried = 0
         for point in ["before-launch", "after-launch", "waiting"] {
             let home = Home(target); defer { home.dir.cleanup() }
-            let r = try home.capstan(home.upArgs, env: ["CAPSTAN_TEST_CRASH_AT": point])
+            let r = try await home.capstan(home.upArgs, env: ["CAPSTAN_TEST_CRASH_AT": point])
             #expect(r.status == 9, "\(point): expected SIGKILL, got \(r.status): \(r.stderr)")
-            let status = try home.capstan(["status", "--json", "--all"])
+            let status = try await home.capstan(["status", "--json", "--all"])
             #expect(status.status == 0, "\(status.stderr)")
             let (live, leaked) = try await home.leaks()
             #expect(leaked.isEmpty, "\(target) \(point): leaked \(leaked)")
             // Before the launch call nothing exists; after it, the dead `up`'s nodes are adopted.
             #expect(live == (point == "before-launch" ? 0 : 2), "\(target) \(point)")
             // The name is usable again: either the recovered cluster runs, or `up` can retry.
-            let again = try home.capstan(point == "before-launch" ? home.upArgs : ["down", "c1"])
+            let again = try await home.capstan(point == "before-launch" ? home.upArgs : ["down", "c1"])
             #expect(again.status == 0, "\(again.stderr)")
             tried += 1
         }
@@ -73,9 +73,9 @@ struct CrashTests {
     func crashAfterFailover() async throws {
         for point in ["before-launch:2", "after-launch:2"] {
             let home = Home(.sim, extraSim: "    noCapacityRegions: [sim-east-1]\n"); defer { home.dir.cleanup() }
-            let r = try home.capstan(home.upArgs, env: ["CAPSTAN_TEST_CRASH_AT": point])
+            let r = try await home.capstan(home.upArgs, env: ["CAPSTAN_TEST_CRASH_AT": point])
             #expect(r.status == 9)
-            _ = try home.capstan(["status"])
+            _ = try await home.capstan(["status"])
             let (_, leaked) = try await home.leaks()
             #expect(leaked.isEmpty, "\(point): leaked \(leaked)")
         }
@@ -97,7 +97,7 @@ struct CrashTests {
             try await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
-            _ = try home.capstan(["status"])
+            _ = try await home.capstan(["status"])
             let (_, leaked) = try await home.leaks()
             leaks += leaked.count
             #expect(leaked.isEmpty, "\(target) trial \(trial) at \(delay) s: leaked \(leaked)")

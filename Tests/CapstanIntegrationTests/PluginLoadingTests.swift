@@ -195,7 +195,8 @@ struct BadPluginTests {
         let e = await #expect(throws: CapstanError.self) { try await provider.offers(for: ResourceRequest()) }
         #expect(e?.code == .timeout)
         #expect(e?.message.contains("did not answer 'compute.offers'") == true)
-        #expect(ContinuousClock.now - start < .seconds(10))
+        // The plugin never answers: returning at all is the point (loose bound, no flake).
+        #expect(ContinuousClock.now - start < .seconds(60))
     }
 
     @Test("a second completion for one call is ignored; answers from plugin threads work")

@@ -133,7 +133,7 @@ struct S3Tests {
         try makeFile(dir.file("evil"), size: 2000, seed: 2)
         let original = try await s.put(file: dir.file("good"), key: "x", options: PutOptions())
         // A foreign writer replaces the bytes but leaves the old checksum (awscli, same server).
-        let aws = try runProcess("/usr/bin/env", ["aws", "--endpoint-url", endpoint, "--region", "us-east-1", "s3", "cp", dir.file("evil"), "s3://capstan-rt/corrupt/x", "--metadata", "capstan-sha256=\(original.sha256!)"],
+        let aws = try await runProcess("/usr/bin/env", ["aws", "--endpoint-url", endpoint, "--region", "us-east-1", "s3", "cp", dir.file("evil"), "s3://capstan-rt/corrupt/x", "--metadata", "capstan-sha256=\(original.sha256!)"],
                                  environment: ["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey])
         #expect(aws.status == 0, "\(aws.stderr)")
         let dest = dir.file("dest")
@@ -178,7 +178,7 @@ struct InterruptedUploadTests {
                let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let ps = obj["parts"] as? [String: Any] {
                 parts = ps.count
             }
-            usleep(5_000)
+            try await Task.sleep(for: .milliseconds(5))
         }
         #expect(p.isRunning, "the upload finished before it could be interrupted")
         kill(p.processIdentifier, SIGKILL)
@@ -190,7 +190,7 @@ struct InterruptedUploadTests {
         #expect(try await direct.list(prefix: "\(run)/").isEmpty)
 
         // The same copy again resumes from the recorded parts.
-        let again = try runProcess(BuildProducts.capstan, args, environment: ["CAPSTAN_HOME": home.path])
+        let again = try await runProcess(BuildProducts.capstan, args, environment: ["CAPSTAN_HOME": home.path])
         #expect(again.status == 0, "\(again.stderr)")
         let firstProgress = again.stderr.split(separator: "\n").first { $0.hasPrefix("progress ") }
         let doneMiB = firstProgress.flatMap { Double($0.dropFirst("progress ".count).split(separator: "/")[0]) } ?? 0

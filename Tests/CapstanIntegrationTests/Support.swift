@@ -50,8 +50,19 @@ struct ProcessResult {
     var stderr: String
 }
 
-/// Runs a program to completion (killed after `timeout` seconds).
-func runProcess(_ exe: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 60) throws -> ProcessResult {
+/// Runs a program to completion (killed after `timeout` seconds) on a dispatch thread, so the
+/// wait never blocks Swift concurrency's few cooperative threads (which would stall every other
+/// test's timers on a 2-core machine).
+func runProcess(_ exe: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 60) async throws -> ProcessResult {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async {
+            continuation.resume(with: Result { try runProcessBlocking(exe, args, environment: environment, timeout: timeout) })
+        }
+    }
+}
+
+/// The blocking form, for the few synchronous callers (compiling fixtures under a lock).
+func runProcessBlocking(_ exe: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 60) throws -> ProcessResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: exe)
     p.arguments = args
@@ -85,7 +96,7 @@ enum CFixtures {
         if let p = built[key] { return p }
         let out = dir.file("ctest-\(built.count).so")
         let cc = ["/usr/bin/cc", "/usr/bin/gcc", "/usr/bin/clang"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/cc"
-        let r = try runProcess(cc, ["-shared", "-fPIC", "-O1", "-I", BuildProducts.abiInclude] + flags + ["-o", out, BuildProducts.fixtures + "/ctest_plugin.c", "-lpthread"])
+        let r = try runProcessBlocking(cc, ["-shared", "-fPIC", "-O1", "-I", BuildProducts.abiInclude] + flags + ["-o", out, BuildProducts.fixtures + "/ctest_plugin.c", "-lpthread"])
         guard r.status == 0 else { throw CapstanError(.internalError, "cc failed: \(r.stderr)") }
         built[key] = out
         return out
