@@ -61,6 +61,9 @@ JSON
   ;;
 stop)
   for f in "$dir"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done
+  # weed is started by a Python wrapper: stop the server itself, and insist if it lingers.
   pkill -f "weed mini -dir=$dir/seaweed" 2>/dev/null || true
+  for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -f "weed mini -dir=$dir/seaweed" >/dev/null || break; sleep 0.3; done
+  pkill -9 -f "weed mini -dir=$dir/seaweed" 2>/dev/null || true
   ;;
 esac
