@@ -97,6 +97,12 @@ let package = Package(
             path: "plugins/aws",
             swiftSettings: swiftSettings
         ),
+        // Helpers every test target shares (temp folders).
+        .target(
+            name: "CapstanTestSupport",
+            path: "Tests/CapstanTestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "CapstanCoreTests",
             dependencies: ["CapstanCore"],
@@ -105,14 +111,14 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanProvidersTests",
-            dependencies: ["CapstanCore", "CapstanProviders", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanProviders", .product(name: "Logging", package: "swift-log")],
             path: "Tests/CapstanProvidersTests",
             swiftSettings: swiftSettings
         ),
         // Provisioning, failover, reconcile and the state store, in process (SimulatedCloud, LocalProvider).
         .testTarget(
             name: "CapstanBrokerTests",
-            dependencies: ["CapstanCore", "CapstanProviders"],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanProviders"],
             path: "Tests/CapstanBrokerTests",
             swiftSettings: swiftSettings
         ),
@@ -125,7 +131,7 @@ let package = Package(
         // Loads real plugin .so files and runs the built CLI. Never depends on a plugin target.
         .testTarget(
             name: "CapstanIntegrationTests",
-            dependencies: ["CapstanCore", "CapstanProviders", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanProviders", .product(name: "Logging", package: "swift-log")],
             path: "Tests/CapstanIntegrationTests",
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings

@@ -1,16 +1,7 @@
 import CapstanCore
 import CapstanProviders
 import Foundation
-
-struct TempDir {
-    let path: String
-    init(_ label: String = "capstan-broker") {
-        path = NSTemporaryDirectory() + "\(label)-\(UUID().uuidString.prefix(8))"
-        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    func file(_ name: String) -> String { path + "/" + name }
-    func cleanup() { try? FileManager.default.removeItem(atPath: path) }
-}
+@_exported import CapstanTestSupport
 
 /// A provisioner over `providers` with a fresh store, fast backoff and a fast waiter.
 func makeProvisioner(_ providers: [any ComputeProvider], dir: TempDir) throws -> Provisioner {

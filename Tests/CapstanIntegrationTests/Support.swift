@@ -1,5 +1,6 @@
 import CapstanCore
 import Foundation
+@_exported import CapstanTestSupport
 import Testing
 
 /// Where the package's build products are (the built `capstan`, the plugin `.so` files): next to
@@ -24,24 +25,6 @@ enum BuildProducts {
     /// The public ABI header's folder.
     static let abiInclude = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/Sources/PluginABI/include"
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures"
-}
-
-/// A fresh folder under the system temp dir.
-struct TempDir {
-    let path: String
-    init(_ label: String = "capstan-it") {
-        path = NSTemporaryDirectory() + "\(label)-\(UUID().uuidString.prefix(8))"
-        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    func file(_ name: String) -> String { path + "/" + name }
-    @discardableResult
-    func write(_ name: String, _ content: String) -> String {
-        let p = file(name)
-        try! FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try! Data(content.utf8).write(to: URL(fileURLWithPath: p))
-        return p
-    }
-    func cleanup() { try? FileManager.default.removeItem(atPath: path) }
 }
 
 struct ProcessResult {

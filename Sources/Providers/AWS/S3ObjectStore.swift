@@ -436,11 +436,10 @@ final class SourceFile: Sendable {
 }
 
 /// A thread-safe running total.
-final class Counter64: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Int64
-    init(_ v: Int64) { value = v }
-    func add(_ n: Int64) -> Int64 { lock.withLock { value += n; return value } }
+final class Counter64: Sendable {
+    private let value: LockedBox<Int64>
+    init(_ v: Int64) { value = LockedBox(v) }
+    func add(_ n: Int64) -> Int64 { value.withLock { $0 += n; return $0 } }
 }
 
 /// Records finished parts of a multipart upload to its state file as they complete.

@@ -69,14 +69,14 @@ public enum CapstanPluginKit {
         var manifestJSON: UnsafePointer<CChar>?
         var table: UnsafeMutablePointer<capstan_plugin>?
     }
-    static let exported = KitLock(Exported())
+    static let exported = LockedBox(Exported())
 }
 
 /// One created plugin instance: the services plus a cache of opened stores.
 public final class PluginKitInstance: Sendable {
     public let name: String
     public let services: PluginServices
-    private let stores = KitLock<[String: any ObjectStore]>([:])
+    private let stores = LockedBox<[String: any ObjectStore]>([:])
 
     public init(name: String, services: PluginServices) {
         self.name = name
@@ -136,16 +136,6 @@ public final class PluginKitInstance: Sendable {
     }
 }
 
-/// A lock-protected value (the kit cannot see Core's internal one).
-final class KitLock<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        lock.lock(); defer { lock.unlock() }
-        return try body(&value)
-    }
-}
 
 /// A swift-log handler that forwards to the host's `log` function.
 struct HostLogHandler: LogHandler {
