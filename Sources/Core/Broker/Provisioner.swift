@@ -277,6 +277,12 @@ public struct Provisioner: Sendable {
             }
         }
         faults.hit("after-launch", number)
+        // Clouds do not always say what an instance costs (EC2 spot): use the offer's price.
+        instances = instances.map { i in
+            var i = i
+            if i.pricePerHour == nil { i.pricePerHour = ranked.pricePerNode }
+            return i
+        }
         for i in instances { try? store.record(i, clusterID: cluster.id, intentKey: key) }
         try? store.setIntent(key, status: .launched)
         if instances.count != cluster.nodes {

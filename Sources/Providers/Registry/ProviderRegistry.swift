@@ -89,7 +89,8 @@ public struct ProviderRegistry: Sendable {
     }
 
     /// Opens the bucket at `location`: `file://` is built in; any other scheme is served by the
-    /// enabled plugin whose manifest lists it in `storageSchemes`.
+    /// enabled plugin whose manifest lists it in `storageSchemes`; `s3://` falls back to the
+    /// built-in S3 client (AWS credential chain, `AWS_ENDPOINT_URL_S3`) when no plugin serves it.
     public func store(for location: String) throws -> any ObjectStore {
         guard let range = location.range(of: "://") else {
             throw CapstanError(.invalidRequest, "'\(location)' is not a bucket URI.", hint: "Use file:///absolute/path, s3://bucket/prefix, …")
@@ -99,6 +100,15 @@ public struct ProviderRegistry: Sendable {
         for instance in instances.values.sorted(by: { $0.name < $1.name }) where (instance.library.manifest.storageSchemes ?? []).contains(scheme) {
             return try PluginObjectStore(instance, location: location)
         }
-        throw CapstanError(.unsupported, "No enabled storage plugin serves '\(scheme)://' buckets.", hint: "Install and enable the plugin for it (e.g. aws for s3://); see `capstan plugins list`.")
+        if scheme == "s3" {
+            // The S3 client is compiled in (a bare node cannot load Swift plugins): without the
+            // aws plugin, use it with the standard AWS credential chain and AWS_ENDPOINT_URL_S3.
+            let env = ProcessInfo.processInfo.environment
+            let chain = AWSCredentialChain(environment: env)
+            return try S3ObjectStore(location: location, credentials: chain.credentials(), configuration: S3Configuration(
+                endpoint: env["AWS_ENDPOINT_URL_S3"] ?? env["AWS_ENDPOINT_URL"], region: chain.region() ?? "us-east-1",
+                uploadStateFolder: home.path("uploads")))
+        }
+        throw CapstanError(.unsupported, "No enabled storage plugin serves '\(scheme)://' buckets.", hint: "Install and enable the plugin for it; see `capstan plugins list`.")
     }
 }
