@@ -52,6 +52,8 @@ public final class PluginInstance: Sendable {
             library.table.pointee.destroy(handle)
         } else {
             hostBox.logger.warning("plugin instance not destroyed: calls still in flight", metadata: ["capstan.plugin": "\(name)"])
+            // The plugin may still log through its host after we are gone: keep that alive too.
+            _ = Unmanaged.passRetained(hostBox)
         }
     }
 
