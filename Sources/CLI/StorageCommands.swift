@@ -15,10 +15,19 @@ struct StorageCommand: AsyncParsableCommand {
         let scheme = uri[..<r.lowerBound]
         let rest = uri[r.upperBound...]
         if scheme == "file" {
-            // file:///root/bucket/key: the first path component is the bucket folder.
-            let parts = rest.dropFirst().split(separator: "/", maxSplits: 1)
-            guard parts.count == 2 else { throw ValidationError("'\(uri)' names no key.") }
-            return ("file:///\(parts[0])", String(parts[1]))
+            // A file bucket is a folder: the nearest enclosing folder that already is one (it
+            // holds .capstan-tmp), else the object's own folder.
+            let path = String(rest)
+            guard path.hasPrefix("/"), !path.hasSuffix("/") else { throw ValidationError("'\(uri)' must name an object by absolute path, e.g. file:///data/bucket/run/model.bin.") }
+            var dir = (path as NSString).deletingLastPathComponent
+            while dir != "/" && !dir.isEmpty {
+                if FileManager.default.fileExists(atPath: dir + "/.capstan-tmp") {
+                    return ("file://" + dir, String(path.dropFirst(dir.count + 1)))
+                }
+                dir = (dir as NSString).deletingLastPathComponent
+            }
+            let parent = (path as NSString).deletingLastPathComponent
+            return ("file://" + parent, (path as NSString).lastPathComponent)
         }
         let parts = rest.split(separator: "/", maxSplits: 1)
         guard let bucket = parts.first else { throw ValidationError("'\(uri)' names no bucket.") }

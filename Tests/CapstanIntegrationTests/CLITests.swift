@@ -168,3 +168,24 @@ extension JSONDecoder {
         return d
     }
 }
+
+@Suite("capstan storage on file buckets")
+struct FileStorageCLITests {
+    @Test("cp into a file bucket and back; later copies find the bucket root; ls lists by prefix")
+    func roundTrip() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        try makeFile(dir.file("model.bin"), size: 3 << 20)
+        let env = ["CAPSTAN_HOME": dir.file("home")]
+        let up = try await runProcess(BuildProducts.capstan, ["storage", "cp", dir.file("model.bin"), "file://" + dir.file("bucket/run1/model.bin")], environment: env)
+        #expect(up.status == 0, "\(up.stderr)")
+        let nested = try await runProcess(BuildProducts.capstan, ["storage", "cp", dir.file("model.bin"), "file://" + dir.file("bucket/run1/step-1/model.bin")], environment: env)
+        #expect(nested.stdout.hasPrefix("step-1/model.bin"), "\(nested.stdout)")
+        let ls = try await runProcess(BuildProducts.capstan, ["storage", "ls", "file://" + dir.file("bucket/run1"), "--json"], environment: env)
+        let objects = try JSONDecoder.iso.decode([ObjectInfo].self, from: Data(ls.stdout.utf8))
+        #expect(objects.map(\.key) == ["model.bin", "step-1/model.bin"])
+        #expect(objects.allSatisfy { $0.sha256?.count == 64 })
+        let down = try await runProcess(BuildProducts.capstan, ["storage", "cp", "file://" + dir.file("bucket/run1/step-1/model.bin"), dir.file("back.bin")], environment: env)
+        #expect(down.status == 0, "\(down.stderr)")
+        #expect(FileManager.default.contentsEqual(atPath: dir.file("model.bin"), andPath: dir.file("back.bin")))
+    }
+}
