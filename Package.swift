@@ -64,7 +64,7 @@ let package = Package(
         ),
         .target(
             name: "CapstanTrainer",
-            dependencies: ["CapstanCore", "CapstanProviders"],
+            dependencies: ["CapstanCore", "CapstanProviders", .product(name: "Yams", package: "Yams")],
             path: "Sources/Trainer",
             swiftSettings: swiftSettings
         ),

@@ -1,0 +1,216 @@
+public import CapstanCore
+import Foundation
+import Yams
+
+/// A job as the user writes it (YAML, a handful of lines, defaults for everything else).
+///
+/// ```yaml
+/// name: llama-lora
+/// resources: {gpu: H100, gpusPerNode: 8, nodes: 2, spot: allowed}
+/// setup: pip install -r requirements.txt
+/// run: torchrun --nnodes=$NNODES --node-rank=$NODE_RANK ... train.py
+/// env: {WANDB_MODE: offline}
+/// checkpoint: {intervalMinutes: 30, keep: 3}
+/// storage: s3://my-bucket/jobs
+/// maxRestarts: 3
+/// ```
+/// Unknown keys and bad values are errors that name the key and the line.
+public struct JobSpec: Sendable, Hashable {
+    public struct Checkpoint: Sendable, Hashable {
+        /// How often the job is expected to checkpoint (a hint for failure detection and logs).
+        public var intervalMinutes: Double?
+        /// Verified checkpoints kept in the bucket; older ones are deleted.
+        public var keep: Int = 3
+        public init() {}
+    }
+
+    public var name: String
+    public var resources: ResourceRequest
+    /// Shell commands run on every node before `run` (each attempt; cached work is the
+    /// command's business).
+    public var setup: [String]
+    /// The command run on every node with the env contract (``EnvContract``).
+    public var run: String
+    public var env: [String: String]
+    public var checkpoint: Checkpoint
+    /// Bucket URI for checkpoints and outputs; nil: the config's `storage.default`.
+    public var storage: String?
+    /// Restarts after failures before the job is given up.
+    public var maxRestarts: Int
+    /// Working directory uploaded to every node (relative to the spec file).
+    public var workdir: String?
+
+    public init(name: String, run: String, resources: ResourceRequest = .init()) {
+        self.name = name
+        self.resources = resources
+        self.setup = []
+        self.run = run
+        self.env = [:]
+        self.checkpoint = Checkpoint()
+        self.storage = nil
+        self.maxRestarts = 3
+        self.workdir = nil
+    }
+
+    /// Reads a spec file.
+    public static func load(path: String) throws -> JobSpec {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw CapstanError(.invalidRequest, "Cannot read job spec \(path): \(error.localizedDescription)", hint: "Check the path.")
+        }
+        return try parse(text, source: path)
+    }
+
+    /// Parses YAML `text` (named `source` in errors).
+    public static func parse(_ text: String, source: String = "job.yaml") throws -> JobSpec {
+        let r = SpecReader(source: source)
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch {
+            throw r.bad("\(error)".replacingOccurrences(of: "\n", with: " "), nil)
+        }
+        guard let node, let top = node.mapping else { throw r.bad("the job spec must be a mapping with at least `run`", node?.mark?.line) }
+        var name: String?
+        var run: String?
+        var spec = JobSpec(name: "", run: "")
+        for (k, v) in top {
+            let key = try r.key(k)
+            switch key {
+            case "name":
+                let n = try r.string(v, key)
+                guard n.range(of: "^[a-z0-9][a-z0-9-]{0,62}$", options: .regularExpression) != nil else {
+                    throw r.bad("'name' must be lower-case letters, digits and dashes (at most 63), got '\(n)'", v.mark?.line)
+                }
+                name = n
+            case "run": run = try r.string(v, key)
+            case "setup":
+                if let s = v.string { spec.setup = [s] } else if let seq = v.sequence {
+                    spec.setup = try seq.map { try r.string($0, "setup") }
+                } else { throw r.bad("'setup' must be a command or a list of commands", v.mark?.line) }
+            case "env":
+                guard let m = v.mapping else { throw r.bad("'env' must be a mapping of NAME: value", v.mark?.line) }
+                for (ek, ev) in m {
+                    let n = try r.key(ek)
+                    guard n.range(of: "^[A-Za-z_][A-Za-z0-9_]*$", options: .regularExpression) != nil else {
+                        throw r.bad("'env.\(n)' is not a valid variable name", ek.mark?.line)
+                    }
+                    guard let value = ev.scalar?.string else { throw r.bad("'env.\(n)' must be a plain value", ev.mark?.line) }
+                    spec.env[n] = value
+                }
+            case "resources": spec.resources = try resources(v, r)
+            case "checkpoint":
+                guard let m = v.mapping else { throw r.bad("'checkpoint' must be a mapping", v.mark?.line) }
+                for (ck, cv) in m {
+                    switch try r.key(ck) {
+                    case "intervalMinutes":
+                        guard let d = cv.float, d > 0 else { throw r.bad("'checkpoint.intervalMinutes' must be a positive number", cv.mark?.line) }
+                        spec.checkpoint.intervalMinutes = d
+                    case "keep":
+                        guard let n = cv.int, n >= 1 else { throw r.bad("'checkpoint.keep' must be a whole number ≥ 1", cv.mark?.line) }
+                        spec.checkpoint.keep = n
+                    case let other: throw r.unknown("checkpoint.\(other)", ["intervalMinutes", "keep"], ck.mark?.line)
+                    }
+                }
+            case "storage":
+                let s = try r.string(v, key)
+                guard s.contains("://") else { throw r.bad("'storage' must be a bucket URI like s3://bucket/prefix or file:///path, got '\(s)'", v.mark?.line) }
+                spec.storage = s
+            case "maxRestarts":
+                guard let n = v.int, n >= 0, n <= 1000 else { throw r.bad("'maxRestarts' must be a whole number from 0 to 1000", v.mark?.line) }
+                spec.maxRestarts = n
+            case "workdir": spec.workdir = try r.string(v, key)
+            default:
+                throw r.unknown(key, ["name", "resources", "setup", "run", "env", "checkpoint", "storage", "maxRestarts", "workdir"], k.mark?.line)
+            }
+        }
+        guard let run, !run.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+            throw r.bad("'run' is missing: the command every node runs", nil)
+        }
+        spec.run = run
+        spec.name = name ?? "job"
+        do { try spec.resources.validate() } catch let e as CapstanError {
+            throw r.bad("'resources': \(e.message)\(e.hint.map { " \($0)" } ?? "")", nil)
+        }
+        return spec
+    }
+
+    static func resources(_ v: Node, _ r: SpecReader) throws -> ResourceRequest {
+        guard let m = v.mapping else { throw r.bad("'resources' must be a mapping", v.mark?.line) }
+        var req = ResourceRequest()
+        for (k, v) in m {
+            switch try r.key(k) {
+            case "gpu":
+                let g = try r.string(v, "resources.gpu")
+                do { _ = try GPUCatalog.resolve(g) } catch let e as CapstanError {
+                    throw r.bad("'resources.gpu': \(e.message) \(e.hint ?? "")", v.mark?.line)
+                }
+                req.gpu = g
+            case "gpusPerNode":
+                guard let n = v.int, n >= 0 else { throw r.bad("'resources.gpusPerNode' must be a whole number ≥ 0", v.mark?.line) }
+                req.gpusPerNode = n
+            case "nodes":
+                guard let n = v.int, n >= 1 else { throw r.bad("'resources.nodes' must be a whole number ≥ 1", v.mark?.line) }
+                req.nodes = n
+            case "spot":
+                if let b = v.bool { req.spot = b ? .allowed : .never } else if let s = v.string, let p = ResourceRequest.SpotPolicy(rawValue: s) {
+                    req.spot = p
+                } else { throw r.bad("'resources.spot' must be true, false, never, allowed or only", v.mark?.line) }
+            case "regions":
+                if let s = v.string { req.regions = [s] } else if let seq = v.sequence {
+                    req.regions = try seq.map { try r.string($0, "resources.regions") }
+                } else { throw r.bad("'resources.regions' must be a region or a list of regions", v.mark?.line) }
+            case "maxPricePerHour":
+                guard let d = v.float, d > 0 else { throw r.bad("'resources.maxPricePerHour' must be a positive number", v.mark?.line) }
+                req.maxPricePerHour = d
+            case "providers":
+                if let s = v.string { req.providers = [s] } else if let seq = v.sequence {
+                    req.providers = try seq.map { try r.string($0, "resources.providers") }
+                } else { throw r.bad("'resources.providers' must be a name or a list", v.mark?.line) }
+            case let other:
+                throw r.unknown("resources.\(other)", ["gpu", "gpusPerNode", "nodes", "spot", "regions", "maxPricePerHour", "providers"], k.mark?.line)
+            }
+        }
+        return req
+    }
+}
+
+/// Error helpers for spec parsing: every message names the file and, where known, the line.
+struct SpecReader {
+    let source: String
+
+    func bad(_ what: String, _ line: Int?) -> CapstanError {
+        CapstanError(.config, "Invalid job spec \(source)\(line.map { " line \($0)" } ?? ""): \(what).", hint: "See docs/jobs.md for the keys a job spec takes.")
+    }
+
+    func unknown(_ key: String, _ known: [String], _ line: Int?) -> CapstanError {
+        let leaf = key.split(separator: ".").last.map(String.init) ?? key
+        let close = known.min { a, b in distance(a, leaf) < distance(b, leaf) }
+        let suggestion = close.flatMap { distance($0, leaf) <= 3 ? " (did you mean '\($0)'?)" : nil } ?? ""
+        return bad("unknown key '\(key)'\(suggestion); known: \(known.joined(separator: ", "))", line)
+    }
+
+    func key(_ n: Node) throws -> String {
+        guard let k = n.string else { throw bad("keys must be strings", n.mark?.line) }
+        return k
+    }
+
+    func string(_ n: Node, _ key: String) throws -> String {
+        guard case .scalar(let s) = n else { throw bad("'\(key)' must be text", n.mark?.line) }
+        return s.string
+    }
+
+    /// Levenshtein distance, for "did you mean".
+    func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a.lowercased()), b = Array(b.lowercased())
+        if a.isEmpty { return b.count }
+        if b.isEmpty { return a.count }
+        var prev = Array(0...b.count)
+        for i in 1...a.count {
+            var cur = [i] + Array(repeating: 0, count: b.count)
+            for j in 1...b.count {
+                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            prev = cur
+        }
+        return prev[b.count]
+    }
+}
