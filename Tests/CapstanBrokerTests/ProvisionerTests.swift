@@ -118,6 +118,12 @@ struct ProvisionerTests {
         #expect(try await cloud.describe(InstanceQuery()).isEmpty)
         #expect(try await p.down(name: "x").status == .terminated)
         await #expect(throws: CapstanError.self) { try await p.down(name: "never") }
+        // A search that cannot run leaves no cluster stuck in provisioning.
+        var bad = h100x2
+        bad.providers = ["nope"]
+        await #expect(throws: CapstanError.self) { try await p.up(name: "y", request: bad, search: OfferSearch(providers: [cloud])) }
+        #expect(try p.store.cluster(named: "y")?.status == .failed)
+        _ = try await p.up(name: "y", request: h100x2, search: OfferSearch(providers: [cloud]))
     }
 }
 

@@ -167,7 +167,16 @@ public struct Provisioner: Sendable {
         store.event("created", "Cluster \(name) requested: \(request.nodes) node(s)\(request.gpu.map { " of \($0)" } ?? "").", cluster: cluster.id)
 
         let owner = try store.ownerID()
-        let result = try await search.run(request)
+        let result: OfferSearchResult
+        do {
+            result = try await search.run(request)
+        } catch {
+            cluster.status = .failed
+            cluster.terminatedAt = Date()
+            cluster.lastError = "\(error)"
+            try? store.update(cluster)
+            throw error
+        }
         var attempts: [ProvisionAttempt] = []
         guard !result.ranked.isEmpty else {
             let reasons = Dictionary(grouping: result.rejected, by: \.reason).sorted { $0.value.count > $1.value.count }.prefix(3)
