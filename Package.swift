@@ -124,7 +124,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanTrainerTests",
-            dependencies: ["CapstanCore", "CapstanTrainer"],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanProviders", "CapstanTrainer"],
             path: "Tests/CapstanTrainerTests",
             swiftSettings: swiftSettings
         ),

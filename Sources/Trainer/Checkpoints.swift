@@ -1,0 +1,211 @@
+public import CapstanCore
+import Foundation
+
+/// The checkpoint protocol between a job, the node agents and the bucket.
+///
+/// **On the node.** The job writes checkpoint `N` into `$CAPSTAN_CHECKPOINT_DIR/step-N/` and,
+/// when every file is flushed, creates the empty marker `step-N/.done` last. A folder without
+/// the marker is still being written and is never uploaded. (A job that writes elsewhere and
+/// renames the folder into place only has to add the marker before or after the rename.)
+///
+/// **In the bucket**, under `<prefix>/step-N/`:
+/// 1. each node uploads its files to `node-R/<path>` (checksummed, atomic per object),
+/// 2. then its part record `node-R.part.json` (files, sizes, SHA-256),
+/// 3. the leader (rank 0), once every node's part record is in, writes `manifest.json` last.
+/// A checkpoint exists iff its manifest exists and verifies: every file it lists is present with
+/// its size and SHA-256. Retention deletes a manifest before its files, so a half-deleted
+/// checkpoint is never mistaken for a complete one.
+public enum CheckpointProtocol {
+    public static let marker = ".done"
+    public static let manifestName = "manifest.json"
+
+    /// The step number of a folder named `step-N`, else nil.
+    public static func step(ofFolder name: String) -> Int? {
+        guard name.hasPrefix("step-"), let n = Int(name.dropFirst(5)), n >= 0 else { return nil }
+        return n
+    }
+
+    /// Complete checkpoint folders in `dir` (those with the marker), by step.
+    public static func completeSteps(in dir: String) -> [Int] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.compactMap { name in
+            guard let n = step(ofFolder: name), FileManager.default.fileExists(atPath: "\(dir)/\(name)/\(marker)") else { return nil }
+            return n
+        }.sorted()
+    }
+}
+
+/// One file of a checkpoint.
+public struct CheckpointFile: Sendable, Hashable, Codable {
+    /// Path inside the node's part (`model.safetensors`, `optimizer/shard-0.pt`).
+    public var path: String
+    public var size: Int64
+    public var sha256: String
+}
+
+/// What one node contributed to a checkpoint.
+public struct CheckpointPart: Sendable, Hashable, Codable {
+    public var node: Int
+    public var files: [CheckpointFile]
+}
+
+/// The record that makes a checkpoint exist.
+public struct CheckpointManifest: Sendable, Hashable, Codable {
+    public var format = 1
+    public var job: String
+    public var attempt: Int
+    public var step: Int
+    public var nodes: Int
+    public var parts: [CheckpointPart]
+    public var createdAt: Date
+
+    public var totalBytes: Int64 { parts.flatMap(\.files).reduce(0) { $0 + $1.size } }
+}
+
+/// Checkpoints of one job in a bucket: upload a node's part, commit, find the latest verified
+/// checkpoint, restore it, and keep the last K.
+public struct CheckpointStore: Sendable {
+    public let store: any ObjectStore
+    /// Key prefix for this job's checkpoints, e.g. `jobs/<job>/checkpoints`.
+    public let prefix: String
+
+    public init(store: any ObjectStore, prefix: String) {
+        self.store = store
+        self.prefix = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
+    }
+
+    func key(_ step: Int, _ rest: String) -> String { "\(prefix)/step-\(step)/\(rest)" }
+
+    /// Uploads node `node`'s files of the complete checkpoint folder `folder`, then its part
+    /// record. Refuses a folder without the `.done` marker.
+    @discardableResult
+    public func uploadPart(folder: String, step: Int, node: Int, progress: TransferProgressHandler? = nil) async throws -> CheckpointPart {
+        guard FileManager.default.fileExists(atPath: folder + "/" + CheckpointProtocol.marker) else {
+            throw CapstanError(.invalidRequest, "Checkpoint folder \(folder) has no \(CheckpointProtocol.marker) marker: it may still be written.", hint: "Create \(CheckpointProtocol.marker) in the folder after every file is flushed.")
+        }
+        var files: [CheckpointFile] = []
+        guard let walker = FileManager.default.enumerator(atPath: folder) else {
+            throw CapstanError(.io, "Cannot read checkpoint folder \(folder).")
+        }
+        var paths: [String] = []
+        while let rel = walker.nextObject() as? String {
+            if rel == CheckpointProtocol.marker { continue }
+            if (walker.fileAttributes?[.type] as? FileAttributeType) == .typeRegular { paths.append(rel) }
+        }
+        for rel in paths.sorted() {
+            let info = try await store.put(file: folder + "/" + rel, key: key(step, "node-\(node)/\(rel)"), options: PutOptions(), progress: progress)
+            guard let sha = info.sha256 else {
+                throw CapstanError(.io, "The store recorded no checksum for \(rel).", hint: "Use a store that records SHA-256 (file://, s3:// through Capstan).")
+            }
+            files.append(CheckpointFile(path: rel, size: info.size, sha256: sha))
+        }
+        let part = CheckpointPart(node: node, files: files)
+        try await putJSON(part, key: key(step, "node-\(node).part.json"))
+        return part
+    }
+
+    /// Writes the manifest (leader only) once all `nodes` part records are present; returns
+    /// nil while some are missing. Idempotent: an existing manifest is returned as is.
+    public func commit(step: Int, job: String, attempt: Int, nodes: Int) async throws -> CheckpointManifest? {
+        if let existing: CheckpointManifest = try await getJSON(key(step, CheckpointProtocol.manifestName)) { return existing }
+        var parts: [CheckpointPart] = []
+        for n in 0..<nodes {
+            guard let part: CheckpointPart = try await getJSON(key(step, "node-\(n).part.json")) else { return nil }
+            parts.append(part)
+        }
+        // Whole seconds: the record round-trips through ISO 8601 unchanged.
+        let now = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))
+        let manifest = CheckpointManifest(job: job, attempt: attempt, step: step, nodes: nodes, parts: parts, createdAt: now)
+        try await putJSON(manifest, key: key(step, CheckpointProtocol.manifestName), ifNoneMatch: true)
+        return manifest
+    }
+
+    /// Steps that have a manifest, ascending (not yet verified).
+    public func committedSteps() async throws -> [Int] {
+        try await store.list(prefix: prefix + "/").compactMap { o -> Int? in
+            let parts = o.key.dropFirst(prefix.count + 1).split(separator: "/")
+            guard parts.count == 2, parts[1] == Substring(CheckpointProtocol.manifestName) else { return nil }
+            return CheckpointProtocol.step(ofFolder: String(parts[0]))
+        }.sorted()
+    }
+
+    /// The manifest of `step` if every file it lists is present with its size and SHA-256.
+    public func verified(step: Int) async throws -> CheckpointManifest? {
+        guard let manifest: CheckpointManifest = try await getJSON(key(step, CheckpointProtocol.manifestName)) else { return nil }
+        for part in manifest.parts {
+            for f in part.files {
+                guard let info = try await store.head(key: key(step, "node-\(part.node)/\(f.path)")),
+                      info.size == f.size, info.sha256 == f.sha256 else { return nil }
+            }
+        }
+        return manifest
+    }
+
+    /// The newest checkpoint that verifies (older ones are tried when a newer one does not).
+    public func latestVerified() async throws -> CheckpointManifest? {
+        for step in try await committedSteps().reversed() {
+            // A damaged or foreign manifest only disqualifies its own step.
+            if let m = try? await verified(step: step) { return m }
+        }
+        return nil
+    }
+
+    /// Downloads node `node`'s part of `manifest` into `folder` (each file checksum-verified by
+    /// the store), and marks it complete.
+    public func restore(_ manifest: CheckpointManifest, node: Int, into folder: String) async throws {
+        guard let part = manifest.parts.first(where: { $0.node == node }) else {
+            throw CapstanError(.notFound, "Checkpoint step \(manifest.step) has no part for node \(node).", hint: "The job's node count changed since it was written.")
+        }
+        for f in part.files {
+            let info = try await store.get(key: key(manifest.step, "node-\(node)/\(f.path)"), to: folder + "/" + f.path)
+            guard info.sha256 == f.sha256 else {
+                throw CapstanError(.io, "Restored \(f.path) of step \(manifest.step) does not match its manifest.", hint: "The checkpoint is damaged; an older one will be used.")
+            }
+        }
+        guard FileManager.default.createFile(atPath: folder + "/" + CheckpointProtocol.marker, contents: nil) else {
+            throw CapstanError(.io, "Cannot mark \(folder) complete.")
+        }
+    }
+
+    /// Keeps the newest `keep` committed checkpoints and deletes the rest (manifest first), plus
+    /// uncommitted leftovers older than the oldest kept one. Returns the steps deleted.
+    @discardableResult
+    public func retain(keep: Int) async throws -> [Int] {
+        let committed = try await committedSteps()
+        guard committed.count > keep, let oldestKept = committed.suffix(keep).first else { return [] }
+        let objects = try await store.list(prefix: prefix + "/")
+        var deleted: Set<Int> = []
+        for step in committed.dropLast(keep) {
+            try await store.delete(key: key(step, CheckpointProtocol.manifestName))
+            deleted.insert(step)
+        }
+        for o in objects {
+            let first = o.key.dropFirst(prefix.count + 1).split(separator: "/").first.map(String.init) ?? ""
+            guard let step = CheckpointProtocol.step(ofFolder: first), step < oldestKept else { continue }
+            try await store.delete(key: o.key)
+            deleted.insert(step)
+        }
+        return deleted.sorted()
+    }
+
+    // MARK: - JSON objects
+
+    func putJSON<T: Encodable>(_ value: T, key: String, ifNoneMatch: Bool = false) async throws {
+        let tmp = NSTemporaryDirectory() + "capstan-json-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        try PluginWire.encoder.encode(value).write(to: URL(fileURLWithPath: tmp))
+        _ = try await store.put(file: tmp, key: key, options: PutOptions(ifNoneMatch: ifNoneMatch), progress: nil)
+    }
+
+    func getJSON<T: Decodable>(_ key: String) async throws -> T? {
+        guard try await store.head(key: key) != nil else { return nil }
+        let tmp = NSTemporaryDirectory() + "capstan-json-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        _ = try await store.get(key: key, to: tmp, progress: nil)
+        do {
+            return try PluginWire.decoder.decode(T.self, from: Data(contentsOf: URL(fileURLWithPath: tmp)))
+        } catch {
+            throw CapstanError(.io, "\(key) in \(store.location) is not a valid Capstan record (\(error)).", hint: "It was not written by Capstan, or is damaged; that checkpoint is ignored.")
+        }
+    }
+}

@@ -1,0 +1,97 @@
+import CapstanCore
+import CapstanProviders
+import CapstanTestSupport
+import CapstanTrainer
+import Foundation
+import Testing
+
+@Suite("Checkpoint protocol")
+struct CheckpointTests {
+    /// Writes a complete (or, without `done`, an in-progress) checkpoint folder.
+    func checkpoint(_ dir: TempDir, node: Int, step: Int, done: Bool = true) -> String {
+        let folder = dir.file("node\(node)/ckpt/step-\(step)")
+        dir.write("node\(node)/ckpt/step-\(step)/model.bin", "weights \(node) \(step)")
+        dir.write("node\(node)/ckpt/step-\(step)/optimizer/state.pt", String(repeating: "o", count: 1000 + step))
+        if done { dir.write("node\(node)/ckpt/step-\(step)/.done", "") }
+        return folder
+    }
+
+    func store(_ dir: TempDir) throws -> CheckpointStore {
+        CheckpointStore(store: try FileObjectStore(root: dir.file("bucket")), prefix: "jobs/j1/checkpoints")
+    }
+
+    @Test("two nodes upload their parts; the leader commits only when both are in")
+    func twoNodes() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cs = try store(dir)
+        try await cs.uploadPart(folder: checkpoint(dir, node: 0, step: 100), step: 100, node: 0)
+        #expect(try await cs.commit(step: 100, job: "j1", attempt: 1, nodes: 2) == nil)
+        #expect(try await cs.latestVerified() == nil)
+        try await cs.uploadPart(folder: checkpoint(dir, node: 1, step: 100), step: 100, node: 1)
+        let m = try #require(try await cs.commit(step: 100, job: "j1", attempt: 1, nodes: 2))
+        #expect(m.parts.map(\.node) == [0, 1])
+        #expect(m.parts[0].files.map(\.path) == ["model.bin", "optimizer/state.pt"])
+        #expect(m.totalBytes == Int64(2 * ("weights 0 100".count + 1100)))
+        #expect(try await cs.commit(step: 100, job: "j1", attempt: 1, nodes: 2) == m)  // idempotent
+        #expect(try await cs.latestVerified()?.step == 100)
+        #expect(CheckpointProtocol.completeSteps(in: dir.file("node0/ckpt")) == [100])
+    }
+
+    @Test("a folder without the marker is never uploaded")
+    func unfinished() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let folder = checkpoint(dir, node: 0, step: 5, done: false)
+        let e = await #expect(throws: CapstanError.self) { try await store(dir).uploadPart(folder: folder, step: 5, node: 0) }
+        #expect(e?.message.contains("no .done marker") == true)
+        #expect(CheckpointProtocol.completeSteps(in: dir.file("node0/ckpt")).isEmpty)
+    }
+
+    @Test("a cut upload or a damaged file is never used: the previous checkpoint is")
+    func damaged() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cs = try store(dir)
+        for step in [10, 20] {
+            try await cs.uploadPart(folder: checkpoint(dir, node: 0, step: step), step: step, node: 0)
+            _ = try await cs.commit(step: step, job: "j1", attempt: 1, nodes: 1)
+        }
+        // Step 30: the files went up, the process died before its part record and manifest.
+        _ = try await FileObjectStore(root: dir.file("bucket")).put(file: checkpoint(dir, node: 0, step: 30) + "/model.bin", key: "jobs/j1/checkpoints/step-30/node-0/model.bin")
+        #expect(try await cs.latestVerified()?.step == 20)
+        // Step 20's weights change under its manifest (a foreign writer, bit rot).
+        let evil = dir.write("evil", "not the weights")
+        _ = try await FileObjectStore(root: dir.file("bucket")).put(file: evil, key: "jobs/j1/checkpoints/step-20/node-0/model.bin")
+        #expect(try await cs.verified(step: 20) == nil)
+        #expect(try await cs.latestVerified()?.step == 10)
+        // A manifest that is not JSON only disqualifies its own step.
+        _ = try await FileObjectStore(root: dir.file("bucket")).put(file: evil, key: "jobs/j1/checkpoints/step-40/manifest.json")
+        #expect(try await cs.latestVerified()?.step == 10)
+    }
+
+    @Test("restore brings a node's part back, verified and marked complete")
+    func restore() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cs = try store(dir)
+        let src = checkpoint(dir, node: 0, step: 7)
+        try await cs.uploadPart(folder: src, step: 7, node: 0)
+        let m = try #require(try await cs.commit(step: 7, job: "j1", attempt: 2, nodes: 1))
+        try await cs.restore(m, node: 0, into: dir.file("resume"))
+        #expect(FileManager.default.contentsEqual(atPath: src + "/optimizer/state.pt", andPath: dir.file("resume/optimizer/state.pt")))
+        #expect(FileManager.default.fileExists(atPath: dir.file("resume/.done")))
+        await #expect(throws: CapstanError.self) { try await cs.restore(m, node: 3, into: dir.file("x")) }
+    }
+
+    @Test("retention keeps the newest K and deletes older ones, manifest first")
+    func retention() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cs = try store(dir)
+        for step in [1, 2, 3, 4] {
+            try await cs.uploadPart(folder: checkpoint(dir, node: 0, step: step), step: step, node: 0)
+            _ = try await cs.commit(step: step, job: "j1", attempt: 1, nodes: 1)
+        }
+        #expect(try await cs.retain(keep: 2) == [1, 2])
+        #expect(try await cs.committedSteps() == [3, 4])
+        let keys = try await FileObjectStore(root: dir.file("bucket")).list(prefix: "jobs/j1/checkpoints/").map(\.key)
+        #expect(!keys.contains { $0.contains("step-1/") || $0.contains("step-2/") })
+        #expect(try await cs.retain(keep: 2).isEmpty)
+    }
+}
