@@ -167,8 +167,8 @@ func s3Bench() async throws {
     try random.close()
     let creds = AWSCredentials(accessKeyID: key, secretAccessKey: secret)
     var config = S3Configuration(endpoint: endpoint, uploadStateFolder: dir + "/uploads")
-    config.partSize = 16 << 20
-    config.concurrency = 8
+    config.partSize = (Int(env["CAPSTAN_BENCH_S3_PART_MIB"] ?? "") ?? 16) << 20
+    config.concurrency = Int(env["CAPSTAN_BENCH_S3_CONCURRENCY"] ?? "") ?? 8
     let store = try S3ObjectStore(location: "s3://capstan-bench", credentials: creds, configuration: config)
     try await store.createBucket()
     func aws(_ args: [String]) throws -> Double {
@@ -199,7 +199,7 @@ func s3Bench() async throws {
         try? FileManager.default.removeItem(atPath: dir + "/back-capstan.bin")
         try? FileManager.default.removeItem(atPath: dir + "/back-aws.bin")
     }
-    print("S3 on SeaweedFS, \(Int(mib)) MiB, 16 MiB parts × 8 in flight (capstan) vs aws s3 cp (awscli defaults):")
+    print("S3 on SeaweedFS, \(Int(mib)) MiB, \(config.partSize >> 20) MiB parts × \(config.concurrency) in flight (capstan) vs aws s3 cp (awscli defaults):")
     for (label, capstan, awscli) in rows {
         let dir = label.hasSuffix("down") ? "download" : "upload  "
         print(String(format: "  %@ %@: capstan %6.1f MiB/s   aws s3 cp %6.1f MiB/s   ratio %.2f×", label.replacingOccurrences(of: " down", with: ""), dir, capstan, awscli, capstan / awscli))
