@@ -1,0 +1,76 @@
+public import CapstanCore
+import Foundation
+public import Logging
+
+/// The node agent's checkpoint side: watches `CAPSTAN_CHECKPOINT_DIR` for complete `step-N/`
+/// folders (those with the `.done` marker) and uploads each once, in the background, so the
+/// training loop never waits on the network. The leader (node 0) commits a step's manifest once
+/// every node's part is in, then applies retention.
+public actor CheckpointWatcher {
+    public let folder: String
+    public let checkpoints: CheckpointStore
+    public let job: String
+    public let attempt: Int
+    public let node: Int
+    public let nodes: Int
+    public let keep: Int
+    public let pollInterval: Duration
+    let logger: Logger
+
+    private var uploaded: Set<Int> = []
+    private var awaitingCommit: Set<Int> = []
+    /// Steps whose manifest this watcher committed, ascending.
+    public private(set) var committed: [Int] = []
+
+    public init(
+        folder: String, checkpoints: CheckpointStore, job: String, attempt: Int, node: Int, nodes: Int, keep: Int,
+        pollInterval: Duration = .seconds(1), logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) {
+        self.folder = folder
+        self.checkpoints = checkpoints
+        self.job = job
+        self.attempt = attempt
+        self.node = node
+        self.nodes = nodes
+        self.keep = keep
+        self.pollInterval = pollInterval
+        self.logger = logger
+    }
+
+    /// One pass: upload every new complete step, then (leader) commit what can be committed.
+    /// Returns the steps uploaded in this pass.
+    @discardableResult
+    public func runOnce() async throws -> [Int] {
+        var done: [Int] = []
+        for step in CheckpointProtocol.completeSteps(in: folder) where !uploaded.contains(step) {
+            let start = ContinuousClock.now
+            let part = try await checkpoints.uploadPart(folder: "\(folder)/step-\(step)", step: step, node: node)
+            uploaded.insert(step)
+            done.append(step)
+            logger.info("checkpoint uploaded", metadata: [
+                "capstan.job": "\(job)", "capstan.node": "\(node)", "step": "\(step)",
+                "bytes": "\(part.files.reduce(0) { $0 + $1.size })", "seconds": "\(String(format: "%.2f", (ContinuousClock.now - start).seconds))",
+            ])
+            if node == 0 { awaitingCommit.insert(step) }
+        }
+        for step in awaitingCommit.sorted() {
+            guard try await checkpoints.commit(step: step, job: job, attempt: attempt, nodes: nodes) != nil else { continue }
+            awaitingCommit.remove(step)
+            committed.append(step)
+            logger.notice("checkpoint committed", metadata: ["capstan.job": "\(job)", "step": "\(step)"])
+            try await checkpoints.retain(keep: keep)
+        }
+        return done
+    }
+
+    /// Polls until cancelled. A failed pass is logged and retried on the next one: a network
+    /// hiccup must not stop training, and nothing is marked uploaded until it is.
+    public func run() async {
+        while !Task.isCancelled {
+            do { try await runOnce() } catch {
+                logger.warning("checkpoint upload failed; will retry", metadata: ["capstan.job": "\(job)", "error": "\(error)"])
+            }
+            try? await Task.sleep(for: pollInterval)
+        }
+    }
+}
