@@ -280,7 +280,7 @@ public struct Provisioner: Sendable {
                 }
                 // A failed call may still have created instances (a timeout after the cloud
                 // accepted it): find them by the intent tag and terminate them.
-                await cleanUp(provider: provider, intent: key, known: [])
+                await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: [])
                 try? store.setIntent(key, status: .failed, error: e.description)
                 return .failed(e, key)
             }
@@ -295,7 +295,7 @@ public struct Provisioner: Sendable {
         for i in instances { try? store.record(i, clusterID: cluster.id, intentKey: key) }
         try? store.setIntent(key, status: .launched)
         if instances.count != cluster.nodes {
-            await cleanUp(provider: provider, intent: key, known: instances.map(\.id))
+            await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: instances.map(\.id))
             let e = CapstanError(.internalError, "\(offer.provider) launched \(instances.count) instance(s) for \(cluster.nodes) node(s).", provider: offer.provider)
             try? store.setIntent(key, status: .failed, error: e.description)
             return .failed(e, key)
@@ -314,7 +314,7 @@ public struct Provisioner: Sendable {
                 for i in seen { try? store.record(i, clusterID: cluster.id, intentKey: key) }
                 if polls == 1 { faults.hit("waiting", number) }
                 if let dead = seen.first(where: { $0.state.isGone || $0.state == .failed || $0.state == .stopped }) {
-                    await cleanUp(provider: provider, intent: key, known: ids)
+                    await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: ids)
                     let e = CapstanError(.capacity, "Instance \(dead.id) went \(dead.state.rawValue) while booting\(dead.stateReason.map { " (\($0))" } ?? "").", provider: offer.provider)
                     try? store.setIntent(key, status: .failed, error: e.description)
                     return .failed(e, key)
@@ -326,13 +326,13 @@ public struct Provisioner: Sendable {
                 logger.warning("describe failed while waiting", metadata: ["capstan.provider": "\(offer.provider)", "error": "\(error)"])
             }
             if ContinuousClock.now + delay > deadline {
-                await cleanUp(provider: provider, intent: key, known: ids)
+                await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: ids)
                 let e = CapstanError(.timeout, "Instances on \(offer.id) were not running after \(options.readyTimeout).", provider: offer.provider)
                 try? store.setIntent(key, status: .failed, error: e.description)
                 return .failed(e, key)
             }
             do { try await Task.sleep(for: delay) } catch {
-                await cleanUp(provider: provider, intent: key, known: ids)
+                await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: ids)
                 try? store.setIntent(key, status: .failed, error: "cancelled")
                 return .failed(CapstanError(.timeout, "Cancelled while waiting for \(offer.id)."), key)
             }
@@ -340,19 +340,17 @@ public struct Provisioner: Sendable {
         }
     }
 
-    /// Terminates what an intent created: the known ids plus anything carrying its tag.
-    func cleanUp(provider: any ComputeProvider, intent: String, known: [String]) async {
+    /// Terminates what an intent created: the known ids plus anything carrying its tag, and
+    /// records their end.
+    func cleanUp(provider: any ComputeProvider, clusterID: String, intent: String, known: [String]) async {
         var ids = Set(known)
         if let tagged = try? await provider.describe(InstanceQuery(tags: [CapstanTags.intent: intent])) {
             ids.formUnion(tagged.map(\.id))
         }
         guard !ids.isEmpty else { return }
-        if let after = try? await provider.terminate(ids: ids.sorted()) {
-            for i in after {
-                if let rec = try? store.allInstances().first(where: { $0.id == i.id && $0.provider == i.provider }) {
-                    try? store.record(i, clusterID: rec.clusterID, intentKey: rec.intentKey)
-                }
-            }
+        // Every id here is a real instance of this intent (known, or found by its tag).
+        for i in (try? await provider.terminate(ids: ids.sorted())) ?? [] {
+            try? store.record(i, clusterID: clusterID, intentKey: intent)
         }
     }
 

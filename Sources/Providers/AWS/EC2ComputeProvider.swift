@@ -173,13 +173,12 @@ public struct EC2ComputeProvider: ComputeProvider {
 
         var spot: [String: (Double, Date)] = [:]
         do {
-            var p: [(String, String)] = [("ProductDescription.1", "Linux/UNIX"), ("StartTime", ISO8601DateFormatter().string(from: Date()))]
+            var p: [(String, String)] = [("ProductDescription.1", "Linux/UNIX"), ("StartTime", AWSTimestamp.plain.string(from: Date()))]
             for (i, t) in names.enumerated() { p.append(("InstanceType.\(i + 1)", t)) }
             let xml = try await call(region, "DescribeSpotPriceHistory", p)
-            let iso = ISO8601DateFormatter()
             for item in xml.path("spotPriceHistorySet", "item") {
                 guard let t = item.value("instanceType"), let z = item.value("availabilityZone"), let price = item.value("spotPrice").flatMap(Double.init) else { continue }
-                let at = item.value("timestamp").flatMap { ISO8601DateFormatter.withFractions.date(from: $0) ?? iso.date(from: $0) } ?? .distantPast
+                let at = item.value("timestamp").flatMap(AWSTimestamp.parse) ?? .distantPast
                 let key = "\(t)|\(z)"
                 if spot[key].map({ at > $0.1 }) ?? true { spot[key] = (price, at) }
             }
@@ -320,7 +319,7 @@ public struct EC2ComputeProvider: ComputeProvider {
             zone: item["placement"]?.value("availabilityZone"), state: Self.state(stateName, reason: reason), providerState: stateName,
             privateAddress: item.value("privateIpAddress"), publicAddress: item.value("ipAddress"), sshPort: 22, sshUser: "ubuntu",
             spot: spot, pricePerHour: spot ? nil : (settings.onDemandPrices?[type] ?? EC2PriceTable.onDemand[type]), tags: tags,
-            launchedAt: item.value("launchTime").flatMap { ISO8601DateFormatter.withFractions.date(from: $0) ?? ISO8601DateFormatter().date(from: $0) },
+            launchedAt: item.value("launchTime").flatMap(AWSTimestamp.parse),
             stateReason: reason)
     }
 

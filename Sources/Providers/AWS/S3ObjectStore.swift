@@ -158,7 +158,7 @@ public struct S3ObjectStore: ObjectStore {
             for c in xml.all("Contents") {
                 guard let k = c.value("Key") else { continue }
                 let rel = prefix.isEmpty ? k : String(k.dropFirst(prefix.count + 1))
-                out.append(ObjectInfo(key: rel, size: Int64(c.value("Size") ?? "") ?? 0, etag: c.value("ETag")?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")), lastModified: c.value("LastModified").flatMap { ISO8601DateFormatter.withFractions.date(from: $0) ?? ISO8601DateFormatter().date(from: $0) }))
+                out.append(ObjectInfo(key: rel, size: Int64(c.value("Size") ?? "") ?? 0, etag: c.value("ETag")?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")), lastModified: c.value("LastModified").flatMap(AWSTimestamp.parse)))
             }
             token = xml.value("IsTruncated") == "true" ? xml.value("NextContinuationToken") : nil
         } while token != nil
@@ -471,10 +471,15 @@ final class UploadStateSaver: @unchecked Sendable {
     }
 }
 
-extension ISO8601DateFormatter {
+/// AWS timestamps (`2026-11-27T10:00:00.000Z` or without fractions), parsed with formatters
+/// made once: creating an ISO8601DateFormatter per listed object or instance is costly.
+enum AWSTimestamp {
     nonisolated(unsafe) static let withFractions: ISO8601DateFormatter = {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return f
     }()
+    nonisolated(unsafe) static let plain = ISO8601DateFormatter()
+
+    static func parse(_ s: String) -> Date? { withFractions.date(from: s) ?? plain.date(from: s) }
 }

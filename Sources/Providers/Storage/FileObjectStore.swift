@@ -194,7 +194,7 @@ public struct FileObjectStore: ObjectStore {
             progress?(TransferProgress(bytesDone: done, bytesTotal: total))
         }
         if fsync(outFD) != 0 { throw ioError("sync \(dst)", errno) }
-        return (Int64(done), hasher.finalize().map { String(format: "%02x", $0) }.joined())
+        return (Int64(done), hasher.finalize().hex)
     }
 
     func writeAtomically(_ data: Data, to path: String) throws {
