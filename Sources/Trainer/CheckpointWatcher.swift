@@ -1,4 +1,4 @@
-public import CapstanCore
+import CapstanCore
 import Foundation
 public import Logging
 

@@ -63,11 +63,8 @@ public struct JobSpec: Sendable, Hashable {
 
     /// Parses YAML `text` (named `source` in errors).
     public static func parse(_ text: String, source: String = "job.yaml") throws -> JobSpec {
-        let r = SpecReader(source: source)
-        let node: Node?
-        do { node = try Yams.compose(yaml: text) } catch {
-            throw r.bad("\(error)".replacingOccurrences(of: "\n", with: " "), nil)
-        }
+        let r = YAMLReader(kind: "job spec", source: source, hint: "See docs/jobs.md for the keys a job spec takes.")
+        let node = try r.compose(text)
         guard let node, let top = node.mapping else { throw r.bad("the job spec must be a mapping with at least `run`", node?.mark?.line) }
         var name: String?
         var run: String?
@@ -133,7 +130,7 @@ public struct JobSpec: Sendable, Hashable {
         return spec
     }
 
-    static func resources(_ v: Node, _ r: SpecReader) throws -> ResourceRequest {
+    static func resources(_ v: Node, _ r: YAMLReader) throws -> ResourceRequest {
         guard let m = v.mapping else { throw r.bad("'resources' must be a mapping", v.mark?.line) }
         var req = ResourceRequest()
         for (k, v) in m {
@@ -173,44 +170,3 @@ public struct JobSpec: Sendable, Hashable {
     }
 }
 
-/// Error helpers for spec parsing: every message names the file and, where known, the line.
-struct SpecReader {
-    let source: String
-
-    func bad(_ what: String, _ line: Int?) -> CapstanError {
-        CapstanError(.config, "Invalid job spec \(source)\(line.map { " line \($0)" } ?? ""): \(what).", hint: "See docs/jobs.md for the keys a job spec takes.")
-    }
-
-    func unknown(_ key: String, _ known: [String], _ line: Int?) -> CapstanError {
-        let leaf = key.split(separator: ".").last.map(String.init) ?? key
-        let close = known.min { a, b in distance(a, leaf) < distance(b, leaf) }
-        let suggestion = close.flatMap { distance($0, leaf) <= 3 ? " (did you mean '\($0)'?)" : nil } ?? ""
-        return bad("unknown key '\(key)'\(suggestion); known: \(known.joined(separator: ", "))", line)
-    }
-
-    func key(_ n: Node) throws -> String {
-        guard let k = n.string else { throw bad("keys must be strings", n.mark?.line) }
-        return k
-    }
-
-    func string(_ n: Node, _ key: String) throws -> String {
-        guard case .scalar(let s) = n else { throw bad("'\(key)' must be text", n.mark?.line) }
-        return s.string
-    }
-
-    /// Levenshtein distance, for "did you mean".
-    func distance(_ a: String, _ b: String) -> Int {
-        let a = Array(a.lowercased()), b = Array(b.lowercased())
-        if a.isEmpty { return b.count }
-        if b.isEmpty { return a.count }
-        var prev = Array(0...b.count)
-        for i in 1...a.count {
-            var cur = [i] + Array(repeating: 0, count: b.count)
-            for j in 1...b.count {
-                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
-            }
-            prev = cur
-        }
-        return prev[b.count]
-    }
-}

@@ -65,63 +65,58 @@ public struct CapstanConfig: Sendable, Hashable {
 
     /// Parses YAML `text` (named `source` in errors).
     public static func parse(_ text: String, source: String = "config") throws -> CapstanConfig {
-        func bad(_ what: String, line: Int? = nil) -> CapstanError {
-            CapstanError(.config, "Invalid config \(source)\(line.map { " line \($0)" } ?? ""): \(what).", hint: "See docs/configuration.md for the keys Capstan reads.")
-        }
-        let node: Node?
-        do { node = try Yams.compose(yaml: text) } catch let error as YamlError {
-            throw bad("\(error)".replacingOccurrences(of: "\n", with: " "))
-        }
+        let r = YAMLReader(kind: "config", source: source, hint: "See docs/configuration.md for the keys Capstan reads.")
+        let node = try r.compose(text)
         guard let node else { return CapstanConfig() }
-        guard let top = node.mapping else { throw bad("the top level must be a mapping", line: node.mark?.line) }
+        guard let top = node.mapping else { throw r.bad("the top level must be a mapping", node.mark?.line) }
         var config = CapstanConfig()
         for (k, v) in top {
-            guard let key = k.string else { throw bad("keys must be strings", line: k.mark?.line) }
+            let key = try r.key(k)
             switch key {
             case "providers":
-                guard let m = v.mapping else { throw bad("'providers' must be a mapping of provider name to settings", line: v.mark?.line) }
+                guard let m = v.mapping else { throw r.bad("'providers' must be a mapping of provider name to settings", v.mark?.line) }
                 for (pk, pv) in m {
-                    guard let name = pk.string else { throw bad("provider names must be strings", line: pk.mark?.line) }
-                    let value = try json(pv, path: "providers.\(name)", bad: bad)
-                    guard case .object = value else { throw bad("'providers.\(name)' must be a mapping", line: pv.mark?.line) }
+                    guard let name = pk.string else { throw r.bad("provider names must be strings", pk.mark?.line) }
+                    let value = try json(pv, path: "providers.\(name)", reader: r)
+                    guard case .object = value else { throw r.bad("'providers.\(name)' must be a mapping", pv.mark?.line) }
                     if let enabled = value["enabled"], enabled.boolValue == nil {
-                        throw bad("'providers.\(name).enabled' must be true or false", line: pv.mark?.line)
+                        throw r.bad("'providers.\(name).enabled' must be true or false", pv.mark?.line)
                     }
                     config.providers[name] = value
                 }
             case "plugins":
-                guard let m = v.mapping else { throw bad("'plugins' must be a mapping", line: v.mark?.line) }
+                guard let m = v.mapping else { throw r.bad("'plugins' must be a mapping", v.mark?.line) }
                 for (pk, pv) in m {
                     switch pk.string {
                     case "paths":
                         guard let seq = pv.sequence, let paths = Optional(seq.compactMap(\.string)), paths.count == seq.count else {
-                            throw bad("'plugins.paths' must be a list of folders", line: pv.mark?.line)
+                            throw r.bad("'plugins.paths' must be a list of folders", pv.mark?.line)
                         }
                         config.plugins.paths = paths.map { ($0 as NSString).expandingTildeInPath }
                     case "timeoutSeconds":
-                        guard let d = pv.float, d > 0 else { throw bad("'plugins.timeoutSeconds' must be a positive number", line: pv.mark?.line) }
+                        guard let d = pv.float, d > 0 else { throw r.bad("'plugins.timeoutSeconds' must be a positive number", pv.mark?.line) }
                         config.plugins.timeoutSeconds = d
-                    default: throw bad("unknown key 'plugins.\(pk.string ?? "?")' (known: paths, timeoutSeconds)", line: pk.mark?.line)
+                    default: throw r.unknown("plugins.\(pk.string ?? "?")", ["paths", "timeoutSeconds"], pk.mark?.line)
                     }
                 }
             case "storage":
-                guard let m = v.mapping else { throw bad("'storage' must be a mapping", line: v.mark?.line) }
+                guard let m = v.mapping else { throw r.bad("'storage' must be a mapping", v.mark?.line) }
                 for (sk, sv) in m {
                     switch sk.string {
                     case "default":
-                        guard let s = sv.string, s.contains("://") else { throw bad("'storage.default' must be a bucket URI like file:///path or s3://bucket/prefix", line: sv.mark?.line) }
+                        guard let s = sv.string, s.contains("://") else { throw r.bad("'storage.default' must be a bucket URI like file:///path or s3://bucket/prefix", sv.mark?.line) }
                         config.storage.defaultLocation = s
-                    default: throw bad("unknown key 'storage.\(sk.string ?? "?")' (known: default)", line: sk.mark?.line)
+                    default: throw r.unknown("storage.\(sk.string ?? "?")", ["default"], sk.mark?.line)
                     }
                 }
             default:
-                throw bad("unknown key '\(key)' (known: providers, plugins, storage)", line: k.mark?.line)
+                throw r.unknown(key, ["providers", "plugins", "storage"], k.mark?.line)
             }
         }
         return config
     }
 
-    private static func json(_ node: Node, path: String, bad: (String, Int?) -> CapstanError) throws -> JSONValue {
+    private static func json(_ node: Node, path: String, reader r: YAMLReader) throws -> JSONValue {
         switch node {
         case .scalar(let s):
             if s.style == .plain {
@@ -134,14 +129,14 @@ public struct CapstanConfig: Sendable, Hashable {
         case .mapping(let m):
             var o: [String: JSONValue] = [:]
             for (k, v) in m {
-                guard let key = k.string else { throw bad("keys under '\(path)' must be strings", k.mark?.line) }
-                o[key] = try json(v, path: "\(path).\(key)", bad: bad)
+                guard let key = k.string else { throw r.bad("keys under '\(path)' must be strings", k.mark?.line) }
+                o[key] = try json(v, path: "\(path).\(key)", reader: r)
             }
             return .object(o)
         case .sequence(let seq):
-            return .array(try seq.map { try json($0, path: path, bad: bad) })
+            return .array(try seq.map { try json($0, path: path, reader: r) })
         case .alias:
-            throw bad("aliases are not supported at '\(path)'", node.mark?.line)
+            throw r.bad("aliases are not supported at '\(path)'", node.mark?.line)
         }
     }
 }
