@@ -226,3 +226,23 @@ struct BuiltInS3Tests {
         #expect(none.stderr.contains("No AWS credentials found"), "\(none.stderr)")
     }
 }
+
+@Suite("Unfinished uploads")
+struct AbortUploadsTests {
+    @Test("abortUnfinishedUploads removes uploads left under the store's prefix, and only those")
+    func abort() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let endpoint = try TestServers.moto
+        let bucket = "capstan-abort-\(UUID().uuidString.prefix(6).lowercased())"
+        let store = try S3ObjectStore(location: "s3://\(bucket)/ckpt", credentials: TestServers.motoCredentials, configuration: S3Configuration(endpoint: endpoint, uploadStateFolder: dir.file("u")))
+        try await store.createBucket()
+        let env = ["AWS_ACCESS_KEY_ID": TestServers.motoCredentials.accessKeyID, "AWS_SECRET_ACCESS_KEY": TestServers.motoCredentials.secretAccessKey]
+        for key in ["ckpt/a.bin", "ckpt/b/c.bin", "other/d.bin"] {
+            let r = try await runProcess("/usr/bin/env", ["aws", "--endpoint-url", endpoint, "--region", "us-east-1", "s3api", "create-multipart-upload", "--bucket", bucket, "--key", key], environment: env)
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        #expect(try await store.abortUnfinishedUploads() == 2)
+        let left = try await runProcess("/usr/bin/env", ["aws", "--endpoint-url", endpoint, "--region", "us-east-1", "s3api", "list-multipart-uploads", "--bucket", bucket, "--query", "Uploads[].Key", "--output", "text"], environment: env)
+        #expect(left.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "other/d.bin", "\(left.stdout)")
+    }
+}

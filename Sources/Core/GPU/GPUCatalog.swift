@@ -126,8 +126,6 @@ struct ParsedGPUName {
     var family: String
     var formFactor: GPUModel.FormFactor?
     var memoryGiB: Double?
-    /// GPUs per node when the string carries it (Lambda `gpu_8x_…`).
-    var count: Int?
 
     private static let familyTokens: [String: String] = [
         "b200": "B200", "gb200": "GB200", "h200": "H200", "gh200": "GH200", "h100": "H100",
@@ -150,7 +148,6 @@ struct ParsedGPUName {
         var family: String?
         var form: GPUModel.FormFactor?
         var memory: Double?
-        var count: Int?
         var sawHBM3 = false
         var sawMega = false
         for token in tokens {
@@ -162,7 +159,6 @@ struct ParsedGPUName {
             if token == "mega" { sawMega = true; continue }
             if token.hasPrefix("hbm3") { sawHBM3 = true; continue }
             if token.hasSuffix("gb"), let n = Double(token.dropLast(2)) { memory = n; continue }
-            if token.hasSuffix("x"), let n = Int(token.dropLast()) { count = n; continue }
         }
         guard let family else { return nil }
         if form == nil, sawMega || (sawHBM3 && family == "H100") {
@@ -172,6 +168,5 @@ struct ParsedGPUName {
         self.family = family
         self.formFactor = form
         self.memoryGiB = memory
-        self.count = count
     }
 }

@@ -59,15 +59,6 @@ public struct PluginDiscovery: Sendable {
         return entries
     }
 
-    /// The winning library for each plugin name.
-    public func libraries() -> [String: PluginLibrary] {
-        var out: [String: PluginLibrary] = [:]
-        for e in discover() where e.shadowedBy == nil {
-            if let lib = e.library { out[lib.name] = lib }
-        }
-        return out
-    }
-
     func candidates(in folderOrFile: String, buildFolder: Bool) -> [String] {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folderOrFile, isDirectory: &isDir) else { return [] }
