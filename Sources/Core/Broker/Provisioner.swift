@@ -244,25 +244,28 @@ public struct Provisioner: Sendable {
 
     /// One offer: intent → launch (with retries) → wait for running. Cleans up after itself on
     /// every failure path.
-    func attempt(cluster: Cluster, owner: String, ranked: RankedOffer, provider: any ComputeProvider, number: Int) async -> AttemptOutcome {
+    /// `node` set: a replacement for that one node index (count 1) instead of the whole cluster.
+    func attempt(cluster: Cluster, owner: String, ranked: RankedOffer, provider: any ComputeProvider, number: Int, node: Int? = nil) async -> AttemptOutcome {
         let offer = ranked.offer
         let key = "cap-" + UUID().uuidString.lowercased()
-        let tags = [
+        let count = node == nil ? cluster.nodes : 1
+        var tags = [
             CapstanTags.managed: "true", CapstanTags.owner: owner, CapstanTags.cluster: cluster.name,
             CapstanTags.clusterID: cluster.id, CapstanTags.intent: key,
         ]
+        if let node { tags[CapstanTags.node] = "\(node)" }
         let intent = LaunchIntent(
-            key: key, clusterID: cluster.id, provider: offer.provider, offer: offer, count: cluster.nodes, spot: ranked.spot,
+            key: key, clusterID: cluster.id, provider: offer.provider, offer: offer, count: count, spot: ranked.spot,
             tags: tags, status: .pending, createdAt: Date(), updatedAt: Date(), error: nil, pid: getpid())
         do {
             try store.insert(intent)
         } catch {
             return .failed(error as? CapstanError ?? CapstanError(.io, "\(error)"), key)
         }
-        say("trying \(offer.id): \(cluster.nodes) node(s), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " spot" : ""))
+        say("trying \(offer.id): \(count) node(s), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " spot" : ""))
         faults.hit("before-launch", number)
 
-        let request = LaunchRequest(offer: offer, count: cluster.nodes, idempotencyKey: key, tags: tags, name: "capstan-\(cluster.name)", spot: ranked.spot)
+        let request = LaunchRequest(offer: offer, count: count, idempotencyKey: key, tags: tags, name: "capstan-\(cluster.name)", spot: ranked.spot)
         var instances: [Instance] = []
         var retry = 0
         while true {
@@ -294,9 +297,9 @@ public struct Provisioner: Sendable {
         }
         for i in instances { try? store.record(i, clusterID: cluster.id, intentKey: key) }
         try? store.setIntent(key, status: .launched)
-        if instances.count != cluster.nodes {
+        if instances.count != count {
             await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: instances.map(\.id))
-            let e = CapstanError(.internalError, "\(offer.provider) launched \(instances.count) instance(s) for \(cluster.nodes) node(s).", provider: offer.provider)
+            let e = CapstanError(.internalError, "\(offer.provider) launched \(instances.count) instance(s) for \(count) node(s).", provider: offer.provider)
             try? store.setIntent(key, status: .failed, error: e.description)
             return .failed(e, key)
         }
@@ -320,7 +323,7 @@ public struct Provisioner: Sendable {
                     return .failed(e, key)
                 }
                 if seen.count == ids.count, seen.allSatisfy({ $0.state == .running }) {
-                    return .ready(seen.sorted { ($0.tags[CapstanTags.node] ?? "") < ($1.tags[CapstanTags.node] ?? "") }, key)
+                    return .ready(seen.sorted { $0.nodeIndex < $1.nodeIndex }, key)
                 }
             } catch {
                 logger.warning("describe failed while waiting", metadata: ["capstan.provider": "\(offer.provider)", "error": "\(error)"])
@@ -352,6 +355,55 @@ public struct Provisioner: Sendable {
         for i in (try? await provider.terminate(ids: ids.sorted())) ?? [] {
             try? store.record(i, clusterID: clusterID, intentKey: intent)
         }
+    }
+
+    // MARK: - Replace one node
+
+    /// Replaces node `node` of running cluster `name`: terminates the instance serving it (if
+    /// any is left) and launches one instance on the cluster's offer — same provider, instance
+    /// type and zone, so the gang stays on one network — tagged with the same node index.
+    /// The launch is an intent like any other, so a crash here is reconciled. Capacity errors
+    /// are retried with backoff up to `options.launchRetries` times; then the error is thrown.
+    /// Returns the new instance once it is running.
+    public func replaceNode(cluster name: String, node: Int) async throws -> Instance {
+        guard var cluster = try store.cluster(named: name), cluster.status == .running, let offer = cluster.offer else {
+            throw CapstanError(.notFound, "Cluster '\(name)' is not running, so node \(node) cannot be replaced.", hint: "See `capstan status`.")
+        }
+        guard let provider = provider(offer.provider) else {
+            throw CapstanError(.config, "Provider \(offer.provider) of cluster '\(name)' is not enabled.", hint: "Enable it in config.yaml.")
+        }
+        guard let lock = try locks.acquire(name) else {
+            throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish.")
+        }
+        defer { lock.release() }
+        // Retire whatever serves the node now.
+        let current = try store.instances(cluster: cluster.id).filter { !$0.state.isGone && $0.instance.nodeIndex == node }
+        if !current.isEmpty {
+            for i in try await provider.terminate(ids: current.map(\.id)) {
+                var gone = i
+                if !gone.state.isGone { gone.state = .terminated }
+                try? store.record(gone, clusterID: cluster.id, intentKey: current.first { $0.id == i.id }?.intentKey ?? "")
+            }
+        }
+        let owner = try store.ownerID()
+        let perNode = (cluster.spot ? offer.spotPricePerHour : offer.onDemandPricePerHour) ?? 0
+        let ranked = RankedOffer(offer: offer, spot: cluster.spot, pricePerNode: perNode, nodes: 1, clusterPricePerHour: perNode * Double(cluster.nodes))
+        var last: CapstanError?
+        tries: for n in 0...options.launchRetries {
+            if n > 0 { try await Task.sleep(for: options.backoff.delay(n - 1)) }
+            switch await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider, number: n + 1, node: node) {
+            case .ready(let instances, _):
+                store.event("replaced", "Node \(node) replaced by \(instances[0].id) on \(offer.provider) \(offer.instanceType).", cluster: cluster.id)
+                return instances[0]
+            case .failed(let e, _):
+                last = e
+                guard [.capacity, .quota, .rateLimited, .transient, .timeout].contains(e.code) else { break tries }
+            }
+        }
+        let e = last ?? CapstanError(.capacity, "No capacity to replace node \(node).")
+        cluster.lastError = "Replacing node \(node) failed: \(e.message)"
+        try? store.update(cluster)
+        throw CapstanError(e.code, "Could not replace node \(node) of cluster '\(name)' on \(offer.id): \(e.message)", hint: e.hint, provider: offer.provider)
     }
 
     // MARK: - Down
@@ -446,6 +498,10 @@ public struct Provisioner: Sendable {
         var interrupted: [String: Cluster] = [:]
         for c in clusters where c.status == .provisioning && !busy.contains(c.id) { interrupted[c.id] = c }
 
+        // Launches that completed for a cluster after its first (node replacements).
+        var launchedIntents: [String: String] = [:]
+        for i in (try? store.intents(status: .launched)) ?? [] { launchedIntents[i.key] = i.clusterID }
+
         var toTerminate: [String: [Instance]] = [:]
         var recovered: [String: (intent: String, instances: [Instance])] = [:]
         for (providerName, instances) in listed {
@@ -453,7 +509,8 @@ public struct Provisioner: Sendable {
                 let clusterID = i.tags[CapstanTags.clusterID] ?? ""
                 let intent = i.tags[CapstanTags.intent] ?? ""
                 if busy.contains(clusterID) { continue }
-                if let c = byID[clusterID], (c.status == .running || c.status == .terminating), c.intentKey == intent {
+                if let c = byID[clusterID], (c.status == .running || c.status == .terminating),
+                   c.intentKey == intent || launchedIntents[intent] == c.id {
                     try? store.record(i, clusterID: c.id, intentKey: intent)
                     report.adopted.append(i.id)
                 } else if let c = interrupted[clusterID] {

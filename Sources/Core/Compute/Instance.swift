@@ -80,3 +80,8 @@ public enum CapstanTags {
     /// Node index within the cluster (0 = leader).
     public static let node = "capstan:node"
 }
+
+extension Instance {
+    /// The node index from the ``CapstanTags/node`` tag (0 = leader); `Int.max` when untagged.
+    public var nodeIndex: Int { tags[CapstanTags.node].flatMap(Int.init) ?? Int.max }
+}

@@ -1,7 +1,8 @@
 import Foundation
 import GRDB
 
-/// Capstan's state: clusters, instances, launch intents, events and the offer cache, in one
+/// Capstan's state: clusters, instances, launch intents, jobs, attempts, checkpoints, events and
+/// the offer cache, in one
 /// SQLite file (WAL mode) — `$CAPSTAN_HOME/state/capstan.db` by default, or any path a library
 /// user chooses. Safe to use from several threads and several processes at once.
 public final class StateStore: Sendable {
@@ -94,6 +95,7 @@ public final class StateStore: Sendable {
                 t.column("offers", .text).notNull()
             }
         }
+        registerJobMigrations(&m)
         return m
     }
 
