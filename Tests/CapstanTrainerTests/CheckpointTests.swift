@@ -55,11 +55,11 @@ struct CheckpointTests {
             _ = try await cs.commit(step: step, job: "j1", attempt: 1, nodes: 1)
         }
         // Step 30: the files went up, the process died before its part record and manifest.
-        _ = try await FileObjectStore(root: dir.file("bucket")).put(file: checkpoint(dir, node: 0, step: 30) + "/model.bin", key: "jobs/j1/checkpoints/step-30/node-0/model.bin")
+        _ = try await FileObjectStore(root: dir.file("bucket")).put(file: checkpoint(dir, node: 0, step: 30) + "/model.bin", key: "jobs/j1/checkpoints/step-30/attempt-1/node-0/model.bin")
         #expect(try await cs.latestVerified()?.step == 20)
         // Step 20's weights change under its manifest (a foreign writer, bit rot).
         let evil = dir.write("evil", "not the weights")
-        _ = try await FileObjectStore(root: dir.file("bucket")).put(file: evil, key: "jobs/j1/checkpoints/step-20/node-0/model.bin")
+        _ = try await FileObjectStore(root: dir.file("bucket")).put(file: evil, key: "jobs/j1/checkpoints/step-20/attempt-1/node-0/model.bin")
         #expect(try await cs.verified(step: 20) == nil)
         #expect(try await cs.latestVerified()?.step == 10)
         // A manifest that is not JSON only disqualifies its own step.
@@ -72,12 +72,29 @@ struct CheckpointTests {
         let dir = TempDir(); defer { dir.cleanup() }
         let cs = try store(dir)
         let src = checkpoint(dir, node: 0, step: 7)
-        try await cs.uploadPart(folder: src, step: 7, node: 0)
+        try await cs.uploadPart(folder: src, step: 7, node: 0, attempt: 2)
         let m = try #require(try await cs.commit(step: 7, job: "j1", attempt: 2, nodes: 1))
         try await cs.restore(m, node: 0, into: dir.file("resume"))
         #expect(FileManager.default.contentsEqual(atPath: src + "/optimizer/state.pt", andPath: dir.file("resume/optimizer/state.pt")))
         #expect(FileManager.default.fileExists(atPath: dir.file("resume/.done")))
         await #expect(throws: CapstanError.self) { try await cs.restore(m, node: 3, into: dir.file("x")) }
+    }
+
+    @Test("a part left by a dead attempt is never mixed into a new attempt's manifest")
+    func attemptsKeptApart() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cs = try store(dir)
+        // Attempt 1: node 0 uploaded step 50, node 1 died before its part.
+        try await cs.uploadPart(folder: checkpoint(dir, node: 0, step: 50), step: 50, node: 0, attempt: 1)
+        // Attempt 2 writes step 50 again; node 1's part arrives first.
+        try await cs.uploadPart(folder: checkpoint(dir, node: 1, step: 50), step: 50, node: 1, attempt: 2)
+        #expect(try await cs.commit(step: 50, job: "j1", attempt: 2, nodes: 2) == nil)
+        try await cs.uploadPart(folder: checkpoint(dir, node: 0, step: 50), step: 50, node: 0, attempt: 2)
+        let m = try #require(try await cs.commit(step: 50, job: "j1", attempt: 2, nodes: 2))
+        #expect(m.attempt == 2)
+        #expect(try await cs.verified(step: 50) == m)
+        try await cs.restore(m, node: 1, into: dir.file("r1"))
+        #expect(FileManager.default.contentsEqual(atPath: dir.file("node1/ckpt/step-50/model.bin"), andPath: dir.file("r1/model.bin")))
     }
 
     @Test("retention keeps the newest K and deletes older ones, manifest first")

@@ -93,6 +93,8 @@ public struct JobAttemptRecord: Sendable, Hashable, Codable, FetchableRecord, Pe
     /// What went wrong (`command`, `signal`, `heartbeat`, `instance-gone`, `hung-at-exit`, `agent`).
     public var failureKind: String?
     public var failedNode: Int?
+    /// The failed command's exit code (shell convention: 128 + N for signal N).
+    public var exitCode: Int?
     public var message: String?
 
     public init(jobID: String, attempt: Int, nodes: [String], masterAddress: String, masterPort: Int, resumeStep: Int?, startedAt: Date = Date()) {
@@ -163,6 +165,7 @@ extension StateStore {
                 t.column("endedAt", .datetime)
                 t.column("failureKind", .text)
                 t.column("failedNode", .integer)
+                t.column("exitCode", .integer)
                 t.column("message", .text)
             }
             try db.create(table: "checkpoint") { t in

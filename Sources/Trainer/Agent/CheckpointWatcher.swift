@@ -16,16 +16,27 @@ public actor CheckpointWatcher {
     public let keep: Int
     public let pollInterval: Duration
     let logger: Logger
+    /// Runs after each file a part upload puts (test hook: a cut upload).
+    let afterFile: (@Sendable (Int) -> Void)?
 
     private var uploaded: Set<Int> = []
     private var awaitingCommit: Set<Int> = []
+    /// Steps whose part is uploaded, ascending.
+    public var uploadedSteps: [Int] { uploaded.sorted() }
+    /// Steps uploaded by the leader whose manifest is not written yet.
+    public var pendingCommits: [Int] { awaitingCommit.sorted() }
+    private let uploadedMirror = LockedBox<Set<Int>>([])
+    /// `uploadedSteps` readable without awaiting the actor.
+    public nonisolated func isUploadedSync(_ step: Int) -> Bool { uploadedMirror.withLock { $0.contains(step) } }
     /// Steps whose manifest this watcher committed, ascending.
     public private(set) var committed: [Int] = []
 
     public init(
         folder: String, checkpoints: CheckpointStore, job: String, attempt: Int, node: Int, nodes: Int, keep: Int,
-        pollInterval: Duration = .seconds(1), logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })
+        pollInterval: Duration = .seconds(1), logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() }),
+        afterFile: (@Sendable (Int) -> Void)? = nil
     ) {
+        self.afterFile = afterFile
         self.folder = folder
         self.checkpoints = checkpoints
         self.job = job
@@ -44,8 +55,9 @@ public actor CheckpointWatcher {
         var done: [Int] = []
         for step in CheckpointProtocol.completeSteps(in: folder) where !uploaded.contains(step) {
             let start = ContinuousClock.now
-            let part = try await checkpoints.uploadPart(folder: "\(folder)/step-\(step)", step: step, node: node)
+            let part = try await checkpoints.uploadPart(folder: "\(folder)/step-\(step)", step: step, node: node, attempt: attempt, afterFile: afterFile)
             uploaded.insert(step)
+            uploadedMirror.withLock { _ = $0.insert(step) }
             done.append(step)
             logger.info("checkpoint uploaded", metadata: [
                 "capstan.job": "\(job)", "capstan.node": "\(node)", "step": "\(step)",

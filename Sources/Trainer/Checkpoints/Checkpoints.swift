@@ -9,9 +9,12 @@ import Foundation
 /// renames the folder into place only has to add the marker before or after the rename.)
 ///
 /// **In the bucket**, under `<prefix>/step-N/`:
-/// 1. each node uploads its files to `node-R/<path>` (checksummed, atomic per object),
-/// 2. then its part record `node-R.part.json` (files, sizes, SHA-256),
-/// 3. the leader (rank 0), once every node's part record is in, writes `manifest.json` last.
+/// 1. each node uploads its files to `attempt-A/node-R/<path>` (checksummed, atomic per object),
+/// 2. then its part record `attempt-A/node-R.part.json` (files, sizes, SHA-256),
+/// 3. the leader (rank 0), once every node's part record of its attempt is in, writes
+///    `manifest.json` last, with if-none-match: the first complete attempt wins.
+/// Parts are kept apart by attempt because a restarted job writes the same step numbers again:
+/// a part left by a dead attempt can never be mixed into the manifest of a new one.
 /// A checkpoint exists iff its manifest exists and verifies: every file it lists is present with
 /// its size and SHA-256. Retention deletes a manifest before its files, so a half-deleted
 /// checkpoint is never mistaken for a complete one.
@@ -75,11 +78,16 @@ public struct CheckpointStore: Sendable {
     }
 
     func key(_ step: Int, _ rest: String) -> String { "\(prefix)/step-\(step)/\(rest)" }
+    func partKey(_ step: Int, attempt: Int, _ rest: String) -> String { key(step, "attempt-\(attempt)/\(rest)") }
 
-    /// Uploads node `node`'s files of the complete checkpoint folder `folder`, then its part
-    /// record. Refuses a folder without the `.done` marker.
+    /// Uploads node `node`'s files of the complete checkpoint folder `folder` (written by
+    /// attempt `attempt`), then its part record. Refuses a folder without the `.done` marker.
+    /// `afterFile` runs after each file's upload (a test hook for cut uploads).
     @discardableResult
-    public func uploadPart(folder: String, step: Int, node: Int, progress: TransferProgressHandler? = nil) async throws -> CheckpointPart {
+    public func uploadPart(
+        folder: String, step: Int, node: Int, attempt: Int = 1, progress: TransferProgressHandler? = nil,
+        afterFile: (@Sendable (Int) -> Void)? = nil
+    ) async throws -> CheckpointPart {
         guard FileManager.default.fileExists(atPath: folder + "/" + CheckpointProtocol.marker) else {
             throw CapstanError(.invalidRequest, "Checkpoint folder \(folder) has no \(CheckpointProtocol.marker) marker: it may still be written.", hint: "Create \(CheckpointProtocol.marker) in the folder after every file is flushed.")
         }
@@ -93,24 +101,25 @@ public struct CheckpointStore: Sendable {
             if (walker.fileAttributes?[.type] as? FileAttributeType) == .typeRegular { paths.append(rel) }
         }
         for rel in paths.sorted() {
-            let info = try await store.put(file: folder + "/" + rel, key: key(step, "node-\(node)/\(rel)"), options: PutOptions(), progress: progress)
+            let info = try await store.put(file: folder + "/" + rel, key: partKey(step, attempt: attempt, "node-\(node)/\(rel)"), options: PutOptions(), progress: progress)
             guard let sha = info.sha256 else {
                 throw CapstanError(.io, "The store recorded no checksum for \(rel).", hint: "Use a store that records SHA-256 (file://, s3:// through Capstan).")
             }
             files.append(CheckpointFile(path: rel, size: info.size, sha256: sha))
+            afterFile?(files.count)
         }
         let part = CheckpointPart(node: node, files: files)
-        try await putJSON(part, key: key(step, "node-\(node).part.json"))
+        try await putJSON(part, key: partKey(step, attempt: attempt, "node-\(node).part.json"))
         return part
     }
 
-    /// Writes the manifest (leader only) once all `nodes` part records are present; returns
-    /// nil while some are missing. Idempotent: an existing manifest is returned as is.
+    /// Writes the manifest (leader only) once all `nodes` part records of `attempt` are present;
+    /// returns nil while some are missing. Idempotent: an existing manifest is returned as is.
     public func commit(step: Int, job: String, attempt: Int, nodes: Int) async throws -> CheckpointManifest? {
         if let existing: CheckpointManifest = try await getJSON(key(step, CheckpointProtocol.manifestName)) { return existing }
         var parts: [CheckpointPart] = []
         for n in 0..<nodes {
-            guard let part: CheckpointPart = try await getJSON(key(step, "node-\(n).part.json")) else { return nil }
+            guard let part: CheckpointPart = try await getJSON(partKey(step, attempt: attempt, "node-\(n).part.json")) else { return nil }
             parts.append(part)
         }
         // Whole seconds: the record round-trips through ISO 8601 unchanged.
@@ -134,7 +143,7 @@ public struct CheckpointStore: Sendable {
         guard let manifest: CheckpointManifest = try await getJSON(key(step, CheckpointProtocol.manifestName)) else { return nil }
         for part in manifest.parts {
             for f in part.files {
-                guard let info = try await store.head(key: key(step, "node-\(part.node)/\(f.path)")),
+                guard let info = try await store.head(key: partKey(step, attempt: manifest.attempt, "node-\(part.node)/\(f.path)")),
                       info.size == f.size, info.sha256 == f.sha256 else { return nil }
             }
         }
@@ -157,7 +166,7 @@ public struct CheckpointStore: Sendable {
             throw CapstanError(.notFound, "Checkpoint step \(manifest.step) has no part for node \(node).", hint: "The job's node count changed since it was written.")
         }
         for f in part.files {
-            let info = try await store.get(key: key(manifest.step, "node-\(node)/\(f.path)"), to: folder + "/" + f.path)
+            let info = try await store.get(key: partKey(manifest.step, attempt: manifest.attempt, "node-\(node)/\(f.path)"), to: folder + "/" + f.path)
             guard info.sha256 == f.sha256 else {
                 throw CapstanError(.io, "Restored \(f.path) of step \(manifest.step) does not match its manifest.", hint: "The checkpoint is damaged; an older one will be used.")
             }

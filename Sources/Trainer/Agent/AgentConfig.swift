@@ -1,0 +1,116 @@
+import CapstanCore
+import Foundation
+
+/// What the controller tells one node's agent to do for one attempt (written as JSON next to
+/// the agent's state; `capstan agent --config FILE`). Holds no secrets: credentials reach the
+/// agent through its environment, as they reach any process on the node.
+public struct AgentConfig: Sendable, Hashable, Codable {
+    public var job: String
+    public var attempt: Int
+    public var node: Int
+    public var nodes: Int
+    public var setup: [String]
+    public var run: String
+    /// The env contract plus the spec's `env`; merged over the agent's own environment.
+    public var environment: [String: String]
+    /// Where `setup` and `run` run (the node's working folder).
+    public var workdir: String
+    /// The agent's folder for this attempt: `status.json`, `node.log`, `agent.json`.
+    public var stateDir: String
+    public var checkpointDir: String
+    public var outputDir: String
+    /// Where the restored checkpoint goes (set with `resumeStep`).
+    public var resumeDir: String?
+    /// The checkpoint step every node restores before starting.
+    public var resumeStep: Int?
+    /// The job's bucket URI (`<storage>/<job id>`): `checkpoints/` and `outputs/` go under it.
+    public var bucket: String
+    /// Verified checkpoints kept in the bucket.
+    public var keep: Int
+    public var heartbeatSeconds: Double = 1
+    public var checkpointPollSeconds: Double = 0.5
+    /// From SIGTERM to the command to SIGKILL.
+    public var stopGraceSeconds: Double = 15
+    /// How long the leader waits for other nodes' parts after the command ends.
+    public var commitWaitSeconds: Double = 30
+    /// A file the node's provider kills every listed process group from when it goes away
+    /// (the local provider's `pids`).
+    public var pidsFile: String?
+
+    public init(
+        job: String, attempt: Int, node: Int, nodes: Int, setup: [String], run: String, environment: [String: String],
+        workdir: String, stateDir: String, checkpointDir: String, outputDir: String, resumeDir: String?, resumeStep: Int?,
+        bucket: String, keep: Int
+    ) {
+        self.job = job
+        self.attempt = attempt
+        self.node = node
+        self.nodes = nodes
+        self.setup = setup
+        self.run = run
+        self.environment = environment
+        self.workdir = workdir
+        self.stateDir = stateDir
+        self.checkpointDir = checkpointDir
+        self.outputDir = outputDir
+        self.resumeDir = resumeDir
+        self.resumeStep = resumeStep
+        self.bucket = bucket
+        self.keep = keep
+    }
+
+    public var statusFile: String { stateDir + "/status.json" }
+    public var logFile: String { stateDir + "/node.log" }
+}
+
+/// What an agent reports about itself; rewritten atomically at every heartbeat and change.
+public struct AgentStatus: Sendable, Hashable, Codable {
+    public enum Phase: String, Sendable, Hashable, Codable {
+        case starting, restoring, setup, running
+        /// The command ended; final checkpoint and output uploads are running.
+        case finishing
+        /// Nothing left to do; `exit` (or `failure`) says how it went.
+        case exited
+    }
+
+    public var job: String
+    public var attempt: Int
+    public var node: Int
+    public var phase: Phase
+    /// Increments at every beat; the controller times its changes on its own clock, so the
+    /// node's clock never matters.
+    public var heartbeat: Int
+    public var agentPID: Int32
+    /// The command's process (and process group) while it runs.
+    public var commandPID: Int32?
+    /// How the command ended (setup's, when setup failed).
+    public var exit: ExitStatus?
+    /// Where it ended: `restore`, `setup` or `run`.
+    public var endedIn: String?
+    /// When the command ended, on the node's clock (to order failures across nodes).
+    public var endedAt: Date?
+    /// A failure of the agent's own work (restore, upload) — not the command's.
+    public var failure: String?
+    public var stopRequested: Bool
+    public var uploadedSteps: [Int]
+    public var committedSteps: [Int]
+    public var outputsUploaded: Bool
+    public var updatedAt: Date
+
+    public init(job: String, attempt: Int, node: Int, agentPID: Int32) {
+        self.job = job
+        self.attempt = attempt
+        self.node = node
+        self.phase = .starting
+        self.heartbeat = 0
+        self.agentPID = agentPID
+        self.stopRequested = false
+        self.uploadedSteps = []
+        self.committedSteps = []
+        self.outputsUploaded = false
+        self.updatedAt = Date()
+    }
+
+    /// Ended well: the command exited 0 and the agent's uploads are done.
+    public var succeeded: Bool { phase == .exited && exit == .exited(0) && failure == nil }
+}

@@ -1,0 +1,287 @@
+public import CapstanCore
+import Foundation
+public import Logging
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The node agent (`capstan agent`): one per node per attempt. It restores the checkpoint the
+/// controller chose, runs setup and the command with the env contract, appends their output to
+/// `node.log`, beats in `status.json`, uploads every complete checkpoint in the background,
+/// and, once the command ends, finishes the uploads and (on success) uploads the outputs.
+///
+/// It talks to the controller only through files in its state folder, so the same agent
+/// serves local nodes and remote ones (where the transport reads the files over SSH), and a
+/// controller that dies and comes back finds it still running.
+public final class NodeAgent: Sendable {
+    public let config: AgentConfig
+    /// The job's bucket (`AgentConfig.bucket`).
+    public let bucket: any ObjectStore
+    let logger: Logger
+    let faults: FaultPoints
+    let status: LockedBox<AgentStatus>
+    let stopping = LockedBox<Bool>(false)
+    let filesUploaded = LockedBox<Int>(0)
+
+    public init(config: AgentConfig, bucket: any ObjectStore, faults: FaultPoints = .none, logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })) {
+        self.config = config
+        self.bucket = bucket
+        self.faults = faults
+        self.logger = logger
+        self.status = LockedBox(AgentStatus(job: config.job, attempt: config.attempt, node: config.node, agentPID: getpid()))
+    }
+
+    var checkpoints: CheckpointStore { CheckpointStore(store: bucket, prefix: "checkpoints") }
+
+    /// Runs the attempt on this node to the end and returns the final status (also written).
+    public func run() async -> AgentStatus {
+        for dir in [config.stateDir, config.checkpointDir, config.outputDir, config.workdir] + (config.resumeDir.map { [$0] } ?? []) {
+            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        }
+        update { _ in }
+        recordPID(getpid())
+        say("agent started: job \(config.job), attempt \(config.attempt), node \(config.node) of \(config.nodes)")
+        let beats = Task { [self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(config.heartbeatSeconds))
+                update { $0.heartbeat += 1 }
+            }
+        }
+        defer { beats.cancel() }
+        let signals = installStopHandler()
+        defer { signals.forEach { $0.cancel() } }
+
+        if !(await restore()) { return finish(endedIn: "restore", exit: nil) }
+        for (i, command) in config.setup.enumerated() where !isStopping {
+            update { $0.phase = .setup }
+            say("setup \(i + 1)/\(config.setup.count): \(command)")
+            let exit = await runCommand(command)
+            if !exit.succeeded { return finish(endedIn: "setup", exit: exit) }
+        }
+        guard !isStopping else { return finish(endedIn: "setup", exit: .signaled(SIGTERM)) }
+
+        update { $0.phase = .running }
+        let watcher = CheckpointWatcher(
+            folder: config.checkpointDir, checkpoints: checkpoints, job: config.job, attempt: config.attempt, node: config.node,
+            nodes: config.nodes, keep: config.keep, logger: logger, afterFile: { [self] _ in afterFileUploaded() })
+        let uploads = Task { [self] in
+            while !Task.isCancelled {
+                await checkpointPass(watcher)
+                try? await Task.sleep(for: .seconds(config.checkpointPollSeconds))
+            }
+        }
+        let exit = await runCommand(config.run, isMain: true)
+        uploads.cancel()
+        _ = await uploads.value
+        update {
+            $0.phase = .finishing
+            $0.endedAt = Date()
+            $0.exit = exit
+            $0.endedIn = "run"
+        }
+        say("command ended: \(exit)")
+        await finalUploads(watcher, succeeded: exit.succeeded)
+        return finish(endedIn: "run", exit: exit)
+    }
+
+    // MARK: - Phases
+
+    /// Restores this node's part of the chosen checkpoint. False (with `failure` set) when it
+    /// cannot: the controller then picks another checkpoint or gives up.
+    func restore() async -> Bool {
+        guard let step = config.resumeStep, let dir = config.resumeDir else { return true }
+        update { $0.phase = .restoring }
+        let start = ContinuousClock.now
+        do {
+            guard let manifest = try await checkpoints.verified(step: step) else {
+                throw CapstanError(.notFound, "Checkpoint step \(step) is missing or does not verify in \(bucket.location).")
+            }
+            try? FileManager.default.removeItem(atPath: dir)
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try await checkpoints.restore(manifest, node: config.node, into: dir)
+            say("restored checkpoint step \(step) (\(manifest.totalBytes) bytes in all nodes' parts) in \(String(format: "%.2f", (ContinuousClock.now - start).seconds)) s")
+            return true
+        } catch {
+            update { $0.failure = "restoring checkpoint step \(step) failed: \(error)" }
+            say("restoring checkpoint step \(step) failed: \(error)")
+            return false
+        }
+    }
+
+    /// Runs `/bin/sh -c command` in the workdir, output appended to the node log.
+    func runCommand(_ command: String, isMain: Bool = false) async -> ExitStatus {
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in config.environment { env[k] = v }
+        let pid: pid_t
+        do {
+            pid = try Spawn.start(["/bin/sh", "-c", command], environment: env, cwd: config.workdir, output: config.logFile)
+        } catch {
+            say("cannot start the command: \(error)")
+            return .exited(127)
+        }
+        recordPID(pid)
+        update { $0.commandPID = pid }
+        // A stop that arrived while it was starting.
+        if isStopping { Spawn.signalGroup(pid, SIGTERM) }
+        let exit = await Spawn.wait(pid)
+        // Anything the command left running in its group (torchrun's workers) goes with it.
+        Spawn.signalGroup(pid, SIGKILL)
+        update { $0.commandPID = nil }
+        return exit
+    }
+
+    /// One upload pass; prunes local checkpoint folders that are safely in the bucket (all but
+    /// the newest, so the disk does not fill over a long run).
+    func checkpointPass(_ watcher: CheckpointWatcher) async {
+        do {
+            try await watcher.runOnce()
+        } catch {
+            say("checkpoint upload failed, will retry: \(error)")
+        }
+        let uploaded = await watcher.uploadedSteps
+        let committed = await watcher.committed
+        update {
+            $0.uploadedSteps = Array(uploaded.suffix(20))
+            $0.committedSteps = Array(committed.suffix(20))
+        }
+        for step in uploaded.dropLast() {
+            let folder = "\(config.checkpointDir)/step-\(step)"
+            if FileManager.default.fileExists(atPath: folder) { try? FileManager.default.removeItem(atPath: folder) }
+        }
+    }
+
+    /// After the command: upload what is complete and not yet up, the leader commits (waiting
+    /// a bounded time for other nodes' parts), then outputs on success.
+    func finalUploads(_ watcher: CheckpointWatcher, succeeded: Bool) async {
+        let deadline = ContinuousClock.now + .seconds(config.commitWaitSeconds)
+        while true {
+            await checkpointPass(watcher)
+            let pending = await watcher.pendingCommits
+            let missing = CheckpointProtocol.completeSteps(in: config.checkpointDir).filter { !(watcher.isUploadedSync($0)) }
+            if pending.isEmpty && missing.isEmpty { break }
+            if ContinuousClock.now >= deadline {
+                if !pending.isEmpty { say("gave up waiting for other nodes' parts of step(s) \(pending.map(String.init).joined(separator: ", ")); they stay uncommitted") }
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(250))
+        }
+        guard succeeded else { return }
+        do {
+            let n = try await uploadOutputs()
+            update { $0.outputsUploaded = true }
+            if n > 0 { say("uploaded \(n) output file(s) to \(bucket.location)/\(outputPrefix)") }
+        } catch {
+            update { $0.failure = "uploading outputs failed: \(error)" }
+            say("uploading outputs failed: \(error)")
+        }
+    }
+
+    var outputPrefix: String { config.node == 0 ? "outputs" : "outputs/node-\(config.node)" }
+
+    /// Uploads `CAPSTAN_OUTPUT_DIR` (the leader's to `outputs/`, others' to
+    /// `outputs/node-R/`), then a manifest of what went up, last.
+    func uploadOutputs() async throws -> Int {
+        guard let walker = FileManager.default.enumerator(atPath: config.outputDir) else { return 0 }
+        var paths: [String] = []
+        while let rel = walker.nextObject() as? String {
+            if (walker.fileAttributes?[.type] as? FileAttributeType) == .typeRegular { paths.append(rel) }
+        }
+        guard !paths.isEmpty else { return 0 }
+        var files: [CheckpointFile] = []
+        for rel in paths.sorted() {
+            let info = try await bucket.put(file: config.outputDir + "/" + rel, key: outputPrefix + "/" + rel, options: PutOptions(), progress: nil)
+            files.append(CheckpointFile(path: rel, size: info.size, sha256: info.sha256 ?? ""))
+        }
+        try await checkpoints.putJSON(CheckpointPart(node: config.node, files: files), key: outputPrefix + "/manifest.json")
+        return files.count
+    }
+
+    func finish(endedIn: String, exit: ExitStatus?) -> AgentStatus {
+        update {
+            $0.phase = .exited
+            if $0.endedIn == nil { $0.endedIn = endedIn }
+            if $0.exit == nil { $0.exit = exit }
+            if $0.endedAt == nil { $0.endedAt = Date() }
+        }
+        let s = status.withLock { $0 }
+        say("agent done: \(s.exit.map { "\($0)" } ?? "no command result")\(s.failure.map { "; \($0)" } ?? "")")
+        return s
+    }
+
+    // MARK: - Stop
+
+    var isStopping: Bool { stopping.withLock { $0 } }
+
+    /// SIGTERM/SIGINT: pass SIGTERM to the command's group, SIGKILL it after the grace period;
+    /// the agent itself goes on to finish its uploads.
+    func installStopHandler() -> [any DispatchSourceSignal] {
+        [SIGTERM, SIGINT].map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [self] in requestStop() }
+            source.resume()
+            return source
+        }
+    }
+
+    public func requestStop() {
+        let first = stopping.withLock { s -> Bool in
+            defer { s = true }
+            return !s
+        }
+        guard first else { return }
+        update { $0.stopRequested = true }
+        say("stop requested")
+        guard let pid = status.withLock({ $0.commandPID }) else { return }
+        Spawn.signalGroup(pid, SIGTERM)
+        DispatchQueue.global().asyncAfter(deadline: .now() + config.stopGraceSeconds) { [self] in
+            if let still = status.withLock({ $0.commandPID }), still == pid {
+                say("command did not stop within \(config.stopGraceSeconds) s; killing it")
+                Spawn.signalGroup(pid, SIGKILL)
+            }
+        }
+    }
+
+    // MARK: - Files
+
+    /// Rewrites status.json atomically after applying `change`.
+    func update(_ change: (inout AgentStatus) -> Void) {
+        status.withLock { s in
+            change(&s)
+            s.updatedAt = Date()
+            guard let data = try? PluginWire.encoder.encode(s) else { return }
+            let tmp = config.statusFile + ".tmp"
+            if (try? data.write(to: URL(fileURLWithPath: tmp))) != nil { rename(tmp, config.statusFile) }
+        }
+    }
+
+    /// Appends a line of the agent's own to the node log.
+    func say(_ line: String) {
+        let text = "[capstan-agent node \(config.node)] \(line)\n"
+        let fd = open(config.logFile, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+        logger.info("\(line)", metadata: ["capstan.job": "\(config.job)", "capstan.node": "\(config.node)"])
+    }
+
+    func recordPID(_ pid: pid_t) {
+        guard let file = config.pidsFile else { return }
+        let fd = open(file, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        _ = "\(pid)\n".withCString { write(fd, $0, strlen($0)) }
+    }
+
+    /// Test hook `CAPSTAN_TEST_CRASH_AT=agent-upload:N`: the agent dies (SIGKILL) right after
+    /// the N-th checkpoint file it uploads in attempt 1 — a node lost mid-upload.
+    func afterFileUploaded() {
+        let n = filesUploaded.withLock { c -> Int in
+            c += 1
+            return c
+        }
+        if config.attempt == 1 { faults.hit("agent-upload", n) }
+    }
+}

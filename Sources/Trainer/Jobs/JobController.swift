@@ -1,0 +1,531 @@
+public import CapstanCore
+import Foundation
+public import Logging
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Everything a controller needs besides the job itself.
+public struct JobContext: Sendable {
+    public var home: CapstanHome
+    public var store: StateStore
+    public var provisioner: Provisioner
+    /// Used when the job provisions its own cluster.
+    public var search: OfferSearch
+    /// Tried in order; the first that serves a node reaches it.
+    public var transports: [any NodeTransport]
+    /// Opens a bucket URI (`file://`, `s3://`, a plugin's scheme).
+    public var openBucket: @Sendable (String) throws -> any ObjectStore
+    public var logger: Logger
+
+    public init(
+        home: CapstanHome, store: StateStore, provisioner: Provisioner, search: OfferSearch, transports: [any NodeTransport],
+        openBucket: @escaping @Sendable (String) throws -> any ObjectStore, logger: Logger
+    ) {
+        self.home = home
+        self.store = store
+        self.provisioner = provisioner
+        self.search = search
+        self.transports = transports
+        self.openBucket = openBucket
+        self.logger = logger
+    }
+
+    /// Per-job locks: held by the one controller working on a job.
+    public var jobLocks: ClusterLocks { ClusterLocks(folder: home.stateFolder + "/locks/jobs") }
+    public func jobFolder(_ id: String) -> String { home.path("jobs/\(id)") }
+    public func logFile(job: String, node: Int) -> String { jobFolder(job) + "/logs/node-\(node).log" }
+}
+
+/// The gang runner: drives one job to its end. Acquires (or finds) the cluster, starts an
+/// agent on every node with the env contract, follows their heartbeats, exits and logs,
+/// watches the instances, records checkpoints, and on a failure stops the gang, replaces only
+/// the failed node's capacity when it is suspect, and restarts every node from the latest
+/// verified checkpoint with `CAPSTAN_ATTEMPT` + 1 — within ``RestartPolicy``.
+///
+/// All of its state is in the state store and on the nodes, so a controller that is killed
+/// can be replaced by another (``JobService/ensureController(_:)``) which re-attaches to the
+/// running agents instead of restarting them. One controller per job: a file lock.
+public final class JobController: Sendable {
+    public let jobID: String
+    let ctx: JobContext
+    let onEvent: @Sendable (JobEvent) -> Void
+
+    public init(jobID: String, context: JobContext, onEvent: @escaping @Sendable (JobEvent) -> Void = { _ in }) {
+        self.jobID = jobID
+        self.ctx = context
+        self.onEvent = onEvent
+    }
+
+    var store: StateStore { ctx.store }
+    var logger: Logger { ctx.logger }
+
+    /// Runs the job to its end (or returns at once if it has ended). Throws when another
+    /// controller holds the job.
+    @discardableResult
+    public func run() async throws -> JobRecord {
+        guard let lock = try ctx.jobLocks.acquire(jobID) else {
+            throw CapstanError(.invalidRequest, "Another capstan process is controlling job \(jobID).", hint: "Follow it with `capstan logs \(jobID) -f`.")
+        }
+        defer { lock.release() }
+        guard var job = try store.job(jobID) else { throw CapstanError(.notFound, "No job '\(jobID)'.", hint: "See `capstan jobs`.") }
+        if job.status.isFinished { return job }
+        job = try store.updateJob(jobID) { $0.controllerPID = getpid() }
+        let spec = try JobSpec.parse(job.spec, source: "job \(jobID)")
+        let settings = (try? PluginWire.decoder.decode(JobSettings.self, from: Data(job.settings.utf8))) ?? JobSettings()
+        let bucket = try ctx.openBucket(job.storage)
+        let run = Run(controller: self, spec: spec, settings: settings, bucket: bucket)
+        return await run.drive()
+    }
+
+    func emit(_ e: JobEvent) { onEvent(e) }
+
+    /// Sets the job's status (and records an event) unless a cancel came in meanwhile.
+    @discardableResult
+    func setStatus(_ status: JobStatus, _ message: String, error: String? = nil) -> JobRecord? {
+        let job = try? store.updateJob(jobID) { j in
+            if j.status == .cancelling && !status.isFinished { return }
+            j.status = status
+            if let error { j.lastError = error }
+            if status == .running, j.startedAt == nil { j.startedAt = Date() }
+            if status.isFinished { j.finishedAt = Date() }
+        }
+        store.jobEvent(status.rawValue, message, job: jobID)
+        emit(.status(job?.status ?? status, message))
+        logger.notice("\(message)", metadata: ["capstan.job": "\(jobID)", "status": "\(status.rawValue)"])
+        return job
+    }
+}
+
+/// One controller's pass over a job (the state a control loop keeps in memory).
+final class Run: @unchecked Sendable {
+    let c: JobController
+    let spec: JobSpec
+    let settings: JobSettings
+    let bucket: any ObjectStore
+    let checkpoints: CheckpointStore
+    /// Bytes of each node log already copied home, by "attempt/node".
+    var logOffsets: [String: Int64] = [:]
+    var partialLines: [Int: String] = [:]
+    var knownCheckpoints: Set<Int> = []
+
+    init(controller: JobController, spec: JobSpec, settings: JobSettings, bucket: any ObjectStore) {
+        self.c = controller
+        self.spec = spec
+        self.settings = settings
+        self.bucket = bucket
+        self.checkpoints = CheckpointStore(store: bucket, prefix: "checkpoints")
+        self.logOffsets = (try? JSONDecoder().decode([String: Int64].self, from: Data(contentsOf: URL(fileURLWithPath: offsetsFile)))) ?? [:]
+        self.knownCheckpoints = Set(((try? c.store.checkpoints(job: c.jobID)) ?? []).map(\.step))
+    }
+
+    var store: StateStore { c.ctx.store }
+    var jobID: String { c.jobID }
+    var offsetsFile: String { c.ctx.jobFolder(c.jobID) + "/logs/offsets.json" }
+    func job() -> JobRecord? { try? store.job(jobID) }
+
+    // MARK: - The job's life
+
+    func drive() async -> JobRecord {
+        while true {
+            guard let job = job() else { return JobRecord(id: jobID, name: "?", spec: "", specFolder: "", settings: "", clusterName: "", ownsCluster: false, storage: "") }
+            if job.status.isFinished { return job }
+            if job.status == .cancelling {
+                if let a = try? store.attempt(job: jobID, number: job.attempt), let nodes = try? currentNodes(job) {
+                    await stopGang(a, nodes: nodes)
+                    closeAttempt(a.attempt, outcome: .stopped, failure: nil)
+                }
+                return await finish(.cancelled, "Cancelled.")
+            }
+            do {
+                let nodes = try await ensureCluster(job)
+                let attempt = try await ensureAttempt(job, nodes: nodes)
+                let result = await monitor(attempt, nodes: nodes)
+                switch result {
+                case .succeeded:
+                    closeAttempt(attempt.attempt, outcome: .succeeded, failure: nil)
+                    await syncCheckpoints()
+                    return await finish(.succeeded, "Succeeded in attempt \(attempt.attempt).")
+                case .cancelled:
+                    continue
+                case .failed(let failure):
+                    c.emit(.failure(attempt: attempt.attempt, failure))
+                    store.jobEvent("failure", "Attempt \(attempt.attempt) failed: \(failure)", job: jobID)
+                    c.setStatus(.restarting, "Attempt \(attempt.attempt) failed: \(failure). Stopping the gang.")
+                    await stopGang(attempt, nodes: nodes)
+                    await drainLogs(attempt, nodes: nodes)
+                    closeAttempt(attempt.attempt, outcome: .failed, failure: failure)
+                    await syncCheckpoints()
+                    let progressed = (latestCommitted() ?? -1) > (attempt.resumeStep ?? -1)
+                    let previous = (try? store.attempt(job: jobID, number: attempt.attempt - 1)).flatMap { a -> AttemptFailure? in
+                        guard a.outcome == .failed, let kind = a.failureKind.flatMap(AttemptFailure.Kind.init(rawValue:)) else { return nil }
+                        return AttemptFailure(kind: kind, node: a.failedNode, exit: a.exitCode.map { .fromCode(Int32($0)) }, message: a.message ?? "")
+                    }
+                    let current = self.job() ?? job
+                    switch RestartPolicy.decide(failure: failure, previous: previous, progressed: progressed, restartsUsed: current.restarts, maxRestarts: spec.maxRestarts) {
+                    case .giveUp(let why):
+                        return await finish(.failed, why, error: why)
+                    case .restart(let replace):
+                        _ = try? store.updateJob(jobID) { $0.restarts += 1 }
+                        for node in replace {
+                            c.setStatus(.restarting, "Replacing node \(node)'s capacity.")
+                            let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: node)
+                            c.emit(.nodeReplaced(node: node, instance: fresh.id))
+                            store.jobEvent("replaced", "Node \(node) is now \(fresh.id).", job: jobID)
+                        }
+                    }
+                }
+            } catch {
+                let message = (error as? CapstanError)?.description ?? "\(error)"
+                return await finish(.failed, "The job cannot go on: \(message)", error: message)
+            }
+        }
+    }
+
+    enum Result { case succeeded, failed(AttemptFailure), cancelled }
+
+    /// The cluster's live nodes in rank order, provisioning the cluster first when the job owns it.
+    func ensureCluster(_ job: JobRecord) async throws -> [Instance] {
+        var cluster = try store.cluster(named: job.clusterName)
+        if cluster?.status == .provisioning {
+            // A controller died while provisioning: let reconcile decide what it left.
+            _ = await c.ctx.provisioner.reconcile()
+            cluster = try store.cluster(named: job.clusterName)
+        }
+        if cluster?.status != .running {
+            guard job.ownsCluster else {
+                throw CapstanError(.notFound, "Cluster '\(job.clusterName)' is not running.", hint: "Start it with `capstan up`, or launch without --cluster.")
+            }
+            c.setStatus(.provisioning, "Provisioning cluster \(job.clusterName): \(spec.resources.nodes) node(s)\(spec.resources.gpu.map { " of \($0)" } ?? "").")
+            let report = try await c.ctx.provisioner.up(name: job.clusterName, request: spec.resources, search: c.ctx.search)
+            guard report.cluster.status == .running else {
+                throw CapstanError(.capacity, "No capacity for the job: \(report.noOfferReason ?? report.cluster.lastError ?? "every offer failed").", hint: "Try other GPUs, regions or spot; `capstan offers --explain` shows why offers were filtered.")
+            }
+        }
+        var nodes = try currentNodes(job)
+        // A node lost while no controller was watching (or a replacement that did not finish).
+        let want = cluster?.nodes ?? spec.resources.nodes
+        for index in 0..<want where !nodes.contains(where: { $0.nodeIndex == index }) {
+            c.setStatus(.restarting, "Node \(index) is missing; replacing it.")
+            let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: index)
+            c.emit(.nodeReplaced(node: index, instance: fresh.id))
+            nodes = try currentNodes(job)
+        }
+        return nodes
+    }
+
+    func currentNodes(_ job: JobRecord) throws -> [Instance] {
+        guard let cluster = try store.cluster(named: job.clusterName) else { return [] }
+        let live = try store.instances(cluster: cluster.id).filter { !$0.state.isGone }.map(\.instance)
+        // One instance per node index (the newest, should a stale record linger).
+        var byIndex: [Int: Instance] = [:]
+        for i in live.sorted(by: { ($0.launchedAt ?? .distantPast) < ($1.launchedAt ?? .distantPast) }) { byIndex[i.nodeIndex] = i }
+        return byIndex.keys.sorted().map { byIndex[$0]! }
+    }
+
+    func transport(for node: Instance) throws -> any NodeTransport {
+        guard let t = c.ctx.transports.first(where: { $0.serves(node) }) else {
+            throw CapstanError(.unsupported, "No way to reach node \(node.id) on \(node.provider) yet.", hint: "Remote nodes over SSH arrive with the remote-nodes issue; use the local provider for now.")
+        }
+        return t
+    }
+
+    /// The attempt to follow: the running one (re-attach), or a new one.
+    func ensureAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobAttemptRecord {
+        if let a = try store.attempt(job: jobID, number: job.attempt) {
+            switch a.outcome {
+            case .running where a.nodes == nodes.map(\.id):
+                c.setStatus(.running, "Following attempt \(a.attempt) on \(nodes.count) node(s).")
+                return a
+            case .running, .starting:
+                // Started by a controller that died half-way, or on nodes since replaced.
+                await stopGang(a, nodes: nodes)
+                closeAttempt(a.attempt, outcome: .stopped, failure: nil)
+            default: break
+            }
+        }
+        return try await startAttempt(job, nodes: nodes)
+    }
+
+    func startAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobAttemptRecord {
+        let number = job.attempt + 1
+        let resume = try await checkpoints.latestVerified()
+        let leader = nodes[0]
+        let masterAddress = leader.privateAddress ?? leader.publicAddress ?? "127.0.0.1"
+        let port = Self.pickPort(address: masterAddress)
+        var record = JobAttemptRecord(jobID: jobID, attempt: number, nodes: nodes.map(\.id), masterAddress: masterAddress, masterPort: port, resumeStep: resume?.step)
+        try store.save(record)
+        _ = try store.updateJob(jobID) { $0.attempt = number }
+        let gpus = (try? store.cluster(named: job.clusterName))??.offer?.gpusPerNode ?? spec.resources.gpusPerNode ?? 0
+        let addresses = nodes.map { $0.privateAddress ?? $0.publicAddress ?? "127.0.0.1" }
+        for (rank, node) in nodes.enumerated() {
+            let t = try transport(for: node)
+            let l = try t.layout(job: jobID, attempt: number, on: node)
+            if let workdir = spec.workdir {
+                let local = workdir.hasPrefix("/") ? workdir : job.specFolder + "/" + workdir
+                try await t.uploadWorkdir(local, job: jobID, on: node)
+            }
+            let contract = EnvContract(
+                jobID: jobID, nodeRank: rank, nodeAddresses: addresses, gpusPerNode: gpus, masterPort: port, checkpointDir: l.checkpointDir,
+                resumeDir: resume == nil ? nil : l.resumeDir, outputDir: l.outputDir, attempt: number)
+            var env = spec.env
+            for (k, v) in contract.variables { env[k] = v }
+            var config = AgentConfig(
+                job: jobID, attempt: number, node: rank, nodes: nodes.count, setup: spec.setup, run: spec.run, environment: env,
+                workdir: l.workdir, stateDir: l.stateDir, checkpointDir: l.checkpointDir, outputDir: l.outputDir,
+                resumeDir: resume == nil ? nil : l.resumeDir, resumeStep: resume?.step, bucket: job.storage, keep: spec.checkpoint.keep)
+            config.heartbeatSeconds = settings.heartbeatSeconds
+            config.checkpointPollSeconds = settings.checkpointPollSeconds
+            config.stopGraceSeconds = settings.stopGraceSeconds
+            config.commitWaitSeconds = settings.commitWaitSeconds
+            config.pidsFile = l.pidsFile
+            appendHome(node: rank, "==== attempt \(number) on \(node.id) (\(addresses[rank]))\(resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") ====\n")
+            try await t.startAgent(config, on: node)
+        }
+        record.outcome = .running
+        try store.save(record)
+        let msg = "Attempt \(number) started on \(nodes.count) node(s)" + (resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") + "; MASTER_ADDR=\(masterAddress):\(port)."
+        c.setStatus(.running, msg)
+        c.emit(.attemptStarted(attempt: number, resumeStep: resume?.step, nodes: nodes.map(\.id)))
+        return record
+    }
+
+    // MARK: - Following an attempt
+
+    func monitor(_ attempt: JobAttemptRecord, nodes: [Instance]) async -> Result {
+        let started = Date()
+        var beats: [Int: (count: Int, seen: Date)] = [:]
+        var firstSuccess: Date?
+        var lastDescribe = Date.distantPast
+        var lastCheckpointSync = Date.distantPast
+        while true {
+            if job()?.status == .cancelling { return .cancelled }
+            var statuses: [Int: AgentStatus] = [:]
+            for (rank, node) in nodes.enumerated() {
+                guard let t = try? transport(for: node) else { continue }
+                if let s = try? await t.agentStatus(job: jobID, attempt: attempt.attempt, on: node), s.attempt == attempt.attempt {
+                    statuses[rank] = s
+                    if beats[rank]?.count != s.heartbeat { beats[rank] = (s.heartbeat, Date()) }
+                }
+            }
+            await pullLogs(attempt, nodes: nodes)
+            let now = Date()
+            if now.timeIntervalSince(lastCheckpointSync) >= 2 {
+                lastCheckpointSync = now
+                await syncCheckpoints()
+            }
+            // Failures, earliest on the nodes' clocks first.
+            let failed = statuses.filter { $0.value.phase == .exited && !$0.value.succeeded }.sorted { ($0.value.endedAt ?? .distantFuture) < ($1.value.endedAt ?? .distantFuture) }
+            if let (rank, s) = failed.first { return .failed(Self.failure(of: s, node: rank)) }
+            for rank in 0..<nodes.count where statuses[rank]?.phase != .exited {
+                if let b = beats[rank] {
+                    if now.timeIntervalSince(b.seen) > settings.heartbeatTimeoutSeconds {
+                        return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: "node \(rank) (\(nodes[rank].id)) sent no heartbeat for \(Int(settings.heartbeatTimeoutSeconds)) s"))
+                    }
+                } else if now.timeIntervalSince(started) > settings.agentStartTimeoutSeconds {
+                    return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: "the agent on node \(rank) (\(nodes[rank].id)) did not start within \(Int(settings.agentStartTimeoutSeconds)) s"))
+                }
+            }
+            if now.timeIntervalSince(lastDescribe) >= settings.describeSeconds {
+                lastDescribe = now
+                if let gone = await goneNode(nodes) {
+                    return .failed(AttemptFailure(kind: .instanceGone, node: gone.rank, message: "instance \(nodes[gone.rank].id) is \(gone.state)"))
+                }
+            }
+            let done = statuses.filter { $0.value.succeeded }.count
+            if done == nodes.count {
+                await pullLogs(attempt, nodes: nodes)
+                return .succeeded
+            }
+            if done > 0 {
+                firstSuccess = firstSuccess ?? now
+                if now.timeIntervalSince(firstSuccess!) > settings.exitGraceSeconds, let hung = (0..<nodes.count).first(where: { statuses[$0]?.succeeded != true }) {
+                    return .failed(AttemptFailure(kind: .hungAtExit, node: hung, message: "node \(hung) had not exited \(Int(settings.exitGraceSeconds)) s after the others finished"))
+                }
+            }
+            try? await Task.sleep(for: .seconds(settings.pollSeconds))
+        }
+    }
+
+    static func failure(of s: AgentStatus, node: Int) -> AttemptFailure {
+        if let f = s.failure, s.exit == nil || s.exit?.succeeded == true {
+            return AttemptFailure(kind: .agent, node: node, exit: s.exit, message: f)
+        }
+        switch s.exit {
+        case .signaled(let sig)?:
+            return AttemptFailure(kind: .signal, node: node, exit: s.exit, message: "the command on node \(node) was \(ExitStatus.signaled(sig))")
+        case .exited(let code)?:
+            // 128+N from a shell means the child died of signal N: not the code's own verdict.
+            if code > 128 && code <= 128 + 64 {
+                return AttemptFailure(kind: .signal, node: node, exit: s.exit, message: "the command on node \(node) ended with \(code) (signal \(code - 128))")
+            }
+            return AttemptFailure(kind: .command, node: node, exit: s.exit, message: "\(s.endedIn == "setup" ? "setup" : "the command") on node \(node) ended with exit code \(code)")
+        case nil:
+            return AttemptFailure(kind: .agent, node: node, message: s.failure ?? "the agent on node \(node) ended without a result")
+        }
+    }
+
+    /// The first node whose instance the provider reports gone.
+    func goneNode(_ nodes: [Instance]) async -> (rank: Int, state: String)? {
+        for (providerName, group) in Dictionary(grouping: nodes.enumerated(), by: { $0.element.provider }) {
+            guard let p = c.ctx.provisioner.providers.first(where: { $0.name == providerName }) else { continue }
+            guard let seen = try? await p.describe(InstanceQuery(ids: group.map(\.element.id), includeTerminated: true)) else { continue }
+            for (rank, node) in group {
+                guard let now = seen.first(where: { $0.id == node.id }) else { return (rank, "gone (the provider no longer lists it)") }
+                if now.state.isGone || now.state == .failed || now.state == .stopped { return (rank, now.state.rawValue) }
+            }
+        }
+        return nil
+    }
+
+    // MARK: - Stopping
+
+    /// Stops every node's agent (gracefully: the agents finish their uploads), then kills what
+    /// is left once the grace periods are over.
+    func stopGang(_ attempt: JobAttemptRecord, nodes: [Instance]) async {
+        let targets = nodes.filter { attempt.nodes.contains($0.id) }
+        for node in targets { try? await (try? transport(for: node))?.stopAgent(job: jobID, attempt: attempt.attempt, on: node, force: false) }
+        let deadline = Date().addingTimeInterval(settings.stopGraceSeconds + settings.commitWaitSeconds + 5)
+        while Date() < deadline {
+            var running = 0
+            for node in targets {
+                guard let s = try? await (try? transport(for: node))?.agentStatus(job: jobID, attempt: attempt.attempt, on: node) else { continue }
+                if s.phase != .exited && Spawn.isAliveAnywhere(s.agentPID, node: node) { running += 1 }
+            }
+            if running == 0 { break }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        for node in targets { try? await (try? transport(for: node))?.stopAgent(job: jobID, attempt: attempt.attempt, on: node, force: true) }
+    }
+
+    func closeAttempt(_ number: Int, outcome: JobAttemptRecord.Outcome, failure: AttemptFailure?) {
+        guard var a = try? store.attempt(job: jobID, number: number) else { return }
+        a.outcome = outcome
+        a.endedAt = Date()
+        a.failureKind = failure?.kind.rawValue
+        a.failedNode = failure?.node
+        a.exitCode = failure?.exit.map { Int($0.code) }
+        a.message = failure?.message
+        try? store.save(a)
+    }
+
+    func finish(_ status: JobStatus, _ message: String, error: String? = nil) async -> JobRecord {
+        guard let job = job() else { return c.setStatus(status, message, error: error)! }
+        if job.ownsCluster, let cluster = try? store.cluster(named: job.clusterName), cluster.status.isLive {
+            do {
+                _ = try await c.ctx.provisioner.down(name: job.clusterName)
+                store.jobEvent("cluster-down", "Cluster \(job.clusterName) terminated.", job: jobID)
+            } catch {
+                store.jobEvent("cluster-down-failed", "Cluster \(job.clusterName) could not be terminated: \(error). Run `capstan down \(job.clusterName)`.", job: jobID)
+            }
+        }
+        let final = c.setStatus(status, message, error: error) ?? job
+        c.emit(.finished(final))
+        return final
+    }
+
+    // MARK: - Checkpoints
+
+    func latestCommitted() -> Int? { job()?.latestCheckpoint }
+
+    /// Records checkpoints that appeared in the bucket (and marks those retention deleted).
+    func syncCheckpoints() async {
+        guard let steps = try? await checkpoints.committedSteps() else { return }
+        let present = Set(steps)
+        for step in steps where !knownCheckpoints.contains(step) {
+            guard let m = try? await checkpoints.verified(step: step) else { continue }
+            knownCheckpoints.insert(step)
+            try? store.save(CheckpointRecord(jobID: jobID, step: step, attempt: m.attempt, bytes: m.totalBytes, committedAt: m.createdAt))
+            _ = try? store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, step) }
+            store.jobEvent("checkpoint", "Checkpoint step \(step) committed (\(m.totalBytes) bytes, attempt \(m.attempt)).", job: jobID)
+            c.emit(.checkpoint(step: step, bytes: m.totalBytes))
+        }
+        for r in (try? store.checkpoints(job: jobID)) ?? [] where !r.deleted && !present.contains(r.step) {
+            var d = r
+            d.deleted = true
+            try? store.save(d)
+        }
+    }
+
+    // MARK: - Logs
+
+    func appendHome(node: Int, _ text: String) {
+        let path = c.ctx.logFile(job: jobID, node: node)
+        try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    }
+
+    /// Copies new bytes of every node log home and reports complete lines as events.
+    func pullLogs(_ attempt: JobAttemptRecord, nodes: [Instance]) async {
+        var changed = false
+        for (rank, node) in nodes.enumerated() where attempt.nodes.contains(node.id) {
+            guard let t = try? transport(for: node) else { continue }
+            let key = "\(attempt.attempt)/\(rank)"
+            while true {
+                let offset = logOffsets[key] ?? 0
+                guard let data = try? await t.readLog(job: jobID, attempt: attempt.attempt, on: node, from: offset, limit: 1 << 20), !data.isEmpty else { break }
+                appendHome(node: rank, String(decoding: data, as: UTF8.self))
+                logOffsets[key] = offset + Int64(data.count)
+                changed = true
+                var text = (partialLines[rank] ?? "") + String(decoding: data, as: UTF8.self)
+                if let lastNewline = text.lastIndex(of: "\n") {
+                    let complete = text[..<lastNewline]
+                    partialLines[rank] = String(text[text.index(after: lastNewline)...])
+                    for line in complete.split(separator: "\n", omittingEmptySubsequences: false) { c.emit(.log(node: rank, line: String(line))) }
+                    text = ""
+                } else {
+                    partialLines[rank] = text
+                }
+                if data.count < 1 << 20 { break }
+            }
+        }
+        if changed, let data = try? JSONEncoder().encode(logOffsets) {
+            try? data.write(to: URL(fileURLWithPath: offsetsFile), options: .atomic)
+        }
+    }
+
+    func drainLogs(_ attempt: JobAttemptRecord, nodes: [Instance]) async {
+        await pullLogs(attempt, nodes: nodes)
+        for (rank, rest) in partialLines where !rest.isEmpty { c.emit(.log(node: rank, line: rest)) }
+        partialLines = [:]
+    }
+
+    // MARK: - Ports
+
+    /// A rendezvous port for an attempt: random in 20000–44999 (a fresh one per attempt, so a
+    /// socket of the last attempt in TIME_WAIT never blocks the next), checked free when the
+    /// leader's address is on this machine.
+    static func pickPort(address: String) -> Int {
+        for _ in 0..<50 {
+            let port = Int.random(in: 20000..<45000)
+            if !address.hasPrefix("127.") || canBind(address: address, port: port) { return port }
+        }
+        return 29500
+    }
+
+    static func canBind(address: String, port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return true }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, address, &addr.sin_addr)
+        return withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+}
+
+extension Spawn {
+    /// Whether an agent pid is alive: checked on this machine for local nodes; for remote ones
+    /// the status file's phase is the only evidence, so assume alive.
+    static func isAliveAnywhere(_ pid: Int32, node: Instance) -> Bool {
+        node.provider == "local" ? isAlive(pid) : true
+    }
+}

@@ -1,0 +1,95 @@
+import CapstanCore
+
+/// Why an attempt failed, as the controller saw it.
+public struct AttemptFailure: Sendable, Hashable, Codable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Hashable, Codable {
+        /// The command (or a setup command) exited non-zero on healthy nodes.
+        case command
+        /// The command was killed by a signal it did not ask for (OOM killer, a stray kill -9).
+        case signal
+        /// The node's agent stopped beating: the machine hung or died.
+        case heartbeat
+        /// The provider says the instance is gone (preempted, terminated).
+        case instanceGone = "instance-gone"
+        /// Some ranks finished and another did not, within the exit grace period.
+        case hungAtExit = "hung-at-exit"
+        /// The agent's own work failed (restoring the checkpoint, starting up).
+        case agent
+    }
+
+    public var kind: Kind
+    /// The node it was first seen on.
+    public var node: Int?
+    public var exit: ExitStatus?
+    public var message: String
+
+    public init(kind: Kind, node: Int?, exit: ExitStatus? = nil, message: String) {
+        self.kind = kind
+        self.node = node
+        self.exit = exit
+        self.message = message
+    }
+
+    /// The node's capacity is suspect and is replaced before the restart.
+    public var needsNewCapacity: Bool { kind == .heartbeat || kind == .instanceGone }
+
+    /// A failure of the infrastructure rather than (possibly) of the user's code.
+    public var isInfrastructure: Bool { kind != .command }
+
+    public var description: String { "\(kind.rawValue)\(node.map { " on node \($0)" } ?? ""): \(message)" }
+}
+
+/// What the controller does after a failed attempt. Pure, so every rule is unit-tested.
+///
+/// - Infrastructure failures (lost heartbeat, instance gone, a signal, a hung rank) restart the
+///   gang from the latest verified checkpoint; a lost heartbeat or a gone instance first
+///   replaces that node's capacity. Each restart counts against `maxRestarts`.
+/// - A command that exits non-zero is retried once: it may have been a transient fault
+///   (a flaky NCCL/gloo connection). If the next attempt fails **the same way** (same exit code)
+///   **without making progress** (no new checkpoint since it started), it is a user error and
+///   the job fails at once, whatever restarts are left: retrying cannot fix a typo.
+public enum RestartPolicy {
+    public enum Decision: Sendable, Hashable {
+        /// Restart, first replacing the capacity of these nodes.
+        case restart(replace: [Int])
+        case giveUp(String)
+    }
+
+    /// - Parameters:
+    ///   - failure: how this attempt failed.
+    ///   - previous: how the attempt before it failed, if it did.
+    ///   - progressed: a new checkpoint was committed during this attempt.
+    ///   - restartsUsed: restarts already spent.
+    public static func decide(failure: AttemptFailure, previous: AttemptFailure?, progressed: Bool, restartsUsed: Int, maxRestarts: Int) -> Decision {
+        if failure.kind == .command, let previous, previous.kind == .command, previous.exit == failure.exit, !progressed {
+            return .giveUp("The command failed the same way twice in a row (\(failure.exit.map { "\($0)" } ?? "?")) without writing a new checkpoint: this looks like an error in the job, not the infrastructure, so it is not retried. Last failure: \(failure.message)")
+        }
+        if restartsUsed >= maxRestarts {
+            return .giveUp("Gave up after \(restartsUsed) restart(s) (maxRestarts: \(maxRestarts)). Last failure: \(failure)")
+        }
+        return .restart(replace: failure.needsNewCapacity ? failure.node.map { [$0] } ?? [] : [])
+    }
+}
+
+/// Timing of a job's control loop (persisted with the job, so a re-attached controller uses
+/// the same). Defaults suit real clusters; tests shorten them.
+public struct JobSettings: Sendable, Hashable, Codable {
+    /// A node whose agent has not beaten for this long is lost.
+    public var heartbeatTimeoutSeconds: Double = 30
+    /// After one rank exits 0, how long the others may take to exit.
+    public var exitGraceSeconds: Double = 120
+    /// From asking a command to stop to killing it.
+    public var stopGraceSeconds: Double = 15
+    /// How long the leader waits for other nodes' checkpoint parts after the command ends.
+    public var commitWaitSeconds: Double = 30
+    /// How long an agent may take to write its first status.
+    public var agentStartTimeoutSeconds: Double = 60
+    /// Control loop period.
+    public var pollSeconds: Double = 0.5
+    /// How often the provider is asked whether the instances still exist.
+    public var describeSeconds: Double = 5
+    public var heartbeatSeconds: Double = 1
+    public var checkpointPollSeconds: Double = 0.5
+
+    public init() {}
+}

@@ -1,0 +1,104 @@
+public import CapstanCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Nodes of the built-in `local` provider: each is a folder on this machine
+/// (`Instance.details["workdir"]`), and its agent is a `capstan agent` process in a session of
+/// its own, so it outlives the controller. The agent's pid and its command's process group are
+/// recorded in the node's `pids` file, so terminating the node kills them like a cloud would.
+public struct LocalTransport: NodeTransport {
+    /// The `capstan` executable that runs `agent`.
+    public let agentExecutable: String
+    /// Extra environment for agents (merged over this process's).
+    public let environment: [String: String]
+
+    public init(agentExecutable: String, environment: [String: String] = [:]) {
+        self.agentExecutable = agentExecutable
+        self.environment = environment
+    }
+
+    public func serves(_ node: Instance) -> Bool { node.provider == "local" && node.details["workdir"] != nil }
+
+    func folders(_ node: Instance) throws -> (work: String, node: String) {
+        guard let work = node.details["workdir"], let folder = node.details["folder"] else {
+            throw CapstanError(.invalidRequest, "Local node \(node.id) has no folder recorded.", hint: "It was not created by the local provider.")
+        }
+        return (work, folder)
+    }
+
+    public func layout(job: String, attempt: Int, on node: Instance) throws -> NodeLayout {
+        let (work, folder) = try folders(node)
+        let state = "\(work)/.capstan/\(job)/attempt-\(attempt)"
+        return NodeLayout(
+            workdir: work, stateDir: state, checkpointDir: state + "/checkpoints", outputDir: state + "/output",
+            resumeDir: state + "/resume", pidsFile: folder + "/pids")
+    }
+
+    public func uploadWorkdir(_ localPath: String, job: String, on node: Instance) async throws {
+        let (work, _) = try folders(node)
+        let marker = "\(work)/.capstan/\(job)/workdir-copied"
+        if FileManager.default.fileExists(atPath: marker) { return }
+        try FileManager.default.createDirectory(atPath: "\(work)/.capstan/\(job)", withIntermediateDirectories: true)
+        let pid = try Spawn.start(["/bin/cp", "-a", localPath + "/.", work + "/"], environment: ProcessInfo.processInfo.environment)
+        let exit = await Spawn.wait(pid)
+        guard exit.succeeded else {
+            throw CapstanError(.io, "Copying the workdir \(localPath) to node \(node.id) failed (\(exit)).", hint: "Check that the folder exists and is readable.")
+        }
+        FileManager.default.createFile(atPath: marker, contents: nil)
+    }
+
+    public func startAgent(_ config: AgentConfig, on node: Instance) async throws {
+        if let s = try await agentStatus(job: config.job, attempt: config.attempt, on: node), Spawn.isAlive(s.agentPID), s.phase != .exited { return }
+        try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
+        let path = config.stateDir + "/agent.json"
+        do {
+            try PluginWire.encoder.encode(config).write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw CapstanError(.io, "Cannot write the agent's config \(path): \(error.localizedDescription)")
+        }
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        let pid = try Spawn.start([agentExecutable, "agent", "--config", path], environment: env, cwd: config.workdir, output: config.stateDir + "/agent.out")
+        Spawn.reapLater(pid)
+        // Recorded at once (the agent records itself too): a node terminated right now kills it.
+        if let pids = config.pidsFile, let fd = Optional(open(pids, O_WRONLY | O_CREAT | O_APPEND, 0o644)), fd >= 0 {
+            _ = "\(pid)\n".withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+        }
+    }
+
+    public func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
+        let l = try layout(job: job, attempt: attempt, on: node)
+        guard let data = FileManager.default.contents(atPath: l.stateDir + "/status.json") else { return nil }
+        do { return try PluginWire.decoder.decode(AgentStatus.self, from: data) } catch {
+            throw CapstanError(.io, "The agent status on node \(node.id) is unreadable (\(error)).")
+        }
+    }
+
+    public func readLog(job: String, attempt: Int, on node: Instance, from offset: Int64, limit: Int) async throws -> Data {
+        let l = try layout(job: job, attempt: attempt, on: node)
+        guard let h = FileHandle(forReadingAtPath: l.stateDir + "/node.log") else { return Data() }
+        defer { try? h.close() }
+        try h.seek(toOffset: UInt64(max(0, offset)))
+        return try h.read(upToCount: limit) ?? Data()
+    }
+
+    public func stopAgent(job: String, attempt: Int, on node: Instance, force: Bool) async throws {
+        guard let s = try? await agentStatus(job: job, attempt: attempt, on: node) else { return }
+        if force {
+            if let c = s.commandPID { Spawn.signalGroup(c, SIGKILL) }
+            Spawn.signalGroup(s.agentPID, SIGKILL)
+            return
+        }
+        if Spawn.isAlive(s.agentPID), s.phase != .exited {
+            kill(s.agentPID, SIGTERM)
+        } else if let c = s.commandPID {
+            // The agent is gone but left its command: nobody else will stop it.
+            Spawn.signalGroup(c, SIGKILL)
+        }
+    }
+}
