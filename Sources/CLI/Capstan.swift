@@ -14,7 +14,11 @@ struct Capstan: AsyncParsableCommand {
             Plugins are found on CAPSTAN_PLUGIN_PATH, in $CAPSTAN_HOME/plugins and next to this binary.
             """,
         version: CapstanVersion.string,
-        subcommands: [OffersCommand.self, UpCommand.self, DownCommand.self, StatusCommand.self, ReconcileCommand.self, StorageCommand.self, PluginsCommand.self])
+        subcommands: [
+            OffersCommand.self, UpCommand.self, DownCommand.self, StatusCommand.self, ReconcileCommand.self,
+            LaunchCommand.self, JobsCommand.self, LogsCommand.self, CancelCommand.self, CheckpointsCommand.self,
+            StorageCommand.self, PluginsCommand.self, AgentCommand.self, JobControllerCommand.self,
+        ])
 }
 
 enum CapstanVersion {

@@ -96,17 +96,27 @@ public struct ProviderRegistry: Sendable {
             throw CapstanError(.invalidRequest, "'\(location)' is not a bucket URI.", hint: "Use file:///absolute/path, s3://bucket/prefix, …")
         }
         let scheme = String(location[..<range.lowerBound]).lowercased()
-        if scheme == "file" { return try FileObjectStore(location: location) }
-        for instance in instances.values.sorted(by: { $0.name < $1.name }) where (instance.library.manifest.storageSchemes ?? []).contains(scheme) {
-            return try PluginObjectStore(instance, location: location)
+        if scheme != "file" {
+            for instance in instances.values.sorted(by: { $0.name < $1.name }) where (instance.library.manifest.storageSchemes ?? []).contains(scheme) {
+                return try PluginObjectStore(instance, location: location)
+            }
         }
+        return try Self.builtInStore(for: location, home: home)
+    }
+
+    /// Opens a bucket with the clients compiled into Capstan, no plugins: `file://`, and
+    /// `s3://` with the standard AWS credential chain and `AWS_ENDPOINT_URL_S3`. This is what
+    /// the node agent uses: a bare node cannot load Swift plugins (DESIGN's agent note).
+    public static func builtInStore(for location: String, home: CapstanHome, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any ObjectStore {
+        guard let range = location.range(of: "://") else {
+            throw CapstanError(.invalidRequest, "'\(location)' is not a bucket URI.", hint: "Use file:///absolute/path, s3://bucket/prefix, …")
+        }
+        let scheme = String(location[..<range.lowerBound]).lowercased()
+        if scheme == "file" { return try FileObjectStore(location: location) }
         if scheme == "s3" {
-            // The S3 client is compiled in (a bare node cannot load Swift plugins): without the
-            // aws plugin, use it with the standard AWS credential chain and AWS_ENDPOINT_URL_S3.
-            let env = ProcessInfo.processInfo.environment
-            let chain = AWSCredentialChain(environment: env)
+            let chain = AWSCredentialChain(environment: environment)
             return try S3ObjectStore(location: location, credentials: chain.credentials(), configuration: S3Configuration(
-                endpoint: env["AWS_ENDPOINT_URL_S3"] ?? env["AWS_ENDPOINT_URL"], region: chain.region() ?? "us-east-1",
+                endpoint: environment["AWS_ENDPOINT_URL_S3"] ?? environment["AWS_ENDPOINT_URL"], region: chain.region() ?? "us-east-1",
                 uploadStateFolder: home.path("uploads")))
         }
         throw CapstanError(.unsupported, "No enabled storage plugin serves '\(scheme)://' buckets.", hint: "Install and enable the plugin for it; see `capstan plugins list`.")

@@ -1,0 +1,246 @@
+import ArgumentParser
+import CapstanCore
+import CapstanProviders
+import CapstanTrainer
+import Foundation
+
+extension GlobalOptions {
+    /// Jobs over the configured providers, reaching local nodes through agents of this binary.
+    func jobService(_ registry: ProviderRegistry, provisioner: Provisioner) -> JobService {
+        let exe = Spawn.currentExecutable
+        let context = JobContext(
+            home: registry.home, store: provisioner.store, provisioner: provisioner, search: offerSearch(registry, store: provisioner.store),
+            transports: [LocalTransport(agentExecutable: exe)], openBucket: { try registry.store(for: $0) }, logger: logger)
+        return JobService(context: context, agentExecutable: exe, defaultStorage: registry.config.storage.defaultLocation)
+    }
+
+    func jobs() throws -> (JobService, ProviderRegistry) {
+        let registry = try loadRegistry()
+        return (jobService(registry, provisioner: try provisioner(registry)), registry)
+    }
+}
+
+func requireJob(_ service: JobService, _ id: String) throws -> JobRecord {
+    guard let job = try service.context.store.job(id) else {
+        throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs` for job ids.")
+    }
+    return job
+}
+
+struct LaunchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "launch",
+        abstract: "Run a job: acquire its cluster, start it on every node, checkpoint to the bucket, resume after failures.",
+        discussion: """
+            The job goes on if this command is interrupted (Ctrl-C, a closed terminal, kill -9): the
+            next `capstan jobs` or `capstan logs` re-attaches a controller to it. Stop it with
+            `capstan cancel JOB`. The job spec format is in docs/jobs.md.
+            """)
+
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "The job spec (YAML).") var spec: String
+    @Flag(help: "Start the job and return; follow it with `capstan logs JOB -f`.") var detach = false
+    @Option(help: "Run on this running cluster (not terminated at the end) instead of provisioning one.") var cluster: String?
+    @Flag(help: "Print status and checkpoints only, not the nodes' output.") var quiet = false
+    @Option(help: "Seconds without a heartbeat before a node counts as lost.") var heartbeatTimeout: Double?
+    @Option(help: "Seconds the other ranks may take to exit after one finished.") var exitGrace: Double?
+    @Option(help: "Seconds between asking a command to stop and killing it.") var stopGrace: Double?
+
+    func run() async throws {
+        try await reportingErrors {
+            let (service, _) = try global.jobs()
+            let yaml: String
+            do { yaml = try String(contentsOfFile: spec, encoding: .utf8) } catch {
+                throw CapstanError(.invalidRequest, "Cannot read job spec \(spec): \(error.localizedDescription)", hint: "Check the path.")
+            }
+            _ = try JobSpec.parse(yaml, source: spec)
+            _ = await service.context.provisioner.reconcile()
+            var options = JobService.Options(cluster: cluster)
+            if let heartbeatTimeout { options.settings.heartbeatTimeoutSeconds = heartbeatTimeout }
+            if let exitGrace { options.settings.exitGraceSeconds = exitGrace }
+            if let stopGrace { options.settings.stopGraceSeconds = stopGrace }
+            let folder = ((spec as NSString).deletingLastPathComponent as NSString).expandingTildeInPath
+            let absFolder = folder.isEmpty ? FileManager.default.currentDirectoryPath : (folder.hasPrefix("/") ? folder : FileManager.default.currentDirectoryPath + "/" + folder)
+            let job = try service.create(yaml: yaml, folder: absFolder, options: options)
+            if detach {
+                try service.ensureController(job.id)
+                if global.json { try printJSON(try requireJob(service, job.id)); return }
+                print("Job \(job.id) started. Follow it: capstan logs \(job.id) -f   Stop it: capstan cancel \(job.id)")
+                return
+            }
+            if !global.json { print("Job \(job.id): checkpoints and outputs in \(job.storage)") }
+            let final = try await follow(service.attach(job.id), json: global.json, quiet: quiet)
+            if global.json { try printJSON(final) }
+            if final.status != .succeeded { throw ExitCode(1) }
+        }
+    }
+}
+
+/// Prints a job's events as they come; returns its final record.
+func follow(_ handle: JobHandle, json: Bool, quiet: Bool) async throws -> JobRecord {
+    for await event in handle.events where !json {
+        switch event {
+        case .log(let node, let line): if !quiet { print("[node \(node)] \(line)") }
+        case .status(_, let message): print("capstan: \(message)")
+        case .checkpoint(let step, let bytes): print("capstan: checkpoint step \(step) committed (\(String(format: "%.1f", Double(bytes) / 1_048_576)) MiB)")
+        case .failure(let attempt, let f): print("capstan: attempt \(attempt) failed: \(f)")
+        case .nodeReplaced(let node, let instance): print("capstan: node \(node) replaced by \(instance)")
+        case .attemptStarted, .finished: break
+        }
+        flushStdout()
+    }
+    let job = try await handle.result()
+    if !json {
+        print("capstan: job \(job.id) \(job.status.rawValue) after \(job.attempt) attempt(s), \(job.restarts) restart(s)" + (job.latestCheckpoint.map { "; latest checkpoint step \($0)" } ?? ""))
+        if job.status == .succeeded { print("capstan: outputs in \(job.storage)/outputs") }
+        if let e = job.lastError, job.status != .succeeded { printError("error: \(e)") }
+    }
+    return job
+}
+
+struct JobsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "jobs", abstract: "List jobs (re-attaching a controller to any running job that lost its own).")
+    @OptionGroup var global: GlobalOptions
+    @Flag(help: "Only unfinished jobs.") var running = false
+
+    func run() async throws {
+        try await reportingErrors {
+            let (service, _) = try global.jobs()
+            let jobs = try service.context.store.jobs(includeFinished: !running)
+            for j in jobs where !j.status.isFinished { try service.ensureController(j.id) }
+            let fresh = try service.context.store.jobs(includeFinished: !running)
+            if global.json { try printJSON(fresh); return }
+            if fresh.isEmpty { print("No jobs. Start one with: capstan launch job.yaml"); return }
+            var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "CLUSTER", "AGE"], rightAligned: [2, 3, 4])
+            let now = Date()
+            for j in fresh {
+                table.rows.append([j.id, j.status.rawValue, "\(j.attempt)", "\(j.restarts)", j.latestCheckpoint.map { "step \($0)" } ?? "-", j.clusterName, humanDuration(now.timeIntervalSince(j.createdAt))])
+            }
+            print(table.render())
+            for j in fresh where j.status == .failed { if let e = j.lastError { print("\n\(j.id): \(e)") } }
+        }
+    }
+}
+
+struct LogsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print a job's node logs (every attempt); -f follows until the job ends.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Job id or name.") var job: String
+    @Flag(name: [.short, .long], help: "Follow until the job ends.") var follow = false
+    @Option(help: "Only this node's log.") var node: Int?
+
+    func run() async throws {
+        try await reportingErrors {
+            let (service, _) = try global.jobs()
+            let j = try requireJob(service, job)
+            if !j.status.isFinished { try service.ensureController(j.id) }
+            let nodes = node.map { [$0] } ?? Array(0..<max(1, (try? JobSpec.parse(j.spec))?.resources.nodes ?? 1))
+            var offsets: [Int: UInt64] = [:]
+            var partial: [Int: String] = [:]
+            func pump(final: Bool) {
+                for n in nodes {
+                    guard let h = FileHandle(forReadingAtPath: service.context.logFile(job: j.id, node: n)) else { continue }
+                    defer { try? h.close() }
+                    try? h.seek(toOffset: offsets[n] ?? 0)
+                    guard let data = try? h.readToEnd(), !data.isEmpty else { continue }
+                    offsets[n, default: 0] += UInt64(data.count)
+                    var text = (partial[n] ?? "") + String(decoding: data, as: UTF8.self)
+                    if !final, let last = text.lastIndex(of: "\n") {
+                        partial[n] = String(text[text.index(after: last)...])
+                        text = String(text[...last])
+                    } else { partial[n] = nil }
+                    let prefix = nodes.count > 1 ? "[node \(n)] " : ""
+                    for line in text.split(separator: "\n", omittingEmptySubsequences: false).dropLast(text.hasSuffix("\n") ? 1 : 0) { print(prefix + line) }
+                }
+                flushStdout()
+            }
+            pump(final: !follow)
+            guard follow else { return }
+            while true {
+                let status = try service.context.store.job(j.id)?.status ?? .failed
+                pump(final: false)
+                if status.isFinished { pump(final: true); break }
+                if !service.context.jobLocks.isHeld(j.id) { try service.ensureController(j.id) }
+                try await Task.sleep(for: .milliseconds(300))
+            }
+            let end = try requireJob(service, j.id)
+            print("capstan: job \(end.id) \(end.status.rawValue)\(end.lastError.map { ": \($0)" } ?? "")")
+        }
+    }
+}
+
+struct CancelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Stop a job: its nodes upload what is complete, then its own cluster is terminated.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Job id or name.") var job: String
+
+    func run() async throws {
+        try await reportingErrors {
+            let (service, _) = try global.jobs()
+            let j = try await service.cancel(try requireJob(service, job).id)
+            if global.json { try printJSON(j); return }
+            print("Job \(j.id) is \(j.status.rawValue).")
+        }
+    }
+}
+
+struct CheckpointsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "checkpoints", abstract: "List a job's checkpoints in its bucket, each verified against its manifest.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Job id or name.") var job: String
+
+    func run() async throws {
+        try await reportingErrors {
+            let (service, _) = try global.jobs()
+            let j = try requireJob(service, job)
+            let list = try await service.checkpoints(j.id)
+            if global.json { try printJSON(list); return }
+            if list.isEmpty { print("No committed checkpoints for \(j.id) in \(j.storage)/checkpoints."); return }
+            var table = TextTable(header: ["STEP", "ATTEMPT", "SIZE", "CREATED", "VERIFIED", "LOCATION"], rightAligned: [0, 1, 2])
+            let f = ISO8601DateFormatter()
+            for c in list {
+                table.rows.append(["\(c.step)", c.attempt.map(String.init) ?? "-", c.bytes.map { String(format: "%.1f MiB", Double($0) / 1_048_576) } ?? "-", c.createdAt.map { f.string(from: $0) } ?? "-", c.verified ? "yes" : "NO (damaged; never used)", c.location])
+            }
+            print(table.render())
+        }
+    }
+}
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent", abstract: "Run one node's part of a job attempt (the controller starts this on every node).",
+        discussion: "Reads the attempt's config (JSON) and works until the command has ended and its uploads are done. Buckets are opened with the built-in clients (file://, s3://), so a bare node needs no plugins.")
+    @Option(help: "The attempt's agent config (agent.json).") var config: String
+
+    func run() async throws {
+        try await reportingErrors {
+            guard let data = FileManager.default.contents(atPath: config) else {
+                throw CapstanError(.invalidRequest, "Cannot read agent config \(config).")
+            }
+            let cfg = try PluginWire.decoder.decode(AgentConfig.self, from: data)
+            let home = CapstanHome.fromEnvironment()
+            let bucket: any ObjectStore
+            do { bucket = try ProviderRegistry.builtInStore(for: cfg.bucket, home: home) } catch let e as CapstanError where e.code == .unsupported {
+                bucket = try ProviderRegistry.load(home: home).store(for: cfg.bucket)
+            }
+            _ = await NodeAgent(config: cfg, bucket: bucket, faults: .fromEnvironment()).run()
+        }
+    }
+}
+
+struct JobControllerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "job-controller", abstract: "Drive a job to its end (started detached by launch --detach, jobs and logs).", shouldDisplay: false)
+    @OptionGroup var global: GlobalOptions
+    @Argument var job: String
+
+    func run() async throws {
+        try await reportingErrors {
+            let (service, _) = try global.jobs()
+            let final = try await JobController(jobID: job, context: service.context).run()
+            print("job \(final.id) \(final.status.rawValue)")
+        }
+    }
+}
+
+/// Flushes printed lines now (stdout is block-buffered when it is a pipe).
+func flushStdout() { fflush(nil) }

@@ -1,0 +1,161 @@
+public import CapstanCore
+import Foundation
+import Yams
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A running job in this process: its events as they happen, and its end.
+public struct JobHandle: Sendable {
+    public let id: String
+    /// Status changes, attempts, failures, checkpoints and every log line, in order. Ends
+    /// when the job does.
+    public let events: AsyncStream<JobEvent>
+    let task: Task<JobRecord, any Error>
+
+    /// Waits for the job to end.
+    public func result() async throws -> JobRecord { try await task.value }
+}
+
+/// A checkpoint of a job as the bucket has it (`capstan checkpoints`).
+public struct CheckpointSummary: Sendable, Hashable, Codable {
+    public var step: Int
+    public var attempt: Int?
+    public var bytes: Int64?
+    public var createdAt: Date?
+    /// Every file it lists is present with its size and SHA-256.
+    public var verified: Bool
+    /// Where it is.
+    public var location: String
+}
+
+/// Jobs, as a library: what `capstan launch | jobs | logs | cancel | checkpoints` call.
+///
+/// ```swift
+/// let service = JobService(context: context, agentExecutable: "/usr/local/bin/capstan")
+/// let handle = try service.submit(yaml: try String(contentsOfFile: "job.yaml"), folder: ".")
+/// for await event in handle.events { print(event) }
+/// let job = try await handle.result()
+/// ```
+public struct JobService: Sendable {
+    public let context: JobContext
+    /// The `capstan` binary: runs agents and detached controllers.
+    public let agentExecutable: String
+    /// The bucket used when neither the spec nor config.yaml names one.
+    public let defaultStorage: String?
+
+    public init(context: JobContext, agentExecutable: String, defaultStorage: String? = nil) {
+        self.context = context
+        self.agentExecutable = agentExecutable
+        self.defaultStorage = defaultStorage
+    }
+
+    public struct Options: Sendable {
+        /// Run on this existing cluster (which the job then does not terminate) instead of
+        /// provisioning one.
+        public var cluster: String?
+        public var settings = JobSettings()
+        public init(cluster: String? = nil) { self.cluster = cluster }
+    }
+
+    /// Checks the spec and writes the job (status `pending`). Nothing runs yet.
+    public func create(yaml: String, folder: String, options: Options = .init()) throws -> JobRecord {
+        let spec = try JobSpec.parse(yaml, source: "job spec")
+        let suffix = String(UUID().uuidString.lowercased().filter(\.isHexDigit).prefix(6))
+        let id = String(spec.name.prefix(56)) + "-" + suffix
+        if let cluster = options.cluster {
+            guard let c = try context.store.cluster(named: cluster), c.status == .running else {
+                throw CapstanError(.notFound, "Cluster '\(cluster)' is not running.", hint: "Start it with `capstan up \(cluster) …`, or launch without --cluster.")
+            }
+            guard c.nodes == spec.resources.nodes else {
+                throw CapstanError(.invalidRequest, "Cluster '\(cluster)' has \(c.nodes) node(s); the job asks for \(spec.resources.nodes).", hint: "Set resources.nodes to \(c.nodes), or launch without --cluster.")
+            }
+        }
+        let root = spec.storage ?? defaultStorage ?? "file://" + context.home.path("bucket")
+        let storage = (root.hasSuffix("/") ? String(root.dropLast()) : root) + "/" + id
+        // Fail now, not on the first checkpoint, when the bucket cannot be opened.
+        _ = try context.openBucket(storage)
+        if let workdir = spec.workdir {
+            let local = workdir.hasPrefix("/") ? workdir : folder + "/" + workdir
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: local, isDirectory: &isDir), isDir.boolValue else {
+                throw CapstanError(.invalidRequest, "The job's workdir \(local) is not a folder.", hint: "workdir is relative to the spec file's folder.")
+            }
+        }
+        let settings = String(decoding: try PluginWire.encoder.encode(options.settings), as: UTF8.self)
+        let job = JobRecord(
+            id: id, name: spec.name, spec: yaml, specFolder: (folder as NSString).standardizingPath, settings: settings,
+            clusterName: options.cluster ?? id, ownsCluster: options.cluster == nil, storage: storage)
+        try context.store.insert(job)
+        context.store.jobEvent("submitted", "Job \(id) submitted: \(spec.resources.nodes) node(s), checkpoints and outputs in \(storage).", job: id)
+        return job
+    }
+
+    /// Creates the job and runs its controller in this process.
+    public func submit(yaml: String, folder: String, options: Options = .init()) throws -> JobHandle {
+        let job = try create(yaml: yaml, folder: folder, options: options)
+        return attach(job.id)
+    }
+
+    /// Runs the controller of an existing job in this process (re-attaching to its agents).
+    public func attach(_ id: String) -> JobHandle {
+        let (stream, continuation) = AsyncStream.makeStream(of: JobEvent.self, bufferingPolicy: .unbounded)
+        let controller = JobController(jobID: id, context: context) { continuation.yield($0) }
+        let task = Task {
+            defer { continuation.finish() }
+            return try await controller.run()
+        }
+        return JobHandle(id: id, events: stream, task: task)
+    }
+
+    /// Starts a detached controller (`capstan job-controller ID`) for an unfinished job that
+    /// has none — after the `capstan` that ran it was killed. Returns whether one was started.
+    @discardableResult
+    public func ensureController(_ id: String) throws -> Bool {
+        guard let job = try context.store.job(id), !job.status.isFinished else { return false }
+        guard !context.jobLocks.isHeld(job.id) else { return false }
+        let folder = context.jobFolder(job.id)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        var env = ProcessInfo.processInfo.environment
+        env["CAPSTAN_HOME"] = context.home.root
+        let pid = try Spawn.start([agentExecutable, "job-controller", job.id], environment: env, cwd: nil, output: folder + "/controller.log")
+        Spawn.reapLater(pid)
+        context.store.jobEvent("reattached", "A controller (pid \(pid)) took over the job.", job: job.id)
+        // Wait until it holds the lock, so callers that look next see it working.
+        for _ in 0..<100 where !context.jobLocks.isHeld(job.id) { usleep(20_000) }
+        return true
+    }
+
+    /// Asks the job to stop. Its controller (started here when there is none) stops the gang,
+    /// lets the agents upload what is complete, and terminates the cluster the job owns.
+    @discardableResult
+    public func cancel(_ id: String, wait: Duration = .seconds(300)) async throws -> JobRecord {
+        guard let job = try context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
+        if job.status.isFinished { return job }
+        try context.store.updateJob(job.id) { $0.status = .cancelling }
+        context.store.jobEvent("cancelling", "Cancel requested.", job: job.id)
+        if !context.jobLocks.isHeld(job.id) {
+            return try await JobController(jobID: job.id, context: context).run()
+        }
+        let deadline = ContinuousClock.now + wait
+        while ContinuousClock.now < deadline {
+            if let j = try context.store.job(job.id), j.status.isFinished { return j }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw CapstanError(.timeout, "Job \(job.id) is still stopping after \(wait).", hint: "Check `capstan jobs`; the cancel stays in force.")
+    }
+
+    /// The job's checkpoints in its bucket, each verified against its manifest.
+    public func checkpoints(_ id: String) async throws -> [CheckpointSummary] {
+        guard let job = try context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
+        let store = CheckpointStore(store: try context.openBucket(job.storage), prefix: "checkpoints")
+        var out: [CheckpointSummary] = []
+        for step in try await store.committedSteps() {
+            let m = try? await store.verified(step: step)
+            out.append(CheckpointSummary(step: step, attempt: m?.attempt, bytes: m?.totalBytes, createdAt: m?.createdAt, verified: m != nil, location: "\(job.storage)/checkpoints/step-\(step)"))
+        }
+        return out
+    }
+}
