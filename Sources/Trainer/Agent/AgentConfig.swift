@@ -89,6 +89,9 @@ public struct AgentStatus: Sendable, Hashable, Codable {
     public var endedIn: String?
     /// When the command ended, on the node's clock (to order failures across nodes).
     public var endedAt: Date?
+    /// A worker of the command died of this signal, as the command itself reported it
+    /// (torchrun's "exitcode: -9" summary): not a bug in the job.
+    public var workerSignal: Int32?
     /// A failure of the agent's own work (restore, upload) — not the command's.
     public var failure: String?
     public var stopRequested: Bool

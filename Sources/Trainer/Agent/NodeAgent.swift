@@ -36,7 +36,9 @@ public final class NodeAgent: Sendable {
     var checkpoints: CheckpointStore { CheckpointStore(store: bucket, prefix: "checkpoints") }
 
     /// Runs the attempt on this node to the end and returns the final status (also written).
-    public func run() async -> AgentStatus {
+    /// With `handlingSignals`, SIGTERM/SIGINT to this process stop the command gracefully
+    /// (``requestStop()``); the CLI's agent sets it, embedders call `requestStop()` themselves.
+    public func run(handlingSignals: Bool = false) async -> AgentStatus {
         for dir in [config.stateDir, config.checkpointDir, config.outputDir, config.workdir] + (config.resumeDir.map { [$0] } ?? []) {
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         }
@@ -46,11 +48,11 @@ public final class NodeAgent: Sendable {
         let beats = Task { [self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(config.heartbeatSeconds))
-                update { $0.heartbeat += 1 }
+                beat()
             }
         }
         defer { beats.cancel() }
-        let signals = installStopHandler()
+        let signals = handlingSignals ? installStopHandler() : []
         defer { signals.forEach { $0.cancel() } }
 
         if !(await restore()) { return finish(endedIn: "restore", exit: nil) }
@@ -81,7 +83,12 @@ public final class NodeAgent: Sendable {
             $0.exit = exit
             $0.endedIn = "run"
         }
-        say("command ended: \(exit)")
+        if !exit.succeeded, let sig = Self.workerSignal(inLogTail: logTail()) {
+            update { $0.workerSignal = sig }
+            say("command ended: \(exit); a worker was killed by signal \(sig)")
+        } else {
+            say("command ended: \(exit)")
+        }
         await finalUploads(watcher, succeeded: exit.succeeded)
         return finish(endedIn: "run", exit: exit)
     }
@@ -210,6 +217,24 @@ public final class NodeAgent: Sendable {
         return s
     }
 
+    /// The last 64 KiB of the node log.
+    func logTail() -> String {
+        guard let h = FileHandle(forReadingAtPath: config.logFile) else { return "" }
+        defer { try? h.close() }
+        let end = (try? h.seekToEnd()) ?? 0
+        try? h.seek(toOffset: end > 65536 ? end - 65536 : 0)
+        return String(decoding: (try? h.readToEnd()) ?? Data(), as: UTF8.self)
+    }
+
+    /// torchrun ends with exit code 1 whatever killed a worker, but its failure summary says
+    /// `exitcode  : -9 (pid: …)` for a worker killed by SIGKILL. Returns that signal.
+    public static func workerSignal(inLogTail text: String) -> Int32? {
+        guard let root = text.range(of: "Root Cause", options: .backwards) else { return nil }
+        let after = text[root.upperBound...]
+        guard let m = after.range(of: #"exitcode\s*:\s*-[0-9]+"#, options: .regularExpression) else { return nil }
+        return Int32(after[m].split(separator: "-").last ?? "")
+    }
+
     // MARK: - Stop
 
     var isStopping: Bool { stopping.withLock { $0 } }
@@ -251,10 +276,24 @@ public final class NodeAgent: Sendable {
         status.withLock { s in
             change(&s)
             s.updatedAt = Date()
-            guard let data = try? PluginWire.encoder.encode(s) else { return }
-            let tmp = config.statusFile + ".tmp"
-            if (try? data.write(to: URL(fileURLWithPath: tmp))) != nil { rename(tmp, config.statusFile) }
+            write(s)
         }
+    }
+
+    /// One heartbeat; none after the final status.
+    func beat() {
+        status.withLock { s in
+            guard s.phase != .exited else { return }
+            s.heartbeat += 1
+            s.updatedAt = Date()
+            write(s)
+        }
+    }
+
+    private func write(_ s: AgentStatus) {
+        guard let data = try? PluginWire.encoder.encode(s) else { return }
+        let tmp = config.statusFile + ".tmp"
+        if (try? data.write(to: URL(fileURLWithPath: tmp))) != nil { rename(tmp, config.statusFile) }
     }
 
     /// Appends a line of the agent's own to the node log.

@@ -353,6 +353,9 @@ final class Run: @unchecked Sendable {
         if let f = s.failure, s.exit == nil || s.exit?.succeeded == true {
             return AttemptFailure(kind: .agent, node: node, exit: s.exit, message: f)
         }
+        if let sig = s.workerSignal {
+            return AttemptFailure(kind: .signal, node: node, exit: s.exit, message: "a worker of the command on node \(node) was killed by signal \(sig) (the command then ended with \(s.exit.map { "\($0)" } ?? "?"))")
+        }
         switch s.exit {
         case .signaled(let sig)?:
             return AttemptFailure(kind: .signal, node: node, exit: s.exit, message: "the command on node \(node) was \(ExitStatus.signaled(sig))")
