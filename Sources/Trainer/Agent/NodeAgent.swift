@@ -276,7 +276,7 @@ public final class NodeAgent: Sendable {
         status.withLock { s in
             change(&s)
             s.updatedAt = Date()
-            write(s)
+            writeStatus(s)
         }
     }
 
@@ -286,11 +286,11 @@ public final class NodeAgent: Sendable {
             guard s.phase != .exited else { return }
             s.heartbeat += 1
             s.updatedAt = Date()
-            write(s)
+            writeStatus(s)
         }
     }
 
-    private func write(_ s: AgentStatus) {
+    private func writeStatus(_ s: AgentStatus) {
         guard let data = try? PluginWire.encoder.encode(s) else { return }
         let tmp = config.statusFile + ".tmp"
         if (try? data.write(to: URL(fileURLWithPath: tmp))) != nil { rename(tmp, config.statusFile) }
