@@ -49,7 +49,7 @@ struct NodeAgentTests {
         // Uploaded steps are pruned locally except the newest.
         #expect(CheckpointProtocol.completeSteps(in: c.checkpointDir) == [3])
         let onDisk = try PluginWire.decoder.decode(AgentStatus.self, from: Data(contentsOf: URL(fileURLWithPath: c.statusFile)))
-        #expect(onDisk == s)
+        #expect(onDisk.heartbeat == s.heartbeat && onDisk.phase == .exited && onDisk.exit == s.exit && onDisk.committedSteps == s.committedSteps)
         #expect(onDisk.heartbeat > 0)
     }
 
