@@ -1,0 +1,309 @@
+import CapstanCore
+import CapstanProviders
+import CapstanTrainer
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A home with the local provider and a copy of examples/ddp-regression (real torch.distributed,
+/// gloo on CPU, 2 nodes): launch it through the built `capstan`, break it, and check what the
+/// bucket, the state store and the node logs say.
+struct JobHome {
+    let dir = TempDir("capstan-job")
+    var env: [String: String] = [:]
+
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    /// Fast enough for tests, slow enough to kill things mid-run.
+    static let fast = ["--heartbeat-timeout", "4", "--exit-grace", "30", "--stop-grace", "3"]
+
+    init(steps: Int = 60, every: Int = 10, pause: Double = 0.05, keep: Int = 3, storage: String? = nil, extraEnv: [String: String] = [:], maxRestarts: Int = 3) throws {
+        dir.write("config.yaml", "providers:\n  local:\n    slots: 6\n")
+        try FileManager.default.createDirectory(atPath: dir.file("job"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Self.repoRoot + "/examples/ddp-regression/train.py", toPath: dir.file("job/train.py"))
+        var jobEnv = ["TOTAL_STEPS": "\(steps)", "CKPT_EVERY": "\(every)", "STEP_SLEEP": "\(pause)", "GLOO_SOCKET_IFNAME": "lo"]
+        for (k, v) in extraEnv { jobEnv[k] = v }
+        dir.write("job/job.yaml", """
+            name: ddp
+            resources: {nodes: 2}
+            workdir: .
+            env:
+            \(jobEnv.sorted { $0.key < $1.key }.map { "  \($0.key): \"\($0.value)\"" }.joined(separator: "\n"))
+            run: python3 -m torch.distributed.run --nnodes=$NNODES --node-rank=$NODE_RANK --nproc-per-node=$NPROC_PER_NODE --master-addr=$MASTER_ADDR --master-port=$MASTER_PORT train.py
+            checkpoint: {keep: \(keep)}
+            maxRestarts: \(maxRestarts)
+            storage: \(storage ?? "file://" + dir.file("bucket"))
+            """)
+    }
+
+    var spec: String { dir.file("job/job.yaml") }
+
+    func capstan(_ args: [String], env extra: [String: String] = [:], timeout: Double = 300) async throws -> ProcessResult {
+        try await runProcess(BuildProducts.capstan, args, environment: env.merging(extra) { $1 }.merging(["CAPSTAN_HOME": dir.path]) { $1 }, timeout: timeout)
+    }
+
+    /// `capstan launch` in the background (to be killed), output to a file.
+    func startLaunch(_ extra: [String] = []) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: BuildProducts.capstan)
+        p.arguments = ["launch", spec] + Self.fast + extra
+        var e = ProcessInfo.processInfo.environment
+        e["CAPSTAN_PLUGIN_PATH"] = nil
+        for (k, v) in env { e[k] = v }
+        e["CAPSTAN_HOME"] = dir.path
+        p.environment = e
+        FileManager.default.createFile(atPath: dir.file("launch.out"), contents: nil)
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.file("launch.out")))
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        return p
+    }
+
+    func store() throws -> StateStore { try StateStore(path: dir.file("state/capstan.db")) }
+    func job() throws -> JobRecord? { try store().jobs().first }
+
+    /// Polls until `condition` holds (false after `timeout` seconds).
+    func wait(timeout: Double = 120, _ condition: () throws -> Bool) async throws -> Bool {
+        let end = Date().addingTimeInterval(timeout)
+        while Date() < end {
+            if (try? condition()) == true { return true }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return false
+    }
+
+    /// The `{"step": …}` lines of node `node`'s log, as (attempt, step) in order.
+    func steps(job: String, node: Int) throws -> [(attempt: Int, step: Int)] {
+        let text = (try? String(contentsOfFile: dir.file("jobs/\(job)/logs/node-\(node).log"), encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { line in
+            guard line.hasPrefix("{\"step\""), let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let s = o["step"] as? Int, let a = o["attempt"] as? Int else { return nil }
+            return (a, s)
+        }
+    }
+
+    /// The pid of rank `rank`'s training worker in `attempt`, once it has written it.
+    func workerPID(job: String, attempt: Int, rank: Int) -> pid_t? {
+        let nodes = (try? FileManager.default.contentsOfDirectory(atPath: dir.file("local/nodes"))) ?? []
+        for n in nodes {
+            let f = dir.file("local/nodes/\(n)/work/.capstan/\(job)/attempt-\(attempt)/worker-\(rank).pid")
+            if let s = try? String(contentsOfFile: f, encoding: .utf8), let pid = pid_t(s.trimmingCharacters(in: .whitespacesAndNewlines)) { return pid }
+        }
+        return nil
+    }
+
+    /// Live local nodes (the provider's view).
+    func liveNodes() async throws -> [Instance] {
+        try await LocalProvider(root: dir.file("local"), configuration: .init(slots: 6)).describe(InstanceQuery())
+    }
+
+    /// Every node ran every step exactly once per attempt, each attempt after the first began
+    /// right after the checkpoint it restored, and that checkpoint was the newest one committed
+    /// before it started. Returns a one-line summary.
+    func checkContinuity(job: JobRecord, total: Int, sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+        let attempts = try store().attempts(job: job.id)
+        let checkpoints = try store().checkpoints(job: job.id)
+        var summary: [String] = []
+        for node in 0..<2 {
+            let seen = try steps(job: job.id, node: node)
+            for a in attempts {
+                let mine = seen.filter { $0.attempt == a.attempt }.map(\.step)
+                guard !mine.isEmpty else { continue }
+                let first = (a.resumeStep ?? 0) + 1
+                #expect(mine.first == first, "node \(node) attempt \(a.attempt) began at step \(mine.first!), expected \(first)", sourceLocation: sourceLocation)
+                #expect(mine == Array(mine.first!...mine.last!), "node \(node) attempt \(a.attempt) skipped or repeated steps", sourceLocation: sourceLocation)
+                if a.attempt == attempts.last?.attempt { #expect(mine.last == total, sourceLocation: sourceLocation) }
+            }
+        }
+        for a in attempts.dropFirst() {
+            let before = checkpoints.filter { $0.attempt < a.attempt }.map(\.step).max()
+            #expect(a.resumeStep == before, "attempt \(a.attempt) resumed from \(a.resumeStep.map(String.init) ?? "scratch"), newest checkpoint before it: \(before.map(String.init) ?? "none")", sourceLocation: sourceLocation)
+            summary.append("attempt \(a.attempt) resumed from step \(a.resumeStep.map(String.init) ?? "-")")
+        }
+        for a in attempts where a.outcome == .failed { summary.append("attempt \(a.attempt) failed: \(a.failureKind ?? "?") on node \(a.failedNode.map(String.init) ?? "?")") }
+        return summary.joined(separator: "; ")
+    }
+}
+
+func torchAvailable() -> Bool {
+    (try? runProcessBlocking("/usr/bin/env", ["python3", "-c", "import torch"], timeout: 60).status) == 0
+}
+
+@Suite("Jobs on local nodes with real torch.distributed", .serialized)
+struct JobTests {
+    init() throws {
+        guard torchAvailable() else {
+            throw CapstanError(.config, "python3 cannot import torch.", hint: "pip install torch (CPU wheel); .ci/run installs it.")
+        }
+    }
+
+    @Test("a 2-node gloo job runs to the end; checkpoints land verified in a file:// bucket, outputs too, the cluster is gone")
+    func fileBucket() async throws {
+        let home = try JobHome(steps: 40)
+        defer { home.dir.cleanup() }
+        let r = try await home.capstan(["launch", home.spec] + JobHome.fast)
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("[node 1] {\"step\": 40"))
+        let job = try #require(try home.job())
+        #expect(job.status == .succeeded && job.attempt == 1 && job.restarts == 0 && job.latestCheckpoint == 40)
+        _ = try home.checkContinuity(job: job, total: 40)
+        let bucket = try FileObjectStore(location: job.storage)
+        let cs = CheckpointStore(store: bucket, prefix: "checkpoints")
+        #expect(try await cs.committedSteps() == [20, 30, 40])
+        let m = try #require(try await cs.latestVerified())
+        #expect(m.step == 40 && m.nodes == 2 && m.parts.map(\.node) == [0, 1] && m.parts.allSatisfy { $0.files.map(\.path) == ["state.pt"] })
+        #expect(try await bucket.head(key: "outputs/model.pt") != nil)
+        #expect(try await bucket.head(key: "outputs/manifest.json") != nil)
+        #expect(try await home.liveNodes().isEmpty)
+        // The CLI views agree.
+        let list = try await home.capstan(["checkpoints", job.id])
+        #expect(list.stdout.contains("40") && list.stdout.contains("yes"), "\(list.stdout)")
+        let logs = try await home.capstan(["logs", job.id, "--node", "1"])
+        #expect(logs.stdout.contains("{\"step\": 40, ") && logs.stdout.contains("==== attempt 1"))
+        let jobs = try await home.capstan(["jobs", "--json"])
+        #expect(jobs.stdout.contains("\"succeeded\""))
+    }
+
+    @Test("the same job with its checkpoints in S3 (SeaweedFS): manifests verify there")
+    func s3Bucket() async throws {
+        let endpoint = try TestServers.seaweed
+        let creds = try TestServers.seaweedCredentials
+        var home = try JobHome(steps: 30, storage: "s3://capstan-jobs/runs")
+        defer { home.dir.cleanup() }
+        home.env = ["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_REGION": "us-east-1"]
+        let admin = try S3ObjectStore(location: "s3://capstan-jobs/runs", credentials: creds, configuration: S3Configuration(endpoint: endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads")))
+        try await admin.createBucket()
+        let r = try await home.capstan(["launch", home.spec, "--quiet"] + JobHome.fast)
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let job = try #require(try home.job())
+        #expect(job.status == .succeeded && job.storage == "s3://capstan-jobs/runs/\(job.id)")
+        let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: S3Configuration(endpoint: endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads")))
+        let cs = CheckpointStore(store: bucket, prefix: "checkpoints")
+        let m = try #require(try await cs.latestVerified())
+        #expect(m.step == 30 && m.parts.count == 2)
+        #expect(try await bucket.head(key: "outputs/model.pt") != nil)
+        // Secrets stay out of what Capstan writes down.
+        let everything = try FileManager.default.subpathsOfDirectory(atPath: home.dir.path).filter { !$0.hasSuffix(".pt") && !$0.hasSuffix(".db-wal") }
+        for f in everything {
+            guard let text = try? String(contentsOfFile: home.dir.file(f), encoding: .utf8) else { continue }
+            #expect(!text.contains(creds.secretAccessKey), "the secret key appears in \(f)")
+        }
+    }
+
+    @Test("kill -9 a node's training process at random times: every trial resumes from the latest checkpoint, no step lost or repeated beyond it")
+    func killTrials() async throws {
+        var results: [String] = []
+        for trial in 1...3 {
+            let home = try JobHome(steps: 80, every: 10)
+            defer { home.dir.cleanup() }
+            let launch = try home.startLaunch(["--quiet"])
+            #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 }, "trial \(trial): no checkpoint came")
+            let job = try #require(try home.job())
+            try await Task.sleep(for: .milliseconds(Int.random(in: 0...2500)))
+            let rank = Int.random(in: 0...1)
+            let pid = try #require(home.workerPID(job: job.id, attempt: 1, rank: rank))
+            kill(pid, SIGKILL)
+            launch.waitUntilExit()
+            let final = try #require(try home.job())
+            #expect(final.status == .succeeded, "trial \(trial): \(final.lastError ?? "")\n\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
+            #expect(final.attempt == 2 && final.restarts == 1)
+            let failed = try #require(try home.store().attempt(job: job.id, number: 1))
+            #expect(failed.failureKind == "signal", "a killed worker is an infrastructure failure, got \(failed.failureKind ?? "-")")
+            let summary = try home.checkContinuity(job: final, total: 80)
+            let atStep = try home.steps(job: job.id, node: rank).filter { $0.attempt == 1 }.last?.step ?? 0
+            results.append("trial \(trial): killed rank \(rank)'s worker after step \(atStep); \(summary)")
+        }
+        print(results.joined(separator: "\n"))
+    }
+
+    @Test("a node lost mid-upload: the cut checkpoint is never used; the job resumes from the one before on a replacement node")
+    func cutUpload() async throws {
+        let home = try JobHome(steps: 50, every: 10)
+        defer { home.dir.cleanup() }
+        // Each agent dies (SIGKILL) right after the 3rd checkpoint file it uploads: step 30's.
+        let r = try await home.capstan(["launch", home.spec, "--quiet"] + JobHome.fast, env: ["CAPSTAN_TEST_CRASH_AT": "agent-upload:3"])
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let job = try #require(try home.job())
+        let attempts = try home.store().attempts(job: job.id)
+        #expect(attempts.count == 2 && attempts[0].failureKind == "heartbeat")
+        #expect(attempts[1].resumeStep == 20, "resumed from \(attempts[1].resumeStep.map(String.init) ?? "scratch")")
+        #expect(attempts[0].nodes[attempts[0].failedNode!] != attempts[1].nodes[attempts[0].failedNode!], "the lost node's capacity is replaced")
+        let bucket = try FileObjectStore(location: job.storage)
+        // Attempt 1's files of step 30 are there, its part record is not; step 30 is attempt 2's.
+        #expect(try await bucket.list(prefix: "checkpoints/step-30/attempt-1/").allSatisfy { !$0.key.hasSuffix(".part.json") })
+        #expect(try await CheckpointStore(store: bucket, prefix: "checkpoints").verified(step: 30)?.attempt == 2)
+        _ = try home.checkContinuity(job: job, total: 50)
+        #expect(try await home.liveNodes().isEmpty)
+    }
+
+    @Test("a node whose instance goes away is replaced; only that node's capacity changes")
+    func instanceGone() async throws {
+        let home = try JobHome(steps: 80, every: 10)
+        defer { home.dir.cleanup() }
+        let launch = try home.startLaunch(["--quiet"])
+        #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 })
+        let job = try #require(try home.job())
+        let before = try #require(try home.store().attempt(job: job.id, number: 1)).nodes
+        _ = try await LocalProvider(root: home.dir.file("local"), configuration: .init(slots: 6)).terminate(ids: [before[1]])
+        launch.waitUntilExit()
+        let final = try #require(try home.job())
+        #expect(final.status == .succeeded, "\(final.lastError ?? "")")
+        let after = try #require(try home.store().attempt(job: job.id, number: 2)).nodes
+        #expect(after[0] == before[0] && after[1] != before[1])
+        let failed = try #require(try home.store().attempt(job: job.id, number: 1))
+        #expect(["instance-gone", "heartbeat"].contains(failed.failureKind ?? ""))
+        _ = try home.checkContinuity(job: final, total: 80)
+    }
+
+    @Test("a command that fails the same way twice is a user error: the job fails without spending every restart")
+    func userError() async throws {
+        let home = try JobHome(extraEnv: ["FAIL_WITH": "3"], maxRestarts: 5)
+        defer { home.dir.cleanup() }
+        let r = try await home.capstan(["launch", home.spec, "--quiet"] + JobHome.fast)
+        #expect(r.status == 1)
+        let job = try #require(try home.job())
+        #expect(job.status == .failed && job.attempt == 2 && job.restarts == 1)
+        #expect(job.lastError?.contains("same way twice") == true, "\(job.lastError ?? "")")
+        #expect(r.stderr.contains("same way twice"))
+        #expect(try await home.liveNodes().isEmpty)
+    }
+
+    @Test("kill -9 capstan launch mid-job: `capstan jobs` re-attaches, the agents are not restarted, the job finishes")
+    func controllerRestart() async throws {
+        let home = try JobHome(steps: 80, every: 10)
+        defer { home.dir.cleanup() }
+        let launch = try home.startLaunch()
+        #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 })
+        kill(launch.processIdentifier, SIGKILL)
+        launch.waitUntilExit()
+        let job = try #require(try home.job())
+        #expect(job.status == .running)
+        let jobs = try await home.capstan(["jobs"])
+        #expect(jobs.stdout.contains(job.id), "\(jobs.stdout)\(jobs.stderr)")
+        let logs = try await home.capstan(["logs", job.id, "-f"])
+        #expect(logs.stdout.contains("capstan: job \(job.id) succeeded"), "\(logs.stdout.suffix(2000))\(logs.stderr)")
+        let final = try #require(try home.job())
+        #expect(final.status == .succeeded && final.attempt == 1, "the running attempt was followed, not restarted")
+        // Nothing lost from the logs across the controller change.
+        for node in 0..<2 { #expect(try home.steps(job: job.id, node: node).map(\.step) == Array(1...80)) }
+        #expect(try await home.liveNodes().isEmpty)
+    }
+
+    @Test("cancel stops every process of the job and terminates its cluster")
+    func cancel() async throws {
+        let home = try JobHome(steps: 1000, every: 10)
+        defer { home.dir.cleanup() }
+        let r = try await home.capstan(["launch", home.spec, "--detach"] + JobHome.fast)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 })
+        let job = try #require(try home.job())
+        let c = try await home.capstan(["cancel", job.id])
+        #expect(c.status == 0 && c.stdout.contains("cancelled"), "\(c.stdout)\(c.stderr)")
+        #expect(try home.job()?.status == .cancelled)
+        #expect(try await home.liveNodes().isEmpty)
+        let left = try runProcessBlocking("/usr/bin/pgrep", ["-f", job.id])
+        #expect(left.stdout.isEmpty, "processes of the job are still running: \(left.stdout)")
+    }
+}
