@@ -48,10 +48,12 @@ public actor CheckpointWatcher {
         self.logger = logger
     }
 
-    /// One pass: upload every new complete step, then (leader) commit what can be committed.
-    /// Returns the steps uploaded in this pass.
+    /// One pass: commit what can be committed (leader), upload every new complete step, then
+    /// commit again. Committing first means a step waiting for another node's part is not held
+    /// up behind this node's next upload. Returns the steps uploaded in this pass.
     @discardableResult
     public func runOnce() async throws -> [Int] {
+        try await commitReady()
         var done: [Int] = []
         for step in CheckpointProtocol.completeSteps(in: folder) where !uploaded.contains(step) {
             let start = ContinuousClock.now
@@ -65,6 +67,11 @@ public actor CheckpointWatcher {
             ])
             if node == 0 { awaitingCommit.insert(step) }
         }
+        try await commitReady()
+        return done
+    }
+
+    func commitReady() async throws {
         for step in awaitingCommit.sorted() {
             guard try await checkpoints.commit(step: step, job: job, attempt: attempt, nodes: nodes) != nil else { continue }
             awaitingCommit.remove(step)
@@ -72,7 +79,6 @@ public actor CheckpointWatcher {
             logger.notice("checkpoint committed", metadata: ["capstan.job": "\(job)", "step": "\(step)"])
             try await checkpoints.retain(keep: keep)
         }
-        return done
     }
 
     /// Polls until cancelled. A failed pass is logged and retried on the next one: a network

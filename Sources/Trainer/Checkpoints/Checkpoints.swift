@@ -129,6 +129,34 @@ public struct CheckpointStore: Sendable {
         return manifest
     }
 
+    /// Commits every step whose part records from one attempt are all in but which has no
+    /// manifest: its leader died between the last part and the commit. The data is complete,
+    /// so the checkpoint is made to exist. Returns the steps committed.
+    @discardableResult
+    public func commitComplete(job: String, nodes: Int) async throws -> [Int] {
+        var parts: [Int: [Int: Set<Int>]] = [:]
+        var manifests = Set<Int>()
+        for o in try await store.list(prefix: prefix + "/") {
+            let rel = o.key.dropFirst(prefix.count + 1).split(separator: "/").map(String.init)
+            guard let first = rel.first, let step = CheckpointProtocol.step(ofFolder: first) else { continue }
+            if rel.count == 2, rel[1] == CheckpointProtocol.manifestName { manifests.insert(step) }
+            if rel.count == 3, rel[1].hasPrefix("attempt-"), let attempt = Int(rel[1].dropFirst(8)),
+               rel[2].hasPrefix("node-"), rel[2].hasSuffix(".part.json"), let node = Int(rel[2].dropFirst(5).dropLast(10)) {
+                parts[step, default: [:]][attempt, default: []].insert(node)
+            }
+        }
+        var committed: [Int] = []
+        for (step, byAttempt) in parts where !manifests.contains(step) {
+            for (attempt, present) in byAttempt.sorted(by: { $0.key > $1.key }) where (0..<nodes).allSatisfy(present.contains) {
+                if try await commit(step: step, job: job, attempt: attempt, nodes: nodes) != nil {
+                    committed.append(step)
+                    break
+                }
+            }
+        }
+        return committed.sorted()
+    }
+
     /// Steps that have a manifest, ascending (not yet verified).
     public func committedSteps() async throws -> [Int] {
         try await store.list(prefix: prefix + "/").compactMap { o -> Int? in

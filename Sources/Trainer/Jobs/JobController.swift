@@ -251,6 +251,10 @@ final class Run: @unchecked Sendable {
 
     func startAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobAttemptRecord {
         let number = job.attempt + 1
+        // A leader lost between the last part and its commit leaves a complete step behind.
+        for step in (try? await checkpoints.commitComplete(job: jobID, nodes: nodes.count)) ?? [] {
+            store.jobEvent("checkpoint", "Checkpoint step \(step) had every part but no manifest (its leader was lost); committed it.", job: jobID)
+        }
         let resume = try await checkpoints.latestVerified()
         let leader = nodes[0]
         let masterAddress = leader.privateAddress ?? leader.publicAddress ?? "127.0.0.1"

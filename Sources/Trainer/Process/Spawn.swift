@@ -50,6 +50,15 @@ public enum Spawn {
         let out = output ?? "/dev/null"
         posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of ours leaks into a process that may outlive us (a pipe held open by a
+        // detached child would keep whoever reads our output waiting for it).
+        if let closefrom = addClosefrom {
+            closefrom(&actions, 3)
+        } else {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+                if let fd = Int32(name), fd > 2, fcntl(fd, F_GETFD) >= 0 { posix_spawn_file_actions_addclose(&actions, fd) }
+            }
+        }
         if let cwd {
             guard let addchdir = addChdir else {
                 throw CapstanError(.unsupported, "This C library has no posix_spawn_file_actions_addchdir_np; cannot start processes in \(cwd).", hint: "Use glibc 2.29 or newer.")
@@ -135,6 +144,13 @@ public enum Spawn {
     #else
     static let setsidFlag: Int32 = 0x400
     #endif
+
+    typealias AddClosefrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    /// `posix_spawn_file_actions_addclosefrom_np` (glibc ≥ 2.34).
+    static let addClosefrom: AddClosefrom? = {
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(sym, to: AddClosefrom.self)
+    }()
 
     typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
     /// `posix_spawn_file_actions_addchdir_np` (glibc ≥ 2.29), looked up at run time because
