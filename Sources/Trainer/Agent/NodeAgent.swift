@@ -143,7 +143,11 @@ public final class NodeAgent: Sendable {
     /// the newest, so the disk does not fill over a long run).
     func checkpointPass(_ watcher: CheckpointWatcher) async {
         do {
-            try await watcher.runOnce()
+            let start = ContinuousClock.now
+            let steps = try await watcher.runOnce()
+            if !steps.isEmpty {
+                say("checkpoint step \(steps.map(String.init).joined(separator: ", ")) uploaded in \(String(format: "%.2f", (ContinuousClock.now - start).seconds)) s")
+            }
         } catch {
             say("checkpoint upload failed, will retry: \(error)")
         }
