@@ -82,7 +82,7 @@ func follow(_ handle: JobHandle, json: Bool, quiet: Bool) async throws -> JobRec
         switch event {
         case .log(let node, let line): if !quiet { print("[node \(node)] \(line)") }
         case .status(_, let message): print("capstan: \(message)")
-        case .checkpoint(let step, let bytes): print("capstan: checkpoint step \(step) committed (\(String(format: "%.1f", Double(bytes) / 1_048_576)) MiB)")
+        case .checkpoint(let step, let bytes): print("capstan: checkpoint step \(step) committed (\(humanBytes(bytes)))")
         case .failure(let attempt, let f): print("capstan: attempt \(attempt) failed: \(f)")
         case .nodeReplaced(let node, let instance): print("capstan: node \(node) replaced by \(instance)")
         case .attemptStarted, .finished: break
@@ -199,7 +199,7 @@ struct CheckpointsCommand: AsyncParsableCommand {
             var table = TextTable(header: ["STEP", "ATTEMPT", "SIZE", "CREATED", "VERIFIED", "LOCATION"], rightAligned: [0, 1, 2])
             let f = ISO8601DateFormatter()
             for c in list {
-                table.rows.append(["\(c.step)", c.attempt.map(String.init) ?? "-", c.bytes.map { String(format: "%.1f MiB", Double($0) / 1_048_576) } ?? "-", c.createdAt.map { f.string(from: $0) } ?? "-", c.verified ? "yes" : "NO (damaged; never used)", c.location])
+                table.rows.append(["\(c.step)", c.attempt.map(String.init) ?? "-", c.bytes.map(humanBytes) ?? "-", c.createdAt.map { f.string(from: $0) } ?? "-", c.verified ? "yes" : "NO (damaged; never used)", c.location])
             }
             print(table.render())
         }
@@ -244,3 +244,11 @@ struct JobControllerCommand: AsyncParsableCommand {
 
 /// Flushes printed lines now (stdout is block-buffered when it is a pipe).
 func flushStdout() { fflush(nil) }
+
+/// `5.3 KiB`, `256.0 MiB`, `1.2 GiB`.
+func humanBytes(_ n: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n), i = 0
+    while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+    return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+}
