@@ -46,6 +46,7 @@ if resume:
     print(json.dumps({"event": "resumed", "step": start, "rank": rank, "attempt": attempt}), flush=True)
 ddp = torch.nn.parallel.DistributedDataParallel(model)
 w_true = torch.arange(16, dtype=torch.float32) / 16
+loss = None  # stays None when resuming from the last step: nothing is left to train
 
 for step in range(start + 1, total + 1):
     g = torch.Generator().manual_seed(step * 100 + rank)  # the data of a step never depends on the attempt
@@ -67,6 +68,6 @@ if rank == 0:
     os.makedirs(out, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(out, "model.pt"))
     with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump({"steps": total, "final_loss": loss.item(), "world": world}, f)
+        json.dump({"steps": total, "final_loss": None if loss is None else loss.item(), "world": world}, f)
 dist.barrier()
 dist.destroy_process_group()
