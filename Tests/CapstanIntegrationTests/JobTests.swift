@@ -196,12 +196,12 @@ struct JobTests {
     func killTrials() async throws {
         var results: [String] = []
         for trial in 1...3 {
-            let home = try JobHome(steps: 80, every: 10)
+            let home = try JobHome(steps: 150, every: 10)
             defer { home.dir.cleanup() }
             let launch = try home.startLaunch(["--quiet"])
             #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 }, "trial \(trial): no checkpoint came")
             let job = try #require(try home.job())
-            try await Task.sleep(for: .milliseconds(Int.random(in: 0...2500)))
+            try await Task.sleep(for: .milliseconds(Int.random(in: 0...4000)))
             let rank = Int.random(in: 0...1)
             let pid = try #require(home.workerPID(job: job.id, attempt: 1, rank: rank))
             kill(pid, SIGKILL)
@@ -211,7 +211,7 @@ struct JobTests {
             #expect(final.attempt == 2 && final.restarts == 1)
             let failed = try #require(try home.store().attempt(job: job.id, number: 1))
             #expect(failed.failureKind == "signal", "a killed worker is an infrastructure failure, got \(failed.failureKind ?? "-")")
-            let summary = try home.checkContinuity(job: final, total: 80)
+            let summary = try home.checkContinuity(job: final, total: 150)
             let atStep = try home.steps(job: job.id, node: rank).filter { $0.attempt == 1 }.last?.step ?? 0
             results.append("trial \(trial): killed rank \(rank)'s worker after step \(atStep); \(summary)")
         }
