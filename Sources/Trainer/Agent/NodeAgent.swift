@@ -302,20 +302,12 @@ public final class NodeAgent: Sendable {
 
     /// Appends a line of the agent's own to the node log.
     func say(_ line: String) {
-        let text = "[capstan-agent node \(config.node)] \(line)\n"
-        let fd = open(config.logFile, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        _ = text.withCString { write(fd, $0, strlen($0)) }
+        AppendFile.append("[capstan-agent node \(config.node)] \(line)\n", to: config.logFile)
         logger.info("\(line)", metadata: ["capstan.job": "\(config.job)", "capstan.node": "\(config.node)"])
     }
 
     func recordPID(_ pid: pid_t) {
-        guard let file = config.pidsFile else { return }
-        let fd = open(file, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        _ = "\(pid)\n".withCString { write(fd, $0, strlen($0)) }
+        if let file = config.pidsFile { AppendFile.append("\(pid)\n", to: file) }
     }
 
     /// Test hook `CAPSTAN_TEST_CRASH_AT=agent-upload:N`: the agent dies (SIGKILL) right after

@@ -461,10 +461,7 @@ final class Run: @unchecked Sendable {
     func appendHome(node: Int, _ text: String) {
         let path = c.ctx.logFile(job: jobID, node: node)
         try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        guard fd >= 0 else { return }
-        defer { close(fd) }
-        _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        AppendFile.append(text, to: path)
     }
 
     /// Copies new bytes of every node log home and reports complete lines as events.

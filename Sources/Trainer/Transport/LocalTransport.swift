@@ -65,10 +65,7 @@ public struct LocalTransport: NodeTransport {
         let pid = try Spawn.start([agentExecutable, "agent", "--config", path], environment: env, cwd: config.workdir, output: config.stateDir + "/agent.out")
         Spawn.reapLater(pid)
         // Recorded at once (the agent records itself too): a node terminated right now kills it.
-        if let pids = config.pidsFile, let fd = Optional(open(pids, O_WRONLY | O_CREAT | O_APPEND, 0o644)), fd >= 0 {
-            _ = "\(pid)\n".withCString { write(fd, $0, strlen($0)) }
-            close(fd)
-        }
+        if let pids = config.pidsFile { AppendFile.append("\(pid)\n", to: pids) }
     }
 
     public func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
