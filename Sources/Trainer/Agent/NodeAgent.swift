@@ -194,14 +194,9 @@ public final class NodeAgent: Sendable {
     /// Uploads `CAPSTAN_OUTPUT_DIR` (the leader's to `outputs/`, others' to
     /// `outputs/node-R/`), then a manifest of what went up, last.
     func uploadOutputs() async throws -> Int {
-        guard let walker = FileManager.default.enumerator(atPath: config.outputDir) else { return 0 }
-        var paths: [String] = []
-        while let rel = walker.nextObject() as? String {
-            if (walker.fileAttributes?[.type] as? FileAttributeType) == .typeRegular { paths.append(rel) }
-        }
-        guard !paths.isEmpty else { return 0 }
+        guard let paths = CheckpointProtocol.regularFiles(in: config.outputDir), !paths.isEmpty else { return 0 }
         var files: [CheckpointFile] = []
-        for rel in paths.sorted() {
+        for rel in paths {
             let info = try await bucket.put(file: config.outputDir + "/" + rel, key: outputPrefix + "/" + rel, options: PutOptions(), progress: nil)
             files.append(CheckpointFile(path: rel, size: info.size, sha256: info.sha256 ?? ""))
         }

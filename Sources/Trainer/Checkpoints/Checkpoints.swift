@@ -28,6 +28,16 @@ public enum CheckpointProtocol {
         return n
     }
 
+    /// The regular files under `folder`, as sorted relative paths; nil when it cannot be read.
+    public static func regularFiles(in folder: String) -> [String]? {
+        guard let walker = FileManager.default.enumerator(atPath: folder) else { return nil }
+        var paths: [String] = []
+        while let rel = walker.nextObject() as? String {
+            if (walker.fileAttributes?[.type] as? FileAttributeType) == .typeRegular { paths.append(rel) }
+        }
+        return paths.sorted()
+    }
+
     /// Complete checkpoint folders in `dir` (those with the marker), by step.
     public static func completeSteps(in dir: String) -> [Int] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
@@ -92,15 +102,10 @@ public struct CheckpointStore: Sendable {
             throw CapstanError(.invalidRequest, "Checkpoint folder \(folder) has no \(CheckpointProtocol.marker) marker: it may still be written.", hint: "Create \(CheckpointProtocol.marker) in the folder after every file is flushed.")
         }
         var files: [CheckpointFile] = []
-        guard let walker = FileManager.default.enumerator(atPath: folder) else {
+        guard let paths = CheckpointProtocol.regularFiles(in: folder) else {
             throw CapstanError(.io, "Cannot read checkpoint folder \(folder).")
         }
-        var paths: [String] = []
-        while let rel = walker.nextObject() as? String {
-            if rel == CheckpointProtocol.marker { continue }
-            if (walker.fileAttributes?[.type] as? FileAttributeType) == .typeRegular { paths.append(rel) }
-        }
-        for rel in paths.sorted() {
+        for rel in paths where rel != CheckpointProtocol.marker {
             let info = try await store.put(file: folder + "/" + rel, key: partKey(step, attempt: attempt, "node-\(node)/\(rel)"), options: PutOptions(), progress: progress)
             guard let sha = info.sha256 else {
                 throw CapstanError(.io, "The store recorded no checksum for \(rel).", hint: "Use a store that records SHA-256 (file://, s3:// through Capstan).")
