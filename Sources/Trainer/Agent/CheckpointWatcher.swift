@@ -25,9 +25,6 @@ public actor CheckpointWatcher {
     public var uploadedSteps: [Int] { uploaded.sorted() }
     /// Steps uploaded by the leader whose manifest is not written yet.
     public var pendingCommits: [Int] { awaitingCommit.sorted() }
-    private let uploadedMirror = LockedBox<Set<Int>>([])
-    /// `uploadedSteps` readable without awaiting the actor.
-    public nonisolated func isUploadedSync(_ step: Int) -> Bool { uploadedMirror.withLock { $0.contains(step) } }
     /// Steps whose manifest this watcher committed, ascending.
     public private(set) var committed: [Int] = []
 
@@ -59,7 +56,6 @@ public actor CheckpointWatcher {
             let start = ContinuousClock.now
             let part = try await checkpoints.uploadPart(folder: "\(folder)/step-\(step)", step: step, node: node, attempt: attempt, afterFile: afterFile)
             uploaded.insert(step)
-            uploadedMirror.withLock { _ = $0.insert(step) }
             done.append(step)
             logger.info("checkpoint uploaded", metadata: [
                 "capstan.job": "\(job)", "capstan.node": "\(node)", "step": "\(step)",

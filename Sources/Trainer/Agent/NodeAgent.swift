@@ -170,7 +170,8 @@ public final class NodeAgent: Sendable {
         while true {
             await checkpointPass(watcher)
             let pending = await watcher.pendingCommits
-            let missing = CheckpointProtocol.completeSteps(in: config.checkpointDir).filter { !(watcher.isUploadedSync($0)) }
+            let uploaded = Set(await watcher.uploadedSteps)
+            let missing = CheckpointProtocol.completeSteps(in: config.checkpointDir).filter { !uploaded.contains($0) }
             if pending.isEmpty && missing.isEmpty { break }
             if ContinuousClock.now >= deadline {
                 if !pending.isEmpty { say("gave up waiting for other nodes' parts of step(s) \(pending.map(String.init).joined(separator: ", ")); they stay uncommitted") }
