@@ -398,8 +398,8 @@ final class Run: @unchecked Sendable {
         while Date() < deadline {
             var running = 0
             for node in targets {
-                guard let s = try? await (try? transport(for: node))?.agentStatus(job: jobID, attempt: attempt.attempt, on: node) else { continue }
-                if s.phase != .exited && Spawn.isAliveAnywhere(s.agentPID, node: node) { running += 1 }
+                guard let t = try? transport(for: node), let s = try? await t.agentStatus(job: jobID, attempt: attempt.attempt, on: node) else { continue }
+                if t.isAgentRunning(s, on: node) { running += 1 }
             }
             if running == 0 { break }
             try? await Task.sleep(for: .milliseconds(200))
@@ -523,13 +523,5 @@ final class Run: @unchecked Sendable {
         return withUnsafePointer(to: &addr) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
         }
-    }
-}
-
-extension Spawn {
-    /// Whether an agent pid is alive: checked on this machine for local nodes; for remote ones
-    /// the status file's phase is the only evidence, so assume alive.
-    static func isAliveAnywhere(_ pid: Int32, node: Instance) -> Bool {
-        node.provider == "local" ? isAlive(pid) : true
     }
 }

@@ -52,7 +52,7 @@ public struct LocalTransport: NodeTransport {
     }
 
     public func startAgent(_ config: AgentConfig, on node: Instance) async throws {
-        if let s = try await agentStatus(job: config.job, attempt: config.attempt, on: node), Spawn.isAlive(s.agentPID), s.phase != .exited { return }
+        if let s = try await agentStatus(job: config.job, attempt: config.attempt, on: node), isAgentRunning(s, on: node) { return }
         try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
         let path = config.stateDir + "/agent.json"
         do {
@@ -84,6 +84,12 @@ public struct LocalTransport: NodeTransport {
         return try h.read(upToCount: limit) ?? Data()
     }
 
+    /// The agent runs on this machine, so a dead one is seen at once (a kill -9 leaves its
+    /// last status saying it is running).
+    public func isAgentRunning(_ status: AgentStatus, on node: Instance) -> Bool {
+        status.phase != .exited && Spawn.isAlive(status.agentPID)
+    }
+
     public func stopAgent(job: String, attempt: Int, on node: Instance, force: Bool) async throws {
         guard let s = try? await agentStatus(job: job, attempt: attempt, on: node) else { return }
         if force {
@@ -91,7 +97,7 @@ public struct LocalTransport: NodeTransport {
             Spawn.signalGroup(s.agentPID, SIGKILL)
             return
         }
-        if Spawn.isAlive(s.agentPID), s.phase != .exited {
+        if isAgentRunning(s, on: node) {
             kill(s.agentPID, SIGTERM)
         } else if let c = s.commandPID {
             // The agent is gone but left its command: nobody else will stop it.

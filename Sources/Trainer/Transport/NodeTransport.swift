@@ -32,7 +32,15 @@ public protocol NodeTransport: Sendable {
     func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus?
     /// Up to `limit` bytes of the node log from byte `offset`.
     func readLog(job: String, attempt: Int, on node: Instance, from offset: Int64, limit: Int) async throws -> Data
+    /// Whether the agent that wrote `status` is still working: it has not written its final
+    /// status, and, where the transport can tell, its process is alive.
+    func isAgentRunning(_ status: AgentStatus, on node: Instance) -> Bool
     /// Asks the agent to stop (SIGTERM: it stops the command, then finishes its uploads), or,
     /// with `force`, kills the agent and the command outright.
     func stopAgent(job: String, attempt: Int, on node: Instance, force: Bool) async throws
+}
+
+extension NodeTransport {
+    /// Without a view of the node's processes, the status file's phase is the only evidence.
+    public func isAgentRunning(_ status: AgentStatus, on node: Instance) -> Bool { status.phase != .exited }
 }
