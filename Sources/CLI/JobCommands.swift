@@ -14,9 +14,9 @@ extension GlobalOptions {
         return JobService(context: context, agentExecutable: exe, defaultStorage: registry.config.storage.defaultLocation)
     }
 
-    func jobs() throws -> (JobService, ProviderRegistry) {
+    func jobs() throws -> JobService {
         let registry = try loadRegistry()
-        return (jobService(registry, provisioner: try provisioner(registry)), registry)
+        return jobService(registry, provisioner: try provisioner(registry))
     }
 }
 
@@ -48,7 +48,7 @@ struct LaunchCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let (service, _) = try global.jobs()
+            let service = try global.jobs()
             let yaml: String
             do { yaml = try String(contentsOfFile: spec, encoding: .utf8) } catch {
                 throw CapstanError(.invalidRequest, "Cannot read job spec \(spec): \(error.localizedDescription)", hint: "Check the path.")
@@ -59,9 +59,9 @@ struct LaunchCommand: AsyncParsableCommand {
             if let heartbeatTimeout { options.settings.heartbeatTimeoutSeconds = heartbeatTimeout }
             if let exitGrace { options.settings.exitGraceSeconds = exitGrace }
             if let stopGrace { options.settings.stopGraceSeconds = stopGrace }
-            let folder = ((spec as NSString).deletingLastPathComponent as NSString).expandingTildeInPath
-            let absFolder = folder.isEmpty ? FileManager.default.currentDirectoryPath : (folder.hasPrefix("/") ? folder : FileManager.default.currentDirectoryPath + "/" + folder)
-            let job = try service.create(yaml: yaml, folder: absFolder, options: options)
+            // The spec's folder, absolute: its `workdir` is relative to it.
+            let folder = URL(fileURLWithPath: (spec as NSString).expandingTildeInPath).deletingLastPathComponent().path
+            let job = try service.create(yaml: yaml, folder: folder, options: options)
             if detach {
                 try service.ensureController(job.id)
                 if global.json { try printJSON(try requireJob(service, job.id)); return }
@@ -105,7 +105,7 @@ struct JobsCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let (service, _) = try global.jobs()
+            let service = try global.jobs()
             let jobs = try service.context.store.jobs(includeFinished: !running)
             for j in jobs where !j.status.isFinished { try service.ensureController(j.id) }
             let fresh = try service.context.store.jobs(includeFinished: !running)
@@ -131,7 +131,7 @@ struct LogsCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let (service, _) = try global.jobs()
+            let service = try global.jobs()
             let j = try requireJob(service, job)
             if !j.status.isFinished { try service.ensureController(j.id) }
             let nodes = node.map { [$0] } ?? Array(0..<max(1, (try? JobSpec.parse(j.spec))?.resources.nodes ?? 1))
@@ -176,7 +176,7 @@ struct CancelCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let (service, _) = try global.jobs()
+            let service = try global.jobs()
             let j = try await service.cancel(try requireJob(service, job).id)
             if global.json { try printJSON(j); return }
             print("Job \(j.id) is \(j.status.rawValue).")
@@ -191,7 +191,7 @@ struct CheckpointsCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let (service, _) = try global.jobs()
+            let service = try global.jobs()
             let j = try requireJob(service, job)
             let list = try await service.checkpoints(j.id)
             if global.json { try printJSON(list); return }
@@ -235,7 +235,7 @@ struct JobControllerCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let (service, _) = try global.jobs()
+            let service = try global.jobs()
             let final = try await JobController(jobID: job, context: service.context).run()
             print("job \(final.id) \(final.status.rawValue)")
         }
