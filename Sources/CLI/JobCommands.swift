@@ -136,21 +136,19 @@ struct LogsCommand: AsyncParsableCommand {
             if !j.status.isFinished { try service.ensureController(j.id) }
             let nodes = node.map { [$0] } ?? Array(0..<max(1, (try? JobSpec.parse(j.spec))?.resources.nodes ?? 1))
             var offsets: [Int: UInt64] = [:]
-            var partial: [Int: String] = [:]
+            var buffers: [Int: LineBuffer] = [:]
             func pump(final: Bool) {
                 for n in nodes {
-                    guard let h = FileHandle(forReadingAtPath: service.context.logFile(job: j.id, node: n)) else { continue }
-                    defer { try? h.close() }
-                    try? h.seek(toOffset: offsets[n] ?? 0)
-                    guard let data = try? h.readToEnd(), !data.isEmpty else { continue }
-                    offsets[n, default: 0] += UInt64(data.count)
-                    var text = (partial[n] ?? "") + String(decoding: data, as: UTF8.self)
-                    if !final, let last = text.lastIndex(of: "\n") {
-                        partial[n] = String(text[text.index(after: last)...])
-                        text = String(text[...last])
-                    } else { partial[n] = nil }
                     let prefix = nodes.count > 1 ? "[node \(n)] " : ""
-                    for line in text.split(separator: "\n", omittingEmptySubsequences: false).dropLast(text.hasSuffix("\n") ? 1 : 0) { print(prefix + line) }
+                    if let h = FileHandle(forReadingAtPath: service.context.logFile(job: j.id, node: n)) {
+                        defer { try? h.close() }
+                        try? h.seek(toOffset: offsets[n] ?? 0)
+                        if let data = try? h.readToEnd(), !data.isEmpty {
+                            offsets[n, default: 0] += UInt64(data.count)
+                            for line in buffers[n, default: LineBuffer()].feed(data) { print(prefix + line) }
+                        }
+                    }
+                    if final, let rest = buffers[n]?.flush() { print(prefix + rest) }
                 }
                 flushStdout()
             }

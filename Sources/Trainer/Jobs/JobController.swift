@@ -108,7 +108,8 @@ final class Run: @unchecked Sendable {
     let checkpoints: CheckpointStore
     /// Bytes of each node log already copied home, by "attempt/node".
     var logOffsets: [String: Int64] = [:]
-    var partialLines: [Int: String] = [:]
+    /// Unfinished lines of each node's log, for the line events.
+    var lines: [Int: LineBuffer] = [:]
     var knownCheckpoints: Set<Int> = []
 
     init(controller: JobController, spec: JobSpec, settings: JobSettings, bucket: any ObjectStore) {
@@ -285,7 +286,7 @@ final class Run: @unchecked Sendable {
             config.stopGraceSeconds = settings.stopGraceSeconds
             config.commitWaitSeconds = settings.commitWaitSeconds
             config.pidsFile = l.pidsFile
-            appendHome(node: rank, "==== attempt \(number) on \(node.id) (\(addresses[rank]))\(resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") ====\n")
+            appendHome(node: rank, Data("==== attempt \(number) on \(node.id) (\(addresses[rank]))\(resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") ====\n".utf8))
             try await t.startAgent(config, on: node)
         }
         record.outcome = .running
@@ -458,10 +459,10 @@ final class Run: @unchecked Sendable {
 
     // MARK: - Logs
 
-    func appendHome(node: Int, _ text: String) {
+    func appendHome(node: Int, _ bytes: Data) {
         let path = c.ctx.logFile(job: jobID, node: node)
         try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        AppendFile.append(text, to: path)
+        AppendFile.append(bytes, to: path)
     }
 
     /// Copies new bytes of every node log home and reports complete lines as events.
@@ -473,18 +474,10 @@ final class Run: @unchecked Sendable {
             while true {
                 let offset = logOffsets[key] ?? 0
                 guard let data = try? await t.readLog(job: jobID, attempt: attempt.attempt, on: node, from: offset, limit: 1 << 20), !data.isEmpty else { break }
-                appendHome(node: rank, String(decoding: data, as: UTF8.self))
+                appendHome(node: rank, data)
                 logOffsets[key] = offset + Int64(data.count)
                 changed = true
-                var text = (partialLines[rank] ?? "") + String(decoding: data, as: UTF8.self)
-                if let lastNewline = text.lastIndex(of: "\n") {
-                    let complete = text[..<lastNewline]
-                    partialLines[rank] = String(text[text.index(after: lastNewline)...])
-                    for line in complete.split(separator: "\n", omittingEmptySubsequences: false) { c.emit(.log(node: rank, line: String(line))) }
-                    text = ""
-                } else {
-                    partialLines[rank] = text
-                }
+                for line in lines[rank, default: LineBuffer()].feed(data) { c.emit(.log(node: rank, line: line)) }
                 if data.count < 1 << 20 { break }
             }
         }
@@ -495,8 +488,7 @@ final class Run: @unchecked Sendable {
 
     func drainLogs(_ attempt: JobAttemptRecord, nodes: [Instance]) async {
         await pullLogs(attempt, nodes: nodes)
-        for (rank, rest) in partialLines where !rest.isEmpty { c.emit(.log(node: rank, line: rest)) }
-        partialLines = [:]
+        for rank in lines.keys.sorted() { if let rest = lines[rank]?.flush() { c.emit(.log(node: rank, line: rest)) } }
     }
 
     // MARK: - Ports
