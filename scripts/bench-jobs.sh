@@ -38,34 +38,45 @@ for f in sys.argv[1:]:
 print(max(ts))
 PY
 }
-echo "launch → first training line, 2 nodes (torchrun, gloo), $RUNS runs each"
-capstan_s=(); hand_s=()
-for i in $(seq "$RUNS"); do
-  t0=$(now)
-  "$CAPSTAN" launch "$work/job/job.yaml" --cluster warm --quiet >/dev/null
-  job=$("$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
-  t1=$(first_line "$CAPSTAN_HOME/jobs/$job/logs/node-0.log" "$CAPSTAN_HOME/jobs/$job/logs/node-1.log")
-  capstan_s+=("$(python3 -c "print($t1-$t0)")")
-  # By hand: the same command on the same node folders and addresses, two processes.
-  port=$((30000 + RANDOM % 10000))
-  t0=$(now)
+last_job() { "$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'; }
+# compare SPEC HAND GOAL: RUNS × (`capstan launch SPEC` on the warm cluster, then the function
+# HAND, which starts the same command on both nodes by hand and writes hand-0.log, hand-1.log),
+# interleaved; prints medians and the overhead (GOAL: also the ratio against the ≤ 1.1× goal).
+compare() {
+  local spec=$1 hand=$2 goal=$3 capstan_s=() hand_s=() t0 t1 job
+  for i in $(seq "$RUNS"); do
+    t0=$(now)
+    "$CAPSTAN" launch "$spec" --cluster warm --quiet >/dev/null
+    job=$(last_job)
+    t1=$(first_line "$CAPSTAN_HOME/jobs/$job/logs/node-0.log" "$CAPSTAN_HOME/jobs/$job/logs/node-1.log")
+    capstan_s+=("$(python3 -c "print($t1-$t0)")")
+    t0=$(now)
+    "$hand"
+    t1=$(first_line "$work/hand-0.log" "$work/hand-1.log")
+    hand_s+=("$(python3 -c "print($t1-$t0)")")
+  done
+  python3 - "${capstan_s[*]}" "${hand_s[*]}" "$goal" <<'PY'
+import statistics, sys
+c = [float(x) for x in sys.argv[1].split()]; h = [float(x) for x in sys.argv[2].split()]
+mc, mh = statistics.median(c), statistics.median(h)
+print(f"  capstan launch (warm cluster): median {mc*1000:.0f} ms  (runs: {', '.join(f'{x*1000:.0f}' for x in c)})")
+print(f"  by hand:                       median {mh*1000:.0f} ms  (runs: {', '.join(f'{x*1000:.0f}' for x in h)})")
+print(f"  overhead {1000*(mc-mh):.0f} ms" + (f", ratio {mc/mh:.2f}x (goal <= 1.10x, < 1000 ms)" if sys.argv[3] == "goal" else ""))
+PY
+}
+
+# By hand: the same torchrun command on both nodes' addresses, two processes.
+torchrun_by_hand() {
+  local port=$((30000 + RANDOM % 10000))
   for rank in 0 1; do
     ( cd "$work/job" && env NNODES=2 NODE_RANK=$rank NPROC_PER_NODE=1 MASTER_ADDR=127.0.0.2 MASTER_PORT=$port \
         CAPSTAN_CHECKPOINT_DIR="$work/hand-$rank/ckpt" CAPSTAN_OUTPUT_DIR="$work/hand-$rank/out" TOTAL_STEPS=3 CKPT_EVERY=100 STEP_SLEEP=0 GLOO_SOCKET_IFNAME=lo \
         sh -c "mkdir -p \$CAPSTAN_CHECKPOINT_DIR && $TORCHRUN" > "$work/hand-$rank.log" 2>&1 ) &
   done
   wait
-  t1=$(first_line "$work/hand-0.log" "$work/hand-1.log")
-  hand_s+=("$(python3 -c "print($t1-$t0)")")
-done
-python3 - "${capstan_s[*]}" "${hand_s[*]}" <<'PY'
-import statistics, sys
-c = [float(x) for x in sys.argv[1].split()]; h = [float(x) for x in sys.argv[2].split()]
-mc, mh = statistics.median(c), statistics.median(h)
-print(f"  capstan launch (warm cluster): median {mc*1000:.0f} ms  (runs: {', '.join(f'{x*1000:.0f}' for x in c)})")
-print(f"  torchrun by hand:              median {mh*1000:.0f} ms  (runs: {', '.join(f'{x*1000:.0f}' for x in h)})")
-print(f"  overhead {1000*(mc-mh):.0f} ms, ratio {mc/mh:.2f}x (goal <= 1.10x, < 1000 ms)")
-PY
+}
+echo "launch → first training line, 2 nodes (torchrun, gloo), $RUNS runs each"
+compare "$work/job/job.yaml" torchrun_by_hand goal
 
 echo "control plane alone: launch → first line of a command that prints at once (python3 -c), 2 nodes, $RUNS runs each"
 PROBE='python3 -c "import json,time; print(json.dumps({\"event\": \"start\", \"time\": time.time()}))"'
@@ -75,27 +86,11 @@ resources: {nodes: 2}
 workdir: .
 run: '$PROBE'
 YAML
-capstan_s=(); hand_s=()
-for i in $(seq "$RUNS"); do
-  t0=$(now)
-  "$CAPSTAN" launch "$work/job/probe.yaml" --cluster warm --quiet >/dev/null
-  job=$("$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
-  t1=$(first_line "$CAPSTAN_HOME/jobs/$job/logs/node-0.log" "$CAPSTAN_HOME/jobs/$job/logs/node-1.log")
-  capstan_s+=("$(python3 -c "print($t1-$t0)")")
-  t0=$(now)
-  for rank in 0 1; do ( cd "$work/job" && sh -c "$PROBE" > "$work/probe-$rank.log" 2>&1 ) & done
+probe_by_hand() {
+  for rank in 0 1; do ( cd "$work/job" && sh -c "$PROBE" > "$work/hand-$rank.log" 2>&1 ) & done
   wait
-  t1=$(first_line "$work/probe-0.log" "$work/probe-1.log")
-  hand_s+=("$(python3 -c "print($t1-$t0)")")
-done
-python3 - "${capstan_s[*]}" "${hand_s[*]}" <<'PY'
-import statistics, sys
-c = [float(x) for x in sys.argv[1].split()]; h = [float(x) for x in sys.argv[2].split()]
-mc, mh = statistics.median(c), statistics.median(h)
-print(f"  capstan launch (warm cluster): median {mc*1000:.0f} ms  (runs: {', '.join(f'{x*1000:.0f}' for x in c)})")
-print(f"  by hand:                       median {mh*1000:.0f} ms  (runs: {', '.join(f'{x*1000:.0f}' for x in h)})")
-print(f"  control-plane overhead {1000*(mc-mh):.0f} ms")
-PY
+}
+compare "$work/job/probe.yaml" probe_by_hand -
 
 echo "checkpoint stall: 480 steps, a 256 MiB checkpoint every 120 steps, 1 node, file:// bucket"
 cat > "$work/job/stall.yaml" <<YAML
@@ -110,7 +105,7 @@ YAML
 mkdir -p "$work/plain/ckpt"
 ( cd "$work/job" && STEPS=480 CKPT_EVERY=120 CAPSTAN_CHECKPOINT_DIR="$work/plain/ckpt" python3 stall.py ) | grep stall_probe > "$work/plain.json"
 "$CAPSTAN" launch "$work/job/stall.yaml" --cluster warm1 --quiet >/dev/null
-job=$("$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+job=$(last_job)
 grep -h stall_probe "$CAPSTAN_HOME/jobs/$job/logs/node-0.log" > "$work/capstan.json"
 grep -h "uploaded in" "$CAPSTAN_HOME/jobs/$job/logs/node-0.log" | sed 's/^.*\] /  agent: /'
 python3 - "$work/plain.json" "$work/capstan.json" <<'PY'
