@@ -291,6 +291,18 @@ struct JobTests {
         #expect(try await home.liveNodes().isEmpty)
     }
 
+    @Test("a workdir that holds Capstan's home is refused before anything starts")
+    func workdirHoldsHome() async throws {
+        let home = try JobHome()
+        defer { home.dir.cleanup() }
+        home.dir.write("job.yaml", "name: bad\nworkdir: .\nrun: echo hi\n")
+        let r = try await home.capstan(["launch", home.dir.file("job.yaml")])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("contains Capstan's home"), "\(r.stderr)")
+        #expect(try home.job() == nil)
+        #expect(try await home.liveNodes().isEmpty)
+    }
+
     @Test("cancel stops every process of the job and terminates its cluster")
     func cancel() async throws {
         let home = try JobHome(steps: 1000, every: 10)

@@ -83,6 +83,12 @@ public struct JobService: Sendable {
             guard FileManager.default.fileExists(atPath: local, isDirectory: &isDir), isDir.boolValue else {
                 throw CapstanError(.invalidRequest, "The job's workdir \(local) is not a folder.", hint: "workdir is relative to the spec file's folder.")
             }
+            // Local nodes live under the home: a workdir holding it would be copied into itself.
+            let dir = URL(fileURLWithPath: local).standardizedFileURL.resolvingSymlinksInPath().path
+            let home = URL(fileURLWithPath: context.home.root).standardizedFileURL.resolvingSymlinksInPath().path
+            if home == dir || home.hasPrefix(dir.hasSuffix("/") ? dir : dir + "/") {
+                throw CapstanError(.invalidRequest, "The job's workdir \(dir) contains Capstan's home \(home), so every node would get a copy of the nodes themselves.", hint: "Point workdir at the code's folder, or set CAPSTAN_HOME outside it.")
+            }
         }
         let settings = String(decoding: try PluginWire.encoder.encode(options.settings), as: UTF8.self)
         let job = JobRecord(
