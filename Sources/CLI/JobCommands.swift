@@ -83,9 +83,9 @@ func follow(_ handle: JobHandle, json: Bool, quiet: Bool) async throws -> JobRec
         case .log(let node, let line): if !quiet { print("[node \(node)] \(line)") }
         case .status(_, let message): print("capstan: \(message)")
         case .checkpoint(let step, let bytes): print("capstan: checkpoint step \(step) committed (\(humanBytes(bytes)))")
-        case .failure(let attempt, let f): print("capstan: attempt \(attempt) failed: \(f)")
         case .nodeReplaced(let node, let instance): print("capstan: node \(node) replaced by \(instance)")
         case .attemptStarted, .finished: break
+        case .failure: break  // the status line that follows says it, with what happens next
         }
         flushStdout()
     }

@@ -153,7 +153,6 @@ final class Run: @unchecked Sendable {
                     continue
                 case .failed(let failure):
                     c.emit(.failure(attempt: attempt.attempt, failure))
-                    store.jobEvent("failure", "Attempt \(attempt.attempt) failed: \(failure)", job: jobID)
                     c.setStatus(.restarting, "Attempt \(attempt.attempt) failed: \(failure). Stopping the gang.")
                     await stopGang(attempt, nodes: nodes)
                     await drainLogs(attempt, nodes: nodes)
@@ -168,14 +167,9 @@ final class Run: @unchecked Sendable {
                     switch RestartPolicy.decide(failure: failure, previous: previous, progressed: progressed, restartsUsed: current.restarts, maxRestarts: spec.maxRestarts) {
                     case .giveUp(let why):
                         return await finish(.failed, why, error: why)
-                    case .restart(let replace):
+                    case .restart(let lost):
                         _ = try? store.updateJob(jobID) { $0.restarts += 1 }
-                        for node in replace {
-                            c.setStatus(.restarting, "Replacing node \(node)'s capacity.")
-                            let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: node)
-                            c.emit(.nodeReplaced(node: node, instance: fresh.id))
-                            store.jobEvent("replaced", "Node \(node) is now \(fresh.id).", job: jobID)
-                        }
+                        for node in lost { try await replace(node: node, of: job, "Replacing node \(node)'s capacity.") }
                     }
                 }
             } catch {
@@ -209,12 +203,18 @@ final class Run: @unchecked Sendable {
         // A node lost while no controller was watching (or a replacement that did not finish).
         let want = cluster?.nodes ?? spec.resources.nodes
         for index in 0..<want where !nodes.contains(where: { $0.nodeIndex == index }) {
-            c.setStatus(.restarting, "Node \(index) is missing; replacing it.")
-            let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: index)
-            c.emit(.nodeReplaced(node: index, instance: fresh.id))
+            try await replace(node: index, of: job, "Node \(index) is missing; replacing it.")
             nodes = try currentNodes(job)
         }
         return nodes
+    }
+
+    /// Replaces node `node`'s capacity (``Provisioner/replaceNode(cluster:node:)``) and says so.
+    func replace(node: Int, of job: JobRecord, _ why: String) async throws {
+        c.setStatus(.restarting, why)
+        let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: node)
+        c.emit(.nodeReplaced(node: node, instance: fresh.id))
+        store.jobEvent("replaced", "Node \(node) is now \(fresh.id).", job: jobID)
     }
 
     func currentNodes(_ job: JobRecord) throws -> [Instance] {
