@@ -74,7 +74,7 @@ public final class NodeAgent: Sendable {
                 try? await Task.sleep(for: .seconds(config.checkpointPollSeconds))
             }
         }
-        let exit = await runCommand(config.run, isMain: true)
+        let exit = await runCommand(config.run)
         uploads.cancel()
         _ = await uploads.value
         update {
@@ -83,12 +83,9 @@ public final class NodeAgent: Sendable {
             $0.exit = exit
             $0.endedIn = "run"
         }
-        if !exit.succeeded, let sig = Self.workerSignal(inLogTail: logTail()) {
-            update { $0.workerSignal = sig }
-            say("command ended: \(exit); a worker was killed by signal \(sig)")
-        } else {
-            say("command ended: \(exit)")
-        }
+        let workerSignal = exit.succeeded ? nil : Self.workerSignal(inLogTail: logTail())
+        update { $0.workerSignal = workerSignal }
+        say("command ended: \(exit)" + (workerSignal.map { "; a worker was killed by signal \($0)" } ?? ""))
         await finalUploads(watcher, succeeded: exit.succeeded)
         return finish(endedIn: "run", exit: exit)
     }
@@ -118,7 +115,7 @@ public final class NodeAgent: Sendable {
     }
 
     /// Runs `/bin/sh -c command` in the workdir, output appended to the node log.
-    func runCommand(_ command: String, isMain: Bool = false) async -> ExitStatus {
+    func runCommand(_ command: String) async -> ExitStatus {
         var env = ProcessInfo.processInfo.environment
         for (k, v) in config.environment { env[k] = v }
         let pid: pid_t
