@@ -77,14 +77,14 @@ public final class NodeAgent: Sendable {
         let exit = await runCommand(config.run)
         uploads.cancel()
         _ = await uploads.value
+        let workerSignal = exit.succeeded ? nil : Self.workerSignal(inLogTail: logTail())
         update {
             $0.phase = .finishing
             $0.endedAt = Date()
             $0.exit = exit
             $0.endedIn = "run"
+            $0.workerSignal = workerSignal
         }
-        let workerSignal = exit.succeeded ? nil : Self.workerSignal(inLogTail: logTail())
-        update { $0.workerSignal = workerSignal }
         say("command ended: \(exit)" + (workerSignal.map { "; a worker was killed by signal \($0)" } ?? ""))
         await finalUploads(watcher, succeeded: exit.succeeded)
         return finish(endedIn: "run", exit: exit)
