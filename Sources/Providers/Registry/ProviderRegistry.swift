@@ -92,10 +92,7 @@ public struct ProviderRegistry: Sendable {
     /// enabled plugin whose manifest lists it in `storageSchemes`; `s3://` falls back to the
     /// built-in S3 client (AWS credential chain, `AWS_ENDPOINT_URL_S3`) when no plugin serves it.
     public func store(for location: String) throws -> any ObjectStore {
-        guard let range = location.range(of: "://") else {
-            throw CapstanError(.invalidRequest, "'\(location)' is not a bucket URI.", hint: "Use file:///absolute/path, s3://bucket/prefix, …")
-        }
-        let scheme = String(location[..<range.lowerBound]).lowercased()
+        let scheme = try Self.scheme(of: location)
         if scheme != "file" {
             for instance in instances.values.sorted(by: { $0.name < $1.name }) where (instance.library.manifest.storageSchemes ?? []).contains(scheme) {
                 return try PluginObjectStore(instance, location: location)
@@ -108,10 +105,7 @@ public struct ProviderRegistry: Sendable {
     /// `s3://` with the standard AWS credential chain and `AWS_ENDPOINT_URL_S3`. This is what
     /// the node agent uses: a bare node cannot load Swift plugins (DESIGN's agent note).
     public static func builtInStore(for location: String, home: CapstanHome, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any ObjectStore {
-        guard let range = location.range(of: "://") else {
-            throw CapstanError(.invalidRequest, "'\(location)' is not a bucket URI.", hint: "Use file:///absolute/path, s3://bucket/prefix, …")
-        }
-        let scheme = String(location[..<range.lowerBound]).lowercased()
+        let scheme = try scheme(of: location)
         if scheme == "file" { return try FileObjectStore(location: location) }
         if scheme == "s3" {
             let chain = AWSCredentialChain(environment: environment)
@@ -120,5 +114,13 @@ public struct ProviderRegistry: Sendable {
                 uploadStateFolder: home.path("uploads")))
         }
         throw CapstanError(.unsupported, "No enabled storage plugin serves '\(scheme)://' buckets.", hint: "Install and enable the plugin for it; see `capstan plugins list`.")
+    }
+
+    /// The lower-cased scheme of a bucket URI (`s3` of `s3://bucket/prefix`).
+    static func scheme(of location: String) throws -> String {
+        guard let range = location.range(of: "://") else {
+            throw CapstanError(.invalidRequest, "'\(location)' is not a bucket URI.", hint: "Use file:///absolute/path, s3://bucket/prefix, …")
+        }
+        return String(location[..<range.lowerBound]).lowercased()
     }
 }
