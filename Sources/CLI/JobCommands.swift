@@ -221,7 +221,7 @@ struct AgentCommand: AsyncParsableCommand {
             do { bucket = try ProviderRegistry.builtInStore(for: cfg.bucket, home: home) } catch let e as CapstanError where e.code == .unsupported {
                 bucket = try ProviderRegistry.load(home: home).store(for: cfg.bucket)
             }
-            _ = await NodeAgent(config: cfg, bucket: bucket, faults: .fromEnvironment()).run(handlingSignals: true)
+            _ = await NodeAgent(config: cfg, bucket: bucket, faults: .fromEnvironment()).run(asAgentProcess: true)
         }
     }
 }

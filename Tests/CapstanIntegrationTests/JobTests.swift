@@ -84,6 +84,14 @@ struct JobHome {
         }
     }
 
+    /// The last lines of every node log (for failure messages).
+    func logTail(job: String, lines: Int = 40) -> String {
+        (0..<2).map { node in
+            let text = (try? String(contentsOfFile: dir.file("jobs/\(job)/logs/node-\(node).log"), encoding: .utf8)) ?? ""
+            return "--- node \(node)\n" + text.split(separator: "\n").suffix(lines).joined(separator: "\n")
+        }.joined(separator: "\n")
+    }
+
     /// The pid of rank `rank`'s training worker in `attempt`, once it has written it.
     func workerPID(job: String, attempt: Int, rank: Int) -> pid_t? {
         let nodes = (try? FileManager.default.contentsOfDirectory(atPath: dir.file("local/nodes"))) ?? []
@@ -92,6 +100,24 @@ struct JobHome {
             if let s = try? String(contentsOfFile: f, encoding: .utf8), let pid = pid_t(s.trimmingCharacters(in: .whitespacesAndNewlines)) { return pid }
         }
         return nil
+    }
+
+    /// Processes recorded in the local nodes' `pids` files (pid, start time), all nodes or one.
+    func recordedProcesses(node: String? = nil) -> [(pid: pid_t, start: UInt64)] {
+        let nodes = node.map { [$0] } ?? ((try? FileManager.default.contentsOfDirectory(atPath: dir.file("local/nodes"))) ?? [])
+        return nodes.flatMap { n -> [(pid: pid_t, start: UInt64)] in
+            let text = (try? String(contentsOfFile: dir.file("local/nodes/\(n)/pids"), encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").compactMap { line in
+                let f = line.split(separator: " ")
+                guard f.count == 2, let p = pid_t(f[0]), let s = UInt64(f[1]) else { return nil }
+                return (p, s)
+            }
+        }
+    }
+
+    /// Recorded processes that are still running (same pid, same start time).
+    func survivors(node: String? = nil) -> [pid_t] {
+        recordedProcesses(node: node).filter { NodeProcesses.startTime(of: $0.pid) == $0.start }.map(\.pid)
     }
 
     /// Live local nodes (the provider's view).
@@ -208,7 +234,8 @@ struct JobTests {
             launch.waitUntilExit()
             let final = try #require(try home.job())
             #expect(final.status == .succeeded, "trial \(trial): \(final.lastError ?? "")\n\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
-            #expect(final.attempt == 2 && final.restarts == 1)
+            let history = try home.store().attempts(job: job.id).map { "attempt \($0.attempt): \($0.failureKind ?? "ok") \($0.message ?? "")" }
+            #expect(final.attempt == 2 && final.restarts == 1, "trial \(trial): \(history)\n\(home.logTail(job: job.id))")
             let failed = try #require(try home.store().attempt(job: job.id, number: 1))
             #expect(failed.failureKind == "signal", "a killed worker is an infrastructure failure, got \(failed.failureKind ?? "-")")
             let summary = try home.checkContinuity(job: final, total: 150)
@@ -246,14 +273,19 @@ struct JobTests {
         #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 })
         let job = try #require(try home.job())
         let before = try #require(try home.store().attempt(job: job.id, number: 1)).nodes
+        // torchrun starts its worker in a session of its own; the agent records it anyway.
+        let worker = try #require(home.workerPID(job: job.id, attempt: 1, rank: 1))
+        #expect(try await home.wait(timeout: 5) { home.recordedProcesses(node: before[1]).contains { $0.pid == worker } }, "worker \(worker) is not recorded")
         _ = try await LocalProvider(root: home.dir.file("local"), configuration: .init(slots: 6)).terminate(ids: [before[1]])
+        // Everything of the lost node dies with it, the worker included.
+        #expect(try await home.wait(timeout: 3) { home.survivors(node: before[1]).isEmpty }, "left running: \(home.survivors(node: before[1]))")
         launch.waitUntilExit()
         let final = try #require(try home.job())
         #expect(final.status == .succeeded, "\(final.lastError ?? "")")
         let after = try #require(try home.store().attempt(job: job.id, number: 2)).nodes
         #expect(after[0] == before[0] && after[1] != before[1])
         let failed = try #require(try home.store().attempt(job: job.id, number: 1))
-        #expect(["instance-gone", "heartbeat"].contains(failed.failureKind ?? ""))
+        #expect(["instance-gone", "heartbeat"].contains(failed.failureKind ?? ""), "\(failed.failureKind ?? "-"): \(failed.message ?? "")\n\(home.logTail(job: job.id))")
         _ = try home.checkContinuity(job: final, total: 80)
     }
 
@@ -317,5 +349,8 @@ struct JobTests {
         #expect(try await home.liveNodes().isEmpty)
         let left = try runProcessBlocking("/usr/bin/pgrep", ["-f", job.id])
         #expect(left.stdout.isEmpty, "processes of the job are still running: \(left.stdout)")
+        // Including the training workers, whose command lines do not name the job.
+        #expect(home.recordedProcesses().count >= 6, "agents, commands and workers of 2 nodes are recorded")
+        #expect(home.survivors().isEmpty, "left running: \(home.survivors())")
     }
 }

@@ -210,15 +210,10 @@ public struct LocalProvider: ComputeProvider {
         return try body()
     }
 
-    /// A node's processes are listed one pid per line in `<folder>/pids` by whoever starts
+    /// A node's processes are listed in `<folder>/pids` (``NodeProcesses``) by whoever starts
     /// them (the node agent); each is killed with its process group.
     func killRecordedProcesses(folder: String) {
-        guard let text = try? String(contentsOfFile: folder + "/pids", encoding: .utf8) else { return }
-        for line in text.split(whereSeparator: \.isNewline) {
-            guard let pid = Int32(line.trimmingCharacters(in: .whitespaces)), pid > 1 else { continue }
-            kill(-pid, SIGKILL)
-            kill(pid, SIGKILL)
-        }
+        NodeProcesses.killAll(in: folder + "/pids")
     }
 }
 

@@ -61,6 +61,8 @@ public struct AgentConfig: Sendable, Hashable, Codable {
 
     public var statusFile: String { stateDir + "/status.json" }
     public var logFile: String { stateDir + "/node.log" }
+    /// This attempt's processes (``NodeProcesses``): what a forced stop kills.
+    public var attemptPidsFile: String { stateDir + "/pids" }
 }
 
 /// What an agent reports about itself; rewritten atomically at every heartbeat and change.

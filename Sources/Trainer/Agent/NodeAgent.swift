@@ -1,4 +1,5 @@
 public import CapstanCore
+import CapstanProviders
 import Foundation
 public import Logging
 #if canImport(Glibc)
@@ -24,6 +25,10 @@ public final class NodeAgent: Sendable {
     let status: LockedBox<AgentStatus>
     let stopping = LockedBox<Bool>(false)
     let filesUploaded = LockedBox<Int>(0)
+    /// Pids already written to the pids files.
+    let recorded = LockedBox<Set<pid_t>>([])
+    /// This process is the agent and nothing else (`run(asAgentProcess:)`).
+    let ownsDescendants = LockedBox<Bool>(false)
 
     public init(config: AgentConfig, bucket: any ObjectStore, faults: FaultPoints = .none, logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.config = config
@@ -36,23 +41,31 @@ public final class NodeAgent: Sendable {
     var checkpoints: CheckpointStore { CheckpointStore(store: bucket, prefix: "checkpoints") }
 
     /// Runs the attempt on this node to the end and returns the final status (also written).
-    /// With `handlingSignals`, SIGTERM/SIGINT to this process stop the command gracefully
-    /// (``requestStop()``); the CLI's agent sets it, embedders call `requestStop()` themselves.
-    public func run(handlingSignals: Bool = false) async -> AgentStatus {
+    /// `asAgentProcess` (what `capstan agent` sets) means this process is the agent and nothing
+    /// else: SIGTERM/SIGINT stop the command gracefully (``requestStop()``), and the process
+    /// adopts its orphaned descendants (a child subreaper), records them for the node's
+    /// provider, and kills whatever the command left behind when it ends — torchrun starts its
+    /// workers in sessions of their own, out of reach of the command's process group.
+    /// Embedders running an agent inside a bigger process leave it off and call
+    /// `requestStop()` themselves.
+    public func run(asAgentProcess: Bool = false) async -> AgentStatus {
         for dir in [config.stateDir, config.checkpointDir, config.outputDir, config.workdir] + (config.resumeDir.map { [$0] } ?? []) {
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         }
         update { _ in }
+        ownsDescendants.withLock { $0 = asAgentProcess }
+        if asAgentProcess { Spawn.becomeSubreaper() }
         recordPID(getpid())
         say("agent started: job \(config.job), attempt \(config.attempt), node \(config.node) of \(config.nodes)")
         let beats = Task { [self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(config.heartbeatSeconds))
                 beat()
+                recordDescendants()
             }
         }
         defer { beats.cancel() }
-        let signals = handlingSignals ? installStopHandler() : []
+        let signals = asAgentProcess ? installStopHandler() : []
         defer { signals.forEach { $0.cancel() } }
 
         if !(await restore()) { return finish(endedIn: "restore", exit: nil) }
@@ -130,8 +143,10 @@ public final class NodeAgent: Sendable {
         // A stop that arrived while it was starting.
         if isStopping { Spawn.signalGroup(pid, SIGTERM) }
         let exit = await Spawn.wait(pid)
-        // Anything the command left running in its group (torchrun's workers) goes with it.
+        // Anything the command left running goes with it: its process group, and (as the
+        // agent process) every descendant, wherever it moved to.
         Spawn.signalGroup(pid, SIGKILL)
+        killDescendants()
         update { $0.commandPID = nil }
         return exit
     }
@@ -299,8 +314,28 @@ public final class NodeAgent: Sendable {
         logger.info("\(line)", metadata: ["capstan.job": "\(config.job)", "capstan.node": "\(config.node)"])
     }
 
+    /// Records `pid` for the node's provider (killed when the node goes away) and for this
+    /// attempt (killed by a forced stop, ``LocalTransport``).
     func recordPID(_ pid: pid_t) {
-        if let file = config.pidsFile { AppendFile.append("\(pid)\n", to: file) }
+        let fresh = recorded.withLock { $0.insert(pid).inserted }
+        guard fresh else { return }
+        if let file = config.pidsFile { NodeProcesses.record(pid, in: file) }
+        NodeProcesses.record(pid, in: config.attemptPidsFile)
+    }
+
+    /// Records every descendant not recorded yet (as the agent process: each heartbeat).
+    func recordDescendants() {
+        guard ownsDescendants.withLock({ $0 }) else { return }
+        for pid in NodeProcesses.descendants(of: getpid()) { recordPID(pid) }
+    }
+
+    /// Kills every descendant (as the agent process) and reaps them.
+    func killDescendants() {
+        guard ownsDescendants.withLock({ $0 }) else { return }
+        for pid in NodeProcesses.descendants(of: getpid()) {
+            kill(pid, SIGKILL)
+            Spawn.reapLater(pid)
+        }
     }
 
     /// Test hook `CAPSTAN_TEST_CRASH_AT=agent-upload:N`: the agent dies (SIGKILL) right after

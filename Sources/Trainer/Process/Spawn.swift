@@ -134,6 +134,22 @@ public enum Spawn {
         kill(pgid, signal)
     }
 
+    /// Makes this process a child subreaper (Linux `PR_SET_CHILD_SUBREAPER`): orphaned
+    /// descendants are re-parented to it instead of init, so it can still find and kill them.
+    /// Returns false where that is not available.
+    @discardableResult
+    public static func becomeSubreaper() -> Bool {
+        #if os(Linux)
+        // prctl is variadic in C (not callable from Swift); its five integer arguments are passed
+        // the same way through a fixed signature.
+        typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "prctl") else { return false }
+        return unsafeBitCast(sym, to: Prctl.self)(36 /* PR_SET_CHILD_SUBREAPER */, 1, 0, 0, 0) == 0
+        #else
+        return false
+        #endif
+    }
+
     /// The path of this executable.
     public static var currentExecutable: String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -159,20 +175,4 @@ public enum Spawn {
         guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np") else { return nil }
         return unsafeBitCast(sym, to: AddChdir.self)
     }()
-}
-
-/// Appending to files that several processes write (node logs, `pids` files): each call is one
-/// `write(2)` on an `O_APPEND` descriptor, so concurrent lines never interleave mid-line.
-public enum AppendFile {
-    /// Appends `bytes` to `path`, creating the file; false when it cannot be opened.
-    @discardableResult
-    public static func append(_ bytes: Data, to path: String) -> Bool {
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        return bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
-    }
-
-    @discardableResult
-    public static func append(_ text: String, to path: String) -> Bool { append(Data(text.utf8), to: path) }
 }

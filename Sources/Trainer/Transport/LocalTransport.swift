@@ -1,4 +1,5 @@
 public import CapstanCore
+import CapstanProviders
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -65,7 +66,8 @@ public struct LocalTransport: NodeTransport {
         let pid = try Spawn.start([agentExecutable, "agent", "--config", path], environment: env, cwd: config.workdir, output: config.stateDir + "/agent.out")
         Spawn.reapLater(pid)
         // Recorded at once (the agent records itself too): a node terminated right now kills it.
-        if let pids = config.pidsFile { AppendFile.append("\(pid)\n", to: pids) }
+        if let pids = config.pidsFile { NodeProcesses.record(pid, in: pids) }
+        NodeProcesses.record(pid, in: config.attemptPidsFile)
     }
 
     public func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
@@ -95,6 +97,8 @@ public struct LocalTransport: NodeTransport {
         if force {
             if let c = s.commandPID { Spawn.signalGroup(c, SIGKILL) }
             Spawn.signalGroup(s.agentPID, SIGKILL)
+            // And whatever the attempt started that left both groups (torchrun's workers).
+            NodeProcesses.killAll(in: try layout(job: job, attempt: attempt, on: node).stateDir + "/pids")
             return
         }
         if isAgentRunning(s, on: node) {
