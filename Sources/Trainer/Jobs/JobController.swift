@@ -308,11 +308,14 @@ final class Run: @unchecked Sendable {
         while true {
             if job()?.status == .cancelling { return .cancelled }
             var statuses: [Int: AgentStatus] = [:]
+            var deadAgents: [Int] = []
             for (rank, node) in nodes.enumerated() {
                 guard let t = try? transport(for: node) else { continue }
                 if let s = try? await t.agentStatus(job: jobID, attempt: attempt.attempt, on: node), s.attempt == attempt.attempt {
                     statuses[rank] = s
                     if beats[rank]?.count != s.heartbeat { beats[rank] = (s.heartbeat, Date()) }
+                    // Died without its final word (where the transport can see its process).
+                    if !t.isAgentRunning(s, on: node) && s.phase != .exited { deadAgents.append(rank) }
                 }
             }
             await pullLogs(attempt, nodes: nodes)
@@ -321,9 +324,18 @@ final class Run: @unchecked Sendable {
                 lastCheckpointSync = now
                 await syncCheckpoints()
             }
+            // A lost node is the cause, and the other nodes' failures (a broken collective) its
+            // symptoms: look for one before blaming a command.
+            if let rank = deadAgents.first {
+                if let gone = await goneFailure(nodes) { return .failed(gone) }
+                return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: "the agent on node \(rank) (\(nodes[rank].id)) died"))
+            }
             // Failures, earliest on the nodes' clocks first.
             let failed = statuses.filter { $0.value.phase == .exited && !$0.value.succeeded }.sorted { ($0.value.endedAt ?? .distantFuture) < ($1.value.endedAt ?? .distantFuture) }
-            if let (rank, s) = failed.first { return .failed(Self.failure(of: s, node: rank)) }
+            if let (rank, s) = failed.first {
+                if let gone = await goneFailure(nodes) { return .failed(gone) }
+                return .failed(Self.failure(of: s, node: rank))
+            }
             for rank in 0..<nodes.count where statuses[rank]?.phase != .exited {
                 if let b = beats[rank] {
                     if now.timeIntervalSince(b.seen) > settings.heartbeatTimeoutSeconds {
@@ -335,9 +347,7 @@ final class Run: @unchecked Sendable {
             }
             if now.timeIntervalSince(lastDescribe) >= settings.describeSeconds {
                 lastDescribe = now
-                if let gone = await goneNode(nodes) {
-                    return .failed(AttemptFailure(kind: .instanceGone, node: gone.rank, message: "instance \(nodes[gone.rank].id) is \(gone.state)"))
-                }
+                if let gone = await goneFailure(nodes) { return .failed(gone) }
             }
             let done = statuses.filter { $0.value.succeeded }.count
             if done == nodes.count {
@@ -375,14 +385,16 @@ final class Run: @unchecked Sendable {
         }
     }
 
-    /// The first node whose instance the provider reports gone.
-    func goneNode(_ nodes: [Instance]) async -> (rank: Int, state: String)? {
+    /// The failure of the first node whose instance the provider reports gone, if any.
+    func goneFailure(_ nodes: [Instance]) async -> AttemptFailure? {
         for (providerName, group) in Dictionary(grouping: nodes.enumerated(), by: { $0.element.provider }) {
             guard let p = c.ctx.provisioner.providers.first(where: { $0.name == providerName }) else { continue }
             guard let seen = try? await p.describe(InstanceQuery(ids: group.map(\.element.id), includeTerminated: true)) else { continue }
             for (rank, node) in group {
-                guard let now = seen.first(where: { $0.id == node.id }) else { return (rank, "gone (the provider no longer lists it)") }
-                if now.state.isGone || now.state == .failed || now.state == .stopped { return (rank, now.state.rawValue) }
+                let now = seen.first { $0.id == node.id }
+                if let now, !(now.state.isGone || now.state == .failed || now.state == .stopped) { continue }
+                let state = now?.state.rawValue ?? "gone (the provider no longer lists it)"
+                return AttemptFailure(kind: .instanceGone, node: rank, message: "instance \(node.id) is \(state)")
             }
         }
         return nil
@@ -493,13 +505,15 @@ final class Run: @unchecked Sendable {
 
     // MARK: - Ports
 
-    /// A rendezvous port for an attempt: random in 20000–44999 (a fresh one per attempt, so a
-    /// socket of the last attempt in TIME_WAIT never blocks the next), checked free when the
-    /// leader's address is on this machine.
+    /// A rendezvous port for an attempt: random in 20000–32767 (a fresh one per attempt, so a
+    /// socket of the last attempt in TIME_WAIT never blocks the next), below Linux's ephemeral
+    /// range (32768–60999), where any outgoing connection — gloo's own among them — may hold a
+    /// port at any moment. When the leader is on this machine the port is checked free on the
+    /// wildcard address too, which is where torchrun's TCPStore listens.
     static func pickPort(address: String) -> Int {
         for _ in 0..<50 {
-            let port = Int.random(in: 20000..<45000)
-            if !address.hasPrefix("127.") || canBind(address: address, port: port) { return port }
+            let port = Int.random(in: 20000..<32768)
+            if !address.hasPrefix("127.") || (canBind(address: "0.0.0.0", port: port) && canBind(address: address, port: port)) { return port }
         }
         return 29500
     }
