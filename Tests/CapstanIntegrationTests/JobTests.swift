@@ -282,6 +282,9 @@ struct JobTests {
         launch.waitUntilExit()
         let final = try #require(try home.job())
         #expect(final.status == .succeeded, "\(final.lastError ?? "")")
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withTime, .withFractionalSeconds]
+        print(try home.store().events(job: job.id).map { "\(f.string(from: $0.time)) \($0.kind): \($0.message)" }.joined(separator: "\n"))
         let after = try #require(try home.store().attempt(job: job.id, number: 2)).nodes
         #expect(after[0] == before[0] && after[1] != before[1])
         let failed = try #require(try home.store().attempt(job: job.id, number: 1))

@@ -178,6 +178,9 @@ public final class NodeAgent: Sendable {
     /// After the command: upload what is complete and not yet up, the leader commits (waiting
     /// a bounded time for other nodes' parts), then outputs on success.
     func finalUploads(_ watcher: CheckpointWatcher, succeeded: Bool) async {
+        // Once the gang is being stopped (now or while this waits), a lost node's part may
+        // never come: the leader stops waiting for parts; the controller commits every step
+        // that is complete once all the agents are down (JobController's stop).
         let deadline = ContinuousClock.now + .seconds(config.commitWaitSeconds)
         while true {
             await checkpointPass(watcher)
@@ -185,6 +188,10 @@ public final class NodeAgent: Sendable {
             let uploaded = Set(await watcher.uploadedSteps)
             let missing = CheckpointProtocol.completeSteps(in: config.checkpointDir).filter { !uploaded.contains($0) }
             if pending.isEmpty && missing.isEmpty { break }
+            if isStopping {
+                if !pending.isEmpty { say("stopping: step(s) \(pending.map(String.init).joined(separator: ", ")) left for the controller to commit if every part arrives") }
+                break
+            }
             if ContinuousClock.now >= deadline {
                 if !pending.isEmpty { say("gave up waiting for other nodes' parts of step(s) \(pending.map(String.init).joined(separator: ", ")); they stay uncommitted") }
                 break

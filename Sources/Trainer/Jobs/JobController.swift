@@ -252,10 +252,6 @@ final class Run: @unchecked Sendable {
 
     func startAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobAttemptRecord {
         let number = job.attempt + 1
-        // A leader lost between the last part and its commit leaves a complete step behind.
-        for step in (try? await checkpoints.commitComplete(job: jobID, nodes: nodes.count)) ?? [] {
-            store.jobEvent("checkpoint", "Checkpoint step \(step) had every part but no manifest (its leader was lost); committed it.", job: jobID)
-        }
         let resume = try await checkpoints.latestVerified()
         let leader = nodes[0]
         let masterAddress = leader.privateAddress ?? leader.publicAddress ?? "127.0.0.1"
@@ -418,6 +414,11 @@ final class Run: @unchecked Sendable {
             try? await Task.sleep(for: .milliseconds(200))
         }
         for node in targets { try? await (try? transport(for: node))?.stopAgent(job: jobID, attempt: attempt.attempt, on: node, force: true) }
+        // Steps whose parts all arrived but whose leader did not commit them (it was lost, or
+        // stopped before the last part came): the data is complete, so they are committed.
+        for step in (try? await checkpoints.commitComplete(job: jobID, nodes: attempt.nodes.count)) ?? [] {
+            store.jobEvent("checkpoint", "Checkpoint step \(step) had every part but no manifest; committed it.", job: jobID)
+        }
     }
 
     func closeAttempt(_ number: Int, outcome: JobAttemptRecord.Outcome, failure: AttemptFailure?) {
