@@ -98,7 +98,10 @@ struct NodeAgentTests {
         let start = ContinuousClock.now
         agent.requestStop()
         let s = await result
-        #expect(ContinuousClock.now - start < .seconds(10))
+        // The command would sleep 30 s; ending well before that (and by SIGTERM, below) shows
+        // the stop reached it. Not tighter: with every suite running in parallel on 2 cores
+        // this once took 15 s.
+        #expect(ContinuousClock.now - start < .seconds(25))
         #expect(s.exit == .signaled(15) && s.stopRequested)
         #expect(try await CheckpointStore(store: bucket, prefix: "checkpoints").latestVerified()?.step == 5)
     }
