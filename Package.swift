@@ -64,8 +64,14 @@ let package = Package(
         ),
         .target(
             name: "CapstanTrainer",
-            dependencies: ["CapstanCore", "CapstanProviders", .product(name: "Yams", package: "Yams")],
+            dependencies: [
+                "CapstanCore", "CapstanProviders",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             path: "Sources/Trainer",
+            // The recipes' Python, compiled into the binary: a node gets it from the agent itself.
+            resources: [.embedInCode("Recipes/sft.py")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

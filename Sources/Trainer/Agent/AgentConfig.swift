@@ -36,6 +36,12 @@ public struct AgentConfig: Sendable, Hashable, Codable {
     /// A file the node's provider kills every listed process group from when it goes away
     /// (the local provider's `pids`).
     public var pidsFile: String?
+    /// Files the agent writes before setup, by path relative to `stateDir` (a recipe's program
+    /// and config, under `recipe/`).
+    public var files: [String: String] = [:]
+    /// The Python environment setup and the command run in, built (or found in the node's
+    /// cache) before setup; nil: the node's own `python3`.
+    public var python: PythonEnvironment?
 
     public init(
         job: String, attempt: Int, node: Int, nodes: Int, setup: [String], run: String, environment: [String: String],

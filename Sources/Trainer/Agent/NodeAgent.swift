@@ -29,6 +29,9 @@ public final class NodeAgent: Sendable {
     let recorded = LockedBox<Set<pid_t>>([])
     /// This process is the agent and nothing else (`run(asAgentProcess:)`).
     let ownsDescendants = LockedBox<Bool>(false)
+    /// Set by the Python environment (`PATH`, `VIRTUAL_ENV`, `CAPSTAN_PYTHON`), over the
+    /// config's environment for setup and the command.
+    let preparedEnvironment = LockedBox<[String: String]>([:])
 
     public init(config: AgentConfig, bucket: any ObjectStore, faults: FaultPoints = .none, logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.config = config
@@ -69,6 +72,19 @@ public final class NodeAgent: Sendable {
         defer { signals.forEach { $0.cancel() } }
 
         if !(await restore()) { return finish(endedIn: "restore", exit: nil) }
+        if !writeFiles() { return finish(endedIn: "setup", exit: nil) }
+        if let python = config.python, !isStopping {
+            update { $0.phase = .setup }
+            do {
+                let env = try await preparePython(python)
+                preparedEnvironment.withLock { $0 = env }
+            } catch {
+                // The job's own setup failed (a bad requirement, no index): like a failing
+                // setup command, retried once and then reported as the job's error.
+                say("python env failed: \(error)")
+                return finish(endedIn: "setup", exit: .exited(1))
+            }
+        }
         for (i, command) in config.setup.enumerated() where !isStopping {
             update { $0.phase = .setup }
             say("setup \(i + 1)/\(config.setup.count): \(command)")
@@ -131,6 +147,8 @@ public final class NodeAgent: Sendable {
     func runCommand(_ command: String) async -> ExitStatus {
         var env = ProcessInfo.processInfo.environment
         for (k, v) in config.environment { env[k] = v }
+        for (k, v) in preparedEnvironment.withLock({ $0 }) { env[k] = v }
+        if env["CAPSTAN_PYTHON"] == nil { env["CAPSTAN_PYTHON"] = "python3" }
         let pid: pid_t
         do {
             pid = try Spawn.start(["/bin/sh", "-c", command], environment: env, cwd: config.workdir, output: config.logFile)

@@ -273,6 +273,11 @@ final class Run: @unchecked Sendable {
                 resumeDir: resume == nil ? nil : l.resumeDir, outputDir: l.outputDir, attempt: number)
             var env = spec.env
             for (k, v) in contract.variables { env[k] = v }
+            var files: [String: String] = [:]
+            if let r = spec.recipe, let recipe = Recipe.named(r.name) {
+                env["CAPSTAN_RECIPE_DIR"] = l.stateDir + "/" + Recipe.folderName
+                for (name, text) in recipe.files(for: r) { files[Recipe.folderName + "/" + name] = text }
+            }
             var config = AgentConfig(
                 job: jobID, attempt: number, node: rank, nodes: nodes.count, setup: spec.setup, run: spec.run, environment: env,
                 workdir: l.workdir, stateDir: l.stateDir, checkpointDir: l.checkpointDir, outputDir: l.outputDir,
@@ -282,6 +287,8 @@ final class Run: @unchecked Sendable {
             config.stopGraceSeconds = settings.stopGraceSeconds
             config.commitWaitSeconds = settings.commitWaitSeconds
             config.pidsFile = l.pidsFile
+            config.files = files
+            config.python = spec.python
             appendHome(node: rank, Data("==== attempt \(number) on \(node.id) (\(addresses[rank]))\(resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") ====\n".utf8))
             try await t.startAgent(config, on: node)
         }

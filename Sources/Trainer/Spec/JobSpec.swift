@@ -39,6 +39,11 @@ public struct JobSpec: Sendable, Hashable {
     public var maxRestarts: Int
     /// Working directory uploaded to every node (relative to the spec file).
     public var workdir: String?
+    /// A built-in recipe (`recipe: sft` with `model`, `data`, `train`); `run` is then the
+    /// recipe's command.
+    public var recipe: RecipeSpec?
+    /// The Python environment setup and `run` use (``PythonEnvironment``); a recipe implies one.
+    public var python: PythonEnvironment?
 
     public init(name: String, run: String, resources: ResourceRequest = .init()) {
         self.name = name
@@ -50,6 +55,8 @@ public struct JobSpec: Sendable, Hashable {
         self.storage = nil
         self.maxRestarts = 3
         self.workdir = nil
+        self.recipe = nil
+        self.python = nil
     }
 
     /// Reads a spec file.
@@ -68,6 +75,11 @@ public struct JobSpec: Sendable, Hashable {
         guard let node, let top = node.mapping else { throw r.bad("the job spec must be a mapping with at least `run`", node?.mark?.line) }
         var name: String?
         var run: String?
+        var recipeName: (String, Int?)?
+        var model: String?
+        var data: [String]?
+        var train: [String: RecipeSpec.Value] = [:]
+        var trainNode: Node?
         var spec = JobSpec(name: "", run: "")
         for (k, v) in top {
             let key = try r.key(k)
@@ -115,12 +127,40 @@ public struct JobSpec: Sendable, Hashable {
                 guard let n = v.int, n >= 0, n <= 1000 else { throw r.bad("'maxRestarts' must be a whole number from 0 to 1000", v.mark?.line) }
                 spec.maxRestarts = n
             case "workdir": spec.workdir = try r.string(v, key)
+            case "recipe": recipeName = (try r.string(v, key), v.mark?.line)
+            case "model": model = try r.string(v, key)
+            case "data":
+                if let s = v.string { data = [s] } else if let seq = v.sequence {
+                    data = try seq.map { try r.string($0, "data") }
+                } else { throw r.bad("'data' must be a JSONL file or a list of them", v.mark?.line) }
+            case "train": trainNode = v
+            case "python": spec.python = try python(v, r)
             default:
-                throw r.unknown(key, ["name", "resources", "setup", "run", "env", "checkpoint", "storage", "maxRestarts", "workdir"], k.mark?.line)
+                throw r.unknown(key, keys, k.mark?.line)
+            }
+        }
+        if let (rname, line) = recipeName {
+            guard let recipe = Recipe.named(rname) else {
+                throw r.bad("unknown recipe '\(rname)'; built in: \(Recipe.all.map(\.name).joined(separator: ", "))", line)
+            }
+            guard run == nil else { throw r.bad("a job has either 'recipe' or 'run', not both: the recipe is the command", line) }
+            guard let model else { throw r.bad("'model' is missing: the recipe needs a Hugging Face model folder (on every node; relative to the workdir)", nil) }
+            guard let data, !data.isEmpty else { throw r.bad("'data' is missing: the recipe needs a JSONL file of chat `messages` or `prompt`/`completion` records", nil) }
+            if let trainNode { train = try settings(trainNode, recipe, r) }
+            spec.recipe = RecipeSpec(name: recipe.name, model: model, data: data, settings: train)
+            var python = spec.python ?? PythonEnvironment()
+            python.requirements = recipe.requirements.filter { req in
+                !python.requirements.contains { Self.requirementName($0) == Self.requirementName(req) }
+            } + python.requirements
+            spec.python = python
+            run = recipe.command
+        } else {
+            for (key, given) in [("model", model != nil), ("data", data != nil), ("train", trainNode != nil)] where given {
+                throw r.bad("'\(key)' belongs to a recipe job; add `recipe: sft`, or pass it to your own command through `env`", nil)
             }
         }
         guard let run, !run.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
-            throw r.bad("'run' is missing: the command every node runs", nil)
+            throw r.bad("'run' is missing: the command every node runs (or name a built-in `recipe`)", nil)
         }
         spec.run = run
         spec.name = name ?? "job"
@@ -128,6 +168,73 @@ public struct JobSpec: Sendable, Hashable {
             throw r.bad("'resources': \(e.message)\(e.hint.map { " \($0)" } ?? "")", nil)
         }
         return spec
+    }
+
+    static let keys = ["name", "resources", "setup", "run", "env", "checkpoint", "storage", "maxRestarts", "workdir", "recipe", "model", "data", "train", "python"]
+
+    /// `transformers>=4.46` → `transformers` (to let a job's own pin replace a recipe's).
+    static func requirementName(_ req: String) -> String {
+        let name = req.prefix { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." }
+        return name.lowercased().replacingOccurrences(of: "_", with: "-")
+    }
+
+    static func settings(_ v: Node, _ recipe: Recipe, _ r: YAMLReader) throws -> [String: RecipeSpec.Value] {
+        guard let m = v.mapping else { throw r.bad("'train' must be a mapping of the recipe's settings", v.mark?.line) }
+        var out: [String: RecipeSpec.Value] = [:]
+        for (k, v) in m {
+            let key = try r.key(k)
+            guard let setting = recipe.settings.first(where: { $0.key == key }) else {
+                throw r.unknown("train.\(key)", recipe.settings.map(\.key), k.mark?.line)
+            }
+            let line = v.mark?.line
+            func check(_ x: Double) throws {
+                if let min = setting.minimum, x < min { throw r.bad("'train.\(key)' must be at least \(min), got \(x)", line) }
+            }
+            switch setting.kind {
+            case .int:
+                guard let n = v.int else { throw r.bad("'train.\(key)' must be a whole number", line) }
+                try check(Double(n))
+                out[setting.recipeKey] = .int(n)
+            case .number:
+                guard let d = v.float ?? v.int.map(Double.init) else { throw r.bad("'train.\(key)' must be a number", line) }
+                try check(d)
+                out[setting.recipeKey] = .double(d)
+            case .flag:
+                guard let b = v.bool else { throw r.bad("'train.\(key)' must be true or false", line) }
+                out[setting.recipeKey] = .bool(b)
+            case .text:
+                let s = try r.string(v, "train.\(key)")
+                guard setting.choices.isEmpty || setting.choices.contains(s) else {
+                    throw r.bad("'train.\(key)' must be one of \(setting.choices.joined(separator: ", ")), got '\(s)'", line)
+                }
+                out[setting.recipeKey] = .string(s)
+            }
+        }
+        return out
+    }
+
+    static func python(_ v: Node, _ r: YAMLReader) throws -> PythonEnvironment {
+        guard let m = v.mapping else { throw r.bad("'python' must be a mapping", v.mark?.line) }
+        var env = PythonEnvironment()
+        for (k, v) in m {
+            switch try r.key(k) {
+            case "requirements":
+                if let seq = v.sequence {
+                    env.requirements = try seq.map { try r.string($0, "python.requirements") }
+                } else if let s = v.string {
+                    env.requirementsFile = s
+                } else { throw r.bad("'python.requirements' must be a list of requirements or a requirements file", v.mark?.line) }
+            case "wheels": env.wheels = try r.string(v, "python.wheels")
+            case "index": env.index = try r.string(v, "python.index")
+            case "interpreter": env.interpreter = try r.string(v, "python.interpreter")
+            case "systemPackages":
+                guard let b = v.bool else { throw r.bad("'python.systemPackages' must be true or false", v.mark?.line) }
+                env.systemPackages = b
+            case let other:
+                throw r.unknown("python.\(other)", ["requirements", "wheels", "index", "interpreter", "systemPackages"], k.mark?.line)
+            }
+        }
+        return env
     }
 
     static func resources(_ v: Node, _ r: YAMLReader) throws -> ResourceRequest {
