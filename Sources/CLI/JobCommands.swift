@@ -111,13 +111,48 @@ struct JobsCommand: AsyncParsableCommand {
             let fresh = try service.context.store.jobs(includeFinished: !running)
             if global.json { try printJSON(fresh); return }
             if fresh.isEmpty { print("No jobs. Start one with: capstan launch job.yaml"); return }
-            var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "CLUSTER", "AGE"], rightAligned: [2, 3, 4])
+            var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "PROGRESS", "CLUSTER", "AGE"], rightAligned: [2, 3, 4])
             let now = Date()
             for j in fresh {
-                table.rows.append([j.id, j.status.rawValue, "\(j.attempt)", "\(j.restarts)", j.latestCheckpoint.map { "step \($0)" } ?? "-", j.clusterName, humanDuration(now.timeIntervalSince(j.createdAt))])
+                let progress = j.metrics.flatMap { MetricsPoint.parse($0) }?.summary ?? "-"
+                table.rows.append([j.id, j.status.rawValue, "\(j.attempt)", "\(j.restarts)", j.latestCheckpoint.map { "step \($0)" } ?? "-", progress, j.clusterName, humanDuration(now.timeIntervalSince(j.createdAt))])
             }
             print(table.render())
             for j in fresh where j.status == .failed { if let e = j.lastError { print("\n\(j.id): \(e)") } }
+        }
+    }
+}
+
+struct MetricsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "metrics", abstract: "A job's metrics (loss, lr, tokens/s…) from its leader's JSON lines, as a chart and a table.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Job id or name.") var job: String
+    @Option(help: "The metric to chart.") var key = "loss"
+    @Option(help: "Table rows (evenly spaced steps); 0 for none.") var rows = 10
+
+    func run() async throws {
+        try await reportingErrors {
+            let service = try global.jobs()
+            let j = try requireJob(service, job)
+            if !j.status.isFinished { try service.ensureController(j.id) }
+            let points = MetricsPoint.read(log: service.context.logFile(job: j.id, node: 0))
+            if global.json { try printJSON(points); return }
+            guard !points.isEmpty else {
+                print("No metrics yet for \(j.id): its leader has printed no JSON line with a `step` (status \(j.status.rawValue)).")
+                return
+            }
+            if let chart = MetricsPoint.chart(points, key: key) { print(chart + "\n") }
+            guard rows > 0 else { return }
+            let keys = ["loss", "lr", "tokens_per_s", "step_time_s"].filter { k in points.contains { $0.values[k] != nil } }
+            var table = TextTable(header: ["STEP", "ATTEMPT"] + keys.map { $0.uppercased() }, rightAligned: Set(0..<(2 + keys.count)))
+            let stride = max(1, points.count / rows)
+            var picked = Swift.stride(from: 0, to: points.count, by: stride).map { points[$0] }
+            if picked.last != points.last, let last = points.last { picked.append(last) }
+            for p in picked {
+                table.rows.append(["\(p.step)", p.attempt.map(String.init) ?? "-"] + keys.map { k in p.values[k].map { MetricsPoint.short($0) } ?? "-" })
+            }
+            print(table.render())
         }
     }
 }

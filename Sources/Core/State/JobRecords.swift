@@ -50,6 +50,9 @@ public struct JobRecord: Sendable, Hashable, Codable, FetchableRecord, Persistab
     public var lastError: String?
     /// pid of the controller process that last worked on it (informational; the job lock is the truth).
     public var controllerPID: Int32?
+    /// The newest metrics line of the leader's log (a JSON object with `step`: loss, lr,
+    /// tokens/s…), as written; nil until the job prints one.
+    public var metrics: String?
 
     public init(id: String, name: String, spec: String, specFolder: String, settings: String, clusterName: String, ownsCluster: Bool, storage: String, createdAt: Date = Date()) {
         self.id = id
@@ -179,6 +182,9 @@ extension StateStore {
             }
             try db.alter(table: "event") { t in t.add(column: "jobID", .text) }
             try db.create(index: "event_job", on: "event", columns: ["jobID"])
+        }
+        m.registerMigration("v3-job-metrics") { db in
+            try db.alter(table: "job") { t in t.add(column: "metrics", .text) }
         }
     }
 

@@ -110,6 +110,9 @@ final class Run: @unchecked Sendable {
     var logOffsets: [String: Int64] = [:]
     /// Unfinished lines of each node's log, for the line events.
     var lines: [Int: LineBuffer] = [:]
+    /// The leader's newest metrics line, and when the job record last got one.
+    var latestMetrics: String?
+    var metricsSaved = Date.distantPast
     var knownCheckpoints: Set<Int> = []
 
     init(controller: JobController, spec: JobSpec, settings: JobSettings, bucket: any ObjectStore) {
@@ -497,10 +500,14 @@ final class Run: @unchecked Sendable {
                 appendHome(node: rank, data)
                 logOffsets[key] = offset + Int64(data.count)
                 changed = true
-                for line in lines[rank, default: LineBuffer()].feed(data) { c.emit(.log(node: rank, line: line)) }
+                for line in lines[rank, default: LineBuffer()].feed(data) {
+                    if rank == 0, MetricsPoint.parse(line) != nil { latestMetrics = line }
+                    c.emit(.log(node: rank, line: line))
+                }
                 if data.count < 1 << 20 { break }
             }
         }
+        saveMetrics(force: false)
         if changed, let data = try? JSONEncoder().encode(logOffsets) {
             try? data.write(to: URL(fileURLWithPath: offsetsFile), options: .atomic)
         }
@@ -508,7 +515,20 @@ final class Run: @unchecked Sendable {
 
     func drainLogs(_ attempt: JobAttemptRecord, nodes: [Instance]) async {
         await pullLogs(attempt, nodes: nodes)
-        for rank in lines.keys.sorted() { if let rest = lines[rank]?.flush() { c.emit(.log(node: rank, line: rest)) } }
+        for rank in lines.keys.sorted() {
+            if let rest = lines[rank]?.flush() {
+                if rank == 0, MetricsPoint.parse(rest) != nil { latestMetrics = rest }
+                c.emit(.log(node: rank, line: rest))
+            }
+        }
+        saveMetrics(force: true)
+    }
+
+    /// Puts the newest metrics line on the job record (`capstan jobs`), at most every 2 s.
+    func saveMetrics(force: Bool) {
+        guard let m = latestMetrics, force || Date().timeIntervalSince(metricsSaved) >= 2 else { return }
+        metricsSaved = Date()
+        _ = try? store.updateJob(jobID) { if $0.metrics != m { $0.metrics = m } }
     }
 
     // MARK: - Ports
