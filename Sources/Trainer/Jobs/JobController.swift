@@ -340,7 +340,12 @@ final class Run: @unchecked Sendable {
             let failed = statuses.filter { $0.value.phase == .exited && !$0.value.succeeded }.sorted { ($0.value.endedAt ?? .distantFuture) < ($1.value.endedAt ?? .distantFuture) }
             if let (rank, s) = failed.first {
                 if let gone = await goneFailure(nodes) { return .failed(gone) }
-                return .failed(Self.failure(of: s, node: rank))
+                await pullLogs(attempt, nodes: nodes)
+                var failure = Self.failure(of: s, node: rank)
+                if failure.kind == .command, let line = Self.errorLine(inLog: c.ctx.logFile(job: jobID, node: rank)) {
+                    failure.message += ": \(line)"
+                }
+                return .failed(failure)
             }
             for rank in 0..<nodes.count where statuses[rank]?.phase != .exited {
                 if let b = beats[rank] {
@@ -389,6 +394,29 @@ final class Run: @unchecked Sendable {
         case nil:
             return AttemptFailure(kind: .agent, node: node, message: s.failure ?? "the agent on node \(node) ended without a result")
         }
+    }
+
+    /// The last line of a node log that reads like the reason a command failed ("ValueError:
+    /// …", "sft recipe: data.jsonl:3: not valid JSON", the agent's "python env failed: …"),
+    /// skipping torchrun's own summary; nil when there is none in the last 16 KiB.
+    static func errorLine(inLog path: String) -> String? {
+        guard let h = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? h.close() }
+        let end = (try? h.seekToEnd()) ?? 0
+        try? h.seek(toOffset: end > 16384 ? end - 16384 : 0)
+        let text = String(decoding: (try? h.readToEnd()) ?? Data(), as: UTF8.self)
+        for raw in text.split(separator: "\n").reversed() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.contains("ChildFailedError") || line.contains("torch.distributed.elastic") || line.hasPrefix("====") { continue }
+            if line.hasPrefix("[capstan-agent") {
+                if line.contains("python env failed") { return String(line.prefix(400)) }
+                continue
+            }
+            if line.hasPrefix("sft recipe:") || line.range(of: #"^[A-Za-z_.]*(Error|Exception)\b:?"#, options: .regularExpression) != nil {
+                return String(line.prefix(400))
+            }
+        }
+        return nil
     }
 
     /// The failure of the first node whose instance the provider reports gone, if any.
