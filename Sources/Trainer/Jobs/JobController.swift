@@ -412,7 +412,7 @@ final class Run: @unchecked Sendable {
                 if line.contains("python env failed") { return String(line.prefix(400)) }
                 continue
             }
-            if line.hasPrefix("sft recipe:") || line.range(of: #"^[A-Za-z_.]*(Error|Exception)\b:?"#, options: .regularExpression) != nil {
+            if line.hasPrefix("sft recipe:") || line.range(of: #"^(\[rank[0-9]+\]: *)?[A-Za-z_.]*(Error|Exception)\b"#, options: .regularExpression) != nil {
                 return String(line.prefix(400))
             }
         }
