@@ -191,3 +191,50 @@ struct MetricsPointView: Decodable {
     var attempt: Int?
     var values: [String: Double]
 }
+
+extension JobTests {
+    @Test("python env: installs offline from a wheel folder (the index unreachable), caches the venv, and a missing requirement fails clearly")
+    func pythonEnvOffline() async throws {
+        let home = try JobHome()
+        defer { home.dir.cleanup() }
+        var env = home
+        env.env["CAPSTAN_PYTHON_CACHE"] = home.dir.file("pycache")
+        // A one-module wheel, made by hand (a wheel is a zip with metadata).
+        let wheels = home.dir.file("wheels")
+        try FileManager.default.createDirectory(atPath: wheels, withIntermediateDirectories: true)
+        let make = try await runProcess("/usr/bin/env", ["python3", "-c", """
+            import zipfile, hashlib, base64, sys
+            files = {"capstan_probe.py": b"VALUE = 'from-the-wheel-folder'\\n",
+                     "capstan_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\\nName: capstan-probe\\nVersion: 1.0\\n",
+                     "capstan_probe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"}
+            rec = "".join(f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}\\n" for n, d in files.items())
+            files["capstan_probe-1.0.dist-info/RECORD"] = (rec + "capstan_probe-1.0.dist-info/RECORD,,\\n").encode()
+            with zipfile.ZipFile(sys.argv[1] + "/capstan_probe-1.0-py3-none-any.whl", "w") as z:
+                for n, d in files.items(): z.writestr(n, d)
+            """, wheels])
+        #expect(make.status == 0, "\(make.stderr)")
+        func job(_ requirement: String) -> String {
+            home.dir.write("job/job.yaml", """
+                name: pyenv
+                resources: {nodes: 1}
+                python: {requirements: [\(requirement)], wheels: \(wheels), index: "http://127.0.0.1:9/simple", systemPackages: false}
+                run: "\\"$CAPSTAN_PYTHON\\" -c 'import capstan_probe, sys; print(capstan_probe.VALUE, sys.prefix)'"
+                maxRestarts: 1
+                storage: file://\(home.dir.file("bucket"))
+                """)
+            return home.spec
+        }
+        let first = try await env.capstan(["launch", job("capstan-probe==1.0")] + JobHome.fast, timeout: 300)
+        #expect(first.status == 0, "\(first.stdout)\n\(first.stderr)")
+        #expect(first.stdout.contains("installing from the wheel folder") && first.stdout.contains("from-the-wheel-folder " + home.dir.file("pycache")), "\(first.stdout)")
+        // The same requirements again: the cached venv, no install.
+        let again = try await env.capstan(["launch", job("capstan-probe==1.0")] + JobHome.fast, timeout: 300)
+        #expect(again.status == 0 && again.stdout.contains(": cached in ") && !again.stdout.contains("installing from"), "\(again.stdout)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: home.dir.file("pycache")).filter { !$0.hasSuffix(".lock") }.count == 1)
+        // Not in the folder and no index: the job fails, saying what and where to look.
+        let missing = try await env.capstan(["launch", job("capstan-nonexistent-probe==9.9")] + JobHome.fast, timeout: 300)
+        #expect(missing.status != 0)
+        let failed = try #require(try home.store().jobs().first { $0.status == .failed })
+        #expect(failed.lastError?.contains("python env failed: Installing the job's Python requirements") == true, "\(failed.lastError ?? "")")
+    }
+}
