@@ -100,6 +100,7 @@ public struct Recipe: Sendable {
             .init(key: "logEvery", recipeKey: "log_every", kind: .int, choices: [], minimum: 1),
             .init(key: "seed", recipeKey: "seed", kind: .int, choices: [], minimum: 0),
             .init(key: "shuffle", recipeKey: "shuffle", kind: .flag, choices: [], minimum: nil),
+            .init(key: "checkpointMode", recipeKey: "checkpoint_mode", kind: .text, choices: ["background", "sync"], minimum: nil),
         ],
         requirements: ["torch", "transformers>=4.46", "peft>=0.13", "safetensors"])
 
