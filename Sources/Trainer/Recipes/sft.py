@@ -433,7 +433,8 @@ def build_model(cfg, dtype, device):
         except Exception as e:
             raise RecipeError(f"cannot read the model config in {cfg['model']}: {e}")
         torch.manual_seed(cfg["seed"])  # every rank and every attempt builds the same weights
-        model = AutoModelForCausalLM.from_config(mc, dtype=dtype)
+        with device:  # initialised where it trains: an 8B model takes seconds on a GPU, minutes on CPU
+            model = AutoModelForCausalLM.from_config(mc, dtype=dtype)
     else:
         has_weights = any(n.endswith((".safetensors", ".bin")) for n in os.listdir(cfg["model"]))
         if not has_weights:
