@@ -8,7 +8,8 @@
 #      copy to pageable memory and write in the loop).
 # Env knobs (defaults: a CPU-sized run): SHAPE=tiny|llama-1b|llama-8b METHOD=lora BATCH=4 SEQ=256
 # STEPS=40 RANK=16 STALL_SHAPE=$SHAPE STALL_BATCH=$BATCH STALL_STEPS=30 STALL_EVERY=10 RUNS=2
-# SKIP_SYNC=1 (GPU: the naive figure is DESIGN.md's) CAPSTAN_BIN=path GRAD_CKPT=1 OUT=folder.
+# SKIP_SYNC=1 (GPU: the naive figure is DESIGN.md's) CAPSTAN_BIN=path GRAD_CKPT=1 STALL_GRAD_CKPT=1
+# PYTHON=system (no venv: the node's python3 has torch, transformers, peft) OUT=folder (kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHAPE=${SHAPE:-tiny}; METHOD=${METHOD:-lora}; BATCH=${BATCH:-4}; SEQ=${SEQ:-256}; STEPS=${STEPS:-40}; RANK=${RANK:-16}
@@ -21,13 +22,16 @@ if [ -z "$bin" ]; then
 fi
 work=$(mktemp -d /tmp/capstan-bench-recipe.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-OUT=${OUT:-$work/out}; mkdir -p "$OUT"
+OUT_GIVEN=${OUT:-}; OUT=${OUT:-$work/out}; mkdir -p "$OUT"
 export CAPSTAN_HOME="$work/home"
-gc=$([ "$GRAD_CKPT" = 1 ] && echo true || echo false)
+STALL_GRAD_CKPT=${STALL_GRAD_CKPT:-$GRAD_CKPT}
+# PYTHON=system: the node's python3 as it is (an image with torch, transformers and peft).
+python_line=$([ "${PYTHON:-venv}" = system ] && echo "python: system" || echo "")
 
-# job NAME SHAPE_DIR METHOD BATCH STEPS EVERY MODE → runs it, the node log in $OUT/NAME.log
+# job NAME SHAPE_DIR METHOD BATCH STEPS EVERY MODE GRAD_CKPT → runs it, the node log in $OUT/NAME.log
 job() {
   local name=$1 dir=$2 method=$3 batch=$4 steps=$5 every=$6 mode=$7
+  local gc; gc=$([ "$8" = 1 ] && echo true || echo false)
   cat > "$dir/$name.yaml" <<YAML
 name: $name
 resources: {nodes: 1}
@@ -40,6 +44,7 @@ env: {GLOO_SOCKET_IFNAME: lo}
 checkpoint: {keep: 2}
 maxRestarts: 0
 storage: file://$work/bucket
+$python_line
 YAML
   "$bin" launch "$dir/$name.yaml" --quiet >/dev/null 2>&1 || { echo "job $name failed:"; "$bin" logs "$name" | tail -30; exit 1; }
   "$bin" logs "$name" > "$OUT/$name.log"
@@ -55,8 +60,11 @@ echo "== throughput: $SHAPE, $METHOD (r$RANK), batch $BATCH, seq $SEQ, $STEPS st
 py=""
 cap=(); plain=()
 for i in $(seq 1 "$RUNS"); do
-  job "tput-$i" "$work/m" "$METHOD" "$BATCH" "$STEPS" "$STEPS" background
-  [ -z "$py" ] && py=$(sed -n 's/.*python env [0-9a-f]*: \(building\|cached\) in \([^ ]*\).*/\2/p' "$OUT/tput-$i.log" | head -1)/bin/python
+  job "tput-$i" "$work/m" "$METHOD" "$BATCH" "$STEPS" "$STEPS" background "$GRAD_CKPT"
+  if [ -z "$py" ]; then
+    venv=$(sed -n 's/.*python env [0-9a-f]*: \(building\|cached\) in \([^ ]*\).*/\2/p' "$OUT/tput-$i.log" | head -1)
+    py=$([ -n "$venv" ] && echo "$venv/bin/python" || echo python3)
+  fi
   cap+=("$(tps "$OUT/tput-$i.log")")
   p=$("$py" Benchmarks/recipe/plain_sft.py "$work/m/model" --method "$METHOD" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup 3 --lora-rank "$RANK" $([ "$GRAD_CKPT" = 1 ] && echo --gradient-checkpointing) 2>/dev/null | tail -1)
   echo "$p" >> "$OUT/plain.jsonl"
@@ -74,7 +82,7 @@ echo "== checkpoint stall: full fine-tune of $STALL_SHAPE, batch $STALL_BATCH, a
 if [ "$STALL_SHAPE" != "$SHAPE" ]; then python3 Benchmarks/recipe/make_model.py "$STALL_SHAPE" "$work/s" "$SEQ" 64 >/dev/null; sdir="$work/s"; else sdir="$work/m"; fi
 modes="background"; [ "${SKIP_SYNC:-0}" = 1 ] || modes="background sync"
 for mode in $modes; do
-  job "stall-$mode" "$sdir" full "$STALL_BATCH" "$STALL_STEPS" "$STALL_EVERY" "$mode"
+  job "stall-$mode" "$sdir" full "$STALL_BATCH" "$STALL_STEPS" "$STALL_EVERY" "$mode" "$STALL_GRAD_CKPT"
   python3 - "$OUT/stall-$mode.log" "$mode" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
@@ -88,4 +96,4 @@ print("  %-10s: stall per checkpoint %s s (max %.3f); write %s s; state %.1f MiB
     sys.argv[2], stalls, max(c["stall_s"] for c in ck), writes, size / 2**20, sum(steps) / max(1, len(steps))))
 PY
 done
-[ -n "${OUT_KEEP:-}" ] && echo "(logs and figures in $OUT)" || true
+[ -n "$OUT_GIVEN" ] && echo "(logs and figures in $OUT)" || true

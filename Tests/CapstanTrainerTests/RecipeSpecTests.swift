@@ -37,6 +37,8 @@ struct RecipeSpecTests {
         let spec = try JobSpec.parse("recipe: sft\nmodel: m\ndata: d.jsonl\n")
         #expect(spec.recipe?.settings.isEmpty == true && spec.python?.requirements == Recipe.sft.requirements)
         #expect(spec.python?.systemPackages == true && spec.resources.nodes == 1)
+        // An image that has everything: no venv, the node's python3.
+        #expect(try JobSpec.parse("recipe: sft\nmodel: m\ndata: d.jsonl\npython: system\n").python == nil)
     }
 
     @Test("recipe mistakes are errors that say what to do", arguments: [
@@ -51,6 +53,7 @@ struct RecipeSpecTests {
         ("recipe: sft\nmodel: m\ndata: d\ntrain: {batchSize: 0}\n", "'train.batchSize' must be at least 1"),
         ("recipe: sft\nmodel: m\ndata: d\npython: {requirement: [x]}\n", "unknown key 'python.requirement' (did you mean 'requirements'?)"),
         ("run: x\npython: {systemPackages: maybe}\n", "'python.systemPackages' must be true or false"),
+        ("run: x\npython: conda\n", "'python' must be a mapping, or `system`"),
     ])
     func errors(text: String, expected: String) {
         let e = #expect(throws: CapstanError.self) { try JobSpec.parse(text, source: "job.yaml") }

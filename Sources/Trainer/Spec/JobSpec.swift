@@ -80,6 +80,7 @@ public struct JobSpec: Sendable, Hashable {
         var data: [String]?
         var train: [String: RecipeSpec.Value] = [:]
         var trainNode: Node?
+        var pythonSystem = false
         var spec = JobSpec(name: "", run: "")
         for (k, v) in top {
             let key = try r.key(k)
@@ -134,7 +135,8 @@ public struct JobSpec: Sendable, Hashable {
                     data = try seq.map { try r.string($0, "data") }
                 } else { throw r.bad("'data' must be a JSONL file or a list of them", v.mark?.line) }
             case "train": trainNode = v
-            case "python": spec.python = try python(v, r)
+            case "python":
+                if v.string == "system" { pythonSystem = true } else { spec.python = try python(v, r) }
             default:
                 throw r.unknown(key, keys, k.mark?.line)
             }
@@ -148,11 +150,13 @@ public struct JobSpec: Sendable, Hashable {
             guard let data, !data.isEmpty else { throw r.bad("'data' is missing: the recipe needs a JSONL file of chat `messages` or `prompt`/`completion` records", nil) }
             if let trainNode { train = try settings(trainNode, recipe, r) }
             spec.recipe = RecipeSpec(name: recipe.name, model: model, data: data, settings: train)
-            var python = spec.python ?? PythonEnvironment()
-            python.requirements = recipe.requirements.filter { req in
-                !python.requirements.contains { Self.requirementName($0) == Self.requirementName(req) }
-            } + python.requirements
-            spec.python = python
+            if !pythonSystem {
+                var python = spec.python ?? PythonEnvironment()
+                python.requirements = recipe.requirements.filter { req in
+                    !python.requirements.contains { Self.requirementName($0) == Self.requirementName(req) }
+                } + python.requirements
+                spec.python = python
+            }
             run = recipe.command
         } else {
             for (key, given) in [("model", model != nil), ("data", data != nil), ("train", trainNode != nil)] where given {
@@ -214,7 +218,7 @@ public struct JobSpec: Sendable, Hashable {
     }
 
     static func python(_ v: Node, _ r: YAMLReader) throws -> PythonEnvironment {
-        guard let m = v.mapping else { throw r.bad("'python' must be a mapping", v.mark?.line) }
+        guard let m = v.mapping else { throw r.bad("'python' must be a mapping, or `system` (the node's python3 as it is)", v.mark?.line) }
         var env = PythonEnvironment()
         for (k, v) in m {
             switch try r.key(k) {
