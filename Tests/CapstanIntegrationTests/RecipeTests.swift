@@ -238,3 +238,20 @@ extension JobTests {
         #expect(failed.lastError?.contains("python env failed: Installing the job's Python requirements") == true, "\(failed.lastError ?? "")")
     }
 }
+
+extension JobTests {
+    @Test("sft recipe: a model folder or data file missing from the workdir is refused before anything is provisioned")
+    func recipeMissingInputs() async throws {
+        let home = try JobHome.recipe(steps: 2, every: 2)
+        defer { home.dir.cleanup() }
+        try FileManager.default.removeItem(atPath: home.dir.file("job/model/config.json"))
+        let r = try await home.capstan(["launch", home.spec] + JobHome.fast)
+        #expect(r.status != 0 && r.stderr.contains("The recipe's model folder model has no config.json"), "\(r.stderr)")
+        try FileManager.default.copyItem(atPath: JobHome.repoRoot + "/examples/sft-tiny/model/config.json", toPath: home.dir.file("job/model/config.json"))
+        try FileManager.default.removeItem(atPath: home.dir.file("job/data/train.jsonl"))
+        let d = try await home.capstan(["launch", home.spec] + JobHome.fast)
+        #expect(d.status != 0 && d.stderr.contains("The recipe's data file data/train.jsonl is not in the workdir"), "\(d.stderr)")
+        let live = try await home.liveNodes()
+        #expect(try home.store().jobs().isEmpty && live.isEmpty)
+    }
+}

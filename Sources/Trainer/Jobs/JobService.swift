@@ -90,6 +90,7 @@ public struct JobService: Sendable {
                 throw CapstanError(.invalidRequest, "The job's workdir \(dir) contains Capstan's home \(home), so every node would get a copy of the nodes themselves.", hint: "Point workdir at the code's folder, or set CAPSTAN_HOME outside it.")
             }
         }
+        try Self.checkRecipeInputs(spec, folder: folder)
         let settings = String(decoding: try PluginWire.encoder.encode(options.settings), as: UTF8.self)
         let job = JobRecord(
             id: id, name: spec.name, spec: yaml, specFolder: (folder as NSString).standardizingPath, settings: settings,
@@ -97,6 +98,30 @@ public struct JobService: Sendable {
         try context.store.insert(job)
         context.store.jobEvent("submitted", "Job \(id) submitted: \(spec.resources.nodes) node(s), checkpoints and outputs in \(storage).", job: id)
         return job
+    }
+
+    /// A recipe's model folder and data files that the workdir carries (relative paths) are
+    /// checked here, before anything is provisioned. Absolute paths are on the nodes.
+    static func checkRecipeInputs(_ spec: JobSpec, folder: String) throws {
+        guard let recipe = spec.recipe else { return }
+        guard let workdir = spec.workdir else {
+            if !recipe.model.hasPrefix("/") || recipe.data.contains(where: { !$0.hasPrefix("/") }) {
+                throw CapstanError(.invalidRequest, "The recipe's model or data is a relative path, but the job has no workdir to carry it to the nodes.", hint: "Add `workdir: .` (the spec's folder), or use absolute paths that exist on every node.")
+            }
+            return
+        }
+        let root = workdir.hasPrefix("/") ? workdir : folder + "/" + workdir
+        if !recipe.model.hasPrefix("/") {
+            let config = root + "/" + recipe.model + "/config.json"
+            guard FileManager.default.fileExists(atPath: config) else {
+                throw CapstanError(.invalidRequest, "The recipe's model folder \(recipe.model) has no config.json (looked in \(root)).", hint: "Point `model` at a Hugging Face model folder, relative to the workdir, or an absolute path on the nodes; see docs/recipes.md.")
+            }
+        }
+        for file in recipe.data where !file.hasPrefix("/") {
+            guard FileManager.default.fileExists(atPath: root + "/" + file) else {
+                throw CapstanError(.invalidRequest, "The recipe's data file \(file) is not in the workdir \(root).", hint: "`data` paths are relative to the workdir.")
+            }
+        }
     }
 
     /// Creates the job and runs its controller in this process.
