@@ -38,6 +38,14 @@ package struct YAMLReader: Sendable {
         return s.string
     }
 
+    /// One text or a list of them (`setup: make` or `setup: [make, make test]`); `what`
+    /// completes "'key' must be …" in the error.
+    package func strings(_ n: Node, _ key: String, _ what: String) throws -> [String] {
+        if let s = n.string { return [s] }
+        guard let seq = n.sequence else { throw bad("'\(key)' must be \(what)", n.mark?.line) }
+        return try seq.map { try string($0, key) }
+    }
+
     /// Parses `text` into its root node; a YAML syntax error becomes a `bad` error.
     package func compose(_ text: String) throws -> Node? {
         do { return try Yams.compose(yaml: text) } catch {

@@ -93,9 +93,7 @@ public struct JobSpec: Sendable, Hashable {
                 name = n
             case "run": run = try r.string(v, key)
             case "setup":
-                if let s = v.string { spec.setup = [s] } else if let seq = v.sequence {
-                    spec.setup = try seq.map { try r.string($0, "setup") }
-                } else { throw r.bad("'setup' must be a command or a list of commands", v.mark?.line) }
+                spec.setup = try r.strings(v, "setup", "a command or a list of commands")
             case "env":
                 guard let m = v.mapping else { throw r.bad("'env' must be a mapping of NAME: value", v.mark?.line) }
                 for (ek, ev) in m {
@@ -131,9 +129,7 @@ public struct JobSpec: Sendable, Hashable {
             case "recipe": recipeName = (try r.string(v, key), v.mark?.line)
             case "model": model = try r.string(v, key)
             case "data":
-                if let s = v.string { data = [s] } else if let seq = v.sequence {
-                    data = try seq.map { try r.string($0, "data") }
-                } else { throw r.bad("'data' must be a JSONL file or a list of them", v.mark?.line) }
+                data = try r.strings(v, "data", "a JSONL file or a list of them")
             case "train": trainNode = v
             case "python":
                 if v.string == "system" { pythonSystem = true } else { spec.python = try python(v, r) }
@@ -263,16 +259,12 @@ public struct JobSpec: Sendable, Hashable {
                     req.spot = p
                 } else { throw r.bad("'resources.spot' must be true, false, never, allowed or only", v.mark?.line) }
             case "regions":
-                if let s = v.string { req.regions = [s] } else if let seq = v.sequence {
-                    req.regions = try seq.map { try r.string($0, "resources.regions") }
-                } else { throw r.bad("'resources.regions' must be a region or a list of regions", v.mark?.line) }
+                req.regions = try r.strings(v, "resources.regions", "a region or a list of regions")
             case "maxPricePerHour":
                 guard let d = v.float, d > 0 else { throw r.bad("'resources.maxPricePerHour' must be a positive number", v.mark?.line) }
                 req.maxPricePerHour = d
             case "providers":
-                if let s = v.string { req.providers = [s] } else if let seq = v.sequence {
-                    req.providers = try seq.map { try r.string($0, "resources.providers") }
-                } else { throw r.bad("'resources.providers' must be a name or a list", v.mark?.line) }
+                req.providers = try r.strings(v, "resources.providers", "a name or a list")
             case let other:
                 throw r.unknown("resources.\(other)", ["gpu", "gpusPerNode", "nodes", "spot", "regions", "maxPricePerHour", "providers"], k.mark?.line)
             }
