@@ -5,12 +5,16 @@ import CapstanTrainer
 import Foundation
 
 extension GlobalOptions {
-    /// Jobs over the configured providers, reaching local nodes through agents of this binary.
+    /// Jobs over the configured providers, reaching local nodes through agents of this binary
+    /// and remote ones over SSH, shipping this binary (or `$CAPSTAN_AGENT_BINARY`, e.g. a
+    /// `--static-swift-stdlib` build for machines without Swift) as their agent.
     func jobService(_ registry: ProviderRegistry, provisioner: Provisioner) -> JobService {
         let exe = Spawn.currentExecutable
+        let remoteAgent = ProcessInfo.processInfo.environment["CAPSTAN_AGENT_BINARY"].flatMap { $0.isEmpty ? nil : $0 } ?? exe
+        let ssh = SSHTransport(client: SSHClient(folder: registry.home.path("ssh")), agentBinary: remoteAgent)
         let context = JobContext(
             home: registry.home, store: provisioner.store, provisioner: provisioner, search: offerSearch(registry, store: provisioner.store),
-            transports: [LocalTransport(agentExecutable: exe)], openBucket: { try registry.store(for: $0) }, logger: logger)
+            transports: [LocalTransport(agentExecutable: exe), ssh], openBucket: { try registry.store(for: $0) }, logger: logger)
         return JobService(context: context, agentExecutable: exe, defaultStorage: registry.config.storage.defaultLocation)
     }
 

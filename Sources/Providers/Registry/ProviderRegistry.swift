@@ -49,7 +49,19 @@ public struct ProviderRegistry: Sendable {
             }
         }
 
-        var found = Set<String>(["local"])
+        // Machines the user owns, reached over SSH: on when providers.ssh lists hosts.
+        if config.providers["ssh"] != nil, config.isEnabled("ssh", defaultOn: true) {
+            do {
+                let ssh = try config.providerConfig("ssh").decode(SSHProvider.Configuration.self)
+                compute.append(try SSHProvider(configuration: ssh, root: home.path("ssh-hosts"), client: SSHClient(folder: home.path("ssh"))))
+            } catch let e as CapstanError {
+                problems.append(Problem(provider: "ssh", error: e))
+            } catch {
+                problems.append(Problem(provider: "ssh", error: CapstanError(.config, "providers.ssh is invalid: \(error).", hint: "providers.ssh takes user, key, checkSeconds and hosts: [{address, name, privateAddress, port, user, key, gpu, gpus, interface, workRoot, labels}].")))
+            }
+        }
+
+        var found = Set<String>(["local", "ssh"])
         for entry in entries where entry.shadowedBy == nil {
             guard let library = entry.library else { continue }
             found.insert(library.name)

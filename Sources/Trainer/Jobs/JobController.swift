@@ -157,8 +157,9 @@ final class Run: @unchecked Sendable {
                 case .failed(let failure):
                     c.emit(.failure(attempt: attempt.attempt, failure))
                     c.setStatus(.restarting, "Attempt \(attempt.attempt) failed: \(failure). Stopping the gang.")
-                    await stopGang(attempt, nodes: nodes)
-                    await drainLogs(attempt, nodes: nodes)
+                    let silent = failure.kind == .heartbeat ? failure.node.flatMap { nodes.indices.contains($0) ? [nodes[$0].id] : nil } ?? [] : []
+                    await stopGang(attempt, nodes: nodes, silent: Set(silent))
+                    await drainLogs(attempt, nodes: nodes, skipping: Set(silent))
                     closeAttempt(attempt.attempt, outcome: .failed, failure: failure)
                     await syncCheckpoints()
                     let progressed = (latestCommitted() ?? -1) > (attempt.resumeStep ?? -1)
@@ -231,7 +232,7 @@ final class Run: @unchecked Sendable {
 
     func transport(for node: Instance) throws -> any NodeTransport {
         guard let t = c.ctx.transports.first(where: { $0.serves(node) }) else {
-            throw CapstanError(.unsupported, "No way to reach node \(node.id) on \(node.provider) yet.", hint: "Remote nodes over SSH arrive with the remote-nodes issue; use the local provider for now.")
+            throw CapstanError(.unsupported, "No way to reach node \(node.id) on \(node.provider): it has no SSH user, address and work root.", hint: "The provider must report them (the ssh provider does); use the local or ssh provider.")
         }
         return t
     }
@@ -276,6 +277,10 @@ final class Run: @unchecked Sendable {
                 resumeDir: resume == nil ? nil : l.resumeDir, outputDir: l.outputDir, attempt: number)
             var env = spec.env
             for (k, v) in contract.variables { env[k] = v }
+            // The interface of the node's private address (ssh hosts name it), unless the job does.
+            if let iface = node.details["interface"] {
+                for k in ["GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"] where env[k] == nil { env[k] = iface }
+            }
             var files: [String: String] = [:]
             if let r = spec.recipe, let recipe = Recipe.named(r.name) {
                 env["CAPSTAN_RECIPE_DIR"] = l.stateDir + "/" + Recipe.folderName
@@ -315,16 +320,16 @@ final class Run: @unchecked Sendable {
             if job()?.status == .cancelling { return .cancelled }
             var statuses: [Int: AgentStatus] = [:]
             var deadAgents: [Int] = []
-            for (rank, node) in nodes.enumerated() {
-                guard let t = try? transport(for: node) else { continue }
-                if let s = try? await t.agentStatus(job: jobID, attempt: attempt.attempt, on: node), s.attempt == attempt.attempt {
-                    statuses[rank] = s
-                    if beats[rank]?.count != s.heartbeat { beats[rank] = (s.heartbeat, Date()) }
-                    // Died without its final word (where the transport can see its process).
-                    if !t.isAgentRunning(s, on: node) && s.phase != .exited { deadAgents.append(rank) }
-                }
+            // Every node at once: an unreachable node's read (bounded by its transport) must
+            // not make the others look silent.
+            let readsBegan = Date()
+            for (rank, s, running) in await readStatuses(attempt, nodes: nodes) {
+                statuses[rank] = s
+                if beats[rank]?.count != s.heartbeat { beats[rank] = (s.heartbeat, Date()) }
+                // Died without its final word (where the transport can see its process).
+                if !running && s.phase != .exited { deadAgents.append(rank) }
             }
-            await pullLogs(attempt, nodes: nodes)
+            await pullLogs(attempt, nodes: nodes, only: Set(statuses.keys))
             let now = Date()
             if now.timeIntervalSince(lastCheckpointSync) >= 2 {
                 lastCheckpointSync = now
@@ -349,7 +354,11 @@ final class Run: @unchecked Sendable {
             }
             for rank in 0..<nodes.count where statuses[rank]?.phase != .exited {
                 if let b = beats[rank] {
-                    if now.timeIntervalSince(b.seen) > settings.heartbeatTimeoutSeconds {
+                    // A node that answered this pass is measured up to when the pass began to
+                    // read (waiting on another node's read never counts against it); one that
+                    // did not answer, up to now.
+                    let until = statuses[rank] == nil ? now : readsBegan
+                    if until.timeIntervalSince(b.seen) > settings.heartbeatTimeoutSeconds {
                         return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: "node \(rank) (\(nodes[rank].id)) sent no heartbeat for \(Int(settings.heartbeatTimeoutSeconds)) s"))
                     }
                 } else if now.timeIntervalSince(started) > settings.agentStartTimeoutSeconds {
@@ -438,20 +447,30 @@ final class Run: @unchecked Sendable {
 
     /// Stops every node's agent (gracefully: the agents finish their uploads), then kills what
     /// is left once the grace periods are over.
-    func stopGang(_ attempt: JobAttemptRecord, nodes: [Instance]) async {
+    /// Stops every agent of `attempt` (all nodes at once) and waits for them to finish their
+    /// uploads; `silent` nodes (lost heartbeat: likely unreachable) get the stop but are not
+    /// waited for — their capacity is replaced anyway.
+    func stopGang(_ attempt: JobAttemptRecord, nodes: [Instance], silent: Set<String> = []) async {
         let targets = nodes.filter { attempt.nodes.contains($0.id) }
-        for node in targets { try? await (try? transport(for: node))?.stopAgent(job: jobID, attempt: attempt.attempt, on: node, force: false) }
-        let deadline = Date().addingTimeInterval(settings.stopGraceSeconds + settings.commitWaitSeconds + 5)
-        while Date() < deadline {
-            var running = 0
-            for node in targets {
-                guard let t = try? transport(for: node), let s = try? await t.agentStatus(job: jobID, attempt: attempt.attempt, on: node) else { continue }
-                if t.isAgentRunning(s, on: node) { running += 1 }
+        let job = jobID
+        func stopAll(force: Bool) async {
+            // A silent node is not forced: it would only wait out another read; releasing its
+            // capacity (the provider) ends whatever runs there.
+            let pairs = targets.filter { !force || !silent.contains($0.id) }.compactMap { n in (try? transport(for: n)).map { (n, $0) } }
+            await withTaskGroup(of: Void.self) { group in
+                for (node, t) in pairs {
+                    group.addTask { try? await t.stopAgent(job: job, attempt: attempt.attempt, on: node, force: force) }
+                }
             }
-            if running == 0 { break }
+        }
+        await stopAll(force: false)
+        let waitFor = targets.filter { !silent.contains($0.id) }
+        let deadline = Date().addingTimeInterval(settings.stopGraceSeconds + settings.commitWaitSeconds + 5)
+        while Date() < deadline, !waitFor.isEmpty {
+            if await readStatuses(attempt, nodes: waitFor).allSatisfy({ !$0.2 }) { break }
             try? await Task.sleep(for: .milliseconds(200))
         }
-        for node in targets { try? await (try? transport(for: node))?.stopAgent(job: jobID, attempt: attempt.attempt, on: node, force: true) }
+        await stopAll(force: true)
         // Steps whose parts all arrived but whose leader did not commit them (it was lost, or
         // stopped before the last part came): the data is complete, so they are committed.
         for step in (try? await checkpoints.commitComplete(job: jobID, nodes: attempt.nodes.count)) ?? [] {
@@ -517,9 +536,30 @@ final class Run: @unchecked Sendable {
     }
 
     /// Copies new bytes of every node log home and reports complete lines as events.
-    func pullLogs(_ attempt: JobAttemptRecord, nodes: [Instance]) async {
+    /// The agents' statuses of this attempt, read from every node concurrently: (rank, status,
+    /// whether the agent still runs). A node whose status cannot be read is left out.
+    func readStatuses(_ attempt: JobAttemptRecord, nodes: [Instance]) async -> [(Int, AgentStatus, Bool)] {
+        let job = jobID
+        let pairs: [(Int, Instance, any NodeTransport)] = nodes.enumerated().compactMap { rank, node in
+            (try? transport(for: node)).map { (rank, node, $0) }
+        }
+        return await withTaskGroup(of: (Int, AgentStatus, Bool)?.self) { group in
+            for (rank, node, t) in pairs {
+                group.addTask {
+                    guard let s = try? await t.agentStatus(job: job, attempt: attempt.attempt, on: node), s.attempt == attempt.attempt else { return nil }
+                    return (rank, s, t.isAgentRunning(s, on: node))
+                }
+            }
+            var out: [(Int, AgentStatus, Bool)] = []
+            for await r in group { if let r { out.append(r) } }
+            return out
+        }
+    }
+
+    /// `only`: the ranks to read (those that answered this pass); nil: all.
+    func pullLogs(_ attempt: JobAttemptRecord, nodes: [Instance], only: Set<Int>? = nil) async {
         var changed = false
-        for (rank, node) in nodes.enumerated() where attempt.nodes.contains(node.id) {
+        for (rank, node) in nodes.enumerated() where attempt.nodes.contains(node.id) && only?.contains(rank) != false {
             guard let t = try? transport(for: node) else { continue }
             let key = "\(attempt.attempt)/\(rank)"
             while true {
@@ -541,8 +581,8 @@ final class Run: @unchecked Sendable {
         }
     }
 
-    func drainLogs(_ attempt: JobAttemptRecord, nodes: [Instance]) async {
-        await pullLogs(attempt, nodes: nodes)
+    func drainLogs(_ attempt: JobAttemptRecord, nodes: [Instance], skipping: Set<String> = []) async {
+        await pullLogs(attempt, nodes: nodes, only: Set(nodes.indices.filter { !skipping.contains(nodes[$0].id) }))
         for rank in lines.keys.sorted() {
             if let rest = lines[rank]?.flush() {
                 if rank == 0, MetricsPoint.parse(rest) != nil { latestMetrics = rest }

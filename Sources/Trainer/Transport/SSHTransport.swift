@@ -1,0 +1,151 @@
+public import CapstanCore
+public import CapstanProviders
+import Crypto
+import Foundation
+
+/// Remote nodes over SSH (the system OpenSSH client, ``SSHClient``): any instance with an SSH
+/// user and address — the `ssh` provider's hosts, cloud instances.
+///
+/// On each node, under its work root (`Instance.details["workRoot"]`):
+/// `bin/capstan-<sha256 prefix>` (the agent, shipped once and checked), `jobs/<job>/work` (the
+/// workdir), `jobs/<job>/attempt-N/` (the agent's state, as on local nodes) and
+/// `nodes/<instance>/pids` (what releasing the host kills).
+///
+/// The agent binary is this `capstan` (or `agentBinary`: a build with `--static-swift-stdlib`
+/// runs on any glibc Linux without Swift). It is uploaded when the node lacks that exact build,
+/// verified by SHA-256 on the node, then started detached (`setsid nohup`), so it outlives the
+/// SSH session and the controller. Starting is idempotent: an agent already running for the
+/// same job and attempt is followed, not started twice.
+public struct SSHTransport: NodeTransport {
+    public let client: SSHClient
+    /// The local file shipped to nodes as the agent.
+    public let agentBinary: String
+    /// Variables passed from this process to remote agents (credentials for the bucket,
+    /// caches): sent on the SSH session's stdin, never in arguments or files.
+    public let forwardedPrefixes: [String]
+    let digest: LockedBox<String?> = LockedBox(nil)
+
+    public init(client: SSHClient, agentBinary: String, forwardedPrefixes: [String] = ["AWS_", "HF_", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_TEST_"]) {
+        self.client = client
+        self.agentBinary = agentBinary
+        self.forwardedPrefixes = forwardedPrefixes
+    }
+
+    public func serves(_ node: Instance) -> Bool {
+        node.provider != "local" && node.sshUser != nil && (node.publicAddress ?? node.privateAddress) != nil && node.details["workRoot"] != nil
+    }
+
+    func target(_ node: Instance) throws -> SSHTarget {
+        guard let user = node.sshUser, let address = node.publicAddress ?? node.privateAddress else {
+            throw CapstanError(.invalidRequest, "Node \(node.id) has no SSH address or user.")
+        }
+        return SSHTarget(address: address, port: node.sshPort ?? 22, user: user, keyFile: node.details["sshKey"])
+    }
+
+    func root(_ node: Instance) throws -> String {
+        guard let r = node.details["workRoot"], r.hasPrefix("/") else {
+            throw CapstanError(.invalidRequest, "Node \(node.id) has no absolute work root.")
+        }
+        return r
+    }
+
+    public func layout(job: String, attempt: Int, on node: Instance) throws -> NodeLayout {
+        let r = try root(node)
+        let state = "\(r)/jobs/\(job)/attempt-\(attempt)"
+        return NodeLayout(workdir: "\(r)/jobs/\(job)/work", stateDir: state, checkpointDir: state + "/checkpoints",
+                          outputDir: state + "/output", resumeDir: state + "/resume", pidsFile: "\(r)/nodes/\(node.id)/pids")
+    }
+
+    public func uploadWorkdir(_ localPath: String, job: String, on node: Instance) async throws {
+        let t = try target(node)
+        let work = "\(try root(node))/jobs/\(job)/work"
+        let marker = SSHClient.quote("\(try root(node))/jobs/\(job)/workdir-copied")
+        if try await client.run(t, "test -f \(marker)", timeout: 30).status == 0 { return }
+        // tar over the session: one round trip, permissions kept.
+        let archive = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-workdir-\(UUID().uuidString).tar").path
+        defer { try? FileManager.default.removeItem(atPath: archive) }
+        let tar = await Spawn.wait(try Spawn.start(["/bin/tar", "-C", localPath, "-cf", archive, "."], environment: ProcessInfo.processInfo.environment))
+        guard tar.succeeded else { throw CapstanError(.io, "Packing the workdir \(localPath) failed (\(tar)).", hint: "Check that the folder exists and is readable.") }
+        try await client.check(t, "mkdir -p \(SSHClient.quote(work)) && tar -C \(SSHClient.quote(work)) -xf - && touch \(marker)", inputFile: archive, timeout: 1800, what: "Unpacking the workdir")
+    }
+
+    /// SHA-256 of the agent binary (once).
+    func agentDigest() throws -> String {
+        if let d = digest.withLock({ $0 }) { return d }
+        guard let h = FileHandle(forReadingAtPath: agentBinary) else {
+            throw CapstanError(.io, "Cannot read the agent binary \(agentBinary).", hint: "Build capstan, or set the agent binary to a static build.")
+        }
+        defer { try? h.close() }
+        var hasher = SHA256()
+        while let chunk = try h.read(upToCount: 4 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
+        let d = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        digest.withLock { $0 = d }
+        return d
+    }
+
+    /// The agent on the node, shipped and verified if the node lacks this build. Returns its path.
+    func ensureAgent(on node: Instance) async throws -> String {
+        let t = try target(node)
+        let sha = try agentDigest()
+        let path = "\(try root(node))/bin/capstan-\(sha.prefix(16))"
+        let q = SSHClient.quote(path)
+        if try await client.run(t, "test -x \(q)", timeout: 30).status == 0 { return path }
+        let tmp = SSHClient.quote(path + ".upload")
+        try await client.check(t, "mkdir -p \(SSHClient.quote((path as NSString).deletingLastPathComponent)) && cat > \(tmp) && chmod +x \(tmp)", inputFile: agentBinary, timeout: 1800, what: "Uploading the agent")
+        let sum = try await client.check(t, "sha256sum \(tmp)", timeout: 120, what: "Checking the agent's SHA-256")
+        guard sum.text.split(separator: " ").first.map(String.init) == sha else {
+            _ = try? await client.run(t, "rm -f \(tmp)")
+            throw CapstanError(.io, "The agent uploaded to \(t.description) does not match its SHA-256 (got \(sum.text.prefix(64)), expected \(sha)); it was removed.", hint: "Retry; if it repeats, check the node's disk.")
+        }
+        try await client.check(t, "mv \(tmp) \(q)", what: "Installing the agent")
+        return path
+    }
+
+    public func startAgent(_ config: AgentConfig, on node: Instance) async throws {
+        if let s = try await agentStatus(job: config.job, attempt: config.attempt, on: node), isAgentRunning(s, on: node) { return }
+        let t = try target(node)
+        let exe = try await ensureAgent(on: node)
+        let state = SSHClient.quote(config.stateDir)
+        let json = try PluginWire.encoder.encode(config)
+        try await client.check(t, "mkdir -p \(state) \(SSHClient.quote(config.workdir)) && cat > \(state)/agent.json", input: json, what: "Writing the agent's config")
+        // The forwarded environment goes on stdin, read by the remote shell and exported to
+        // the agent only: never in arguments, never in a file.
+        let env = ProcessInfo.processInfo.environment.filter { k, _ in forwardedPrefixes.contains { k.hasPrefix($0) } }
+        let lines = env.sorted { $0.key < $1.key }.map { "export \($0.key)=\(SSHClient.quote($0.value))" }.joined(separator: "\n")
+        let pids = config.pidsFile.map { "mkdir -p \(SSHClient.quote(($0 as NSString).deletingLastPathComponent)); " } ?? ""
+        // (No `&&` before the `&`: a backgrounded list runs in a subshell that keeps the session open.)
+        let start = "\(pids)eval \"$(cat)\"; cd \(SSHClient.quote(config.workdir)) || exit 1; setsid nohup \(SSHClient.quote(exe)) agent --config \(state)/agent.json > \(state)/agent.out 2>&1 < /dev/null & echo $!"
+        let r = try await client.check(t, start, input: Data((lines + "\n").utf8), what: "Starting the agent")
+        if let pid = Int(r.text.trimmingCharacters(in: .whitespacesAndNewlines)), let file = config.pidsFile {
+            // Recorded at once (the agent records itself too): releasing the host kills it.
+            _ = try? await client.run(t, "echo \(pid) 0 >> \(SSHClient.quote(file))")
+        }
+    }
+
+    public func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
+        let l = try layout(job: job, attempt: attempt, on: node)
+        let r = try await client.run(try target(node), "cat \(SSHClient.quote(l.stateDir + "/status.json")) 2>/dev/null", timeout: 5)
+        guard r.status == 0, !r.stdout.isEmpty else { return nil }
+        do { return try PluginWire.decoder.decode(AgentStatus.self, from: r.stdout) } catch {
+            throw CapstanError(.io, "The agent status on node \(node.id) is unreadable (\(error)).")
+        }
+    }
+
+    public func readLog(job: String, attempt: Int, on node: Instance, from offset: Int64, limit: Int) async throws -> Data {
+        let l = try layout(job: job, attempt: attempt, on: node)
+        let r = try await client.run(try target(node), "tail -c +\(offset + 1) \(SSHClient.quote(l.stateDir + "/node.log")) 2>/dev/null | head -c \(limit)", timeout: 15)
+        return r.stdout
+    }
+
+    public func stopAgent(job: String, attempt: Int, on node: Instance, force: Bool) async throws {
+        guard let s = try? await agentStatus(job: job, attempt: attempt, on: node) else { return }
+        let t = try target(node)
+        if force {
+            let pids = try layout(job: job, attempt: attempt, on: node).stateDir + "/pids"
+            let command = s.commandPID.map { "kill -KILL -\($0) 2>/dev/null; " } ?? ""
+            _ = try await client.run(t, "\(command)kill -KILL \(s.agentPID) 2>/dev/null; " + SSHClient.killListed(pids), timeout: 20)
+            return
+        }
+        _ = try await client.run(t, "kill -TERM \(s.agentPID) 2>/dev/null; true", timeout: 20)
+    }
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Test hosts with their own network stacks on this machine, for the SSH tests:
+#   netns-lab.sh up DIR N     N network namespaces on a bridge of their own (10.213.K.0/24, the
+#                             bridge is .1, host i is .(i+1)), each with its own sshd (port 22,
+#                             key auth with DIR/client_key) — prints `host <i> <netns> <address>`
+#   netns-lab.sh down DIR     kills the sshds, deletes the namespaces, veths and the bridge
+# Traffic stays on the lab's own veths and bridge (no route leaves it). Needs root, iproute2 and
+# openssh-server. Every `up` writes DIR/lab.env first, so `down` cleans up after a failed `up`.
+set -euo pipefail
+cmd=${1:?up|down}; dir=${2:?folder}
+mkdir -p "$dir"
+down() {
+  [ -f "$dir/lab.env" ] || return 0
+  # shellcheck disable=SC1091
+  . "$dir/lab.env"
+  for pidf in "$dir"/host*/sshd.pid; do [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null || true; done
+  for ns in $NAMESPACES; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; ip netns del "$ns" 2>/dev/null || true; done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  rm -f "$dir/lab.env"
+}
+case "$cmd" in
+down) down ;;
+up)
+  n=${3:?hosts}
+  id=$(printf '%04x' $(( (RANDOM << 1 ^ $$) & 0xffff )))
+  k=$(( (0x$id % 240) + 10 ))
+  br="cbr$id"; names=""
+  for i in $(seq 1 "$n"); do names="$names cap$id-$i"; done
+  printf 'BRIDGE=%s\nNAMESPACES="%s"\nSUBNET=10.213.%s\n' "$br" "$names" "$k" > "$dir/lab.env"
+  trap 'down' ERR
+  ip link add "$br" type bridge
+  ip addr add "10.213.$k.1/24" dev "$br"
+  ip link set "$br" up
+  [ -f "$dir/client_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/client_key"
+  cp "$dir/client_key.pub" "$dir/authorized_keys"
+  mkdir -p /run/sshd
+  for i in $(seq 1 "$n"); do
+    ns="cap$id-$i"; addr="10.213.$k.$((i + 1))"; h="$dir/host$i"
+    mkdir -p "$h"
+    ip netns add "$ns"
+    ip link add "cv$id$i" type veth peer name eth0 netns "$ns"
+    ip link set "cv$id$i" master "$br" up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "$addr/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    [ -f "$h/hostkey" ] || ssh-keygen -q -t ed25519 -N '' -f "$h/hostkey"
+    cat > "$h/sshd_config" <<CFG
+Port 22
+ListenAddress $addr
+HostKey $h/hostkey
+PidFile $h/sshd.pid
+AuthorizedKeysFile $dir/authorized_keys
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+MaxStartups 100
+MaxSessions 100
+CFG
+    ip netns exec "$ns" /usr/sbin/sshd -f "$h/sshd_config" -E "$h/sshd.log"
+    echo "host $i $ns $addr"
+  done
+  # sshd daemonizes; wait until each answers.
+  for i in $(seq 1 "$n"); do
+    for _ in $(seq 1 50); do [ -s "$dir/host$i/sshd.pid" ] && break; sleep 0.1; done
+  done
+  ;;
+*) echo "usage: $0 up DIR N | down DIR" >&2; exit 2 ;;
+esac
