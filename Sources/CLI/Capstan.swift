@@ -55,9 +55,11 @@ struct GlobalOptions: ParsableArguments {
     /// Everything a provisioning verb needs: providers, state, locks, fault hooks.
     func provisioner(_ registry: ProviderRegistry, progress: (@Sendable (String) -> Void)? = nil) throws -> Provisioner {
         let store = try StateStore.open(home: registry.home)
+        var options = ProvisionOptions()
+        options.clusterKeys = ClusterKeys(folder: registry.home.path("ssh/clusters"))
         return Provisioner(
             providers: registry.compute, store: store, locks: ClusterLocks(folder: registry.home.stateFolder + "/locks"),
-            faults: .fromEnvironment(), logger: logger, progress: progress)
+            options: options, faults: .fromEnvironment(), logger: logger, progress: progress)
     }
 
     func offerSearch(_ registry: ProviderRegistry, store: StateStore?, refresh: Bool = false) -> OfferSearch {

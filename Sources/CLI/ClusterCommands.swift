@@ -140,6 +140,11 @@ struct StatusCommand: AsyncParsableCommand {
                     t.rows.append(["  " + (i.instance.tags[CapstanTags.node] ?? "-"), i.id, i.state.rawValue, i.instance.privateAddress ?? i.instance.publicAddress ?? "-", String(format: "%.2f", i.pricePerHour ?? 0)])
                 }
                 print(t.render())
+                let live = r.instances.map(\.instance).filter { $0.state.isLive }
+                    .sorted { Int($0.tags[CapstanTags.node] ?? "") ?? 0 < Int($1.tags[CapstanTags.node] ?? "") ?? 0 }
+                if let master = NodeAddresses(live).master, !live.isEmpty {
+                    print("  MASTER_ADDR \(master) — \(NodeAddresses(live).reason)")
+                }
                 if let e = r.cluster.lastError, r.cluster.status != .running { print("  last error: \(e)") }
             }
         }

@@ -11,7 +11,7 @@ extension GlobalOptions {
     func jobService(_ registry: ProviderRegistry, provisioner: Provisioner) -> JobService {
         let exe = Spawn.currentExecutable
         let remoteAgent = ProcessInfo.processInfo.environment["CAPSTAN_AGENT_BINARY"].flatMap { $0.isEmpty ? nil : $0 } ?? exe
-        let ssh = SSHTransport(client: SSHClient(folder: registry.home.path("ssh")), agentBinary: remoteAgent)
+        let ssh = SSHTransport(client: SSHClient(folder: registry.home.path("ssh")), agentBinary: remoteAgent, clusterKeys: ClusterKeys(folder: registry.home.path("ssh/clusters")))
         let context = JobContext(
             home: registry.home, store: provisioner.store, provisioner: provisioner, search: offerSearch(registry, store: provisioner.store),
             transports: [LocalTransport(agentExecutable: exe), ssh], openBucket: { try registry.store(for: $0) }, logger: logger)

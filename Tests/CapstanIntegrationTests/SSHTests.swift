@@ -192,6 +192,8 @@ extension JobTests {
         try FileManager.default.removeItem(atPath: home.dir.file("ssh/known_hosts"))
         let ok = try await home.capstan(["up", "c", "--nodes", "2"], timeout: 120)
         #expect(ok.status == 0, "\(ok.stdout) \(ok.stderr)")
+        let status = try await home.capstan(["status"])
+        #expect(status.stdout.contains("MASTER_ADDR \(lab.hosts[0].address) — private addresses: all 2 nodes are on provider ssh, region ssh: one network"), "\(status.stdout)")
         // Only the ghost is left: a clear report, nothing reserved.
         let none = try await home.capstan(["up", "d", "--nodes", "1"], timeout: 120)
         #expect(none.status != 0 && (none.stdout + none.stderr).contains("ghost: Cannot reach"), "\(none.stdout) \(none.stderr)")

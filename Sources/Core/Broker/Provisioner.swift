@@ -13,6 +13,8 @@ public struct ProvisionOptions: Sendable, Hashable {
     public var waitMinDelay: Duration = .milliseconds(500)
     public var waitMaxDelay: Duration = .seconds(15)
     public var readyTimeout: Duration = .seconds(900)
+    /// Per-cluster SSH key pairs: the public key goes with every launch. Nil: none.
+    public var clusterKeys: ClusterKeys?
 
     public init() {}
 }
@@ -265,7 +267,12 @@ public struct Provisioner: Sendable {
         say("trying \(offer.id): \(count) node(s), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " spot" : ""))
         faults.hit("before-launch", number)
 
-        let request = LaunchRequest(offer: offer, count: count, idempotencyKey: key, tags: tags, name: "capstan-\(cluster.name)", spot: ranked.spot)
+        var request = LaunchRequest(offer: offer, count: count, idempotencyKey: key, tags: tags, name: "capstan-\(cluster.name)", spot: ranked.spot)
+        if let keys = options.clusterKeys {
+            do { request.sshPublicKey = try keys.publicKey(cluster: cluster.name) } catch {
+                say("no SSH key of its own for cluster \(cluster.name): \((error as? CapstanError)?.message ?? "\(error)")")
+            }
+        }
         var instances: [Instance] = []
         var retry = 0
         while true {

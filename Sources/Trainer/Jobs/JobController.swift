@@ -257,14 +257,14 @@ final class Run: @unchecked Sendable {
     func startAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobAttemptRecord {
         let number = job.attempt + 1
         let resume = try await checkpoints.latestVerified()
-        let leader = nodes[0]
-        let masterAddress = leader.privateAddress ?? leader.publicAddress ?? "127.0.0.1"
+        let chosen = NodeAddresses(nodes)
+        let masterAddress = chosen.master ?? "127.0.0.1"
         let port = Self.pickPort(address: masterAddress)
         var record = JobAttemptRecord(jobID: jobID, attempt: number, nodes: nodes.map(\.id), masterAddress: masterAddress, masterPort: port, resumeStep: resume?.step)
         try store.save(record)
         _ = try store.updateJob(jobID) { $0.attempt = number }
         let gpus = (try? store.cluster(named: job.clusterName))??.offer?.gpusPerNode ?? spec.resources.gpusPerNode ?? 0
-        let addresses = nodes.map { $0.privateAddress ?? $0.publicAddress ?? "127.0.0.1" }
+        let addresses = chosen.addresses
         for (rank, node) in nodes.enumerated() {
             let t = try transport(for: node)
             let l = try t.layout(job: jobID, attempt: number, on: node)
@@ -302,7 +302,7 @@ final class Run: @unchecked Sendable {
         }
         record.outcome = .running
         try store.save(record)
-        let msg = "Attempt \(number) started on \(nodes.count) node(s)" + (resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") + "; MASTER_ADDR=\(masterAddress):\(port)."
+        let msg = "Attempt \(number) started on \(nodes.count) node(s)" + (resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") + "; MASTER_ADDR=\(masterAddress):\(port) (\(chosen.reason))."
         c.setStatus(.running, msg)
         c.emit(.attemptStarted(attempt: number, resumeStep: resume?.step, nodes: nodes.map(\.id)))
         return record

@@ -17,7 +17,14 @@ import Foundation
 /// SSH session and the controller. Starting is idempotent: an agent already running for the
 /// same job and attempt is followed, not started twice.
 public struct SSHTransport: NodeTransport {
+    /// For hosts the user listed (the ssh provider): Capstan's shared `known_hosts`.
     public let client: SSHClient
+    /// Cloud instances log in with their cluster's own key and `known_hosts` (``ClusterKeys``).
+    public let clusterKeys: ClusterKeys?
+    /// How long a node that does not answer yet (booting) is retried before it counts as lost.
+    public var bootTimeout: Double = 300
+    /// Where Capstan's files go on nodes whose provider names no work root.
+    public static let defaultWorkRoot = "/var/tmp/capstan-node"
     /// The local file shipped to nodes as the agent.
     public let agentBinary: String
     /// Variables passed from this process to remote agents (credentials for the bucket,
@@ -25,28 +32,54 @@ public struct SSHTransport: NodeTransport {
     public let forwardedPrefixes: [String]
     let digest: LockedBox<String?> = LockedBox(nil)
 
-    public init(client: SSHClient, agentBinary: String, forwardedPrefixes: [String] = ["AWS_", "HF_", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_TEST_"]) {
+    public init(client: SSHClient, agentBinary: String, clusterKeys: ClusterKeys? = nil, forwardedPrefixes: [String] = ["AWS_", "HF_", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_TEST_"]) {
         self.client = client
+        self.clusterKeys = clusterKeys
         self.agentBinary = agentBinary
         self.forwardedPrefixes = forwardedPrefixes
     }
 
     public func serves(_ node: Instance) -> Bool {
-        node.provider != "local" && node.sshUser != nil && (node.publicAddress ?? node.privateAddress) != nil && node.details["workRoot"] != nil
+        node.provider != "local" && node.sshUser != nil && (node.publicAddress ?? node.privateAddress) != nil
+    }
+
+    /// A cloud instance (no key of its own from its provider) uses its cluster's key pair.
+    func clusterName(_ node: Instance) -> String? {
+        node.provider != "ssh" && node.details["sshKey"] == nil ? node.tags[CapstanTags.cluster] : nil
+    }
+
+    func client(for node: Instance) -> SSHClient {
+        guard let cluster = clusterName(node), let keys = clusterKeys else { return client }
+        return SSHClient(folder: keys.folder(cluster: cluster), connectTimeout: client.connectTimeout, aliveTimeout: client.aliveTimeout)
     }
 
     func target(_ node: Instance) throws -> SSHTarget {
         guard let user = node.sshUser, let address = node.publicAddress ?? node.privateAddress else {
             throw CapstanError(.invalidRequest, "Node \(node.id) has no SSH address or user.")
         }
-        return SSHTarget(address: address, port: node.sshPort ?? 22, user: user, keyFile: node.details["sshKey"])
+        let key = node.details["sshKey"] ?? clusterName(node).flatMap { c in clusterKeys.map { $0.privateKey(cluster: c) } }
+        return SSHTarget(address: address, port: node.sshPort ?? 22, user: user, keyFile: key)
     }
 
     func root(_ node: Instance) throws -> String {
-        guard let r = node.details["workRoot"], r.hasPrefix("/") else {
-            throw CapstanError(.invalidRequest, "Node \(node.id) has no absolute work root.")
-        }
+        let r = node.details["workRoot"] ?? Self.defaultWorkRoot
+        guard r.hasPrefix("/") else { throw CapstanError(.invalidRequest, "Node \(node.id)'s work root \(r) is not an absolute path.") }
         return r
+    }
+
+    /// Waits until the node answers over SSH (a fresh cloud instance boots for a while):
+    /// unreachable is retried every 2 s up to `bootTimeout`; a refused host key or login is not.
+    func waitReachable(_ node: Instance) async throws {
+        let t = try target(node)
+        let deadline = Date().addingTimeInterval(bootTimeout)
+        while true {
+            do {
+                try await client(for: node).check(t, "true", timeout: 15, what: "Reaching the node")
+                return
+            } catch let e as CapstanError where e.code == .transient && Date() < deadline {
+                try await Task.sleep(for: .seconds(2))
+            }
+        }
     }
 
     public func layout(job: String, attempt: Int, on node: Instance) throws -> NodeLayout {
@@ -57,16 +90,17 @@ public struct SSHTransport: NodeTransport {
     }
 
     public func uploadWorkdir(_ localPath: String, job: String, on node: Instance) async throws {
+        try await waitReachable(node)
         let t = try target(node)
         let work = "\(try root(node))/jobs/\(job)/work"
         let marker = SSHClient.quote("\(try root(node))/jobs/\(job)/workdir-copied")
-        if try await client.run(t, "test -f \(marker)", timeout: 30).status == 0 { return }
+        if try await client(for: node).run(t, "test -f \(marker)", timeout: 30).status == 0 { return }
         // tar over the session: one round trip, permissions kept.
         let archive = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-workdir-\(UUID().uuidString).tar").path
         defer { try? FileManager.default.removeItem(atPath: archive) }
         let tar = await Spawn.wait(try Spawn.start(["/bin/tar", "-C", localPath, "-cf", archive, "."], environment: ProcessInfo.processInfo.environment))
         guard tar.succeeded else { throw CapstanError(.io, "Packing the workdir \(localPath) failed (\(tar)).", hint: "Check that the folder exists and is readable.") }
-        try await client.check(t, "mkdir -p \(SSHClient.quote(work)) && tar -C \(SSHClient.quote(work)) -xf - && touch \(marker)", inputFile: archive, timeout: 1800, what: "Unpacking the workdir")
+        try await client(for: node).check(t, "mkdir -p \(SSHClient.quote(work)) && tar -C \(SSHClient.quote(work)) -xf - && touch \(marker)", inputFile: archive, timeout: 1800, what: "Unpacking the workdir")
     }
 
     /// SHA-256 of the agent binary (once).
@@ -89,25 +123,26 @@ public struct SSHTransport: NodeTransport {
         let sha = try agentDigest()
         let path = "\(try root(node))/bin/capstan-\(sha.prefix(16))"
         let q = SSHClient.quote(path)
-        if try await client.run(t, "test -x \(q)", timeout: 30).status == 0 { return path }
+        if try await client(for: node).run(t, "test -x \(q)", timeout: 30).status == 0 { return path }
         let tmp = SSHClient.quote(path + ".upload")
-        try await client.check(t, "mkdir -p \(SSHClient.quote((path as NSString).deletingLastPathComponent)) && cat > \(tmp) && chmod +x \(tmp)", inputFile: agentBinary, timeout: 1800, what: "Uploading the agent")
-        let sum = try await client.check(t, "sha256sum \(tmp)", timeout: 120, what: "Checking the agent's SHA-256")
+        try await client(for: node).check(t, "mkdir -p \(SSHClient.quote((path as NSString).deletingLastPathComponent)) && cat > \(tmp) && chmod +x \(tmp)", inputFile: agentBinary, timeout: 1800, what: "Uploading the agent")
+        let sum = try await client(for: node).check(t, "sha256sum \(tmp)", timeout: 120, what: "Checking the agent's SHA-256")
         guard sum.text.split(separator: " ").first.map(String.init) == sha else {
-            _ = try? await client.run(t, "rm -f \(tmp)")
+            _ = try? await client(for: node).run(t, "rm -f \(tmp)")
             throw CapstanError(.io, "The agent uploaded to \(t.description) does not match its SHA-256 (got \(sum.text.prefix(64)), expected \(sha)); it was removed.", hint: "Retry; if it repeats, check the node's disk.")
         }
-        try await client.check(t, "mv \(tmp) \(q)", what: "Installing the agent")
+        try await client(for: node).check(t, "mv \(tmp) \(q)", what: "Installing the agent")
         return path
     }
 
     public func startAgent(_ config: AgentConfig, on node: Instance) async throws {
+        try await waitReachable(node)
         if let s = try await agentStatus(job: config.job, attempt: config.attempt, on: node), isAgentRunning(s, on: node) { return }
         let t = try target(node)
         let exe = try await ensureAgent(on: node)
         let state = SSHClient.quote(config.stateDir)
         let json = try PluginWire.encoder.encode(config)
-        try await client.check(t, "mkdir -p \(state) \(SSHClient.quote(config.workdir)) && cat > \(state)/agent.json", input: json, what: "Writing the agent's config")
+        try await client(for: node).check(t, "mkdir -p \(state) \(SSHClient.quote(config.workdir)) && cat > \(state)/agent.json", input: json, what: "Writing the agent's config")
         // The forwarded environment goes on stdin, read by the remote shell and exported to
         // the agent only: never in arguments, never in a file.
         let env = ProcessInfo.processInfo.environment.filter { k, _ in forwardedPrefixes.contains { k.hasPrefix($0) } }
@@ -115,16 +150,16 @@ public struct SSHTransport: NodeTransport {
         let pids = config.pidsFile.map { "mkdir -p \(SSHClient.quote(($0 as NSString).deletingLastPathComponent)); " } ?? ""
         // (No `&&` before the `&`: a backgrounded list runs in a subshell that keeps the session open.)
         let start = "\(pids)eval \"$(cat)\"; cd \(SSHClient.quote(config.workdir)) || exit 1; setsid nohup \(SSHClient.quote(exe)) agent --config \(state)/agent.json > \(state)/agent.out 2>&1 < /dev/null & echo $!"
-        let r = try await client.check(t, start, input: Data((lines + "\n").utf8), what: "Starting the agent")
+        let r = try await client(for: node).check(t, start, input: Data((lines + "\n").utf8), what: "Starting the agent")
         if let pid = Int(r.text.trimmingCharacters(in: .whitespacesAndNewlines)), let file = config.pidsFile {
             // Recorded at once (the agent records itself too): releasing the host kills it.
-            _ = try? await client.run(t, "echo \(pid) 0 >> \(SSHClient.quote(file))")
+            _ = try? await client(for: node).run(t, "echo \(pid) 0 >> \(SSHClient.quote(file))")
         }
     }
 
     public func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
         let l = try layout(job: job, attempt: attempt, on: node)
-        let r = try await client.run(try target(node), "cat \(SSHClient.quote(l.stateDir + "/status.json")) 2>/dev/null", timeout: 5)
+        let r = try await client(for: node).run(try target(node), "cat \(SSHClient.quote(l.stateDir + "/status.json")) 2>/dev/null", timeout: 5)
         guard r.status == 0, !r.stdout.isEmpty else { return nil }
         do { return try PluginWire.decoder.decode(AgentStatus.self, from: r.stdout) } catch {
             throw CapstanError(.io, "The agent status on node \(node.id) is unreadable (\(error)).")
@@ -133,7 +168,7 @@ public struct SSHTransport: NodeTransport {
 
     public func readLog(job: String, attempt: Int, on node: Instance, from offset: Int64, limit: Int) async throws -> Data {
         let l = try layout(job: job, attempt: attempt, on: node)
-        let r = try await client.run(try target(node), "tail -c +\(offset + 1) \(SSHClient.quote(l.stateDir + "/node.log")) 2>/dev/null | head -c \(limit)", timeout: 15)
+        let r = try await client(for: node).run(try target(node), "tail -c +\(offset + 1) \(SSHClient.quote(l.stateDir + "/node.log")) 2>/dev/null | head -c \(limit)", timeout: 15)
         return r.stdout
     }
 
@@ -143,9 +178,9 @@ public struct SSHTransport: NodeTransport {
         if force {
             let pids = try layout(job: job, attempt: attempt, on: node).stateDir + "/pids"
             let command = s.commandPID.map { "kill -KILL -\($0) 2>/dev/null; " } ?? ""
-            _ = try await client.run(t, "\(command)kill -KILL \(s.agentPID) 2>/dev/null; " + SSHClient.killListed(pids), timeout: 20)
+            _ = try await client(for: node).run(t, "\(command)kill -KILL \(s.agentPID) 2>/dev/null; " + SSHClient.killListed(pids), timeout: 20)
             return
         }
-        _ = try await client.run(t, "kill -TERM \(s.agentPID) 2>/dev/null; true", timeout: 20)
+        _ = try await client(for: node).run(t, "kill -TERM \(s.agentPID) 2>/dev/null; true", timeout: 20)
     }
 }
