@@ -193,8 +193,11 @@ public struct SSHProvider: ComputeProvider {
         for inst in released {
             guard let host = configuration.hosts.first(where: { $0.id == inst.details["host"] }), let work = inst.details["workRoot"] else { continue }
             let pids = work + "/nodes/" + inst.id + "/pids"
-            _ = try? await client.run(target(host), SSHClient.killListed(pids) + "; rm -f \(SSHClient.quote(pids))", timeout: 4)
-            await client.disconnect(target(host))
+            // An unreachable host is left to its gang's failure; its shared connection dies
+            // with its keep-alives. A reachable one also closes it now.
+            if (try? await client.run(target(host), SSHClient.killListed(pids) + "; rm -f \(SSHClient.quote(pids))", timeout: 4)) != nil {
+                await client.disconnect(target(host))
+            }
         }
         let unknown = ids.filter { id in !released.contains { $0.id == id } }
         return released + unknown.map { Instance(id: $0, provider: name, instanceType: "ssh", region: "ssh", state: .terminated, providerState: "not-found") }

@@ -265,13 +265,10 @@ final class Run: @unchecked Sendable {
         _ = try store.updateJob(jobID) { $0.attempt = number }
         let gpus = (try? store.cluster(named: job.clusterName))??.offer?.gpusPerNode ?? spec.resources.gpusPerNode ?? 0
         let addresses = chosen.addresses
+        var starts: [(any NodeTransport, AgentConfig, Instance)] = []
         for (rank, node) in nodes.enumerated() {
             let t = try transport(for: node)
             let l = try t.layout(job: jobID, attempt: number, on: node)
-            if let workdir = spec.workdir {
-                let local = workdir.hasPrefix("/") ? workdir : job.specFolder + "/" + workdir
-                try await t.uploadWorkdir(local, job: jobID, on: node)
-            }
             let contract = EnvContract(
                 jobID: jobID, nodeRank: rank, nodeAddresses: addresses, gpusPerNode: gpus, masterPort: port, checkpointDir: l.checkpointDir,
                 resumeDir: resume == nil ? nil : l.resumeDir, outputDir: l.outputDir, attempt: number)
@@ -298,7 +295,19 @@ final class Run: @unchecked Sendable {
             config.files = files
             config.python = spec.python
             appendHome(node: rank, Data("==== attempt \(number) on \(node.id) (\(addresses[rank]))\(resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") ====\n".utf8))
-            try await t.startAgent(config, on: node)
+            starts.append((t, config, node))
+        }
+        // Every node at once: over SSH each costs round trips, and nodes are independent.
+        let workdir = spec.workdir.map { $0.hasPrefix("/") ? $0 : job.specFolder + "/" + $0 }
+        let job = jobID
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (t, config, node) in starts {
+                group.addTask {
+                    if let workdir { try await t.uploadWorkdir(workdir, job: job, on: node) }
+                    try await t.startAgent(config, on: node)
+                }
+            }
+            try await group.waitForAll()
         }
         record.outcome = .running
         try store.save(record)

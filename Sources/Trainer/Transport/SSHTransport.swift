@@ -67,15 +67,15 @@ public struct SSHTransport: NodeTransport {
         return r
     }
 
-    /// Waits until the node answers over SSH (a fresh cloud instance boots for a while):
-    /// unreachable is retried every 2 s up to `bootTimeout`; a refused host key or login is not.
-    func waitReachable(_ node: Instance) async throws {
+    /// Runs `command`, retrying every 2 s while the node does not answer (a fresh cloud
+    /// instance boots for a while) up to `bootTimeout`; a refused host key or login is not
+    /// retried.
+    func runReaching(_ node: Instance, _ command: String, input: Data? = nil, timeout: Double = 60) async throws -> SSHResult {
         let t = try target(node)
         let deadline = Date().addingTimeInterval(bootTimeout)
         while true {
             do {
-                try await client(for: node).check(t, "true", timeout: 15, what: "Reaching the node")
-                return
+                return try await client(for: node).run(t, command, input: input, timeout: timeout)
             } catch let e as CapstanError where e.code == .transient && Date() < deadline {
                 try await Task.sleep(for: .seconds(2))
             }
@@ -90,11 +90,10 @@ public struct SSHTransport: NodeTransport {
     }
 
     public func uploadWorkdir(_ localPath: String, job: String, on node: Instance) async throws {
-        try await waitReachable(node)
         let t = try target(node)
         let work = "\(try root(node))/jobs/\(job)/work"
         let marker = SSHClient.quote("\(try root(node))/jobs/\(job)/workdir-copied")
-        if try await client(for: node).run(t, "test -f \(marker)", timeout: 30).status == 0 { return }
+        if try await runReaching(node, "test -f \(marker)", timeout: 30).status == 0 { return }
         // tar over the session: one round trip, permissions kept.
         let archive = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-workdir-\(UUID().uuidString).tar").path
         defer { try? FileManager.default.removeItem(atPath: archive) }
@@ -117,13 +116,16 @@ public struct SSHTransport: NodeTransport {
         return d
     }
 
-    /// The agent on the node, shipped and verified if the node lacks this build. Returns its path.
-    func ensureAgent(on node: Instance) async throws -> String {
+    /// The agent's path on the node for this build.
+    func agentPath(on node: Instance) throws -> String {
+        "\(try root(node))/bin/capstan-\(try agentDigest().prefix(16))"
+    }
+
+    /// Ships the agent binary to the node and checks its SHA-256 there.
+    func uploadAgent(to node: Instance) async throws {
         let t = try target(node)
         let sha = try agentDigest()
-        let path = "\(try root(node))/bin/capstan-\(sha.prefix(16))"
-        let q = SSHClient.quote(path)
-        if try await client(for: node).run(t, "test -x \(q)", timeout: 30).status == 0 { return path }
+        let path = try agentPath(on: node)
         let tmp = SSHClient.quote(path + ".upload")
         try await client(for: node).check(t, "mkdir -p \(SSHClient.quote((path as NSString).deletingLastPathComponent)) && cat > \(tmp) && chmod +x \(tmp)", inputFile: agentBinary, timeout: 1800, what: "Uploading the agent")
         let sum = try await client(for: node).check(t, "sha256sum \(tmp)", timeout: 120, what: "Checking the agent's SHA-256")
@@ -131,29 +133,50 @@ public struct SSHTransport: NodeTransport {
             _ = try? await client(for: node).run(t, "rm -f \(tmp)")
             throw CapstanError(.io, "The agent uploaded to \(t.description) does not match its SHA-256 (got \(sum.text.prefix(64)), expected \(sha)); it was removed.", hint: "Retry; if it repeats, check the node's disk.")
         }
-        try await client(for: node).check(t, "mv \(tmp) \(q)", what: "Installing the agent")
-        return path
+        try await client(for: node).check(t, "mv \(tmp) \(SSHClient.quote(path))", what: "Installing the agent")
     }
 
+    /// One round trip in the usual case: an agent of this attempt already running is left
+    /// alone (re-attach); else the config is written and the agent started. Only a node that
+    /// lacks this build of the agent costs more (the upload, checked by SHA-256).
     public func startAgent(_ config: AgentConfig, on node: Instance) async throws {
-        try await waitReachable(node)
-        if let s = try await agentStatus(job: config.job, attempt: config.attempt, on: node), isAgentRunning(s, on: node) { return }
-        let t = try target(node)
-        let exe = try await ensureAgent(on: node)
-        let state = SSHClient.quote(config.stateDir)
-        let json = try PluginWire.encoder.encode(config)
-        try await client(for: node).check(t, "mkdir -p \(state) \(SSHClient.quote(config.workdir)) && cat > \(state)/agent.json", input: json, what: "Writing the agent's config")
-        // The forwarded environment goes on stdin, read by the remote shell and exported to
-        // the agent only: never in arguments, never in a file.
+        let exe = try agentPath(on: node)
+        let q = SSHClient.quote
+        let state = q(config.stateDir)
+        // The config holds no secrets, so it travels in the command; the forwarded
+        // environment (credentials) travels on stdin, is read by the remote shell and exported
+        // to the agent only: never in arguments, never in a file.
+        let json = try PluginWire.encoder.encode(config).base64EncodedString()
         let env = ProcessInfo.processInfo.environment.filter { k, _ in forwardedPrefixes.contains { k.hasPrefix($0) } }
-        let lines = env.sorted { $0.key < $1.key }.map { "export \($0.key)=\(SSHClient.quote($0.value))" }.joined(separator: "\n")
-        let pids = config.pidsFile.map { "mkdir -p \(SSHClient.quote(($0 as NSString).deletingLastPathComponent)); " } ?? ""
+        let lines = env.sorted { $0.key < $1.key }.map { "export \($0.key)=\(q($0.value))" }.joined(separator: "\n")
+        let pidsDir = config.pidsFile.map { q(($0 as NSString).deletingLastPathComponent) } ?? ""
+        let script = """
+            s=\(state)/status.json
+            if [ -f "$s" ] && grep -Eq '"phase" *: *"(starting|restoring|setup|running|finishing)"' "$s"; then
+              p=$(sed -n 's/.*"agentPID" *: *\\([0-9]*\\).*/\\1/p' "$s"); if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo RUNNING; exit 0; fi
+            fi
+            [ -x \(q(exe)) ] || { echo NO-AGENT; exit 0; }
+            mkdir -p \(state) \(q(config.workdir)) \(pidsDir) || exit 1
+            echo \(json) | base64 -d > \(state)/agent.json || exit 1
+            eval "$(cat)"
+            cd \(q(config.workdir)) || exit 1
+            setsid nohup \(q(exe)) agent --config \(state)/agent.json > \(state)/agent.out 2>&1 < /dev/null &
+            p=$!
+            \(config.pidsFile.map { "echo \"$p 0\" >> \(q($0))" } ?? ":")
+            echo "STARTED $p"
+            """
         // (No `&&` before the `&`: a backgrounded list runs in a subshell that keeps the session open.)
-        let start = "\(pids)eval \"$(cat)\"; cd \(SSHClient.quote(config.workdir)) || exit 1; setsid nohup \(SSHClient.quote(exe)) agent --config \(state)/agent.json > \(state)/agent.out 2>&1 < /dev/null & echo $!"
-        let r = try await client(for: node).check(t, start, input: Data((lines + "\n").utf8), what: "Starting the agent")
-        if let pid = Int(r.text.trimmingCharacters(in: .whitespacesAndNewlines)), let file = config.pidsFile {
-            // Recorded at once (the agent records itself too): releasing the host kills it.
-            _ = try? await client(for: node).run(t, "echo \(pid) 0 >> \(SSHClient.quote(file))")
+        for round in 0..<2 {
+            let r = try await runReaching(node, script, input: Data((lines + "\n").utf8))
+            let out = r.text.trimmingCharacters(in: .whitespacesAndNewlines)
+            if out == "RUNNING" { return }
+            if out == "NO-AGENT" && round == 0 { try await uploadAgent(to: node); continue }
+            // The agent's pid went into the node's pids file at once (the agent records itself
+            // too): releasing the host kills it.
+            guard r.status == 0, out.hasPrefix("STARTED "), Int(out.dropFirst(8)) != nil else {
+                throw CapstanError(.io, "Starting the agent on \(try target(node).description) failed (exit \(r.status)): \(out.suffix(200)) \(r.stderr.suffix(300))")
+            }
+            return
         }
     }
 

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# SSH benchmark (issue: remote nodes). On 2 already-running SSH hosts (network namespaces with
+# their own sshd, scripts/netns-lab.sh; needs root), `capstan launch` → the training command's
+# first line, side by side with starting the same torchrun commands by hand over ssh (one ssh
+# per host, in parallel, the workdir already there), RUNS each, interleaved, medians. The
+# command first prints a timestamp, so the time splits into reaching the command (Capstan's
+# part: status reads, agent config, agent start, all over SSH) and torchrun's own start-up.
+# Usage: sudo scripts/bench-ssh.sh [RUNS]   (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-10}"
+scripts/install-torch.sh
+swift build -c release --product capstan >/dev/null
+CAPSTAN="$PWD/.build/release/capstan"
+work="$(mktemp -d /tmp/capstan-bench-ssh.XXXXXX)"
+export CAPSTAN_HOME="$work/home"
+trap '"$CAPSTAN" down warm >/dev/null 2>&1 || true; scripts/netns-lab.sh down "$work/lab"; rm -rf "$work"' EXIT
+scripts/netns-lab.sh up "$work/lab" 2 >/dev/null
+# shellcheck disable=SC1091
+. "$work/lab/lab.env"
+mkdir -p "$CAPSTAN_HOME" "$work/job"
+cat > "$CAPSTAN_HOME/config.yaml" <<YAML
+providers:
+  local: {enabled: false}
+  ssh:
+    user: root
+    key: $work/lab/client_key
+    hosts:
+      - {name: h1, address: $SUBNET.2, interface: eth0, workRoot: $work/lab/host1/work}
+      - {name: h2, address: $SUBNET.3, interface: eth0, workRoot: $work/lab/host2/work}
+YAML
+cp examples/ddp-regression/train.py "$work/job/"
+STAMP='python3 -c "import time; print(\"CMD\", time.time())"'
+TORCHRUN='python3 -m torch.distributed.run --nnodes=$NNODES --node-rank=$NODE_RANK --nproc-per-node=$NPROC_PER_NODE --master-addr=$MASTER_ADDR --master-port=$MASTER_PORT train.py'
+cat > "$work/job/job.yaml" <<YAML
+name: bench
+resources: {nodes: 2}
+workdir: .
+env: {TOTAL_STEPS: "3", CKPT_EVERY: "100", STEP_SLEEP: "0"}
+run: $STAMP; $TORCHRUN
+YAML
+"$CAPSTAN" up warm --nodes 2 >/dev/null
+# One launch first: ships the agent binary to both hosts (once per build), like any first use.
+"$CAPSTAN" launch "$work/job/job.yaml" --cluster warm --quiet >/dev/null
+now() { python3 -c 'import time; print(time.time())'; }
+times() {
+  python3 - "$@" <<'PY'
+import json, sys
+cmd, first = [], []
+for f in sys.argv[1:]:
+    seen = False
+    for line in open(f, errors="replace"):
+        line = line.strip()
+        if line.startswith("CMD "): cmd.append(float(line.split()[1]))
+        if line.startswith('{"event": "start"') and not seen:
+            first.append(json.loads(line)["time"]); seen = True
+print(max(cmd), max(first))
+PY
+}
+last_job() { "$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'; }
+SSH=(ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile="$work/known_hosts" -i "$work/lab/client_key")
+# By hand: the workdir copied once, then one ssh per host running the same command.
+for i in 1 2; do "${SSH[@]}" "root@$SUBNET.$((i + 1))" "mkdir -p $work/lab/host$i/hand" < /dev/null; cp "$work/job/train.py" "$work/lab/host$i/hand/"; done
+by_hand() {
+  local port=$((20000 + RANDOM % 10000))
+  for rank in 0 1; do
+    "${SSH[@]}" "root@$SUBNET.$((rank + 2))" "cd $work/lab/host$((rank + 1))/hand && env NNODES=2 NODE_RANK=$rank NPROC_PER_NODE=1 MASTER_ADDR=$SUBNET.2 MASTER_PORT=$port \
+      CAPSTAN_CHECKPOINT_DIR=\$PWD/ckpt CAPSTAN_OUTPUT_DIR=\$PWD/out TOTAL_STEPS=3 CKPT_EVERY=100 STEP_SLEEP=0 GLOO_SOCKET_IFNAME=eth0 \
+      sh -c 'mkdir -p \$CAPSTAN_CHECKPOINT_DIR && $STAMP; $TORCHRUN'" > "$work/hand-$rank.log" 2>&1 < /dev/null &
+  done
+  wait
+}
+echo "launch → first training line, 2 SSH hosts (torchrun, gloo), $RUNS runs each, interleaved"
+rows=()
+for i in $(seq "$RUNS"); do
+  t0=$(now)
+  "$CAPSTAN" launch "$work/job/job.yaml" --cluster warm --quiet >/dev/null
+  job=$(last_job)
+  rows+=("capstan $t0 $(times "$CAPSTAN_HOME/jobs/$job/logs/node-0.log" "$CAPSTAN_HOME/jobs/$job/logs/node-1.log")")
+  t0=$(now)
+  by_hand
+  rows+=("hand $t0 $(times "$work/hand-0.log" "$work/hand-1.log")")
+done
+printf '%s\n' "${rows[@]}" | python3 -c '
+import statistics, sys
+runs = {"capstan": [], "hand": []}
+for line in sys.stdin:
+    who, t0, cmd, first = line.split()
+    runs[who].append((float(cmd) - float(t0), float(first) - float(cmd), float(first) - float(t0)))
+med = {w: [statistics.median(x[i] for x in r) * 1000 for i in range(3)] for w, r in runs.items()}
+for w, label in (("capstan", "capstan launch (2 SSH hosts)"), ("hand", "by hand over ssh")):
+    m = med[w]
+    print(f"  {label:30s} to the command {m[0]:5.0f} ms + torchrun start-up {m[1]:5.0f} ms = first line {m[2]:5.0f} ms (median; totals: {sorted(round(x[2]*1000) for x in runs[w])})")
+c, h = med["capstan"], med["hand"]
+print(f"  overhead to reach the command: {c[0]-h[0]:.0f} ms; first line {c[2]:.0f} vs {h[2]:.0f} ms = {c[2]/h[2]:.2f}x")'
