@@ -41,6 +41,30 @@ public struct SSHProvider: ComputeProvider {
         public var labels: [String: String]?
 
         public var id: String { name ?? address }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case name, address, privateAddress, port, user, key, gpu, gpus, interface, workRoot, labels }
+        public init(from decoder: any Decoder) throws {
+            try SSHProvider.rejectUnknown(decoder, CodingKeys.allCases.map(\.rawValue), in: "providers.ssh.hosts[]")
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            name = try c.decodeIfPresent(String.self, forKey: .name)
+            address = try c.decode(String.self, forKey: .address)
+            privateAddress = try c.decodeIfPresent(String.self, forKey: .privateAddress)
+            port = try c.decodeIfPresent(Int.self, forKey: .port)
+            user = try c.decodeIfPresent(String.self, forKey: .user)
+            key = try c.decodeIfPresent(String.self, forKey: .key)
+            gpu = try c.decodeIfPresent(String.self, forKey: .gpu)
+            gpus = try c.decodeIfPresent(Int.self, forKey: .gpus)
+            interface = try c.decodeIfPresent(String.self, forKey: .interface)
+            workRoot = try c.decodeIfPresent(String.self, forKey: .workRoot)
+            labels = try c.decodeIfPresent([String: String].self, forKey: .labels)
+        }
+    }
+
+    static func rejectUnknown(_ decoder: any Decoder, _ known: [String], in section: String) throws {
+        let c = try decoder.container(keyedBy: AnyKey.self)
+        if let unknown = c.allKeys.first(where: { !known.contains($0.stringValue) }) {
+            throw CapstanError(.config, "Unknown key '\(section).\(unknown.stringValue)'.", hint: "Known: \(known.joined(separator: ", ")).")
+        }
     }
 
     public struct Configuration: Sendable, Hashable, Codable {
@@ -54,6 +78,16 @@ public struct SSHProvider: ComputeProvider {
             self.user = user
             self.key = key
             self.checkSeconds = checkSeconds
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case hosts, user, key, checkSeconds }
+        public init(from decoder: any Decoder) throws {
+            try SSHProvider.rejectUnknown(decoder, CodingKeys.allCases.map(\.rawValue), in: "providers.ssh")
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            hosts = try c.decodeIfPresent([Host].self, forKey: .hosts) ?? []
+            user = try c.decodeIfPresent(String.self, forKey: .user)
+            key = try c.decodeIfPresent(String.self, forKey: .key)
+            checkSeconds = try c.decodeIfPresent(Int.self, forKey: .checkSeconds)
         }
     }
 
