@@ -97,8 +97,29 @@ extension JobTests {
     func sshJob() async throws {
         let lab = try NetnsLab.up(2)
         defer { lab.down() }
-        let home = try JobHome.ssh(lab, hosts: [1, 2], steps: 80, pause: 0.08)
+        var home = try JobHome.ssh(lab, hosts: [1, 2], steps: 80, pause: 0.08)
         defer { home.dir.cleanup() }
+        // The bucket is SeaweedFS (S3), reached by the hosts over their own network: through a
+        // relay on the lab bridge's address to the server on this machine's loopback.
+        let seaweed = try #require(URL(string: try TestServers.seaweed))
+        let relay = Process()
+        relay.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        relay.arguments = ["python3", JobHome.repoRoot + "/Tests/CapstanIntegrationTests/Fixtures/tcp_relay.py", lab.subnet + ".1", seaweed.host ?? "127.0.0.1", "\(seaweed.port ?? 80)"]
+        let relayOut = Pipe()
+        relay.standardOutput = relayOut
+        // Not the test's own stderr: a child holding it would keep `swift test` waiting.
+        relay.standardError = FileHandle.nullDevice
+        try relay.run()
+        // SIGKILL: a child of the test process may inherit a mask that blocks SIGTERM.
+        defer { kill(relay.processIdentifier, SIGKILL); relay.waitUntilExit() }
+        let relayPort = String(decoding: relayOut.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let endpoint = "http://\(lab.subnet).1:\(relayPort)"
+        let creds = try TestServers.seaweedCredentials
+        home.env = ["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_REGION": "us-east-1"]
+        let spec = try String(contentsOfFile: home.spec, encoding: .utf8).replacingOccurrences(of: "storage: file://" + home.dir.file("bucket"), with: "storage: s3://capstan-ssh/runs")
+        home.dir.write("job/job.yaml", spec)
+        let admin = try S3ObjectStore(location: "s3://capstan-ssh/runs", credentials: creds, configuration: S3Configuration(endpoint: endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads")))
+        try await admin.createBucket()
         let launch = try home.startLaunch()
         let checkpointed = try await home.wait(timeout: 120) { (try home.job()?.latestCheckpoint ?? 0) >= 20 }
         #expect(checkpointed, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
@@ -117,9 +138,19 @@ extension JobTests {
         for i in 1...2 { #expect(lab.processes(i, containing: "agent --config").isEmpty) }
         let attempt = try #require(try home.store().attempts(job: job.id).first)
         #expect(attempt.masterAddress == lab.hosts[0].address)
-        let bucket = try FileObjectStore(location: job.storage)
+        #expect(job.storage.hasPrefix("s3://capstan-ssh/runs/"))
+        let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: S3Configuration(endpoint: endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads")))
         let m = try #require(try await CheckpointStore(store: bucket, prefix: "checkpoints").latestVerified())
         #expect(m.step == 80 && m.parts.map(\.node) == [0, 1])
+        #expect(try await bucket.head(key: "outputs/model.pt") != nil)
+        // The credentials reached the hosts' agents on the SSH session's stdin only: no file
+        // Capstan wrote, here or on the hosts, holds the secret.
+        for root in [home.dir.path, lab.dir.path] {
+            for f in try FileManager.default.subpathsOfDirectory(atPath: root) where !f.hasSuffix(".pt") && !f.contains("/bin/capstan-") {
+                guard let text = try? String(contentsOfFile: root + "/" + f, encoding: .utf8) else { continue }
+                #expect(!text.contains(creds.secretAccessKey), "the secret key appears in \(root)/\(f)")
+            }
+        }
         // The agent binary was shipped to each host once, checked by SHA-256.
         for i in 1...2 {
             let bins = (try? FileManager.default.contentsOfDirectory(atPath: lab.dir.file("host\(i)/work/bin"))) ?? []
