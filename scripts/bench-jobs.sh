@@ -9,6 +9,8 @@
 # Usage: scripts/bench-jobs.sh [RUNS]   (default 15)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/launch-times.sh
+. scripts/lib/launch-times.sh
 RUNS="${1:-15}"
 scripts/install-torch.sh
 swift build -c release --product capstan >/dev/null
@@ -28,22 +30,7 @@ env: {TOTAL_STEPS: "3", CKPT_EVERY: "100", STEP_SLEEP: "0", GLOO_SOCKET_IFNAME: 
 run: $STAMP; $TORCHRUN
 YAML
 "$CAPSTAN" up warm --nodes 2 >/dev/null
-now() { python3 -c 'import time; print(time.time())'; }
 # "CMDSTART FIRSTLINE": the latest of the nodes' command-start and first-line times in the files.
-times() {
-  python3 - "$@" <<'PY'
-import json, sys
-cmd, first = [], []
-for f in sys.argv[1:]:
-    seen = False
-    for line in open(f, errors="replace"):
-        line = line.strip()
-        if line.startswith("CMD "): cmd.append(float(line.split()[1]))
-        if line.startswith('{"event": "start"') and not seen:
-            first.append(json.loads(line)["time"]); seen = True
-print(max(cmd), max(first))
-PY
-}
 last_job() { "$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'; }
 # By hand: the same command on both nodes' addresses, two processes.
 by_hand() {
@@ -66,19 +53,7 @@ for i in $(seq "$RUNS"); do
   by_hand
   rows+=("hand $t0 $(times "$work/hand-0.log" "$work/hand-1.log")")
 done
-printf '%s\n' "${rows[@]}" | python3 -c '
-import statistics, sys
-runs = {"capstan": [], "hand": []}
-for line in sys.stdin:
-    who, t0, cmd, first = line.split()
-    runs[who].append((float(cmd) - float(t0), float(first) - float(cmd), float(first) - float(t0)))
-med = {w: [statistics.median(x[i] for x in r) * 1000 for i in range(3)] for w, r in runs.items()}
-for w, label in (("capstan", "capstan launch (warm cluster)"), ("hand", "by hand")):
-    m = med[w]
-    print(f"  {label:30s} to the command {m[0]:5.0f} ms + torchrun start-up {m[1]:5.0f} ms = first line {m[2]:5.0f} ms (median; totals: {sorted(round(x[2]*1000) for x in runs[w])})")
-c, h = med["capstan"], med["hand"]
-print(f"  overhead to reach the command: {c[0]-h[0]:.0f} ms (goal < 1000 ms); first line {c[2]:.0f} vs {h[2]:.0f} ms = {c[2]/h[2]:.2f}x (goal <= 1.10x)")
-'
+printf '%s\n' "${rows[@]}" | summarize 'capstan launch (warm cluster)' 'by hand' 1
 
 echo "checkpoint stall: 480 steps, a 256 MiB checkpoint every 120 steps, 1 node, file:// bucket"
 cat > "$work/job/stall.yaml" <<YAML

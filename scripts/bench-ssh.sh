@@ -8,6 +8,8 @@
 # Usage: sudo scripts/bench-ssh.sh [RUNS]   (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/launch-times.sh
+. scripts/lib/launch-times.sh
 RUNS="${1:-10}"
 scripts/install-torch.sh
 swift build -c release --product capstan >/dev/null
@@ -42,21 +44,6 @@ YAML
 "$CAPSTAN" up warm --nodes 2 >/dev/null
 # One launch first: ships the agent binary to both hosts (once per build), like any first use.
 "$CAPSTAN" launch "$work/job/job.yaml" --cluster warm --quiet >/dev/null
-now() { python3 -c 'import time; print(time.time())'; }
-times() {
-  python3 - "$@" <<'PY'
-import json, sys
-cmd, first = [], []
-for f in sys.argv[1:]:
-    seen = False
-    for line in open(f, errors="replace"):
-        line = line.strip()
-        if line.startswith("CMD "): cmd.append(float(line.split()[1]))
-        if line.startswith('{"event": "start"') and not seen:
-            first.append(json.loads(line)["time"]); seen = True
-print(max(cmd), max(first))
-PY
-}
 last_job() { "$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'; }
 SSH=(ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile="$work/known_hosts" -i "$work/lab/client_key")
 # By hand: the workdir copied once, then one ssh per host running the same command.
@@ -81,15 +68,4 @@ for i in $(seq "$RUNS"); do
   by_hand
   rows+=("hand $t0 $(times "$work/hand-0.log" "$work/hand-1.log")")
 done
-printf '%s\n' "${rows[@]}" | python3 -c '
-import statistics, sys
-runs = {"capstan": [], "hand": []}
-for line in sys.stdin:
-    who, t0, cmd, first = line.split()
-    runs[who].append((float(cmd) - float(t0), float(first) - float(cmd), float(first) - float(t0)))
-med = {w: [statistics.median(x[i] for x in r) * 1000 for i in range(3)] for w, r in runs.items()}
-for w, label in (("capstan", "capstan launch (2 SSH hosts)"), ("hand", "by hand over ssh")):
-    m = med[w]
-    print(f"  {label:30s} to the command {m[0]:5.0f} ms + torchrun start-up {m[1]:5.0f} ms = first line {m[2]:5.0f} ms (median; totals: {sorted(round(x[2]*1000) for x in runs[w])})")
-c, h = med["capstan"], med["hand"]
-print(f"  overhead to reach the command: {c[0]-h[0]:.0f} ms; first line {c[2]:.0f} vs {h[2]:.0f} ms = {c[2]/h[2]:.2f}x")'
+printf '%s\n' "${rows[@]}" | summarize 'capstan launch (2 SSH hosts)' 'by hand over ssh' 0

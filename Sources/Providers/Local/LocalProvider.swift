@@ -199,16 +199,7 @@ public struct LocalProvider: ComputeProvider {
         return try ids.compactMap { try read($0) }
     }
 
-    func withLock<T>(_ body: () throws -> T) throws -> T {
-        let fd = open(root + "/.lock", O_RDWR | O_CREAT, 0o644)
-        guard fd >= 0 else { throw CapstanError(.io, "Cannot open \(root)/.lock: \(String(cString: strerror(errno))).", provider: name) }
-        defer { close(fd) }
-        while flock(fd, LOCK_EX) != 0 {
-            if errno != EINTR { throw CapstanError(.io, "Cannot lock \(root)/.lock: \(String(cString: strerror(errno))).", provider: name) }
-        }
-        defer { flock(fd, LOCK_UN) }
-        return try body()
-    }
+    func withLock<T>(_ body: () throws -> T) throws -> T { try withFolderLock(root, provider: name, body) }
 
     /// A node's processes are listed in `<folder>/pids` (``NodeProcesses``) by whoever starts
     /// them (the node agent); each is killed with its process group.

@@ -256,14 +256,5 @@ public struct SSHProvider: ComputeProvider {
         }
     }
 
-    func withLock<T>(_ body: () throws -> T) throws -> T {
-        let fd = open(root + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CapstanError(.io, "Cannot open \(root)/.lock: \(String(cString: strerror(errno))).", provider: name) }
-        defer { close(fd) }
-        while flock(fd, LOCK_EX) != 0 {
-            if errno != EINTR { throw CapstanError(.io, "Cannot lock \(root)/.lock: \(String(cString: strerror(errno))).", provider: name) }
-        }
-        defer { flock(fd, LOCK_UN) }
-        return try body()
-    }
+    func withLock<T>(_ body: () throws -> T) throws -> T { try withFolderLock(root, provider: name, body) }
 }

@@ -322,6 +322,8 @@ final class Run: @unchecked Sendable {
     func monitor(_ attempt: JobAttemptRecord, nodes: [Instance]) async -> Result {
         let started = Date()
         var beats: [Int: (count: Int, seen: Date)] = [:]
+        /// Status reads in a row that got no answer, by rank.
+        var failedReads: [Int: Int] = [:]
         var firstSuccess: Date?
         var lastDescribe = Date.distantPast
         var lastCheckpointSync = Date.distantPast
@@ -332,7 +334,11 @@ final class Run: @unchecked Sendable {
             // Every node at once: an unreachable node's read (bounded by its transport) must
             // not make the others look silent.
             let readsBegan = Date()
-            for (rank, s, running) in await readStatuses(attempt, nodes: nodes) {
+            let answers = await readStatuses(attempt, nodes: nodes)
+            for rank in nodes.indices {
+                failedReads[rank] = answers.contains { $0.0 == rank } ? 0 : failedReads[rank, default: 0] + 1
+            }
+            for (rank, s, running) in answers {
                 statuses[rank] = s
                 if beats[rank]?.count != s.heartbeat { beats[rank] = (s.heartbeat, Date()) }
                 // Died without its final word (where the transport can see its process).
@@ -364,9 +370,10 @@ final class Run: @unchecked Sendable {
             for rank in 0..<nodes.count where statuses[rank]?.phase != .exited {
                 if let b = beats[rank] {
                     // A node that answered this pass is measured up to when the pass began to
-                    // read (waiting on another node's read never counts against it); one that
-                    // did not answer, up to now.
-                    let until = statuses[rank] == nil ? now : readsBegan
+                    // read: waiting on another node's read never counts against it.
+                    // One failed read is a glitch (counted like an answer, to when the pass began);
+                    // from the second in a row the node counts as silent up to now.
+                    let until = failedReads[rank, default: 0] >= 2 ? now : readsBegan
                     if until.timeIntervalSince(b.seen) > settings.heartbeatTimeoutSeconds {
                         return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: "node \(rank) (\(nodes[rank].id)) sent no heartbeat for \(Int(settings.heartbeatTimeoutSeconds)) s"))
                     }

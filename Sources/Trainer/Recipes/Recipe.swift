@@ -1,4 +1,4 @@
-public import CapstanCore
+import CapstanCore
 import Foundation
 
 /// A built-in training program a job names instead of writing `run` (`recipe: sft`): Capstan
