@@ -232,7 +232,7 @@ final class Run: @unchecked Sendable {
 
     func transport(for node: Instance) throws -> any NodeTransport {
         guard let t = c.ctx.transports.first(where: { $0.serves(node) }) else {
-            throw CapstanError(.unsupported, "No way to reach node \(node.id) on \(node.provider): it has no SSH user, address and work root.", hint: "The provider must report them (the ssh provider does); use the local or ssh provider.")
+            throw CapstanError(.unsupported, "No way to reach node \(node.id) on \(node.provider): it has no SSH user and address.", hint: "The provider must report them (the ssh provider and the AWS plugin do).")
         }
         return t
     }
@@ -360,7 +360,7 @@ final class Run: @unchecked Sendable {
             let failed = statuses.filter { $0.value.phase == .exited && !$0.value.succeeded }.sorted { ($0.value.endedAt ?? .distantFuture) < ($1.value.endedAt ?? .distantFuture) }
             if let (rank, s) = failed.first {
                 if let gone = await goneFailure(nodes) { return .failed(gone) }
-                await pullLogs(attempt, nodes: nodes)
+                await pullLogs(attempt, nodes: nodes, only: [rank])
                 var failure = Self.failure(of: s, node: rank)
                 if failure.kind == .command, let line = Self.errorLine(inLog: c.ctx.logFile(job: jobID, node: rank)) {
                     failure.message += ": \(line)"
