@@ -30,8 +30,6 @@ env: {TOTAL_STEPS: "3", CKPT_EVERY: "100", STEP_SLEEP: "0", GLOO_SOCKET_IFNAME: 
 run: $STAMP; $TORCHRUN
 YAML
 "$CAPSTAN" up warm --nodes 2 >/dev/null
-# "CMDSTART FIRSTLINE": the latest of the nodes' command-start and first-line times in the files.
-last_job() { "$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'; }
 # By hand: the same command on both nodes' addresses, two processes.
 by_hand() {
   local port=$((30000 + RANDOM % 10000))
@@ -43,17 +41,7 @@ by_hand() {
   wait
 }
 echo "launch → first training line, 2 nodes (torchrun, gloo), $RUNS runs each, interleaved"
-rows=()
-for i in $(seq "$RUNS"); do
-  t0=$(now)
-  "$CAPSTAN" launch "$work/job/job.yaml" --cluster warm --quiet >/dev/null
-  job=$(last_job)
-  rows+=("capstan $t0 $(times "$CAPSTAN_HOME/jobs/$job/logs/node-0.log" "$CAPSTAN_HOME/jobs/$job/logs/node-1.log")")
-  t0=$(now)
-  by_hand
-  rows+=("hand $t0 $(times "$work/hand-0.log" "$work/hand-1.log")")
-done
-printf '%s\n' "${rows[@]}" | summarize 'capstan launch (warm cluster)' 'by hand' 1
+compare_launches "$RUNS" "$work/job/job.yaml" 'capstan launch (warm cluster)' 'by hand' 1
 
 echo "checkpoint stall: 480 steps, a 256 MiB checkpoint every 120 steps, 1 node, file:// bucket"
 cat > "$work/job/stall.yaml" <<YAML

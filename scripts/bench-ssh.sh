@@ -44,7 +44,6 @@ YAML
 "$CAPSTAN" up warm --nodes 2 >/dev/null
 # One launch first: ships the agent binary to both hosts (once per build), like any first use.
 "$CAPSTAN" launch "$work/job/job.yaml" --cluster warm --quiet >/dev/null
-last_job() { "$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'; }
 SSH=(ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile="$work/known_hosts" -i "$work/lab/client_key")
 # By hand: the workdir copied once, then one ssh per host running the same command.
 for i in 1 2; do "${SSH[@]}" "root@$SUBNET.$((i + 1))" "mkdir -p $work/lab/host$i/hand" < /dev/null; cp "$work/job/train.py" "$work/lab/host$i/hand/"; done
@@ -58,14 +57,4 @@ by_hand() {
   wait
 }
 echo "launch → first training line, 2 SSH hosts (torchrun, gloo), $RUNS runs each, interleaved"
-rows=()
-for i in $(seq "$RUNS"); do
-  t0=$(now)
-  "$CAPSTAN" launch "$work/job/job.yaml" --cluster warm --quiet >/dev/null
-  job=$(last_job)
-  rows+=("capstan $t0 $(times "$CAPSTAN_HOME/jobs/$job/logs/node-0.log" "$CAPSTAN_HOME/jobs/$job/logs/node-1.log")")
-  t0=$(now)
-  by_hand
-  rows+=("hand $t0 $(times "$work/hand-0.log" "$work/hand-1.log")")
-done
-printf '%s\n' "${rows[@]}" | summarize 'capstan launch (2 SSH hosts)' 'by hand over ssh' 0
+compare_launches "$RUNS" "$work/job/job.yaml" 'capstan launch (2 SSH hosts)' 'by hand over ssh' 0

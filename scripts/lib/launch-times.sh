@@ -38,3 +38,22 @@ for w in ("capstan", "hand"):
 c, h = med["capstan"], med["hand"]
 print(f"  overhead to reach the command: {c[0]-h[0]:.0f} ms" + (" (goal < 1000 ms)" if goals else "") + f"; first line {c[2]:.0f} vs {h[2]:.0f} ms = {c[2]/h[2]:.2f}x" + (" (goal <= 1.10x)" if goals else ""))' "$@"
 }
+
+last_job() { "$CAPSTAN" jobs --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'; }
+
+# compare_launches RUNS SPEC CAPSTAN_LABEL HAND_LABEL GOALS: RUNS interleaved pairs of
+# `$CAPSTAN launch SPEC --cluster warm` and the caller's `by_hand` (which writes
+# $work/hand-0.log and $work/hand-1.log), then `summarize`. Needs $CAPSTAN, $CAPSTAN_HOME, $work.
+compare_launches() {
+  local runs=$1 spec=$2 rows=() t0 job
+  for _ in $(seq "$runs"); do
+    t0=$(now)
+    "$CAPSTAN" launch "$spec" --cluster warm --quiet >/dev/null
+    job=$(last_job)
+    rows+=("capstan $t0 $(times "$CAPSTAN_HOME/jobs/$job/logs/node-0.log" "$CAPSTAN_HOME/jobs/$job/logs/node-1.log")")
+    t0=$(now)
+    by_hand
+    rows+=("hand $t0 $(times "$work/hand-0.log" "$work/hand-1.log")")
+  done
+  printf '%s\n' "${rows[@]}" | summarize "$3" "$4" "$5"
+}
