@@ -208,7 +208,8 @@ extension Sequence where Element == UInt8 {
 }
 
 extension Digest {
-    var hex: String { Array(self).hex }
+    /// Lower-case hex, for every module of the package (agent binaries, venv hashes).
+    package var hex: String { Array(self).hex }
 }
 
 extension HashedAuthenticationCode {

@@ -1,4 +1,5 @@
 import CapstanCore
+import CapstanProviders
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -115,6 +116,6 @@ extension NodeAgent {
 
     /// `argv` as one `/bin/sh` command line, each word single-quoted.
     func shell(_ argv: [String]) -> String {
-        argv.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        argv.map(SSHClient.quote).joined(separator: " ")
     }
 }

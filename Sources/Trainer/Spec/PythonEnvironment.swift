@@ -1,4 +1,5 @@
 import CapstanCore
+import CapstanProviders
 import Crypto
 import Foundation
 
@@ -42,7 +43,7 @@ public struct PythonEnvironment: Sendable, Hashable, Codable {
     public func hash(fileContents: String?, pythonVersion: String) -> String {
         let lines = (requirements + (fileContents.map(Self.lines) ?? [])).sorted()
         let identity = ["v1", pythonVersion, interpreter, systemPackages ? "system" : "isolated", wheels ?? "", index ?? ""] + lines
-        return SHA256.hash(data: Data(identity.joined(separator: "\n").utf8)).map { String(format: "%02x", $0) }.joined()
+        return SHA256.hash(data: Data(identity.joined(separator: "\n").utf8)).hex
     }
 
     /// Requirement lines of a requirements file (comments and blank lines dropped).

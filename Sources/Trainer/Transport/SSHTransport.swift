@@ -111,7 +111,7 @@ public struct SSHTransport: NodeTransport {
         defer { try? h.close() }
         var hasher = SHA256()
         while let chunk = try h.read(upToCount: 4 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
-        let d = hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        let d = hasher.finalize().hex
         digest.withLock { $0 = d }
         return d
     }
