@@ -342,8 +342,11 @@ class Handler(BaseHTTPRequestHandler):
         cloud = self.cloud
         path = self.path.split("?", 1)[0]
         try:
+            # Read the body first, whatever the answer: an unread body would be taken for the
+            # next request on this keep-alive connection.
+            body = self.read_body() if method in ("POST", "PUT") else None
             if path.startswith("/_emulator/"):
-                return self.admin(method, path)
+                return self.admin(method, path, body)
             with cloud.lock:
                 cloud.counters["requests"] += 1
                 if cloud.faults["server_errors"] > 0:
@@ -368,7 +371,6 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send_json(429, {"error": {"code": "global/too-many-requests",
                                                           "message": "Too many requests. Slow down.",
                                                           "suggestion": "Wait, then try again."}}, headers)
-                body = self.read_body() if method in ("POST", "PUT") else None
                 cloud.advance()
                 data = self.route(method, path, body)
             self.send_json(200, {"data": data})
@@ -406,11 +408,11 @@ class Handler(BaseHTTPRequestHandler):
                      "version": "22.04", "architecture": "x86_64", "region": {"name": r}} for r in REGIONS]
         raise ApiError(404, "global/object-does-not-exist", "Not found.")
 
-    def admin(self, method, path):
+    def admin(self, method, path, body):
         cloud = self.cloud
         if path == "/_emulator/faults":
             if method == "POST":
-                update = self.read_body() or {}
+                update = body or {}
                 unknown = [k for k in update if k not in DEFAULT_FAULTS]
                 if unknown:
                     return self.send_json(400, {"error": "unknown switches: %s" % unknown})

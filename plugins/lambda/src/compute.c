@@ -1,9 +1,10 @@
 /*
  * compute.* methods on the Lambda Cloud API (reference: docs/plugins/lambda.md).
  *
- *   compute.offers     GET  /instance-types: one offer per instance type and region; a region
- *                      listed in regions_with_capacity_available is "available", any other known
- *                      region "unavailable" (so `capstan offers --explain` can say why).
+ *   compute.offers     GET  /instance-types (+ GET /images for the full region list): one offer
+ *                      per instance type and region; a region listed in
+ *                      regions_with_capacity_available is "available", any other region
+ *                      "unavailable" (so `capstan offers --explain` can say why).
  *   compute.launch     POST /instance-operations/launch, after finding the request's intent tag
  *                      on a live instance (Lambda has no idempotency token) and registering the
  *                      SSH key (POST /ssh-keys) if Lambda does not have it yet.
@@ -198,6 +199,23 @@ json_t *lambda_offers(lambda_plugin *p, json_t *request, lambda_error *err) {
             if (name && !seen) json_array_append_new(regions, json_string(name));
         }
     }
+    /* Regions with no capacity for any type appear in no list above: the images list names
+     * every region (as gpuhunt reads it), so an empty cloud still shows what it lacks. */
+    json_t *images = NULL;
+    lambda_error ignored = {0};
+    if (!p->settings.regions && lambda_request(p, "GET", "/images", NULL, "list images", 1, &images, &ignored) == 0) {
+        json_t *img;
+        json_array_foreach(images, i, img) {
+            const char *name = str(json_object_get(img, "region"), "name");
+            int seen = 0;
+            size_t j;
+            json_t *s;
+            json_array_foreach(regions, j, s) seen |= name && strcmp(json_string_value(s), name) == 0;
+            if (name && !seen) json_array_append_new(regions, json_string(name));
+        }
+    }
+    json_decref(images);
+    lambda_error_clear(&ignored);
     json_t *request_regions = json_object_get(request, "regions");
     json_t *offers = json_array();
     json_object_foreach(data, key, entry) {
