@@ -6,6 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build --build-tests
+# The C Lambda plugin builds from its own Makefile (the tests also build it out of tree, and with
+# AddressSanitizer). Needs libcurl4-openssl-dev and libjansson-dev.
+if ! make -s -C plugins/lambda; then
+  echo "The Lambda plugin did not build: install libcurl4-openssl-dev and libjansson-dev (apt-get install …), then run this again." >&2
+  exit 1
+fi
 # The job tests run real torch.distributed programs.
 scripts/install-torch.sh
 # The real counterparts the integration tests talk to, on loopback, stopped on exit.

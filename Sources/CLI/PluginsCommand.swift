@@ -7,7 +7,7 @@ struct PluginsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plugins",
         abstract: "List and inspect provider plugins.",
-        subcommands: [List.self, Inspect.self],
+        subcommands: [List.self, Inspect.self, Call.self],
         defaultSubcommand: List.self)
 
     /// One row of `plugins list --json`.
@@ -100,6 +100,57 @@ struct PluginsCommand: AsyncParsableCommand {
                     print("config schema (providers.\(m.name) in config.yaml):")
                     print(String(decoding: try e.encode(schema), as: UTF8.self))
                 }
+            }
+        }
+    }
+
+    struct Call: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Call one plugin method with a JSON request and print the raw JSON answer (for plugin authors).",
+            discussion: """
+                The call goes through the same loader, ABI checks and JSON bridge as every other command.
+                A plugin named as on `plugins list` gets its providers.<name> settings from config.yaml;
+                a path to a .so gets --config (default {}). Methods: docs/plugin-abi.md.
+                Examples:
+                  capstan plugins call lambda compute.offers '{"nodes":1,"regions":[],"spot":"never","providers":[]}'
+                  capstan plugins call ./build/libcapstan-mycloud.so plugin.ping --config '{"endpoint":"http://127.0.0.1:8080"}'
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Plugin name (as in `plugins list`) or a path to a plugin file.")
+        var plugin: String
+        @Argument(help: "Method, e.g. plugin.ping, compute.offers, compute.describe.")
+        var method: String
+        @Argument(help: "The request document (JSON).")
+        var request: String = "{}"
+        @Option(help: "The plugin's configuration document (JSON), instead of config.yaml's providers.<name>.")
+        var config: String?
+        @Option(help: "Seconds to wait for the answer.")
+        var timeout: Double = 120
+
+        func run() async throws {
+            try await reportingErrors {
+                func parse(_ text: String, _ what: String) throws -> JSONValue {
+                    do { return try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)) } catch {
+                        throw CapstanError(.invalidRequest, "The \(what) is not JSON: \(text.prefix(80))", hint: "Quote it for the shell: '{\"key\": \"value\"}'.")
+                    }
+                }
+                let requestJSON = try parse(request, "request")
+                let instance: PluginInstance
+                let limit = Duration.milliseconds(Int64(timeout * 1000))
+                if plugin.contains("/") {
+                    instance = try PluginLibrary.load(path: plugin).instantiate(config: try config.map { try parse($0, "--config") } ?? .object([:]), timeout: limit)
+                } else {
+                    let registry = try global.loadRegistry()
+                    guard let library = registry.plugins.first(where: { $0.library?.name == plugin && $0.shadowedBy == nil })?.library else {
+                        let names = registry.plugins.compactMap { $0.library?.name }
+                        throw CapstanError(.notFound, "No plugin named '\(plugin)' on the search path.", hint: names.isEmpty ? "No plugins were found; see `capstan plugins list`." : "Found: \(names.joined(separator: ", ")).")
+                    }
+                    let settings = try config.map { try parse($0, "--config") } ?? registry.config.providerConfig(plugin)
+                    instance = try library.instantiate(config: settings, timeout: limit)
+                }
+                let answer = try await instance.invoke(method, request: Data(requestJSON.jsonString.utf8))
+                let pretty = try JSONDecoder().decode(JSONValue.self, from: answer)
+                try printJSON(pretty)
             }
         }
     }

@@ -59,27 +59,51 @@ final class LambdaEmulator: @unchecked Sendable {
     let dir = TempDir("capstan-lambda-emu")
     let process = Process()
     let port: Int
+    /// The plain-HTTP port of the `/_emulator/` switches (the API port itself unless TLS).
+    let adminPort: Int
+    /// With TLS: the emulator's self-signed certificate, for `caBundle`.
+    let certificate: String?
 
-    var endpoint: String { "http://127.0.0.1:\(port)/api/v1" }
+    var endpoint: String { "\(certificate == nil ? "http" : "https")://127.0.0.1:\(port)/api/v1" }
 
-    init(faults: [String: Any] = [:]) throws {
+    init(faults: [String: Any] = [:], tls: Bool = false) throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         let faultsJSON = String(decoding: try JSONSerialization.data(withJSONObject: faults), as: UTF8.self)
-        process.arguments = ["python3", LambdaPlugin.emulatorScript, "--port-file", dir.file("port"), "--api-key", Self.apiKey, "--faults", faultsJSON]
+        var args = ["python3", LambdaPlugin.emulatorScript, "--port-file", dir.file("port"), "--api-key", Self.apiKey, "--faults", faultsJSON]
+        if tls {
+            try Self.makeCertificate(dir.file("cert.pem"), key: dir.file("key.pem"))
+            args += ["--tls-cert", dir.file("cert.pem"), "--tls-key", dir.file("key.pem")]
+            certificate = dir.file("cert.pem")
+        } else {
+            certificate = nil
+        }
+        process.arguments = args
         // Never the test's own stdout/stderr: `swift test` waits for every holder of its pipes.
         process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()
-        var found: Int?
+        var found: (Int, Int)?
         for _ in 0..<200 {
-            if let text = try? String(contentsOfFile: dir.file("port"), encoding: .utf8), let p = Int(text) { found = p; break }
+            if let text = try? String(contentsOfFile: dir.file("port"), encoding: .utf8), let p = Int(text) {
+                let admin = tls ? (try? String(contentsOfFile: dir.file("port.admin"), encoding: .utf8)).flatMap { Int($0) } : p
+                if let admin { found = (p, admin); break }
+            }
             usleep(50_000)
         }
         guard let found else {
             kill(process.processIdentifier, SIGKILL)
             throw CapstanError(.internalError, "The Lambda emulator did not start within 10 s.")
         }
-        port = found
+        (port, adminPort) = found
+    }
+
+    /// A self-signed certificate for 127.0.0.1.
+    static func makeCertificate(_ cert: String, key: String) throws {
+        let r = try runProcessBlocking("/usr/bin/env", [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert,
+        ])
+        guard r.status == 0 else { throw CapstanError(.internalError, "openssl req failed: \(r.stderr)") }
     }
 
     func stop() {
@@ -89,7 +113,7 @@ final class LambdaEmulator: @unchecked Sendable {
     }
 
     private func admin(_ path: String, _ body: [String: Any]? = nil) throws -> [String: Any] {
-        var req = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/_emulator/\(path)")!)
+        var req = URLRequest(url: URL(string: "http://127.0.0.1:\(adminPort)/_emulator/\(path)")!)
         if let body {
             req.httpMethod = "POST"
             req.httpBody = try JSONSerialization.data(withJSONObject: body)
@@ -342,7 +366,7 @@ struct LambdaPluginTests {
         _ = try await lambda.terminate(ids: slow.map(\.id) + sick.map(\.id))
     }
 
-    @Test("fifty concurrent calls on one instance, each on its own plugin thread")
+    @Test("fifty concurrent calls on one instance, served by at most eight plugin workers")
     func concurrentCalls() async throws {
         let emu = try LambdaEmulator(); defer { emu.stop() }
         let dir = TempDir(); defer { dir.cleanup() }
@@ -382,8 +406,8 @@ struct LambdaCLITests {
     }
 
     /// A home whose config enables Lambda (the emulator) and, when given, AWS (moto) next to it.
-    static func start(faults: [String: Any] = [:], aws: String? = nil) throws -> Run {
-        let emulator = try LambdaEmulator(faults: faults)
+    static func start(faults: [String: Any] = [:], aws: String? = nil, tls: Bool = false) throws -> Run {
+        let emulator = try LambdaEmulator(faults: faults, tls: tls)
         let home = TempDir("capstan-lambda-cli")
         let logs = TempDir("capstan-lambda-asan")
         home.write("lambda-key", "api_key = \(LambdaEmulator.apiKey)\n")
@@ -394,7 +418,7 @@ struct LambdaCLITests {
               lambda:
                 endpoint: \(emulator.endpoint)
                 apiKeyFile: \(home.file("lambda-key"))
-
+            \(emulator.certificate.map { "    caBundle: \($0)\n" } ?? "")
             """
         if let aws {
             home.write("aws-credentials", "[default]\naws_access_key_id = AKIDMOTOTEST\naws_secret_access_key = motosecret\n")
@@ -486,6 +510,83 @@ struct LambdaCLITests {
         #expect(try run.emulator.counter("rate_limited") > 0)
         let down = try await run.capstan(["down", "c3"])
         #expect(down.status == 0, "\(down.stderr)")
+    }
+
+    @Test("every method and fault path through `capstan plugins call`, over HTTPS, under ASan")
+    func everyPathUnderASan() async throws {
+        let run = try Self.start(faults: ["boot_seconds": 0.2], tls: true); defer { run.cleanup() }
+        let dir = TempDir(); defer { dir.cleanup() }
+        let pub = try await LambdaPluginTests.publicKey(dir)
+        func config(_ extra: [String: Any] = [:], ca: Bool = true) throws -> String {
+            var c: [String: Any] = ["endpoint": run.emulator.endpoint, "apiKeyFile": run.home.file("lambda-key")]
+            if ca { c["caBundle"] = run.emulator.certificate }
+            for (k, v) in extra { c[k] = v }
+            return String(decoding: try JSONSerialization.data(withJSONObject: c), as: UTF8.self)
+        }
+        func call(_ method: String, _ request: Any, config: String? = nil) async throws -> (ok: Bool, json: [String: Any], text: String) {
+            let body = String(decoding: try JSONSerialization.data(withJSONObject: request, options: .fragmentsAllowed), as: UTF8.self)
+            var args = ["plugins", "call", "lambda", method, body]
+            if let config { args += ["--config", config] }
+            let r = try await run.capstan(args)
+            let json = (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any] ?? [:]
+            return (r.status == 0, json, r.stdout + r.stderr)
+        }
+        func ids(_ answer: [String: Any]) -> [String] { (answer["instances"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String } }
+        let everything: [String: Any] = ["nodes": 1, "regions": [String](), "spot": "never", "providers": [String]()]
+
+        // HTTPS with the emulator's certificate as the CA; without it, a clear TLS error.
+        let offers = try await call("compute.offers", everything)
+        #expect(offers.ok && (offers.json["offers"] as? [Any])?.isEmpty == false, "\(offers.text)")
+        let a10 = try #require((offers.json["offers"] as? [[String: Any]])?.first { $0["instanceType"] as? String == "gpu_1x_a10" && $0["availability"] as? String == "available" })
+        let noCA = try await call("compute.offers", everything, config: try config(ca: false))
+        #expect(!noCA.ok && noCA.text.contains("TLS to https://127.0.0.1"), "\(noCA.text)")
+
+        func launch(_ count: Int) async throws -> (ok: Bool, json: [String: Any], text: String) {
+            try await call("compute.launch", ["offer": a10, "count": count, "idempotencyKey": "k-\(UUID())", "tags": ["t": "x"], "sshPublicKey": pub, "spot": false])
+        }
+        // Lambda starting one instance per request, and the quota cutting a gang short.
+        try run.emulator.set(["honor_quantity": false, "max_instances": 2])
+        let quota = try await launch(3)
+        #expect(!quota.ok && quota.text.contains("2 of 3 instance(s) had started and were terminated"), "\(quota.text)")
+        try run.emulator.set(["max_instances": 100])
+        let two = try await launch(2)
+        #expect(two.ok && ids(two.json).count == 2, "\(two.text)")
+
+        // Describe by id, one of them unknown to Lambda; terminate, twice.
+        let seen = try await call("compute.describe", ["ids": ids(two.json) + ["feedface"], "tags": [String: String](), "includeTerminated": true])
+        #expect(seen.ok && ids(seen.json).count == 3 && seen.text.contains("not-found"), "\(seen.text)")
+        for _ in 0..<2 {
+            let gone = try await call("compute.terminate", ["ids": ids(two.json) + ["feedface"]])
+            #expect(gone.ok && ids(gone.json).count == 3, "\(gone.text)")
+        }
+
+        // 502s: repeated, then reported transient.
+        let list: [String: Any] = ["tags": [String: String](), "includeTerminated": false]
+        try run.emulator.set(["server_errors": 2])
+        #expect(try await call("compute.describe", list).ok)
+        try run.emulator.set(["server_errors": 100])
+        let broken = try await call("compute.describe", list)
+        #expect(!broken.ok && broken.text.contains("HTTP 502"), "\(broken.text)")
+        try run.emulator.set(["server_errors": 0])
+
+        // 429 with no patience: rateLimited, with when to retry.
+        try run.emulator.set(["rate_limit": ["requests_per_second": 0.1, "burst": 1], "retry_after_header": true])
+        let impatient = try config(["maxRateLimitWaitSeconds": 0])
+        _ = try await call("compute.describe", list, config: impatient)
+        let limited = try await call("compute.describe", list, config: impatient)
+        #expect(!limited.ok && limited.text.contains("Retry after"), "\(limited.text)")
+        try run.emulator.set(["rate_limit": NSNull()])
+
+        // A wrong key, a settings typo, a request that is not an object, a method it lacks.
+        run.home.write("wrong-key", "secret_wrong_key_4242\n")
+        let auth = try await call("compute.describe", list, config: try config(["apiKeyFile": run.home.file("wrong-key")]))
+        #expect(!auth.ok && auth.text.contains("API key was invalid") && !auth.text.contains("secret_wrong_key_4242"), "\(auth.text)")
+        let typo = try await call("plugin.ping", [String: String](), config: #"{"endpiont": "x"}"#)
+        #expect(!typo.ok && typo.text.contains("Did you mean providers.lambda.endpoint?"), "\(typo.text)")
+        let array = try await call("compute.offers", [1])
+        #expect(!array.ok && array.text.contains("is not a JSON object"), "\(array.text)")
+        let unknown = try await call("compute.resize", [String: String]())
+        #expect(!unknown.ok && unknown.text.contains("does not implement 'compute.resize'"), "\(unknown.text)")
     }
 
     @Test("kill -9 during capstan up on Lambda leaves no instance that no cluster owns")

@@ -4,6 +4,9 @@ error bodies (docs/plugins/lambda.md lists the sources), with switches for the f
 cloud has. Standard library only; listens on 127.0.0.1 only.
 
     python3 lambda_cloud.py --port 0 --port-file F --api-key KEY [--faults JSON]
+                            [--tls-cert PEM --tls-key PEM]   (HTTPS, as the real API; the
+                            /_emulator/ paths then also answer over plain HTTP on the port
+                            written to F.admin)
 
 API (base /api/v1; auth `Authorization: Bearer KEY` or HTTP Basic with the key as user):
     GET  /instance-types                 {data: {name: {instance_type, regions_with_capacity_available}}}
@@ -35,6 +38,7 @@ import argparse
 import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -450,6 +454,8 @@ def main():
     ap.add_argument("--port-file", help="write the bound port here once listening")
     ap.add_argument("--api-key", action="append", default=[], help="an accepted API key (repeatable)")
     ap.add_argument("--faults", default="{}", help="initial switches, a JSON object")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="… and this private key (PEM)")
     args = ap.parse_args()
     faults = json.loads(args.faults)
     unknown = [k for k in faults if k not in DEFAULT_FAULTS]
@@ -458,13 +464,28 @@ def main():
     Handler.cloud = Cloud(args.api_key or [os.environ.get("LAMBDA_EMULATOR_API_KEY", "secret_emulator_key")], faults)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    scheme = "http"
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+        # The switches, over plain HTTP on a second port.
+        admin = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        admin.daemon_threads = True
+        threading.Thread(target=admin.serve_forever, daemon=True).start()
+        if args.port_file:
+            write_atomically(args.port_file + ".admin", str(admin.server_address[1]))
     if args.port_file:
-        tmp = args.port_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(str(server.server_address[1]))
-        os.replace(tmp, args.port_file)
-    print("lambda emulator on http://127.0.0.1:%d/api/v1" % server.server_address[1], flush=True)
+        write_atomically(args.port_file, str(server.server_address[1]))
+    print("lambda emulator on %s://127.0.0.1:%d/api/v1" % (scheme, server.server_address[1]), flush=True)
     server.serve_forever()
+
+
+def write_atomically(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -61,9 +61,19 @@ int lambda_settings_parse(const char *config_json, lambda_settings *out, lambda_
 void lambda_settings_free(lambda_settings *s);
 
 /* ---- the instance (one per create) ------------------------------------------------------------ */
+#define LAMBDA_WORKERS 8 /* calls served at once per instance; more wait in the queue */
+
+struct lambda_call;
+
 typedef struct lambda_plugin {
     lambda_settings settings;
     const capstan_host *host;
+    /* The call queue and its workers, started on demand and joined by destroy. */
+    pthread_mutex_t queue_lock;
+    pthread_cond_t queue_ready;
+    struct lambda_call *queue_head, *queue_tail;
+    pthread_t workers[LAMBDA_WORKERS];
+    int worker_count, idle_workers, queued, stopping;
     pthread_mutex_t pool_lock;  /* guards the idle curl handles (keep-alive connections) */
     CURL *idle[8];
     int idle_count;

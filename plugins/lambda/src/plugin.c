@@ -1,11 +1,14 @@
 /*
  * The Lambda Cloud plugin for Capstan: the ABI table and the invoke machinery.
  *
- * Threading: every invoke copies its method and request and runs on a detached thread of its
- * own, which calls the completion exactly once and then touches nothing of the instance again.
- * The host guarantees no invoke is in flight when it calls destroy, so the instance may be freed
- * there. Nothing here is ever unloaded (the host opens plugins with RTLD_NODELETE), so
- * curl_global_init runs once per process and is never undone.
+ * Threading: invoke copies its method and request into a queue and returns at once. Up to
+ * LAMBDA_WORKERS worker threads per instance, started as calls arrive, take calls from the queue;
+ * each call's completion is called exactly once, and is the last thing that touches the host's
+ * call. destroy (the host guarantees no call is in flight) stops and joins the workers, so no
+ * plugin thread outlives its instance. Long-lived workers also keep libcurl's and OpenSSL's
+ * per-thread state for the life of the instance instead of rebuilding it per call.
+ * Nothing here is ever unloaded (the host opens plugins with RTLD_NODELETE), so curl_global_init
+ * runs once per process and is never undone.
  */
 #define _GNU_SOURCE
 #include "lambda.h"
@@ -141,6 +144,8 @@ static int32_t create(const char *config_json, const capstan_host *host, void **
         goto fail;
     }
     p->host = host;
+    pthread_mutex_init(&p->queue_lock, NULL);
+    pthread_cond_init(&p->queue_ready, NULL);
     pthread_mutex_init(&p->pool_lock, NULL);
     pthread_mutex_init(&p->key_lock, NULL);
     lambda_log(p, CAPSTAN_LOG_DEBUG, "lambda: endpoint %s, API key from %s", p->settings.endpoint, p->settings.api_key_source);
@@ -155,6 +160,13 @@ fail:
 static void destroy(void *handle) {
     lambda_plugin *p = handle;
     if (!p) return;
+    pthread_mutex_lock(&p->queue_lock);
+    p->stopping = 1;
+    pthread_cond_broadcast(&p->queue_ready);
+    pthread_mutex_unlock(&p->queue_lock);
+    for (int i = 0; i < p->worker_count; i++) pthread_join(p->workers[i], NULL);
+    pthread_cond_destroy(&p->queue_ready);
+    pthread_mutex_destroy(&p->queue_lock);
     lambda_http_release(p);
     pthread_mutex_destroy(&p->pool_lock);
     pthread_mutex_destroy(&p->key_lock);
@@ -166,12 +178,13 @@ static void free_string(char *s) { free(s); }
 
 /* ---- invoke ------------------------------------------------------------------------------------- */
 
-typedef struct call {
+typedef struct lambda_call {
     lambda_plugin *plugin;
     char *method;
     char *request;
     void *ctx;
     capstan_completion_fn completion;
+    struct lambda_call *next;
 } call;
 
 static void call_free(call *c) {
@@ -218,44 +231,77 @@ static void run_call(call *c) {
         text = lambda_error_json(&err);
     }
     lambda_error_clear(&err);
-    /* The completion is the last thing that may touch the host's call; the host copies `text`. */
+    /* The host copies `text` before the completion returns. */
     c->completion(c->ctx, status, text ? text : "{\"code\":\"internal\",\"message\":\"out of memory\"}");
     free(text);
 }
 
-static void *call_thread(void *arg) {
-    call *c = arg;
-    run_call(c);
-    call_free(c);
+static void *worker(void *arg) {
+    lambda_plugin *p = arg;
+    pthread_mutex_lock(&p->queue_lock);
+    for (;;) {
+        while (!p->queue_head && !p->stopping) pthread_cond_wait(&p->queue_ready, &p->queue_lock);
+        if (!p->queue_head) break; /* stopping, and nothing left */
+        call *c = p->queue_head;
+        p->queue_head = c->next;
+        if (!p->queue_head) p->queue_tail = NULL;
+        p->queued--;
+        p->idle_workers--;
+        pthread_mutex_unlock(&p->queue_lock);
+        run_call(c);
+        call_free(c);
+        pthread_mutex_lock(&p->queue_lock);
+        p->idle_workers++;
+    }
+    p->idle_workers--;
+    pthread_mutex_unlock(&p->queue_lock);
     return NULL;
 }
 
 static void invoke(void *handle, const char *method, const char *request_json, void *call_ctx,
                    capstan_completion_fn completion, capstan_progress_fn progress) {
     (void)progress;
+    lambda_plugin *p = handle;
     call *c = calloc(1, sizeof *c);
     if (c) {
-        c->plugin = handle;
+        c->plugin = p;
         c->method = lambda_strdup(method ? method : "");
         c->request = lambda_strdup(request_json ? request_json : "{}");
         c->ctx = call_ctx;
         c->completion = completion;
     }
-    if (!c || !c->method || !c->request) {
+    if (!p || !c || !c->method || !c->request) {
         if (c) call_free(c);
-        completion(call_ctx, CAPSTAN_STATUS_ERROR, "{\"code\":\"internal\",\"message\":\"Lambda plugin: out of memory.\"}");
+        completion(call_ctx, CAPSTAN_STATUS_ERROR, p ? "{\"code\":\"internal\",\"message\":\"Lambda plugin: out of memory.\"}"
+                                                     : "{\"code\":\"internal\",\"message\":\"Lambda plugin: invoke without an instance.\"}");
         return;
     }
-    /* HTTP calls block: each call gets a small detached thread, so invoke returns at once. */
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 512 * 1024);
-    pthread_t thread;
-    int rc = pthread_create(&thread, &attr, call_thread, c);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        /* No thread to spare: answer on the caller's thread rather than not at all. */
+    /* HTTP calls block: queue the call for a worker, starting one if all are busy. */
+    pthread_mutex_lock(&p->queue_lock);
+    if (p->queue_tail) p->queue_tail->next = c;
+    else p->queue_head = c;
+    p->queue_tail = c;
+    p->queued++;
+    if (p->queued > p->idle_workers && p->worker_count < LAMBDA_WORKERS) {
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, 512 * 1024);
+        if (pthread_create(&p->workers[p->worker_count], &attr, worker, p) == 0) {
+            p->worker_count++;
+            p->idle_workers++;
+        }
+        pthread_attr_destroy(&attr);
+    }
+    int served = p->worker_count > 0;
+    if (!served) {
+        /* No thread could be started: answer on the caller's thread rather than not at all. */
+        p->queue_head = p->queue_tail = NULL;
+        p->queued = 0;
+    } else {
+        pthread_cond_signal(&p->queue_ready);
+    }
+    pthread_mutex_unlock(&p->queue_lock);
+    if (!served) {
         run_call(c);
         call_free(c);
     }
