@@ -247,6 +247,8 @@ struct LambdaPluginTests {
         #expect(gone.count == 3)
         #expect(gone.filter { $0.id.hasSuffix("dead") }.allSatisfy { $0.state == .terminated && $0.providerState == "not-found" })
         #expect(gone.filter { !$0.id.hasSuffix("dead") }.allSatisfy { $0.state == .terminating })
+        // The cluster key stays registered while `other` still uses it.
+        #expect((try emu.state()["ssh_keys"] as? [Any])?.count == 1)
         // Terminating again is not an error, and sends nothing for what is already going.
         let requests = try emu.counter("terminate_requests")
         _ = try await lambda.terminate(ids: launched.map(\.id))
@@ -261,6 +263,8 @@ struct LambdaPluginTests {
         let forgotten = try await lambda.describe(InstanceQuery(ids: launched.map(\.id), includeTerminated: true))
         #expect(forgotten.count == 2 && forgotten.allSatisfy { $0.state == .terminated && $0.providerState == "not-found" })
         _ = try await lambda.terminate(ids: other.map(\.id))
+        // Its last user gone, the capstan-made key is deleted (Lambda allows 1,024).
+        #expect((try emu.state()["ssh_keys"] as? [Any])?.count == 0)
     }
 
     @Test("Lambda's errors become Capstan's: bad key, no key, typo, no capacity, quota, spot, 502s")
@@ -478,6 +482,7 @@ struct LambdaCLITests {
         let down = try await run.capstan(["down", "train"])
         #expect(down.status == 0, "\(down.stderr)")
         #expect(try run.emulator.instances().allSatisfy { ["terminating", "terminated"].contains($0["status"] as? String ?? "") })
+        #expect((try run.emulator.state()["ssh_keys"] as? [Any])?.isEmpty == true)
     }
 
     @Test("no capacity anywhere, a rejected key, a rate-limited API: capstan up says so and leaves nothing running")

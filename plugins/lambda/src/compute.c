@@ -9,7 +9,8 @@
  *                      on a live instance (Lambda has no idempotency token) and registering the
  *                      SSH key (POST /ssh-keys) if Lambda does not have it yet.
  *   compute.describe   GET  /instances (+ GET /instances/{id} for ids the list no longer shows).
- *   compute.terminate  POST /instance-operations/terminate for the live ones; a gone id is not an error.
+ *   compute.terminate  POST /instance-operations/terminate for the live ones; a gone id is not an
+ *                      error. Then DELETE /ssh-keys/{id} for capstan-* keys no live instance uses.
  *
  * Lambda statuses map to Capstan's: booting → pending, active → running, unhealthy → failed,
  * terminating → terminating, terminated → terminated, preempted → preempted.
@@ -577,6 +578,77 @@ json_t *lambda_describe(lambda_plugin *p, json_t *request, lambda_error *err) {
 
 /* ---- compute.terminate ------------------------------------------------------------------------- */
 
+/* Deletes the capstan-* SSH keys of the instances just terminated that no other live instance
+ * uses: one key per cluster would otherwise pile up against Lambda's 1,024-key limit. A key the
+ * user registered (any other name) is never touched. Failures are only logged: the instances
+ * are what matters. */
+static void release_keys(lambda_plugin *p, json_t *list, json_t *terminated_ids) {
+    json_t *candidates = json_array();
+    size_t i, j;
+    json_t *li, *k;
+    json_array_foreach(list, i, li) {
+        const char *id = str(li, "id");
+        int ours = 0;
+        json_t *w;
+        json_array_foreach(terminated_ids, j, w) ours |= id && json_is_string(w) && strcmp(json_string_value(w), id) == 0;
+        if (!ours) continue;
+        json_array_foreach(json_object_get(li, "ssh_key_names"), j, k) {
+            const char *name = json_string_value(k);
+            int seen = 0;
+            size_t c;
+            json_t *cand;
+            json_array_foreach(candidates, c, cand) seen |= json_equal(cand, k);
+            if (name && strncmp(name, "capstan-", 8) == 0 && !seen) json_array_append(candidates, k);
+        }
+    }
+    if (json_array_size(candidates) == 0) {
+        json_decref(candidates);
+        return;
+    }
+    json_array_foreach(list, i, li) {
+        const char *id = str(li, "id"), *status = str(li, "status");
+        int ours = 0;
+        json_t *w;
+        json_array_foreach(terminated_ids, j, w) ours |= id && json_is_string(w) && strcmp(json_string_value(w), id) == 0;
+        if (ours || (status && (strcmp(status, "terminating") == 0 || strcmp(status, "terminated") == 0))) continue;
+        json_array_foreach(json_object_get(li, "ssh_key_names"), j, k) {
+            size_t c;
+            json_t *cand;
+            json_array_foreach(candidates, c, cand) if (json_equal(cand, k)) {
+                json_array_remove(candidates, c);
+                break;
+            }
+        }
+    }
+    json_t *keys = NULL;
+    lambda_error e = {0};
+    pthread_mutex_lock(&p->key_lock);
+    if (json_array_size(candidates) > 0 && lambda_request(p, "GET", "/ssh-keys", NULL, "list SSH keys", 1, &keys, &e) == 0) {
+        json_array_foreach(keys, i, k) {
+            const char *name = str(k, "name"), *id = str(k, "id");
+            int unused = 0;
+            json_t *cand;
+            json_array_foreach(candidates, j, cand) unused |= name && strcmp(json_string_value(cand), name) == 0;
+            if (!unused || !id) continue;
+            char *escaped = curl_easy_escape(NULL, id, 0);
+            char *path = lambda_sprintf("/ssh-keys/%s", escaped ? escaped : "");
+            char *what = lambda_sprintf("delete SSH key %s", name);
+            json_t *data = NULL;
+            lambda_error_clear(&e);
+            if (lambda_request(p, "DELETE", path, NULL, what, 1, &data, &e) == 0) lambda_log(p, CAPSTAN_LOG_INFO, "lambda: deleted SSH key %s, no longer used", name);
+            else lambda_log(p, CAPSTAN_LOG_DEBUG, "lambda: could not delete SSH key %s: %s", name, e.message ? e.message : "?");
+            json_decref(data);
+            curl_free(escaped);
+            free(path);
+            free(what);
+        }
+    }
+    pthread_mutex_unlock(&p->key_lock);
+    lambda_error_clear(&e);
+    json_decref(keys);
+    json_decref(candidates);
+}
+
 static json_t *terminate_ids(lambda_plugin *p, json_t *ids, lambda_error *err) {
     json_t *list = NULL;
     if (list_instances(p, &list, err) != 0) return NULL;
@@ -593,7 +665,6 @@ static json_t *terminate_ids(lambda_plugin *p, json_t *ids, lambda_error *err) {
             json_array_append_new(instances, instance_json(p, li));
         else json_array_append_new(send, json_string(id));
     }
-    json_decref(list);
     if (json_array_size(send) > 0) {
         json_t *body = json_object(), *data = NULL;
         json_object_set(body, "instance_ids", send);
@@ -638,10 +709,13 @@ static json_t *terminate_ids(lambda_plugin *p, json_t *ids, lambda_error *err) {
         if (rc != 0) {
             json_decref(instances);
             json_decref(send);
+            json_decref(list);
             return NULL;
         }
+        release_keys(p, list, send);
     }
     json_decref(send);
+    json_decref(list);
     return instances;
 }
 
