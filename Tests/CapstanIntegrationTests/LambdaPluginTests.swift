@@ -286,6 +286,11 @@ struct LambdaPluginTests {
             try lib.instantiate(config: .object(["endpoint": .string(emu.endpoint), "apiKeyFile": .string(dir.file("absent"))]))
         }
         #expect(noKey?.code == .auth && noKey?.message.contains("Cannot read the Lambda Cloud API key file \(dir.file("absent"))") == true)
+        let home = ProcessInfo.processInfo.environment["HOME"] ?? ""
+        let tilde = #expect(throws: CapstanError.self) {
+            try lib.instantiate(config: .object(["endpoint": .string(emu.endpoint), "apiKeyFile": .string("~/.capstan-no-such-key")]))
+        }
+        #expect(tilde?.message.contains("\(home)/.capstan-no-such-key") == true, "\(String(describing: tilde))")
         let typo = #expect(throws: CapstanError.self) { try lib.instantiate(config: .object(["endpiont": .string("x")])) }
         #expect(typo?.code == .config && typo?.message.contains("providers.lambda.endpiont") == true && typo?.hint?.contains("Did you mean providers.lambda.endpoint?") == true)
         let badURL = #expect(throws: CapstanError.self) { try lib.instantiate(config: Self.config(emu, dir: dir, extra: ["endpoint": .string("cloud.lambda.ai")])) }

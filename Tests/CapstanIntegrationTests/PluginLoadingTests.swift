@@ -2,6 +2,9 @@ import CapstanCore
 import Foundation
 import Logging
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Loads the real `sim` plugin built by this package and the C fixture plugins, through dlopen.
 @Suite("Plugin loading (real .so files)")
@@ -208,6 +211,22 @@ struct BadPluginTests {
             for _ in 0..<200 { group.addTask { _ = try await threaded.offers(for: ResourceRequest()) } }
             try await group.waitForAll()
         }
+    }
+
+    @Test("an instance released inside a completion is destroyed on another thread (destroy may join the plugin's threads)")
+    func destroyNotInsideCompletion() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        setenv("CTEST_DESTROY_MARKER", dir.file("marker"), 1)
+        let lib = try PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=8"]))
+        for _ in 0..<300 {
+            // The caller drops its reference at once; the last one often goes with the call's
+            // record, on the plugin's thread that is still inside its completion.
+            let provider = try PluginComputeProvider(lib.instantiate())
+            _ = try await provider.offers(for: ResourceRequest())
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        let marker = (try? String(contentsOfFile: dir.file("marker"), encoding: .utf8)) ?? ""
+        #expect(marker.isEmpty, "\(marker.split(separator: "\n").count)× \(marker.split(separator: "\n").first ?? "")")
     }
 
     @Test("a cancelled call returns promptly even if the plugin never answers")

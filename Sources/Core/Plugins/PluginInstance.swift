@@ -1,6 +1,11 @@
 import CapstanPluginABI
 import Foundation
 import Logging
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// One created instance of a plugin (`create(config)`), through which calls are made.
 ///
@@ -49,7 +54,20 @@ public final class PluginInstance: Sendable {
         // running inside the plugin; then the handle is deliberately leaked rather than freed
         // under the plugin's feet.
         if inFlight.withLock({ $0 }) == 0 {
-            library.table.pointee.destroy(handle)
+            if CompletionThread.isCurrent {
+                // The last reference went away on the plugin's own thread, inside its completion
+                // callback. A plugin may join its threads in destroy, so destroy runs elsewhere;
+                // the host box stays alive until it has (the plugin may log while destroying).
+                nonisolated(unsafe) let table = library.table
+                nonisolated(unsafe) let handle = handle
+                let box = hostBox
+                DispatchQueue.global().async {
+                    table.pointee.destroy(handle)
+                    withExtendedLifetime(box) {}
+                }
+            } else {
+                library.table.pointee.destroy(handle)
+            }
         } else {
             hostBox.logger.warning("plugin instance not destroyed: calls still in flight", metadata: ["capstan.plugin": "\(name)"])
             // The plugin may still log through its host after we are gone: keep that alive too.
@@ -150,22 +168,45 @@ private let capstanLogThunk: @convention(c) (UnsafeMutableRawPointer?, Int32, Un
     box.logger.log(level: lvl, "\(String(cString: message))", metadata: ["capstan.plugin": "\(box.plugin)"])
 }
 
+/// Marks the threads that are delivering a plugin's completion, so that an instance whose last
+/// reference goes away there is not destroyed on the plugin's own thread.
+enum CompletionThread {
+    nonisolated(unsafe) static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+
+    static var isCurrent: Bool { pthread_getspecific(key) != nil }
+
+    static func run(_ body: () -> Void) {
+        let outer = pthread_getspecific(key)
+        pthread_setspecific(key, UnsafeRawPointer(bitPattern: 1))
+        body()
+        pthread_setspecific(key, outer)
+    }
+}
+
 private let capstanCompletionThunk: capstan_completion_fn = { ctx, status, response in
     let id = UInt(bitPattern: ctx)
-    guard let response else {
-        CallRegistry.shared.finish(id, .failure(CallRegistry.malformed("a NULL response")))
-        return
-    }
-    let data = Data(bytes: response, count: strlen(response))
-    if status == CAPSTAN_STATUS_OK {
-        CallRegistry.shared.finish(id, .success(data))
-    } else {
-        CallRegistry.shared.finish(id, .failure(CallRegistry.decodeError(data)))
+    CompletionThread.run {
+        guard let response else {
+            CallRegistry.shared.finish(id, .failure(CallRegistry.malformed("a NULL response")))
+            return
+        }
+        let data = Data(bytes: response, count: strlen(response))
+        if status == CAPSTAN_STATUS_OK {
+            CallRegistry.shared.finish(id, .success(data))
+        } else {
+            CallRegistry.shared.finish(id, .failure(CallRegistry.decodeError(data)))
+        }
     }
 }
 
 private let capstanProgressThunk: capstan_progress_fn = { ctx, done, total in
-    CallRegistry.shared.progress(UInt(bitPattern: ctx), TransferProgress(bytesDone: done, bytesTotal: total))
+    CompletionThread.run {
+        CallRegistry.shared.progress(UInt(bitPattern: ctx), TransferProgress(bytesDone: done, bytesTotal: total))
+    }
 }
 
 /// Calls in flight, keyed by an integer the plugin gets as its `call_ctx`. A key is removed on

@@ -33,6 +33,8 @@
  *     `progress` may be called zero or more times before `completion`, never after.
  *   - The host may give up on a call (timeout) and ignore a late completion; calling it late is
  *     still safe.
+ *   - The host never calls `destroy` from inside a `completion` or `progress` callback (nor on
+ *     the thread delivering one), so `destroy` may wait for and join the plugin's own threads.
  *   - The host never unloads a plugin (`dlclose` is never called: Swift images cannot be
  *     unloaded safely), so static state lives as long as the process.
  *

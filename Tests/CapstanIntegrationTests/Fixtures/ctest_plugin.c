@@ -1,10 +1,13 @@
 /* A C plugin whose misbehaviour is chosen at compile time (-DMODE=n), for the host's tests.
  * MODE 0: well-behaved; 1: malformed JSON result; 2: never calls back; 3: calls back twice;
  * 4: create fails with an error document; 5: manifest is not JSON; 6: entry returns NULL;
- * 7: error status with a body that is not an error document; 8: answers from another thread.
+ * 7: error status with a body that is not an error document; 8: answers from another thread
+ * (and destroy appends a line to $CTEST_DESTROY_MARKER if it runs on such a thread, inside a
+ * completion: the host must never do that).
  * -DABI=n and -DSIZE=n forge the table's version and size; -DNO_ENTRY exports no entry symbol. */
 #include "capstan_plugin.h"
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -36,10 +39,13 @@ static int32_t create(const char *config, const capstan_host *host, void **out, 
 }
 
 struct later { void *ctx; capstan_completion_fn done; };
+static __thread int answering;
 static void *answer_later(void *arg) {
     struct later *l = arg;
     usleep(1000);
+    answering = 1;
     l->done(l->ctx, CAPSTAN_STATUS_OK, "{\"offers\":[]}");
+    answering = 0;
     free(l);
     return NULL;
 }
@@ -67,7 +73,17 @@ static void invoke(void *h, const char *method, const char *req, void *ctx,
     }
 }
 
-static void destroy(void *h) { free(h); }
+static void destroy(void *h) {
+    const char *marker = getenv("CTEST_DESTROY_MARKER");
+    if (answering && marker) {
+        FILE *f = fopen(marker, "a");
+        if (f) {
+            fputs("destroy ran inside a completion, on the plugin's answering thread\n", f);
+            fclose(f);
+        }
+    }
+    free(h);
+}
 static void free_string(char *s) { free(s); }
 
 static const capstan_plugin table = {

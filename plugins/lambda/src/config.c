@@ -48,6 +48,18 @@ static int string_setting(json_t *cfg, const char *key, char **out, lambda_error
     return 0;
 }
 
+/* A path setting: a leading ~/ is the home folder, as in the rest of config.yaml. */
+static int path_setting(json_t *cfg, const char *key, char **out, lambda_error *err) {
+    if (string_setting(cfg, key, out, err) != 0 || !*out) return err->message ? -1 : 0;
+    const char *home = getenv("HOME");
+    if (strncmp(*out, "~/", 2) == 0 && home) {
+        char *full = lambda_sprintf("%s/%s", home, *out + 2);
+        free(*out);
+        *out = full;
+    }
+    return 0;
+}
+
 static int list_setting(json_t *cfg, const char *key, char ***out, lambda_error *err) {
     json_t *v = json_object_get(cfg, key);
     if (!v || json_is_null(v)) return 0;
@@ -159,8 +171,8 @@ int lambda_settings_parse(const char *config_json, lambda_settings *s, lambda_er
     double timeout = (double)s->timeout_seconds;
     if (string_setting(cfg, "endpoint", &s->endpoint, err) || string_setting(cfg, "sshKeyName", &s->ssh_key_name, err) ||
         string_setting(cfg, "sshUser", &s->ssh_user, err) || string_setting(cfg, "imageFamily", &s->image_family, err) ||
-        string_setting(cfg, "imageId", &s->image_id, err) || string_setting(cfg, "caBundle", &s->ca_bundle, err) ||
-        string_setting(cfg, "apiKeyFile", &key_file, err) || list_setting(cfg, "regions", &s->regions, err) ||
+        string_setting(cfg, "imageId", &s->image_id, err) || path_setting(cfg, "caBundle", &s->ca_bundle, err) ||
+        path_setting(cfg, "apiKeyFile", &key_file, err) || list_setting(cfg, "regions", &s->regions, err) ||
         list_setting(cfg, "instanceTypes", &s->instance_types, err) ||
         list_setting(cfg, "fileSystemNames", &s->file_system_names, err) ||
         number_setting(cfg, "timeoutSeconds", 1, 600, &timeout, err) ||
