@@ -56,8 +56,9 @@ public final class PluginInstance: Sendable {
         if inFlight.withLock({ $0 }) == 0 {
             if CompletionThread.isCurrent {
                 // The last reference went away on the plugin's own thread, inside its completion
-                // callback. A plugin may join its threads in destroy, so destroy runs elsewhere;
-                // the host box stays alive until it has (the plugin may log while destroying).
+                // callback (``CallRegistry/finish`` avoids this for the call's own record; a
+                // caller's progress handler could still do it). A plugin may join its threads in
+                // destroy, so destroy runs elsewhere; the host box stays alive until it has.
                 nonisolated(unsafe) let table = library.table
                 nonisolated(unsafe) let handle = handle
                 let box = hostBox
@@ -236,25 +237,25 @@ final class CallRegistry: Sendable {
     }
 
     func finish(_ id: UInt, _ result: Result<Data, any Error>) {
-        let call: Call? = state.withLock { s in
+        var call: Call? = state.withLock { s in
             s.calls.removeValue(forKey: id)
         }
-        guard let call else { return }  // late, repeated or unknown: ignored
-        call.timer.cancel()
-        call.instance.inFlight.withLock { $0 -= 1 }
+        guard let found = call else { return }  // late, repeated or unknown: ignored
+        found.timer.cancel()
+        found.instance.inFlight.withLock { $0 -= 1 }
         // A timeout leaves the call running in the plugin; keep the count so destroy waits.
         if case .failure(let e as CapstanError) = result, e.code == .timeout {
-            call.instance.inFlight.withLock { $0 += 1 }
+            found.instance.inFlight.withLock { $0 += 1 }
         }
-        switch result {
-        case .success(let data): call.continuation.resume(returning: data)
-        case .failure(var error):
-            if var capstan = error as? CapstanError {
-                capstan = capstan.attributed(to: call.plugin)
-                error = capstan
-            }
-            call.continuation.resume(throwing: error)
-        }
+        let continuation = found.continuation
+        var outcome = result
+        if case .failure(let error as CapstanError) = result { outcome = .failure(error.attributed(to: found.plugin)) }
+        // Drop this record's reference to the instance before waking the caller, who holds its
+        // own: the last reference then goes away on the caller's side, not on the plugin's
+        // thread inside its completion (where destroy could not join that thread).
+        call = nil
+        _ = consume found
+        continuation.resume(with: outcome)
     }
 
     func progress(_ id: UInt, _ p: TransferProgress) {
