@@ -199,6 +199,41 @@ extension JobTests {
         print("ssh link down: detected after \(String(format: "%.1f", detected)) s; attempt 2 started \(String(format: "%.1f", a2.startedAt.timeIntervalSince(cut))) s after the cut; \(summary)")
     }
 
+    @Test("ssh: a node unreachable when the next attempt starts is replaced (not waited on as if booting): one rank killed while another host's link goes down")
+    func sshUnreachableAtStart() async throws {
+        let lab = try NetnsLab.up(4)
+        defer { lab.down() }
+        let home = try JobHome.ssh(lab, hosts: [1, 2, 3, 4], steps: 150, pause: 0.05)
+        defer { home.dir.cleanup() }
+        let launch = try home.startLaunch()
+        defer { if launch.isRunning { launch.terminate() } }
+        #expect(try await home.wait(timeout: 120) { (try home.job()?.latestCheckpoint ?? 0) >= 20 })
+        let job0 = try #require(try home.job())
+        let first = try #require(try home.store().attempts(job: job0.id).first)
+        let cluster = try #require(try home.store().cluster(named: job0.clusterName))
+        let nodes = try home.store().instances(cluster: cluster.id).map(\.instance)
+        let victim = try #require(nodes.first { $0.id == first.nodes[1] })
+        let hostIndex = try #require(lab.hosts.firstIndex { $0.address == victim.privateAddress }) + 1
+        // Rank 0's worker dies (a failure that needs no new capacity) as rank 1's host drops off
+        // the network: the next attempt finds rank 1 unreachable.
+        let pidFiles = (1...4).map { lab.dir.file("host\($0)/work/jobs/\(job0.id)/attempt-1/worker-0.pid") }
+        let pid = try #require(pidFiles.lazy.compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }.compactMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }.first)
+        let cut = Date()
+        kill(pid, SIGKILL)
+        try lab.linkDown(hostIndex)
+        #expect(try await home.wait(timeout: 240) { !launch.isRunning }, "\(home.logTail(job: job0.id))")
+        let job = try #require(try home.job())
+        let attempts = try home.store().attempts(job: job.id)
+        let history = attempts.map { "attempt \($0.attempt): \($0.failureKind ?? "ok") node \($0.failedNode.map(String.init) ?? "-") \($0.message ?? "")" }
+        #expect(job.status == .succeeded, "\(job.status) \(job.lastError ?? "") \(history)")
+        let last = try #require(attempts.last)
+        #expect(!last.nodes.contains(victim.id), "\(history)")
+        // Bounded by the reach timeout for a node that answered before (45 s), not the 300 s a booting one gets.
+        let restartedAfter = last.startedAt.timeIntervalSince(cut)
+        #expect(restartedAfter < 120, "the last attempt started \(restartedAfter) s after the cut: \(history)")
+        print("ssh unreachable at start: last attempt \(last.attempt) started \(String(format: "%.1f", restartedAfter)) s after the cut; \(history.joined(separator: "; "))")
+    }
+
     @Test("ssh: a host whose key changed since first contact is refused with a clear message; a host that never answers is skipped, or reported when it is all there is")
     func sshRefusals() async throws {
         let lab = try NetnsLab.up(2)

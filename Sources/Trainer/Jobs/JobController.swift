@@ -145,7 +145,15 @@ final class Run: @unchecked Sendable {
             }
             do {
                 let nodes = try await ensureCluster(job)
-                let attempt = try await ensureAttempt(job, nodes: nodes)
+                let attempt: JobAttemptRecord
+                do {
+                    attempt = try await ensureAttempt(job, nodes: nodes)
+                } catch let lost as NodeUnreachable {
+                    // A node that cannot be reached to start its part is a lost node, like one
+                    // that stops beating: stop the others, replace it, try again.
+                    if let giveUp = try await attemptDidNotStart(lost, job: job, nodes: nodes) { return giveUp }
+                    continue
+                }
                 let result = await monitor(attempt, nodes: nodes)
                 switch result {
                 case .succeeded:
@@ -184,6 +192,35 @@ final class Run: @unchecked Sendable {
     }
 
     enum Result { case succeeded, failed(AttemptFailure), cancelled }
+
+    /// A node that could not be reached to start its part of an attempt.
+    struct NodeUnreachable: Error {
+        var rank: Int
+        var node: String
+        var error: CapstanError
+    }
+
+    /// Closes an attempt that could not start on every node and decides, as for any lost node,
+    /// whether to replace it and go on. Returns the finished job when the policy gives up.
+    func attemptDidNotStart(_ lost: NodeUnreachable, job: JobRecord, nodes: [Instance]) async throws -> JobRecord? {
+        let number = self.job()?.attempt ?? job.attempt
+        let failure = AttemptFailure(kind: .heartbeat, node: lost.rank, exit: nil, message: "node \(lost.rank) (\(lost.node)) could not be reached to start attempt \(number): \(lost.error.message)")
+        c.emit(.failure(attempt: number, failure))
+        c.setStatus(.restarting, "Attempt \(number) failed: \(failure). Stopping the gang.")
+        if let a = try? store.attempt(job: jobID, number: number) {
+            await stopGang(a, nodes: nodes, silent: [lost.node])
+            closeAttempt(number, outcome: .failed, failure: failure)
+        }
+        let current = self.job() ?? job
+        switch RestartPolicy.decide(failure: failure, previous: nil, progressed: false, restartsUsed: current.restarts, maxRestarts: spec.maxRestarts) {
+        case .giveUp(let why):
+            return await finish(.failed, why, error: why)
+        case .restart(let replace):
+            _ = try? store.updateJob(jobID) { $0.restarts += 1 }
+            for node in replace { try await self.replace(node: node, of: job, "Replacing node \(node)'s capacity.") }
+            return nil
+        }
+    }
 
     /// The cluster's live nodes in rank order, provisioning the cluster first when the job owns it.
     func ensureCluster(_ job: JobRecord) async throws -> [Instance] {
@@ -303,8 +340,12 @@ final class Run: @unchecked Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (t, config, node) in starts {
                 group.addTask {
-                    if let workdir { try await t.uploadWorkdir(workdir, job: job, on: node) }
-                    try await t.startAgent(config, on: node)
+                    do {
+                        if let workdir { try await t.uploadWorkdir(workdir, job: job, on: node) }
+                        try await t.startAgent(config, on: node)
+                    } catch let e as CapstanError where e.code == .transient || e.code == .timeout {
+                        throw NodeUnreachable(rank: config.node, node: node.id, error: e)
+                    }
                 }
             }
             try await group.waitForAll()

@@ -23,6 +23,9 @@ public struct SSHTransport: NodeTransport {
     public let clusterKeys: ClusterKeys?
     /// How long a node that does not answer yet (booting) is retried before it counts as lost.
     public var bootTimeout: Double = 300
+    /// How long a node that has answered before (through this transport) is retried: it is not
+    /// booting, so silence means a lost link or machine, and the job should replace it soon.
+    public var reachTimeout: Double = 45
     /// Where Capstan's files go on nodes whose provider names no work root.
     public static let defaultWorkRoot = "/var/tmp/capstan-node"
     /// The local file shipped to nodes as the agent.
@@ -31,6 +34,8 @@ public struct SSHTransport: NodeTransport {
     /// caches): sent on the SSH session's stdin, never in arguments or files.
     public let forwardedPrefixes: [String]
     let digest: LockedBox<String?> = LockedBox(nil)
+    /// Nodes that have answered, by instance id.
+    let reached: LockedBox<Set<String>> = LockedBox([])
 
     public init(client: SSHClient, agentBinary: String, clusterKeys: ClusterKeys? = nil, forwardedPrefixes: [String] = ["AWS_", "HF_", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_TEST_"]) {
         self.client = client
@@ -68,14 +73,17 @@ public struct SSHTransport: NodeTransport {
     }
 
     /// Runs `command`, retrying every 2 s while the node does not answer (a fresh cloud
-    /// instance boots for a while) up to `bootTimeout`; a refused host key or login is not
-    /// retried.
+    /// instance boots for a while) up to `bootTimeout`, or `reachTimeout` for a node that has
+    /// answered before; a refused host key or login is not retried.
     func runReaching(_ node: Instance, _ command: String, input: Data? = nil, timeout: Double = 60) async throws -> SSHResult {
         let t = try target(node)
-        let deadline = Date().addingTimeInterval(bootTimeout)
+        let known = reached.withLock { $0.contains(node.id) }
+        let deadline = Date().addingTimeInterval(known ? min(reachTimeout, bootTimeout) : bootTimeout)
         while true {
             do {
-                return try await client(for: node).run(t, command, input: input, timeout: timeout)
+                let result = try await client(for: node).run(t, command, input: input, timeout: timeout)
+                reached.withLock { _ = $0.insert(node.id) }
+                return result
             } catch let e as CapstanError where e.code == .transient && Date() < deadline {
                 try await Task.sleep(for: .seconds(2))
             }

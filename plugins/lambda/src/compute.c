@@ -394,7 +394,9 @@ json_t *lambda_launch(lambda_plugin *p, json_t *request, lambda_error *err) {
     json_array_foreach(list, i, li) {
         json_t *t = tags_of(li);
         const char *have = str(t, INTENT_TAG);
-        if (have && strcmp(have, intent) == 0 && !is_gone(capstan_state(str(li, "status")))) json_array_append(ids, json_object_get(li, "id"));
+        const char *state = capstan_state(str(li, "status"));
+        if (have && strcmp(have, intent) == 0 && !is_gone(state) && strcmp(state, "terminating") != 0)
+            json_array_append(ids, json_object_get(li, "id"));
         json_decref(t);
     }
     json_int_t missing = count - (json_int_t)json_array_size(ids);

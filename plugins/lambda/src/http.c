@@ -7,8 +7,8 @@
  * same meaning from every cloud.
  *
  * Retries: HTTP 429 (Lambda did not act on the request) is waited out and repeated, honouring
- * Retry-After when sent, for at most settings.max_rate_limit_wait seconds in one call; then the
- * call answers rateLimited with retryAfterSeconds. Network errors and 5xx are repeated (three
+ * Retry-After when sent (else 1, 2, 4, 8 s), for at most settings.max_rate_limit_wait seconds in
+ * one call; then the call answers rateLimited with retryAfterSeconds. Network errors and 5xx are repeated (three
  * tries, backing off) only where repeating is safe: reads, or requests the caller marks safe.
  * A launch is never repeated after its bytes may have reached Lambda: the host finds what it
  * created by its intent tag instead.
@@ -233,7 +233,7 @@ int lambda_request(lambda_plugin *p, const char *method, const char *path, json_
     char *body_text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     int safe = strcmp(method, "GET") == 0 || retry_unsafe;
     double started = now_seconds();
-    int failures = 0, rc = -1;
+    int failures = 0, limited = 0, rc = -1;
     for (;;) {
         answer a = {0};
         int maybe_sent = 0;
@@ -244,6 +244,7 @@ int lambda_request(lambda_plugin *p, const char *method, const char *path, json_
             json_t *d = doc ? json_object_get(doc, "data") : NULL;
             if (d) {
                 *data = json_incref(d);
+                lambda_error_clear(err); /* what an earlier try said no longer applies */
                 rc = 0;
             } else {
                 lambda_fail(err, "transient", "Try again; if it persists, Lambda's API may have changed: report it to the plugin's authors.",
@@ -255,8 +256,11 @@ int lambda_request(lambda_plugin *p, const char *method, const char *path, json_
         }
         if (status == 429) {
             map_error(status, &a, what, err);
+            /* Without Retry-After, back off: 1, 2, 4, 8 s (Lambda allows ~1 request/s, 1 launch/10 s). */
+            double wait = a.retry_after > 0 ? a.retry_after : (double)(1 << (limited < 3 ? limited : 3));
+            err->retry_after = wait;
+            limited++;
             free(a.body.data);
-            double wait = err->retry_after;
             double spent = now_seconds() - started;
             if (spent + wait > p->settings.max_rate_limit_wait) break; /* the host retries later */
             lambda_log(p, CAPSTAN_LOG_INFO, "lambda: %s %s rate-limited (HTTP 429); retrying in %.1f s", method, path, wait);
