@@ -161,6 +161,19 @@ extension JobTests {
         #expect(!status.stdout.contains("\"running\""), "\(status.stdout)")
     }
 
+    /// Waits for the job in `home` to commit checkpoint 20; returns it, the instance serving
+    /// node 1 in attempt 1, and the lab host (1-based) that instance runs on.
+    static func runningWithCheckpoint(_ home: JobHome, _ lab: NetnsLab) async throws -> (JobRecord, Instance, Int) {
+        #expect(try await home.wait(timeout: 120) { (try home.job()?.latestCheckpoint ?? 0) >= 20 })
+        let job = try #require(try home.job())
+        let first = try #require(try home.store().attempts(job: job.id).first)
+        let cluster = try #require(try home.store().cluster(named: job.clusterName))
+        let nodes = try home.store().instances(cluster: cluster.id).map(\.instance)
+        let victim = try #require(nodes.first { $0.id == first.nodes[1] })
+        let hostIndex = try #require(lab.hosts.firstIndex { $0.address == victim.privateAddress }) + 1
+        return (job, victim, hostIndex)
+    }
+
     @Test("ssh: a host's link goes down mid-job; it is detected within a bounded time and the job resumes on a replacement host from the last checkpoint")
     func sshLinkDown() async throws {
         let lab = try NetnsLab.up(3)
@@ -169,14 +182,8 @@ extension JobTests {
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch()
         defer { if launch.isRunning { launch.terminate() } }
-        #expect(try await home.wait(timeout: 120) { (try home.job()?.latestCheckpoint ?? 0) >= 20 })
-        let job0 = try #require(try home.job())
-        let first = try #require(try home.store().attempts(job: job0.id).first)
+        let (job0, victim, hostIndex) = try await Self.runningWithCheckpoint(home, lab)
         // Cut node 1's host off.
-        let cluster = try #require(try home.store().cluster(named: job0.clusterName))
-        let nodes = try home.store().instances(cluster: cluster.id).map(\.instance)
-        let victim = try #require(nodes.first { $0.id == first.nodes[1] })
-        let hostIndex = try #require(lab.hosts.firstIndex { $0.address == victim.privateAddress }) + 1
         let cut = Date()
         try lab.linkDown(hostIndex)
         #expect(try await home.wait(timeout: 300) { !launch.isRunning }, "\(home.logTail(job: job0.id))")
@@ -207,13 +214,7 @@ extension JobTests {
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch()
         defer { if launch.isRunning { launch.terminate() } }
-        #expect(try await home.wait(timeout: 120) { (try home.job()?.latestCheckpoint ?? 0) >= 20 })
-        let job0 = try #require(try home.job())
-        let first = try #require(try home.store().attempts(job: job0.id).first)
-        let cluster = try #require(try home.store().cluster(named: job0.clusterName))
-        let nodes = try home.store().instances(cluster: cluster.id).map(\.instance)
-        let victim = try #require(nodes.first { $0.id == first.nodes[1] })
-        let hostIndex = try #require(lab.hosts.firstIndex { $0.address == victim.privateAddress }) + 1
+        let (job0, victim, hostIndex) = try await Self.runningWithCheckpoint(home, lab)
         // Rank 0's worker dies (a failure that needs no new capacity) as rank 1's host drops off
         // the network: the next attempt finds rank 1 unreachable.
         let pidFiles = (1...4).map { lab.dir.file("host\($0)/work/jobs/\(job0.id)/attempt-1/worker-0.pid") }

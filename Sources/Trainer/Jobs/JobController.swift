@@ -151,7 +151,10 @@ final class Run: @unchecked Sendable {
                 } catch let lost as NodeUnreachable {
                     // A node that cannot be reached to start its part is a lost node, like one
                     // that stops beating: stop the others, replace it, try again.
-                    if let giveUp = try await attemptDidNotStart(lost, job: job, nodes: nodes) { return giveUp }
+                    let number = self.job()?.attempt ?? job.attempt
+                    guard let started = try store.attempt(job: jobID, number: number) else { throw lost.error }
+                    let failure = AttemptFailure(kind: .heartbeat, node: lost.rank, exit: nil, message: "node \(lost.rank) (\(lost.node)) could not be reached to start attempt \(number): \(lost.error.message)")
+                    if let finished = try await afterFailure(failure, of: started, nodes: nodes, job: job) { return finished }
                     continue
                 }
                 let result = await monitor(attempt, nodes: nodes)
@@ -163,26 +166,7 @@ final class Run: @unchecked Sendable {
                 case .cancelled:
                     continue
                 case .failed(let failure):
-                    c.emit(.failure(attempt: attempt.attempt, failure))
-                    c.setStatus(.restarting, "Attempt \(attempt.attempt) failed: \(failure). Stopping the gang.")
-                    let silent = failure.kind == .heartbeat ? failure.node.flatMap { nodes.indices.contains($0) ? [nodes[$0].id] : nil } ?? [] : []
-                    await stopGang(attempt, nodes: nodes, silent: Set(silent))
-                    await drainLogs(attempt, nodes: nodes, skipping: Set(silent))
-                    closeAttempt(attempt.attempt, outcome: .failed, failure: failure)
-                    await syncCheckpoints()
-                    let progressed = (latestCommitted() ?? -1) > (attempt.resumeStep ?? -1)
-                    let previous = (try? store.attempt(job: jobID, number: attempt.attempt - 1)).flatMap { a -> AttemptFailure? in
-                        guard a.outcome == .failed, let kind = a.failureKind.flatMap(AttemptFailure.Kind.init(rawValue:)) else { return nil }
-                        return AttemptFailure(kind: kind, node: a.failedNode, exit: a.exitCode.map { .fromCode(Int32($0)) }, message: a.message ?? "")
-                    }
-                    let current = self.job() ?? job
-                    switch RestartPolicy.decide(failure: failure, previous: previous, progressed: progressed, restartsUsed: current.restarts, maxRestarts: spec.maxRestarts) {
-                    case .giveUp(let why):
-                        return await finish(.failed, why, error: why)
-                    case .restart(let lost):
-                        _ = try? store.updateJob(jobID) { $0.restarts += 1 }
-                        for node in lost { try await replace(node: node, of: job, "Replacing node \(node)'s capacity.") }
-                    }
+                    if let finished = try await afterFailure(failure, of: attempt, nodes: nodes, job: job) { return finished }
                 }
             } catch {
                 let message = (error as? CapstanError)?.description ?? "\(error)"
@@ -200,24 +184,29 @@ final class Run: @unchecked Sendable {
         var error: CapstanError
     }
 
-    /// Closes an attempt that could not start on every node and decides, as for any lost node,
-    /// whether to replace it and go on. Returns the finished job when the policy gives up.
-    func attemptDidNotStart(_ lost: NodeUnreachable, job: JobRecord, nodes: [Instance]) async throws -> JobRecord? {
-        let number = self.job()?.attempt ?? job.attempt
-        let failure = AttemptFailure(kind: .heartbeat, node: lost.rank, exit: nil, message: "node \(lost.rank) (\(lost.node)) could not be reached to start attempt \(number): \(lost.error.message)")
-        c.emit(.failure(attempt: number, failure))
-        c.setStatus(.restarting, "Attempt \(number) failed: \(failure). Stopping the gang.")
-        if let a = try? store.attempt(job: jobID, number: number) {
-            await stopGang(a, nodes: nodes, silent: [lost.node])
-            closeAttempt(number, outcome: .failed, failure: failure)
+    /// After `failure` ends `attempt`: stops the gang (a lost node is neither waited for nor
+    /// forced), closes the attempt, then replaces lost capacity or gives up, as
+    /// ``RestartPolicy`` decides. Returns the finished job when it gives up.
+    func afterFailure(_ failure: AttemptFailure, of attempt: JobAttemptRecord, nodes: [Instance], job: JobRecord) async throws -> JobRecord? {
+        c.emit(.failure(attempt: attempt.attempt, failure))
+        c.setStatus(.restarting, "Attempt \(attempt.attempt) failed: \(failure). Stopping the gang.")
+        let silent = failure.kind == .heartbeat ? failure.node.flatMap { nodes.indices.contains($0) ? [nodes[$0].id] : nil } ?? [] : []
+        await stopGang(attempt, nodes: nodes, silent: Set(silent))
+        await drainLogs(attempt, nodes: nodes, skipping: Set(silent))
+        closeAttempt(attempt.attempt, outcome: .failed, failure: failure)
+        await syncCheckpoints()
+        let progressed = (latestCommitted() ?? -1) > (attempt.resumeStep ?? -1)
+        let previous = (try? store.attempt(job: jobID, number: attempt.attempt - 1)).flatMap { a -> AttemptFailure? in
+            guard a.outcome == .failed, let kind = a.failureKind.flatMap(AttemptFailure.Kind.init(rawValue:)) else { return nil }
+            return AttemptFailure(kind: kind, node: a.failedNode, exit: a.exitCode.map { .fromCode(Int32($0)) }, message: a.message ?? "")
         }
         let current = self.job() ?? job
-        switch RestartPolicy.decide(failure: failure, previous: nil, progressed: false, restartsUsed: current.restarts, maxRestarts: spec.maxRestarts) {
+        switch RestartPolicy.decide(failure: failure, previous: previous, progressed: progressed, restartsUsed: current.restarts, maxRestarts: spec.maxRestarts) {
         case .giveUp(let why):
             return await finish(.failed, why, error: why)
-        case .restart(let replace):
+        case .restart(let lost):
             _ = try? store.updateJob(jobID) { $0.restarts += 1 }
-            for node in replace { try await self.replace(node: node, of: job, "Replacing node \(node)'s capacity.") }
+            for node in lost { try await replace(node: node, of: job, "Replacing node \(node)'s capacity.") }
             return nil
         }
     }
