@@ -397,6 +397,7 @@ final class Run: @unchecked Sendable {
                 }
                 return .failed(failure)
             }
+            var silent: [(rank: Int, seconds: Double)] = []
             for rank in 0..<nodes.count where statuses[rank]?.phase != .exited {
                 if let b = beats[rank] {
                     // A node that answered this pass is measured up to when the pass began to
@@ -404,12 +405,16 @@ final class Run: @unchecked Sendable {
                     // One failed read is a glitch (counted like an answer, to when the pass began);
                     // from the second in a row the node counts as silent up to now.
                     let until = failedReads[rank, default: 0] >= 2 ? now : readsBegan
-                    if until.timeIntervalSince(b.seen) > settings.heartbeatTimeoutSeconds {
-                        return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: "node \(rank) (\(nodes[rank].id)) sent no heartbeat for \(Int(settings.heartbeatTimeoutSeconds)) s"))
-                    }
+                    let quiet = until.timeIntervalSince(b.seen)
+                    if quiet > settings.heartbeatTimeoutSeconds { silent.append((rank, quiet)) }
                 } else if now.timeIntervalSince(started) > settings.agentStartTimeoutSeconds {
                     return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: "the agent on node \(rank) (\(nodes[rank].id)) did not start within \(Int(settings.agentStartTimeoutSeconds)) s"))
                 }
+            }
+            // Several silent at once (one node's loss can stall the others' reads or agents):
+            // the one silent longest is the cause; then the one whose reads fail.
+            if let lost = silent.max(by: { ($0.seconds, failedReads[$0.rank, default: 0]) < ($1.seconds, failedReads[$1.rank, default: 0]) }) {
+                return .failed(AttemptFailure(kind: .heartbeat, node: lost.rank, message: "node \(lost.rank) (\(nodes[lost.rank].id)) sent no heartbeat for \(Int(lost.seconds)) s"))
             }
             if now.timeIntervalSince(lastDescribe) >= settings.describeSeconds {
                 lastDescribe = now

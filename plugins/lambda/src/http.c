@@ -242,6 +242,7 @@ int lambda_request(lambda_plugin *p, const char *method, const char *path, json_
             json_error_t jerr;
             json_t *doc = a.body.data ? json_loads(a.body.data, 0, &jerr) : NULL;
             json_t *d = doc ? json_object_get(doc, "data") : NULL;
+            if (!d && !doc && a.body.len == 0 && (status == 204 || strcmp(method, "DELETE") == 0)) d = json_null(); /* no content */
             if (d) {
                 *data = json_incref(d);
                 lambda_error_clear(err); /* what an earlier try said no longer applies */
