@@ -77,11 +77,13 @@ let package = Package(
         .executableTarget(
             name: "capstan",
             dependencies: [
-                "CapstanCore", "CapstanProviders", "CapstanTrainer",
+                "CapstanCore", "CapstanProviders", "CapstanTrainer", "CapstanPluginABI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/CLI",
+            // The public plugin header (a link to Sources/PluginABI's), for `capstan plugins sdk`.
+            resources: [.embedInCode("Resources/capstan_plugin.h")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

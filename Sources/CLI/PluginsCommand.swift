@@ -1,5 +1,6 @@
 import ArgumentParser
 import CapstanCore
+import CapstanPluginABI
 import CapstanProviders
 import Foundation
 
@@ -7,7 +8,7 @@ struct PluginsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plugins",
         abstract: "List and inspect provider plugins.",
-        subcommands: [List.self, Inspect.self, Call.self],
+        subcommands: [List.self, Inspect.self, Call.self, SDK.self],
         defaultSubcommand: List.self)
 
     /// One row of `plugins list --json`.
@@ -151,6 +152,33 @@ struct PluginsCommand: AsyncParsableCommand {
                 let answer = try await instance.invoke(method, request: Data(requestJSON.jsonString.utf8))
                 let pretty = try JSONDecoder().decode(JSONValue.self, from: answer)
                 try printJSON(pretty)
+            }
+        }
+    }
+
+    struct SDK: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "sdk",
+            abstract: "Write the plugin ABI header (capstan_plugin.h) this capstan speaks into a folder, to build a plugin against.",
+            discussion: """
+                Example: capstan plugins sdk ./include && make CAPSTAN_INCLUDE=./include
+                The guide: docs/writing-a-plugin.md; the Lambda plugin (plugins/lambda) is its worked example.
+                """)
+        @Argument(help: "Folder to write capstan_plugin.h into (created if missing).")
+        var folder: String
+
+        func run() async throws {
+            try await reportingErrors {
+                do {
+                    try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+                    let path = (folder as NSString).appendingPathComponent("capstan_plugin.h")
+                    try Data(PackageResources.capstan_plugin_h).write(to: URL(fileURLWithPath: path))
+                    print("\(path): plugin ABI \(capstan_host_abi_version())")
+                } catch let e as CapstanError {
+                    throw e
+                } catch {
+                    throw CapstanError(.io, "Cannot write capstan_plugin.h into \(folder): \(error.localizedDescription)", hint: "Pick a folder you can write to.")
+                }
             }
         }
     }

@@ -20,19 +20,22 @@ enum LambdaPlugin {
     nonisolated(unsafe) private static var built: [String: String] = [:]
     private static let dir = TempDir("capstan-lambda-build")
 
-    /// Builds the plugin out of tree: plugins/lambda's Makefile and sources are copied into a
-    /// fresh folder with only `capstan_plugin.h` beside them (its ABI version set to `abi`
-    /// when given, to forge a plugin built for another Capstan), then `make` runs there.
+    /// Builds the plugin out of tree, as a vendor with only the `capstan` binary would:
+    /// plugins/lambda's Makefile and sources are copied into a fresh folder, `capstan plugins
+    /// sdk` writes `capstan_plugin.h` beside them (its ABI version then set to `abi` when given,
+    /// to forge a plugin built for another Capstan), and `make` runs there.
     static func build(asan: Bool = false, abi: Int? = nil) throws -> String {
         let key = "\(asan)-\(abi.map(String.init) ?? "cur")"
         lock.lock(); defer { lock.unlock() }
         if let p = built[key] { return p }
         let tree = dir.file("tree-\(key)")
         let fm = FileManager.default
-        try fm.createDirectory(atPath: tree + "/include", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: tree, withIntermediateDirectories: true)
         try fm.copyItem(atPath: source + "/Makefile", toPath: tree + "/Makefile")
         try fm.copyItem(atPath: source + "/src", toPath: tree + "/src")
-        var header = try String(contentsOfFile: BuildProducts.abiInclude + "/capstan_plugin.h", encoding: .utf8)
+        let sdk = try runProcessBlocking(BuildProducts.capstan, ["plugins", "sdk", tree + "/include"])
+        guard sdk.status == 0 else { throw CapstanError(.internalError, "capstan plugins sdk failed: \(sdk.stderr)") }
+        var header = try String(contentsOfFile: tree + "/include/capstan_plugin.h", encoding: .utf8)
         if let abi {
             header = header.replacingOccurrences(of: "#define CAPSTAN_PLUGIN_ABI_VERSION 1u", with: "#define CAPSTAN_PLUGIN_ABI_VERSION \(abi)u")
         }

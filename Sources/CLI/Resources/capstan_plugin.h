@@ -1,0 +1,1 @@
+../../PluginABI/include/capstan_plugin.h
