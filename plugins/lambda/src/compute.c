@@ -130,6 +130,41 @@ static json_t *find_by_id(json_t *list, const char *id) {
     return NULL;
 }
 
+/* Where `s` is in an array of JSON strings, or -1. */
+static long string_index(json_t *strings, const char *s) {
+    size_t i;
+    json_t *v;
+    if (s) json_array_foreach(strings, i, v) if (json_is_string(v) && strcmp(json_string_value(v), s) == 0) return (long)i;
+    return -1;
+}
+
+static void append_unique(json_t *strings, const char *s) {
+    if (s && string_index(strings, s) < 0) json_array_append_new(strings, json_string(s));
+}
+
+/* Capstan's tag object as Lambda's `[{key, value}]` (string values only). */
+static json_t *tag_list(json_t *tags) {
+    json_t *list = json_array();
+    const char *k;
+    json_t *v;
+    json_object_foreach(tags, k, v) {
+        if (!json_is_string(v)) continue;
+        json_t *t = json_object();
+        json_object_set_new(t, "key", json_string(k));
+        json_object_set(t, "value", v);
+        json_array_append_new(list, t);
+    }
+    return list;
+}
+
+/* `prefix/<id>` with the id URL-escaped. */
+static char *resource_path(const char *prefix, const char *id) {
+    char *escaped = curl_easy_escape(NULL, id, 0);
+    char *path = lambda_sprintf("%s/%s", prefix, escaped ? escaped : "");
+    curl_free(escaped);
+    return path;
+}
+
 static int tags_match(json_t *tags, json_t *wanted) {
     const char *k;
     json_t *v;
@@ -191,14 +226,7 @@ json_t *lambda_offers(lambda_plugin *p, json_t *request, lambda_error *err) {
     if (p->settings.regions)
         for (char **c = p->settings.regions; *c; c++) json_array_append_new(regions, json_string(*c));
     json_object_foreach(data, key, entry) {
-        json_array_foreach(json_object_get(entry, "regions_with_capacity_available"), i, r) {
-            const char *name = str(r, "name");
-            int seen = 0;
-            size_t j;
-            json_t *s;
-            json_array_foreach(regions, j, s) seen |= name && strcmp(json_string_value(s), name) == 0;
-            if (name && !seen) json_array_append_new(regions, json_string(name));
-        }
+        json_array_foreach(json_object_get(entry, "regions_with_capacity_available"), i, r) append_unique(regions, str(r, "name"));
     }
     /* Regions with no capacity for any type appear in no list above: the images list names
      * every region (as gpuhunt reads it), so an empty cloud still shows what it lacks. */
@@ -206,14 +234,7 @@ json_t *lambda_offers(lambda_plugin *p, json_t *request, lambda_error *err) {
     lambda_error ignored = {0};
     if (!p->settings.regions && lambda_request(p, "GET", "/images", NULL, "list images", 1, &images, &ignored) == 0) {
         json_t *img;
-        json_array_foreach(images, i, img) {
-            const char *name = str(json_object_get(img, "region"), "name");
-            int seen = 0;
-            size_t j;
-            json_t *s;
-            json_array_foreach(regions, j, s) seen |= name && strcmp(json_string_value(s), name) == 0;
-            if (name && !seen) json_array_append_new(regions, json_string(name));
-        }
+        json_array_foreach(images, i, img) append_unique(regions, str(json_object_get(img, "region"), "name"));
     }
     json_decref(images);
     lambda_error_clear(&ignored);
@@ -428,17 +449,7 @@ json_t *lambda_launch(lambda_plugin *p, json_t *request, lambda_error *err) {
             for (char **f = p->settings.file_system_names; *f; f++) json_array_append_new(fs, json_string(*f));
             json_object_set_new(body, "file_system_names", fs);
         }
-        json_t *tag_list = json_array();
-        const char *k;
-        json_t *v;
-        json_object_foreach(tags, k, v) {
-            if (!json_is_string(v)) continue;
-            json_t *t = json_object();
-            json_object_set_new(t, "key", json_string(k));
-            json_object_set(t, "value", v);
-            json_array_append_new(tag_list, t);
-        }
-        json_object_set_new(body, "tags", tag_list);
+        json_object_set_new(body, "tags", tag_list(tags));
 
         json_t *started = json_array();
         /* One request for all nodes; where Lambda starts fewer (it may not honour quantity),
@@ -490,16 +501,7 @@ json_t *lambda_launch(lambda_plugin *p, json_t *request, lambda_error *err) {
         json_object_set_new(booting, "instance_type", t);
         json_object_set_new(r, "name", json_string(region));
         json_object_set_new(booting, "region", r);
-        json_t *tag_list = json_array();
-        const char *k;
-        json_t *v;
-        json_object_foreach(tags, k, v) {
-            json_t *tag = json_object();
-            json_object_set_new(tag, "key", json_string(k));
-            json_object_set(tag, "value", v);
-            json_array_append_new(tag_list, tag);
-        }
-        json_object_set_new(booting, "tags", tag_list);
+        json_object_set_new(booting, "tags", tag_list(tags));
         json_array_append_new(instances, instance_json(p, booting));
         json_decref(booting);
     }
@@ -529,13 +531,7 @@ json_t *lambda_describe(lambda_plugin *p, json_t *request, lambda_error *err) {
     json_array_foreach(list, i, li) {
         const char *id = str(li, "id");
         if (!id) continue;
-        if (json_is_array(ids)) {
-            int listed = 0;
-            size_t j;
-            json_t *w;
-            json_array_foreach(ids, j, w) listed |= json_is_string(w) && strcmp(json_string_value(w), id) == 0;
-            if (!listed) continue;
-        }
+        if (json_is_array(ids) && string_index(ids, id) < 0) continue;
         json_t *inst = instance_json(p, li);
         if ((!include_gone && is_gone(str(inst, "state"))) || (wanted && !tags_match(json_object_get(inst, "tags"), wanted))) {
             json_decref(inst);
@@ -549,10 +545,8 @@ json_t *lambda_describe(lambda_plugin *p, json_t *request, lambda_error *err) {
         json_array_foreach(ids, i, w) {
             const char *id = json_string_value(w);
             if (!id || find_by_id(list, id)) continue;
-            char *escaped = curl_easy_escape(NULL, id, 0);
-            char *path = lambda_sprintf("/instances/%s", escaped ? escaped : "");
+            char *path = resource_path("/instances", id);
             char *what = lambda_sprintf("describe instance %s", id);
-            curl_free(escaped);
             json_t *data = NULL;
             lambda_error e = {0};
             json_t *inst = NULL;
@@ -589,18 +583,10 @@ static void release_keys(lambda_plugin *p, json_t *list, json_t *terminated_ids)
     size_t i, j;
     json_t *li, *k;
     json_array_foreach(list, i, li) {
-        const char *id = str(li, "id");
-        int ours = 0;
-        json_t *w;
-        json_array_foreach(terminated_ids, j, w) ours |= id && json_is_string(w) && strcmp(json_string_value(w), id) == 0;
-        if (!ours) continue;
+        if (string_index(terminated_ids, str(li, "id")) < 0) continue;
         json_array_foreach(json_object_get(li, "ssh_key_names"), j, k) {
             const char *name = json_string_value(k);
-            int seen = 0;
-            size_t c;
-            json_t *cand;
-            json_array_foreach(candidates, c, cand) seen |= json_equal(cand, k);
-            if (name && strncmp(name, "capstan-", 8) == 0 && !seen) json_array_append(candidates, k);
+            if (name && strncmp(name, "capstan-", 8) == 0) append_unique(candidates, name);
         }
     }
     if (json_array_size(candidates) == 0) {
@@ -608,18 +594,11 @@ static void release_keys(lambda_plugin *p, json_t *list, json_t *terminated_ids)
         return;
     }
     json_array_foreach(list, i, li) {
-        const char *id = str(li, "id"), *status = str(li, "status");
-        int ours = 0;
-        json_t *w;
-        json_array_foreach(terminated_ids, j, w) ours |= id && json_is_string(w) && strcmp(json_string_value(w), id) == 0;
-        if (ours || (status && (strcmp(status, "terminating") == 0 || strcmp(status, "terminated") == 0))) continue;
+        const char *status = str(li, "status");
+        if (string_index(terminated_ids, str(li, "id")) >= 0 || (status && (strcmp(status, "terminating") == 0 || strcmp(status, "terminated") == 0))) continue;
         json_array_foreach(json_object_get(li, "ssh_key_names"), j, k) {
-            size_t c;
-            json_t *cand;
-            json_array_foreach(candidates, c, cand) if (json_equal(cand, k)) {
-                json_array_remove(candidates, c);
-                break;
-            }
+            long c = string_index(candidates, json_string_value(k));
+            if (c >= 0) json_array_remove(candidates, (size_t)c);
         }
     }
     json_t *keys = NULL;
@@ -628,19 +607,14 @@ static void release_keys(lambda_plugin *p, json_t *list, json_t *terminated_ids)
     if (json_array_size(candidates) > 0 && lambda_request(p, "GET", "/ssh-keys", NULL, "list SSH keys", 1, &keys, &e) == 0) {
         json_array_foreach(keys, i, k) {
             const char *name = str(k, "name"), *id = str(k, "id");
-            int unused = 0;
-            json_t *cand;
-            json_array_foreach(candidates, j, cand) unused |= name && strcmp(json_string_value(cand), name) == 0;
-            if (!unused || !id) continue;
-            char *escaped = curl_easy_escape(NULL, id, 0);
-            char *path = lambda_sprintf("/ssh-keys/%s", escaped ? escaped : "");
+            if (string_index(candidates, name) < 0 || !id) continue;
+            char *path = resource_path("/ssh-keys", id);
             char *what = lambda_sprintf("delete SSH key %s", name);
             json_t *data = NULL;
             lambda_error_clear(&e);
             if (lambda_request(p, "DELETE", path, NULL, what, 1, &data, &e) == 0) lambda_log(p, CAPSTAN_LOG_INFO, "lambda: deleted SSH key %s, no longer used", name);
             else lambda_log(p, CAPSTAN_LOG_DEBUG, "lambda: could not delete SSH key %s: %s", name, e.message ? e.message : "?");
             json_decref(data);
-            curl_free(escaped);
             free(path);
             free(what);
         }
