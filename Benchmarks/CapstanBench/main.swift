@@ -22,6 +22,13 @@ func measure(_ label: String, iterations: Int, _ body: () async throws -> Void) 
     return perCall
 }
 
+/// A fresh temporary folder for one benchmark; the caller removes it.
+func scratchFolder(_ name: String) throws -> String {
+    let dir = NSTemporaryDirectory() + "capstan-\(name)-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
 func pluginPath() -> String {
     if let p = ProcessInfo.processInfo.environment["CAPSTAN_BENCH_PLUGIN"] { return p }
     let dir = Bundle.main.executableURL!.resolvingSymlinksInPath().deletingLastPathComponent().path
@@ -157,8 +164,7 @@ func s3Bench() async throws {
         print("S3: set CAPSTAN_TEST_S3_ENDPOINT/KEY/SECRET (scripts/bench.sh s3 starts SeaweedFS)")
         return
     }
-    let dir = NSTemporaryDirectory() + "capstan-s3bench-\(UUID().uuidString.prefix(8))"
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let dir = try scratchFolder("s3bench")
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let size = (Int(env["CAPSTAN_BENCH_S3_MIB"] ?? "") ?? 1024) << 20
     let file = dir + "/payload.bin"
@@ -221,8 +227,7 @@ func lambdaBench() async throws {
         print("Lambda: set CAPSTAN_BENCH_LAMBDA_PLUGIN/ENDPOINT/KEY (scripts/bench.sh lambda builds the plugin and starts the emulator)")
         return
     }
-    let dir = NSTemporaryDirectory() + "capstan-lambdabench-\(UUID().uuidString.prefix(8))"
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let dir = try scratchFolder("lambdabench")
     defer { try? FileManager.default.removeItem(atPath: dir) }
     try key.write(toFile: dir + "/key", atomically: true, encoding: .utf8)
     let session = URLSession(configuration: .ephemeral)

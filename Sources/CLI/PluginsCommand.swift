@@ -11,6 +11,15 @@ struct PluginsCommand: AsyncParsableCommand {
         subcommands: [List.self, Inspect.self, Call.self, SDK.self],
         defaultSubcommand: List.self)
 
+    /// The plugin called `name` that wins on the search path.
+    static func library(named name: String, in registry: ProviderRegistry) throws -> PluginLibrary {
+        guard let found = registry.plugins.first(where: { $0.library?.name == name && $0.shadowedBy == nil })?.library else {
+            let names = registry.plugins.compactMap { $0.library?.name }
+            throw CapstanError(.notFound, "No plugin named '\(name)' on the search path.", hint: names.isEmpty ? "No plugins were found; see `capstan plugins list`." : "Found: \(names.joined(separator: ", ")).")
+        }
+        return found
+    }
+
     /// One row of `plugins list --json`.
     struct PluginRow: Encodable {
         var name: String
@@ -77,12 +86,7 @@ struct PluginsCommand: AsyncParsableCommand {
                 if plugin.contains("/") {
                     library = try PluginLibrary.load(path: plugin)
                 } else {
-                    let registry = try global.loadRegistry()
-                    guard let found = registry.plugins.first(where: { $0.library?.name == plugin && $0.shadowedBy == nil })?.library else {
-                        let names = registry.plugins.compactMap { $0.library?.name }
-                        throw CapstanError(.notFound, "No plugin named '\(plugin)' on the search path.", hint: names.isEmpty ? "No plugins were found; see `capstan plugins list`." : "Found: \(names.joined(separator: ", ")).")
-                    }
-                    library = found
+                    library = try PluginsCommand.library(named: plugin, in: try global.loadRegistry())
                 }
                 let out = Output(path: library.path, abiVersion: library.abiVersion, manifest: library.manifest)
                 if global.json { try printJSON(out); return }
@@ -142,10 +146,7 @@ struct PluginsCommand: AsyncParsableCommand {
                     instance = try PluginLibrary.load(path: plugin).instantiate(config: try config.map { try parse($0, "--config") } ?? .object([:]), timeout: limit)
                 } else {
                     let registry = try global.loadRegistry()
-                    guard let library = registry.plugins.first(where: { $0.library?.name == plugin && $0.shadowedBy == nil })?.library else {
-                        let names = registry.plugins.compactMap { $0.library?.name }
-                        throw CapstanError(.notFound, "No plugin named '\(plugin)' on the search path.", hint: names.isEmpty ? "No plugins were found; see `capstan plugins list`." : "Found: \(names.joined(separator: ", ")).")
-                    }
+                    let library = try PluginsCommand.library(named: plugin, in: registry)
                     let settings = try config.map { try parse($0, "--config") } ?? registry.config.providerConfig(plugin)
                     instance = try library.instantiate(config: settings, timeout: limit)
                 }
@@ -169,16 +170,14 @@ struct PluginsCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await reportingErrors {
+                let path = (folder as NSString).appendingPathComponent("capstan_plugin.h")
                 do {
                     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-                    let path = (folder as NSString).appendingPathComponent("capstan_plugin.h")
                     try Data(PackageResources.capstan_plugin_h).write(to: URL(fileURLWithPath: path))
-                    print("\(path): plugin ABI \(capstan_host_abi_version())")
-                } catch let e as CapstanError {
-                    throw e
                 } catch {
                     throw CapstanError(.io, "Cannot write capstan_plugin.h into \(folder): \(error.localizedDescription)", hint: "Pick a folder you can write to.")
                 }
+                print("\(path): plugin ABI \(capstan_host_abi_version())")
             }
         }
     }

@@ -42,9 +42,7 @@ struct AWSPluginTests {
         let offer = try #require(try await aws.offers(for: ResourceRequest(gpu: "A10G")).first { $0.instanceType == "g5.xlarge" })
         let key = "cap-" + UUID().uuidString.lowercased()
         let tags = [CapstanTags.managed: "true", CapstanTags.intent: key, "test": key]
-        let keygen = try await runProcess("/usr/bin/ssh-keygen", ["-t", "ed25519", "-N", "", "-q", "-C", "capstan-test", "-f", dir.file("id")])
-        #expect(keygen.status == 0, "\(keygen.stderr)")
-        let publicKey = try String(contentsOfFile: dir.file("id.pub"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let publicKey = try await sshPublicKey(in: dir)
         let request = LaunchRequest(offer: offer, count: 2, idempotencyKey: key, tags: tags, sshPublicKey: publicKey, userData: "#!/bin/sh\necho hi\n", name: "capstan-t")
         let launched = try await aws.launch(request)
         #expect(launched.count == 2)
@@ -100,11 +98,15 @@ struct AWSPluginTests {
 struct AWSProvisioningTests {
     static func home(endpoint: String) -> TempDir {
         let home = TempDir("capstan-aws")
+        home.write("config.yaml", "providers:\n  local:\n    enabled: false\n" + providerSection(home, endpoint: endpoint))
+        return home
+    }
+
+    /// config.yaml's `providers.aws` for moto at `endpoint` (p5 types in us-east-1), with its
+    /// credentials file written into `home`.
+    static func providerSection(_ home: TempDir, endpoint: String) -> String {
         home.write("aws-credentials", "[default]\naws_access_key_id = AKIDMOTOTEST\naws_secret_access_key = motosecret\n")
-        home.write("config.yaml", """
-            providers:
-              local:
-                enabled: false
+        return """
               aws:
                 credentialsFile: \(home.file("aws-credentials"))
                 endpoint: \(endpoint)
@@ -112,8 +114,7 @@ struct AWSProvisioningTests {
                 imageId: ami-12c6146b
                 instanceTypes: ["p5.*"]
 
-            """)
-        return home
+            """
     }
 
     @Test("InsufficientInstanceCapacity twice (moto patched), then ready; the report lists all three attempts")

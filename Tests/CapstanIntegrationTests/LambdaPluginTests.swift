@@ -157,12 +157,6 @@ extension JobTests {
             try PluginComputeProvider(PluginLibrary.load(path: LambdaPlugin.build()).instantiate(config: config(emulator, dir: dir, extra: extra), timeout: .seconds(30)))
         }
 
-        static func publicKey(_ dir: TempDir) async throws -> String {
-            let r = try await runProcess("/usr/bin/ssh-keygen", ["-t", "ed25519", "-N", "", "-q", "-C", "lambda-test", "-f", dir.file("id")])
-            #expect(r.status == 0, "\(r.stderr)")
-            return try String(contentsOfFile: dir.file("id.pub"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        }
-
         @Test("built out of tree by its own Makefile; exports only the entry symbol; the manifest loads")
         func buildsAndLoads() async throws {
             let so = try LambdaPlugin.build()
@@ -228,7 +222,7 @@ extension JobTests {
             let offer = try #require(try await lambda.offers(for: ResourceRequest(gpu: "H100")).first { $0.instanceType == "gpu_8x_h100_sxm5" && $0.availability == .available })
             let key = "cap-" + UUID().uuidString.lowercased()
             let tags = [CapstanTags.managed: "true", CapstanTags.intent: key, "test": key]
-            let request = LaunchRequest(offer: offer, count: 2, idempotencyKey: key, tags: tags, sshPublicKey: try await Self.publicKey(dir), userData: "#!/bin/sh\necho hi\n", name: "capstan-lifecycle")
+            let request = LaunchRequest(offer: offer, count: 2, idempotencyKey: key, tags: tags, sshPublicKey: try await sshPublicKey(in: dir), userData: "#!/bin/sh\necho hi\n", name: "capstan-lifecycle")
             let launched = try await lambda.launch(request)
             #expect(launched.count == 2)
             #expect(launched.allSatisfy { $0.state == .pending && $0.providerState == "booting" && $0.region == offer.region && $0.tags["test"] == key && $0.pricePerHour == 23.92 && $0.sshUser == "ubuntu" })
@@ -303,7 +297,7 @@ extension JobTests {
             #expect(badURL?.code == .config && badURL?.message.contains("is not an http(s) URL") == true)
 
             let lambda = try Self.provider(emu, dir: dir)
-            let pub = try await Self.publicKey(dir)
+            let pub = try await sshPublicKey(in: dir)
             let offers = try await lambda.offers(for: ResourceRequest(gpu: "A10"))
             let a10 = try #require(offers.first { $0.availability == .available })
             func launch(_ count: Int = 1, spot: Bool = false) async -> CapstanError? {
@@ -371,7 +365,7 @@ extension JobTests {
             let dir = TempDir(); defer { dir.cleanup() }
             let lambda = try Self.provider(emu, dir: dir)
             let offer = try #require(try await lambda.offers(for: ResourceRequest(gpu: "GH200")).first { $0.availability == .available })
-            let slow = try await lambda.launch(LaunchRequest(offer: offer, count: 1, idempotencyKey: "k-\(UUID())", sshPublicKey: try await Self.publicKey(dir)))
+            let slow = try await lambda.launch(LaunchRequest(offer: offer, count: 1, idempotencyKey: "k-\(UUID())", sshPublicKey: try await sshPublicKey(in: dir)))
             let seen = try await lambda.describe(InstanceQuery(ids: slow.map(\.id)))
             #expect(seen.count == 1 && seen[0].state == .pending && seen[0].publicAddress == nil)
             try emu.set(["boot_seconds": 0, "unhealthy_on_boot": true])
@@ -435,18 +429,7 @@ extension JobTests {
                     apiKeyFile: \(home.file("lambda-key"))
                 \(emulator.certificate.map { "    caBundle: \($0)\n" } ?? "")
                 """
-            if let aws {
-                home.write("aws-credentials", "[default]\naws_access_key_id = AKIDMOTOTEST\naws_secret_access_key = motosecret\n")
-                config += """
-                      aws:
-                        credentialsFile: \(home.file("aws-credentials"))
-                        endpoint: \(aws)
-                        regions: [us-east-1]
-                        imageId: ami-12c6146b
-                        instanceTypes: ["p5.*"]
-
-                    """
-            }
+            if let aws { config += AWSProvisioningTests.providerSection(home, endpoint: aws) }
             home.write("config.yaml", config)
             let env = [
                 "CAPSTAN_HOME": home.path, "CAPSTAN_PLUGIN_PATH": try LambdaPlugin.build(asan: true),
@@ -532,7 +515,7 @@ extension JobTests {
         func everyPathUnderASan() async throws {
             let run = try Self.start(faults: ["boot_seconds": 0.2], tls: true); defer { run.cleanup() }
             let dir = TempDir(); defer { dir.cleanup() }
-            let pub = try await LambdaPluginTests.publicKey(dir)
+            let pub = try await sshPublicKey(in: dir)
             func config(_ extra: [String: Any] = [:], ca: Bool = true) throws -> String {
                 var c: [String: Any] = ["endpoint": run.emulator.endpoint, "apiKeyFile": run.home.file("lambda-key")]
                 if ca { c["caBundle"] = run.emulator.certificate }

@@ -67,6 +67,13 @@ func runProcessBlocking(_ exe: String, _ args: [String], environment: [String: S
     return ProcessResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
 }
 
+/// Makes an ed25519 key pair `id`/`id.pub` in `dir` and returns the public key line.
+func sshPublicKey(in dir: TempDir) async throws -> String {
+    let r = try await runProcess("/usr/bin/ssh-keygen", ["-t", "ed25519", "-N", "", "-q", "-C", "capstan-test", "-f", dir.file("id")])
+    guard r.status == 0 else { throw CapstanError(.internalError, "ssh-keygen failed: \(r.stderr)") }
+    return try String(contentsOfFile: dir.file("id.pub"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
 /// Compiles the C fixture plugin with `flags` into a `.so` (cached per flag set).
 enum CFixtures {
     private static let cache = NSLock()

@@ -237,25 +237,25 @@ final class CallRegistry: Sendable {
     }
 
     func finish(_ id: UInt, _ result: Result<Data, any Error>) {
-        var call: Call? = state.withLock { s in
-            s.calls.removeValue(forKey: id)
-        }
-        guard let found = call else { return }  // late, repeated or unknown: ignored
-        found.timer.cancel()
-        found.instance.inFlight.withLock { $0 -= 1 }
+        // The call's record, with its reference to the instance, is gone once `settle` returns:
+        // the caller, who holds its own reference, wakes after that, so the last reference goes
+        // away on the caller's side, not on the plugin's thread inside its completion (where
+        // destroy could not join that thread).
+        guard let (continuation, outcome) = settle(id, result) else { return }
+        continuation.resume(with: outcome)
+    }
+
+    /// Removes call `id` and settles its bookkeeping; nil when it is late, repeated or unknown.
+    private func settle(_ id: UInt, _ result: Result<Data, any Error>) -> (CheckedContinuation<Data, any Error>, Result<Data, any Error>)? {
+        guard let call = state.withLock({ $0.calls.removeValue(forKey: id) }) else { return nil }
+        call.timer.cancel()
+        call.instance.inFlight.withLock { $0 -= 1 }
         // A timeout leaves the call running in the plugin; keep the count so destroy waits.
         if case .failure(let e as CapstanError) = result, e.code == .timeout {
-            found.instance.inFlight.withLock { $0 += 1 }
+            call.instance.inFlight.withLock { $0 += 1 }
         }
-        let continuation = found.continuation
-        var outcome = result
-        if case .failure(let error as CapstanError) = result { outcome = .failure(error.attributed(to: found.plugin)) }
-        // Drop this record's reference to the instance before waking the caller, who holds its
-        // own: the last reference then goes away on the caller's side, not on the plugin's
-        // thread inside its completion (where destroy could not join that thread).
-        call = nil
-        _ = consume found
-        continuation.resume(with: outcome)
+        if case .failure(let error as CapstanError) = result { return (call.continuation, .failure(error.attributed(to: call.plugin))) }
+        return (call.continuation, result)
     }
 
     func progress(_ id: UInt, _ p: TransferProgress) {
