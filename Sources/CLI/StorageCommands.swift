@@ -41,6 +41,7 @@ struct StorageCommand: AsyncParsableCommand {
         @Argument(help: "Destination: a bucket URI or a local file.") var destination: String
         @Option(name: .customLong("part-size-mib"), help: "Multipart part size in MiB.") var partSizeMiB: Int?
         @Option(help: "Parts in flight at once.") var concurrency: Int?
+        @Option(name: .customLong("max-bandwidth-mib"), help: "Upload at most this many MiB/s on average (network stores).") var maxBandwidthMiB: Double?
         @Flag(help: "Fail instead of overwriting an existing object.") var noClobber = false
 
         func run() async throws {
@@ -52,7 +53,8 @@ struct StorageCommand: AsyncParsableCommand {
                 if destination.contains("://") {
                     let (location, key) = try StorageCommand.split(destination)
                     let store = try registry.store(for: location)
-                    let options = PutOptions(ifNoneMatch: noClobber, partSize: partSizeMiB.map { $0 << 20 }, concurrency: concurrency)
+                    if let m = maxBandwidthMiB, !(m > 0) { throw ValidationError("--max-bandwidth-mib must be above 0 (got \(m)).") }
+                    let options = PutOptions(ifNoneMatch: noClobber, partSize: partSizeMiB.map { $0 << 20 }, concurrency: concurrency, maxBytesPerSecond: maxBandwidthMiB.map { Int64($0 * 1_048_576) })
                     info = try await store.put(file: source, key: key.isEmpty ? (source as NSString).lastPathComponent : key, options: options, progress: reporter.report)
                 } else {
                     let (location, key) = try StorageCommand.split(source)

@@ -161,13 +161,16 @@ struct InterruptedUploadTests {
         let args = ["storage", "cp", file, "s3://capstan-int/\(run)/big.bin", "--part-size-mib", "5", "--concurrency", "1"]
         let env = ProcessInfo.processInfo.environment.merging(["CAPSTAN_HOME": home.path]) { $1 }
 
+        // Capped at 5 MiB/s (one part a second), so the upload lasts about 20 s whatever the
+        // machine's load: the kill lands mid-upload even if this task is not run for seconds.
         let p = Process()
         p.executableURL = URL(fileURLWithPath: BuildProducts.capstan)
-        p.arguments = args
+        p.arguments = args + ["--max-bandwidth-mib", "5"]
         p.environment = env
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
+        let started = Date()
         // Kill once the upload state records at least 4 finished parts.
         let uploads = home.file("uploads")
         var parts = 0
@@ -181,15 +184,18 @@ struct InterruptedUploadTests {
             try await Task.sleep(for: .milliseconds(5))
         }
         #expect(p.isRunning, "the upload finished before it could be interrupted")
+        let killedAt = Date()
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
+        // The cap held: at least 4 parts (20 MiB) took more than 3 s at 5 MiB/s.
+        #expect(killedAt.timeIntervalSince(started) >= 3, "killed \(killedAt.timeIntervalSince(started)) s after start, parts \(parts)")
         #expect(parts >= 4 && parts < 20, "parts at kill: \(parts)")
 
         // Nothing that looks like an object.
         #expect(try await direct.head(key: "\(run)/big.bin") == nil)
         #expect(try await direct.list(prefix: "\(run)/").isEmpty)
 
-        // The same copy again resumes from the recorded parts.
+        // The same copy again (uncapped) resumes from the recorded parts.
         let again = try await runProcess(BuildProducts.capstan, args, environment: ["CAPSTAN_HOME": home.path])
         #expect(again.status == 0, "\(again.stderr)")
         let firstProgress = again.stderr.split(separator: "\n").first { $0.hasPrefix("progress ") }

@@ -47,13 +47,18 @@ public struct PutOptions: Sendable, Hashable, Codable {
     public var partSize: Int?
     /// Parts in flight at once; the store picks when nil.
     public var concurrency: Int?
+    /// Average upload rate cap in bytes per second (so a checkpoint upload leaves the node's
+    /// link to training traffic); nil: as fast as the store takes it. Network stores honour it;
+    /// `file://` copies are local and ignore it.
+    public var maxBytesPerSecond: Int64?
 
-    public init(metadata: [String: String] = [:], ifNoneMatch: Bool = false, expectedSHA256: String? = nil, partSize: Int? = nil, concurrency: Int? = nil) {
+    public init(metadata: [String: String] = [:], ifNoneMatch: Bool = false, expectedSHA256: String? = nil, partSize: Int? = nil, concurrency: Int? = nil, maxBytesPerSecond: Int64? = nil) {
         self.metadata = metadata
         self.ifNoneMatch = ifNoneMatch
         self.expectedSHA256 = expectedSHA256
         self.partSize = partSize
         self.concurrency = concurrency
+        self.maxBytesPerSecond = maxBytesPerSecond
     }
 }
 

@@ -184,7 +184,9 @@ public struct S3ObjectStore: ObjectStore {
         var headers: [(String, String)] = [("x-amz-meta-capstan-sha256", digest)]
         for (k, v) in options.metadata.sorted(by: { $0.key < $1.key }) { headers.append(("x-amz-meta-\(k.lowercased())", v)) }
         let partSize = max(5 << 20, options.partSize ?? configuration.partSize)
+        let limiter = BandwidthLimiter(options)
         if source.size <= Int64(partSize) {
+            try await limiter?.reserve(Int(source.size))
             let body = try source.read(offset: 0, count: Int(source.size))
             var h = headers
             h.append(("Content-MD5", Data(Insecure.MD5.hash(data: body)).base64EncodedString()))
@@ -196,7 +198,7 @@ public struct S3ObjectStore: ObjectStore {
             if options.ifNoneMatch, try await head(key: key) != nil {
                 throw CapstanError(.invalidRequest, "Object \(key) already exists in \(location) and the upload asked not to overwrite it.", provider: "s3", cloudCode: "PreconditionFailed")
             }
-            try await multipart(source: source, key: key, digest: digest, headers: headers, partSize: partSize, ifNoneMatch: options.ifNoneMatch, concurrency: max(1, options.concurrency ?? configuration.concurrency), progress: progress)
+            try await multipart(source: source, key: key, digest: digest, headers: headers, partSize: partSize, ifNoneMatch: options.ifNoneMatch, concurrency: max(1, options.concurrency ?? configuration.concurrency), limiter: limiter, progress: progress)
         }
         guard let info = try await head(key: key) else {
             throw CapstanError(.transient, "Object \(key) is not visible in \(location) right after its upload.", hint: "Retry; the store may be eventually consistent.", provider: "s3")
@@ -221,7 +223,7 @@ public struct S3ObjectStore: ObjectStore {
         return configuration.uploadStateFolder + "/\(id).json"
     }
 
-    func multipart(source: SourceFile, key: String, digest: String, headers: [(String, String)], partSize: Int, ifNoneMatch: Bool, concurrency: Int, progress: TransferProgressHandler?) async throws {
+    func multipart(source: SourceFile, key: String, digest: String, headers: [(String, String)], partSize: Int, ifNoneMatch: Bool, concurrency: Int, limiter: BandwidthLimiter?, progress: TransferProgressHandler?) async throws {
         let stateFile = statePath(key: key, digest: digest)
         let partCount = Int((source.size + Int64(partSize) - 1) / Int64(partSize))
         var state: UploadState
@@ -250,6 +252,7 @@ public struct S3ObjectStore: ObjectStore {
                 group.addTask {
                     let offset = Int64(n - 1) * Int64(partSize)
                     let count = Int(min(Int64(partSize), source.size - offset))
+                    try await limiter?.reserve(count)
                     let body = try source.read(offset: offset, count: count)
                     let md5 = Data(Insecure.MD5.hash(data: body)).base64EncodedString()
                     // Content-MD5 guards the part; hashing it a second time (SHA-256) for the
