@@ -59,7 +59,8 @@ struct CheckpointWatcherTests {
             try await Task.sleep(for: .milliseconds(60))
         }
         var committed: [Int] = []
-        for _ in 0..<100 where committed.count < 3 {
+        let deadline = ContinuousClock.now + .seconds(30)  // a loaded machine may be slow to poll
+        while committed.count < 3, ContinuousClock.now < deadline {
             committed = await w.committed
             try await Task.sleep(for: .milliseconds(20))
         }

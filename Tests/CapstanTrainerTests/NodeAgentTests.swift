@@ -94,7 +94,13 @@ struct NodeAgentTests {
         let bucket = try FileObjectStore(root: dir.file("bucket"))
         let agent = NodeAgent(config: c, bucket: bucket)
         async let result = agent.run()
-        try await Task.sleep(for: .milliseconds(800))
+        // Stop once the command has written its checkpoint (not after a fixed delay: a loaded
+        // machine may take seconds to start it).
+        let done = c.checkpointDir + "/step-5/.done"
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !FileManager.default.fileExists(atPath: done), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
         let start = ContinuousClock.now
         agent.requestStop()
         let s = await result
