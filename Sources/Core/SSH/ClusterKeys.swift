@@ -24,18 +24,12 @@ public struct ClusterKeys: Sendable, Hashable {
         try FileManager.default.createDirectory(atPath: folder(cluster: cluster), withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try? FileManager.default.removeItem(atPath: key)
         try? FileManager.default.removeItem(atPath: key + ".pub")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "capstan-\(cluster)", "-f", key]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        p.standardInput = FileHandle.nullDevice
-        do { try p.run() } catch {
-            throw CapstanError(.unsupported, "Cannot run ssh-keygen to make cluster \(cluster)'s key pair: \(error.localizedDescription)", hint: "Install the OpenSSH client (apt install openssh-client).")
+        guard let keygen = Spawn.which("ssh-keygen") else {
+            throw CapstanError(.unsupported, "Cannot make cluster \(cluster)'s key pair: ssh-keygen is not installed.", hint: "Install the OpenSSH client (apt install openssh-client).")
         }
-        p.waitUntilExit()
-        guard p.terminationStatus == 0, let pub = try? String(contentsOfFile: key + ".pub", encoding: .utf8) else {
-            throw CapstanError(.io, "ssh-keygen could not make cluster \(cluster)'s key pair in \(folder(cluster: cluster)) (exit \(p.terminationStatus)).", hint: "Check that the folder is writable.")
+        let (status, _) = try Spawn.runBlocking([keygen, "-q", "-t", "ed25519", "-N", "", "-C", "capstan-\(cluster)", "-f", key], streams: Spawn.Streams(), timeout: 60)
+        guard status.succeeded, let pub = try? String(contentsOfFile: key + ".pub", encoding: .utf8) else {
+            throw CapstanError(.io, "ssh-keygen could not make cluster \(cluster)'s key pair in \(folder(cluster: cluster)) (\(status)).", hint: "Check that the folder is writable.")
         }
         return pub.trimmingCharacters(in: .whitespacesAndNewlines)
     }

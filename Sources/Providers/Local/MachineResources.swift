@@ -28,7 +28,7 @@ public struct MachineResources: Sendable, Hashable, Codable {
     public static func detect(environment: [String: String] = ProcessInfo.processInfo.environment) -> MachineResources {
         let info = ProcessInfo.processInfo
         var gpus: [GPU] = []
-        if let smi = environment["CAPSTAN_NVIDIA_SMI"] ?? findExecutable("nvidia-smi", path: environment["PATH"]),
+        if let smi = environment["CAPSTAN_NVIDIA_SMI"] ?? Spawn.which("nvidia-smi", path: environment["PATH"]),
            let out = run(smi, ["--query-gpu=name,memory.total", "--format=csv,noheader,nounits"], timeout: 10) {
             gpus = parseNvidiaSMI(out)
         }
@@ -45,28 +45,12 @@ public struct MachineResources: Sendable, Hashable, Codable {
         }
     }
 
-    static func findExecutable(_ name: String, path: String?) -> String? {
-        for dir in (path ?? "/usr/bin:/bin:/usr/local/bin").split(separator: ":") {
-            let candidate = "\(dir)/\(name)"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        }
-        return nil
-    }
-
     /// Runs a short command and returns its stdout when it exits 0 within `timeout` seconds.
     static func run(_ exe: String, _ args: [String], timeout: Double) -> String? {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: exe)
-        p.arguments = args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = FileHandle.nullDevice
-        do { try p.run() } catch { return nil }
-        let deadline = Date().addingTimeInterval(timeout)
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        while p.isRunning, Date() < deadline { usleep(10_000) }
-        if p.isRunning { p.terminate(); return nil }
-        guard p.terminationStatus == 0 else { return nil }
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-probe-\(UUID().uuidString)").path
+        defer { unlink(out) }
+        guard let (status, timedOut) = try? Spawn.runBlocking([exe] + args, streams: Spawn.Streams(stdout: out, stderr: "/dev/null", append: false), timeout: timeout),
+              !timedOut, status.succeeded, let data = FileManager.default.contents(atPath: out) else { return nil }
         return String(decoding: data, as: UTF8.self)
     }
 }

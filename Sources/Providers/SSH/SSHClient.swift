@@ -125,50 +125,29 @@ public struct SSHClient: Sendable {
 
     static func execBlocking(_ exe: String, _ args: [String], input: Data?, inputFile: String?, timeout: Double) throws -> SSHResult {
         // Output goes to files, not pipes: a connection master that ssh forks (ControlPersist)
-        // inherits them and lives on, so a pipe would never reach end-of-file.
+        // inherits them and lives on, so a pipe would never reach end-of-file. Spawned with
+        // `Spawn` (see there why not Foundation's Process: two reads at once must not wait
+        // for each other).
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-ssh-\(UUID().uuidString)").path
         defer {
-            for f in [".out", ".err", ".in"] { try? FileManager.default.removeItem(atPath: base + f) }
+            for f in [".out", ".err", ".in"] { unlink(base + f) }
         }
-        FileManager.default.createFile(atPath: base + ".out", contents: nil, attributes: [.posixPermissions: 0o600])
-        FileManager.default.createFile(atPath: base + ".err", contents: nil, attributes: [.posixPermissions: 0o600])
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: exe)
-        p.arguments = args
-        guard let out = FileHandle(forWritingAtPath: base + ".out"), let err = FileHandle(forWritingAtPath: base + ".err") else {
-            throw CapstanError(.io, "Cannot create temporary files in \(FileManager.default.temporaryDirectory.path).")
-        }
-        defer { try? out.close(); try? err.close() }
-        p.standardOutput = out
-        p.standardError = err
         var stdinPath = inputFile
         if stdinPath == nil, let input {
-            FileManager.default.createFile(atPath: base + ".in", contents: input, attributes: [.posixPermissions: 0o600])
+            guard FileManager.default.createFile(atPath: base + ".in", contents: input, attributes: [.posixPermissions: 0o600]) else {
+                throw CapstanError(.io, "Cannot create temporary files in \(FileManager.default.temporaryDirectory.path).")
+            }
             stdinPath = base + ".in"
         }
-        guard let stdin = FileHandle(forReadingAtPath: stdinPath ?? "/dev/null") else { throw CapstanError(.io, "Cannot read \(stdinPath ?? "/dev/null").") }
-        defer { try? stdin.close() }
-        p.standardInput = stdin
-        do { try p.run() } catch {
-            throw CapstanError(.unsupported, "Cannot run \(exe): \(error.localizedDescription)", hint: "Install the OpenSSH client (Debian/Ubuntu: apt install openssh-client).")
+        if let stdinPath, !FileManager.default.isReadableFile(atPath: stdinPath) { throw CapstanError(.io, "Cannot read \(stdinPath).") }
+        guard FileManager.default.isExecutableFile(atPath: exe) else {
+            throw CapstanError(.unsupported, "Cannot run \(exe): it is missing or not executable.", hint: "Install the OpenSSH client (Debian/Ubuntu: apt install openssh-client).")
         }
-        let deadline = Date().addingTimeInterval(timeout)
-        var timedOut = false
-        while p.isRunning {
-            if Date() > deadline {
-                timedOut = true
-                p.terminate()
-                Thread.sleep(forTimeInterval: 0.2)
-                if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-                break
-            }
-            Thread.sleep(forTimeInterval: 0.005)
-        }
-        p.waitUntilExit()
+        let (status, timedOut) = try Spawn.runBlocking([exe] + args, streams: Spawn.Streams(stdin: stdinPath, stdout: base + ".out", stderr: base + ".err", append: false), timeout: timeout)
         let stdout = FileManager.default.contents(atPath: base + ".out") ?? Data()
         let stderr = String(decoding: FileManager.default.contents(atPath: base + ".err") ?? Data(), as: UTF8.self)
         if timedOut { return SSHResult(status: 255, stdout: stdout, stderr: "timed out after \(Int(timeout)) s") }
-        return SSHResult(status: p.terminationStatus, stdout: stdout, stderr: stderr)
+        return SSHResult(status: status.code, stdout: stdout, stderr: stderr)
     }
 
     /// A shell loop that kills every process listed in `file` (``NodeProcesses``' "pid start"

@@ -1,4 +1,3 @@
-import CapstanCore
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -34,24 +33,62 @@ public enum ExitStatus: Sendable, Hashable, Codable, CustomStringConvertible {
     }
 }
 
-/// Starting processes that outlive a crash of whoever started them: each child gets its own
-/// session (and so its own process group, which can be signalled as a whole), stdin from
-/// /dev/null, and stdout + stderr appended to a file. `posix_spawn` rather than Foundation's
-/// `Process`, which can do neither the session nor the redirection to a file we keep.
+/// Starting processes with `posix_spawn`, never Foundation's `Process`.
+///
+/// Two reasons. Children that outlive a crash of whoever started them need their own session
+/// (a process group that can be signalled as a whole) and output appended to a file we keep,
+/// which `Process` cannot do. And on Linux, `Process` notices a child's exit through a socket
+/// the child inherits, then waits for that child in a blocking `waitpid` on its one manager
+/// thread; a child that closes inherited descriptors as it starts (OpenSSH does) holds that
+/// thread for its whole life, and meanwhile no other `Process` is seen to exit. Seen in the SSH
+/// tests: a healthy node's `ssh … cat status.json` was a zombie with its answer written, yet
+/// counted as running until the read of an unreachable node timed out 5 s later, so the
+/// healthy node looked silent too. Here every child gets only fds 0–2, and each exit is
+/// collected by `waitpid` on that child's pid, by whoever waits for it.
 public enum Spawn {
-    /// Starts `argv` in `cwd` with exactly `environment`, output appended to `output`
-    /// (or discarded). Returns the pid, which is also the child's process-group id.
+    /// Where a child's standard streams go.
+    public struct Streams: Sendable {
+        /// File to read stdin from; nil: /dev/null.
+        public var stdin: String?
+        /// File for stdout; nil: /dev/null.
+        public var stdout: String?
+        /// File for stderr; nil: the same as stdout.
+        public var stderr: String?
+        /// Append to the output files (else truncate). Files are created 0600.
+        public var append: Bool
+
+        public init(stdin: String? = nil, stdout: String? = nil, stderr: String? = nil, append: Bool = true) {
+            self.stdin = stdin
+            self.stdout = stdout
+            self.stderr = stderr
+            self.append = append
+        }
+    }
+
+    /// Starts `argv` in `cwd` with exactly `environment`, in a session of its own, output
+    /// appended to `output` (or discarded). Returns the pid, which is also the child's
+    /// process-group id.
     public static func start(_ argv: [String], environment: [String: String], cwd: String? = nil, output: String? = nil) throws -> pid_t {
+        try spawn(argv, environment: environment, cwd: cwd, streams: Streams(stdout: output), newSession: true)
+    }
+
+    /// Starts `argv` with `streams`; `newSession`: its own session and process group (no
+    /// controlling terminal), else its own process group only. Nothing but fds 0–2 is inherited.
+    public static func spawn(_ argv: [String], environment: [String: String], cwd: String? = nil, streams: Streams, newSession: Bool) throws -> pid_t {
         guard let exe = argv.first else { throw CapstanError(.invalidRequest, "Nothing to start.") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        let out = output ?? "/dev/null"
-        posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Nothing else of ours leaks into a process that may outlive us (a pipe held open by a
-        // detached child would keep whoever reads our output waiting for it).
+        posix_spawn_file_actions_addopen(&actions, 0, streams.stdin ?? "/dev/null", O_RDONLY, 0)
+        let mode = O_WRONLY | O_CREAT | (streams.append ? O_APPEND : O_TRUNC)
+        posix_spawn_file_actions_addopen(&actions, 1, streams.stdout ?? "/dev/null", mode, 0o600)
+        if let err = streams.stderr {
+            posix_spawn_file_actions_addopen(&actions, 2, err, mode, 0o600)
+        } else {
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+        // Nothing else of ours leaks into the child (a pipe or socket held open by a child
+        // keeps whoever waits for its end-of-file waiting).
         if let closefrom = addClosefrom {
             closefrom(&actions, 3)
         } else {
@@ -69,7 +106,8 @@ public enum Spawn {
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
         // A new session: no controlling terminal, its own process group (pgid == pid).
-        posix_spawnattr_setflags(&attr, Int16(setsidFlag | Int32(POSIX_SPAWN_SETSIGMASK) | Int32(POSIX_SPAWN_SETSIGDEF)))
+        let group = newSession ? setsidFlag : Int32(POSIX_SPAWN_SETPGROUP)
+        posix_spawnattr_setflags(&attr, Int16(group | Int32(POSIX_SPAWN_SETSIGMASK) | Int32(POSIX_SPAWN_SETSIGDEF)))
         var none = sigset_t()
         sigemptyset(&none)
         posix_spawnattr_setsigmask(&attr, &none)
@@ -92,6 +130,49 @@ public enum Spawn {
         return pid
     }
 
+    /// Runs `argv` to its end on the calling thread (so: not on the cooperative pool), with
+    /// `streams`; past `timeout` seconds it gets SIGTERM, then SIGKILL 0.2 s later, and
+    /// `timedOut` is true. The environment is this process's unless given.
+    public static func runBlocking(_ argv: [String], environment: [String: String]? = nil, streams: Streams, timeout: Double) throws -> (status: ExitStatus, timedOut: Bool) {
+        let pid = try spawn(argv, environment: environment ?? ProcessInfo.processInfo.environment, streams: streams, newSession: false)
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        var status: Int32 = 0
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { return (decode(status), false) }
+            if r < 0 && errno != EINTR { return (.exited(-1), false) }
+            if ContinuousClock.now > deadline { break }
+            usleep(2_000)
+        }
+        kill(pid, SIGTERM)
+        let grace = ContinuousClock.now + .milliseconds(200)
+        var killed = false
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { return (decode(status), true) }
+            if r < 0 && errno != EINTR { return (.signaled(SIGKILL), true) }
+            if !killed, ContinuousClock.now > grace {
+                kill(pid, SIGKILL)
+                killed = true
+            }
+            usleep(2_000)
+        }
+    }
+
+    /// The first executable `name` on `PATH` (or `path`), like the shell finds it.
+    public static func which(_ name: String, path: String? = ProcessInfo.processInfo.environment["PATH"]) -> String? {
+        for dir in (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":") where !dir.isEmpty {
+            let candidate = "\(dir)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (the macros do not import).
+    static func decode(_ status: Int32) -> ExitStatus {
+        status & 0x7f == 0 ? .exited((status >> 8) & 0xff) : .signaled(status & 0x7f)
+    }
+
     /// Waits for child `pid` on a thread of its own (never on the cooperative pool).
     public static func wait(_ pid: pid_t) async -> ExitStatus {
         await withCheckedContinuation { (cont: CheckedContinuation<ExitStatus, Never>) in
@@ -103,12 +184,7 @@ public enum Spawn {
                         return
                     }
                 }
-                // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (macros do not import).
-                if status & 0x7f == 0 {
-                    cont.resume(returning: .exited((status >> 8) & 0xff))
-                } else {
-                    cont.resume(returning: .signaled(status & 0x7f))
-                }
+                cont.resume(returning: decode(status))
             }
         }
     }

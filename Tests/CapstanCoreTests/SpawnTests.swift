@@ -1,0 +1,86 @@
+import CapstanCore
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Spawning processes")
+struct SpawnTests {
+    func temp(_ name: String) -> String { NSTemporaryDirectory() + "capstan-spawn-\(UUID().uuidString)-\(name)" }
+
+    @Test("runBlocking: stdin from a file, stdout and stderr to files, exit codes and signals")
+    func streams() throws {
+        let input = temp("in"), out = temp("out"), err = temp("err")
+        defer { for f in [input, out, err] { unlink(f) } }
+        try Data("hello\n".utf8).write(to: URL(fileURLWithPath: input))
+        let r = try Spawn.runBlocking(["/bin/sh", "-c", "tr a-z A-Z; echo oops >&2; exit 3"], streams: .init(stdin: input, stdout: out, stderr: err, append: false), timeout: 30)
+        #expect(r.status == .exited(3) && !r.timedOut)
+        #expect(try String(contentsOfFile: out, encoding: .utf8) == "HELLO\n")
+        #expect(try String(contentsOfFile: err, encoding: .utf8) == "oops\n")
+        let killed = try Spawn.runBlocking(["/bin/sh", "-c", "kill -9 $$"], streams: .init(), timeout: 30)
+        #expect(killed.status == .signaled(SIGKILL) && killed.status.code == 137)
+        #expect(throws: CapstanError.self) { try Spawn.runBlocking(["/nonexistent/tool"], streams: .init(), timeout: 5) }
+    }
+
+    @Test("runBlocking: past its timeout the child is stopped and timedOut is set")
+    func timeout() throws {
+        let r = try Spawn.runBlocking(["/bin/sleep", "30"], streams: .init(), timeout: 0.3)
+        #expect(r.timedOut && r.status == .signaled(SIGTERM))
+        // One that ignores SIGTERM gets SIGKILL.
+        let stubborn = try Spawn.runBlocking(["/bin/sh", "-c", "trap '' TERM; sleep 30"], streams: .init(), timeout: 0.3)
+        #expect(stubborn.timedOut && stubborn.status == .signaled(SIGKILL))
+    }
+
+    @Test("a child inherits only fds 0–2, whatever this process has open")
+    func noLeakedDescriptors() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let out = temp("fds"); defer { unlink(out) }
+        _ = try Spawn.runBlocking(["/bin/ls", "/proc/self/fd"], streams: .init(stdout: out, append: false), timeout: 30)
+        let listed = try String(contentsOfFile: out, encoding: .utf8).split(separator: "\n").compactMap { Int32($0) }
+        // 0–2 and the one ls opened to read the folder.
+        #expect(listed.filter { $0 > 2 }.count <= 1 && !listed.contains(fds[0]) && !listed.contains(fds[1]), "\(listed)")
+    }
+
+    @Test("runs at once do not wait for each other: quick ones end while slow ones that close their inherited fds still run")
+    func concurrentRunsIndependent() async throws {
+        // Foundation's Process on Linux notices an exit through a socket the child inherits,
+        // then waits for that child in a blocking waitpid on its one manager thread. A child
+        // that closes inherited descriptors as it starts (OpenSSH does) holds that thread for
+        // its whole life, and no other Process's exit is noticed meanwhile: with the slow child
+        // below, 18 of 20 quick Foundation runs returned only when it was killed. The SSH
+        // transport's parallel status reads met exactly this.
+        let slowDone = ManagedAtomicFlag()
+        let quickTimes = try await withThrowingTaskGroup(of: Bool?.self) { group in
+            for i in 0..<24 {
+                group.addTask {
+                    try await withCheckedThrowingContinuation { c in
+                        DispatchQueue.global().async {
+                            c.resume(with: Result {
+                                if i % 4 == 0 {
+                                    _ = try Spawn.runBlocking(["/usr/bin/env", "python3", "-c", "import os, time; os.closerange(3, 65536); time.sleep(30)"], streams: .init(), timeout: 8)
+                                    slowDone.set()
+                                    return nil
+                                }
+                                let r = try Spawn.runBlocking(["/bin/true"], streams: .init(), timeout: 30)
+                                return r.status == .exited(0) && !slowDone.isSet
+                            })
+                        }
+                    }
+                }
+            }
+            return try await group.reduce(into: [Bool]()) { if let ok = $1 { $0.append(ok) } }
+        }
+        #expect(quickTimes.count == 18 && quickTimes.allSatisfy { $0 }, "\(quickTimes.filter { !$0 }.count) of 18 quick runs returned only after a slow one ended")
+    }
+}
+
+/// A flag set from any thread.
+final class ManagedAtomicFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
+}
