@@ -56,18 +56,14 @@ struct SpawnTests {
         let quickTimes = try await withThrowingTaskGroup(of: Bool?.self) { group in
             for i in 0..<24 {
                 group.addTask {
-                    try await withCheckedThrowingContinuation { c in
-                        DispatchQueue.global().async {
-                            c.resume(with: Result {
-                                if i % 4 == 0 {
-                                    _ = try Spawn.runBlocking(["/usr/bin/env", "python3", "-c", "import os, time; os.closerange(3, 65536); time.sleep(30)"], streams: .init(), timeout: 8)
-                                    slowDone.set()
-                                    return nil
-                                }
-                                let r = try Spawn.runBlocking(["/bin/true"], streams: .init(), timeout: 30)
-                                return r.status == .exited(0) && !slowDone.isSet
-                            })
+                    try await Spawn.onThread {
+                        if i % 4 == 0 {
+                            _ = try Spawn.runBlocking(["/usr/bin/env", "python3", "-c", "import os, time; os.closerange(3, 65536); time.sleep(30)"], streams: .init(), timeout: 15)
+                            slowDone.set()
+                            return nil
                         }
+                        let r = try Spawn.runBlocking(["/bin/true"], streams: .init(), timeout: 30)
+                        return r.status == .exited(0) && !slowDone.isSet
                     }
                 }
             }

@@ -159,6 +159,15 @@ public enum Spawn {
         }
     }
 
+    /// Runs blocking `body` on a thread of its own and awaits it: never on the cooperative pool,
+    /// and not on Dispatch's global queues either, whose few threads a handful of children
+    /// waiting out their timeouts would hold while every other read queued behind them.
+    public static func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
     /// The first executable `name` on `PATH` (or `path`), like the shell finds it.
     public static func which(_ name: String, path: String? = ProcessInfo.processInfo.environment["PATH"]) -> String? {
         for dir in (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":") where !dir.isEmpty {

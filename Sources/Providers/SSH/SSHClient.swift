@@ -116,11 +116,7 @@ public struct SSHClient: Sendable {
 
     /// Runs a program to the end with a deadline; its output is read while it runs.
     static func exec(_ exe: String, _ args: [String], input: Data?, inputFile: String?, timeout: Double) async throws -> SSHResult {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async {
-                continuation.resume(with: Result { try execBlocking(exe, args, input: input, inputFile: inputFile, timeout: timeout) })
-            }
-        }
+        try await Spawn.onThread { try execBlocking(exe, args, input: input, inputFile: inputFile, timeout: timeout) }
     }
 
     static func execBlocking(_ exe: String, _ args: [String], input: Data?, inputFile: String?, timeout: Double) throws -> SSHResult {
