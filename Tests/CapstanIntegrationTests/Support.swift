@@ -27,44 +27,36 @@ enum BuildProducts {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures"
 }
 
+/// How a child ended: `status` is the exit code, or the number of the signal that killed it.
 struct ProcessResult {
     var status: Int32
     var stdout: String
     var stderr: String
 }
 
-/// Runs a program to completion (killed after `timeout` seconds) on a dispatch thread, so the
-/// wait never blocks Swift concurrency's few cooperative threads (which would stall every other
-/// test's timers on a 2-core machine).
+/// Runs a program to completion (killed after `timeout` seconds) on a thread of its own, so
+/// the wait never blocks Swift concurrency's few cooperative threads (which would stall every
+/// other test's timers on a 2-core machine), nor Dispatch's.
 func runProcess(_ exe: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 60) async throws -> ProcessResult {
-    try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async {
-            continuation.resume(with: Result { try runProcessBlocking(exe, args, environment: environment, timeout: timeout) })
-        }
-    }
+    try await Spawn.onThread { try runProcessBlocking(exe, args, environment: environment, timeout: timeout) }
 }
 
 /// The blocking form, for the few synchronous callers (compiling fixtures under a lock).
+/// Through `Spawn`, not Foundation's `Process` (see Spawn: one child that closes its inherited
+/// descriptors, as ssh and sshd do, would hold up every other test's process exits).
 func runProcessBlocking(_ exe: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 60) throws -> ProcessResult {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: exe)
-    p.arguments = args
     var env = ProcessInfo.processInfo.environment
     env["CAPSTAN_PLUGIN_PATH"] = nil
     env["CAPSTAN_HOME"] = nil
     for (k, v) in environment { env[k] = v }
-    p.environment = env
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let timer = DispatchWorkItem { if p.isRunning { p.terminate() } }
-    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer)
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    timer.cancel()
-    return ProcessResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    let base = NSTemporaryDirectory() + "capstan-test-run-\(UUID().uuidString)"
+    defer { unlink(base + ".out"); unlink(base + ".err") }
+    let (status, _) = try Spawn.runBlocking([exe] + args, environment: env, streams: Spawn.Streams(stdout: base + ".out", stderr: base + ".err", append: false), timeout: timeout)
+    let o = FileManager.default.contents(atPath: base + ".out") ?? Data()
+    let e = FileManager.default.contents(atPath: base + ".err") ?? Data()
+    // As Foundation's terminationStatus: the exit code, or the signal's number.
+    let code: Int32 = switch status { case .exited(let c): c; case .signaled(let sig): sig }
+    return ProcessResult(status: code, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
 }
 
 /// Makes an ed25519 key pair `id`/`id.pub` in `dir` and returns the public key line.
