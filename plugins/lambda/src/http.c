@@ -278,9 +278,9 @@ int lambda_request(lambda_plugin *p, const char *method, const char *path, json_
              * round. Retry-After is a minimum: up to a quarter more; a backoff is "full jitter",
              * anywhere up to its step (simulated against a token bucket: 6 concurrent callers
              * over a 12 s budget failed 1.9% of runs with half-to-full jitter, 0.09% with full). */
-            double wait = a.retry_after > 0 ? a.retry_after * (1.0 + 0.25 * uniform())
-                                            : 0.1 + (double)(1 << (limited < 3 ? limited : 3)) * uniform();
-            err->retry_after = wait;
+            double step = a.retry_after > 0 ? a.retry_after : (double)(1 << (limited < 3 ? limited : 3));
+            double wait = a.retry_after > 0 ? step * (1.0 + 0.25 * uniform()) : 0.1 + step * uniform();
+            err->retry_after = step; /* what the host is told if this call gives up: the whole step */
             limited++;
             free(a.body.data);
             double spent = now_seconds() - started;
