@@ -18,6 +18,8 @@ struct SpawnTests {
         #expect(r.status == .exited(3) && !r.timedOut)
         #expect(try String(contentsOfFile: out, encoding: .utf8) == "HELLO\n")
         #expect(try String(contentsOfFile: err, encoding: .utf8) == "oops\n")
+        let captured = try Spawn.runCapturing(["/bin/sh", "-c", "tr a-z A-Z; echo oops >&2"], input: Data("hi\n".utf8), timeout: 30)
+        #expect(captured.status == .exited(0) && captured.stdout == Data("HI\n".utf8) && captured.stderr == Data("oops\n".utf8))
         let killed = try Spawn.runBlocking(["/bin/sh", "-c", "kill -9 $$"], streams: .init(), timeout: 30)
         #expect(killed.status == .signaled(SIGKILL) && killed.status.code == 137)
         #expect(throws: CapstanError.self) { try Spawn.runBlocking(["/nonexistent/tool"], streams: .init(), timeout: 5) }
@@ -52,18 +54,18 @@ struct SpawnTests {
         // its whole life, and no other Process's exit is noticed meanwhile: with the slow child
         // below, 18 of 20 quick Foundation runs returned only when it was killed. The SSH
         // transport's parallel status reads met exactly this.
-        let slowDone = ManagedAtomicFlag()
+        let slowDone = LockedBox(false)
         let quickTimes = try await withThrowingTaskGroup(of: Bool?.self) { group in
             for i in 0..<24 {
                 group.addTask {
                     try await Spawn.onThread {
                         if i % 4 == 0 {
                             _ = try Spawn.runBlocking(["/usr/bin/env", "python3", "-c", "import os, time; os.closerange(3, 65536); time.sleep(30)"], streams: .init(), timeout: 15)
-                            slowDone.set()
+                            slowDone.withLock { $0 = true }
                             return nil
                         }
                         let r = try Spawn.runBlocking(["/bin/true"], streams: .init(), timeout: 30)
-                        return r.status == .exited(0) && !slowDone.isSet
+                        return r.status == .exited(0) && !slowDone.withLock { $0 }
                     }
                 }
             }
@@ -71,12 +73,4 @@ struct SpawnTests {
         }
         #expect(quickTimes.count == 18 && quickTimes.allSatisfy { $0 }, "\(quickTimes.filter { !$0 }.count) of 18 quick runs returned only after a slow one ended")
     }
-}
-
-/// A flag set from any thread.
-final class ManagedAtomicFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.withLock { value = true } }
-    var isSet: Bool { lock.withLock { value } }
 }

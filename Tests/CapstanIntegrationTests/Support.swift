@@ -49,14 +49,10 @@ func runProcessBlocking(_ exe: String, _ args: [String], environment: [String: S
     env["CAPSTAN_PLUGIN_PATH"] = nil
     env["CAPSTAN_HOME"] = nil
     for (k, v) in environment { env[k] = v }
-    let base = NSTemporaryDirectory() + "capstan-test-run-\(UUID().uuidString)"
-    defer { unlink(base + ".out"); unlink(base + ".err") }
-    let (status, _) = try Spawn.runBlocking([exe] + args, environment: env, streams: Spawn.Streams(stdout: base + ".out", stderr: base + ".err", append: false), timeout: timeout)
-    let o = FileManager.default.contents(atPath: base + ".out") ?? Data()
-    let e = FileManager.default.contents(atPath: base + ".err") ?? Data()
+    let r = try Spawn.runCapturing([exe] + args, environment: env, timeout: timeout)
     // As Foundation's terminationStatus: the exit code, or the signal's number.
-    let code: Int32 = switch status { case .exited(let c): c; case .signaled(let sig): sig }
-    return ProcessResult(status: code, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    let code: Int32 = switch r.status { case .exited(let c): c; case .signaled(let sig): sig }
+    return ProcessResult(status: code, stdout: String(decoding: r.stdout, as: UTF8.self), stderr: String(decoding: r.stderr, as: UTF8.self))
 }
 
 /// Makes an ed25519 key pair `id`/`id.pub` in `dir` and returns the public key line.

@@ -159,6 +159,37 @@ public enum Spawn {
         }
     }
 
+    /// What ``runCapturing(_:environment:input:stdinFile:timeout:)`` saw.
+    public struct Captured: Sendable {
+        public var status: ExitStatus
+        public var timedOut: Bool
+        public var stdout: Data
+        public var stderr: Data
+    }
+
+    /// ``runBlocking(_:environment:streams:timeout:)`` with stdin from `input` (or the file
+    /// `stdinFile`, or /dev/null) and stdout and stderr collected. Through temporary files, not
+    /// pipes: a child that leaves a daemon behind holding them (ssh's ControlPersist master)
+    /// would keep a pipe from ever reaching end-of-file.
+    public static func runCapturing(_ argv: [String], environment: [String: String]? = nil, input: Data? = nil, stdinFile: String? = nil, timeout: Double) throws -> Captured {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-run-\(UUID().uuidString)").path
+        defer {
+            for f in [".out", ".err", ".in"] { unlink(base + f) }
+        }
+        var stdin = stdinFile
+        if stdin == nil, let input {
+            guard FileManager.default.createFile(atPath: base + ".in", contents: input, attributes: [.posixPermissions: 0o600]) else {
+                throw CapstanError(.io, "Cannot create temporary files in \(FileManager.default.temporaryDirectory.path).")
+            }
+            stdin = base + ".in"
+        }
+        if let stdin, !FileManager.default.isReadableFile(atPath: stdin) { throw CapstanError(.io, "Cannot read \(stdin).") }
+        let (status, timedOut) = try runBlocking(argv, environment: environment, streams: Streams(stdin: stdin, stdout: base + ".out", stderr: base + ".err", append: false), timeout: timeout)
+        return Captured(status: status, timedOut: timedOut,
+                        stdout: FileManager.default.contents(atPath: base + ".out") ?? Data(),
+                        stderr: FileManager.default.contents(atPath: base + ".err") ?? Data())
+    }
+
     /// Runs blocking `body` on a thread of its own and awaits it: never on the cooperative pool,
     /// and not on Dispatch's global queues either, whose few threads a handful of children
     /// waiting out their timeouts would hold while every other read queued behind them.

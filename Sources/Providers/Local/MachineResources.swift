@@ -47,10 +47,7 @@ public struct MachineResources: Sendable, Hashable, Codable {
 
     /// Runs a short command and returns its stdout when it exits 0 within `timeout` seconds.
     static func run(_ exe: String, _ args: [String], timeout: Double) -> String? {
-        let out = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-probe-\(UUID().uuidString)").path
-        defer { unlink(out) }
-        guard let (status, timedOut) = try? Spawn.runBlocking([exe] + args, streams: Spawn.Streams(stdout: out, stderr: "/dev/null", append: false), timeout: timeout),
-              !timedOut, status.succeeded, let data = FileManager.default.contents(atPath: out) else { return nil }
-        return String(decoding: data, as: UTF8.self)
+        guard let r = try? Spawn.runCapturing([exe] + args, timeout: timeout), !r.timedOut, r.status.succeeded else { return nil }
+        return String(decoding: r.stdout, as: UTF8.self)
     }
 }

@@ -120,30 +120,15 @@ public struct SSHClient: Sendable {
     }
 
     static func execBlocking(_ exe: String, _ args: [String], input: Data?, inputFile: String?, timeout: Double) throws -> SSHResult {
-        // Output goes to files, not pipes: a connection master that ssh forks (ControlPersist)
-        // inherits them and lives on, so a pipe would never reach end-of-file. Spawned with
-        // `Spawn` (see there why not Foundation's Process: two reads at once must not wait
-        // for each other).
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-ssh-\(UUID().uuidString)").path
-        defer {
-            for f in [".out", ".err", ".in"] { unlink(base + f) }
-        }
-        var stdinPath = inputFile
-        if stdinPath == nil, let input {
-            guard FileManager.default.createFile(atPath: base + ".in", contents: input, attributes: [.posixPermissions: 0o600]) else {
-                throw CapstanError(.io, "Cannot create temporary files in \(FileManager.default.temporaryDirectory.path).")
-            }
-            stdinPath = base + ".in"
-        }
-        if let stdinPath, !FileManager.default.isReadableFile(atPath: stdinPath) { throw CapstanError(.io, "Cannot read \(stdinPath).") }
+        // Spawned with `Spawn` (see there why not Foundation's Process: two reads at once must
+        // not wait for each other); output through files (ssh's ControlPersist master keeps
+        // whatever it inherited open).
         guard FileManager.default.isExecutableFile(atPath: exe) else {
             throw CapstanError(.unsupported, "Cannot run \(exe): it is missing or not executable.", hint: "Install the OpenSSH client (Debian/Ubuntu: apt install openssh-client).")
         }
-        let (status, timedOut) = try Spawn.runBlocking([exe] + args, streams: Spawn.Streams(stdin: stdinPath, stdout: base + ".out", stderr: base + ".err", append: false), timeout: timeout)
-        let stdout = FileManager.default.contents(atPath: base + ".out") ?? Data()
-        let stderr = String(decoding: FileManager.default.contents(atPath: base + ".err") ?? Data(), as: UTF8.self)
-        if timedOut { return SSHResult(status: 255, stdout: stdout, stderr: "timed out after \(Int(timeout)) s") }
-        return SSHResult(status: status.code, stdout: stdout, stderr: stderr)
+        let r = try Spawn.runCapturing([exe] + args, input: input, stdinFile: inputFile, timeout: timeout)
+        if r.timedOut { return SSHResult(status: 255, stdout: r.stdout, stderr: "timed out after \(Int(timeout)) s") }
+        return SSHResult(status: r.status.code, stdout: r.stdout, stderr: String(decoding: r.stderr, as: UTF8.self))
     }
 
     /// A shell loop that kills every process listed in `file` (``NodeProcesses``' "pid start"
