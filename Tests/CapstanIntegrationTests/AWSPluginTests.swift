@@ -135,7 +135,7 @@ struct AWSProvisioningTests {
     @Test("kill -9 during capstan up on EC2 leaves no instance that no cluster owns")
     func crashes() async throws {
         var tried = 0, leaks = 0
-        for point in ["before-launch", "after-launch", "waiting"] {
+        for point in ["up.before-launch", "up.after-launch", "up.waiting"] {
             let home = Self.home(endpoint: try TestServers.moto); defer { home.cleanup() }
             let env = ["CAPSTAN_HOME": home.path]
             let r = try await runProcess(BuildProducts.capstan, ["up", "c1", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2"], environment: env.merging(["CAPSTAN_TEST_CRASH_AT": point]) { $1 })
@@ -150,7 +150,7 @@ struct AWSProvisioningTests {
                 let c = try store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
                 if !(c?.status == .running && c?.intentKey == i.tags[CapstanTags.intent]) { leaks += 1 }
             }
-            #expect(live.count == (point == "before-launch" ? 0 : 2), "\(point): \(live.map(\.id))")
+            #expect(live.count == (point == "up.before-launch" ? 0 : 2), "\(point): \(live.map(\.id))")
             _ = try await runProcess(BuildProducts.capstan, ["down", "c1"], environment: env)
             #expect(try await ec2.describe(InstanceQuery(tags: [CapstanTags.owner: try store.ownerID()])).isEmpty)
             tried += 1

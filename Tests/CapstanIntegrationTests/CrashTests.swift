@@ -51,7 +51,7 @@ struct CrashTests {
     @Test("kill -9 at each provisioning point leaves zero leaked instances", arguments: Target.allCases)
     func crashPoints(target: Target) async throws {
         var tried = 0
-        for point in ["before-launch", "after-launch", "waiting"] {
+        for point in ["up.before-launch", "up.after-launch", "up.waiting"] {
             let home = Home(target); defer { home.dir.cleanup() }
             let r = try await home.capstan(home.upArgs, env: ["CAPSTAN_TEST_CRASH_AT": point])
             #expect(r.status == 9, "\(point): expected SIGKILL, got \(r.status): \(r.stderr)")
@@ -60,9 +60,9 @@ struct CrashTests {
             let (live, leaked) = try await home.leaks()
             #expect(leaked.isEmpty, "\(target) \(point): leaked \(leaked)")
             // Before the launch call nothing exists; after it, the dead `up`'s nodes are adopted.
-            #expect(live == (point == "before-launch" ? 0 : 2), "\(target) \(point)")
+            #expect(live == (point == "up.before-launch" ? 0 : 2), "\(target) \(point)")
             // The name is usable again: either the recovered cluster runs, or `up` can retry.
-            let again = try await home.capstan(point == "before-launch" ? home.upArgs : ["down", "c1"])
+            let again = try await home.capstan(point == "up.before-launch" ? home.upArgs : ["down", "c1"])
             #expect(again.status == 0, "\(again.stderr)")
             tried += 1
         }
@@ -71,7 +71,8 @@ struct CrashTests {
 
     @Test("kill -9 during the second offer's launch, after a capacity failover")
     func crashAfterFailover() async throws {
-        for point in ["before-launch:2", "after-launch:2"] {
+        // The second launch's intent is written; the first launch that returns is the second offer's.
+        for point in ["up.before-launch:2", "up.after-launch:1"] {
             let home = Home(.sim, extraSim: "    noCapacityRegions: [sim-east-1]\n"); defer { home.dir.cleanup() }
             let r = try await home.capstan(home.upArgs, env: ["CAPSTAN_TEST_CRASH_AT": point])
             #expect(r.status == 9)

@@ -597,7 +597,7 @@ extension JobTests {
 
         @Test("kill -9 during capstan up on Lambda leaves no instance that no cluster owns")
         func crashes() async throws {
-            for point in ["before-launch", "after-launch", "waiting"] {
+            for point in ["up.before-launch", "up.after-launch", "up.waiting"] {
                 let run = try Self.start(faults: ["boot_seconds": 0.3]); defer { run.cleanup() }
                 let r = try await run.capstan(["up", "c1", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2"], extra: ["CAPSTAN_TEST_CRASH_AT": point])
                 #expect(r.status == 9, "\(point): \(r.stderr)")
@@ -605,7 +605,7 @@ extension JobTests {
                 let status = try await run.capstan(["status", "--all"])
                 #expect(status.status == 0, "\(status.stderr)")
                 let live = try run.emulator.instances().filter { !["terminating", "terminated"].contains($0["status"] as? String ?? "") }
-                #expect(live.count == (point == "before-launch" ? 0 : 2), "\(point): \(live.count) live")
+                #expect(live.count == (point == "up.before-launch" ? 0 : 2), "\(point): \(live.count) live")
                 _ = try await run.capstan(["down", "c1"])
                 let after = try run.emulator.instances().filter { !["terminating", "terminated"].contains($0["status"] as? String ?? "") }
                 #expect(after.isEmpty, "\(point): \(after.map { $0["id"] ?? "" })")

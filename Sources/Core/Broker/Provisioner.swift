@@ -76,30 +76,58 @@ public struct ReconcileReport: Sendable, Hashable, Codable {
     public var providerErrors: [String: CapstanError] = [:]
     /// Clusters skipped because another process is working on them.
     public var busyClusters: [String] = []
+    /// Clusters whose `down` died mid-way, now terminated.
+    public var finishedTerminations: [String] = []
+    /// Clusters the state store did not know (its database was lost or replaced), rebuilt from
+    /// their instances' tags so they can be used and taken down as before.
+    public var rebuiltClusters: [String] = []
 
     public init() {}
 
     public var didSomething: Bool {
         !terminated.isEmpty || !recoveredClusters.isEmpty || !failedClusters.isEmpty || !abandonedIntents.isEmpty
+            || !finishedTerminations.isEmpty || !rebuiltClusters.isEmpty
     }
 }
 
-/// A test hook: a point in `up` where a fault can be injected (the CLI's
-/// `CAPSTAN_TEST_CRASH_AT=point[:attempt]` SIGKILLs the process there).
+/// A test hook: named points in `up`, `down`, `reconcile`, node replacement and the agent
+/// where a fault can be injected. The CLI's `CAPSTAN_TEST_CRASH_AT=point[:N]` SIGKILLs the
+/// process the N-th time (default 1st) it reaches `point` — how the chaos tests prove that a
+/// crash anywhere leaks nothing.
 public struct FaultPoints: Sendable {
-    public var hit: @Sendable (_ point: String, _ attempt: Int) -> Void
+    public var hit: @Sendable (_ point: String, _ occurrence: Int) -> Void
+    private let counts = LockedBox<[String: Int]>([:])
     public init(hit: @escaping @Sendable (String, Int) -> Void) { self.hit = hit }
     public static let none = FaultPoints { _, _ in }
 
-    /// Reads `CAPSTAN_TEST_CRASH_AT` (`before-launch`, `after-launch`, `waiting`, optionally
-    /// `:N` for the N-th attempt, 1-based) and kills the process with SIGKILL there.
+    /// Reaches `point` once more (counted per point in this process).
+    public func hit(_ point: String) {
+        let n = counts.withLock { c -> Int in
+            c[point, default: 0] += 1
+            return c[point]!
+        }
+        hit(point, n)
+    }
+
+    /// Every point the provisioner reaches, in the order a lifecycle meets them. (`replace.*`
+    /// are the `up.*` launch points of a one-node replacement.)
+    public static let provisioning: [String] = [
+        "up.created", "up.searched", "up.before-launch", "up.after-launch", "up.recorded", "up.waiting", "up.cleanup", "up.ready",
+        "down.marked", "down.listed", "down.terminated", "down.recorded",
+        "reconcile.listed", "reconcile.locked", "reconcile.finishing", "reconcile.recovering", "reconcile.rebuilt",
+        "reconcile.terminating", "reconcile.terminated",
+        "replace.retired", "replace.before-launch", "replace.after-launch", "replace.recorded", "replace.waiting", "replace.ready",
+    ]
+
+    /// Reads `CAPSTAN_TEST_CRASH_AT` (`point` or `point:N`) and kills the process with SIGKILL
+    /// the N-th time it reaches the point.
     public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) -> FaultPoints {
         guard let spec = env["CAPSTAN_TEST_CRASH_AT"], !spec.isEmpty else { return .none }
         let parts = spec.split(separator: ":")
         let point = String(parts[0])
-        let attempt = parts.count > 1 ? Int(parts[1]) ?? 1 : 1
+        let occurrence = parts.count > 1 ? Int(parts[1]) ?? 1 : 1
         return FaultPoints { p, n in
-            if p == point, n == attempt { kill(getpid(), SIGKILL) }
+            if p == point, n == occurrence { kill(getpid(), SIGKILL) }
         }
     }
 }
@@ -156,6 +184,7 @@ public struct Provisioner: Sendable {
     /// Provisions cluster `name` for `request` on the cheapest offer that has capacity.
     /// Throws before anything is created (bad name, name taken, no offer search possible);
     /// otherwise returns a report whose cluster is `running` or `failed`.
+    /// A cluster of that name whose `down` was interrupted is first taken down for good.
     public func up(name: String, request: ResourceRequest, search: OfferSearch) async throws -> ProvisionReport {
         try Self.validate(name: name)
         try request.validate()
@@ -163,10 +192,14 @@ public struct Provisioner: Sendable {
             throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish, or check `capstan status`.")
         }
         defer { lock.release() }
+        if var old = try store.cluster(named: name), old.status == .terminating {
+            try await finishTermination(&old)
+        }
 
         var cluster = Cluster(name: name, request: request)
         try store.insert(cluster)
         store.event("created", "Cluster \(name) requested: \(request.nodes) node(s)\(request.gpu.map { " of \($0)" } ?? "").", cluster: cluster.id)
+        faults.hit("up.created")
 
         let owner = try store.ownerID()
         let result: OfferSearchResult
@@ -179,12 +212,10 @@ public struct Provisioner: Sendable {
             try? store.update(cluster)
             throw error
         }
+        faults.hit("up.searched")
         var attempts: [ProvisionAttempt] = []
         guard !result.ranked.isEmpty else {
-            let reasons = Dictionary(grouping: result.rejected, by: \.reason).sorted { $0.value.count > $1.value.count }.prefix(3)
-                .map { "\($0.value.count)× \($0.key)" }.joined(separator: "; ")
-            let providerErrors = result.providers.compactMap { r in r.error.map { "\(r.provider): \($0.message)" } }
-            let why = (["no offer matches the request"] + (reasons.isEmpty ? [] : ["filtered out: \(reasons)"]) + providerErrors).joined(separator: ". ")
+            let why = Self.noOfferReason(result)
             cluster.status = .failed
             cluster.lastError = why
             cluster.terminatedAt = Date()
@@ -193,35 +224,62 @@ public struct Provisioner: Sendable {
             return ProvisionReport(cluster: cluster, attempts: [], instances: [], noOfferReason: why)
         }
 
+        let (ready, tried) = await launchGang(cluster: cluster, owner: owner, offers: result.ranked)
+        attempts = tried
+        if let (ranked, instances, intent) = ready {
+            faults.hit("up.ready")
+            let offer = ranked.offer
+            cluster.status = .running
+            cluster.offer = offer
+            cluster.spot = ranked.spot
+            cluster.pricePerHour = ranked.clusterPricePerHour
+            cluster.intentKey = intent
+            cluster.readyAt = Date()
+            try store.update(cluster)
+            store.event("ready", "Running on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " (spot)." : "."), cluster: cluster.id)
+            say("ready: \(instances.count) node(s) on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region)")
+            return ProvisionReport(cluster: cluster, attempts: attempts, instances: instances)
+        }
+        cluster.status = .failed
+        cluster.terminatedAt = Date()
+        cluster.lastError = "All \(attempts.count) attempt(s) failed: " + attempts.map { "\($0.offer.id) \($0.outcome)" }.joined(separator: ", ")
+        try store.update(cluster)
+        store.event("failed", cluster.lastError ?? "", cluster: cluster.id)
+        return ProvisionReport(cluster: cluster, attempts: attempts, instances: [])
+    }
+
+    /// Why an offer search found nothing to try, in one line.
+    static func noOfferReason(_ result: OfferSearchResult) -> String {
+        let reasons = Dictionary(grouping: result.rejected, by: \.reason).sorted { $0.value.count > $1.value.count }.prefix(3)
+            .map { "\($0.value.count)× \($0.key)" }.joined(separator: "; ")
+        let providerErrors = result.providers.compactMap { r in r.error.map { "\(r.provider): \($0.message)" } }
+        return (["no offer matches the request"] + (reasons.isEmpty ? [] : ["filtered out: \(reasons)"]) + providerErrors).joined(separator: ". ")
+    }
+
+    /// Tries `offers` in order for a whole gang of `cluster.nodes` nodes, failing over on
+    /// capacity errors, until one is running. Returns it (offer, instances, intent) and every
+    /// attempt made.
+    func launchGang(cluster: Cluster, owner: String, offers: [RankedOffer]) async -> (ready: (RankedOffer, [Instance], String)?, attempts: [ProvisionAttempt]) {
+        var attempts: [ProvisionAttempt] = []
         var skippedProviders: [String: CapstanError] = [:]
         var launchesPerProvider: [String: Int] = [:]
-        for ranked in result.ranked {
+        for ranked in offers {
             if attempts.count >= options.maxAttempts { break }
             let offer = ranked.offer
             if skippedProviders[offer.provider] != nil { continue }
             guard let provider = provider(offer.provider) else { continue }
             // Pace consecutive launches on one provider (backoff per offer).
             if let n = launchesPerProvider[offer.provider], n > 0 {
-                try await Task.sleep(for: options.backoff.delay(n - 1))
+                do { try await Task.sleep(for: options.backoff.delay(n - 1)) } catch { break }
             }
             launchesPerProvider[offer.provider, default: 0] += 1
-            let attemptNumber = attempts.count + 1
             let start = ContinuousClock.now
-            let outcome = await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider, number: attemptNumber)
+            let outcome = await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider)
             let seconds = (ContinuousClock.now - start).seconds
             switch outcome {
             case .ready(let instances, let intent):
                 attempts.append(ProvisionAttempt(offer: offer, spot: ranked.spot, clusterPricePerHour: ranked.clusterPricePerHour, intentKey: intent, outcome: "ready", error: nil, seconds: seconds))
-                cluster.status = .running
-                cluster.offer = offer
-                cluster.spot = ranked.spot
-                cluster.pricePerHour = ranked.clusterPricePerHour
-                cluster.intentKey = intent
-                cluster.readyAt = Date()
-                try store.update(cluster)
-                store.event("ready", "Running on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " (spot)." : "."), cluster: cluster.id)
-                say("ready: \(instances.count) node(s) on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region)")
-                return ProvisionReport(cluster: cluster, attempts: attempts, instances: instances)
+                return ((ranked, instances, intent), attempts)
             case .failed(let error, let intent):
                 attempts.append(ProvisionAttempt(offer: offer, spot: ranked.spot, clusterPricePerHour: ranked.clusterPricePerHour, intentKey: intent, outcome: error.code.name, error: error, seconds: seconds))
                 say("failed: \(offer.id): \(error.code.name): \(error.message)")
@@ -231,12 +289,7 @@ public struct Provisioner: Sendable {
                 }
             }
         }
-        cluster.status = .failed
-        cluster.terminatedAt = Date()
-        cluster.lastError = "All \(attempts.count) attempt(s) failed: " + attempts.map { "\($0.offer.id) \($0.outcome)" }.joined(separator: ", ")
-        try store.update(cluster)
-        store.event("failed", cluster.lastError ?? "", cluster: cluster.id)
-        return ProvisionReport(cluster: cluster, attempts: attempts, instances: [])
+        return (nil, attempts)
     }
 
     enum AttemptOutcome {
@@ -247,13 +300,14 @@ public struct Provisioner: Sendable {
     /// One offer: intent → launch (with retries) → wait for running. Cleans up after itself on
     /// every failure path.
     /// `node` set: a replacement for that one node index (count 1) instead of the whole cluster.
-    func attempt(cluster: Cluster, owner: String, ranked: RankedOffer, provider: any ComputeProvider, number: Int, node: Int? = nil) async -> AttemptOutcome {
+    func attempt(cluster: Cluster, owner: String, ranked: RankedOffer, provider: any ComputeProvider, node: Int? = nil) async -> AttemptOutcome {
+        let stage = node == nil ? "up" : "replace"
         let offer = ranked.offer
         let key = "cap-" + UUID().uuidString.lowercased()
         let count = node == nil ? cluster.nodes : 1
         var tags = [
             CapstanTags.managed: "true", CapstanTags.owner: owner, CapstanTags.cluster: cluster.name,
-            CapstanTags.clusterID: cluster.id, CapstanTags.intent: key,
+            CapstanTags.clusterID: cluster.id, CapstanTags.intent: key, CapstanTags.nodes: "\(cluster.nodes)",
         ]
         if let node { tags[CapstanTags.node] = "\(node)" }
         let intent = LaunchIntent(
@@ -265,7 +319,7 @@ public struct Provisioner: Sendable {
             return .failed(error as? CapstanError ?? CapstanError(.io, "\(error)"), key)
         }
         say("trying \(offer.id): \(count) node(s), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " spot" : ""))
-        faults.hit("before-launch", number)
+        faults.hit("\(stage).before-launch")
 
         var request = LaunchRequest(offer: offer, count: count, idempotencyKey: key, tags: tags, name: "capstan-\(cluster.name)", spot: ranked.spot)
         if let keys = options.clusterKeys {
@@ -290,12 +344,12 @@ public struct Provisioner: Sendable {
                 }
                 // A failed call may still have created instances (a timeout after the cloud
                 // accepted it): find them by the intent tag and terminate them.
-                await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: [])
+                await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: [], stage: stage)
                 try? store.setIntent(key, status: .failed, error: e.description)
                 return .failed(e, key)
             }
         }
-        faults.hit("after-launch", number)
+        faults.hit("\(stage).after-launch")
         // Clouds do not always say what an instance costs (EC2 spot): use the offer's price.
         instances = instances.map { i in
             var i = i
@@ -304,16 +358,35 @@ public struct Provisioner: Sendable {
         }
         for i in instances { try? store.record(i, clusterID: cluster.id, intentKey: key) }
         try? store.setIntent(key, status: .launched)
+        faults.hit("\(stage).recorded")
         if instances.count != count {
-            await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: instances.map(\.id))
+            await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: instances.map(\.id), stage: stage)
             let e = CapstanError(.internalError, "\(offer.provider) launched \(instances.count) instance(s) for \(count) node(s).", provider: offer.provider)
             try? store.setIntent(key, status: .failed, error: e.description)
             return .failed(e, key)
         }
         say("launched \(instances.map(\.id).joined(separator: ", ")); waiting until running")
 
-        // Readiness waiter: poll between min and max delay, doubling.
         let ids = instances.map(\.id)
+        switch await waitUntilRunning(provider: provider, ids: ids, clusterID: cluster.id, intent: key, stage: stage) {
+        case .running(let seen):
+            return .ready(seen, key)
+        case .failed(let e):
+            await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: ids, stage: stage)
+            try? store.setIntent(key, status: .failed, error: e.description)
+            return .failed(e, key)
+        }
+    }
+
+    enum WaitOutcome {
+        case running([Instance])
+        case failed(CapstanError)
+    }
+
+    /// Polls `describe` for `ids` (from `waitMinDelay`, doubling to `waitMaxDelay`) until every
+    /// one runs (→ `.running`, in node order), one fails, stops or disappears, or
+    /// `readyTimeout` passes. Records what it sees.
+    func waitUntilRunning(provider: any ComputeProvider, ids: [String], clusterID: String, intent: String, stage: String) async -> WaitOutcome {
         let deadline = ContinuousClock.now + options.readyTimeout
         var delay = options.waitMinDelay
         var polls = 0
@@ -321,30 +394,22 @@ public struct Provisioner: Sendable {
             do {
                 let seen = try await provider.describe(InstanceQuery(ids: ids, includeTerminated: true))
                 polls += 1
-                for i in seen { try? store.record(i, clusterID: cluster.id, intentKey: key) }
-                if polls == 1 { faults.hit("waiting", number) }
+                for i in seen { try? store.record(i, clusterID: clusterID, intentKey: intent) }
+                if polls == 1 { faults.hit("\(stage).waiting") }
                 if let dead = seen.first(where: { $0.state.isGone || $0.state == .failed || $0.state == .stopped }) {
-                    await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: ids)
-                    let e = CapstanError(.capacity, "Instance \(dead.id) went \(dead.state.rawValue) while booting\(dead.stateReason.map { " (\($0))" } ?? "").", provider: offer.provider)
-                    try? store.setIntent(key, status: .failed, error: e.description)
-                    return .failed(e, key)
+                    return .failed(CapstanError(.capacity, "Instance \(dead.id) went \(dead.state.rawValue) while booting\(dead.stateReason.map { " (\($0))" } ?? "").", provider: provider.name))
                 }
-                if seen.count == ids.count, seen.allSatisfy({ $0.state == .running }) {
-                    return .ready(seen.sorted { $0.nodeIndex < $1.nodeIndex }, key)
+                if Set(seen.map(\.id)) == Set(ids), seen.allSatisfy({ $0.state == .running }) {
+                    return .running(seen.sorted { $0.nodeIndex < $1.nodeIndex })
                 }
             } catch {
-                logger.warning("describe failed while waiting", metadata: ["capstan.provider": "\(offer.provider)", "error": "\(error)"])
+                logger.warning("describe failed while waiting", metadata: ["capstan.provider": "\(provider.name)", "error": "\(error)"])
             }
             if ContinuousClock.now + delay > deadline {
-                await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: ids)
-                let e = CapstanError(.timeout, "Instances on \(offer.id) were not running after \(options.readyTimeout).", provider: offer.provider)
-                try? store.setIntent(key, status: .failed, error: e.description)
-                return .failed(e, key)
+                return .failed(CapstanError(.timeout, "Instances \(ids.joined(separator: ", ")) on \(provider.name) were not running after \(options.readyTimeout).", provider: provider.name))
             }
             do { try await Task.sleep(for: delay) } catch {
-                await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: ids)
-                try? store.setIntent(key, status: .failed, error: "cancelled")
-                return .failed(CapstanError(.timeout, "Cancelled while waiting for \(offer.id)."), key)
+                return .failed(CapstanError(.timeout, "Cancelled while waiting for \(ids.joined(separator: ", ")) on \(provider.name)."))
             }
             delay = min(delay * 2, options.waitMaxDelay)
         }
@@ -352,12 +417,13 @@ public struct Provisioner: Sendable {
 
     /// Terminates what an intent created: the known ids plus anything carrying its tag, and
     /// records their end.
-    func cleanUp(provider: any ComputeProvider, clusterID: String, intent: String, known: [String]) async {
+    func cleanUp(provider: any ComputeProvider, clusterID: String, intent: String, known: [String], stage: String) async {
         var ids = Set(known)
         if let tagged = try? await provider.describe(InstanceQuery(tags: [CapstanTags.intent: intent])) {
             ids.formUnion(tagged.map(\.id))
         }
         guard !ids.isEmpty else { return }
+        faults.hit("\(stage).cleanup")
         // Every id here is a real instance of this intent (known, or found by its tag).
         for i in (try? await provider.terminate(ids: ids.sorted())) ?? [] {
             try? store.record(i, clusterID: clusterID, intentKey: intent)
@@ -370,7 +436,8 @@ public struct Provisioner: Sendable {
     /// any is left) and launches one instance on the cluster's offer — same provider, instance
     /// type and zone, so the gang stays on one network — tagged with the same node index.
     /// The launch is an intent like any other, so a crash here is reconciled. Capacity errors
-    /// are retried with backoff up to `options.launchRetries` times; then the error is thrown.
+    /// are retried with backoff up to `options.launchRetries` times; then the error is thrown
+    /// (``move(cluster:search:)`` takes the whole gang elsewhere).
     /// Returns the new instance once it is running.
     public func replaceNode(cluster name: String, node: Int) async throws -> Instance {
         guard var cluster = try store.cluster(named: name), cluster.status == .running, let offer = cluster.offer else {
@@ -392,14 +459,16 @@ public struct Provisioner: Sendable {
                 try? store.record(gone, clusterID: cluster.id, intentKey: current.first { $0.id == i.id }?.intentKey ?? "")
             }
         }
+        faults.hit("replace.retired")
         let owner = try store.ownerID()
         let perNode = (cluster.spot ? offer.spotPricePerHour : offer.onDemandPricePerHour) ?? 0
         let ranked = RankedOffer(offer: offer, spot: cluster.spot, pricePerNode: perNode, nodes: 1, clusterPricePerHour: perNode * Double(cluster.nodes))
         var last: CapstanError?
         tries: for n in 0...options.launchRetries {
             if n > 0 { try await Task.sleep(for: options.backoff.delay(n - 1)) }
-            switch await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider, number: n + 1, node: node) {
+            switch await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider, node: node) {
             case .ready(let instances, _):
+                faults.hit("replace.ready")
                 store.event("replaced", "Node \(node) replaced by \(instances[0].id) on \(offer.provider) \(offer.instanceType).", cluster: cluster.id)
                 return instances[0]
             case .failed(let e, _):
@@ -413,73 +482,149 @@ public struct Provisioner: Sendable {
         throw CapstanError(e.code, "Could not replace node \(node) of cluster '\(name)' on \(offer.id): \(e.message)", hint: e.hint, provider: offer.provider)
     }
 
+    // MARK: - Move the gang
+
+    /// Moves running cluster `name` to the cheapest other offer that fits its request, on any
+    /// provider: a whole new gang is launched (an intent like any other) and, once it runs,
+    /// the old instances are terminated and the cluster points at the new ones. For when a lost
+    /// node cannot be replaced in the cluster's own offer (no capacity left, region gone). The
+    /// job resumes on the new gang from the bucket. Throws when no other offer has capacity
+    /// (the cluster is left as it was).
+    public func move(cluster name: String, search: OfferSearch) async throws -> ProvisionReport {
+        guard var cluster = try store.cluster(named: name), cluster.status == .running else {
+            throw CapstanError(.notFound, "Cluster '\(name)' is not running, so it cannot be moved.", hint: "See `capstan status`.")
+        }
+        guard let lock = try locks.acquire(name) else {
+            throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish.")
+        }
+        defer { lock.release() }
+        let result = try await search.run(cluster.request)
+        let from = cluster.offer
+        // Every other offer; the one it is on failed to give capacity.
+        let candidates = result.ranked.filter { $0.offer.id != from?.id }
+        guard !candidates.isEmpty else {
+            throw CapstanError(.capacity, "Cluster '\(name)' cannot move: \(Self.noOfferReason(result)) (besides \(from?.id ?? "its own offer")).", hint: "Widen the job's resources (other GPUs, regions or spot).")
+        }
+        say("moving cluster \(name) off \(from?.id ?? "?")")
+        let owner = try store.ownerID()
+        let (ready, attempts) = await launchGang(cluster: cluster, owner: owner, offers: candidates)
+        guard let (ranked, instances, intent) = ready else {
+            throw CapstanError(.capacity, "Cluster '\(name)' cannot move: all \(attempts.count) other offer(s) failed: " + attempts.map { "\($0.offer.id) \($0.outcome)" }.joined(separator: ", ") + ".", hint: "Widen the job's resources (other GPUs, regions or spot).")
+        }
+        // The new gang runs: retire the old one (everything of the cluster not of the new intent).
+        let old = try store.instances(cluster: cluster.id).filter { !$0.state.isGone && $0.intentKey != intent }
+        for (providerName, group) in Dictionary(grouping: old, by: \.provider) {
+            guard let p = provider(providerName) else { continue }
+            for i in (try? await p.terminate(ids: group.map(\.id))) ?? [] {
+                var gone = i
+                if !gone.state.isGone { gone.state = .terminated }
+                try? store.record(gone, clusterID: cluster.id, intentKey: group.first { $0.id == i.id }?.intentKey ?? "")
+            }
+        }
+        cluster.offer = ranked.offer
+        cluster.spot = ranked.spot
+        cluster.pricePerHour = ranked.clusterPricePerHour
+        cluster.intentKey = intent
+        cluster.lastError = nil
+        try store.update(cluster)
+        store.event("moved", "Moved from \(from?.id ?? "?") to \(ranked.offer.id), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + ".", cluster: cluster.id)
+        say("moved: \(instances.count) node(s) on \(ranked.offer.provider) \(ranked.offer.instanceType) in \(ranked.offer.zone ?? ranked.offer.region)")
+        return ProvisionReport(cluster: cluster, attempts: attempts, instances: instances)
+    }
+
     // MARK: - Down
 
-    /// Terminates every instance of cluster `name` and marks it terminated. Idempotent.
+    /// Terminates every instance of cluster `name` and marks it terminated. Idempotent; a
+    /// cluster whose earlier `down` died is finished.
     public func down(name: String) async throws -> Cluster {
         guard var cluster = try store.cluster(named: name) else {
-            throw CapstanError(.notFound, "No cluster named '\(name)'.", hint: "See `capstan status`.")
+            throw CapstanError(.notFound, "No cluster named '\(name)'.", hint: "See `capstan status` (`capstan reconcile` first, if the state database was lost).")
         }
         guard cluster.status.isLive else { return cluster }
         guard let lock = try locks.acquire(name) else {
             throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish (or kill it; the next command reconciles).")
         }
         defer { lock.release() }
-        cluster.status = .terminating
-        try store.update(cluster)
+        try await finishTermination(&cluster)
+        return cluster
+    }
+
+    /// Marks `cluster` terminating, terminates every instance the store knows or the providers
+    /// tag with its id, and marks it terminated. The caller holds its lock. A crash anywhere
+    /// here leaves it `terminating`, which the next reconcile, `up`, or `down` finishes.
+    func finishTermination(_ cluster: inout Cluster) async throws {
+        if cluster.status != .terminating {
+            cluster.status = .terminating
+            try store.update(cluster)
+            faults.hit("down.marked")
+        }
         let records = try store.instances(cluster: cluster.id)
         var failures: [String] = []
-        for (providerName, group) in Dictionary(grouping: records, by: \.provider) {
+        // Every provider the cluster ever used, and the one it runs on.
+        let names = Set(records.map(\.provider) + [cluster.offer?.provider].compactMap { $0 })
+        for providerName in names.sorted() {
+            let group = records.filter { $0.provider == providerName }
             guard let provider = provider(providerName) else {
-                failures.append("provider \(providerName) is not enabled, so \(group.count) instance(s) could not be terminated")
+                let live = group.filter { !$0.state.isGone }.count
+                if live > 0 { failures.append("provider \(providerName) is not enabled, so \(live) instance(s) could not be terminated") }
                 continue
             }
             // Everything tagged with this cluster, not only what the store knows.
             var ids = Set(group.filter { !$0.state.isGone }.map(\.id))
-            if let tagged = try? await provider.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id])) {
-                ids.formUnion(tagged.map(\.id))
+            do {
+                ids.formUnion(try await provider.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id])).map(\.id))
+            } catch {
+                failures.append("\(providerName): cannot list its instances: \((error as? CapstanError)?.message ?? "\(error)")")
             }
+            faults.hit("down.listed")
             guard !ids.isEmpty else { continue }
             do {
-                for i in try await provider.terminate(ids: ids.sorted()) {
+                let after = try await provider.terminate(ids: ids.sorted())
+                faults.hit("down.terminated")
+                for i in after {
                     let intent = group.first { $0.id == i.id }?.intentKey ?? i.tags[CapstanTags.intent] ?? ""
                     var gone = i
                     if !gone.state.isGone { gone.state = .terminated }
                     try store.record(gone, clusterID: cluster.id, intentKey: intent)
                 }
             } catch {
-                failures.append("\(providerName): \(error)")
+                failures.append("\(providerName): \((error as? CapstanError)?.description ?? "\(error)")")
             }
         }
+        faults.hit("down.recorded")
         if !failures.isEmpty {
             cluster.lastError = failures.joined(separator: "; ")
             try store.update(cluster)
-            throw CapstanError(.transient, "Cluster '\(name)' could not be fully terminated: \(cluster.lastError!).", hint: "Run `capstan down \(name)` again; nothing is forgotten.")
+            throw CapstanError(.transient, "Cluster '\(cluster.name)' could not be fully terminated: \(cluster.lastError!).", hint: "Run `capstan down \(cluster.name)` again; nothing is forgotten.")
         }
         cluster.status = .terminated
         cluster.terminatedAt = Date()
         try store.update(cluster)
-        store.event("terminated", "Cluster \(name) terminated.", cluster: cluster.id)
-        return cluster
+        store.event("terminated", "Cluster \(cluster.name) terminated.", cluster: cluster.id)
     }
 
     // MARK: - Reconcile
 
     /// Compares every provider's Capstan instances with the state store and repairs the
-    /// difference: adopt what belongs to a live cluster, terminate the rest, close dead intents.
+    /// difference: finish interrupted `down`s and `up`s, rebuild clusters the store lost,
+    /// adopt what belongs to a live cluster, terminate the rest, close dead intents.
     public func reconcile() async -> ReconcileReport {
         var report = ReconcileReport()
-        guard let owner = try? store.ownerID() else { return report }
-        // List every provider at once.
+        guard let owners = try? store.ownerIDs() else { return report }
+        // List every provider at once, for every owner id this store has had.
         var listed: [String: [Instance]] = [:]
         await withTaskGroup(of: (String, Result<[Instance], CapstanError>).self) { group in
             for p in providers {
                 group.addTask {
                     do {
-                        let found = try await withDeadline(.seconds(60), provider: p.name) {
-                            try await p.describe(InstanceQuery(tags: [CapstanTags.managed: "true", CapstanTags.owner: owner]))
+                        var found: [String: Instance] = [:]
+                        for owner in owners {
+                            let some = try await withDeadline(.seconds(60), provider: p.name) {
+                                try await p.describe(InstanceQuery(tags: [CapstanTags.managed: "true", CapstanTags.owner: owner]))
+                            }
+                            for i in some { found[i.id] = i }
                         }
-                        return (p.name, .success(found))
+                        return (p.name, .success(found.values.sorted { $0.id < $1.id }))
                     } catch {
                         return (p.name, .failure(error as? CapstanError ?? CapstanError(.transient, "\(error)", provider: p.name)))
                     }
@@ -492,81 +637,81 @@ public struct Provisioner: Sendable {
                 }
             }
         }
+        faults.hit("reconcile.listed")
 
-        let clusters = (try? store.clusters(includeFinished: true)) ?? []
-        let byID = Dictionary(clusters.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
-        var busy = Set<String>()
-        for c in clusters where c.status.isLive && locks.isHeld(c.name) {
-            busy.insert(c.id)
-            report.busyClusters.append(c.name)
+        var clusters = (try? store.clusters(includeFinished: true)) ?? []
+        // Clusters the store does not know at all: its database was lost or replaced.
+        await rebuildUnknownClusters(listed: listed, known: Set(clusters.map(\.id)), report: &report)
+        clusters = (try? store.clusters(includeFinished: true)) ?? clusters
+
+        // Clusters left half-done by a dead process (`up` or `down`): take their locks; a lock
+        // someone holds means live work, left alone.
+        var busy = Set<String>()      // another process works on these: hands off
+        var handled = Set<String>()   // finished or recovered here: their listing is stale
+        var held: [ClusterLocks.Held] = []
+        defer { held.forEach { $0.release() } }
+        for c in clusters where c.status.isLive {
+            if c.status == .running {
+                if locks.isHeld(c.name) { busy.insert(c.id); report.busyClusters.append(c.name) }
+            } else if let lock = try? locks.acquire(c.name) {
+                held.append(lock)
+            } else {
+                busy.insert(c.id)
+                report.busyClusters.append(c.name)
+            }
+        }
+        faults.hit("reconcile.locked")
+
+        // `down` died: finish it.
+        for c in clusters where c.status == .terminating && !busy.contains(c.id) {
+            var cluster = c
+            faults.hit("reconcile.finishing")
+            do {
+                try await finishTermination(&cluster)
+                report.finishedTerminations.append(c.name)
+                report.terminated.append(contentsOf: (try? store.instances(cluster: c.id))?.filter { $0.terminatedAt != nil }.map(\.id) ?? [])
+            } catch {
+                report.providerErrors[c.offer?.provider ?? "?"] = error as? CapstanError ?? CapstanError(.transient, "\(error)")
+            }
+            handled.insert(c.id)
         }
 
-        // Interrupted provisioning: `up` died (its lock is free) with the cluster provisioning.
-        var interrupted: [String: Cluster] = [:]
-        for c in clusters where c.status == .provisioning && !busy.contains(c.id) { interrupted[c.id] = c }
+        // `up` died: finish its work when its last launch is whole, else clean up.
+        for c in clusters where c.status == .provisioning && !busy.contains(c.id) {
+            await recoverInterrupted(c, listed: listed, report: &report)
+            handled.insert(c.id)
+        }
+        // Re-read: recovery and finishing changed statuses.
+        clusters = (try? store.clusters(includeFinished: true)) ?? clusters
+        let byID = Dictionary(clusters.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
 
         // Launches that completed for a cluster after its first (node replacements).
         var launchedIntents: [String: String] = [:]
         for i in (try? store.intents(status: .launched)) ?? [] { launchedIntents[i.key] = i.clusterID }
 
         var toTerminate: [String: [Instance]] = [:]
-        var recovered: [String: (intent: String, instances: [Instance])] = [:]
         for (providerName, instances) in listed {
             for i in instances where i.state.isLive {
                 let clusterID = i.tags[CapstanTags.clusterID] ?? ""
                 let intent = i.tags[CapstanTags.intent] ?? ""
-                if busy.contains(clusterID) { continue }
-                if let c = byID[clusterID], (c.status == .running || c.status == .terminating),
-                   c.intentKey == intent || launchedIntents[intent] == c.id {
+                if busy.contains(clusterID) || handled.contains(clusterID) { continue }
+                if let c = byID[clusterID], c.status == .running, c.intentKey == intent || launchedIntents[intent] == c.id {
                     try? store.record(i, clusterID: c.id, intentKey: intent)
                     report.adopted.append(i.id)
-                } else if let c = interrupted[clusterID] {
-                    // Group by intent; decided below once all are seen.
-                    var entry = recovered[c.id] ?? (intent, [])
-                    if entry.intent == intent { entry.instances.append(i) } else { toTerminate[providerName, default: []].append(i) }
-                    recovered[c.id] = entry
+                } else if i.state == .terminating {
+                    // Already on its way out (EC2 `shutting-down`): nothing to do but note it.
+                    try? store.record(i, clusterID: clusterID, intentKey: intent)
                 } else {
                     toTerminate[providerName, default: []].append(i)
                 }
             }
         }
-
-        for (clusterID, c) in interrupted {
-            var cluster = c
-            if let entry = recovered[clusterID], entry.instances.count == c.nodes,
-               let intent = try? store.intent(entry.intent), entry.instances.allSatisfy({ $0.state == .running || $0.state == .pending }) {
-                // Everything the dead `up` asked for exists: finish its work.
-                for i in entry.instances { try? store.record(i, clusterID: clusterID, intentKey: entry.intent) }
-                try? store.setIntent(entry.intent, status: .launched)
-                cluster.status = .running
-                cluster.offer = intent.offer
-                cluster.spot = intent.spot
-                let perNode = (intent.spot ? intent.offer.spotPricePerHour : intent.offer.onDemandPricePerHour) ?? 0
-                cluster.pricePerHour = perNode * Double(c.nodes)
-                cluster.intentKey = entry.intent
-                cluster.readyAt = Date()
-                try? store.update(cluster)
-                store.event("recovered", "Provisioning was interrupted; the \(c.nodes) node(s) it had launched were adopted.", cluster: clusterID)
-                report.recoveredClusters.append(c.name)
-                report.adopted.append(contentsOf: entry.instances.map(\.id))
-            } else {
-                if let entry = recovered[clusterID] {
-                    let provider = entry.instances.first?.provider ?? ""
-                    toTerminate[provider, default: []].append(contentsOf: entry.instances)
-                }
-                cluster.status = .failed
-                cluster.terminatedAt = Date()
-                cluster.lastError = "Provisioning was interrupted (the capstan process died); whatever it had launched was terminated."
-                try? store.update(cluster)
-                store.event("failed", cluster.lastError!, cluster: clusterID)
-                report.failedClusters.append(c.name)
-            }
-        }
-
+        if !toTerminate.isEmpty { faults.hit("reconcile.terminating") }
         for (providerName, instances) in toTerminate where !instances.isEmpty {
             guard let p = provider(providerName) else { continue }
             do {
                 let after = try await p.terminate(ids: instances.map(\.id))
+                faults.hit("reconcile.terminated")
                 for i in after {
                     let clusterID = instances.first { $0.id == i.id }?.tags[CapstanTags.clusterID] ?? ""
                     let intent = instances.first { $0.id == i.id }?.tags[CapstanTags.intent] ?? ""
@@ -583,7 +728,7 @@ public struct Provisioner: Sendable {
 
         // Instances the store thinks are alive but the provider no longer lists are gone.
         for rec in (try? store.allInstances()) ?? [] where !rec.state.isGone {
-            guard let seen = listed[rec.provider], !busy.contains(rec.clusterID) else { continue }
+            guard let seen = listed[rec.provider], !busy.contains(rec.clusterID), !handled.contains(rec.clusterID) else { continue }
             if !seen.contains(where: { $0.id == rec.id && $0.state.isLive }) {
                 var gone = rec.instance
                 gone.state = .terminated
@@ -600,5 +745,148 @@ public struct Provisioner: Sendable {
             logger.notice("reconciled", metadata: ["terminated": "\(report.terminated.count)", "adopted": "\(report.adopted.count)"])
         }
         return report
+    }
+
+    /// A cluster whose `up` died (status `provisioning`, lock now ours). When the last launch's
+    /// nodes all exist and none failed, wait for them to run as `up` would have and adopt them:
+    /// the cluster runs. Otherwise (nodes missing, failed, or never running) terminate every
+    /// instance of the cluster: it failed. A provider that could not be listed leaves it as is.
+    func recoverInterrupted(_ c: Cluster, listed: [String: [Instance]], report: inout ReconcileReport) async {
+        var cluster = c
+        let intents = (try? store.intents(cluster: c.id)) ?? []
+        let providersUsed = Set(intents.map(\.provider))
+        if let unlisted = providersUsed.first(where: { listed[$0] == nil }) {
+            logger.warning("interrupted cluster left for later: provider not listed", metadata: ["cluster": "\(c.name)", "capstan.provider": "\(unlisted)"])
+            return
+        }
+        let mine = listed.values.joined().filter { $0.tags[CapstanTags.clusterID] == c.id && $0.state.isLive }
+        faults.hit("reconcile.recovering")
+        // The last launch that reached the cloud, if its gang is whole.
+        if let last = intents.last(where: { $0.status == .pending || $0.status == .launched }),
+           let provider = provider(last.provider) {
+            let gang = mine.filter { $0.tags[CapstanTags.intent] == last.key }
+            if gang.count == c.nodes, gang.allSatisfy({ $0.state == .running || $0.state == .pending }) {
+                if case .running(let nodes) = await waitUntilRunning(provider: provider, ids: gang.map(\.id), clusterID: c.id, intent: last.key, stage: "reconcile") {
+                    // Anything else of this cluster (an earlier offer's leftovers) goes.
+                    await terminate(mine.filter { $0.tags[CapstanTags.intent] != last.key }, clusterID: c.id, report: &report)
+                    try? store.setIntent(last.key, status: .launched)
+                    for i in nodes { try? store.record(i, clusterID: c.id, intentKey: last.key) }
+                    cluster.status = .running
+                    cluster.offer = last.offer
+                    cluster.spot = last.spot
+                    let perNode = (last.spot ? last.offer.spotPricePerHour : last.offer.onDemandPricePerHour) ?? 0
+                    cluster.pricePerHour = perNode * Double(c.nodes)
+                    cluster.intentKey = last.key
+                    cluster.readyAt = Date()
+                    try? store.update(cluster)
+                    store.event("recovered", "Provisioning was interrupted; the \(c.nodes) node(s) it had launched were adopted once running.", cluster: c.id)
+                    report.recoveredClusters.append(c.name)
+                    report.adopted.append(contentsOf: nodes.map(\.id))
+                    return
+                }
+            }
+        }
+        // Not whole, or a node failed: nothing of it may keep billing.
+        var leftovers = mine
+        for p in providersUsed {
+            if let prov = provider(p), let tagged = try? await prov.describe(InstanceQuery(tags: [CapstanTags.clusterID: c.id])) {
+                leftovers += tagged.filter { t in !leftovers.contains { $0.id == t.id } }
+            }
+        }
+        await terminate(leftovers, clusterID: c.id, report: &report)
+        for i in intents where i.status == .pending { try? store.setIntent(i.key, status: .abandoned, error: "its capstan process died; reconcile cleaned up") }
+        cluster.status = .failed
+        cluster.terminatedAt = Date()
+        cluster.lastError = "Provisioning was interrupted (the capstan process died) before every node ran; whatever it had launched was terminated."
+        try? store.update(cluster)
+        store.event("failed", cluster.lastError!, cluster: c.id)
+        report.failedClusters.append(c.name)
+    }
+
+    /// Terminates `instances` (any providers), records their end and reports them.
+    func terminate(_ instances: [Instance], clusterID: String, report: inout ReconcileReport) async {
+        for (providerName, group) in Dictionary(grouping: instances.filter { $0.state.isLive }, by: \.provider) {
+            guard let p = provider(providerName) else { continue }
+            do {
+                for i in try await p.terminate(ids: group.map(\.id)) {
+                    var gone = i
+                    if !gone.state.isGone { gone.state = .terminated }
+                    try? store.record(gone, clusterID: clusterID, intentKey: group.first { $0.id == i.id }?.tags[CapstanTags.intent] ?? "")
+                }
+                report.terminated.append(contentsOf: group.map(\.id))
+            } catch {
+                report.providerErrors[providerName] = error as? CapstanError ?? CapstanError(.transient, "\(error)", provider: providerName)
+            }
+        }
+    }
+
+    /// Instances tagged with a cluster id the store has never heard of: the database was lost,
+    /// emptied or replaced (the owner id survived it). Each such cluster is rebuilt from its
+    /// instances' tags — name, id, node count, node indices, intents — and its offer from the
+    /// provider's catalog, so `status`, `down NAME` and jobs find it again. A group with a
+    /// failed node, or fewer nodes than its tag says, is terminated instead.
+    func rebuildUnknownClusters(listed: [String: [Instance]], known: Set<String>, report: inout ReconcileReport) async {
+        // Only instances launched before this database existed: a cluster is written down before
+        // its launch, so an unknown cluster's instance launched since is an orphan, not a loss.
+        let since = (try? store.createdAt()) ?? .distantPast
+        let unknown = Dictionary(grouping: listed.values.joined().filter { i in
+            i.state.isLive && i.state != .terminating && !(i.tags[CapstanTags.clusterID] ?? "").isEmpty
+                && !known.contains(i.tags[CapstanTags.clusterID]!) && (i.launchedAt ?? .distantPast) < since
+        }, by: { $0.tags[CapstanTags.clusterID]! })
+        for (clusterID, group) in unknown.sorted(by: { $0.key < $1.key }) {
+            let first = group[0]
+            let nodes = first.tags[CapstanTags.nodes].flatMap(Int.init) ?? group.count
+            // Distinct node indices, or none at all (a provider that does not keep the tag).
+            let indices = group.allSatisfy { $0.tags[CapstanTags.node] == nil } ? Set(0..<group.count) : Set(group.map(\.nodeIndex))
+            let sameOffer = Set(group.map { "\($0.provider)/\($0.region)/\($0.instanceType)" }).count == 1
+            guard group.count == nodes, indices.count == nodes, sameOffer, !group.contains(where: { $0.state == .failed || $0.state == .stopped }),
+                  let provider = provider(first.provider) else {
+                await terminate(group, clusterID: clusterID, report: &report)
+                store.event("reconciled", "Terminated \(group.count) instance(s) of a cluster the state no longer knows (\(clusterID)): it was not whole.")
+                continue
+            }
+            var name = first.tags[CapstanTags.cluster] ?? "recovered-\(clusterID.prefix(8))"
+            if (try? Provisioner.validate(name: name)) == nil || ((try? store.cluster(named: name))??.status.isLive ?? false) {
+                name = "recovered-\(clusterID.prefix(8))"
+            }
+            let offer = await recoveredOffer(for: first, provider: provider)
+            let spot = first.spot
+            var request = ResourceRequest(gpu: offer.gpu, gpusPerNode: offer.gpusPerNode, nodes: nodes, providers: [first.provider])
+            request.spot = spot ? .only : .never
+            var cluster = Cluster(id: clusterID, name: name, request: request, createdAt: group.compactMap(\.launchedAt).min() ?? Date())
+            cluster.status = .running
+            cluster.offer = offer
+            cluster.spot = spot
+            cluster.nodes = nodes
+            cluster.pricePerHour = group.reduce(0) { $0 + ($1.pricePerHour ?? 0) }
+            let intentsOfGang = Dictionary(grouping: group, by: { $0.tags[CapstanTags.intent] ?? "" })
+            cluster.intentKey = group.min { $0.nodeIndex < $1.nodeIndex }?.tags[CapstanTags.intent]
+            cluster.readyAt = Date()
+            do { try store.insert(cluster) } catch {
+                logger.warning("could not rebuild a cluster", metadata: ["cluster": "\(name)", "error": "\(error)"])
+                continue
+            }
+            faults.hit("reconcile.rebuilt")
+            for (key, members) in intentsOfGang {
+                try? store.insert(LaunchIntent(key: key, clusterID: clusterID, provider: first.provider, offer: offer, count: members.count, spot: spot, tags: members[0].tags, status: .launched))
+                for i in members { try? store.record(i, clusterID: clusterID, intentKey: key) }
+            }
+            store.event("rebuilt", "Cluster \(name) was not in the state database; rebuilt from its \(nodes) instance(s)' tags on \(first.provider).", cluster: clusterID)
+            report.rebuiltClusters.append(name)
+            report.adopted.append(contentsOf: group.map(\.id))
+        }
+    }
+
+    /// The offer an instance runs on, from its provider's catalog (instance type, region and
+    /// zone), else as much as the instance itself says.
+    func recoveredOffer(for i: Instance, provider: any ComputeProvider) async -> Offer {
+        let catalog = (try? await withDeadline(.seconds(30), provider: provider.name) { try await provider.offers(for: ResourceRequest()) }) ?? []
+        if let o = catalog.first(where: { $0.instanceType == i.instanceType && $0.region == i.region && ($0.zone == nil || $0.zone == i.zone) }) {
+            var o = o
+            o.zone = i.zone ?? o.zone
+            return o
+        }
+        return Offer(provider: i.provider, instanceType: i.instanceType, region: i.region, zone: i.zone, gpusPerNode: 0,
+                     onDemandPricePerHour: i.spot ? nil : i.pricePerHour, spotPricePerHour: i.spot ? i.pricePerHour : nil)
     }
 }

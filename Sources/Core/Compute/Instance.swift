@@ -79,6 +79,8 @@ public enum CapstanTags {
     public static let intent = "capstan:intent"
     /// Node index within the cluster (0 = leader).
     public static let node = "capstan:node"
+    /// How many nodes the cluster has (so a cluster can be rebuilt from its instances alone).
+    public static let nodes = "capstan:nodes"
 }
 
 extension Instance {

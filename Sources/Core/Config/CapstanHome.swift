@@ -8,6 +8,7 @@ import Foundation
 ///   plugins/        drop-in plugin libraries
 ///   local/          the local provider's node slots
 ///   state/          the state database (clusters, jobs, intents)
+///   owner-id        this home's owner id (the `capstan:owner` tag): keep it with the home
 /// ```
 public struct CapstanHome: Sendable, Hashable {
     public var root: String
@@ -26,6 +27,9 @@ public struct CapstanHome: Sendable, Hashable {
     public var pluginsFolder: String { path("plugins") }
     public var localFolder: String { path("local") }
     public var stateFolder: String { path("state") }
+    /// The owner id every instance this home launches is tagged with, kept apart from the
+    /// state database so that losing the database loses nothing in the clouds.
+    public var ownerIDFile: String { path("owner-id") }
 
     public func path(_ relative: String) -> String { (root as NSString).appendingPathComponent(relative) }
 

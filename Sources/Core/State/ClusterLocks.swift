@@ -54,3 +54,25 @@ public struct ClusterLocks: Sendable {
         return false
     }
 }
+
+/// A blocking, exclusive `flock` on one file, for short critical sections shared by processes
+/// (creating a database's schema, a provider's state file). The kernel frees it if the holder dies.
+public struct FileLock: Sendable {
+    let held: ClusterLocks.Held
+
+    /// Waits until `path`'s lock is ours (creating the file as needed).
+    public static func exclusive(_ path: String) throws -> FileLock {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CapstanError(.io, "Cannot open lock file \(path): \(String(cString: strerror(errno))).", hint: "Check the folder's permissions.") }
+        while flock(fd, LOCK_EX) != 0 {
+            if errno != EINTR {
+                let why = String(cString: strerror(errno))
+                close(fd)
+                throw CapstanError(.io, "Cannot lock \(path): \(why).")
+            }
+        }
+        return FileLock(held: ClusterLocks.Held(fd: fd))
+    }
+
+    public func release() { held.release() }
+}

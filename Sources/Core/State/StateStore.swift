@@ -1,5 +1,8 @@
 import Foundation
 import GRDB
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Capstan's state: clusters, instances, launch intents, jobs, attempts, checkpoints, events and
 /// the offer cache, in one
@@ -7,27 +10,80 @@ import GRDB
 /// user chooses. Safe to use from several threads and several processes at once.
 public final class StateStore: Sendable {
     public let path: String
+    /// Where the owner id is kept apart from the database, so it survives the database's loss
+    /// (nil: only in the database).
+    public let identityFile: String?
     let db: DatabasePool
 
-    /// Opens (creating and migrating as needed) the database at `path`.
-    public init(path: String) throws {
+    /// Opens (creating and migrating as needed) the database at `path`. With `identityFile`,
+    /// the owner id (``ownerID()``) lives in that file too and wins over the database's: a
+    /// database lost, emptied or moved aside keeps its owner, so reconcile still finds every
+    /// instance this installation ever launched.
+    public init(path: String, identityFile: String? = nil) throws {
         self.path = path
+        self.identityFile = identityFile
         do {
             try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             var config = Configuration()
             config.busyMode = .timeout(10)
+            // Several processes may open a brand-new home at once: one creates the schema while
+            // the others wait (SQLite's own locking does not cover "does the table exist yet").
+            let guardLock = try FileLock.exclusive(path + ".open-lock")
+            defer { guardLock.release() }
             db = try DatabasePool(path: path, configuration: config)
             try Self.migrator.migrate(db)
+            try db.write { try $0.execute(sql: "INSERT OR IGNORE INTO meta(key, value) VALUES ('createdAt', ?)", arguments: [Date().timeIntervalSince1970.description]) }
+            if let identityFile { try Self.syncOwner(db, file: identityFile) }
         } catch let e as CapstanError {
             throw e
         } catch {
-            throw CapstanError(.io, "Cannot open the state database \(path): \(error).", hint: "Check the folder's permissions and free space; if the file is corrupt, move it aside (Capstan will reconcile from the clouds' tags).")
+            throw CapstanError(.io, "Cannot open the state database \(path): \(error).", hint: "Check the folder's permissions and free space; if the file is corrupt, move it aside (Capstan keeps its owner id in \(identityFile ?? "the database") and the next `capstan reconcile` recovers every cluster from the clouds' tags).")
         }
     }
 
-    /// The store in `home` (`state/capstan.db`).
+    /// The store in `home` (`state/capstan.db`), its owner id kept in `home/owner-id`.
     public static func open(home: CapstanHome) throws -> StateStore {
-        try StateStore(path: home.stateFolder + "/capstan.db")
+        try StateStore(path: home.stateFolder + "/capstan.db", identityFile: home.ownerIDFile)
+    }
+
+    /// Makes the database's owner id and the identity file agree: the file wins; a database
+    /// that had another id keeps it as a former owner (reconcile still lists its instances);
+    /// a missing file is written from the database's id (or a new one).
+    static func syncOwner(_ db: DatabasePool, file: String) throws {
+        let fromFile = (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        if let fromFile, !fromFile.isEmpty, fromFile.range(of: "^[a-z0-9-]{1,64}$", options: .regularExpression) == nil {
+            throw CapstanError(.config, "The owner id file \(file) is damaged (it holds something other than an id).", hint: "Restore it from a backup: it names every instance this home launched. Removing it makes a new id, and instances tagged with the old one are no longer found.")
+        }
+        try db.write { db in
+            let current = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'owner'")
+            if let fromFile, !fromFile.isEmpty {
+                guard current != fromFile else { return }
+                if let current {
+                    try db.execute(sql: "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", arguments: ["owner.former." + current, current])
+                }
+                try db.execute(sql: "INSERT OR REPLACE INTO meta(key, value) VALUES ('owner', ?)", arguments: [fromFile])
+            } else {
+                let id = current ?? newOwnerID()
+                if current == nil { try db.execute(sql: "INSERT INTO meta(key, value) VALUES ('owner', ?)", arguments: [id]) }
+                try writeIdentity(id, to: file)
+            }
+        }
+    }
+
+    static func newOwnerID() -> String { UUID().uuidString.lowercased().prefix(12).description }
+
+    /// Writes `id` to `file` atomically (temp file, fsync, rename), mode 0600.
+    static func writeIdentity(_ id: String, to file: String) throws {
+        let tmp = file + ".tmp-\(getpid())"
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw CapstanError(.io, "Cannot write the owner id file \(file): \(String(cString: strerror(errno))).", hint: "Check the home folder's permissions.") }
+        let bytes = Array((id + "\n").utf8)
+        let ok = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == bytes.count && fsync(fd) == 0
+        Glibc.close(fd)
+        guard ok, rename(tmp, file) == 0 else {
+            unlink(tmp)
+            throw CapstanError(.io, "Cannot write the owner id file \(file).", hint: "Check free space and the home folder's permissions.")
+        }
     }
 
     static var migrator: DatabaseMigrator {
@@ -121,10 +177,26 @@ public final class StateStore: Sendable {
     public func ownerID() throws -> String {
         try write { db in
             if let v = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'owner'") { return v }
-            let id = UUID().uuidString.lowercased().prefix(12).description
+            let id = Self.newOwnerID()
             try db.execute(sql: "INSERT INTO meta(key, value) VALUES ('owner', ?)", arguments: [id])
             return id
         }
+    }
+
+    /// When this database was created (first opened by this version of Capstan). An instance of
+    /// this owner launched before it, whose cluster the database does not know, is from a lost
+    /// database; one launched after it is an orphan.
+    public func createdAt() throws -> Date {
+        let v = try read { try String.fetchOne($0, sql: "SELECT value FROM meta WHERE key = 'createdAt'") }
+        return v.flatMap(Double.init).map { Date(timeIntervalSince1970: $0) } ?? .distantPast
+    }
+
+    /// Every owner id this store has answered to: the current one first, then any former ones
+    /// (a database that met an identity file with another id). Reconcile lists all of them.
+    public func ownerIDs() throws -> [String] {
+        let current = try ownerID()
+        let former = try read { try String.fetchAll($0, sql: "SELECT value FROM meta WHERE key LIKE 'owner.former.%' ORDER BY key") }
+        return [current] + former.filter { $0 != current }
     }
 
     // MARK: - Clusters

@@ -32,7 +32,15 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
         /// Keep instances in this JSON file (shared by every process that names it), so they
         /// outlive the process that launched them — as a real cloud's do.
         public var stateFile: String?
-        public init(offers: [Offer]? = nil, capacityFailures: Int? = nil, noCapacityRegions: [String]? = nil, latencyMs: Int? = nil, badCredentials: Bool? = nil, bootSeconds: Double? = nil, stateFile: String? = nil, rateLimitedLaunches: Int? = nil, failBootRegions: [String]? = nil) {
+        /// Spot-style interruption: an instance is taken back (state `preempted`, reason
+        /// `Server.SpotInstanceTermination`) this many seconds after it started running —
+        /// once per node of a cluster, so its replacement is left alone.
+        public var preemptAfterSeconds: Double?
+        /// Which node indices `preemptAfterSeconds` applies to (default: every node).
+        public var preemptNodes: [Int]?
+        public init(offers: [Offer]? = nil, capacityFailures: Int? = nil, noCapacityRegions: [String]? = nil, latencyMs: Int? = nil, badCredentials: Bool? = nil, bootSeconds: Double? = nil, stateFile: String? = nil, rateLimitedLaunches: Int? = nil, failBootRegions: [String]? = nil, preemptAfterSeconds: Double? = nil, preemptNodes: [Int]? = nil) {
+            self.preemptAfterSeconds = preemptAfterSeconds
+            self.preemptNodes = preemptNodes
             self.rateLimitedLaunches = rateLimitedLaunches
             self.failBootRegions = failBootRegions
             self.bootSeconds = bootSeconds
@@ -54,6 +62,19 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
     struct SimState: Codable {
         var instances: [String: Instance] = [:]
         var launches = 0
+        /// `clusterID/node` already preempted once (``Configuration/preemptAfterSeconds``).
+        var preempted: Set<String> = []
+        /// When each instance started running.
+        var runningSince: [String: Date] = [:]
+
+        init() {}
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            instances = try c.decode([String: Instance].self, forKey: .instances)
+            launches = try c.decode(Int.self, forKey: .launches)
+            preempted = try c.decodeIfPresent(Set<String>.self, forKey: .preempted) ?? []
+            runningSince = try c.decodeIfPresent([String: Date].self, forKey: .runningSince) ?? [:]
+        }
     }
 
     /// Runs `body` on the state: in memory, or in `stateFile` under an exclusive `flock`.
@@ -139,6 +160,18 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
                 let fails = (configuration.failBootRegions ?? []).contains(i.region)
                 state.instances[id]?.state = fails ? .failed : .running
                 state.instances[id]?.providerState = fails ? "unhealthy" : "running"
+                if !fails { state.runningSince[id] = Date() }
+            }
+            if let after = configuration.preemptAfterSeconds {
+                for (id, i) in state.instances where i.state == .running {
+                    let key = "\(i.tags[CapstanTags.clusterID] ?? id)/\(i.nodeIndex)"
+                    guard !state.preempted.contains(key), configuration.preemptNodes?.contains(i.nodeIndex) ?? true,
+                          let since = state.runningSince[id] ?? i.launchedAt, Date().timeIntervalSince(since) >= after else { continue }
+                    state.preempted.insert(key)
+                    state.instances[id]?.state = .preempted
+                    state.instances[id]?.providerState = "preempted"
+                    state.instances[id]?.stateReason = "Server.SpotInstanceTermination"
+                }
             }
             return state.instances.values.filter(query.matches).sorted { $0.id < $1.id }
         }
@@ -185,13 +218,15 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
                     "stateFile": .object(["type": .string("string"), "description": .string("Keep instances in this file so they outlive the process.")]),
                     "rateLimitedLaunches": .object(["type": .string("integer"), "description": .string("The first N launches are throttled.")]),
                     "failBootRegions": .object(["type": .string("array"), "items": .object(["type": .string("string")]), "description": .string("Instances in these regions fail while booting.")]),
+                    "preemptAfterSeconds": .object(["type": .string("number"), "description": .string("Preempt an instance this long after it starts running (once per node of a cluster), as spot does.")]),
+                    "preemptNodes": .object(["type": .string("array"), "items": .object(["type": .string("integer")]), "description": .string("Node indices preemptAfterSeconds applies to (default: all).")]),
                 ]),
                 "additionalProperties": .bool(false),
             ]),
             autoEnable: false, storageSchemes: ["simfile"]),
         make: { config, logger in
             let configuration: Configuration
-            let known: Set<String> = ["offers", "capacityFailures", "noCapacityRegions", "latencyMs", "badCredentials", "bootSeconds", "stateFile", "rateLimitedLaunches", "failBootRegions"]
+            let known: Set<String> = ["offers", "capacityFailures", "noCapacityRegions", "latencyMs", "badCredentials", "bootSeconds", "stateFile", "rateLimitedLaunches", "failBootRegions", "preemptAfterSeconds", "preemptNodes"]
             if case .object(let o) = config, let unknown = o.keys.sorted().first(where: { !known.contains($0) }) {
                 throw CapstanError(.config, "Unknown key 'providers.sim.\(unknown)'.", hint: "Known: \(known.sorted().joined(separator: ", ")).")
             }
