@@ -537,7 +537,13 @@ public struct Provisioner: Sendable {
     /// Terminates every instance of cluster `name` and marks it terminated. Idempotent; a
     /// cluster whose earlier `down` died is finished.
     public func down(name: String) async throws -> Cluster {
-        guard var cluster = try store.cluster(named: name) else {
+        var found = try store.cluster(named: name)
+        if found == nil {
+            // Unknown here: perhaps the database was lost and the cluster lives on in the clouds.
+            _ = await reconcile()
+            found = try store.cluster(named: name)
+        }
+        guard var cluster = found else {
             throw CapstanError(.notFound, "No cluster named '\(name)'.", hint: "See `capstan status` (`capstan reconcile` first, if the state database was lost).")
         }
         guard cluster.status.isLive else { return cluster }
