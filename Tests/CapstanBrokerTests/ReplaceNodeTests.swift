@@ -47,3 +47,43 @@ struct ReplaceNodeTests {
         await #expect(throws: CapstanError.self) { try await p.replaceNode(cluster: "nope", node: 0) }
     }
 }
+
+@Suite("Moving a gang to another offer")
+struct MoveGangTests {
+    let h100x2 = ResourceRequest(gpu: "H100", gpusPerNode: 8, nodes: 2)
+
+    @Test("the gang moves to the next offer that fits, on another provider; the old nodes go; reconcile keeps the new ones")
+    func move() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        // `a` is cheapest but has one region; `b` has the rest of the catalog.
+        let a = SimulatedCloud(name: "a", configuration: .init(offers: [threeRegions[0]]))
+        let b = SimulatedCloud(name: "b", configuration: .init(offers: Array(threeRegions.dropFirst())))
+        let p = try makeProvisioner([a, b], dir: dir)
+        let search = OfferSearch(providers: [a, b])
+        let up = try await p.up(name: "train", request: h100x2, search: search)
+        #expect(up.cluster.offer?.provider == "a")
+        let moved = try await p.move(cluster: "train", search: search)
+        #expect(moved.cluster.status == .running && moved.cluster.offer?.provider == "b" && moved.cluster.offer?.region == "r-west")
+        #expect(moved.instances.map(\.nodeIndex) == [0, 1])
+        #expect(try await a.describe(InstanceQuery()).isEmpty, "the old gang is terminated")
+        #expect(Set(try await b.describe(InstanceQuery()).map(\.id)) == Set(moved.instances.map(\.id)))
+        #expect(moved.cluster.pricePerHour == 42)
+        let r = await p.reconcile()
+        #expect(r.terminated.isEmpty)
+        #expect(Set(try p.store.instances(cluster: up.cluster.id).filter { !$0.state.isGone }.map(\.id)) == Set(moved.instances.map(\.id)))
+        #expect(try p.store.events(cluster: up.cluster.id).contains { $0.kind == "moved" })
+        _ = try await p.down(name: "train")
+        #expect(try await b.describe(InstanceQuery()).isEmpty)
+    }
+
+    @Test("no other offer: a clear error and the cluster is left as it was")
+    func nowhere() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let a = SimulatedCloud(name: "a", configuration: .init(offers: [threeRegions[0]]))
+        let p = try makeProvisioner([a], dir: dir)
+        let up = try await p.up(name: "train", request: h100x2, search: OfferSearch(providers: [a]))
+        await #expect(throws: CapstanError.self) { try await p.move(cluster: "train", search: OfferSearch(providers: [a])) }
+        #expect(try p.store.cluster(named: "train")?.offer == up.cluster.offer)
+        #expect(try await a.describe(InstanceQuery()).count == 2)
+    }
+}

@@ -24,26 +24,38 @@ public struct LocalProvider: ComputeProvider {
         /// Seconds a new node stays `pending` before it is `running`, like a cloud instance
         /// booting (0: running at once). Lets tests and demos exercise the readiness waiter.
         public var bootSeconds: Double
-        public init(slots: Int = 8, bootSeconds: Double = 0) {
+        /// Spot-style interruption, as the sim cloud's switch: a node is taken back (its processes
+        /// killed, its work folder gone, state `preempted`) this many seconds after it started
+        /// running — once per node of a cluster, so its replacement is left alone.
+        public var preemptAfterSeconds: Double?
+        /// Which node indices `preemptAfterSeconds` applies to (default: every node).
+        public var preemptNodes: [Int]?
+        public init(slots: Int = 8, bootSeconds: Double = 0, preemptAfterSeconds: Double? = nil, preemptNodes: [Int]? = nil) {
             self.slots = slots
             self.bootSeconds = bootSeconds
+            self.preemptAfterSeconds = preemptAfterSeconds
+            self.preemptNodes = preemptNodes
         }
 
-        enum CodingKeys: String, CodingKey, CaseIterable { case slots, bootSeconds }
+        enum CodingKeys: String, CodingKey, CaseIterable { case slots, bootSeconds, preemptAfterSeconds, preemptNodes }
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: AnyKey.self)
             let known = Set(CodingKeys.allCases.map(\.rawValue))
             if let unknown = c.allKeys.first(where: { !known.contains($0.stringValue) }) {
-                throw CapstanError(.config, "Unknown key 'providers.local.\(unknown.stringValue)'.", hint: "The local provider accepts: slots (1–250), bootSeconds.")
+                throw CapstanError(.config, "Unknown key 'providers.local.\(unknown.stringValue)'.", hint: "The local provider accepts: slots (1–250), bootSeconds, preemptAfterSeconds, preemptNodes.")
             }
             slots = try c.decodeIfPresent(Int.self, forKey: AnyKey("slots")) ?? 8
             bootSeconds = try c.decodeIfPresent(Double.self, forKey: AnyKey("bootSeconds")) ?? 0
+            preemptAfterSeconds = try c.decodeIfPresent(Double.self, forKey: AnyKey("preemptAfterSeconds"))
+            preemptNodes = try c.decodeIfPresent([Int].self, forKey: AnyKey("preemptNodes"))
         }
 
         public func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
             try c.encode(slots, forKey: .slots)
             try c.encode(bootSeconds, forKey: .bootSeconds)
+            try c.encodeIfPresent(preemptAfterSeconds, forKey: .preemptAfterSeconds)
+            try c.encodeIfPresent(preemptNodes, forKey: .preemptNodes)
         }
     }
 
@@ -135,7 +147,30 @@ public struct LocalProvider: ComputeProvider {
     }
 
     public func describe(_ query: InstanceQuery) async throws -> [Instance] {
-        try readAll().map(booted).filter(query.matches).sorted { $0.id < $1.id }
+        if configuration.preemptAfterSeconds != nil { try preemptDue() }
+        return try readAll().map(booted).filter(query.matches).sorted { $0.id < $1.id }
+    }
+
+    /// Applies ``Configuration/preemptAfterSeconds``: every running node past its time (and not
+    /// preempted before for its cluster and index) is taken back as a spot instance would be.
+    func preemptDue() throws {
+        guard let after = configuration.preemptAfterSeconds else { return }
+        try withLock {
+            let all = try readAll().map(booted)
+            func key(_ i: Instance) -> String { "\(i.tags[CapstanTags.clusterID] ?? i.id)/\(i.nodeIndex)" }
+            var done = Set(all.filter { $0.state == .preempted }.map(key))
+            for var i in all where i.state == .running && !done.contains(key(i)) && (configuration.preemptNodes?.contains(i.nodeIndex) ?? true) {
+                guard let launched = i.launchedAt, Date().timeIntervalSince(launched) >= configuration.bootSeconds + after else { continue }
+                killRecordedProcesses(folder: root + "/nodes/" + i.id)
+                try? FileManager.default.removeItem(atPath: root + "/nodes/" + i.id + "/work")
+                i.state = .preempted
+                i.providerState = "preempted"
+                i.stateReason = "Server.SpotInstanceTermination"
+                i.details["preemptedAt"] = String(Date().timeIntervalSince1970)
+                try write(i)
+                done.insert(key(i))
+            }
+        }
     }
 
     /// A pending node whose boot time has passed is running (computed on read, so no daemon is

@@ -206,7 +206,10 @@ final class Run: @unchecked Sendable {
             return await finish(.failed, why, error: why)
         case .restart(let lost):
             _ = try? store.updateJob(jobID) { $0.restarts += 1 }
-            for node in lost { try await replace(node: node, of: job, "Replacing node \(node)'s capacity.") }
+            for node in lost {
+                // A move brought a whole new gang: nothing else is left to replace.
+                if try await replace(node: node, of: job, "Replacing node \(node)'s capacity.") == .moved { break }
+            }
             return nil
         }
     }
@@ -233,18 +236,34 @@ final class Run: @unchecked Sendable {
         // A node lost while no controller was watching (or a replacement that did not finish).
         let want = cluster?.nodes ?? spec.resources.nodes
         for index in 0..<want where !nodes.contains(where: { $0.nodeIndex == index }) {
-            try await replace(node: index, of: job, "Node \(index) is missing; replacing it.")
+            let how = try await replace(node: index, of: job, "Node \(index) is missing; replacing it.")
             nodes = try currentNodes(job)
+            if how == .moved { break }
         }
         return nodes
     }
 
+    enum Replacement { case replaced, moved }
+
     /// Replaces node `node`'s capacity (``Provisioner/replaceNode(cluster:node:)``) and says so.
-    func replace(node: Int, of job: JobRecord, _ why: String) async throws {
+    /// When the cluster's own offer has no capacity left for it (or its region is gone), the
+    /// whole gang moves to the next offer that fits, on any provider
+    /// (``Provisioner/move(cluster:search:)``), and the job resumes there from the bucket.
+    @discardableResult
+    func replace(node: Int, of job: JobRecord, _ why: String) async throws -> Replacement {
         c.setStatus(.restarting, why)
-        let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: node)
-        c.emit(.nodeReplaced(node: node, instance: fresh.id))
-        store.jobEvent("replaced", "Node \(node) is now \(fresh.id).", job: jobID)
+        do {
+            let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: node)
+            c.emit(.nodeReplaced(node: node, instance: fresh.id))
+            store.jobEvent("replaced", "Node \(node) is now \(fresh.id).", job: jobID)
+            return .replaced
+        } catch let e as CapstanError where [.capacity, .quota, .notFound, .timeout].contains(e.code) && e.provider != nil {
+            c.setStatus(.restarting, "Node \(node) cannot be replaced on the cluster's offer (\(e.message)); moving the whole gang to the next offer that fits.")
+            let report = try await c.ctx.provisioner.move(cluster: job.clusterName, search: c.ctx.search)
+            let to = report.cluster.offer.map { "\($0.provider) \($0.instanceType) in \($0.zone ?? $0.region)" } ?? "?"
+            store.jobEvent("moved", "The gang moved to \(to) (\(report.instances.map(\.id).joined(separator: ", "))); the job resumes there from the bucket.", job: jobID)
+            return .moved
+        }
     }
 
     func currentNodes(_ job: JobRecord) throws -> [Instance] {
