@@ -16,21 +16,11 @@ struct UpCommand: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Cluster name (lower-case letters, digits, dashes).")
     var name: String
-    @Option(help: "GPU model (H100, A100-80GB, …).") var gpu: String?
-    @Option(help: "GPUs per node.") var gpusPerNode: Int?
-    @Option(help: "Nodes.") var nodes: Int = 1
-    @Flag(help: "Allow spot capacity where cheaper.") var spot = false
-    @Flag(help: "Spot capacity only.") var spotOnly = false
-    @Option(name: .customLong("region"), help: "Allowed region (repeatable).") var regions: [String] = []
-    @Option(name: .customLong("provider"), help: "Only this provider (repeatable).") var providers: [String] = []
-    @Option(help: "Ceiling on the cluster's price, $/h.") var maxPrice: Double?
+    @OptionGroup var resources: RequestOptions
     @Flag(help: "Ask every provider for fresh offers.") var refresh = false
 
     func validate() throws {
-        if spot && spotOnly { throw ValidationError("--spot and --spot-only exclude each other.") }
-        if nodes < 1 { throw ValidationError("--nodes must be at least 1.") }
         do { try Provisioner.validate(name: name) } catch let e as CapstanError { throw ValidationError(e.description) }
-        if let gpu { do { _ = try GPUCatalog.resolve(gpu) } catch let e as CapstanError { throw ValidationError(e.description) } }
     }
 
     func run() async throws {
@@ -40,11 +30,17 @@ struct UpCommand: AsyncParsableCommand {
     func provision() async throws {
         let registry = try global.loadRegistry()
         let json = global.json
+        // A provider left out (plugin missing, refused its settings) is said up front, so "no
+        // offer matches" is never the only clue.
+        for p in registry.problems {
+            var error = p.error
+            error.provider = nil  // named already
+            printError("warning: provider \(p.provider) is not in use: \(error)")
+        }
         let printer: (@Sendable (String) -> Void)? = json ? nil : { @Sendable line in print("  " + line) }
         let provisioner = try global.provisioner(registry, progress: printer)
         _ = await provisioner.reconcile()
-        let policy: ResourceRequest.SpotPolicy = spotOnly ? .only : (spot ? .allowed : .never)
-        let request = ResourceRequest(gpu: gpu, gpusPerNode: gpusPerNode, nodes: nodes, regions: regions, spot: policy, maxPricePerHour: maxPrice, providers: providers)
+        let request = resources.request
         if !json { print("Provisioning \(name)…") }
         let search = global.offerSearch(registry, store: provisioner.store, refresh: refresh)
         let report = try await provisioner.up(name: name, request: request, search: search)

@@ -16,56 +16,22 @@ struct OffersCommand: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(help: "GPU model: a family (H100, A100, L40S, …) or a variant (H100-SXM, A100-40GB).")
-    var gpu: String?
-
-    @Option(help: "GPUs per node (exact).")
-    var gpusPerNode: Int?
-
-    @Option(help: "Nodes in the cluster.")
-    var nodes: Int = 1
-
-    @Flag(help: "Allow spot capacity where it is cheaper.")
-    var spot = false
-
-    @Flag(help: "Spot capacity only.")
-    var spotOnly = false
-
-    @Option(name: .customLong("region"), help: "Allowed region (repeatable).")
-    var regions: [String] = []
-
-    @Option(name: .customLong("provider"), help: "Only this provider (repeatable).")
-    var providers: [String] = []
-
-    @Option(help: "Ceiling on the whole cluster's price, $/h.")
-    var maxPrice: Double?
+    @OptionGroup var resources: RequestOptions
 
     @Flag(help: "Also list the offers that were filtered out, with the reason.")
     var explain = false
 
-    @Option(help: "Show at most this many offers (0: all).")
+    @Option(parsing: .unconditional, help: "Show at most this many offers (0: all).")
     var limit: Int = 20
 
     @Flag(help: "Ask every provider now instead of using offers cached in the last few minutes.")
     var refresh = false
 
     func validate() throws {
-        if spot && spotOnly { throw ValidationError("--spot and --spot-only exclude each other.") }
-        if nodes < 1 { throw ValidationError("--nodes must be at least 1.") }
-        if let g = gpusPerNode, g < 0 { throw ValidationError("--gpus-per-node cannot be negative.") }
-        if let p = maxPrice, p <= 0 { throw ValidationError("--max-price must be positive.") }
-        if let gpu {
-            do { _ = try GPUCatalog.resolve(gpu) } catch let e as CapstanError {
-                throw ValidationError(e.description)
-            }
-        }
+        if limit < 0 { throw ValidationError("--limit must be 0 (all) or more, got \(limit).") }
     }
 
-    var request: ResourceRequest {
-        ResourceRequest(
-            gpu: gpu, gpusPerNode: gpusPerNode, nodes: nodes, regions: regions,
-            spot: spotOnly ? .only : (spot ? .allowed : .never), maxPricePerHour: maxPrice, providers: providers)
-    }
+    var request: ResourceRequest { resources.request }
 
     func run() async throws {
         try await reportingErrors {

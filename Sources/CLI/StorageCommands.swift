@@ -12,6 +12,9 @@ struct StorageCommand: AsyncParsableCommand {
     /// Splits `s3://bucket/a/b.bin` into the store location (`s3://bucket`) and the key (`a/b.bin`).
     static func split(_ uri: String) throws -> (location: String, key: String) {
         guard let r = uri.range(of: "://") else { throw ValidationError("'\(uri)' is not a bucket URI.") }
+        // Before any look at the disk: no '.' or '..' segment anywhere, so nothing a URI
+        // names can lie outside its bucket.
+        try ObjectKey.validateLocation(uri)
         let scheme = uri[..<r.lowerBound]
         let rest = uri[r.upperBound...]
         if scheme == "file" {
@@ -19,14 +22,14 @@ struct StorageCommand: AsyncParsableCommand {
             // holds .capstan-tmp), else the object's own folder.
             let path = String(rest)
             guard path.hasPrefix("/"), !path.hasSuffix("/") else { throw ValidationError("'\(uri)' must name an object by absolute path, e.g. file:///data/bucket/run/model.bin.") }
-            var dir = (path as NSString).deletingLastPathComponent
+            var dir = LocalPath.folder(of: path)
             while dir != "/" && !dir.isEmpty {
                 if FileManager.default.fileExists(atPath: dir + "/.capstan-tmp") {
                     return ("file://" + dir, String(path.dropFirst(dir.count + 1)))
                 }
-                dir = (dir as NSString).deletingLastPathComponent
+                dir = LocalPath.folder(of: dir)
             }
-            let parent = (path as NSString).deletingLastPathComponent
+            let parent = LocalPath.folder(of: path)
             return ("file://" + parent, (path as NSString).lastPathComponent)
         }
         let parts = rest.split(separator: "/", maxSplits: 1)
@@ -74,6 +77,7 @@ struct StorageCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await reportingErrors {
+                try ObjectKey.validateLocation(uri)
                 let registry = try global.loadRegistry()
                 let (location, prefix) = try uri.hasPrefix("file://") ? (uri, "") : StorageCommand.split(uri)
                 let objects = try await registry.store(for: location).list(prefix: prefix)

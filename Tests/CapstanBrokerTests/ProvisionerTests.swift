@@ -31,6 +31,22 @@ struct ProvisionerTests {
         #expect(stored.status == .running)
     }
 
+    @Test("an invalid request is refused before any cluster row is written", arguments: [
+        ResourceRequest(gpu: "H100", gpusPerNode: 0, nodes: 1),
+        ResourceRequest(gpusPerNode: 0, nodes: 1),
+        ResourceRequest(gpu: "H100", gpusPerNode: 8, nodes: 0),
+        ResourceRequest(gpu: "H100", gpusPerNode: -8, nodes: 1),
+    ])
+    func invalidRequestWritesNothing(request: ResourceRequest) async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cloud = SimulatedCloud(configuration: .init(offers: threeRegions))
+        let p = try makeProvisioner([cloud], dir: dir)
+        let e = await #expect(throws: CapstanError.self) { try await p.up(name: "train", request: request, search: OfferSearch(providers: [cloud])) }
+        #expect(e?.code == .invalidRequest)
+        #expect(try p.store.cluster(named: "train") == nil)
+        #expect(try p.store.clusters(includeFinished: true).isEmpty)
+    }
+
     @Test("spot is used where allowed and cheaper")
     func spot() async throws {
         let dir = TempDir(); defer { dir.cleanup() }

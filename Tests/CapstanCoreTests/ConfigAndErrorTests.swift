@@ -73,7 +73,61 @@ struct ConfigTests {
         let e = #expect(throws: CapstanError.self) { try CapstanConfig.parse(text, source: "config.yaml") }
         #expect(e?.code == .config)
         #expect(e?.message.contains(message) == true, "\(e?.message ?? "")")
-        #expect(e?.message.contains("config.yaml line \(line)") == true, "\(e?.message ?? "")")
+        #expect(e?.message.contains("config.yaml:\(line): ") == true, "\(e?.message ?? "")")
+    }
+
+    /// A plugin-style schema: what a manifest's configSchema looks like.
+    static let cloudSchema = """
+        {"type": "object", "properties": {
+          "region": {"type": "string", "enum": ["east", "west"]},
+          "timeoutSeconds": {"type": "number", "minimum": 1},
+          "pools": {"type": "array", "items": {"type": "object", "required": ["size"], "properties": {"size": {"type": "integer"}, "name": {"type": "string"}}}},
+          "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+          "extra": {"type": "object"}
+        }}
+        """
+
+    @Test("provider settings are checked against the provider's JSON Schema, with the file and line", arguments: [
+        ("providers:\n  cloud:\n    regoin: east\n", "config.yaml:3: unknown key 'providers.cloud.regoin' (did you mean 'region'?)"),
+        ("providers:\n  cloud:\n    region: north\n", "config.yaml:3: providers.cloud.region: expected one of 'east', 'west', got 'north'"),
+        ("providers:\n  cloud:\n    timeoutSeconds: 0.5\n", "config.yaml:3: providers.cloud.timeoutSeconds: must be at least 1, got 0.5"),
+        ("providers:\n  cloud:\n    timeoutSeconds: soon\n", "config.yaml:3: providers.cloud.timeoutSeconds: expected a number, got 'soon'"),
+        ("providers:\n  cloud:\n    pools:\n      - size: 2\n      - name: big\n", "config.yaml:5: providers.cloud.pools[1]: the setting 'size' is required"),
+        ("providers:\n  cloud:\n    pools:\n      - size: 2.5\n", "config.yaml:4: providers.cloud.pools[0].size: expected an integer, got 2.5"),
+        ("providers:\n  cloud:\n    pools:\n      - {size: 2, nmae: x}\n", "config.yaml:4: unknown key 'providers.cloud.pools[0].nmae' (did you mean 'name'?)"),
+        ("providers:\n  cloud:\n    tags:\n      team: ml\n      cost: [1]\n", "config.yaml:5: providers.cloud.tags.cost: expected text, got a list"),
+        ("providers:\n  cloud: {}\n  clod:\n    region: east\n", "config.yaml:3: providers.clod: there is no provider or plugin named 'clod' (did you mean 'cloud'?)"),
+        ("providers:\n  cloud:\n    enabled: false\n    region: [east]\n", "config.yaml:4: providers.cloud.region: expected text, got a list"),
+    ] as [(String, String)])
+    func schemaErrors(text: String, message: String) throws {
+        let config = try CapstanConfig.parse(text, source: "config.yaml")
+        let schema = try JSONDecoder().decode(JSONValue.self, from: Data(Self.cloudSchema.utf8))
+        let e = #expect(throws: CapstanError.self) { try ConfigSchema.checkProviders(config, schemas: ["cloud": schema, "local": nil]) }
+        #expect(e?.code == .config)
+        #expect(e?.message.contains(message) == true, "\(e?.message ?? "")")
+    }
+
+    @Test("settings a schema allows pass; a provider with no schema takes anything; a far-off name is left to the caller")
+    func schemaAccepts() throws {
+        let text = """
+            providers:
+              cloud:
+                enabled: true
+                region: west
+                timeoutSeconds: 3
+                pools: [{size: 1}, {size: 4, name: big}]
+                tags: {team: ml}
+                extra: {anything: [1, 2], goes: true}
+              local:
+                whatever: 1
+              lambda:
+                apiKeyFile: ~/.key
+            """
+        let config = try CapstanConfig.parse(text, source: "config.yaml")
+        #expect(config.line(of: "providers.cloud.pools[1].name") == 6)
+        #expect(config.line(of: "providers.cloud.extra.anything[0]") == 8)
+        let schema = try JSONDecoder().decode(JSONValue.self, from: Data(Self.cloudSchema.utf8))
+        try ConfigSchema.checkProviders(config, schemas: ["cloud": schema, "local": nil])
     }
 
     @Test("malformed YAML is a config error, not a crash")

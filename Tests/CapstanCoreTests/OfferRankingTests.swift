@@ -88,4 +88,15 @@ struct OfferRankingTests {
         #expect(throws: CapstanError.self) { try OfferRanking.rank(realisticCatalog, for: ResourceRequest(nodes: 0)) }
         #expect(throws: CapstanError.self) { try OfferRanking.rank(realisticCatalog, for: ResourceRequest(maxPricePerHour: -1)) }
     }
+
+    @Test("zero or negative GPUs per node is refused; leaving the count out accepts any", arguments: [0, -1, 65])
+    func gpuCount(count: Int) throws {
+        for gpu in ["H100", nil] as [String?] {
+            let e = #expect(throws: CapstanError.self) { try ResourceRequest(gpu: gpu, gpusPerNode: count).validate() }
+            #expect(e?.code == .invalidRequest)
+            #expect(e?.message == "GPUs per node must be between 1 and 64, got \(count).", "\(e?.message ?? "")")
+        }
+        try ResourceRequest(gpu: "H100", gpusPerNode: 1).validate()
+        try ResourceRequest(gpu: "H100").validate()
+    }
 }

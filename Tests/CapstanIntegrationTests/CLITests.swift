@@ -103,7 +103,7 @@ struct CLITests {
         home.write("config.yaml", "providers:\n  local:\n    slots: 2\nstorage:\n  defualt: file:///x\n")
         let r = try await capstan(["offers"], home: home)
         #expect(r.status == 1)
-        #expect(r.stderr.contains("config.yaml line 5: unknown key 'storage.defualt'"), "\(r.stderr)")
+        #expect(r.stderr.contains("config.yaml:5: unknown key 'storage.defualt'"), "\(r.stderr)")
     }
 
     @Test("a configured provider with no plugin is reported, not fatal")

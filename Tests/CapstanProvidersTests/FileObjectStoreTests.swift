@@ -85,6 +85,62 @@ struct FileObjectStoreTests {
         #expect(e?.code == .invalidRequest)
     }
 
+    @Test("'..' in a key, a list prefix or the root is refused on every operation, before any I/O", arguments: ["..", "../victim.txt", "a/../../victim.txt", "./victim.txt", "a/./b", "a\0b"])
+    func dotDotKeys(key: String) async throws {
+        let tmp = TempDir(); defer { tmp.cleanup() }
+        let victim = tmp.write("victim.txt", "keep me")
+        let store = try FileObjectStore(root: tmp.file("bucket"))
+        let src = tmp.write("src", "payload")
+        let errors: [CapstanError?] = [
+            await #expect(throws: CapstanError.self) { try await store.put(file: src, key: key) },
+            await #expect(throws: CapstanError.self) { try await store.get(key: key, to: tmp.file("out")) },
+            await #expect(throws: CapstanError.self) { try await store.head(key: key) },
+            await #expect(throws: CapstanError.self) { try await store.delete(key: key) },
+            await #expect(throws: CapstanError.self) { try await store.list(prefix: key) },
+            await #expect(throws: CapstanError.self) { try await store.list(prefix: key + "/") },
+        ]
+        #expect(errors.allSatisfy { $0?.code == .invalidRequest && ($0?.message.contains("segment") == true || $0?.message.contains("NUL") == true) }, "\(errors)")
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "keep me")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("out")))
+    }
+
+    @Test("a bucket root with '.' or '..' segments is refused, not resolved", arguments: ["bucket/..", "bucket/../elsewhere", "./bucket", "bucket/."])
+    func dotDotRoot(root: String) {
+        let tmp = TempDir(); defer { tmp.cleanup() }
+        let e = #expect(throws: CapstanError.self) { try FileObjectStore(root: tmp.path + "/" + root) }
+        #expect(e?.code == .invalidRequest)
+        #expect(e?.message.contains("Invalid bucket URI") == true, "\(e?.message ?? "")")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file(".capstan-tmp")))
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("elsewhere")))
+    }
+
+    @Test("a symbolic link inside the bucket cannot carry a put, get, head, list or delete out of it")
+    func symlinkContainment() async throws {
+        let tmp = TempDir(); defer { tmp.cleanup() }
+        let secret = tmp.write("outside/secret.txt", "keep me")
+        let store = try FileObjectStore(root: tmp.file("bucket"))
+        _ = try await store.put(file: tmp.write("src", "payload"), key: "inside/ok.txt")
+        try FileManager.default.createSymbolicLink(atPath: tmp.file("bucket/link"), withDestinationPath: tmp.file("outside"))
+        try FileManager.default.createSymbolicLink(atPath: tmp.file("bucket/inside/alias.txt"), withDestinationPath: secret)
+
+        let errors: [CapstanError?] = [
+            await #expect(throws: CapstanError.self) { try await store.put(file: tmp.file("src"), key: "link/new.txt") },
+            await #expect(throws: CapstanError.self) { try await store.get(key: "link/secret.txt", to: tmp.file("out")) },
+            await #expect(throws: CapstanError.self) { try await store.get(key: "inside/alias.txt", to: tmp.file("out")) },
+            await #expect(throws: CapstanError.self) { try await store.head(key: "link/secret.txt") },
+            await #expect(throws: CapstanError.self) { try await store.delete(key: "link/secret.txt") },
+            await #expect(throws: CapstanError.self) { try await store.list(prefix: "link/") },
+        ]
+        #expect(errors.allSatisfy { $0?.code == .invalidRequest && $0?.message.contains("outside the bucket") == true }, "\(errors)")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("outside/new.txt")))
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("out")))
+        #expect(try String(contentsOfFile: secret, encoding: .utf8) == "keep me")
+        // What is really in the bucket still works.
+        #expect(try await store.list(prefix: "inside/").map(\.key) == ["inside/ok.txt"])
+        try await store.delete(key: "inside/ok.txt")
+        #expect(try await store.head(key: "inside/ok.txt") == nil)
+    }
+
     @Test("uploading a missing file or getting a missing key is notFound")
     func missing() async throws {
         let tmp = TempDir(); defer { tmp.cleanup() }

@@ -58,7 +58,7 @@ struct JobSpecTests {
         let e = #expect(throws: CapstanError.self) { try JobSpec.parse(text, source: "job.yaml") }
         #expect(e?.code == .config)
         #expect(e?.message.contains(message) == true, "\(e?.message ?? "")")
-        #expect(e?.message.contains("job.yaml line \(line)") == true, "\(e?.message ?? "")")
+        #expect(e?.message.contains("job.yaml:\(line): ") == true, "\(e?.message ?? "")")
     }
 
     @Test("a missing run command and malformed YAML are clear errors")

@@ -40,8 +40,10 @@ public struct ResourceRequest: Sendable, Hashable, Codable {
     /// Checks the request itself (not against any offer). Throws `.invalidRequest`.
     public func validate() throws {
         if let gpu { _ = try GPUCatalog.resolve(gpu) }
-        if let g = gpusPerNode, g < 0 || g > 64 {
-            throw CapstanError(.invalidRequest, "GPUs per node must be between 0 and 64, got \(g).")
+        // Zero is no count of GPUs a request can mean: leaving the count out (nil) accepts any,
+        // CPU-only offers included when no GPU is named.
+        if let g = gpusPerNode, g < 1 || g > 64 {
+            throw CapstanError(.invalidRequest, "GPUs per node must be between 1 and 64, got \(g).", hint: "Leave the GPU count out to accept any count.")
         }
         if nodes < 1 || nodes > 1024 {
             throw CapstanError(.invalidRequest, "Nodes must be between 1 and 1024, got \(nodes).")

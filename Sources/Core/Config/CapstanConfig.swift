@@ -36,8 +36,25 @@ public struct CapstanConfig: Sendable, Hashable {
     public var providers: [String: JSONValue] = [:]
     public var plugins = Plugins()
     public var storage = Storage()
+    /// The file the config was read from, for messages ("config" when parsed from text).
+    public var source = "config"
+    /// Where each provider setting was written: `providers.local.slots` (list entries as
+    /// `providers.ssh.hosts[0].address`) → its line in `source`.
+    public var lines: [String: Int] = [:]
 
     public init() {}
+
+    /// The line `path` was written on, or that of the nearest enclosing setting; nil when
+    /// unknown.
+    public func line(of path: String) -> Int? {
+        var p = Substring(path)
+        while !p.isEmpty {
+            if let l = lines[String(p)] { return l }
+            guard let cut = p.lastIndex(where: { $0 == "." || $0 == "[" }) else { break }
+            p = p[..<cut]
+        }
+        return nil
+    }
 
     /// Whether provider `name` is turned on: a section without `enabled: false`, or no section
     /// and `defaultOn` (the built-in local provider, plugins whose manifest says `autoEnable`).
@@ -70,6 +87,7 @@ public struct CapstanConfig: Sendable, Hashable {
         guard let node else { return CapstanConfig() }
         guard let top = node.mapping else { throw r.bad("the top level must be a mapping", node.mark?.line) }
         var config = CapstanConfig()
+        config.source = source
         for (k, v) in top {
             let key = try r.key(k)
             switch key {
@@ -77,7 +95,8 @@ public struct CapstanConfig: Sendable, Hashable {
                 guard let m = v.mapping else { throw r.bad("'providers' must be a mapping of provider name to settings", v.mark?.line) }
                 for (pk, pv) in m {
                     guard let name = pk.string else { throw r.bad("provider names must be strings", pk.mark?.line) }
-                    let value = try json(pv, path: "providers.\(name)", reader: r)
+                    config.lines["providers.\(name)"] = pk.mark?.line
+                    let value = try json(pv, path: "providers.\(name)", reader: r, lines: &config.lines)
                     guard case .object = value else { throw r.bad("'providers.\(name)' must be a mapping", pv.mark?.line) }
                     if let enabled = value["enabled"], enabled.boolValue == nil {
                         throw r.bad("'providers.\(name).enabled' must be true or false", pv.mark?.line)
@@ -116,7 +135,7 @@ public struct CapstanConfig: Sendable, Hashable {
         return config
     }
 
-    private static func json(_ node: Node, path: String, reader r: YAMLReader) throws -> JSONValue {
+    private static func json(_ node: Node, path: String, reader r: YAMLReader, lines: inout [String: Int]) throws -> JSONValue {
         switch node {
         case .scalar(let s):
             if s.style == .plain {
@@ -130,11 +149,17 @@ public struct CapstanConfig: Sendable, Hashable {
             var o: [String: JSONValue] = [:]
             for (k, v) in m {
                 guard let key = k.string else { throw r.bad("keys under '\(path)' must be strings", k.mark?.line) }
-                o[key] = try json(v, path: "\(path).\(key)", reader: r)
+                lines["\(path).\(key)"] = k.mark?.line
+                o[key] = try json(v, path: "\(path).\(key)", reader: r, lines: &lines)
             }
             return .object(o)
         case .sequence(let seq):
-            return .array(try seq.map { try json($0, path: path, reader: r) })
+            var items: [JSONValue] = []
+            for (i, item) in seq.enumerated() {
+                lines["\(path)[\(i)]"] = item.mark?.line
+                items.append(try json(item, path: "\(path)[\(i)]", reader: r, lines: &lines))
+            }
+            return .array(items)
         case .alias:
             throw r.bad("aliases are not supported at '\(path)'", node.mark?.line)
         }

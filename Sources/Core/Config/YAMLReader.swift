@@ -18,13 +18,12 @@ package struct YAMLReader: Sendable {
     }
 
     package func bad(_ what: String, _ line: Int?) -> CapstanError {
-        CapstanError(.config, "Invalid \(kind) \(source)\(line.map { " line \($0)" } ?? ""): \(what).", hint: hint)
+        CapstanError(.config, "Invalid \(kind) \(source)\(line.map { ":\($0)" } ?? ""): \(what).", hint: hint)
     }
 
     package func unknown(_ key: String, _ known: [String], _ line: Int?) -> CapstanError {
         let leaf = key.split(separator: ".").last.map(String.init) ?? key
-        let close = known.min { Self.distance($0, leaf) < Self.distance($1, leaf) }
-        let suggestion = close.flatMap { Self.distance($0, leaf) <= 3 ? " (did you mean '\($0)'?)" : nil } ?? ""
+        let suggestion = Self.closest(to: leaf, among: known, maxDistance: 3).map { " (did you mean '\($0)'?)" } ?? ""
         return bad("unknown key '\(key)'\(suggestion); known: \(known.joined(separator: ", "))", line)
     }
 
@@ -51,6 +50,12 @@ package struct YAMLReader: Sendable {
         do { return try Yams.compose(yaml: text) } catch {
             throw bad("\(error)".replacingOccurrences(of: "\n", with: " "), nil)
         }
+    }
+
+    /// The entry of `known` nearest to `word` when at most `maxDistance` edits away, for
+    /// "did you mean".
+    package static func closest(to word: String, among known: [String], maxDistance: Int) -> String? {
+        known.min { distance($0, word) < distance($1, word) }.flatMap { distance($0, word) <= maxDistance ? $0 : nil }
     }
 
     /// Levenshtein distance, for "did you mean".

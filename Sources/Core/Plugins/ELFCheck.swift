@@ -7,7 +7,7 @@ enum ELFCheck {
     /// Returns a description of what is wrong with the ELF image at `path`, or nil when it looks
     /// loadable. Non-ELF files are left to the caller's magic check.
     static func problem(path: String) -> String? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return "it cannot be read" }
+        guard let handle = PluginFile.openForReading(path: path) else { return "it cannot be read" }
         defer { try? handle.close() }
         let size = (try? handle.seekToEnd()) ?? 0
         try? handle.seek(toOffset: 0)

@@ -44,6 +44,7 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
     public var doubleValue: Double? { if case .number(let n) = self { return n } else { return nil } }
     public var intValue: Int? { doubleValue.flatMap { Int(exactly: $0) } }
     public var boolValue: Bool? { if case .bool(let b) = self { return b } else { return nil } }
+    public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
 
     /// Compact JSON text.
     public var jsonString: String {

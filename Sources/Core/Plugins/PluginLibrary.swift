@@ -35,18 +35,17 @@ public final class PluginLibrary: Sendable {
         func fail(_ what: String, hint: String) -> CapstanError {
             CapstanError(.pluginFailure, "Cannot load plugin \(path): \(what).", hint: hint)
         }
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-            throw fail("no such file", hint: "Check the path, CAPSTAN_PLUGIN_PATH and ~/.capstan/plugins.")
-        }
-        guard !isDir.boolValue else {
-            throw fail("it is a folder, not a shared library", hint: "Point at the plugin's .so file.")
+        // The file type first, from stat alone: opening a FIFO or a device could block forever.
+        if let problem = PluginFile.typeProblem(path: path) {
+            throw fail(problem, hint: problem == "no such file"
+                ? "Check the path, CAPSTAN_PLUGIN_PATH and ~/.capstan/plugins."
+                : "Remove it from the plugin folder (or rename it so it does not end in .so), or point at the plugin's .so file; plugins must be regular files.")
         }
         if let cached = loaded.withLock({ $0[path] }) { return cached }
 
         // Read the first bytes ourselves: dlopen on a non-library gives a terse message, and on
         // some systems a text file is interpreted as a linker script.
-        if let handle = FileHandle(forReadingAtPath: path) {
+        if let handle = PluginFile.openForReading(path: path) {
             let magic = (try? handle.read(upToCount: 4)) ?? Data()
             try? handle.close()
             let elf = Data([0x7F, 0x45, 0x4C, 0x46])
@@ -122,7 +121,8 @@ public final class PluginLibrary: Sendable {
             defaultTimeout: timeout)
     }
 
-    static func describe(_ error: any Error) -> String {
+    /// A decoding error in a few words (`missing field 'address'`), not Swift's debug text.
+    package static func describe(_ error: any Error) -> String {
         switch error {
         case DecodingError.keyNotFound(let key, _): return "missing field '\(key.stringValue)'"
         case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx):

@@ -51,6 +51,7 @@ public struct PluginObjectStore: ObjectStore {
         guard instance.library.manifest.capabilities.contains(.storage) else {
             throw CapstanError(.unsupported, "Plugin '\(instance.name)' does not provide storage.", provider: instance.name)
         }
+        try ObjectKey.validateLocation(location)
         self.instance = instance
         self.location = location
         self.transferTimeout = transferTimeout
@@ -69,7 +70,8 @@ public struct PluginObjectStore: ObjectStore {
     }
 
     public func list(prefix: String) async throws -> [ObjectInfo] {
-        try await instance.call(PluginWire.Method.list, PluginWire.ListRequest(location: location, prefix: prefix), as: PluginWire.ListResponse.self).objects
+        try ObjectKey.validatePrefix(prefix)
+        return try await instance.call(PluginWire.Method.list, PluginWire.ListRequest(location: location, prefix: prefix), as: PluginWire.ListResponse.self).objects
     }
 
     public func head(key: String) async throws -> ObjectInfo? {

@@ -92,21 +92,63 @@ extension ObjectStore {
     }
 }
 
-/// Rules every store applies to keys, so a key valid for one is valid for all.
+/// Rules every store and every bucket URI obeys, so a key valid for one store is valid for all
+/// and no key, prefix or URI can name anything outside its bucket. Capstan never resolves `.` or
+/// `..`; it refuses them before any I/O.
 public enum ObjectKey {
     /// Throws `.invalidRequest` unless `key` is a clean relative path: non-empty, no leading
     /// `/`, no `.` or `..` or empty segments, no NUL, at most 1024 UTF-8 bytes (S3's limit).
     public static func validate(_ key: String) throws {
-        func bad(_ why: String) -> CapstanError {
-            CapstanError(.invalidRequest, "Invalid object key '\(key)': \(why).", hint: "Use a relative path like 'jobs/name/step-100/model.safetensors'.")
+        if key.isEmpty { throw bad("object key", key, "it is empty") }
+        try check(key, what: "object key", allowTrailingSlash: false)
+    }
+
+    /// Throws `.invalidRequest` unless `prefix` can start a valid key: empty, or a key that may
+    /// end with `/` (`jobs/`, `jobs/j1/step-`).
+    public static func validatePrefix(_ prefix: String) throws {
+        if prefix.isEmpty { return }
+        try check(prefix, what: "key prefix", allowTrailingSlash: true)
+    }
+
+    /// Throws `.invalidRequest` unless the part of bucket URI `location` after `scheme://` is
+    /// free of `.` and `..` segments and NUL bytes (`file:///data/bucket`, `s3://bucket/prefix`).
+    /// Empty segments (`file:///a//b`, a trailing `/`) are harmless there and allowed.
+    public static func validateLocation(_ location: String) throws {
+        let rest = location.range(of: "://").map { location[$0.upperBound...] } ?? location[...]
+        if rest.contains("\0") { throw bad("bucket URI", location, "it contains a NUL byte") }
+        for segment in rest.split(separator: "/") where segment == "." || segment == ".." {
+            throw bad("bucket URI", location, "it has a '\(segment)' path segment", hint: locationHint)
         }
-        if key.isEmpty { throw bad("it is empty") }
-        if key.utf8.count > 1024 { throw bad("it is longer than 1024 bytes") }
-        if key.hasPrefix("/") { throw bad("it starts with '/'") }
-        if key.contains("\0") { throw bad("it contains a NUL byte") }
-        for segment in key.split(separator: "/", omittingEmptySubsequences: false) {
-            if segment.isEmpty { throw bad("it has an empty path segment") }
-            if segment == "." || segment == ".." { throw bad("it has a '\(segment)' segment") }
+    }
+
+    static let keyHint = "Use a relative path like 'jobs/name/step-100/model.safetensors'; Capstan never resolves '.' or '..', so a key cannot reach outside its bucket."
+    static let locationHint = "Write the bucket path without '.' or '..' segments, e.g. file:///data/bucket/run/model.bin; Capstan never resolves them, so a URI cannot reach outside its bucket."
+
+    static func check(_ text: String, what: String, allowTrailingSlash: Bool) throws {
+        if text.utf8.count > 1024 { throw bad(what, text, "it is longer than 1024 bytes") }
+        if text.hasPrefix("/") { throw bad(what, text, "it starts with '/'") }
+        if text.contains("\0") { throw bad(what, text, "it contains a NUL byte") }
+        var segments = text.split(separator: "/", omittingEmptySubsequences: false)
+        if allowTrailingSlash, segments.count > 1, segments.last?.isEmpty == true { segments.removeLast() }
+        for segment in segments {
+            if segment.isEmpty { throw bad(what, text, "it has an empty path segment") }
+            if segment == "." || segment == ".." { throw bad(what, text, "it has a '\(segment)' segment") }
         }
+    }
+
+    static func bad(_ what: String, _ text: String, _ why: String, hint: String = keyHint) -> CapstanError {
+        let shown = text.replacingOccurrences(of: "\0", with: "\\0")
+        return CapstanError(.invalidRequest, "Invalid \(what) '\(shown)': \(why).", hint: hint)
+    }
+}
+
+/// Path text that never traps. Foundation's `NSString.deletingLastPathComponent` crashes the
+/// process (SIGILL) on Linux for a one-character relative path such as `y`: `storage rm` of key
+/// `y`, or `storage cp file:///bucket/k y`, died that way. Shared by the stores and the CLI.
+package enum LocalPath {
+    /// The folder holding `path`: "." for a bare name, "/" for an entry of the root.
+    package static func folder(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 }

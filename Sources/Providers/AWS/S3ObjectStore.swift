@@ -55,6 +55,7 @@ public struct S3ObjectStore: ObjectStore {
         guard location.hasPrefix("s3://") else {
             throw CapstanError(.invalidRequest, "'\(location)' is not an s3:// URI.", hint: "Use s3://bucket or s3://bucket/prefix.")
         }
+        try ObjectKey.validateLocation(location)
         let rest = location.dropFirst(5)
         let parts = rest.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
         let bucket = String(parts.first ?? "")
@@ -146,6 +147,7 @@ public struct S3ObjectStore: ObjectStore {
     }()
 
     public func list(prefix keyPrefix: String) async throws -> [ObjectInfo] {
+        try ObjectKey.validatePrefix(keyPrefix)
         var out: [ObjectInfo] = []
         var token: String?
         let full = prefix.isEmpty ? keyPrefix : prefix + "/" + keyPrefix
@@ -324,9 +326,9 @@ public struct S3ObjectStore: ObjectStore {
         guard let info = try await head(key: key) else {
             throw CapstanError(.notFound, "No object \(key) in \(location).", provider: "s3")
         }
-        let dir = (destination as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: dir.isEmpty ? "." : dir, withIntermediateDirectories: true)
-        let tmp = (dir.isEmpty ? "." : dir) + "/.capstan-get-" + UUID().uuidString
+        let dir = LocalPath.folder(of: destination)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let tmp = dir + "/.capstan-get-" + UUID().uuidString
         let fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC, 0o644)
         guard fd >= 0 else { throw CapstanError(.io, "Cannot create \(tmp): \(String(cString: strerror(errno))).") }
         var keep = false

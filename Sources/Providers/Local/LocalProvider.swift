@@ -38,6 +38,18 @@ public struct LocalProvider: ComputeProvider {
         }
 
         enum CodingKeys: String, CodingKey, CaseIterable { case slots, bootSeconds, preemptAfterSeconds, preemptNodes }
+
+        /// JSON Schema of `providers.local` in config.yaml, checked like every plugin's.
+        public static let schema: JSONValue = .object([
+            "type": .string("object"),
+            "additionalProperties": .bool(false),
+            "properties": .object([
+                "slots": .object(["type": .string("integer"), "minimum": .number(1), "maximum": .number(250), "description": .string("How many nodes may run at once (default 8).")]),
+                "bootSeconds": .object(["type": .string("number"), "minimum": .number(0), "description": .string("Seconds a new node stays pending (default 0).")]),
+                "preemptAfterSeconds": .object(["type": .string("number"), "minimum": .number(0), "description": .string("Take a node back this long after it runs, as spot does (tests, benches).")]),
+                "preemptNodes": .object(["type": .string("array"), "items": .object(["type": .string("integer")]), "description": .string("Node indices preemptAfterSeconds applies to (default: all).")]),
+            ]),
+        ])
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: AnyKey.self)
             let known = Set(CodingKeys.allCases.map(\.rawValue))

@@ -98,6 +98,7 @@ public final class PluginKitInstance: Sendable {
         }
         func store(_ location: String) throws -> any ObjectStore {
             guard let open = services.openStore else { throw CapstanError(.unsupported, "Plugin '\(name)' does not provide storage.") }
+            try ObjectKey.validateLocation(location)
             if let s = stores.withLock({ $0[location] }) { return s }
             let s = try open(location)
             stores.withLock { $0[location] = s }

@@ -34,6 +34,13 @@ public struct ProviderRegistry: Sendable {
         let config = try CapstanConfig.load(path: home.configFile)
         let discovery = PluginDiscovery.standard(home: home, extraFolders: config.plugins.paths, environment: environment)
         let entries = discovery.discover()
+        // Every provider's settings against its schema, built in or from a plugin's manifest,
+        // before any provider is created: a typo or a wrong type is an error with its line.
+        var schemas: [String: JSONValue?] = ["local": LocalProvider.Configuration.schema, "ssh": SSHProvider.Configuration.schema]
+        for entry in entries where entry.shadowedBy == nil {
+            if let library = entry.library, schemas[library.name] == nil { schemas[library.name] = library.manifest.configSchema }
+        }
+        try ConfigSchema.checkProviders(config, schemas: schemas)
         var compute: [any ComputeProvider] = []
         var instances: [String: PluginInstance] = [:]
         var problems: [Problem] = []
@@ -45,7 +52,7 @@ public struct ProviderRegistry: Sendable {
             } catch let e as CapstanError {
                 problems.append(Problem(provider: "local", error: e))
             } catch {
-                problems.append(Problem(provider: "local", error: CapstanError(.config, "providers.local is invalid: \(error).", hint: "The local provider accepts: slots (1–250).")))
+                problems.append(Problem(provider: "local", error: CapstanError(.config, "providers.local is invalid: \(PluginLibrary.describe(error)).", hint: "The local provider accepts: slots (1–250), bootSeconds.")))
             }
         }
 
@@ -57,7 +64,7 @@ public struct ProviderRegistry: Sendable {
             } catch let e as CapstanError {
                 problems.append(Problem(provider: "ssh", error: e))
             } catch {
-                problems.append(Problem(provider: "ssh", error: CapstanError(.config, "providers.ssh is invalid: \(error).", hint: "providers.ssh takes user, key, checkSeconds and hosts: [{address, name, privateAddress, port, user, key, gpu, gpus, interface, workRoot, labels}].")))
+                problems.append(Problem(provider: "ssh", error: CapstanError(.config, "providers.ssh is invalid: \(PluginLibrary.describe(error)).", hint: "providers.ssh takes user, key, checkSeconds and hosts: [{address, name, privateAddress, port, user, key, gpu, gpus, interface, workRoot, labels}].")))
             }
         }
 

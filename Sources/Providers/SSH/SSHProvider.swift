@@ -81,6 +81,30 @@ public struct SSHProvider: ComputeProvider {
         }
 
         enum CodingKeys: String, CodingKey, CaseIterable { case hosts, user, key, checkSeconds }
+
+        /// JSON Schema of `providers.ssh` in config.yaml, checked like every plugin's.
+        public static let schema: JSONValue = {
+            func type(_ t: String) -> JSONValue { .object(["type": .string(t)]) }
+            let host: JSONValue = .object([
+                "type": .string("object"), "additionalProperties": .bool(false), "required": .array([.string("address")]),
+                "properties": .object([
+                    "name": type("string"), "address": type("string"), "privateAddress": type("string"),
+                    "port": .object(["type": .string("integer"), "minimum": .number(1), "maximum": .number(65535)]),
+                    "user": type("string"), "key": type("string"), "gpu": type("string"),
+                    "gpus": .object(["type": .string("integer"), "minimum": .number(0)]),
+                    "interface": type("string"), "workRoot": type("string"),
+                    "labels": .object(["type": .string("object"), "additionalProperties": type("string")]),
+                ]),
+            ])
+            return .object([
+                "type": .string("object"), "additionalProperties": .bool(false),
+                "properties": .object([
+                    "hosts": .object(["type": .string("array"), "items": host]),
+                    "user": type("string"), "key": type("string"),
+                    "checkSeconds": .object(["type": .string("integer"), "minimum": .number(1)]),
+                ]),
+            ])
+        }()
         public init(from decoder: any Decoder) throws {
             try SSHProvider.rejectUnknown(decoder, CodingKeys.allCases.map(\.rawValue), in: "providers.ssh")
             let c = try decoder.container(keyedBy: CodingKeys.self)

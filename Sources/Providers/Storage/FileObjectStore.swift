@@ -15,8 +15,14 @@ import Darwin
 /// `.capstan-meta/<key>.json`; in-flight writes in `.capstan-tmp/`. Both dot-folders are never
 /// listed. A checksum sidecar is removed before an object is replaced and written after, so a
 /// crash can leave an object with an unknown checksum, never with a wrong one.
+///
+/// No key reaches outside `root`: keys and the root itself are checked by ``ObjectKey`` (no `.`
+/// or `..`), and every path is resolved (symbolic links followed) and refused unless it lies
+/// under the root's real path.
 public struct FileObjectStore: ObjectStore {
     public let root: String
+    /// `root` with every symbolic link resolved: what each object path must lie under.
+    let realRoot: String
     /// Bytes per read/write while streaming.
     public var bufferSize = 4 << 20
 
@@ -25,12 +31,22 @@ public struct FileObjectStore: ObjectStore {
         guard expanded.hasPrefix("/") else {
             throw CapstanError(.invalidRequest, "A file bucket needs an absolute path, got '\(root)'.", hint: "Use file:///absolute/path.")
         }
+        try ObjectKey.validateLocation(expanded)
         self.root = expanded
         do {
             try FileManager.default.createDirectory(atPath: expanded, withIntermediateDirectories: true)
-            try FileManager.default.createDirectory(atPath: tmpFolder, withIntermediateDirectories: true)
         } catch {
             throw CapstanError(.io, "Cannot create the bucket folder \(expanded): \(error.localizedDescription)", hint: "Check that the path is writable.")
+        }
+        guard let real = realpath(expanded, nil) else {
+            throw CapstanError(.io, "Cannot resolve the bucket folder \(expanded): \(String(cString: strerror(errno))).", hint: "Check that the path is a folder you can read.")
+        }
+        realRoot = String(cString: real)
+        free(real)
+        do {
+            try FileManager.default.createDirectory(atPath: tmpFolder, withIntermediateDirectories: true)
+        } catch {
+            throw CapstanError(.io, "Cannot create the bucket folder \(tmpFolder): \(error.localizedDescription)", hint: "Check that the path is writable.")
         }
     }
 
@@ -47,8 +63,33 @@ public struct FileObjectStore: ObjectStore {
 
     public var location: String { "file://" + root }
     var tmpFolder: String { root + "/.capstan-tmp" }
-    func objectPath(_ key: String) -> String { root + "/" + key }
-    func metaPath(_ key: String) -> String { root + "/.capstan-meta/" + key + ".json" }
+    /// Where `key` lives; throws unless that resolves inside the bucket.
+    func objectPath(_ key: String) throws -> String { try inside(root + "/" + key) }
+    func metaPath(_ key: String) throws -> String { try inside(root + "/.capstan-meta/" + key + ".json") }
+
+    /// `path` (a path under `root`) when it resolves inside the bucket: its deepest existing
+    /// ancestor, symbolic links followed, must be the root's real path or below it. A link in
+    /// the bucket that points elsewhere cannot be used to read, write or delete there.
+    func inside(_ path: String) throws -> String {
+        var probe = path
+        while true {
+            if let r = realpath(probe, nil) {
+                let real = String(cString: r)
+                free(r)
+                guard real == realRoot || real.hasPrefix(realRoot == "/" ? "/" : realRoot + "/") else {
+                    throw CapstanError(
+                        .invalidRequest, "Refused \(path): it resolves to \(real), outside the bucket \(location).",
+                        hint: "A symbolic link inside the bucket points out of it; remove the link or copy the data into the bucket.")
+                }
+                return path
+            }
+            let parent = LocalPath.folder(of: probe)
+            guard parent != probe, parent != "." else {
+                throw CapstanError(.io, "Cannot resolve \(path) in \(location).", hint: "Check that the bucket folder \(root) exists.")
+            }
+            probe = parent
+        }
+    }
 
     struct Sidecar: Codable {
         var size: Int64
@@ -65,10 +106,11 @@ public struct FileObjectStore: ObjectStore {
         if let expected = options.expectedSHA256, expected.lowercased() != digest {
             throw CapstanError(.invalidRequest, "Upload of \(path) to \(key) refused: its SHA-256 is \(digest), expected \(expected).", hint: "The file changed while it was being uploaded; write it again and retry.")
         }
-        let dest = objectPath(key)
+        let dest = try objectPath(key)
+        let meta = try metaPath(key)
         try makeParent(of: dest)
-        try makeParent(of: metaPath(key))
-        unlink(metaPath(key))
+        try makeParent(of: meta)
+        unlink(meta)
         if options.ifNoneMatch {
             // link(2) fails atomically if the key exists: S3's If-None-Match: *.
             if link(tmp, dest) != 0 {
@@ -82,7 +124,7 @@ public struct FileObjectStore: ObjectStore {
             throw ioError("store \(key)", errno)
         }
         let sidecar = Sidecar(size: size, sha256: digest, metadata: options.metadata)
-        try writeAtomically(try PluginWire.encoder.encode(sidecar), to: metaPath(key))
+        try writeAtomically(try PluginWire.encoder.encode(sidecar), to: meta)
         return ObjectInfo(key: key, size: size, sha256: digest, etag: digest, lastModified: modified(dest), metadata: options.metadata)
     }
 
@@ -91,11 +133,11 @@ public struct FileObjectStore: ObjectStore {
         guard let info = try await head(key: key) else {
             throw CapstanError(.notFound, "No object \(key) in \(location).")
         }
-        let dir = (path as NSString).deletingLastPathComponent
-        try makeFolder(dir.isEmpty ? "." : dir)
-        let tmp = (dir.isEmpty ? "." : dir) + "/.capstan-get-" + UUID().uuidString
+        let dir = LocalPath.folder(of: path)
+        try makeFolder(dir)
+        let tmp = dir + "/.capstan-get-" + UUID().uuidString
         defer { unlink(tmp) }
-        let (size, digest) = try copyHashing(from: objectPath(key), to: tmp, progress: progress)
+        let (size, digest) = try copyHashing(from: try objectPath(key), to: tmp, progress: progress)
         if let expected = info.sha256, expected != digest {
             throw CapstanError(.io, "Object \(key) in \(location) is corrupt: its SHA-256 is \(digest), the recorded one is \(expected).", hint: "Restore it from another copy; Capstan will not use it.")
         }
@@ -108,18 +150,19 @@ public struct FileObjectStore: ObjectStore {
 
     public func head(key: String) async throws -> ObjectInfo? {
         try ObjectKey.validate(key)
-        let p = objectPath(key)
+        let p = try objectPath(key), meta = try metaPath(key)
         var st = stat()
         guard stat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
-        let sidecar = (try? Data(contentsOf: URL(fileURLWithPath: metaPath(key)))).flatMap { try? PluginWire.decoder.decode(Sidecar.self, from: $0) }
+        let sidecar = (try? Data(contentsOf: URL(fileURLWithPath: meta))).flatMap { try? PluginWire.decoder.decode(Sidecar.self, from: $0) }
         let trusted = sidecar.flatMap { $0.size == Int64(st.st_size) ? $0 : nil }
         return ObjectInfo(key: key, size: Int64(st.st_size), sha256: trusted?.sha256, etag: trusted?.sha256, lastModified: modified(p), metadata: trusted?.metadata ?? [:])
     }
 
     public func list(prefix: String) async throws -> [ObjectInfo] {
+        try ObjectKey.validatePrefix(prefix)
         // Walk only below the deepest folder the prefix names.
-        let folderPart = prefix.contains("/") ? String(prefix[..<prefix.lastIndex(of: "/")!]) : ""
-        let start = folderPart.isEmpty ? root : root + "/" + folderPart
+        let folderPart = prefix.lastIndex(of: "/").map { String(prefix[..<$0]) } ?? ""
+        let start = try inside(folderPart.isEmpty ? root : root + "/" + folderPart)
         guard let walker = FileManager.default.enumerator(atPath: start) else { return [] }
         var out: [ObjectInfo] = []
         while let rel = walker.nextObject() as? String {
@@ -140,14 +183,17 @@ public struct FileObjectStore: ObjectStore {
 
     public func delete(key: String) async throws {
         try ObjectKey.validate(key)
-        unlink(metaPath(key))
-        if unlink(objectPath(key)) != 0, errno != ENOENT { throw ioError("delete \(key)", errno) }
-        // Prune folders the delete emptied (rmdir fails harmlessly on non-empty ones).
-        var dir = (key as NSString).deletingLastPathComponent
-        while !dir.isEmpty {
+        let object = try objectPath(key), meta = try metaPath(key)
+        unlink(meta)
+        if unlink(object) != 0, errno != ENOENT { throw ioError("delete \(key)", errno) }
+        // Prune folders the delete emptied (rmdir fails harmlessly on non-empty ones); a
+        // validated key has no empty, `.` or `..` segment, so this stays inside the bucket.
+        var segments = key.split(separator: "/").dropLast()
+        while !segments.isEmpty {
+            let dir = segments.joined(separator: "/")
             rmdir(root + "/" + dir)
             rmdir(root + "/.capstan-meta/" + dir)
-            dir = (dir as NSString).deletingLastPathComponent
+            segments.removeLast()
         }
     }
 
@@ -205,7 +251,7 @@ public struct FileObjectStore: ObjectStore {
         if rename(tmp, path) != 0 { let e = errno; unlink(tmp); throw ioError("write \(path)", e) }
     }
 
-    func makeParent(of path: String) throws { try makeFolder((path as NSString).deletingLastPathComponent) }
+    func makeParent(of path: String) throws { try makeFolder(LocalPath.folder(of: path)) }
 
     func makeFolder(_ dir: String) throws {
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
