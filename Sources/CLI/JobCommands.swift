@@ -14,7 +14,8 @@ extension GlobalOptions {
         let ssh = SSHTransport(client: SSHClient(folder: registry.home.path("ssh")), agentBinary: remoteAgent, clusterKeys: ClusterKeys(folder: registry.home.path("ssh/clusters")))
         let context = JobContext(
             home: registry.home, store: provisioner.store, provisioner: provisioner, search: offerSearch(registry, store: provisioner.store),
-            transports: [LocalTransport(agentExecutable: exe), ssh], openBucket: { try registry.store(for: $0) }, logger: logger)
+            transports: [LocalTransport(agentExecutable: exe), ssh], openBucket: { try registry.store(for: $0) },
+            bucketAccess: { try registry.bucketAccess(for: $0) }, logger: logger)
         return JobService(context: context, agentExecutable: exe, defaultStorage: registry.config.storage.defaultLocation)
     }
 
@@ -110,8 +111,8 @@ struct JobsCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let service = try global.jobs()
-            let jobs = try service.context.store.jobs(includeFinished: !running)
-            for j in jobs where !j.status.isFinished { try service.ensureController(j.id) }
+            // Every unfinished job, not only those on the page listed below.
+            for j in try service.context.store.unfinishedJobs() { try service.ensureController(j.id) }
             let fresh = try service.context.store.jobs(includeFinished: !running)
             if global.json { try printJSON(fresh); return }
             if fresh.isEmpty { print("No jobs. Start one with: capstan launch job.yaml"); return }
@@ -222,24 +223,50 @@ struct CancelCommand: AsyncParsableCommand {
 }
 
 struct CheckpointsCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "checkpoints", abstract: "List a job's checkpoints in its bucket, each verified against its manifest.")
+    static let configuration = CommandConfiguration(
+        commandName: "checkpoints", abstract: "List a job's checkpoints in its bucket, each checked against its manifest.",
+        discussion: """
+            VERIFIED compares each file's size and the SHA-256 the store recorded at upload with the
+            manifest (cheap: no download). --verify downloads every file and hashes its bytes, and
+            reports each checkpoint OK or CORRUPT; it exits 1 if any is corrupt.
+            """)
     @OptionGroup var global: GlobalOptions
     @Argument(help: "Job id or name.") var job: String
+    @Flag(help: "Download and re-hash every file of every checkpoint against its manifest.") var verify = false
 
     func run() async throws {
         try await reportingErrors {
             let service = try global.jobs()
             let j = try requireJob(service, job)
+            if verify { try await verifyAll(service, j); return }
             let list = try await service.checkpoints(j.id)
             if global.json { try printJSON(list); return }
             if list.isEmpty { print("No committed checkpoints for \(j.id) in \(j.storage)/checkpoints."); return }
             var table = TextTable(header: ["STEP", "ATTEMPT", "SIZE", "CREATED", "VERIFIED", "LOCATION"], rightAligned: [0, 1, 2])
             let f = ISO8601DateFormatter()
             for c in list {
-                table.rows.append(["\(c.step)", c.attempt.map(String.init) ?? "-", c.bytes.map(humanBytes) ?? "-", c.createdAt.map { f.string(from: $0) } ?? "-", c.verified ? "yes" : "NO (damaged; never used)", c.location])
+                let verified = c.corrupt != nil ? "CORRUPT (recorded; never used)" : c.verified ? "yes" : "NO (damaged; never used)"
+                table.rows.append(["\(c.step)", c.attempt.map(String.init) ?? "-", c.bytes.map(humanBytes) ?? "-", c.createdAt.map { f.string(from: $0) } ?? "-", verified, c.location])
+            }
+            print(table.render())
+            for c in list { if let why = c.corrupt { print("step \(c.step): \(why)") } }
+        }
+    }
+
+    func verifyAll(_ service: JobService, _ j: JobRecord) async throws {
+        let checks = try await service.verifyCheckpoints(j.id)
+        if global.json {
+            try printJSON(checks)
+        } else if checks.isEmpty {
+            print("No committed checkpoints for \(j.id) in \(j.storage)/checkpoints.")
+        } else {
+            var table = TextTable(header: ["STEP", "ATTEMPT", "SIZE", "RESULT"], rightAligned: [0, 1, 2])
+            for c in checks {
+                table.rows.append(["\(c.step)", c.attempt.map(String.init) ?? "-", c.bytes.map(humanBytes) ?? "-", c.ok ? "OK" : "CORRUPT: \(c.reason ?? "?")"])
             }
             print(table.render())
         }
+        if checks.contains(where: { !$0.ok }) { throw ExitCode(1) }
     }
 }
 
@@ -248,6 +275,7 @@ struct AgentCommand: AsyncParsableCommand {
         commandName: "agent", abstract: "Run one node's part of a job attempt (the controller starts this on every node).",
         discussion: "Reads the attempt's config (JSON) and works until the command has ended and its uploads are done. Buckets are opened with the built-in clients (file://, s3://), so a bare node needs no plugins.")
     @Option(help: "The attempt's agent config (agent.json).") var config: String
+    @Flag(help: "Read the bucket's access (credentials included) as JSON from stdin, as the controller sends it.") var secretsStdin = false
 
     func run() async throws {
         try await reportingErrors {
@@ -255,12 +283,32 @@ struct AgentCommand: AsyncParsableCommand {
                 throw CapstanError(.invalidRequest, "Cannot read agent config \(config).")
             }
             let cfg = try PluginWire.decoder.decode(AgentConfig.self, from: data)
+            var secrets = AgentSecrets()
+            if secretsStdin {
+                let input = FileHandle.standardInput.readDataToEndOfFile()
+                if !input.isEmpty {
+                    do { secrets = try PluginWire.decoder.decode(AgentSecrets.self, from: input) } catch {
+                        NodeAgent.reportStartFailure(config: cfg, secrets: secrets, "the agent's stdin is not the controller's secrets (\(input.count) bytes): \(type(of: error))")
+                        throw ExitCode(1)
+                    }
+                }
+            }
             let home = CapstanHome.fromEnvironment()
             let bucket: any ObjectStore
-            do { bucket = try ProviderRegistry.builtInStore(for: cfg.bucket, home: home) } catch let e as CapstanError where e.code == .unsupported {
-                bucket = try ProviderRegistry.load(home: home).store(for: cfg.bucket)
+            do {
+                if let access = secrets.bucket {
+                    bucket = try access.open(home: home)
+                } else {
+                    do { bucket = try ProviderRegistry.builtInStore(for: cfg.bucket, home: home) } catch let e as CapstanError where e.code == .unsupported {
+                        bucket = try ProviderRegistry.load(home: home).store(for: cfg.bucket)
+                    }
+                }
+            } catch {
+                // Said where the controller reads it (status.json, node.log), then here.
+                NodeAgent.reportStartFailure(config: cfg, secrets: secrets, "cannot open the bucket \(cfg.bucket): \(error)")
+                throw error
             }
-            _ = await NodeAgent(config: cfg, bucket: bucket, faults: .fromEnvironment()).run(asAgentProcess: true)
+            _ = await NodeAgent(config: cfg, bucket: bucket, secrets: secrets, faults: .fromEnvironment()).run(asAgentProcess: true)
         }
     }
 }

@@ -25,6 +25,22 @@ struct SpawnTests {
         #expect(throws: CapstanError.self) { try Spawn.runBlocking(["/nonexistent/tool"], streams: .init(), timeout: 5) }
     }
 
+    @Test("small input reaches the child through a pipe, not a file: its stdin is a FIFO, and start(input:) feeds a detached child")
+    func pipedInput() async throws {
+        let captured = try Spawn.runCapturing(["/bin/sh", "-c", "readlink /proc/self/fd/0; cat"], input: Data("secret-ish\n".utf8), timeout: 30)
+        let lines = String(decoding: captured.stdout, as: UTF8.self).split(separator: "\n")
+        #expect(lines.first?.hasPrefix("pipe:") == true && lines.last == "secret-ish", "\(lines)")
+        let out = temp("out")
+        defer { unlink(out) }
+        let pid = try Spawn.start(["/bin/sh", "-c", "readlink /proc/self/fd/0; cat"], environment: ["PATH": "/usr/bin:/bin"], output: out, input: Data("for the agent\n".utf8))
+        #expect(await Spawn.wait(pid) == .exited(0))
+        let text = try String(contentsOfFile: out, encoding: .utf8)
+        #expect(text.hasPrefix("pipe:") && text.hasSuffix("for the agent\n"), "\(text)")
+        // Bigger input still works (through a 0600 temporary file).
+        let big = Data(repeating: 65, count: 100_000)
+        #expect(try Spawn.runCapturing(["/bin/sh", "-c", "wc -c"], input: big, timeout: 30).stdout == Data("100000\n".utf8))
+    }
+
     @Test("runBlocking: past its timeout the child is stopped and timedOut is set")
     func timeout() throws {
         let r = try Spawn.runBlocking(["/bin/sleep", "30"], streams: .init(), timeout: 0.3)

@@ -124,4 +124,38 @@ struct CheckpointTests {
         #expect(!keys.contains { $0.contains("step-1/") || $0.contains("step-2/") })
         #expect(try await cs.retain(keep: 2).isEmpty)
     }
+
+    @Test("a byte flipped under a manifest: the recorded checksums still match, restore says which step is corrupt, check() re-hashes, a recorded one is skipped")
+    func flippedByte() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cs = try store(dir)
+        for step in [20, 30] {
+            try await cs.uploadPart(folder: checkpoint(dir, node: 0, step: step), step: step, node: 0)
+            _ = try await cs.commit(step: step, job: "j1", attempt: 1, nodes: 1)
+        }
+        // Bit rot in the bucket: same size, so size and recorded SHA-256 still agree.
+        let object = dir.file("bucket/jobs/j1/checkpoints/step-30/attempt-1/node-0/optimizer/state.pt")
+        let h = try #require(FileHandle(forUpdatingAtPath: object))
+        try h.seek(toOffset: 10)
+        h.write(Data("X".utf8))
+        try h.close()
+        let m = try #require(try await cs.latestVerified())
+        #expect(m.step == 30)  // the cheap check cannot see it
+        let e = await #expect(throws: CorruptCheckpoint.self) { try await cs.restore(m, node: 0, into: dir.file("resume")) }
+        #expect(e?.step == 30 && e?.reason.contains("optimizer/state.pt") == true && e?.reason.contains("SHA-256") == true)
+        #expect(CheckpointStore.isCorruption(e!))
+        #expect(!CheckpointStore.isCorruption(CapstanError(.transient, "connection reset")))
+        // The real re-hash.
+        let bad = try await cs.check(step: 30, scratch: dir.file("scratch"))
+        #expect(!bad.ok && bad.reason?.contains("state.pt") == true && bad.attempt == 1)
+        let good = try await cs.check(step: 20, scratch: dir.file("scratch"))
+        #expect(good.ok && good.reason == nil && good.bytes == Int64("weights 0 20".count + 1020))
+        #expect(try await cs.check(step: 99, scratch: dir.file("scratch")).ok == false)
+        // Recorded, it is skipped by every later choice; its files stay.
+        try await cs.markCorrupt(e!)
+        #expect(try await cs.corruptSteps() == [30])
+        #expect(try await cs.corruption(step: 30)?.reason == e?.reason)
+        #expect(try await cs.latestVerified()?.step == 20)
+        #expect(try await cs.committedSteps() == [20, 30])
+    }
 }

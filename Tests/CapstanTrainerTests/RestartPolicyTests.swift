@@ -47,6 +47,25 @@ struct RestartPolicyTests {
         if case .restart = RestartPolicy.decide(failure: f, previous: nil, progressed: true, restartsUsed: 0, maxRestarts: 0) { Issue.record("maxRestarts 0 must not restart") }
     }
 
+    @Test("a corrupt checkpoint restarts (from an older one) whatever restarts are left, and does not count as one")
+    func corruptCheckpoint() {
+        let f = AttemptFailure(kind: .corruptCheckpoint, node: 0, message: "checkpoint step 30 is corrupt")
+        #expect(RestartPolicy.decide(failure: f, previous: f, progressed: false, restartsUsed: 3, maxRestarts: 3) == .restart(replace: []))
+        #expect(!f.countsAsRestart && AttemptFailure(kind: .agent, node: 0, message: "x").countsAsRestart)
+    }
+
+    @Test("an agent that cannot start is retried once; the same start-up error twice ends the job")
+    func startup() {
+        let f = AttemptFailure(kind: .startup, node: 0, message: "cannot write to the bucket: AccessDenied")
+        #expect(RestartPolicy.decide(failure: f, previous: nil, progressed: false, restartsUsed: 0, maxRestarts: 3) == .restart(replace: []))
+        guard case .giveUp(let why) = RestartPolicy.decide(failure: f, previous: f, progressed: false, restartsUsed: 1, maxRestarts: 3) else {
+            Issue.record("expected give up"); return
+        }
+        #expect(why.contains("AccessDenied") && why.contains("twice"))
+        let other = AttemptFailure(kind: .startup, node: 0, message: "bucket unreachable")
+        #expect(RestartPolicy.decide(failure: other, previous: f, progressed: false, restartsUsed: 1, maxRestarts: 3) == .restart(replace: []))
+    }
+
     @Test("torchrun's failure summary names the signal that killed a worker")
     func torchrunSummary() {
         let log = """

@@ -56,6 +56,8 @@ public enum Spawn {
         public var stderr: String?
         /// Append to the output files (else truncate). Files are created 0600.
         public var append: Bool
+        /// A descriptor to read stdin from instead of `stdin` (a pipe holding `input`).
+        var stdinFD: Int32?
 
         public init(stdin: String? = nil, stdout: String? = nil, stderr: String? = nil, append: Bool = true) {
             self.stdin = stdin
@@ -72,6 +74,44 @@ public enum Spawn {
         try spawn(argv, environment: environment, cwd: cwd, streams: Streams(stdout: output), newSession: true)
     }
 
+    /// ``start(_:environment:cwd:output:)`` with `input` on the child's stdin, through a pipe
+    /// (never a file: it may hold credentials). `input` must fit the pipe's buffer (64 KiB).
+    public static func start(_ argv: [String], environment: [String: String], cwd: String? = nil, output: String? = nil, input: Data) throws -> pid_t {
+        let fd = try pipeHolding(input)
+        defer { close(fd) }
+        var streams = Streams(stdout: output)
+        streams.stdinFD = fd
+        return try spawn(argv, environment: environment, cwd: cwd, streams: streams, newSession: true)
+    }
+
+    /// Input up to this size goes to a child through a pipe, written whole before it starts.
+    static let pipedInputLimit = 60_000
+
+    /// The read end of a pipe (close-on-exec) that holds `data` and is closed for writing.
+    static func pipeHolding(_ data: Data) throws -> Int32 {
+        guard data.count <= pipedInputLimit else {
+            throw CapstanError(.invalidRequest, "Input of \(data.count) bytes is too big for a pipe written before the child starts (at most \(pipedInputLimit)).")
+        }
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw CapstanError(.io, "Cannot make a pipe: \(String(cString: strerror(errno))).") }
+        defer { close(fds[1]) }
+        // Children started by anything else meanwhile do not inherit it (pipe2 is not imported).
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var written = 0
+        try data.withUnsafeBytes { (buf: UnsafeRawBufferPointer) in
+            while written < buf.count {
+                let n = write(fds[1], buf.baseAddress! + written, buf.count - written)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    close(fds[0])
+                    throw CapstanError(.io, "Cannot write to a pipe: \(String(cString: strerror(errno))).")
+                }
+                written += n
+            }
+        }
+        return fds[0]
+    }
+
     /// Starts `argv` with `streams`; `newSession`: its own session and process group (no
     /// controlling terminal), else its own process group only. Nothing but fds 0–2 is inherited.
     public static func spawn(_ argv: [String], environment: [String: String], cwd: String? = nil, streams: Streams, newSession: Bool) throws -> pid_t {
@@ -79,7 +119,11 @@ public enum Spawn {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, streams.stdin ?? "/dev/null", O_RDONLY, 0)
+        if let fd = streams.stdinFD {
+            posix_spawn_file_actions_adddup2(&actions, fd, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, streams.stdin ?? "/dev/null", O_RDONLY, 0)
+        }
         let mode = O_WRONLY | O_CREAT | (streams.append ? O_APPEND : O_TRUNC)
         posix_spawn_file_actions_addopen(&actions, 1, streams.stdout ?? "/dev/null", mode, 0o600)
         if let err = streams.stderr {
@@ -168,23 +212,34 @@ public enum Spawn {
     }
 
     /// ``runBlocking(_:environment:streams:timeout:)`` with stdin from `input` (or the file
-    /// `stdinFile`, or /dev/null) and stdout and stderr collected. Through temporary files, not
-    /// pipes: a child that leaves a daemon behind holding them (ssh's ControlPersist master)
-    /// would keep a pipe from ever reaching end-of-file.
+    /// `stdinFile`, or /dev/null) and stdout and stderr collected. The output goes through
+    /// temporary files, not pipes: a child that leaves a daemon behind holding them (ssh's
+    /// ControlPersist master) would keep a pipe from ever reaching end-of-file. `input` up to
+    /// 60,000 bytes goes through a pipe written whole before the child starts (so nothing
+    /// waits on its reader, and credentials in it never touch the disk); bigger input, through
+    /// a temporary file (0600).
     public static func runCapturing(_ argv: [String], environment: [String: String]? = nil, input: Data? = nil, stdinFile: String? = nil, timeout: Double) throws -> Captured {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-run-\(UUID().uuidString)").path
         defer {
             for f in [".out", ".err", ".in"] { unlink(base + f) }
         }
-        var stdin = stdinFile
-        if stdin == nil, let input {
-            guard FileManager.default.createFile(atPath: base + ".in", contents: input, attributes: [.posixPermissions: 0o600]) else {
-                throw CapstanError(.io, "Cannot create temporary files in \(FileManager.default.temporaryDirectory.path).")
+        var streams = Streams(stdin: stdinFile, stdout: base + ".out", stderr: base + ".err", append: false)
+        var piped: Int32?
+        defer { if let piped { close(piped) } }
+        if stdinFile == nil, let input {
+            if input.count <= pipedInputLimit {
+                // Small input (credentials among it) goes through a pipe, never a file.
+                piped = try pipeHolding(input)
+                streams.stdinFD = piped
+            } else {
+                guard FileManager.default.createFile(atPath: base + ".in", contents: input, attributes: [.posixPermissions: 0o600]) else {
+                    throw CapstanError(.io, "Cannot create temporary files in \(FileManager.default.temporaryDirectory.path).")
+                }
+                streams.stdin = base + ".in"
             }
-            stdin = base + ".in"
         }
-        if let stdin, !FileManager.default.isReadableFile(atPath: stdin) { throw CapstanError(.io, "Cannot read \(stdin).") }
-        let (status, timedOut) = try runBlocking(argv, environment: environment, streams: Streams(stdin: stdin, stdout: base + ".out", stderr: base + ".err", append: false), timeout: timeout)
+        if let stdin = streams.stdin, !FileManager.default.isReadableFile(atPath: stdin) { throw CapstanError(.io, "Cannot read \(stdin).") }
+        let (status, timedOut) = try runBlocking(argv, environment: environment, streams: streams, timeout: timeout)
         return Captured(status: status, timedOut: timedOut,
                         stdout: FileManager.default.contents(atPath: base + ".out") ?? Data(),
                         stderr: FileManager.default.contents(atPath: base + ".err") ?? Data())

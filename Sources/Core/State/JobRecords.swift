@@ -222,11 +222,26 @@ extension StateStore {
         }
     }
 
+    /// The newest `limit` jobs, or, without `includeFinished`, the newest `limit` unfinished
+    /// ones: the status is filtered in the query, so unfinished jobs are never pushed out of
+    /// the page by newer finished ones.
     public func jobs(includeFinished: Bool = true, limit: Int = 100) throws -> [JobRecord] {
         try read { db in
-            try JobRecord.order(Column("createdAt").desc).limit(limit).fetchAll(db).filter { includeFinished || !$0.status.isFinished }
+            var query = JobRecord.all()
+            if !includeFinished { query = query.filter(!Self.finishedStatuses.contains(Column("status"))) }
+            return try query.order(Column("createdAt").desc).limit(limit).fetchAll(db)
         }
     }
+
+    /// Every job that is not finished, oldest first, however many jobs there are (what a
+    /// controller must be re-attached to).
+    public func unfinishedJobs() throws -> [JobRecord] {
+        try read { db in
+            try JobRecord.filter(!Self.finishedStatuses.contains(Column("status"))).order(Column("createdAt")).fetchAll(db)
+        }
+    }
+
+    static var finishedStatuses: [String] { JobStatus.allCases.filter(\.isFinished).map(\.rawValue) }
 
     // MARK: - Attempts
 

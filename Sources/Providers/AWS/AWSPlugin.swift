@@ -36,21 +36,35 @@ public enum AWSPlugin {
             do { settings = try config.decode(AWSSettings.self) } catch {
                 throw CapstanError(.config, "providers.aws is invalid: \(error).", hint: "See `capstan plugins inspect aws`.")
             }
-            var environment = ProcessInfo.processInfo.environment
-            if let file = settings.credentialsFile {
-                environment["AWS_SHARED_CREDENTIALS_FILE"] = (file as NSString).expandingTildeInPath
-                environment["AWS_ACCESS_KEY_ID"] = nil
-                environment["AWS_SECRET_ACCESS_KEY"] = nil
-            }
-            let chain = AWSCredentialChain(environment: environment, profile: settings.profile)
+            let chain = settings.credentialChain()
             let credentials = try chain.credentials()
             let region = chain.region()
             logger.debug("aws plugin ready", metadata: ["regions": "\(settings.regions ?? [region ?? "default"])"])
             let compute = try EC2ComputeProvider(settings: settings, credentials: credentials, defaultRegion: region)
             return PluginServices(compute: compute, openStore: { location in
-                try S3ObjectStore(location: location, credentials: credentials, configuration: S3Configuration(
-                    endpoint: settings.s3Endpoint ?? ProcessInfo.processInfo.environment["AWS_ENDPOINT_URL_S3"],
-                    region: region ?? "us-east-1", pathStyle: settings.s3PathStyle))
+                try S3ObjectStore(location: location, credentials: credentials, configuration: settings.s3Configuration(region: region))
             })
         })
+}
+
+extension AWSSettings {
+    /// The credential chain these settings select: `credentialsFile` replaces
+    /// `~/.aws/credentials` (and the environment's keys), `profile` picks the profile.
+    public func credentialChain(environment: [String: String] = ProcessInfo.processInfo.environment) -> AWSCredentialChain {
+        var environment = environment
+        if let file = credentialsFile {
+            environment["AWS_SHARED_CREDENTIALS_FILE"] = (file as NSString).expandingTildeInPath
+            environment["AWS_ACCESS_KEY_ID"] = nil
+            environment["AWS_SECRET_ACCESS_KEY"] = nil
+            environment["AWS_SESSION_TOKEN"] = nil
+        }
+        return AWSCredentialChain(environment: environment, profile: profile)
+    }
+
+    /// Where S3 answers: `s3Endpoint`, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, else AWS
+    /// in `region`; path-style as `s3PathStyle` says (default: with a custom endpoint).
+    public func s3Configuration(region: String?, environment: [String: String] = ProcessInfo.processInfo.environment, uploadStateFolder: String? = nil) -> S3Configuration {
+        let endpoint = s3Endpoint ?? [environment["AWS_ENDPOINT_URL_S3"], environment["AWS_ENDPOINT_URL"]].compactMap { $0 }.first { !$0.isEmpty }
+        return S3Configuration(endpoint: endpoint, region: region ?? "us-east-1", pathStyle: s3PathStyle, uploadStateFolder: uploadStateFolder)
+    }
 }

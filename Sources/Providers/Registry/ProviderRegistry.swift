@@ -127,12 +127,36 @@ public struct ProviderRegistry: Sendable {
         let scheme = try scheme(of: location)
         if scheme == "file" { return try FileObjectStore(location: location) }
         if scheme == "s3" {
-            let chain = AWSCredentialChain(environment: environment)
-            return try S3ObjectStore(location: location, credentials: chain.credentials(), configuration: S3Configuration(
-                endpoint: environment["AWS_ENDPOINT_URL_S3"] ?? environment["AWS_ENDPOINT_URL"], region: chain.region() ?? "us-east-1",
-                uploadStateFolder: home.path("uploads")))
+            let chain = AWSSettings().credentialChain(environment: environment)
+            return try S3ObjectStore(location: location, credentials: chain.credentials(), configuration: AWSSettings().s3Configuration(
+                region: chain.region(), environment: environment, uploadStateFolder: home.path("uploads")))
         }
         throw CapstanError(.unsupported, "No enabled storage plugin serves '\(scheme)://' buckets.", hint: "Install and enable the plugin for it; see `capstan plugins list`.")
+    }
+
+    /// How a node's agent opens the bucket at `location` exactly as ``store(for:)`` does here:
+    /// the S3 settings (endpoint, region, path style) and credentials resolved once, from
+    /// `providers.aws` in config.yaml (`credentialsFile`, `profile`, `s3Endpoint`,
+    /// `s3PathStyle`) when the aws plugin serves `s3://`, else from the standard AWS chain
+    /// (environment, `~/.aws` profiles, `AWS_ENDPOINT_URL_S3`). Nil for a scheme only a
+    /// plugin serves (the agent then opens it itself). Throws when there are no credentials.
+    public func bucketAccess(for location: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> BucketAccess? {
+        let scheme = try Self.scheme(of: location)
+        if scheme == "file" { return BucketAccess(location: location) }
+        guard scheme == "s3" else { return nil }
+        var settings = AWSSettings()
+        if let server = instances.values.sorted(by: { $0.name < $1.name }).first(where: { ($0.library.manifest.storageSchemes ?? []).contains(scheme) }) {
+            guard server.name == "aws" else { return nil }
+            do { settings = try config.providerConfig("aws").decode(AWSSettings.self) } catch {
+                throw CapstanError(.config, "providers.aws is invalid: \(error).", hint: "See `capstan plugins inspect aws`.", provider: "aws")
+            }
+        }
+        let chain = settings.credentialChain(environment: environment)
+        let credentials = try chain.credentials()
+        let s3 = settings.s3Configuration(region: chain.region(), environment: environment)
+        return BucketAccess(location: location, s3: BucketAccess.S3(
+            endpoint: s3.endpoint, region: s3.region, pathStyle: s3.pathStyle, accessKeyID: credentials.accessKeyID,
+            secretAccessKey: credentials.secretAccessKey, sessionToken: credentials.sessionToken))
     }
 
     /// The lower-cased scheme of a bucket URI (`s3` of `s3://bucket/prefix`).

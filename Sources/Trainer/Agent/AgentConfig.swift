@@ -1,9 +1,10 @@
 import CapstanCore
+public import CapstanProviders
 import Foundation
 
 /// What the controller tells one node's agent to do for one attempt (written as JSON next to
 /// the agent's state; `capstan agent --config FILE`). Holds no secrets: credentials reach the
-/// agent through its environment, as they reach any process on the node.
+/// agent on its stdin (``AgentSecrets``).
 public struct AgentConfig: Sendable, Hashable, Codable {
     public var job: String
     public var attempt: Int
@@ -71,6 +72,23 @@ public struct AgentConfig: Sendable, Hashable, Codable {
     public var attemptPidsFile: String { stateDir + "/pids" }
 }
 
+/// What the controller hands an agent on its stdin (`capstan agent --secrets-stdin`), never
+/// in a file or an argument: how to open the job's bucket, credentials included.
+public struct AgentSecrets: Sendable, Hashable, Codable {
+    /// Nil: the agent opens the bucket with its own environment and config.
+    public var bucket: BucketAccess?
+
+    public init(bucket: BucketAccess? = nil) { self.bucket = bucket }
+
+    /// Every secret string in it, for redaction.
+    public var secrets: [String] { bucket?.secrets ?? [] }
+
+    /// `text` with every secret replaced by `<redacted>`.
+    public func redact(_ text: String) -> String {
+        secrets.reduce(text) { $0.replacingOccurrences(of: $1, with: "<redacted>") }
+    }
+}
+
 /// What an agent reports about itself; rewritten atomically at every heartbeat and change.
 public struct AgentStatus: Sendable, Hashable, Codable {
     public enum Phase: String, Sendable, Hashable, Codable {
@@ -100,8 +118,11 @@ public struct AgentStatus: Sendable, Hashable, Codable {
     /// A worker of the command died of this signal, as the command itself reported it
     /// (torchrun's "exitcode: -9" summary): not a bug in the job.
     public var workerSignal: Int32?
-    /// A failure of the agent's own work (restore, upload) — not the command's.
+    /// A failure of the agent's own work (start-up, restore, upload) — not the command's.
     public var failure: String?
+    /// The checkpoint this node could not restore because its data is damaged (the
+    /// controller records it and falls back to an older one).
+    public var corruptCheckpoint: CorruptCheckpoint?
     public var stopRequested: Bool
     public var uploadedSteps: [Int]
     public var committedSteps: [Int]
@@ -121,6 +142,9 @@ public struct AgentStatus: Sendable, Hashable, Codable {
         self.outputsUploaded = false
         self.updatedAt = Date()
     }
+
+    /// `endedIn` of an agent that could not start its work (no credentials, bucket unreachable).
+    public static let startPhase = "start"
 
     /// Ended well: the command exited 0 and the agent's uploads are done.
     public var succeeded: Bool { phase == .exited && exit == .exited(0) && failure == nil }

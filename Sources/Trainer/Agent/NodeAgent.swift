@@ -33,9 +33,14 @@ public final class NodeAgent: Sendable {
     /// config's environment for setup and the command.
     let preparedEnvironment = LockedBox<[String: String]>([:])
 
-    public init(config: AgentConfig, bucket: any ObjectStore, faults: FaultPoints = .none, logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })) {
+    /// What the controller handed over on stdin: only used here to keep its secrets out of
+    /// every line and status this agent writes.
+    let secrets: AgentSecrets
+
+    public init(config: AgentConfig, bucket: any ObjectStore, secrets: AgentSecrets = AgentSecrets(), faults: FaultPoints = .none, logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.config = config
         self.bucket = bucket
+        self.secrets = secrets
         self.faults = faults
         self.logger = logger
         self.status = LockedBox(AgentStatus(job: config.job, attempt: config.attempt, node: config.node, agentPID: getpid()))
@@ -71,6 +76,14 @@ public final class NodeAgent: Sendable {
         let signals = asAgentProcess ? installStopHandler() : []
         defer { signals.forEach { $0.cancel() } }
 
+        // The bucket must take a write with these credentials before anything starts: a wrong
+        // or read-only key, a missing bucket or an unreachable endpoint is the attempt's
+        // start-up error, said at once (not a checkpoint upload retried forever).
+        do { try await probeBucket() } catch {
+            update { $0.failure = "cannot write to the bucket \(bucket.location): \(error)" }
+            say("cannot write to the bucket \(bucket.location): \(error)")
+            return finish(endedIn: AgentStatus.startPhase, exit: nil)
+        }
         if !(await restore()) { return finish(endedIn: "restore", exit: nil) }
         if !writeFiles() { return finish(endedIn: "setup", exit: nil) }
         if let python = config.python, !isStopping {
@@ -99,7 +112,10 @@ public final class NodeAgent: Sendable {
             nodes: config.nodes, keep: config.keep, logger: logger, afterFile: { [self] _ in afterFileUploaded() })
         let uploads = Task { [self] in
             while !Task.isCancelled {
-                await checkpointPass(watcher)
+                // A pass runs in a task of its own, which the cancel below (the command ended)
+                // does not reach: it only cuts the sleep short. Cancelled, an upload in flight
+                // failed with CancellationError() (the HTTP client's), to be redone from the start.
+                await Task { await checkpointPass(watcher) }.value
                 try? await Task.sleep(for: .seconds(config.checkpointPollSeconds))
             }
         }
@@ -121,6 +137,19 @@ public final class NodeAgent: Sendable {
 
     // MARK: - Phases
 
+    /// Writes and deletes `checkpoints/.capstan-probe-node-R` (a name no checkpoint listing
+    /// reads).
+    func probeBucket() async throws {
+        let file = config.stateDir + "/.bucket-probe"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        guard FileManager.default.createFile(atPath: file, contents: Data("capstan agent \(config.job) attempt \(config.attempt)\n".utf8)) else {
+            throw CapstanError(.io, "Cannot write \(file).")
+        }
+        let key = "checkpoints/.capstan-probe-node-\(config.node)"
+        _ = try await bucket.put(file: file, key: key, options: PutOptions(), progress: nil)
+        try await bucket.delete(key: key)
+    }
+
     /// Restores this node's part of the chosen checkpoint. False (with `failure` set) when it
     /// cannot: the controller then picks another checkpoint or gives up.
     func restore() async -> Bool {
@@ -136,6 +165,13 @@ public final class NodeAgent: Sendable {
             try await checkpoints.restore(manifest, node: config.node, into: dir)
             say("restored checkpoint step \(step) (\(manifest.totalBytes) bytes in all nodes' parts) in \(String(format: "%.2f", (ContinuousClock.now - start).seconds)) s")
             return true
+        } catch let bad as CorruptCheckpoint {
+            update {
+                $0.corruptCheckpoint = bad
+                $0.failure = "restoring checkpoint step \(step) failed: \(bad)"
+            }
+            say("restoring checkpoint step \(step) failed: \(bad)")
+            return false
         } catch {
             update { $0.failure = "restoring checkpoint step \(step) failed: \(error)" }
             say("restoring checkpoint step \(step) failed: \(error)")
@@ -145,7 +181,9 @@ public final class NodeAgent: Sendable {
 
     /// Runs `/bin/sh -c command` in the workdir, output appended to the node log.
     func runCommand(_ command: String) async -> ExitStatus {
-        var env = ProcessInfo.processInfo.environment
+        // Only the base environment of the agent's own (never its credentials), then the env
+        // contract and the spec's `env:`.
+        var env = BaseEnvironment.filter(ProcessInfo.processInfo.environment)
         for (k, v) in config.environment { env[k] = v }
         for (k, v) in preparedEnvironment.withLock({ $0 }) { env[k] = v }
         if env["CAPSTAN_PYTHON"] == nil { env["CAPSTAN_PYTHON"] = "python3" }
@@ -328,15 +366,37 @@ public final class NodeAgent: Sendable {
     }
 
     private func writeStatus(_ s: AgentStatus) {
-        guard let data = try? PluginWire.encoder.encode(s) else { return }
-        let tmp = config.statusFile + ".tmp"
-        if (try? data.write(to: URL(fileURLWithPath: tmp))) != nil { rename(tmp, config.statusFile) }
+        var s = s
+        s.failure = s.failure.map(secrets.redact)
+        Self.write(s, to: config.statusFile)
     }
 
-    /// Appends a line of the agent's own to the node log.
+    static func write(_ s: AgentStatus, to file: String) {
+        guard let data = try? PluginWire.encoder.encode(s) else { return }
+        let tmp = file + ".tmp"
+        if (try? data.write(to: URL(fileURLWithPath: tmp))) != nil { rename(tmp, file) }
+    }
+
+    /// Appends a line of the agent's own to the node log (secrets redacted).
     func say(_ line: String) {
+        let line = secrets.redact(line)
         AppendFile.append("[capstan-agent node \(config.node)] \(line)\n", to: config.logFile)
         logger.info("\(line)", metadata: ["capstan.job": "\(config.job)", "capstan.node": "\(config.node)"])
+    }
+
+    /// An agent that cannot even open its bucket (no credentials, a bad endpoint): writes its
+    /// final status (`endedIn: start`, the error as `failure`) and a log line, so the
+    /// controller reports the reason at once instead of waiting for a heartbeat.
+    public static func reportStartFailure(config: AgentConfig, secrets: AgentSecrets, _ message: String) {
+        try? FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
+        let message = secrets.redact(message)
+        var s = AgentStatus(job: config.job, attempt: config.attempt, node: config.node, agentPID: getpid())
+        s.phase = .exited
+        s.endedIn = AgentStatus.startPhase
+        s.endedAt = Date()
+        s.failure = message
+        write(s, to: config.statusFile)
+        AppendFile.append("[capstan-agent node \(config.node)] \(message)\n", to: config.logFile)
     }
 
     /// Records `pid` for the node's provider (killed when the node goes away) and for this

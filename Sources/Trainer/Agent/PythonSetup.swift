@@ -36,7 +36,7 @@ extension NodeAgent {
     /// node log. Throws with what failed and what to do.
     func preparePython(_ python: PythonEnvironment) async throws -> [String: String] {
         let start = ContinuousClock.now
-        var env = ProcessInfo.processInfo.environment
+        var env = BaseEnvironment.filter(ProcessInfo.processInfo.environment)
         for (k, v) in config.environment { env[k] = v }
         var fileText: String?
         if let file = python.requirementsFile {
@@ -51,7 +51,8 @@ extension NodeAgent {
             throw CapstanError(.invalidRequest, "No Python interpreter '\(python.interpreter)' on node \(config.node).", hint: "Install Python 3 on the node's image, or set python.interpreter.")
         }
         let hash = python.hash(fileContents: fileText, pythonVersion: version)
-        let root = PythonEnvironment.cacheRoot(environment: env)
+        // The cache is the agent's setting (CAPSTAN_PYTHON_CACHE), not the job's.
+        let root = PythonEnvironment.cacheRoot(environment: ProcessInfo.processInfo.environment.merging(config.environment) { $1 })
         let venv = "\(root)/\(hash.prefix(16))"
         let requirements = python.requirements + (fileText.map(PythonEnvironment.lines) ?? [])
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)

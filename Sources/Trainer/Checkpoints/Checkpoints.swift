@@ -1,4 +1,5 @@
 public import CapstanCore
+import Crypto
 import Foundation
 
 /// The checkpoint protocol between a job, the node agents and the bucket.
@@ -73,6 +74,34 @@ public struct CheckpointManifest: Sendable, Hashable, Codable {
     public var createdAt: Date
 
     public var totalBytes: Int64 { parts.flatMap(\.files).reduce(0) { $0 + $1.size } }
+}
+
+/// A checkpoint found damaged (a file's bytes do not hash to its manifest's SHA-256, or a file
+/// is missing): recorded in the bucket as `step-N/corrupt.json`, so no later attempt restores it.
+public struct CorruptCheckpoint: Sendable, Hashable, Codable, Error, CustomStringConvertible {
+    public var step: Int
+    /// What was wrong (which file, which checksum).
+    public var reason: String
+    public var detectedAt: Date
+
+    public init(step: Int, reason: String, detectedAt: Date = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))) {
+        self.step = step
+        self.reason = reason
+        self.detectedAt = detectedAt
+    }
+
+    public var description: String { "checkpoint step \(step) is corrupt: \(reason)" }
+}
+
+/// The result of re-hashing one checkpoint's files (`capstan checkpoints JOB --verify`).
+public struct CheckpointCheck: Sendable, Hashable, Codable {
+    public var step: Int
+    public var attempt: Int?
+    public var bytes: Int64?
+    /// Every file was downloaded and hashes to its manifest's SHA-256.
+    public var ok: Bool
+    /// Why not.
+    public var reason: String?
 }
 
 /// Checkpoints of one job in a bucket: upload a node's part, commit, find the latest verified
@@ -183,9 +212,33 @@ public struct CheckpointStore: Sendable {
         return manifest
     }
 
-    /// The newest checkpoint that verifies (older ones are tried when a newer one does not).
+    static let corruptName = "corrupt.json"
+
+    /// Steps recorded as corrupt (``markCorrupt(_:)``), ascending.
+    public func corruptSteps() async throws -> [Int] {
+        try await store.list(prefix: prefix + "/").compactMap { o -> Int? in
+            let parts = o.key.dropFirst(prefix.count + 1).split(separator: "/")
+            guard parts.count == 2, parts[1] == Substring(Self.corruptName) else { return nil }
+            return CheckpointProtocol.step(ofFolder: String(parts[0]))
+        }.sorted()
+    }
+
+    /// Why `step` was recorded as corrupt, if it was.
+    public func corruption(step: Int) async throws -> CorruptCheckpoint? {
+        try await getJSON(key(step, Self.corruptName))
+    }
+
+    /// Records `bad` in the bucket (`step-N/corrupt.json`): ``latestVerified()`` skips it from
+    /// now on, for every controller. Its files stay for inspection; retention deletes them.
+    public func markCorrupt(_ bad: CorruptCheckpoint) async throws {
+        try await putJSON(bad, key: key(bad.step, Self.corruptName))
+    }
+
+    /// The newest checkpoint that verifies and is not recorded as corrupt (older ones are
+    /// tried when a newer one does not).
     public func latestVerified() async throws -> CheckpointManifest? {
-        for step in try await committedSteps().reversed() {
+        let corrupt = Set(try await corruptSteps())
+        for step in try await committedSteps().reversed() where !corrupt.contains(step) {
             // A damaged or foreign manifest only disqualifies its own step.
             if let m = try? await verified(step: step) { return m }
         }
@@ -199,14 +252,79 @@ public struct CheckpointStore: Sendable {
             throw CapstanError(.notFound, "Checkpoint step \(manifest.step) has no part for node \(node).", hint: "The job's node count changed since it was written.")
         }
         for f in part.files {
-            let info = try await store.get(key: partKey(manifest.step, attempt: manifest.attempt, "node-\(node)/\(f.path)"), to: folder + "/" + f.path)
+            let key = partKey(manifest.step, attempt: manifest.attempt, "node-\(node)/\(f.path)")
+            let info: ObjectInfo
+            do { info = try await store.get(key: key, to: folder + "/" + f.path, progress: nil) } catch where Self.isCorruption(error) {
+                throw CorruptCheckpoint(step: manifest.step, reason: "\(key): \((error as? CapstanError)?.message ?? "\(error)")")
+            }
             guard info.sha256 == f.sha256 else {
-                throw CapstanError(.io, "Restored \(f.path) of step \(manifest.step) does not match its manifest.", hint: "The checkpoint is damaged; an older one will be used.")
+                throw CorruptCheckpoint(step: manifest.step, reason: "\(key): its SHA-256 is \(info.sha256 ?? "unknown"), the manifest's is \(f.sha256)")
             }
         }
         guard FileManager.default.createFile(atPath: folder + "/" + CheckpointProtocol.marker, contents: nil) else {
             throw CapstanError(.io, "Cannot mark \(folder) complete.")
         }
+    }
+
+    /// Whether a store's error says an object's bytes do not hash to its recorded SHA-256
+    /// (the built-in stores' "… is corrupt: its SHA-256 is …"), as opposed to a network or
+    /// disk failure, which says nothing about the checkpoint.
+    public static func isCorruption(_ error: any Error) -> Bool {
+        if error is CorruptCheckpoint { return true }
+        guard let e = error as? CapstanError, e.code == .io else { return false }
+        return e.message.contains(" is corrupt: ")
+    }
+
+    /// Downloads every file of `step` into `scratch` (deleted again, file by file) and hashes
+    /// it against the manifest: a real re-hash, not the checksums the store recorded at upload.
+    /// Throws only for failures that say nothing about the data (network, local disk).
+    public func check(step: Int, scratch: String) async throws -> CheckpointCheck {
+        let manifest: CheckpointManifest?
+        do { manifest = try await getJSON(key(step, CheckpointProtocol.manifestName)) } catch let e as CapstanError where e.code == .io {
+            return CheckpointCheck(step: step, ok: false, reason: "its manifest is unreadable: \(e.message)")
+        }
+        guard let manifest else { return CheckpointCheck(step: step, ok: false, reason: "it has no manifest") }
+        var out = CheckpointCheck(step: step, attempt: manifest.attempt, bytes: manifest.totalBytes, ok: true)
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        for part in manifest.parts {
+            for f in part.files {
+                let key = partKey(step, attempt: manifest.attempt, "node-\(part.node)/\(f.path)")
+                let tmp = scratch + "/" + UUID().uuidString
+                defer { try? FileManager.default.removeItem(atPath: tmp) }
+                do {
+                    guard try await store.head(key: key) != nil else {
+                        out.ok = false
+                        out.reason = "\(key) is missing"
+                        return out
+                    }
+                    _ = try await store.get(key: key, to: tmp, progress: nil)
+                } catch where Self.isCorruption(error) {
+                    out.ok = false
+                    out.reason = "\(key): \((error as? CapstanError)?.message ?? "\(error)")"
+                    return out
+                }
+                let (size, sha) = try Self.hashFile(tmp)
+                if size != f.size || sha != f.sha256 {
+                    out.ok = false
+                    out.reason = "\(key): \(size) bytes with SHA-256 \(sha), the manifest says \(f.size) bytes with \(f.sha256)"
+                    return out
+                }
+            }
+        }
+        return out
+    }
+
+    /// Size and SHA-256 (hex) of a local file, read in 4 MiB chunks.
+    static func hashFile(_ path: String) throws -> (Int64, String) {
+        guard let h = FileHandle(forReadingAtPath: path) else { throw CapstanError(.io, "Cannot read \(path).") }
+        defer { try? h.close() }
+        var hasher = SHA256()
+        var size: Int64 = 0
+        while let chunk = try h.read(upToCount: 4 << 20), !chunk.isEmpty {
+            hasher.update(data: chunk)
+            size += Int64(chunk.count)
+        }
+        return (size, hasher.finalize().map { String(format: "%02x", $0) }.joined())
     }
 
     /// Keeps the newest `keep` committed checkpoints and deletes the rest (manifest first), plus

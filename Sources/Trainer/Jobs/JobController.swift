@@ -1,4 +1,5 @@
 public import CapstanCore
+public import CapstanProviders
 import Foundation
 public import Logging
 #if canImport(Glibc)
@@ -18,11 +19,15 @@ public struct JobContext: Sendable {
     public var transports: [any NodeTransport]
     /// Opens a bucket URI (`file://`, `s3://`, a plugin's scheme).
     public var openBucket: @Sendable (String) throws -> any ObjectStore
+    /// How the nodes' agents open a bucket URI (settings and credentials, resolved once per
+    /// controller and handed to each agent on its stdin); nil: they open it themselves.
+    public var bucketAccess: @Sendable (String) throws -> BucketAccess?
     public var logger: Logger
 
     public init(
         home: CapstanHome, store: StateStore, provisioner: Provisioner, search: OfferSearch, transports: [any NodeTransport],
-        openBucket: @escaping @Sendable (String) throws -> any ObjectStore, logger: Logger
+        openBucket: @escaping @Sendable (String) throws -> any ObjectStore,
+        bucketAccess: @escaping @Sendable (String) throws -> BucketAccess? = { _ in nil }, logger: Logger
     ) {
         self.home = home
         self.store = store
@@ -30,6 +35,7 @@ public struct JobContext: Sendable {
         self.search = search
         self.transports = transports
         self.openBucket = openBucket
+        self.bucketAccess = bucketAccess
         self.logger = logger
     }
 
@@ -75,8 +81,17 @@ public final class JobController: Sendable {
         job = try store.updateJob(jobID) { $0.controllerPID = getpid() }
         let spec = try JobSpec.parse(job.spec, source: "job \(jobID)")
         let settings = (try? PluginWire.decoder.decode(JobSettings.self, from: Data(job.settings.utf8))) ?? JobSettings()
-        let bucket = try ctx.openBucket(job.storage)
-        let run = Run(controller: self, spec: spec, settings: settings, bucket: bucket)
+        let bucket: any ObjectStore
+        let secrets: AgentSecrets
+        do {
+            bucket = try ctx.openBucket(job.storage)
+            secrets = AgentSecrets(bucket: try ctx.bucketAccess(job.storage))
+        } catch {
+            // No credentials, a bad endpoint: no agent could work either.
+            let message = "Cannot open the job's bucket \(job.storage): \((error as? CapstanError)?.description ?? "\(error)")"
+            return await Run(controller: self, spec: spec, settings: settings, bucket: nil, secrets: AgentSecrets()).finish(.failed, message, error: message)
+        }
+        let run = Run(controller: self, spec: spec, settings: settings, bucket: bucket, secrets: secrets)
         return await run.drive()
     }
 
@@ -104,8 +119,9 @@ final class Run: @unchecked Sendable {
     let c: JobController
     let spec: JobSpec
     let settings: JobSettings
-    let bucket: any ObjectStore
     let checkpoints: CheckpointStore
+    /// Handed to every agent on its stdin.
+    let secrets: AgentSecrets
     /// Bytes of each node log already copied home, by "attempt/node".
     var logOffsets: [String: Int64] = [:]
     /// Unfinished lines of each node's log, for the line events.
@@ -115,12 +131,13 @@ final class Run: @unchecked Sendable {
     var metricsSaved = Date.distantPast
     var knownCheckpoints: Set<Int> = []
 
-    init(controller: JobController, spec: JobSpec, settings: JobSettings, bucket: any ObjectStore) {
+    /// `bucket` nil: a run that can only finish (the bucket could not be opened).
+    init(controller: JobController, spec: JobSpec, settings: JobSettings, bucket: (any ObjectStore)?, secrets: AgentSecrets) {
         self.c = controller
         self.spec = spec
         self.settings = settings
-        self.bucket = bucket
-        self.checkpoints = CheckpointStore(store: bucket, prefix: "checkpoints")
+        self.secrets = secrets
+        self.checkpoints = CheckpointStore(store: bucket ?? UnopenedBucket(), prefix: "checkpoints")
         self.logOffsets = (try? JSONDecoder().decode([String: Int64].self, from: Data(contentsOf: URL(fileURLWithPath: offsetsFile)))) ?? [:]
         self.knownCheckpoints = Set(((try? c.store.checkpoints(job: c.jobID)) ?? []).map(\.step))
     }
@@ -205,7 +222,7 @@ final class Run: @unchecked Sendable {
         case .giveUp(let why):
             return await finish(.failed, why, error: why)
         case .restart(let lost):
-            _ = try? store.updateJob(jobID) { $0.restarts += 1 }
+            if failure.countsAsRestart { _ = try? store.updateJob(jobID) { $0.restarts += 1 } }
             for node in lost {
                 // A move brought a whole new gang: nothing else is left to replace.
                 if try await replace(node: node, of: job, "Replacing node \(node)'s capacity.") == .moved { break }
@@ -345,12 +362,13 @@ final class Run: @unchecked Sendable {
         // Every node at once: over SSH each costs round trips, and nodes are independent.
         let workdir = spec.workdir.map { $0.hasPrefix("/") ? $0 : job.specFolder + "/" + $0 }
         let job = jobID
+        let secrets = self.secrets
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (t, config, node) in starts {
                 group.addTask {
                     do {
                         if let workdir { try await t.uploadWorkdir(workdir, job: job, on: node) }
-                        try await t.startAgent(config, on: node)
+                        try await t.startAgent(config, secrets: secrets, on: node)
                     } catch let e as CapstanError where e.code == .transient || e.code == .timeout {
                         throw NodeUnreachable(rank: config.node, node: node.id, error: e)
                     }
@@ -411,6 +429,7 @@ final class Run: @unchecked Sendable {
                 if let gone = await goneFailure(nodes) { return .failed(gone) }
                 await pullLogs(attempt, nodes: nodes, only: [rank])
                 var failure = Self.failure(of: s, node: rank)
+                if let bad = s.corruptCheckpoint { await recordCorrupt(bad) }
                 if failure.kind == .command, let line = Self.errorLine(inLog: c.ctx.logFile(job: jobID, node: rank)) {
                     failure.message += ": \(line)"
                 }
@@ -427,7 +446,11 @@ final class Run: @unchecked Sendable {
                     let quiet = until.timeIntervalSince(b.seen)
                     if quiet > settings.heartbeatTimeoutSeconds { silent.append((rank, quiet)) }
                 } else if now.timeIntervalSince(started) > settings.agentStartTimeoutSeconds {
-                    return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: "the agent on node \(rank) (\(nodes[rank].id)) did not start within \(Int(settings.agentStartTimeoutSeconds)) s"))
+                    // What the agent printed before it could write a status is the reason.
+                    var said = ""
+                    if let t = try? transport(for: nodes[rank]) { said = await t.agentOutput(job: jobID, attempt: attempt.attempt, on: nodes[rank]) }
+                    let message = "the agent on node \(rank) (\(nodes[rank].id)) did not start within \(Int(settings.agentStartTimeoutSeconds)) s" + (said.isEmpty ? "" : "; it said: \(secrets.redact(String(said.suffix(500))))")
+                    return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: message))
                 }
             }
             // Several silent at once (one node's loss can stall the others' reads or agents):
@@ -455,6 +478,12 @@ final class Run: @unchecked Sendable {
     }
 
     static func failure(of s: AgentStatus, node: Int) -> AttemptFailure {
+        if let bad = s.corruptCheckpoint {
+            return AttemptFailure(kind: .corruptCheckpoint, node: node, message: "node \(node) could not restore it: \(bad)")
+        }
+        if s.endedIn == AgentStatus.startPhase, let f = s.failure {
+            return AttemptFailure(kind: .startup, node: node, message: "the agent on node \(node) could not start: \(f)")
+        }
         if let f = s.failure, s.exit == nil || s.exit?.succeeded == true {
             return AttemptFailure(kind: .agent, node: node, exit: s.exit, message: f)
         }
@@ -578,6 +607,19 @@ final class Run: @unchecked Sendable {
 
     func latestCommitted() -> Int? { job()?.latestCheckpoint }
 
+    /// A node found checkpoint `bad.step` damaged while restoring it: records that in the
+    /// bucket (every later attempt, and every controller, skips it) and says so.
+    func recordCorrupt(_ bad: CorruptCheckpoint) async {
+        let message = "Checkpoint step \(bad.step) is corrupt (\(bad.reason)); it is recorded and never restored again. The next attempt resumes from the newest checkpoint that verifies."
+        do { try await checkpoints.markCorrupt(bad) } catch {
+            store.jobEvent("checkpoint-corrupt", message + " (Recording it in the bucket failed: \(error))", job: jobID)
+            return
+        }
+        store.jobEvent("checkpoint-corrupt", message, job: jobID)
+        c.logger.warning("\(message)", metadata: ["capstan.job": "\(jobID)"])
+        c.emit(.status(.restarting, message))
+    }
+
     /// Records checkpoints that appeared in the bucket (and marks those retention deleted).
     func syncCheckpoints() async {
         guard let steps = try? await checkpoints.committedSteps() else { return }
@@ -696,4 +738,16 @@ final class Run: @unchecked Sendable {
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
         }
     }
+}
+
+/// The store of a run whose bucket could not be opened: it only finishes the job, and every
+/// call says why.
+struct UnopenedBucket: ObjectStore {
+    var location: String { "(unopened)" }
+    func fail() -> CapstanError { CapstanError(.internalError, "The job's bucket is not open.") }
+    func put(file path: String, key: String, options: PutOptions, progress: TransferProgressHandler?) async throws -> ObjectInfo { throw fail() }
+    func get(key: String, to path: String, progress: TransferProgressHandler?) async throws -> ObjectInfo { throw fail() }
+    func list(prefix: String) async throws -> [ObjectInfo] { throw fail() }
+    func head(key: String) async throws -> ObjectInfo? { throw fail() }
+    func delete(key: String) async throws { throw fail() }
 }

@@ -25,10 +25,12 @@ public struct CheckpointSummary: Sendable, Hashable, Codable {
     public var attempt: Int?
     public var bytes: Int64?
     public var createdAt: Date?
-    /// Every file it lists is present with its size and SHA-256.
+    /// Every file it lists is present with its size and the SHA-256 the store recorded.
     public var verified: Bool
     /// Where it is.
     public var location: String
+    /// Why it was recorded as corrupt (a node's restore found its bytes damaged), if it was.
+    public var corrupt: String?
 }
 
 /// Jobs, as a library: what `capstan launch | jobs | logs | cancel | checkpoints` call.
@@ -183,10 +185,24 @@ public struct JobService: Sendable {
         guard let job = try context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
         let store = CheckpointStore(store: try context.openBucket(job.storage), prefix: "checkpoints")
         var out: [CheckpointSummary] = []
+        let corrupt = Set(try await store.corruptSteps())
         for step in try await store.committedSteps() {
             let m = try? await store.verified(step: step)
-            out.append(CheckpointSummary(step: step, attempt: m?.attempt, bytes: m?.totalBytes, createdAt: m?.createdAt, verified: m != nil, location: "\(job.storage)/checkpoints/step-\(step)"))
+            let bad = corrupt.contains(step) ? (try? await store.corruption(step: step))?.reason ?? "recorded as corrupt" : nil
+            out.append(CheckpointSummary(step: step, attempt: m?.attempt, bytes: m?.totalBytes, createdAt: m?.createdAt, verified: m != nil && bad == nil, location: "\(job.storage)/checkpoints/step-\(step)", corrupt: bad))
         }
+        return out
+    }
+
+    /// Downloads every file of each of the job's checkpoints and hashes it against the
+    /// manifest (``CheckpointStore/check(step:scratch:)``), newest last.
+    public func verifyCheckpoints(_ id: String) async throws -> [CheckpointCheck] {
+        guard let job = try context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
+        let store = CheckpointStore(store: try context.openBucket(job.storage), prefix: "checkpoints")
+        let scratch = NSTemporaryDirectory() + "capstan-verify-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        var out: [CheckpointCheck] = []
+        for step in try await store.committedSteps() { out.append(try await store.check(step: step, scratch: scratch)) }
         return out
     }
 }

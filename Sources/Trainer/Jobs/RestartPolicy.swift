@@ -13,8 +13,15 @@ public struct AttemptFailure: Sendable, Hashable, Codable, CustomStringConvertib
         case instanceGone = "instance-gone"
         /// Some ranks finished and another did not, within the exit grace period.
         case hungAtExit = "hung-at-exit"
-        /// The agent's own work failed (restoring the checkpoint, starting up).
+        /// The agent's own work failed (restoring the checkpoint, uploading).
         case agent
+        /// The agent could not start its work: no credentials, the bucket unreachable or
+        /// refusing them. Retried once; the same error twice in a row ends the job.
+        case startup
+        /// A node could not restore the chosen checkpoint because its data is damaged. The
+        /// controller records it as corrupt and restarts from the newest one that verifies;
+        /// not counted against `maxRestarts` (each checkpoint can be found corrupt only once).
+        case corruptCheckpoint = "corrupt-checkpoint"
     }
 
     public var kind: Kind
@@ -32,6 +39,9 @@ public struct AttemptFailure: Sendable, Hashable, Codable, CustomStringConvertib
 
     /// The node's capacity is suspect and is replaced before the restart.
     public var needsNewCapacity: Bool { kind == .heartbeat || kind == .instanceGone }
+
+    /// Whether the restart after it counts against `maxRestarts`.
+    public var countsAsRestart: Bool { kind != .corruptCheckpoint }
 
     /// A failure of the infrastructure rather than (possibly) of the user's code.
     public var isInfrastructure: Bool { kind != .command }
@@ -61,6 +71,12 @@ public enum RestartPolicy {
     ///   - progressed: a new checkpoint was committed during this attempt.
     ///   - restartsUsed: restarts already spent.
     public static func decide(failure: AttemptFailure, previous: AttemptFailure?, progressed: Bool, restartsUsed: Int, maxRestarts: Int) -> Decision {
+        // The damaged checkpoint is recorded and skipped from now on: the next attempt restores
+        // an older one (or starts afresh), whatever restarts are left.
+        if failure.kind == .corruptCheckpoint { return .restart(replace: []) }
+        if failure.kind == .startup, let previous, previous.kind == .startup, previous.message == failure.message {
+            return .giveUp("The agent could not start, the same way twice in a row: \(failure.message)")
+        }
         if failure.kind == .command, let previous, previous.kind == .command, previous.exit == failure.exit, !progressed {
             return .giveUp("The command failed the same way twice in a row (\(failure.exit.map { "\($0)" } ?? "?")) without writing a new checkpoint: this looks like an error in the job, not the infrastructure, so it is not retried. Last failure: \(failure.message)")
         }

@@ -61,3 +61,21 @@ public struct EnvContract: Sendable, Hashable {
         return env
     }
 }
+
+/// What a job's processes (setup, the command, the Python env build) inherit from the node's
+/// agent: only this minimal base, then the env contract and the spec's `env:` over it. Nothing
+/// else of the launching shell or the agent (cloud keys, tokens) ever reaches them.
+public enum BaseEnvironment {
+    /// Inherited by name.
+    public static let names: Set<String> = [
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "LD_LIBRARY_PATH",
+    ]
+    /// Inherited by prefix: locale settings and the GPU stack's (`CUDA_VISIBLE_DEVICES`,
+    /// `NVIDIA_VISIBLE_DEVICES`, a node's `NCCL_SOCKET_IFNAME`).
+    public static let prefixes = ["LC_", "CUDA_", "NVIDIA_", "NCCL_"]
+
+    /// The part of `environment` a job's processes inherit.
+    public static func filter(_ environment: [String: String]) -> [String: String] {
+        environment.filter { k, _ in names.contains(k) || prefixes.contains { k.hasPrefix($0) } }
+    }
+}

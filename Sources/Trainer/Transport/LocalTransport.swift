@@ -52,7 +52,7 @@ public struct LocalTransport: NodeTransport {
         FileManager.default.createFile(atPath: marker, contents: nil)
     }
 
-    public func startAgent(_ config: AgentConfig, on node: Instance) async throws {
+    public func startAgent(_ config: AgentConfig, secrets: AgentSecrets, on node: Instance) async throws {
         if let s = try await agentStatus(job: config.job, attempt: config.attempt, on: node), isAgentRunning(s, on: node) { return }
         try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
         let path = config.stateDir + "/agent.json"
@@ -61,13 +61,30 @@ public struct LocalTransport: NodeTransport {
         } catch {
             throw CapstanError(.io, "Cannot write the agent's config \(path): \(error.localizedDescription)")
         }
-        var env = ProcessInfo.processInfo.environment
+        // The agent gets the base environment and Capstan's own settings, not this process's
+        // credentials: those it needs come on its stdin, through a pipe.
+        var env = Self.agentEnvironment(ProcessInfo.processInfo.environment)
         for (k, v) in environment { env[k] = v }
-        let pid = try Spawn.start([agentExecutable, "agent", "--config", path], environment: env, cwd: config.workdir, output: config.stateDir + "/agent.out")
+        let input = try PluginWire.encoder.encode(secrets)
+        let pid = try Spawn.start([agentExecutable, "agent", "--config", path, "--secrets-stdin"], environment: env, cwd: config.workdir, output: config.stateDir + "/agent.out", input: input)
         Spawn.reapLater(pid)
         // Recorded at once (the agent records itself too): a node terminated right now kills it.
         if let pids = config.pidsFile { NodeProcesses.record(pid, in: pids) }
         NodeProcesses.record(pid, in: config.attemptPidsFile)
+    }
+
+    /// What a local agent inherits: ``BaseEnvironment`` plus `CAPSTAN_*` (its home, its
+    /// Python cache, test hooks).
+    static func agentEnvironment(_ environment: [String: String]) -> [String: String] {
+        BaseEnvironment.filter(environment).merging(environment.filter { $0.key.hasPrefix("CAPSTAN_") }) { $1 }
+    }
+
+    public func agentOutput(job: String, attempt: Int, on node: Instance) async -> String {
+        guard let l = try? layout(job: job, attempt: attempt, on: node), let h = FileHandle(forReadingAtPath: l.stateDir + "/agent.out") else { return "" }
+        defer { try? h.close() }
+        let end = (try? h.seekToEnd()) ?? 0
+        try? h.seek(toOffset: end > 2000 ? end - 2000 : 0)
+        return String(decoding: (try? h.readToEnd()) ?? Data(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     public func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {

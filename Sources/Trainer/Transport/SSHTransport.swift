@@ -30,14 +30,15 @@ public struct SSHTransport: NodeTransport {
     public static let defaultWorkRoot = "/var/tmp/capstan-node"
     /// The local file shipped to nodes as the agent.
     public let agentBinary: String
-    /// Variables passed from this process to remote agents (credentials for the bucket,
-    /// caches): sent on the SSH session's stdin, never in arguments or files.
+    /// Variables passed from this process to remote agents (Capstan's settings: the Python
+    /// cache, test hooks), sent on the SSH session's stdin. The bucket's credentials go
+    /// separately, as ``AgentSecrets`` on the agent's own stdin.
     public let forwardedPrefixes: [String]
     let digest: LockedBox<String?> = LockedBox(nil)
     /// Nodes that have answered, by instance id.
     let reached: LockedBox<Set<String>> = LockedBox([])
 
-    public init(client: SSHClient, agentBinary: String, clusterKeys: ClusterKeys? = nil, forwardedPrefixes: [String] = ["AWS_", "HF_", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_TEST_"]) {
+    public init(client: SSHClient, agentBinary: String, clusterKeys: ClusterKeys? = nil, forwardedPrefixes: [String] = ["CAPSTAN_PYTHON_CACHE", "CAPSTAN_TEST_"]) {
         self.client = client
         self.clusterKeys = clusterKeys
         self.agentBinary = agentBinary
@@ -147,16 +148,19 @@ public struct SSHTransport: NodeTransport {
     /// One round trip in the usual case: an agent of this attempt already running is left
     /// alone (re-attach); else the config is written and the agent started. Only a node that
     /// lacks this build of the agent costs more (the upload, checked by SHA-256).
-    public func startAgent(_ config: AgentConfig, on node: Instance) async throws {
+    public func startAgent(_ config: AgentConfig, secrets: AgentSecrets, on node: Instance) async throws {
         let exe = try agentPath(on: node)
         let q = SSHClient.quote
         let state = q(config.stateDir)
-        // The config holds no secrets, so it travels in the command; the forwarded
-        // environment (credentials) travels on stdin, is read by the remote shell and exported
-        // to the agent only: never in arguments, never in a file.
+        // The config holds no secrets, so it travels in the command. The session's stdin
+        // carries the secrets (one base64 line), then the forwarded environment: the remote
+        // shell keeps the secrets in a variable and pipes them to the agent's stdin (printf
+        // is a builtin: no process, no argument), and exports the environment to the agent.
+        // Never in arguments, never in a file, on either machine.
         let json = try PluginWire.encoder.encode(config).base64EncodedString()
+        let secretLine = try PluginWire.encoder.encode(secrets).base64EncodedString()
         let env = ProcessInfo.processInfo.environment.filter { k, _ in forwardedPrefixes.contains { k.hasPrefix($0) } }
-        let lines = env.sorted { $0.key < $1.key }.map { "export \($0.key)=\(q($0.value))" }.joined(separator: "\n")
+        let lines = ([secretLine] + env.sorted { $0.key < $1.key }.map { "export \($0.key)=\(q($0.value))" }).joined(separator: "\n")
         let pidsDir = config.pidsFile.map { q(($0 as NSString).deletingLastPathComponent) } ?? ""
         let script = """
             s=\(state)/status.json
@@ -166,9 +170,11 @@ public struct SSHTransport: NodeTransport {
             [ -x \(q(exe)) ] || { echo NO-AGENT; exit 0; }
             mkdir -p \(state) \(q(config.workdir)) \(pidsDir) || exit 1
             echo \(json) | base64 -d > \(state)/agent.json || exit 1
+            IFS= read -r capstan_secrets
             eval "$(cat)"
             cd \(q(config.workdir)) || exit 1
-            setsid nohup \(q(exe)) agent --config \(state)/agent.json > \(state)/agent.out 2>&1 < /dev/null &
+            printf '%s\\n' "$capstan_secrets" | base64 -d | setsid nohup \(q(exe)) agent --config \(state)/agent.json --secrets-stdin > \(state)/agent.out 2>&1 &
+            capstan_secrets=
             p=$!
             \(config.pidsFile.map { "echo \"$p 0\" >> \(q($0))" } ?? ":")
             echo "STARTED $p"
@@ -201,6 +207,12 @@ public struct SSHTransport: NodeTransport {
         let l = try layout(job: job, attempt: attempt, on: node)
         let r = try await client(for: node).run(try target(node), "tail -c +\(offset + 1) \(SSHClient.quote(l.stateDir + "/node.log")) 2>/dev/null | head -c \(limit)", timeout: 15)
         return r.stdout
+    }
+
+    public func agentOutput(job: String, attempt: Int, on node: Instance) async -> String {
+        guard let l = try? layout(job: job, attempt: attempt, on: node), let t = try? target(node),
+              let r = try? await client(for: node).run(t, "tail -c 2000 \(SSHClient.quote(l.stateDir + "/agent.out")) 2>/dev/null", timeout: 10) else { return "" }
+        return r.text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     public func stopAgent(job: String, attempt: Int, on node: Instance, force: Bool) async throws {

@@ -1,0 +1,54 @@
+public import CapstanCore
+import Foundation
+
+/// Everything a node's agent needs to open a job's bucket, resolved once by the controller
+/// (``ProviderRegistry/bucketAccess(for:environment:)``): the same endpoint, region, path style
+/// and credentials `capstan storage` uses. It holds secrets, so it only ever travels on an
+/// agent's stdin: never in a file, an argument or a log line (`description` redacts them).
+public struct BucketAccess: Sendable, Hashable, Codable, CustomStringConvertible {
+    public struct S3: Sendable, Hashable, Codable {
+        public var endpoint: String?
+        public var region: String
+        public var pathStyle: Bool?
+        public var accessKeyID: String
+        public var secretAccessKey: String
+        public var sessionToken: String?
+
+        public init(endpoint: String?, region: String, pathStyle: Bool?, accessKeyID: String, secretAccessKey: String, sessionToken: String?) {
+            self.endpoint = endpoint
+            self.region = region
+            self.pathStyle = pathStyle
+            self.accessKeyID = accessKeyID
+            self.secretAccessKey = secretAccessKey
+            self.sessionToken = sessionToken
+        }
+    }
+
+    /// The bucket URI (`s3://bucket/prefix`, `file:///path`).
+    public var location: String
+    /// Set for `s3://`.
+    public var s3: S3?
+
+    public init(location: String, s3: S3? = nil) {
+        self.location = location
+        self.s3 = s3
+    }
+
+    /// The secret strings in it, for redaction.
+    public var secrets: [String] { [s3?.secretAccessKey, s3?.sessionToken].compactMap { $0 }.filter { !$0.isEmpty } }
+
+    public var description: String {
+        "BucketAccess(\(location)\(s3.map { ", endpoint \($0.endpoint ?? "AWS"), region \($0.region), key \($0.accessKeyID), secret: <redacted>" } ?? ""))"
+    }
+
+    /// Opens the bucket with the built-in clients.
+    public func open(home: CapstanHome) throws -> any ObjectStore {
+        if let s3 {
+            return try S3ObjectStore(
+                location: location,
+                credentials: AWSCredentials(accessKeyID: s3.accessKeyID, secretAccessKey: s3.secretAccessKey, sessionToken: s3.sessionToken),
+                configuration: S3Configuration(endpoint: s3.endpoint, region: s3.region, pathStyle: s3.pathStyle, uploadStateFolder: home.path("uploads")))
+        }
+        return try ProviderRegistry.builtInStore(for: location, home: home, environment: [:])
+    }
+}
