@@ -10,9 +10,19 @@ import Darwin
 /// a candidate must be a regular file (symbolic links followed) before it is opened, and every
 /// open is non-blocking besides.
 enum PluginFile {
-    /// What is wrong with the file at `path` as a plugin, before any open: nil for a regular
-    /// file (or a symbolic link to one).
-    static func typeProblem(path: String) -> String? {
+    /// What is wrong with the file at `path` as a plugin, and what to do, from `stat` alone
+    /// (never an open): nil for a regular file or a symbolic link to one.
+    static func typeProblem(path: String) -> (what: String, hint: String)? {
+        guard let what = describeType(path: path) else { return nil }
+        let hint = what == noSuchFile
+            ? "Check the path, CAPSTAN_PLUGIN_PATH and ~/.capstan/plugins."
+            : "Remove it from the plugin folder (or rename it so it does not end in .so), or point at the plugin's .so file; a plugin must be a regular file."
+        return (what, hint)
+    }
+
+    static let noSuchFile = "no such file"
+
+    static func describeType(path: String) -> String? {
         var st = stat()
         guard stat(path, &st) == 0 else {
             let err = errno
@@ -21,7 +31,7 @@ enum PluginFile {
                 let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "?"
                 return "it is a symbolic link to \(target), which \(err == ENOENT ? "does not exist" : "cannot be read (\(String(cString: strerror(err))))")"
             }
-            return err == ENOENT ? "no such file" : "it cannot be examined (\(String(cString: strerror(err))))"
+            return err == ENOENT ? noSuchFile : "it cannot be examined (\(String(cString: strerror(err))))"
         }
         let kind = st.st_mode & S_IFMT
         if kind == S_IFREG { return nil }

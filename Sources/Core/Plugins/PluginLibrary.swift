@@ -36,11 +36,7 @@ public final class PluginLibrary: Sendable {
             CapstanError(.pluginFailure, "Cannot load plugin \(path): \(what).", hint: hint)
         }
         // The file type first, from stat alone: opening a FIFO or a device could block forever.
-        if let problem = PluginFile.typeProblem(path: path) {
-            throw fail(problem, hint: problem == "no such file"
-                ? "Check the path, CAPSTAN_PLUGIN_PATH and ~/.capstan/plugins."
-                : "Remove it from the plugin folder (or rename it so it does not end in .so), or point at the plugin's .so file; plugins must be regular files.")
-        }
+        if let problem = PluginFile.typeProblem(path: path) { throw fail(problem.what, hint: problem.hint) }
         if let cached = loaded.withLock({ $0[path] }) { return cached }
 
         // Read the first bytes ourselves: dlopen on a non-library gives a terse message, and on

@@ -68,8 +68,9 @@ public struct FileObjectStore: ObjectStore {
     func metaPath(_ key: String) throws -> String { try inside(root + "/.capstan-meta/" + key + ".json") }
 
     /// `path` (a path under `root`) when it resolves inside the bucket: its deepest existing
-    /// ancestor, symbolic links followed, must be the root's real path or below it. A link in
-    /// the bucket that points elsewhere cannot be used to read, write or delete there.
+    /// ancestor up to the root, symbolic links followed, must be the root's real path or below
+    /// it. A link in the bucket that points elsewhere cannot be used to read, write or delete
+    /// there.
     func inside(_ path: String) throws -> String {
         var probe = path
         while true {
@@ -83,10 +84,10 @@ public struct FileObjectStore: ObjectStore {
                 }
                 return path
             }
+            // Nothing exists below a root that is gone (removed since init), so no link there
+            // can lead out: the operation goes ahead and finds nothing, as it always did.
             let parent = LocalPath.folder(of: probe)
-            guard parent != probe, parent != "." else {
-                throw CapstanError(.io, "Cannot resolve \(path) in \(location).", hint: "Check that the bucket folder \(root) exists.")
-            }
+            if probe == root || parent == probe || parent == "." { return path }
             probe = parent
         }
     }
