@@ -76,7 +76,7 @@ for f in glob.glob(os.path.join(home, "jobs", job_id, "logs", "node-*.log")):
 if pre is None or 2 not in rows or not starts:
     print(f"  boot {boot:.0f} s: no preemption seen (job {status}, {attempts} attempt(s))"); sys.exit(1)
 ended1 = rows[1][1]; start2 = rows[2][0]; py2 = max(starts)
-repl = ts(repl_launch.replace("T", " ").replace("Z", "")[:23].ljust(23, "0")) + boot if isinstance(repl_launch, str) else None
+repl = datetime.fromisoformat(repl_launch.replace("Z", "+00:00")).timestamp() + boot if isinstance(repl_launch, str) else None
 print(f"  boot {boot:4.0f} s  job {status}, {attempts} attempts, attempt 2 resumed from step {rows[2][2]}")
 print(f"    preempted → attempt 1 closed (detected, gang stopped)  {ended1 - pre:6.1f} s")
 if repl: print(f"    preempted → replacement running (launch + boot)        {repl - pre:6.1f} s")

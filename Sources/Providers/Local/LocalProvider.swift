@@ -170,7 +170,8 @@ public struct LocalProvider: ComputeProvider {
         try withLock {
             let all = try readAll().map(booted)
             func key(_ i: Instance) -> String { "\(i.tags[CapstanTags.clusterID] ?? i.id)/\(i.nodeIndex)" }
-            var done = Set(all.filter { $0.state == .preempted }.map(key))
+            // Preempted once (it may have been terminated since, by a replacement): never again.
+            var done = Set(all.filter { $0.details["preemptedAt"] != nil }.map(key))
             for var i in all where i.state == .running && !done.contains(key(i)) && (configuration.preemptNodes?.contains(i.nodeIndex) ?? true) {
                 guard let launched = i.launchedAt, Date().timeIntervalSince(launched) >= configuration.bootSeconds + after else { continue }
                 killRecordedProcesses(folder: root + "/nodes/" + i.id)
