@@ -2,8 +2,9 @@
 # Preemption → training resumed: a 2-node ddp-regression job (real torch.distributed, gloo, CPU)
 # on the local provider, whose node 1 is preempted as spot would be (providers.local
 # preemptAfterSeconds) once checkpoints exist. Prints, from the state database and the nodes' logs:
-# preempted → failure detected → replacement running (boot) → attempt 2 started → its training
-# process up (it loads the checkpoint next). Run once with warm capacity (boot 0 s) and once with a
+# preempted (the moment the switch fires; the controller sees it at its next describe, every 5 s)
+# → failure detected → replacement running (boot) → attempt 2 started → its training process up
+# (it loads the checkpoint next). Run once with warm capacity (boot 0 s) and once with a
 # booting replacement (boot 8 s), so boot time is reported apart.
 #   scripts/bench-preemption.sh            (builds capstan first)
 set -euo pipefail
@@ -23,7 +24,7 @@ providers:
   local:
     slots: 4
     bootSeconds: $boot
-    preemptAfterSeconds: 12
+    preemptAfterSeconds: 20
     preemptNodes: [1]
 EOF
   cat >"$work/job.yaml" <<EOF
@@ -87,6 +88,6 @@ print(f"      without boot                                          {py2 - pre -
 PY
 }
 
-echo "Preemption → training resumed (2-node ddp-regression, local provider, node 1 preempted 12 s after it runs)"
+echo "Preemption → training resumed (2-node ddp-regression, local provider, node 1 preempted 20 s after it runs)"
 run 0
 run 8

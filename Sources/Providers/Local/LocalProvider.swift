@@ -179,7 +179,9 @@ public struct LocalProvider: ComputeProvider {
                 i.state = .preempted
                 i.providerState = "preempted"
                 i.stateReason = "Server.SpotInstanceTermination"
-                i.details["preemptedAt"] = String(Date().timeIntervalSince1970)
+                // When the cloud took it back; seen (and its processes killed) at the first
+                // describe after that, as a preemption is seen by polling.
+                i.details["preemptedAt"] = String(launched.timeIntervalSince1970 + configuration.bootSeconds + after)
                 try write(i)
                 done.insert(key(i))
             }
