@@ -75,6 +75,36 @@ struct PluginLoadingTests {
         #expect(wrong?.code == .invalidRequest && wrong?.provider == "sim")
     }
 
+    @Test("'..' never reaches a plugin's store: the host refuses it, and the plugin kit refuses it again")
+    func storageDotDot() async throws {
+        let tmp = TempDir(); defer { tmp.cleanup() }
+        let victim = tmp.write("victim.txt", "keep me")
+        let instance = try PluginLibrary.load(path: BuildProducts.simPlugin).instantiate()
+        // Host side: the store's location and every key and prefix.
+        let badLocation = #expect(throws: CapstanError.self) { try PluginObjectStore(instance, location: "simfile://" + tmp.file("bucket/..")) }
+        #expect(badLocation?.code == .invalidRequest && badLocation?.message.contains("'..' path segment") == true, "\(String(describing: badLocation))")
+        let store = try PluginObjectStore(instance, location: "simfile://" + tmp.file("bucket"))
+        let hostErrors: [CapstanError?] = [
+            await #expect(throws: CapstanError.self) { try await store.list(prefix: "../") },
+            await #expect(throws: CapstanError.self) { try await store.delete(key: "../victim.txt") },
+            await #expect(throws: CapstanError.self) { try await store.put(file: victim, key: "../copy.txt") },
+        ]
+        #expect(hostErrors.allSatisfy { $0?.code == .invalidRequest }, "\(hostErrors)")
+        // Plugin side: a request that skips the host's checks (another host, a bug) is refused
+        // by the kit and the plugin's store too.
+        let raw: [(String, String)] = [
+            (PluginWire.Method.list, #"{"location": "simfile://\#(tmp.file("bucket/.."))", "prefix": ""}"#),
+            (PluginWire.Method.delete, #"{"location": "simfile://\#(tmp.file("bucket"))", "key": "../victim.txt"}"#),
+            (PluginWire.Method.list, #"{"location": "simfile://\#(tmp.file("bucket"))", "prefix": "../"}"#),
+        ]
+        for (method, request) in raw {
+            let e = await #expect(throws: CapstanError.self) { try await instance.invoke(method, request: Data(request.utf8)) }
+            #expect(e?.code == .invalidRequest && e?.message.contains("segment") == true, "\(method) \(request): \(String(describing: e))")
+        }
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "keep me")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("copy.txt")))
+    }
+
     @Test("a plugin's errors arrive typed, and its logs go through the host")
     func errorsAndLogs() async throws {
         let lines = LogCapture()
@@ -105,6 +135,27 @@ struct BadPluginTests {
         let e = loadError("/nonexistent/libnothing.so")
         #expect(e?.code == .pluginFailure)
         #expect(e?.message.contains("/nonexistent/libnothing.so: no such file") == true)
+    }
+
+    @Test("a folder, a socket, or a link to one is named for what it is, before any open", arguments: ["folder.so", "socket.so", "link.so"])
+    func notARegularFile(name: String) throws {
+        let tmp = TempDir(); defer { tmp.cleanup() }
+        try FileManager.default.createDirectory(atPath: tmp.file("folder.so"), withIntermediateDirectories: true)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let socketPath = tmp.file("socket.so")
+        withUnsafeMutableBytes(of: &addr.sun_path) { buf in _ = socketPath.utf8CString.withUnsafeBytes { memcpy(buf.baseAddress!, $0.baseAddress!, min(buf.count - 1, $0.count)) } }
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        #expect(bound == 0)
+        try FileManager.default.createSymbolicLink(atPath: tmp.file("link.so"), withDestinationPath: socketPath)
+        let expected = ["folder.so": "it is a folder, not a shared library", "socket.so": "it is a socket, not a shared library",
+                        "link.so": "it is a symbolic link to \(socketPath), which is a socket, not a shared library"][name]!
+        let e = loadError(tmp.file(name))
+        #expect(e?.code == .pluginFailure)
+        #expect(e?.message == "Cannot load plugin \(tmp.file(name)): \(expected).", "\(e?.message ?? "")")
+        #expect(e?.hint?.contains("a plugin must be a regular file") == true)
     }
 
     @Test("a file that is not a library")

@@ -18,7 +18,9 @@ import Yams
 /// storage:
 ///   default: file:///data/capstan-bucket
 /// ```
-/// Unknown keys are errors, so a typo never silently changes behaviour.
+/// Unknown keys are errors, so a typo never silently changes behaviour. The `providers.<name>`
+/// sections are checked against their provider's schema by ``ConfigSchema`` when providers are
+/// loaded (a plugin's schema is known only then), with the lines recorded here in ``lines``.
 public struct CapstanConfig: Sendable, Hashable {
     public struct Plugins: Sendable, Hashable {
         public var paths: [String] = []

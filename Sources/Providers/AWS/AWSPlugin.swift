@@ -34,7 +34,7 @@ public enum AWSPlugin {
             }
             let settings: AWSSettings
             do { settings = try config.decode(AWSSettings.self) } catch {
-                throw CapstanError(.config, "providers.aws is invalid: \(error).", hint: "See `capstan plugins inspect aws`.")
+                throw CapstanError(.config, "providers.aws is invalid: \(PluginLibrary.describe(error)).", hint: "See `capstan plugins inspect aws`.")
             }
             let chain = settings.credentialChain()
             let credentials = try chain.credentials()
