@@ -167,9 +167,33 @@ struct JobReliabilityTests {
         try await admin.createBucket()
         let dir = TempDir("capstan-aws-cfg")
         defer { dir.cleanup() }
-        let home = SmallJobHome(run: "'\(Self.twoCheckpoints)'", storage: bucketURI, providers: try Self.awsSection(dir, key: creds.accessKeyID, secret: creds.secretAccessKey))
+        // The command waits for the test to look at the running processes first.
+        let home = SmallJobHome(run: "'while [ ! -f \"$GO\" ]; do sleep 0.1; done; \(Self.twoCheckpoints)'", env: ["GO": "GO_FILE"], storage: bucketURI, providers: try Self.awsSection(dir, key: creds.accessKeyID, secret: creds.secretAccessKey))
         defer { home.dir.cleanup() }
-        let r = try await home.capstan(["launch", home.spec] + SmallJobHome.fast)
+        let go = home.dir.file("go")
+        home.dir.write("job/job.yaml", try String(contentsOfFile: home.spec, encoding: .utf8).replacingOccurrences(of: "GO_FILE", with: go))
+        async let launched = home.capstan(["launch", home.spec] + SmallJobHome.fast)
+        // While it runs: neither the agent's nor the command's arguments or environment hold
+        // the secret (it reached the agent through a pipe).
+        var looked: [String] = []
+        for _ in 0..<300 where looked.isEmpty {
+            try await Task.sleep(for: .milliseconds(100))
+            let found = (try? FileManager.default.subpathsOfDirectory(atPath: home.dir.file("local"))) ?? []
+            for f in found where f.hasSuffix("attempt-1/status.json") {
+                guard let data = FileManager.default.contents(atPath: home.dir.file("local/" + f)),
+                      let s = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let command = s["commandPID"] as? Int, let agent = s["agentPID"] as? Int else { continue }
+                for pid in [agent, command] {
+                    for what in ["cmdline", "environ"] {
+                        let text = String(decoding: FileManager.default.contents(atPath: "/proc/\(pid)/\(what)") ?? Data(), as: UTF8.self)
+                        #expect(!text.isEmpty && !text.contains(creds.secretAccessKey), "/proc/\(pid)/\(what)")
+                        looked.append("\(pid)/\(what)")
+                    }
+                }
+            }
+        }
+        #expect(looked.count == 4, "\(looked)")
+        FileManager.default.createFile(atPath: go, contents: nil)
+        let r = try await launched
         let job = try #require(try home.job())
         let log = home.log(job.id)
         #expect(r.status == 0 && job.status == .succeeded, "\(r.stdout)\n\(r.stderr)\n\(log)")

@@ -143,6 +143,10 @@ public struct AgentStatus: Sendable, Hashable, Codable {
         self.updatedAt = Date()
     }
 
+    /// Capstan's own settings an agent inherits from the controller's environment (its home,
+    /// the Python cache, plugins, the crash-test hook) — by name: nothing else of it.
+    public static let inheritedSettings = ["CAPSTAN_HOME", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_PLUGIN_PATH", "CAPSTAN_TEST_CRASH_AT"]
+
     /// `endedIn` of an agent that could not start its work (no credentials, bucket unreachable).
     public static let startPhase = "start"
 

@@ -137,8 +137,9 @@ public final class NodeAgent: Sendable {
 
     // MARK: - Phases
 
-    /// Writes and deletes `checkpoints/.capstan-probe-node-R` (a name no checkpoint listing
-    /// reads).
+    /// Writes `checkpoints/.capstan-probe-node-R` (a few bytes no checkpoint listing reads,
+    /// rewritten by every attempt). Not deleted: a file bucket's delete prunes the folders it
+    /// empties, which races another node's probe being written into the same folder.
     func probeBucket() async throws {
         let file = config.stateDir + "/.bucket-probe"
         defer { try? FileManager.default.removeItem(atPath: file) }
@@ -147,7 +148,6 @@ public final class NodeAgent: Sendable {
         }
         let key = "checkpoints/.capstan-probe-node-\(config.node)"
         _ = try await bucket.put(file: file, key: key, options: PutOptions(), progress: nil)
-        try await bucket.delete(key: key)
     }
 
     /// Restores this node's part of the chosen checkpoint. False (with `failure` set) when it

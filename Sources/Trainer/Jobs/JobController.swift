@@ -86,8 +86,10 @@ public final class JobController: Sendable {
         do {
             bucket = try ctx.openBucket(job.storage)
             secrets = AgentSecrets(bucket: try ctx.bucketAccess(job.storage))
-        } catch {
-            // No credentials, a bad endpoint: no agent could work either.
+        } catch where job.attempt == 0 {
+            // A job that has not started, without credentials or with a bad endpoint: no agent
+            // could work either. (A running job is left to its agents: this controller may just
+            // lack the environment of the one that launched it.)
             let message = "Cannot open the job's bucket \(job.storage): \((error as? CapstanError)?.description ?? "\(error)")"
             return await Run(controller: self, spec: spec, settings: settings, bucket: nil, secrets: AgentSecrets()).finish(.failed, message, error: message)
         }

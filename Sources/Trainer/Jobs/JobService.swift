@@ -79,6 +79,7 @@ public struct JobService: Sendable {
         let storage = (root.hasSuffix("/") ? String(root.dropLast()) : root) + "/" + id
         // Fail now, not on the first checkpoint, when the bucket cannot be opened.
         _ = try context.openBucket(storage)
+        _ = try context.bucketAccess(storage)
         if let workdir = spec.workdir {
             let local = workdir.hasPrefix("/") ? workdir : folder + "/" + workdir
             var isDir: ObjCBool = false

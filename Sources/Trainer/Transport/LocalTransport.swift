@@ -73,10 +73,10 @@ public struct LocalTransport: NodeTransport {
         NodeProcesses.record(pid, in: config.attemptPidsFile)
     }
 
-    /// What a local agent inherits: ``BaseEnvironment`` plus `CAPSTAN_*` (its home, its
-    /// Python cache, test hooks).
+    /// What a local agent inherits: ``BaseEnvironment`` plus Capstan's own settings
+    /// (``AgentStatus/inheritedSettings``).
     static func agentEnvironment(_ environment: [String: String]) -> [String: String] {
-        BaseEnvironment.filter(environment).merging(environment.filter { $0.key.hasPrefix("CAPSTAN_") }) { $1 }
+        BaseEnvironment.filter(environment).merging(environment.filter { AgentStatus.inheritedSettings.contains($0.key) }) { $1 }
     }
 
     public func agentOutput(job: String, attempt: Int, on node: Instance) async -> String {

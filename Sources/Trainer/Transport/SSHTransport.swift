@@ -31,14 +31,14 @@ public struct SSHTransport: NodeTransport {
     /// The local file shipped to nodes as the agent.
     public let agentBinary: String
     /// Variables passed from this process to remote agents (Capstan's settings: the Python
-    /// cache, test hooks), sent on the SSH session's stdin. The bucket's credentials go
+    /// cache, the crash-test hook), sent on the SSH session's stdin. The bucket's credentials go
     /// separately, as ``AgentSecrets`` on the agent's own stdin.
     public let forwardedPrefixes: [String]
     let digest: LockedBox<String?> = LockedBox(nil)
     /// Nodes that have answered, by instance id.
     let reached: LockedBox<Set<String>> = LockedBox([])
 
-    public init(client: SSHClient, agentBinary: String, clusterKeys: ClusterKeys? = nil, forwardedPrefixes: [String] = ["CAPSTAN_PYTHON_CACHE", "CAPSTAN_TEST_"]) {
+    public init(client: SSHClient, agentBinary: String, clusterKeys: ClusterKeys? = nil, forwardedPrefixes: [String] = ["CAPSTAN_PYTHON_CACHE", "CAPSTAN_TEST_CRASH_AT"]) {
         self.client = client
         self.clusterKeys = clusterKeys
         self.agentBinary = agentBinary
