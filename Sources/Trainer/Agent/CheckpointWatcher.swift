@@ -18,6 +18,8 @@ public actor CheckpointWatcher {
     let logger: Logger
     /// Runs after each file a part upload puts (test hook: a cut upload).
     let afterFile: (@Sendable (Int) -> Void)?
+    /// Runs when a step's parts are all in, before its manifest is written (test hook).
+    let beforeCommit: (@Sendable (Int) -> Void)?
 
     private var uploaded: Set<Int> = []
     private var awaitingCommit: Set<Int> = []
@@ -31,9 +33,10 @@ public actor CheckpointWatcher {
     public init(
         folder: String, checkpoints: CheckpointStore, job: String, attempt: Int, node: Int, nodes: Int, keep: Int,
         pollInterval: Duration = .seconds(1), logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() }),
-        afterFile: (@Sendable (Int) -> Void)? = nil
+        afterFile: (@Sendable (Int) -> Void)? = nil, beforeCommit: (@Sendable (Int) -> Void)? = nil
     ) {
         self.afterFile = afterFile
+        self.beforeCommit = beforeCommit
         self.folder = folder
         self.checkpoints = checkpoints
         self.job = job
@@ -69,7 +72,8 @@ public actor CheckpointWatcher {
 
     func commitReady() async throws {
         for step in awaitingCommit.sorted() {
-            guard try await checkpoints.commit(step: step, job: job, attempt: attempt, nodes: nodes) != nil else { continue }
+            let hook = beforeCommit
+            guard try await checkpoints.commit(step: step, job: job, attempt: attempt, nodes: nodes, beforeManifest: { hook?(step) }) != nil else { continue }
             awaitingCommit.remove(step)
             committed.append(step)
             logger.notice("checkpoint committed", metadata: ["capstan.job": "\(job)", "step": "\(step)"])

@@ -109,7 +109,8 @@ public final class NodeAgent: Sendable {
         update { $0.phase = .running }
         let watcher = CheckpointWatcher(
             folder: config.checkpointDir, checkpoints: checkpoints, job: config.job, attempt: config.attempt, node: config.node,
-            nodes: config.nodes, keep: config.keep, logger: logger, afterFile: { [self] _ in afterFileUploaded() })
+            nodes: config.nodes, keep: config.keep, logger: logger, afterFile: { [self] _ in afterFileUploaded() },
+            beforeCommit: { [self] _ in if config.attempt == 1 { faults.hit("agent-commit") } })
         let uploads = Task { [self] in
             while !Task.isCancelled {
                 // A pass runs in a task of its own, which the cancel below (the command ended)

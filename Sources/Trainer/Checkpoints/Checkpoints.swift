@@ -149,7 +149,9 @@ public struct CheckpointStore: Sendable {
 
     /// Writes the manifest (leader only) once all `nodes` part records of `attempt` are present;
     /// returns nil while some are missing. Idempotent: an existing manifest is returned as is.
-    public func commit(step: Int, job: String, attempt: Int, nodes: Int) async throws -> CheckpointManifest? {
+    /// `beforeManifest` runs once every part is in, just before the manifest is written (a test
+    /// hook: the leader killed mid-commit).
+    public func commit(step: Int, job: String, attempt: Int, nodes: Int, beforeManifest: (@Sendable () -> Void)? = nil) async throws -> CheckpointManifest? {
         if let existing: CheckpointManifest = try await getJSON(key(step, CheckpointProtocol.manifestName)) { return existing }
         var parts: [CheckpointPart] = []
         for n in 0..<nodes {
@@ -159,6 +161,7 @@ public struct CheckpointStore: Sendable {
         // Whole seconds: the record round-trips through ISO 8601 unchanged.
         let now = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))
         let manifest = CheckpointManifest(job: job, attempt: attempt, step: step, nodes: nodes, parts: parts, createdAt: now)
+        beforeManifest?()
         try await putJSON(manifest, key: key(step, CheckpointProtocol.manifestName), ifNoneMatch: true)
         return manifest
     }

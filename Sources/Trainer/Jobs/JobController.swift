@@ -630,14 +630,21 @@ final class Run: @unchecked Sendable {
             guard let m = try? await checkpoints.verified(step: step) else { continue }
             knownCheckpoints.insert(step)
             try? store.save(CheckpointRecord(jobID: jobID, step: step, attempt: m.attempt, bytes: m.totalBytes, committedAt: m.createdAt))
+            c.ctx.provisioner.faults.hit("controller-checkpoint")
             _ = try? store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, step) }
             store.jobEvent("checkpoint", "Checkpoint step \(step) committed (\(m.totalBytes) bytes, attempt \(m.attempt)).", job: jobID)
             c.emit(.checkpoint(step: step, bytes: m.totalBytes))
         }
-        for r in (try? store.checkpoints(job: jobID)) ?? [] where !r.deleted && !present.contains(r.step) {
+        let records = (try? store.checkpoints(job: jobID)) ?? []
+        for r in records where !r.deleted && !present.contains(r.step) {
             var d = r
             d.deleted = true
             try? store.save(d)
+        }
+        // The job's latest checkpoint follows its records, even when a controller died between
+        // recording a step and updating the job.
+        if let newest = records.filter({ present.contains($0.step) }).map(\.step).max(), (job()?.latestCheckpoint ?? -1) < newest {
+            _ = try? store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, newest) }
         }
     }
 
