@@ -448,11 +448,12 @@ final class Run: @unchecked Sendable {
                     let quiet = until.timeIntervalSince(b.seen)
                     if quiet > settings.heartbeatTimeoutSeconds { silent.append((rank, quiet)) }
                 } else if now.timeIntervalSince(started) > settings.agentStartTimeoutSeconds {
-                    // What the agent printed before it could write a status is the reason.
+                    // What the agent printed before it could write a status is the reason: then
+                    // the node is fine (it ran the agent), and the agent could not start.
                     var said = ""
                     if let t = try? transport(for: nodes[rank]) { said = await t.agentOutput(job: jobID, attempt: attempt.attempt, on: nodes[rank]) }
                     let message = "the agent on node \(rank) (\(nodes[rank].id)) did not start within \(Int(settings.agentStartTimeoutSeconds)) s" + (said.isEmpty ? "" : "; it said: \(secrets.redact(String(said.suffix(500))))")
-                    return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: message))
+                    return .failed(AttemptFailure(kind: said.isEmpty ? .heartbeat : .startup, node: rank, message: message))
                 }
             }
             // Several silent at once (one node's loss can stall the others' reads or agents):
