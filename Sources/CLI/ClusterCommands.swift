@@ -87,6 +87,32 @@ struct DownCommand: AsyncParsableCommand {
     }
 }
 
+struct MoveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "move",
+        abstract: "Move a running cluster to the cheapest other offer that fits its request (a whole new gang; the old one is terminated once the new one runs).",
+        discussion: """
+            What a job does by itself when a lost node cannot be replaced on its offer. A job on
+            the cluster resumes on the new gang from its newest checkpoint.
+            """)
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Cluster name.") var name: String
+    @Flag(help: "Ask every provider for fresh offers.") var refresh = false
+
+    func run() async throws {
+        try await reportingErrors {
+            let registry = try global.loadRegistry()
+            let json = global.json
+            let provisioner = try global.provisioner(registry, progress: json ? nil : { @Sendable line in print("  " + line) })
+            _ = await provisioner.reconcile()
+            let report = try await provisioner.move(cluster: name, search: global.offerSearch(registry, store: provisioner.store, refresh: refresh))
+            if json { try printJSON(report); return }
+            let c = report.cluster
+            print("Cluster \(c.name) moved: \(c.nodes) node(s) on \(c.offer?.provider ?? "?") \(c.offer?.instanceType ?? "?") in \(c.offer.map { $0.zone ?? $0.region } ?? "?"), \(dollars(c.pricePerHour ?? 0))/h\(c.spot ? " (spot)" : "").")
+        }
+    }
+}
+
 /// One cluster as `capstan status --json` prints it.
 struct ClusterStatusRow: Encodable {
     var cluster: Cluster

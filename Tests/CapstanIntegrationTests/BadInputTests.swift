@@ -110,6 +110,9 @@ struct BadInputTests {
         ("providers:\n  sim:\n    capacityFailures: two\n", "config.yaml:3: providers.sim.capacityFailures: expected an integer, got 'two'"),
         ("providers:\n  local: {}\n  simm:\n    bootSeconds: 1\n", "config.yaml:3: providers.simm: there is no provider or plugin named 'simm' (did you mean 'sim'?)"),
         ("providers:\n  ssh:\n    hosts:\n      - address: 127.0.0.1\n        port: twenty-two\n", "config.yaml:5: providers.ssh.hosts[0].port: expected an integer, got 'twenty-two'"),
+        ("providers:\n  local:\n    preemptAfterSeconds: -3\n", "config.yaml:3: providers.local.preemptAfterSeconds: must be at least 0, got -3"),
+        ("providers:\n  sim:\n    preemptNodes: [one]\n", "config.yaml:3: providers.sim.preemptNodes[0]: expected an integer, got 'one'"),
+        ("providers:\n  sim:\n    preemptAfterSeconds: -1\n", "config.yaml:3: providers.sim.preemptAfterSeconds: must be at least 0, got -1"),
     ] as [(String, String)])
     func badProviderSettings(config: String, message: String) async throws {
         let home = TempDir(); defer { home.cleanup() }

@@ -3,8 +3,8 @@ import CapstanProviders
 import Foundation
 import Testing
 
-/// The chaos suite: the built `capstan` is SIGKILLed at every fault point of `up`, `down` and
-/// `reconcile` (``FaultPoints/provisioning``), on the sim cloud (its instances outlive the
+/// The chaos suite: the built `capstan` is SIGKILLed at every fault point of `up`, `down`,
+/// `move` and `reconcile` (``FaultPoints/provisioning``), on the sim cloud (its instances outlive the
 /// process, 50 ms per API call) and on EC2 (moto, over HTTP). Then one plain `capstan
 /// reconcile` runs, and the clouds are counted: no live instance that no running cluster owns,
 /// no cluster left `provisioning` or `terminating`, every running cluster whole — and a final
@@ -55,7 +55,17 @@ struct ChaosTests {
         // These two need an earlier crash to give reconcile its work: set up below.
         Scenario(point: "reconcile.finishing", before: [up], killed: ["reconcile"]),
         Scenario(point: "reconcile.recovering", killed: ["reconcile"]),
+        // `capstan move`: a whole new gang, then the old one goes.
+        Scenario(point: "move.before-launch", before: [up], killed: move),
+        Scenario(point: "move.after-launch", before: [up], killed: move),
+        Scenario(point: "move.recorded", before: [up], killed: move),
+        Scenario(point: "move.waiting", before: [up], killed: move),
+        Scenario(point: "move.cleanup", before: [up], killed: move, failFirstRegion: true),
+        Scenario(point: "move.launched", before: [up], killed: move),
+        Scenario(point: "move.retired", before: [up], killed: move),
+        Scenario(point: "reconcile.moving", before: [up], killed: ["reconcile"]),
     ]
+    static let move = ["move", "c1"]
 
     struct Home {
         let dir = TempDir("capstan-chaos")
@@ -171,7 +181,7 @@ struct ChaosTests {
         let covered = Set(Self.scenarios.map { String($0.point.split(separator: ":")[0]) })
         let reachable = Set(FaultPoints.provisioning.filter { !$0.hasPrefix("replace.") })
         #expect(reachable.subtracting(covered).isEmpty, "not covered: \(reachable.subtracting(covered).sorted())")
-        #expect(Self.scenarios.count >= 20)
+        #expect(Self.scenarios.count >= 28)
     }
 
     @Test("kill -9 at a fault point, then one reconcile: nothing leaked, nothing stuck", arguments: all)
@@ -187,6 +197,8 @@ struct ChaosTests {
             #expect(try await home.capstan(["down", "c1"], crashAt: "down.marked").status == 9)
         case "reconcile.recovering":
             #expect(try await home.capstan(Self.up, crashAt: "up.waiting").status == 9)
+        case "reconcile.moving":
+            #expect(try await home.capstan(Self.move, crashAt: "move.launched").status == 9)
         default: break
         }
         if scenario.orphan { try await home.plantOrphan() }

@@ -134,4 +134,35 @@ struct ReliabilityTests {
             #expect(try String(contentsOfFile: home.dir.file("owner-id"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == home.store().ownerID())
         }
     }
+
+    @Test("a damaged owner-id file is a clear error naming the file, and nothing is written")
+    func damagedOwnerID() async throws {
+        let home = Home(); defer { home.dir.cleanup() }
+        home.dir.write("owner-id", "not an id; rm -rf /\n")
+        let r = try await home.capstan(Home.up)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("The owner id file \(home.dir.file("owner-id")) is damaged"), "\(r.stderr)")
+        #expect(r.stderr.contains("Restore it from a backup"), "\(r.stderr)")
+        #expect(try await home.live().isEmpty)
+        #expect(try String(contentsOfFile: home.dir.file("owner-id"), encoding: .utf8) == "not an id; rm -rf /\n", "the file was rewritten")
+    }
+
+    @Test("capstan move: an unknown or finished cluster is a clear error; a running one moves and leaves nothing behind")
+    func moveCommand() async throws {
+        let home = Home(); defer { home.dir.cleanup() }
+        let unknown = try await home.capstan(["move", "nosuch"])
+        #expect(unknown.status == 1 && unknown.stderr.contains("Cluster 'nosuch' is not running, so it cannot be moved."), "\(unknown.stderr)")
+        #expect(try await home.capstan(Home.up).status == 0)
+        let from = try #require(try home.store().cluster(named: "c1")?.offer)
+        let moved = try await home.capstan(["move", "c1", "--json"])
+        #expect(moved.status == 0, "\(moved.stderr)")
+        let c1 = try #require(try home.store().cluster(named: "c1"))
+        #expect(c1.status == .running && c1.offer?.region != from.region)
+        let live = try await home.live()
+        #expect(live.count == 2 && live.allSatisfy { $0.region == c1.offer?.region && $0.tags[CapstanTags.moveFrom] != nil }, "\(live.map(\.region))")
+        #expect(try await home.capstan(["down", "c1"]).status == 0)
+        let finished = try await home.capstan(["move", "c1"])
+        #expect(finished.status == 1 && finished.stderr.contains("is not running"), "\(finished.stderr)")
+        #expect(try await home.live().isEmpty)
+    }
 }

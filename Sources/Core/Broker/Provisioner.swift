@@ -119,6 +119,8 @@ public struct FaultPoints: Sendable {
         "reconcile.listed", "reconcile.locked", "reconcile.finishing", "reconcile.recovering", "reconcile.rebuilt",
         "reconcile.terminating", "reconcile.terminated",
         "replace.retired", "replace.before-launch", "replace.after-launch", "replace.recorded", "replace.waiting", "replace.ready",
+        "move.before-launch", "move.after-launch", "move.recorded", "move.waiting", "move.cleanup", "move.launched", "move.retired",
+        "reconcile.moving",
     ]
 
     /// Reads `CAPSTAN_TEST_CRASH_AT` (`point` or `point:N`) and kills the process with SIGKILL
@@ -261,7 +263,9 @@ public struct Provisioner: Sendable {
     /// Tries `offers` in order for a whole gang of `cluster.nodes` nodes, failing over on
     /// capacity errors, until one is running. Returns it (offer, instances, intent) and every
     /// attempt made.
-    func launchGang(cluster: Cluster, owner: String, offers: [RankedOffer]) async -> (ready: (RankedOffer, [Instance], String)?, attempts: [ProvisionAttempt]) {
+    /// `stage` names the fault points (`up`, `move`); `tags` go on every instance besides the
+    /// ownership tags.
+    func launchGang(cluster: Cluster, owner: String, offers: [RankedOffer], stage: String = "up", tags extra: [String: String] = [:]) async -> (ready: (RankedOffer, [Instance], String)?, attempts: [ProvisionAttempt]) {
         var attempts: [ProvisionAttempt] = []
         var skippedProviders: [String: CapstanError] = [:]
         var launchesPerProvider: [String: Int] = [:]
@@ -276,7 +280,7 @@ public struct Provisioner: Sendable {
             }
             launchesPerProvider[offer.provider, default: 0] += 1
             let start = ContinuousClock.now
-            let outcome = await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider)
+            let outcome = await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider, stage: stage, tags: extra)
             let seconds = (ContinuousClock.now - start).seconds
             switch outcome {
             case .ready(let instances, let intent):
@@ -302,15 +306,15 @@ public struct Provisioner: Sendable {
     /// One offer: intent → launch (with retries) → wait for running. Cleans up after itself on
     /// every failure path.
     /// `node` set: a replacement for that one node index (count 1) instead of the whole cluster.
-    func attempt(cluster: Cluster, owner: String, ranked: RankedOffer, provider: any ComputeProvider, node: Int? = nil) async -> AttemptOutcome {
-        let stage = node == nil ? "up" : "replace"
+    /// `stage` names its fault points (`up`, `move`, `replace`).
+    func attempt(cluster: Cluster, owner: String, ranked: RankedOffer, provider: any ComputeProvider, node: Int? = nil, stage: String = "up", tags extra: [String: String] = [:]) async -> AttemptOutcome {
         let offer = ranked.offer
         let key = "cap-" + UUID().uuidString.lowercased()
         let count = node == nil ? cluster.nodes : 1
-        var tags = [
+        var tags = extra.merging([
             CapstanTags.managed: "true", CapstanTags.owner: owner, CapstanTags.cluster: cluster.name,
             CapstanTags.clusterID: cluster.id, CapstanTags.intent: key, CapstanTags.nodes: "\(cluster.nodes)",
-        ]
+        ]) { $1 }
         if let node { tags[CapstanTags.node] = "\(node)" }
         let intent = LaunchIntent(
             key: key, clusterID: cluster.id, provider: offer.provider, offer: offer, count: count, spot: ranked.spot,
@@ -468,7 +472,7 @@ public struct Provisioner: Sendable {
         var last: CapstanError?
         tries: for n in 0...options.launchRetries {
             if n > 0 { try await Task.sleep(for: options.backoff.delay(n - 1)) }
-            switch await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider, node: node) {
+            switch await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider, node: node, stage: "replace") {
             case .ready(let instances, _):
                 faults.hit("replace.ready")
                 store.event("replaced", "Node \(node) replaced by \(instances[0].id) on \(offer.provider) \(offer.instanceType).", cluster: cluster.id)
@@ -509,29 +513,50 @@ public struct Provisioner: Sendable {
         }
         say("moving cluster \(name) off \(from?.id ?? "?")")
         let owner = try store.ownerID()
-        let (ready, attempts) = await launchGang(cluster: cluster, owner: owner, offers: candidates)
-        guard let (ranked, instances, intent) = ready else {
+        // The new gang names the one it replaces: a crash before the move is recorded leaves a
+        // trail reconcile can finish (the new gang runs) or undo (it does not).
+        let (ready, attempts) = await launchGang(cluster: cluster, owner: owner, offers: candidates, stage: "move", tags: [CapstanTags.moveFrom: cluster.intentKey ?? ""])
+        guard let (_, instances, key) = ready, let intent = try store.intent(key) else {
             throw CapstanError(.capacity, "Cluster '\(name)' cannot move: all \(attempts.count) other offer(s) failed: " + attempts.map { "\($0.offer.id) \($0.outcome)" }.joined(separator: ", ") + ".", hint: "Widen the job's resources (other GPUs, regions or spot).")
         }
-        // The new gang runs: retire the old one (everything of the cluster not of the new intent).
-        let old = try store.instances(cluster: cluster.id).filter { !$0.state.isGone && $0.intentKey != intent }
-        for (providerName, group) in Dictionary(grouping: old, by: \.provider) {
+        faults.hit("move.launched")
+        try await finishMove(&cluster, to: intent)
+        say("moved: \(instances.count) node(s) on \(intent.offer.provider) \(intent.offer.instanceType) in \(intent.offer.zone ?? intent.offer.region)")
+        return ProvisionReport(cluster: cluster, attempts: attempts, instances: instances)
+    }
+
+    /// The last half of a move, once `intent`'s gang runs: every other instance of the cluster
+    /// (what the store knows and what the providers tag with its id) is terminated, then the
+    /// cluster points at the new gang. The caller holds the cluster's lock.
+    func finishMove(_ cluster: inout Cluster, to intent: LaunchIntent) async throws {
+        let records = try store.instances(cluster: cluster.id)
+        for providerName in Set(records.map(\.provider) + [intent.provider]).sorted() {
             guard let p = provider(providerName) else { continue }
-            for i in (try? await p.terminate(ids: group.map(\.id))) ?? [] {
+            var old = Dictionary(records.filter { $0.provider == providerName && !$0.state.isGone && $0.intentKey != intent.key }.map { ($0.id, $0.intentKey) }) { a, _ in a }
+            for i in (try? await p.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id]))) ?? [] where i.tags[CapstanTags.intent] != intent.key {
+                old[i.id] = i.tags[CapstanTags.intent] ?? ""
+            }
+            guard !old.isEmpty else { continue }
+            for i in try await p.terminate(ids: old.keys.sorted()) {
                 var gone = i
                 if !gone.state.isGone { gone.state = .terminated }
-                try? store.record(gone, clusterID: cluster.id, intentKey: group.first { $0.id == i.id }?.intentKey ?? "")
+                try? store.record(gone, clusterID: cluster.id, intentKey: old[i.id] ?? "")
             }
         }
-        cluster.offer = ranked.offer
-        cluster.spot = ranked.spot
-        cluster.pricePerHour = ranked.clusterPricePerHour
-        cluster.intentKey = intent
+        faults.hit("move.retired")
+        let from = cluster.offer
+        cluster.offer = intent.offer
+        cluster.spot = intent.spot
+        cluster.pricePerHour = Self.clusterPrice(intent, nodes: cluster.nodes)
+        cluster.intentKey = intent.key
         cluster.lastError = nil
         try store.update(cluster)
-        store.event("moved", "Moved from \(from?.id ?? "?") to \(ranked.offer.id), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + ".", cluster: cluster.id)
-        say("moved: \(instances.count) node(s) on \(ranked.offer.provider) \(ranked.offer.instanceType) in \(ranked.offer.zone ?? ranked.offer.region)")
-        return ProvisionReport(cluster: cluster, attempts: attempts, instances: instances)
+        store.event("moved", "Moved from \(from?.id ?? "?") to \(intent.offer.id), " + String(format: "$%.2f/h", cluster.pricePerHour ?? 0) + ".", cluster: cluster.id)
+    }
+
+    /// A cluster's price on `intent`'s offer and market, $/h.
+    static func clusterPrice(_ intent: LaunchIntent, nodes: Int) -> Double {
+        ((intent.spot ? intent.offer.spotPricePerHour : intent.offer.onDemandPricePerHour) ?? 0) * Double(nodes)
     }
 
     // MARK: - Down
@@ -689,6 +714,16 @@ public struct Provisioner: Sendable {
             await recoverInterrupted(c, listed: listed, report: &report)
             handled.insert(c.id)
         }
+        // A move died: finish it when its new gang runs whole, else undo it.
+        for c in clusters where c.status == .running && !busy.contains(c.id) {
+            let moves = ((try? store.intents(cluster: c.id, status: .launched)) ?? []).filter { $0.tags[CapstanTags.moveFrom] == c.intentKey && $0.key != c.intentKey }
+            guard let move = moves.last, listed[move.provider] != nil else { continue }
+            guard let lock = try? locks.acquire(c.name) else { busy.insert(c.id); report.busyClusters.append(c.name); continue }
+            held.append(lock)
+            await recoverMove(c, to: move, listed: listed, report: &report)
+            handled.insert(c.id)
+        }
+
         // Re-read: recovery and finishing changed statuses.
         clusters = (try? store.clusters(includeFinished: true)) ?? clusters
         let byID = Dictionary(clusters.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
@@ -782,8 +817,7 @@ public struct Provisioner: Sendable {
                     cluster.status = .running
                     cluster.offer = last.offer
                     cluster.spot = last.spot
-                    let perNode = (last.spot ? last.offer.spotPricePerHour : last.offer.onDemandPricePerHour) ?? 0
-                    cluster.pricePerHour = perNode * Double(c.nodes)
+                    cluster.pricePerHour = Self.clusterPrice(last, nodes: c.nodes)
                     cluster.intentKey = last.key
                     cluster.readyAt = Date()
                     try? store.update(cluster)
@@ -896,5 +930,29 @@ public struct Provisioner: Sendable {
         }
         return Offer(provider: i.provider, instanceType: i.instanceType, region: i.region, zone: i.zone, gpusPerNode: 0,
                      onDemandPricePerHour: i.spot ? nil : i.pricePerHour, spotPricePerHour: i.spot ? i.pricePerHour : nil)
+    }
+
+    /// A running cluster whose `move` died after its new gang was launched (lock now ours): when
+    /// that gang runs whole, the move is finished (the old gang goes); otherwise the new gang is
+    /// terminated and the cluster stays where it was.
+    func recoverMove(_ c: Cluster, to move: LaunchIntent, listed: [String: [Instance]], report: inout ReconcileReport) async {
+        let gang = (listed[move.provider] ?? []).filter { $0.tags[CapstanTags.intent] == move.key && $0.state.isLive }
+        faults.hit("reconcile.moving")
+        var cluster = c
+        if gang.count == c.nodes, gang.allSatisfy({ $0.state == .running }) {
+            for i in gang { try? store.record(i, clusterID: c.id, intentKey: move.key) }
+            do {
+                try await finishMove(&cluster, to: move)
+                report.recoveredClusters.append(c.name)
+                report.adopted.append(contentsOf: gang.map(\.id))
+                return
+            } catch {
+                report.providerErrors[move.provider] = error as? CapstanError ?? CapstanError(.transient, "\(error)", provider: move.provider)
+                return
+            }
+        }
+        await terminate(gang, clusterID: c.id, report: &report)
+        try? store.setIntent(move.key, status: .failed, error: "the move was interrupted before its new gang ran; the cluster stays on its offer")
+        store.event("move-undone", "A move to \(move.offer.id) was interrupted before its \(c.nodes) node(s) ran; they were terminated and the cluster stays on \(c.offer?.id ?? "its offer").", cluster: c.id)
     }
 }

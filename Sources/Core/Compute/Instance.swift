@@ -81,6 +81,9 @@ public enum CapstanTags {
     public static let node = "capstan:node"
     /// How many nodes the cluster has (so a cluster can be rebuilt from its instances alone).
     public static let nodes = "capstan:nodes"
+    /// On a gang launched to move a cluster: the intent of the gang it replaces (so a move a
+    /// crash interrupted can be finished or undone).
+    public static let moveFrom = "capstan:move-from"
 }
 
 extension Instance {

@@ -218,7 +218,7 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
                     "stateFile": .object(["type": .string("string"), "description": .string("Keep instances in this file so they outlive the process.")]),
                     "rateLimitedLaunches": .object(["type": .string("integer"), "description": .string("The first N launches are throttled.")]),
                     "failBootRegions": .object(["type": .string("array"), "items": .object(["type": .string("string")]), "description": .string("Instances in these regions fail while booting.")]),
-                    "preemptAfterSeconds": .object(["type": .string("number"), "description": .string("Preempt an instance this long after it starts running (once per node of a cluster), as spot does.")]),
+                    "preemptAfterSeconds": .object(["type": .string("number"), "minimum": .number(0), "description": .string("Preempt an instance this long after it starts running (once per node of a cluster), as spot does.")]),
                     "preemptNodes": .object(["type": .string("array"), "items": .object(["type": .string("integer")]), "description": .string("Node indices preemptAfterSeconds applies to (default: all).")]),
                 ]),
                 "additionalProperties": .bool(false),
