@@ -54,7 +54,7 @@ struct GlobalOptions: ParsableArguments {
 
     /// Everything a provisioning verb needs: providers, state, locks, fault hooks.
     func provisioner(_ registry: ProviderRegistry, progress: (@Sendable (String) -> Void)? = nil) throws -> Provisioner {
-        let store = try StateStore.open(home: registry.home)
+        let store = try StateStore.open(home: registry.home, faults: .fromEnvironment())
         var options = ProvisionOptions()
         options.clusterKeys = ClusterKeys(folder: registry.home.path("ssh/clusters"))
         return Provisioner(

@@ -165,4 +165,17 @@ struct ReliabilityTests {
         #expect(finished.status == 1 && finished.stderr.contains("is not running"), "\(finished.stderr)")
         #expect(try await home.live().isEmpty)
     }
+
+    @Test("kill -9 with the owner-id file written and the database's copy not yet committed: the next command agrees with the file")
+    func killedWhileWritingOwnerID() async throws {
+        let home = Home(); defer { home.dir.cleanup() }
+        let killed = try await home.capstan(["status", "--no-reconcile"], crashAt: "state.owner-written")
+        #expect(killed.status == 9, "the fault point was not reached: \(killed.stderr)")
+        let written = try String(contentsOfFile: home.dir.file("owner-id"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try await home.capstan(Home.up).status == 0)
+        #expect(try home.store().ownerID() == written)
+        #expect(try await home.live().allSatisfy { $0.tags[CapstanTags.owner] == written })
+        #expect(try await home.capstan(["down", "c1"]).status == 0)
+        #expect(try await home.live().isEmpty)
+    }
 }

@@ -19,7 +19,9 @@ public final class StateStore: Sendable {
     /// the owner id (``ownerID()``) lives in that file too and wins over the database's: a
     /// database lost, emptied or moved aside keeps its owner, so reconcile still finds every
     /// instance this installation ever launched.
-    public init(path: String, identityFile: String? = nil) throws {
+    /// `faults`: the test hook `state.owner-written` (the identity file written, the database's
+    /// copy not yet committed).
+    public init(path: String, identityFile: String? = nil, faults: FaultPoints = .none) throws {
         self.path = path
         self.identityFile = identityFile
         do {
@@ -33,7 +35,7 @@ public final class StateStore: Sendable {
             db = try DatabasePool(path: path, configuration: config)
             try Self.migrator.migrate(db)
             try db.write { try $0.execute(sql: "INSERT OR IGNORE INTO meta(key, value) VALUES ('createdAt', ?)", arguments: [Date().timeIntervalSince1970.description]) }
-            if let identityFile { try Self.syncOwner(db, file: identityFile) }
+            if let identityFile { try Self.syncOwner(db, file: identityFile, faults: faults) }
         } catch let e as CapstanError {
             throw e
         } catch {
@@ -42,14 +44,14 @@ public final class StateStore: Sendable {
     }
 
     /// The store in `home` (`state/capstan.db`), its owner id kept in `home/owner-id`.
-    public static func open(home: CapstanHome) throws -> StateStore {
-        try StateStore(path: home.stateFolder + "/capstan.db", identityFile: home.ownerIDFile)
+    public static func open(home: CapstanHome, faults: FaultPoints = .none) throws -> StateStore {
+        try StateStore(path: home.stateFolder + "/capstan.db", identityFile: home.ownerIDFile, faults: faults)
     }
 
     /// Makes the database's owner id and the identity file agree: the file wins; a database
     /// that had another id keeps it as a former owner (reconcile still lists its instances);
     /// a missing file is written from the database's id (or a new one).
-    static func syncOwner(_ db: DatabasePool, file: String) throws {
+    static func syncOwner(_ db: DatabasePool, file: String, faults: FaultPoints) throws {
         let fromFile = (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
         if let fromFile, !fromFile.isEmpty, fromFile.range(of: "^[a-z0-9-]{1,64}$", options: .regularExpression) == nil {
             throw CapstanError(.config, "The owner id file \(file) is damaged (it holds something other than an id).", hint: "Restore it from a backup: it names every instance this home launched. Removing it makes a new id, and instances tagged with the old one are no longer found.")
@@ -66,6 +68,7 @@ public final class StateStore: Sendable {
                 let id = current ?? newOwnerID()
                 if current == nil { try db.execute(sql: "INSERT INTO meta(key, value) VALUES ('owner', ?)", arguments: [id]) }
                 try writeIdentity(id, to: file)
+                faults.hit("state.owner-written")
             }
         }
     }
