@@ -459,11 +459,7 @@ public struct Provisioner: Sendable {
         // Retire whatever serves the node now.
         let current = try store.instances(cluster: cluster.id).filter { !$0.state.isGone && $0.instance.nodeIndex == node }
         if !current.isEmpty {
-            for i in try await provider.terminate(ids: current.map(\.id)) {
-                var gone = i
-                if !gone.state.isGone { gone.state = .terminated }
-                try? store.record(gone, clusterID: cluster.id, intentKey: current.first { $0.id == i.id }?.intentKey ?? "")
-            }
+            try await retire(Dictionary(current.map { ($0.id, Owner(cluster: cluster.id, intent: $0.intentKey)) }) { a, _ in a }, at: provider)
         }
         faults.hit("replace.retired")
         let owner = try store.ownerID()
@@ -532,16 +528,12 @@ public struct Provisioner: Sendable {
         let records = try store.instances(cluster: cluster.id)
         for providerName in Set(records.map(\.provider) + [intent.provider]).sorted() {
             guard let p = provider(providerName) else { continue }
-            var old = Dictionary(records.filter { $0.provider == providerName && !$0.state.isGone && $0.intentKey != intent.key }.map { ($0.id, $0.intentKey) }) { a, _ in a }
+            var old = Dictionary(records.filter { $0.provider == providerName && !$0.state.isGone && $0.intentKey != intent.key }.map { ($0.id, Owner(cluster: cluster.id, intent: $0.intentKey)) }) { a, _ in a }
             for i in (try? await p.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id]))) ?? [] where i.tags[CapstanTags.intent] != intent.key {
-                old[i.id] = i.tags[CapstanTags.intent] ?? ""
+                old[i.id] = Owner(cluster: cluster.id, intent: i.tags[CapstanTags.intent] ?? "")
             }
             guard !old.isEmpty else { continue }
-            for i in try await p.terminate(ids: old.keys.sorted()) {
-                var gone = i
-                if !gone.state.isGone { gone.state = .terminated }
-                try? store.record(gone, clusterID: cluster.id, intentKey: old[i.id] ?? "")
-            }
+            try await retire(old, at: p)
         }
         faults.hit("move.retired")
         let from = cluster.offer
@@ -603,23 +595,18 @@ public struct Provisioner: Sendable {
                 continue
             }
             // Everything tagged with this cluster, not only what the store knows.
-            var ids = Set(group.filter { !$0.state.isGone }.map(\.id))
+            var owners = Dictionary(group.filter { !$0.state.isGone }.map { ($0.id, Owner(cluster: cluster.id, intent: $0.intentKey)) }) { a, _ in a }
             do {
-                ids.formUnion(try await provider.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id])).map(\.id))
+                for i in try await provider.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id])) where owners[i.id] == nil {
+                    owners[i.id] = Owner(cluster: cluster.id, intent: i.tags[CapstanTags.intent] ?? "")
+                }
             } catch {
                 failures.append("\(providerName): cannot list its instances: \((error as? CapstanError)?.message ?? "\(error)")")
             }
             faults.hit("down.listed")
-            guard !ids.isEmpty else { continue }
+            guard !owners.isEmpty else { continue }
             do {
-                let after = try await provider.terminate(ids: ids.sorted())
-                faults.hit("down.terminated")
-                for i in after {
-                    let intent = group.first { $0.id == i.id }?.intentKey ?? i.tags[CapstanTags.intent] ?? ""
-                    var gone = i
-                    if !gone.state.isGone { gone.state = .terminated }
-                    try store.record(gone, clusterID: cluster.id, intentKey: intent)
-                }
+                try await retire(owners, at: provider, point: "down.terminated")
             } catch {
                 failures.append("\(providerName): \((error as? CapstanError)?.description ?? "\(error)")")
             }
@@ -753,15 +740,7 @@ public struct Provisioner: Sendable {
         for (providerName, instances) in toTerminate where !instances.isEmpty {
             guard let p = provider(providerName) else { continue }
             do {
-                let after = try await p.terminate(ids: instances.map(\.id))
-                faults.hit("reconcile.terminated")
-                for i in after {
-                    let clusterID = instances.first { $0.id == i.id }?.tags[CapstanTags.clusterID] ?? ""
-                    let intent = instances.first { $0.id == i.id }?.tags[CapstanTags.intent] ?? ""
-                    var gone = i
-                    if !gone.state.isGone { gone.state = .terminated }
-                    try? store.record(gone, clusterID: clusterID, intentKey: intent)
-                }
+                try await retire(Owner.byTags(instances), at: p, point: "reconcile.terminated")
                 report.terminated.append(contentsOf: instances.map(\.id))
                 store.event("reconciled", "Terminated \(instances.count) instance(s) on \(providerName) that no live cluster owns: \(instances.map(\.id).joined(separator: ", ")).")
             } catch {
@@ -788,6 +767,31 @@ public struct Provisioner: Sendable {
             logger.notice("reconciled", metadata: ["terminated": "\(report.terminated.count)", "adopted": "\(report.adopted.count)"])
         }
         return report
+    }
+
+    /// Whose an instance is, for its record: its cluster and launch intent.
+    struct Owner {
+        var cluster: String
+        var intent: String
+
+        /// From each instance's own tags (`cluster` instead of its cluster-id tag when given).
+        static func byTags(_ instances: [Instance], cluster: String? = nil) -> [String: Owner] {
+            Dictionary(instances.map { ($0.id, Owner(cluster: cluster ?? $0.tags[CapstanTags.clusterID] ?? "", intent: $0.tags[CapstanTags.intent] ?? "")) }) { a, _ in a }
+        }
+    }
+
+    /// Terminates `owners`' instances at `provider` and records each as gone under its owner
+    /// (one the cloud still reports shutting down bills no more: it is recorded terminated).
+    /// `point`: a fault point between the cloud's answer and the records.
+    func retire(_ owners: [String: Owner], at provider: any ComputeProvider, point: String? = nil) async throws {
+        let after = try await provider.terminate(ids: owners.keys.sorted())
+        if let point { faults.hit(point) }
+        for i in after {
+            var gone = i
+            if !gone.state.isGone { gone.state = .terminated }
+            let owner = owners[i.id] ?? Owner(cluster: i.tags[CapstanTags.clusterID] ?? "", intent: i.tags[CapstanTags.intent] ?? "")
+            try? store.record(gone, clusterID: owner.cluster, intentKey: owner.intent)
+        }
     }
 
     /// A cluster whose `up` died (status `provisioning`, lock now ours). When the last launch's
@@ -850,11 +854,7 @@ public struct Provisioner: Sendable {
         for (providerName, group) in Dictionary(grouping: instances.filter { $0.state.isLive }, by: \.provider) {
             guard let p = provider(providerName) else { continue }
             do {
-                for i in try await p.terminate(ids: group.map(\.id)) {
-                    var gone = i
-                    if !gone.state.isGone { gone.state = .terminated }
-                    try? store.record(gone, clusterID: clusterID, intentKey: group.first { $0.id == i.id }?.tags[CapstanTags.intent] ?? "")
-                }
+                try await retire(Owner.byTags(group, cluster: clusterID), at: p)
                 report.terminated.append(contentsOf: group.map(\.id))
             } catch {
                 report.providerErrors[providerName] = error as? CapstanError ?? CapstanError(.transient, "\(error)", provider: providerName)

@@ -34,7 +34,6 @@ public final class StateStore: Sendable {
             defer { guardLock.release() }
             db = try DatabasePool(path: path, configuration: config)
             try Self.migrator.migrate(db)
-            try db.write { try $0.execute(sql: "INSERT OR IGNORE INTO meta(key, value) VALUES ('createdAt', ?)", arguments: [Date().timeIntervalSince1970.description]) }
             if let identityFile { try Self.syncOwner(db, file: identityFile, faults: faults) }
         } catch let e as CapstanError {
             throw e
@@ -56,6 +55,8 @@ public final class StateStore: Sendable {
         if let fromFile, !fromFile.isEmpty, fromFile.range(of: "^[a-z0-9-]{1,64}$", options: .regularExpression) == nil {
             throw CapstanError(.config, "The owner id file \(file) is damaged (it holds something other than an id).", hint: "Restore it from a backup: it names every instance this home launched. Removing it makes a new id, and instances tagged with the old one are no longer found.")
         }
+        // The usual open: file and database agree, nothing to write.
+        if let fromFile, !fromFile.isEmpty, try db.read({ try String.fetchOne($0, sql: "SELECT value FROM meta WHERE key = 'owner'") }) == fromFile { return }
         try db.write { db in
             let current = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'owner'")
             if let fromFile, !fromFile.isEmpty {
@@ -155,6 +156,10 @@ public final class StateStore: Sendable {
             }
         }
         registerJobMigrations(&m)
+        // When this database began (for a database that predates it: when it was upgraded).
+        m.registerMigration("v4-created-at") { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO meta(key, value) VALUES ('createdAt', ?)", arguments: [Date().timeIntervalSince1970.description])
+        }
         return m
     }
 

@@ -166,24 +166,12 @@ public struct LocalProvider: ComputeProvider {
     /// Applies ``Configuration/preemptAfterSeconds``: every running node past its time (and not
     /// preempted before for its cluster and index) is taken back as a spot instance would be.
     func preemptDue() throws {
-        guard let after = configuration.preemptAfterSeconds else { return }
+        let preemption = PreemptionSwitch(afterSeconds: configuration.preemptAfterSeconds, nodes: configuration.preemptNodes, bootSeconds: configuration.bootSeconds)
         try withLock {
-            let all = try readAll().map(booted)
-            func key(_ i: Instance) -> String { "\(i.tags[CapstanTags.clusterID] ?? i.id)/\(i.nodeIndex)" }
-            // Preempted once (it may have been terminated since, by a replacement): never again.
-            var done = Set(all.filter { $0.details["preemptedAt"] != nil }.map(key))
-            for var i in all where i.state == .running && !done.contains(key(i)) && (configuration.preemptNodes?.contains(i.nodeIndex) ?? true) {
-                guard let launched = i.launchedAt, Date().timeIntervalSince(launched) >= configuration.bootSeconds + after else { continue }
+            for (i, at) in preemption.due(in: try readAll().map(booted)) {
                 killRecordedProcesses(folder: root + "/nodes/" + i.id)
                 try? FileManager.default.removeItem(atPath: root + "/nodes/" + i.id + "/work")
-                i.state = .preempted
-                i.providerState = "preempted"
-                i.stateReason = "Server.SpotInstanceTermination"
-                // When the cloud took it back; seen (and its processes killed) at the first
-                // describe after that, as a preemption is seen by polling.
-                i.details["preemptedAt"] = String(launched.timeIntervalSince1970 + configuration.bootSeconds + after)
-                try write(i)
-                done.insert(key(i))
+                try write(PreemptionSwitch.preempted(i, at: at))
             }
         }
     }

@@ -33,8 +33,8 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
         /// outlive the process that launched them — as a real cloud's do.
         public var stateFile: String?
         /// Spot-style interruption: an instance is taken back (state `preempted`, reason
-        /// `Server.SpotInstanceTermination`) this many seconds after it started running —
-        /// once per node of a cluster, so its replacement is left alone.
+        /// `Server.SpotInstanceTermination`) this many seconds after it could run (launch +
+        /// boot) — once per node of a cluster, so its replacement is left alone.
         public var preemptAfterSeconds: Double?
         /// Which node indices `preemptAfterSeconds` applies to (default: every node).
         public var preemptNodes: [Int]?
@@ -62,19 +62,6 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
     struct SimState: Codable {
         var instances: [String: Instance] = [:]
         var launches = 0
-        /// `clusterID/node` already preempted once (``Configuration/preemptAfterSeconds``).
-        var preempted: Set<String> = []
-        /// When each instance started running.
-        var runningSince: [String: Date] = [:]
-
-        init() {}
-        init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            instances = try c.decode([String: Instance].self, forKey: .instances)
-            launches = try c.decode(Int.self, forKey: .launches)
-            preempted = try c.decodeIfPresent(Set<String>.self, forKey: .preempted) ?? []
-            runningSince = try c.decodeIfPresent([String: Date].self, forKey: .runningSince) ?? [:]
-        }
     }
 
     /// Runs `body` on the state: in memory, or in `stateFile` under an exclusive `flock`.
@@ -160,18 +147,10 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
                 let fails = (configuration.failBootRegions ?? []).contains(i.region)
                 state.instances[id]?.state = fails ? .failed : .running
                 state.instances[id]?.providerState = fails ? "unhealthy" : "running"
-                if !fails { state.runningSince[id] = Date() }
             }
-            if let after = configuration.preemptAfterSeconds {
-                for (id, i) in state.instances where i.state == .running {
-                    let key = "\(i.tags[CapstanTags.clusterID] ?? id)/\(i.nodeIndex)"
-                    guard !state.preempted.contains(key), configuration.preemptNodes?.contains(i.nodeIndex) ?? true,
-                          let since = state.runningSince[id] ?? i.launchedAt, Date().timeIntervalSince(since) >= after else { continue }
-                    state.preempted.insert(key)
-                    state.instances[id]?.state = .preempted
-                    state.instances[id]?.providerState = "preempted"
-                    state.instances[id]?.stateReason = "Server.SpotInstanceTermination"
-                }
+            let preemption = PreemptionSwitch(afterSeconds: configuration.preemptAfterSeconds, nodes: configuration.preemptNodes, bootSeconds: boot)
+            for (i, at) in preemption.due(in: Array(state.instances.values)) {
+                state.instances[i.id] = PreemptionSwitch.preempted(i, at: at)
             }
             return state.instances.values.filter(query.matches).sorted { $0.id < $1.id }
         }

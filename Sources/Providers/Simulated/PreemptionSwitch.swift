@@ -1,0 +1,41 @@
+public import CapstanCore
+import Foundation
+
+/// The spot-style preemption switch the sim cloud and the local provider share
+/// (`preemptAfterSeconds`, `preemptNodes`): a running node is taken back this long after it
+/// became runnable (launch + boot), once per node of a cluster — a node preempted before keeps
+/// `details["preemptedAt"]`, even once terminated, so its replacement is left alone.
+struct PreemptionSwitch {
+    var afterSeconds: Double?
+    var nodes: [Int]?
+    var bootSeconds: Double
+
+    /// A node's place in its cluster: preempted at most once.
+    static func key(_ i: Instance) -> String { "\(i.tags[CapstanTags.clusterID] ?? i.id)/\(i.nodeIndex)" }
+
+    /// The nodes of `all` (the provider's every instance) due now, each with the moment the
+    /// switch took it (a preemption is only seen at the next look, as by polling a cloud).
+    func due(in all: [Instance], now: Date = Date()) -> [(instance: Instance, at: Date)] {
+        guard let afterSeconds else { return [] }
+        var done = Set(all.filter { $0.details["preemptedAt"] != nil }.map(Self.key))
+        var out: [(Instance, Date)] = []
+        for i in all where i.state == .running && (nodes?.contains(i.nodeIndex) ?? true) && !done.contains(Self.key(i)) {
+            guard let launched = i.launchedAt else { continue }
+            let at = launched.addingTimeInterval(bootSeconds + afterSeconds)
+            guard now >= at else { continue }
+            done.insert(Self.key(i))
+            out.append((i, at))
+        }
+        return out
+    }
+
+    /// `i` as a preempted instance, taken at `at`.
+    static func preempted(_ i: Instance, at: Date) -> Instance {
+        var p = i
+        p.state = .preempted
+        p.providerState = "preempted"
+        p.stateReason = "Server.SpotInstanceTermination"
+        p.details["preemptedAt"] = String(at.timeIntervalSince1970)
+        return p
+    }
+}
