@@ -362,7 +362,7 @@ public struct Provisioner: Sendable {
             if i.pricePerHour == nil { i.pricePerHour = ranked.pricePerNode }
             return i
         }
-        for i in instances { try? store.record(i, clusterID: cluster.id, intentKey: key) }
+        instances = stamp(instances, tags: tags, clusterID: cluster.id, intent: key, nodes: cluster.nodes)
         try? store.setIntent(key, status: .launched)
         faults.hit("\(stage).recorded")
         if instances.count != count {
@@ -398,9 +398,10 @@ public struct Provisioner: Sendable {
         var polls = 0
         while true {
             do {
-                let seen = try await provider.describe(InstanceQuery(ids: ids, includeTerminated: true))
+                let described = try await provider.describe(InstanceQuery(ids: ids, includeTerminated: true))
                 polls += 1
-                for i in seen { try? store.record(i, clusterID: clusterID, intentKey: intent) }
+                // As recorded: with the tags and node index Capstan gave each (``stamp``).
+                let seen = described.map { i in (try? store.record(i, clusterID: clusterID, intentKey: intent)) ?? i }
                 if polls == 1 { faults.hit("\(stage).waiting") }
                 if let dead = seen.first(where: { $0.state.isGone || $0.state == .failed || $0.state == .stopped }) {
                     return .failed(CapstanError(.capacity, "Instance \(dead.id) went \(dead.state.rawValue) while booting\(dead.stateReason.map { " (\($0))" } ?? "").", provider: provider.name))
@@ -419,6 +420,31 @@ public struct Provisioner: Sendable {
             }
             delay = min(delay * 2, options.waitMaxDelay)
         }
+    }
+
+    /// `instances` of launch `intent` as Capstan records them, in the order given: each carries
+    /// every tag of the launch (ownership, cluster, intent) and a node index of Capstan's
+    /// choosing (``NodeIndices``) — the launch's own `capstan:node` for a one-node replacement,
+    /// else the lowest free index, in order. An instance already recorded keeps what it was
+    /// given then. Nothing a plugin echoes back (or fails to) decides a node's rank.
+    @discardableResult
+    func stamp(_ instances: [Instance], tags: [String: String], clusterID: String, intent: String, nodes: Int) -> [Instance] {
+        var out = instances.map { i -> Instance in
+            if let rec = try? store.instance(provider: i.provider, id: i.id) {
+                var i = i
+                for (k, v) in rec.instance.tags where CapstanTags.isCapstan(k) { i.tags[k] = v }
+                return i
+            }
+            var i = i
+            i.tags[CapstanTags.node] = nil
+            i.tags.merge(tags) { $1 }
+            return i
+        }
+        let fixed = out.map { $0.tags[CapstanTags.node].flatMap(Int.init) }
+        if let indices = NodeIndices.assign(fixed, nodes: nodes) {
+            for k in out.indices { out[k].tags[CapstanTags.node] = "\(indices[k])" }
+        }
+        return out.map { i in (try? store.record(i, clusterID: clusterID, intentKey: intent)) ?? i }
     }
 
     /// Terminates what an intent created: the known ids plus anything carrying its tag, and
@@ -811,13 +837,14 @@ public struct Provisioner: Sendable {
         // The last launch that reached the cloud, if its gang is whole.
         if let last = intents.last(where: { $0.status == .pending || $0.status == .launched }),
            let provider = provider(last.provider) {
-            let gang = mine.filter { $0.tags[CapstanTags.intent] == last.key }
+            let gang = mine.filter { $0.tags[CapstanTags.intent] == last.key }.sorted { $0.id < $1.id }
             if gang.count == c.nodes, gang.allSatisfy({ $0.state == .running || $0.state == .pending }) {
+                // (The dead `up` may not have recorded them: numbered here, once.)
+                stamp(gang, tags: last.tags, clusterID: c.id, intent: last.key, nodes: c.nodes)
                 if case .running(let nodes) = await waitUntilRunning(provider: provider, ids: gang.map(\.id), clusterID: c.id, intent: last.key, stage: "reconcile") {
                     // Anything else of this cluster (an earlier offer's leftovers) goes.
                     await terminate(mine.filter { $0.tags[CapstanTags.intent] != last.key }, clusterID: c.id, report: &report)
                     try? store.setIntent(last.key, status: .launched)
-                    for i in nodes { try? store.record(i, clusterID: c.id, intentKey: last.key) }
                     cluster.status = .running
                     cluster.offer = last.offer
                     cluster.spot = last.spot
@@ -875,13 +902,18 @@ public struct Provisioner: Sendable {
             i.state.isLive && i.state != .terminating && !(i.tags[CapstanTags.clusterID] ?? "").isEmpty
                 && !known.contains(i.tags[CapstanTags.clusterID]!) && (i.launchedAt ?? .distantPast) < since
         }, by: { $0.tags[CapstanTags.clusterID]! })
-        for (clusterID, group) in unknown.sorted(by: { $0.key < $1.key }) {
+        for (clusterID, members) in unknown.sorted(by: { $0.key < $1.key }) {
+            var group = members.sorted { ($0.launchedAt ?? .distantPast, $0.id) < ($1.launchedAt ?? .distantPast, $1.id) }
             let first = group[0]
             let nodes = first.tags[CapstanTags.nodes].flatMap(Int.init) ?? group.count
-            // Distinct node indices, or none at all (a provider that does not keep the tag).
-            let indices = group.allSatisfy { $0.tags[CapstanTags.node] == nil } ? Set(0..<group.count) : Set(group.map(\.nodeIndex))
+            // The cloud's tags are all there is: a node index it kept stands when it is valid and
+            // unique; instances without one (a cloud that keeps no per-instance tags, or a gang
+            // Capstan numbered in its own records) are numbered in launch order.
+            let kept = group.map { $0.tags[CapstanTags.node].flatMap(Int.init) }
+            let indices = Set(kept.compactMap { $0 }).count == kept.compactMap({ $0 }).count ? NodeIndices.assign(kept, nodes: nodes) : nil
+            for k in group.indices { group[k].tags[CapstanTags.node] = indices.map { "\($0[k])" } }
             let sameOffer = Set(group.map { "\($0.provider)/\($0.region)/\($0.instanceType)" }).count == 1
-            guard group.count == nodes, indices.count == nodes, sameOffer, !group.contains(where: { $0.state == .failed || $0.state == .stopped }),
+            guard group.count == nodes, indices != nil, sameOffer, !group.contains(where: { $0.state == .failed || $0.state == .stopped }),
                   let provider = provider(first.provider) else {
                 await terminate(group, clusterID: clusterID, report: &report)
                 store.event("reconciled", "Terminated \(group.count) instance(s) of a cluster the state no longer knows (\(clusterID)): it was not whole.")
@@ -936,11 +968,11 @@ public struct Provisioner: Sendable {
     /// that gang runs whole, the move is finished (the old gang goes); otherwise the new gang is
     /// terminated and the cluster stays where it was.
     func recoverMove(_ c: Cluster, to move: LaunchIntent, listed: [String: [Instance]], report: inout ReconcileReport) async {
-        let gang = (listed[move.provider] ?? []).filter { $0.tags[CapstanTags.intent] == move.key && $0.state.isLive }
+        let gang = (listed[move.provider] ?? []).filter { $0.tags[CapstanTags.intent] == move.key && $0.state.isLive }.sorted { $0.id < $1.id }
         faults.hit("reconcile.moving")
         var cluster = c
         if gang.count == c.nodes, gang.allSatisfy({ $0.state == .running }) {
-            for i in gang { try? store.record(i, clusterID: c.id, intentKey: move.key) }
+            stamp(gang, tags: move.tags, clusterID: c.id, intent: move.key, nodes: c.nodes)
             do {
                 try await finishMove(&cluster, to: move)
                 report.recoveredClusters.append(c.name)

@@ -84,6 +84,9 @@ public enum CapstanTags {
     /// On a gang launched to move a cluster: the intent of the gang it replaces (so a move a
     /// crash interrupted can be finished or undone).
     public static let moveFrom = "capstan:move-from"
+
+    /// Whether `key` is one of Capstan's tags (they all start `capstan:`).
+    public static func isCapstan(_ key: String) -> Bool { key.hasPrefix("capstan:") }
 }
 
 extension Instance {

@@ -260,18 +260,31 @@ public final class StateStore: Sendable {
 
     // MARK: - Instances
 
-    /// Records what a provider said about an instance (insert or update).
-    public func record(_ instance: Instance, clusterID: String, intentKey: String) throws {
+    /// Records what a provider said about an instance (insert or update) and returns the
+    /// instance as recorded. Capstan's own tags (`capstan:*`, ``CapstanTags``) are Capstan's:
+    /// once recorded, they stand whatever a provider later echoes (or drops), so a node keeps
+    /// its index on every cloud, with or without per-instance tags.
+    @discardableResult
+    public func record(_ instance: Instance, clusterID: String, intentKey: String) throws -> Instance {
         try write { db in
             if var existing = try InstanceRecord.fetchOne(db, key: ["provider": instance.provider, "id": instance.id]) {
-                existing.state = instance.state
-                existing.instance = instance
-                if instance.state.isGone, existing.terminatedAt == nil { existing.terminatedAt = Date() }
+                var merged = instance
+                for (k, v) in existing.instance.tags where CapstanTags.isCapstan(k) { merged.tags[k] = v }
+                existing.state = merged.state
+                existing.instance = merged
+                if merged.state.isGone, existing.terminatedAt == nil { existing.terminatedAt = Date() }
                 try existing.update(db)
+                return merged
             } else {
                 try InstanceRecord(instance: instance, clusterID: clusterID, intentKey: intentKey).insert(db)
+                return instance
             }
         }
+    }
+
+    /// The recorded instance with this provider and id, if any.
+    public func instance(provider: String, id: String) throws -> InstanceRecord? {
+        try read { try InstanceRecord.fetchOne($0, key: ["provider": provider, "id": id]) }
     }
 
     public func instances(cluster id: String) throws -> [InstanceRecord] {

@@ -138,13 +138,12 @@ public struct LocalProvider: ComputeProvider {
                 var tags = request.tags
                 tags[CapstanTags.managed] = "true"
                 tags[CapstanTags.intent] = request.idempotencyKey
-                if tags[CapstanTags.node] == nil { tags[CapstanTags.node] = "\(n)" }
                 let instance = Instance(
                     id: id, provider: name, instanceType: instanceType, region: "local",
                     state: configuration.bootSeconds > 0 ? .pending : .running,
                     providerState: configuration.bootSeconds > 0 ? "booting" : "running", privateAddress: "127.0.0.\(slot + 2)", publicAddress: nil,
                     spot: false, pricePerHour: 0, tags: tags, launchedAt: Date(),
-                    details: ["slot": "\(slot)", "folder": folder, "workdir": folder + "/work"])
+                    details: ["slot": "\(slot)", "folder": folder, "workdir": folder + "/work", PreemptionSwitch.launchIndex: "\(n)"])
                 if let key = request.sshPublicKey {
                     try Data((key + "\n").utf8).write(to: URL(fileURLWithPath: folder + "/authorized_keys"))
                 }

@@ -196,11 +196,10 @@ public struct SSHProvider: ComputeProvider {
                     hint: "Release hosts with `capstan down`, fix the hosts listed, or add hosts to providers.ssh.", provider: name)
             }
             var out: [Instance] = []
-            for (n, (host, home)) in free.prefix(request.count).enumerated() {
+            for (host, home) in free.prefix(request.count) {
                 var tags = request.tags
                 tags[CapstanTags.managed] = "true"
                 tags[CapstanTags.intent] = request.idempotencyKey
-                if tags[CapstanTags.node] == nil { tags[CapstanTags.node] = "\(n)" }
                 let t = target(host)
                 let id = "ssh-\(host.id.replacingOccurrences(of: "[^A-Za-z0-9.-]", with: "-", options: .regularExpression))-" + UUID().uuidString.prefix(6).lowercased()
                 var details = ["host": host.id, "workRoot": host.workRoot ?? home + "/.capstan-node"]

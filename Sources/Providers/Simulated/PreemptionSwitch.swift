@@ -10,8 +10,18 @@ struct PreemptionSwitch {
     var nodes: [Int]?
     var bootSeconds: Double
 
+    /// The instance's place in the launch that made it (what the provider knows of it: Capstan
+    /// numbers a gang's nodes in the order its launch returns them, see `NodeIndices`).
+    static let launchIndex = "launchIndex"
+
+    /// The node an instance serves, as far as the provider can tell: the node tag a one-node
+    /// replacement was launched with, else its place in its gang's launch.
+    static func node(_ i: Instance) -> Int {
+        i.tags[CapstanTags.node].flatMap(Int.init) ?? i.details[launchIndex].flatMap(Int.init) ?? Int.max
+    }
+
     /// A node's place in its cluster: preempted at most once.
-    static func key(_ i: Instance) -> String { "\(i.tags[CapstanTags.clusterID] ?? i.id)/\(i.nodeIndex)" }
+    static func key(_ i: Instance) -> String { "\(i.tags[CapstanTags.clusterID] ?? i.id)/\(node(i))" }
 
     /// The nodes of `all` (the provider's every instance) due now, each with the moment the
     /// switch took it (a preemption is only seen at the next look, as by polling a cloud).
@@ -19,7 +29,7 @@ struct PreemptionSwitch {
         guard let afterSeconds else { return [] }
         var done = Set(all.filter { $0.details["preemptedAt"] != nil }.map(Self.key))
         var out: [(Instance, Date)] = []
-        for i in all where i.state == .running && (nodes?.contains(i.nodeIndex) ?? true) && !done.contains(Self.key(i)) {
+        for i in all where i.state == .running && (nodes?.contains(Self.node(i)) ?? true) && !done.contains(Self.key(i)) {
             guard let launched = i.launchedAt else { continue }
             let at = launched.addingTimeInterval(bootSeconds + afterSeconds)
             guard now >= at else { continue }

@@ -128,10 +128,9 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
                 var tags = request.tags
                 tags[CapstanTags.managed] = "true"
                 tags[CapstanTags.intent] = request.idempotencyKey
-                if tags[CapstanTags.node] == nil { tags[CapstanTags.node] = "\(n)" }
                 let id = "sim-" + UUID().uuidString.prefix(12).lowercased()
                 let price = request.spot ? request.offer.spotPricePerHour : request.offer.onDemandPricePerHour
-                let i = Instance(id: id, provider: name, instanceType: request.offer.instanceType, region: request.offer.region, zone: request.offer.zone, state: .pending, providerState: "pending", privateAddress: "10.0.0.\(state.instances.count % 250 + 2)", spot: request.spot, pricePerHour: price, tags: tags, launchedAt: Date())
+                let i = Instance(id: id, provider: name, instanceType: request.offer.instanceType, region: request.offer.region, zone: request.offer.zone, state: .pending, providerState: "pending", privateAddress: "10.0.0.\(state.instances.count % 250 + 2)", spot: request.spot, pricePerHour: price, tags: tags, launchedAt: Date(), details: [PreemptionSwitch.launchIndex: "\(n)"])
                 state.instances[id] = i
                 out.append(i)
             }
