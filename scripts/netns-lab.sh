@@ -2,7 +2,11 @@
 # Test hosts with their own network stacks on this machine, for the SSH tests:
 #   netns-lab.sh up DIR N     N network namespaces on a bridge of their own (10.213.K.0/24, the
 #                             bridge is .1, host i is .(i+1)), each with its own sshd (port 22,
-#                             key auth with DIR/client_key) — prints `host <i> <netns> <address>`
+#                             key auth with DIR/client_key; DIR/host<i>/authorized_keys is read
+#                             too, so a cloud emulator can authorise a launch's key) and its own
+#                             home: logins there get HOME=DIR/host<i>/home (a copy of /etc/passwd
+#                             saying so is bind-mounted for its sshd alone), so hosts do not share
+#                             ~ as machines do not — prints `host <i> <netns> <address>`
 #   netns-lab.sh down DIR     kills the sshds, deletes the namespaces, veths and the bridge
 # Traffic stays on the lab's own veths and bridge (no route leaves it). Needs root, iproute2 and
 # openssh-server. Every `up` writes DIR/lab.env first, so `down` cleans up after a failed `up`.
@@ -36,7 +40,7 @@ up)
   mkdir -p /run/sshd
   for i in $(seq 1 "$n"); do
     ns="cap$id-$i"; addr="10.213.$k.$((i + 1))"; h="$dir/host$i"
-    mkdir -p "$h"
+    mkdir -p "$h" && mkdir -p -m 700 "$h/home" && : > "$h/authorized_keys"
     ip netns add "$ns"
     ip link add "cv$id$i" type veth peer name eth0 netns "$ns"
     ip link set "cv$id$i" master "$br" up
@@ -49,7 +53,7 @@ Port 22
 ListenAddress $addr
 HostKey $h/hostkey
 PidFile $h/sshd.pid
-AuthorizedKeysFile $dir/authorized_keys
+AuthorizedKeysFile $dir/authorized_keys $h/authorized_keys
 UsePAM no
 StrictModes no
 PasswordAuthentication no
@@ -58,7 +62,9 @@ PermitRootLogin prohibit-password
 MaxStartups 100
 MaxSessions 100
 CFG
-    ip netns exec "$ns" /usr/sbin/sshd -f "$h/sshd_config" -E "$h/sshd.log"
+    awk -F: -v OFS=: -v home="$h/home" '$1 == "root" { $6 = home } 1' /etc/passwd > "$h/passwd"
+    # (`ip netns exec` gives the command a mount namespace of its own: the bind stays in it.)
+    ip netns exec "$ns" sh -c 'mount --bind "$1" /etc/passwd && exec /usr/sbin/sshd -f "$2" -E "$3"' sh "$h/passwd" "$h/sshd_config" "$h/sshd.log"
     echo "host $i $ns $addr"
   done
   # sshd daemonizes; wait until each answers.

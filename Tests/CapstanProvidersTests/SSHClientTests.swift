@@ -36,4 +36,23 @@ struct SSHClientTests {
         let loop = SSHClient.killListed("/w/pids")
         #expect(loop.contains("/proc/$p/stat") && loop.contains("'/w/pids'"))
     }
+
+    @Test("the connection socket fits a Unix socket path (108 bytes) under a long home: a short folder of this user's own, one per cluster folder")
+    func controlPath() throws {
+        let short = SSHClient(folder: "/tmp/capstan-s/ssh")
+        #expect(short.controlPath == "/tmp/capstan-s/ssh/cm-%C")
+        let base = TempDir("capstan-long-home-with-a-long-name")
+        defer { base.cleanup() }
+        let a = SSHClient(folder: base.file("ssh/clusters/a-cluster-with-a-rather-long-name-0123456789"))
+        let b = SSHClient(folder: base.file("ssh/clusters/another-cluster-with-a-long-name-0123456789"))
+        for c in [a, b] {
+            // %C becomes 40 hex digits; ssh binds a temporary name 17 bytes longer first.
+            let bound = c.controlPath.replacingOccurrences(of: "%C", with: String(repeating: "f", count: 40)) + ".XXXXXXXXXXXXXXXX"
+            #expect(bound.utf8.count < 108, "\(bound)")
+            let dir = (c.controlPath as NSString).deletingLastPathComponent
+            let attributes = try FileManager.default.attributesOfItem(atPath: dir)
+            #expect((attributes[.posixPermissions] as? Int) == 0o700 && (attributes[.ownerAccountID] as? Int).map { uid_t($0) } == getuid())
+        }
+        #expect(a.controlPath != b.controlPath)
+    }
 }

@@ -55,6 +55,26 @@ public struct SSHClient: Sendable {
 
     public var knownHosts: String { folder + "/known_hosts" }
 
+    /// The connection socket's path pattern: `folder/cm-%C`, unless that could pass the 108
+    /// bytes a Unix socket path may have (ssh adds 17 while it binds; a cloud cluster's folder
+    /// under a long `$CAPSTAN_HOME` does) — then a folder of this user's own in the runtime
+    /// folder (`$XDG_RUNTIME_DIR`, else /tmp), named per `folder` so clusters never share a
+    /// connection. The folder is made 0700 and must be this user's.
+    public var controlPath: String {
+        let direct = folder + "/cm-%C"
+        guard direct.utf8.count + 40 - 2 + 17 >= 104 else { return direct }
+        let runtime = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"].flatMap { $0.hasPrefix("/") && $0.utf8.count < 40 ? $0 : nil } ?? "/tmp"
+        let dir = "\(runtime)/capstan-ssh-\(getuid())"
+        var st = stat()
+        if mkdir(dir, 0o700) != 0, errno != EEXIST { return direct }
+        // Someone else's folder (or a link) is not used: ssh then fails with the long path's
+        // own clear error rather than talk through a socket another user controls.
+        guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == getuid(), st.st_mode & 0o077 == 0 else { return direct }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in folder.utf8 { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return "\(dir)/\(String(hash, radix: 16))-%C"
+    }
+
     /// ssh's arguments for `target` (before the remote command).
     public func arguments(_ target: SSHTarget) -> [String] {
         var args = [
@@ -62,7 +82,7 @@ public struct SSHClient: Sendable {
             "-o", "StrictHostKeyChecking=accept-new",
             "-o", "UserKnownHostsFile=\(knownHosts)",
             "-o", "ControlMaster=auto",
-            "-o", "ControlPath=\(folder)/cm-%C",
+            "-o", "ControlPath=\(controlPath)",
             "-o", "ControlPersist=120",
             "-o", "ConnectTimeout=\(connectTimeout)",
             "-o", "ServerAliveInterval=2",

@@ -32,7 +32,17 @@ Switches (POST /_emulator/faults with a JSON object, merged; GET shows them; no 
     honor_quantity            bool   false: `quantity` is ignored (one instance per launch)
     max_instances             int    live instances allowed (global/quota-exceeded beyond)
     server_errors             int    the next N API requests answer HTTP 502 with an HTML page
-GET /_emulator/state: request counters and every instance (for assertions); POST /_emulator/reset.
+    hosts                     null | [{address, authorized_keys, netns?, sshd_pid_file?, wipe?}]
+                                     real machines to hand out (tests: network namespaces running
+                                     sshd): each launched instance gets a free host's address, and
+                                     none free is insufficient capacity. Once active, the launch's
+                                     SSH key is written to the host's authorized_keys (as the
+                                     cloud's image does); once terminating, the machine is gone:
+                                     the key is removed, every process in `netns` but its sshd is
+                                     killed and the `wipe` folders are emptied.
+GET /_emulator/state: request counters (`launched`: instances ever created, each billed from its
+launch until it is terminated; `terminated`) and every instance, with `billed_seconds`, for
+assertions; POST /_emulator/reset.
 """
 import argparse
 import base64
@@ -93,6 +103,7 @@ DEFAULT_FAULTS = {
     "honor_quantity": True,
     "max_instances": 100,
     "server_errors": 0,
+    "hosts": None,
 }
 
 
@@ -119,8 +130,8 @@ class Cloud:
             self.faults.update(self.initial_faults)
             self.instances = {}  # id → record
             self.ssh_keys = {}  # id → {id, name, public_key}
-            self.counters = {"requests": 0, "launch_requests": 0, "launched": 0, "rate_limited": 0, "unauthorized": 0,
-                             "terminate_requests": 0, "ssh_keys_created": 0}
+            self.counters = {"requests": 0, "launch_requests": 0, "launched": 0, "terminated": 0, "rate_limited": 0,
+                             "unauthorized": 0, "terminate_requests": 0, "ssh_keys_created": 0}
             self.buckets = {}
             self.last_launch = {}
             self.next_ip = 1
@@ -158,11 +169,47 @@ class Cloud:
                 r["status"] = "unhealthy" if f["unhealthy_on_boot"] else "active"
                 if r["status"] == "active":
                     r["ip"], r["private_ip"] = r["pending_ip"], r["pending_private_ip"]
+                    if r.get("host"):
+                        self.authorize(r)
             if r["status"] == "terminating" and now - r["terminate_at"] >= f["terminate_seconds"]:
                 r["status"] = "terminated"
                 r["terminated_at"] = now
+                self.counters["terminated"] += 1
             if r["status"] == "terminated" and now - r["terminated_at"] >= f["forget_terminated_seconds"]:
                 del self.instances[iid]
+
+    # ---- hosts: real machines behind instances ----
+    def free_host(self, taken=()):
+        """A host of the `hosts` switch that no live instance holds (nor `taken`), or None."""
+        held = {r["host"]["address"] for r in self.instances.values() if r.get("host") and r["status"] != "terminated"}
+        held.update(h["address"] for h in taken)
+        return next((h for h in self.faults["hosts"] if h["address"] not in held), None)
+
+    def authorize(self, r):
+        key = next((k["public_key"] for k in self.ssh_keys.values() if k["name"] in r["ssh_key_names"]), None)
+        if key:
+            write_atomically(r["host"]["authorized_keys"], key + "\n")
+
+    def release_host(self, r):
+        """The machine behind `r` is gone: no login, no process, no files left."""
+        h = r["host"]
+        write_atomically(h["authorized_keys"], "")
+        if h.get("netns"):
+            keep = ""
+            try:
+                keep = open(h["sshd_pid_file"]).read().strip() if h.get("sshd_pid_file") else ""
+            except OSError:
+                pass
+            pids = subprocess.run(["ip", "netns", "pids", h["netns"]], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                if pid != keep:
+                    try:
+                        os.kill(int(pid), 9)
+                    except (OSError, ValueError):
+                        pass
+        for folder in h.get("wipe") or []:
+            subprocess.run(["rm", "-rf", "--one-file-system", folder], capture_output=True)
+            os.makedirs(folder, exist_ok=True)
 
     def capacity(self, type_name):
         if self.faults["no_capacity"]:
@@ -235,6 +282,13 @@ class Cloud:
                                 "Choose an instance type with more availability, or try again later.")
         if region not in self.capacity(type_name):
             raise insufficient
+        hosts = []
+        if self.faults["hosts"] is not None:
+            for _ in range(quantity):
+                h = self.free_host(hosts)
+                if h is None:
+                    raise insufficient
+                hosts.append(h)
         if self.faults["launch_capacity_failures"] > 0:
             self.faults["launch_capacity_failures"] -= 1
             raise insufficient
@@ -243,19 +297,20 @@ class Cloud:
             raise ApiError(400, "global/quota-exceeded", "Quota exceeded: your account may run %d instances."
                            % self.faults["max_instances"], "Terminate instances, or ask Lambda support for a higher limit.")
         ids = []
-        for _ in range(quantity):
+        for k in range(quantity):
             iid = uuid.uuid4().hex
             n = self.next_ip
             self.next_ip += 1
-            # Addresses on loopback only: nothing a test does may reach outside this machine.
-            ip = "127.0.%d.%d" % (2 + n // 250, 1 + n % 250)
+            # Addresses on loopback only (or the test's own network-namespace hosts): nothing a
+            # test does may reach outside this machine.
+            ip = hosts[k]["address"] if hosts else "127.0.%d.%d" % (2 + n // 250, 1 + n % 250)
             self.instances[iid] = {
                 "id": iid, "name": name, "status": "booting", "ip": None, "private_ip": None,
                 "pending_ip": ip, "pending_private_ip": ip, "hostname": ip.replace(".", "-") + ".emulator.invalid",
                 "ssh_key_names": list(keys), "file_system_names": list(body.get("file_system_names") or []),
                 "region": {"name": region, "description": REGIONS[region]},
                 "instance_type": self.instance_type(type_name), "tags": [dict(t) for t in tags],
-                "user_data": user_data, "created": time.monotonic(),
+                "user_data": user_data, "created": time.monotonic(), "host": hosts[k] if hosts else None,
             }
             ids.append(iid)
         self.counters["launched"] += len(ids)
@@ -280,6 +335,8 @@ class Cloud:
             r = self.instances[iid]
             if r["status"] not in ("terminating", "terminated"):
                 r["status"], r["terminate_at"] = "terminating", now
+                if r.get("host"):
+                    self.release_host(r)
         return {"terminated_instances": [self.view(self.instances[i]) for i in ids]}
 
     def add_key(self, body):
@@ -435,7 +492,8 @@ class Handler(BaseHTTPRequestHandler):
             with cloud.lock:
                 cloud.advance()
                 return self.send_json(200, {"counters": cloud.counters, "ssh_keys": list(cloud.ssh_keys.values()),
-                                            "instances": [dict(cloud.view(r), user_data=r["user_data"])
+                                            "instances": [dict(cloud.view(r), user_data=r["user_data"],
+                                                               billed_seconds=round((r.get("terminate_at") or time.monotonic()) - r["created"], 3))
                                                           for r in cloud.instances.values()]})
         if path == "/_emulator/reset" and method == "POST":
             cloud.reset()

@@ -1,0 +1,173 @@
+import CapstanCore
+import CapstanProviders
+import CapstanTestSupport
+import CapstanTrainer
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A test server on this machine's loopback, reached from the lab's hosts through a relay on the
+/// lab bridge's address (scripts/netns-lab.sh; Fixtures/tcp_relay.py). Killed on ``stop()``.
+struct LabRelay {
+    let process: Process
+    /// `http://<bridge address>:<port>` as the hosts reach it.
+    let endpoint: String
+
+    static func start(_ lab: NetnsLab, to target: URL) throws -> LabRelay {
+        let relay = Process()
+        relay.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        relay.arguments = ["python3", JobHome.repoRoot + "/Tests/CapstanIntegrationTests/Fixtures/tcp_relay.py", lab.subnet + ".1", target.host ?? "127.0.0.1", "\(target.port ?? 80)"]
+        let out = Pipe()
+        relay.standardOutput = out
+        // Not the test's own stderr: a child holding it would keep `swift test` waiting.
+        relay.standardError = FileHandle.nullDevice
+        try relay.run()
+        let port = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return LabRelay(process: relay, endpoint: "http://\(lab.subnet).1:\(port)")
+    }
+
+    /// SIGKILL: a child of the test process may inherit a mask that blocks SIGTERM.
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+}
+
+extension LambdaEmulator {
+    /// The `hosts` switch for the lab's hosts (1-based): each launched instance is one of them.
+    static func hosts(_ lab: NetnsLab, _ indices: [Int]) -> [[String: Any]] {
+        indices.map { i in
+            ["address": lab.hosts[i - 1].address, "authorized_keys": lab.dir.file("host\(i)/authorized_keys"), "netns": lab.hosts[i - 1].ns,
+             "sshd_pid_file": lab.dir.file("host\(i)/sshd.pid"), "wipe": [lab.dir.file("host\(i)/home")]]
+        }
+    }
+
+    /// Terminates an instance through the public API, as a user in Lambda's console would.
+    func terminateThroughAPI(_ id: String) throws {
+        var req = URLRequest(url: URL(string: endpoint + "/instance-operations/terminate")!)
+        req.httpMethod = "POST"
+        req.setValue("Bearer \(Self.apiKey)", forHTTPHeaderField: "Authorization")
+        req.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        req.httpBody = try JSONSerialization.data(withJSONObject: ["instance_ids": [id]])
+        let status = LockedBox<Int>(0)
+        let done = DispatchSemaphore(value: 0)
+        URLSession.shared.dataTask(with: req) { _, response, _ in
+            status.withLock { $0 = (response as? HTTPURLResponse)?.statusCode ?? 0 }
+            done.signal()
+        }.resume()
+        done.wait()
+        let code = status.withLock { $0 }
+        guard code == 200 else { throw CapstanError(.io, "terminating \(id) through the emulator answered HTTP \(code)") }
+    }
+}
+
+extension JobTests {
+    @Test("lambda: a 2-node job on the C Lambda plugin runs on the instances the cloud hands out (hosts with their own network stacks and real sshd): checkpoints go to the bucket, a killed training process resumes, an instance terminated in the cloud is replaced, and exactly the instances the job needed were ever billed")
+    func lambdaJob() async throws {
+        let lab = try NetnsLab.up(3)
+        defer { lab.down() }
+        let emulator = try LambdaEmulator(faults: [
+            "hosts": LambdaEmulator.hosts(lab, [1, 2, 3]), "boot_seconds": 2.0, "forget_terminated_seconds": 3600.0,
+        ])
+        defer { emulator.stop() }
+        var home = try JobHome(steps: 150, every: 10, pause: 0.06)
+        defer { home.dir.cleanup() }
+        home.dir.write("lambda-key", "api_key = \(LambdaEmulator.apiKey)\n")
+        home.dir.write("config.yaml", """
+            providers:
+              local: {enabled: false}
+              lambda:
+                endpoint: \(emulator.endpoint)
+                apiKeyFile: \(home.dir.file("lambda-key"))
+                sshUser: root
+
+            """)
+        // The bucket is SeaweedFS (S3), which the instances reach through a relay on the lab
+        // bridge; gloo talks over each host's own interface.
+        let seaweed = try #require(URL(string: try TestServers.seaweed))
+        let relay = try LabRelay.start(lab, to: seaweed)
+        defer { relay.stop() }
+        let creds = try TestServers.seaweedCredentials
+        home.env = [
+            "CAPSTAN_PLUGIN_PATH": try LambdaPlugin.build(),
+            "AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey,
+            "AWS_ENDPOINT_URL_S3": relay.endpoint, "AWS_REGION": "us-east-1",
+        ]
+        let spec = try String(contentsOfFile: home.spec, encoding: .utf8)
+            .replacingOccurrences(of: "storage: file://" + home.dir.file("bucket"), with: "storage: s3://capstan-lambda/runs")
+            .replacingOccurrences(of: "GLOO_SOCKET_IFNAME: \"lo\"", with: "GLOO_SOCKET_IFNAME: \"eth0\"")
+        home.dir.write("job/job.yaml", spec)
+        let s3 = S3Configuration(endpoint: relay.endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads"))
+        try await S3ObjectStore(location: "s3://capstan-lambda/runs", credentials: creds, configuration: s3).createBucket()
+
+        let launch = try home.startLaunch()
+        defer { if launch.isRunning { launch.terminate() } }
+        let started = try await home.wait(timeout: 240) { (try home.job()?.latestCheckpoint ?? 0) >= 20 }
+        #expect(started, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
+        let job0 = try #require(try home.job())
+        let store = try home.store()
+        let cluster = try #require(try store.cluster(named: job0.clusterName))
+        // Capstan numbered the gang itself (the plugin returns no node tags): one node per index.
+        let gang = try store.instances(cluster: cluster.id).filter { !$0.state.isGone }.map(\.instance)
+        #expect(gang.map(\.nodeIndex).sorted() == [0, 1], "\(gang.map { $0.tags })")
+        #expect(gang.allSatisfy { $0.provider == "lambda" })
+        let a1 = try #require(try store.attempt(job: job0.id, number: 1))
+        func host(of instanceID: String) throws -> Int {
+            let address = try #require(try store.instances(cluster: cluster.id).first { $0.id == instanceID }?.instance.privateAddress)
+            return try #require(lab.hosts.firstIndex { $0.address == address }) + 1
+        }
+        // The master is node 0's host.
+        #expect(a1.masterAddress == lab.hosts[try host(of: a1.nodes[0]) - 1].address)
+
+        // 1. kill -9 of node 1's training process: the gang restarts on the same instances.
+        let h1 = try host(of: a1.nodes[1])
+        let pidFile = lab.dir.file("host\(h1)/home/.capstan-node/jobs/\(job0.id)/attempt-1/worker-0.pid")
+        let pid = try #require(pid_t((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(!lab.processes(h1, containing: "train.py").isEmpty)
+        kill(pid, SIGKILL)
+        #expect(try await home.wait(timeout: 180) {
+            guard let a = try home.store().attempt(job: job0.id, number: 2), let c = try home.job()?.latestCheckpoint else { return false }
+            return c > (a.resumeStep ?? 0) + 10
+        }, "\(home.logTail(job: job0.id))")
+        let a2 = try #require(try store.attempt(job: job0.id, number: 2))
+        #expect(a2.nodes == a1.nodes, "a killed process needs no new capacity")
+        #expect(try emulator.counter("launched") == 2)
+
+        // 2. Node 0's instance is terminated in the cloud: it is replaced, on the spare host.
+        let victim = a2.nodes[0]
+        let lostHost = try host(of: victim)
+        try emulator.terminateThroughAPI(victim)
+        #expect(try await home.wait(timeout: 300) { !launch.isRunning }, "\(home.logTail(job: job0.id))")
+        let job = try #require(try home.job())
+        let attempts = try store.attempts(job: job.id)
+        let history = attempts.map { "attempt \($0.attempt): \($0.failureKind ?? "ok") node \($0.failedNode.map(String.init) ?? "-")" }
+        #expect(job.status == .succeeded, "\(job.status) \(job.lastError ?? "") \(history) \(home.logTail(job: job.id))")
+        let last = try #require(attempts.last)
+        #expect(last.attempt == 3 && last.nodes[1] == a2.nodes[1] && last.nodes[0] != victim, "\(history)")
+        let fresh = try host(of: last.nodes[0])
+        #expect(fresh != lostHost && fresh != h1)
+        #expect(try store.instances(cluster: cluster.id).first { $0.id == last.nodes[0] }?.instance.nodeIndex == 0)
+        let summary = try home.checkContinuity(job: job, total: 150)
+
+        // The checkpoints are in the bucket, the last one verified.
+        let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: s3)
+        let newest = try #require(try await CheckpointStore(store: bucket, prefix: "checkpoints").latestVerified())
+        #expect(newest.step == 150 && newest.parts.map(\.node) == [0, 1])
+
+        // Billing, by the cloud's own count: the two nodes plus the one replacement, every one
+        // of them terminated now, none untagged or left over.
+        let state = try emulator.state()
+        let counters = state["counters"] as? [String: Any] ?? [:]
+        let instances = try emulator.instances()
+        #expect(counters["launched"] as? Int == 3, "\(counters)")
+        #expect(instances.count == 3 && instances.allSatisfy { ["terminating", "terminated"].contains($0["status"] as? String ?? "") }, "\(instances.map { "\($0["id"] ?? "") \($0["status"] ?? "")" })")
+        #expect(instances.allSatisfy { ($0["tags"] as? [[String: String]] ?? []).contains { $0["key"] == CapstanTags.clusterID && $0["value"] == cluster.id } })
+        let billed = instances.compactMap { $0["billed_seconds"] as? Double }
+        print("lambda job: \(summary); emulator counters \(counters); billed seconds per instance \(billed.map { String(format: "%.1f", $0) })")
+    }
+}
