@@ -171,3 +171,46 @@ extension JobTests {
         print("lambda job: \(summary); emulator counters \(counters); billed seconds per instance \(billed.map { String(format: "%.1f", $0) })")
     }
 }
+
+/// The EC2 side of a cloud gang, as far as moto allows: moto's instances have addresses no test
+/// may reach, so no job runs there; what a job's controller relies on — one node per index,
+/// kept on every look, a replacement in the lost node's place — is checked through the aws
+/// plugin (the .so) against moto's EC2.
+@Suite("Cloud gangs on EC2 (moto): node indices are Capstan's", .serialized)
+struct EC2GangTests {
+    @Test("a 3-node gang launched in one RunInstances call is numbered 0..<3 by Capstan (EC2 holds no node tag for it); reconcile keeps the numbers; a replaced node takes the lost index; nothing extra is billed")
+    func gangOnEC2() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let lib = try PluginLibrary.load(path: AWSPluginTests.pluginPath)
+        let aws = try PluginComputeProvider(lib.instantiate(config: AWSPluginTests.config(dir, endpoint: try TestServers.moto)))
+        var options = ProvisionOptions()
+        options.waitMinDelay = .milliseconds(50)
+        options.waitMaxDelay = .milliseconds(200)
+        let p = Provisioner(providers: [aws], store: try StateStore(path: dir.file("state/capstan.db"), identityFile: dir.file("owner-id")),
+                            locks: ClusterLocks(folder: dir.file("state/locks")), options: options)
+        let name = "gang-\(UUID().uuidString.prefix(6).lowercased())"
+        let report = try await p.up(name: name, request: ResourceRequest(gpu: "H100", gpusPerNode: 8, nodes: 3), search: OfferSearch(providers: [aws]))
+        #expect(report.instances.map(\.nodeIndex) == [0, 1, 2])
+        // What EC2 itself holds: every ownership tag, no node index (a gang is one launch).
+        let owner = try p.store.ownerID()
+        let inEC2 = try await aws.describe(InstanceQuery(tags: [CapstanTags.clusterID: report.cluster.id]))
+        #expect(inEC2.count == 3 && inEC2.allSatisfy { $0.tags[CapstanTags.node] == nil && $0.tags[CapstanTags.owner] == owner && $0.tags[CapstanTags.nodes] == "3" })
+        let ranks = Dictionary(uniqueKeysWithValues: report.instances.map { ($0.id, $0.nodeIndex) })
+        for _ in 0..<2 { _ = await p.reconcile() }
+        let recorded = try p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
+        #expect(Dictionary(uniqueKeysWithValues: recorded.map { ($0.id, $0.instance.nodeIndex) }) == ranks)
+        // Node 1 is replaced: the new instance is node 1 (EC2 now holds that tag for it).
+        let fresh = try await p.replaceNode(cluster: name, node: 1)
+        #expect(fresh.nodeIndex == 1 && ranks[fresh.id] == nil)
+        _ = await p.reconcile()
+        let live = try await aws.describe(InstanceQuery(tags: [CapstanTags.clusterID: report.cluster.id]))
+        #expect(live.count == 3, "\(live.map(\.id))")
+        #expect(live.first { $0.id == fresh.id }?.tags[CapstanTags.node] == "1")
+        let after = try p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
+        #expect(after.map(\.instance.nodeIndex).sorted() == [0, 1, 2] && Set(after.map(\.id)) == Set(live.map(\.id)))
+        let all = try await aws.describe(InstanceQuery(tags: [CapstanTags.clusterID: report.cluster.id], includeTerminated: true))
+        #expect(all.count == 4, "three nodes and one replacement were ever launched: \(all.map { "\($0.id) \($0.state)" })")
+        _ = try await p.down(name: name)
+        #expect(try await aws.describe(InstanceQuery(tags: [CapstanTags.clusterID: report.cluster.id])).isEmpty)
+    }
+}
