@@ -49,21 +49,23 @@ public struct SSHTransport: NodeTransport {
         node.provider != "local" && node.sshUser != nil && (node.publicAddress ?? node.privateAddress) != nil
     }
 
-    /// A cloud instance (no key of its own from its provider) uses its cluster's key pair.
-    func clusterName(_ node: Instance) -> String? {
-        node.provider != "ssh" && node.details["sshKey"] == nil ? node.tags[CapstanTags.cluster] : nil
+    /// A cloud instance (no key of its own from its provider) uses its cluster's key pair and
+    /// `known_hosts`, in this folder.
+    func clusterKeyFolder(_ node: Instance) -> String? {
+        guard node.provider != "ssh", node.details["sshKey"] == nil, let keys = clusterKeys else { return nil }
+        return keys.folder(for: node)
     }
 
     func client(for node: Instance) -> SSHClient {
-        guard let cluster = clusterName(node), let keys = clusterKeys else { return client }
-        return SSHClient(folder: keys.folder(cluster: cluster), connectTimeout: client.connectTimeout, aliveTimeout: client.aliveTimeout)
+        guard let folder = clusterKeyFolder(node) else { return client }
+        return SSHClient(folder: folder, connectTimeout: client.connectTimeout, aliveTimeout: client.aliveTimeout)
     }
 
     func target(_ node: Instance) throws -> SSHTarget {
         guard let user = node.sshUser, let address = node.publicAddress ?? node.privateAddress else {
             throw CapstanError(.invalidRequest, "Node \(node.id) has no SSH address or user.")
         }
-        let key = node.details["sshKey"] ?? clusterName(node).flatMap { c in clusterKeys.map { $0.privateKey(cluster: c) } }
+        let key = node.details["sshKey"] ?? clusterKeyFolder(node).map { $0 + "/id_ed25519" }
         return SSHTarget(address: address, port: node.sshPort ?? 22, user: user, keyFile: key)
     }
 
