@@ -264,7 +264,7 @@ public struct SSHProvider: ComputeProvider {
             let pids = work + "/nodes/" + inst.id + "/pids"
             // An unreachable host is left to its gang's failure; its shared connection dies
             // with its keep-alives. A reachable one also closes it now.
-            if (try? await client.run(target(host), SSHClient.killListed(pids) + "; rm -f \(SSHClient.quote(pids))", timeout: 4)) != nil {
+            if (try? await client.run(target(host), SSHClient.killListed(pids) + "; rm -f \(SSHClient.remotePath(pids))", timeout: 4)) != nil {
                 await client.disconnect(target(host))
             }
         }
