@@ -36,9 +36,34 @@ struct SpawnTests {
         #expect(await Spawn.wait(pid) == .exited(0))
         let text = try String(contentsOfFile: out, encoding: .utf8)
         #expect(text.hasPrefix("pipe:") && text.hasSuffix("for the agent\n"), "\(text)")
-        // Bigger input still works (through a 0600 temporary file).
+        // Bigger input still works (through an in-memory file: see bigInputNeverOnDisk).
         let big = Data(repeating: 65, count: 100_000)
         #expect(try Spawn.runCapturing(["/bin/sh", "-c", "wc -c"], input: big, timeout: 30).stdout == Data("100000\n".utf8))
+    }
+
+    @Test("input over the pipe limit never touches the disk either: the child's stdin is an in-memory file, and no file in TMPDIR ever holds it while the child runs (raw bytes)")
+    func bigInputNeverOnDisk() async throws {
+        // A credential with bytes that are not UTF-8, inside 200 kB of input.
+        let secret = Data("capstan-secret-".utf8) + Data([0xff, 0xfe, 0x00, 0x80, 0xc3]) + Data(UUID().uuidString.utf8)
+        let input = Data(repeating: 0x41, count: 100_000) + secret + Data(repeating: 0x42, count: 100_000)
+        let tmp = FileManager.default.temporaryDirectory.path
+        // The child says what its stdin is and how much it read, then waits while TMPDIR is scanned.
+        let child = Task.detached {
+            try Spawn.runCapturing(["/bin/sh", "-c", "readlink /proc/self/fd/0; wc -c; sleep 1"], input: input, timeout: 30)
+        }
+        var holding: Set<String> = []
+        let end = Date().addingTimeInterval(0.9)
+        while Date() < end {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: tmp)) ?? [] where name.hasPrefix("capstan-") {
+                if FileManager.default.contents(atPath: tmp + "/" + name)?.range(of: secret) != nil { holding.insert(name) }
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let r = try await child.value
+        let lines = String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(holding.isEmpty, "the input was on disk in \(holding.sorted())")
+        #expect(lines.count == 2 && !lines[0].hasPrefix(tmp) && (lines[0].hasPrefix("/memfd:") || lines[0].hasPrefix("pipe:")), "stdin was \(lines)")
+        #expect(lines.last?.trimmingCharacters(in: .whitespaces) == "\(input.count)", "\(lines)")
     }
 
     @Test("runBlocking: past its timeout the child is stopped and timedOut is set")

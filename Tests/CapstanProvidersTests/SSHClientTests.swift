@@ -35,6 +35,26 @@ struct SSHClientTests {
         #expect(SSHClient.quote("a b'c") == #"'a b'\''c'"#)
         let loop = SSHClient.killListed("/w/pids")
         #expect(loop.contains("/proc/$p/stat") && loop.contains("'/w/pids'"))
+        #expect(SSHClient.killListed("~/.capstan-node/nodes/i/pids").contains(#""$HOME"/'.capstan-node/nodes/i/pids'"#))
+    }
+
+    @Test("every remote command runs with umask 077")
+    func umask() {
+        #expect(SSHClient.remoteCommand("cat f") == "umask 077; cat f")
+    }
+
+    @Test("an ssh host's default work root is in its login user's home; a home that is not an absolute path is an error, never /tmp")
+    func defaultWorkRoot() throws {
+        #expect(try SSHProvider.defaultWorkRoot(home: "/home/ubuntu", target: t) == "/home/ubuntu/.capstan-node")
+        #expect(try SSHProvider.defaultWorkRoot(home: "/", target: t) == "/.capstan-node")
+        for home in ["", "relative", "~"] {
+            #expect {
+                _ = try SSHProvider.defaultWorkRoot(home: home, target: t)
+            } throws: { e in
+                let e = e as? CapstanError
+                return e?.code == .config && (e?.message.contains("the home folder of ubuntu there is '\(home)', not an absolute path") ?? false) && (e?.message.contains("workRoot") ?? false)
+            }
+        }
     }
 
     @Test("the connection socket fits a Unix socket path (108 bytes) under a long home: a short folder of this user's own, one per cluster folder")

@@ -329,7 +329,7 @@ public struct Provisioner: Sendable {
 
         var request = LaunchRequest(offer: offer, count: count, idempotencyKey: key, tags: tags, name: "capstan-\(cluster.name)", spot: ranked.spot)
         if let keys = options.clusterKeys {
-            do { request.sshPublicKey = try keys.publicKey(cluster: cluster.name) } catch {
+            do { request.sshPublicKey = try keys.publicKey(for: cluster) } catch {
                 say("no SSH key of its own for cluster \(cluster.name): \((error as? CapstanError)?.message ?? "\(error)")")
             }
         }
@@ -647,6 +647,7 @@ public struct Provisioner: Sendable {
         cluster.terminatedAt = Date()
         try store.update(cluster)
         store.event("terminated", "Cluster \(cluster.name) terminated.", cluster: cluster.id)
+        options.clusterKeys?.remove(cluster)
     }
 
     // MARK: - Reconcile

@@ -75,9 +75,10 @@ public enum Spawn {
     }
 
     /// ``start(_:environment:cwd:output:)`` with `input` on the child's stdin, through a pipe
-    /// (never a file: it may hold credentials). `input` must fit the pipe's buffer (64 KiB).
+    /// or an anonymous memory file (never a file on disk: it may hold credentials; see
+    /// ``inputHolding(_:)``).
     public static func start(_ argv: [String], environment: [String: String], cwd: String? = nil, output: String? = nil, input: Data) throws -> pid_t {
-        let fd = try pipeHolding(input)
+        let fd = try inputHolding(input)
         defer { close(fd) }
         var streams = Streams(stdout: output)
         streams.stdinFD = fd
@@ -86,6 +87,72 @@ public enum Spawn {
 
     /// Input up to this size goes to a child through a pipe, written whole before it starts.
     static let pipedInputLimit = 60_000
+
+    /// A descriptor (close-on-exec) to give a child as its stdin that holds `data`, which never
+    /// touches the disk, so a controller killed by SIGKILL leaves nothing behind: up to
+    /// ``pipedInputLimit`` bytes, a pipe written whole before the child starts; more, an
+    /// anonymous memory file (Linux `memfd_create`: no name in any folder, gone with its last
+    /// descriptor); where that is missing, a pipe fed by a thread of its own.
+    /// `forceFedPipe` takes the last way whatever the size (for its tests).
+    static func inputHolding(_ data: Data, forceFedPipe: Bool = false) throws -> Int32 {
+        if forceFedPipe { return try pipeFedByThread(data) }
+        if data.count <= pipedInputLimit { return try pipeHolding(data) }
+        if let fd = try memoryFileHolding(data) { return fd }
+        return try pipeFedByThread(data)
+    }
+
+    /// Writes all of `buf` to `fd`; false (errno set) on a failure.
+    static func writeAll(_ fd: Int32, _ data: Data) -> Bool {
+        data.withUnsafeBytes { (buf: UnsafeRawBufferPointer) in
+            var written = 0
+            while written < buf.count {
+                let n = write(fd, buf.baseAddress! + written, buf.count - written)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                written += n
+            }
+            return true
+        }
+    }
+
+    /// An anonymous memory file holding `data`, read from its start; nil where `memfd_create`
+    /// is missing (not Linux, or a kernel older than 3.17).
+    static func memoryFileHolding(_ data: Data) throws -> Int32? {
+        guard let memfdCreate else { return nil }
+        let fd = "capstan-stdin".withCString { memfdCreate($0, 1 /* MFD_CLOEXEC */) }
+        guard fd >= 0 else { return nil }
+        guard writeAll(fd, data), lseek(fd, 0, SEEK_SET) == 0 else {
+            let why = String(cString: strerror(errno))
+            close(fd)
+            throw CapstanError(.io, "Cannot fill an in-memory file with \(data.count) bytes of a child's input: \(why).", hint: "Check the machine's free memory.")
+        }
+        return fd
+    }
+
+    /// The read end of a pipe (close-on-exec) that a thread of its own writes `data` into and
+    /// then closes; a reader that goes away early ends the writing (EPIPE, never SIGPIPE).
+    static func pipeFedByThread(_ data: Data) throws -> Int32 {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw CapstanError(.io, "Cannot make a pipe: \(String(cString: strerror(errno))).") }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        #if canImport(Darwin)
+        _ = fcntl(fds[1], F_SETNOSIGPIPE, 1)
+        #endif
+        let writeEnd = fds[1]
+        Thread.detachNewThread {
+            // SIGPIPE blocked on this thread: a write to a closed pipe fails with EPIPE instead
+            // (a signal pending on this thread alone is dropped when it ends).
+            var block = sigset_t()
+            sigemptyset(&block)
+            sigaddset(&block, SIGPIPE)
+            pthread_sigmask(SIG_BLOCK, &block, nil)
+            _ = writeAll(writeEnd, data)
+            close(writeEnd)
+        }
+        return fds[0]
+    }
 
     /// The read end of a pipe (close-on-exec) that holds `data` and is closed for writing.
     static func pipeHolding(_ data: Data) throws -> Int32 {
@@ -97,17 +164,10 @@ public enum Spawn {
         defer { close(fds[1]) }
         // Children started by anything else meanwhile do not inherit it (pipe2 is not imported).
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var written = 0
-        try data.withUnsafeBytes { (buf: UnsafeRawBufferPointer) in
-            while written < buf.count {
-                let n = write(fds[1], buf.baseAddress! + written, buf.count - written)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    close(fds[0])
-                    throw CapstanError(.io, "Cannot write to a pipe: \(String(cString: strerror(errno))).")
-                }
-                written += n
-            }
+        guard writeAll(fds[1], data) else {
+            let why = String(cString: strerror(errno))
+            close(fds[0])
+            throw CapstanError(.io, "Cannot write to a pipe: \(why).")
         }
         return fds[0]
     }
@@ -214,29 +274,19 @@ public enum Spawn {
     /// ``runBlocking(_:environment:streams:timeout:)`` with stdin from `input` (or the file
     /// `stdinFile`, or /dev/null) and stdout and stderr collected. The output goes through
     /// temporary files, not pipes: a child that leaves a daemon behind holding them (ssh's
-    /// ControlPersist master) would keep a pipe from ever reaching end-of-file. `input` up to
-    /// 60,000 bytes goes through a pipe written whole before the child starts (so nothing
-    /// waits on its reader, and credentials in it never touch the disk); bigger input, through
-    /// a temporary file (0600).
+    /// ControlPersist master) would keep a pipe from ever reaching end-of-file. `input` never
+    /// touches the disk, whatever its size (credentials travel in it): see ``inputHolding(_:)``.
     public static func runCapturing(_ argv: [String], environment: [String: String]? = nil, input: Data? = nil, stdinFile: String? = nil, timeout: Double) throws -> Captured {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-run-\(UUID().uuidString)").path
         defer {
-            for f in [".out", ".err", ".in"] { unlink(base + f) }
+            for f in [".out", ".err"] { unlink(base + f) }
         }
         var streams = Streams(stdin: stdinFile, stdout: base + ".out", stderr: base + ".err", append: false)
         var piped: Int32?
         defer { if let piped { close(piped) } }
         if stdinFile == nil, let input {
-            if input.count <= pipedInputLimit {
-                // Small input (credentials among it) goes through a pipe, never a file.
-                piped = try pipeHolding(input)
-                streams.stdinFD = piped
-            } else {
-                guard FileManager.default.createFile(atPath: base + ".in", contents: input, attributes: [.posixPermissions: 0o600]) else {
-                    throw CapstanError(.io, "Cannot create temporary files in \(FileManager.default.temporaryDirectory.path).")
-                }
-                streams.stdin = base + ".in"
-            }
+            piped = try inputHolding(input)
+            streams.stdinFD = piped
         }
         if let stdin = streams.stdin, !FileManager.default.isReadableFile(atPath: stdin) { throw CapstanError(.io, "Cannot read \(stdin).") }
         let (status, timedOut) = try runBlocking(argv, environment: environment, streams: streams, timeout: timeout)
@@ -337,6 +387,13 @@ public enum Spawn {
     static let addClosefrom: AddClosefrom? = {
         guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
         return unsafeBitCast(sym, to: AddClosefrom.self)
+    }()
+
+    typealias MemfdCreate = @convention(c) (UnsafePointer<CChar>, UInt32) -> Int32
+    /// `memfd_create` (glibc ≥ 2.27), looked up at run time: not imported everywhere.
+    static let memfdCreate: MemfdCreate? = {
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "memfd_create") else { return nil }
+        return unsafeBitCast(sym, to: MemfdCreate.self)
     }()
 
     typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32

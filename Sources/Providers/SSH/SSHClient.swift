@@ -94,12 +94,14 @@ public struct SSHClient: Sendable {
         return args + ["\(target.user)@\(target.address)"]
     }
 
-    /// Runs `command` (a shell command line) on `target`, with `input` on its stdin. A non-zero
-    /// exit of the command is returned; ssh's own failures (exit 255: unreachable, refused
-    /// host key, denied key) are thrown as clear errors.
+    /// Runs `command` (a shell command line) on `target`, with `input` on its stdin (through a
+    /// pipe or an anonymous memory file, never a file on disk: it may hold credentials). The
+    /// command runs with `umask 077` (``remoteCommand(_:)``). A non-zero exit of the command is
+    /// returned; ssh's own failures (exit 255: unreachable, refused host key, denied key) are
+    /// thrown as clear errors.
     @discardableResult
     public func run(_ target: SSHTarget, _ command: String, input: Data? = nil, inputFile: String? = nil, timeout: Double = 60) async throws -> SSHResult {
-        let r = try await Self.exec("/usr/bin/ssh", arguments(target) + ["--", command], input: input, inputFile: inputFile, timeout: timeout)
+        let r = try await Self.exec("/usr/bin/ssh", arguments(target) + ["--", Self.remoteCommand(command)], input: input, inputFile: inputFile, timeout: timeout)
         if r.status == 255 { throw Self.error(r.stderr, target: target, knownHosts: knownHosts, timeout: timeout) }
         return r
     }
@@ -154,8 +156,18 @@ public struct SSHClient: Sendable {
     /// A shell loop that kills every process listed in `file` (``NodeProcesses``' "pid start"
     /// lines) whose start time still matches (a reused pid is left alone; start 0: no check).
     public static func killListed(_ file: String) -> String {
-        let f = quote(file)
+        let f = remotePath(file)
         return "[ -f \(f) ] && while read -r p x; do if [ \"$x\" = 0 ] || [ \"$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f20)\" = \"$x\" ]; then kill -KILL \"$p\" 2>/dev/null; fi; done < \(f); true"
+    }
+
+    /// What runs on the node for `command`: with `umask 077`, so whatever Capstan creates
+    /// there (folders, the agent's config, logs, checkpoints) is the login user's alone.
+    public static func remoteCommand(_ command: String) -> String { "umask 077; " + command }
+
+    /// A path on a node for its shell: single-quoted, except that `~/REST` becomes
+    /// `"$HOME"/'REST'` (the login user's home, resolved on the node).
+    public static func remotePath(_ path: String) -> String {
+        path.hasPrefix("~/") ? "\"$HOME\"/" + quote(String(path.dropFirst(2))) : quote(path)
     }
 
     /// `word` single-quoted for a remote shell.

@@ -36,7 +36,8 @@ public struct SSHProvider: ComputeProvider {
         public var gpus: Int?
         /// The network interface of `privateAddress`, for GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME.
         public var interface: String?
-        /// Where Capstan keeps its files on the host (default: ~/.capstan-node).
+        /// Where Capstan keeps its files on the host: an absolute path or `~/FOLDER` (default:
+        /// `~/.capstan-node`, in the login user's home there).
         public var workRoot: String?
         public var labels: [String: String]?
 
@@ -196,13 +197,13 @@ public struct SSHProvider: ComputeProvider {
                     hint: "Release hosts with `capstan down`, fix the hosts listed, or add hosts to providers.ssh.", provider: name)
             }
             var out: [Instance] = []
-            for (host, home) in free.prefix(request.count) {
+            for (host, root) in free.prefix(request.count) {
                 var tags = request.tags
                 tags[CapstanTags.managed] = "true"
                 tags[CapstanTags.intent] = request.idempotencyKey
                 let t = target(host)
                 let id = "ssh-\(host.id.replacingOccurrences(of: "[^A-Za-z0-9.-]", with: "-", options: .regularExpression))-" + UUID().uuidString.prefix(6).lowercased()
-                var details = ["host": host.id, "workRoot": host.workRoot ?? home + "/.capstan-node"]
+                var details = ["host": host.id, "workRoot": root]
                 if let k = t.keyFile { details["sshKey"] = k }
                 if let i = host.interface { details["interface"] = i }
                 for (k, v) in host.labels ?? [:] { details["label." + k] = v }
@@ -218,12 +219,22 @@ public struct SSHProvider: ComputeProvider {
         }
     }
 
-    /// The host answers over SSH; returns its home folder.
+    /// The host answers over SSH; returns its work root (`workRoot`, else `~/.capstan-node`
+    /// resolved with the login user's home there).
     func check(_ host: Host) async throws -> String {
         let r = try await client.run(target(host), "echo \"$HOME\"", timeout: Double(configuration.checkSeconds ?? 10))
         guard r.status == 0 else { throw CapstanError(.io, "the health check exited \(r.status): \(r.stderr.prefix(200))") }
-        let home = r.text.trimmingCharacters(in: .whitespacesAndNewlines)
-        return home.hasPrefix("/") ? home : "/tmp"
+        if let root = host.workRoot { return root }
+        return try Self.defaultWorkRoot(home: r.text.trimmingCharacters(in: .whitespacesAndNewlines), target: target(host))
+    }
+
+    /// `<home>/.capstan-node`; a home that is not an absolute path is an error (never a shared
+    /// fallback such as /tmp, where another user could plant Capstan's folder first).
+    static func defaultWorkRoot(home: String, target: SSHTarget) throws -> String {
+        guard home.hasPrefix("/") else {
+            throw CapstanError(.config, "the home folder of \(target.user) there is '\(home)', not an absolute path, so Capstan has no private place for its files (it never falls back to /tmp): give \(target.user) an absolute home there, or set the host's workRoot.", hint: "Give \(target.user) an absolute home folder on that host, or set the host's workRoot in providers.ssh.")
+        }
+        return (home.hasSuffix("/") ? String(home.dropLast()) : home) + "/.capstan-node"
     }
 
     public func describe(_ query: InstanceQuery) async throws -> [Instance] {
@@ -252,7 +263,7 @@ public struct SSHProvider: ComputeProvider {
             let pids = work + "/nodes/" + inst.id + "/pids"
             // An unreachable host is left to its gang's failure; its shared connection dies
             // with its keep-alives. A reachable one also closes it now.
-            if (try? await client.run(target(host), SSHClient.killListed(pids) + "; rm -f \(SSHClient.quote(pids))", timeout: 4)) != nil {
+            if (try? await client.run(target(host), SSHClient.killListed(pids) + "; rm -f \(SSHClient.remotePath(pids))", timeout: 4)) != nil {
                 await client.disconnect(target(host))
             }
         }

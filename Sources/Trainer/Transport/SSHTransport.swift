@@ -6,16 +6,22 @@ import Foundation
 /// Remote nodes over SSH (the system OpenSSH client, ``SSHClient``): any instance with an SSH
 /// user and address — the `ssh` provider's hosts, cloud instances.
 ///
-/// On each node, under its work root (`Instance.details["workRoot"]`):
-/// `bin/capstan-<sha256 prefix>` (the agent, shipped once and checked), `jobs/<job>/work` (the
-/// workdir), `jobs/<job>/attempt-N/` (the agent's state, as on local nodes) and
+/// On each node, under its work root (`Instance.details["workRoot"]`, else `~/.capstan-node`
+/// in the login user's home): `bin/capstan-<sha256 prefix>` (the agent), `jobs/<job>/work`
+/// (the workdir), `jobs/<job>/attempt-N/` (the agent's state, as on local nodes) and
 /// `nodes/<instance>/pids` (what releasing the host kills).
 ///
+/// Every command that writes there runs with `umask 077` and first checks the work root and
+/// its `bin` (``safeRootScript(_:)``): both must belong to the login user and be writable by
+/// no one else, or the node is refused — an agent or config that someone else can swap is
+/// never run.
+///
 /// The agent binary is this `capstan` (or `agentBinary`: a build with `--static-swift-stdlib`
-/// runs on any glibc Linux without Swift). It is uploaded when the node lacks that exact build,
-/// verified by SHA-256 on the node, then started detached (`setsid nohup`), so it outlives the
-/// SSH session and the controller. Starting is idempotent: an agent already running for the
-/// same job and attempt is followed, not started twice.
+/// runs on any glibc Linux without Swift). Its SHA-256 is checked on the node before every
+/// start (a copy that does not match is removed and uploaded afresh, and checked again), then
+/// it is started detached (`setsid nohup`), so it outlives the SSH session and the controller.
+/// Starting is idempotent: an agent already running for the same job and attempt is followed,
+/// not started twice.
 public struct SSHTransport: NodeTransport {
     /// For hosts the user listed (the ssh provider): Capstan's shared `known_hosts`.
     public let client: SSHClient
@@ -26,8 +32,9 @@ public struct SSHTransport: NodeTransport {
     /// How long a node that has answered before (through this transport) is retried: it is not
     /// booting, so silence means a lost link or machine, and the job should replace it soon.
     public var reachTimeout: Double = 45
-    /// Where Capstan's files go on nodes whose provider names no work root.
-    public static let defaultWorkRoot = "/var/tmp/capstan-node"
+    /// Where Capstan's files go on nodes whose provider names no work root: in the login
+    /// user's home, resolved on the node (never a shared folder such as /tmp or /var/tmp).
+    public static let defaultWorkRoot = "~/.capstan-node"
     /// The local file shipped to nodes as the agent.
     public let agentBinary: String
     /// Variables passed from this process to remote agents (Capstan's settings: the Python
@@ -49,27 +56,113 @@ public struct SSHTransport: NodeTransport {
         node.provider != "local" && node.sshUser != nil && (node.publicAddress ?? node.privateAddress) != nil
     }
 
-    /// A cloud instance (no key of its own from its provider) uses its cluster's key pair.
-    func clusterName(_ node: Instance) -> String? {
-        node.provider != "ssh" && node.details["sshKey"] == nil ? node.tags[CapstanTags.cluster] : nil
+    /// A cloud instance (no key of its own from its provider) uses its cluster's key pair and
+    /// `known_hosts`, in this folder.
+    func clusterKeyFolder(_ node: Instance) -> String? {
+        guard node.provider != "ssh", node.details["sshKey"] == nil, let keys = clusterKeys else { return nil }
+        return keys.folder(for: node)
     }
 
     func client(for node: Instance) -> SSHClient {
-        guard let cluster = clusterName(node), let keys = clusterKeys else { return client }
-        return SSHClient(folder: keys.folder(cluster: cluster), connectTimeout: client.connectTimeout, aliveTimeout: client.aliveTimeout)
+        guard let folder = clusterKeyFolder(node) else { return client }
+        return SSHClient(folder: folder, connectTimeout: client.connectTimeout, aliveTimeout: client.aliveTimeout)
     }
 
     func target(_ node: Instance) throws -> SSHTarget {
         guard let user = node.sshUser, let address = node.publicAddress ?? node.privateAddress else {
             throw CapstanError(.invalidRequest, "Node \(node.id) has no SSH address or user.")
         }
-        let key = node.details["sshKey"] ?? clusterName(node).flatMap { c in clusterKeys.map { $0.privateKey(cluster: c) } }
+        let key = node.details["sshKey"] ?? clusterKeyFolder(node).map { $0 + "/id_ed25519" }
         return SSHTarget(address: address, port: node.sshPort ?? 22, user: user, keyFile: key)
     }
 
+    /// The node's work root: an absolute path, or `~/FOLDER` (in the login user's home there).
     func root(_ node: Instance) throws -> String {
         let r = node.details["workRoot"] ?? Self.defaultWorkRoot
-        guard r.hasPrefix("/") else { throw CapstanError(.invalidRequest, "Node \(node.id)'s work root \(r) is not an absolute path.") }
+        guard Self.validRoot(r) else {
+            throw CapstanError(.invalidRequest, "Node \(node.id)'s work root \(r) is neither an absolute path nor ~/FOLDER (letters, digits, '.', '_', '-' and '/').", hint: "Set the host's workRoot to an absolute path or to ~/FOLDER.")
+        }
+        return r
+    }
+
+    static func validRoot(_ r: String) -> Bool {
+        if r.hasPrefix("/") { return true }
+        guard r.hasPrefix("~/"), r.count > 2 else { return false }
+        return r.dropFirst(2).allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-/".contains($0)) } && !r.split(separator: "/").contains("..")
+    }
+
+    /// The shell lines that start every command writing on a node whose work root is `root`:
+    /// `umask 077`; `~/` resolved from the node's `$HOME`, which must be an absolute path (no
+    /// fallback to a shared folder); the root, then its `bin`, made if missing and checked
+    /// (after `mkdir -p`, so a folder someone made first is caught too): owned by the login
+    /// user, and their symlinks too, and not writable by group or others. On a failure it
+    /// prints `CAPSTAN-REFUSED <what> …` and exits 3 (``refusal(_:target:)`` reads it).
+    /// Sets `capstan_root`.
+    static func safeRootScript(_ root: String) -> String {
+        var lines = ["umask 077"]
+        if root.hasPrefix("~/") {
+            lines += [
+                #"case "$HOME" in /*) ;; *) echo "CAPSTAN-REFUSED home $HOME"; exit 3 ;; esac"#,
+                // It goes into the agent's config (sed below): only characters safe there.
+                #"case "$HOME" in *[!A-Za-z0-9._/@+-]*) echo "CAPSTAN-REFUSED home-chars $HOME"; exit 3 ;; esac"#,
+            ]
+        }
+        lines += [
+            "capstan_root=\(SSHClient.remotePath(root))",
+            #"capstan_me=$(id -u)"#,
+            // Folder $1 exists, or is made (0700), then must be the login user's (its symlink
+            // too) and writable by no one else.
+            #"capstan_safe() {"#,
+            #"  mkdir -p "$1" || { echo "CAPSTAN-REFUSED mkdir $1"; exit 3; }"#,
+            #"  capstan_l=$(ls -ldn -- "$1") && capstan_t=$(ls -ldnL -- "$1") || { echo "CAPSTAN-REFUSED stat $1"; exit 3; }"#,
+            #"  set -f; set -- "$1" $capstan_l; capstan_o=$4; set -- "$1" $capstan_t; set +f"#,
+            #"  [ "$capstan_o" = "$capstan_me" ] && capstan_o=$4"#,
+            #"  [ "$capstan_o" = "$capstan_me" ] || { echo "CAPSTAN-REFUSED owner $capstan_o $capstan_me $1"; exit 3; }"#,
+            #"  case "$2" in ?????w*|????????w*) echo "CAPSTAN-REFUSED mode $2 $1"; exit 3 ;; esac"#,
+            #"}"#,
+            // The root first: nothing is made inside one that fails.
+            #"capstan_safe "$capstan_root""#,
+            #"capstan_safe "$capstan_root/bin""#,
+        ]
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The error for a `CAPSTAN-REFUSED` line of a node's answer (nil when there is none):
+    /// what was refused, where, and what to do.
+    static func refusal(_ output: String, target: SSHTarget) -> CapstanError? {
+        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("CAPSTAN-REFUSED ") }) else { return nil }
+        let f = line.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+        let what = f.count > 1 ? f[1] : "", rest = f.count > 2 ? f[2] : ""
+        let host = target.description
+        let homeHint = "Give \(target.user) an absolute home folder on that node, or give the node an absolute workRoot (ssh provider: providers.ssh.hosts[].workRoot), then retry."
+        switch what {
+        case "home":
+            return CapstanError(.config, "The home folder of \(target.user) on \(host) is '\(rest)', not an absolute path, so Capstan has no private place there for its files (it never falls back to a shared folder such as /tmp).", hint: homeHint)
+        case "home-chars":
+            return CapstanError(.config, "The home folder of \(target.user) on \(host) ('\(rest)') has characters Capstan does not put in its agent's config (only letters, digits and . _ / @ + -).", hint: homeHint)
+        case "owner":
+            let g = rest.split(separator: " ", maxSplits: 2).map(String.init)
+            let (owner, me, path) = g.count == 3 ? (g[0], g[1], g[2]) : ("?", "?", rest)
+            return CapstanError(.config, "Refusing to use \(path) on \(host): it belongs to uid \(owner), not to \(target.user) (uid \(me)), the SSH login; whoever owns it could swap the agent Capstan runs there, or its config.", hint: "Remove \(path) on that node (as its owner or root) or give the node a workRoot that \(target.user) owns, then retry.")
+        case "mode":
+            let g = rest.split(separator: " ", maxSplits: 1).map(String.init)
+            let (mode, path) = g.count == 2 ? (g[0], g[1]) : ("?", rest)
+            return CapstanError(.config, "Refusing to use \(path) on \(host): its group or other users can write to it (\(mode)), so they could swap the agent Capstan runs there, or its config.", hint: "Run `chmod go-w \(path)` on that node (or remove the folder), then retry.")
+        case "mkdir", "stat":
+            return CapstanError(.config, "Cannot \(what == "mkdir" ? "create" : "inspect") Capstan's work root \(rest) on \(host).", hint: "Check that \(target.user) can write its parent folder there, or give the node another workRoot, then retry.")
+        case "no-sha256sum":
+            return CapstanError(.unsupported, "\(host) has no sha256sum, which Capstan needs to check the agent binary before every start.", hint: "Install coreutils on that node, then retry.")
+        default:
+            return CapstanError(.config, "\(host) refused Capstan's work root: \(line.dropFirst(16)).")
+        }
+    }
+
+    /// Runs `body` after ``safeRootScript(_:)`` for `node`'s work root; a refusal is thrown.
+    func runSafely(_ node: Instance, _ body: String, input: Data? = nil, inputFile: String? = nil, timeout: Double = 60) async throws -> SSHResult {
+        let script = Self.safeRootScript(try root(node)) + body
+        let r = try await (inputFile == nil ? runReaching(node, script, input: input, timeout: timeout)
+                                           : client(for: node).run(try target(node), script, inputFile: inputFile, timeout: timeout))
+        if let refused = Self.refusal(r.text, target: try target(node)) { throw refused }
         return r
     }
 
@@ -100,15 +193,20 @@ public struct SSHTransport: NodeTransport {
 
     public func uploadWorkdir(_ localPath: String, job: String, on node: Instance) async throws {
         let t = try target(node)
-        let work = "\(try root(node))/jobs/\(job)/work"
-        let marker = SSHClient.quote("\(try root(node))/jobs/\(job)/workdir-copied")
-        if try await runReaching(node, "test -f \(marker)", timeout: 30).status == 0 { return }
+        let work = SSHClient.remotePath("\(try root(node))/jobs/\(job)/work")
+        let marker = SSHClient.remotePath("\(try root(node))/jobs/\(job)/workdir-copied")
+        if try await runSafely(node, "test -f \(marker)", timeout: 30).status == 0 { return }
         // tar over the session: one round trip, permissions kept.
         let archive = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-workdir-\(UUID().uuidString).tar").path
         defer { try? FileManager.default.removeItem(atPath: archive) }
         let tar = await Spawn.wait(try Spawn.start(["/bin/tar", "-C", localPath, "-cf", archive, "."], environment: ProcessInfo.processInfo.environment))
         guard tar.succeeded else { throw CapstanError(.io, "Packing the workdir \(localPath) failed (\(tar)).", hint: "Check that the folder exists and is readable.") }
-        try await client(for: node).check(t, "mkdir -p \(SSHClient.quote(work)) && tar -C \(SSHClient.quote(work)) -xf - && touch \(marker)", inputFile: archive, timeout: 1800, what: "Unpacking the workdir")
+        // Owned by the login user, whatever the archive says (as root, tar would restore the
+        // controller's uids, which may be other users on the node); modes within umask 077.
+        let r = try await runSafely(node, "mkdir -p \(work) && tar --no-same-owner --no-same-permissions -C \(work) -xf - && touch \(marker)", inputFile: archive, timeout: 1800)
+        guard r.status == 0 else {
+            throw CapstanError(.io, "Unpacking the workdir on \(t.description) failed (exit \(r.status)): \(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines).suffix(300))")
+        }
     }
 
     /// SHA-256 of the agent binary (once).
@@ -130,61 +228,106 @@ public struct SSHTransport: NodeTransport {
         "\(try root(node))/bin/capstan-\(try agentDigest().prefix(16))"
     }
 
-    /// Ships the agent binary to the node and checks its SHA-256 there.
+    /// The shell lines that check `sha256sum` is there (else a refusal).
+    static let needsSHA256 = #"command -v sha256sum >/dev/null 2>&1 || { echo "CAPSTAN-REFUSED no-sha256sum"; exit 3; }"# + "\n"
+
+    /// Ships the agent binary to the node, checks its SHA-256 there and only then moves it
+    /// into place: one round trip.
     func uploadAgent(to node: Instance) async throws {
         let t = try target(node)
         let sha = try agentDigest()
-        let path = try agentPath(on: node)
-        let tmp = SSHClient.quote(path + ".upload")
-        try await client(for: node).check(t, "mkdir -p \(SSHClient.quote((path as NSString).deletingLastPathComponent)) && cat > \(tmp) && chmod +x \(tmp)", inputFile: agentBinary, timeout: 1800, what: "Uploading the agent")
-        let sum = try await client(for: node).check(t, "sha256sum \(tmp)", timeout: 120, what: "Checking the agent's SHA-256")
-        guard sum.text.split(separator: " ").first.map(String.init) == sha else {
-            _ = try? await client(for: node).run(t, "rm -f \(tmp)")
-            throw CapstanError(.io, "The agent uploaded to \(t.description) does not match its SHA-256 (got \(sum.text.prefix(64)), expected \(sha)); it was removed.", hint: "Retry; if it repeats, check the node's disk.")
+        let path = SSHClient.remotePath(try agentPath(on: node))
+        let body = Self.needsSHA256 + """
+            capstan_tmp=\(path).upload.$$
+            cat > "$capstan_tmp" || { rm -f "$capstan_tmp"; exit 1; }
+            capstan_sum=$(sha256sum < "$capstan_tmp"); capstan_sum=${capstan_sum%% *}
+            if [ "$capstan_sum" = \(sha) ]; then chmod 700 "$capstan_tmp" && mv -f "$capstan_tmp" \(path) && echo INSTALLED; else rm -f "$capstan_tmp"; echo "MISMATCH $capstan_sum"; fi
+            """
+        let r = try await runSafely(node, body, inputFile: agentBinary, timeout: 1800)
+        let out = r.text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if out.hasPrefix("MISMATCH") {
+            throw CapstanError(.io, "The agent uploaded to \(t.description) does not match its SHA-256 (got \(out.dropFirst(9).prefix(64)), expected \(sha)); it was removed.", hint: "Retry; if it repeats, check the node's disk.")
         }
-        try await client(for: node).check(t, "mv \(tmp) \(SSHClient.quote(path))", what: "Installing the agent")
+        guard r.status == 0, out == "INSTALLED" else {
+            throw CapstanError(.io, "Uploading the agent to \(t.description) failed (exit \(r.status)): \(out.suffix(200)) \(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines).suffix(300))", hint: "Check the node's free disk space, then retry.")
+        }
     }
 
-    /// One round trip in the usual case: an agent of this attempt already running is left
-    /// alone (re-attach); else the config is written and the agent started. Only a node that
-    /// lacks this build of the agent costs more (the upload, checked by SHA-256).
-    public func startAgent(_ config: AgentConfig, secrets: AgentSecrets, on node: Instance) async throws {
-        let exe = try agentPath(on: node)
+    /// What goes on the start script's stdin, one item a line: the secrets (base64 JSON), the
+    /// agent's config (base64 JSON), then `export NAME='value'` lines for the forwarded
+    /// environment. Neither the config nor the secrets ever go into a command line.
+    static func startInput(config: AgentConfig, secrets: AgentSecrets, environment: [String: String]) throws -> Data {
         let q = SSHClient.quote
-        let state = q(config.stateDir)
-        // The config holds no secrets, so it travels in the command. The session's stdin
-        // carries the secrets (one base64 line), then the forwarded environment: the remote
-        // shell keeps the secrets in a variable and pipes them to the agent's stdin (printf
-        // is a builtin: no process, no argument), and exports the environment to the agent.
-        // Never in arguments, never in a file, on either machine.
-        let json = try PluginWire.encoder.encode(config).base64EncodedString()
         let secretLine = try PluginWire.encoder.encode(secrets).base64EncodedString()
-        let env = ProcessInfo.processInfo.environment.filter { k, _ in forwardedPrefixes.contains { k.hasPrefix($0) } }
-        let lines = ([secretLine] + env.sorted { $0.key < $1.key }.map { "export \($0.key)=\(q($0.value))" }).joined(separator: "\n")
-        let pidsDir = config.pidsFile.map { q(($0 as NSString).deletingLastPathComponent) } ?? ""
-        let script = """
+        let configLine = try PluginWire.encoder.encode(config).base64EncodedString()
+        let lines = [secretLine, configLine] + environment.sorted { $0.key < $1.key }.map { "export \($0.key)=\(q($0.value))" }
+        return Data((lines.joined(separator: "\n") + "\n").utf8)
+    }
+
+    /// The start script for `config` (after ``safeRootScript(_:)``): follows an agent of this
+    /// attempt already running; else checks the agent binary's SHA-256 (`NO-AGENT`, or
+    /// `AGENT-MISMATCH` after removing a copy that does not match: the caller uploads it),
+    /// reads ``startInput(config:secrets:environment:)`` from stdin, writes the config (0600;
+    /// `~/` in its paths resolved from `$HOME`) and starts the agent detached.
+    static func startScript(_ config: AgentConfig, exe: String, sha: String, root: String) -> String {
+        let p = SSHClient.remotePath
+        let state = p(config.stateDir)
+        let pidsDir = config.pidsFile.map { p(($0 as NSString).deletingLastPathComponent) } ?? ""
+        // `~/ROOT` in the config's paths (and the env contract's) becomes `$HOME/ROOT` on the
+        // node ($HOME's characters were checked by safeRootScript).
+        let resolve = root.hasPrefix("~/")
+            ? #" | sed "s|"# + root.replacingOccurrences(of: ".", with: #"\."#) + #"|$HOME/"# + root.dropFirst(2) + #"|g""#
+            : ""
+        // The secrets and the config come on stdin: the shell keeps them in variables and
+        // writes them with printf (a builtin: no process, no argument), never in a command line.
+        return needsSHA256 + """
             s=\(state)/status.json
             if [ -f "$s" ] && grep -Eq '"phase" *: *"(starting|restoring|setup|running|finishing)"' "$s"; then
               p=$(sed -n 's/.*"agentPID" *: *\\([0-9]*\\).*/\\1/p' "$s"); if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo RUNNING; exit 0; fi
             fi
-            [ -x \(q(exe)) ] || { echo NO-AGENT; exit 0; }
-            mkdir -p \(state) \(q(config.workdir)) \(pidsDir) || exit 1
-            echo \(json) | base64 -d > \(state)/agent.json || exit 1
+            e=\(p(exe))
+            [ -f "$e" ] || { echo NO-AGENT; exit 0; }
+            capstan_sum=$(sha256sum < "$e"); capstan_sum=${capstan_sum%% *}
+            if [ "$capstan_sum" != \(sha) ]; then rm -f "$e"; echo "AGENT-MISMATCH $capstan_sum"; exit 0; fi
+            [ -x "$e" ] || chmod 700 "$e" || exit 1
             IFS= read -r capstan_secrets
+            IFS= read -r capstan_config
             eval "$(cat)"
-            cd \(q(config.workdir)) || exit 1
-            printf '%s\\n' "$capstan_secrets" | base64 -d | setsid nohup \(q(exe)) agent --config \(state)/agent.json --secrets-stdin > \(state)/agent.out 2>&1 &
+            mkdir -p \(state) \(p(config.workdir)) \(pidsDir) || exit 1
+            rm -f \(state)/agent.json
+            printf '%s\\n' "$capstan_config" | base64 -d\(resolve) > \(state)/agent.json && [ -s \(state)/agent.json ] || { echo "CONFIG-FAILED"; exit 1; }
+            capstan_config=
+            cd \(p(config.workdir)) || exit 1
+            printf '%s\\n' "$capstan_secrets" | base64 -d | setsid nohup "$e" agent --config \(state)/agent.json --secrets-stdin > \(state)/agent.out 2>&1 &
             capstan_secrets=
             p=$!
-            \(config.pidsFile.map { "echo \"$p 0\" >> \(q($0))" } ?? ":")
+            \(config.pidsFile.map { "echo \"$p 0\" >> \(p($0))" } ?? ":")
             echo "STARTED $p"
             """
         // (No `&&` before the `&`: a backgrounded list runs in a subshell that keeps the session open.)
+    }
+
+    /// One round trip in the usual case: an agent of this attempt already running is left
+    /// alone (re-attach); else the agent binary is checked by SHA-256, the config written and
+    /// the agent started. Only a node that lacks this build of the agent (or whose copy does
+    /// not match its SHA-256) costs more: the upload, checked again.
+    public func startAgent(_ config: AgentConfig, secrets: AgentSecrets, on node: Instance) async throws {
+        let env = ProcessInfo.processInfo.environment.filter { k, _ in forwardedPrefixes.contains { k.hasPrefix($0) } }
+        let input = try Self.startInput(config: config, secrets: secrets, environment: env)
+        let script = Self.startScript(config, exe: try agentPath(on: node), sha: try agentDigest(), root: try root(node))
+        var mismatched: String?
         for round in 0..<2 {
-            let r = try await runReaching(node, script, input: Data((lines + "\n").utf8))
+            let r = try await runSafely(node, script, input: input)
             let out = r.text.trimmingCharacters(in: .whitespacesAndNewlines)
             if out == "RUNNING" { return }
-            if out == "NO-AGENT" && round == 0 { try await uploadAgent(to: node); continue }
+            if round == 0 && (out == "NO-AGENT" || out.hasPrefix("AGENT-MISMATCH")) {
+                if out.hasPrefix("AGENT-MISMATCH") { mismatched = String(out.dropFirst(15)) }
+                try await uploadAgent(to: node)
+                continue
+            }
+            if out.hasPrefix("AGENT-MISMATCH") || out == "NO-AGENT" {
+                throw CapstanError(.io, "The agent on \(try target(node).description) at \(try agentPath(on: node)) does not match its SHA-256 even right after a fresh upload (\(mismatched.map { "before: \($0.prefix(64)), " } ?? "")now: \(out.dropFirst(15).prefix(64)), expected \(try agentDigest())); refusing to start it.", hint: "Something on that node changes the file: check who else can write to the work root, then retry.")
+            }
             // The agent's pid went into the node's pids file at once (the agent records itself
             // too): releasing the host kills it.
             guard r.status == 0, out.hasPrefix("STARTED "), Int(out.dropFirst(8)) != nil else {
@@ -196,7 +339,7 @@ public struct SSHTransport: NodeTransport {
 
     public func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
         let l = try layout(job: job, attempt: attempt, on: node)
-        let r = try await client(for: node).run(try target(node), "cat \(SSHClient.quote(l.stateDir + "/status.json")) 2>/dev/null", timeout: 5)
+        let r = try await client(for: node).run(try target(node), "cat \(SSHClient.remotePath(l.stateDir + "/status.json")) 2>/dev/null", timeout: 5)
         guard r.status == 0, !r.stdout.isEmpty else { return nil }
         do { return try PluginWire.decoder.decode(AgentStatus.self, from: r.stdout) } catch {
             throw CapstanError(.io, "The agent status on node \(node.id) is unreadable (\(error)).")
@@ -205,13 +348,13 @@ public struct SSHTransport: NodeTransport {
 
     public func readLog(job: String, attempt: Int, on node: Instance, from offset: Int64, limit: Int) async throws -> Data {
         let l = try layout(job: job, attempt: attempt, on: node)
-        let r = try await client(for: node).run(try target(node), "tail -c +\(offset + 1) \(SSHClient.quote(l.stateDir + "/node.log")) 2>/dev/null | head -c \(limit)", timeout: 15)
+        let r = try await client(for: node).run(try target(node), "tail -c +\(offset + 1) \(SSHClient.remotePath(l.stateDir + "/node.log")) 2>/dev/null | head -c \(limit)", timeout: 15)
         return r.stdout
     }
 
     public func agentOutput(job: String, attempt: Int, on node: Instance) async -> String {
         guard let l = try? layout(job: job, attempt: attempt, on: node), let t = try? target(node),
-              let r = try? await client(for: node).run(t, "tail -c 2000 \(SSHClient.quote(l.stateDir + "/agent.out")) 2>/dev/null", timeout: 10) else { return "" }
+              let r = try? await client(for: node).run(t, "tail -c 2000 \(SSHClient.remotePath(l.stateDir + "/agent.out")) 2>/dev/null", timeout: 10) else { return "" }
         return r.text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
