@@ -43,7 +43,7 @@ extension LambdaEmulator {
     static func hosts(_ lab: NetnsLab, _ indices: [Int]) -> [[String: Any]] {
         indices.map { i in
             ["address": lab.hosts[i - 1].address, "authorized_keys": lab.dir.file("host\(i)/authorized_keys"), "netns": lab.hosts[i - 1].ns,
-             "sshd_pid_file": lab.dir.file("host\(i)/sshd.pid"), "wipe": [lab.dir.file("host\(i)/home")]]
+             "sshd_pid_file": lab.dir.file("host\(i)/sshd.pid"), "wipe": [lab.dir.file("host\(i)/home/.capstan-node")]]
         }
     }
 
@@ -126,8 +126,8 @@ extension JobTests {
 
         // 1. kill -9 of node 1's training process: the gang restarts on the same instances.
         let h1 = try host(of: a1.nodes[1])
-        let pidFile = lab.dir.file("host\(h1)/home/.capstan-node/jobs/\(job0.id)/attempt-1/worker-0.pid")
-        let pid = try #require(pid_t((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let pidFile = lab.dir.file("host\(h1)/home/.capstan-node/jobs/\(job0.id)/attempt-1/worker-1.pid")
+        let pid = try #require(pid_t(((try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)), "no \(pidFile)")
         #expect(!lab.processes(h1, containing: "train.py").isEmpty)
         kill(pid, SIGKILL)
         #expect(try await home.wait(timeout: 180) {
@@ -149,8 +149,10 @@ extension JobTests {
         #expect(job.status == .succeeded, "\(job.status) \(job.lastError ?? "") \(history) \(home.logTail(job: job.id))")
         let last = try #require(attempts.last)
         #expect(last.attempt == 3 && last.nodes[1] == a2.nodes[1] && last.nodes[0] != victim, "\(history)")
+        // (The cloud may hand out the lost machine again, wiped: then nothing of before is there.)
         let fresh = try host(of: last.nodes[0])
-        #expect(fresh != lostHost && fresh != h1)
+        #expect(fresh != h1)
+        if fresh == lostHost { #expect(!FileManager.default.fileExists(atPath: lab.dir.file("host\(fresh)/home/.capstan-node/jobs/\(job0.id)/attempt-2"))) }
         #expect(try store.instances(cluster: cluster.id).first { $0.id == last.nodes[0] }?.instance.nodeIndex == 0)
         let summary = try home.checkContinuity(job: job, total: 150)
 

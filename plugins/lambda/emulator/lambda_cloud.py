@@ -39,7 +39,7 @@ Switches (POST /_emulator/faults with a JSON object, merged; GET shows them; no 
                                      SSH key is written to the host's authorized_keys (as the
                                      cloud's image does); once terminating, the machine is gone:
                                      the key is removed, every process in `netns` but its sshd is
-                                     killed and the `wipe` folders are emptied.
+                                     killed and the `wipe` folders are removed.
 GET /_emulator/state: request counters (`launched`: instances ever created, each billed from its
 launch until it is terminated; `terminated`) and every instance, with `billed_seconds`, for
 assertions; POST /_emulator/reset.
@@ -209,7 +209,6 @@ class Cloud:
                         pass
         for folder in h.get("wipe") or []:
             subprocess.run(["rm", "-rf", "--one-file-system", folder], capture_output=True)
-            os.makedirs(folder, exist_ok=True)
 
     def capacity(self, type_name):
         if self.faults["no_capacity"]:
