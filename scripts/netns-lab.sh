@@ -2,7 +2,9 @@
 # Test hosts with their own network stacks on this machine, for the SSH tests:
 #   netns-lab.sh up DIR N     N network namespaces on a bridge of their own (10.213.K.0/24, the
 #                             bridge is .1, host i is .(i+1)), each with its own sshd (port 22,
-#                             key auth with DIR/client_key) — prints `host <i> <netns> <address>`
+#                             key auth with DIR/client_key; sessions get TMPDIR=DIR/host<i>/tmp,
+#                             so a test can search what was written there) — prints
+#                             `host <i> <netns> <address>`
 #   netns-lab.sh down DIR     kills the sshds, deletes the namespaces, veths and the bridge
 # Traffic stays on the lab's own veths and bridge (no route leaves it). Needs root, iproute2 and
 # openssh-server. Every `up` writes DIR/lab.env first, so `down` cleans up after a failed `up`.
@@ -36,7 +38,7 @@ up)
   mkdir -p /run/sshd
   for i in $(seq 1 "$n"); do
     ns="cap$id-$i"; addr="10.213.$k.$((i + 1))"; h="$dir/host$i"
-    mkdir -p "$h"
+    mkdir -p "$h" "$h/tmp"
     ip netns add "$ns"
     ip link add "cv$id$i" type veth peer name eth0 netns "$ns"
     ip link set "cv$id$i" master "$br" up
@@ -57,6 +59,7 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 MaxStartups 100
 MaxSessions 100
+SetEnv TMPDIR=$h/tmp
 CFG
     ip netns exec "$ns" /usr/sbin/sshd -f "$h/sshd_config" -E "$h/sshd.log"
     echo "host $i $ns $addr"

@@ -239,8 +239,14 @@ extension JobTests {
             let other = try await lambda.launch(LaunchRequest(offer: offer, count: 1, idempotencyKey: key + "-b", tags: [CapstanTags.intent: key + "-b"], sshPublicKey: request.sshPublicKey))
             #expect(try emu.counter("ssh_keys_created") == 1)
 
-            try await Task.sleep(for: .milliseconds(800))
-            let running = try await lambda.describe(InstanceQuery(tags: ["test": key]))
+            // Booted (0.6 s): wait for the state, not for a time.
+            var running: [Instance] = []
+            let booted = Date().addingTimeInterval(30)
+            repeat {
+                running = try await lambda.describe(InstanceQuery(tags: ["test": key]))
+                if running.count == 2 && running.allSatisfy({ $0.state == .running }) { break }
+                try await Task.sleep(for: .milliseconds(100))
+            } while Date() < booted
             #expect(Set(running.map(\.id)) == Set(launched.map(\.id)))
             #expect(running.allSatisfy { $0.state == .running && $0.providerState == "active" && $0.publicAddress?.hasPrefix("127.") == true && $0.privateAddress != nil })
 
@@ -386,11 +392,24 @@ extension JobTests {
         func concurrentCalls() async throws {
             let emu = try LambdaEmulator(); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
-            let lambda = try Self.provider(emu, dir: dir)
-            try await withThrowingTaskGroup(of: Int.self) { group in
-                for i in 0..<50 { group.addTask { i % 2 == 0 ? try await lambda.offers(for: ResourceRequest()).count : try await lambda.describe(InstanceQuery()).count + 1 } }
-                for try await n in group { #expect(n > 0) }
+            // Between the plugin and the emulator, a proxy that holds every request 0.3 s and
+            // counts how many are in flight at once: the plugin's workers, each in one request.
+            let proxy = try HTTPScript(upstream: "http://127.0.0.1:\(emu.port)", hold: 0.3)
+            defer { proxy.stop() }
+            let lambda = try Self.provider(emu, dir: dir, extra: ["endpoint": .string(proxy.url + "/api/v1")])
+            let before = try await proxy.log().requests.count
+            let answers = try await withThrowingTaskGroup(of: (Int, Int).self) { group in
+                for i in 0..<50 {
+                    group.addTask { (i, i % 2 == 0 ? try await lambda.offers(for: ResourceRequest(gpu: "H100")).count : try await lambda.describe(InstanceQuery()).count) }
+                }
+                return try await group.reduce(into: [:]) { $0[$1.0] = $1.1 }
             }
+            // Every call got its own answer: the offers (the emulator has no instances).
+            #expect(answers.count == 50 && answers.allSatisfy { $0.key % 2 == 0 ? $0.value > 0 : $0.value == 0 }, "\(answers)")
+            let log = try await proxy.log()
+            #expect(log.requests.count - before >= 25, "\(log.requests.count - before) requests for 50 calls")
+            // At most eight at once, and the eight were used (50 calls, each held 0.3 s).
+            #expect(log.max_in_flight == 8, "\(log.max_in_flight) requests in flight at once")
         }
     }
 
