@@ -33,16 +33,18 @@ final class HTTPScript: @unchecked Sendable {
     }
 
     /// Answers the Nth request with `script[N]` (the last item once it is used up).
-    convenience init(script: [[String: Any]]) throws {
-        try self.init(["--script", String(decoding: try JSONSerialization.data(withJSONObject: script), as: UTF8.self)])
+    convenience init(script: [[String: Any]]) async throws {
+        try await self.init(["--script", String(decoding: try JSONSerialization.data(withJSONObject: script), as: UTF8.self)])
     }
 
     /// Forwards to `upstream`, holding every request `hold` seconds.
-    convenience init(upstream: String, hold: Double) throws {
-        try self.init(["--upstream", upstream, "--hold", "\(hold)"])
+    convenience init(upstream: String, hold: Double) async throws {
+        try await self.init(["--upstream", upstream, "--hold", "\(hold)"])
     }
 
-    private init(_ args: [String]) throws {
+    /// Waits for the server's port without blocking a thread: a blocking wait would hold one of
+    /// Swift concurrency's few threads and stall every other test's timers and I/O meanwhile.
+    private init(_ args: [String]) async throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", BuildProducts.fixtures + "/http_script.py", "--port-file", dir.file("port")] + args
         // Never the test's own stdout/stderr: `swift test` waits for every holder of its pipes.
@@ -52,7 +54,7 @@ final class HTTPScript: @unchecked Sendable {
         var found: Int?
         for _ in 0..<200 where found == nil {
             found = (try? String(contentsOfFile: dir.file("port"), encoding: .utf8)).flatMap { Int($0) }
-            if found == nil { usleep(50_000) }
+            if found == nil { try await Task.sleep(for: .milliseconds(50)) }
         }
         guard let found else {
             kill(process.processIdentifier, SIGKILL)
@@ -97,7 +99,7 @@ struct AWSHTTPRetryTests {
 
     @Test("503, 429, a 400 Throttling and a 503 SlowDown are retried, the same bytes each time, with growing delays, until the 200")
     func retriedUntilOK() async throws {
-        let server = try HTTPScript(script: [
+        let server = try await HTTPScript(script: [
             ["status": 503, "body": "Service Unavailable"],
             ["status": 429],
             ["status": 400, "body": Self.throttling],
@@ -124,7 +126,7 @@ struct AWSHTTPRetryTests {
     @Test("a server that keeps failing: maxRetries + 1 tries, then the last answer is returned")
     func givesUp() async throws {
         for retries in [0, 2] {
-            let server = try HTTPScript(script: [["status": 503, "body": Self.slowDown]])
+            let server = try await HTTPScript(script: [["status": 503, "body": Self.slowDown]])
             defer { server.stop() }
             let r = try await client(server, retries: retries, backoff: Backoff(initial: .milliseconds(20), max: .milliseconds(50))).send(method: "GET", path: "/bucket/key")
             #expect(r.status == 503 && AWSHTTP.errorCode(r.body)?.code == "SlowDown")
@@ -134,7 +136,7 @@ struct AWSHTTPRetryTests {
 
     @Test("Retry-After is honoured over a shorter backoff")
     func retryAfter() async throws {
-        let server = try HTTPScript(script: [["status": 429, "headers": ["Retry-After": "1"]], ["status": 200]])
+        let server = try await HTTPScript(script: [["status": 429, "headers": ["Retry-After": "1"]], ["status": 200]])
         defer { server.stop() }
         let r = try await client(server, backoff: Backoff(initial: .milliseconds(10), max: .milliseconds(20))).send(method: "GET", path: "/")
         #expect(r.status == 200)
@@ -146,20 +148,21 @@ struct AWSHTTPRetryTests {
 
     @Test("the delay between tries never exceeds the backoff's max (plus its jitter)")
     func backoffCapped() async throws {
-        let server = try HTTPScript(script: [["status": 500]])
+        let server = try await HTTPScript(script: [["status": 500]])
         defer { server.stop() }
-        // Uncapped, the delays would be 0.1, 0.2, 0.4, 0.8, 1.6 s.
-        let backoff = Backoff(initial: .milliseconds(100), max: .milliseconds(150), jitter: 0.25)
+        // Uncapped, the delays would be 0.2, 0.4, 0.8, 1.6, 3.2 s; capped, at most 0.25 × 1.25.
+        let backoff = Backoff(initial: .milliseconds(200), max: .milliseconds(250), jitter: 0.25)
         let r = try await client(server, retries: 5, backoff: backoff).send(method: "GET", path: "/")
         #expect(r.status == 500)
         let log = try await server.log()
         #expect(log.requests.count == 6)
         for (i, gap) in log.gaps.enumerated() {
-            #expect(gap >= 0.1 * 0.75 * 0.95 && gap < 0.15 * 1.25 + 0.35, "gap \(i): \(gap) s")
+            // (0.75 s of slack for a busy machine's scheduler.)
+            #expect(gap >= 0.2 * 0.75 * 0.95 && gap < 0.25 * 1.25 + 0.75, "gap \(i): \(gap) s")
         }
         // And the delays themselves, many draws: within the jitter of min(initial × 2ⁿ, max).
         for n in 0..<8 {
-            let base = min(0.1 * pow(2, Double(n)), 0.15)
+            let base = min(0.2 * pow(2, Double(n)), 0.25)
             for _ in 0..<200 {
                 let d = backoff.delay(n).seconds
                 #expect(d >= base * 0.75 - 0.001 && d <= base * 1.25 + 0.001, "delay(\(n)) = \(d)")
@@ -171,9 +174,9 @@ struct AWSHTTPRetryTests {
         (400, "<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>bad</Message></Error></Errors></Response>"),
         (403, "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"),
         (404, "<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>"),
-    ])
+    ] as [(Int, String)])
     func notRetried(status: Int, body: String) async throws {
-        let server = try HTTPScript(script: [["status": status, "body": body], ["status": 200]])
+        let server = try await HTTPScript(script: [["status": status, "body": body], ["status": 200]])
         defer { server.stop() }
         let r = try await client(server, backoff: Backoff(initial: .milliseconds(10), max: .milliseconds(20))).send(method: "GET", path: "/x")
         #expect(r.status == status)
@@ -182,13 +185,13 @@ struct AWSHTTPRetryTests {
 
     @Test("a connection dropped without an answer is retried; dropped every time, it is a transient error after maxRetries + 1 tries")
     func droppedConnection() async throws {
-        let once = try HTTPScript(script: [["close": true], ["status": 200, "body": "fine"]])
+        let once = try await HTTPScript(script: [["close": true], ["status": 200, "body": "fine"]])
         defer { once.stop() }
         let r = try await client(once, backoff: Backoff(initial: .milliseconds(20), max: .milliseconds(50))).send(method: "GET", path: "/")
         #expect(r.status == 200)
         #expect(try await once.log().requests.count == 2)
 
-        let always = try HTTPScript(script: [["close": true]])
+        let always = try await HTTPScript(script: [["close": true]])
         defer { always.stop() }
         do {
             _ = try await client(always, retries: 2, backoff: Backoff(initial: .milliseconds(20), max: .milliseconds(50))).send(method: "GET", path: "/")

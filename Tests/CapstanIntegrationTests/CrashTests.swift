@@ -87,9 +87,10 @@ struct CrashTests {
         var afterLaunch: [String] = []
         for trial in 0..<5 {
             let home = Home(target); defer { home.dir.cleanup() }
+            // (With the home's boot time: a describe here moves booting instances on.)
             let provider: any ComputeProvider = target == .local
-                ? try LocalProvider(root: home.dir.file("local"), configuration: .init(slots: 4))
-                : SimulatedCloud(configuration: .init(stateFile: home.dir.file("sim-cloud.json")))
+                ? try LocalProvider(root: home.dir.file("local"), configuration: .init(slots: 4, bootSeconds: 0.6))
+                : SimulatedCloud(configuration: .init(bootSeconds: 0.6, stateFile: home.dir.file("sim-cloud.json")))
             let p = Process()
             p.executableURL = URL(fileURLWithPath: BuildProducts.capstan)
             p.arguments = home.upArgs
@@ -108,7 +109,7 @@ struct CrashTests {
                     launched = !((try? await provider.describe(InstanceQuery(includeTerminated: true))) ?? []).isEmpty
                     if !launched { try await Task.sleep(for: .milliseconds(20)) }
                 }
-                try await Task.sleep(for: .milliseconds(Int.random(in: 0...400)))
+                try await Task.sleep(for: .milliseconds(Int.random(in: 0...200)))
             }
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
