@@ -6,8 +6,10 @@
 #                             too, so a cloud emulator can authorise a launch's key) and its own
 #                             home: logins there get HOME=DIR/host<i>/home (a copy of /etc/passwd
 #                             saying so is bind-mounted for its sshd alone), so hosts do not share
-#                             ~ as machines do not; logins get this shell's PATH (the "image":
-#                             the same python3, with torch) — prints `host <i> <netns> <address>`
+#                             ~ as machines do not; sessions get TMPDIR=DIR/host<i>/tmp, so a
+#                             test can search what was written there, and this shell's PATH (the
+#                             "image": the same python3, with torch) — prints
+#                             `host <i> <netns> <address>`
 #   netns-lab.sh down DIR     kills the sshds, deletes the namespaces, veths and the bridge
 # Traffic stays on the lab's own veths and bridge (no route leaves it). Needs root, iproute2 and
 # openssh-server. Every `up` writes DIR/lab.env first, so `down` cleans up after a failed `up`.
@@ -41,7 +43,7 @@ up)
   mkdir -p /run/sshd
   for i in $(seq 1 "$n"); do
     ns="cap$id-$i"; addr="10.213.$k.$((i + 1))"; h="$dir/host$i"
-    mkdir -p "$h" && mkdir -p -m 700 "$h/home" && : > "$h/authorized_keys"
+    mkdir -p "$h" "$h/tmp" && mkdir -p -m 700 "$h/home" && : > "$h/authorized_keys"
     ip netns add "$ns"
     ip link add "cv$id$i" type veth peer name eth0 netns "$ns"
     ip link set "cv$id$i" master "$br" up
@@ -62,7 +64,7 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 MaxStartups 100
 MaxSessions 100
-SetEnv PATH=$PATH
+SetEnv PATH=$PATH TMPDIR=$h/tmp
 CFG
     awk -F: -v OFS=: -v home="$h/home" '$1 == "root" { $6 = home } 1' /etc/passwd > "$h/passwd"
     # (`ip netns exec` gives the command a mount namespace of its own: the bind stays in it.)

@@ -182,7 +182,7 @@ struct ReconcileCommand: AsyncParsableCommand {
             let registry = try global.loadRegistry()
             let report = try await global.provisioner(registry).reconcile()
             if global.json { try printJSON(report); return }
-            print("adopted \(report.adopted.count), terminated \(report.terminated.count), recovered clusters \(report.recoveredClusters.count), cleaned-up clusters \(report.failedClusters.count), closed intents \(report.abandonedIntents.count)")
+            print("adopted \(report.adopted.count), terminated \(report.terminated.count), recovered clusters \(report.recoveredClusters.count), cleaned-up clusters \(report.failedClusters.count), closed intents \(report.abandonedIntents.count), finished terminations \(report.finishedTerminations.count), rebuilt clusters \(report.rebuiltClusters.count)")
             for id in report.terminated { print("  terminated \(id)") }
             for (p, e) in report.providerErrors.sorted(by: { $0.key < $1.key }) { printError("warning: could not list \(p)'s instances: \(e)") }
         }

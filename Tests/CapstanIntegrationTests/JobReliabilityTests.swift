@@ -10,8 +10,12 @@ struct SmallJobHome {
     let dir = TempDir("capstan-small-job")
 
     /// `config` is appended to config.yaml's `providers:` section.
+    /// The `TMPDIR` of every process the test starts (see ``JobHome/tmp``).
+    var tmp: String { dir.file("tmp") }
+
     init(run: String, files: [String: String] = [:], env: [String: String] = [:], storage: String? = nil, maxRestarts: Int = 3, providers: String = "") {
         dir.write("config.yaml", "providers:\n  local:\n    slots: 4\n" + providers)
+        try? FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         try? FileManager.default.createDirectory(atPath: dir.file("job"), withIntermediateDirectories: true)
         for (name, text) in files { dir.write("job/\(name)", text) }
         let envLines = env.sorted { $0.key < $1.key }.map { "  \($0.key): \"\($0.value)\"" }
@@ -35,6 +39,7 @@ struct SmallJobHome {
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("AWS_") && $0.key != "CAPSTAN_PLUGIN_PATH" }
         for (k, v) in extra { env[k] = v }
         env["CAPSTAN_HOME"] = dir.path
+        env["TMPDIR"] = tmp
         let environment = env
         let r = try await Spawn.onThread { try Spawn.runCapturing([BuildProducts.capstan] + args, environment: environment, timeout: timeout) }
         let code: Int32 = switch r.status { case .exited(let c): c; case .signaled(let s): s }
@@ -45,14 +50,9 @@ struct SmallJobHome {
     func job() throws -> JobRecord? { try store().jobs().first }
     func log(_ job: String) -> String { (try? String(contentsOfFile: dir.file("jobs/\(job)/logs/node-0.log"), encoding: .utf8)) ?? "" }
 
-    /// Files under the home (the bucket and `skip` aside) whose text contains `needle`.
-    func files(containing needle: String, skip: Set<String> = []) -> [String] {
-        let all = (try? FileManager.default.subpathsOfDirectory(atPath: dir.path)) ?? []
-        return all.filter { f in
-            guard !skip.contains(f), let data = FileManager.default.contents(atPath: dir.file(f)) else { return false }
-            return String(decoding: data, as: UTF8.self).contains(needle)
-        }
-    }
+    /// The leak scan of the home (its database included) and of the temp folder every process
+    /// the test started was given.
+    func scan(for secret: String) -> SecretScan { SecretScan([dir.path, tmp], for: secret) }
 
     static let fast = ["--heartbeat-timeout", "10", "--exit-grace", "20", "--stop-grace", "3"]
 }
@@ -137,7 +137,8 @@ struct JobReliabilityTests {
         }
         for (name, value) in secrets {
             #expect(!log.contains(name + "="), "\(name) reached the command:\n\(log)")
-            #expect(home.files(containing: value).isEmpty, "\(name)'s value is in \(home.files(containing: value))")
+            let scan = home.scan(for: value)
+            #expect(scan.covered("/state/capstan.db") && scan.hits.isEmpty, "\(name)'s value is in \(scan.hits) (\(scan.scanned.count) files scanned)")
             #expect(!r.stdout.contains(value) && !r.stderr.contains(value))
         }
     }
@@ -202,7 +203,8 @@ struct JobReliabilityTests {
         #expect(try await cs.committedSteps() == [1, 2])
         #expect(try await cs.latestVerified()?.totalBytes == 25_165_824)
         #expect(!log.contains("CancellationError") && !log.contains("upload failed"), "\(log)")
-        #expect(home.files(containing: creds.secretAccessKey).isEmpty, "the secret is in \(home.files(containing: creds.secretAccessKey))")
+        let scan = home.scan(for: creds.secretAccessKey)
+        #expect(scan.covered("/state/capstan.db") && scan.hits.isEmpty, "the secret is in \(scan.hits) (\(scan.scanned.count) files scanned)")
     }
 
     @Test("a key the bucket refuses writes with: the job fails at once with the agent's start-up error, without the secret")
@@ -230,7 +232,8 @@ struct JobReliabilityTests {
         #expect(!home.log(job.id).contains("should-not-run"))
         #expect(seconds < 60, "took \(seconds) s")
         #expect(!error.contains(secret) && !r.stdout.contains(secret) && !r.stderr.contains(secret))
-        #expect(home.files(containing: secret).isEmpty, "the secret is in \(home.files(containing: secret))")
+        let scan = home.scan(for: secret)
+        #expect(scan.covered("/state/capstan.db") && scan.hits.isEmpty, "the secret is in \(scan.hits) (\(scan.scanned.count) files scanned)")
         print("bad credential: the job failed in \(String(format: "%.1f", seconds)) s: \(error)")
     }
 }

@@ -18,8 +18,13 @@ struct JobHome {
     /// Fast enough for tests, slow enough to kill things mid-run.
     static let fast = ["--heartbeat-timeout", "4", "--exit-grace", "30", "--stop-grace", "3"]
 
+    /// The `TMPDIR` of every process the test starts (capstan, and through it the local nodes):
+    /// a folder the test owns, so the secret-leak scans see what was written to the temp folder.
+    var tmp: String { dir.file("tmp") }
+
     init(steps: Int = 60, every: Int = 10, pause: Double = 0.05, keep: Int = 3, storage: String? = nil, extraEnv: [String: String] = [:], maxRestarts: Int = 3) throws {
         dir.write("config.yaml", "providers:\n  local:\n    slots: 6\n")
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir.file("job"), withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: Self.repoRoot + "/examples/ddp-regression/train.py", toPath: dir.file("job/train.py"))
         var jobEnv = ["TOTAL_STEPS": "\(steps)", "CKPT_EVERY": "\(every)", "STEP_SLEEP": "\(pause)", "GLOO_SOCKET_IFNAME": "lo"]
@@ -40,7 +45,7 @@ struct JobHome {
     var spec: String { dir.file("job/job.yaml") }
 
     func capstan(_ args: [String], env extra: [String: String] = [:], timeout: Double = 300) async throws -> ProcessResult {
-        try await runProcess(BuildProducts.capstan, args, environment: env.merging(extra) { $1 }.merging(["CAPSTAN_HOME": dir.path]) { $1 }, timeout: timeout)
+        try await runProcess(BuildProducts.capstan, args, environment: env.merging(extra) { $1 }.merging(["CAPSTAN_HOME": dir.path, "TMPDIR": tmp]) { $1 }, timeout: timeout)
     }
 
     /// `capstan launch` in the background (to be killed), output to a file.
@@ -52,6 +57,7 @@ struct JobHome {
         e["CAPSTAN_PLUGIN_PATH"] = nil
         for (k, v) in env { e[k] = v }
         e["CAPSTAN_HOME"] = dir.path
+        e["TMPDIR"] = tmp
         p.environment = e
         FileManager.default.createFile(atPath: dir.file("launch.out"), contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.file("launch.out")))
@@ -125,17 +131,25 @@ struct JobHome {
         try await LocalProvider(root: dir.file("local"), configuration: .init(slots: 6)).describe(InstanceQuery())
     }
 
-    /// Every node ran every step exactly once per attempt, each attempt after the first began
+    /// Every node logged steps (in the last attempt, and in every attempt any node trained in),
+    /// every node ran every step exactly once per attempt, each attempt after the first began
     /// right after the checkpoint it restored, and that checkpoint was the newest one committed
     /// before it started. Returns a one-line summary.
     func checkContinuity(job: JobRecord, total: Int, sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
         let attempts = try store().attempts(job: job.id)
         let checkpoints = try store().checkpoints(job: job.id)
         var summary: [String] = []
+        let seen = try (0..<2).map { try steps(job: job.id, node: $0) }
         for node in 0..<2 {
-            let seen = try steps(job: job.id, node: node)
+            #expect(!seen[node].isEmpty, "node \(node)'s log has no steps at all", sourceLocation: sourceLocation)
             for a in attempts {
-                let mine = seen.filter { $0.attempt == a.attempt }.map(\.step)
+                let mine = seen[node].filter { $0.attempt == a.attempt }.map(\.step)
+                // A gang trains together: an attempt that trained on one node trained on every
+                // node, and the last one ran on every node to the end.
+                let trained = seen.contains { $0.contains { $0.attempt == a.attempt } }
+                if trained || a.attempt == attempts.last?.attempt {
+                    #expect(!mine.isEmpty, "node \(node) logged no steps in attempt \(a.attempt)", sourceLocation: sourceLocation)
+                }
                 guard !mine.isEmpty else { continue }
                 let first = (a.resumeStep ?? 0) + 1
                 #expect(mine.first == first, "node \(node) attempt \(a.attempt) began at step \(mine.first!), expected \(first)", sourceLocation: sourceLocation)
@@ -213,12 +227,11 @@ struct JobTests {
         let m = try #require(try await cs.latestVerified())
         #expect(m.step == 30 && m.parts.count == 2)
         #expect(try await bucket.head(key: "outputs/model.pt") != nil)
-        // Secrets stay out of what Capstan writes down.
-        let everything = try FileManager.default.subpathsOfDirectory(atPath: home.dir.path).filter { !$0.hasSuffix(".pt") && !$0.hasSuffix(".db-wal") }
-        for f in everything {
-            guard let text = try? String(contentsOfFile: home.dir.file(f), encoding: .utf8) else { continue }
-            #expect(!text.contains(creds.secretAccessKey), "the secret key appears in \(f)")
-        }
+        // Secrets stay out of what Capstan writes down: the home (the database included) and
+        // the temp folder of every process it started.
+        let scan = SecretScan([home.dir.path, home.tmp], for: creds.secretAccessKey)
+        #expect(scan.covered("/state/capstan.db") && scan.covered("/logs/node-1.log"), "the scan missed the home: \(scan.scanned.count) files")
+        #expect(scan.hits.isEmpty, "the secret key appears in \(scan.hits)")
     }
 
     @Test("kill -9 a node's training process at random times: every trial resumes from the latest checkpoint, no step lost or repeated beyond it")

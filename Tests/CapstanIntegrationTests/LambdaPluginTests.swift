@@ -69,7 +69,9 @@ final class LambdaEmulator: @unchecked Sendable {
 
     var endpoint: String { "\(certificate == nil ? "http" : "https")://127.0.0.1:\(port)/api/v1" }
 
-    init(faults: [String: Any] = [:], tls: Bool = false) throws {
+    /// Waits for the emulator's port without blocking a thread (a blocking wait holds one of
+    /// Swift concurrency's few threads, stalling every other test's timers and I/O meanwhile).
+    init(faults: [String: Any] = [:], tls: Bool = false) async throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         let faultsJSON = String(decoding: try JSONSerialization.data(withJSONObject: faults), as: UTF8.self)
         var args = ["python3", LambdaPlugin.emulatorScript, "--port-file", dir.file("port"), "--api-key", Self.apiKey, "--faults", faultsJSON]
@@ -91,7 +93,7 @@ final class LambdaEmulator: @unchecked Sendable {
                 let admin = tls ? (try? String(contentsOfFile: dir.file("port.admin"), encoding: .utf8)).flatMap { Int($0) } : p
                 if let admin { found = (p, admin); break }
             }
-            usleep(50_000)
+            try await Task.sleep(for: .milliseconds(50))
         }
         guard let found else {
             kill(process.processIdentifier, SIGKILL)
@@ -186,7 +188,7 @@ extension JobTests {
 
         @Test("offers: one per type and region, priced from cents, GPUs normalized, no-capacity regions unavailable")
         func offers() async throws {
-            let emu = try LambdaEmulator(); defer { emu.stop() }
+            let emu = try await LambdaEmulator(); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
             let lambda = try Self.provider(emu, dir: dir)
             let offers = try await lambda.offers(for: ResourceRequest())
@@ -217,7 +219,7 @@ extension JobTests {
         @Test("launch registers the SSH key once, tags every instance, is idempotent per intent; describe and terminate")
         func lifecycle() async throws {
             // Terminating lasts until the test says (a loaded machine may take seconds between calls).
-            let emu = try LambdaEmulator(faults: ["boot_seconds": 0.6, "terminate_seconds": 3600]); defer { emu.stop() }
+            let emu = try await LambdaEmulator(faults: ["boot_seconds": 0.6, "terminate_seconds": 3600]); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
             let lambda = try Self.provider(emu, dir: dir)
             let offer = try #require(try await lambda.offers(for: ResourceRequest(gpu: "H100")).first { $0.instanceType == "gpu_8x_h100_sxm5" && $0.availability == .available })
@@ -239,8 +241,14 @@ extension JobTests {
             let other = try await lambda.launch(LaunchRequest(offer: offer, count: 1, idempotencyKey: key + "-b", tags: [CapstanTags.intent: key + "-b"], sshPublicKey: request.sshPublicKey))
             #expect(try emu.counter("ssh_keys_created") == 1)
 
-            try await Task.sleep(for: .milliseconds(800))
-            let running = try await lambda.describe(InstanceQuery(tags: ["test": key]))
+            // Booted (0.6 s): wait for the state, not for a time.
+            var running: [Instance] = []
+            let booted = Date().addingTimeInterval(30)
+            repeat {
+                running = try await lambda.describe(InstanceQuery(tags: ["test": key]))
+                if running.count == 2 && running.allSatisfy({ $0.state == .running }) { break }
+                try await Task.sleep(for: .milliseconds(100))
+            } while Date() < booted
             #expect(Set(running.map(\.id)) == Set(launched.map(\.id)))
             #expect(running.allSatisfy { $0.state == .running && $0.providerState == "active" && $0.publicAddress?.hasPrefix("127.") == true && $0.privateAddress != nil })
 
@@ -270,7 +278,7 @@ extension JobTests {
 
         @Test("Lambda's errors become Capstan's: bad key, no key, typo, no capacity, quota, spot, 502s")
         func errors() async throws {
-            let emu = try LambdaEmulator(); defer { emu.stop() }
+            let emu = try await LambdaEmulator(); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
             let lib = try PluginLibrary.load(path: LambdaPlugin.build())
 
@@ -336,7 +344,7 @@ extension JobTests {
 
         @Test("HTTP 429: waited out inside a call (Retry-After or backoff), else rateLimited with a retry time")
         func rateLimits() async throws {
-            let emu = try LambdaEmulator(faults: ["rate_limit": ["requests_per_second": 5, "burst": 2, "launch_interval_seconds": 10], "retry_after_header": true])
+            let emu = try await LambdaEmulator(faults: ["rate_limit": ["requests_per_second": 5, "burst": 2, "launch_interval_seconds": 10], "retry_after_header": true])
             defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
             let lambda = try Self.provider(emu, dir: dir)
@@ -368,7 +376,7 @@ extension JobTests {
 
         @Test("slow boot stays pending; an instance Lambda reports unhealthy is failed")
         func bootStates() async throws {
-            let emu = try LambdaEmulator(faults: ["boot_seconds": 3600]); defer { emu.stop() }
+            let emu = try await LambdaEmulator(faults: ["boot_seconds": 3600]); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
             let lambda = try Self.provider(emu, dir: dir)
             let offer = try #require(try await lambda.offers(for: ResourceRequest(gpu: "GH200")).first { $0.availability == .available })
@@ -384,13 +392,27 @@ extension JobTests {
 
         @Test("fifty concurrent calls on one instance, served by at most eight plugin workers")
         func concurrentCalls() async throws {
-            let emu = try LambdaEmulator(); defer { emu.stop() }
+            let emu = try await LambdaEmulator(); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
-            let lambda = try Self.provider(emu, dir: dir)
-            try await withThrowingTaskGroup(of: Int.self) { group in
-                for i in 0..<50 { group.addTask { i % 2 == 0 ? try await lambda.offers(for: ResourceRequest()).count : try await lambda.describe(InstanceQuery()).count + 1 } }
-                for try await n in group { #expect(n > 0) }
+            // Between the plugin and the emulator, a proxy that holds every request 0.3 s and
+            // counts how many are in flight at once: the plugin's workers, each in one request.
+            let proxy = try await HTTPScript(upstream: "http://127.0.0.1:\(emu.port)", hold: 0.3)
+            defer { proxy.stop() }
+            let lambda = try Self.provider(emu, dir: dir, extra: ["endpoint": .string(proxy.url + "/api/v1")])
+            let before = try await proxy.log().requests.count
+            let answers = try await withThrowingTaskGroup(of: (Int, Int).self) { group in
+                for i in 0..<50 {
+                    group.addTask { (i, i % 2 == 0 ? try await lambda.offers(for: ResourceRequest(gpu: "H100")).count : try await lambda.describe(InstanceQuery()).count) }
+                }
+                return try await group.reduce(into: [Int: Int]()) { $0[$1.0] = $1.1 }
             }
+            // Every call got its own answer: the offers (the emulator has no instances).
+            let wrong: [Int: Int] = answers.filter { (call: Int, count: Int) -> Bool in call % 2 == 0 ? count == 0 : count != 0 }
+            #expect(answers.count == 50 && wrong.isEmpty, "\(answers.count) answers; wrong: \(wrong)")
+            let log = try await proxy.log()
+            #expect(log.requests.count - before >= 25, "\(log.requests.count - before) requests for 50 calls")
+            // At most eight at once, and the eight were used (50 calls, each held 0.3 s).
+            #expect(log.max_in_flight == 8, "\(log.max_in_flight) requests in flight at once")
         }
     }
 
@@ -422,8 +444,8 @@ extension JobTests {
         }
 
         /// A home whose config enables Lambda (the emulator) and, when given, AWS (moto) next to it.
-        static func start(faults: [String: Any] = [:], aws: String? = nil, tls: Bool = false) throws -> Run {
-            let emulator = try LambdaEmulator(faults: faults, tls: tls)
+        static func start(faults: [String: Any] = [:], aws: String? = nil, tls: Bool = false) async throws -> Run {
+            let emulator = try await LambdaEmulator(faults: faults, tls: tls)
             let home = TempDir("capstan-lambda-cli")
             let logs = TempDir("capstan-lambda-asan")
             home.write("lambda-key", "api_key = \(LambdaEmulator.apiKey)\n")
@@ -450,7 +472,7 @@ extension JobTests {
 
         @Test("capstan offers --gpu H100 lists Lambda's offers next to AWS's")
         func offersNextToAWS() async throws {
-            let run = try Self.start(aws: try TestServers.moto); defer { run.cleanup() }
+            let run = try await Self.start(aws: try TestServers.moto); defer { run.cleanup() }
             let r = try await run.capstan(["offers", "--gpu", "H100", "--json", "--limit", "0"])
             #expect(r.status == 0, "\(r.stderr)")
             let offers = try JSONDecoder.iso.decode(OffersOutput.self, from: Data(r.stdout.utf8)).offers.map(\.offer)
@@ -465,7 +487,7 @@ extension JobTests {
 
         @Test("capstan up fails over on insufficient capacity, then capstan down terminates everything")
         func upFailoverDown() async throws {
-            let run = try Self.start(faults: ["launch_capacity_failures": 2, "boot_seconds": 0.5]); defer { run.cleanup() }
+            let run = try await Self.start(faults: ["launch_capacity_failures": 2, "boot_seconds": 0.5]); defer { run.cleanup() }
             let r = try await run.capstan(["up", "train", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--json"])
             #expect(r.status == 0, "\(r.stderr)\n\(r.stdout)")
             let report = try JSONDecoder.iso.decode(ProvisionReport.self, from: Data(r.stdout.utf8))
@@ -488,7 +510,7 @@ extension JobTests {
 
         @Test("no capacity anywhere, a rejected key, a rate-limited API: capstan up says so and leaves nothing running")
         func upFailures() async throws {
-            let run = try Self.start(faults: ["no_capacity": true]); defer { run.cleanup() }
+            let run = try await Self.start(faults: ["no_capacity": true]); defer { run.cleanup() }
             let none = try await run.capstan(["up", "c1", "--gpu", "H100"])
             #expect(none.status != 0)
             #expect((none.stdout + none.stderr).contains("no capacity reported"), "\(none.stdout)\n\(none.stderr)")
@@ -520,7 +542,7 @@ extension JobTests {
 
         @Test("every method and fault path through `capstan plugins call`, over HTTPS, under ASan")
         func everyPathUnderASan() async throws {
-            let run = try Self.start(faults: ["boot_seconds": 0.2], tls: true); defer { run.cleanup() }
+            let run = try await Self.start(faults: ["boot_seconds": 0.2], tls: true); defer { run.cleanup() }
             let dir = TempDir(); defer { dir.cleanup() }
             let pub = try await sshPublicKey(in: dir)
             func config(_ extra: [String: Any] = [:], ca: Bool = true) throws -> String {
@@ -598,7 +620,7 @@ extension JobTests {
         @Test("kill -9 during capstan up on Lambda leaves no instance that no cluster owns")
         func crashes() async throws {
             for point in ["up.before-launch", "up.after-launch", "up.waiting"] {
-                let run = try Self.start(faults: ["boot_seconds": 0.3]); defer { run.cleanup() }
+                let run = try await Self.start(faults: ["boot_seconds": 0.3]); defer { run.cleanup() }
                 let r = try await run.capstan(["up", "c1", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2"], extra: ["CAPSTAN_TEST_CRASH_AT": point])
                 #expect(r.status == 9, "\(point): \(r.stderr)")
                 // The next command reconciles; down then leaves nothing live.

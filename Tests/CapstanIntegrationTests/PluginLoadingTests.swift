@@ -268,14 +268,20 @@ struct BadPluginTests {
     func destroyNotInsideCompletion() async throws {
         let dir = TempDir(); defer { dir.cleanup() }
         setenv("CTEST_DESTROY_MARKER", dir.file("marker"), 1)
-        let lib = try PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=8"]))
+        setenv("CTEST_DESTROY_LOG", dir.file("destroyed"), 1)
+        // A build of its own that counts destroys (no other test loads it).
+        let lib = try PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=8", "-DDESTROY_LOG"]))
         for _ in 0..<300 {
             // The caller drops its reference at once; the last one often goes with the call's
             // record, on the plugin's thread that is still inside its completion.
             let provider = try PluginComputeProvider(lib.instantiate())
             _ = try await provider.offers(for: ResourceRequest())
         }
-        try await Task.sleep(for: .milliseconds(200))
+        // Every instance is destroyed, some a moment later on another thread: wait for all 300.
+        func destroyed() -> Int { ((try? String(contentsOfFile: dir.file("destroyed"), encoding: .utf8)) ?? "").split(separator: "\n").count }
+        let end = Date().addingTimeInterval(30)
+        while destroyed() < 300 && Date() < end { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(destroyed() == 300, "\(destroyed()) of 300 instances were destroyed")
         let marker = (try? String(contentsOfFile: dir.file("marker"), encoding: .utf8)) ?? ""
         #expect(marker.isEmpty, "\(marker.split(separator: "\n").count)× \(marker.split(separator: "\n").first ?? "")")
     }
@@ -285,8 +291,20 @@ struct BadPluginTests {
         let provider = try PluginComputeProvider(PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=2"])).instantiate(timeout: .seconds(600)))
         let task = Task { try await provider.offers(for: ResourceRequest()) }
         try await Task.sleep(for: .milliseconds(50))
+        let start = ContinuousClock.now
         task.cancel()
-        await #expect(throws: CancellationError.self) { try await task.value }
+        // Bounded: the call's own timeout is 600 s. Whichever comes first, the call's end or 20 s.
+        let ended = LockedBox<CheckedContinuation<Result<[Offer], any Error>?, Never>?>(nil)
+        let outcome: Result<[Offer], any Error>? = await withCheckedContinuation { c in
+            ended.withLock { $0 = c }
+            Task { let r = await task.result; ended.withLock { $0?.resume(returning: r); $0 = nil } }
+            Task { try? await Task.sleep(for: .seconds(20)); ended.withLock { $0?.resume(returning: nil); $0 = nil } }
+        }
+        let waited = ContinuousClock.now - start
+        let result = try #require(outcome, "the cancelled call had not returned after \(waited)")
+        // (A busy machine's scheduler may add seconds; the timeout would add minutes.)
+        #expect(waited < .seconds(6), "the cancelled call took \(waited) to return")
+        #expect(throws: CancellationError.self) { try result.get() }
     }
 }
 

@@ -82,7 +82,13 @@ extension JobTests {
         // The first run on a machine builds the venv (pip: transformers, peft).
         #expect(try await home.wait(timeout: 420) { (try home.job()?.latestCheckpoint ?? 0) >= 15 }, "no checkpoint: \(home.logTail(job: (try? home.job()?.id) ?? "-"))")
         let job0 = try #require(try home.job())
-        try await Task.sleep(for: .milliseconds(Int.random(in: 300...1500)))
+        // Kill between two checkpoints (the leader has logged a step 3 to 10 past one), so some
+        // steps of attempt 1 come after the checkpoint attempt 2 resumes from and are retraced.
+        // Not an expectation: a leader whose lines never show such a step is killed anyway
+        // (after 5 s, long before the run could end), and the retrace check below fails.
+        _ = try await home.wait(timeout: 5) {
+            (home.losses(job: job0.id)[1]?.keys.max()).map { $0 > 15 && (3...10).contains($0 % 15) } ?? false
+        }
         let rank = Int.random(in: 0...1)
         let worker = try #require(home.recipeWorker(job: job0.id, rank: rank), "no worker on node \(rank)")
         kill(worker, SIGKILL)
@@ -100,6 +106,7 @@ extension JobTests {
         let first = try #require(losses[1]), second = try #require(losses[2])
         #expect(second.keys.min() == resume + 1 && second.keys.max() == 90 && Set(second.keys) == Set((resume + 1)...90))
         let overlap = Set(first.keys).intersection(second.keys).sorted()
+        #expect(!overlap.isEmpty, "attempt 1 logged steps \(first.keys.min() ?? 0)...\(first.keys.max() ?? 0), attempt 2 resumed from \(resume): no step was retraced, so nothing checks the restore")
         for s in overlap {
             let a = first[s]!, b = second[s]!
             #expect(abs(a - b) <= 1e-3 * max(1, abs(a)), "step \(s): attempt 1 loss \(a), attempt 2 loss \(b)")

@@ -144,13 +144,12 @@ extension JobTests {
         #expect(m.step == 80 && m.parts.map(\.node) == [0, 1])
         #expect(try await bucket.head(key: "outputs/model.pt") != nil)
         // The credentials reached the hosts' agents on the SSH session's stdin only: no file
-        // Capstan wrote, here or on the hosts, holds the secret.
-        for root in [home.dir.path, lab.dir.path] {
-            for f in try FileManager.default.subpathsOfDirectory(atPath: root) where !f.hasSuffix(".pt") && !f.contains("/bin/capstan-") {
-                guard let text = try? String(contentsOfFile: root + "/" + f, encoding: .utf8) else { continue }
-                #expect(!text.contains(creds.secretAccessKey), "the secret key appears in \(root)/\(f)")
-            }
-        }
+        // Capstan wrote, here or on the hosts (their temp folders included: the lab's sshd gives
+        // each session TMPDIR=host<i>/tmp), holds the secret. (The shipped agent binary is a copy
+        // of the one built before the test ran.)
+        let scan = SecretScan([home.dir.path, home.tmp, lab.dir.path], for: creds.secretAccessKey) { $0.contains("/work/bin/capstan-") }
+        #expect(scan.covered("/state/capstan.db") && scan.covered("/attempt-1/status.json"), "the scan missed files: \(scan.scanned.count) scanned")
+        #expect(scan.hits.isEmpty, "the secret key appears in \(scan.hits)")
         // The agent binary was shipped to each host once, checked by SHA-256.
         for i in 1...2 {
             let bins = (try? FileManager.default.contentsOfDirectory(atPath: lab.dir.file("host\(i)/work/bin"))) ?? []

@@ -2,6 +2,9 @@ import CapstanCore
 import Foundation
 @_exported import CapstanTestSupport
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Where the package's build products are (the built `capstan`, the plugin `.so` files): next to
 /// the test bundle, or `CAPSTAN_TEST_BUILD_DIR`.
@@ -79,4 +82,36 @@ enum CFixtures {
         built[key] = out
         return out
     }
+}
+
+/// The one secret-leak scan every test uses: the raw bytes of every regular file under `roots`
+/// (no decoding, so the SQLite database, its WAL and binary files are searched as well as text;
+/// links and special files are not followed or opened).
+struct SecretScan {
+    /// Every regular file looked at (`root/relative`), to check the scan covered what it should.
+    var scanned: [String] = []
+    /// Files whose bytes contain the secret.
+    var hits: [String] = []
+
+    init(_ roots: [String], for secret: String, skip: (String) -> Bool = { _ in false }) {
+        let needle = Data(secret.utf8)
+        precondition(!needle.isEmpty, "an empty secret matches everything")
+        var seen = Set<String>()
+        for root in roots {
+            let base = URL(fileURLWithPath: root).standardizedFileURL.path
+            for f in (try? FileManager.default.subpathsOfDirectory(atPath: base)) ?? [] {
+                let path = base + "/" + f
+                guard seen.insert(path).inserted, !skip(path) else { continue }
+                var st = stat()
+                guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+                // A file that went away between the listing and the read holds nothing.
+                guard let data = try? Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) else { continue }
+                scanned.append(path)
+                if data.range(of: needle) != nil { hits.append(path) }
+            }
+        }
+    }
+
+    /// Whether a file whose path ends with `suffix` was scanned.
+    func covered(_ suffix: String) -> Bool { scanned.contains { $0.hasSuffix(suffix) } }
 }

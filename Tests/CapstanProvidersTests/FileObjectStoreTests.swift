@@ -83,6 +83,17 @@ struct FileObjectStoreTests {
         let store = try FileObjectStore(root: tmp.file("bucket"))
         let e = await #expect(throws: CapstanError.self) { try await store.put(file: tmp.write("a", "x"), key: key) }
         #expect(e?.code == .invalidRequest)
+        let d = await #expect(throws: CapstanError.self) { try await store.delete(key: key) }
+        #expect(d?.code == .invalidRequest)
+    }
+
+    @Test("delete never reaches the store's own records: an object's checksum record stays")
+    func deleteSparesRecords() async throws {
+        let tmp = TempDir(); defer { tmp.cleanup() }
+        let store = try FileObjectStore(root: tmp.file("bucket"))
+        let put = try await store.put(file: tmp.write("a", "payload"), key: "top.txt")
+        await #expect(throws: CapstanError.self) { try await store.delete(key: ".capstan-meta/top.txt.json") }
+        #expect(try await store.head(key: "top.txt")?.sha256 == put.sha256 && put.sha256 != nil)
     }
 
     @Test("'..' in a key, a list prefix or the root is refused on every operation, before any I/O", arguments: ["..", "../victim.txt", "a/../../victim.txt", "./victim.txt", "a/./b", "a\0b"])

@@ -10,11 +10,22 @@ struct SSHClientTests {
     @Test("ssh's arguments: batch mode, Capstan's own known_hosts recording first contact, a shared connection, the key by path")
     func arguments() {
         let args = SSHClient(folder: "/h/ssh").arguments(t)
-        for o in ["BatchMode=yes", "StrictHostKeyChecking=accept-new", "UserKnownHostsFile=/h/ssh/known_hosts", "ControlMaster=auto", "ControlPath=/h/ssh/cm-%C", "IdentitiesOnly=yes"] {
-            #expect(args.contains(o), "\(o)")
+        /// The values given with `flag` (`-o X`, `-i F`, `-p N`), in order.
+        func values(_ flag: String) -> [String] {
+            zip(args, args.dropFirst()).filter { $0.0 == flag }.map(\.1)
         }
-        #expect(args.suffix(3) == ["/k/id", "-o", "IdentitiesOnly=yes"] || args.contains("/k/id"))
-        #expect(args.last == "ubuntu@10.0.0.5" && args.contains("2222"))
+        for o in ["BatchMode=yes", "StrictHostKeyChecking=accept-new", "UserKnownHostsFile=/h/ssh/known_hosts", "ControlMaster=auto", "ControlPath=/h/ssh/cm-%C", "IdentitiesOnly=yes"] {
+            #expect(values("-o").contains(o), "\(o) is not given as an -o option: \(args)")
+        }
+        // The key by path with -i (and only that key), the port with -p, the destination last.
+        #expect(values("-i") == ["/k/id"], "\(args)")
+        #expect(values("-p") == ["2222"], "\(args)")
+        #expect(args.last == "ubuntu@10.0.0.5", "\(args)")
+        // Without a key file: no -i, nor IdentitiesOnly (ssh's agent and defaults apply).
+        var keyless = t
+        keyless.keyFile = nil
+        let plain = SSHClient(folder: "/h/ssh").arguments(keyless)
+        #expect(!plain.contains("-i") && !plain.contains("IdentitiesOnly=yes"), "\(plain)")
     }
 
     @Test("ssh's failures become typed errors that say what to do", arguments: [

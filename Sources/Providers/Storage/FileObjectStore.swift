@@ -184,6 +184,9 @@ public struct FileObjectStore: ObjectStore {
 
     public func delete(key: String) async throws {
         try ObjectKey.validate(key)
+        // The store's own records (.capstan-meta, .capstan-tmp) are not objects: deleting
+        // `.capstan-meta/K.json` would drop K's checksum.
+        try Self.checkReserved(key)
         let object = try objectPath(key), meta = try metaPath(key)
         unlink(meta)
         if unlink(object) != 0, errno != ENOENT { throw ioError("delete \(key)", errno) }

@@ -3,7 +3,8 @@
  * 4: create fails with an error document; 5: manifest is not JSON; 6: entry returns NULL;
  * 7: error status with a body that is not an error document; 8: answers from another thread
  * (and destroy appends a line to $CTEST_DESTROY_MARKER if it runs on such a thread, inside a
- * completion: the host must never do that).
+ * completion: the host must never do that). -DDESTROY_LOG: every destroy appends a line to
+ * $CTEST_DESTROY_LOG (to count that instances are destroyed at all).
  * -DABI=n and -DSIZE=n forge the table's version and size; -DNO_ENTRY exports no entry symbol. */
 #include "capstan_plugin.h"
 #include <pthread.h>
@@ -74,6 +75,16 @@ static void invoke(void *h, const char *method, const char *req, void *ctx,
 }
 
 static void destroy(void *h) {
+#ifdef DESTROY_LOG
+    const char *log = getenv("CTEST_DESTROY_LOG");
+    if (log) {
+        FILE *f = fopen(log, "a");
+        if (f) {
+            fputs("destroyed\n", f);
+            fclose(f);
+        }
+    }
+#endif
     const char *marker = getenv("CTEST_DESTROY_MARKER");
     if (answering && marker) {
         FILE *f = fopen(marker, "a");
