@@ -71,7 +71,7 @@ extension JobTests {
     func lambdaJob() async throws {
         let lab = try NetnsLab.up(3)
         defer { lab.down() }
-        let emulator = try LambdaEmulator(faults: [
+        let emulator = try await LambdaEmulator(faults: [
             "hosts": LambdaEmulator.hosts(lab, [1, 2, 3]), "boot_seconds": 2.0, "forget_terminated_seconds": 3600.0,
         ])
         defer { emulator.stop() }
@@ -169,6 +169,13 @@ extension JobTests {
         #expect(counters["launched"] as? Int == 3, "\(counters)")
         #expect(instances.count == 3 && instances.allSatisfy { ["terminating", "terminated"].contains($0["status"] as? String ?? "") }, "\(instances.map { "\($0["id"] ?? "") \($0["status"] ?? "")" })")
         #expect(instances.allSatisfy { ($0["tags"] as? [[String: String]] ?? []).contains { $0["key"] == CapstanTags.clusterID && $0["value"] == cluster.id } })
+        // Neither the bucket's secret nor Lambda's API key is in any file Capstan wrote, here or
+        // on the hosts (their temp folders included); the API key only in the file it came from.
+        for secret in [creds.secretAccessKey, LambdaEmulator.apiKey] {
+            let scan = SecretScan([home.dir.path, home.tmp, lab.dir.path], for: secret) { $0.contains("/bin/capstan-") || $0.hasSuffix("/lambda-key") }
+            #expect(scan.covered("/state/capstan.db"), "the scan missed files: \(scan.scanned.count) scanned")
+            #expect(scan.hits.isEmpty, "a secret appears in \(scan.hits)")
+        }
         let billed = instances.compactMap { $0["billed_seconds"] as? Double }
         print("lambda job: \(summary); emulator counters \(counters); billed seconds per instance \(billed.map { String(format: "%.1f", $0) })")
     }
