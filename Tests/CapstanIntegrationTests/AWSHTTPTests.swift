@@ -88,12 +88,17 @@ struct AWSHTTPRetryTests {
     static let throttling = "<Response><Errors><Error><Code>Throttling</Code><Message>Rate exceeded</Message></Error></Errors></Response>"
     static let slowDown = "<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
 
-    func client(_ server: HTTPScript, retries: Int = 4, backoff: Backoff) throws -> AWSHTTP {
+    /// A client of `server` that records every delay it chooses between tries (and waits it).
+    func client(_ server: HTTPScript, retries: Int = 4, backoff: Backoff, delays: LockedBox<[Double]> = LockedBox([])) throws -> AWSHTTP {
         let signer = SigV4Signer(credentials: AWSCredentials(accessKeyID: "AKIDTEST", secretAccessKey: "not-a-secret"), region: "us-east-1", service: "ec2")
         var http = AWSHTTP(signer: signer, endpoint: try AWSEndpoint(url: server.url))
         http.maxRetries = retries
         http.backoff = backoff
         http.timeout = .seconds(20)
+        http.pause = { d in
+            delays.withLock { $0.append(d.seconds) }
+            try await Task.sleep(for: d)
+        }
         return http
     }
 
@@ -108,7 +113,8 @@ struct AWSHTTPRetryTests {
         ])
         defer { server.stop() }
         let body = Data("Action=DescribeInstances&Version=2016-11-15".utf8)
-        let http = try client(server, retries: 4, backoff: Backoff(initial: .milliseconds(100), max: .seconds(2), jitter: 0))
+        let delays = LockedBox<[Double]>([])
+        let http = try client(server, retries: 4, backoff: Backoff(initial: .milliseconds(100), max: .seconds(2), jitter: 0), delays: delays)
         let r = try await http.send(method: "POST", path: "/", body: body)
         #expect(r.status == 200 && String(decoding: r.body, as: UTF8.self) == "<ok/>")
         let log = try await server.log()
@@ -116,10 +122,12 @@ struct AWSHTTPRetryTests {
         #expect(log.requests.allSatisfy { $0.method == "POST" && $0.path == "/" && $0.sha256 == SigV4Signer.sha256Hex(body) })
         // Each try is signed afresh (a retry may cross a second boundary).
         #expect(log.requests.allSatisfy { $0.headers["Authorization"]?.hasPrefix("AWS4-HMAC-SHA256 Credential=AKIDTEST/") == true })
-        // 100, 200, 400, 800 ms without jitter: never less (a busy machine may add some).
+        // The delays chosen: 100, 200, 400, 800 ms without jitter. On the wire, the server saw
+        // the tries at least that far apart (a busy machine may add to a wait, never take away).
+        let chosen = delays.withLock { $0 }
+        #expect(chosen.count == 4 && zip(chosen, [0.1, 0.2, 0.4, 0.8]).allSatisfy { abs($0 - $1) < 1e-6 }, "\(chosen)")
         for (i, gap) in log.gaps.enumerated() {
-            let base = 0.1 * pow(2, Double(i))
-            #expect(gap >= base * 0.95 && gap < base + 5, "gap \(i): \(gap) s, the backoff says \(base) s")
+            #expect(gap >= chosen[i] * 0.95, "gap \(i): \(gap) s, the backoff chose \(chosen[i]) s")
         }
     }
 
@@ -138,12 +146,14 @@ struct AWSHTTPRetryTests {
     func retryAfter() async throws {
         let server = try await HTTPScript(script: [["status": 429, "headers": ["Retry-After": "1"]], ["status": 200]])
         defer { server.stop() }
-        let r = try await client(server, backoff: Backoff(initial: .milliseconds(10), max: .milliseconds(20))).send(method: "GET", path: "/")
+        let delays = LockedBox<[Double]>([])
+        let r = try await client(server, backoff: Backoff(initial: .milliseconds(10), max: .milliseconds(20)), delays: delays).send(method: "GET", path: "/")
         #expect(r.status == 200)
         let log = try await server.log()
         #expect(log.requests.count == 2)
+        #expect(delays.withLock { $0 } == [1.0], "chose \(delays.withLock { $0 }); Retry-After said 1 s")
         let gap = try #require(log.gaps.first)
-        #expect(gap >= 0.95 && gap < 6, "waited \(gap) s; Retry-After said 1 s")
+        #expect(gap >= 0.95, "waited \(gap) s; Retry-After said 1 s")
     }
 
     @Test("the delay between tries never exceeds the backoff's max (plus its jitter)")
@@ -153,15 +163,17 @@ struct AWSHTTPRetryTests {
         // Uncapped, the delays would be 0.1, 0.2, 0.4, … 12.8 s (25.5 s in all); capped, each at
         // most 0.15 × 1.25 s (1.5 s in all).
         let backoff = Backoff(initial: .milliseconds(100), max: .milliseconds(150), jitter: 0.25)
-        let r = try await client(server, retries: 8, backoff: backoff).send(method: "GET", path: "/")
+        let delays = LockedBox<[Double]>([])
+        let r = try await client(server, retries: 8, backoff: backoff, delays: delays).send(method: "GET", path: "/")
         #expect(r.status == 500)
         let log = try await server.log()
         #expect(log.requests.count == 9)
-        // (Generous slack: a busy machine's scheduler may add seconds, never take away.)
+        // Every delay chosen is capped; the server saw the tries at least that far apart.
+        let chosen = delays.withLock { $0 }
+        #expect(chosen.count == 8 && chosen.allSatisfy { $0 >= 0.1 * 0.75 - 0.001 && $0 <= 0.15 * 1.25 + 0.001 }, "\(chosen)")
         for (i, gap) in log.gaps.enumerated() {
-            #expect(gap >= 0.1 * 0.75 * 0.95 && gap < 0.15 * 1.25 + 2.5, "gap \(i): \(gap) s")
+            #expect(gap >= chosen[i] * 0.95, "gap \(i): \(gap) s, the backoff chose \(chosen[i]) s")
         }
-        #expect(log.gaps.reduce(0, +) < 8, "\(log.gaps.reduce(0, +)) s in all")
         // And the delays themselves, many draws: within the jitter of min(initial × 2ⁿ, max).
         for n in 0..<10 {
             let base = min(0.1 * pow(2, Double(n)), 0.15)

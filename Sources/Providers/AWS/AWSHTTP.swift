@@ -51,6 +51,8 @@ public struct AWSHTTP: Sendable {
     public var timeout: Duration = .seconds(120)
     /// Who is calling, for error messages (`aws`).
     public var provider = "aws"
+    /// Waits between tries (`Task.sleep`); a test may record the delays chosen.
+    public var pause: @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }
 
     public init(signer: SigV4Signer, endpoint: AWSEndpoint) {
         self.signer = signer
@@ -89,7 +91,7 @@ public struct AWSHTTP: Sendable {
                 failure = CapstanError(.transient, "\(method) \(endpoint.scheme)://\(endpoint.host)\(path) failed: \(error).", hint: "Check the endpoint and the network.", provider: provider)
                 if attempt >= maxRetries { throw failure }
             }
-            try await Task.sleep(for: retryAfter ?? backoff.delay(attempt))
+            try await pause(retryAfter ?? backoff.delay(attempt))
             attempt += 1
             _ = failure
         }
