@@ -31,6 +31,7 @@ public struct ClusterKeys: Sendable, Hashable {
         guard status.succeeded, let pub = try? String(contentsOfFile: key + ".pub", encoding: .utf8) else {
             throw CapstanError(.io, "ssh-keygen could not make cluster \(cluster)'s key pair in \(folder(cluster: cluster)) (\(status)).", hint: "Check that the folder is writable.")
         }
+        PrivateFile.restrict(key + ".pub")  // ssh-keygen makes it 0644; nothing in the home is for others
         return pub.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

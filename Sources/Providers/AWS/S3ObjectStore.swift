@@ -239,7 +239,7 @@ public struct S3ObjectStore: ObjectStore {
             guard r.status == 200, let id = try XMLElement.parse(r.body).value("UploadId") else { throw failure(r, "start an upload of \(key)") }
             state = UploadState(location: location, key: key, file: source.path, size: source.size, sha256: digest, partSize: partSize, uploadID: id, parts: [:])
         }
-        try FileManager.default.createDirectory(atPath: configuration.uploadStateFolder, withIntermediateDirectories: true)
+        try PrivateFile.createFolder(configuration.uploadStateFolder)
         let saver = UploadStateSaver(path: stateFile, state: state)
         try saver.save()
 
@@ -470,9 +470,7 @@ final class UploadStateSaver: @unchecked Sendable {
     func save() throws { try lock.withLock { try writeLocked() } }
 
     private func writeLocked() throws {
-        let tmp = path + ".tmp"
-        try JSONEncoder().encode(state).write(to: URL(fileURLWithPath: tmp))
-        guard rename(tmp, path) == 0 else { throw CapstanError(.io, "Cannot write upload state \(path).") }
+        try PrivateFile.write(JSONEncoder().encode(state), to: path)
     }
 }
 
