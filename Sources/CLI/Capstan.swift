@@ -49,7 +49,9 @@ struct GlobalOptions: ParsableArguments {
     }
 
     func loadRegistry() throws -> ProviderRegistry {
-        try ProviderRegistry.load(home: capstanHome, logger: logger)
+        let registry = try ProviderRegistry.load(home: capstanHome, logger: logger)
+        for notice in registry.homeNotices { printError("warning: \(notice)") }
+        return registry
     }
 
     /// Everything a provisioning verb needs: providers, state, locks, fault hooks.
