@@ -162,19 +162,25 @@ public struct ProviderRegistry: Sendable {
                 return try PluginObjectStore(instance, location: location)
             }
         }
-        return try Self.builtInStore(for: location, home: home)
+        return try Self.builtInStore(for: location, home: home, allowInsecureHTTP: config.storage.allowInsecureHTTP)
     }
 
     /// Opens a bucket with the clients compiled into Capstan, no plugins: `file://`, and
     /// `s3://` with the standard AWS credential chain and `AWS_ENDPOINT_URL_S3`. This is what
     /// the node agent uses: a bare node cannot load Swift plugins (DESIGN's agent note).
-    public static func builtInStore(for location: String, home: CapstanHome, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any ObjectStore {
+    /// `allowInsecureHTTP` (config.yaml's `storage.allowInsecureHTTP`) lets an `http://`
+    /// endpoint on another machine be used.
+    public static func builtInStore(
+        for location: String, home: CapstanHome, environment: [String: String] = ProcessInfo.processInfo.environment, allowInsecureHTTP: Bool = false
+    ) throws -> any ObjectStore {
         let scheme = try scheme(of: location)
         if scheme == "file" { return try FileObjectStore(location: location) }
         if scheme == "s3" {
             let chain = AWSSettings().credentialChain(environment: environment)
-            return try S3ObjectStore(location: location, credentials: chain.credentials(), configuration: AWSSettings().s3Configuration(
-                region: chain.region(), environment: environment, uploadStateFolder: home.path("uploads")))
+            var configuration = AWSSettings().s3Configuration(region: chain.region(), environment: environment, uploadStateFolder: home.path("uploads"))
+            configuration.allowInsecureHTTP = allowInsecureHTTP
+            configuration.allowInsecureHTTPSetting = "storage.allowInsecureHTTP: true in config.yaml"
+            return try S3ObjectStore(location: location, credentials: chain.credentials(), configuration: configuration)
         }
         throw CapstanError(.unsupported, "No enabled storage plugin serves '\(scheme)://' buckets.", hint: "Install and enable the plugin for it; see `capstan plugins list`.")
     }
@@ -190,7 +196,9 @@ public struct ProviderRegistry: Sendable {
         if scheme == "file" { return BucketAccess(location: location) }
         guard scheme == "s3" else { return nil }
         var settings = AWSSettings()
-        if let server = instances.values.sorted(by: { $0.name < $1.name }).first(where: { ($0.library.manifest.storageSchemes ?? []).contains(scheme) }) {
+        settings.allowInsecureHTTP = config.storage.allowInsecureHTTP
+        let server = instances.values.sorted(by: { $0.name < $1.name }).first(where: { ($0.library.manifest.storageSchemes ?? []).contains(scheme) })
+        if let server {
             guard server.name == "aws" else { return nil }
             do { settings = try config.providerConfig("aws").decode(AWSSettings.self) } catch {
                 throw CapstanError(.config, "providers.aws is invalid: \(error).", hint: "See `capstan plugins inspect aws`.", provider: "aws")
@@ -199,9 +207,15 @@ public struct ProviderRegistry: Sendable {
         let chain = settings.credentialChain(environment: environment)
         let credentials = try chain.credentials()
         let s3 = settings.s3Configuration(region: chain.region(), environment: environment)
-        return BucketAccess(location: location, s3: BucketAccess.S3(
+        // The controller refuses a plain-HTTP endpoint here, before any agent gets the keys.
+        if let endpoint = s3.endpoint {
+            _ = try AWSEndpoint(url: endpoint, allowInsecureHTTP: s3.allowInsecureHTTP, setting: "The S3 endpoint (s3Endpoint, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL) for \(location)", allowSetting: server == nil ? "storage.allowInsecureHTTP: true in config.yaml" : "providers.aws.allowInsecureHTTP: true")
+        }
+        var access = BucketAccess.S3(
             endpoint: s3.endpoint, region: s3.region, pathStyle: s3.pathStyle, accessKeyID: credentials.accessKeyID,
-            secretAccessKey: credentials.secretAccessKey, sessionToken: credentials.sessionToken))
+            secretAccessKey: credentials.secretAccessKey, sessionToken: credentials.sessionToken)
+        access.allowInsecureHTTP = s3.allowInsecureHTTP ? true : nil
+        return BucketAccess(location: location, s3: access)
     }
 
     /// The lower-cased scheme of a bucket URI (`s3` of `s3://bucket/prefix`).
