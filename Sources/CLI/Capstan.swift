@@ -11,7 +11,8 @@ struct Capstan: AsyncParsableCommand {
         abstract: "Provision the cheapest GPU capacity across clouds and run fine-tunes on it.",
         discussion: """
             State and configuration live in CAPSTAN_HOME (default ~/.capstan); see docs/configuration.md.
-            Plugins are found on CAPSTAN_PLUGIN_PATH, in $CAPSTAN_HOME/plugins and next to this binary.
+            Plugins are found on CAPSTAN_PLUGIN_PATH (absolute paths), in $CAPSTAN_HOME/plugins and next to
+            this binary, and loaded only when config.yaml enables them (providers.<name>).
             """,
         version: CapstanVersion.string,
         subcommands: [
@@ -49,7 +50,9 @@ struct GlobalOptions: ParsableArguments {
     }
 
     func loadRegistry() throws -> ProviderRegistry {
-        try ProviderRegistry.load(home: capstanHome, logger: logger)
+        let registry = try ProviderRegistry.load(home: capstanHome, logger: logger)
+        for notice in registry.homeNotices { printError("warning: \(notice)") }
+        return registry
     }
 
     /// Everything a provisioning verb needs: providers, state, locks, fault hooks.

@@ -11,15 +11,6 @@ struct PluginsCommand: AsyncParsableCommand {
         subcommands: [List.self, Inspect.self, Call.self, SDK.self],
         defaultSubcommand: List.self)
 
-    /// The plugin called `name` that wins on the search path.
-    static func library(named name: String, in registry: ProviderRegistry) throws -> PluginLibrary {
-        guard let found = registry.plugins.first(where: { $0.library?.name == name && $0.shadowedBy == nil })?.library else {
-            let names = registry.plugins.compactMap { $0.library?.name }
-            throw CapstanError(.notFound, "No plugin named '\(name)' on the search path.", hint: names.isEmpty ? "No plugins were found; see `capstan plugins list`." : "Found: \(names.joined(separator: ", ")).")
-        }
-        return found
-    }
-
     /// One row of `plugins list --json`.
     struct PluginRow: Encodable {
         var name: String
@@ -33,8 +24,16 @@ struct PluginsCommand: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List plugins on the search path and whether each is enabled.")
+        static let configuration = CommandConfiguration(
+            abstract: "List plugins on the search path and whether each is enabled.",
+            discussion: """
+                Only the plugins config.yaml enables (providers.<name>) are loaded; the others are listed by
+                file name, their files checked without running any of their code. --load loads every one
+                found (running its code) to show its version and capabilities.
+                """)
         @OptionGroup var global: GlobalOptions
+        @Flag(help: "Also load the plugins config.yaml does not enable (runs their code), to show versions and capabilities.")
+        var load = false
 
         func run() async throws {
             try await reportingErrors {
@@ -44,18 +43,55 @@ struct PluginsCommand: AsyncParsableCommand {
                     status: registry.compute.contains { $0.name == "local" } ? "enabled" : "disabled",
                     version: CapstanVersion.string, abiVersion: nil, capabilities: ["compute"], error: nil)]
                 rows.append(PluginRow(name: "file", path: "(built in)", source: "built in", status: "enabled", version: CapstanVersion.string, abiVersion: nil, capabilities: ["storage"], error: nil))
-                for entry in registry.plugins {
-                    switch entry.result {
-                    case .success(let lib):
-                        let status: String
-                        if let winner = entry.shadowedBy { status = "shadowed by \(winner)" }
-                        else if registry.instances[lib.name] != nil { status = "enabled" }
-                        else if let p = registry.problems.first(where: { $0.provider == lib.name }) { status = "error: \(p.error.message)" }
-                        else { status = "disabled (add providers.\(lib.name) to config.yaml)" }
-                        rows.append(PluginRow(name: lib.name, path: entry.path, source: entry.source, status: status, version: lib.manifest.version, abiVersion: lib.abiVersion, capabilities: lib.manifest.capabilities.map(\.name), error: nil))
-                    case .failure(let e):
-                        rows.append(PluginRow(name: (entry.path as NSString).lastPathComponent, path: entry.path, source: entry.source, status: "failed to load", version: nil, abiVersion: nil, capabilities: [], error: e))
+                for candidate in registry.candidates {
+                    let fileName = (candidate.path as NSString).lastPathComponent
+                    var row = PluginRow(name: candidate.name ?? fileName, path: candidate.path, source: candidate.source, status: "", version: nil, abiVersion: nil, capabilities: [], error: nil)
+                    func show(_ lib: PluginLibrary) {
+                        row.version = lib.manifest.version
+                        row.abiVersion = lib.abiVersion
+                        row.capabilities = lib.manifest.capabilities.map(\.name)
                     }
+                    let loaded = registry.plugins.first { $0.path == candidate.path }
+                    if let problem = candidate.problem {
+                        row.status = candidate.unsafe ? "refused: unsafe permissions" : "failed to load"
+                        row.error = problem
+                    } else if let winner = candidate.shadowedBy {
+                        row.status = "shadowed by \(winner)"
+                    } else if let name = candidate.name, ProviderRegistry.builtInNames.contains(name) {
+                        row.status = "ignored: '\(name)' is a built-in provider's name"
+                    } else if let loaded {
+                        switch loaded.result {
+                        case .success(let lib):
+                            show(lib)
+                            if registry.instances[lib.name] != nil { row.status = "enabled" }
+                            else if let p = registry.problems.first(where: { $0.provider == lib.name }) { row.status = "error: \(p.error.message)" }
+                            else { row.status = "loaded" }
+                        case .failure(let e):
+                            row.status = "failed to load"
+                            row.error = e
+                        }
+                    } else if let name = candidate.name, registry.config.providers[name] != nil, !registry.config.isEnabled(name, defaultOn: false) {
+                        row.status = "disabled (providers.\(name).enabled: false)"
+                    } else {
+                        // Not asked for: its file is checked by reading it, its code never runs.
+                        do {
+                            try PluginLibrary.checkFile(path: candidate.path)
+                            row.status = "not loaded (add providers.\(candidate.name ?? fileName) to config.yaml to use it)"
+                            if load {
+                                let entry = PluginDiscovery.load(candidate)
+                                switch entry.result {
+                                case .success(let lib): show(lib)
+                                case .failure(let e):
+                                    row.status = "failed to load"
+                                    row.error = e
+                                }
+                            }
+                        } catch let e as CapstanError {
+                            row.status = "failed to load"
+                            row.error = e
+                        }
+                    }
+                    rows.append(row)
                 }
                 if global.json { try printJSON(rows); return }
                 var table = TextTable(header: ["NAME", "VERSION", "ABI", "CAPABILITIES", "STATUS", "PATH"])
@@ -71,7 +107,7 @@ struct PluginsCommand: AsyncParsableCommand {
     struct Inspect: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a plugin's manifest and config schema (by name or by .so path).")
         @OptionGroup var global: GlobalOptions
-        @Argument(help: "Plugin name (as in `plugins list`) or a path to a plugin file.")
+        @Argument(help: "Plugin name (as in `plugins list`; loaded even when config.yaml does not enable it) or a path to a plugin file.")
         var plugin: String
 
         struct Output: Encodable {
@@ -86,7 +122,7 @@ struct PluginsCommand: AsyncParsableCommand {
                 if plugin.contains("/") {
                     library = try PluginLibrary.load(path: plugin)
                 } else {
-                    library = try PluginsCommand.library(named: plugin, in: try global.loadRegistry())
+                    library = try global.loadRegistry().loadPlugin(named: plugin)
                 }
                 let out = Output(path: library.path, abiVersion: library.abiVersion, manifest: library.manifest)
                 if global.json { try printJSON(out); return }
@@ -97,7 +133,7 @@ struct PluginsCommand: AsyncParsableCommand {
                 print("path:          \(library.path)")
                 print("capabilities:  \(m.capabilities.map(\.name).joined(separator: ", "))")
                 if let schemes = m.storageSchemes { print("bucket URIs:   \(schemes.map { "\($0)://" }.joined(separator: ", "))") }
-                print("auto-enable:   \(m.autoEnable ?? false ? "yes" : "no (enable with a providers.\(m.name) section)")")
+                print("enable with:   a providers.\(m.name) section in config.yaml")
                 if let d = m.description { print("description:   \(d)") }
                 if let schema = m.configSchema {
                     let e = JSONEncoder()
@@ -146,7 +182,7 @@ struct PluginsCommand: AsyncParsableCommand {
                     instance = try PluginLibrary.load(path: plugin).instantiate(config: try config.map { try parse($0, "--config") } ?? .object([:]), timeout: limit)
                 } else {
                     let registry = try global.loadRegistry()
-                    let library = try PluginsCommand.library(named: plugin, in: registry)
+                    let library = try registry.loadPlugin(named: plugin)
                     let settings = try config.map { try parse($0, "--config") } ?? registry.config.providerConfig(plugin)
                     instance = try library.instantiate(config: settings, timeout: limit)
                 }

@@ -85,6 +85,10 @@ extension JobTests {
                 endpoint: \(emulator.endpoint)
                 apiKeyFile: \(home.dir.file("lambda-key"))
                 sshUser: root
+            # The lab's bridge is another machine to the hosts: plain HTTP to the bucket's relay
+            # there must be allowed.
+            storage:
+              allowInsecureHTTP: true
 
             """)
         // The bucket is SeaweedFS (S3), which the instances reach through a relay on the lab
@@ -102,7 +106,8 @@ extension JobTests {
             .replacingOccurrences(of: "storage: file://" + home.dir.file("bucket"), with: "storage: s3://capstan-lambda/runs")
             .replacingOccurrences(of: "GLOO_SOCKET_IFNAME: \"lo\"", with: "GLOO_SOCKET_IFNAME: \"eth0\"")
         home.dir.write("job/job.yaml", spec)
-        let s3 = S3Configuration(endpoint: relay.endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads"))
+        var s3 = S3Configuration(endpoint: relay.endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads"))
+        s3.allowInsecureHTTP = true
         try await S3ObjectStore(location: "s3://capstan-lambda/runs", credentials: creds, configuration: s3).createBucket()
 
         let launch = try home.startLaunch()

@@ -163,7 +163,7 @@ extension JobTests {
         func buildsAndLoads() async throws {
             let so = try LambdaPlugin.build()
             let lib = try PluginLibrary.load(path: so)
-            #expect(lib.name == "lambda" && lib.abiVersion == 1 && lib.manifest.capabilities == [.compute] && lib.manifest.autoEnable == true)
+            #expect(lib.name == "lambda" && lib.abiVersion == 1 && lib.manifest.capabilities == [.compute] && lib.manifest.autoEnable == nil)
             let nm = try await runProcess("/usr/bin/nm", ["-D", "--defined-only", so])
             let exported = nm.stdout.split(separator: "\n").filter { $0.contains(" T ") }.map { $0.split(separator: " ").last.map(String.init) ?? "" }
             #expect(exported == ["capstan_plugin_entry"], "\(nm.stdout)")
@@ -179,8 +179,9 @@ extension JobTests {
                 #expect(r.status != 0)
                 #expect(r.stderr.contains("built for plugin ABI version \(abi), and this Capstan supports 1–1"), "\(r.stderr)")
                 #expect(r.stderr.contains(hint), "\(r.stderr)")
-                // On the search path it is listed as failed, and the rest of Capstan works.
+                // Enabled and on the search path, it is listed as failed, and the rest of Capstan works.
                 let home = TempDir("capstan-lambda-abi"); defer { home.cleanup() }
+                home.write("config.yaml", "providers:\n  lambda: {}\n")
                 let list = try await runProcess(BuildProducts.capstan, ["plugins", "list"], environment: ["CAPSTAN_HOME": home.path, "CAPSTAN_PLUGIN_PATH": so])
                 #expect(list.status == 0 && list.stdout.contains("failed to load"), "\(list.stdout)\n\(list.stderr)")
             }

@@ -118,7 +118,11 @@ extension JobTests {
         home.env = ["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_REGION": "us-east-1"]
         let spec = try String(contentsOfFile: home.spec, encoding: .utf8).replacingOccurrences(of: "storage: file://" + home.dir.file("bucket"), with: "storage: s3://capstan-ssh/runs")
         home.dir.write("job/job.yaml", spec)
-        let admin = try S3ObjectStore(location: "s3://capstan-ssh/runs", credentials: creds, configuration: S3Configuration(endpoint: endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads")))
+        // The lab's bridge is another machine to the hosts: plain HTTP there must be allowed.
+        home.dir.write("config.yaml", lab.config(hosts: [1, 2]) + "storage:\n  allowInsecureHTTP: true\n")
+        var adminConfig = S3Configuration(endpoint: endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads"))
+        adminConfig.allowInsecureHTTP = true
+        let admin = try S3ObjectStore(location: "s3://capstan-ssh/runs", credentials: creds, configuration: adminConfig)
         try await admin.createBucket()
         let launch = try home.startLaunch()
         let checkpointed = try await home.wait(timeout: 120) { (try home.job()?.latestCheckpoint ?? 0) >= 20 }
@@ -139,7 +143,7 @@ extension JobTests {
         let attempt = try #require(try home.store().attempts(job: job.id).first)
         #expect(attempt.masterAddress == lab.hosts[0].address)
         #expect(job.storage.hasPrefix("s3://capstan-ssh/runs/"))
-        let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: S3Configuration(endpoint: endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads")))
+        let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: adminConfig)
         let m = try #require(try await CheckpointStore(store: bucket, prefix: "checkpoints").latestVerified())
         #expect(m.step == 80 && m.parts.map(\.node) == [0, 1])
         #expect(try await bucket.head(key: "outputs/model.pt") != nil)

@@ -124,8 +124,11 @@ public struct FaultPoints: Sendable {
     ]
 
     /// Reads `CAPSTAN_TEST_CRASH_AT` (`point` or `point:N`) and kills the process with SIGKILL
-    /// the N-th time it reaches the point.
+    /// the N-th time it reaches the point. Debug builds only: a release build ignores it.
     public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) -> FaultPoints {
+        #if !DEBUG
+        return .none
+        #else
         guard let spec = env["CAPSTAN_TEST_CRASH_AT"], !spec.isEmpty else { return .none }
         let parts = spec.split(separator: ":")
         let point = String(parts[0])
@@ -133,6 +136,7 @@ public struct FaultPoints: Sendable {
         return FaultPoints { p, n in
             if p == point, n == occurrence { kill(getpid(), SIGKILL) }
         }
+        #endif
     }
 }
 

@@ -30,6 +30,9 @@ public struct CapstanConfig: Sendable, Hashable {
     public struct Storage: Sendable, Hashable {
         /// Bucket URI used when a job names none.
         public var defaultLocation: String?
+        /// Let the built-in S3 client (`s3://` without the aws plugin: `AWS_ENDPOINT_URL_S3`)
+        /// use a plain `http://` endpoint on another machine. Off: only loopback may be plain HTTP.
+        public var allowInsecureHTTP = false
         public init() {}
     }
 
@@ -59,7 +62,7 @@ public struct CapstanConfig: Sendable, Hashable {
     }
 
     /// Whether provider `name` is turned on: a section without `enabled: false`, or no section
-    /// and `defaultOn` (the built-in local provider, plugins whose manifest says `autoEnable`).
+    /// and `defaultOn` (the built-in local provider).
     public func isEnabled(_ name: String, defaultOn: Bool) -> Bool {
         guard let section = providers[name] else { return defaultOn }
         return section["enabled"]?.boolValue ?? true
@@ -127,7 +130,10 @@ public struct CapstanConfig: Sendable, Hashable {
                     case "default":
                         guard let s = sv.string, s.contains("://") else { throw r.bad("'storage.default' must be a bucket URI like file:///path or s3://bucket/prefix", sv.mark?.line) }
                         config.storage.defaultLocation = s
-                    default: throw r.unknown("storage.\(sk.string ?? "?")", ["default"], sk.mark?.line)
+                    case "allowInsecureHTTP":
+                        guard let b = sv.bool else { throw r.bad("'storage.allowInsecureHTTP' must be true or false", sv.mark?.line) }
+                        config.storage.allowInsecureHTTP = b
+                    default: throw r.unknown("storage.\(sk.string ?? "?")", ["default", "allowInsecureHTTP"], sk.mark?.line)
                     }
                 }
             default:

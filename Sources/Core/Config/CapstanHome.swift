@@ -1,4 +1,9 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Where Capstan keeps its files: `CAPSTAN_HOME`, default `~/.capstan`.
 ///
@@ -33,12 +38,34 @@ public struct CapstanHome: Sendable, Hashable {
 
     public func path(_ relative: String) -> String { (root as NSString).appendingPathComponent(relative) }
 
-    /// Creates the root folder if needed (mode 0700: it may hold keys and state).
-    public func ensureExists() throws {
-        do {
-            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw CapstanError(.io, "Cannot create Capstan's home folder \(root): \(error.localizedDescription)", hint: "Set CAPSTAN_HOME to a writable folder.")
+    /// Creates the root folder if needed, mode 0700: it holds the state database (with job
+    /// specs' `env:` values), logs, keys and node configs. An existing home that group or others
+    /// can reach is tightened to 0700 — Capstan's home is never meant to be shared (a team shares
+    /// a `capstan serve` instead) — and said in the result; a home this user does not own and
+    /// cannot tighten is used as it is, with a warning in the result. Files Capstan writes inside
+    /// are 0600 besides (``PrivateFile``).
+    @discardableResult
+    public func ensureExists() throws -> [String] {
+        var st = stat()
+        if stat(root, &st) != 0 {
+            do {
+                try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw CapstanError(.io, "Cannot create Capstan's home folder \(root): \(error.localizedDescription)", hint: "Set CAPSTAN_HOME to a writable folder.")
+            }
+            // The umask may have taken bits away, never added any; chmod states it exactly.
+            chmod(root, 0o700)
+            return []
         }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else {
+            throw CapstanError(.io, "Capstan's home \(root) is not a folder.", hint: "Set CAPSTAN_HOME (or --home) to a folder, or move the file away.")
+        }
+        let mode = st.st_mode & 0o7777
+        guard mode & 0o077 != 0 else { return [] }
+        let was = String(format: "%04o", mode)
+        if st.st_uid == geteuid(), chmod(root, 0o700) == 0 {
+            return ["Capstan's home \(root) was open to \(mode & 0o007 != 0 ? "every user" : "its group") (mode \(was)); it is now 0700, as it holds job settings, logs and keys."]
+        }
+        return ["Capstan's home \(root) is open to \(mode & 0o007 != 0 ? "every user" : "its group") (mode \(was)) and could not be tightened (\(st.st_uid == geteuid() ? String(cString: strerror(errno)) : "you do not own it")): others may read job settings, logs and keys in it. Run `chmod 700 \(root)`, or set CAPSTAN_HOME to a folder of your own."]
     }
 }

@@ -38,22 +38,7 @@ public final class PluginLibrary: Sendable {
         // The file type first, from stat alone: opening a FIFO or a device could block forever.
         if let problem = PluginFile.typeProblem(path: path) { throw fail(problem.what, hint: problem.hint) }
         if let cached = loaded.withLock({ $0[path] }) { return cached }
-
-        // Read the first bytes ourselves: dlopen on a non-library gives a terse message, and on
-        // some systems a text file is interpreted as a linker script.
-        if let handle = PluginFile.openForReading(path: path) {
-            let magic = (try? handle.read(upToCount: 4)) ?? Data()
-            try? handle.close()
-            let elf = Data([0x7F, 0x45, 0x4C, 0x46])
-            let machO: [Data] = [Data([0xCF, 0xFA, 0xED, 0xFE]), Data([0xCE, 0xFA, 0xED, 0xFE]), Data([0xCA, 0xFE, 0xBA, 0xBE])]
-            if magic != elf, !machO.contains(magic) {
-                throw fail("it is not a shared library (no ELF or Mach-O header)", hint: "Remove it from the plugin folder, or rebuild the plugin.")
-            }
-        }
-
-        if let problem = ELFCheck.problem(path: path) {
-            throw fail(problem, hint: "Rebuild or re-download the plugin for this machine.")
-        }
+        try checkFile(path: path)
 
         dlerror()
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
@@ -106,6 +91,31 @@ public final class PluginLibrary: Sendable {
             if let existing = cache[path] { return existing }
             cache[path] = library
             return library
+        }
+    }
+
+    /// The checks on the file at `path` that come before `dlopen`, by reading it (no code of it
+    /// runs): a regular file (from `stat` first: opening a FIFO or a device could block
+    /// forever), a shared library's header, an ELF image for this CPU that is not truncated.
+    /// Throws the `.pluginFailure` that ``load(path:)`` would.
+    public static func checkFile(path: String) throws {
+        func fail(_ what: String, hint: String) -> CapstanError {
+            CapstanError(.pluginFailure, "Cannot load plugin \(path): \(what).", hint: hint)
+        }
+        if let problem = PluginFile.typeProblem(path: path) { throw fail(problem.what, hint: problem.hint) }
+        // Read the first bytes ourselves: dlopen on a non-library gives a terse message, and on
+        // some systems a text file is interpreted as a linker script.
+        if let handle = PluginFile.openForReading(path: path) {
+            let magic = (try? handle.read(upToCount: 4)) ?? Data()
+            try? handle.close()
+            let elf = Data([0x7F, 0x45, 0x4C, 0x46])
+            let machO: [Data] = [Data([0xCF, 0xFA, 0xED, 0xFE]), Data([0xCE, 0xFA, 0xED, 0xFE]), Data([0xCA, 0xFE, 0xBA, 0xBE])]
+            if magic != elf, !machO.contains(magic) {
+                throw fail("it is not a shared library (no ELF or Mach-O header)", hint: "Remove it from the plugin folder, or rebuild the plugin.")
+            }
+        }
+        if let problem = ELFCheck.problem(path: path) {
+            throw fail(problem, hint: "Rebuild or re-download the plugin for this machine.")
         }
     }
 

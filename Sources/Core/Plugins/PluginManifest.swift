@@ -18,8 +18,9 @@ public struct PluginManifest: Sendable, Hashable, Codable {
     /// JSON Schema of the object the plugin's `create` accepts (the `providers.<name>` section
     /// of the user config).
     public var configSchema: JSONValue?
-    /// Whether the plugin is used without a `providers.<name>` section in the config (e.g. a
-    /// cloud that finds its credentials in the environment). Defaults to false.
+    /// Ignored (read for compatibility). It asked to be used without a `providers.<name>`
+    /// section in the config; reading it needs the plugin loaded, and a plugin is now loaded only
+    /// when the config names it.
     public var autoEnable: Bool?
     /// URI schemes the plugin's object store serves (`s3`, `gs`).
     public var storageSchemes: [String]?

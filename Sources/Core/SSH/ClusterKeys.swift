@@ -51,6 +51,7 @@ public struct ClusterKeys: Sendable, Hashable {
         guard status.succeeded, let pub = try? String(contentsOfFile: key + ".pub", encoding: .utf8) else {
             throw CapstanError(.io, "ssh-keygen could not make cluster \(cluster.name)'s key pair in \(dir) (\(status)).", hint: "Check that the folder is writable.")
         }
+        PrivateFile.restrict(key + ".pub")  // ssh-keygen makes it 0644; nothing in the home is for others
         return pub.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 

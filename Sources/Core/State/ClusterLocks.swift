@@ -29,8 +29,8 @@ public struct ClusterLocks: Sendable {
 
     /// Takes the lock for `name` without waiting; nil when another holder has it.
     public func acquire(_ name: String) throws -> Held? {
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        let fd = open(path(name), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        try PrivateFile.createFolder(folder)
+        let fd = open(path(name), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             throw CapstanError(.io, "Cannot open lock file \(path(name)): \(String(cString: strerror(errno))).")
         }
@@ -62,7 +62,7 @@ public struct FileLock: Sendable {
 
     /// Waits until `path`'s lock is ours (creating the file as needed).
     public static func exclusive(_ path: String) throws -> FileLock {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw CapstanError(.io, "Cannot open lock file \(path): \(String(cString: strerror(errno))).", hint: "Check the folder's permissions.") }
         while flock(fd, LOCK_EX) != 0 {
             if errno != EINTR {

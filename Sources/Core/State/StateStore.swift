@@ -25,13 +25,14 @@ public final class StateStore: Sendable {
         self.path = path
         self.identityFile = identityFile
         do {
-            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try PrivateFile.createFolder((path as NSString).deletingLastPathComponent)
             var config = Configuration()
             config.busyMode = .timeout(10)
             // Several processes may open a brand-new home at once: one creates the schema while
             // the others wait (SQLite's own locking does not cover "does the table exist yet").
             let guardLock = try FileLock.exclusive(path + ".open-lock")
             defer { guardLock.release() }
+            Self.makePrivate(path)
             db = try DatabasePool(path: path, configuration: config)
             try Self.migrator.migrate(db)
             if let identityFile { try Self.syncOwner(db, file: identityFile, faults: faults) }
@@ -40,6 +41,16 @@ public final class StateStore: Sendable {
         } catch {
             throw CapstanError(.io, "Cannot open the state database \(path): \(error).", hint: "Check the folder's permissions and free space; if the file is corrupt, move it aside (Capstan keeps its owner id in \(identityFile ?? "the database") and the next `capstan reconcile` recovers every cluster from the clouds' tags).")
         }
+    }
+
+    /// Makes the database file 0600 before SQLite opens it — SQLite gives its `-wal` and `-shm`
+    /// files the database's own mode — creating it empty if missing (SQLite takes an empty file
+    /// for a new database), and tightens files an older Capstan left readable by others. The
+    /// database holds job specs, their `env:` values included.
+    static func makePrivate(_ path: String) {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd >= 0 { Glibc.close(fd) }
+        for file in [path, path + "-wal", path + "-shm", path + ".open-lock"] { PrivateFile.restrict(file) }
     }
 
     /// The store in `home` (`state/capstan.db`), its owner id kept in `home/owner-id`.

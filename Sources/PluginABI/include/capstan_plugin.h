@@ -98,7 +98,7 @@ typedef struct capstan_plugin {
     const char *name;       /* short provider name, e.g. "aws"; [a-z0-9-]+ */
 
     /** The manifest: {"name","version","description","capabilities":["compute","storage"],
-     *  "configSchema":{JSON Schema}, "autoEnable":bool}. Owned by the plugin. */
+     *  "configSchema":{JSON Schema}} ("autoEnable" is ignored). Owned by the plugin. */
     const char *(*manifest_json)(void);
 
     /** Create an instance from its configuration document (an object, "{}" when none).

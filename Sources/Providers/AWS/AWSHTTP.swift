@@ -29,14 +29,34 @@ public struct AWSEndpoint: Sendable, Hashable {
         self.host = host
     }
 
-    /// Parses `http://127.0.0.1:5000` or `https://s3.example.com`.
-    public init(url: String) throws {
-        guard let u = URL(string: url), let scheme = u.scheme, let host = u.host, ["http", "https"].contains(scheme) else {
+    /// Parses `http://127.0.0.1:5000` or `https://s3.example.com`. Plain `http://` is refused
+    /// unless the host is this machine (``isLoopback(host:)``) or `allowInsecureHTTP` is set:
+    /// requests would cross the network unencrypted, SigV4 signatures (replayable for minutes)
+    /// and data included. `setting` names where the URL came from, for the error.
+    public init(url: String, allowInsecureHTTP: Bool = false, setting: String = "the endpoint", allowSetting: String = "providers.aws.allowInsecureHTTP: true") throws {
+        guard let u = URL(string: url), let scheme = u.scheme?.lowercased(), let host = u.host, ["http", "https"].contains(scheme) else {
             throw CapstanError(.config, "'\(url)' is not an http(s) endpoint URL.", hint: "Use e.g. https://s3.us-east-1.amazonaws.com or http://127.0.0.1:8333.")
+        }
+        if scheme == "http", !allowInsecureHTTP, !Self.isLoopback(host: host) {
+            throw CapstanError(
+                .config, "\(setting) \(url) is plain HTTP to \(host), another machine: AWS requests would cross the network unencrypted, with their SigV4 signatures (replayable for minutes) and your data.",
+                hint: "Use https://\(url.dropFirst(7)), or, only on a network you trust, set \(allowSetting) (see docs/aws.md).")
         }
         self.scheme = scheme
         let defaultPort = scheme == "https" ? 443 : 80
         self.host = u.port.map { $0 == defaultPort ? host : "\(host):\($0)" } ?? host
+    }
+
+    /// Whether `host` is this machine: `localhost`, 127.0.0.0/8 or `::1` (plain HTTP stays
+    /// allowed there: the traffic never leaves the machine).
+    public static func isLoopback(host: String) -> Bool {
+        var h = host.lowercased()
+        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        if h.hasSuffix(".") { h.removeLast() }
+        if h == "localhost" || h == "::1" || h == "0:0:0:0:0:0:0:1" { return true }
+        let octets = h.split(separator: ".", omittingEmptySubsequences: false)
+        guard octets.count == 4, octets.allSatisfy({ !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isASCII) && UInt8($0) != nil }) else { return false }
+        return octets[0] == "127"
     }
 }
 

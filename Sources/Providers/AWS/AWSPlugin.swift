@@ -19,6 +19,7 @@ public enum AWSPlugin {
                     "endpoint": .object(["type": .string("string"), "description": .string("Custom EC2 endpoint URL.")]),
                     "s3Endpoint": .object(["type": .string("string"), "description": .string("Custom S3 endpoint URL (SeaweedFS, MinIO, R2, Backblaze).")]),
                     "s3PathStyle": .object(["type": .string("boolean")]),
+                    "allowInsecureHTTP": .object(["type": .string("boolean"), "description": .string("Allow plain http:// endpoints on other machines (default false: loopback only). Requests then cross the network unencrypted.")]),
                     "imageId": .object(["type": .string("string"), "description": .string("AMI for every region.")]),
                     "imageIds": .object(["type": .string("object"), "description": .string("AMI per region.")]),
                     "subnetId": .object(["type": .string("string")]),
@@ -65,6 +66,8 @@ extension AWSSettings {
     /// in `region`; path-style as `s3PathStyle` says (default: with a custom endpoint).
     public func s3Configuration(region: String?, environment: [String: String] = ProcessInfo.processInfo.environment, uploadStateFolder: String? = nil) -> S3Configuration {
         let endpoint = s3Endpoint ?? [environment["AWS_ENDPOINT_URL_S3"], environment["AWS_ENDPOINT_URL"]].compactMap { $0 }.first { !$0.isEmpty }
-        return S3Configuration(endpoint: endpoint, region: region ?? "us-east-1", pathStyle: s3PathStyle, uploadStateFolder: uploadStateFolder)
+        var configuration = S3Configuration(endpoint: endpoint, region: region ?? "us-east-1", pathStyle: s3PathStyle, uploadStateFolder: uploadStateFolder)
+        configuration.allowInsecureHTTP = allowInsecureHTTP ?? false
+        return configuration
     }
 }

@@ -34,6 +34,9 @@ public struct AWSSettings: Sendable, Hashable, Codable {
     /// A custom S3 endpoint (SeaweedFS, MinIO, R2); path-style addressing by default there.
     public var s3Endpoint: String?
     public var s3PathStyle: Bool?
+    /// Allow plain `http://` endpoints (`endpoint`, `s3Endpoint`, `AWS_ENDPOINT_URL*`) on another
+    /// machine. Default false: only loopback (127.0.0.0/8, ::1, localhost) may be plain HTTP.
+    public var allowInsecureHTTP: Bool?
     /// AMI per region, or one for all.
     public var imageIds: [String: String]?
     public var imageId: String?
@@ -46,7 +49,7 @@ public struct AWSSettings: Sendable, Hashable, Codable {
 
     public init() {}
 
-    static let keys: Set<String> = ["profile", "credentialsFile", "regions", "endpoint", "s3Endpoint", "s3PathStyle", "imageIds", "imageId", "subnetId", "securityGroupIds", "instanceTypes", "onDemandPrices"]
+    static let keys: Set<String> = ["profile", "credentialsFile", "regions", "endpoint", "s3Endpoint", "s3PathStyle", "allowInsecureHTTP", "imageIds", "imageId", "subnetId", "securityGroupIds", "instanceTypes", "onDemandPrices"]
 }
 
 /// EC2 GPU capacity: offers from DescribeInstanceTypes (GpuInfo) × DescribeInstanceTypeOfferings
@@ -65,14 +68,18 @@ public struct EC2ComputeProvider: ComputeProvider {
         self.settings = settings
         self.credentials = credentials
         self.regions = settings.regions ?? (defaultRegion.map { [$0] } ?? ["us-east-1", "us-west-2"])
-        if let e = settings.endpoint { _ = try AWSEndpoint(url: e) }
+        if let e = settings.endpoint { _ = try Self.endpoint(e, settings) }
     }
 
     func client(_ region: String) throws -> AWSHTTP {
-        let endpoint = try settings.endpoint.map(AWSEndpoint.init(url:)) ?? AWSEndpoint(scheme: "https", host: "ec2.\(region).amazonaws.com")
+        let endpoint = try settings.endpoint.map { try Self.endpoint($0, settings) } ?? AWSEndpoint(scheme: "https", host: "ec2.\(region).amazonaws.com")
         var http = AWSHTTP(signer: SigV4Signer(credentials: credentials, region: region, service: "ec2"), endpoint: endpoint)
         http.provider = name
         return http
+    }
+
+    static func endpoint(_ url: String, _ settings: AWSSettings) throws -> AWSEndpoint {
+        try AWSEndpoint(url: url, allowInsecureHTTP: settings.allowInsecureHTTP ?? false, setting: "The EC2 endpoint providers.aws.endpoint")
     }
 
     /// Calls one EC2 Query API action and returns the parsed response, mapping errors.

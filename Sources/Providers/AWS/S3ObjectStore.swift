@@ -21,6 +21,10 @@ public struct S3Configuration: Sendable, Hashable {
     public var concurrency = 8
     /// Where interrupted multipart uploads are remembered so a retry resumes them.
     public var uploadStateFolder: String
+    /// Allow a plain `http://` endpoint on another machine (off: only loopback may be plain HTTP).
+    public var allowInsecureHTTP = false
+    /// The setting that turns ``allowInsecureHTTP`` on, for the refusal's hint.
+    public var allowInsecureHTTPSetting = "providers.aws.allowInsecureHTTP: true"
 
     public init(endpoint: String? = nil, region: String = "us-east-1", pathStyle: Bool? = nil, uploadStateFolder: String? = nil) {
         self.endpoint = endpoint
@@ -67,7 +71,9 @@ public struct S3ObjectStore: ObjectStore {
         self.configuration = configuration
         let endpoint: AWSEndpoint
         if let custom = configuration.endpoint {
-            endpoint = try AWSEndpoint(url: custom)
+            endpoint = try AWSEndpoint(
+                url: custom, allowInsecureHTTP: configuration.allowInsecureHTTP, setting: "The S3 endpoint (s3Endpoint, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL) for \(location)",
+                allowSetting: configuration.allowInsecureHTTPSetting)
             pathStyle = configuration.pathStyle ?? true
         } else {
             pathStyle = configuration.pathStyle ?? false
@@ -239,7 +245,7 @@ public struct S3ObjectStore: ObjectStore {
             guard r.status == 200, let id = try XMLElement.parse(r.body).value("UploadId") else { throw failure(r, "start an upload of \(key)") }
             state = UploadState(location: location, key: key, file: source.path, size: source.size, sha256: digest, partSize: partSize, uploadID: id, parts: [:])
         }
-        try FileManager.default.createDirectory(atPath: configuration.uploadStateFolder, withIntermediateDirectories: true)
+        try PrivateFile.createFolder(configuration.uploadStateFolder)
         let saver = UploadStateSaver(path: stateFile, state: state)
         try saver.save()
 
@@ -470,9 +476,7 @@ final class UploadStateSaver: @unchecked Sendable {
     func save() throws { try lock.withLock { try writeLocked() } }
 
     private func writeLocked() throws {
-        let tmp = path + ".tmp"
-        try JSONEncoder().encode(state).write(to: URL(fileURLWithPath: tmp))
-        guard rename(tmp, path) == 0 else { throw CapstanError(.io, "Cannot write upload state \(path).") }
+        try PrivateFile.write(JSONEncoder().encode(state), to: path)
     }
 }
 

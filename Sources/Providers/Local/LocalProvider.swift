@@ -86,7 +86,8 @@ public struct LocalProvider: ComputeProvider {
         self.configuration = configuration
         self.resources = resources
         do {
-            try FileManager.default.createDirectory(atPath: root + "/nodes", withIntermediateDirectories: true)
+            // Nodes' folders hold their agents' configs (a job's env: values): owner only.
+            try PrivateFile.createFolder(root + "/nodes")
         } catch {
             throw CapstanError(.io, "Cannot create the local provider's folder \(root): \(error.localizedDescription)", hint: "Set CAPSTAN_HOME to a writable folder.")
         }
@@ -134,6 +135,7 @@ public struct LocalProvider: ComputeProvider {
             for (n, slot) in free.prefix(request.count).enumerated() {
                 let id = "node-\(slot)-" + UUID().uuidString.prefix(8).lowercased()
                 let folder = root + "/nodes/" + id
+                try PrivateFile.createFolder(folder)
                 try FileManager.default.createDirectory(atPath: folder + "/work", withIntermediateDirectories: true)
                 var tags = request.tags
                 tags[CapstanTags.managed] = "true"
@@ -145,10 +147,10 @@ public struct LocalProvider: ComputeProvider {
                     spot: false, pricePerHour: 0, tags: tags, launchedAt: Date(),
                     details: ["slot": "\(slot)", "folder": folder, "workdir": folder + "/work", PreemptionSwitch.launchIndex: "\(n)"])
                 if let key = request.sshPublicKey {
-                    try Data((key + "\n").utf8).write(to: URL(fileURLWithPath: folder + "/authorized_keys"))
+                    try PrivateFile.write(Data((key + "\n").utf8), to: folder + "/authorized_keys")
                 }
                 if let userData = request.userData {
-                    try Data(userData.utf8).write(to: URL(fileURLWithPath: folder + "/user-data"))
+                    try PrivateFile.write(Data(userData.utf8), to: folder + "/user-data")
                 }
                 try write(instance)
                 created.append(instance)
@@ -213,13 +215,11 @@ public struct LocalProvider: ComputeProvider {
 
     func write(_ instance: Instance) throws {
         let folder = root + "/nodes/" + instance.id
-        let tmp = folder + "/.instance.json.tmp"
         do {
-            try PluginWire.encoder.encode(instance).write(to: URL(fileURLWithPath: tmp))
-        } catch { throw CapstanError(.io, "Cannot write local node state \(tmp): \(error.localizedDescription)", provider: name) }
-        guard rename(tmp, folder + "/instance.json") == 0 else {
-            throw CapstanError(.io, "Cannot write local node state in \(folder): \(String(cString: strerror(errno))).", provider: name)
-        }
+            try PrivateFile.write(PluginWire.encoder.encode(instance), to: folder + "/instance.json")
+        } catch let e as CapstanError {
+            throw CapstanError(.io, "Cannot write local node state in \(folder): \(e.message)", hint: e.hint, provider: name)
+        } catch { throw CapstanError(.io, "Cannot write local node state in \(folder): \(error.localizedDescription)", provider: name) }
     }
 
     func read(_ id: String) throws -> Instance? {

@@ -13,6 +13,8 @@ public struct BucketAccess: Sendable, Hashable, Codable, CustomStringConvertible
         public var accessKeyID: String
         public var secretAccessKey: String
         public var sessionToken: String?
+        /// The user allowed a plain `http://` endpoint on another machine (nil: not allowed).
+        public var allowInsecureHTTP: Bool?
 
         public init(endpoint: String?, region: String, pathStyle: Bool?, accessKeyID: String, secretAccessKey: String, sessionToken: String?) {
             self.endpoint = endpoint
@@ -44,10 +46,12 @@ public struct BucketAccess: Sendable, Hashable, Codable, CustomStringConvertible
     /// Opens the bucket with the built-in clients.
     public func open(home: CapstanHome) throws -> any ObjectStore {
         if let s3 {
+            var configuration = S3Configuration(endpoint: s3.endpoint, region: s3.region, pathStyle: s3.pathStyle, uploadStateFolder: home.path("uploads"))
+            configuration.allowInsecureHTTP = s3.allowInsecureHTTP ?? false
             return try S3ObjectStore(
                 location: location,
                 credentials: AWSCredentials(accessKeyID: s3.accessKeyID, secretAccessKey: s3.secretAccessKey, sessionToken: s3.sessionToken),
-                configuration: S3Configuration(endpoint: s3.endpoint, region: s3.region, pathStyle: s3.pathStyle, uploadStateFolder: home.path("uploads")))
+                configuration: configuration)
         }
         return try ProviderRegistry.builtInStore(for: location, home: home, environment: [:])
     }

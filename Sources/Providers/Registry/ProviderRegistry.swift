@@ -3,8 +3,12 @@ import Foundation
 public import Logging
 
 /// The providers and stores a Capstan process works with: the built-in `local` provider and
-/// `file` store, plus every enabled plugin found on the search path, configured from
-/// `$CAPSTAN_HOME/config.yaml`.
+/// `file` store, plus the plugins config.yaml enables (a `providers.<name>` section without
+/// `enabled: false`), configured from `$CAPSTAN_HOME/config.yaml`.
+///
+/// Only those plugins are loaded: every other file on the search path is listed by name
+/// (``candidates``) without running any of its code (see ``PluginDiscovery``), and
+/// ``loadPlugin(named:)`` loads one more on request (`capstan plugins inspect/call NAME`).
 ///
 /// Loading never fails because of one plugin: a plugin that cannot be loaded or refuses its
 /// configuration becomes a ``Problem`` (shown by `capstan plugins list` and `capstan offers`),
@@ -18,28 +22,45 @@ public struct ProviderRegistry: Sendable {
 
     public let home: CapstanHome
     public let config: CapstanConfig
-    /// Every plugin file found, loaded or not.
+    /// The search path used.
+    public let discovery: PluginDiscovery
+    /// Every plugin file found on the search path, loaded or not (nothing of theirs ran to list them).
+    public let candidates: [PluginDiscovery.Candidate]
+    /// The plugins loaded: those config.yaml enables (a failure is kept with its error).
     public let plugins: [PluginDiscovery.Entry]
     public let compute: [any ComputeProvider]
     /// Plugin instances by name (enabled plugins only).
     public let instances: [String: PluginInstance]
     public let problems: [Problem]
+    /// What was done to the home folder's permissions (tightened, or could not be).
+    public let homeNotices: [String]
 
-    /// Loads config, discovers plugins and creates the enabled providers.
+    /// Names the built-in providers own: never a plugin's.
+    public static let builtInNames: Set<String> = ["local", "ssh", "file"]
+
+    /// Loads config, finds plugins and loads and creates the enabled ones.
     public static func load(
         home: CapstanHome = .fromEnvironment(), environment: [String: String] = ProcessInfo.processInfo.environment,
         logger: Logger = Logger(label: "capstan", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws -> ProviderRegistry {
-        try home.ensureExists()
+        let homeNotices = try home.ensureExists()
         let config = try CapstanConfig.load(path: home.configFile)
-        let discovery = PluginDiscovery.standard(home: home, extraFolders: config.plugins.paths, environment: environment)
-        let entries = discovery.discover()
-        // Every provider's settings against its schema, built in or from a plugin's manifest,
-        // before any provider is created: a typo or a wrong type is an error with its line.
-        var schemas: [String: JSONValue?] = ["local": LocalProvider.Configuration.schema, "ssh": SSHProvider.Configuration.schema]
-        for entry in entries where entry.shadowedBy == nil {
-            if let library = entry.library, schemas[library.name] == nil { schemas[library.name] = library.manifest.configSchema }
+        let discovery = try PluginDiscovery.standard(home: home, extraFolders: config.plugins.paths, environment: environment)
+        let candidates = discovery.candidates()
+        // Only the plugins config.yaml turns on are loaded (their code runs from here on).
+        let wanted = config.providers.keys.filter { !builtInNames.contains($0) && config.isEnabled($0, defaultOn: false) }
+        var entries: [PluginDiscovery.Entry] = []
+        for name in wanted.sorted() {
+            if let candidate = discovery.winner(named: name, in: candidates) { entries.append(PluginDiscovery.load(candidate)) }
         }
+        // Every provider's settings against its schema, built in or from a loaded plugin's
+        // manifest, before any provider is created: a typo or a wrong type is an error with its
+        // line. Plugins found but not loaded are known by name (for "did you mean").
+        var schemas: [String: JSONValue?] = ["local": LocalProvider.Configuration.schema, "ssh": SSHProvider.Configuration.schema]
+        for candidate in candidates where candidate.shadowedBy == nil {
+            if let name = candidate.name, schemas[name] == nil { schemas.updateValue(nil, forKey: name) }
+        }
+        for entry in entries { if let library = entry.library { schemas.updateValue(library.manifest.configSchema, forKey: library.name) } }
         try ConfigSchema.checkProviders(config, schemas: schemas)
         var compute: [any ComputeProvider] = []
         var instances: [String: PluginInstance] = [:]
@@ -69,14 +90,9 @@ public struct ProviderRegistry: Sendable {
         }
 
         var found = Set<String>(["local", "ssh"])
-        for entry in entries where entry.shadowedBy == nil {
+        for entry in entries {
             guard let library = entry.library else { continue }
             found.insert(library.name)
-            if library.name == "local" {
-                problems.append(Problem(provider: "local", error: CapstanError(.pluginFailure, "Plugin \(entry.path) is named 'local', which is the built-in provider's name; it is ignored.", hint: "Rename the plugin.")))
-                continue
-            }
-            guard config.isEnabled(library.name, defaultOn: library.manifest.autoEnable ?? false) else { continue }
             do {
                 let instance = try library.instantiate(config: config.providerConfig(library.name), logger: logger, timeout: .milliseconds(Int64(config.plugins.timeoutSeconds * 1000)))
                 instances[library.name] = instance
@@ -89,6 +105,11 @@ public struct ProviderRegistry: Sendable {
                 problems.append(Problem(provider: library.name, error: CapstanError(.pluginFailure, "\(error)", provider: library.name)))
             }
         }
+        for candidate in candidates where candidate.shadowedBy == nil {
+            // A failed load of a configured plugin is reported below with its entry.
+            guard let name = candidate.name, wanted.contains(name) else { continue }
+            found.insert(name)
+        }
         for name in config.providers.keys.sorted() where !found.contains(name) && config.isEnabled(name, defaultOn: true) {
             let searched = discovery.searchPath.map(\.folder).joined(separator: ", ")
             problems.append(Problem(provider: name, error: CapstanError(
@@ -96,9 +117,33 @@ public struct ProviderRegistry: Sendable {
                 hint: "Install its .so into \(home.pluginsFolder) or set CAPSTAN_PLUGIN_PATH. Searched: \(searched).", provider: name)))
         }
         for entry in entries {
-            if case .failure(let e) = entry.result { problems.append(Problem(provider: (entry.path as NSString).lastPathComponent, error: e)) }
+            if case .failure(let e) = entry.result {
+                let name = PluginDiscovery.pluginName(fileName: (entry.path as NSString).lastPathComponent) ?? (entry.path as NSString).lastPathComponent
+                problems.append(Problem(provider: name, error: e))
+            }
         }
-        return ProviderRegistry(home: home, config: config, plugins: entries, compute: compute, instances: instances, problems: problems)
+        // Files refused for their permissions are said even when nothing asked for them: someone
+        // may be trying to plant code.
+        for candidate in candidates where candidate.unsafe && !entries.contains(where: { $0.path == candidate.path }) {
+            guard let problem = candidate.problem else { continue }
+            problems.append(Problem(provider: candidate.name ?? (candidate.path as NSString).lastPathComponent, error: problem))
+        }
+        return ProviderRegistry(
+            home: home, config: config, discovery: discovery, candidates: candidates, plugins: entries, compute: compute,
+            instances: instances, problems: problems, homeNotices: homeNotices)
+    }
+
+    /// Loads the plugin called `name` that wins on the search path, whether or not config.yaml
+    /// enables it: for `capstan plugins inspect NAME` and `call NAME`, where the user asked for it.
+    public func loadPlugin(named name: String) throws -> PluginLibrary {
+        if let loaded = plugins.first(where: { $0.library?.name == name }), let library = loaded.library { return library }
+        guard let candidate = discovery.winner(named: name, in: candidates) else {
+            let names = candidates.filter { $0.shadowedBy == nil }.compactMap(\.name)
+            throw CapstanError(
+                .notFound, "No plugin named '\(name)' on the search path.",
+                hint: names.isEmpty ? "No plugins were found; see `capstan plugins list`." : "Found: \(names.joined(separator: ", ")).")
+        }
+        return try PluginDiscovery.load(candidate).result.get()
     }
 
     /// The enabled compute provider called `name`.
@@ -117,19 +162,25 @@ public struct ProviderRegistry: Sendable {
                 return try PluginObjectStore(instance, location: location)
             }
         }
-        return try Self.builtInStore(for: location, home: home)
+        return try Self.builtInStore(for: location, home: home, allowInsecureHTTP: config.storage.allowInsecureHTTP)
     }
 
     /// Opens a bucket with the clients compiled into Capstan, no plugins: `file://`, and
     /// `s3://` with the standard AWS credential chain and `AWS_ENDPOINT_URL_S3`. This is what
     /// the node agent uses: a bare node cannot load Swift plugins (DESIGN's agent note).
-    public static func builtInStore(for location: String, home: CapstanHome, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any ObjectStore {
+    /// `allowInsecureHTTP` (config.yaml's `storage.allowInsecureHTTP`) lets an `http://`
+    /// endpoint on another machine be used.
+    public static func builtInStore(
+        for location: String, home: CapstanHome, environment: [String: String] = ProcessInfo.processInfo.environment, allowInsecureHTTP: Bool = false
+    ) throws -> any ObjectStore {
         let scheme = try scheme(of: location)
         if scheme == "file" { return try FileObjectStore(location: location) }
         if scheme == "s3" {
             let chain = AWSSettings().credentialChain(environment: environment)
-            return try S3ObjectStore(location: location, credentials: chain.credentials(), configuration: AWSSettings().s3Configuration(
-                region: chain.region(), environment: environment, uploadStateFolder: home.path("uploads")))
+            var configuration = AWSSettings().s3Configuration(region: chain.region(), environment: environment, uploadStateFolder: home.path("uploads"))
+            configuration.allowInsecureHTTP = allowInsecureHTTP
+            configuration.allowInsecureHTTPSetting = "storage.allowInsecureHTTP: true in config.yaml"
+            return try S3ObjectStore(location: location, credentials: chain.credentials(), configuration: configuration)
         }
         throw CapstanError(.unsupported, "No enabled storage plugin serves '\(scheme)://' buckets.", hint: "Install and enable the plugin for it; see `capstan plugins list`.")
     }
@@ -145,7 +196,9 @@ public struct ProviderRegistry: Sendable {
         if scheme == "file" { return BucketAccess(location: location) }
         guard scheme == "s3" else { return nil }
         var settings = AWSSettings()
-        if let server = instances.values.sorted(by: { $0.name < $1.name }).first(where: { ($0.library.manifest.storageSchemes ?? []).contains(scheme) }) {
+        settings.allowInsecureHTTP = config.storage.allowInsecureHTTP
+        let server = instances.values.sorted(by: { $0.name < $1.name }).first(where: { ($0.library.manifest.storageSchemes ?? []).contains(scheme) })
+        if let server {
             guard server.name == "aws" else { return nil }
             do { settings = try config.providerConfig("aws").decode(AWSSettings.self) } catch {
                 throw CapstanError(.config, "providers.aws is invalid: \(error).", hint: "See `capstan plugins inspect aws`.", provider: "aws")
@@ -154,9 +207,15 @@ public struct ProviderRegistry: Sendable {
         let chain = settings.credentialChain(environment: environment)
         let credentials = try chain.credentials()
         let s3 = settings.s3Configuration(region: chain.region(), environment: environment)
-        return BucketAccess(location: location, s3: BucketAccess.S3(
+        // The controller refuses a plain-HTTP endpoint here, before any agent gets the keys.
+        if let endpoint = s3.endpoint {
+            _ = try AWSEndpoint(url: endpoint, allowInsecureHTTP: s3.allowInsecureHTTP, setting: "The S3 endpoint (s3Endpoint, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL) for \(location)", allowSetting: server == nil ? "storage.allowInsecureHTTP: true in config.yaml" : "providers.aws.allowInsecureHTTP: true")
+        }
+        var access = BucketAccess.S3(
             endpoint: s3.endpoint, region: s3.region, pathStyle: s3.pathStyle, accessKeyID: credentials.accessKeyID,
-            secretAccessKey: credentials.secretAccessKey, sessionToken: credentials.sessionToken))
+            secretAccessKey: credentials.secretAccessKey, sessionToken: credentials.sessionToken)
+        access.allowInsecureHTTP = s3.allowInsecureHTTP ? true : nil
+        return BucketAccess(location: location, s3: access)
     }
 
     /// The lower-cased scheme of a bucket URI (`s3` of `s3://bucket/prefix`).

@@ -144,9 +144,7 @@ public final class NodeAgent: Sendable {
     func probeBucket() async throws {
         let file = config.stateDir + "/.bucket-probe"
         defer { try? FileManager.default.removeItem(atPath: file) }
-        guard FileManager.default.createFile(atPath: file, contents: Data("capstan agent \(config.job) attempt \(config.attempt)\n".utf8)) else {
-            throw CapstanError(.io, "Cannot write \(file).")
-        }
+        try PrivateFile.write(Data("capstan agent \(config.job) attempt \(config.attempt)\n".utf8), to: file)
         let key = "checkpoints/.capstan-probe-node-\(config.node)"
         _ = try await bucket.put(file: file, key: key, options: PutOptions(), progress: nil)
     }
@@ -374,8 +372,7 @@ public final class NodeAgent: Sendable {
 
     static func write(_ s: AgentStatus, to file: String) {
         guard let data = try? PluginWire.encoder.encode(s) else { return }
-        let tmp = file + ".tmp"
-        if (try? data.write(to: URL(fileURLWithPath: tmp))) != nil { rename(tmp, file) }
+        try? PrivateFile.write(data, to: file)
     }
 
     /// Appends a line of the agent's own to the node log (secrets redacted).

@@ -74,6 +74,37 @@ public struct CheckpointManifest: Sendable, Hashable, Codable {
     public var createdAt: Date
 
     public var totalBytes: Int64 { parts.flatMap(\.files).reduce(0) { $0 + $1.size } }
+
+    /// Throws a ``CorruptCheckpoint`` for the first file path that is not a clean relative path
+    /// inside the checkpoint — absolute, with a `.`, `..` or empty segment, or a NUL byte — so
+    /// that a crafted or damaged manifest can never make a restore write outside its folder. The
+    /// whole checkpoint is refused: the object store's own key check is not the only guard.
+    public func checkPaths() throws {
+        for part in parts {
+            for f in part.files {
+                if let why = Self.pathProblem(f.path) {
+                    throw CorruptCheckpoint(step: step, reason: "its manifest lists the file \(Self.quoted(f.path)) for node \(part.node), which \(why); Capstan only restores relative paths inside the checkpoint folder, so the whole checkpoint is refused")
+                }
+            }
+        }
+    }
+
+    /// What is wrong with `path` as a file inside a checkpoint, or nil.
+    static func pathProblem(_ path: String) -> String? {
+        if path.isEmpty { return "is empty" }
+        if path.utf8.contains(0) { return "contains a NUL byte" }
+        if path.hasPrefix("/") { return "is absolute" }
+        for segment in path.split(separator: "/", omittingEmptySubsequences: false) {
+            if segment.isEmpty { return "has an empty path segment" }
+            if segment == "." || segment == ".." { return "has a '\(segment)' path segment" }
+        }
+        return nil
+    }
+
+    /// `path` in quotes with control characters escaped (a manifest is untrusted input).
+    static func quoted(_ path: String) -> String {
+        "'" + path.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined() + "'"
+    }
 }
 
 /// A checkpoint found damaged (a file's bytes do not hash to its manifest's SHA-256, or a file
@@ -204,8 +235,11 @@ public struct CheckpointStore: Sendable {
     }
 
     /// The manifest of `step` if every file it lists is present with its size and SHA-256.
+    /// Throws a ``CorruptCheckpoint`` for a manifest listing a path that is not a clean relative
+    /// one (``CheckpointManifest/checkPaths()``).
     public func verified(step: Int) async throws -> CheckpointManifest? {
         guard let manifest: CheckpointManifest = try await getJSON(key(step, CheckpointProtocol.manifestName)) else { return nil }
+        try manifest.checkPaths()
         for part in manifest.parts {
             for f in part.files {
                 guard let info = try await store.head(key: partKey(step, attempt: manifest.attempt, "node-\(part.node)/\(f.path)")),
@@ -249,8 +283,11 @@ public struct CheckpointStore: Sendable {
     }
 
     /// Downloads node `node`'s part of `manifest` into `folder` (each file checksum-verified by
-    /// the store), and marks it complete.
+    /// the store), and marks it complete. A manifest with a path that could reach outside
+    /// `folder` (absolute, `..`, `.`, empty segments, NUL) is refused as a whole, before any
+    /// download: a ``CorruptCheckpoint``, recorded like any other corrupt checkpoint.
     public func restore(_ manifest: CheckpointManifest, node: Int, into folder: String) async throws {
+        try manifest.checkPaths()
         guard let part = manifest.parts.first(where: { $0.node == node }) else {
             throw CapstanError(.notFound, "Checkpoint step \(manifest.step) has no part for node \(node).", hint: "The job's node count changed since it was written.")
         }
@@ -287,6 +324,9 @@ public struct CheckpointStore: Sendable {
             return CheckpointCheck(step: step, ok: false, reason: "its manifest is unreadable: \(e.message)")
         }
         guard let manifest else { return CheckpointCheck(step: step, ok: false, reason: "it has no manifest") }
+        do { try manifest.checkPaths() } catch let bad as CorruptCheckpoint {
+            return CheckpointCheck(step: step, attempt: manifest.attempt, bytes: manifest.totalBytes, ok: false, reason: bad.reason)
+        }
         var out = CheckpointCheck(step: step, attempt: manifest.attempt, bytes: manifest.totalBytes, ok: true)
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         for part in manifest.parts {

@@ -653,7 +653,7 @@ final class Run: @unchecked Sendable {
 
     func appendHome(node: Int, _ bytes: Data) {
         let path = c.ctx.logFile(job: jobID, node: node)
-        try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try? PrivateFile.createFolder((path as NSString).deletingLastPathComponent)
         AppendFile.append(bytes, to: path)
     }
 
@@ -699,7 +699,7 @@ final class Run: @unchecked Sendable {
         }
         saveMetrics(force: false)
         if changed, let data = try? JSONEncoder().encode(logOffsets) {
-            try? data.write(to: URL(fileURLWithPath: offsetsFile), options: .atomic)
+            try? PrivateFile.write(data, to: offsetsFile)
         }
     }
 

@@ -151,7 +151,7 @@ public struct JobService: Sendable {
         guard let job = try context.store.job(id), !job.status.isFinished else { return false }
         guard !context.jobLocks.isHeld(job.id) else { return false }
         let folder = context.jobFolder(job.id)
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try PrivateFile.createFolder(folder)
         var env = ProcessInfo.processInfo.environment
         env["CAPSTAN_HOME"] = context.home.root
         let pid = try Spawn.start([agentExecutable, "job-controller", job.id], environment: env, cwd: nil, output: folder + "/controller.log")

@@ -49,17 +49,18 @@ public struct LocalTransport: NodeTransport {
         guard exit.succeeded else {
             throw CapstanError(.io, "Copying the workdir \(localPath) to node \(node.id) failed (\(exit)).", hint: "Check that the folder exists and is readable.")
         }
-        FileManager.default.createFile(atPath: marker, contents: nil)
+        try PrivateFile.write(Data(), to: marker)
     }
 
     public func startAgent(_ config: AgentConfig, secrets: AgentSecrets, on node: Instance) async throws {
         if let s = try await agentStatus(job: config.job, attempt: config.attempt, on: node), isAgentRunning(s, on: node) { return }
-        try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
+        try PrivateFile.createFolder(config.stateDir)
         let path = config.stateDir + "/agent.json"
+        // It holds the spec's env: values: owner only (PrivateFile), whatever the umask.
         do {
-            try PluginWire.encoder.encode(config).write(to: URL(fileURLWithPath: path), options: .atomic)
+            try PrivateFile.write(PluginWire.encoder.encode(config), to: path)
         } catch {
-            throw CapstanError(.io, "Cannot write the agent's config \(path): \(error.localizedDescription)")
+            throw CapstanError(.io, "Cannot write the agent's config \(path): \((error as? CapstanError)?.message ?? error.localizedDescription)")
         }
         // The agent gets the base environment and Capstan's own settings, not this process's
         // credentials: those it needs come on its stdin, through a pipe.

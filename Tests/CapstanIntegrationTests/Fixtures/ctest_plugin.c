@@ -5,7 +5,10 @@
  * (and destroy appends a line to $CTEST_DESTROY_MARKER if it runs on such a thread, inside a
  * completion: the host must never do that). -DDESTROY_LOG: every destroy appends a line to
  * $CTEST_DESTROY_LOG (to count that instances are destroyed at all).
- * -DABI=n and -DSIZE=n forge the table's version and size; -DNO_ENTRY exports no entry symbol. */
+ * -DABI=n and -DSIZE=n forge the table's version and size; -DNO_ENTRY exports no entry symbol.
+ * -DPLUGIN_NAME='"x"' names it x (default ctest). Whenever it is loaded (dlopen runs its
+ * constructor, before any Capstan check) it appends a line to $CTEST_LOAD_MARKER, if set: the
+ * proof that a plugin Capstan should not have loaded never ran. */
 #include "capstan_plugin.h"
 #include <pthread.h>
 #include <stdio.h>
@@ -22,10 +25,23 @@
 #ifndef SIZE
 #define SIZE sizeof(capstan_plugin)
 #endif
+#ifndef PLUGIN_NAME
+#define PLUGIN_NAME "ctest"
+#endif
+
+__attribute__((constructor)) static void loaded(void) {
+    const char *marker = getenv("CTEST_LOAD_MARKER");
+    if (!marker || !*marker) return;
+    FILE *f = fopen(marker, "a");
+    if (f) {
+        fprintf(f, "%s loaded in pid %d\n", PLUGIN_NAME, (int)getpid());
+        fclose(f);
+    }
+}
 
 static const char *manifest(void) {
     if (MODE == 5) return "{not json";
-    return "{\"name\":\"ctest\",\"version\":\"0.0.1\",\"capabilities\":[\"compute\"]}";
+    return "{\"name\":\"" PLUGIN_NAME "\",\"version\":\"0.0.1\",\"capabilities\":[\"compute\"]}";
 }
 
 static int32_t create(const char *config, const capstan_host *host, void **out, char **err) {
@@ -98,7 +114,7 @@ static void destroy(void *h) {
 static void free_string(char *s) { free(s); }
 
 static const capstan_plugin table = {
-    ABI, SIZE, "ctest", manifest, create, invoke, destroy, free_string,
+    ABI, SIZE, PLUGIN_NAME, manifest, create, invoke, destroy, free_string,
 };
 
 #ifdef NO_ENTRY

@@ -14,11 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 static const char *const known_keys[] = {
     "apiKeyFile", "endpoint", "regions", "instanceTypes", "sshKeyName", "sshUser", "imageFamily", "imageId",
-    "fileSystemNames", "caBundle", "timeoutSeconds", "maxRateLimitWaitSeconds", NULL,
+    "fileSystemNames", "caBundle", "timeoutSeconds", "maxRateLimitWaitSeconds", "allowInsecureHTTP", NULL,
 };
 
 static int edit_distance(const char *a, const char *b) {
@@ -78,6 +79,65 @@ static int list_setting(json_t *cfg, const char *key, char ***out, lambda_error 
     }
     *out = list;
     return 0;
+}
+
+static int bool_setting(json_t *cfg, const char *key, int *out, lambda_error *err) {
+    json_t *v = json_object_get(cfg, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_boolean(v)) return lambda_fail(err, "config", NULL, "providers.lambda.%s must be true or false.", key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+int lambda_host_is_loopback(const char *host) {
+    char h[256];
+    size_t n = strlen(host);
+    if (n == 0 || n >= sizeof h) return 0;
+    memcpy(h, host, n + 1);
+    if (h[0] == '[' && h[n - 1] == ']') {
+        memmove(h, h + 1, n - 2);
+        h[n -= 2] = 0;
+    }
+    if (n > 1 && h[n - 1] == '.') h[--n] = 0;
+    if (strcasecmp(h, "localhost") == 0 || strcmp(h, "::1") == 0 || strcmp(h, "0:0:0:0:0:0:0:1") == 0) return 1;
+    /* 127.a.b.c, four decimal octets */
+    int octets = 0, first = -1;
+    const char *p = h;
+    while (*p) {
+        int value = 0, digits = 0;
+        while (isdigit((unsigned char)*p) && digits < 4) value = value * 10 + (*p++ - '0'), digits++;
+        if (digits == 0 || digits > 3 || value > 255) return 0;
+        if (octets == 0) first = value;
+        octets++;
+        if (*p == '.') p++;
+        else if (*p) return 0;
+    }
+    return octets == 4 && h[n - 1] != '.' && first == 127;
+}
+
+/* The host of an http(s) URL (no userinfo, no port), into OUT; 0 when there is none. */
+static int url_host(const char *url, char *out, size_t size) {
+    const char *start = strstr(url, "://");
+    if (!start) return 0;
+    start += 3;
+    size_t len = strcspn(start, "/?#");
+    const char *at = memchr(start, '@', len);
+    if (at) {
+        len -= (size_t)(at + 1 - start);
+        start = at + 1;
+    }
+    if (len > 0 && start[0] == '[') {
+        const char *close = memchr(start, ']', len);
+        if (!close) return 0;
+        len = (size_t)(close + 1 - start);
+    } else {
+        const char *colon = memchr(start, ':', len);
+        if (colon) len = (size_t)(colon - start);
+    }
+    if (len == 0 || len >= size) return 0;
+    memcpy(out, start, len);
+    out[len] = 0;
+    return 1;
 }
 
 static int number_setting(json_t *cfg, const char *key, double min, double max, double *out, lambda_error *err) {
@@ -162,7 +222,8 @@ int lambda_settings_parse(const char *config_json, lambda_settings *s, lambda_er
         }
         char *hint = best ? lambda_sprintf("Did you mean providers.lambda.%s?", best)
                           : lambda_strdup("Settings: apiKeyFile, endpoint, regions, instanceTypes, sshKeyName, sshUser, imageFamily, "
-                                          "imageId, fileSystemNames, caBundle, timeoutSeconds, maxRateLimitWaitSeconds.");
+                                          "imageId, fileSystemNames, caBundle, timeoutSeconds, maxRateLimitWaitSeconds, "
+                                          "allowInsecureHTTP.");
         lambda_fail(err, "config", hint, "providers.lambda.%s is not a setting of the Lambda Cloud plugin.", key);
         free(hint);
         goto out;
@@ -176,7 +237,8 @@ int lambda_settings_parse(const char *config_json, lambda_settings *s, lambda_er
         list_setting(cfg, "instanceTypes", &s->instance_types, err) ||
         list_setting(cfg, "fileSystemNames", &s->file_system_names, err) ||
         number_setting(cfg, "timeoutSeconds", 1, 600, &timeout, err) ||
-        number_setting(cfg, "maxRateLimitWaitSeconds", 0, 600, &s->max_rate_limit_wait, err)) {
+        number_setting(cfg, "maxRateLimitWaitSeconds", 0, 600, &s->max_rate_limit_wait, err) ||
+        bool_setting(cfg, "allowInsecureHTTP", &s->allow_insecure_http, err)) {
         free(key_file);
         goto out;
     }
@@ -194,6 +256,27 @@ int lambda_settings_parse(const char *config_json, lambda_settings *s, lambda_er
         lambda_fail(err, "config", "Use the API's base URL, e.g. " LAMBDA_DEFAULT_ENDPOINT ".",
                     "providers.lambda.endpoint '%s' is not an http(s) URL.", s->endpoint);
         goto out;
+    }
+    /* Every request carries the API key in its Authorization header: plain HTTP only where the
+     * traffic never leaves this machine, unless the user says otherwise. */
+    if (strncmp(s->endpoint, "http://", 7) == 0 && !s->allow_insecure_http) {
+        char host[256];
+        if (!url_host(s->endpoint, host, sizeof host)) {
+            free(key_file);
+            lambda_fail(err, "config", "Use the API's base URL, e.g. " LAMBDA_DEFAULT_ENDPOINT ".",
+                        "providers.lambda.endpoint has no host name.");
+            goto out;
+        }
+        if (!lambda_host_is_loopback(host)) {
+            free(key_file);
+            lambda_fail(err, "config",
+                        "Use https:// (e.g. " LAMBDA_DEFAULT_ENDPOINT "), or, only on a network you trust, set "
+                        "providers.lambda.allowInsecureHTTP: true.",
+                        "providers.lambda.endpoint is plain HTTP to %s, another machine: every request would send the "
+                        "Lambda Cloud API key unencrypted (in its Authorization header).",
+                        host);
+            goto out;
+        }
     }
     if (!s->ssh_user) s->ssh_user = strdup("ubuntu");
 

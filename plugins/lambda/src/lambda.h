@@ -55,7 +55,12 @@ typedef struct lambda_settings {
     char *ca_bundle;         /* CA file for TLS (a private endpoint) */
     long timeout_seconds;    /* one HTTP request */
     double max_rate_limit_wait; /* seconds a call may spend waiting out 429s before it answers rateLimited */
+    int allow_insecure_http; /* plain http:// to another machine allowed (default: loopback only) */
 } lambda_settings;
+
+/* Whether HOST (no port; brackets around an IPv6 address allowed) is this machine: localhost,
+ * 127.0.0.0/8 or ::1. */
+int lambda_host_is_loopback(const char *host);
 
 int lambda_settings_parse(const char *config_json, lambda_settings *out, lambda_error *err);
 void lambda_settings_free(lambda_settings *s);

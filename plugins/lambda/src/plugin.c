@@ -93,7 +93,7 @@ void lambda_log(const lambda_plugin *p, int level, const char *fmt, ...) {
 static const char manifest[] =
     "{\"name\":\"lambda\",\"version\":\"" LAMBDA_PLUGIN_VERSION "\","
     "\"description\":\"Lambda Cloud on-demand GPU instances (a C plugin: libcurl + jansson)\","
-    "\"capabilities\":[\"compute\"],\"autoEnable\":true,\"offerCacheSeconds\":60,"
+    "\"capabilities\":[\"compute\"],\"offerCacheSeconds\":60,"
     "\"configSchema\":{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
     "\"apiKeyFile\":{\"type\":\"string\",\"description\":\"File holding the API key (a bare key, or api_key = KEY). "
     "Default: LAMBDA_API_KEY, then ~/.lambda_cloud/lambda_keys\"},"
@@ -106,7 +106,9 @@ static const char manifest[] =
     "\"fileSystemNames\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},"
     "\"caBundle\":{\"type\":\"string\",\"description\":\"CA certificates file for TLS\"},"
     "\"timeoutSeconds\":{\"type\":\"number\",\"description\":\"One HTTP request (default 20)\"},"
-    "\"maxRateLimitWaitSeconds\":{\"type\":\"number\",\"description\":\"Waiting out HTTP 429 inside one call (default 12)\"}"
+    "\"maxRateLimitWaitSeconds\":{\"type\":\"number\",\"description\":\"Waiting out HTTP 429 inside one call (default 12)\"},"
+    "\"allowInsecureHTTP\":{\"type\":\"boolean\",\"description\":\"Allow a plain http:// endpoint on another machine "
+    "(default false: loopback only); the API key then crosses the network unencrypted\"}"
     "}}}";
 
 static const char *manifest_json(void) { return manifest; }
