@@ -109,16 +109,20 @@ public struct SSHTransport: NodeTransport {
         }
         lines += [
             "capstan_root=\(SSHClient.remotePath(root))",
-            #"capstan_me=$(id -u)"#,
-            // Folder $1 exists, or is made (0700), then must be the login user's (its symlink
-            // too) and writable by no one else.
+            // Folder $1 exists, or is made (0700), then must be the login user's (a symlink
+            // to it too) and writable by no one else. One `ls` in the usual case: this runs
+            // before every start.
             #"capstan_safe() {"#,
-            #"  mkdir -p "$1" || { echo "CAPSTAN-REFUSED mkdir $1"; exit 3; }"#,
-            #"  capstan_l=$(ls -ldn -- "$1") && capstan_t=$(ls -ldnL -- "$1") || { echo "CAPSTAN-REFUSED stat $1"; exit 3; }"#,
-            #"  set -f; set -- "$1" $capstan_l; capstan_o=$4; set -- "$1" $capstan_t; set +f"#,
-            #"  [ "$capstan_o" = "$capstan_me" ] && capstan_o=$4"#,
-            #"  [ "$capstan_o" = "$capstan_me" ] || { echo "CAPSTAN-REFUSED owner $capstan_o $capstan_me $1"; exit 3; }"#,
-            #"  case "$2" in ?????w*|????????w*) echo "CAPSTAN-REFUSED mode $2 $1"; exit 3 ;; esac"#,
+            #"  [ -d "$1" ] || mkdir -p "$1" || { echo "CAPSTAN-REFUSED mkdir $1"; exit 3; }"#,
+            #"  capstan_t=$(ls -ldnL -- "$1") || { echo "CAPSTAN-REFUSED stat $1"; exit 3; }"#,
+            #"  set -f; set -- "$1" $capstan_t; set +f; capstan_m=$2"#,
+            #"  [ -O "$1" ] || { echo "CAPSTAN-REFUSED owner $4 $(id -u) $1"; exit 3; }"#,
+            #"  if [ -L "$1" ]; then"#,
+            #"    capstan_t=$(ls -ldn -- "$1") || { echo "CAPSTAN-REFUSED stat $1"; exit 3; }"#,
+            #"    set -f; set -- "$1" $capstan_t; set +f"#,
+            #"    [ "$4" = "$(id -u)" ] || { echo "CAPSTAN-REFUSED owner $4 $(id -u) $1"; exit 3; }"#,
+            #"  fi"#,
+            #"  case "$capstan_m" in ?????w*|????????w*) echo "CAPSTAN-REFUSED mode $capstan_m $1"; exit 3 ;; esac"#,
             #"}"#,
             // The root first: nothing is made inside one that fails.
             #"capstan_safe "$capstan_root""#,
