@@ -114,6 +114,30 @@ struct SSHTransportScriptTests {
         return String(String(decoding: r.stdout, as: UTF8.self).prefix(64))
     }
 
+    @Test("capstan_sha: OpenSSL's digest where it is installed, else sha256sum's (also when openssl answers in another format); neither: refused", arguments: shells)
+    func shaFunction(shell: String) throws {
+        let dir = TempDir("capstan-sha")
+        defer { dir.cleanup() }
+        let file = dir.write("f", "agent bytes\n")
+        let expected = try sha256(file)
+        func digest(_ path: String) throws -> (Int32, String) {
+            let r = try Spawn.runCapturing([shell, "-c", SSHTransport.shaFunction + "capstan_sha \(SSHClient.quote(file)); echo \"$capstan_sum\""], environment: ["PATH": path], timeout: 30)
+            return (r.status.code, String(decoding: r.stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        #expect(try digest("/usr/local/bin:/usr/bin:/bin") == (0, expected))
+        // Only sha256sum; then an openssl that prints its other format.
+        let only = dir.file("only")
+        try FileManager.default.createDirectory(atPath: only, withIntermediateDirectories: true)
+        symlink("/usr/bin/sha256sum", only + "/sha256sum")
+        #expect(try digest(only) == (0, expected))
+        dir.write("only/openssl", "#!/bin/sh\ncat > /dev/null; echo 'SHA2-256(stdin)= 0123'\n")
+        chmod(dir.file("only/openssl"), 0o700)
+        #expect(try digest(only) == (0, expected))
+        let none = try digest(dir.file("empty"))
+        #expect(none == (3, "CAPSTAN-REFUSED no-sha256sum"))
+        #expect(SSHTransport.refusal(none.1, target: target)?.message.contains("neither openssl nor sha256sum") == true)
+    }
+
     @Test("the start script: the agent's SHA-256 checked first (a copy that does not match is removed, for a fresh upload); the config and secrets read from stdin, the config written 0600 with ~/ resolved; nothing of them in the script", arguments: shells)
     func startScript(shell: String) async throws {
         let dir = TempDir("capstan-start")

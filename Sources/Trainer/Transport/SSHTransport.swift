@@ -109,16 +109,20 @@ public struct SSHTransport: NodeTransport {
         }
         lines += [
             "capstan_root=\(SSHClient.remotePath(root))",
-            #"capstan_me=$(id -u)"#,
-            // Folder $1 exists, or is made (0700), then must be the login user's (its symlink
-            // too) and writable by no one else.
+            // Folder $1 exists, or is made (0700), then must be the login user's (a symlink
+            // to it too) and writable by no one else. One `ls` in the usual case: this runs
+            // before every start.
             #"capstan_safe() {"#,
-            #"  mkdir -p "$1" || { echo "CAPSTAN-REFUSED mkdir $1"; exit 3; }"#,
-            #"  capstan_l=$(ls -ldn -- "$1") && capstan_t=$(ls -ldnL -- "$1") || { echo "CAPSTAN-REFUSED stat $1"; exit 3; }"#,
-            #"  set -f; set -- "$1" $capstan_l; capstan_o=$4; set -- "$1" $capstan_t; set +f"#,
-            #"  [ "$capstan_o" = "$capstan_me" ] && capstan_o=$4"#,
-            #"  [ "$capstan_o" = "$capstan_me" ] || { echo "CAPSTAN-REFUSED owner $capstan_o $capstan_me $1"; exit 3; }"#,
-            #"  case "$2" in ?????w*|????????w*) echo "CAPSTAN-REFUSED mode $2 $1"; exit 3 ;; esac"#,
+            #"  [ -d "$1" ] || mkdir -p "$1" || { echo "CAPSTAN-REFUSED mkdir $1"; exit 3; }"#,
+            #"  capstan_t=$(ls -ldnL -- "$1") || { echo "CAPSTAN-REFUSED stat $1"; exit 3; }"#,
+            #"  set -f; set -- "$1" $capstan_t; set +f; capstan_m=$2"#,
+            #"  [ -O "$1" ] || { echo "CAPSTAN-REFUSED owner $4 $(id -u) $1"; exit 3; }"#,
+            #"  if [ -L "$1" ]; then"#,
+            #"    capstan_t=$(ls -ldn -- "$1") || { echo "CAPSTAN-REFUSED stat $1"; exit 3; }"#,
+            #"    set -f; set -- "$1" $capstan_t; set +f"#,
+            #"    [ "$4" = "$(id -u)" ] || { echo "CAPSTAN-REFUSED owner $4 $(id -u) $1"; exit 3; }"#,
+            #"  fi"#,
+            #"  case "$capstan_m" in ?????w*|????????w*) echo "CAPSTAN-REFUSED mode $capstan_m $1"; exit 3 ;; esac"#,
             #"}"#,
             // The root first: nothing is made inside one that fails.
             #"capstan_safe "$capstan_root""#,
@@ -151,7 +155,7 @@ public struct SSHTransport: NodeTransport {
         case "mkdir", "stat":
             return CapstanError(.config, "Cannot \(what == "mkdir" ? "create" : "inspect") Capstan's work root \(rest) on \(host).", hint: "Check that \(target.user) can write its parent folder there, or give the node another workRoot, then retry.")
         case "no-sha256sum":
-            return CapstanError(.unsupported, "\(host) has no sha256sum, which Capstan needs to check the agent binary before every start.", hint: "Install coreutils on that node, then retry.")
+            return CapstanError(.unsupported, "\(host) has neither openssl nor sha256sum, one of which Capstan needs to check the agent binary before every start.", hint: "Install coreutils (or openssl) on that node, then retry.")
         default:
             return CapstanError(.config, "\(host) refused Capstan's work root: \(line.dropFirst(16)).")
         }
@@ -228,8 +232,17 @@ public struct SSHTransport: NodeTransport {
         "\(try root(node))/bin/capstan-\(try agentDigest().prefix(16))"
     }
 
-    /// The shell lines that check `sha256sum` is there (else a refusal).
-    static let needsSHA256 = #"command -v sha256sum >/dev/null 2>&1 || { echo "CAPSTAN-REFUSED no-sha256sum"; exit 3; }"# + "\n"
+    /// The shell function `capstan_sha FILE`, which sets `capstan_sum` to FILE's SHA-256:
+    /// with OpenSSL where it is installed (it uses the CPU's SHA instructions: 4× faster than
+    /// coreutils' `sha256sum` here, 0.06 s against 0.25 s for a 96 MB agent), else `sha256sum`.
+    /// A node with neither is refused.
+    static let shaFunction = [
+        #"command -v openssl >/dev/null 2>&1 || command -v sha256sum >/dev/null 2>&1 || { echo "CAPSTAN-REFUSED no-sha256sum"; exit 3; }"#,
+        #"capstan_sha() {"#,
+        #"  capstan_sum=$(openssl dgst -sha256 -r < "$1" 2>/dev/null); capstan_sum=${capstan_sum%% *}"#,
+        #"  [ ${#capstan_sum} -eq 64 ] || { capstan_sum=$(sha256sum < "$1"); capstan_sum=${capstan_sum%% *}; }"#,
+        #"}"#,
+    ].joined(separator: "\n") + "\n"
 
     /// Ships the agent binary to the node, checks its SHA-256 there and only then moves it
     /// into place: one round trip.
@@ -237,10 +250,10 @@ public struct SSHTransport: NodeTransport {
         let t = try target(node)
         let sha = try agentDigest()
         let path = SSHClient.remotePath(try agentPath(on: node))
-        let body = Self.needsSHA256 + """
+        let body = Self.shaFunction + """
             capstan_tmp=\(path).upload.$$
             cat > "$capstan_tmp" || { rm -f "$capstan_tmp"; exit 1; }
-            capstan_sum=$(sha256sum < "$capstan_tmp"); capstan_sum=${capstan_sum%% *}
+            capstan_sha "$capstan_tmp"
             if [ "$capstan_sum" = \(sha) ]; then chmod 700 "$capstan_tmp" && mv -f "$capstan_tmp" \(path) && echo INSTALLED; else rm -f "$capstan_tmp"; echo "MISMATCH $capstan_sum"; fi
             """
         let r = try await runSafely(node, body, inputFile: agentBinary, timeout: 1800)
@@ -280,14 +293,14 @@ public struct SSHTransport: NodeTransport {
             : ""
         // The secrets and the config come on stdin: the shell keeps them in variables and
         // writes them with printf (a builtin: no process, no argument), never in a command line.
-        return needsSHA256 + """
+        return shaFunction + """
             s=\(state)/status.json
             if [ -f "$s" ] && grep -Eq '"phase" *: *"(starting|restoring|setup|running|finishing)"' "$s"; then
               p=$(sed -n 's/.*"agentPID" *: *\\([0-9]*\\).*/\\1/p' "$s"); if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo RUNNING; exit 0; fi
             fi
             e=\(p(exe))
             [ -f "$e" ] || { echo NO-AGENT; exit 0; }
-            capstan_sum=$(sha256sum < "$e"); capstan_sum=${capstan_sum%% *}
+            capstan_sha "$e"
             if [ "$capstan_sum" != \(sha) ]; then rm -f "$e"; echo "AGENT-MISMATCH $capstan_sum"; exit 0; fi
             [ -x "$e" ] || chmod 700 "$e" || exit 1
             IFS= read -r capstan_secrets
