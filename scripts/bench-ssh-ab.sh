@@ -12,34 +12,9 @@ RUNS="${3:-10}"
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/launch-times.sh
 . scripts/lib/launch-times.sh
-work="$(mktemp -d /tmp/capstan-bench-ab.XXXXXX)"
-export CAPSTAN_HOME="$work/home"
-trap '"$CAPSTAN" down warm >/dev/null 2>&1 || true; scripts/netns-lab.sh down "$work/lab"; rm -rf "$work"' EXIT
-scripts/netns-lab.sh up "$work/lab" 2 >/dev/null
-# shellcheck disable=SC1091
-. "$work/lab/lab.env"
-mkdir -p "$CAPSTAN_HOME" "$work/job"
-cat > "$CAPSTAN_HOME/config.yaml" <<YAML
-providers:
-  local: {enabled: false}
-  ssh:
-    user: root
-    key: $work/lab/client_key
-    hosts:
-      - {name: h1, address: $SUBNET.2, interface: eth0, workRoot: $work/lab/host1/work}
-      - {name: h2, address: $SUBNET.3, interface: eth0, workRoot: $work/lab/host2/work}
-YAML
-cp examples/ddp-regression/train.py "$work/job/"
-STAMP='python3 -c "import time; print(\"CMD\", time.time())"'
-TORCHRUN='python3 -m torch.distributed.run --nnodes=$NNODES --node-rank=$NODE_RANK --nproc-per-node=$NPROC_PER_NODE --master-addr=$MASTER_ADDR --master-port=$MASTER_PORT train.py'
-cat > "$work/job/job.yaml" <<YAML
-name: bench
-resources: {nodes: 2}
-workdir: .
-env: {TOTAL_STEPS: "3", CKPT_EVERY: "100", STEP_SLEEP: "0"}
-run: $STAMP; $TORCHRUN
-YAML
-"$CAPSTAN" up warm --nodes 2 >/dev/null
+# shellcheck source=scripts/lib/ssh-bench-lab.sh
+. scripts/lib/ssh-bench-lab.sh
+ssh_bench_lab ab
 # Each build ships itself once.
 "$CAPSTAN" launch "$work/job/job.yaml" --cluster warm --quiet >/dev/null
 "$OLD" launch "$work/job/job.yaml" --cluster warm --quiet >/dev/null

@@ -102,18 +102,9 @@ extension JobTests {
         // The bucket is SeaweedFS (S3), reached by the hosts over their own network: through a
         // relay on the lab bridge's address to the server on this machine's loopback.
         let seaweed = try #require(URL(string: try TestServers.seaweed))
-        let relay = Process()
-        relay.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        relay.arguments = ["python3", JobHome.repoRoot + "/Tests/CapstanIntegrationTests/Fixtures/tcp_relay.py", lab.subnet + ".1", seaweed.host ?? "127.0.0.1", "\(seaweed.port ?? 80)"]
-        let relayOut = Pipe()
-        relay.standardOutput = relayOut
-        // Not the test's own stderr: a child holding it would keep `swift test` waiting.
-        relay.standardError = FileHandle.nullDevice
-        try relay.run()
-        // SIGKILL: a child of the test process may inherit a mask that blocks SIGTERM.
-        defer { kill(relay.processIdentifier, SIGKILL); relay.waitUntilExit() }
-        let relayPort = String(decoding: relayOut.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        let endpoint = "http://\(lab.subnet).1:\(relayPort)"
+        let relay = try LabRelay.start(lab, to: seaweed)
+        defer { relay.stop() }
+        let endpoint = relay.endpoint
         let creds = try TestServers.seaweedCredentials
         home.env = ["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_REGION": "us-east-1"]
         let spec = try String(contentsOfFile: home.spec, encoding: .utf8).replacingOccurrences(of: "storage: file://" + home.dir.file("bucket"), with: "storage: s3://capstan-ssh/runs")
