@@ -20,8 +20,6 @@ export CAPSTAN_HOME="$work/home"
 trap '"$CAPSTAN" down warm >/dev/null 2>&1 || true; "$CAPSTAN" down warm1 >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 mkdir -p "$work/job"
 cp examples/ddp-regression/train.py Benchmarks/jobs/stall.py "$work/job/"
-STAMP='python3 -c "import time; print(\"CMD\", time.time())"'
-TORCHRUN='python3 -m torch.distributed.run --nnodes=$NNODES --node-rank=$NODE_RANK --nproc-per-node=$NPROC_PER_NODE --master-addr=$MASTER_ADDR --master-port=$MASTER_PORT train.py'
 cat > "$work/job/job.yaml" <<YAML
 name: bench
 resources: {nodes: 2}

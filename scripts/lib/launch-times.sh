@@ -2,6 +2,12 @@
 # `CMD <time>` first and train.py's first line is {"event": "start", "time": …}, so a launch splits
 # into reaching the command and torchrun's own start-up. Source it; needs python3.
 
+# The job's command: the time stamp, then torchrun on train.py (a job's env contract).
+# shellcheck disable=SC2016
+STAMP='python3 -c "import time; print(\"CMD\", time.time())"'
+# shellcheck disable=SC2016
+TORCHRUN='python3 -m torch.distributed.run --nnodes=$NNODES --node-rank=$NODE_RANK --nproc-per-node=$NPROC_PER_NODE --master-addr=$MASTER_ADDR --master-port=$MASTER_PORT train.py'
+
 now() { python3 -c 'import time; print(time.time())'; }
 
 # times LOG... → "CMDSTART FIRSTLINE": the latest of the nodes' command-start and first-line times.

@@ -1,6 +1,6 @@
 # Shared by the SSH benchmarks (sourced): ssh_bench_lab NAME makes a 2-host lab (network
 # namespaces with their own sshd, scripts/netns-lab.sh), a CAPSTAN_HOME whose config lists them,
-# the ddp-regression job (3 steps, its command stamping the time first: $STAMP; $TORCHRUN) in
+# the ddp-regression job (3 steps, its command launch-times.sh's "$STAMP; $TORCHRUN") in
 # $work/job, and a warm 2-node cluster `warm` made with $CAPSTAN; all removed on exit.
 ssh_bench_lab() {
   work="$(mktemp -d "/tmp/capstan-bench-$1.XXXXXX")"
@@ -21,8 +21,6 @@ providers:
       - {name: h2, address: $SUBNET.3, interface: eth0, workRoot: $work/lab/host2/work}
 YAML
   cp examples/ddp-regression/train.py "$work/job/"
-  STAMP='python3 -c "import time; print(\"CMD\", time.time())"'
-  TORCHRUN='python3 -m torch.distributed.run --nnodes=$NNODES --node-rank=$NODE_RANK --nproc-per-node=$NPROC_PER_NODE --master-addr=$MASTER_ADDR --master-port=$MASTER_PORT train.py'
   cat > "$work/job/job.yaml" <<YAML
 name: bench
 resources: {nodes: 2}

@@ -101,7 +101,8 @@ public enum Spawn {
         return try pipeFedByThread(data)
     }
 
-    /// Writes all of `buf` to `fd`; false (errno set) on a failure.
+    /// Writes all of `data` to `fd` (retrying interrupted and short writes); false (errno set) on
+    /// a failure. Also ``PrivateFile``'s.
     static func writeAll(_ fd: Int32, _ data: Data) -> Bool {
         data.withUnsafeBytes { (buf: UnsafeRawBufferPointer) in
             var written = 0

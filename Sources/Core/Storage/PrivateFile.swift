@@ -16,18 +16,7 @@ public enum PrivateFile {
         guard fd >= 0 else { throw failure("create", tmp) }
         // O_CREAT's mode is masked by the umask and ignored for an existing file: state it.
         fchmod(fd, 0o600)
-        let ok = data.withUnsafeBytes { buffer -> Bool in
-            var offset = 0
-            while offset < buffer.count {
-                let n = systemWrite(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return false
-                }
-                offset += n
-            }
-            return true
-        }
+        let ok = Spawn.writeAll(fd, data)
         let error = errno
         close(fd)
         guard ok else {
@@ -59,9 +48,4 @@ public enum PrivateFile {
     static func failure(_ what: String, _ path: String) -> CapstanError {
         CapstanError(.io, "Cannot \(what) \(path): \(String(cString: strerror(errno))).", hint: "Check the folder's permissions and free space.")
     }
-}
-
-/// write(2), out of reach of ``PrivateFile/write(_:to:)``'s name.
-private func systemWrite(_ fd: Int32, _ bytes: UnsafeRawPointer, _ count: Int) -> Int {
-    write(fd, bytes, count)
 }
