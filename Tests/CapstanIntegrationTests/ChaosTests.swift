@@ -167,6 +167,14 @@ struct ChaosTests {
             for c in clusters where c.status == .running {
                 let n = live.filter { $0.tags[CapstanTags.clusterID] == c.id }.count
                 if n != c.nodes { wrong.append("running cluster \(c.name) has \(n) live instance(s) for \(c.nodes) node(s)") }
+                // Capstan numbered the nodes (whichever process recorded them): one per index.
+                let indices = try store.instances(cluster: c.id).filter { !$0.state.isGone }.map(\.instance.nodeIndex).sorted()
+                if indices != Array(0..<c.nodes) { wrong.append("running cluster \(c.name) has node indices \(indices)") }
+            }
+            // A terminated cluster's SSH key pair went with it.
+            let keys = ClusterKeys(folder: dir.file("ssh/clusters"))
+            for c in clusters where c.status == .terminated && FileManager.default.fileExists(atPath: keys.folder(clusterID: c.id)) {
+                wrong.append("terminated cluster \(c.name) left its key pair in \(keys.folder(clusterID: c.id))")
             }
             return wrong
         }

@@ -430,9 +430,10 @@ public struct Provisioner: Sendable {
     /// every tag of the launch (ownership, cluster, intent) and a node index of Capstan's
     /// choosing (``NodeIndices``) — the launch's own `capstan:node` for a one-node replacement,
     /// else the lowest free index, in order. An instance already recorded keeps what it was
-    /// given then. Nothing a plugin echoes back (or fails to) decides a node's rank.
+    /// given then. Nothing a plugin echoes back (or fails to) decides a node's rank. `taken`: the
+    /// indices other live nodes of the cluster hold.
     @discardableResult
-    func stamp(_ instances: [Instance], tags: [String: String], clusterID: String, intent: String, nodes: Int) -> [Instance] {
+    func stamp(_ instances: [Instance], tags: [String: String], clusterID: String, intent: String, nodes: Int, taken: Set<Int> = []) -> [Instance] {
         var out = instances.map { i -> Instance in
             if let rec = try? store.instance(provider: i.provider, id: i.id) {
                 var i = i
@@ -445,7 +446,7 @@ public struct Provisioner: Sendable {
             return i
         }
         let fixed = out.map { $0.tags[CapstanTags.node].flatMap(Int.init) }
-        if let indices = NodeIndices.assign(fixed, nodes: nodes) {
+        if let indices = NodeIndices.assign(fixed, nodes: nodes, taken: taken) {
             for k in out.indices { out[k].tags[CapstanTags.node] = "\(indices[k])" }
         }
         return out.map { i in (try? store.record(i, clusterID: clusterID, intentKey: intent)) ?? i }
@@ -647,11 +648,13 @@ public struct Provisioner: Sendable {
             try store.update(cluster)
             throw CapstanError(.transient, "Cluster '\(cluster.name)' could not be fully terminated: \(cluster.lastError!).", hint: "Run `capstan down \(cluster.name)` again; nothing is forgotten.")
         }
+        // The key pair goes before the status says so: a crash in between leaves the cluster
+        // `terminating`, and the next reconcile finishes (and removes) again.
+        options.clusterKeys?.remove(cluster)
         cluster.status = .terminated
         cluster.terminatedAt = Date()
         try store.update(cluster)
         store.event("terminated", "Cluster \(cluster.name) terminated.", cluster: cluster.id)
-        options.clusterKeys?.remove(cluster)
     }
 
     // MARK: - Reconcile
@@ -751,13 +754,20 @@ public struct Provisioner: Sendable {
         for i in (try? store.intents(status: .launched)) ?? [] { launchedIntents[i.key] = i.clusterID }
 
         var toTerminate: [String: [Instance]] = [:]
+        // Instances of a running cluster the store has not recorded (a crash between writing the
+        // cluster and its instances: a rebuild): numbered once all are known, per launch.
+        var unrecorded: [String: [Instance]] = [:]
         for (providerName, instances) in listed {
             for i in instances where i.state.isLive {
                 let clusterID = i.tags[CapstanTags.clusterID] ?? ""
                 let intent = i.tags[CapstanTags.intent] ?? ""
                 if busy.contains(clusterID) || handled.contains(clusterID) { continue }
                 if let c = byID[clusterID], c.status == .running, c.intentKey == intent || launchedIntents[intent] == c.id {
-                    try? store.record(i, clusterID: c.id, intentKey: intent)
+                    if (try? store.instance(provider: i.provider, id: i.id)) == nil {
+                        unrecorded[intent, default: []].append(i)
+                    } else {
+                        try? store.record(i, clusterID: c.id, intentKey: intent)
+                    }
                     report.adopted.append(i.id)
                 } else if i.state == .terminating {
                     // Already on its way out (EC2 `shutting-down`): nothing to do but note it.
@@ -766,6 +776,15 @@ public struct Provisioner: Sendable {
                     toTerminate[providerName, default: []].append(i)
                 }
             }
+        }
+        for (intent, group) in unrecorded.sorted(by: { $0.key < $1.key }) {
+            guard let c = byID[group[0].tags[CapstanTags.clusterID] ?? ""] else { continue }
+            let others = (try? store.instances(cluster: c.id)) ?? []
+            let taken = Set(others.filter { !$0.state.isGone }.map(\.instance.nodeIndex))
+            // The launch's tags as written down, else the cloud's own (a node index it kept).
+            let tags = (try? store.intent(intent))?.tags ?? group[0].tags.filter { CapstanTags.isCapstan($0.key) }
+            let gang = group.sorted { ($0.launchedAt ?? .distantPast, $0.id) < ($1.launchedAt ?? .distantPast, $1.id) }
+            stamp(gang, tags: tags, clusterID: c.id, intent: intent, nodes: c.nodes, taken: taken)
         }
         if !toTerminate.isEmpty { faults.hit("reconcile.terminating") }
         for (providerName, instances) in toTerminate where !instances.isEmpty {
