@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CAPSTAN_HOME="${CAPSTAN_HOME:-$PWD/.capstan-demo}"
 echo "==> building capstan (first build takes a few minutes)"
-swift build --product capstan --product CapstanPluginSim >/dev/null
+# (One product per build: given twice, --product builds only the last.)
+swift build --product capstan >/dev/null
+swift build --product CapstanPluginSim >/dev/null
 bin="$(swift build --show-bin-path)/capstan"
 echo "==> CAPSTAN_HOME=$CAPSTAN_HOME"
 echo "==> capstan plugins list"
