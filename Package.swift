@@ -4,16 +4,29 @@ import PackageDescription
 let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("MemberImportVisibility"),
+    // `import X` is internal: only `public import` lets a module's public API show X's types.
+    .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
 let package = Package(
     name: "capstan",
     platforms: [.macOS(.v15)],
     products: [
-        // The SDK: depend on these to embed Capstan in a Swift program.
+        // The SDK: depend on these to embed Capstan in a Swift program (docs/public-api.md).
+        // The pure core: domain types, protocols, errors, GPU catalog, ranking, state machines.
         .library(name: "CapstanCore", targets: ["CapstanCore"]),
+        // The runtime on a POSIX machine: config files, plugin host, processes, locks, keys.
+        .library(name: "CapstanRuntime", targets: ["CapstanRuntime"]),
+        // The embedded state store (SQLite) behind CapstanCore's repository protocols.
+        .library(name: "CapstanSQLite", targets: ["CapstanSQLite"]),
         .library(name: "CapstanProviders", targets: ["CapstanProviders"]),
+        .library(name: "CapstanAWS", targets: ["CapstanAWS"]),
+        .library(name: "CapstanStorage", targets: ["CapstanStorage"]),
         .library(name: "CapstanTrainer", targets: ["CapstanTrainer"]),
+        // Test doubles: the simulated cloud (with fault switches) and its preemption switch.
+        .library(name: "CapstanTesting", targets: ["CapstanTesting"]),
+        // What a Swift plugin links: CapstanCore and the C ABI, nothing else.
+        .library(name: "CapstanPluginKit", targets: ["CapstanPluginKit"]),
         // The public C ABI every plugin includes (capstan_plugin.h).
         .library(name: "CapstanPluginABI", targets: ["CapstanPluginABI"]),
         .executable(name: "capstan", targets: ["capstan"]),
@@ -36,22 +49,56 @@ let package = Package(
             name: "CapstanPluginABI",
             path: "Sources/PluginABI"
         ),
+        // Pure: no GRDB, no Yams, no POSIX (Tests/CapstanCoreTests/ModuleGraphTests checks it).
         .target(
             name: "CapstanCore",
             dependencies: [
-                "CapstanPluginABI",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Yams", package: "Yams"),
-                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Sources/Core",
             swiftSettings: swiftSettings
         ),
         .target(
-            name: "CapstanProviders",
+            name: "CapstanRuntime",
             dependencies: [
-                "CapstanCore",
-                "CapstanPluginABI",
+                "CapstanCore", "CapstanPluginABI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            path: "Sources/Runtime",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanSQLite",
+            dependencies: [
+                "CapstanCore", "CapstanRuntime",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Sources/SQLite",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanPluginKit",
+            dependencies: [
+                "CapstanCore", "CapstanPluginABI",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/PluginKit",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanTesting",
+            dependencies: [
+                "CapstanCore", "CapstanPluginKit", "CapstanStorage",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Testing",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanAWS",
+            dependencies: [
+                "CapstanCore", "CapstanRuntime", "CapstanPluginKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -59,13 +106,35 @@ let package = Package(
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
+            path: "Sources/Providers/AWS",
+            swiftSettings: swiftSettings
+        ),
+        // The embedded bucket: objects as files on disk (atomic puts, SHA-256 checked).
+        .target(
+            name: "CapstanStorage",
+            dependencies: [
+                "CapstanCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Sources/Providers/Storage",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanProviders",
+            dependencies: [
+                "CapstanCore", "CapstanRuntime", "CapstanAWS", "CapstanStorage",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             path: "Sources/Providers",
+            exclude: ["AWS", "Storage"],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "CapstanTrainer",
             dependencies: [
-                "CapstanCore", "CapstanProviders",
+                "CapstanCore", "CapstanRuntime", "CapstanProviders", "CapstanStorage",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -77,7 +146,7 @@ let package = Package(
         .executableTarget(
             name: "capstan",
             dependencies: [
-                "CapstanCore", "CapstanProviders", "CapstanTrainer", "CapstanPluginABI",
+                "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanStorage", "CapstanTrainer", "CapstanPluginABI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -88,20 +157,21 @@ let package = Package(
         ),
         .executableTarget(
             name: "CapstanBench",
-            dependencies: ["CapstanCore", "CapstanProviders"],
+            dependencies: ["CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", .product(name: "Logging", package: "swift-log")],
             path: "Benchmarks/CapstanBench",
             swiftSettings: swiftSettings
         ),
-        // plugins/<cloud>: each is its own dynamic library; nothing else links it.
+        // plugins/<cloud>: each is its own dynamic library; nothing else links it. A Swift
+        // plugin links CapstanPluginKit (Core + the C ABI) and its provider's own module.
         .target(
             name: "CapstanPluginSim",
-            dependencies: ["CapstanProviders", "CapstanCore", "CapstanPluginABI"],
+            dependencies: ["CapstanPluginKit", "CapstanTesting", "CapstanPluginABI"],
             path: "plugins/sim",
             swiftSettings: swiftSettings
         ),
         .target(
             name: "CapstanPluginAWS",
-            dependencies: ["CapstanProviders", "CapstanCore", "CapstanPluginABI"],
+            dependencies: ["CapstanPluginKit", "CapstanAWS", "CapstanPluginABI"],
             path: "plugins/aws",
             swiftSettings: swiftSettings
         ),
@@ -113,33 +183,40 @@ let package = Package(
         ),
         .testTarget(
             name: "CapstanCoreTests",
-            dependencies: ["CapstanCore"],
+            dependencies: ["CapstanCore", "CapstanRuntime"],
             path: "Tests/CapstanCoreTests",
+            swiftSettings: swiftSettings
+        ),
+        // Config files, processes, keys, locks (CapstanRuntime).
+        .testTarget(
+            name: "CapstanRuntimeTests",
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime"],
+            path: "Tests/CapstanRuntimeTests",
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "CapstanProvidersTests",
-            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanProviders", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", .product(name: "Logging", package: "swift-log")],
             path: "Tests/CapstanProvidersTests",
             swiftSettings: swiftSettings
         ),
         // Provisioning, failover, reconcile and the state store, in process (SimulatedCloud, LocalProvider).
         .testTarget(
             name: "CapstanBrokerTests",
-            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanProviders"],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage"],
             path: "Tests/CapstanBrokerTests",
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "CapstanTrainerTests",
-            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanProviders", "CapstanTrainer"],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", "CapstanTrainer"],
             path: "Tests/CapstanTrainerTests",
             swiftSettings: swiftSettings
         ),
         // Loads real plugin .so files and runs the built CLI. Never depends on a plugin target.
         .testTarget(
             name: "CapstanIntegrationTests",
-            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanProviders", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", .product(name: "Logging", package: "swift-log")],
             path: "Tests/CapstanIntegrationTests",
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings

@@ -1,8 +1,13 @@
 // capstan-bench: figures for the closing notes, each against a baseline run in the same process.
 //   swift build -c release --product capstan-bench --product CapstanPluginSim
 //   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|all]
+import CapstanAWS
 import CapstanCore
+import CapstanPluginKit
 import CapstanProviders
+import CapstanRuntime
+import CapstanSQLite
+import CapstanTesting
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking

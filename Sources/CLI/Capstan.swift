@@ -1,5 +1,7 @@
 import ArgumentParser
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
 import CapstanProviders
 import Foundation
 import Logging
@@ -57,7 +59,7 @@ struct GlobalOptions: ParsableArguments {
 
     /// Everything a provisioning verb needs: providers, state, locks, fault hooks.
     func provisioner(_ registry: ProviderRegistry, progress: (@Sendable (String) -> Void)? = nil) throws -> Provisioner {
-        let store = try StateStore.open(home: registry.home, faults: .fromEnvironment())
+        let store = try SQLiteStateStore.open(home: registry.home, faults: .fromEnvironment())
         var options = ProvisionOptions()
         options.clusterKeys = ClusterKeys(folder: registry.home.path("ssh/clusters"))
         return Provisioner(
@@ -65,7 +67,7 @@ struct GlobalOptions: ParsableArguments {
             options: options, faults: .fromEnvironment(), logger: logger, progress: progress)
     }
 
-    func offerSearch(_ registry: ProviderRegistry, store: StateStore?, refresh: Bool = false) -> OfferSearch {
+    func offerSearch(_ registry: ProviderRegistry, store: (any StateStore)?, refresh: Bool = false) -> OfferSearch {
         OfferSearch(providers: registry.compute, timeout: .milliseconds(Int64(registry.config.plugins.timeoutSeconds * 1000)), cache: store, refresh: refresh)
     }
 }

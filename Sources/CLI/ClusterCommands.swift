@@ -1,5 +1,7 @@
 import ArgumentParser
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
 import CapstanProviders
 import Foundation
 
@@ -133,10 +135,11 @@ struct StatusCommand: AsyncParsableCommand {
             let provisioner = try global.provisioner(registry)
             let report = noReconcile ? ReconcileReport() : await provisioner.reconcile()
             let now = Date()
-            let rows = try provisioner.store.clusters(includeFinished: all).map { c -> ClusterStatusRow in
-                let instances = try provisioner.store.instances(cluster: c.id)
+            var rows: [ClusterStatusRow] = []
+            for c in try await provisioner.store.clusters(includeFinished: all) {
+                let instances = try await provisioner.store.instances(cluster: c.id)
                 let end = c.terminatedAt ?? now
-                return ClusterStatusRow(cluster: c, instances: instances, uptimeSeconds: c.readyAt.map { end.timeIntervalSince($0) } ?? 0, costSoFar: instances.reduce(0) { $0 + $1.cost(now: now) })
+                rows.append(ClusterStatusRow(cluster: c, instances: instances, uptimeSeconds: c.readyAt.map { end.timeIntervalSince($0) } ?? 0, costSoFar: instances.reduce(0) { $0 + $1.cost(now: now) }))
             }
             if global.json {
                 struct Out: Encodable { var clusters: [ClusterStatusRow]; var reconcile: ReconcileReport }

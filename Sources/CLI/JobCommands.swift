@@ -1,5 +1,7 @@
 import ArgumentParser
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
 import CapstanProviders
 import CapstanTrainer
 import Foundation
@@ -25,8 +27,8 @@ extension GlobalOptions {
     }
 }
 
-func requireJob(_ service: JobService, _ id: String) throws -> JobRecord {
-    guard let job = try service.context.store.job(id) else {
+func requireJob(_ service: JobService, _ id: String) async throws -> JobRecord {
+    guard let job = try await service.context.store.job(id) else {
         throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs` for job ids.")
     }
     return job
@@ -66,10 +68,10 @@ struct LaunchCommand: AsyncParsableCommand {
             if let stopGrace { options.settings.stopGraceSeconds = stopGrace }
             // The spec's folder, absolute: its `workdir` is relative to it.
             let folder = URL(fileURLWithPath: (spec as NSString).expandingTildeInPath).deletingLastPathComponent().path
-            let job = try service.create(yaml: yaml, folder: folder, options: options)
+            let job = try await service.create(yaml: yaml, folder: folder, options: options)
             if detach {
-                try service.ensureController(job.id)
-                if global.json { try printJSON(try requireJob(service, job.id)); return }
+                try await service.ensureController(job.id)
+                if global.json { try await printJSON(try requireJob(service, job.id)); return }
                 print("Job \(job.id) started. Follow it: capstan logs \(job.id) -f   Stop it: capstan cancel \(job.id)")
                 return
             }
@@ -112,8 +114,8 @@ struct JobsCommand: AsyncParsableCommand {
         try await reportingErrors {
             let service = try global.jobs()
             // Every unfinished job, not only those on the page listed below.
-            for j in try service.context.store.unfinishedJobs() { try service.ensureController(j.id) }
-            let fresh = try service.context.store.jobs(includeFinished: !running)
+            for j in try await service.context.store.unfinishedJobs() { try await service.ensureController(j.id) }
+            let fresh = try await service.context.store.jobs(includeFinished: !running)
             if global.json { try printJSON(fresh); return }
             if fresh.isEmpty { print("No jobs. Start one with: capstan launch job.yaml"); return }
             var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "PROGRESS", "CLUSTER", "AGE"], rightAligned: [2, 3, 4])
@@ -139,8 +141,8 @@ struct MetricsCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let service = try global.jobs()
-            let j = try requireJob(service, job)
-            if !j.status.isFinished { try service.ensureController(j.id) }
+            let j = try await requireJob(service, job)
+            if !j.status.isFinished { try await service.ensureController(j.id) }
             let points = MetricsPoint.read(log: service.context.logFile(job: j.id, node: 0))
             if global.json { try printJSON(points); return }
             guard !points.isEmpty else {
@@ -172,8 +174,8 @@ struct LogsCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let service = try global.jobs()
-            let j = try requireJob(service, job)
-            if !j.status.isFinished { try service.ensureController(j.id) }
+            let j = try await requireJob(service, job)
+            if !j.status.isFinished { try await service.ensureController(j.id) }
             let nodes = node.map { [$0] } ?? Array(0..<max(1, (try? JobSpec.parse(j.spec))?.resources.nodes ?? 1))
             var offsets: [Int: UInt64] = [:]
             var buffers: [Int: LineBuffer] = [:]
@@ -195,13 +197,13 @@ struct LogsCommand: AsyncParsableCommand {
             pump(final: !follow)
             guard follow else { return }
             while true {
-                let status = try service.context.store.job(j.id)?.status ?? .failed
+                let status = try await service.context.store.job(j.id)?.status ?? .failed
                 pump(final: false)
                 if status.isFinished { pump(final: true); break }
-                if !service.context.jobLocks.isHeld(j.id) { try service.ensureController(j.id) }
+                if !service.context.jobLocks.isHeld(j.id) { try await service.ensureController(j.id) }
                 try await Task.sleep(for: .milliseconds(300))
             }
-            let end = try requireJob(service, j.id)
+            let end = try await requireJob(service, j.id)
             print("capstan: job \(end.id) \(end.status.rawValue)\(end.lastError.map { ": \($0)" } ?? "")")
         }
     }
@@ -237,7 +239,7 @@ struct CheckpointsCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let service = try global.jobs()
-            let j = try requireJob(service, job)
+            let j = try await requireJob(service, job)
             if verify { try await verifyAll(service, j); return }
             let list = try await service.checkpoints(j.id)
             if global.json { try printJSON(list); return }

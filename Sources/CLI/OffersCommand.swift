@@ -1,5 +1,7 @@
 import ArgumentParser
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
 import CapstanProviders
 import Foundation
 
@@ -36,7 +38,7 @@ struct OffersCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let registry = try global.loadRegistry()
-            let store = try? StateStore.open(home: registry.home)
+            let store = try? SQLiteStateStore.open(home: registry.home)
             let result = try await global.offerSearch(registry, store: store, refresh: refresh).run(request)
             if global.json {
                 try printJSON(OffersOutput(result: result, problems: registry.problems.map { .init(provider: $0.provider, error: $0.error) }))

@@ -1,5 +1,7 @@
 import ArgumentParser
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
 import CapstanPluginABI
 import CapstanProviders
 import Foundation

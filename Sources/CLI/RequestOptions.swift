@@ -1,5 +1,7 @@
 import ArgumentParser
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
 
 /// The options that make a ``ResourceRequest``, shared by `offers` and `up`. Numbers are
 /// parsed unconditionally, so `--nodes -1` reaches the check below (and its message) instead

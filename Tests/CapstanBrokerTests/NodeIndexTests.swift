@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import Foundation
 import Testing
@@ -55,13 +61,13 @@ struct NodeIndexTests {
         }
         // Later looks (reconcile describes and records every instance) change no rank.
         for _ in 0..<3 { _ = await p.reconcile() }
-        let recorded = try p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
+        let recorded = try await p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
         #expect(Dictionary(uniqueKeysWithValues: recorded.map { ($0.id, $0.instance.nodeIndex) }) == ranks)
         // Node 2 is replaced: the new instance is node 2, the others keep theirs.
         let fresh = try await p.replaceNode(cluster: "c", node: 2)
         #expect(fresh.nodeIndex == 2)
         _ = await p.reconcile()
-        let after = try p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
+        let after = try await p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
         #expect(after.map(\.instance.nodeIndex).sorted() == [0, 1, 2, 3])
         #expect(after.first { $0.instance.nodeIndex == 2 }?.id == fresh.id)
         for r in after where r.id != fresh.id { #expect(ranks[r.id] == r.instance.nodeIndex) }
@@ -74,7 +80,7 @@ struct NodeIndexTests {
         var options = ProvisionOptions()
         options.waitMinDelay = .milliseconds(10)
         options.waitMaxDelay = .milliseconds(50)
-        let open = { try StateStore(path: dir.file("state/capstan.db"), identityFile: dir.file("owner-id")) }
+        let open = { try SQLiteStateStore(path: dir.file("state/capstan.db"), identityFile: dir.file("owner-id")) }
         let p = Provisioner(providers: [cloud], store: try open(), locks: ClusterLocks(folder: dir.file("state/locks")), options: options)
         let report = try await p.up(name: "c", request: ResourceRequest(gpu: "H100", gpusPerNode: 8, nodes: 3), search: OfferSearch(providers: [cloud]))
         for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: dir.file("state/capstan.db" + suffix)) }
@@ -83,7 +89,7 @@ struct NodeIndexTests {
         let q = Provisioner(providers: [cloud], store: try open(), locks: ClusterLocks(folder: dir.file("state/locks")), options: options)
         let r = await q.reconcile()
         #expect(r.rebuiltClusters == ["c"], "\(r)")
-        let rebuilt = try q.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
+        let rebuilt = try await q.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
         #expect(rebuilt.map(\.instance.nodeIndex).sorted() == [0, 1, 2])
     }
 }

@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import Foundation
 import Testing
@@ -21,13 +27,13 @@ struct ProvisionerTests {
         #expect(report.cluster.pricePerHour == 44)
         #expect(report.instances.count == 2)
         // Every node in the one region, tagged with owner, cluster and intent.
-        let owner = try p.store.ownerID()
+        let owner = try await p.store.ownerID()
         #expect(report.instances.allSatisfy { $0.region == "r-eu" && $0.tags[CapstanTags.owner] == owner && $0.tags[CapstanTags.clusterID] == report.cluster.id && $0.tags[CapstanTags.intent] == report.cluster.intentKey })
         // Intents: written before each call, closed after.
-        let intents = try p.store.intents(cluster: report.cluster.id)
+        let intents = try await p.store.intents(cluster: report.cluster.id)
         #expect(intents.map(\.status) == [.failed, .failed, .launched])
-        #expect(try p.store.instances(cluster: report.cluster.id).count == 2)
-        let stored = try #require(try p.store.cluster(named: "train"))
+        await #expect(try p.store.instances(cluster: report.cluster.id).count == 2)
+        let stored = try await #require(try p.store.cluster(named: "train"))
         #expect(stored.status == .running)
     }
 
@@ -43,8 +49,8 @@ struct ProvisionerTests {
         let p = try makeProvisioner([cloud], dir: dir)
         let e = await #expect(throws: CapstanError.self) { try await p.up(name: "train", request: request, search: OfferSearch(providers: [cloud])) }
         #expect(e?.code == .invalidRequest)
-        #expect(try p.store.cluster(named: "train") == nil)
-        #expect(try p.store.clusters(includeFinished: true).isEmpty)
+        await #expect(try p.store.cluster(named: "train") == nil)
+        await #expect(try p.store.clusters(includeFinished: true).isEmpty)
     }
 
     @Test("spot is used where allowed and cheaper")
@@ -138,7 +144,7 @@ struct ProvisionerTests {
         var bad = h100x2
         bad.providers = ["nope"]
         await #expect(throws: CapstanError.self) { try await p.up(name: "y", request: bad, search: OfferSearch(providers: [cloud])) }
-        #expect(try p.store.cluster(named: "y")?.status == .failed)
+        await #expect(try p.store.cluster(named: "y")?.status == .failed)
         _ = try await p.up(name: "y", request: h100x2, search: OfferSearch(providers: [cloud]))
     }
 }
@@ -163,7 +169,7 @@ struct ReconcileTests {
         let cloud = SimulatedCloud(configuration: .init(offers: threeRegions))
         let p = try makeProvisioner([cloud], dir: dir)
         let report = try await p.up(name: "keep", request: ResourceRequest(gpu: "H100", nodes: 2), search: OfferSearch(providers: [cloud]))
-        let owner = try p.store.ownerID()
+        let owner = try await p.store.ownerID()
         // An orphan of ours (its cluster is unknown) and an instance of another installation.
         let orphan = try await cloud.launch(LaunchRequest(offer: threeRegions[0], count: 1, idempotencyKey: "orphan", tags: [CapstanTags.managed: "true", CapstanTags.owner: owner, CapstanTags.clusterID: "gone"]))
         let foreign = try await cloud.launch(LaunchRequest(offer: threeRegions[0], count: 1, idempotencyKey: "foreign", tags: [CapstanTags.managed: "true", CapstanTags.owner: "someone-else", CapstanTags.clusterID: "theirs"]))
@@ -182,14 +188,14 @@ struct ReconcileTests {
         let dir = TempDir(); defer { dir.cleanup() }
         let cloud = SimulatedCloud(configuration: .init(offers: threeRegions))
         let p = try makeProvisioner([cloud], dir: dir)
-        let owner = try p.store.ownerID()
+        let owner = try await p.store.ownerID()
         // Simulate a dead `up`: a provisioning cluster, a pending intent, and launched instances.
         func deadUp(_ name: String, launched: Int) async throws -> Cluster {
             let cluster = Cluster(name: name, request: ResourceRequest(gpu: "H100", nodes: 2))
-            try p.store.insert(cluster)
+            try await p.store.insert(cluster)
             let key = "intent-\(name)"
             let tags = [CapstanTags.managed: "true", CapstanTags.owner: owner, CapstanTags.clusterID: cluster.id, CapstanTags.intent: key]
-            try p.store.insert(LaunchIntent(key: key, clusterID: cluster.id, provider: "sim", offer: threeRegions[1], count: 2, spot: false, tags: tags, status: .pending, createdAt: Date(), updatedAt: Date(), pid: 999_999))
+            try await p.store.insert(LaunchIntent(key: key, clusterID: cluster.id, provider: "sim", offer: threeRegions[1], count: 2, spot: false, tags: tags, status: .pending, createdAt: Date(), updatedAt: Date(), pid: 999_999))
             if launched > 0 { _ = try await cloud.launch(LaunchRequest(offer: threeRegions[1], count: launched, idempotencyKey: key, tags: tags)) }
             return cluster
         }
@@ -200,12 +206,12 @@ struct ReconcileTests {
         #expect(r.recoveredClusters == ["complete"])
         #expect(Set(r.failedClusters) == ["partial", "nothing"])
         #expect(r.terminated.count == 1)
-        #expect(try p.store.cluster(named: "complete")?.status == .running)
-        #expect(try p.store.cluster(named: "complete")?.pricePerHour == 42)
-        #expect(try p.store.cluster(named: "partial")?.status == .failed)
+        await #expect(try p.store.cluster(named: "complete")?.status == .running)
+        await #expect(try p.store.cluster(named: "complete")?.pricePerHour == 42)
+        await #expect(try p.store.cluster(named: "partial")?.status == .failed)
         let live = try await cloud.describe(InstanceQuery())
         #expect(live.count == 2)
-        #expect(try p.store.intents(status: .pending).isEmpty)
+        await #expect(try p.store.intents(status: .pending).isEmpty)
     }
 
     @Test("a cluster another process is provisioning is left alone")
@@ -213,10 +219,10 @@ struct ReconcileTests {
         let dir = TempDir(); defer { dir.cleanup() }
         let cloud = SimulatedCloud(configuration: .init(offers: threeRegions))
         let p = try makeProvisioner([cloud], dir: dir)
-        let owner = try p.store.ownerID()
+        let owner = try await p.store.ownerID()
         let cluster = Cluster(name: "busy", request: ResourceRequest(nodes: 1))
-        try p.store.insert(cluster)
-        let held = try #require(try p.locks.acquire("busy"))
+        try await p.store.insert(cluster)
+        let held = try await #require(try p.locks.acquire("busy"))
         defer { held.release() }
         _ = try await cloud.launch(LaunchRequest(offer: threeRegions[0], count: 1, idempotencyKey: "k", tags: [CapstanTags.managed: "true", CapstanTags.owner: owner, CapstanTags.clusterID: cluster.id, CapstanTags.intent: "k"]))
         let r = await p.reconcile()
@@ -229,27 +235,27 @@ struct ReconcileTests {
 @Suite("State store")
 struct StateStoreTests {
     @Test("cost so far is price × time; the owner id is stable")
-    func costAndOwner() throws {
+    func costAndOwner() async throws {
         let dir = TempDir(); defer { dir.cleanup() }
-        let store = try StateStore(path: dir.file("s.db"))
-        let owner = try store.ownerID()
-        #expect(try StateStore(path: dir.file("s.db")).ownerID() == owner)
+        let store = try SQLiteStateStore(path: dir.file("s.db"))
+        let owner = try await store.ownerID()
+        await #expect(try SQLiteStateStore(path: dir.file("s.db")).ownerID() == owner)
         let launched = Date().addingTimeInterval(-1800)
         let i = Instance(id: "i", provider: "p", instanceType: "t", region: "r", state: .running, pricePerHour: 10, launchedAt: launched)
-        try store.record(i, clusterID: "c", intentKey: "k")
-        let rec = try #require(try store.instances(cluster: "c").first)
+        try await store.record(i, clusterID: "c", intentKey: "k")
+        let rec = try await #require(try store.instances(cluster: "c").first)
         #expect(abs(rec.cost() - 5) < 0.01)
         var gone = i
         gone.state = .terminated
-        try store.record(gone, clusterID: "c", intentKey: "k")
-        let after = try #require(try store.instances(cluster: "c").first)
+        try await store.record(gone, clusterID: "c", intentKey: "k")
+        let after = try await #require(try store.instances(cluster: "c").first)
         #expect(after.terminatedAt != nil && after.state == .terminated)
     }
 
     @Test("offers are cached per provider and request, and expire")
     func offerCache() async throws {
         let dir = TempDir(); defer { dir.cleanup() }
-        let store = try StateStore(path: dir.file("s.db"))
+        let store = try SQLiteStateStore(path: dir.file("s.db"))
         let counting = CountingProvider(inner: SimulatedCloud(configuration: .init(offers: threeRegions)))
         let search = OfferSearch(providers: [counting], cache: store)
         let first = try await search.run(ResourceRequest(gpu: "H100", nodes: 1))

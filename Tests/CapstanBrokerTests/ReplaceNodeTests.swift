@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import Foundation
 import Testing
@@ -25,7 +31,7 @@ struct ReplaceNodeTests {
         let r = await p.reconcile()
         #expect(r.terminated.isEmpty, "reconcile terminated \(r.terminated)")
         #expect(Set(try await cloud.describe(InstanceQuery()).map(\.id)) == [old[0].id, fresh.id])
-        let recorded = try p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }.map(\.id)
+        let recorded = try await p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }.map(\.id)
         #expect(Set(recorded) == [old[0].id, fresh.id])
         // down takes the replacement too.
         _ = try await p.down(name: "train")
@@ -70,8 +76,8 @@ struct MoveGangTests {
         #expect(moved.cluster.pricePerHour == 42)
         let r = await p.reconcile()
         #expect(r.terminated.isEmpty)
-        #expect(Set(try p.store.instances(cluster: up.cluster.id).filter { !$0.state.isGone }.map(\.id)) == Set(moved.instances.map(\.id)))
-        #expect(try p.store.events(cluster: up.cluster.id).contains { $0.kind == "moved" })
+        await #expect(Set(try p.store.instances(cluster: up.cluster.id).filter { !$0.state.isGone }.map(\.id)) == Set(moved.instances.map(\.id)))
+        await #expect(try p.store.events(cluster: up.cluster.id).contains { $0.kind == "moved" })
         _ = try await p.down(name: "train")
         #expect(try await b.describe(InstanceQuery()).isEmpty)
     }
@@ -83,7 +89,7 @@ struct MoveGangTests {
         let p = try makeProvisioner([a], dir: dir)
         let up = try await p.up(name: "train", request: h100x2, search: OfferSearch(providers: [a]))
         await #expect(throws: CapstanError.self) { try await p.move(cluster: "train", search: OfferSearch(providers: [a])) }
-        #expect(try p.store.cluster(named: "train")?.offer == up.cluster.offer)
+        await #expect(try p.store.cluster(named: "train")?.offer == up.cluster.offer)
         #expect(try await a.describe(InstanceQuery()).count == 2)
     }
 }

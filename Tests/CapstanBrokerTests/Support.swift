@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import Foundation
 @_exported import CapstanTestSupport
@@ -10,7 +16,7 @@ func makeProvisioner(_ providers: [any ComputeProvider], dir: TempDir) throws ->
     options.waitMinDelay = .milliseconds(10)
     options.waitMaxDelay = .milliseconds(50)
     options.readyTimeout = .seconds(10)
-    return Provisioner(providers: providers, store: try StateStore(path: dir.file("state/capstan.db")), locks: ClusterLocks(folder: dir.file("state/locks")), options: options)
+    return Provisioner(providers: providers, store: try SQLiteStateStore(path: dir.file("state/capstan.db")), locks: ClusterLocks(folder: dir.file("state/locks")), options: options)
 }
 
 /// A three-region catalog where each region is a little dearer than the last.

@@ -1,4 +1,6 @@
 import CapstanCore
+import CapstanRuntime
+
 import Foundation
 import Testing
 

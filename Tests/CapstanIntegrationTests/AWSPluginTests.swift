@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import Foundation
 import Testing
@@ -142,12 +148,13 @@ struct AWSProvisioningTests {
             let status = try await runProcess(BuildProducts.capstan, ["status", "--all"], environment: env)
             #expect(status.status == 0, "\(status.stderr)")
             // What does EC2 say this home owns?
-            let store = try StateStore(path: home.file("state/capstan.db"))
+            let store = try SQLiteStateStore(path: home.file("state/capstan.db"))
             let ec2 = try EC2ComputeProvider(settings: { var s = AWSSettings(); s.endpoint = try! TestServers.moto; s.regions = ["us-east-1"]; return s }(), credentials: TestServers.motoCredentials, defaultRegion: nil)
-            let live = try await ec2.describe(InstanceQuery(tags: [CapstanTags.owner: try store.ownerID()]))
-            let leaked = try live.filter { i in
-                let c = try store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
-                return !(c?.status == .running && c?.intentKey == i.tags[CapstanTags.intent])
+            let live = try await ec2.describe(InstanceQuery(tags: [CapstanTags.owner: try await store.ownerID()]))
+            var leaked: [Instance] = []
+            for i in live {
+                let c = try await store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
+                if !(c?.status == .running && c?.intentKey == i.tags[CapstanTags.intent]) { leaked.append(i) }
             }
             #expect(leaked.isEmpty, "\(point): leaked \(leaked.map(\.id))")
             #expect(live.count == (point == "up.before-launch" ? 0 : 2), "\(point): \(live.map(\.id))")

@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import Foundation
 import Testing
@@ -23,7 +29,7 @@ struct CLIVerbTests {
             return try await runProcess(BuildProducts.capstan, args, environment: env, timeout: 120)
         }
         var cloud: SimulatedCloud { SimulatedCloud(configuration: .init(stateFile: dir.file("sim-cloud.json"))) }
-        func store() throws -> StateStore { try StateStore(path: dir.file("state/capstan.db")) }
+        func store() throws -> SQLiteStateStore { try SQLiteStateStore(path: dir.file("state/capstan.db")) }
         /// Live instances at the sim cloud (terminating ones aside).
         func live() async throws -> [Instance] {
             try await cloud.describe(InstanceQuery()).filter { $0.state.isLive && $0.state != .terminating }
@@ -40,15 +46,15 @@ struct CLIVerbTests {
         let home = SimHome(); defer { home.dir.cleanup() }
         let crashed = try await home.capstan(SimHome.up, crashAt: "up.waiting")
         #expect(crashed.status == 9, "the fault point was not reached: \(crashed.stderr)")
-        #expect(try home.store().cluster(named: "c1")?.status == .provisioning)
+        await #expect(try home.store().cluster(named: "c1")?.status == .provisioning)
         let r = try await home.capstan(["reconcile"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("recovered clusters 1"), "\(r.stdout)")
-        let c1 = try #require(try home.store().cluster(named: "c1"))
+        let c1 = try await #require(try home.store().cluster(named: "c1"))
         #expect(c1.status == .running)
         let live = try await home.live()
         #expect(live.count == 2 && live.allSatisfy { $0.tags[CapstanTags.clusterID] == c1.id }, "\(live.map(\.id))")
-        #expect(Set(try home.store().instances(cluster: c1.id).filter { !$0.state.isGone }.map(\.id)) == Set(live.map(\.id)))
+        await #expect(Set(try home.store().instances(cluster: c1.id).filter { !$0.state.isGone }.map(\.id)) == Set(live.map(\.id)))
         // Nothing left to repair: a report that says nothing was done.
         let again = try await home.capstan(["reconcile", "--json"])
         #expect(again.status == 0, "\(again.stderr)")
@@ -62,13 +68,13 @@ struct CLIVerbTests {
     func reconcileTerminatesOrphan() async throws {
         let home = SimHome(); defer { home.dir.cleanup() }
         #expect(try await home.capstan(SimHome.up).status == 0)
-        let c1 = try #require(try home.store().cluster(named: "c1"))
+        let c1 = try await #require(try home.store().cluster(named: "c1"))
         // An instance tagged as node 0 of a cluster that has since been taken down.
         let store = try home.store()
         var gone = Cluster(name: "gone", request: ResourceRequest(nodes: 1))
         gone.status = .terminated
         gone.terminatedAt = Date()
-        try store.insert(gone)
+        try await store.insert(gone)
         let offer = try #require(try await home.cloud.offers(for: ResourceRequest(gpu: "H100", gpusPerNode: 8)).first)
         let key = "cap-" + UUID().uuidString.lowercased()
         let orphan = try #require(try await home.cloud.launch(LaunchRequest(offer: offer, count: 1, idempotencyKey: key, tags: [
@@ -87,7 +93,7 @@ struct CLIVerbTests {
         let after = try await home.cloud.describe(InstanceQuery(ids: [orphan.id, foreign.id], includeTerminated: true))
         #expect(after.first { $0.id == orphan.id }.map { !$0.state.isLive || $0.state == .terminating } == true, "\(after)")
         #expect(after.first { $0.id == foreign.id }?.state.isLive == true && after.first { $0.id == foreign.id }?.state != .terminating, "another owner's instance was touched: \(after)")
-        #expect(try home.store().cluster(named: "c1")?.status == .running)
+        await #expect(try home.store().cluster(named: "c1")?.status == .running)
         #expect(try await home.live().filter { $0.tags[CapstanTags.clusterID] == c1.id }.count == 2)
         _ = try await home.cloud.terminate(ids: [foreign.id])
         #expect(try await home.capstan(["down", "c1"]).status == 0)
@@ -99,12 +105,12 @@ struct CLIVerbTests {
         #expect(try await home.capstan(SimHome.up).status == 0)
         let killed = try await home.capstan(["down", "c1"], crashAt: "down.marked")
         #expect(killed.status == 9, "the fault point was not reached: \(killed.stderr)")
-        #expect(try home.store().cluster(named: "c1")?.status == .terminating)
+        await #expect(try home.store().cluster(named: "c1")?.status == .terminating)
         let r = try await home.capstan(["reconcile", "--json"])
         #expect(r.status == 0, "\(r.stderr)")
         let report = try home.report(r)
         #expect(report.finishedTerminations.count == 1, "\(r.stdout)")
-        #expect(try home.store().cluster(named: "c1")?.status == .terminated)
+        await #expect(try home.store().cluster(named: "c1")?.status == .terminated)
         #expect(try await home.live().isEmpty)
         // The text form names it too.
         let home2 = SimHome(); defer { home2.dir.cleanup() }
@@ -206,33 +212,35 @@ struct CLIVerbTests {
 
         let launched = try await home.capstan(["launch", home.spec, "--detach"] + SmallJobHome.fast)
         #expect(launched.status == 0, "\(launched.stderr)")
-        let job = try #require(try home.job())
+        let job = try await #require(try home.job())
         // The detached controller has the job running; it dies.
-        func waitFor(_ seconds: Double = 60, _ condition: () throws -> Bool) async throws -> Bool {
+        func waitFor(_ seconds: Double = 60, _ condition: () async throws -> Bool) async throws -> Bool {
             let end = Date().addingTimeInterval(seconds)
             while Date() < end {
-                if (try? condition()) == true { return true }
+                if (try? await condition()) == true { return true }
                 try await Task.sleep(for: .milliseconds(100))
             }
             return false
         }
-        #expect(try await waitFor { try home.job()?.status == .running && home.job()?.controllerPID != nil }, "\(String(describing: try? home.job()))")
-        let first = try #require(try home.job()?.controllerPID)
+        let running = try await waitFor { let j = try await home.job(); return j?.status == .running && j?.controllerPID != nil }
+        let seen = try? await home.job()
+        #expect(running, "\(String(describing: seen))")
+        let first = try await #require(try home.job()?.controllerPID)
         kill(first, SIGKILL)
         // Gone (or a zombie nobody reaped yet).
         #expect(try await waitFor(10) { kill(first, 0) != 0 || ((try? String(contentsOfFile: "/proc/\(first)/stat", encoding: .utf8))?.contains(") Z ") ?? true) }, "controller \(first) still alive")
-        #expect(try home.job()?.status == .running)
+        await #expect(try home.job()?.status == .running)
 
         // A new controller takes over…
         async let taken = home.capstan(["job-controller", job.id], timeout: 180)
-        #expect(try await waitFor { let pid = try home.job()?.controllerPID; return pid != nil && pid != first }, "no new controller recorded")
+        #expect(try await waitFor { let pid = try await home.job()?.controllerPID; return pid != nil && pid != first }, "no new controller recorded")
         // …and a second one is refused while it works.
         let second = try await home.capstan(["job-controller", job.id])
         #expect(second.status == 1 && second.stderr.contains("Another capstan process is controlling job \(job.id)"), "\(second.status) \(second.stderr)")
         FileManager.default.createFile(atPath: go, contents: nil)
         let r = try await taken
         #expect(r.status == 0 && r.stdout.contains("job \(job.id) succeeded"), "\(r.status) \(r.stdout) \(r.stderr)")
-        let final = try #require(try home.job())
+        let final = try await #require(try home.job())
         #expect(final.status == .succeeded && final.attempt == 1, "the running attempt was followed, not restarted: attempt \(final.attempt)")
         #expect(home.log(job.id).contains("finished-by-the-new-controller"))
 

@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import Foundation
 import Testing
@@ -114,13 +120,13 @@ struct ChaosTests {
             }
         }
 
-        func store() throws -> StateStore { try StateStore.open(home: CapstanHome(root: dir.path)) }
+        func store() throws -> SQLiteStateStore { try SQLiteStateStore.open(home: CapstanHome(root: dir.path)) }
 
         /// Everything this home's owner ids have alive at the cloud.
         func live() async throws -> [Instance] {
             let p = try provider
             var out: [String: Instance] = [:]
-            for owner in try store().ownerIDs() {
+            for owner in try await store().ownerIDs() {
                 for i in try await p.describe(InstanceQuery(tags: [CapstanTags.owner: owner])) where i.state.isLive && i.state != .terminating {
                     out[i.id] = i
                 }
@@ -135,7 +141,7 @@ struct ChaosTests {
             var done = old
             done.status = .terminated
             done.terminatedAt = Date()
-            try store.insert(done)
+            try await store.insert(done)
             let p = try provider
             let offer = try #require(try await p.offers(for: ResourceRequest(gpu: "H100", gpusPerNode: 8)).first)
             let key = "cap-" + UUID().uuidString.lowercased()
@@ -153,7 +159,7 @@ struct ChaosTests {
         func violations() async throws -> [String] {
             let store = try store()
             var wrong: [String] = []
-            let clusters = try store.clusters(includeFinished: true)
+            let clusters = try await store.clusters(includeFinished: true)
             for c in clusters where c.status == .provisioning || c.status == .terminating {
                 wrong.append("cluster \(c.name) stuck \(c.status.rawValue)")
             }
@@ -161,14 +167,14 @@ struct ChaosTests {
             for i in live {
                 let c = clusters.first { $0.id == i.tags[CapstanTags.clusterID] }
                 var owned = false
-                if let c, c.status == .running { owned = try store.instances(cluster: c.id).contains { $0.id == i.id && !$0.state.isGone } }
+                if let c, c.status == .running { owned = try await store.instances(cluster: c.id).contains { $0.id == i.id && !$0.state.isGone } }
                 if !owned { wrong.append("instance \(i.id) (\(i.state.rawValue)) is owned by no running cluster (its cluster: \(c.map { "\($0.name) \($0.status.rawValue)" } ?? "unknown"))") }
             }
             for c in clusters where c.status == .running {
                 let n = live.filter { $0.tags[CapstanTags.clusterID] == c.id }.count
                 if n != c.nodes { wrong.append("running cluster \(c.name) has \(n) live instance(s) for \(c.nodes) node(s)") }
                 // Capstan numbered the nodes (whichever process recorded them): one per index.
-                let indices = try store.instances(cluster: c.id).filter { !$0.state.isGone }.map(\.instance.nodeIndex).sorted()
+                let indices = try await store.instances(cluster: c.id).filter { !$0.state.isGone }.map(\.instance.nodeIndex).sorted()
                 if indices != Array(0..<c.nodes) { wrong.append("running cluster \(c.name) has node indices \(indices)") }
             }
             // A terminated cluster's SSH key pair went with it.
@@ -221,7 +227,7 @@ struct ChaosTests {
         #expect(wrong.isEmpty, "\(cloud) \(scenario): \(wrong.joined(separator: "; "))\nreconcile said: \(reconcile.stdout)")
 
         // Whatever survived is usable: a running c1 comes down; the name can be provisioned again.
-        let c1 = try home.store().cluster(named: "c1")
+        let c1 = try await home.store().cluster(named: "c1")
         if c1?.status == .running {
             let down = try await home.capstan(["down", "c1"])
             #expect(down.status == 0, "\(cloud) \(scenario): \(down.stderr)")

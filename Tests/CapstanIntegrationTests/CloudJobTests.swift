@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import CapstanTestSupport
 import CapstanTrainer
@@ -112,54 +118,54 @@ extension JobTests {
 
         let launch = try home.startLaunch()
         defer { if launch.isRunning { launch.terminate() } }
-        let started = try await home.wait(timeout: 240) { (try home.job()?.latestCheckpoint ?? 0) >= 20 }
+        let started = try await home.wait(timeout: 240) { (try await home.job()?.latestCheckpoint ?? 0) >= 20 }
         #expect(started, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
-        let job0 = try #require(try home.job())
+        let job0 = try await #require(try home.job())
         let store = try home.store()
-        let cluster = try #require(try store.cluster(named: job0.clusterName))
+        let cluster = try await #require(try store.cluster(named: job0.clusterName))
         // Capstan numbered the gang itself (the plugin returns no node tags): one node per index.
-        let gang = try store.instances(cluster: cluster.id).filter { !$0.state.isGone }.map(\.instance)
+        let gang = try await store.instances(cluster: cluster.id).filter { !$0.state.isGone }.map(\.instance)
         #expect(gang.map(\.nodeIndex).sorted() == [0, 1], "\(gang.map { $0.tags })")
         #expect(gang.allSatisfy { $0.provider == "lambda" })
-        let a1 = try #require(try store.attempt(job: job0.id, number: 1))
-        func host(of instanceID: String) throws -> Int {
-            let address = try #require(try store.instances(cluster: cluster.id).first { $0.id == instanceID }?.instance.privateAddress)
+        let a1 = try await #require(try store.attempt(job: job0.id, number: 1))
+        func host(of instanceID: String) async throws -> Int {
+            let address = try #require(try await store.instances(cluster: cluster.id).first { $0.id == instanceID }?.instance.privateAddress)
             return try #require(lab.hosts.firstIndex { $0.address == address }) + 1
         }
         // The master is node 0's host.
-        #expect(a1.masterAddress == lab.hosts[try host(of: a1.nodes[0]) - 1].address)
+        #expect(a1.masterAddress == lab.hosts[try await host(of: a1.nodes[0]) - 1].address)
 
         // 1. kill -9 of node 1's training process: the gang restarts on the same instances.
-        let h1 = try host(of: a1.nodes[1])
+        let h1 = try await host(of: a1.nodes[1])
         let pidFile = lab.dir.file("host\(h1)/home/.capstan-node/jobs/\(job0.id)/attempt-1/worker-1.pid")
         let pid = try #require(pid_t(((try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)), "no \(pidFile)")
         #expect(!lab.processes(h1, containing: "train.py").isEmpty)
         kill(pid, SIGKILL)
         #expect(try await home.wait(timeout: 180) {
-            guard let a = try home.store().attempt(job: job0.id, number: 2), let c = try home.job()?.latestCheckpoint else { return false }
+            guard let a = try await home.store().attempt(job: job0.id, number: 2), let c = try await home.job()?.latestCheckpoint else { return false }
             return c > (a.resumeStep ?? 0) + 10
         }, "\(home.logTail(job: job0.id))")
-        let a2 = try #require(try store.attempt(job: job0.id, number: 2))
+        let a2 = try await #require(try store.attempt(job: job0.id, number: 2))
         #expect(a2.nodes == a1.nodes, "a killed process needs no new capacity")
         #expect(try emulator.counter("launched") == 2)
 
         // 2. Node 0's instance is terminated in the cloud: it is replaced, on the spare host.
         let victim = a2.nodes[0]
-        let lostHost = try host(of: victim)
+        let lostHost = try await host(of: victim)
         try emulator.terminateThroughAPI(victim)
         #expect(try await home.wait(timeout: 300) { !launch.isRunning }, "\(home.logTail(job: job0.id))")
-        let job = try #require(try home.job())
-        let attempts = try store.attempts(job: job.id)
+        let job = try await #require(try home.job())
+        let attempts = try await store.attempts(job: job.id)
         let history = attempts.map { "attempt \($0.attempt): \($0.failureKind ?? "ok") node \($0.failedNode.map(String.init) ?? "-")" }
         #expect(job.status == .succeeded, "\(job.status) \(job.lastError ?? "") \(history) \(home.logTail(job: job.id))")
         let last = try #require(attempts.last)
         #expect(last.attempt == 3 && last.nodes[1] == a2.nodes[1] && last.nodes[0] != victim, "\(history)")
         // (The cloud may hand out the lost machine again, wiped: then nothing of before is there.)
-        let fresh = try host(of: last.nodes[0])
+        let fresh = try await host(of: last.nodes[0])
         #expect(fresh != h1)
         if fresh == lostHost { #expect(!FileManager.default.fileExists(atPath: lab.dir.file("host\(fresh)/home/.capstan-node/jobs/\(job0.id)/attempt-2"))) }
-        #expect(try store.instances(cluster: cluster.id).first { $0.id == last.nodes[0] }?.instance.nodeIndex == 0)
-        let summary = try home.checkContinuity(job: job, total: 150)
+        await #expect(try store.instances(cluster: cluster.id).first { $0.id == last.nodes[0] }?.instance.nodeIndex == 0)
+        let summary = try await home.checkContinuity(job: job, total: 150)
 
         // The checkpoints are in the bucket, the last one verified.
         let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: s3)
@@ -200,18 +206,18 @@ struct EC2GangTests {
         var options = ProvisionOptions()
         options.waitMinDelay = .milliseconds(50)
         options.waitMaxDelay = .milliseconds(200)
-        let p = Provisioner(providers: [aws], store: try StateStore(path: dir.file("state/capstan.db"), identityFile: dir.file("owner-id")),
+        let p = Provisioner(providers: [aws], store: try SQLiteStateStore(path: dir.file("state/capstan.db"), identityFile: dir.file("owner-id")),
                             locks: ClusterLocks(folder: dir.file("state/locks")), options: options)
         let name = "gang-\(UUID().uuidString.prefix(6).lowercased())"
         let report = try await p.up(name: name, request: ResourceRequest(gpu: "H100", gpusPerNode: 8, nodes: 3), search: OfferSearch(providers: [aws]))
         #expect(report.instances.map(\.nodeIndex) == [0, 1, 2])
         // What EC2 itself holds: every ownership tag, no node index (a gang is one launch).
-        let owner = try p.store.ownerID()
+        let owner = try await p.store.ownerID()
         let inEC2 = try await aws.describe(InstanceQuery(tags: [CapstanTags.clusterID: report.cluster.id]))
         #expect(inEC2.count == 3 && inEC2.allSatisfy { $0.tags[CapstanTags.node] == nil && $0.tags[CapstanTags.owner] == owner && $0.tags[CapstanTags.nodes] == "3" })
         let ranks = Dictionary(uniqueKeysWithValues: report.instances.map { ($0.id, $0.nodeIndex) })
         for _ in 0..<2 { _ = await p.reconcile() }
-        let recorded = try p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
+        let recorded = try await p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
         #expect(Dictionary(uniqueKeysWithValues: recorded.map { ($0.id, $0.instance.nodeIndex) }) == ranks)
         // Node 1 is replaced: the new instance is node 1 (EC2 now holds that tag for it).
         let fresh = try await p.replaceNode(cluster: name, node: 1)
@@ -220,7 +226,7 @@ struct EC2GangTests {
         let live = try await aws.describe(InstanceQuery(tags: [CapstanTags.clusterID: report.cluster.id]))
         #expect(live.count == 3, "\(live.map(\.id))")
         #expect(live.first { $0.id == fresh.id }?.tags[CapstanTags.node] == "1")
-        let after = try p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
+        let after = try await p.store.instances(cluster: report.cluster.id).filter { !$0.state.isGone }
         #expect(after.map(\.instance.nodeIndex).sorted() == [0, 1, 2] && Set(after.map(\.id)) == Set(live.map(\.id)))
         let all = try await aws.describe(InstanceQuery(tags: [CapstanTags.clusterID: report.cluster.id], includeTerminated: true))
         #expect(all.count == 4, "three nodes and one replacement were ever launched: \(all.map { "\($0.id) \($0.state)" })")

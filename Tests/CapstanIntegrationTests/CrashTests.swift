@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import Foundation
 import Testing
@@ -34,13 +40,13 @@ struct CrashTests {
                 ? try LocalProvider(root: dir.file("local"), configuration: .init(slots: 4))
                 : SimulatedCloud(configuration: .init(stateFile: dir.file("sim-cloud.json")))
             let live = try await provider.describe(InstanceQuery())
-            let store = try StateStore(path: dir.file("state/capstan.db"))
+            let store = try SQLiteStateStore(path: dir.file("state/capstan.db"))
             var leaked: [String] = []
             for i in live {
-                let cluster = try store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
+                let cluster = try await store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
                 var owned = false
                 if let cluster, cluster.status == .running, cluster.intentKey == i.tags[CapstanTags.intent] {
-                    owned = try store.instances(cluster: cluster.id).contains { $0.id == i.id && !$0.state.isGone }
+                    owned = try await store.instances(cluster: cluster.id).contains { $0.id == i.id && !$0.state.isGone }
                 }
                 if !owned { leaked.append(i.id) }
             }

@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import CapstanTrainer
 import Foundation
@@ -46,8 +52,8 @@ struct SmallJobHome {
         return ProcessResult(status: code, stdout: String(decoding: r.stdout, as: UTF8.self), stderr: String(decoding: r.stderr, as: UTF8.self))
     }
 
-    func store() throws -> StateStore { try StateStore(path: dir.file("state/capstan.db")) }
-    func job() throws -> JobRecord? { try store().jobs().first }
+    func store() throws -> SQLiteStateStore { try SQLiteStateStore(path: dir.file("state/capstan.db")) }
+    func job() async throws -> JobRecord? { try await store().jobs().first }
     func log(_ job: String) -> String { (try? String(contentsOfFile: dir.file("jobs/\(job)/logs/node-0.log"), encoding: .utf8)) ?? "" }
 
     /// The leak scan of the home (its database included) and of the temp folder every process
@@ -97,8 +103,8 @@ struct JobReliabilityTests {
         let yaml = try String(contentsOfFile: home.spec, encoding: .utf8).replacingOccurrences(of: "\"BUCKET\"", with: "\"\(home.dir.file("bucket"))\"")
         home.dir.write("job/job.yaml", yaml)
         let r = try await home.capstan(["launch", home.spec, "--quiet"] + SmallJobHome.fast)
-        let job = try #require(try home.job())
-        let attempts = try home.store().attempts(job: job.id)
+        let job = try await #require(try home.job())
+        let attempts = try await home.store().attempts(job: job.id)
         let history = attempts.map { "attempt \($0.attempt) from \($0.resumeStep.map(String.init) ?? "-"): \($0.outcome.rawValue) \($0.failureKind ?? "") \($0.message ?? "")" }.joined(separator: "\n")
         #expect(r.status == 0 && job.status == .succeeded, "\(r.stdout)\n\(r.stderr)\n\(history)\n\(home.log(job.id))")
         // Attempt 2 chose step 30 and found it damaged; attempt 3 resumed from step 20.
@@ -109,7 +115,7 @@ struct JobReliabilityTests {
         // Only the SIGKILL counted as a restart: the corrupt checkpoint cost none.
         #expect(job.restarts == 1, "\(history)")
         // Said, with the step and why.
-        let events = try home.store().events(job: job.id).filter { $0.kind == "checkpoint-corrupt" }
+        let events = try await home.store().events(job: job.id).filter { $0.kind == "checkpoint-corrupt" }
         #expect(events.count == 1 && events[0].message.contains("step 30") && events[0].message.contains("SHA-256"), "\(events.map(\.message))")
         #expect(r.stdout.contains("Checkpoint step 30 is corrupt"), "\(r.stdout)")
         // The listing no longer calls it verified; --verify re-hashes every file.
@@ -128,7 +134,7 @@ struct JobReliabilityTests {
         defer { home.dir.cleanup() }
         let secrets = ["AWS_SECRET_ACCESS_KEY": "canary-aws-secret-1f2e", "MY_SERVICE_TOKEN": "canary-token-9d8c", "HF_TOKEN": "canary-hf-7a6b"]
         let r = try await home.capstan(["launch", home.spec] + SmallJobHome.fast, env: secrets)
-        let job = try #require(try home.job())
+        let job = try await #require(try home.job())
         #expect(r.status == 0 && job.status == .succeeded, "\(r.stdout)\n\(r.stderr)")
         let log = home.log(job.id)
         // The command ran and printed its environment.
@@ -195,7 +201,7 @@ struct JobReliabilityTests {
         #expect(looked.count == 4, "\(looked)")
         FileManager.default.createFile(atPath: go, contents: nil)
         let r = try await launched
-        let job = try #require(try home.job())
+        let job = try await #require(try home.job())
         let log = home.log(job.id)
         #expect(r.status == 0 && job.status == .succeeded, "\(r.stdout)\n\(r.stderr)\n\(log)")
         let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: S3Configuration(endpoint: try TestServers.seaweed, region: "us-east-1", uploadStateFolder: home.dir.file("admin-uploads")))
@@ -224,7 +230,7 @@ struct JobReliabilityTests {
         let start = Date()
         let r = try await home.capstan(["launch", home.spec] + SmallJobHome.fast)
         let seconds = Date().timeIntervalSince(start)
-        let job = try #require(try home.job())
+        let job = try await #require(try home.job())
         let error = job.lastError ?? ""
         #expect(r.status == 1 && job.status == .failed, "\(r.stdout)\n\(r.stderr)")
         #expect(error.contains("could not start") && error.contains("cannot write to the bucket") && error.contains("AccessDenied"), "\(error)")

@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import CapstanTrainer
 import Foundation
@@ -67,14 +73,14 @@ struct JobHome {
         return p
     }
 
-    func store() throws -> StateStore { try StateStore(path: dir.file("state/capstan.db")) }
-    func job() throws -> JobRecord? { try store().jobs().first }
+    func store() throws -> SQLiteStateStore { try SQLiteStateStore(path: dir.file("state/capstan.db")) }
+    func job() async throws -> JobRecord? { try await store().jobs().first }
 
     /// Polls until `condition` holds (false after `timeout` seconds).
-    func wait(timeout: Double = 120, _ condition: () throws -> Bool) async throws -> Bool {
+    func wait(timeout: Double = 120, _ condition: () async throws -> Bool) async throws -> Bool {
         let end = Date().addingTimeInterval(timeout)
         while Date() < end {
-            if (try? condition()) == true { return true }
+            if (try? await condition()) == true { return true }
             try await Task.sleep(for: .milliseconds(100))
         }
         return false
@@ -135,9 +141,9 @@ struct JobHome {
     /// every node ran every step exactly once per attempt, each attempt after the first began
     /// right after the checkpoint it restored, and that checkpoint was the newest one committed
     /// before it started. Returns a one-line summary.
-    func checkContinuity(job: JobRecord, total: Int, sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
-        let attempts = try store().attempts(job: job.id)
-        let checkpoints = try store().checkpoints(job: job.id)
+    func checkContinuity(job: JobRecord, total: Int, sourceLocation: SourceLocation = #_sourceLocation) async throws -> String {
+        let attempts = try await store().attempts(job: job.id)
+        let checkpoints = try await store().checkpoints(job: job.id)
         var summary: [String] = []
         let seen = try (0..<2).map { try steps(job: job.id, node: $0) }
         for node in 0..<2 {
@@ -188,10 +194,10 @@ struct JobTests {
         let r = try await home.capstan(["launch", home.spec, "--heartbeat-timeout", "20", "--exit-grace", "30", "--stop-grace", "3"])
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
         #expect(r.stdout.contains("[node 1] {\"step\": 40"))
-        let job = try #require(try home.job())
-        let history = try home.store().attempts(job: job.id).map { "attempt \($0.attempt): \($0.failureKind ?? "ok") \($0.message ?? "")" }
+        let job = try await #require(try home.job())
+        let history = try await home.store().attempts(job: job.id).map { "attempt \($0.attempt): \($0.failureKind ?? "ok") \($0.message ?? "")" }
         #expect(job.status == .succeeded && job.attempt == 1 && job.restarts == 0 && job.latestCheckpoint == 40, "\(history)\n\(home.logTail(job: job.id))")
-        _ = try home.checkContinuity(job: job, total: 40)
+        _ = try await home.checkContinuity(job: job, total: 40)
         let bucket = try FileObjectStore(location: job.storage)
         let cs = CheckpointStore(store: bucket, prefix: "checkpoints")
         #expect(try await cs.committedSteps() == [20, 30, 40])
@@ -220,7 +226,7 @@ struct JobTests {
         try await admin.createBucket()
         let r = try await home.capstan(["launch", home.spec, "--quiet"] + JobHome.fast)
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
-        let job = try #require(try home.job())
+        let job = try await #require(try home.job())
         #expect(job.status == .succeeded && job.storage == "s3://capstan-jobs/runs/\(job.id)")
         let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: S3Configuration(endpoint: endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads")))
         let cs = CheckpointStore(store: bucket, prefix: "checkpoints")
@@ -241,20 +247,20 @@ struct JobTests {
             let home = try JobHome(steps: 150, every: 10)
             defer { home.dir.cleanup() }
             let launch = try home.startLaunch(["--quiet"])
-            #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 }, "trial \(trial): no checkpoint came")
-            let job = try #require(try home.job())
+            #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 }, "trial \(trial): no checkpoint came")
+            let job = try await #require(try home.job())
             try await Task.sleep(for: .milliseconds(Int.random(in: 0...4000)))
             let rank = Int.random(in: 0...1)
             let pid = try #require(home.workerPID(job: job.id, attempt: 1, rank: rank))
             kill(pid, SIGKILL)
             launch.waitUntilExit()
-            let final = try #require(try home.job())
+            let final = try await #require(try home.job())
             #expect(final.status == .succeeded, "trial \(trial): \(final.lastError ?? "")\n\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
-            let history = try home.store().attempts(job: job.id).map { "attempt \($0.attempt): \($0.failureKind ?? "ok") \($0.message ?? "")" }
+            let history = try await home.store().attempts(job: job.id).map { "attempt \($0.attempt): \($0.failureKind ?? "ok") \($0.message ?? "")" }
             #expect(final.attempt == 2 && final.restarts == 1, "trial \(trial): \(history)\n\(home.logTail(job: job.id))")
-            let failed = try #require(try home.store().attempt(job: job.id, number: 1))
+            let failed = try await #require(try home.store().attempt(job: job.id, number: 1))
             #expect(failed.failureKind == "signal", "a killed worker is an infrastructure failure, got \(failed.failureKind ?? "-")")
-            let summary = try home.checkContinuity(job: final, total: 150)
+            let summary = try await home.checkContinuity(job: final, total: 150)
             let atStep = try home.steps(job: job.id, node: rank).filter { $0.attempt == 1 }.last?.step ?? 0
             results.append("trial \(trial): killed rank \(rank)'s worker after step \(atStep); \(summary)")
         }
@@ -268,8 +274,8 @@ struct JobTests {
         // Each agent dies (SIGKILL) right after the 3rd checkpoint file it uploads: step 30's.
         let r = try await home.capstan(["launch", home.spec, "--quiet"] + JobHome.fast, env: ["CAPSTAN_TEST_CRASH_AT": "agent-upload:3"])
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
-        let job = try #require(try home.job())
-        let attempts = try home.store().attempts(job: job.id)
+        let job = try await #require(try home.job())
+        let attempts = try await home.store().attempts(job: job.id)
         #expect(attempts.count == 2 && attempts[0].failureKind == "heartbeat")
         #expect(attempts[1].resumeStep == 20, "resumed from \(attempts[1].resumeStep.map(String.init) ?? "scratch")")
         #expect(attempts[0].nodes[attempts[0].failedNode!] != attempts[1].nodes[attempts[0].failedNode!], "the lost node's capacity is replaced")
@@ -277,7 +283,7 @@ struct JobTests {
         // Attempt 1's files of step 30 are there, its part record is not; step 30 is attempt 2's.
         #expect(try await bucket.list(prefix: "checkpoints/step-30/attempt-1/").allSatisfy { !$0.key.hasSuffix(".part.json") })
         #expect(try await CheckpointStore(store: bucket, prefix: "checkpoints").verified(step: 30)?.attempt == 2)
-        _ = try home.checkContinuity(job: job, total: 50)
+        _ = try await home.checkContinuity(job: job, total: 50)
         #expect(try await home.liveNodes().isEmpty)
     }
 
@@ -286,9 +292,9 @@ struct JobTests {
         let home = try JobHome(steps: 80, every: 10)
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch(["--quiet"])
-        #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 })
-        let job = try #require(try home.job())
-        let before = try #require(try home.store().attempt(job: job.id, number: 1)).nodes
+        #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 })
+        let job = try await #require(try home.job())
+        let before = try await #require(try home.store().attempt(job: job.id, number: 1)).nodes
         // torchrun starts its worker in a session of its own; the agent records it anyway.
         let worker = try #require(home.workerPID(job: job.id, attempt: 1, rank: 1))
         #expect(try await home.wait(timeout: 5) { home.recordedProcesses(node: before[1]).contains { $0.pid == worker } }, "worker \(worker) is not recorded")
@@ -296,16 +302,16 @@ struct JobTests {
         // Everything of the lost node dies with it, the worker included.
         #expect(try await home.wait(timeout: 3) { home.survivors(node: before[1]).isEmpty }, "left running: \(home.survivors(node: before[1]))")
         launch.waitUntilExit()
-        let final = try #require(try home.job())
+        let final = try await #require(try home.job())
         #expect(final.status == .succeeded, "\(final.lastError ?? "")")
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withTime, .withFractionalSeconds]
-        print(try home.store().events(job: job.id).map { "\(f.string(from: $0.time)) \($0.kind): \($0.message)" }.joined(separator: "\n"))
-        let after = try #require(try home.store().attempt(job: job.id, number: 2)).nodes
+        await print(try home.store().events(job: job.id).map { "\(f.string(from: $0.time)) \($0.kind): \($0.message)" }.joined(separator: "\n"))
+        let after = try await #require(try home.store().attempt(job: job.id, number: 2)).nodes
         #expect(after[0] == before[0] && after[1] != before[1])
-        let failed = try #require(try home.store().attempt(job: job.id, number: 1))
+        let failed = try await #require(try home.store().attempt(job: job.id, number: 1))
         #expect(["instance-gone", "heartbeat"].contains(failed.failureKind ?? ""), "\(failed.failureKind ?? "-"): \(failed.message ?? "")\n\(home.logTail(job: job.id))")
-        _ = try home.checkContinuity(job: final, total: 80)
+        _ = try await home.checkContinuity(job: final, total: 80)
     }
 
     @Test("a command that fails the same way twice is a user error: the job fails without spending every restart")
@@ -314,7 +320,7 @@ struct JobTests {
         defer { home.dir.cleanup() }
         let r = try await home.capstan(["launch", home.spec, "--quiet"] + JobHome.fast)
         #expect(r.status == 1)
-        let job = try #require(try home.job())
+        let job = try await #require(try home.job())
         #expect(job.status == .failed && job.attempt == 2 && job.restarts == 1)
         #expect(job.lastError?.contains("same way twice") == true, "\(job.lastError ?? "")")
         #expect(r.stderr.contains("same way twice"))
@@ -326,16 +332,16 @@ struct JobTests {
         let home = try JobHome(steps: 80, every: 10)
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch()
-        #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 })
+        #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 })
         kill(launch.processIdentifier, SIGKILL)
         launch.waitUntilExit()
-        let job = try #require(try home.job())
+        let job = try await #require(try home.job())
         #expect(job.status == .running)
         let jobs = try await home.capstan(["jobs"])
         #expect(jobs.stdout.contains(job.id), "\(jobs.stdout)\(jobs.stderr)")
         let logs = try await home.capstan(["logs", job.id, "-f"])
         #expect(logs.stdout.contains("capstan: job \(job.id) succeeded"), "\(logs.stdout.suffix(2000))\(logs.stderr)")
-        let final = try #require(try home.job())
+        let final = try await #require(try home.job())
         #expect(final.status == .succeeded && final.attempt == 1, "the running attempt was followed, not restarted")
         // Nothing lost from the logs across the controller change.
         for node in 0..<2 { #expect(try home.steps(job: job.id, node: node).map(\.step) == Array(1...80)) }
@@ -350,7 +356,7 @@ struct JobTests {
         let r = try await home.capstan(["launch", home.dir.file("job.yaml")])
         #expect(r.status == 1)
         #expect(r.stderr.contains("contains Capstan's home"), "\(r.stderr)")
-        #expect(try home.job() == nil)
+        await #expect(try home.job() == nil)
         #expect(try await home.liveNodes().isEmpty)
     }
 
@@ -360,11 +366,11 @@ struct JobTests {
         defer { home.dir.cleanup() }
         let r = try await home.capstan(["launch", home.spec, "--detach"] + JobHome.fast)
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(try await home.wait { (try home.job()?.latestCheckpoint ?? 0) >= 10 })
-        let job = try #require(try home.job())
+        #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 })
+        let job = try await #require(try home.job())
         let c = try await home.capstan(["cancel", job.id])
         #expect(c.status == 0 && c.stdout.contains("cancelled"), "\(c.stdout)\(c.stderr)")
-        #expect(try home.job()?.status == .cancelled)
+        await #expect(try home.job()?.status == .cancelled)
         #expect(try await home.liveNodes().isEmpty)
         let left = try runProcessBlocking("/usr/bin/pgrep", ["-f", job.id])
         #expect(left.stdout.isEmpty, "processes of the job are still running: \(left.stdout)")

@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import CapstanTestSupport
 import Foundation
@@ -80,8 +86,10 @@ extension JobTests {
         let launch = try home.startLaunch()
         defer { if launch.isRunning { launch.terminate() } }
         // The first run on a machine builds the venv (pip: transformers, peft).
-        #expect(try await home.wait(timeout: 420) { (try home.job()?.latestCheckpoint ?? 0) >= 15 }, "no checkpoint: \(home.logTail(job: (try? home.job()?.id) ?? "-"))")
-        let job0 = try #require(try home.job())
+        let checkpointed = try await home.wait(timeout: 420) { (try await home.job()?.latestCheckpoint ?? 0) >= 15 }
+        let jobID = (try? await home.job()?.id) ?? "-"
+        #expect(checkpointed, "no checkpoint: \(home.logTail(job: jobID))")
+        let job0 = try await #require(try home.job())
         // Kill between two checkpoints (the leader has logged a step 3 to 10 past one), so some
         // steps of attempt 1 come after the checkpoint attempt 2 resumes from and are retraced.
         // Not an expectation: a leader whose lines never show such a step is killed anyway
@@ -93,8 +101,8 @@ extension JobTests {
         let worker = try #require(home.recipeWorker(job: job0.id, rank: rank), "no worker on node \(rank)")
         kill(worker, SIGKILL)
         #expect(try await home.wait(timeout: 300) { !launch.isRunning }, "launch did not end: \(home.logTail(job: job0.id))")
-        let job = try #require(try home.job())
-        let attempts = try home.store().attempts(job: job.id)
+        let job = try await #require(try home.job())
+        let attempts = try await home.store().attempts(job: job.id)
         #expect(job.status == .succeeded && job.attempt == 2 && job.restarts == 1, "\(job.status) \(job.lastError ?? "") \(home.logTail(job: job.id))")
         #expect(attempts.first?.failureKind == "signal")
         let resume = try #require(attempts.last?.resumeStep)
@@ -143,7 +151,7 @@ extension JobTests {
             let home = try JobHome.recipe(steps: 2, every: 2)
             defer { home.dir.cleanup() }
             _ = try await home.capstan(["launch", home.spec] + JobHome.fast, timeout: 420)
-            python = try home.job().flatMap { home.venvPython(job: $0.id) }
+            python = try await home.job().flatMap { home.venvPython(job: $0.id) }
         }
         let py = try #require(python)
         let dir = TempDir("capstan-mask")
@@ -175,7 +183,7 @@ extension JobTests {
         defer { home.dir.cleanup() }
         let r = try await home.capstan(["launch", home.spec] + JobHome.fast, timeout: 420)
         #expect(r.status != 0)
-        let job = try #require(try home.job())
+        let job = try await #require(try home.job())
         #expect(job.status == .failed && job.restarts <= 1)
         let error = job.lastError ?? ""
         #expect(error.contains("failed the same way twice") && error.contains("data/train.jsonl:2: expected `messages`, or `prompt` and `completion`"), "\(error)")
@@ -241,7 +249,7 @@ extension JobTests {
         // Not in the folder and no index: the job fails, saying what and where to look.
         let missing = try await env.capstan(["launch", job("capstan-nonexistent-probe==9.9")] + JobHome.fast, timeout: 300)
         #expect(missing.status != 0)
-        let failed = try #require(try home.store().jobs().first { $0.status == .failed })
+        let failed = try await #require(try home.store().jobs().first { $0.status == .failed })
         #expect(failed.lastError?.contains("python env failed: Installing the job's Python requirements") == true, "\(failed.lastError ?? "")")
     }
 }
@@ -259,6 +267,6 @@ extension JobTests {
         let d = try await home.capstan(["launch", home.spec] + JobHome.fast)
         #expect(d.status != 0 && d.stderr.contains("The recipe's data file data/train.jsonl is not in the workdir"), "\(d.stderr)")
         let live = try await home.liveNodes()
-        #expect(try home.store().jobs().isEmpty && live.isEmpty)
+        await #expect(try home.store().jobs().isEmpty && live.isEmpty)
     }
 }

@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import Foundation
 import Testing
@@ -39,7 +45,7 @@ struct ReliabilityTests {
         func live() async throws -> [Instance] {
             try await SimulatedCloud(configuration: .init(bootSeconds: bootSeconds, stateFile: dir.file("sim-cloud.json"), failBootRegions: failBootRegions)).describe(InstanceQuery())
         }
-        func store() throws -> StateStore { try StateStore.open(home: CapstanHome(root: dir.path)) }
+        func store() throws -> SQLiteStateStore { try SQLiteStateStore.open(home: CapstanHome(root: dir.path)) }
     }
 
     @Test("kill -9 of down: the next status, up or down finishes the termination", arguments: ["status", "up", "down"])
@@ -50,16 +56,17 @@ struct ReliabilityTests {
             if try await home.store().cluster(named: "c1")?.status != .running { #expect(try await home.capstan(Home.up).status == 0) }
             let killed = try await home.capstan(["down", "c1"], crashAt: point)
             #expect(killed.status == 9)
-            #expect(try home.store().cluster(named: "c1")?.status == .terminating)
+            await #expect(try home.store().cluster(named: "c1")?.status == .terminating)
             #expect(try await home.live().count == 2, "the kill came before any terminate call")
             let r = try await home.capstan(next == "up" ? Home.up : [next] + (next == "down" ? ["c1"] : []))
             #expect(r.status == 0, "\(next) after a killed down (\(point)): \(r.stderr)")
-            let clusters = try home.store().clusters(includeFinished: true)
+            let clusters = try await home.store().clusters(includeFinished: true)
             #expect(!clusters.contains { $0.status == .terminating }, "\(next): a cluster is still terminating")
             // `up` replaced it with a new running c1; status and down leave nothing.
             let live = try await home.live()
             if next == "up" {
-                #expect(live.count == 2 && live.allSatisfy { $0.tags[CapstanTags.clusterID] == (try? home.store().cluster(named: "c1"))??.id })
+                let c1 = try? await home.store().cluster(named: "c1")
+                #expect(live.count == 2 && live.allSatisfy { $0.tags[CapstanTags.clusterID] == c1?.id })
                 #expect(try await home.capstan(["down", "c1"]).status == 0)
             } else {
                 #expect(live.isEmpty, "\(next) left \(live.map(\.id)) running")
@@ -75,14 +82,14 @@ struct ReliabilityTests {
             #expect(try await home.live().allSatisfy { $0.state == .pending }, "the kill came after the nodes had booted")
             let r = try await home.capstan(["reconcile", "--json"])
             #expect(r.status == 0, "\(r.stderr)")
-            let c1 = try #require(try home.store().cluster(named: "c1"))
+            let c1 = try await #require(try home.store().cluster(named: "c1"))
             let live = try await home.live()
             if fails {
                 #expect(c1.status == .failed, "nodes that failed to boot were adopted as running")
                 #expect(live.isEmpty, "failed nodes left billing: \(live.map(\.id))")
                 // Later reconciles agree.
                 #expect(try await home.capstan(["reconcile"]).status == 0)
-                #expect(try home.store().cluster(named: "c1")?.status == .failed)
+                await #expect(try home.store().cluster(named: "c1")?.status == .failed)
             } else {
                 #expect(c1.status == .running)
                 #expect(live.count == 2 && live.allSatisfy { $0.state == .running })
@@ -94,17 +101,17 @@ struct ReliabilityTests {
     func lostDatabase(how: String) async throws {
         let home = Home(); defer { home.dir.cleanup() }
         #expect(try await home.capstan(Home.up).status == 0)
-        let owner = try home.store().ownerID()
-        let id = try #require(try home.store().cluster(named: "c1")?.id)
+        let owner = try await home.store().ownerID()
+        let id = try await #require(try home.store().cluster(named: "c1")?.id)
         for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: home.dir.file("state/capstan.db" + suffix)) }
         if how == "empty" { home.dir.write("state/capstan.db", "") }
         // The hint's promise: the next command finds the cluster again.
         let status = try await home.capstan(["status", "--json"])
         #expect(status.status == 0, "\(status.stderr)")
-        #expect(try home.store().ownerID() == owner)
-        let c1 = try #require(try home.store().cluster(named: "c1"), "reconcile did not rebuild c1")
+        await #expect(try home.store().ownerID() == owner)
+        let c1 = try await #require(try home.store().cluster(named: "c1"), "reconcile did not rebuild c1")
         #expect(c1.id == id && c1.status == .running && c1.nodes == 2 && c1.offer?.instanceType == "sim.8xh100")
-        #expect(try home.store().instances(cluster: id).filter { !$0.state.isGone }.count == 2)
+        await #expect(try home.store().instances(cluster: id).filter { !$0.state.isGone }.count == 2)
         let down = try await home.capstan(["down", "c1"])
         #expect(down.status == 0, "\(down.stderr)")
         #expect(try await home.live().isEmpty)
@@ -131,7 +138,7 @@ struct ReliabilityTests {
             let failed = results.filter { $0.status != 0 }
             #expect(failed.isEmpty, "round \(round): \(failed.map(\.stderr))")
             // One owner id for all of them.
-            #expect(try String(contentsOfFile: home.dir.file("owner-id"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == home.store().ownerID())
+            await #expect(try String(contentsOfFile: home.dir.file("owner-id"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == home.store().ownerID())
         }
     }
 
@@ -153,10 +160,10 @@ struct ReliabilityTests {
         let unknown = try await home.capstan(["move", "nosuch"])
         #expect(unknown.status == 1 && unknown.stderr.contains("Cluster 'nosuch' is not running, so it cannot be moved."), "\(unknown.stderr)")
         #expect(try await home.capstan(Home.up).status == 0)
-        let from = try #require(try home.store().cluster(named: "c1")?.offer)
+        let from = try await #require(try home.store().cluster(named: "c1")?.offer)
         let moved = try await home.capstan(["move", "c1", "--json"])
         #expect(moved.status == 0, "\(moved.stderr)")
-        let c1 = try #require(try home.store().cluster(named: "c1"))
+        let c1 = try await #require(try home.store().cluster(named: "c1"))
         #expect(c1.status == .running && c1.offer?.region != from.region)
         let live = try await home.live()
         #expect(live.count == 2 && live.allSatisfy { $0.region == c1.offer?.region && $0.tags[CapstanTags.moveFrom] != nil }, "\(live.map(\.region))")
@@ -173,7 +180,7 @@ struct ReliabilityTests {
         #expect(killed.status == 9, "the fault point was not reached: \(killed.stderr)")
         let written = try String(contentsOfFile: home.dir.file("owner-id"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(try await home.capstan(Home.up).status == 0)
-        #expect(try home.store().ownerID() == written)
+        await #expect(try home.store().ownerID() == written)
         #expect(try await home.live().allSatisfy { $0.tags[CapstanTags.owner] == written })
         #expect(try await home.capstan(["down", "c1"]).status == 0)
         #expect(try await home.live().isEmpty)

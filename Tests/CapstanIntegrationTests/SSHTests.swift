@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 import CapstanTestSupport
 import CapstanTrainer
@@ -116,22 +122,22 @@ extension JobTests {
         let admin = try S3ObjectStore(location: "s3://capstan-ssh/runs", credentials: creds, configuration: adminConfig)
         try await admin.createBucket()
         let launch = try home.startLaunch()
-        let checkpointed = try await home.wait(timeout: 120) { (try home.job()?.latestCheckpoint ?? 0) >= 20 }
+        let checkpointed = try await home.wait(timeout: 120) { (try await home.job()?.latestCheckpoint ?? 0) >= 20 }
         #expect(checkpointed, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
         // The controller dies; the agents on the hosts go on.
         kill(launch.processIdentifier, SIGKILL)
         launch.waitUntilExit()
-        let job0 = try #require(try home.job())
+        let job0 = try await #require(try home.job())
         #expect(job0.status == .running)
         // `capstan logs -f` re-attaches a controller and follows to the end.
         let logs = try await home.capstan(["logs", job0.id, "-f"], timeout: 240)
         #expect(logs.status == 0)
-        let job = try #require(try home.job())
+        let job = try await #require(try home.job())
         #expect(job.status == .succeeded && job.attempt == 1 && job.restarts == 0, "\(job.status) \(job.lastError ?? "") \(home.logTail(job: job.id))")
-        _ = try home.checkContinuity(job: job, total: 80)
+        _ = try await home.checkContinuity(job: job, total: 80)
         // Followed, not restarted: one agent per host ever ran for attempt 1.
         for i in 1...2 { #expect(lab.processes(i, containing: "agent --config").isEmpty) }
-        let attempt = try #require(try home.store().attempts(job: job.id).first)
+        let attempt = try await #require(try home.store().attempts(job: job.id).first)
         #expect(attempt.masterAddress == lab.hosts[0].address)
         #expect(job.storage.hasPrefix("s3://capstan-ssh/runs/"))
         let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: adminConfig)
@@ -158,11 +164,11 @@ extension JobTests {
     /// Waits for the job in `home` to commit checkpoint 20; returns it, the instance serving
     /// node 1 in attempt 1, and the lab host (1-based) that instance runs on.
     static func runningWithCheckpoint(_ home: JobHome, _ lab: NetnsLab) async throws -> (JobRecord, Instance, Int) {
-        #expect(try await home.wait(timeout: 120) { (try home.job()?.latestCheckpoint ?? 0) >= 20 })
-        let job = try #require(try home.job())
-        let first = try #require(try home.store().attempts(job: job.id).first)
-        let cluster = try #require(try home.store().cluster(named: job.clusterName))
-        let nodes = try home.store().instances(cluster: cluster.id).map(\.instance)
+        #expect(try await home.wait(timeout: 120) { (try await home.job()?.latestCheckpoint ?? 0) >= 20 })
+        let job = try await #require(try home.job())
+        let first = try await #require(try home.store().attempts(job: job.id).first)
+        let cluster = try await #require(try home.store().cluster(named: job.clusterName))
+        let nodes = try await home.store().instances(cluster: cluster.id).map(\.instance)
         let victim = try #require(nodes.first { $0.id == first.nodes[1] })
         let hostIndex = try #require(lab.hosts.firstIndex { $0.address == victim.privateAddress }) + 1
         return (job, victim, hostIndex)
@@ -181,11 +187,11 @@ extension JobTests {
         let cut = Date()
         try lab.linkDown(hostIndex)
         #expect(try await home.wait(timeout: 300) { !launch.isRunning }, "\(home.logTail(job: job0.id))")
-        let job = try #require(try home.job())
-        let attempts = try home.store().attempts(job: job.id)
+        let job = try await #require(try home.job())
+        let attempts = try await home.store().attempts(job: job.id)
         #expect(job.status == .succeeded && job.attempt == 2, "\(job.status) \(job.lastError ?? "") \(home.logTail(job: job.id))")
         let a1 = try #require(attempts.first), a2 = try #require(attempts.last)
-        let events = try home.store().events(job: job.id)
+        let events = try await home.store().events(job: job.id)
         let failedAt = try #require(events.first { $0.kind == "restarting" && $0.message.hasPrefix("Attempt 1 failed") }).time
         let detected = failedAt.timeIntervalSince(cut)
         // Two bounded status reads without an answer (5 s each) past the heartbeat timeout (4 s).
@@ -196,7 +202,7 @@ extension JobTests {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withTime, .withFractionalSeconds]
         print("link cut at \(f.string(from: cut))\n" + (events.map { "\(f.string(from: $0.time)) \($0.kind): \($0.message)" }.joined(separator: "\n")))
-        let summary = try home.checkContinuity(job: job, total: 150)
+        let summary = try await home.checkContinuity(job: job, total: 150)
         print("ssh link down: detected after \(String(format: "%.1f", detected)) s; attempt 2 started \(String(format: "%.1f", a2.startedAt.timeIntervalSince(cut))) s after the cut; \(summary)")
     }
 
@@ -217,8 +223,8 @@ extension JobTests {
         kill(pid, SIGKILL)
         try lab.linkDown(hostIndex)
         #expect(try await home.wait(timeout: 240) { !launch.isRunning }, "\(home.logTail(job: job0.id))")
-        let job = try #require(try home.job())
-        let attempts = try home.store().attempts(job: job.id)
+        let job = try await #require(try home.job())
+        let attempts = try await home.store().attempts(job: job.id)
         let history = attempts.map { "attempt \($0.attempt): \($0.failureKind ?? "ok") node \($0.failedNode.map(String.init) ?? "-") \($0.message ?? "")" }
         #expect(job.status == .succeeded, "\(job.status) \(job.lastError ?? "") \(history)")
         let last = try #require(attempts.last)

@@ -1,4 +1,11 @@
 import CapstanProviders
+import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import Foundation
 import Testing
 

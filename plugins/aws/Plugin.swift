@@ -1,6 +1,7 @@
 // The `aws` plugin: EC2 compute and S3 storage, exported through the C ABI.
-import CapstanPluginABI
-import CapstanProviders
+public import CapstanPluginABI
+import CapstanPluginKit
+import CapstanAWS
 
 @_cdecl("capstan_plugin_entry")
 public func capstanPluginEntry() -> UnsafePointer<capstan_plugin> {

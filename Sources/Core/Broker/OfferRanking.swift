@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// An offer that satisfies a request, priced for the whole cluster.
 public struct RankedOffer: Sendable, Hashable, Codable {

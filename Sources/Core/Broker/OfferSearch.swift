@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// How one provider answered an offer search.
 public struct ProviderReport: Sendable, Hashable, Codable {
@@ -13,17 +13,8 @@ public struct ProviderReport: Sendable, Hashable, Codable {
 
 /// Where ``OfferSearch`` keeps offers between runs (the ``StateStore`` is one).
 public protocol OfferCache: Sendable {
-    func cachedOffers(provider: String, requestKey: String, maxAge: Duration) throws -> (offers: [Offer], fetchedAt: Date)?
-    func cacheOffers(_ offers: [Offer], provider: String, requestKey: String) throws
-}
-
-extension StateStore: OfferCache {
-    public func cachedOffers(provider: String, requestKey: String, maxAge: Duration) throws -> (offers: [Offer], fetchedAt: Date)? {
-        try cachedOffers(provider: provider, requestKey: requestKey, maxAge: maxAge, now: Date())
-    }
-    public func cacheOffers(_ offers: [Offer], provider: String, requestKey: String) throws {
-        try cacheOffers(offers, provider: provider, requestKey: requestKey, now: Date())
-    }
+    func cachedOffers(provider: String, requestKey: String, maxAge: Duration) async throws -> (offers: [Offer], fetchedAt: Date)?
+    func cacheOffers(_ offers: [Offer], provider: String, requestKey: String) async throws
 }
 
 /// The outcome of asking every provider for offers.
@@ -83,14 +74,14 @@ public struct OfferSearch: Sendable {
                 group.addTask {
                     let start = ContinuousClock.now
                     let ttl = provider.offerCacheTTL
-                    if !refresh, ttl > .zero, let cache, let hit = try? cache.cachedOffers(provider: provider.name, requestKey: key, maxAge: ttl) {
+                    if !refresh, ttl > .zero, let cache, let hit = try? await cache.cachedOffers(provider: provider.name, requestKey: key, maxAge: ttl) {
                         let secs = (ContinuousClock.now - start).seconds
                         return (ProviderReport(provider: provider.name, offers: hit.offers.count, seconds: secs, cachedAt: hit.fetchedAt), hit.offers)
                     }
                     do {
                         let found = try await withDeadline(limit, provider: provider.name) { try await provider.offers(for: request) }.map { $0.normalized() }
                         let secs = (ContinuousClock.now - start).seconds
-                        if ttl > .zero, let cache { try? cache.cacheOffers(found, provider: provider.name, requestKey: key) }
+                        if ttl > .zero, let cache { try? await cache.cacheOffers(found, provider: provider.name, requestKey: key) }
                         return (ProviderReport(provider: provider.name, offers: found.count, seconds: secs), found)
                     } catch {
                         let secs = (ContinuousClock.now - start).seconds

@@ -1,8 +1,8 @@
-import Foundation
-import Logging
+public import Foundation
+public import Logging
 
 /// Settings for provisioning: how hard to try, how to back off, how long to wait for boot.
-public struct ProvisionOptions: Sendable, Hashable {
+public struct ProvisionOptions: Sendable {
     /// Offers tried at most (in rank order) before giving up.
     public var maxAttempts: Int = 12
     /// Retries of the same offer after a rate-limit or transient error (same idempotency key).
@@ -16,7 +16,7 @@ public struct ProvisionOptions: Sendable, Hashable {
     public var waitMaxDelay: Duration = .seconds(5)
     public var readyTimeout: Duration = .seconds(900)
     /// Per-cluster SSH key pairs: the public key goes with every launch. Nil: none.
-    public var clusterKeys: ClusterKeys?
+    public var clusterKeys: (any ClusterKeySource)?
 
     public init() {}
 }
@@ -92,54 +92,6 @@ public struct ReconcileReport: Sendable, Hashable, Codable {
     }
 }
 
-/// A test hook: named points in `up`, `down`, `reconcile`, node replacement and the agent
-/// where a fault can be injected. The CLI's `CAPSTAN_TEST_CRASH_AT=point[:N]` SIGKILLs the
-/// process the N-th time (default 1st) it reaches `point` — how the chaos tests prove that a
-/// crash anywhere leaks nothing.
-public struct FaultPoints: Sendable {
-    public var hit: @Sendable (_ point: String, _ occurrence: Int) -> Void
-    private let counts = LockedBox<[String: Int]>([:])
-    public init(hit: @escaping @Sendable (String, Int) -> Void) { self.hit = hit }
-    public static let none = FaultPoints { _, _ in }
-
-    /// Reaches `point` once more (counted per point in this process).
-    public func hit(_ point: String) {
-        let n = counts.withLock { c -> Int in
-            c[point, default: 0] += 1
-            return c[point]!
-        }
-        hit(point, n)
-    }
-
-    /// Every point the provisioner reaches, in the order a lifecycle meets them. (`replace.*`
-    /// are the `up.*` launch points of a one-node replacement.)
-    public static let provisioning: [String] = [
-        "up.created", "up.searched", "up.before-launch", "up.after-launch", "up.recorded", "up.waiting", "up.cleanup", "up.ready",
-        "down.marked", "down.listed", "down.terminated", "down.recorded",
-        "reconcile.listed", "reconcile.locked", "reconcile.finishing", "reconcile.recovering", "reconcile.rebuilt",
-        "reconcile.terminating", "reconcile.terminated",
-        "replace.retired", "replace.before-launch", "replace.after-launch", "replace.recorded", "replace.waiting", "replace.ready",
-        "move.before-launch", "move.after-launch", "move.recorded", "move.waiting", "move.cleanup", "move.launched", "move.retired",
-        "reconcile.moving",
-    ]
-
-    /// Reads `CAPSTAN_TEST_CRASH_AT` (`point` or `point:N`) and kills the process with SIGKILL
-    /// the N-th time it reaches the point. Debug builds only: a release build ignores it.
-    public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) -> FaultPoints {
-        #if !DEBUG
-        return .none
-        #else
-        guard let spec = env["CAPSTAN_TEST_CRASH_AT"], !spec.isEmpty else { return .none }
-        let parts = spec.split(separator: ":")
-        let point = String(parts[0])
-        let occurrence = parts.count > 1 ? Int(parts[1]) ?? 1 : 1
-        return FaultPoints { p, n in
-            if p == point, n == occurrence { kill(getpid(), SIGKILL) }
-        }
-        #endif
-    }
-}
-
 /// Provisions clusters with failover, tears them down, and reconciles state with the clouds so
 /// that no instance is ever leaked.
 ///
@@ -151,8 +103,8 @@ public struct FaultPoints: Sendable {
 /// reconcile in another process never touches work in progress.
 public struct Provisioner: Sendable {
     public var providers: [any ComputeProvider]
-    public var store: StateStore
-    public var locks: ClusterLocks
+    public var store: any StateStore
+    public var locks: any LockService
     public var options: ProvisionOptions
     public var faults: FaultPoints
     public var logger: Logger
@@ -160,7 +112,7 @@ public struct Provisioner: Sendable {
     public var progress: (@Sendable (String) -> Void)?
 
     public init(
-        providers: [any ComputeProvider], store: StateStore, locks: ClusterLocks, options: ProvisionOptions = .init(),
+        providers: [any ComputeProvider], store: any StateStore, locks: any LockService, options: ProvisionOptions = .init(),
         faults: FaultPoints = .none, logger: Logger = Logger(label: "capstan", factory: { _ in SwiftLogNoOpLogHandler() }),
         progress: (@Sendable (String) -> Void)? = nil
     ) {
@@ -196,20 +148,20 @@ public struct Provisioner: Sendable {
     public func up(name: String, request: ResourceRequest, search: OfferSearch) async throws -> ProvisionReport {
         try Self.validate(name: name)
         try request.validate()
-        guard let lock = try locks.acquire(name) else {
+        guard let lock = try await locks.acquire(name) else {
             throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish, or check `capstan status`.")
         }
         defer { lock.release() }
-        if var old = try store.cluster(named: name), old.status == .terminating {
+        if var old = try await store.cluster(named: name), old.status == .terminating {
             try await finishTermination(&old)
         }
 
         var cluster = Cluster(name: name, request: request)
-        try store.insert(cluster)
-        store.event("created", "Cluster \(name) requested: \(request.nodes) node(s)\(request.gpu.map { " of \($0)" } ?? "").", cluster: cluster.id)
+        try await store.insert(cluster)
+        await store.event("created", "Cluster \(name) requested: \(request.nodes) node(s)\(request.gpu.map { " of \($0)" } ?? "").", cluster: cluster.id)
         faults.hit("up.created")
 
-        let owner = try store.ownerID()
+        let owner = try await store.ownerID()
         let result: OfferSearchResult
         do {
             result = try await search.run(request)
@@ -217,7 +169,7 @@ public struct Provisioner: Sendable {
             cluster.status = .failed
             cluster.terminatedAt = Date()
             cluster.lastError = "\(error)"
-            try? store.update(cluster)
+            try? await store.update(cluster)
             throw error
         }
         faults.hit("up.searched")
@@ -227,8 +179,8 @@ public struct Provisioner: Sendable {
             cluster.status = .failed
             cluster.lastError = why
             cluster.terminatedAt = Date()
-            try store.update(cluster)
-            store.event("failed", why, cluster: cluster.id)
+            try await store.update(cluster)
+            await store.event("failed", why, cluster: cluster.id)
             return ProvisionReport(cluster: cluster, attempts: [], instances: [], noOfferReason: why)
         }
 
@@ -243,16 +195,16 @@ public struct Provisioner: Sendable {
             cluster.pricePerHour = ranked.clusterPricePerHour
             cluster.intentKey = intent
             cluster.readyAt = Date()
-            try store.update(cluster)
-            store.event("ready", "Running on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " (spot)." : "."), cluster: cluster.id)
+            try await store.update(cluster)
+            await store.event("ready", "Running on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " (spot)." : "."), cluster: cluster.id)
             say("ready: \(instances.count) node(s) on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region)")
             return ProvisionReport(cluster: cluster, attempts: attempts, instances: instances)
         }
         cluster.status = .failed
         cluster.terminatedAt = Date()
         cluster.lastError = "All \(attempts.count) attempt(s) failed: " + attempts.map { "\($0.offer.id) \($0.outcome)" }.joined(separator: ", ")
-        try store.update(cluster)
-        store.event("failed", cluster.lastError ?? "", cluster: cluster.id)
+        try await store.update(cluster)
+        await store.event("failed", cluster.lastError ?? "", cluster: cluster.id)
         return ProvisionReport(cluster: cluster, attempts: attempts, instances: [])
     }
 
@@ -322,9 +274,9 @@ public struct Provisioner: Sendable {
         if let node { tags[CapstanTags.node] = "\(node)" }
         let intent = LaunchIntent(
             key: key, clusterID: cluster.id, provider: offer.provider, offer: offer, count: count, spot: ranked.spot,
-            tags: tags, status: .pending, createdAt: Date(), updatedAt: Date(), error: nil, pid: getpid())
+            tags: tags, status: .pending, createdAt: Date(), updatedAt: Date(), error: nil, pid: ProcessInfo.processInfo.processIdentifier)
         do {
-            try store.insert(intent)
+            try await store.insert(intent)
         } catch {
             return .failed(error as? CapstanError ?? CapstanError(.io, "\(error)"), key)
         }
@@ -333,7 +285,7 @@ public struct Provisioner: Sendable {
 
         var request = LaunchRequest(offer: offer, count: count, idempotencyKey: key, tags: tags, name: "capstan-\(cluster.name)", spot: ranked.spot)
         if let keys = options.clusterKeys {
-            do { request.sshPublicKey = try keys.publicKey(for: cluster) } catch {
+            do { request.sshPublicKey = try await keys.publicKey(for: cluster) } catch {
                 say("no SSH key of its own for cluster \(cluster.name): \((error as? CapstanError)?.message ?? "\(error)")")
             }
         }
@@ -355,7 +307,7 @@ public struct Provisioner: Sendable {
                 // A failed call may still have created instances (a timeout after the cloud
                 // accepted it): find them by the intent tag and terminate them.
                 await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: [], stage: stage)
-                try? store.setIntent(key, status: .failed, error: e.description)
+                try? await store.setIntent(key, status: .failed, error: e.description)
                 return .failed(e, key)
             }
         }
@@ -366,13 +318,13 @@ public struct Provisioner: Sendable {
             if i.pricePerHour == nil { i.pricePerHour = ranked.pricePerNode }
             return i
         }
-        instances = stamp(instances, tags: tags, clusterID: cluster.id, intent: key, nodes: cluster.nodes)
-        try? store.setIntent(key, status: .launched)
+        instances = await stamp(instances, tags: tags, clusterID: cluster.id, intent: key, nodes: cluster.nodes)
+        try? await store.setIntent(key, status: .launched)
         faults.hit("\(stage).recorded")
         if instances.count != count {
             await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: instances.map(\.id), stage: stage)
             let e = CapstanError(.internalError, "\(offer.provider) launched \(instances.count) instance(s) for \(count) node(s).", provider: offer.provider)
-            try? store.setIntent(key, status: .failed, error: e.description)
+            try? await store.setIntent(key, status: .failed, error: e.description)
             return .failed(e, key)
         }
         say("launched \(instances.map(\.id).joined(separator: ", ")); waiting until running")
@@ -383,7 +335,7 @@ public struct Provisioner: Sendable {
             return .ready(seen, key)
         case .failed(let e):
             await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: ids, stage: stage)
-            try? store.setIntent(key, status: .failed, error: e.description)
+            try? await store.setIntent(key, status: .failed, error: e.description)
             return .failed(e, key)
         }
     }
@@ -405,7 +357,8 @@ public struct Provisioner: Sendable {
                 let described = try await provider.describe(InstanceQuery(ids: ids, includeTerminated: true))
                 polls += 1
                 // As recorded: with the tags and node index Capstan gave each (``stamp``).
-                let seen = described.map { i in (try? store.record(i, clusterID: clusterID, intentKey: intent)) ?? i }
+                var seen: [Instance] = []
+                for i in described { seen.append((try? await store.record(i, clusterID: clusterID, intentKey: intent)) ?? i) }
                 if polls == 1 { faults.hit("\(stage).waiting") }
                 if let dead = seen.first(where: { $0.state.isGone || $0.state == .failed || $0.state == .stopped }) {
                     return .failed(CapstanError(.capacity, "Instance \(dead.id) went \(dead.state.rawValue) while booting\(dead.stateReason.map { " (\($0))" } ?? "").", provider: provider.name))
@@ -433,9 +386,11 @@ public struct Provisioner: Sendable {
     /// given then. Nothing a plugin echoes back (or fails to) decides a node's rank. `taken`: the
     /// indices other live nodes of the cluster hold.
     @discardableResult
-    func stamp(_ instances: [Instance], tags: [String: String], clusterID: String, intent: String, nodes: Int, taken: Set<Int> = []) -> [Instance] {
+    func stamp(_ instances: [Instance], tags: [String: String], clusterID: String, intent: String, nodes: Int, taken: Set<Int> = []) async -> [Instance] {
+        var recorded: [String: InstanceRecord] = [:]
+        for i in instances { recorded[i.provider + "/" + i.id] = try? await store.instance(provider: i.provider, id: i.id) }
         var out = instances.map { i -> Instance in
-            if let rec = try? store.instance(provider: i.provider, id: i.id) {
+            if let rec = recorded[i.provider + "/" + i.id] {
                 var i = i
                 for (k, v) in rec.instance.tags where CapstanTags.isCapstan(k) { i.tags[k] = v }
                 return i
@@ -449,7 +404,9 @@ public struct Provisioner: Sendable {
         if let indices = NodeIndices.assign(fixed, nodes: nodes, taken: taken) {
             for k in out.indices { out[k].tags[CapstanTags.node] = "\(indices[k])" }
         }
-        return out.map { i in (try? store.record(i, clusterID: clusterID, intentKey: intent)) ?? i }
+        var stamped: [Instance] = []
+        for i in out { stamped.append((try? await store.record(i, clusterID: clusterID, intentKey: intent)) ?? i) }
+        return stamped
     }
 
     /// Terminates what an intent created: the known ids plus anything carrying its tag, and
@@ -463,7 +420,7 @@ public struct Provisioner: Sendable {
         faults.hit("\(stage).cleanup")
         // Every id here is a real instance of this intent (known, or found by its tag).
         for i in (try? await provider.terminate(ids: ids.sorted())) ?? [] {
-            try? store.record(i, clusterID: clusterID, intentKey: intent)
+            try? await store.record(i, clusterID: clusterID, intentKey: intent)
         }
     }
 
@@ -477,23 +434,23 @@ public struct Provisioner: Sendable {
     /// (``move(cluster:search:)`` takes the whole gang elsewhere).
     /// Returns the new instance once it is running.
     public func replaceNode(cluster name: String, node: Int) async throws -> Instance {
-        guard var cluster = try store.cluster(named: name), cluster.status == .running, let offer = cluster.offer else {
+        guard var cluster = try await store.cluster(named: name), cluster.status == .running, let offer = cluster.offer else {
             throw CapstanError(.notFound, "Cluster '\(name)' is not running, so node \(node) cannot be replaced.", hint: "See `capstan status`.")
         }
         guard let provider = provider(offer.provider) else {
             throw CapstanError(.config, "Provider \(offer.provider) of cluster '\(name)' is not enabled.", hint: "Enable it in config.yaml.")
         }
-        guard let lock = try locks.acquire(name) else {
+        guard let lock = try await locks.acquire(name) else {
             throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish.")
         }
         defer { lock.release() }
         // Retire whatever serves the node now.
-        let current = try store.instances(cluster: cluster.id).filter { !$0.state.isGone && $0.instance.nodeIndex == node }
+        let current = try await store.instances(cluster: cluster.id).filter { !$0.state.isGone && $0.instance.nodeIndex == node }
         if !current.isEmpty {
             try await retire(Dictionary(current.map { ($0.id, Owner(cluster: cluster.id, intent: $0.intentKey)) }) { a, _ in a }, at: provider)
         }
         faults.hit("replace.retired")
-        let owner = try store.ownerID()
+        let owner = try await store.ownerID()
         let perNode = (cluster.spot ? offer.spotPricePerHour : offer.onDemandPricePerHour) ?? 0
         let ranked = RankedOffer(offer: offer, spot: cluster.spot, pricePerNode: perNode, nodes: 1, clusterPricePerHour: perNode * Double(cluster.nodes))
         var last: CapstanError?
@@ -502,7 +459,7 @@ public struct Provisioner: Sendable {
             switch await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider, node: node, stage: "replace") {
             case .ready(let instances, _):
                 faults.hit("replace.ready")
-                store.event("replaced", "Node \(node) replaced by \(instances[0].id) on \(offer.provider) \(offer.instanceType).", cluster: cluster.id)
+                await store.event("replaced", "Node \(node) replaced by \(instances[0].id) on \(offer.provider) \(offer.instanceType).", cluster: cluster.id)
                 return instances[0]
             case .failed(let e, _):
                 last = e
@@ -511,7 +468,7 @@ public struct Provisioner: Sendable {
         }
         let e = last ?? CapstanError(.capacity, "No capacity to replace node \(node).")
         cluster.lastError = "Replacing node \(node) failed: \(e.message)"
-        try? store.update(cluster)
+        try? await store.update(cluster)
         throw CapstanError(e.code, "Could not replace node \(node) of cluster '\(name)' on \(offer.id): \(e.message)", hint: e.hint, provider: offer.provider)
     }
 
@@ -524,10 +481,10 @@ public struct Provisioner: Sendable {
     /// job resumes on the new gang from the bucket. Throws when no other offer has capacity
     /// (the cluster is left as it was).
     public func move(cluster name: String, search: OfferSearch) async throws -> ProvisionReport {
-        guard var cluster = try store.cluster(named: name), cluster.status == .running else {
+        guard var cluster = try await store.cluster(named: name), cluster.status == .running else {
             throw CapstanError(.notFound, "Cluster '\(name)' is not running, so it cannot be moved.", hint: "See `capstan status`.")
         }
-        guard let lock = try locks.acquire(name) else {
+        guard let lock = try await locks.acquire(name) else {
             throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish.")
         }
         defer { lock.release() }
@@ -539,11 +496,11 @@ public struct Provisioner: Sendable {
             throw CapstanError(.capacity, "Cluster '\(name)' cannot move: \(Self.noOfferReason(result)) (besides \(from?.id ?? "its own offer")).", hint: "Widen the job's resources (other GPUs, regions or spot).")
         }
         say("moving cluster \(name) off \(from?.id ?? "?")")
-        let owner = try store.ownerID()
+        let owner = try await store.ownerID()
         // The new gang names the one it replaces: a crash before the move is recorded leaves a
         // trail reconcile can finish (the new gang runs) or undo (it does not).
         let (ready, attempts) = await launchGang(cluster: cluster, owner: owner, offers: candidates, stage: "move", tags: [CapstanTags.moveFrom: cluster.intentKey ?? ""])
-        guard let (_, instances, key) = ready, let intent = try store.intent(key) else {
+        guard let (_, instances, key) = ready, let intent = try await store.intent(key) else {
             throw CapstanError(.capacity, "Cluster '\(name)' cannot move: all \(attempts.count) other offer(s) failed: " + attempts.map { "\($0.offer.id) \($0.outcome)" }.joined(separator: ", ") + ".", hint: "Widen the job's resources (other GPUs, regions or spot).")
         }
         faults.hit("move.launched")
@@ -556,7 +513,7 @@ public struct Provisioner: Sendable {
     /// (what the store knows and what the providers tag with its id) is terminated, then the
     /// cluster points at the new gang. The caller holds the cluster's lock.
     func finishMove(_ cluster: inout Cluster, to intent: LaunchIntent) async throws {
-        let records = try store.instances(cluster: cluster.id)
+        let records = try await store.instances(cluster: cluster.id)
         for providerName in Set(records.map(\.provider) + [intent.provider]).sorted() {
             guard let p = provider(providerName) else { continue }
             var old = Dictionary(records.filter { $0.provider == providerName && !$0.state.isGone && $0.intentKey != intent.key }.map { ($0.id, Owner(cluster: cluster.id, intent: $0.intentKey)) }) { a, _ in a }
@@ -573,8 +530,8 @@ public struct Provisioner: Sendable {
         cluster.pricePerHour = Self.clusterPrice(intent, nodes: cluster.nodes)
         cluster.intentKey = intent.key
         cluster.lastError = nil
-        try store.update(cluster)
-        store.event("moved", "Moved from \(from?.id ?? "?") to \(intent.offer.id), " + String(format: "$%.2f/h", cluster.pricePerHour ?? 0) + ".", cluster: cluster.id)
+        try await store.update(cluster)
+        await store.event("moved", "Moved from \(from?.id ?? "?") to \(intent.offer.id), " + String(format: "$%.2f/h", cluster.pricePerHour ?? 0) + ".", cluster: cluster.id)
     }
 
     /// A cluster's price on `intent`'s offer and market, $/h.
@@ -587,17 +544,17 @@ public struct Provisioner: Sendable {
     /// Terminates every instance of cluster `name` and marks it terminated. Idempotent; a
     /// cluster whose earlier `down` died is finished.
     public func down(name: String) async throws -> Cluster {
-        var found = try store.cluster(named: name)
+        var found = try await store.cluster(named: name)
         if found == nil {
             // Unknown here: perhaps the database was lost and the cluster lives on in the clouds.
             _ = await reconcile()
-            found = try store.cluster(named: name)
+            found = try await store.cluster(named: name)
         }
         guard var cluster = found else {
             throw CapstanError(.notFound, "No cluster named '\(name)'.", hint: "See `capstan status` (`capstan reconcile` first, if the state database was lost).")
         }
         guard cluster.status.isLive else { return cluster }
-        guard let lock = try locks.acquire(name) else {
+        guard let lock = try await locks.acquire(name) else {
             throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish (or kill it; the next command reconciles).")
         }
         defer { lock.release() }
@@ -611,10 +568,10 @@ public struct Provisioner: Sendable {
     func finishTermination(_ cluster: inout Cluster) async throws {
         if cluster.status != .terminating {
             cluster.status = .terminating
-            try store.update(cluster)
+            try await store.update(cluster)
             faults.hit("down.marked")
         }
-        let records = try store.instances(cluster: cluster.id)
+        let records = try await store.instances(cluster: cluster.id)
         var failures: [String] = []
         // Every provider the cluster ever used, and the one it runs on.
         let names = Set(records.map(\.provider) + [cluster.offer?.provider].compactMap { $0 })
@@ -645,16 +602,16 @@ public struct Provisioner: Sendable {
         faults.hit("down.recorded")
         if !failures.isEmpty {
             cluster.lastError = failures.joined(separator: "; ")
-            try store.update(cluster)
+            try await store.update(cluster)
             throw CapstanError(.transient, "Cluster '\(cluster.name)' could not be fully terminated: \(cluster.lastError!).", hint: "Run `capstan down \(cluster.name)` again; nothing is forgotten.")
         }
         // The key pair goes before the status says so: a crash in between leaves the cluster
         // `terminating`, and the next reconcile finishes (and removes) again.
-        options.clusterKeys?.remove(cluster)
+        await options.clusterKeys?.remove(cluster)
         cluster.status = .terminated
         cluster.terminatedAt = Date()
-        try store.update(cluster)
-        store.event("terminated", "Cluster \(cluster.name) terminated.", cluster: cluster.id)
+        try await store.update(cluster)
+        await store.event("terminated", "Cluster \(cluster.name) terminated.", cluster: cluster.id)
     }
 
     // MARK: - Reconcile
@@ -664,7 +621,7 @@ public struct Provisioner: Sendable {
     /// adopt what belongs to a live cluster, terminate the rest, close dead intents.
     public func reconcile() async -> ReconcileReport {
         var report = ReconcileReport()
-        guard let owners = try? store.ownerIDs() else { return report }
+        guard let owners = try? await store.ownerIDs() else { return report }
         // List every provider at once, for every owner id this store has had.
         var listed: [String: [Instance]] = [:]
         await withTaskGroup(of: (String, Result<[Instance], CapstanError>).self) { group in
@@ -693,21 +650,21 @@ public struct Provisioner: Sendable {
         }
         faults.hit("reconcile.listed")
 
-        var clusters = (try? store.clusters(includeFinished: true)) ?? []
+        var clusters = await (try? store.clusters(includeFinished: true)) ?? []
         // Clusters the store does not know at all: its database was lost or replaced.
         await rebuildUnknownClusters(listed: listed, known: Set(clusters.map(\.id)), report: &report)
-        clusters = (try? store.clusters(includeFinished: true)) ?? clusters
+        clusters = await (try? store.clusters(includeFinished: true)) ?? clusters
 
         // Clusters left half-done by a dead process (`up` or `down`): take their locks; a lock
         // someone holds means live work, left alone.
         var busy = Set<String>()      // another process works on these: hands off
         var handled = Set<String>()   // finished or recovered here: their listing is stale
-        var held: [ClusterLocks.Held] = []
+        var held: [any HeldLock] = []
         defer { held.forEach { $0.release() } }
         for c in clusters where c.status.isLive {
             if c.status == .running {
-                if locks.isHeld(c.name) { busy.insert(c.id); report.busyClusters.append(c.name) }
-            } else if let lock = try? locks.acquire(c.name) {
+                if await locks.isHeld(c.name) { busy.insert(c.id); report.busyClusters.append(c.name) }
+            } else if let lock = try? await locks.acquire(c.name) {
                 held.append(lock)
             } else {
                 busy.insert(c.id)
@@ -723,7 +680,7 @@ public struct Provisioner: Sendable {
             do {
                 try await finishTermination(&cluster)
                 report.finishedTerminations.append(c.name)
-                report.terminated.append(contentsOf: (try? store.instances(cluster: c.id))?.filter { $0.terminatedAt != nil }.map(\.id) ?? [])
+                await report.terminated.append(contentsOf: (try? store.instances(cluster: c.id))?.filter { $0.terminatedAt != nil }.map(\.id) ?? [])
             } catch {
                 report.providerErrors[c.offer?.provider ?? "?"] = error as? CapstanError ?? CapstanError(.transient, "\(error)")
             }
@@ -737,21 +694,21 @@ public struct Provisioner: Sendable {
         }
         // A move died: finish it when its new gang runs whole, else undo it.
         for c in clusters where c.status == .running && !busy.contains(c.id) {
-            let moves = ((try? store.intents(cluster: c.id, status: .launched)) ?? []).filter { $0.tags[CapstanTags.moveFrom] == c.intentKey && $0.key != c.intentKey }
+            let moves = await ((try? store.intents(cluster: c.id, status: .launched)) ?? []).filter { $0.tags[CapstanTags.moveFrom] == c.intentKey && $0.key != c.intentKey }
             guard let move = moves.last, listed[move.provider] != nil else { continue }
-            guard let lock = try? locks.acquire(c.name) else { busy.insert(c.id); report.busyClusters.append(c.name); continue }
+            guard let lock = try? await locks.acquire(c.name) else { busy.insert(c.id); report.busyClusters.append(c.name); continue }
             held.append(lock)
             await recoverMove(c, to: move, listed: listed, report: &report)
             handled.insert(c.id)
         }
 
         // Re-read: recovery and finishing changed statuses.
-        clusters = (try? store.clusters(includeFinished: true)) ?? clusters
+        clusters = await (try? store.clusters(includeFinished: true)) ?? clusters
         let byID = Dictionary(clusters.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
 
         // Launches that completed for a cluster after its first (node replacements).
         var launchedIntents: [String: String] = [:]
-        for i in (try? store.intents(status: .launched)) ?? [] { launchedIntents[i.key] = i.clusterID }
+        for i in await (try? store.intents(status: .launched)) ?? [] { launchedIntents[i.key] = i.clusterID }
 
         var toTerminate: [String: [Instance]] = [:]
         // Instances of a running cluster the store has not recorded (a crash between writing the
@@ -763,15 +720,15 @@ public struct Provisioner: Sendable {
                 let intent = i.tags[CapstanTags.intent] ?? ""
                 if busy.contains(clusterID) || handled.contains(clusterID) { continue }
                 if let c = byID[clusterID], c.status == .running, c.intentKey == intent || launchedIntents[intent] == c.id {
-                    if (try? store.instance(provider: i.provider, id: i.id)) == nil {
+                    if await (try? store.instance(provider: i.provider, id: i.id)) == nil {
                         unrecorded[intent, default: []].append(i)
                     } else {
-                        try? store.record(i, clusterID: c.id, intentKey: intent)
+                        try? await store.record(i, clusterID: c.id, intentKey: intent)
                     }
                     report.adopted.append(i.id)
                 } else if i.state == .terminating {
                     // Already on its way out (EC2 `shutting-down`): nothing to do but note it.
-                    try? store.record(i, clusterID: clusterID, intentKey: intent)
+                    try? await store.record(i, clusterID: clusterID, intentKey: intent)
                 } else {
                     toTerminate[providerName, default: []].append(i)
                 }
@@ -779,12 +736,12 @@ public struct Provisioner: Sendable {
         }
         for (intent, group) in unrecorded.sorted(by: { $0.key < $1.key }) {
             guard let c = byID[group[0].tags[CapstanTags.clusterID] ?? ""] else { continue }
-            let others = (try? store.instances(cluster: c.id)) ?? []
+            let others = await (try? store.instances(cluster: c.id)) ?? []
             let taken = Set(others.filter { !$0.state.isGone }.map(\.instance.nodeIndex))
             // The launch's tags as written down, else the cloud's own (a node index it kept).
-            let tags = (try? store.intent(intent))?.tags ?? group[0].tags.filter { CapstanTags.isCapstan($0.key) }
+            let tags = await (try? store.intent(intent))?.tags ?? group[0].tags.filter { CapstanTags.isCapstan($0.key) }
             let gang = group.sorted { ($0.launchedAt ?? .distantPast, $0.id) < ($1.launchedAt ?? .distantPast, $1.id) }
-            stamp(gang, tags: tags, clusterID: c.id, intent: intent, nodes: c.nodes, taken: taken)
+            await stamp(gang, tags: tags, clusterID: c.id, intent: intent, nodes: c.nodes, taken: taken)
         }
         if !toTerminate.isEmpty { faults.hit("reconcile.terminating") }
         for (providerName, instances) in toTerminate where !instances.isEmpty {
@@ -792,25 +749,25 @@ public struct Provisioner: Sendable {
             do {
                 try await retire(Owner.byTags(instances), at: p, point: "reconcile.terminated")
                 report.terminated.append(contentsOf: instances.map(\.id))
-                store.event("reconciled", "Terminated \(instances.count) instance(s) on \(providerName) that no live cluster owns: \(instances.map(\.id).joined(separator: ", ")).")
+                await store.event("reconciled", "Terminated \(instances.count) instance(s) on \(providerName) that no live cluster owns: \(instances.map(\.id).joined(separator: ", ")).")
             } catch {
                 report.providerErrors[providerName] = error as? CapstanError ?? CapstanError(.transient, "\(error)", provider: providerName)
             }
         }
 
         // Instances the store thinks are alive but the provider no longer lists are gone.
-        for rec in (try? store.allInstances()) ?? [] where !rec.state.isGone {
+        for rec in await (try? store.allInstances()) ?? [] where !rec.state.isGone {
             guard let seen = listed[rec.provider], !busy.contains(rec.clusterID), !handled.contains(rec.clusterID) else { continue }
             if !seen.contains(where: { $0.id == rec.id && $0.state.isLive }) {
                 var gone = rec.instance
                 gone.state = .terminated
-                try? store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey)
+                try? await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey)
             }
         }
 
         // Intents of dead processes.
-        for intent in (try? store.intents(status: .pending)) ?? [] where !busy.contains(intent.clusterID) {
-            try? store.setIntent(intent.key, status: .abandoned, error: "the process that wrote it (pid \(intent.pid)) died before the launch was recorded")
+        for intent in await (try? store.intents(status: .pending)) ?? [] where !busy.contains(intent.clusterID) {
+            try? await store.setIntent(intent.key, status: .abandoned, error: "the process that wrote it (pid \(intent.pid)) died before the launch was recorded")
             report.abandonedIntents.append(intent.key)
         }
         if report.didSomething {
@@ -840,7 +797,7 @@ public struct Provisioner: Sendable {
             var gone = i
             if !gone.state.isGone { gone.state = .terminated }
             let owner = owners[i.id] ?? Owner(cluster: i.tags[CapstanTags.clusterID] ?? "", intent: i.tags[CapstanTags.intent] ?? "")
-            try? store.record(gone, clusterID: owner.cluster, intentKey: owner.intent)
+            try? await store.record(gone, clusterID: owner.cluster, intentKey: owner.intent)
         }
     }
 
@@ -850,7 +807,7 @@ public struct Provisioner: Sendable {
     /// instance of the cluster: it failed. A provider that could not be listed leaves it as is.
     func recoverInterrupted(_ c: Cluster, listed: [String: [Instance]], report: inout ReconcileReport) async {
         var cluster = c
-        let intents = (try? store.intents(cluster: c.id)) ?? []
+        let intents = await (try? store.intents(cluster: c.id)) ?? []
         let providersUsed = Set(intents.map(\.provider))
         if let unlisted = providersUsed.first(where: { listed[$0] == nil }) {
             logger.warning("interrupted cluster left for later: provider not listed", metadata: ["cluster": "\(c.name)", "capstan.provider": "\(unlisted)"])
@@ -864,19 +821,19 @@ public struct Provisioner: Sendable {
             let gang = mine.filter { $0.tags[CapstanTags.intent] == last.key }.sorted { $0.id < $1.id }
             if gang.count == c.nodes, gang.allSatisfy({ $0.state == .running || $0.state == .pending }) {
                 // (The dead `up` may not have recorded them: numbered here, once.)
-                stamp(gang, tags: last.tags, clusterID: c.id, intent: last.key, nodes: c.nodes)
+                await stamp(gang, tags: last.tags, clusterID: c.id, intent: last.key, nodes: c.nodes)
                 if case .running(let nodes) = await waitUntilRunning(provider: provider, ids: gang.map(\.id), clusterID: c.id, intent: last.key, stage: "reconcile") {
                     // Anything else of this cluster (an earlier offer's leftovers) goes.
                     await terminate(mine.filter { $0.tags[CapstanTags.intent] != last.key }, clusterID: c.id, report: &report)
-                    try? store.setIntent(last.key, status: .launched)
+                    try? await store.setIntent(last.key, status: .launched)
                     cluster.status = .running
                     cluster.offer = last.offer
                     cluster.spot = last.spot
                     cluster.pricePerHour = Self.clusterPrice(last, nodes: c.nodes)
                     cluster.intentKey = last.key
                     cluster.readyAt = Date()
-                    try? store.update(cluster)
-                    store.event("recovered", "Provisioning was interrupted; the \(c.nodes) node(s) it had launched were adopted once running.", cluster: c.id)
+                    try? await store.update(cluster)
+                    await store.event("recovered", "Provisioning was interrupted; the \(c.nodes) node(s) it had launched were adopted once running.", cluster: c.id)
                     report.recoveredClusters.append(c.name)
                     report.adopted.append(contentsOf: nodes.map(\.id))
                     return
@@ -891,12 +848,12 @@ public struct Provisioner: Sendable {
             }
         }
         await terminate(leftovers, clusterID: c.id, report: &report)
-        for i in intents where i.status == .pending { try? store.setIntent(i.key, status: .abandoned, error: "its capstan process died; reconcile cleaned up") }
+        for i in intents where i.status == .pending { try? await store.setIntent(i.key, status: .abandoned, error: "its capstan process died; reconcile cleaned up") }
         cluster.status = .failed
         cluster.terminatedAt = Date()
         cluster.lastError = "Provisioning was interrupted (the capstan process died) before every node ran; whatever it had launched was terminated."
-        try? store.update(cluster)
-        store.event("failed", cluster.lastError!, cluster: c.id)
+        try? await store.update(cluster)
+        await store.event("failed", cluster.lastError!, cluster: c.id)
         report.failedClusters.append(c.name)
     }
 
@@ -921,7 +878,7 @@ public struct Provisioner: Sendable {
     func rebuildUnknownClusters(listed: [String: [Instance]], known: Set<String>, report: inout ReconcileReport) async {
         // Only instances launched before this database existed: a cluster is written down before
         // its launch, so an unknown cluster's instance launched since is an orphan, not a loss.
-        let since = (try? store.createdAt()) ?? .distantPast
+        let since = await (try? store.createdAt()) ?? .distantPast
         let unknown = Dictionary(grouping: listed.values.joined().filter { i in
             i.state.isLive && i.state != .terminating && !(i.tags[CapstanTags.clusterID] ?? "").isEmpty
                 && !known.contains(i.tags[CapstanTags.clusterID]!) && (i.launchedAt ?? .distantPast) < since
@@ -940,11 +897,12 @@ public struct Provisioner: Sendable {
             guard group.count == nodes, indices != nil, sameOffer, !group.contains(where: { $0.state == .failed || $0.state == .stopped }),
                   let provider = provider(first.provider) else {
                 await terminate(group, clusterID: clusterID, report: &report)
-                store.event("reconciled", "Terminated \(group.count) instance(s) of a cluster the state no longer knows (\(clusterID)): it was not whole.")
+                await store.event("reconciled", "Terminated \(group.count) instance(s) of a cluster the state no longer knows (\(clusterID)): it was not whole.")
                 continue
             }
             var name = first.tags[CapstanTags.cluster] ?? "recovered-\(clusterID.prefix(8))"
-            if (try? Provisioner.validate(name: name)) == nil || ((try? store.cluster(named: name))??.status.isLive ?? false) {
+            let nameTaken = ((try? await store.cluster(named: name))??.status.isLive ?? false)
+            if (try? Provisioner.validate(name: name)) == nil || nameTaken {
                 name = "recovered-\(clusterID.prefix(8))"
             }
             let offer = await recoveredOffer(for: first, provider: provider)
@@ -960,16 +918,16 @@ public struct Provisioner: Sendable {
             let intentsOfGang = Dictionary(grouping: group, by: { $0.tags[CapstanTags.intent] ?? "" })
             cluster.intentKey = group.min { $0.nodeIndex < $1.nodeIndex }?.tags[CapstanTags.intent]
             cluster.readyAt = Date()
-            do { try store.insert(cluster) } catch {
+            do { try await store.insert(cluster) } catch {
                 logger.warning("could not rebuild a cluster", metadata: ["cluster": "\(name)", "error": "\(error)"])
                 continue
             }
             faults.hit("reconcile.rebuilt")
             for (key, members) in intentsOfGang {
-                try? store.insert(LaunchIntent(key: key, clusterID: clusterID, provider: first.provider, offer: offer, count: members.count, spot: spot, tags: members[0].tags, status: .launched))
-                for i in members { try? store.record(i, clusterID: clusterID, intentKey: key) }
+                try? await store.insert(LaunchIntent(key: key, clusterID: clusterID, provider: first.provider, offer: offer, count: members.count, spot: spot, tags: members[0].tags, status: .launched))
+                for i in members { try? await store.record(i, clusterID: clusterID, intentKey: key) }
             }
-            store.event("rebuilt", "Cluster \(name) was not in the state database; rebuilt from its \(nodes) instance(s)' tags on \(first.provider).", cluster: clusterID)
+            await store.event("rebuilt", "Cluster \(name) was not in the state database; rebuilt from its \(nodes) instance(s)' tags on \(first.provider).", cluster: clusterID)
             report.rebuiltClusters.append(name)
             report.adopted.append(contentsOf: group.map(\.id))
         }
@@ -996,7 +954,7 @@ public struct Provisioner: Sendable {
         faults.hit("reconcile.moving")
         var cluster = c
         if gang.count == c.nodes, gang.allSatisfy({ $0.state == .running }) {
-            stamp(gang, tags: move.tags, clusterID: c.id, intent: move.key, nodes: c.nodes)
+            await stamp(gang, tags: move.tags, clusterID: c.id, intent: move.key, nodes: c.nodes)
             do {
                 try await finishMove(&cluster, to: move)
                 report.recoveredClusters.append(c.name)
@@ -1008,7 +966,7 @@ public struct Provisioner: Sendable {
             }
         }
         await terminate(gang, clusterID: c.id, report: &report)
-        try? store.setIntent(move.key, status: .failed, error: "the move was interrupted before its new gang ran; the cluster stays on its offer")
-        store.event("move-undone", "A move to \(move.offer.id) was interrupted before its \(c.nodes) node(s) ran; they were terminated and the cluster stays on \(c.offer?.id ?? "its offer").", cluster: c.id)
+        try? await store.setIntent(move.key, status: .failed, error: "the move was interrupted before its new gang ran; the cluster stays on its offer")
+        await store.event("move-undone", "A move to \(move.offer.id) was interrupted before its \(c.nodes) node(s) ran; they were terminated and the cluster stays on \(c.offer?.id ?? "its offer").", cluster: c.id)
     }
 }

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// A machine a provider runs for Capstan: a cloud VM, or a node slot of the local provider.
 public struct Instance: Sendable, Hashable, Codable, Identifiable {

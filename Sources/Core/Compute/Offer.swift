@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// One way to get capacity: an instance type in a region of a provider, with its prices.
 /// Prices are per node (one instance) per hour in USD.

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// Every error Capstan raises: a stable ``Code`` over a private enum (so codes can grow without
 /// breaking users), what happened, to what, and what to do next.

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// Any JSON document: plugin configs, config schemas, free-form manifest fields.
 public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
@@ -112,3 +112,28 @@ public enum PluginWire {
     public struct HeadResponse: Codable, Sendable { public var object: ObjectInfo?; public init(object: ObjectInfo?) { self.object = object } }
     public struct Empty: Codable, Sendable { public init() {} }
 }
+
+extension PluginWire {
+    /// A decoding error in a few words (`missing field 'address'`), not Swift's debug text.
+    package static func describe(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, _): return "missing field '\(key.stringValue)'"
+        case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx):
+            return "wrong type at '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))'"
+        case DecodingError.dataCorrupted(let ctx):
+            return ctx.codingPath.isEmpty ? "not JSON" : "bad value at '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))'"
+        default: return "\(error)"
+        }
+    }
+}
+
+extension Sequence where Element == UInt8 {
+    /// Lower-case hex.
+    package var hex: String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        for b in self { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0xF)]) }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+

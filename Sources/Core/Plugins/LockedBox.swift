@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// A value behind a lock. Small, dependency-free, Sendable; shared by Capstan's modules
 /// (`package` access), not part of the public API.

@@ -1,5 +1,4 @@
-import Foundation
-import GRDB
+public import Foundation
 
 /// A cluster's lifecycle.
 public enum ClusterStatus: String, Sendable, Hashable, Codable, CaseIterable {
@@ -19,8 +18,7 @@ public enum ClusterStatus: String, Sendable, Hashable, Codable, CaseIterable {
 }
 
 /// A named group of nodes from one offer (one provider, one region/zone).
-public struct Cluster: Sendable, Hashable, Codable, FetchableRecord, PersistableRecord {
-    public static let databaseTableName = "cluster"
+public struct Cluster: Sendable, Hashable, Codable {
 
     public var id: String
     public var name: String
@@ -54,8 +52,7 @@ public struct Cluster: Sendable, Hashable, Codable, FetchableRecord, Persistable
 }
 
 /// A launch written down *before* the cloud call, so a crash at any point can be reconciled.
-public struct LaunchIntent: Sendable, Hashable, Codable, FetchableRecord, PersistableRecord {
-    public static let databaseTableName = "intent"
+public struct LaunchIntent: Sendable, Hashable, Codable {
 
     public enum Status: String, Sendable, Hashable, Codable {
         /// Written; the launch call may or may not have reached the cloud.
@@ -84,7 +81,7 @@ public struct LaunchIntent: Sendable, Hashable, Codable, FetchableRecord, Persis
 
     public init(
         key: String, clusterID: String, provider: String, offer: Offer, count: Int, spot: Bool, tags: [String: String],
-        status: Status = .pending, createdAt: Date = Date(), updatedAt: Date = Date(), error: String? = nil, pid: Int32 = getpid()
+        status: Status = .pending, createdAt: Date = Date(), updatedAt: Date = Date(), error: String? = nil, pid: Int32 = ProcessInfo.processInfo.processIdentifier
     ) {
         self.key = key
         self.clusterID = clusterID
@@ -102,8 +99,7 @@ public struct LaunchIntent: Sendable, Hashable, Codable, FetchableRecord, Persis
 }
 
 /// An instance as the state store knows it.
-public struct InstanceRecord: Sendable, Hashable, Codable, FetchableRecord, PersistableRecord {
-    public static let databaseTableName = "instance"
+public struct InstanceRecord: Sendable, Hashable, Codable {
 
     public var provider: String
     public var id: String
@@ -136,8 +132,7 @@ public struct InstanceRecord: Sendable, Hashable, Codable, FetchableRecord, Pers
 }
 
 /// Something that happened to a cluster (or to the state as a whole).
-public struct StateEvent: Sendable, Hashable, Codable, FetchableRecord, MutablePersistableRecord {
-    public static let databaseTableName = "event"
+public struct StateEvent: Sendable, Hashable, Codable {
     public var id: Int64?
     public var time: Date
     public var clusterID: String?
@@ -151,13 +146,4 @@ public struct StateEvent: Sendable, Hashable, Codable, FetchableRecord, MutableP
         self.time = time
     }
 
-    public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
-}
-
-struct OfferCacheRecord: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "offerCache"
-    var provider: String
-    var requestKey: String
-    var fetchedAt: Date
-    var offers: [Offer]
 }

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// Paces transfers to an average rate: each ``reserve(_:)`` waits until the bytes reserved
 /// before it have had their time at `bytesPerSecond`, so callers in parallel share one cap.

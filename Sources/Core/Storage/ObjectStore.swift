@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// What a store knows about one object.
 public struct ObjectInfo: Sendable, Hashable, Codable {

@@ -1,5 +1,5 @@
-import CapstanCore
-import Foundation
+public import CapstanCore
+public import Foundation
 
 /// Finds AWS credentials and region the way the AWS CLI does: environment variables first
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` /

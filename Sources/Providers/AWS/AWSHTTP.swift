@@ -1,7 +1,7 @@
-import AsyncHTTPClient
+public import AsyncHTTPClient
 public import CapstanCore
-import Foundation
-import NIOCore
+public import Foundation
+public import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 

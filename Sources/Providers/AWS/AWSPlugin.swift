@@ -1,6 +1,8 @@
-import CapstanCore
-import Foundation
-import Logging
+public import CapstanCore
+public import Foundation
+public import Logging
+public import CapstanPluginKit
+import CapstanRuntime
 
 /// The `aws` plugin: EC2 compute and S3 storage (plugins/aws exports this definition).
 public enum AWSPlugin {
@@ -35,7 +37,7 @@ public enum AWSPlugin {
             }
             let settings: AWSSettings
             do { settings = try config.decode(AWSSettings.self) } catch {
-                throw CapstanError(.config, "providers.aws is invalid: \(PluginLibrary.describe(error)).", hint: "See `capstan plugins inspect aws`.")
+                throw CapstanError(.config, "providers.aws is invalid: \(PluginWire.describe(error)).", hint: "See `capstan plugins inspect aws`.")
             }
             let chain = settings.credentialChain()
             let credentials = try chain.credentials()

@@ -1,5 +1,5 @@
 public import CapstanCore
-import Foundation
+public import Foundation
 
 /// On-demand prices for EC2 GPU instance types, $/h, Linux, us-east-1 list prices as published
 /// on AWS's price list; EC2 has no price API per call, so Capstan keeps this table (dated) and

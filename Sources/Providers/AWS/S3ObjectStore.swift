@@ -1,6 +1,7 @@
+import CapstanRuntime
 public import CapstanCore
-import Crypto
-import Foundation
+public import Crypto
+public import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,5 +1,6 @@
+import CapstanCore
 public import Foundation
-import Crypto
+public import Crypto
 
 /// AWS credentials. `description` never shows the secret.
 public struct AWSCredentials: Sendable, Hashable, CustomStringConvertible {
@@ -197,19 +198,8 @@ public struct SigV4Signer: Sendable {
     }
 }
 
-extension Sequence where Element == UInt8 {
-    /// Lower-case hex.
-    var hex: String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out = [UInt8]()
-        for b in self { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0xF)]) }
-        return String(decoding: out, as: UTF8.self)
-    }
-}
-
 extension Digest {
-    /// Lower-case hex, for every module of the package (agent binaries, venv hashes).
-    package var hex: String { Array(self).hex }
+    var hex: String { Array(self).hex }
 }
 
 extension HashedAuthenticationCode {

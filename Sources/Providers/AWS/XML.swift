@@ -1,5 +1,5 @@
-import CapstanCore
-import Foundation
+public import CapstanCore
+public import Foundation
 
 /// A small XML reader for AWS responses (EC2 Query API, S3 REST): elements, text, entities,
 /// CDATA; attributes and namespaces are ignored. Kept in-tree so the agent binary needs no

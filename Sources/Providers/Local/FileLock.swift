@@ -1,5 +1,8 @@
-import CapstanCore
-import Foundation
+public import CapstanCore
+public import CapstanRuntime
+public import CapstanAWS
+public import CapstanStorage
+public import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,5 +1,8 @@
-import CapstanCore
-import Foundation
+public import CapstanCore
+public import CapstanRuntime
+public import CapstanAWS
+public import CapstanStorage
+public import Foundation
 
 /// What this machine has to offer as local capacity: CPU cores, memory, and NVIDIA GPUs as
 /// `nvidia-smi` reports them.

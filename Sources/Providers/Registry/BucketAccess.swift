@@ -1,5 +1,8 @@
 public import CapstanCore
-import Foundation
+public import CapstanRuntime
+public import CapstanAWS
+public import CapstanStorage
+public import Foundation
 
 /// Everything a node's agent needs to open a job's bucket, resolved once by the controller
 /// (``ProviderRegistry/bucketAccess(for:environment:)``): the same endpoint, region, path style

@@ -1,5 +1,8 @@
 public import CapstanCore
-import Foundation
+public import CapstanRuntime
+public import CapstanAWS
+public import CapstanStorage
+public import Foundation
 public import Logging
 
 /// The providers and stores a Capstan process works with: the built-in `local` provider and
@@ -73,7 +76,7 @@ public struct ProviderRegistry: Sendable {
             } catch let e as CapstanError {
                 problems.append(Problem(provider: "local", error: e))
             } catch {
-                problems.append(Problem(provider: "local", error: CapstanError(.config, "providers.local is invalid: \(PluginLibrary.describe(error)).", hint: "The local provider accepts: slots (1–250), bootSeconds.")))
+                problems.append(Problem(provider: "local", error: CapstanError(.config, "providers.local is invalid: \(PluginWire.describe(error)).", hint: "The local provider accepts: slots (1–250), bootSeconds.")))
             }
         }
 
@@ -85,7 +88,7 @@ public struct ProviderRegistry: Sendable {
             } catch let e as CapstanError {
                 problems.append(Problem(provider: "ssh", error: e))
             } catch {
-                problems.append(Problem(provider: "ssh", error: CapstanError(.config, "providers.ssh is invalid: \(PluginLibrary.describe(error)).", hint: "providers.ssh takes user, key, checkSeconds and hosts: [{address, name, privateAddress, port, user, key, gpu, gpus, interface, workRoot, labels}].")))
+                problems.append(Problem(provider: "ssh", error: CapstanError(.config, "providers.ssh is invalid: \(PluginWire.describe(error)).", hint: "providers.ssh takes user, key, checkSeconds and hosts: [{address, name, privateAddress, port, user, key, gpu, gpus, interface, workRoot, labels}].")))
             }
         }
 

@@ -1,5 +1,8 @@
 public import CapstanCore
-import Foundation
+public import CapstanRuntime
+public import CapstanAWS
+public import CapstanStorage
+public import Foundation
 
 /// Where and as whom to log in on a machine over SSH.
 public struct SSHTarget: Sendable, Hashable, Codable {

@@ -1,6 +1,6 @@
 public import CapstanCore
-import Crypto
-import Foundation
+public import Crypto
+public import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -270,4 +270,9 @@ public struct FileObjectStore: ObjectStore {
     func ioError(_ what: String, _ err: Int32) -> CapstanError {
         CapstanError(.io, "Cannot \(what) in \(location): \(String(cString: strerror(err))).", hint: err == ENOSPC ? "Free disk space and retry." : nil)
     }
+}
+
+extension Digest {
+    /// Lower-case hex, for every module of the package (agent binaries, venv hashes).
+    package var hex: String { Array(self).hex }
 }

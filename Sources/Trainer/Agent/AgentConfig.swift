@@ -1,6 +1,7 @@
-import CapstanCore
+public import CapstanCore
+public import CapstanRuntime
 public import CapstanProviders
-import Foundation
+public import Foundation
 
 /// What the controller tells one node's agent to do for one attempt (written as JSON next to
 /// the agent's state; `capstan agent --config FILE`). Holds no secrets: credentials reach the

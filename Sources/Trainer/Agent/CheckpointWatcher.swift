@@ -1,5 +1,6 @@
-import CapstanCore
-import Foundation
+public import CapstanCore
+public import CapstanRuntime
+public import Foundation
 public import Logging
 
 /// The node agent's checkpoint side: watches `CAPSTAN_CHECKPOINT_DIR` for complete `step-N/`

@@ -1,6 +1,7 @@
-import CapstanCore
-import CapstanProviders
-import Foundation
+public import CapstanCore
+public import CapstanRuntime
+public import CapstanProviders
+public import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

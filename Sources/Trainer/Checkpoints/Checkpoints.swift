@@ -1,6 +1,7 @@
 public import CapstanCore
-import Crypto
-import Foundation
+public import CapstanRuntime
+public import Crypto
+public import Foundation
 
 /// The checkpoint protocol between a job, the node agents and the bucket.
 ///

@@ -1,6 +1,7 @@
 public import CapstanCore
+public import CapstanRuntime
 public import CapstanProviders
-import Foundation
+public import Foundation
 public import Logging
 #if canImport(Glibc)
 import Glibc
@@ -11,7 +12,7 @@ import Darwin
 /// Everything a controller needs besides the job itself.
 public struct JobContext: Sendable {
     public var home: CapstanHome
-    public var store: StateStore
+    public var store: any StateStore
     public var provisioner: Provisioner
     /// Used when the job provisions its own cluster.
     public var search: OfferSearch
@@ -25,7 +26,7 @@ public struct JobContext: Sendable {
     public var logger: Logger
 
     public init(
-        home: CapstanHome, store: StateStore, provisioner: Provisioner, search: OfferSearch, transports: [any NodeTransport],
+        home: CapstanHome, store: any StateStore, provisioner: Provisioner, search: OfferSearch, transports: [any NodeTransport],
         openBucket: @escaping @Sendable (String) throws -> any ObjectStore,
         bucketAccess: @escaping @Sendable (String) throws -> BucketAccess? = { _ in nil }, logger: Logger
     ) {
@@ -65,20 +66,20 @@ public final class JobController: Sendable {
         self.onEvent = onEvent
     }
 
-    var store: StateStore { ctx.store }
+    var store: any StateStore { ctx.store }
     var logger: Logger { ctx.logger }
 
     /// Runs the job to its end (or returns at once if it has ended). Throws when another
     /// controller holds the job.
     @discardableResult
     public func run() async throws -> JobRecord {
-        guard let lock = try ctx.jobLocks.acquire(jobID) else {
+        guard let lock = try await ctx.jobLocks.acquire(jobID) else {
             throw CapstanError(.invalidRequest, "Another capstan process is controlling job \(jobID).", hint: "Follow it with `capstan logs \(jobID) -f`.")
         }
         defer { lock.release() }
-        guard var job = try store.job(jobID) else { throw CapstanError(.notFound, "No job '\(jobID)'.", hint: "See `capstan jobs`.") }
+        guard var job = try await store.job(jobID) else { throw CapstanError(.notFound, "No job '\(jobID)'.", hint: "See `capstan jobs`.") }
         if job.status.isFinished { return job }
-        job = try store.updateJob(jobID) { $0.controllerPID = getpid() }
+        job = try await store.updateJob(jobID) { $0.controllerPID = getpid() }
         let spec = try JobSpec.parse(job.spec, source: "job \(jobID)")
         let settings = (try? PluginWire.decoder.decode(JobSettings.self, from: Data(job.settings.utf8))) ?? JobSettings()
         let bucket: any ObjectStore
@@ -101,15 +102,15 @@ public final class JobController: Sendable {
 
     /// Sets the job's status (and records an event) unless a cancel came in meanwhile.
     @discardableResult
-    func setStatus(_ status: JobStatus, _ message: String, error: String? = nil) -> JobRecord? {
-        let job = try? store.updateJob(jobID) { j in
+    func setStatus(_ status: JobStatus, _ message: String, error: String? = nil) async -> JobRecord? {
+        let job = try? await store.updateJob(jobID) { j in
             if j.status == .cancelling && !status.isFinished { return }
             j.status = status
             if let error { j.lastError = error }
             if status == .running, j.startedAt == nil { j.startedAt = Date() }
             if status.isFinished { j.finishedAt = Date() }
         }
-        store.jobEvent(status.rawValue, message, job: jobID)
+        await store.jobEvent(status.rawValue, message, job: jobID)
         emit(.status(job?.status ?? status, message))
         logger.notice("\(message)", metadata: ["capstan.job": "\(jobID)", "status": "\(status.rawValue)"])
         return job
@@ -141,24 +142,24 @@ final class Run: @unchecked Sendable {
         self.secrets = secrets
         self.checkpoints = CheckpointStore(store: bucket ?? UnopenedBucket(), prefix: "checkpoints")
         self.logOffsets = (try? JSONDecoder().decode([String: Int64].self, from: Data(contentsOf: URL(fileURLWithPath: offsetsFile)))) ?? [:]
-        self.knownCheckpoints = Set(((try? c.store.checkpoints(job: c.jobID)) ?? []).map(\.step))
     }
 
-    var store: StateStore { c.ctx.store }
+    var store: any StateStore { c.ctx.store }
     var jobID: String { c.jobID }
     var offsetsFile: String { c.ctx.jobFolder(c.jobID) + "/logs/offsets.json" }
-    func job() -> JobRecord? { try? store.job(jobID) }
+    func job() async -> JobRecord? { try? await store.job(jobID) }
 
     // MARK: - The job's life
 
     func drive() async -> JobRecord {
+        knownCheckpoints = Set(((try? await store.checkpoints(job: jobID)) ?? []).map(\.step))
         while true {
-            guard let job = job() else { return JobRecord(id: jobID, name: "?", spec: "", specFolder: "", settings: "", clusterName: "", ownsCluster: false, storage: "") }
+            guard let job = await job() else { return JobRecord(id: jobID, name: "?", spec: "", specFolder: "", settings: "", clusterName: "", ownsCluster: false, storage: "") }
             if job.status.isFinished { return job }
             if job.status == .cancelling {
-                if let a = try? store.attempt(job: jobID, number: job.attempt), let nodes = try? currentNodes(job) {
+                if let a = try? await store.attempt(job: jobID, number: job.attempt), let nodes = try? await currentNodes(job) {
                     await stopGang(a, nodes: nodes)
-                    closeAttempt(a.attempt, outcome: .stopped, failure: nil)
+                    await closeAttempt(a.attempt, outcome: .stopped, failure: nil)
                 }
                 return await finish(.cancelled, "Cancelled.")
             }
@@ -170,8 +171,8 @@ final class Run: @unchecked Sendable {
                 } catch let lost as NodeUnreachable {
                     // A node that cannot be reached to start its part is a lost node, like one
                     // that stops beating: stop the others, replace it, try again.
-                    let number = self.job()?.attempt ?? job.attempt
-                    guard let started = try store.attempt(job: jobID, number: number) else { throw lost.error }
+                    let number = await self.job()?.attempt ?? job.attempt
+                    guard let started = try await store.attempt(job: jobID, number: number) else { throw lost.error }
                     let failure = AttemptFailure(kind: .heartbeat, node: lost.rank, exit: nil, message: "node \(lost.rank) (\(lost.node)) could not be reached to start attempt \(number): \(lost.error.message)")
                     if let finished = try await afterFailure(failure, of: started, nodes: nodes, job: job) { return finished }
                     continue
@@ -179,7 +180,7 @@ final class Run: @unchecked Sendable {
                 let result = await monitor(attempt, nodes: nodes)
                 switch result {
                 case .succeeded:
-                    closeAttempt(attempt.attempt, outcome: .succeeded, failure: nil)
+                    await closeAttempt(attempt.attempt, outcome: .succeeded, failure: nil)
                     await syncCheckpoints()
                     return await finish(.succeeded, "Succeeded in attempt \(attempt.attempt).")
                 case .cancelled:
@@ -208,23 +209,23 @@ final class Run: @unchecked Sendable {
     /// ``RestartPolicy`` decides. Returns the finished job when it gives up.
     func afterFailure(_ failure: AttemptFailure, of attempt: JobAttemptRecord, nodes: [Instance], job: JobRecord) async throws -> JobRecord? {
         c.emit(.failure(attempt: attempt.attempt, failure))
-        c.setStatus(.restarting, "Attempt \(attempt.attempt) failed: \(failure). Stopping the gang.")
+        await c.setStatus(.restarting, "Attempt \(attempt.attempt) failed: \(failure). Stopping the gang.")
         let silent = failure.kind == .heartbeat ? failure.node.flatMap { nodes.indices.contains($0) ? [nodes[$0].id] : nil } ?? [] : []
         await stopGang(attempt, nodes: nodes, silent: Set(silent))
         await drainLogs(attempt, nodes: nodes, skipping: Set(silent))
-        closeAttempt(attempt.attempt, outcome: .failed, failure: failure)
+        await closeAttempt(attempt.attempt, outcome: .failed, failure: failure)
         await syncCheckpoints()
-        let progressed = (latestCommitted() ?? -1) > (attempt.resumeStep ?? -1)
-        let previous = (try? store.attempt(job: jobID, number: attempt.attempt - 1)).flatMap { a -> AttemptFailure? in
+        let progressed = await (latestCommitted() ?? -1) > (attempt.resumeStep ?? -1)
+        let previous = await (try? store.attempt(job: jobID, number: attempt.attempt - 1)).flatMap { a -> AttemptFailure? in
             guard a.outcome == .failed, let kind = a.failureKind.flatMap(AttemptFailure.Kind.init(rawValue:)) else { return nil }
             return AttemptFailure(kind: kind, node: a.failedNode, exit: a.exitCode.map { .fromCode(Int32($0)) }, message: a.message ?? "")
         }
-        let current = self.job() ?? job
+        let current = await self.job() ?? job
         switch RestartPolicy.decide(failure: failure, previous: previous, progressed: progressed, restartsUsed: current.restarts, maxRestarts: spec.maxRestarts) {
         case .giveUp(let why):
             return await finish(.failed, why, error: why)
         case .restart(let lost):
-            if failure.countsAsRestart { _ = try? store.updateJob(jobID) { $0.restarts += 1 } }
+            if failure.countsAsRestart { _ = try? await store.updateJob(jobID) { $0.restarts += 1 } }
             for node in lost {
                 // A move brought a whole new gang: nothing else is left to replace.
                 if try await replace(node: node, of: job, "Replacing node \(node)'s capacity.") == .moved { break }
@@ -235,28 +236,28 @@ final class Run: @unchecked Sendable {
 
     /// The cluster's live nodes in rank order, provisioning the cluster first when the job owns it.
     func ensureCluster(_ job: JobRecord) async throws -> [Instance] {
-        var cluster = try store.cluster(named: job.clusterName)
+        var cluster = try await store.cluster(named: job.clusterName)
         if cluster?.status == .provisioning {
             // A controller died while provisioning: let reconcile decide what it left.
             _ = await c.ctx.provisioner.reconcile()
-            cluster = try store.cluster(named: job.clusterName)
+            cluster = try await store.cluster(named: job.clusterName)
         }
         if cluster?.status != .running {
             guard job.ownsCluster else {
                 throw CapstanError(.notFound, "Cluster '\(job.clusterName)' is not running.", hint: "Start it with `capstan up`, or launch without --cluster.")
             }
-            c.setStatus(.provisioning, "Provisioning cluster \(job.clusterName): \(spec.resources.nodes) node(s)\(spec.resources.gpu.map { " of \($0)" } ?? "").")
+            await c.setStatus(.provisioning, "Provisioning cluster \(job.clusterName): \(spec.resources.nodes) node(s)\(spec.resources.gpu.map { " of \($0)" } ?? "").")
             let report = try await c.ctx.provisioner.up(name: job.clusterName, request: spec.resources, search: c.ctx.search)
             guard report.cluster.status == .running else {
                 throw CapstanError(.capacity, "No capacity for the job: \(report.noOfferReason ?? report.cluster.lastError ?? "every offer failed").", hint: "Try other GPUs, regions or spot; `capstan offers --explain` shows why offers were filtered.")
             }
         }
-        var nodes = try currentNodes(job)
+        var nodes = try await currentNodes(job)
         // A node lost while no controller was watching (or a replacement that did not finish).
         let want = cluster?.nodes ?? spec.resources.nodes
         for index in 0..<want where !nodes.contains(where: { $0.nodeIndex == index }) {
             let how = try await replace(node: index, of: job, "Node \(index) is missing; replacing it.")
-            nodes = try currentNodes(job)
+            nodes = try await currentNodes(job)
             if how == .moved { break }
         }
         return nodes
@@ -270,24 +271,24 @@ final class Run: @unchecked Sendable {
     /// (``Provisioner/move(cluster:search:)``), and the job resumes there from the bucket.
     @discardableResult
     func replace(node: Int, of job: JobRecord, _ why: String) async throws -> Replacement {
-        c.setStatus(.restarting, why)
+        await c.setStatus(.restarting, why)
         do {
             let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: node)
             c.emit(.nodeReplaced(node: node, instance: fresh.id))
-            store.jobEvent("replaced", "Node \(node) is now \(fresh.id).", job: jobID)
+            await store.jobEvent("replaced", "Node \(node) is now \(fresh.id).", job: jobID)
             return .replaced
         } catch let e as CapstanError where [.capacity, .quota, .notFound, .timeout].contains(e.code) && e.provider != nil {
-            c.setStatus(.restarting, "Node \(node) cannot be replaced on the cluster's offer (\(e.message)); moving the whole gang to the next offer that fits.")
+            await c.setStatus(.restarting, "Node \(node) cannot be replaced on the cluster's offer (\(e.message)); moving the whole gang to the next offer that fits.")
             let report = try await c.ctx.provisioner.move(cluster: job.clusterName, search: c.ctx.search)
             let to = report.cluster.offer.map { "\($0.provider) \($0.instanceType) in \($0.zone ?? $0.region)" } ?? "?"
-            store.jobEvent("moved", "The gang moved to \(to) (\(report.instances.map(\.id).joined(separator: ", "))); the job resumes there from the bucket.", job: jobID)
+            await store.jobEvent("moved", "The gang moved to \(to) (\(report.instances.map(\.id).joined(separator: ", "))); the job resumes there from the bucket.", job: jobID)
             return .moved
         }
     }
 
-    func currentNodes(_ job: JobRecord) throws -> [Instance] {
-        guard let cluster = try store.cluster(named: job.clusterName) else { return [] }
-        let live = try store.instances(cluster: cluster.id).filter { !$0.state.isGone }.map(\.instance)
+    func currentNodes(_ job: JobRecord) async throws -> [Instance] {
+        guard let cluster = try await store.cluster(named: job.clusterName) else { return [] }
+        let live = try await store.instances(cluster: cluster.id).filter { !$0.state.isGone }.map(\.instance)
         // One instance per node index (the newest, should a stale record linger).
         var byIndex: [Int: Instance] = [:]
         for i in live.sorted(by: { ($0.launchedAt ?? .distantPast) < ($1.launchedAt ?? .distantPast) }) { byIndex[i.nodeIndex] = i }
@@ -303,15 +304,15 @@ final class Run: @unchecked Sendable {
 
     /// The attempt to follow: the running one (re-attach), or a new one.
     func ensureAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobAttemptRecord {
-        if let a = try store.attempt(job: jobID, number: job.attempt) {
+        if let a = try await store.attempt(job: jobID, number: job.attempt) {
             switch a.outcome {
             case .running where a.nodes == nodes.map(\.id):
-                c.setStatus(.running, "Following attempt \(a.attempt) on \(nodes.count) node(s).")
+                await c.setStatus(.running, "Following attempt \(a.attempt) on \(nodes.count) node(s).")
                 return a
             case .running, .starting:
                 // Started by a controller that died half-way, or on nodes since replaced.
                 await stopGang(a, nodes: nodes)
-                closeAttempt(a.attempt, outcome: .stopped, failure: nil)
+                await closeAttempt(a.attempt, outcome: .stopped, failure: nil)
             default: break
             }
         }
@@ -325,9 +326,9 @@ final class Run: @unchecked Sendable {
         let masterAddress = chosen.master ?? "127.0.0.1"
         let port = Self.pickPort(address: masterAddress)
         var record = JobAttemptRecord(jobID: jobID, attempt: number, nodes: nodes.map(\.id), masterAddress: masterAddress, masterPort: port, resumeStep: resume?.step)
-        try store.save(record)
-        _ = try store.updateJob(jobID) { $0.attempt = number }
-        let gpus = (try? store.cluster(named: job.clusterName))??.offer?.gpusPerNode ?? spec.resources.gpusPerNode ?? 0
+        try await store.save(record)
+        _ = try await store.updateJob(jobID) { $0.attempt = number }
+        let gpus = await (try? store.cluster(named: job.clusterName))??.offer?.gpusPerNode ?? spec.resources.gpusPerNode ?? 0
         let addresses = chosen.addresses
         var starts: [(any NodeTransport, AgentConfig, Instance)] = []
         for (rank, node) in nodes.enumerated() {
@@ -379,9 +380,9 @@ final class Run: @unchecked Sendable {
             try await group.waitForAll()
         }
         record.outcome = .running
-        try store.save(record)
+        try await store.save(record)
         let msg = "Attempt \(number) started on \(nodes.count) node(s)" + (resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") + "; MASTER_ADDR=\(masterAddress):\(port) (\(chosen.reason))."
-        c.setStatus(.running, msg)
+        await c.setStatus(.running, msg)
         c.emit(.attemptStarted(attempt: number, resumeStep: resume?.step, nodes: nodes.map(\.id)))
         return record
     }
@@ -397,7 +398,7 @@ final class Run: @unchecked Sendable {
         var lastDescribe = Date.distantPast
         var lastCheckpointSync = Date.distantPast
         while true {
-            if job()?.status == .cancelling { return .cancelled }
+            if await job()?.status == .cancelling { return .cancelled }
             var statuses: [Int: AgentStatus] = [:]
             var deadAgents: [Int] = []
             // Every node at once: an unreachable node's read (bounded by its transport) must
@@ -576,49 +577,49 @@ final class Run: @unchecked Sendable {
         // Steps whose parts all arrived but whose leader did not commit them (it was lost, or
         // stopped before the last part came): the data is complete, so they are committed.
         for step in (try? await checkpoints.commitComplete(job: jobID, nodes: attempt.nodes.count)) ?? [] {
-            store.jobEvent("checkpoint", "Checkpoint step \(step) had every part but no manifest; committed it.", job: jobID)
+            await store.jobEvent("checkpoint", "Checkpoint step \(step) had every part but no manifest; committed it.", job: jobID)
         }
     }
 
-    func closeAttempt(_ number: Int, outcome: JobAttemptRecord.Outcome, failure: AttemptFailure?) {
-        guard var a = try? store.attempt(job: jobID, number: number) else { return }
+    func closeAttempt(_ number: Int, outcome: JobAttemptRecord.Outcome, failure: AttemptFailure?) async {
+        guard var a = try? await store.attempt(job: jobID, number: number) else { return }
         a.outcome = outcome
         a.endedAt = Date()
         a.failureKind = failure?.kind.rawValue
         a.failedNode = failure?.node
         a.exitCode = failure?.exit.map { Int($0.code) }
         a.message = failure?.message
-        try? store.save(a)
+        try? await store.save(a)
     }
 
     func finish(_ status: JobStatus, _ message: String, error: String? = nil) async -> JobRecord {
-        guard let job = job() else { return c.setStatus(status, message, error: error)! }
-        if job.ownsCluster, let cluster = try? store.cluster(named: job.clusterName), cluster.status.isLive {
+        guard let job = await job() else { return await c.setStatus(status, message, error: error)! }
+        if job.ownsCluster, let cluster = try? await store.cluster(named: job.clusterName), cluster.status.isLive {
             do {
                 _ = try await c.ctx.provisioner.down(name: job.clusterName)
-                store.jobEvent("cluster-down", "Cluster \(job.clusterName) terminated.", job: jobID)
+                await store.jobEvent("cluster-down", "Cluster \(job.clusterName) terminated.", job: jobID)
             } catch {
-                store.jobEvent("cluster-down-failed", "Cluster \(job.clusterName) could not be terminated: \(error). Run `capstan down \(job.clusterName)`.", job: jobID)
+                await store.jobEvent("cluster-down-failed", "Cluster \(job.clusterName) could not be terminated: \(error). Run `capstan down \(job.clusterName)`.", job: jobID)
             }
         }
-        let final = c.setStatus(status, message, error: error) ?? job
+        let final = await c.setStatus(status, message, error: error) ?? job
         c.emit(.finished(final))
         return final
     }
 
     // MARK: - Checkpoints
 
-    func latestCommitted() -> Int? { job()?.latestCheckpoint }
+    func latestCommitted() async -> Int? { await job()?.latestCheckpoint }
 
     /// A node found checkpoint `bad.step` damaged while restoring it: records that in the
     /// bucket (every later attempt, and every controller, skips it) and says so.
     func recordCorrupt(_ bad: CorruptCheckpoint) async {
         let message = "Checkpoint step \(bad.step) is corrupt (\(bad.reason)); it is recorded and never restored again. The next attempt resumes from the newest checkpoint that verifies."
         do { try await checkpoints.markCorrupt(bad) } catch {
-            store.jobEvent("checkpoint-corrupt", message + " (Recording it in the bucket failed: \(error))", job: jobID)
+            await store.jobEvent("checkpoint-corrupt", message + " (Recording it in the bucket failed: \(error))", job: jobID)
             return
         }
-        store.jobEvent("checkpoint-corrupt", message, job: jobID)
+        await store.jobEvent("checkpoint-corrupt", message, job: jobID)
         c.logger.warning("\(message)", metadata: ["capstan.job": "\(jobID)"])
         c.emit(.status(.restarting, message))
     }
@@ -630,22 +631,22 @@ final class Run: @unchecked Sendable {
         for step in steps where !knownCheckpoints.contains(step) {
             guard let m = try? await checkpoints.verified(step: step) else { continue }
             knownCheckpoints.insert(step)
-            try? store.save(CheckpointRecord(jobID: jobID, step: step, attempt: m.attempt, bytes: m.totalBytes, committedAt: m.createdAt))
+            try? await store.save(CheckpointRecord(jobID: jobID, step: step, attempt: m.attempt, bytes: m.totalBytes, committedAt: m.createdAt))
             c.ctx.provisioner.faults.hit("controller-checkpoint")
-            _ = try? store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, step) }
-            store.jobEvent("checkpoint", "Checkpoint step \(step) committed (\(m.totalBytes) bytes, attempt \(m.attempt)).", job: jobID)
+            _ = try? await store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, step) }
+            await store.jobEvent("checkpoint", "Checkpoint step \(step) committed (\(m.totalBytes) bytes, attempt \(m.attempt)).", job: jobID)
             c.emit(.checkpoint(step: step, bytes: m.totalBytes))
         }
-        let records = (try? store.checkpoints(job: jobID)) ?? []
+        let records = await (try? store.checkpoints(job: jobID)) ?? []
         for r in records where !r.deleted && !present.contains(r.step) {
             var d = r
             d.deleted = true
-            try? store.save(d)
+            try? await store.save(d)
         }
         // The job's latest checkpoint follows its records, even when a controller died between
         // recording a step and updating the job.
-        if let newest = records.filter({ present.contains($0.step) }).map(\.step).max(), (job()?.latestCheckpoint ?? -1) < newest {
-            _ = try? store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, newest) }
+        if let newest = records.filter({ present.contains($0.step) }).map(\.step).max(), await (job()?.latestCheckpoint ?? -1) < newest {
+            _ = try? await store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, newest) }
         }
     }
 
@@ -697,7 +698,7 @@ final class Run: @unchecked Sendable {
                 if data.count < 1 << 20 { break }
             }
         }
-        saveMetrics(force: false)
+        await saveMetrics(force: false)
         if changed, let data = try? JSONEncoder().encode(logOffsets) {
             try? PrivateFile.write(data, to: offsetsFile)
         }
@@ -711,14 +712,14 @@ final class Run: @unchecked Sendable {
                 c.emit(.log(node: rank, line: rest))
             }
         }
-        saveMetrics(force: true)
+        await saveMetrics(force: true)
     }
 
     /// Puts the newest metrics line on the job record (`capstan jobs`), at most every 2 s.
-    func saveMetrics(force: Bool) {
+    func saveMetrics(force: Bool) async {
         guard let m = latestMetrics, force || Date().timeIntervalSince(metricsSaved) >= 2 else { return }
         metricsSaved = Date()
-        _ = try? store.updateJob(jobID) { if $0.metrics != m { $0.metrics = m } }
+        _ = try? await store.updateJob(jobID) { if $0.metrics != m { $0.metrics = m } }
     }
 
     // MARK: - Ports

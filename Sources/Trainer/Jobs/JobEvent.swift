@@ -1,4 +1,5 @@
-import CapstanCore
+public import CapstanCore
+public import CapstanRuntime
 
 /// Something that happened to a job, as a controller reports it (``JobController``,
 /// ``JobService/submit(_:options:)``).

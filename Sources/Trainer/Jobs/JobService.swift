@@ -1,6 +1,7 @@
 public import CapstanCore
-import Foundation
-import Yams
+public import CapstanRuntime
+public import Foundation
+public import Yams
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -63,12 +64,12 @@ public struct JobService: Sendable {
     }
 
     /// Checks the spec and writes the job (status `pending`). Nothing runs yet.
-    public func create(yaml: String, folder: String, options: Options = .init()) throws -> JobRecord {
+    public func create(yaml: String, folder: String, options: Options = .init()) async throws -> JobRecord {
         let spec = try JobSpec.parse(yaml, source: "job spec")
         let suffix = String(UUID().uuidString.lowercased().filter(\.isHexDigit).prefix(6))
         let id = String(spec.name.prefix(56)) + "-" + suffix
         if let cluster = options.cluster {
-            guard let c = try context.store.cluster(named: cluster), c.status == .running else {
+            guard let c = try await context.store.cluster(named: cluster), c.status == .running else {
                 throw CapstanError(.notFound, "Cluster '\(cluster)' is not running.", hint: "Start it with `capstan up \(cluster) …`, or launch without --cluster.")
             }
             guard c.nodes == spec.resources.nodes else {
@@ -98,8 +99,8 @@ public struct JobService: Sendable {
         let job = JobRecord(
             id: id, name: spec.name, spec: yaml, specFolder: (folder as NSString).standardizingPath, settings: settings,
             clusterName: options.cluster ?? id, ownsCluster: options.cluster == nil, storage: storage)
-        try context.store.insert(job)
-        context.store.jobEvent("submitted", "Job \(id) submitted: \(spec.resources.nodes) node(s), checkpoints and outputs in \(storage).", job: id)
+        try await context.store.insert(job)
+        await context.store.jobEvent("submitted", "Job \(id) submitted: \(spec.resources.nodes) node(s), checkpoints and outputs in \(storage).", job: id)
         return job
     }
 
@@ -128,8 +129,8 @@ public struct JobService: Sendable {
     }
 
     /// Creates the job and runs its controller in this process.
-    public func submit(yaml: String, folder: String, options: Options = .init()) throws -> JobHandle {
-        let job = try create(yaml: yaml, folder: folder, options: options)
+    public func submit(yaml: String, folder: String, options: Options = .init()) async throws -> JobHandle {
+        let job = try await create(yaml: yaml, folder: folder, options: options)
         return attach(job.id)
     }
 
@@ -147,8 +148,8 @@ public struct JobService: Sendable {
     /// Starts a detached controller (`capstan job-controller ID`) for an unfinished job that
     /// has none — after the `capstan` that ran it was killed. Returns whether one was started.
     @discardableResult
-    public func ensureController(_ id: String) throws -> Bool {
-        guard let job = try context.store.job(id), !job.status.isFinished else { return false }
+    public func ensureController(_ id: String) async throws -> Bool {
+        guard let job = try await context.store.job(id), !job.status.isFinished else { return false }
         guard !context.jobLocks.isHeld(job.id) else { return false }
         let folder = context.jobFolder(job.id)
         try PrivateFile.createFolder(folder)
@@ -156,9 +157,9 @@ public struct JobService: Sendable {
         env["CAPSTAN_HOME"] = context.home.root
         let pid = try Spawn.start([agentExecutable, "job-controller", job.id], environment: env, cwd: nil, output: folder + "/controller.log")
         Spawn.reapLater(pid)
-        context.store.jobEvent("reattached", "A controller (pid \(pid)) took over the job.", job: job.id)
+        await context.store.jobEvent("reattached", "A controller (pid \(pid)) took over the job.", job: job.id)
         // Wait until it holds the lock, so callers that look next see it working.
-        for _ in 0..<100 where !context.jobLocks.isHeld(job.id) { usleep(20_000) }
+        for _ in 0..<100 where !context.jobLocks.isHeld(job.id) { try await Task.sleep(for: .milliseconds(20)) }
         return true
     }
 
@@ -166,16 +167,16 @@ public struct JobService: Sendable {
     /// lets the agents upload what is complete, and terminates the cluster the job owns.
     @discardableResult
     public func cancel(_ id: String, wait: Duration = .seconds(300)) async throws -> JobRecord {
-        guard let job = try context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
+        guard let job = try await context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
         if job.status.isFinished { return job }
-        try context.store.updateJob(job.id) { $0.status = .cancelling }
-        context.store.jobEvent("cancelling", "Cancel requested.", job: job.id)
+        try await context.store.updateJob(job.id) { $0.status = .cancelling }
+        await context.store.jobEvent("cancelling", "Cancel requested.", job: job.id)
         if !context.jobLocks.isHeld(job.id) {
             return try await JobController(jobID: job.id, context: context).run()
         }
         let deadline = ContinuousClock.now + wait
         while ContinuousClock.now < deadline {
-            if let j = try context.store.job(job.id), j.status.isFinished { return j }
+            if let j = try await context.store.job(job.id), j.status.isFinished { return j }
             try await Task.sleep(for: .milliseconds(200))
         }
         throw CapstanError(.timeout, "Job \(job.id) is still stopping after \(wait).", hint: "Check `capstan jobs`; the cancel stays in force.")
@@ -183,7 +184,7 @@ public struct JobService: Sendable {
 
     /// The job's checkpoints in its bucket, each verified against its manifest.
     public func checkpoints(_ id: String) async throws -> [CheckpointSummary] {
-        guard let job = try context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
+        guard let job = try await context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
         let store = CheckpointStore(store: try context.openBucket(job.storage), prefix: "checkpoints")
         var out: [CheckpointSummary] = []
         let corrupt = Set(try await store.corruptSteps())
@@ -198,7 +199,7 @@ public struct JobService: Sendable {
     /// Downloads every file of each of the job's checkpoints and hashes it against the
     /// manifest (``CheckpointStore/check(step:scratch:)``), newest last.
     public func verifyCheckpoints(_ id: String) async throws -> [CheckpointCheck] {
-        guard let job = try context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
+        guard let job = try await context.store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.") }
         let store = CheckpointStore(store: try context.openBucket(job.storage), prefix: "checkpoints")
         let scratch = NSTemporaryDirectory() + "capstan-verify-" + UUID().uuidString
         defer { try? FileManager.default.removeItem(atPath: scratch) }

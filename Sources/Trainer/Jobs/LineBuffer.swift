@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// Splits a byte stream that arrives in arbitrary chunks (log tails) into lines, keeping an
 /// unterminated last line — and a UTF-8 sequence cut between chunks — until it is complete.

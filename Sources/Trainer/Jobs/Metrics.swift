@@ -1,5 +1,6 @@
-import CapstanCore
-import Foundation
+public import CapstanCore
+public import CapstanRuntime
+public import Foundation
 
 /// One metrics line of a job: a JSON object on its own line with a whole `step` and numbers
 /// (`{"step": 120, "loss": 4.37, "lr": 0.0011, "tokens_per_s": 6100}`), as the built-in

@@ -1,4 +1,5 @@
-import CapstanCore
+public import CapstanCore
+public import CapstanRuntime
 
 /// Why an attempt failed, as the controller saw it.
 public struct AttemptFailure: Sendable, Hashable, Codable, CustomStringConvertible {

@@ -1,5 +1,6 @@
-import CapstanCore
-import Foundation
+public import CapstanCore
+public import CapstanRuntime
+public import Foundation
 
 /// A built-in training program a job names instead of writing `run` (`recipe: sft`): Capstan
 /// ships its source inside the binary, writes it on every node, builds its Python environment,

@@ -1,4 +1,5 @@
-import CapstanCore
+public import CapstanCore
+public import CapstanRuntime
 
 /// The environment every node's command runs with: torchrun-compatible variables plus
 /// Capstan's own (DESIGN.md, "Env contract"). Pure: builds the variables, starts nothing.

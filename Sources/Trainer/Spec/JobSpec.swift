@@ -1,6 +1,7 @@
 public import CapstanCore
-import Foundation
-import Yams
+public import CapstanRuntime
+public import Foundation
+public import Yams
 
 /// A job as the user writes it (YAML, a handful of lines, defaults for everything else).
 ///

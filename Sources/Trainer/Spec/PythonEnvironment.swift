@@ -1,7 +1,8 @@
-import CapstanCore
-import CapstanProviders
-import Crypto
-import Foundation
+public import CapstanCore
+public import CapstanRuntime
+public import CapstanProviders
+public import Crypto
+public import Foundation
 
 /// The Python environment a job's command runs in (`python:` in a job spec; implied by a
 /// recipe). The agent builds it once per node and requirements hash, as a venv in the node's

@@ -1,6 +1,7 @@
 public import CapstanCore
-import CapstanProviders
-import Foundation
+public import CapstanRuntime
+public import CapstanProviders
+public import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,5 +1,6 @@
 public import CapstanCore
-import Foundation
+public import CapstanRuntime
+public import Foundation
 
 /// Where an agent's files live on a node for one job attempt.
 public struct NodeLayout: Sendable, Hashable {

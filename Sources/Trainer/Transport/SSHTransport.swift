@@ -1,7 +1,8 @@
 public import CapstanCore
+public import CapstanRuntime
 public import CapstanProviders
-import Crypto
-import Foundation
+public import Crypto
+public import Foundation
 
 /// Remote nodes over SSH (the system OpenSSH client, ``SSHClient``): any instance with an SSH
 /// user and address — the `ssh` provider's hosts, cloud instances.

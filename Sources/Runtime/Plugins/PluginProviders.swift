@@ -1,0 +1,87 @@
+public import CapstanCore
+public import Foundation
+
+/// A ``ComputeProvider`` backed by a loaded plugin: every call crosses the C ABI as JSON.
+public struct PluginComputeProvider: ComputeProvider {
+    public let instance: PluginInstance
+    public var name: String { instance.name }
+    public var offerCacheTTL: Duration {
+        .milliseconds(Int64((instance.library.manifest.offerCacheSeconds ?? 600) * 1000))
+    }
+
+    public init(_ instance: PluginInstance) throws {
+        guard instance.library.manifest.capabilities.contains(.compute) else {
+            throw CapstanError(.unsupported, "Plugin '\(instance.name)' does not provide compute.", provider: instance.name)
+        }
+        self.instance = instance
+    }
+
+    public func offers(for request: ResourceRequest) async throws -> [Offer] {
+        let response = try await instance.call(PluginWire.Method.offers, request, as: PluginWire.OffersResponse.self)
+        // The host owns naming: whatever the plugin claims, offers carry its name and a
+        // normalized GPU id.
+        return response.offers.map { offer in
+            var o = offer.normalized()
+            o.provider = name
+            return o
+        }
+    }
+
+    public func launch(_ request: LaunchRequest) async throws -> [Instance] {
+        try await instance.call(PluginWire.Method.launch, request, as: PluginWire.InstancesResponse.self).instances
+    }
+
+    public func describe(_ query: InstanceQuery) async throws -> [Instance] {
+        try await instance.call(PluginWire.Method.describe, query, as: PluginWire.InstancesResponse.self).instances
+    }
+
+    public func terminate(ids: [String]) async throws -> [Instance] {
+        try await instance.call(PluginWire.Method.terminate, PluginWire.TerminateRequest(ids: ids), as: PluginWire.InstancesResponse.self).instances
+    }
+}
+
+/// An ``ObjectStore`` backed by a loaded plugin, pointed at one bucket `location`.
+/// Transfers may take long, so they run without the default call timeout unless one is given.
+public struct PluginObjectStore: ObjectStore {
+    public let instance: PluginInstance
+    public let location: String
+    /// Limit for one transfer; nil means no limit (progress keeps the user informed).
+    public var transferTimeout: Duration?
+
+    public init(_ instance: PluginInstance, location: String, transferTimeout: Duration? = nil) throws {
+        guard instance.library.manifest.capabilities.contains(.storage) else {
+            throw CapstanError(.unsupported, "Plugin '\(instance.name)' does not provide storage.", provider: instance.name)
+        }
+        try ObjectKey.validateLocation(location)
+        self.instance = instance
+        self.location = location
+        self.transferTimeout = transferTimeout
+    }
+
+    private var longTimeout: Duration { transferTimeout ?? .seconds(7 * 24 * 3600) }
+
+    public func put(file path: String, key: String, options: PutOptions, progress: TransferProgressHandler?) async throws -> ObjectInfo {
+        try ObjectKey.validate(key)
+        return try await instance.call(PluginWire.Method.put, PluginWire.PutRequest(location: location, file: path, key: key, options: options), as: ObjectInfo.self, timeout: longTimeout, progress: progress)
+    }
+
+    public func get(key: String, to path: String, progress: TransferProgressHandler?) async throws -> ObjectInfo {
+        try ObjectKey.validate(key)
+        return try await instance.call(PluginWire.Method.get, PluginWire.GetRequest(location: location, key: key, file: path), as: ObjectInfo.self, timeout: longTimeout, progress: progress)
+    }
+
+    public func list(prefix: String) async throws -> [ObjectInfo] {
+        try ObjectKey.validatePrefix(prefix)
+        return try await instance.call(PluginWire.Method.list, PluginWire.ListRequest(location: location, prefix: prefix), as: PluginWire.ListResponse.self).objects
+    }
+
+    public func head(key: String) async throws -> ObjectInfo? {
+        try ObjectKey.validate(key)
+        return try await instance.call(PluginWire.Method.head, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.HeadResponse.self).object
+    }
+
+    public func delete(key: String) async throws {
+        try ObjectKey.validate(key)
+        _ = try await instance.call(PluginWire.Method.delete, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.Empty.self)
+    }
+}
