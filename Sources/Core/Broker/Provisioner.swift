@@ -132,6 +132,15 @@ public struct Provisioner: Sendable {
 
     func provider(_ name: String) -> (any ComputeProvider)? { providers.first { $0.name == name } }
 
+    /// A state write on a path that is already failing: its own failure must not hide the
+    /// error being reported, and is logged instead (never silently dropped). What it leaves
+    /// unwritten, reconcile finishes (an intent still pending, a cluster still provisioning).
+    func bestEffort(_ what: String, _ write: () async throws -> Void) async {
+        do { try await write() } catch {
+            logger.error("state write failed", metadata: ["what": "\(what)", "error": "\(error)"])
+        }
+    }
+
     /// Checks a cluster name: lower-case letters, digits and dashes, at most 63 characters.
     public static func validate(name: String) throws {
         guard name.range(of: "^[a-z0-9][a-z0-9-]{0,62}$", options: .regularExpression) != nil else {
@@ -169,7 +178,7 @@ public struct Provisioner: Sendable {
             cluster.status = .failed
             cluster.terminatedAt = Date()
             cluster.lastError = "\(error)"
-            try? await store.update(cluster)
+            await bestEffort("cluster \(cluster.name) failed") { try await store.update(cluster) }
             throw error
         }
         faults.hit("up.searched")
@@ -307,7 +316,7 @@ public struct Provisioner: Sendable {
                 // A failed call may still have created instances (a timeout after the cloud
                 // accepted it): find them by the intent tag and terminate them.
                 await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: [], stage: stage)
-                try? await store.setIntent(key, status: .failed, error: e.description)
+                await bestEffort("intent \(key) failed") { try await store.setIntent(key, status: .failed, error: e.description) }
                 return .failed(e, key)
             }
         }
@@ -318,13 +327,22 @@ public struct Provisioner: Sendable {
             if i.pricePerHour == nil { i.pricePerHour = ranked.pricePerNode }
             return i
         }
-        instances = await stamp(instances, tags: tags, clusterID: cluster.id, intent: key, nodes: cluster.nodes)
-        try? await store.setIntent(key, status: .launched)
+        do {
+            instances = try await stampRecording(instances, tags: tags, clusterID: cluster.id, intent: key, nodes: cluster.nodes)
+            try await store.setIntent(key, status: .launched)
+        } catch {
+            // Launched but not written down: nothing could keep track of them, so they go now
+            // (the intent stays pending if even that cannot be written: reconcile finishes it).
+            let e = CapstanError(.io, "\(offer.provider) launched \(instances.map(\.id).joined(separator: ", ")), but the state store could not record them: \(error). They were terminated.", hint: "Check the state store (\(store.location)): disk space, permissions.", provider: offer.provider)
+            await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: instances.map(\.id), stage: stage)
+            await bestEffort("intent \(key) failed") { try await store.setIntent(key, status: .failed, error: e.description) }
+            return .failed(e, key)
+        }
         faults.hit("\(stage).recorded")
         if instances.count != count {
             await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: instances.map(\.id), stage: stage)
             let e = CapstanError(.internalError, "\(offer.provider) launched \(instances.count) instance(s) for \(count) node(s).", provider: offer.provider)
-            try? await store.setIntent(key, status: .failed, error: e.description)
+            await bestEffort("intent \(key) failed") { try await store.setIntent(key, status: .failed, error: e.description) }
             return .failed(e, key)
         }
         say("launched \(instances.map(\.id).joined(separator: ", ")); waiting until running")
@@ -335,7 +353,7 @@ public struct Provisioner: Sendable {
             return .ready(seen, key)
         case .failed(let e):
             await cleanUp(provider: provider, clusterID: cluster.id, intent: key, known: ids, stage: stage)
-            try? await store.setIntent(key, status: .failed, error: e.description)
+            await bestEffort("intent \(key) failed") { try await store.setIntent(key, status: .failed, error: e.description) }
             return .failed(e, key)
         }
     }
@@ -358,7 +376,12 @@ public struct Provisioner: Sendable {
                 polls += 1
                 // As recorded: with the tags and node index Capstan gave each (``stamp``).
                 var seen: [Instance] = []
-                for i in described { seen.append((try? await store.record(i, clusterID: clusterID, intentKey: intent)) ?? i) }
+                for i in described {
+                    do { seen.append(try await store.record(i, clusterID: clusterID, intentKey: intent)) } catch {
+                        logger.warning("could not record an instance while waiting", metadata: ["capstan.instance": "\(i.id)", "error": "\(error)"])
+                        seen.append(i)
+                    }
+                }
                 if polls == 1 { faults.hit("\(stage).waiting") }
                 if let dead = seen.first(where: { $0.state.isGone || $0.state == .failed || $0.state == .stopped }) {
                     return .failed(CapstanError(.capacity, "Instance \(dead.id) went \(dead.state.rawValue) while booting\(dead.stateReason.map { " (\($0))" } ?? "").", provider: provider.name))
@@ -387,8 +410,19 @@ public struct Provisioner: Sendable {
     /// indices other live nodes of the cluster hold.
     @discardableResult
     func stamp(_ instances: [Instance], tags: [String: String], clusterID: String, intent: String, nodes: Int, taken: Set<Int> = []) async -> [Instance] {
+        do {
+            return try await stampRecording(instances, tags: tags, clusterID: clusterID, intent: intent, nodes: nodes, taken: taken)
+        } catch {
+            logger.error("could not record instances", metadata: ["capstan.cluster": "\(clusterID)", "intent": "\(intent)", "error": "\(error)"])
+            return instances
+        }
+    }
+
+    /// ``stamp(_:tags:clusterID:intent:nodes:taken:)``, throwing when the state store cannot
+    /// record them (the launch path then terminates what it cannot keep track of).
+    func stampRecording(_ instances: [Instance], tags: [String: String], clusterID: String, intent: String, nodes: Int, taken: Set<Int> = []) async throws -> [Instance] {
         var recorded: [String: InstanceRecord] = [:]
-        for i in instances { recorded[i.provider + "/" + i.id] = try? await store.instance(provider: i.provider, id: i.id) }
+        for i in instances { recorded[i.provider + "/" + i.id] = try await store.instance(provider: i.provider, id: i.id) }
         var out = instances.map { i -> Instance in
             if let rec = recorded[i.provider + "/" + i.id] {
                 var i = i
@@ -405,7 +439,7 @@ public struct Provisioner: Sendable {
             for k in out.indices { out[k].tags[CapstanTags.node] = "\(indices[k])" }
         }
         var stamped: [Instance] = []
-        for i in out { stamped.append((try? await store.record(i, clusterID: clusterID, intentKey: intent)) ?? i) }
+        for i in out { stamped.append(try await store.record(i, clusterID: clusterID, intentKey: intent)) }
         return stamped
     }
 
@@ -419,8 +453,14 @@ public struct Provisioner: Sendable {
         guard !ids.isEmpty else { return }
         faults.hit("\(stage).cleanup")
         // Every id here is a real instance of this intent (known, or found by its tag).
-        for i in (try? await provider.terminate(ids: ids.sorted())) ?? [] {
-            try? await store.record(i, clusterID: clusterID, intentKey: intent)
+        // A failure leaves the intent's instances to reconcile, which finds them by its tag.
+        let gone: [Instance]
+        do { gone = try await provider.terminate(ids: ids.sorted()) } catch {
+            logger.error("could not terminate a failed launch's instances; reconcile will", metadata: ["capstan.provider": "\(provider.name)", "ids": "\(ids.sorted())", "error": "\(error)"])
+            return
+        }
+        for i in gone {
+            await bestEffort("record \(i.id) terminated") { try await store.record(i, clusterID: clusterID, intentKey: intent) }
         }
     }
 
@@ -468,7 +508,7 @@ public struct Provisioner: Sendable {
         }
         let e = last ?? CapstanError(.capacity, "No capacity to replace node \(node).")
         cluster.lastError = "Replacing node \(node) failed: \(e.message)"
-        try? await store.update(cluster)
+        await bestEffort("cluster \(cluster.name)'s last error") { try await store.update(cluster) }
         throw CapstanError(e.code, "Could not replace node \(node) of cluster '\(name)' on \(offer.id): \(e.message)", hint: e.hint, provider: offer.provider)
     }
 
