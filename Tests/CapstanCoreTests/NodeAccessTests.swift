@@ -110,5 +110,10 @@ struct NodeAccessTests {
         // An ssh host without a key of its own logged in with the SSH client's, not a cluster key.
         #expect(instance("ssh", user: "root", pub: "h1", details: ["host": "h1", "workRoot": "/home/root/.capstan-node"]).resolvedAccess
                 == .ssh(SSHNodeAccess(address: "h1", user: "root", key: .client, workRoot: "/home/root/.capstan-node")))
+        // As before: another provider's free-form details never make its node a local folder,
+        // and its nodes without an sshKey use the cluster's key.
+        #expect(instance("lambda", user: "ubuntu", pub: "3.3.3.3", details: ["folder": "/f", "workdir": "/w", "workRoot": "/data"]).resolvedAccess
+                == .ssh(SSHNodeAccess(address: "3.3.3.3", user: "ubuntu", key: .cluster, workRoot: "/data")))
+        #expect(instance("sim", details: ["folder": "/f", "workdir": "/w"]).resolvedAccess == nil)
     }
 }

@@ -162,19 +162,22 @@ extension Instance {
     ///
     /// 1. ``access``, as its provider returned it;
     /// 2. else, for a state row or provider file written before `access` existed, what the old
-    ///    `local` and `ssh` providers put in ``details`` (`workdir`+`folder`; `workRoot`, with
-    ///    `sshKey` or the SSH client's own key, and `interface`), so a cluster started by an
-    ///    earlier Capstan stays reachable;
+    ///    `local` and `ssh` providers put in ``details`` (`workdir`+`folder`; `workRoot`,
+    ///    `sshKey`, `interface`), read by the earlier Capstan's own rules so a cluster it started
+    ///    stays reachable: `workdir`+`folder` only on the `local` provider's nodes; without an
+    ///    `sshKey`, the `ssh` provider's hosts used the SSH client's own key, others the
+    ///    cluster's;
     /// 3. else (a cloud plugin that sends no `access`: EC2, Lambda) SSH as ``sshUser`` to
     ///    ``publicAddress`` (else ``privateAddress``) on ``sshPort`` (22) with the cluster's key;
     /// 4. nil when there is no such login either: Capstan has no way to reach the node.
     public var resolvedAccess: NodeAccess? {
         if let access { return access }
-        if let workdir = details["workdir"], let folder = details["folder"] {
+        // (The provider's name is read here only to mirror how those rows were once read.)
+        if provider == "local", let workdir = details["workdir"], let folder = details["folder"] {
             return .local(LocalNodeAccess(folder: folder, workdir: workdir))
         }
         guard let user = sshUser, let address = publicAddress ?? privateAddress else { return nil }
-        let legacyHost = details["workRoot"] != nil || details["sshKey"] != nil
+        let legacyHost = provider == "ssh" && details["workRoot"] != nil
         let key: SSHNodeAccess.Key = details["sshKey"].map { .file($0) } ?? (legacyHost ? .client : .cluster)
         return .ssh(SSHNodeAccess(address: address, port: sshPort ?? 22, user: user, key: key, workRoot: details["workRoot"], interface: details["interface"]))
     }
