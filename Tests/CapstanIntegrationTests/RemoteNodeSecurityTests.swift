@@ -26,7 +26,7 @@ struct RemoteNodeSecurityTests {
         Instance(
             id: "ssh-h\(i)-" + UUID().uuidString.prefix(6).lowercased(), provider: "ssh", instanceType: "cpu", region: "ssh", state: .running,
             privateAddress: lab.hosts[i - 1].address, publicAddress: lab.hosts[i - 1].address, sshPort: 22, sshUser: "root",
-            details: ["workRoot": root, "sshKey": lab.dir.file("client_key")])
+            access: .ssh(SSHNodeAccess(address: lab.hosts[i - 1].address, user: "root", key: .file(lab.dir.file("client_key")), workRoot: root)))
     }
 
     static func transport(_ lab: NetnsLab) -> SSHTransport {

@@ -61,7 +61,9 @@ struct LocalProviderTests {
         // The node index is Capstan's to give (NodeIndices), not the provider's.
         #expect(nodes.allSatisfy { $0.tags[CapstanTags.node] == nil })
         for n in nodes {
-            let work = try #require(n.details["workdir"])
+            guard case .local(let access)? = n.access else { Issue.record("node \(n.id) has no local access: \(String(describing: n.access))"); continue }
+            let work = access.workdir
+            #expect(n.details["workdir"] == nil && n.details["folder"] == nil)
             #expect(FileManager.default.fileExists(atPath: work))
             #expect(FileManager.default.fileExists(atPath: (work as NSString).deletingLastPathComponent + "/authorized_keys"))
         }
@@ -97,7 +99,8 @@ struct LocalProviderTests {
         sleeper.executableURL = URL(fileURLWithPath: "/bin/sleep")
         sleeper.arguments = ["300"]
         try sleeper.run()
-        let folder = try #require(node.details["folder"])
+        guard case .local(let access)? = node.access else { Issue.record("no local access: \(String(describing: node.access))"); return }
+        let folder = access.folder
         try Data("\(sleeper.processIdentifier)\n".utf8).write(to: URL(fileURLWithPath: folder + "/pids"))
 
         let after = try await p.terminate(ids: [node.id])

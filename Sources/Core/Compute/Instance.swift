@@ -35,15 +35,20 @@ public struct Instance: Sendable, Hashable, Codable, Identifiable {
     public var launchedAt: Date?
     /// Why it is in this state, when the cloud says (e.g. `Server.SpotInstanceTermination`).
     public var stateReason: String?
-    /// Provider-specific facts (e.g. the local node's folder).
+    /// Provider-specific facts, free-form, for people to read (e.g. the ssh provider's host id
+    /// and labels). How Capstan reaches the node is ``access``, never a detail.
     public var details: [String: String]
+    /// How Capstan reaches the node (``NodeAccess``); nil when the provider does not say (a
+    /// cloud plugin: SSH to its address with the cluster's key) — read it through
+    /// ``resolvedAccess``, which applies that default.
+    public var access: NodeAccess?
 
     public init(
         id: String, provider: String, instanceType: String, region: String, zone: String? = nil,
         state: State, providerState: String? = nil, privateAddress: String? = nil,
         publicAddress: String? = nil, sshPort: Int? = nil, sshUser: String? = nil, spot: Bool = false,
         pricePerHour: Double? = nil, tags: [String: String] = [:], launchedAt: Date? = nil,
-        stateReason: String? = nil, details: [String: String] = [:]
+        stateReason: String? = nil, details: [String: String] = [:], access: NodeAccess? = nil
     ) {
         self.id = id
         self.provider = provider
@@ -62,6 +67,7 @@ public struct Instance: Sendable, Hashable, Codable, Identifiable {
         self.launchedAt = launchedAt
         self.stateReason = stateReason
         self.details = details
+        self.access = access
     }
 }
 

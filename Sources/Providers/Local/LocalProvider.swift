@@ -148,7 +148,8 @@ public struct LocalProvider: ComputeProvider {
                     state: configuration.bootSeconds > 0 ? .pending : .running,
                     providerState: configuration.bootSeconds > 0 ? "booting" : "running", privateAddress: "127.0.0.\(slot + 2)", publicAddress: nil,
                     spot: false, pricePerHour: 0, tags: tags, launchedAt: Date(),
-                    details: ["slot": "\(slot)", "folder": folder, "workdir": folder + "/work", PreemptionSwitch.launchIndex: "\(n)"])
+                    details: ["slot": "\(slot)", PreemptionSwitch.launchIndex: "\(n)"],
+                    access: .local(LocalNodeAccess(folder: folder, workdir: folder + "/work")))
                 if let key = request.sshPublicKey {
                     try PrivateFile.write(Data((key + "\n").utf8), to: folder + "/authorized_keys")
                 }

@@ -206,14 +206,16 @@ public struct SSHProvider: ComputeProvider {
                 tags[CapstanTags.intent] = request.idempotencyKey
                 let t = target(host)
                 let id = "ssh-\(host.id.replacingOccurrences(of: "[^A-Za-z0-9.-]", with: "-", options: .regularExpression))-" + UUID().uuidString.prefix(6).lowercased()
-                var details = ["host": host.id, "workRoot": root]
-                if let k = t.keyFile { details["sshKey"] = k }
-                if let i = host.interface { details["interface"] = i }
+                // The host's id in providers.ssh (what releasing it finds it by) and its labels.
+                var details = ["host": host.id]
                 for (k, v) in host.labels ?? [:] { details["label." + k] = v }
+                // A host the user listed: their key (else the SSH client's own) and Capstan's
+                // shared known_hosts, never a cluster's key pair.
+                let access = SSHNodeAccess(address: t.address, port: t.port, user: t.user, key: t.keyFile.map { .file($0) } ?? .client, workRoot: root, interface: host.interface)
                 let instance = Instance(
                     id: id, provider: name, instanceType: group.key, region: "ssh", state: .running, providerState: "reserved",
                     privateAddress: host.privateAddress ?? host.address, publicAddress: host.address, sshPort: t.port, sshUser: t.user,
-                    spot: false, pricePerHour: 0, tags: tags, launchedAt: Date(), details: details)
+                    spot: false, pricePerHour: 0, tags: tags, launchedAt: Date(), details: details, access: .ssh(access))
                 all[host.id] = instance
                 out.append(instance)
             }
@@ -262,7 +264,8 @@ public struct SSHProvider: ComputeProvider {
         // Like a cloud deleting a machine: whatever Capstan started there stops (best effort;
         // an unreachable host's processes end when their gang does).
         for inst in released {
-            guard let host = configuration.hosts.first(where: { $0.id == inst.details["host"] }), let work = inst.details["workRoot"] else { continue }
+            guard let host = configuration.hosts.first(where: { $0.id == inst.details["host"] }),
+                  case .ssh(let access)? = inst.resolvedAccess, let work = access.workRoot else { continue }
             let pids = work + "/nodes/" + inst.id + "/pids"
             // An unreachable host is left to its gang's failure; its shared connection dies
             // with its keep-alives. A reachable one also closes it now.

@@ -296,10 +296,7 @@ final class Run: @unchecked Sendable {
     }
 
     func transport(for node: Instance) throws -> any NodeTransport {
-        guard let t = c.ctx.transports.first(where: { $0.serves(node) }) else {
-            throw CapstanError(.unsupported, "No way to reach node \(node.id) on \(node.provider): it has no SSH user and address.", hint: "The provider must report them (the ssh provider and the AWS plugin do).")
-        }
-        return t
+        try NodeTransports.transport(for: node, among: c.ctx.transports)
     }
 
     /// The attempt to follow: the running one (re-attach), or a new one.
@@ -339,8 +336,8 @@ final class Run: @unchecked Sendable {
                 resumeDir: resume == nil ? nil : l.resumeDir, outputDir: l.outputDir, attempt: number)
             var env = spec.env
             for (k, v) in contract.variables { env[k] = v }
-            // The interface of the node's private address (ssh hosts name it), unless the job does.
-            if let iface = node.details["interface"] {
+            // The interface of the node's private address (its access names it), unless the job does.
+            if let iface = node.resolvedAccess?.networkInterface {
                 for k in ["GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"] where env[k] == nil { env[k] = iface }
             }
             var files: [String: String] = [:]

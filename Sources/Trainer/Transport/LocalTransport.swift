@@ -8,8 +8,8 @@ import Glibc
 import Darwin
 #endif
 
-/// Nodes of the built-in `local` provider: each is a folder on this machine
-/// (`Instance.details["workdir"]`), and its agent is a `capstan agent` process in a session of
+/// Nodes reached by ``NodeAccess/local(_:)`` (the built-in `local` provider's): each is a
+/// folder on this machine (its `workdir`), and its agent is a `capstan agent` process in a session of
 /// its own, so it outlives the controller. The agent's pid and its command's process group are
 /// recorded in the node's `pids` file, so terminating the node kills them like a cloud would.
 public struct LocalTransport: NodeTransport {
@@ -23,13 +23,16 @@ public struct LocalTransport: NodeTransport {
         self.environment = environment
     }
 
-    public func serves(_ node: Instance) -> Bool { node.provider == "local" && node.details["workdir"] != nil }
+    public func serves(_ access: NodeAccess) -> Bool {
+        if case .local = access { return true }
+        return false
+    }
 
     func folders(_ node: Instance) throws -> (work: String, node: String) {
-        guard let work = node.details["workdir"], let folder = node.details["folder"] else {
-            throw CapstanError(.invalidRequest, "Local node \(node.id) has no folder recorded.", hint: "It was not created by the local provider.")
+        guard case .local(let a)? = node.resolvedAccess else {
+            throw CapstanError(.invalidRequest, "Node \(node.id) on \(node.provider) is not a folder on this machine (its access is \(node.resolvedAccess?.kind ?? "unknown")).", hint: "Only nodes with local access run through the local transport.")
         }
-        return (work, folder)
+        return (a.workdir, a.folder)
     }
 
     public func layout(job: String, attempt: Int, on node: Instance) throws -> NodeLayout {

@@ -16,12 +16,13 @@ public struct NodeLayout: Sendable, Hashable {
 }
 
 /// How the controller reaches a node: start the agent, read its status and log, stop it.
-/// The local provider's nodes are folders on this machine (``LocalTransport``); remote
-/// instances are reached over SSH (a later transport). Everything the controller knows about
-/// a node comes through here, so the gang logic is the same for both.
+/// Each serves kinds of ``NodeAccess``, the value a node's provider returns: folders on this
+/// machine (``LocalTransport``), SSH logins (``SSHTransport``). Everything the controller knows
+/// about a node comes through here, so the gang logic is the same for all.
 public protocol NodeTransport: Sendable {
-    /// Whether this transport serves `node` (by provider, address, …).
-    func serves(_ node: Instance) -> Bool
+    /// Whether this transport reaches nodes by `access` (by its kind only: the provider's name
+    /// plays no part).
+    func serves(_ access: NodeAccess) -> Bool
     /// The folders the agent of `job`/`attempt` uses on `node`.
     func layout(job: String, attempt: Int, on node: Instance) throws -> NodeLayout
     /// Copies the folder `localPath` into the node's workdir (once per node and job).
@@ -43,6 +44,30 @@ public protocol NodeTransport: Sendable {
     /// Asks the agent to stop (SIGTERM: it stops the command, then finishes its uploads), or,
     /// with `force`, kills the agent and the command outright.
     func stopAgent(job: String, attempt: Int, on node: Instance, force: Bool) async throws
+}
+
+/// Choosing a node's transport.
+public enum NodeTransports {
+    /// The first of `transports` that serves `node`'s ``Instance/resolvedAccess``; an error
+    /// saying what is missing, for which node, and what to do when none does.
+    public static func transport(for node: Instance, among transports: [any NodeTransport]) throws -> any NodeTransport {
+        guard let access = node.resolvedAccess else {
+            throw CapstanError(
+                .unsupported, "No way to reach node \(node.id) on \(node.provider): its provider reports no access and no SSH user and address.",
+                hint: "The provider must return the instance's `access` or its sshUser and address (docs/plugin-abi.md); the ssh provider and the AWS plugin do.", provider: node.provider)
+        }
+        if let t = transports.first(where: { $0.serves(access) }) { return t }
+        if case .unsupported(let kind, _) = access {
+            let what = kind.isEmpty ? "access that names no kind" : "'\(kind)' access"
+            throw CapstanError(
+                .unsupported, "Node \(node.id) on \(node.provider) is reached by \(what), which this Capstan cannot use (it knows local and ssh).",
+                hint: kind.isEmpty ? "The provider must give the instance's access a \"kind\" (docs/plugin-abi.md)." : "Run a Capstan that supports '\(kind)' nodes, or run the job on a provider whose nodes are reached by local or ssh access.",
+                provider: node.provider)
+        }
+        throw CapstanError(
+            .unsupported, "Node \(node.id) on \(node.provider) is reached by \(access.kind) access, but no \(access.kind) transport is set up here.",
+            hint: "This is a bug in how the controller was built: report it.", provider: node.provider)
+    }
 }
 
 extension NodeTransport {

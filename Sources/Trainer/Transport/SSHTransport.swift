@@ -4,10 +4,11 @@ public import CapstanProviders
 public import Crypto
 public import Foundation
 
-/// Remote nodes over SSH (the system OpenSSH client, ``SSHClient``): any instance with an SSH
-/// user and address — the `ssh` provider's hosts, cloud instances.
+/// Remote nodes over SSH (the system OpenSSH client, ``SSHClient``): any node reached by
+/// ``NodeAccess/ssh(_:)`` — the `ssh` provider's hosts, cloud instances (whose plugins send no
+/// access: SSH with the cluster's key, ``Instance/resolvedAccess``).
 ///
-/// On each node, under its work root (`Instance.details["workRoot"]`, else `~/.capstan-node`
+/// On each node, under its work root (``SSHNodeAccess/workRoot``, else `~/.capstan-node`
 /// in the login user's home): `bin/capstan-<sha256 prefix>` (the agent), `jobs/<job>/work`
 /// (the workdir), `jobs/<job>/attempt-N/` (the agent's state, as on local nodes) and
 /// `nodes/<instance>/pids` (what releasing the host kills).
@@ -53,14 +54,23 @@ public struct SSHTransport: NodeTransport {
         self.forwardedPrefixes = forwardedPrefixes
     }
 
-    public func serves(_ node: Instance) -> Bool {
-        node.provider != "local" && node.sshUser != nil && (node.publicAddress ?? node.privateAddress) != nil
+    public func serves(_ access: NodeAccess) -> Bool {
+        if case .ssh = access { return true }
+        return false
     }
 
-    /// A cloud instance (no key of its own from its provider) uses its cluster's key pair and
-    /// `known_hosts`, in this folder.
+    /// How `node` is reached: its ``Instance/resolvedAccess``, which must be SSH.
+    func access(_ node: Instance) throws -> SSHNodeAccess {
+        guard case .ssh(let a)? = node.resolvedAccess else {
+            throw CapstanError(.invalidRequest, "Node \(node.id) on \(node.provider) is not reached over SSH (its access is \(node.resolvedAccess?.kind ?? "unknown, with no SSH user and address")).", hint: "Only nodes with ssh access run through the SSH transport.")
+        }
+        return a
+    }
+
+    /// A node logging in with its cluster's key (``SSHNodeAccess/Key/cluster``: a cloud
+    /// instance) uses the cluster's key pair and `known_hosts`, in this folder.
     func clusterKeyFolder(_ node: Instance) -> String? {
-        guard node.provider != "ssh", node.details["sshKey"] == nil, let keys = clusterKeys else { return nil }
+        guard let a = try? access(node), a.key == .cluster, let keys = clusterKeys else { return nil }
         return keys.folder(for: node)
     }
 
@@ -70,16 +80,20 @@ public struct SSHTransport: NodeTransport {
     }
 
     func target(_ node: Instance) throws -> SSHTarget {
-        guard let user = node.sshUser, let address = node.publicAddress ?? node.privateAddress else {
-            throw CapstanError(.invalidRequest, "Node \(node.id) has no SSH address or user.")
+        let a = try access(node)
+        let key: String?
+        switch a.key {
+        case .file(let f): key = f
+        case .client: key = nil
+        // Without cluster keys (a controller built without them), the client's own.
+        case .cluster: key = clusterKeyFolder(node).map { $0 + "/id_ed25519" }
         }
-        let key = node.details["sshKey"] ?? clusterKeyFolder(node).map { $0 + "/id_ed25519" }
-        return SSHTarget(address: address, port: node.sshPort ?? 22, user: user, keyFile: key)
+        return SSHTarget(address: a.address, port: a.port, user: a.user, keyFile: key)
     }
 
     /// The node's work root: an absolute path, or `~/FOLDER` (in the login user's home there).
     func root(_ node: Instance) throws -> String {
-        let r = node.details["workRoot"] ?? Self.defaultWorkRoot
+        let r = try access(node).workRoot ?? Self.defaultWorkRoot
         guard Self.validRoot(r) else {
             throw CapstanError(.invalidRequest, "Node \(node.id)'s work root \(r) is neither an absolute path nor ~/FOLDER (letters, digits, '.', '_', '-' and '/').", hint: "Set the host's workRoot to an absolute path or to ~/FOLDER.")
         }
