@@ -23,16 +23,13 @@ public final class NodeAgent: Sendable {
     public let bucket: any ObjectStore
     let logger: Logger
     let faults: FaultPoints
-    let status: LockedBox<AgentStatus>
-    let stopping = LockedBox<Bool>(false)
+    /// The agent's phases, stop and status (``AgentLifecycle``); ``send(_:)`` drives it.
+    let lifecycle: LockedBox<AgentLifecycle>
+    /// The lifecycle's clock starts here.
+    let started = ContinuousClock.now
     let filesUploaded = LockedBox<Int>(0)
     /// Pids already written to the pids files.
     let recorded = LockedBox<Set<pid_t>>([])
-    /// This process is the agent and nothing else (`run(asAgentProcess:)`).
-    let ownsDescendants = LockedBox<Bool>(false)
-    /// Set by the Python environment (`PATH`, `VIRTUAL_ENV`, `CAPSTAN_PYTHON`), over the
-    /// config's environment for setup and the command.
-    let preparedEnvironment = LockedBox<[String: String]>([:])
 
     /// What the controller handed over on stdin: only used here to keep its secrets out of
     /// every line and status this agent writes.
@@ -44,7 +41,7 @@ public final class NodeAgent: Sendable {
         self.secrets = secrets
         self.faults = faults
         self.logger = logger
-        self.status = LockedBox(AgentStatus(job: config.job, attempt: config.attempt, node: config.node, agentPID: getpid()))
+        self.lifecycle = LockedBox(AgentLifecycle(plan: AgentLifecycle.Plan(config), status: AgentStatus(job: config.job, attempt: config.attempt, node: config.node, agentPID: getpid())))
     }
 
     var checkpoints: CheckpointStore { CheckpointStore(store: bucket, prefix: "checkpoints") }
@@ -61,80 +58,119 @@ public final class NodeAgent: Sendable {
         for dir in [config.stateDir, config.checkpointDir, config.outputDir, config.workdir] + (config.resumeDir.map { [$0] } ?? []) {
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         }
-        update { _ in }
-        ownsDescendants.withLock { $0 = asAgentProcess }
         if asAgentProcess { Spawn.becomeSubreaper() }
         recordPID(getpid())
-        say("agent started: job \(config.job), attempt \(config.attempt), node \(config.node) of \(config.nodes)")
+        var steps = send(.begin(ownsDescendants: asAgentProcess))
         let beats = Task { [self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(config.heartbeatSeconds))
-                beat()
-                recordDescendants()
+                send(.heartbeatTick)
             }
         }
         defer { beats.cancel() }
         let signals = asAgentProcess ? installStopHandler() : []
         defer { signals.forEach { $0.cancel() } }
 
-        // The bucket must take a write with these credentials before anything starts: a wrong
-        // or read-only key, a missing bucket or an unreachable endpoint is the attempt's
-        // start-up error, said at once (not a checkpoint upload retried forever).
-        do { try await probeBucket() } catch {
-            update { $0.failure = "cannot write to the bucket \(bucket.location): \(error)" }
-            say("cannot write to the bucket \(bucket.location): \(error)")
-            return finish(endedIn: AgentStatus.startPhase, exit: nil)
-        }
-        if !(await restore()) { return finish(endedIn: "restore", exit: nil) }
-        if !writeFiles() { return finish(endedIn: "setup", exit: nil) }
-        if let python = config.python, !isStopping {
-            update { $0.phase = .setup }
-            do {
-                let env = try await preparePython(python)
-                preparedEnvironment.withLock { $0 = env }
-            } catch {
-                // The job's own setup failed (a bad requirement, no index): like a failing
-                // setup command, retried once and then reported as the job's error.
-                say("python env failed: \(error)")
-                return finish(endedIn: "setup", exit: .exited(1))
+        // The lifecycle says what comes next; each step's result is the next event.
+        var watcher: CheckpointWatcher?
+        var uploads: Task<Void, Never>?
+        while !steps.isEmpty {
+            let step = steps.removeFirst()
+            var next: AgentLifecycle.Event?
+            switch step {
+            case .exit(let status):
+                return status
+            case .probeBucket:
+                // The bucket must take a write with these credentials before anything starts:
+                // a wrong or read-only key, a missing bucket or an unreachable endpoint is the
+                // attempt's start-up error, said at once (not a checkpoint upload retried forever).
+                do {
+                    try await probeBucket()
+                    next = .probeSucceeded
+                } catch {
+                    next = .probeFailed("cannot write to the bucket \(bucket.location): \(error)")
+                }
+            case .restore(let step):
+                next = await restore(step: step)
+            case .writeFiles:
+                next = writeFiles()
+            case .preparePython:
+                if let python = config.python {
+                    do { next = .pythonReady(try await preparePython(python)) } catch { next = .pythonFailed("\(error)") }
+                } else {
+                    next = .pythonReady([:])
+                }
+            case .spawn(let command, let environment):
+                // Its end (or failure to start) was the event; what follows comes back here.
+                steps += await runCommand(command, prepared: environment).next
+            case .startCheckpointWatcher:
+                let w = CheckpointWatcher(
+                    folder: config.checkpointDir, checkpoints: checkpoints, job: config.job, attempt: config.attempt, node: config.node,
+                    nodes: config.nodes, keep: config.keep, logger: logger, afterFile: { [self] _ in afterFileUploaded() },
+                    beforeCommit: { [self] _ in if config.attempt == 1 { faults.hit("agent-commit") } })
+                watcher = w
+                uploads = Task { [self] in
+                    while !Task.isCancelled {
+                        // A pass runs in a task of its own, which the cancel below (the command
+                        // ended) does not reach: it only cuts the sleep short. Cancelled, an upload
+                        // in flight failed with CancellationError() (the HTTP client's), to be
+                        // redone from the start.
+                        await Task { await checkpointPass(w) }.value
+                        try? await Task.sleep(for: .seconds(config.checkpointPollSeconds))
+                    }
+                }
+            case .stopCheckpointWatcher(let commandFailed):
+                uploads?.cancel()
+                _ = await uploads?.value
+                next = .watcherStopped(workerSignal: commandFailed ? Self.workerSignal(inLogTail: logTail()) : nil)
+            case .finalUploads(let succeeded):
+                if let watcher { await finalUploads(watcher, succeeded: succeeded) }
+                next = .finalUploadsDone
+            case .writeStatus, .log, .recordPID, .recordDescendants, .signalGroup, .killDescendants, .scheduleDeadline:
+                // Done by send(_:) as they came.
+                break
             }
+            if let next { steps += send(next) }
         }
-        for (i, command) in config.setup.enumerated() where !isStopping {
-            update { $0.phase = .setup }
-            say("setup \(i + 1)/\(config.setup.count): \(command)")
-            let exit = await runCommand(command)
-            if !exit.succeeded { return finish(endedIn: "setup", exit: exit) }
-        }
-        guard !isStopping else { return finish(endedIn: "setup", exit: .signaled(SIGTERM)) }
+        // Not reached: every path through the lifecycle ends with .exit.
+        return lifecycle.withLock { $0.status }
+    }
 
-        update { $0.phase = .running }
-        let watcher = CheckpointWatcher(
-            folder: config.checkpointDir, checkpoints: checkpoints, job: config.job, attempt: config.attempt, node: config.node,
-            nodes: config.nodes, keep: config.keep, logger: logger, afterFile: { [self] _ in afterFileUploaded() },
-            beforeCommit: { [self] _ in if config.attempt == 1 { faults.hit("agent-commit") } })
-        let uploads = Task { [self] in
-            while !Task.isCancelled {
-                // A pass runs in a task of its own, which the cancel below (the command ended)
-                // does not reach: it only cuts the sleep short. Cancelled, an upload in flight
-                // failed with CancellationError() (the HTTP client's), to be redone from the start.
-                await Task { await checkpointPass(watcher) }.value
-                try? await Task.sleep(for: .seconds(config.checkpointPollSeconds))
+    // MARK: - Lifecycle
+
+    /// The lifecycle's time now.
+    func now() -> AgentLifecycle.Now {
+        AgentLifecycle.Now(uptime: ContinuousClock.now - started, date: Date())
+    }
+
+    /// Feeds `event` to the lifecycle and does the actions that take no time (status writes,
+    /// log lines, signals, pid records) at once and in order, under its lock, so status writes
+    /// never overtake each other. Returns the rest: the steps ``run(asAgentProcess:)`` runs.
+    @discardableResult
+    func send(_ event: AgentLifecycle.Event) -> [AgentLifecycle.Action] {
+        lifecycle.withLock { machine in
+            machine.receive(event, at: now()).filter { !performAtOnce($0) }
+        }
+    }
+
+    /// Does `action` if it takes no time; false for the steps the driver runs.
+    private func performAtOnce(_ action: AgentLifecycle.Action) -> Bool {
+        switch action {
+        case .writeStatus(let status): writeStatus(status)
+        case .log(let line): say(line)
+        case .recordPID(let pid): recordPID(pid)
+        case .recordDescendants: recordDescendants()
+        case .signalGroup(let pid, let signal): Spawn.signalGroup(pid, signal)
+        case .killDescendants: killDescendants()
+        case .scheduleDeadline(let at):
+            Task { [self] in
+                try? await Task.sleep(until: started + at, clock: .continuous)
+                send(.deadlinePassed)
             }
+        case .exit, .probeBucket, .restore, .writeFiles, .preparePython, .spawn, .startCheckpointWatcher, .stopCheckpointWatcher, .finalUploads:
+            return false
         }
-        let exit = await runCommand(config.run)
-        uploads.cancel()
-        _ = await uploads.value
-        let workerSignal = exit.succeeded ? nil : Self.workerSignal(inLogTail: logTail())
-        update {
-            $0.phase = .finishing
-            $0.endedAt = Date()
-            $0.exit = exit
-            $0.endedIn = "run"
-            $0.workerSignal = workerSignal
-        }
-        say("command ended: \(exit)" + (workerSignal.map { "; a worker was killed by signal \($0)" } ?? ""))
-        await finalUploads(watcher, succeeded: exit.succeeded)
-        return finish(endedIn: "run", exit: exit)
+        return true
     }
 
     // MARK: - Phases
@@ -150,11 +186,11 @@ public final class NodeAgent: Sendable {
         _ = try await bucket.put(file: file, key: key, options: PutOptions(), progress: nil)
     }
 
-    /// Restores this node's part of the chosen checkpoint. False (with `failure` set) when it
-    /// cannot: the controller then picks another checkpoint or gives up.
-    func restore() async -> Bool {
-        guard let step = config.resumeStep, let dir = config.resumeDir else { return true }
-        update { $0.phase = .restoring }
+    /// Restores this node's part of the chosen checkpoint into the resume folder. Failed (the
+    /// status's `failure`) when it cannot: the controller then picks another checkpoint or
+    /// gives up.
+    func restore(step: Int) async -> AgentLifecycle.Event {
+        guard let dir = config.resumeDir else { return .restored }
         let start = ContinuousClock.now
         do {
             guard let manifest = try await checkpoints.verified(step: step) else {
@@ -164,47 +200,38 @@ public final class NodeAgent: Sendable {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             try await checkpoints.restore(manifest, node: config.node, into: dir)
             say("restored checkpoint step \(step) (\(manifest.totalBytes) bytes in all nodes' parts) in \(String(format: "%.2f", (ContinuousClock.now - start).seconds)) s")
-            return true
+            return .restored
         } catch let bad as CorruptCheckpoint {
-            update {
-                $0.corruptCheckpoint = bad
-                $0.failure = "restoring checkpoint step \(step) failed: \(bad)"
-            }
-            say("restoring checkpoint step \(step) failed: \(bad)")
-            return false
+            return .restoreFailed("restoring checkpoint step \(step) failed: \(bad)", corrupt: bad)
         } catch {
-            update { $0.failure = "restoring checkpoint step \(step) failed: \(error)" }
-            say("restoring checkpoint step \(step) failed: \(error)")
-            return false
+            return .restoreFailed("restoring checkpoint step \(step) failed: \(error)", corrupt: nil)
         }
     }
 
-    /// Runs `/bin/sh -c command` in the workdir, output appended to the node log.
-    func runCommand(_ command: String) async -> ExitStatus {
+    /// Runs `/bin/sh -c command` in the workdir, output appended to the node log: the
+    /// lifecycle hears it start and end (and records it, signals it on a stop, and kills what
+    /// it left behind). Returns how it ended and the steps the lifecycle took next.
+    func runCommand(_ command: String, prepared: [String: String]) async -> (exit: ExitStatus, next: [AgentLifecycle.Action]) {
         // Only the base environment of the agent's own (never its credentials), then the env
-        // contract and the spec's `env:`.
+        // contract and the spec's `env:`, then the Python environment's.
         var env = BaseEnvironment.filter(ProcessInfo.processInfo.environment)
         for (k, v) in config.environment { env[k] = v }
-        for (k, v) in preparedEnvironment.withLock({ $0 }) { env[k] = v }
+        for (k, v) in prepared { env[k] = v }
         if env["CAPSTAN_PYTHON"] == nil { env["CAPSTAN_PYTHON"] = "python3" }
         let pid: pid_t
         do {
             pid = try Spawn.start(["/bin/sh", "-c", command], environment: env, cwd: config.workdir, output: config.logFile)
         } catch {
-            say("cannot start the command: \(error)")
-            return .exited(127)
+            return (.exited(127), send(.spawnFailed("\(error)")))
         }
-        recordPID(pid)
-        update { $0.commandPID = pid }
-        // A stop that arrived while it was starting.
-        if isStopping { Spawn.signalGroup(pid, SIGTERM) }
+        send(.childStarted(pid: pid))
         let exit = await Spawn.wait(pid)
-        // Anything the command left running goes with it: its process group, and (as the
-        // agent process) every descendant, wherever it moved to.
-        Spawn.signalGroup(pid, SIGKILL)
-        killDescendants()
-        update { $0.commandPID = nil }
-        return exit
+        return (exit, send(.childExited(pid: pid, exit)))
+    }
+
+    /// A command of the Python environment's (venv, pip), before the environment exists.
+    func runCommand(_ command: String) async -> ExitStatus {
+        await runCommand(command, prepared: [:]).exit
     }
 
     /// One upload pass; prunes local checkpoint folders that are safely in the bucket (all but
@@ -221,10 +248,7 @@ public final class NodeAgent: Sendable {
         }
         let uploaded = await watcher.uploadedSteps
         let committed = await watcher.committed
-        update {
-            $0.uploadedSteps = Array(uploaded.suffix(20))
-            $0.committedSteps = Array(committed.suffix(20))
-        }
+        send(.checkpointsSeen(uploaded: uploaded, committed: committed))
         for step in uploaded.dropLast() {
             let folder = "\(config.checkpointDir)/step-\(step)"
             if FileManager.default.fileExists(atPath: folder) { try? FileManager.default.removeItem(atPath: folder) }
@@ -257,11 +281,10 @@ public final class NodeAgent: Sendable {
         guard succeeded else { return }
         do {
             let n = try await uploadOutputs()
-            update { $0.outputsUploaded = true }
+            send(.outputsUploaded)
             if n > 0 { say("uploaded \(n) output file(s) to \(bucket.location)/\(outputPrefix)") }
         } catch {
-            update { $0.failure = "uploading outputs failed: \(error)" }
-            say("uploading outputs failed: \(error)")
+            send(.outputsFailed("uploading outputs failed: \(error)"))
         }
     }
 
@@ -278,18 +301,6 @@ public final class NodeAgent: Sendable {
         }
         try await checkpoints.putJSON(CheckpointPart(node: config.node, files: files), key: outputPrefix + "/manifest.json")
         return files.count
-    }
-
-    func finish(endedIn: String, exit: ExitStatus?) -> AgentStatus {
-        update {
-            $0.phase = .exited
-            if $0.endedIn == nil { $0.endedIn = endedIn }
-            if $0.exit == nil { $0.exit = exit }
-            if $0.endedAt == nil { $0.endedAt = Date() }
-        }
-        let s = status.withLock { $0 }
-        say("agent done: \(s.exit.map { "\($0)" } ?? "no command result")\(s.failure.map { "; \($0)" } ?? "")")
-        return s
     }
 
     /// The last 64 KiB of the node log.
@@ -312,7 +323,7 @@ public final class NodeAgent: Sendable {
 
     // MARK: - Stop
 
-    var isStopping: Bool { stopping.withLock { $0 } }
+    var isStopping: Bool { lifecycle.withLock { $0.stopRequested } }
 
     /// SIGTERM/SIGINT: pass SIGTERM to the command's group, SIGKILL it after the grace period;
     /// the agent itself goes on to finish its uploads.
@@ -326,44 +337,14 @@ public final class NodeAgent: Sendable {
         }
     }
 
+    /// Stops the command gracefully: SIGTERM to its process group (to one that starts later,
+    /// when it starts), SIGKILL after the grace period; the agent itself goes on to finish its
+    /// uploads. Only the first call counts.
     public func requestStop() {
-        let first = stopping.withLock { s -> Bool in
-            defer { s = true }
-            return !s
-        }
-        guard first else { return }
-        update { $0.stopRequested = true }
-        say("stop requested")
-        guard let pid = status.withLock({ $0.commandPID }) else { return }
-        Spawn.signalGroup(pid, SIGTERM)
-        DispatchQueue.global().asyncAfter(deadline: .now() + config.stopGraceSeconds) { [self] in
-            if let still = status.withLock({ $0.commandPID }), still == pid {
-                say("command did not stop within \(config.stopGraceSeconds) s; killing it")
-                Spawn.signalGroup(pid, SIGKILL)
-            }
-        }
+        send(.stopRequested(force: false))
     }
 
     // MARK: - Files
-
-    /// Rewrites status.json atomically after applying `change`.
-    func update(_ change: (inout AgentStatus) -> Void) {
-        status.withLock { s in
-            change(&s)
-            s.updatedAt = Date()
-            writeStatus(s)
-        }
-    }
-
-    /// One heartbeat; none after the final status.
-    func beat() {
-        status.withLock { s in
-            guard s.phase != .exited else { return }
-            s.heartbeat += 1
-            s.updatedAt = Date()
-            writeStatus(s)
-        }
-    }
 
     private func writeStatus(_ s: AgentStatus) {
         var s = s
@@ -409,13 +390,11 @@ public final class NodeAgent: Sendable {
 
     /// Records every descendant not recorded yet (as the agent process: each heartbeat).
     func recordDescendants() {
-        guard ownsDescendants.withLock({ $0 }) else { return }
         for pid in NodeProcesses.descendants(of: getpid()) { recordPID(pid) }
     }
 
     /// Kills every descendant (as the agent process) and reaps them.
     func killDescendants() {
-        guard ownsDescendants.withLock({ $0 }) else { return }
         for pid in NodeProcesses.descendants(of: getpid()) {
             kill(pid, SIGKILL)
             Spawn.reapLater(pid)

@@ -11,8 +11,8 @@ import Darwin
 /// The agent's preparation before setup: the files it was given (a recipe) and the job's
 /// Python environment.
 extension NodeAgent {
-    /// Writes `AgentConfig.files` under the state folder. False (with `failure` set) when it cannot.
-    func writeFiles() -> Bool {
+    /// Writes `AgentConfig.files` under the state folder; failed (the status's `failure`) when it cannot.
+    func writeFiles() -> AgentLifecycle.Event {
         for (rel, text) in config.files.sorted(by: { $0.key < $1.key }) {
             let path = config.stateDir + "/" + rel
             do {
@@ -22,12 +22,10 @@ extension NodeAgent {
                 try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
                 try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
             } catch {
-                update { $0.failure = "writing \(path) failed: \(error)" }
-                say("writing \(path) failed: \(error)")
-                return false
+                return .filesFailed("writing \(path) failed: \(error)")
             }
         }
-        return true
+        return .filesWritten
     }
 
     /// Finds or builds the job's venv and returns the variables setup and the command run
