@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanTrainer
 import Foundation
 import Testing

@@ -1,4 +1,10 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import CapstanStorage
+import CapstanAWS
+import CapstanTesting
+import CapstanPluginKit
 import CapstanProviders
 @testable import CapstanTrainer
 import Foundation
