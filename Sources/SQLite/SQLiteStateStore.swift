@@ -24,7 +24,11 @@ public final class SQLiteStateStore: StateStore {
     /// instance this installation ever launched.
     /// `faults`: the test hook `state.owner-written` (the identity file written, the database's
     /// copy not yet committed).
-    public init(path: String, identityFile: String? = nil, faults: FaultPoints = .none) throws {
+    public convenience init(path: String, identityFile: String? = nil) throws {
+        try self.init(path: path, identityFile: identityFile, faults: .none)
+    }
+
+    package init(path: String, identityFile: String? = nil, faults: FaultPoints) throws {
         self.path = path
         self.identityFile = identityFile
         do {
@@ -57,7 +61,10 @@ public final class SQLiteStateStore: StateStore {
     }
 
     /// The store in `home` (`state/capstan.db`), its owner id kept in `home/owner-id`.
-    public static func open(home: CapstanHome, faults: FaultPoints = .none) throws -> SQLiteStateStore {
+    public static func open(home: CapstanHome) throws -> SQLiteStateStore { try open(home: home, faults: .none) }
+
+    /// ``open(home:)`` with the test hooks of ``FaultPoints``.
+    package static func open(home: CapstanHome, faults: FaultPoints) throws -> SQLiteStateStore {
         try SQLiteStateStore(path: home.stateFolder + "/capstan.db", identityFile: home.ownerIDFile, faults: faults)
     }
 

@@ -104,14 +104,14 @@ public struct OfferSearch: Sendable {
 
 extension Duration {
     /// The duration in seconds as a Double.
-    public var seconds: Double {
+    package var seconds: Double {
         let c = components
         return Double(c.seconds) + Double(c.attoseconds) / 1e18
     }
 }
 
 /// Runs `body`, failing with `.timeout` after `limit`. The body is cancelled on timeout.
-public func withDeadline<T: Sendable>(_ limit: Duration, provider: String? = nil, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+package func withDeadline<T: Sendable>(_ limit: Duration, provider: String? = nil, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T.self) { group in
         group.addTask { try await body() }
         group.addTask {

@@ -106,14 +106,29 @@ public struct Provisioner: Sendable {
     public var store: any StateStore
     public var locks: any LockService
     public var options: ProvisionOptions
-    public var faults: FaultPoints
+    package var faults: FaultPoints
     public var logger: Logger
     /// Called with one line per step (offer tried, failed, launched, ready).
     public var progress: (@Sendable (String) -> Void)?
 
     public init(
         providers: [any ComputeProvider], store: any StateStore, locks: any LockService, options: ProvisionOptions = .init(),
-        faults: FaultPoints = .none, logger: Logger = Logger(label: "capstan", factory: { _ in SwiftLogNoOpLogHandler() }),
+        logger: Logger = Logger(label: "capstan", factory: { _ in SwiftLogNoOpLogHandler() }),
+        progress: (@Sendable (String) -> Void)? = nil
+    ) {
+        self.providers = providers
+        self.store = store
+        self.locks = locks
+        self.options = options
+        self.faults = .none
+        self.logger = logger
+        self.progress = progress
+    }
+
+    /// With a test hook at each crash point (``FaultPoints``).
+    package init(
+        providers: [any ComputeProvider], store: any StateStore, locks: any LockService, options: ProvisionOptions = .init(),
+        faults: FaultPoints, logger: Logger = Logger(label: "capstan", factory: { _ in SwiftLogNoOpLogHandler() }),
         progress: (@Sendable (String) -> Void)? = nil
     ) {
         self.providers = providers

@@ -1,37 +1,37 @@
-public import CapstanCore
+package import CapstanCore
 public import Foundation
 
 /// A small XML reader for AWS responses (EC2 Query API, S3 REST): elements, text, entities,
 /// CDATA; attributes and namespaces are ignored. Kept in-tree so the agent binary needs no
 /// libxml2.
-public struct XMLElement: Sendable, Hashable {
-    public var name: String
-    public var children: [XMLElement]
-    public var text: String
+package struct XMLElement: Sendable, Hashable {
+    package var name: String
+    package var children: [XMLElement]
+    package var text: String
 
     /// The first child called `name`.
-    public subscript(_ name: String) -> XMLElement? { children.first { $0.name == name } }
+    package subscript(_ name: String) -> XMLElement? { children.first { $0.name == name } }
 
     /// Every child called `name`.
-    public func all(_ name: String) -> [XMLElement] { children.filter { $0.name == name } }
+    package func all(_ name: String) -> [XMLElement] { children.filter { $0.name == name } }
 
     /// Follows a path of child names (`["reservationSet", "item"]`), collecting every match.
-    public func path(_ names: String...) -> [XMLElement] {
+    package func path(_ names: String...) -> [XMLElement] {
         var level = [self]
         for n in names { level = level.flatMap { $0.all(n) } }
         return level
     }
 
     /// Text of the child `name`, trimmed; nil when absent.
-    public func value(_ name: String) -> String? { self[name]?.text.trimmingCharacters(in: .whitespacesAndNewlines) }
+    package func value(_ name: String) -> String? { self[name]?.text.trimmingCharacters(in: .whitespacesAndNewlines) }
 
     /// Every element (depth first) called `name`, at any depth.
-    public func descendants(_ name: String) -> [XMLElement] {
+    package func descendants(_ name: String) -> [XMLElement] {
         children.flatMap { ($0.name == name ? [$0] : []) + $0.descendants(name) }
     }
 
     /// Parses a document; throws `.transient` (a cut response) on malformed XML.
-    public static func parse(_ data: Data) throws -> XMLElement {
+    package static func parse(_ data: Data) throws -> XMLElement {
         var p = XMLScanner(bytes: [UInt8](data))
         guard let root = try p.document() else {
             throw CapstanError(.transient, "Empty XML response.")

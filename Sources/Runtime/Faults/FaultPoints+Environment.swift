@@ -1,4 +1,4 @@
-public import CapstanCore
+package import CapstanCore
 public import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -9,7 +9,7 @@ import Darwin
 extension FaultPoints {
     /// Reads `CAPSTAN_TEST_CRASH_AT` (`point` or `point:N`) and kills the process with SIGKILL
     /// the N-th time it reaches the point. Debug builds only: a release build ignores it.
-    public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) -> FaultPoints {
+    package static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) -> FaultPoints {
         #if !DEBUG
         return .none
         #else

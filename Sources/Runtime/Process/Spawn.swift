@@ -1,4 +1,4 @@
-public import CapstanCore
+package import CapstanCore
 public import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -18,21 +18,21 @@ import Darwin
 /// counted as running until the read of an unreachable node timed out 5 s later, so the
 /// healthy node looked silent too. Here every child gets only fds 0–2, and each exit is
 /// collected by `waitpid` on that child's pid, by whoever waits for it.
-public enum Spawn {
+package enum Spawn {
     /// Where a child's standard streams go.
-    public struct Streams: Sendable {
+    package struct Streams: Sendable {
         /// File to read stdin from; nil: /dev/null.
-        public var stdin: String?
+        package var stdin: String?
         /// File for stdout; nil: /dev/null.
-        public var stdout: String?
+        package var stdout: String?
         /// File for stderr; nil: the same as stdout.
-        public var stderr: String?
+        package var stderr: String?
         /// Append to the output files (else truncate). Files are created 0600.
-        public var append: Bool
+        package var append: Bool
         /// A descriptor to read stdin from instead of `stdin` (a pipe holding `input`).
         var stdinFD: Int32?
 
-        public init(stdin: String? = nil, stdout: String? = nil, stderr: String? = nil, append: Bool = true) {
+        package init(stdin: String? = nil, stdout: String? = nil, stderr: String? = nil, append: Bool = true) {
             self.stdin = stdin
             self.stdout = stdout
             self.stderr = stderr
@@ -43,14 +43,14 @@ public enum Spawn {
     /// Starts `argv` in `cwd` with exactly `environment`, in a session of its own, output
     /// appended to `output` (or discarded). Returns the pid, which is also the child's
     /// process-group id.
-    public static func start(_ argv: [String], environment: [String: String], cwd: String? = nil, output: String? = nil) throws -> pid_t {
+    package static func start(_ argv: [String], environment: [String: String], cwd: String? = nil, output: String? = nil) throws -> pid_t {
         try spawn(argv, environment: environment, cwd: cwd, streams: Streams(stdout: output), newSession: true)
     }
 
     /// ``start(_:environment:cwd:output:)`` with `input` on the child's stdin, through a pipe
     /// or an anonymous memory file (never a file on disk: it may hold credentials; see
     /// ``inputHolding(_:)``).
-    public static func start(_ argv: [String], environment: [String: String], cwd: String? = nil, output: String? = nil, input: Data) throws -> pid_t {
+    package static func start(_ argv: [String], environment: [String: String], cwd: String? = nil, output: String? = nil, input: Data) throws -> pid_t {
         let fd = try inputHolding(input)
         defer { close(fd) }
         var streams = Streams(stdout: output)
@@ -148,7 +148,7 @@ public enum Spawn {
 
     /// Starts `argv` with `streams`; `newSession`: its own session and process group (no
     /// controlling terminal), else its own process group only. Nothing but fds 0–2 is inherited.
-    public static func spawn(_ argv: [String], environment: [String: String], cwd: String? = nil, streams: Streams, newSession: Bool) throws -> pid_t {
+    package static func spawn(_ argv: [String], environment: [String: String], cwd: String? = nil, streams: Streams, newSession: Bool) throws -> pid_t {
         guard let exe = argv.first else { throw CapstanError(.invalidRequest, "Nothing to start.") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -211,7 +211,7 @@ public enum Spawn {
     /// Runs `argv` to its end on the calling thread (so: not on the cooperative pool), with
     /// `streams`; past `timeout` seconds it gets SIGTERM, then SIGKILL 0.2 s later, and
     /// `timedOut` is true. The environment is this process's unless given.
-    public static func runBlocking(_ argv: [String], environment: [String: String]? = nil, streams: Streams, timeout: Double) throws -> (status: ExitStatus, timedOut: Bool) {
+    package static func runBlocking(_ argv: [String], environment: [String: String]? = nil, streams: Streams, timeout: Double) throws -> (status: ExitStatus, timedOut: Bool) {
         let pid = try spawn(argv, environment: environment ?? ProcessInfo.processInfo.environment, streams: streams, newSession: false)
         let deadline = ContinuousClock.now + .seconds(timeout)
         var status: Int32 = 0
@@ -238,11 +238,11 @@ public enum Spawn {
     }
 
     /// What ``runCapturing(_:environment:input:stdinFile:timeout:)`` saw.
-    public struct Captured: Sendable {
-        public var status: ExitStatus
-        public var timedOut: Bool
-        public var stdout: Data
-        public var stderr: Data
+    package struct Captured: Sendable {
+        package var status: ExitStatus
+        package var timedOut: Bool
+        package var stdout: Data
+        package var stderr: Data
     }
 
     /// ``runBlocking(_:environment:streams:timeout:)`` with stdin from `input` (or the file
@@ -250,7 +250,7 @@ public enum Spawn {
     /// temporary files, not pipes: a child that leaves a daemon behind holding them (ssh's
     /// ControlPersist master) would keep a pipe from ever reaching end-of-file. `input` never
     /// touches the disk, whatever its size (credentials travel in it): see ``inputHolding(_:)``.
-    public static func runCapturing(_ argv: [String], environment: [String: String]? = nil, input: Data? = nil, stdinFile: String? = nil, timeout: Double) throws -> Captured {
+    package static func runCapturing(_ argv: [String], environment: [String: String]? = nil, input: Data? = nil, stdinFile: String? = nil, timeout: Double) throws -> Captured {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-run-\(UUID().uuidString)").path
         defer {
             for f in [".out", ".err"] { unlink(base + f) }
@@ -272,14 +272,14 @@ public enum Spawn {
     /// Runs blocking `body` on a thread of its own and awaits it: never on the cooperative pool,
     /// and not on Dispatch's global queues either, whose few threads a handful of children
     /// waiting out their timeouts would hold while every other read queued behind them.
-    public static func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    package static func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
         }
     }
 
     /// The first executable `name` on `PATH` (or `path`), like the shell finds it.
-    public static func which(_ name: String, path: String? = ProcessInfo.processInfo.environment["PATH"]) -> String? {
+    package static func which(_ name: String, path: String? = ProcessInfo.processInfo.environment["PATH"]) -> String? {
         for dir in (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":") where !dir.isEmpty {
             let candidate = "\(dir)/\(name)"
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
@@ -293,7 +293,7 @@ public enum Spawn {
     }
 
     /// Waits for child `pid` on a thread of its own (never on the cooperative pool).
-    public static func wait(_ pid: pid_t) async -> ExitStatus {
+    package static func wait(_ pid: pid_t) async -> ExitStatus {
         await withCheckedContinuation { (cont: CheckedContinuation<ExitStatus, Never>) in
             Thread.detachNewThread {
                 var status: Int32 = 0
@@ -309,7 +309,7 @@ public enum Spawn {
     }
 
     /// Reaps `pid` in the background (for detached helpers this process will not wait for).
-    public static func reapLater(_ pid: pid_t) {
+    package static func reapLater(_ pid: pid_t) {
         Thread.detachNewThread {
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
@@ -317,13 +317,13 @@ public enum Spawn {
     }
 
     /// Whether a process with this pid exists (a zombie counts until reaped).
-    public static func isAlive(_ pid: pid_t) -> Bool {
+    package static func isAlive(_ pid: pid_t) -> Bool {
         guard pid > 0 else { return false }
         return kill(pid, 0) == 0 || errno == EPERM
     }
 
     /// Signals the process group `pgid`, and the process itself in case it left the group.
-    public static func signalGroup(_ pgid: pid_t, _ signal: Int32) {
+    package static func signalGroup(_ pgid: pid_t, _ signal: Int32) {
         guard pgid > 1 else { return }
         kill(-pgid, signal)
         kill(pgid, signal)
@@ -333,7 +333,7 @@ public enum Spawn {
     /// descendants are re-parented to it instead of init, so it can still find and kill them.
     /// Returns false where that is not available.
     @discardableResult
-    public static func becomeSubreaper() -> Bool {
+    package static func becomeSubreaper() -> Bool {
         #if os(Linux)
         // prctl is variadic in C (not callable from Swift); its five integer arguments are passed
         // the same way through a fixed signature.
@@ -346,7 +346,7 @@ public enum Spawn {
     }
 
     /// The path of this executable.
-    public static var currentExecutable: String {
+    package static var currentExecutable: String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     }
 

@@ -35,7 +35,12 @@ public final class NodeAgent: Sendable {
     /// every line and status this agent writes.
     let secrets: AgentSecrets
 
-    public init(config: AgentConfig, bucket: any ObjectStore, secrets: AgentSecrets = AgentSecrets(), faults: FaultPoints = .none, logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })) {
+    public convenience init(config: AgentConfig, bucket: any ObjectStore, secrets: AgentSecrets = AgentSecrets(), logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })) {
+        self.init(config: config, bucket: bucket, secrets: secrets, faults: .none, logger: logger)
+    }
+
+    /// With the test hooks of ``FaultPoints``.
+    package init(config: AgentConfig, bucket: any ObjectStore, secrets: AgentSecrets = AgentSecrets(), faults: FaultPoints, logger: Logger = Logger(label: "capstan.agent", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.config = config
         self.bucket = bucket
         self.secrets = secrets
