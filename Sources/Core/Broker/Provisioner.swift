@@ -674,20 +674,22 @@ public struct Provisioner: Sendable {
     /// Compares every provider's Capstan instances with the state store and repairs the
     /// difference: finish interrupted `down`s and `up`s, rebuild clusters the store lost,
     /// adopt what belongs to a live cluster, terminate the rest, close dead intents.
+    ///
+    /// The executor of a ``ReconcilePlan``: it gathers the facts (store, providers, locks), asks
+    /// the plan phase by phase, and does what it says. Every decision is the plan's.
     public func reconcile() async -> ReconcileReport {
         var report = ReconcileReport()
         guard let owners = try? await store.ownerIDs() else { return report }
         // List every provider at once, for every owner id this store has had.
+        let queries = ReconcilePlan.queries(owners: owners)
         var listed: [String: [Instance]] = [:]
         await withTaskGroup(of: (String, Result<[Instance], CapstanError>).self) { group in
             for p in providers {
                 group.addTask {
                     do {
                         var found: [String: Instance] = [:]
-                        for owner in owners {
-                            let some = try await withDeadline(.seconds(60), provider: p.name) {
-                                try await p.describe(InstanceQuery(tags: [CapstanTags.managed: "true", CapstanTags.owner: owner]))
-                            }
+                        for query in queries {
+                            let some = try await withDeadline(.seconds(60), provider: p.name) { try await p.describe(query) }
                             for i in some { found[i.id] = i }
                         }
                         return (p.name, .success(found.values.sorted { $0.id < $1.id }))
@@ -706,124 +708,111 @@ public struct Provisioner: Sendable {
         faults.hit("reconcile.listed")
 
         var clusters = await (try? store.clusters(includeFinished: true)) ?? []
+        let createdAt = await (try? store.createdAt()) ?? .distantPast
+        var plan = ReconcilePlan(.init(owners: owners, providers: Set(providers.map(\.name)), listed: listed, listingErrors: report.providerErrors, createdAt: createdAt))
         // Clusters the store does not know at all: its database was lost or replaced.
-        await rebuildUnknownClusters(listed: listed, known: Set(clusters.map(\.id)), report: &report)
+        await rebuildUnknownClusters(plan, known: Set(clusters.map(\.id)), report: &report)
         clusters = await (try? store.clusters(includeFinished: true)) ?? clusters
 
         // Clusters left half-done by a dead process (`up` or `down`): take their locks; a lock
         // someone holds means live work, left alone.
-        var busy = Set<String>()      // another process works on these: hands off
-        var handled = Set<String>()   // finished or recovered here: their listing is stale
         var held: [any HeldLock] = []
         defer { held.forEach { $0.release() } }
-        for c in clusters where c.status.isLive {
-            if c.status == .running {
-                if await locks.isHeld(c.name) { busy.insert(c.id); report.busyClusters.append(c.name) }
-            } else if let lock = try? await locks.acquire(c.name) {
-                held.append(lock)
-            } else {
-                busy.insert(c.id)
-                report.busyClusters.append(c.name)
+        for step in plan.locking(clusters) {
+            switch step {
+            case .probe(let c):
+                if await locks.isHeld(c.name) { plan.receive(.busy(clusterID: c.id)); report.busyClusters.append(c.name) }
+            case .take(let c):
+                if let lock = try? await locks.acquire(c.name) {
+                    held.append(lock)
+                } else {
+                    plan.receive(.busy(clusterID: c.id))
+                    report.busyClusters.append(c.name)
+                }
             }
         }
         faults.hit("reconcile.locked")
 
-        // `down` died: finish it.
-        for c in clusters where c.status == .terminating && !busy.contains(c.id) {
-            var cluster = c
-            faults.hit("reconcile.finishing")
-            do {
-                try await finishTermination(&cluster)
-                report.finishedTerminations.append(c.name)
-                await report.terminated.append(contentsOf: (try? store.instances(cluster: c.id))?.filter { $0.terminatedAt != nil }.map(\.id) ?? [])
-            } catch {
-                report.providerErrors[c.offer?.provider ?? "?"] = error as? CapstanError ?? CapstanError(.transient, "\(error)")
+        for step in plan.recoveries(clusters) {
+            switch step {
+            case .finishTermination(let c):
+                // `down` died: finish it.
+                var cluster = c
+                faults.hit("reconcile.finishing")
+                do {
+                    try await finishTermination(&cluster)
+                    report.finishedTerminations.append(c.name)
+                    await report.terminated.append(contentsOf: (try? store.instances(cluster: c.id))?.filter { $0.terminatedAt != nil }.map(\.id) ?? [])
+                } catch {
+                    report.providerErrors[c.offer?.provider ?? "?"] = error as? CapstanError ?? CapstanError(.transient, "\(error)")
+                }
+                plan.receive(.handled(clusterID: c.id))
+            case .recoverUp(let c):
+                // `up` died: finish its work when its last launch is whole, else clean up.
+                await recoverInterrupted(c, plan: plan, report: &report)
+                plan.receive(.handled(clusterID: c.id))
+            case .checkMove(let c):
+                // A move died: finish it when its new gang runs whole, else undo it.
+                let launched = await (try? store.intents(cluster: c.id, status: .launched)) ?? []
+                guard let move = plan.pendingMove(c, launched: launched) else { continue }
+                guard let lock = try? await locks.acquire(c.name) else {
+                    plan.receive(.busy(clusterID: c.id))
+                    report.busyClusters.append(c.name)
+                    continue
+                }
+                held.append(lock)
+                await recoverMove(c, to: move, plan: plan, report: &report)
+                plan.receive(.handled(clusterID: c.id))
             }
-            handled.insert(c.id)
-        }
-
-        // `up` died: finish its work when its last launch is whole, else clean up.
-        for c in clusters where c.status == .provisioning && !busy.contains(c.id) {
-            await recoverInterrupted(c, listed: listed, report: &report)
-            handled.insert(c.id)
-        }
-        // A move died: finish it when its new gang runs whole, else undo it.
-        for c in clusters where c.status == .running && !busy.contains(c.id) {
-            let moves = await ((try? store.intents(cluster: c.id, status: .launched)) ?? []).filter { $0.tags[CapstanTags.moveFrom] == c.intentKey && $0.key != c.intentKey }
-            guard let move = moves.last, listed[move.provider] != nil else { continue }
-            guard let lock = try? await locks.acquire(c.name) else { busy.insert(c.id); report.busyClusters.append(c.name); continue }
-            held.append(lock)
-            await recoverMove(c, to: move, listed: listed, report: &report)
-            handled.insert(c.id)
         }
 
         // Re-read: recovery and finishing changed statuses.
         clusters = await (try? store.clusters(includeFinished: true)) ?? clusters
-        let byID = Dictionary(clusters.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
-
         // Launches that completed for a cluster after its first (node replacements).
         var launchedIntents: [String: String] = [:]
         for i in await (try? store.intents(status: .launched)) ?? [] { launchedIntents[i.key] = i.clusterID }
+        let recorded = Set((await (try? store.allInstances()) ?? []).map { $0.provider + "/" + $0.id })
 
-        var toTerminate: [String: [Instance]] = [:]
-        // Instances of a running cluster the store has not recorded (a crash between writing the
-        // cluster and its instances: a rebuild): numbered once all are known, per launch.
-        var unrecorded: [String: [Instance]] = [:]
-        for (providerName, instances) in listed {
-            for i in instances where i.state.isLive {
-                let clusterID = i.tags[CapstanTags.clusterID] ?? ""
-                let intent = i.tags[CapstanTags.intent] ?? ""
-                if busy.contains(clusterID) || handled.contains(clusterID) { continue }
-                if let c = byID[clusterID], c.status == .running, c.intentKey == intent || launchedIntents[intent] == c.id {
-                    if await (try? store.instance(provider: i.provider, id: i.id)) == nil {
-                        unrecorded[intent, default: []].append(i)
-                    } else {
-                        try? await store.record(i, clusterID: c.id, intentKey: intent)
-                    }
-                    report.adopted.append(i.id)
-                } else if i.state == .terminating {
-                    // Already on its way out (EC2 `shutting-down`): nothing to do but note it.
-                    try? await store.record(i, clusterID: clusterID, intentKey: intent)
-                } else {
-                    toTerminate[providerName, default: []].append(i)
+        let steps = plan.instances(clusters: clusters, launched: launchedIntents, recorded: recorded)
+        var faultHit = false
+        for step in steps {
+            switch step {
+            case .adopt(let i, let clusterID, let intent, let isRecorded):
+                if isRecorded { try? await store.record(i, clusterID: clusterID, intentKey: intent) }
+                report.adopted.append(i.id)
+            case .noteLeaving(let i, let clusterID, let intent):
+                // Already on its way out (EC2 `shutting-down`): nothing to do but note it.
+                try? await store.record(i, clusterID: clusterID, intentKey: intent)
+            case .number(let gang, let c, let intent, let cloudTags):
+                // Instances of a running cluster the store has not recorded (a crash between
+                // writing the cluster and its instances: a rebuild), numbered around the others.
+                let others = await (try? store.instances(cluster: c.id)) ?? []
+                let tags = ReconcilePlan.adoptionTags(intent: await (try? store.intent(intent)) ?? nil, cloudTags: cloudTags)
+                await stamp(gang, tags: tags, clusterID: c.id, intent: intent, nodes: c.nodes, taken: ReconcilePlan.takenIndices(others))
+            case .terminate(let providerName, let instances, _):
+                if !faultHit { faults.hit("reconcile.terminating"); faultHit = true }
+                guard let p = provider(providerName) else { continue }
+                do {
+                    try await retire(Owner.byTags(instances), at: p, point: "reconcile.terminated")
+                    report.terminated.append(contentsOf: instances.map(\.id))
+                    await store.event("reconciled", "Terminated \(instances.count) instance(s) on \(providerName) that no live cluster owns: \(instances.map(\.id).joined(separator: ", ")).")
+                } catch {
+                    report.providerErrors[providerName] = error as? CapstanError ?? CapstanError(.transient, "\(error)", provider: providerName)
                 }
-            }
-        }
-        for (intent, group) in unrecorded.sorted(by: { $0.key < $1.key }) {
-            guard let c = byID[group[0].tags[CapstanTags.clusterID] ?? ""] else { continue }
-            let others = await (try? store.instances(cluster: c.id)) ?? []
-            let taken = Set(others.filter { !$0.state.isGone }.map(\.instance.nodeIndex))
-            // The launch's tags as written down, else the cloud's own (a node index it kept).
-            let tags = await (try? store.intent(intent))?.tags ?? group[0].tags.filter { CapstanTags.isCapstan($0.key) }
-            let gang = group.sorted { ($0.launchedAt ?? .distantPast, $0.id) < ($1.launchedAt ?? .distantPast, $1.id) }
-            await stamp(gang, tags: tags, clusterID: c.id, intent: intent, nodes: c.nodes, taken: taken)
-        }
-        if !toTerminate.isEmpty { faults.hit("reconcile.terminating") }
-        for (providerName, instances) in toTerminate where !instances.isEmpty {
-            guard let p = provider(providerName) else { continue }
-            do {
-                try await retire(Owner.byTags(instances), at: p, point: "reconcile.terminated")
-                report.terminated.append(contentsOf: instances.map(\.id))
-                await store.event("reconciled", "Terminated \(instances.count) instance(s) on \(providerName) that no live cluster owns: \(instances.map(\.id).joined(separator: ", ")).")
-            } catch {
-                report.providerErrors[providerName] = error as? CapstanError ?? CapstanError(.transient, "\(error)", provider: providerName)
             }
         }
 
         // Instances the store thinks are alive but the provider no longer lists are gone.
-        for rec in await (try? store.allInstances()) ?? [] where !rec.state.isGone {
-            guard let seen = listed[rec.provider], !busy.contains(rec.clusterID), !handled.contains(rec.clusterID) else { continue }
-            if !seen.contains(where: { $0.id == rec.id && $0.state.isLive }) {
-                var gone = rec.instance
-                gone.state = .terminated
-                try? await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey)
-            }
+        for rec in plan.gone(await (try? store.allInstances()) ?? []) {
+            var gone = rec.instance
+            gone.state = .terminated
+            try? await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey)
         }
 
         // Intents of dead processes.
-        for intent in await (try? store.intents(status: .pending)) ?? [] where !busy.contains(intent.clusterID) {
-            try? await store.setIntent(intent.key, status: .abandoned, error: "the process that wrote it (pid \(intent.pid)) died before the launch was recorded")
-            report.abandonedIntents.append(intent.key)
+        for (key, error) in plan.abandoned(await (try? store.intents(status: .pending)) ?? []) {
+            try? await store.setIntent(key, status: .abandoned, error: error)
+            report.abandonedIntents.append(key)
         }
         if report.didSomething {
             logger.notice("reconciled", metadata: ["terminated": "\(report.terminated.count)", "adopted": "\(report.adopted.count)"])
@@ -856,59 +845,49 @@ public struct Provisioner: Sendable {
         }
     }
 
-    /// A cluster whose `up` died (status `provisioning`, lock now ours). When the last launch's
-    /// nodes all exist and none failed, wait for them to run as `up` would have and adopt them:
-    /// the cluster runs. Otherwise (nodes missing, failed, or never running) terminate every
-    /// instance of the cluster: it failed. A provider that could not be listed leaves it as is.
-    func recoverInterrupted(_ c: Cluster, listed: [String: [Instance]], report: inout ReconcileReport) async {
-        var cluster = c
+    /// A cluster whose `up` died (status `provisioning`, lock now ours), as the plan decides
+    /// (``ReconcilePlan/interruptedUp(_:intents:)``): adopt its last launch once running, else
+    /// terminate every instance of it (it failed); a provider not listed leaves it as is.
+    func recoverInterrupted(_ c: Cluster, plan: ReconcilePlan, report: inout ReconcileReport) async {
         let intents = await (try? store.intents(cluster: c.id)) ?? []
-        let providersUsed = Set(intents.map(\.provider))
-        if let unlisted = providersUsed.first(where: { listed[$0] == nil }) {
+        let decision = plan.interruptedUp(c, intents: intents)
+        var mine: [Instance]
+        switch decision {
+        case .leave(let unlisted):
             logger.warning("interrupted cluster left for later: provider not listed", metadata: ["cluster": "\(c.name)", "capstan.provider": "\(unlisted)"])
             return
-        }
-        let mine = listed.values.joined().filter { $0.tags[CapstanTags.clusterID] == c.id && $0.state.isLive }
-        faults.hit("reconcile.recovering")
-        // The last launch that reached the cloud, if its gang is whole.
-        if let last = intents.last(where: { $0.status == .pending || $0.status == .launched }),
-           let provider = provider(last.provider) {
-            let gang = mine.filter { $0.tags[CapstanTags.intent] == last.key }.sorted { $0.id < $1.id }
-            if gang.count == c.nodes, gang.allSatisfy({ $0.state == .running || $0.state == .pending }) {
-                // (The dead `up` may not have recorded them: numbered here, once.)
-                await stamp(gang, tags: last.tags, clusterID: c.id, intent: last.key, nodes: c.nodes)
-                if case .running(let nodes) = await waitUntilRunning(provider: provider, ids: gang.map(\.id), clusterID: c.id, intent: last.key, stage: "reconcile") {
-                    // Anything else of this cluster (an earlier offer's leftovers) goes.
-                    await terminate(mine.filter { $0.tags[CapstanTags.intent] != last.key }, clusterID: c.id, report: &report)
-                    try? await store.setIntent(last.key, status: .launched)
-                    cluster.status = .running
-                    cluster.offer = last.offer
-                    cluster.spot = last.spot
-                    cluster.pricePerHour = Self.clusterPrice(last, nodes: c.nodes)
-                    cluster.intentKey = last.key
-                    cluster.readyAt = Date()
-                    try? await store.update(cluster)
-                    await store.event("recovered", "Provisioning was interrupted; the \(c.nodes) node(s) it had launched were adopted once running.", cluster: c.id)
-                    report.recoveredClusters.append(c.name)
-                    report.adopted.append(contentsOf: nodes.map(\.id))
-                    return
-                }
+        case .fail(let all):
+            faults.hit("reconcile.recovering")
+            mine = all
+        case .tryAdopt(let last, let gang, let others, let all):
+            faults.hit("reconcile.recovering")
+            mine = all
+            // (The dead `up` may not have recorded them: numbered here, once.)
+            await stamp(gang, tags: last.tags, clusterID: c.id, intent: last.key, nodes: c.nodes)
+            if let provider = provider(last.provider),
+               case .running(let nodes) = await waitUntilRunning(provider: provider, ids: gang.map(\.id), clusterID: c.id, intent: last.key, stage: "reconcile") {
+                // Anything else of this cluster (an earlier offer's leftovers) goes.
+                await terminate(others, clusterID: c.id, report: &report)
+                try? await store.setIntent(last.key, status: .launched)
+                try? await store.update(plan.recoveredCluster(c, on: last, price: Self.clusterPrice(last, nodes: c.nodes), now: Date()))
+                await store.event("recovered", "Provisioning was interrupted; the \(c.nodes) node(s) it had launched were adopted once running.", cluster: c.id)
+                report.recoveredClusters.append(c.name)
+                report.adopted.append(contentsOf: nodes.map(\.id))
+                return
             }
         }
         // Not whole, or a node failed: nothing of it may keep billing.
         var leftovers = mine
-        for p in providersUsed {
+        for p in Set(intents.map(\.provider)) {
             if let prov = provider(p), let tagged = try? await prov.describe(InstanceQuery(tags: [CapstanTags.clusterID: c.id])) {
-                leftovers += tagged.filter { t in !leftovers.contains { $0.id == t.id } }
+                leftovers = ReconcilePlan.leftovers(leftovers, tagged: tagged)
             }
         }
         await terminate(leftovers, clusterID: c.id, report: &report)
-        for i in intents where i.status == .pending { try? await store.setIntent(i.key, status: .abandoned, error: "its capstan process died; reconcile cleaned up") }
-        cluster.status = .failed
-        cluster.terminatedAt = Date()
-        cluster.lastError = "Provisioning was interrupted (the capstan process died) before every node ran; whatever it had launched was terminated."
-        try? await store.update(cluster)
-        await store.event("failed", cluster.lastError!, cluster: c.id)
+        let failed = plan.failedUp(c, intents: intents, now: Date())
+        for key in failed.abandon { try? await store.setIntent(key, status: .abandoned, error: "its capstan process died; reconcile cleaned up") }
+        try? await store.update(failed.cluster)
+        await store.event("failed", failed.cluster.lastError!, cluster: c.id)
         report.failedClusters.append(c.name)
     }
 
@@ -926,102 +905,69 @@ public struct Provisioner: Sendable {
     }
 
     /// Instances tagged with a cluster id the store has never heard of: the database was lost,
-    /// emptied or replaced (the owner id survived it). Each such cluster is rebuilt from its
-    /// instances' tags — name, id, node count, node indices, intents — and its offer from the
-    /// provider's catalog, so `status`, `down NAME` and jobs find it again. A group with a
-    /// failed node, or fewer nodes than its tag says, is terminated instead.
-    func rebuildUnknownClusters(listed: [String: [Instance]], known: Set<String>, report: inout ReconcileReport) async {
-        // Only instances launched before this database existed: a cluster is written down before
-        // its launch, so an unknown cluster's instance launched since is an orphan, not a loss.
-        let since = await (try? store.createdAt()) ?? .distantPast
-        let unknown = Dictionary(grouping: listed.values.joined().filter { i in
-            i.state.isLive && i.state != .terminating && !(i.tags[CapstanTags.clusterID] ?? "").isEmpty
-                && !known.contains(i.tags[CapstanTags.clusterID]!) && (i.launchedAt ?? .distantPast) < since
-        }, by: { $0.tags[CapstanTags.clusterID]! })
-        for (clusterID, members) in unknown.sorted(by: { $0.key < $1.key }) {
-            var group = members.sorted { ($0.launchedAt ?? .distantPast, $0.id) < ($1.launchedAt ?? .distantPast, $1.id) }
-            let first = group[0]
-            let nodes = first.tags[CapstanTags.nodes].flatMap(Int.init) ?? group.count
-            // The cloud's tags are all there is: a node index it kept stands when it is valid and
-            // unique; instances without one (a cloud that keeps no per-instance tags, or a gang
-            // Capstan numbered in its own records) are numbered in launch order.
-            let kept = group.map { $0.tags[CapstanTags.node].flatMap(Int.init) }
-            let indices = Set(kept.compactMap { $0 }).count == kept.compactMap({ $0 }).count ? NodeIndices.assign(kept, nodes: nodes) : nil
-            for k in group.indices { group[k].tags[CapstanTags.node] = indices.map { "\($0[k])" } }
-            let sameOffer = Set(group.map { "\($0.provider)/\($0.region)/\($0.instanceType)" }).count == 1
-            guard group.count == nodes, indices != nil, sameOffer, !group.contains(where: { $0.state == .failed || $0.state == .stopped }),
-                  let provider = provider(first.provider) else {
+    /// emptied or replaced (the owner id survived it). As the plan decides
+    /// (``ReconcilePlan/rebuilds(known:)``), each such cluster is rebuilt from its instances'
+    /// tags — name, id, node count, node indices, intents — and its offer from the provider's
+    /// catalog, so `status`, `down NAME` and jobs find it again; a group that is not whole is
+    /// terminated instead.
+    func rebuildUnknownClusters(_ plan: ReconcilePlan, known: Set<String>, report: inout ReconcileReport) async {
+        for step in plan.rebuilds(known: known) {
+            switch step {
+            case .terminate(let clusterID, let group):
                 await terminate(group, clusterID: clusterID, report: &report)
                 await store.event("reconciled", "Terminated \(group.count) instance(s) of a cluster the state no longer knows (\(clusterID)): it was not whole.")
-                continue
+            case .rebuild(let r):
+                guard let provider = provider(r.provider) else { continue }
+                var nameTaken = false
+                if let tagged = r.tagName { nameTaken = (try? await store.cluster(named: tagged))??.status.isLive ?? false }
+                let name = ReconcilePlan.rebuiltName(tagName: r.tagName, clusterID: r.clusterID, valid: { (try? Provisioner.validate(name: $0)) != nil }, liveNameTaken: nameTaken)
+                let offer = await recoveredOffer(for: r.group[0], provider: provider)
+                let cluster = plan.rebuiltCluster(r, name: name, offer: offer, now: Date())
+                do { try await store.insert(cluster) } catch {
+                    logger.warning("could not rebuild a cluster", metadata: ["cluster": "\(name)", "error": "\(error)"])
+                    continue
+                }
+                faults.hit("reconcile.rebuilt")
+                for (key, members) in r.intents {
+                    try? await store.insert(LaunchIntent(key: key, clusterID: r.clusterID, provider: r.provider, offer: offer, count: members.count, spot: cluster.spot, tags: members[0].tags, status: .launched))
+                    for i in members { try? await store.record(i, clusterID: r.clusterID, intentKey: key) }
+                }
+                await store.event("rebuilt", "Cluster \(name) was not in the state database; rebuilt from its \(r.nodes) instance(s)' tags on \(r.provider).", cluster: r.clusterID)
+                report.rebuiltClusters.append(name)
+                report.adopted.append(contentsOf: r.group.map(\.id))
             }
-            var name = first.tags[CapstanTags.cluster] ?? "recovered-\(clusterID.prefix(8))"
-            let nameTaken = ((try? await store.cluster(named: name))??.status.isLive ?? false)
-            if (try? Provisioner.validate(name: name)) == nil || nameTaken {
-                name = "recovered-\(clusterID.prefix(8))"
-            }
-            let offer = await recoveredOffer(for: first, provider: provider)
-            let spot = first.spot
-            var request = ResourceRequest(gpu: offer.gpu, gpusPerNode: offer.gpusPerNode, nodes: nodes, providers: [first.provider])
-            request.spot = spot ? .only : .never
-            var cluster = Cluster(id: clusterID, name: name, request: request, createdAt: group.compactMap(\.launchedAt).min() ?? Date())
-            cluster.status = .running
-            cluster.offer = offer
-            cluster.spot = spot
-            cluster.nodes = nodes
-            cluster.pricePerHour = group.reduce(0) { $0 + ($1.pricePerHour ?? 0) }
-            let intentsOfGang = Dictionary(grouping: group, by: { $0.tags[CapstanTags.intent] ?? "" })
-            cluster.intentKey = group.min { $0.nodeIndex < $1.nodeIndex }?.tags[CapstanTags.intent]
-            cluster.readyAt = Date()
-            do { try await store.insert(cluster) } catch {
-                logger.warning("could not rebuild a cluster", metadata: ["cluster": "\(name)", "error": "\(error)"])
-                continue
-            }
-            faults.hit("reconcile.rebuilt")
-            for (key, members) in intentsOfGang {
-                try? await store.insert(LaunchIntent(key: key, clusterID: clusterID, provider: first.provider, offer: offer, count: members.count, spot: spot, tags: members[0].tags, status: .launched))
-                for i in members { try? await store.record(i, clusterID: clusterID, intentKey: key) }
-            }
-            await store.event("rebuilt", "Cluster \(name) was not in the state database; rebuilt from its \(nodes) instance(s)' tags on \(first.provider).", cluster: clusterID)
-            report.rebuiltClusters.append(name)
-            report.adopted.append(contentsOf: group.map(\.id))
         }
     }
 
     /// The offer an instance runs on, from its provider's catalog (instance type, region and
-    /// zone), else as much as the instance itself says.
+    /// zone), else as much as the instance itself says (``ReconcilePlan/recoveredOffer(for:catalog:)``).
     func recoveredOffer(for i: Instance, provider: any ComputeProvider) async -> Offer {
         let catalog = (try? await withDeadline(.seconds(30), provider: provider.name) { try await provider.offers(for: ResourceRequest()) }) ?? []
-        if let o = catalog.first(where: { $0.instanceType == i.instanceType && $0.region == i.region && ($0.zone == nil || $0.zone == i.zone) }) {
-            var o = o
-            o.zone = i.zone ?? o.zone
-            return o
-        }
-        return Offer(provider: i.provider, instanceType: i.instanceType, region: i.region, zone: i.zone, gpusPerNode: 0,
-                     onDemandPricePerHour: i.spot ? nil : i.pricePerHour, spotPricePerHour: i.spot ? i.pricePerHour : nil)
+        return ReconcilePlan.recoveredOffer(for: i, catalog: catalog)
     }
 
-    /// A running cluster whose `move` died after its new gang was launched (lock now ours): when
-    /// that gang runs whole, the move is finished (the old gang goes); otherwise the new gang is
-    /// terminated and the cluster stays where it was.
-    func recoverMove(_ c: Cluster, to move: LaunchIntent, listed: [String: [Instance]], report: inout ReconcileReport) async {
-        let gang = (listed[move.provider] ?? []).filter { $0.tags[CapstanTags.intent] == move.key && $0.state.isLive }.sorted { $0.id < $1.id }
+    /// A running cluster whose `move` died after its new gang was launched (lock now ours), as
+    /// the plan decides (``ReconcilePlan/moveOutcome(_:move:)``): when that gang runs whole, the
+    /// move is finished (the old gang goes); otherwise the new gang is terminated and the
+    /// cluster stays where it was.
+    func recoverMove(_ c: Cluster, to move: LaunchIntent, plan: ReconcilePlan, report: inout ReconcileReport) async {
+        let outcome = plan.moveOutcome(c, move: move)
         faults.hit("reconcile.moving")
         var cluster = c
-        if gang.count == c.nodes, gang.allSatisfy({ $0.state == .running }) {
+        switch outcome {
+        case .finish(let gang):
             await stamp(gang, tags: move.tags, clusterID: c.id, intent: move.key, nodes: c.nodes)
             do {
                 try await finishMove(&cluster, to: move)
                 report.recoveredClusters.append(c.name)
                 report.adopted.append(contentsOf: gang.map(\.id))
-                return
             } catch {
                 report.providerErrors[move.provider] = error as? CapstanError ?? CapstanError(.transient, "\(error)", provider: move.provider)
-                return
             }
+        case .undo(let gang):
+            await terminate(gang, clusterID: c.id, report: &report)
+            try? await store.setIntent(move.key, status: .failed, error: "the move was interrupted before its new gang ran; the cluster stays on its offer")
+            await store.event("move-undone", "A move to \(move.offer.id) was interrupted before its \(c.nodes) node(s) ran; they were terminated and the cluster stays on \(c.offer?.id ?? "its offer").", cluster: c.id)
         }
-        await terminate(gang, clusterID: c.id, report: &report)
-        try? await store.setIntent(move.key, status: .failed, error: "the move was interrupted before its new gang ran; the cluster stays on its offer")
-        await store.event("move-undone", "A move to \(move.offer.id) was interrupted before its \(c.nodes) node(s) ran; they were terminated and the cluster stays on \(c.offer?.id ?? "its offer").", cluster: c.id)
     }
 }
