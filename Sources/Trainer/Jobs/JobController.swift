@@ -163,6 +163,9 @@ final class Run: @unchecked Sendable {
 
     // MARK: - The job's life
 
+    /// What a run whose job record is gone returns.
+    var placeholder: JobRecord { JobRecord(id: jobID, name: "?", spec: "", specFolder: "", settings: "", clusterName: "", ownsCluster: false, storage: "") }
+
     /// Drives ``JobLifecycle`` to its end: performs each action it asks for, and feeds it what
     /// the action found. `first`: an event before the loop's first look at the job.
     func drive(after first: JobLifecycle.Event? = nil) async -> JobRecord {
@@ -173,19 +176,19 @@ final class Run: @unchecked Sendable {
             case .finish(let status, let message, let error):
                 return await finish(status, message, error: error)
             case .end:
-                return looped ?? JobRecord(id: jobID, name: "?", spec: "", specFolder: "", settings: "", clusterName: "", ownsCluster: false, storage: "")
+                return looped ?? placeholder
             default:
                 if let event = await perform(action) { queue += lifecycle.receive(event) }
             }
         }
         // The machine ends every path with .finish or .end; this is not reached.
-        return job() ?? JobRecord(id: jobID, name: "?", spec: "", specFolder: "", settings: "", clusterName: "", ownsCluster: false, storage: "")
+        return job() ?? placeholder
     }
 
     /// Performs one action of the machine; a request's answer is the event returned.
     func perform(_ action: JobLifecycle.Action) async -> JobLifecycle.Event? {
         func cannotGoOn(_ error: any Error) -> JobLifecycle.Event { .cannotGoOn((error as? CapstanError)?.description ?? "\(error)") }
-        let job = looped ?? JobRecord(id: jobID, name: "?", spec: "", specFolder: "", settings: "", clusterName: "", ownsCluster: false, storage: "")
+        let job = looped ?? placeholder
         switch action {
         case .loadJob:
             looped = self.job()
