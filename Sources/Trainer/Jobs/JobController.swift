@@ -226,13 +226,9 @@ final class Run: @unchecked Sendable {
             var said = ""
             if let attempt, nodes.indices.contains(rank), let t = try? transport(for: nodes[rank]) { said = await t.agentOutput(job: jobID, attempt: attempt.attempt, on: nodes[rank]) }
             return .agentSaid(said.isEmpty ? nil : secrets.redact(String(said.suffix(500))))
-        case .loadRestartFacts(let number):
-            let previous = (try? store.attempt(job: jobID, number: number - 1)).flatMap { a -> AttemptFailure? in
-                guard a.outcome == .failed, let kind = a.failureKind.flatMap(AttemptFailure.Kind.init(rawValue:)) else { return nil }
-                return AttemptFailure(kind: kind, node: a.failedNode, exit: a.exitCode.map { .fromCode(Int32($0)) }, message: a.message ?? "")
-            }
-            let current = self.job() ?? job
-            return .restartFacts(latestCheckpoint: latestCommitted(), previous: previous, restartsUsed: current.restarts)
+        case .loadRestartFacts:
+            guard let attempt else { return .restartFacts(latestCheckpoint: latestCommitted(), previous: nil, restartsUsed: (self.job() ?? job).restarts) }
+            return restartFacts(after: attempt, job: job)
         case .sleep(let duration):
             try? await Task.sleep(for: duration)
             return .woke(at: .now)
@@ -256,6 +252,17 @@ final class Run: @unchecked Sendable {
             break
         }
         return nil
+    }
+
+    /// What the restart decision after `attempt` needs: the newest checkpoint, how the attempt
+    /// before it failed, the restarts spent.
+    func restartFacts(after attempt: JobAttemptRecord, job: JobRecord) -> JobLifecycle.Event {
+        let previous = (try? store.attempt(job: jobID, number: attempt.attempt - 1)).flatMap { a -> AttemptFailure? in
+            guard a.outcome == .failed, let kind = a.failureKind.flatMap(AttemptFailure.Kind.init(rawValue:)) else { return nil }
+            return AttemptFailure(kind: kind, node: a.failedNode, exit: a.exitCode.map { .fromCode(Int32($0)) }, message: a.message ?? "")
+        }
+        let current = self.job() ?? job
+        return .restartFacts(latestCheckpoint: latestCommitted(), previous: previous, restartsUsed: current.restarts)
     }
 
     /// The instance ids of these ranks of the gang.
@@ -350,9 +357,12 @@ final class Run: @unchecked Sendable {
     /// The gang (the cluster's nodes now) and the job's current attempt, if it has one.
     func findAttempt(_ job: JobRecord) throws -> JobLifecycle.Event {
         nodes = try currentNodes(job)
-        let a = try store.attempt(job: jobID, number: job.attempt)
-        attempt = a
-        return .attemptFound(a.map(Self.attempt), a?.outcome, sameNodes: a?.nodes == nodes.map(\.id), at: .now)
+        attempt = nil
+        if let a = try store.attempt(job: jobID, number: job.attempt) {
+            attempt = a
+            return .attemptFound(Self.attempt(a), a.outcome, sameNodes: a.nodes == nodes.map(\.id), at: .now)
+        }
+        return .attemptFound(nil, nil, sameNodes: false, at: .now)
     }
     /// Starts attempt `job.attempt + 1` on every node of the gang, from the newest verified checkpoint.
     func startAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobLifecycle.Event {
@@ -486,8 +496,11 @@ final class Run: @unchecked Sendable {
     func stopGang(_ stop: JobLifecycle.StopGang, job: JobRecord) async -> JobLifecycle.Event {
         switch stop.reason {
         case .cancel:
-            guard let a = try? store.attempt(job: jobID, number: job.attempt), let nodes = try? currentNodes(job) else { return .gangStopped(attemptFound: false) }
-            await stopGang(a, nodes: nodes, waitAtMost: stop.waitAtMost)
+            if let a = try? store.attempt(job: jobID, number: job.attempt), let nodes = try? currentNodes(job) {
+                await stopGang(a, nodes: nodes, waitAtMost: stop.waitAtMost)
+                return .gangStopped(attemptFound: true)
+            }
+            return .gangStopped(attemptFound: false)
         case .stale, .failure:
             guard let attempt else { return .gangStopped(attemptFound: false) }
             await stopGang(attempt, nodes: nodes, silent: ids(stop.silent), waitAtMost: stop.waitAtMost)
