@@ -92,7 +92,7 @@ public final class JobController: Sendable {
             // could work either. (A running job is left to its agents: this controller may just
             // lack the environment of the one that launched it.)
             let message = "Cannot open the job's bucket \(job.storage): \((error as? CapstanError)?.description ?? "\(error)")"
-            return await Run(controller: self, spec: spec, settings: settings, bucket: nil, secrets: AgentSecrets()).finish(.failed, message, error: message)
+            return await Run(controller: self, spec: spec, settings: settings, bucket: nil, secrets: AgentSecrets()).drive(after: .bucketUnavailable(message))
         }
         let run = Run(controller: self, spec: spec, settings: settings, bucket: bucket, secrets: secrets)
         return await run.drive()
@@ -117,7 +117,8 @@ public final class JobController: Sendable {
     }
 }
 
-/// One controller's pass over a job (the state a control loop keeps in memory).
+/// One controller's pass over a job: performs what the job's ``JobLifecycle`` decides (the
+/// processes, the state store, the providers, the clock) and keeps what the I/O needs in memory.
 final class Run: @unchecked Sendable {
     let c: JobController
     let spec: JobSpec
@@ -133,6 +134,16 @@ final class Run: @unchecked Sendable {
     var latestMetrics: String?
     var metricsSaved = Date.distantPast
     var knownCheckpoints: Set<Int> = []
+    /// The job's lifecycle: this class performs what it decides.
+    var lifecycle: JobLifecycle
+    /// The job's record at the top of the loop (nil: it is gone).
+    var looped: JobRecord?
+    /// The gang: the cluster's nodes in rank order when the attempt was found or started.
+    var nodes: [Instance] = []
+    /// The attempt found, started or followed.
+    var attempt: JobAttemptRecord?
+    /// The nodes the cluster should have.
+    var wantNodes = 0
 
     /// `bucket` nil: a run that can only finish (the bucket could not be opened).
     init(controller: JobController, spec: JobSpec, settings: JobSettings, bucket: (any ObjectStore)?, secrets: AgentSecrets) {
@@ -140,6 +151,7 @@ final class Run: @unchecked Sendable {
         self.spec = spec
         self.settings = settings
         self.secrets = secrets
+        self.lifecycle = JobLifecycle(config: JobLifecycle.Config(maxRestarts: spec.maxRestarts, settings: settings))
         self.checkpoints = CheckpointStore(store: bucket ?? UnopenedBucket(), prefix: "checkpoints")
         self.logOffsets = (try? JSONDecoder().decode([String: Int64].self, from: Data(contentsOf: URL(fileURLWithPath: offsetsFile)))) ?? [:]
     }
@@ -151,51 +163,118 @@ final class Run: @unchecked Sendable {
 
     // MARK: - The job's life
 
-    func drive() async -> JobRecord {
+    /// What a run whose job record is gone returns.
+    var placeholder: JobRecord { JobRecord(id: jobID, name: "?", spec: "", specFolder: "", settings: "", clusterName: "", ownsCluster: false, storage: "") }
+
+    /// Drives ``JobLifecycle`` to its end: performs each action it asks for, and feeds it what
+    /// the action found. `first`: an event before the loop's first look at the job.
+    func drive(after first: JobLifecycle.Event? = nil) async -> JobRecord {
         knownCheckpoints = Set(((try? await store.checkpoints(job: jobID)) ?? []).map(\.step))
-        while true {
-            guard let job = await job() else { return JobRecord(id: jobID, name: "?", spec: "", specFolder: "", settings: "", clusterName: "", ownsCluster: false, storage: "") }
-            if job.status.isFinished { return job }
-            if job.status == .cancelling {
-                if let a = try? await store.attempt(job: jobID, number: job.attempt), let nodes = try? await currentNodes(job) {
-                    await stopGang(a, nodes: nodes)
-                    await closeAttempt(a.attempt, outcome: .stopped, failure: nil)
-                }
-                return await finish(.cancelled, "Cancelled.")
-            }
-            do {
-                let nodes = try await ensureCluster(job)
-                let attempt: JobAttemptRecord
-                do {
-                    attempt = try await ensureAttempt(job, nodes: nodes)
-                } catch let lost as NodeUnreachable {
-                    // A node that cannot be reached to start its part is a lost node, like one
-                    // that stops beating: stop the others, replace it, try again.
-                    let number = await self.job()?.attempt ?? job.attempt
-                    guard let started = try await store.attempt(job: jobID, number: number) else { throw lost.error }
-                    let failure = AttemptFailure(kind: .heartbeat, node: lost.rank, exit: nil, message: "node \(lost.rank) (\(lost.node)) could not be reached to start attempt \(number): \(lost.error.message)")
-                    if let finished = try await afterFailure(failure, of: started, nodes: nodes, job: job) { return finished }
-                    continue
-                }
-                let result = await monitor(attempt, nodes: nodes)
-                switch result {
-                case .succeeded:
-                    await closeAttempt(attempt.attempt, outcome: .succeeded, failure: nil)
-                    await syncCheckpoints()
-                    return await finish(.succeeded, "Succeeded in attempt \(attempt.attempt).")
-                case .cancelled:
-                    continue
-                case .failed(let failure):
-                    if let finished = try await afterFailure(failure, of: attempt, nodes: nodes, job: job) { return finished }
-                }
-            } catch {
-                let message = (error as? CapstanError)?.description ?? "\(error)"
-                return await finish(.failed, "The job cannot go on: \(message)", error: message)
+        var queue = first.map { lifecycle.receive($0) } ?? JobLifecycle.start
+        while !queue.isEmpty {
+            // Cancelled (its handle detached, or the process is shutting down): this controller
+            // stops here, and the job stays as its state says, for another to pick up.
+            if Task.isCancelled { return await job() ?? placeholder }
+            let action = queue.removeFirst()
+            switch action {
+            case .finish(let status, let message, let error):
+                return await finish(status, message, error: error)
+            case .end:
+                return looped ?? placeholder
+            default:
+                if let event = await perform(action) { queue += lifecycle.receive(event) }
             }
         }
+        // The machine ends every path with .finish or .end; this is not reached.
+        return await job() ?? placeholder
     }
 
-    enum Result { case succeeded, failed(AttemptFailure), cancelled }
+    /// Performs one action of the machine; a request's answer is the event returned.
+    func perform(_ action: JobLifecycle.Action) async -> JobLifecycle.Event? {
+        func cannotGoOn(_ error: any Error) -> JobLifecycle.Event { .cannotGoOn((error as? CapstanError)?.description ?? "\(error)") }
+        let job = looped ?? placeholder
+        switch action {
+        case .loadJob:
+            looped = await self.job()
+            return .jobLoaded(looped?.status, attempt: looped?.attempt ?? 0)
+        case .ensureCluster:
+            do { return try await ensureCluster(job) } catch { return cannotGoOn(error) }
+        case .provisionCluster:
+            do { return try await provisionCluster(job) } catch { return cannotGoOn(error) }
+        case .replaceNode(let node):
+            do { return try await replace(node: node, of: job) } catch { return cannotGoOn(error) }
+        case .moveGang:
+            do { return try await move(job) } catch { return cannotGoOn(error) }
+        case .findAttempt:
+            do { return try await findAttempt(job) } catch { return cannotGoOn(error) }
+        case .startAttempt:
+            do {
+                return try await startAttempt(job, nodes: nodes)
+            } catch let lost as NodeUnreachable {
+                do {
+                    let number = await self.job()?.attempt ?? job.attempt
+                    guard let started = try await store.attempt(job: jobID, number: number) else { throw lost.error }
+                    attempt = started
+                    return .nodeUnreachable(Self.attempt(started), rank: lost.rank, error: lost.error.message)
+                } catch { return cannotGoOn(error) }
+            } catch { return cannotGoOn(error) }
+        case .stopGang(let stop):
+            return await stopGang(stop, job: job)
+        case .observe:
+            return await observe()
+        case .checkInstances:
+            return .instancesChecked(await describeNodes(nodes))
+        case .readErrorLine(let rank):
+            return .errorLine(Self.errorLine(inLog: c.ctx.logFile(job: jobID, node: rank)))
+        case .readAgentOutput(let rank):
+            var said = ""
+            if let attempt, nodes.indices.contains(rank), let t = try? transport(for: nodes[rank]) { said = await t.agentOutput(job: jobID, attempt: attempt.attempt, on: nodes[rank]) }
+            return .agentSaid(said.isEmpty ? nil : secrets.redact(String(said.suffix(500))))
+        case .loadRestartFacts:
+            guard let attempt else { return await .restartFacts(latestCheckpoint: latestCommitted(), previous: nil, restartsUsed: (self.job() ?? job).restarts) }
+            return await restartFacts(after: attempt, job: job)
+        case .sleep(let duration):
+            try? await Task.sleep(for: duration)
+            return .woke(at: .now)
+        case .setStatus(let status, let message):
+            await c.setStatus(status, message)
+        case .emit(let event):
+            c.emit(event)
+        case .closeAttempt(let number, let outcome, let failure):
+            await closeAttempt(number, outcome: outcome, failure: failure)
+        case .syncCheckpoints:
+            await syncCheckpoints()
+        case .pullLogs(let only):
+            if let attempt { await pullLogs(attempt, nodes: nodes, only: only) }
+        case .drainLogs(let skipping):
+            if let attempt { await drainLogs(attempt, nodes: nodes, skipping: ids(skipping)) }
+        case .recordCorrupt(let bad):
+            await recordCorrupt(bad)
+        case .countRestart:
+            _ = try? await store.updateJob(jobID) { $0.restarts += 1 }
+        case .finish, .end:
+            break
+        }
+        return nil
+    }
+
+    /// What the restart decision after `attempt` needs: the newest checkpoint, how the attempt
+    /// before it failed, the restarts spent.
+    func restartFacts(after attempt: JobAttemptRecord, job: JobRecord) async -> JobLifecycle.Event {
+        let previous = await (try? store.attempt(job: jobID, number: attempt.attempt - 1)).flatMap { a -> AttemptFailure? in
+            guard a.outcome == .failed, let kind = a.failureKind.flatMap(AttemptFailure.Kind.init(rawValue:)) else { return nil }
+            return AttemptFailure(kind: kind, node: a.failedNode, exit: a.exitCode.map { .fromCode(Int32($0)) }, message: a.message ?? "")
+        }
+        let current = await self.job() ?? job
+        return await .restartFacts(latestCheckpoint: latestCommitted(), previous: previous, restartsUsed: current.restarts)
+    }
+
+    /// The instance ids of these ranks of the gang.
+    func ids(_ ranks: Set<Int>) -> Set<String> { Set(ranks.filter { nodes.indices.contains($0) }.map { nodes[$0].id }) }
+
+    static func attempt(_ a: JobAttemptRecord) -> JobLifecycle.Attempt {
+        JobLifecycle.Attempt(number: a.attempt, nodes: a.nodes, resumeStep: a.resumeStep)
+    }
 
     /// A node that could not be reached to start its part of an attempt.
     struct NodeUnreachable: Error {
@@ -204,86 +283,62 @@ final class Run: @unchecked Sendable {
         var error: CapstanError
     }
 
-    /// After `failure` ends `attempt`: stops the gang (a lost node is neither waited for nor
-    /// forced), closes the attempt, then replaces lost capacity or gives up, as
-    /// ``RestartPolicy`` decides. Returns the finished job when it gives up.
-    func afterFailure(_ failure: AttemptFailure, of attempt: JobAttemptRecord, nodes: [Instance], job: JobRecord) async throws -> JobRecord? {
-        c.emit(.failure(attempt: attempt.attempt, failure))
-        await c.setStatus(.restarting, "Attempt \(attempt.attempt) failed: \(failure). Stopping the gang.")
-        let silent = failure.kind == .heartbeat ? failure.node.flatMap { nodes.indices.contains($0) ? [nodes[$0].id] : nil } ?? [] : []
-        await stopGang(attempt, nodes: nodes, silent: Set(silent))
-        await drainLogs(attempt, nodes: nodes, skipping: Set(silent))
-        await closeAttempt(attempt.attempt, outcome: .failed, failure: failure)
-        await syncCheckpoints()
-        let progressed = await (latestCommitted() ?? -1) > (attempt.resumeStep ?? -1)
-        let previous = await (try? store.attempt(job: jobID, number: attempt.attempt - 1)).flatMap { a -> AttemptFailure? in
-            guard a.outcome == .failed, let kind = a.failureKind.flatMap(AttemptFailure.Kind.init(rawValue:)) else { return nil }
-            return AttemptFailure(kind: kind, node: a.failedNode, exit: a.exitCode.map { .fromCode(Int32($0)) }, message: a.message ?? "")
-        }
-        let current = await self.job() ?? job
-        switch RestartPolicy.decide(failure: failure, previous: previous, progressed: progressed, restartsUsed: current.restarts, maxRestarts: spec.maxRestarts) {
-        case .giveUp(let why):
-            return await finish(.failed, why, error: why)
-        case .restart(let lost):
-            if failure.countsAsRestart { _ = try? await store.updateJob(jobID) { $0.restarts += 1 } }
-            for node in lost {
-                // A move brought a whole new gang: nothing else is left to replace.
-                if try await replace(node: node, of: job, "Replacing node \(node)'s capacity.") == .moved { break }
-            }
-            return nil
-        }
-    }
-
-    /// The cluster's live nodes in rank order, provisioning the cluster first when the job owns it.
-    func ensureCluster(_ job: JobRecord) async throws -> [Instance] {
+    /// Whether the cluster runs (a cluster left provisioning by a controller that died is
+    /// reconciled first), and which of its nodes are missing.
+    func ensureCluster(_ job: JobRecord) async throws -> JobLifecycle.Event {
         var cluster = try await store.cluster(named: job.clusterName)
         if cluster?.status == .provisioning {
             // A controller died while provisioning: let reconcile decide what it left.
             _ = await c.ctx.provisioner.reconcile()
             cluster = try await store.cluster(named: job.clusterName)
         }
+        wantNodes = cluster?.nodes ?? spec.resources.nodes
         if cluster?.status != .running {
             guard job.ownsCluster else {
                 throw CapstanError(.notFound, "Cluster '\(job.clusterName)' is not running.", hint: "Start it with `capstan up`, or launch without --cluster.")
             }
-            await c.setStatus(.provisioning, "Provisioning cluster \(job.clusterName): \(spec.resources.nodes) node(s)\(spec.resources.gpu.map { " of \($0)" } ?? "").")
-            let report = try await c.ctx.provisioner.up(name: job.clusterName, request: spec.resources, search: c.ctx.search)
-            guard report.cluster.status == .running else {
-                throw CapstanError(.capacity, "No capacity for the job: \(report.noOfferReason ?? report.cluster.lastError ?? "every offer failed").", hint: "Try other GPUs, regions or spot; `capstan offers --explain` shows why offers were filtered.")
-            }
+            return .clusterNeedsProvisioning(cluster: job.clusterName, nodes: spec.resources.nodes, gpu: spec.resources.gpu.map { "\($0)" })
         }
-        var nodes = try await currentNodes(job)
-        // A node lost while no controller was watching (or a replacement that did not finish).
-        let want = cluster?.nodes ?? spec.resources.nodes
-        for index in 0..<want where !nodes.contains(where: { $0.nodeIndex == index }) {
-            let how = try await replace(node: index, of: job, "Node \(index) is missing; replacing it.")
-            nodes = try await currentNodes(job)
-            if how == .moved { break }
-        }
-        return nodes
+        return await .clusterReady(missing: try missingNodes(job))
     }
 
-    enum Replacement { case replaced, moved }
+    /// Provisions the job's own cluster.
+    func provisionCluster(_ job: JobRecord) async throws -> JobLifecycle.Event {
+        let report = try await c.ctx.provisioner.up(name: job.clusterName, request: spec.resources, search: c.ctx.search)
+        guard report.cluster.status == .running else {
+            throw CapstanError(.capacity, "No capacity for the job: \(report.noOfferReason ?? report.cluster.lastError ?? "every offer failed").", hint: "Try other GPUs, regions or spot; `capstan offers --explain` shows why offers were filtered.")
+        }
+        return await .clusterReady(missing: try missingNodes(job))
+    }
 
-    /// Replaces node `node`'s capacity (``Provisioner/replaceNode(cluster:node:)``) and says so.
-    /// When the cluster's own offer has no capacity left for it (or its region is gone), the
-    /// whole gang moves to the next offer that fits, on any provider
-    /// (``Provisioner/move(cluster:search:)``), and the job resumes there from the bucket.
-    @discardableResult
-    func replace(node: Int, of job: JobRecord, _ why: String) async throws -> Replacement {
-        await c.setStatus(.restarting, why)
+    /// The node indices without a live instance: lost while no controller was watching, or a
+    /// replacement that did not finish.
+    func missingNodes(_ job: JobRecord) async throws -> [Int] {
+        let nodes = try await currentNodes(job)
+        return (0..<wantNodes).filter { index in !nodes.contains(where: { $0.nodeIndex == index }) }
+    }
+
+    /// Replaces node `node`'s capacity (``Provisioner/replaceNode(cluster:node:)``). When the
+    /// cluster's own offer has no capacity left for it (or its region is gone), says so: the
+    /// whole gang then moves (``move(_:)``).
+    func replace(node: Int, of job: JobRecord) async throws -> JobLifecycle.Event {
         do {
             let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: node)
             c.emit(.nodeReplaced(node: node, instance: fresh.id))
             await store.jobEvent("replaced", "Node \(node) is now \(fresh.id).", job: jobID)
-            return .replaced
+            return .nodeReplaced(node)
         } catch let e as CapstanError where [.capacity, .quota, .notFound, .timeout].contains(e.code) && e.provider != nil {
-            await c.setStatus(.restarting, "Node \(node) cannot be replaced on the cluster's offer (\(e.message)); moving the whole gang to the next offer that fits.")
-            let report = try await c.ctx.provisioner.move(cluster: job.clusterName, search: c.ctx.search)
-            let to = report.cluster.offer.map { "\($0.provider) \($0.instanceType) in \($0.zone ?? $0.region)" } ?? "?"
-            await store.jobEvent("moved", "The gang moved to \(to) (\(report.instances.map(\.id).joined(separator: ", "))); the job resumes there from the bucket.", job: jobID)
-            return .moved
+            return .replacementUnavailable(node: node, reason: e.message)
         }
+    }
+
+    /// Moves the whole gang to the next offer that fits, on any provider
+    /// (``Provisioner/move(cluster:search:)``); the job resumes there from the bucket.
+    func move(_ job: JobRecord) async throws -> JobLifecycle.Event {
+        let report = try await c.ctx.provisioner.move(cluster: job.clusterName, search: c.ctx.search)
+        let to = report.cluster.offer.map { "\($0.provider) \($0.instanceType) in \($0.zone ?? $0.region)" } ?? "?"
+        await store.jobEvent("moved", "The gang moved to \(to) (\(report.instances.map(\.id).joined(separator: ", "))); the job resumes there from the bucket.", job: jobID)
+        return .gangMoved
     }
 
     func currentNodes(_ job: JobRecord) async throws -> [Instance] {
@@ -300,23 +355,18 @@ final class Run: @unchecked Sendable {
     }
 
     /// The attempt to follow: the running one (re-attach), or a new one.
-    func ensureAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobAttemptRecord {
+    /// The gang (the cluster's nodes now) and the job's current attempt, if it has one.
+    func findAttempt(_ job: JobRecord) async throws -> JobLifecycle.Event {
+        nodes = try await currentNodes(job)
+        attempt = nil
         if let a = try await store.attempt(job: jobID, number: job.attempt) {
-            switch a.outcome {
-            case .running where a.nodes == nodes.map(\.id):
-                await c.setStatus(.running, "Following attempt \(a.attempt) on \(nodes.count) node(s).")
-                return a
-            case .running, .starting:
-                // Started by a controller that died half-way, or on nodes since replaced.
-                await stopGang(a, nodes: nodes)
-                await closeAttempt(a.attempt, outcome: .stopped, failure: nil)
-            default: break
-            }
+            attempt = a
+            return .attemptFound(Self.attempt(a), a.outcome, sameNodes: a.nodes == nodes.map(\.id), at: .now)
         }
-        return try await startAttempt(job, nodes: nodes)
+        return .attemptFound(nil, nil, sameNodes: false, at: .now)
     }
-
-    func startAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobAttemptRecord {
+    /// Starts attempt `job.attempt + 1` on every node of the gang, from the newest verified checkpoint.
+    func startAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobLifecycle.Event {
         let number = job.attempt + 1
         let resume = try await checkpoints.latestVerified()
         let chosen = NodeAddresses(nodes)
@@ -378,131 +428,27 @@ final class Run: @unchecked Sendable {
         }
         record.outcome = .running
         try await store.save(record)
-        let msg = "Attempt \(number) started on \(nodes.count) node(s)" + (resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") + "; MASTER_ADDR=\(masterAddress):\(port) (\(chosen.reason))."
-        await c.setStatus(.running, msg)
-        c.emit(.attemptStarted(attempt: number, resumeStep: resume?.step, nodes: nodes.map(\.id)))
-        return record
+        attempt = record
+        return .attemptStarted(Self.attempt(record), masterAddress: masterAddress, port: port, reason: chosen.reason, at: .now)
     }
+
 
     // MARK: - Following an attempt
 
-    func monitor(_ attempt: JobAttemptRecord, nodes: [Instance]) async -> Result {
-        let started = Date()
-        var beats: [Int: (count: Int, seen: Date)] = [:]
-        /// Status reads in a row that got no answer, by rank.
-        var failedReads: [Int: Int] = [:]
-        var firstSuccess: Date?
-        var lastDescribe = Date.distantPast
-        var lastCheckpointSync = Date.distantPast
-        while true {
-            if await job()?.status == .cancelling { return .cancelled }
-            var statuses: [Int: AgentStatus] = [:]
-            var deadAgents: [Int] = []
-            // Every node at once: an unreachable node's read (bounded by its transport) must
-            // not make the others look silent.
-            let readsBegan = Date()
-            let answers = await readStatuses(attempt, nodes: nodes)
-            for rank in nodes.indices {
-                failedReads[rank] = answers.contains { $0.0 == rank } ? 0 : failedReads[rank, default: 0] + 1
-            }
-            for (rank, s, running) in answers {
-                statuses[rank] = s
-                if beats[rank]?.count != s.heartbeat { beats[rank] = (s.heartbeat, Date()) }
-                // Died without its final word (where the transport can see its process).
-                if !running && s.phase != .exited { deadAgents.append(rank) }
-            }
-            await pullLogs(attempt, nodes: nodes, only: Set(statuses.keys))
-            let now = Date()
-            if now.timeIntervalSince(lastCheckpointSync) >= 2 {
-                lastCheckpointSync = now
-                await syncCheckpoints()
-            }
-            // A lost node is the cause, and the other nodes' failures (a broken collective) its
-            // symptoms: look for one before blaming a command.
-            if let rank = deadAgents.first {
-                if let gone = await goneFailure(nodes) { return .failed(gone) }
-                return .failed(AttemptFailure(kind: .heartbeat, node: rank, message: "the agent on node \(rank) (\(nodes[rank].id)) died"))
-            }
-            // Failures, earliest on the nodes' clocks first.
-            let failed = statuses.filter { $0.value.phase == .exited && !$0.value.succeeded }.sorted { ($0.value.endedAt ?? .distantFuture) < ($1.value.endedAt ?? .distantFuture) }
-            if let (rank, s) = failed.first {
-                if let gone = await goneFailure(nodes) { return .failed(gone) }
-                await pullLogs(attempt, nodes: nodes, only: [rank])
-                var failure = Self.failure(of: s, node: rank)
-                if let bad = s.corruptCheckpoint { await recordCorrupt(bad) }
-                if failure.kind == .command, let line = Self.errorLine(inLog: c.ctx.logFile(job: jobID, node: rank)) {
-                    failure.message += ": \(line)"
-                }
-                return .failed(failure)
-            }
-            var silent: [(rank: Int, seconds: Double)] = []
-            for rank in 0..<nodes.count where statuses[rank]?.phase != .exited {
-                if let b = beats[rank] {
-                    // A node that answered this pass is measured up to when the pass began to
-                    // read: waiting on another node's read never counts against it.
-                    // One failed read is a glitch (counted like an answer, to when the pass began);
-                    // from the second in a row the node counts as silent up to now.
-                    let until = failedReads[rank, default: 0] >= 2 ? now : readsBegan
-                    let quiet = until.timeIntervalSince(b.seen)
-                    if quiet > settings.heartbeatTimeoutSeconds { silent.append((rank, quiet)) }
-                } else if now.timeIntervalSince(started) > settings.agentStartTimeoutSeconds {
-                    // What the agent printed before it could write a status is the reason: then
-                    // the node is fine (it ran the agent), and the agent could not start.
-                    var said = ""
-                    if let t = try? transport(for: nodes[rank]) { said = await t.agentOutput(job: jobID, attempt: attempt.attempt, on: nodes[rank]) }
-                    let message = "the agent on node \(rank) (\(nodes[rank].id)) did not start within \(Int(settings.agentStartTimeoutSeconds)) s" + (said.isEmpty ? "" : "; it said: \(secrets.redact(String(said.suffix(500))))")
-                    return .failed(AttemptFailure(kind: said.isEmpty ? .heartbeat : .startup, node: rank, message: message))
-                }
-            }
-            // Several silent at once (one node's loss can stall the others' reads or agents):
-            // the one silent longest is the cause; then the one whose reads fail.
-            if let lost = silent.max(by: { ($0.seconds, failedReads[$0.rank, default: 0]) < ($1.seconds, failedReads[$1.rank, default: 0]) }) {
-                return .failed(AttemptFailure(kind: .heartbeat, node: lost.rank, message: "node \(lost.rank) (\(nodes[lost.rank].id)) sent no heartbeat for \(Int(lost.seconds)) s"))
-            }
-            if now.timeIntervalSince(lastDescribe) >= settings.describeSeconds {
-                lastDescribe = now
-                if let gone = await goneFailure(nodes) { return .failed(gone) }
-            }
-            let done = statuses.filter { $0.value.succeeded }.count
-            if done == nodes.count {
-                await pullLogs(attempt, nodes: nodes)
-                return .succeeded
-            }
-            if done > 0 {
-                firstSuccess = firstSuccess ?? now
-                if now.timeIntervalSince(firstSuccess!) > settings.exitGraceSeconds, let hung = (0..<nodes.count).first(where: { statuses[$0]?.succeeded != true }) {
-                    return .failed(AttemptFailure(kind: .hungAtExit, node: hung, message: "node \(hung) had not exited \(Int(settings.exitGraceSeconds)) s after the others finished"))
-                }
-            }
-            try? await Task.sleep(for: .seconds(settings.pollSeconds))
-        }
-    }
-
-    static func failure(of s: AgentStatus, node: Int) -> AttemptFailure {
-        if let bad = s.corruptCheckpoint {
-            return AttemptFailure(kind: .corruptCheckpoint, node: node, message: "node \(node) could not restore it: \(bad)")
-        }
-        if s.endedIn == AgentStatus.startPhase, let f = s.failure {
-            return AttemptFailure(kind: .startup, node: node, message: "the agent on node \(node) could not start: \(f)")
-        }
-        if let f = s.failure, s.exit == nil || s.exit?.succeeded == true {
-            return AttemptFailure(kind: .agent, node: node, exit: s.exit, message: f)
-        }
-        if let sig = s.workerSignal {
-            return AttemptFailure(kind: .signal, node: node, exit: s.exit, message: "a worker of the command on node \(node) was killed by signal \(sig) (the command then ended with \(s.exit.map { "\($0)" } ?? "?"))")
-        }
-        switch s.exit {
-        case .signaled(let sig)?:
-            return AttemptFailure(kind: .signal, node: node, exit: s.exit, message: "the command on node \(node) was \(ExitStatus.signaled(sig))")
-        case .exited(let code)?:
-            // 128+N from a shell means the child died of signal N: not the code's own verdict.
-            if code > 128 && code <= 128 + 64 {
-                return AttemptFailure(kind: .signal, node: node, exit: s.exit, message: "the command on node \(node) ended with \(code) (signal \(code - 128))")
-            }
-            return AttemptFailure(kind: .command, node: node, exit: s.exit, message: "\(s.endedIn == "setup" ? "setup" : "the command") on node \(node) ended with exit code \(code)")
-        case nil:
-            return AttemptFailure(kind: .agent, node: node, message: s.failure ?? "the agent on node \(node) ended without a result")
-        }
+    /// One pass over the nodes for the machine: every node's status (read concurrently: an
+    /// unreachable node's read, bounded by its transport, must not make the others look
+    /// silent), and the new log bytes of those that answered.
+    func observe() async -> JobLifecycle.Event {
+        if await job()?.status == .cancelling { return .cancelRequested }
+        guard let attempt else { return .cancelRequested }
+        let readsBegan = ContinuousClock.now
+        let answers = await readStatuses(attempt, nodes: nodes)
+        let answered = ContinuousClock.now
+        await pullLogs(attempt, nodes: nodes, only: Set(answers.map(\.0)))
+        let pass = JobLifecycle.Pass(
+            readsBegan: readsBegan, answered: answered, now: .now,
+            answers: answers.map { JobLifecycle.Answer(rank: $0.0, status: $0.1, running: $0.2) })
+        return .observed(pass)
     }
 
     /// The last line of a node log that reads like the reason a command failed ("ValueError:
@@ -528,29 +474,45 @@ final class Run: @unchecked Sendable {
         return nil
     }
 
-    /// The failure of the first node whose instance the provider reports gone, if any.
-    func goneFailure(_ nodes: [Instance]) async -> AttemptFailure? {
+
+    /// The gang's instances as their providers describe them, a provider at a time, up to the
+    /// first provider that reports one gone (``JobLifecycle/goneFailure(_:)`` decides).
+    func describeNodes(_ nodes: [Instance]) async -> [JobLifecycle.Seen] {
+        var out: [JobLifecycle.Seen] = []
         for (providerName, group) in Dictionary(grouping: nodes.enumerated(), by: { $0.element.provider }) {
             guard let p = c.ctx.provisioner.providers.first(where: { $0.name == providerName }) else { continue }
             guard let seen = try? await p.describe(InstanceQuery(ids: group.map(\.element.id), includeTerminated: true)) else { continue }
             for (rank, node) in group {
-                let now = seen.first { $0.id == node.id }
-                if let now, !(now.state.isGone || now.state == .failed || now.state == .stopped) { continue }
-                let state = now?.state.rawValue ?? "gone (the provider no longer lists it)"
-                return AttemptFailure(kind: .instanceGone, node: rank, message: "instance \(node.id) is \(state)")
+                out.append(JobLifecycle.Seen(rank: rank, instance: node.id, state: seen.first { $0.id == node.id }?.state))
             }
+            if JobLifecycle.goneFailure(out) != nil { break }
         }
-        return nil
+        return out
     }
 
     // MARK: - Stopping
 
-    /// Stops every node's agent (gracefully: the agents finish their uploads), then kills what
-    /// is left once the grace periods are over.
-    /// Stops every agent of `attempt` (all nodes at once) and waits for them to finish their
-    /// uploads; `silent` nodes (lost heartbeat: likely unreachable) get the stop but are not
-    /// waited for — their capacity is replaced anyway.
-    func stopGang(_ attempt: JobAttemptRecord, nodes: [Instance], silent: Set<String> = []) async {
+    /// Stops the gang the machine names: for a cancel, the job's current attempt on the
+    /// cluster's current nodes (nothing when it has none); otherwise the attempt found or followed.
+    func stopGang(_ stop: JobLifecycle.StopGang, job: JobRecord) async -> JobLifecycle.Event {
+        switch stop.reason {
+        case .cancel:
+            if let a = try? await store.attempt(job: jobID, number: job.attempt), let nodes = try? await currentNodes(job) {
+                await stopGang(a, nodes: nodes, waitAtMost: stop.waitAtMost)
+                return .gangStopped(attemptFound: true)
+            }
+            return .gangStopped(attemptFound: false)
+        case .stale, .failure:
+            guard let attempt else { return .gangStopped(attemptFound: false) }
+            await stopGang(attempt, nodes: nodes, silent: ids(stop.silent), waitAtMost: stop.waitAtMost)
+        }
+        return .gangStopped(attemptFound: true)
+    }
+
+    /// Stops every agent of `attempt` (all nodes at once) and waits up to `waitAtMost` for them
+    /// to finish their uploads, then kills what is left; `silent` nodes (lost heartbeat: likely
+    /// unreachable) get the stop but are not waited for — their capacity is replaced anyway.
+    func stopGang(_ attempt: JobAttemptRecord, nodes: [Instance], silent: Set<String> = [], waitAtMost: Duration) async {
         let targets = nodes.filter { attempt.nodes.contains($0.id) }
         let job = jobID
         func stopAll(force: Bool) async {
@@ -565,8 +527,8 @@ final class Run: @unchecked Sendable {
         }
         await stopAll(force: false)
         let waitFor = targets.filter { !silent.contains($0.id) }
-        let deadline = Date().addingTimeInterval(settings.stopGraceSeconds + settings.commitWaitSeconds + 5)
-        while Date() < deadline, !waitFor.isEmpty {
+        let deadline = ContinuousClock.now + waitAtMost
+        while ContinuousClock.now < deadline, !waitFor.isEmpty {
             if await readStatuses(attempt, nodes: waitFor).allSatisfy({ !$0.2 }) { break }
             try? await Task.sleep(for: .milliseconds(200))
         }

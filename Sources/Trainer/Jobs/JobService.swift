@@ -18,6 +18,11 @@ public struct JobHandle: Sendable {
 
     /// Waits for the job to end.
     public func result() async throws -> JobRecord { try await task.value }
+
+    /// Stops this process's controller of the job (the handle owns it); the job itself goes on
+    /// being what its state says: `capstan attach` or `JobService.ensureController` picks it up
+    /// again. To stop the job, use ``JobService/cancel(_:wait:)``.
+    public func detach() { task.cancel() }
 }
 
 /// A checkpoint of a job as the bucket has it (`capstan checkpoints`).
