@@ -778,11 +778,11 @@ public struct Provisioner: Sendable {
         for step in steps {
             switch step {
             case .adopt(let i, let clusterID, let intent, let isRecorded):
-                if isRecorded { try? await store.record(i, clusterID: clusterID, intentKey: intent) }
+                if isRecorded { await bestEffort("reconcile: record an instance") { _ = try await store.record(i, clusterID: clusterID, intentKey: intent) } }
                 report.adopted.append(i.id)
             case .noteLeaving(let i, let clusterID, let intent):
                 // Already on its way out (EC2 `shutting-down`): nothing to do but note it.
-                try? await store.record(i, clusterID: clusterID, intentKey: intent)
+                await bestEffort("reconcile: record an instance") { _ = try await store.record(i, clusterID: clusterID, intentKey: intent) }
             case .number(let gang, let c, let intent, let cloudTags):
                 // Instances of a running cluster the store has not recorded (a crash between
                 // writing the cluster and its instances: a rebuild), numbered around the others.
@@ -806,12 +806,12 @@ public struct Provisioner: Sendable {
         for rec in plan.gone(await (try? store.allInstances()) ?? []) {
             var gone = rec.instance
             gone.state = .terminated
-            try? await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey)
+            await bestEffort("reconcile: record an instance") { _ = try await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey) }
         }
 
         // Intents of dead processes.
         for (key, error) in plan.abandoned(await (try? store.intents(status: .pending)) ?? []) {
-            try? await store.setIntent(key, status: .abandoned, error: error)
+            await bestEffort("reconcile: close an intent") { try await store.setIntent(key, status: .abandoned, error: error) }
             report.abandonedIntents.append(key)
         }
         if report.didSomething {
@@ -841,7 +841,7 @@ public struct Provisioner: Sendable {
             var gone = i
             if !gone.state.isGone { gone.state = .terminated }
             let owner = owners[i.id] ?? Owner(cluster: i.tags[CapstanTags.clusterID] ?? "", intent: i.tags[CapstanTags.intent] ?? "")
-            try? await store.record(gone, clusterID: owner.cluster, intentKey: owner.intent)
+            await bestEffort("reconcile: record an instance") { _ = try await store.record(gone, clusterID: owner.cluster, intentKey: owner.intent) }
         }
     }
 
@@ -868,8 +868,8 @@ public struct Provisioner: Sendable {
                case .running(let nodes) = await waitUntilRunning(provider: provider, ids: gang.map(\.id), clusterID: c.id, intent: last.key, stage: "reconcile") {
                 // Anything else of this cluster (an earlier offer's leftovers) goes.
                 await terminate(others, clusterID: c.id, report: &report)
-                try? await store.setIntent(last.key, status: .launched)
-                try? await store.update(plan.recoveredCluster(c, on: last, price: Self.clusterPrice(last, nodes: c.nodes), now: Date()))
+                await bestEffort("reconcile: close an intent") { try await store.setIntent(last.key, status: .launched) }
+                await bestEffort("reconcile: update a cluster") { try await store.update(plan.recoveredCluster(c, on: last, price: Self.clusterPrice(last, nodes: c.nodes), now: Date())) }
                 await store.event("recovered", "Provisioning was interrupted; the \(c.nodes) node(s) it had launched were adopted once running.", cluster: c.id)
                 report.recoveredClusters.append(c.name)
                 report.adopted.append(contentsOf: nodes.map(\.id))
@@ -885,8 +885,8 @@ public struct Provisioner: Sendable {
         }
         await terminate(leftovers, clusterID: c.id, report: &report)
         let failed = plan.failedUp(c, intents: intents, now: Date())
-        for key in failed.abandon { try? await store.setIntent(key, status: .abandoned, error: "its capstan process died; reconcile cleaned up") }
-        try? await store.update(failed.cluster)
+        for key in failed.abandon { await bestEffort("reconcile: close an intent") { try await store.setIntent(key, status: .abandoned, error: "its capstan process died; reconcile cleaned up") } }
+        await bestEffort("reconcile: update a cluster") { try await store.update(failed.cluster) }
         await store.event("failed", failed.cluster.lastError!, cluster: c.id)
         report.failedClusters.append(c.name)
     }
@@ -929,8 +929,8 @@ public struct Provisioner: Sendable {
                 }
                 faults.hit("reconcile.rebuilt")
                 for (key, members) in r.intents {
-                    try? await store.insert(LaunchIntent(key: key, clusterID: r.clusterID, provider: r.provider, offer: offer, count: members.count, spot: cluster.spot, tags: members[0].tags, status: .launched))
-                    for i in members { try? await store.record(i, clusterID: r.clusterID, intentKey: key) }
+                    await bestEffort("reconcile: insert a rebuilt record") { try await store.insert(LaunchIntent(key: key, clusterID: r.clusterID, provider: r.provider, offer: offer, count: members.count, spot: cluster.spot, tags: members[0].tags, status: .launched)) }
+                    for i in members { await bestEffort("reconcile: record an instance") { _ = try await store.record(i, clusterID: r.clusterID, intentKey: key) } }
                 }
                 await store.event("rebuilt", "Cluster \(name) was not in the state database; rebuilt from its \(r.nodes) instance(s)' tags on \(r.provider).", cluster: r.clusterID)
                 report.rebuiltClusters.append(name)
@@ -966,7 +966,7 @@ public struct Provisioner: Sendable {
             }
         case .undo(let gang):
             await terminate(gang, clusterID: c.id, report: &report)
-            try? await store.setIntent(move.key, status: .failed, error: "the move was interrupted before its new gang ran; the cluster stays on its offer")
+            await bestEffort("reconcile: close an intent") { try await store.setIntent(move.key, status: .failed, error: "the move was interrupted before its new gang ran; the cluster stays on its offer") }
             await store.event("move-undone", "A move to \(move.offer.id) was interrupted before its \(c.nodes) node(s) ran; they were terminated and the cluster stays on \(c.offer?.id ?? "its offer").", cluster: c.id)
         }
     }
