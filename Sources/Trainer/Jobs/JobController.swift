@@ -251,7 +251,7 @@ final class Run: @unchecked Sendable {
         case .recordCorrupt(let bad):
             await recordCorrupt(bad)
         case .countRestart:
-            _ = try? await store.updateJob(jobID) { $0.restarts += 1 }
+            await bestEffort("restart counted") { _ = try await store.updateJob(jobID) { $0.restarts += 1 } }
         case .finish, .end:
             break
         }
@@ -548,7 +548,7 @@ final class Run: @unchecked Sendable {
         a.failedNode = failure?.node
         a.exitCode = failure?.exit.map { Int($0.code) }
         a.message = failure?.message
-        try? await store.save(a)
+        await bestEffort("attempt \(number) closed") { try await store.save(a) }
     }
 
     func finish(_ status: JobStatus, _ message: String, error: String? = nil) async -> JobRecord {
@@ -583,16 +583,29 @@ final class Run: @unchecked Sendable {
         c.emit(.status(.restarting, message))
     }
 
+    /// A state write whose failure must not stop the controller: logged, never silently dropped.
+    func bestEffort(_ what: String, _ write: () async throws -> Void) async {
+        do { try await write() } catch {
+            c.logger.error("state write failed", metadata: ["capstan.job": "\(jobID)", "what": "\(what)", "error": "\(error)"])
+        }
+    }
+
     /// Records checkpoints that appeared in the bucket (and marks those retention deleted).
     func syncCheckpoints() async {
         guard let steps = try? await checkpoints.committedSteps() else { return }
         let present = Set(steps)
         for step in steps where !knownCheckpoints.contains(step) {
             guard let m = try? await checkpoints.verified(step: step) else { continue }
+            do {
+                try await store.save(CheckpointRecord(jobID: jobID, step: step, attempt: m.attempt, bytes: m.totalBytes, committedAt: m.createdAt))
+            } catch {
+                // Not known yet: the next pass records it again (the bucket holds it).
+                c.logger.error("could not record a checkpoint", metadata: ["capstan.job": "\(jobID)", "step": "\(step)", "error": "\(error)"])
+                continue
+            }
             knownCheckpoints.insert(step)
-            try? await store.save(CheckpointRecord(jobID: jobID, step: step, attempt: m.attempt, bytes: m.totalBytes, committedAt: m.createdAt))
             c.ctx.provisioner.faults.hit("controller-checkpoint")
-            _ = try? await store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, step) }
+            await bestEffort("latest checkpoint") { _ = try await store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, step) } }
             await store.jobEvent("checkpoint", "Checkpoint step \(step) committed (\(m.totalBytes) bytes, attempt \(m.attempt)).", job: jobID)
             c.emit(.checkpoint(step: step, bytes: m.totalBytes))
         }
@@ -600,12 +613,12 @@ final class Run: @unchecked Sendable {
         for r in records where !r.deleted && !present.contains(r.step) {
             var d = r
             d.deleted = true
-            try? await store.save(d)
+            await bestEffort("checkpoint \(d.step) deleted") { try await store.save(d) }
         }
         // The job's latest checkpoint follows its records, even when a controller died between
         // recording a step and updating the job.
         if let newest = records.filter({ present.contains($0.step) }).map(\.step).max(), await (job()?.latestCheckpoint ?? -1) < newest {
-            _ = try? await store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, newest) }
+            await bestEffort("latest checkpoint") { _ = try await store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, newest) } }
         }
     }
 
@@ -678,7 +691,7 @@ final class Run: @unchecked Sendable {
     func saveMetrics(force: Bool) async {
         guard let m = latestMetrics, force || Date().timeIntervalSince(metricsSaved) >= 2 else { return }
         metricsSaved = Date()
-        _ = try? await store.updateJob(jobID) { if $0.metrics != m { $0.metrics = m } }
+        await bestEffort("metrics") { _ = try await store.updateJob(jobID) { if $0.metrics != m { $0.metrics = m } } }
     }
 
     // MARK: - Ports
