@@ -103,12 +103,19 @@ public final class JobController: Sendable {
     /// Sets the job's status (and records an event) unless a cancel came in meanwhile.
     @discardableResult
     func setStatus(_ status: JobStatus, _ message: String, error: String? = nil) async -> JobRecord? {
-        let job = try? await store.updateJob(jobID) { j in
-            if j.status == .cancelling && !status.isFinished { return }
-            j.status = status
-            if let error { j.lastError = error }
-            if status == .running, j.startedAt == nil { j.startedAt = Date() }
-            if status.isFinished { j.finishedAt = Date() }
+        let job: JobRecord?
+        do {
+            job = try await store.updateJob(jobID) { j in
+                if j.status == .cancelling && !status.isFinished { return }
+                j.status = status
+                if let error { j.lastError = error }
+                if status == .running, j.startedAt == nil { j.startedAt = Date() }
+                if status.isFinished { j.finishedAt = Date() }
+            }
+        } catch {
+            // The controller goes on (the next pass sets it again); the failure is logged.
+            logger.error("could not write the job's status", metadata: ["capstan.job": "\(jobID)", "status": "\(status.rawValue)", "error": "\(error)"])
+            job = nil
         }
         await store.jobEvent(status.rawValue, message, job: jobID)
         emit(.status(job?.status ?? status, message))
