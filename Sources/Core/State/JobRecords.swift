@@ -20,7 +20,6 @@ public enum JobStatus: String, Sendable, Hashable, Codable, CaseIterable {
 
 /// A job as the state store knows it (table `job`).
 public struct JobRecord: Sendable, Hashable, Codable {
-
     /// `<name>-<6 hex>`, also the cluster name when the job provisions its own.
     public var id: String
     public var name: String
@@ -70,7 +69,6 @@ public struct JobRecord: Sendable, Hashable, Codable {
 
 /// One attempt of a job: the same command on every node, from one restored checkpoint.
 public struct JobAttemptRecord: Sendable, Hashable, Codable {
-
     public enum Outcome: String, Sendable, Hashable, Codable {
         /// Agents are being started; a controller that finds an attempt here after a crash stops it.
         case starting

@@ -19,7 +19,6 @@ public enum ClusterStatus: String, Sendable, Hashable, Codable, CaseIterable {
 
 /// A named group of nodes from one offer (one provider, one region/zone).
 public struct Cluster: Sendable, Hashable, Codable {
-
     public var id: String
     public var name: String
     public var status: ClusterStatus
@@ -53,7 +52,6 @@ public struct Cluster: Sendable, Hashable, Codable {
 
 /// A launch written down *before* the cloud call, so a crash at any point can be reconciled.
 public struct LaunchIntent: Sendable, Hashable, Codable {
-
     public enum Status: String, Sendable, Hashable, Codable {
         /// Written; the launch call may or may not have reached the cloud.
         case pending
@@ -100,7 +98,6 @@ public struct LaunchIntent: Sendable, Hashable, Codable {
 
 /// An instance as the state store knows it.
 public struct InstanceRecord: Sendable, Hashable, Codable {
-
     public var provider: String
     public var id: String
     public var clusterID: String
@@ -145,5 +142,4 @@ public struct StateEvent: Sendable, Hashable, Codable {
         self.message = message
         self.time = time
     }
-
 }
