@@ -244,7 +244,10 @@ struct StateStoreTests {
         let i = Instance(id: "i", provider: "p", instanceType: "t", region: "r", state: .running, pricePerHour: 10, launchedAt: launched)
         try await store.record(i, clusterID: "c", intentKey: "k")
         let rec = try await #require(try store.instances(cluster: "c").first)
-        #expect(abs(rec.cost() - 5) < 0.01)
+        // Half an hour at $10/h, measured at a fixed moment (not the wall clock: a loaded
+        // machine took 10 s between the record and the check once).
+        #expect(abs(rec.cost(now: launched.addingTimeInterval(1800)) - 5) < 0.000001)
+        #expect(rec.cost() >= 5)
         var gone = i
         gone.state = .terminated
         try await store.record(gone, clusterID: "c", intentKey: "k")
