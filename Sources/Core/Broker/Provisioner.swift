@@ -151,9 +151,7 @@ public struct Provisioner: Sendable {
     /// error being reported, and is logged instead (never silently dropped). What it leaves
     /// unwritten, reconcile finishes (an intent still pending, a cluster still provisioning).
     func bestEffort(_ what: String, _ write: () async throws -> Void) async {
-        do { try await write() } catch {
-            logger.error("state write failed", metadata: ["what": "\(what)", "error": "\(error)"])
-        }
+        await logger.bestEffort(what, write)
     }
 
     /// Checks a cluster name: lower-case letters, digits and dashes, at most 63 characters.

@@ -30,11 +30,6 @@ public struct ClusterLocks: LockService {
 
     /// Takes the lock for `name` without waiting; nil when another holder has it.
     public func acquire(_ name: String) async throws -> (any HeldLock)? {
-        try await acquireHeld(name)
-    }
-
-    /// ``acquire(_:)`` with the concrete lock.
-    public func acquireHeld(_ name: String) async throws -> Held? {
         try PrivateFile.createFolder(folder)
         let fd = open(path(name), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else {

@@ -64,10 +64,7 @@ public struct ClusterKeys: ClusterKeySource, Hashable {
     /// Deletes `cluster`'s key pair, `known_hosts` and connection sockets (once it is
     /// terminated: nothing may log in with that key any more), and a folder its name had from
     /// before keys were kept by id. Best effort.
-    public func remove(_ cluster: Cluster) async { removeNow(cluster) }
-
-    /// ``remove(_:)``, synchronously.
-    public func removeNow(_ cluster: Cluster) {
+    public func remove(_ cluster: Cluster) async {
         try? FileManager.default.removeItem(atPath: folder(clusterID: cluster.id))
         // (A name that looks like an id could be another cluster's folder: left alone.)
         if UUID(uuidString: cluster.name) == nil, FileManager.default.fileExists(atPath: legacyFolder(cluster.name) + "/id_ed25519") {

@@ -592,9 +592,7 @@ final class Run: @unchecked Sendable {
 
     /// A state write whose failure must not stop the controller: logged, never silently dropped.
     func bestEffort(_ what: String, _ write: () async throws -> Void) async {
-        do { try await write() } catch {
-            c.logger.error("state write failed", metadata: ["capstan.job": "\(jobID)", "what": "\(what)", "error": "\(error)"])
-        }
+        await c.logger.bestEffort(what, metadata: ["capstan.job": "\(jobID)"], write)
     }
 
     /// Records checkpoints that appeared in the bucket (and marks those retention deleted).
