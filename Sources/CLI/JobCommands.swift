@@ -200,7 +200,7 @@ struct LogsCommand: AsyncParsableCommand {
                 let status = try await service.context.store.job(j.id)?.status ?? .failed
                 pump(final: false)
                 if status.isFinished { pump(final: true); break }
-                if !service.context.jobLocks.isHeld(j.id) { try await service.ensureController(j.id) }
+                if await !service.context.jobLocks.isHeld(j.id) { try await service.ensureController(j.id) }
                 try await Task.sleep(for: .milliseconds(300))
             }
             let end = try await requireJob(service, j.id)

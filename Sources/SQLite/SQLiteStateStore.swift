@@ -181,6 +181,7 @@ public final class SQLiteStateStore: StateStore {
         m.registerMigration("v4-created-at") { db in
             try db.execute(sql: "INSERT OR IGNORE INTO meta(key, value) VALUES ('createdAt', ?)", arguments: [Date().timeIntervalSince1970.description])
         }
+        registerControlPlaneMigrations(&m)
         return m
     }
 

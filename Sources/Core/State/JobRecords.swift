@@ -47,6 +47,12 @@ public struct JobRecord: Sendable, Hashable, Codable {
     public var lastError: String?
     /// pid of the controller process that last worked on it (informational; the job lock is the truth).
     public var controllerPID: Int32?
+    /// The fencing token of the controller that works on the job (its job lock's
+    /// ``HeldLock/fence``). A controller writes the job only while this is its own token, so
+    /// a controller that lost its lease (paused, partitioned) can never overwrite its successor.
+    public var controllerFence: Int64?
+    /// Who holds it: `<host>:<pid>` of the controller's process (for people; the fence is the truth).
+    public var controllerHolder: String?
     /// The newest metrics line of the leader's log (a JSON object with `step`: loss, lr,
     /// tokens/s…), as written; nil until the job prints one.
     public var metrics: String?
@@ -125,4 +131,28 @@ public struct CheckpointRecord: Sendable, Hashable, Codable {
         self.committedAt = committedAt
         self.deleted = deleted
     }
+}
+
+/// A bearer token of the control plane's API (`capstan serve token create`). Only the token's
+/// SHA-256 is stored; the token itself is shown once, when it is created.
+public struct APIToken: Sendable, Hashable, Codable {
+    /// A short public id (`tok_…`), for listing and revoking.
+    public var id: String
+    /// What it is for (`laptop`, `ci`), as its creator named it.
+    public var name: String
+    /// Hex SHA-256 of the token.
+    public var hash: String
+    public var createdAt: Date
+    public var revokedAt: Date?
+    /// When it last authenticated a request (updated at most once a minute).
+    public var lastUsedAt: Date?
+
+    public init(id: String, name: String, hash: String, createdAt: Date = Date()) {
+        self.id = id
+        self.name = name
+        self.hash = hash
+        self.createdAt = createdAt
+    }
+
+    public var isRevoked: Bool { revokedAt != nil }
 }

@@ -35,6 +35,9 @@ public struct Cluster: Sendable, Hashable, Codable {
     public var readyAt: Date?
     public var terminatedAt: Date?
     public var lastError: String?
+    /// Autostop: minutes without an unfinished job on it after which `capstan serve` takes the
+    /// cluster down (nil: never).
+    public var idleMinutes: Int?
 
     public init(id: String = UUID().uuidString.lowercased(), name: String, request: ResourceRequest, createdAt: Date = Date()) {
         self.id = id

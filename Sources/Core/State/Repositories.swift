@@ -94,14 +94,34 @@ extension EventLog {
     public func events(job id: String) async throws -> [StateEvent] { try await events(job: id, limit: 500) }
 }
 
+/// The control plane's API tokens (stored hashed).
+public protocol TokenRepository: Sendable {
+    /// Stores a new token; fails with `.invalidRequest` when its id or hash is taken.
+    func insert(_ token: APIToken) async throws
+    /// The token whose SHA-256 is `hash` (revoked ones included), if any.
+    func token(hash: String) async throws -> APIToken?
+    /// Every token, oldest first (revoked ones included).
+    func tokens() async throws -> [APIToken]
+    /// Marks a token revoked (by id or name); returns it, or nil when there is none.
+    @discardableResult
+    func revokeToken(_ idOrName: String, at: Date) async throws -> APIToken?
+    /// Records that a token authenticated a request.
+    func touchToken(_ id: String, at: Date) async throws
+}
+
 /// All of Capstan's state: what the provisioner, the job service and the CLI are given.
-public protocol StateStore: ClusterRepository, JobRepository, CheckpointRepository, EventLog, OfferCache {
+public protocol StateStore: ClusterRepository, JobRepository, CheckpointRepository, EventLog, OfferCache, TokenRepository {
     /// Where it is, for messages (a file path, or a database URL without its password).
     var location: String { get }
 }
 
 /// Exclusive work on one named cluster (or job): held while `up`, `down`, a replacement or a
 /// controller works on it, so that a reconcile elsewhere leaves that work alone.
+///
+/// On one machine these are `flock`s (CapstanRuntime's `ClusterLocks`); across machines,
+/// leases in the database (CapstanPostgres), renewed by their holder and lost when it stops
+/// renewing. Either way every acquisition gets a ``HeldLock/fence``, a fencing token larger
+/// than any earlier holder's of the same name.
 public protocol LockService: Sendable {
     /// Takes the lock `name`, or returns nil at once when another holder has it.
     func acquire(_ name: String) async throws -> (any HeldLock)?
@@ -111,5 +131,12 @@ public protocol LockService: Sendable {
 
 /// A lock from ``LockService``. Released by `release()` or when its holder's process dies.
 public protocol HeldLock: Sendable {
+    /// The fencing token: strictly larger than the token of every earlier holder of the same
+    /// name. Work done under the lock is written with it, and a write carrying an older token
+    /// than the one recorded is refused (see ``JobRecord/controllerFence``).
+    var fence: Int64 { get }
+    /// Whether the lock is still this holder's. A `flock` is until released; a lease stops
+    /// being valid when it could not be renewed in time (another holder may have it now).
+    var isValid: Bool { get }
     func release()
 }

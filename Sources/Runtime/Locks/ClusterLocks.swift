@@ -19,7 +19,13 @@ public struct ClusterLocks: LockService {
     /// A held lock; `release()` (or process exit) frees it.
     public final class Held: HeldLock {
         let fd: Int32
-        init(fd: Int32) { self.fd = fd }
+        public let fence: Int64
+        /// A `flock` is the holder's until released (or its process dies).
+        public var isValid: Bool { true }
+        init(fd: Int32, fence: Int64 = 0) {
+            self.fd = fd
+            self.fence = fence
+        }
         public func release() {
             flock(fd, LOCK_UN)
             close(fd)
@@ -38,11 +44,23 @@ public struct ClusterLocks: LockService {
         // A reconcile elsewhere may probe the lock for a moment (isHeld): retry briefly before
         // calling it taken.
         for attempt in 0..<10 {
-            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return Held(fd: fd) }
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return Held(fd: fd, fence: Self.nextFence(fd)) }
             if attempt < 9 { try? await Task.sleep(for: .milliseconds(20)) }
         }
         close(fd)
         return nil
+    }
+
+    /// The lock file holds the last holder's fencing token (decimal): the new holder's is one
+    /// more, written back before the lock is handed out.
+    static func nextFence(_ fd: Int32) -> Int64 {
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let n = pread(fd, &buffer, 31, 0)
+        let last = n > 0 ? Int64(String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 : 0
+        let next = last + 1
+        let text = Array("\(next)\n".utf8)
+        if ftruncate(fd, 0) == 0 { _ = text.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } }
+        return next
     }
 
     /// Whether some holder (this process included) has the lock for `name` right now.

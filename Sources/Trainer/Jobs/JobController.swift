@@ -8,6 +8,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// Everything a controller needs besides the job itself.
 public struct JobContext: Sendable {
@@ -24,12 +25,20 @@ public struct JobContext: Sendable {
     /// controller and handed to each agent on its stdin); nil: they open it themselves.
     public var bucketAccess: @Sendable (String) throws -> BucketAccess?
     public var logger: Logger
+    /// One controller per job: `flock`s in the home (one machine), or leases in a shared
+    /// database (`capstan serve` replicas). Each holder gets a fencing token.
+    public var jobLocks: any LockService
+    /// Who this process is, in ``JobRecord/controllerHolder`` (`<host>:<pid>`).
+    public var holder: String
 
     public init(
         home: CapstanHome, store: any StateStore, provisioner: Provisioner, search: OfferSearch, transports: [any NodeTransport],
         openBucket: @escaping @Sendable (String) throws -> any ObjectStore,
-        bucketAccess: @escaping @Sendable (String) throws -> BucketAccess? = { _ in nil }, logger: Logger
+        bucketAccess: @escaping @Sendable (String) throws -> BucketAccess? = { _ in nil }, logger: Logger,
+        jobLocks: (any LockService)? = nil
     ) {
+        self.jobLocks = jobLocks ?? ClusterLocks(folder: home.stateFolder + "/locks/jobs")
+        self.holder = ProcessInfo.processInfo.hostName + ":\(getpid())"
         self.home = home
         self.store = store
         self.provisioner = provisioner
@@ -40,8 +49,6 @@ public struct JobContext: Sendable {
         self.logger = logger
     }
 
-    /// Per-job locks: held by the one controller working on a job.
-    public var jobLocks: ClusterLocks { ClusterLocks(folder: home.stateFolder + "/locks/jobs") }
     public func jobFolder(_ id: String) -> String { home.path("jobs/\(id)") }
     public func logFile(job: String, node: Int) -> String { jobFolder(job) + "/logs/node-\(node).log" }
 }
@@ -59,6 +66,8 @@ public final class JobController: Sendable {
     public let jobID: String
     let ctx: JobContext
     let onEvent: @Sendable (JobEvent) -> Void
+    /// The job lock this controller holds while it runs (nil before and after).
+    let held = Mutex<(any HeldLock)?>(nil)
 
     public init(jobID: String, context: JobContext, onEvent: @escaping @Sendable (JobEvent) -> Void = { _ in }) {
         self.jobID = jobID
@@ -76,10 +85,25 @@ public final class JobController: Sendable {
         guard let lock = try await ctx.jobLocks.acquire(jobID) else {
             throw CapstanError(.invalidRequest, "Another capstan process is controlling job \(jobID).", hint: "Follow it with `capstan logs \(jobID) -f`.")
         }
-        defer { lock.release() }
+        defer {
+            held.withLock { $0 = nil }
+            lock.release()
+        }
         guard var job = try await store.job(jobID) else { throw CapstanError(.notFound, "No job '\(jobID)'.", hint: "See `capstan jobs`.") }
         if job.status.isFinished { return job }
-        job = try await store.updateJob(jobID) { $0.controllerPID = getpid() }
+        // Take the job over with this lock's fencing token: from here on, a controller that
+        // still holds an older token (it lost its lease) can no longer write the job.
+        let fence = lock.fence, holder = ctx.holder
+        job = try await store.updateJob(jobID) { j in
+            if let current = j.controllerFence, current >= fence {
+                throw CapstanError(.invalidRequest, "Job \(j.id) is controlled under fencing token \(current) (\(j.controllerHolder ?? "another process")); this controller's token \(fence) is older.", hint: "Another controller took the job over; follow it with `capstan logs \(j.id) -f`.")
+            }
+            j.controllerFence = fence
+            j.controllerHolder = holder
+            j.controllerPID = getpid()
+        }
+        held.withLock { $0 = lock }
+        await store.jobEvent("controller", "Controller \(holder) took the job (fencing token \(fence)).", job: jobID)
         let spec = try JobSpec.parse(job.spec, source: "job \(jobID)")
         let settings = (try? PluginWire.decoder.decode(JobSettings.self, from: Data(job.settings.utf8))) ?? JobSettings()
         let bucket: any ObjectStore
@@ -100,12 +124,29 @@ public final class JobController: Sendable {
 
     func emit(_ e: JobEvent) { onEvent(e) }
 
+    /// Whether this controller may go on: it holds the job's lock, and the lock is still valid
+    /// (a lease renewed in time).
+    var holdsJob: Bool { held.withLock { $0?.isValid ?? false } }
+
+    /// Changes the job record in one transaction, fenced: refused (`.invalidRequest`) when
+    /// another controller has taken the job over since this one did.
+    @discardableResult
+    func updateJob(_ change: @escaping @Sendable (inout JobRecord) throws -> Void) async throws -> JobRecord {
+        let fence = held.withLock { $0?.fence }
+        return try await store.updateJob(jobID) { j in
+            if let fence, let current = j.controllerFence, current != fence {
+                throw CapstanError(.invalidRequest, "Job \(j.id) is now controlled under fencing token \(current) (\(j.controllerHolder ?? "another process")), not this controller's \(fence).", hint: "This controller stops; the other one goes on.")
+            }
+            try change(&j)
+        }
+    }
+
     /// Sets the job's status (and records an event) unless a cancel came in meanwhile.
     @discardableResult
     func setStatus(_ status: JobStatus, _ message: String, error: String? = nil) async -> JobRecord? {
         let job: JobRecord?
         do {
-            job = try await store.updateJob(jobID) { j in
+            job = try await updateJob { j in
                 if j.status == .cancelling && !status.isFinished { return }
                 j.status = status
                 if let error { j.lastError = error }
@@ -182,6 +223,12 @@ final class Run: @unchecked Sendable {
             // Cancelled (its handle detached, or the process is shutting down): this controller
             // stops here, and the job stays as its state says, for another to pick up.
             if Task.isCancelled { return await job() ?? placeholder }
+            // Its lease lapsed (this process was paused or cut off from the database): another
+            // controller may own the job now, so this one does nothing more.
+            if !c.holdsJob {
+                c.logger.warning("lost the job's lock; this controller stops", metadata: ["capstan.job": "\(jobID)"])
+                return await job() ?? placeholder
+            }
             let action = queue.removeFirst()
             switch action {
             case .finish(let status, let message, let error):
@@ -258,7 +305,7 @@ final class Run: @unchecked Sendable {
         case .recordCorrupt(let bad):
             await recordCorrupt(bad)
         case .countRestart:
-            await bestEffort("restart counted") { _ = try await store.updateJob(jobID) { $0.restarts += 1 } }
+            await bestEffort("restart counted") { _ = try await c.updateJob { $0.restarts += 1 } }
         case .finish, .end:
             break
         }
@@ -381,7 +428,7 @@ final class Run: @unchecked Sendable {
         let port = Self.pickPort(address: masterAddress)
         var record = JobAttemptRecord(jobID: jobID, attempt: number, nodes: nodes.map(\.id), masterAddress: masterAddress, masterPort: port, resumeStep: resume?.step)
         try await store.save(record)
-        _ = try await store.updateJob(jobID) { $0.attempt = number }
+        _ = try await c.updateJob { $0.attempt = number }
         let gpus = await (try? store.cluster(named: job.clusterName))??.offer?.gpusPerNode ?? spec.resources.gpusPerNode ?? 0
         let addresses = chosen.addresses
         var starts: [(any NodeTransport, AgentConfig, Instance)] = []
@@ -610,7 +657,7 @@ final class Run: @unchecked Sendable {
             }
             knownCheckpoints.insert(step)
             c.ctx.provisioner.faults.hit("controller-checkpoint")
-            await bestEffort("latest checkpoint") { _ = try await store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, step) } }
+            await bestEffort("latest checkpoint") { _ = try await c.updateJob { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, step) } }
             await store.jobEvent("checkpoint", "Checkpoint step \(step) committed (\(m.totalBytes) bytes, attempt \(m.attempt)).", job: jobID)
             c.emit(.checkpoint(step: step, bytes: m.totalBytes))
         }
@@ -623,7 +670,7 @@ final class Run: @unchecked Sendable {
         // The job's latest checkpoint follows its records, even when a controller died between
         // recording a step and updating the job.
         if let newest = records.filter({ present.contains($0.step) }).map(\.step).max(), await (job()?.latestCheckpoint ?? -1) < newest {
-            await bestEffort("latest checkpoint") { _ = try await store.updateJob(jobID) { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, newest) } }
+            await bestEffort("latest checkpoint") { _ = try await c.updateJob { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, newest) } }
         }
     }
 
@@ -696,7 +743,7 @@ final class Run: @unchecked Sendable {
     func saveMetrics(force: Bool) async {
         guard let m = latestMetrics, force || Date().timeIntervalSince(metricsSaved) >= 2 else { return }
         metricsSaved = Date()
-        await bestEffort("metrics") { _ = try await store.updateJob(jobID) { if $0.metrics != m { $0.metrics = m } } }
+        await bestEffort("metrics") { _ = try await c.updateJob { if $0.metrics != m { $0.metrics = m } } }
     }
 
     // MARK: - Ports

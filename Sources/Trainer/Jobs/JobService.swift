@@ -155,7 +155,7 @@ public struct JobService: Sendable {
     @discardableResult
     public func ensureController(_ id: String) async throws -> Bool {
         guard let job = try await context.store.job(id), !job.status.isFinished else { return false }
-        guard !context.jobLocks.isHeld(job.id) else { return false }
+        guard await !context.jobLocks.isHeld(job.id) else { return false }
         let folder = context.jobFolder(job.id)
         try PrivateFile.createFolder(folder)
         var env = ProcessInfo.processInfo.environment
@@ -164,7 +164,7 @@ public struct JobService: Sendable {
         Spawn.reapLater(pid)
         await context.store.jobEvent("reattached", "A controller (pid \(pid)) took over the job.", job: job.id)
         // Wait until it holds the lock, so callers that look next see it working.
-        for _ in 0..<100 where !context.jobLocks.isHeld(job.id) { try await Task.sleep(for: .milliseconds(20)) }
+        for _ in 0..<100 { if await context.jobLocks.isHeld(job.id) { break }; try await Task.sleep(for: .milliseconds(20)) }
         return true
     }
 
@@ -176,7 +176,7 @@ public struct JobService: Sendable {
         if job.status.isFinished { return job }
         try await context.store.updateJob(job.id) { $0.status = .cancelling }
         await context.store.jobEvent("cancelling", "Cancel requested.", job: job.id)
-        if !context.jobLocks.isHeld(job.id) {
+        if await !context.jobLocks.isHeld(job.id) {
             return try await JobController(jobID: job.id, context: context).run()
         }
         let deadline = ContinuousClock.now + wait
