@@ -23,6 +23,8 @@ let package = Package(
         .library(name: "CapstanAWS", targets: ["CapstanAWS"]),
         .library(name: "CapstanStorage", targets: ["CapstanStorage"]),
         .library(name: "CapstanTrainer", targets: ["CapstanTrainer"]),
+        // The control plane's HTTP API: its bodies, and the client the CLI uses with CAPSTAN_SERVER.
+        .library(name: "CapstanAPI", targets: ["CapstanAPI"]),
         // Test doubles: the simulated cloud (with fault switches) and its preemption switch.
         .library(name: "CapstanTesting", targets: ["CapstanTesting"]),
         // What a Swift plugin links: CapstanCore and the C ABI, nothing else.
@@ -143,10 +145,23 @@ let package = Package(
             resources: [.embedInCode("Recipes/sft.py")],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "CapstanAPI",
+            dependencies: [
+                "CapstanCore", "CapstanTrainer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Sources/API",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "capstan",
             dependencies: [
-                "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanStorage", "CapstanTrainer", "CapstanPluginABI",
+                "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanStorage", "CapstanTrainer", "CapstanPluginABI", "CapstanAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
