@@ -1,4 +1,5 @@
 import ArgumentParser
+import CapstanAPI
 import CapstanCore
 import CapstanRuntime
 import CapstanSQLite
@@ -16,6 +17,7 @@ struct UpCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Argument(help: "Cluster name (lower-case letters, digits, dashes).")
     var name: String
     @OptionGroup var resources: RequestOptions
@@ -30,8 +32,12 @@ struct UpCommand: AsyncParsableCommand {
     }
 
     func provision() async throws {
-        let registry = try global.loadRegistry()
         let json = global.json
+        if try await remote.run({ client in
+            if !json { print("Provisioning \(name)…") }
+            try show(try await client.up(name: name, request: resources.request, refresh: refresh), json: json)
+        }) { return }
+        let registry = try global.loadRegistry()
         // A provider left out (plugin missing, refused its settings) is said up front, so "no
         // offer matches" is never the only clue.
         for p in registry.problems {
@@ -46,6 +52,11 @@ struct UpCommand: AsyncParsableCommand {
         if !json { print("Provisioning \(name)…") }
         let search = global.offerSearch(registry, store: provisioner.store, refresh: refresh)
         let report = try await provisioner.up(name: name, request: request, search: search)
+        try show(report, json: json)
+    }
+
+    /// What `up` prints and exits with, here or on a server.
+    func show(_ report: ProvisionReport, json: Bool) throws {
         if json { try printJSON(report) } else { render(report) }
         if report.cluster.status != .running { throw ExitCode(1) }
     }
@@ -75,17 +86,23 @@ struct UpCommand: AsyncParsableCommand {
 struct DownCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "down", abstract: "Terminate a cluster's instances.")
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Argument(help: "Cluster name.") var name: String
 
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in try render(try await client.down(name)) }) { return }
             let registry = try global.loadRegistry()
             let provisioner = try global.provisioner(registry)
             let cluster = try await provisioner.down(name: name)
             _ = await provisioner.reconcile()
-            if global.json { try printJSON(cluster); return }
-            print("Cluster \(cluster.name) is \(cluster.status.rawValue).")
+            try render(cluster)
         }
+    }
+
+    func render(_ cluster: Cluster) throws {
+        if global.json { try printJSON(cluster); return }
+        print("Cluster \(cluster.name) is \(cluster.status.rawValue).")
     }
 }
 
@@ -98,39 +115,39 @@ struct MoveCommand: AsyncParsableCommand {
             the cluster resumes on the new gang from its newest checkpoint.
             """)
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Argument(help: "Cluster name.") var name: String
     @Flag(help: "Ask every provider for fresh offers.") var refresh = false
 
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in try render(try await client.move(name, refresh: refresh)) }) { return }
             let registry = try global.loadRegistry()
             let json = global.json
             let provisioner = try global.provisioner(registry, progress: json ? nil : { @Sendable line in print("  " + line) })
             _ = await provisioner.reconcile()
             let report = try await provisioner.move(cluster: name, search: global.offerSearch(registry, store: provisioner.store, refresh: refresh))
-            if json { try printJSON(report); return }
-            let c = report.cluster
-            print("Cluster \(c.name) moved: \(c.nodes) node(s) on \(c.offer?.provider ?? "?") \(c.offer?.instanceType ?? "?") in \(c.offer.map { $0.zone ?? $0.region } ?? "?"), \(dollars(c.pricePerHour ?? 0))/h\(c.spot ? " (spot)" : "").")
+            try render(report)
         }
     }
-}
 
-/// One cluster as `capstan status --json` prints it.
-struct ClusterStatusRow: Encodable {
-    var cluster: Cluster
-    var instances: [InstanceRecord]
-    var uptimeSeconds: Double
-    var costSoFar: Double
+    func render(_ report: ProvisionReport) throws {
+        if global.json { try printJSON(report); return }
+        let c = report.cluster
+        print("Cluster \(c.name) moved: \(c.nodes) node(s) on \(c.offer?.provider ?? "?") \(c.offer?.instanceType ?? "?") in \(c.offer.map { $0.zone ?? $0.region } ?? "?"), \(dollars(c.pricePerHour ?? 0))/h\(c.spot ? " (spot)" : "").")
+    }
 }
 
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "Show clusters, their instances, price, uptime and cost so far (reconciling first).")
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Flag(help: "Include terminated and failed clusters.") var all = false
     @Flag(help: "Do not reconcile with the providers first.") var noReconcile = false
 
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in try render(try await client.status(all: all, reconcile: !noReconcile)) }) { return }
             let registry = try global.loadRegistry()
             let provisioner = try global.provisioner(registry)
             let report = noReconcile ? ReconcileReport() : await provisioner.reconcile()
@@ -138,12 +155,18 @@ struct StatusCommand: AsyncParsableCommand {
             var rows: [ClusterStatusRow] = []
             for c in try await provisioner.store.clusters(includeFinished: all) {
                 let instances = try await provisioner.store.instances(cluster: c.id)
-                let end = c.terminatedAt ?? now
-                rows.append(ClusterStatusRow(cluster: c, instances: instances, uptimeSeconds: c.readyAt.map { end.timeIntervalSince($0) } ?? 0, costSoFar: instances.reduce(0) { $0 + $1.cost(now: now) }))
+                rows.append(ClusterStatusRow(cluster: c, instances: instances, now: now))
             }
+            try render(StatusResponse(clusters: rows, reconcile: report))
+        }
+    }
+
+    /// What `status` prints, here or from a server.
+    func render(_ status: StatusResponse) throws {
+        let (rows, report) = (status.clusters, status.reconcile)
+        do {
             if global.json {
-                struct Out: Encodable { var clusters: [ClusterStatusRow]; var reconcile: ReconcileReport }
-                try printJSON(Out(clusters: rows, reconcile: report))
+                try printJSON(status)
                 return
             }
             if report.didSomething {
@@ -179,15 +202,20 @@ struct StatusCommand: AsyncParsableCommand {
 struct ReconcileCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "reconcile", abstract: "Compare every provider's Capstan instances with the state and repair the difference (terminate orphans).")
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
 
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in try render(try await client.reconcile()) }) { return }
             let registry = try global.loadRegistry()
-            let report = try await global.provisioner(registry).reconcile()
-            if global.json { try printJSON(report); return }
-            print("adopted \(report.adopted.count), terminated \(report.terminated.count), recovered clusters \(report.recoveredClusters.count), cleaned-up clusters \(report.failedClusters.count), closed intents \(report.abandonedIntents.count), finished terminations \(report.finishedTerminations.count), rebuilt clusters \(report.rebuiltClusters.count)")
-            for id in report.terminated { print("  terminated \(id)") }
-            for (p, e) in report.providerErrors.sorted(by: { $0.key < $1.key }) { printError("warning: could not list \(p)'s instances: \(e)") }
+            try render(try await global.provisioner(registry).reconcile())
         }
+    }
+
+    func render(_ report: ReconcileReport) throws {
+        if global.json { try printJSON(report); return }
+        print("adopted \(report.adopted.count), terminated \(report.terminated.count), recovered clusters \(report.recoveredClusters.count), cleaned-up clusters \(report.failedClusters.count), closed intents \(report.abandonedIntents.count), finished terminations \(report.finishedTerminations.count), rebuilt clusters \(report.rebuiltClusters.count)")
+        for id in report.terminated { print("  terminated \(id)") }
+        for (p, e) in report.providerErrors.sorted(by: { $0.key < $1.key }) { printError("warning: could not list \(p)'s instances: \(e)") }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CapstanAPI
 import CapstanCore
 import CapstanRuntime
 import CapstanSQLite
@@ -45,6 +46,7 @@ struct LaunchCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Argument(help: "The job spec (YAML).") var spec: String
     @Flag(help: "Start the job and return; follow it with `capstan logs JOB -f`.") var detach = false
     @Option(help: "Run on this running cluster (not terminated at the end) instead of provisioning one.") var cluster: String?
@@ -55,6 +57,7 @@ struct LaunchCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in try await launchRemote(client) }) { return }
             let service = try global.jobs()
             let yaml: String
             do { yaml = try String(contentsOfFile: spec, encoding: .utf8) } catch {
@@ -71,62 +74,85 @@ struct LaunchCommand: AsyncParsableCommand {
             let job = try await service.create(yaml: yaml, folder: folder, options: options)
             if detach {
                 try await service.ensureController(job.id)
-                if global.json { try await printJSON(try requireJob(service, job.id)); return }
-                print("Job \(job.id) started. Follow it: capstan logs \(job.id) -f   Stop it: capstan cancel \(job.id)")
+                try started(try await requireJob(service, job.id))
                 return
             }
             if !global.json { print("Job \(job.id): checkpoints and outputs in \(job.storage)") }
             let final = try await follow(service.attach(job.id), json: global.json, quiet: quiet)
-            if global.json { try printJSON(final) }
-            if final.status != .succeeded { throw ExitCode(1) }
+            try finished(final)
         }
+    }
+
+    /// On a server: the spec (and its workdir, packed) goes there; its controller runs the job,
+    /// followed here through the job's log stream.
+    func launchRemote(_ client: CapstanClient) async throws {
+        var settings: JobSettings?
+        if heartbeatTimeout != nil || exitGrace != nil || stopGrace != nil {
+            var s = JobSettings()
+            if let heartbeatTimeout { s.heartbeatTimeoutSeconds = heartbeatTimeout }
+            if let exitGrace { s.exitGraceSeconds = exitGrace }
+            if let stopGrace { s.stopGraceSeconds = stopGrace }
+            settings = s
+        }
+        let job = try await client.launch(specFile: spec, cluster: cluster, settings: settings)
+        if detach { try started(job); return }
+        if !global.json { print("Job \(job.id): checkpoints and outputs in \(job.storage)") }
+        try finished(try await followRemote(client, job: job.id, json: global.json, quiet: quiet))
+    }
+
+    /// What `launch --detach` prints.
+    func started(_ job: JobRecord) throws {
+        if global.json { try printJSON(job); return }
+        print("Job \(job.id) started. Follow it: capstan logs \(job.id) -f   Stop it: capstan cancel \(job.id)")
+    }
+
+    /// What `launch` prints and exits with once the job it followed has ended.
+    func finished(_ job: JobRecord) throws {
+        if global.json { try printJSON(job) }
+        if job.status != .succeeded { throw ExitCode(1) }
     }
 }
 
 /// Prints a job's events as they come; returns its final record.
 func follow(_ handle: JobHandle, json: Bool, quiet: Bool) async throws -> JobRecord {
     for await event in handle.events where !json {
-        switch event {
-        case .log(let node, let line): if !quiet { print("[node \(node)] \(line)") }
-        case .status(_, let message): print("capstan: \(message)")
-        case .checkpoint(let step, let bytes): print("capstan: checkpoint step \(step) committed (\(humanBytes(bytes)))")
-        case .nodeReplaced(let node, let instance): print("capstan: node \(node) replaced by \(instance)")
-        case .attemptStarted, .finished: break
-        case .failure: break  // the status line that follows says it, with what happens next
-        }
+        printJobEvent(event, quiet: quiet)
         flushStdout()
     }
     let job = try await handle.result()
-    if !json {
-        print("capstan: job \(job.id) \(job.status.rawValue) after \(job.attempt) attempt(s), \(job.restarts) restart(s)" + (job.latestCheckpoint.map { "; latest checkpoint step \($0)" } ?? ""))
-        if job.status == .succeeded { print("capstan: outputs in \(job.storage)/outputs") }
-        if let e = job.lastError, job.status != .succeeded { printError("error: \(e)") }
-    }
+    if !json { printJobSummary(job) }
     return job
 }
 
 struct JobsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "jobs", abstract: "List jobs (re-attaching a controller to any running job that lost its own).")
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Flag(help: "Only unfinished jobs.") var running = false
 
     func run() async throws {
         try await reportingErrors {
+            // The server's controllers run its jobs; its largest page is 1000 jobs.
+            if try await remote.run({ client in try render(try await client.jobs(running: running, limit: 1000)) }) { return }
             let service = try global.jobs()
             // Every unfinished job, not only those on the page listed below.
             for j in try await service.context.store.unfinishedJobs() { try await service.ensureController(j.id) }
-            let fresh = try await service.context.store.jobs(includeFinished: !running)
-            if global.json { try printJSON(fresh); return }
-            if fresh.isEmpty { print("No jobs. Start one with: capstan launch job.yaml"); return }
-            var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "PROGRESS", "CLUSTER", "AGE"], rightAligned: [2, 3, 4])
-            let now = Date()
-            for j in fresh {
-                let progress = j.metrics.flatMap { MetricsPoint.parse($0) }?.summary ?? "-"
-                table.rows.append([j.id, j.status.rawValue, "\(j.attempt)", "\(j.restarts)", j.latestCheckpoint.map { "step \($0)" } ?? "-", progress, j.clusterName, humanDuration(now.timeIntervalSince(j.createdAt))])
-            }
-            print(table.render())
-            for j in fresh where j.status == .failed { if let e = j.lastError { print("\n\(j.id): \(e)") } }
+            try render(try await service.context.store.jobs(includeFinished: !running))
         }
+    }
+
+    /// What `jobs` prints, here or from a server.
+    func render(_ fresh: [JobRecord]) throws {
+        if global.json { try printJSON(fresh); return }
+        if fresh.isEmpty { print("No jobs. Start one with: capstan launch job.yaml"); return }
+        var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "PROGRESS", "CLUSTER", "AGE"], rightAligned: [2, 3, 4])
+        let now = Date()
+        for j in fresh {
+            let progress = j.metrics.flatMap { MetricsPoint.parse($0) }?.summary ?? "-"
+            table.rows.append([j.id, j.status.rawValue, "\(j.attempt)", "\(j.restarts)", j.latestCheckpoint.map { "step \($0)" } ?? "-", progress, j.clusterName, humanDuration(now.timeIntervalSince(j.createdAt))])
+        }
+        print(table.render())
+        for j in fresh where j.status == .failed { if let e = j.lastError { print("\n\(j.id): \(e)") } }
     }
 }
 
@@ -134,54 +160,78 @@ struct MetricsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "metrics", abstract: "A job's metrics (loss, lr, tokens/s…) from its leader's JSON lines, as a chart and a table.")
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Argument(help: "Job id or name.") var job: String
     @Option(help: "The metric to chart.") var key = "loss"
     @Option(help: "Table rows (evenly spaced steps); 0 for none.") var rows = 10
 
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in
+                let j = try await client.job(job)
+                try render(try await client.metrics(j.id), of: j)
+            }) { return }
             let service = try global.jobs()
             let j = try await requireJob(service, job)
             if !j.status.isFinished { try await service.ensureController(j.id) }
-            let points = MetricsPoint.read(log: service.context.logFile(job: j.id, node: 0))
-            if global.json { try printJSON(points); return }
-            guard !points.isEmpty else {
-                print("No metrics yet for \(j.id): its leader has printed no JSON line with a `step` (status \(j.status.rawValue)).")
-                return
-            }
-            if let chart = MetricsPoint.chart(points, key: key) { print(chart + "\n") }
-            guard rows > 0 else { return }
-            let keys = ["loss", "lr", "tokens_per_s", "step_time_s"].filter { k in points.contains { $0.values[k] != nil } }
-            var table = TextTable(header: ["STEP", "ATTEMPT"] + keys.map { $0.uppercased() }, rightAligned: Set(0..<(2 + keys.count)))
-            let stride = max(1, points.count / rows)
-            var picked = Swift.stride(from: 0, to: points.count, by: stride).map { points[$0] }
-            if picked.last != points.last, let last = points.last { picked.append(last) }
-            for p in picked {
-                table.rows.append(["\(p.step)", p.attempt.map(String.init) ?? "-"] + keys.map { k in p.values[k].map { MetricsPoint.short($0) } ?? "-" })
-            }
-            print(table.render())
+            try render(MetricsPoint.read(log: service.context.logFile(job: j.id, node: 0)), of: j)
         }
+    }
+
+    /// What `metrics` prints, here or from a server.
+    func render(_ points: [MetricsPoint], of j: JobRecord) throws {
+        if global.json { try printJSON(points); return }
+        guard !points.isEmpty else {
+            print("No metrics yet for \(j.id): its leader has printed no JSON line with a `step` (status \(j.status.rawValue)).")
+            return
+        }
+        if let chart = MetricsPoint.chart(points, key: key) { print(chart + "\n") }
+        guard rows > 0 else { return }
+        let keys = ["loss", "lr", "tokens_per_s", "step_time_s"].filter { k in points.contains { $0.values[k] != nil } }
+        var table = TextTable(header: ["STEP", "ATTEMPT"] + keys.map { $0.uppercased() }, rightAligned: Set(0..<(2 + keys.count)))
+        let stride = max(1, points.count / rows)
+        var picked = Swift.stride(from: 0, to: points.count, by: stride).map { points[$0] }
+        if picked.last != points.last, let last = points.last { picked.append(last) }
+        for p in picked {
+            table.rows.append(["\(p.step)", p.attempt.map(String.init) ?? "-"] + keys.map { k in p.values[k].map { MetricsPoint.short($0) } ?? "-" })
+        }
+        print(table.render())
     }
 }
 
 struct LogsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print a job's node logs (every attempt); -f follows until the job ends.")
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Argument(help: "Job id or name.") var job: String
     @Flag(name: [.short, .long], help: "Follow until the job ends.") var follow = false
     @Option(help: "Only this node's log.") var node: Int?
 
+    /// The nodes whose logs are printed: `--node`'s, else every node of the job.
+    func nodes(_ j: JobRecord) -> [Int] {
+        node.map { [$0] } ?? Array(0..<max(1, (try? JobSpec.parse(j.spec))?.resources.nodes ?? 1))
+    }
+
+    /// A line's prefix: the node, when more than one node's lines are printed.
+    static func prefix(node: Int, of nodes: [Int]) -> String { nodes.count > 1 ? "[node \(node)] " : "" }
+
+    /// The line that ends `logs -f`.
+    static func printEnd(_ end: JobRecord) {
+        print("capstan: job \(end.id) \(end.status.rawValue)\(end.lastError.map { ": \($0)" } ?? "")")
+    }
+
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in try await logsRemote(client) }) { return }
             let service = try global.jobs()
             let j = try await requireJob(service, job)
             if !j.status.isFinished { try await service.ensureController(j.id) }
-            let nodes = node.map { [$0] } ?? Array(0..<max(1, (try? JobSpec.parse(j.spec))?.resources.nodes ?? 1))
+            let nodes = nodes(j)
             var offsets: [Int: UInt64] = [:]
             var buffers: [Int: LineBuffer] = [:]
             func pump(final: Bool) {
                 for n in nodes {
-                    let prefix = nodes.count > 1 ? "[node \(n)] " : ""
+                    let prefix = Self.prefix(node: n, of: nodes)
                     if let h = FileHandle(forReadingAtPath: service.context.logFile(job: j.id, node: n)) {
                         defer { try? h.close() }
                         try? h.seek(toOffset: offsets[n] ?? 0)
@@ -203,24 +253,47 @@ struct LogsCommand: AsyncParsableCommand {
                 if await !service.context.jobLocks.isHeld(j.id) { try await service.ensureController(j.id) }
                 try await Task.sleep(for: .milliseconds(300))
             }
-            let end = try await requireJob(service, j.id)
-            print("capstan: job \(end.id) \(end.status.rawValue)\(end.lastError.map { ": \($0)" } ?? "")")
+            Self.printEnd(try await requireJob(service, j.id))
         }
+    }
+
+    /// From a server: its log stream of the job, printed as it comes.
+    func logsRemote(_ client: CapstanClient) async throws {
+        let j = try await client.job(job)
+        let nodes = nodes(j)
+        var end: JobRecord?
+        for try await item in client.logs(j.id, node: node, follow: follow) {
+            if let line = item.line {
+                print(Self.prefix(node: item.node ?? 0, of: nodes) + line)
+                flushStdout()
+            }
+            if let e = item.end { end = e }
+        }
+        guard follow else { return }
+        guard let end, end.status.isFinished else {
+            throw CapstanError(.transient, "The server's log stream of job \(j.id) ended before the job did.", hint: "Follow it again with `capstan logs \(j.id) -f`; the job goes on on the server.")
+        }
+        Self.printEnd(end)
     }
 }
 
 struct CancelCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Stop a job: its nodes upload what is complete, then its own cluster is terminated.")
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Argument(help: "Job id or name.") var job: String
 
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in try render(try await client.cancel(job)) }) { return }
             let service = try global.jobs()
-            let j = try await service.cancel(try requireJob(service, job).id)
-            if global.json { try printJSON(j); return }
-            print("Job \(j.id) is \(j.status.rawValue).")
+            try render(try await service.cancel(try requireJob(service, job).id))
         }
+    }
+
+    func render(_ j: JobRecord) throws {
+        if global.json { try printJSON(j); return }
+        print("Job \(j.id) is \(j.status.rawValue).")
     }
 }
 
@@ -233,30 +306,40 @@ struct CheckpointsCommand: AsyncParsableCommand {
             reports each checkpoint OK or CORRUPT; it exits 1 if any is corrupt.
             """)
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var remote: ServerOptions
     @Argument(help: "Job id or name.") var job: String
     @Flag(help: "Download and re-hash every file of every checkpoint against its manifest.") var verify = false
 
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in
+                let j = try await client.job(job)
+                if verify { try render(try await client.verifyCheckpoints(j.id), of: j); return }
+                try render(try await client.checkpoints(j.id), of: j)
+            }) { return }
             let service = try global.jobs()
             let j = try await requireJob(service, job)
-            if verify { try await verifyAll(service, j); return }
-            let list = try await service.checkpoints(j.id)
-            if global.json { try printJSON(list); return }
-            if list.isEmpty { print("No committed checkpoints for \(j.id) in \(j.storage)/checkpoints."); return }
-            var table = TextTable(header: ["STEP", "ATTEMPT", "SIZE", "CREATED", "VERIFIED", "LOCATION"], rightAligned: [0, 1, 2])
-            let f = ISO8601DateFormatter()
-            for c in list {
-                let verified = c.corrupt != nil ? "CORRUPT (recorded; never used)" : c.verified ? "yes" : "NO (damaged; never used)"
-                table.rows.append(["\(c.step)", c.attempt.map(String.init) ?? "-", c.bytes.map(humanBytes) ?? "-", c.createdAt.map { f.string(from: $0) } ?? "-", verified, c.location])
-            }
-            print(table.render())
-            for c in list { if let why = c.corrupt { print("step \(c.step): \(why)") } }
+            if verify { try render(try await service.verifyCheckpoints(j.id), of: j); return }
+            try render(try await service.checkpoints(j.id), of: j)
         }
     }
 
-    func verifyAll(_ service: JobService, _ j: JobRecord) async throws {
-        let checks = try await service.verifyCheckpoints(j.id)
+    /// What `checkpoints` prints, here or from a server.
+    func render(_ list: [CheckpointSummary], of j: JobRecord) throws {
+        if global.json { try printJSON(list); return }
+        if list.isEmpty { print("No committed checkpoints for \(j.id) in \(j.storage)/checkpoints."); return }
+        var table = TextTable(header: ["STEP", "ATTEMPT", "SIZE", "CREATED", "VERIFIED", "LOCATION"], rightAligned: [0, 1, 2])
+        let f = ISO8601DateFormatter()
+        for c in list {
+            let verified = c.corrupt != nil ? "CORRUPT (recorded; never used)" : c.verified ? "yes" : "NO (damaged; never used)"
+            table.rows.append(["\(c.step)", c.attempt.map(String.init) ?? "-", c.bytes.map(humanBytes) ?? "-", c.createdAt.map { f.string(from: $0) } ?? "-", verified, c.location])
+        }
+        print(table.render())
+        for c in list { if let why = c.corrupt { print("step \(c.step): \(why)") } }
+    }
+
+    /// What `checkpoints --verify` prints and exits with, here or from a server.
+    func render(_ checks: [CheckpointCheck], of j: JobRecord) throws {
         if global.json {
             try printJSON(checks)
         } else if checks.isEmpty {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CapstanAPI
 import CapstanCore
 import CapstanRuntime
 import CapstanSQLite
@@ -17,6 +18,8 @@ struct OffersCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
+
+    @OptionGroup var remote: ServerOptions
 
     @OptionGroup var resources: RequestOptions
 
@@ -37,19 +40,19 @@ struct OffersCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
+            if try await remote.run({ client in try render(try await client.offers(request, refresh: refresh)) }) { return }
             let registry = try global.loadRegistry()
             let store = try? SQLiteStateStore.open(home: registry.home)
             let result = try await global.offerSearch(registry, store: store, refresh: refresh).run(request)
-            if global.json {
-                try printJSON(OffersOutput(result: result, problems: registry.problems.map { .init(provider: $0.provider, error: $0.error) }))
-                return
-            }
-            render(result, problems: registry.problems)
+            try render(OffersResponse(result: result, problems: registry.problems.map { .init(provider: $0.provider, error: $0.error) }))
         }
     }
 
-    func render(_ result: OfferSearchResult, problems: [ProviderRegistry.Problem]) {
-        let shown = limit > 0 ? Array(result.ranked.prefix(limit)) : result.ranked
+    /// What `offers` prints, here or from a server.
+    func render(_ result: OffersResponse) throws {
+        if global.json { try printJSON(result); return }
+        let problems = result.problems
+        let shown = limit > 0 ? Array(result.offers.prefix(limit)) : result.offers
         if shown.isEmpty {
             print("No offer matches \(describe(request)).")
         } else {
@@ -64,12 +67,12 @@ struct OffersCommand: AsyncParsableCommand {
                 ])
             }
             print(table.render())
-            if shown.count < result.ranked.count { print("… \(result.ranked.count - shown.count) more (use --limit 0 to see all)") }
+            if shown.count < result.offers.count { print("… \(result.offers.count - shown.count) more (use --limit 0 to see all)") }
             let best = shown[0]
             print("\nCheapest: \(best.offer.provider) \(best.offer.instanceType) in \(best.offer.zone ?? best.offer.region), "
                 + String(format: "$%.2f/h for %d node(s)", best.clusterPricePerHour, best.nodes) + (best.spot ? " on spot." : " on demand."))
-            if result.ranked.count > 1 {
-                let next = result.ranked[1]
+            if result.offers.count > 1 {
+                let next = result.offers[1]
                 let gap = next.clusterPricePerHour - best.clusterPricePerHour
                 let why = gap > 0 ? String(format: "$%.2f/h cheaper than", gap) : "same price as (ties go to better availability, then name)"
                 print("  It won: \(why) the next, \(next.offer.provider) \(next.offer.instanceType) in \(next.offer.zone ?? next.offer.region)\(next.spot ? " (spot)" : "").")
@@ -101,22 +104,5 @@ struct OffersCommand: AsyncParsableCommand {
         if let p = r.maxPricePerHour { parts.append(String(format: "under $%.2f/h", p)) }
         parts.append(r.spot == .never ? "on demand" : r.spot == .only ? "spot only" : "spot allowed")
         return parts.joined(separator: ", ")
-    }
-}
-
-/// `capstan offers --json` output. Field names are stable.
-struct OffersOutput: Encodable {
-    struct Problem: Encodable { var provider: String; var error: CapstanError }
-    var result: OfferSearchResult
-    var problems: [Problem]
-
-    enum CodingKeys: String, CodingKey { case request, offers, rejected, providers, problems }
-    func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(result.request, forKey: .request)
-        try c.encode(result.ranked, forKey: .offers)
-        try c.encode(result.rejected, forKey: .rejected)
-        try c.encode(result.providers, forKey: .providers)
-        try c.encode(problems, forKey: .problems)
     }
 }
