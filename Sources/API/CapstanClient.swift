@@ -207,7 +207,10 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
     /// arrive (NDJSON, split however the network cuts it). With `events`, the job's events come
     /// between them; the last item is ``LogStreamItem/end``, the job as it was when the stream
     /// ended. Without `follow` the stream ends with what there is; with it, when the job has
-    /// finished. Ending the iteration (or cancelling its task) closes the connection.
+    /// finished, and a connection that breaks off before then is opened again (up to
+    /// ``resumeAttempts`` times in a row) and resumed where it was, nothing repeated: lines are
+    /// counted per node, events known by their ids. Ending the iteration (or cancelling its
+    /// task) closes the connection.
     public func logs(_ id: String, node: Int? = nil, follow: Bool = false, events: Bool = false) -> AsyncThrowingStream<LogStreamItem, any Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: LogStreamItem.self)
         var query = [("follow", "\(follow)"), ("events", "\(events)")]
@@ -215,28 +218,24 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
         let path = "/jobs/\(Self.segment(id))/logs"
         let route = "GET \(CapstanAPI.prefix)\(path)"
         let task = Task {
+            var position = LogStreamPosition()
+            var failures = 0
             do {
-                let request = try self.makeRequest(.GET, path, query: query)
-                let response = try await self.execute(request, route: route, deadline: follow ? .distantFuture : .now() + Self.long)
-                guard response.status == .ok else {
-                    let body = try await self.collect(response, route: route)
-                    throw self.errorAnswer(response, body, route: route)
-                }
-                var splitter = NDJSONSplitter()
-                do {
-                    for try await chunk in response.body {
-                        for line in try splitter.feed(chunk.readableBytesView) { continuation.yield(try self.decodeLogItem(line, route: route)) }
+                while true {
+                    do {
+                        let ended = try await self.streamLogs(path, query: query, route: route, follow: follow, position: &position) { continuation.yield($0) }
+                        if ended || !follow { break }
+                        throw LogStreamBroke(error: CapstanError(.transient, "The server at \(self.server.absoluteString) ended \(route) before the job did.", hint: "Follow the job again; it goes on on the server."))
+                    } catch let broke as LogStreamBroke {
+                        // Only a stream that had started is resumed: a server that cannot be
+                        // reached at all is said at once.
+                        guard follow, position.started, failures < Self.resumeAttempts else { throw broke.error }
+                        if position.progressed { failures = 0 }
+                        failures += 1
+                        position.progressed = false
+                        try await Task.sleep(for: .seconds(min(16, 1 << failures)))
                     }
-                } catch let e as NDJSONSplitter.LineTooLong {
-                    throw CapstanError(.internalError, "The server at \(self.server.absoluteString) sent a line of \(e.bytes) bytes with no end in \(route); that is not a log stream.", hint: Self.wrongServerHint)
-                } catch let e as CapstanError {
-                    throw e
-                } catch is CancellationError {
-                    throw CancellationError()
-                } catch {
-                    throw self.transportError(error, route: route, during: "reading the stream")
                 }
-                if let last = splitter.finish() { continuation.yield(try self.decodeLogItem(last, route: route)) }
                 continuation.finish()
             } catch let e as CapstanError {
                 continuation.finish(throwing: self.redact(e))
@@ -246,6 +245,49 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
         }
         continuation.onTermination = { _ in task.cancel() }
         return stream
+    }
+
+    /// Connections a followed log stream opens again, in a row, before it gives up.
+    public static let resumeAttempts = 5
+
+    /// One connection of a log stream: yields what `position` has not seen; true when the
+    /// stream's `end` came. Failures to connect or read are ``LogStreamBroke``.
+    private func streamLogs(_ path: String, query: [(String, String)], route: String, follow: Bool, position: inout LogStreamPosition, yield: (LogStreamItem) -> Void) async throws -> Bool {
+        let request = try makeRequest(.GET, path, query: query)
+        let response: HTTPClientResponse
+        do {
+            response = try await execute(request, route: route, deadline: follow ? .distantFuture : .now() + Self.long)
+        } catch let e as CapstanError {
+            throw LogStreamBroke(error: e)
+        }
+        guard response.status == .ok else {
+            let body = try await collect(response, route: route)
+            throw errorAnswer(response, body, route: route)
+        }
+        position.started = true
+        var counts = LogStreamPosition.Counts()
+        var splitter = NDJSONSplitter()
+        var ended = false
+        func take(_ line: Data) throws {
+            let item = try decodeLogItem(line, route: route)
+            if item.end != nil { ended = true }
+            if position.isNew(item, counts: &counts) { yield(item) }
+        }
+        do {
+            for try await chunk in response.body {
+                for line in try splitter.feed(chunk.readableBytesView) { try take(line) }
+            }
+        } catch let e as NDJSONSplitter.LineTooLong {
+            throw CapstanError(.internalError, "The server at \(server.absoluteString) sent a line of \(e.bytes) bytes with no end in \(route); that is not a log stream.", hint: Self.wrongServerHint)
+        } catch let e as CapstanError {
+            throw e
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw LogStreamBroke(error: transportError(error, route: route, during: "reading the stream"))
+        }
+        if let last = splitter.finish() { try take(last) }
+        return ended
     }
 
     // MARK: Requests and answers
@@ -293,13 +335,13 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
     func call<Answer: Decodable, Body: Encodable>(_ method: HTTPMethod, _ path: String, query: [(String, String)] = [], json: Body, timeout: TimeAmount = quick) async throws -> Answer {
         let data: Data
         do { data = try CapstanAPI.encoder.encode(json) } catch {
-            throw CapstanError(.internalError, "Cannot encode the body of \(method) \(CapstanAPI.prefix)\(path): \(error).")
+            throw CapstanError(.internalError, "Cannot encode the body of \(method.rawValue) \(CapstanAPI.prefix)\(path): \(error).")
         }
         return try await call(method, path, query: query, body: data, timeout: timeout)
     }
 
     private func call<Answer: Decodable>(_ method: HTTPMethod, _ path: String, query: [(String, String)], body: Data?, timeout: TimeAmount) async throws -> Answer {
-        let route = "\(method) \(CapstanAPI.prefix)\(path)"
+        let route = "\(method.rawValue) \(CapstanAPI.prefix)\(path)"
         do {
             var request = try makeRequest(method, path, query: query)
             if let body {
@@ -363,9 +405,10 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
         let status = Int(response.status.code)
         let type = response.headers.first(name: "Content-Type") ?? "no content type"
         let what = why ?? "no Capstan error in its body"
-        var snippet = String(decoding: body.readableBytesView.prefix(200), as: UTF8.self)
-            .map { $0.isNewline || $0 == "\t" ? " " : $0 }.filter { !$0.isASCII || !$0.asciiValue!.isControl }
-        snippet = String(snippet).trimmingCharacters(in: .whitespaces)
+        let snippet = String(String(decoding: body.readableBytesView.prefix(200), as: UTF8.self)
+            .map { $0.isNewline || $0 == "\t" ? " " : $0 }
+            .filter { c in !(c.asciiValue.map { $0 < 0x20 || $0 == 0x7F } ?? false) })
+            .trimmingCharacters(in: .whitespaces)
         let shown = snippet.isEmpty ? "" : ": \(snippet)\(body.readableBytes > 200 ? "…" : "")"
         let code: CapstanError.Code = [502, 503, 504].contains(status) ? .transient : .internalError
         var message = "The server at \(server.absoluteString) answered \(route) with HTTP \(status) \(response.status.reasonPhrase) and \(what) (\(type), \(body.readableBytes) bytes)\(shown)."
@@ -408,9 +451,10 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
             what = "the request failed"
             hint = "Is `capstan serve` running there? Check \(ServerSettings.serverVariable) (or --server)\(https ? " and, for https, \(ServerSettings.caVariable)" : "")."
         }
-        let detail = String(text.prefix(300))
-        let message = during.map { "The connection to the Capstan server at \(server.absoluteString) broke off while \($0) of \(route): \(what) (\(detail))." }
-            ?? "Cannot reach the Capstan server at \(server.absoluteString) (\(route)): \(what) (\(detail))."
+        // The underlying error's words, where the summary is not all there is to say.
+        let detail = what.hasPrefix("the connection was refused") ? "" : " (\(text.prefix(300)))"
+        let message = during.map { "The connection to the Capstan server at \(server.absoluteString) broke off while \($0) of \(route): \(what)\(detail)." }
+            ?? "Cannot reach the Capstan server at \(server.absoluteString) (\(route)): \(what)\(detail)."
         return redact(CapstanError(code, message, hint: hint))
     }
 
@@ -477,13 +521,53 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow, timeout: .init(connect: .seconds(15), read: nil))
         configuration.httpVersion = .http1Only
         let made = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
-        return clients.withLock { clients in
-            if let raced = clients[key] {
-                try? made.syncShutdown()
-                return raced
-            }
+        let kept = clients.withLock { clients -> HTTPClient in
+            if let raced = clients[key] { return raced }
             clients[key] = made
             return made
         }
+        if kept !== made { try? made.syncShutdown() }
+        return kept
+    }
+}
+
+/// A log stream's connection failed (to open, or while reading): a followed stream resumes.
+struct LogStreamBroke: Error {
+    var error: CapstanError
+}
+
+/// What a log stream has delivered, so a resumed one skips it: lines counted per node (they
+/// come in file order), events by id.
+struct LogStreamPosition {
+    struct Counts {
+        var lines: [Int: Int] = [:]
+        var unnumberedEvents = 0
+    }
+    var delivered = Counts()
+    var lastEventID: Int64?
+    /// A connection was answered 200.
+    var started = false
+    /// Something new came since the last failure.
+    var progressed = false
+
+    mutating func isNew(_ item: LogStreamItem, counts: inout Counts) -> Bool {
+        var new = true
+        if item.line != nil {
+            let node = item.node ?? 0
+            counts.lines[node, default: 0] += 1
+            new = counts.lines[node]! > delivered.lines[node, default: 0]
+            if new { delivered.lines[node] = counts.lines[node]! }
+        } else if let event = item.event {
+            if let id = event.id {
+                new = lastEventID.map { id > $0 } ?? true
+                if new { lastEventID = id }
+            } else {
+                counts.unnumberedEvents += 1
+                new = counts.unnumberedEvents > delivered.unnumberedEvents
+                if new { delivered.unnumberedEvents = counts.unnumberedEvents }
+            }
+        }
+        if new { progressed = true }
+        return new
     }
 }

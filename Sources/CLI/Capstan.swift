@@ -15,6 +15,8 @@ struct Capstan: AsyncParsableCommand {
             State and configuration live in CAPSTAN_HOME (default ~/.capstan); see docs/configuration.md.
             Plugins are found on CAPSTAN_PLUGIN_PATH (absolute paths), in $CAPSTAN_HOME/plugins and next to
             this binary, and loaded only when config.yaml enables them (providers.<name>).
+            With CAPSTAN_SERVER (or --server URL) set, the cluster and job verbs run on that Capstan server
+            (`capstan serve`), authenticated by CAPSTAN_TOKEN (or --token-file PATH); see docs/sdk-client.md.
             """,
         version: CapstanVersion.string,
         subcommands: [

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CapstanAPI
 import CapstanCore
+import CapstanTrainer
 import Foundation
 
 /// `--server` and `--token-file`, on every verb docs/api.md lists: with a server (this option,

@@ -225,6 +225,30 @@ struct CapstanClientTests {
         #expect(target == "/v1/jobs/j-1/logs?follow=true&events=true", "\(target)")
     }
 
+    @Test("a followed stream that breaks off is opened again and resumed without repeats; an unfollowed one is not")
+    func resumed() async throws {
+        let job = JobRecord(id: "j-2", name: "j", spec: "run: true", specFolder: "/", settings: "{}", clusterName: "j-2", ownsCluster: true, storage: "file:///b")
+        let end = String(decoding: try CapstanAPI.encoder.encode(LogStreamItem(end: job)), as: UTF8.self)
+        var first = StateEvent(clusterID: nil, kind: "running", message: "Running.")
+        first.id = 7
+        let event = String(decoding: try CapstanAPI.encoder.encode(LogStreamItem(event: first)), as: UTF8.self)
+        let connections = Counter()
+        let server = try FakeHTTPServer { _ in
+            if connections.next() == 1 {
+                // Cut off mid-line, before the end.
+                return FakeHTTPServer.streamed(["{\"node\":0,\"line\":\"a\"}\n" + event + "\n{\"node\":1,\"line\":\"b\"}\n{\"node\":0,\"li"])
+            }
+            return FakeHTTPServer.streamed(["{\"node\":0,\"line\":\"a\"}\n" + event + "\n{\"node\":1,\"line\":\"b\"}\n{\"node\":0,\"line\":\"c\"}\n" + end + "\n"])
+        }
+        defer { server.stop() }
+        let client = try CapstanClient(server: URL(string: server.url)!, token: nil)
+        var items: [LogStreamItem] = []
+        for try await item in client.logs("j-2", follow: true, events: true) { items.append(item) }
+        #expect(items.compactMap(\.line) == ["a", "b", "c"], "\(items)")
+        #expect(items.compactMap(\.event).count == 1 && items.last?.end?.id == "j-2")
+        #expect(server.requests.count == 2)
+    }
+
     @Test("a log stream line that is not an item is an error naming the route, not a crash")
     func badStreamLine() async throws {
         let server = try FakeHTTPServer { _ in FakeHTTPServer.streamed(["{\"node\":0,\"line\":\"ok\"}\n", "<html>\n"]) }
@@ -284,4 +308,10 @@ extension CapstanError.Code {
     static func all(_ name: String) -> CapstanError.Code {
         try! JSONDecoder().decode(CapstanError.Code.self, from: Data("\"\(name)\"".utf8))
     }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func next() -> Int { lock.withLock { n += 1; return n } }
 }
