@@ -172,7 +172,7 @@ public struct UploadResponse: Sendable, Codable, Hashable {
 
 /// `POST /v1/jobs` — `capstan launch`. Answers the new ``JobRecord`` (201); the server's own
 /// controller runs it from then on.
-public struct LaunchRequest: Sendable, Codable, Hashable {
+public struct LaunchJobRequest: Sendable, Codable, Hashable {
     /// The job spec (YAML) as the user wrote it.
     public var spec: String
     /// The upload holding the spec's workdir (its relative `workdir`, unpacked), if it has one.
