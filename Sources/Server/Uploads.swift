@@ -10,6 +10,9 @@ struct Uploads: Sendable {
 
     func path(_ id: String) -> String { folder + "/" + id }
 
+    /// GNU tar, by absolute path.
+    static var tar: String { Spawn.which("tar") ?? "/bin/tar" }
+
     static func validID(_ id: String) -> Bool { id.range(of: "^upl_[a-z0-9]{16}$", options: .regularExpression) != nil }
 
     func newID() -> String {
@@ -21,13 +24,13 @@ struct Uploads: Sendable {
     func unpack(_ archive: String, id: String) async throws {
         defer { unlink(archive) }
         let listing = try await Spawn.onThread {
-            try Spawn.runCapturing(["tar", "-tvf", archive, "--numeric-owner"], environment: ["LC_ALL": "C", "PATH": "/usr/bin:/bin"], timeout: 120)
+            try Spawn.runCapturing([Self.tar, "-tvf", archive, "--numeric-owner"], environment: ["LC_ALL": "C", "PATH": "/usr/bin:/bin"], timeout: 120)
         }
         guard listing.status == .exited(0) else {
             throw CapstanError(.invalidRequest, "The uploaded workdir is not a tar archive (\(String(decoding: listing.stderr.prefix(300), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))).", hint: "Send the output of `tar -C WORKDIR -cf - .`.")
         }
         let names = try await Spawn.onThread {
-            try Spawn.runCapturing(["tar", "-tf", archive], environment: ["LC_ALL": "C", "PATH": "/usr/bin:/bin"], timeout: 120)
+            try Spawn.runCapturing([Self.tar, "-tf", archive], environment: ["LC_ALL": "C", "PATH": "/usr/bin:/bin"], timeout: 120)
         }
         for line in String(decoding: listing.stdout, as: UTF8.self).split(separator: "\n") {
             guard let type = line.first else { continue }
@@ -45,7 +48,7 @@ struct Uploads: Sendable {
         let tree = path(id) + "/tree"
         try PrivateFile.createFolder(tree)
         let out = try await Spawn.onThread {
-            try Spawn.runCapturing(["tar", "-xf", archive, "-C", tree, "--no-same-owner", "--no-same-permissions", "--delay-directory-restore"], environment: ["LC_ALL": "C", "PATH": "/usr/bin:/bin"], timeout: 600)
+            try Spawn.runCapturing([Self.tar, "-xf", archive, "-C", tree, "--no-same-owner", "--no-same-permissions", "--delay-directory-restore"], environment: ["LC_ALL": "C", "PATH": "/usr/bin:/bin"], timeout: 600)
         }
         guard out.status == .exited(0) else {
             try? FileManager.default.removeItem(atPath: path(id))
