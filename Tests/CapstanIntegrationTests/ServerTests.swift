@@ -17,15 +17,27 @@ final class ServeProcess: @unchecked Sendable {
     let log: String
     let portFile: String
     private(set) var port = 0
+    /// Where it listens (its network namespace's address, or loopback).
+    let address: String
 
-    /// Starts it and waits until it listens.
-    init(home: String, extraArgs: [String] = [], env extra: [String: String] = [:], log name: String = "serve.log") async throws {
+    /// Starts it and waits until it listens. `netns`: in that network namespace (a replica on
+    /// "another machine"), listening on all of that namespace's addresses; `address` is how the
+    /// test reaches it.
+    init(home: String, extraArgs: [String] = [], env extra: [String: String] = [:], log name: String = "serve.log", netns: String? = nil, address: String = "127.0.0.1") async throws {
         self.home = home
         self.log = home + "/" + name
         self.portFile = home + "/" + name + ".port"
+        self.address = address
         unlink(portFile)
-        process.executableURL = URL(fileURLWithPath: BuildProducts.capstan)
-        process.arguments = ["serve", "--port", "0", "--port-file", portFile, "--supervise-seconds", "0.5"] + extraArgs
+        let serve = ["serve", "--port", "0", "--port-file", portFile, "--supervise-seconds", "0.5"] + (netns == nil ? [] : ["--host", "0.0.0.0"]) + extraArgs
+        if let netns {
+            // `ip netns exec` execs the command: the pid is capstan's own.
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            process.arguments = ["netns", "exec", netns, BuildProducts.capstan] + serve
+        } else {
+            process.executableURL = URL(fileURLWithPath: BuildProducts.capstan)
+            process.arguments = serve
+        }
         var e = ProcessInfo.processInfo.environment
         e["CAPSTAN_PLUGIN_PATH"] = nil
         e["CAPSTAN_HOME"] = home
@@ -49,7 +61,8 @@ final class ServeProcess: @unchecked Sendable {
         throw CapstanError(.timeout, "capstan serve did not listen: \(logText)")
     }
 
-    var url: String { "http://127.0.0.1:\(port)" }
+    var url: String { "http://\(address):\(port)" }
+    var pid: pid_t { process.processIdentifier }
     var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
 
     func kill9() {
