@@ -25,6 +25,8 @@ let package = Package(
         .library(name: "CapstanTrainer", targets: ["CapstanTrainer"]),
         // The control plane's HTTP API: its bodies, and the client the CLI uses with CAPSTAN_SERVER.
         .library(name: "CapstanAPI", targets: ["CapstanAPI"]),
+        // `capstan serve`: the control plane (HTTP API, job supervision, cluster loops).
+        .library(name: "CapstanServer", targets: ["CapstanServer"]),
         // Test doubles: the simulated cloud (with fault switches) and its preemption switch.
         .library(name: "CapstanTesting", targets: ["CapstanTesting"]),
         // What a Swift plugin links: CapstanCore and the C ABI, nothing else.
@@ -45,6 +47,9 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .target(
@@ -158,10 +163,27 @@ let package = Package(
             path: "Sources/API",
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "CapstanServer",
+            dependencies: [
+                "CapstanCore", "CapstanRuntime", "CapstanProviders", "CapstanTrainer", "CapstanAPI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/Server",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "capstan",
             dependencies: [
-                "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanStorage", "CapstanTrainer", "CapstanPluginABI", "CapstanAPI",
+                "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanStorage", "CapstanTrainer", "CapstanPluginABI", "CapstanAPI", "CapstanServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -303,3 +303,5 @@ if which == "ranking" || which == "all" { try rankingBench() }
 if which == "cold-start" || which == "all" { try coldStartBench() }
 if which == "s3" || which == "all" { try await s3Bench() }
 if which == "lambda" || which == "all" { try await lambdaBench() }
+// Not in "all": it seeds a large home and starts a server (scripts/bench-server.sh).
+if which == "server" { try await serverBench() }

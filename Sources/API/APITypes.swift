@@ -172,19 +172,43 @@ public struct UploadResponse: Sendable, Codable, Hashable {
 
 /// `POST /v1/jobs` — `capstan launch`. Answers the new ``JobRecord`` (201); the server's own
 /// controller runs it from then on.
-public struct LaunchRequest: Sendable, Codable, Hashable {
+public struct LaunchJobRequest: Sendable, Codable, Hashable {
     /// The job spec (YAML) as the user wrote it.
     public var spec: String
     /// The upload holding the spec's workdir (its relative `workdir`, unpacked), if it has one.
     public var upload: String?
     /// Run on this running cluster instead of provisioning one.
     public var cluster: String?
+    /// Run settings; in a request, any subset of ``JobSettings``'s fields (the rest default).
     public var settings: JobSettings?
     public init(spec: String, upload: String? = nil, cluster: String? = nil, settings: JobSettings? = nil) {
         self.spec = spec
         self.upload = upload
         self.cluster = cluster
         self.settings = settings
+    }
+
+    enum CodingKeys: String, CodingKey { case spec, upload, cluster, settings }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        spec = try c.decode(String.self, forKey: .spec)
+        upload = try c.decodeIfPresent(String.self, forKey: .upload)
+        cluster = try c.decodeIfPresent(String.self, forKey: .cluster)
+        settings = try c.decodeIfPresent([String: JSONValue].self, forKey: .settings).map { try Self.settings(from: $0, path: c.codingPath + [CodingKeys.settings]) }
+    }
+
+    /// A partial settings object laid over the defaults; an unknown field is an error.
+    static func settings(from partial: [String: JSONValue], path: [any CodingKey]) throws -> JobSettings {
+        let defaults = try JSONDecoder().decode([String: JSONValue].self, from: JSONEncoder().encode(JobSettings()))
+        var merged = defaults
+        for (key, value) in partial {
+            guard defaults[key] != nil else {
+                throw DecodingError.dataCorrupted(.init(codingPath: path, debugDescription: "Unknown setting `\(key)`; the settings are \(defaults.keys.sorted().joined(separator: ", "))."))
+            }
+            merged[key] = value
+        }
+        return try JSONDecoder().decode(JobSettings.self, from: JSONEncoder().encode(merged))
     }
 }
 

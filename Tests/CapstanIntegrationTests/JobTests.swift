@@ -1,4 +1,6 @@
 import CapstanCore
+import CapstanPostgres
+import Logging
 import CapstanRuntime
 import CapstanSQLite
 import CapstanStorage
@@ -8,6 +10,7 @@ import CapstanPluginKit
 import CapstanProviders
 import CapstanTrainer
 import Foundation
+import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -19,6 +22,9 @@ import Glibc
 struct JobHome {
     let dir = TempDir("capstan-job")
     var env: [String: String] = [:]
+    /// The home's state in PostgreSQL (its URL without the password, and the password), when
+    /// config.yaml says so; nil: the home's SQLite file.
+    var postgres: (url: String, password: String)?
 
     static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
     /// Fast enough for tests, slow enough to kill things mid-run.
@@ -74,7 +80,15 @@ struct JobHome {
     }
 
     func store() throws -> SQLiteStateStore { try SQLiteStateStore(path: dir.file("state/capstan.db")) }
-    func job() async throws -> JobRecord? { try await store().jobs().first }
+    /// The home's state, wherever it is.
+    func anyStore() async throws -> any StateStore {
+        guard let postgres else { return try store() }
+        if let open = PostgresStores.shared.withLock({ $0[postgres.url] }) { return open }
+        let store = try await PostgresStateStore.connect(url: postgres.url, logger: Logger(label: "capstan.test"), environment: ["CAPSTAN_POSTGRES_PASSWORD": postgres.password])
+        PostgresStores.shared.withLock { $0[postgres.url] = store }
+        return store
+    }
+    func job() async throws -> JobRecord? { try await anyStore().jobs().first }
 
     /// Polls until `condition` holds (false after `timeout` seconds).
     func wait(timeout: Double = 120, _ condition: () async throws -> Bool) async throws -> Bool {
@@ -142,8 +156,9 @@ struct JobHome {
     /// right after the checkpoint it restored, and that checkpoint was the newest one committed
     /// before it started. Returns a one-line summary.
     func checkContinuity(job: JobRecord, total: Int, sourceLocation: SourceLocation = #_sourceLocation) async throws -> String {
-        let attempts = try await store().attempts(job: job.id)
-        let checkpoints = try await store().checkpoints(job: job.id)
+        let state = try await anyStore()
+        let attempts = try await state.attempts(job: job.id)
+        let checkpoints = try await state.checkpoints(job: job.id)
         var summary: [String] = []
         let seen = try (0..<2).map { try steps(job: job.id, node: $0) }
         for node in 0..<2 {
@@ -171,6 +186,11 @@ struct JobHome {
         for a in attempts where a.outcome == .failed { summary.append("attempt \(a.attempt) failed: \(a.failureKind ?? "?") on node \(a.failedNode.map(String.init) ?? "?")") }
         return summary.joined(separator: "; ")
     }
+}
+
+/// Stores the tests opened on PostgreSQL, by URL (one pool per database, not one per poll).
+enum PostgresStores {
+    static let shared = Mutex<[String: PostgresStateStore]>([:])
 }
 
 func torchAvailable() -> Bool {

@@ -18,6 +18,7 @@ public import Yams
 ///   timeoutSeconds: 30      # per call (offers, launch); transfers are not limited
 /// storage:
 ///   default: file:///data/capstan-bucket
+/// state: postgres://capstan@db.internal:5432/capstan   # default: SQLite in the home
 /// ```
 /// Unknown keys are errors, so a typo never silently changes behaviour. The `providers.<name>`
 /// sections are checked against their provider's schema by ``ConfigSchema`` when providers are
@@ -42,6 +43,10 @@ public struct CapstanConfig: Sendable, Hashable {
     public var providers: [String: JSONValue] = [:]
     public var plugins = Plugins()
     public var storage = Storage()
+    /// Where the state lives: nil for the embedded SQLite file in the home, or a
+    /// `postgres://user@host:port/db` URL (the password from `CAPSTAN_POSTGRES_PASSWORD`, or
+    /// in the URL), which several `capstan serve` replicas can share.
+    public var state: String?
     /// The file the config was read from, for messages ("config" when parsed from text).
     public var source = "config"
     /// Where each provider setting was written: `providers.local.slots` (list entries as
@@ -137,8 +142,17 @@ public struct CapstanConfig: Sendable, Hashable {
                     default: throw r.unknown("storage.\(sk.string ?? "?")", ["default", "allowInsecureHTTP"], sk.mark?.line)
                     }
                 }
+            case "state":
+                guard let url = v.string?.trimmingCharacters(in: .whitespaces), !url.isEmpty else {
+                    throw r.bad("'state' must be `sqlite` or a PostgreSQL URL like postgres://capstan@db:5432/capstan", v.mark?.line)
+                }
+                if url == "sqlite" { break }
+                guard url.hasPrefix("postgres://") || url.hasPrefix("postgresql://"), URL(string: url)?.host != nil else {
+                    throw r.bad("'state' must be `sqlite` or a PostgreSQL URL like postgres://capstan@db:5432/capstan (got a value that is neither)", v.mark?.line)
+                }
+                config.state = url
             default:
-                throw r.unknown(key, ["providers", "plugins", "storage"], k.mark?.line)
+                throw r.unknown(key, ["providers", "plugins", "storage", "state"], k.mark?.line)
             }
         }
         return config

@@ -1,0 +1,200 @@
+// `capstan-bench server`: the control plane at scale (issue 16). A home with 10,000 jobs,
+// 100,000 events and 1,000 running clusters, served by the release `capstan serve`; each figure
+// through the server next to the same query in-process on the same store (the baseline).
+import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// p50 and p99 of a list of durations, in milliseconds.
+func percentiles(_ seconds: [Double]) -> (p50: Double, p99: Double) {
+    let s = seconds.sorted()
+    guard !s.isEmpty else { return (0, 0) }
+    func at(_ q: Double) -> Double { s[min(s.count - 1, Int((Double(s.count - 1) * q).rounded()))] * 1000 }
+    return (at(0.5), at(0.99))
+}
+
+/// Times `body` `n` times, one after another.
+func timings(_ n: Int, _ body: () async throws -> Void) async rethrows -> [Double] {
+    var out: [Double] = []
+    out.reserveCapacity(n)
+    for _ in 0..<n {
+        let start = ContinuousClock.now
+        try await body()
+        out.append((ContinuousClock.now - start).seconds)
+    }
+    return out
+}
+
+func line(_ label: String, _ t: (p50: Double, p99: Double), baseline: (p50: Double, p99: Double)? = nil) {
+    var s = "  " + label.padding(toLength: 50, withPad: " ", startingAt: 0) + String(format: " p50 %8.2f ms  p99 %8.2f ms", t.p50, t.p99)
+    if let b = baseline { s += String(format: "   in-process p50 %7.2f ms (%.1f×)", b.p50, t.p50 / max(b.p50, 0.001)) }
+    print(s)
+}
+
+/// Fills `store` with the issue's scale: `jobs` finished jobs with `eventsPerJob` events each,
+/// and `clusters` running clusters of 2 instances (on a provider this home does not configure,
+/// so reconcile leaves them be).
+func seedScale(_ store: any StateStore, jobs: Int, eventsPerJob: Int, clusters: Int) async throws {
+    let start = ContinuousClock.now
+    let spec = "name: bench\nresources: {nodes: 2}\nrun: echo hi\n"
+    let statuses: [JobStatus] = [.succeeded, .failed, .cancelled]
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for w in 0..<8 {
+            group.addTask {
+                for i in stride(from: w, to: jobs, by: 8) {
+                    var j = JobRecord(id: "bench-\(i)", name: "bench", spec: spec, specFolder: "/tmp", settings: "{}", clusterName: "bench-\(i)", ownsCluster: true, storage: "file:///tmp/bench/\(i)", createdAt: Date(timeIntervalSince1970: 1_790_000_000 + Double(i)))
+                    j.status = statuses[i % 3]
+                    j.attempt = 1
+                    j.finishedAt = j.createdAt.addingTimeInterval(60)
+                    j.metrics = "{\"step\": 100, \"loss\": 1.25}"
+                    try await store.insert(j)
+                    for e in 0..<eventsPerJob { await store.jobEvent("checkpoint", "Checkpoint step \(e * 10) committed (1234 bytes, attempt 1).", job: j.id) }
+                }
+            }
+        }
+        try await group.waitForAll()
+    }
+    let request = ResourceRequest(gpu: nil, gpusPerNode: nil, nodes: 2, regions: [], spot: .never, maxPricePerHour: nil, providers: [])
+    for i in 0..<clusters {
+        var c = Cluster(name: "scale-\(i)", request: request)
+        c.status = .running
+        c.readyAt = Date()
+        c.pricePerHour = 2.5
+        try await store.insert(c)
+        for n in 0..<2 {
+            let inst = Instance(id: "i-\(i)-\(n)", provider: "bench", instanceType: "bench.large", region: "local", state: .running, privateAddress: "10.0.\(i % 250).\(n + 2)", pricePerHour: 1.25, tags: [CapstanTags.node: "\(n)"], launchedAt: Date())
+            try await store.record(inst, clusterID: c.id, intentKey: "k-\(i)")
+        }
+    }
+    print(String(format: "  seeded %d jobs, %d events, %d clusters in %.1f s", jobs, jobs * eventsPerJob, clusters, (ContinuousClock.now - start).seconds))
+}
+
+/// A running `capstan serve` (the release binary next to this one).
+struct BenchServer {
+    let process: Process
+    let url: String
+    let token: String
+
+    static func start(home: String, binary: String) async throws -> BenchServer {
+        let token = try runCapturingText(binary, ["serve", "token", "create", "bench"], home: home).trimmingCharacters(in: .whitespacesAndNewlines)
+        let portFile = home + "/serve.port"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["serve", "--port", "0", "--port-file", portFile, "--cluster-seconds", "3600"]
+        var env = ProcessInfo.processInfo.environment
+        env["CAPSTAN_HOME"] = home
+        env["CAPSTAN_PLUGIN_PATH"] = nil
+        p.environment = env
+        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try p.run()
+        for _ in 0..<600 {
+            if let s = try? String(contentsOfFile: portFile, encoding: .utf8), let port = Int(s.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                return BenchServer(process: p, url: "http://127.0.0.1:\(port)", token: token)
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        p.terminate()
+        throw CapstanError(.timeout, "capstan serve did not start")
+    }
+
+    func stop() {
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+    }
+
+    /// GET `path`; the body decoded as JSON (as a client would), or an error.
+    func get(_ path: String, session: URLSession = .shared) async throws -> Any {
+        var r = URLRequest(url: URL(string: url + path)!)
+        r.setValue("Bearer " + token, forHTTPHeaderField: "Authorization")
+        let (data, response) = try await session.data(for: r)
+        guard (response as? HTTPURLResponse)?.statusCode == 200 else { throw CapstanError(.internalError, "GET \(path): \(String(decoding: data.prefix(300), as: UTF8.self))") }
+        return try JSONSerialization.jsonObject(with: data)
+    }
+}
+
+func runCapturingText(_ exe: String, _ args: [String], home: String, env extra: [String: String] = [:]) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: exe)
+    p.arguments = args
+    var env = ProcessInfo.processInfo.environment
+    env["CAPSTAN_HOME"] = home
+    for (k, v) in extra { env[k] = v }
+    p.environment = env
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
+}
+
+func capstanBinary() -> String {
+    Bundle.main.executableURL!.resolvingSymlinksInPath().deletingLastPathComponent().path + "/capstan"
+}
+
+func serverBench() async throws {
+    let home = try scratchFolder("server-bench")
+    defer { try? FileManager.default.removeItem(atPath: home) }
+    try "providers:\n  local:\n    slots: 4\n".write(toFile: home + "/config.yaml", atomically: true, encoding: .utf8)
+    print("Control plane at scale (SQLite store): 10,000 jobs, 100,000 events, 1,000 running clusters")
+    let store = try SQLiteStateStore.open(home: CapstanHome(root: home))
+    try await seedScale(store, jobs: 10_000, eventsPerJob: 10, clusters: 1_000)
+    let server = try await BenchServer.start(home: home, binary: capstanBinary())
+    defer { server.stop() }
+    _ = try await server.get("/v1/jobs")  // warm
+
+    let n = 300
+    let jobsAPI = percentiles(try await timings(n) { _ = try await server.get("/v1/jobs?limit=100") })
+    let jobsLocal = percentiles(try await timings(n) { _ = try await store.jobs(includeFinished: true, limit: 100) })
+    line("GET /v1/jobs (100 of 10,000)", jobsAPI, baseline: jobsLocal)
+    let runningAPI = percentiles(try await timings(n) { _ = try await server.get("/v1/jobs?running=true") })
+    line("GET /v1/jobs?running=true", runningAPI)
+    let statusAPI = percentiles(try await timings(100) { _ = try await server.get("/v1/clusters?reconcile=false") })
+    let statusLocal = percentiles(try await timings(100) {
+        for c in try await store.clusters(includeFinished: false) { _ = try await store.instances(cluster: c.id) }
+    })
+    line("GET /v1/clusters (1,000 running, 2,000 instances)", statusAPI, baseline: statusLocal)
+    let eventsAPI = percentiles(try await timings(n) { _ = try await server.get("/v1/jobs/bench-\(Int.random(in: 0..<10_000))/events") })
+    line("GET /v1/jobs/{id}/events (10 of 100,000)", eventsAPI)
+
+    // 100 clients at once, 20 requests each.
+    let config = URLSessionConfiguration.default
+    config.httpMaximumConnectionsPerHost = 100
+    let session = URLSession(configuration: config)
+    let start = ContinuousClock.now
+    let all = try await withThrowingTaskGroup(of: [Double].self) { group in
+        for _ in 0..<100 {
+            group.addTask { try await timings(20) { _ = try await server.get("/v1/jobs?limit=100", session: session) } }
+        }
+        var out: [Double] = []
+        for try await t in group { out += t }
+        return out
+    }
+    let wall = (ContinuousClock.now - start).seconds
+    line("100 concurrent clients × 20 GET /v1/jobs", percentiles(all))
+    print(String(format: "  %@ %.0f requests/s (2,000 requests in %.2f s)", "throughput".padding(toLength: 50, withPad: " ", startingAt: 0), Double(all.count) / wall, wall))
+
+    // The CLI through the server: a whole `capstan jobs` process (start, HTTP, table).
+    let cli = percentiles(try timingsSync(30) { _ = try runCapturingText(capstanBinary(), ["jobs"], home: home, env: ["CAPSTAN_SERVER": server.url, "CAPSTAN_TOKEN": server.token]) })
+    let cliLocal = percentiles(try timingsSync(30) { _ = try runCapturingText(capstanBinary(), ["jobs"], home: home, env: ["CAPSTAN_SERVER": ""]) })
+    line("`capstan jobs` process, via the server", cli, baseline: cliLocal)
+    print("  (in-process for the CLI line: the same `capstan jobs` in embedded mode on the same home)")
+}
+
+func timingsSync(_ n: Int, _ body: () throws -> Void) rethrows -> [Double] {
+    var out: [Double] = []
+    for _ in 0..<n {
+        let start = ContinuousClock.now
+        try body()
+        out.append((ContinuousClock.now - start).seconds)
+    }
+    return out
+}

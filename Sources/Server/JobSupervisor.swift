@@ -1,0 +1,144 @@
+public import CapstanCore
+public import CapstanTrainer
+public import Foundation
+public import Logging
+public import ServiceLifecycle
+import Synchronization
+
+/// Owns the controllers of every unfinished job in the state store: every `period` it looks
+/// for jobs that no controller holds (the job lock is free: a new job, a job whose `capstan`
+/// died, a job of a replica that was killed) and runs their controllers in this process. A
+/// job lock is taken by exactly one controller anywhere, so several replicas sweeping the
+/// same store never run one job twice; each adoption gets a larger fencing token.
+///
+/// On graceful shutdown (SIGTERM) it stops its controllers, which leave their jobs as the
+/// state says (agents go on running); the next replica's sweep or this one's restart adopts them.
+public final class JobSupervisor: Service, Sendable {
+    public let jobs: JobService
+    public let period: Duration
+    let logger: Logger
+    let running = Mutex<[String: Task<Void, Never>]>([:])
+    /// How many controllers this replica has started (for tests and the health page).
+    let adoptions = Atomic<Int>(0)
+
+    public init(jobs: JobService, period: Duration = .seconds(2), logger: Logger) {
+        self.jobs = jobs
+        self.period = period
+        self.logger = logger
+    }
+
+    var store: any StateStore { jobs.context.store }
+
+    public func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await self.sweep()
+                try await Task.sleep(for: self.period)
+            }
+        }
+        await stopAll()
+    }
+
+    /// Jobs whose controller runs in this process now.
+    public var controlled: [String] { running.withLock { Array($0.keys).sorted() } }
+
+    /// Adopts every unfinished job no controller holds.
+    public func sweep() async {
+        let unfinished: [JobRecord]
+        do { unfinished = try await store.unfinishedJobs() } catch {
+            logger.warning("cannot list unfinished jobs", metadata: ["error": "\(error)"])
+            return
+        }
+        for job in unfinished { await adopt(job.id) }
+    }
+
+    /// Starts a controller for `id` in this process unless one runs here or anywhere else.
+    public func adopt(_ id: String) async {
+        if running.withLock({ $0[id] != nil }) { return }
+        if await jobs.context.jobLocks.isHeld(id) { return }
+        running.withLock { tasks in
+            guard tasks[id] == nil else { return }
+            tasks[id] = Task { [self] in
+                defer { _ = running.withLock { $0.removeValue(forKey: id) } }
+                do {
+                    let final = try await JobController(jobID: id, context: jobs.context).run()
+                    if final.status.isFinished {
+                        logger.info("job finished", metadata: ["capstan.job": "\(id)", "status": "\(final.status.rawValue)"])
+                    } else {
+                        logger.info("controller stopped; the job goes on", metadata: ["capstan.job": "\(id)", "status": "\(final.status.rawValue)"])
+                    }
+                } catch let e as CapstanError where e.code == .invalidRequest {
+                    // Another replica (or a `capstan` on this machine) won the job's lock.
+                    logger.debug("job is controlled elsewhere", metadata: ["capstan.job": "\(id)", "why": "\(e.message)"])
+                } catch {
+                    logger.error("controller failed", metadata: ["capstan.job": "\(id)", "error": "\(error)"])
+                }
+            }
+            adoptions.add(1, ordering: .relaxed)
+            logger.info("controlling job", metadata: ["capstan.job": "\(id)"])
+        }
+    }
+
+    /// Stops every controller of this process and waits for them to return.
+    public func stopAll() async {
+        let tasks = running.withLock { Array($0.values) }
+        for t in tasks { t.cancel() }
+        for t in tasks { await t.value }
+    }
+}
+
+/// The clusters' side of the control plane, every `period`: reconcile the state with the
+/// providers (one replica at a time), and take down clusters whose owning job has ended but
+/// whose termination did not happen (its controller died first, or the call failed).
+public final class ClusterKeeper: Service, Sendable {
+    public let provisioner: Provisioner
+    public let period: Duration
+    let logger: Logger
+    /// Extra work each pass (autostop of idle clusters).
+    let extra: @Sendable (Provisioner, Date) async -> Void
+
+    public init(provisioner: Provisioner, period: Duration = .seconds(30), logger: Logger, extra: @escaping @Sendable (Provisioner, Date) async -> Void = { _, _ in }) {
+        self.provisioner = provisioner
+        self.period = period
+        self.logger = logger
+        self.extra = extra
+    }
+
+    /// The lock one replica holds while it reconciles (not a valid cluster name).
+    static let lockName = "_control-plane-reconcile"
+
+    public func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await self.pass()
+                try await Task.sleep(for: self.period)
+            }
+        }
+    }
+
+    /// One pass: reconcile, finish job-owned clusters whose job ended, the extra work.
+    public func pass(now: Date = Date()) async {
+        guard let lock = try? await provisioner.locks.acquire(Self.lockName) else { return }
+        defer { lock.release() }
+        let report = await provisioner.reconcile()
+        if report.didSomething { logger.notice("reconciled", metadata: ["terminated": "\(report.terminated.count)", "recovered": "\(report.recoveredClusters.count)"]) }
+        await downOrphanedJobClusters()
+        await extra(provisioner, now)
+    }
+
+    /// A job that owns its cluster terminates it when it ends; one whose controller died in
+    /// between (or whose `down` failed) left it running. Those are taken down here.
+    func downOrphanedJobClusters() async {
+        guard let live = try? await provisioner.store.clusters(includeFinished: false) else { return }
+        for c in live where c.status == .running {
+            guard let job = try? await provisioner.store.job(c.name), job.clusterName == c.name, job.ownsCluster, job.status.isFinished else { continue }
+            do {
+                _ = try await provisioner.down(name: c.name)
+                await provisioner.store.jobEvent("cluster-down", "Cluster \(c.name) terminated by the control plane (the job had ended with it still running).", job: job.id, cluster: c.id)
+                logger.notice("terminated a finished job's cluster", metadata: ["capstan.cluster": "\(c.name)", "capstan.job": "\(job.id)"])
+            } catch {
+                logger.warning("cannot terminate a finished job's cluster", metadata: ["capstan.cluster": "\(c.name)", "error": "\(error)"])
+            }
+        }
+    }
+}

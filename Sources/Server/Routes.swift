@@ -1,0 +1,261 @@
+import CapstanAPI
+import CapstanCore
+import CapstanRuntime
+import CapstanTrainer
+import Foundation
+import Hummingbird
+import NIOCore
+
+/// The `/v1` routes (docs/api.md): each does what its CLI verb does in embedded mode.
+struct Routes: Sendable {
+    let plane: ControlPlane
+    let supervisor: JobSupervisor
+
+    var store: any StateStore { plane.store }
+    var jobs: JobService { plane.jobs }
+
+    func add(to router: Router<APIContext>) {
+        let v1 = router.group(RouterPath(CapstanAPI.prefix))
+        v1.get("health") { _, _ in try json(HealthResponse(status: "ok", version: CapstanServerVersion.string, replica: plane.replica, store: plane.storeKind)) }
+        v1.post("offers") { request, context in
+            let body = try await decode(OffersRequest.self, request, context)
+            try body.request.validate()
+            let result = try await plane.offerSearch(body.refresh).run(body.request)
+            return try json(OffersResponse(result: result, problems: plane.problems))
+        }
+        v1.get("clusters") { request, _ in
+            let all = flag(request, "all")
+            let report = flag(request, "reconcile", default: true) ? await plane.provisioner.reconcile() : ReconcileReport()
+            let now = Date()
+            var rows: [ClusterStatusRow] = []
+            for c in try await store.clusters(includeFinished: all) {
+                rows.append(ClusterStatusRow(cluster: c, instances: try await store.instances(cluster: c.id), now: now))
+            }
+            return try json(StatusResponse(clusters: rows, reconcile: report))
+        }
+        v1.post("clusters") { request, context in
+            let body = try await decode(UpRequest.self, request, context)
+            if let m = body.idleMinutes, m < 1 {
+                throw CapstanError(.invalidRequest, "idleMinutes must be at least 1, got \(m).", hint: "Leave it out to never autostop.")
+            }
+            _ = await plane.provisioner.reconcile()
+            var report = try await plane.provisioner.up(name: body.name, request: body.request, search: plane.offerSearch(body.refresh))
+            if let minutes = body.idleMinutes, report.cluster.status == .running {
+                report.cluster.idleMinutes = minutes
+                try await store.update(report.cluster)
+            }
+            return try json(report)
+        }
+        v1.delete("clusters/:name") { _, context in
+            let name = try context.parameters.require("name")
+            let cluster = try await plane.provisioner.down(name: name)
+            _ = await plane.provisioner.reconcile()
+            return try json(cluster)
+        }
+        v1.post("clusters/:name/move") { request, context in
+            let name = try context.parameters.require("name")
+            let body = try await decodeOptional(MoveRequest.self, request, context) ?? MoveRequest()
+            _ = await plane.provisioner.reconcile()
+            return try json(try await plane.provisioner.move(cluster: name, search: plane.offerSearch(body.refresh)))
+        }
+        v1.post("reconcile") { _, _ in try json(await plane.provisioner.reconcile()) }
+        v1.post("uploads") { request, context in try await upload(request, context) }
+        v1.post("jobs") { request, context in try await launch(request, context) }
+        v1.get("jobs") { request, _ in
+            let limit = try intParameter(request, "limit") ?? 100
+            guard (1...1000).contains(limit) else { throw CapstanError(.invalidRequest, "limit must be 1…1000, got \(limit).") }
+            return try json(try await store.jobs(includeFinished: !flag(request, "running"), limit: limit))
+        }
+        v1.get("jobs/:id") { _, context in try json(try await requireJob(context)) }
+        v1.post("jobs/:id/cancel") { request, context in
+            let job = try await requireJob(context)
+            let wait = try intParameter(request, "wait") ?? 300
+            return try json(try await jobs.cancel(job.id, wait: .seconds(max(0, min(wait, 3600)))))
+        }
+        v1.get("jobs/:id/metrics") { _, context in
+            let job = try await requireJob(context)
+            return try json(MetricsPoint.read(log: jobs.context.logFile(job: job.id, node: 0)))
+        }
+        v1.get("jobs/:id/checkpoints") { request, context in
+            let job = try await requireJob(context)
+            if flag(request, "verify") { return try json(try await jobs.verifyCheckpoints(job.id)) }
+            return try json(try await jobs.checkpoints(job.id))
+        }
+        v1.get("jobs/:id/events") { request, context in
+            let job = try await requireJob(context)
+            return try json(try await store.events(job: job.id, limit: try intParameter(request, "limit") ?? 500))
+        }
+        v1.get("jobs/:id/logs") { request, context in try await logs(request, context) }
+        v1.get("events") { request, _ in
+            var clusterID: String?
+            if let name = request.uri.queryParameters.get("cluster") {
+                guard let c = try await store.cluster(named: name) else { throw CapstanError(.notFound, "No cluster '\(name)'.", hint: "See `capstan status --all`.") }
+                clusterID = c.id
+            }
+            return try json(try await store.events(cluster: clusterID, limit: try intParameter(request, "limit") ?? 200))
+        }
+    }
+
+    // MARK: - Jobs
+
+    func requireJob(_ context: APIContext) async throws -> JobRecord {
+        let id = try context.parameters.require("id")
+        guard let job = try await store.job(id) else { throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs` for job ids.") }
+        return job
+    }
+
+    /// `POST /v1/uploads`: the tar stream to a file (refused past the limit), then checked and unpacked.
+    func upload(_ request: Request, _ context: APIContext) async throws -> Response {
+        let uploads = plane.uploads
+        if let length = request.headers[.contentLength].flatMap({ Int64($0) }), length > uploads.maxBytes {
+            throw tooLarge(length, uploads.maxBytes)
+        }
+        try PrivateFile.createFolder(uploads.folder)
+        let id = uploads.newID()
+        let archive = uploads.path(id) + ".tar"
+        guard let handle = FileHandle(forWritingAtPath: archive) ?? (FileManager.default.createFile(atPath: archive, contents: nil, attributes: [.posixPermissions: 0o600]) ? FileHandle(forWritingAtPath: archive) : nil) else {
+            throw CapstanError(.io, "Cannot write the upload to \(archive).", hint: "Check the server's home folder.")
+        }
+        var bytes: Int64 = 0
+        do {
+            defer { try? handle.close() }
+            for try await buffer in request.body {
+                bytes += Int64(buffer.readableBytes)
+                if bytes > uploads.maxBytes { throw tooLarge(bytes, uploads.maxBytes) }
+                try handle.write(contentsOf: Data(buffer.readableBytesView))
+            }
+        } catch {
+            unlink(archive)
+            throw error
+        }
+        guard bytes > 0 else {
+            unlink(archive)
+            throw CapstanError(.invalidRequest, "The upload is empty.", hint: "Send the workdir as a tar stream (`tar -C WORKDIR -cf - .`).")
+        }
+        try await uploads.unpack(archive, id: id)
+        return try json(UploadResponse(id: id, bytes: bytes), status: .created)
+    }
+
+    func tooLarge(_ bytes: Int64, _ limit: Int64) -> HTTPError {
+        HTTPError(.contentTooLarge, message: "The workdir upload (\(bytes) bytes so far) is larger than this server takes (\(limit) bytes). Leave large files (models, datasets) out of the workdir and read them from a bucket, or raise the server's --max-upload-mb.")
+    }
+
+    /// `POST /v1/jobs`: writes the job and starts its controller here at once.
+    func launch(_ request: Request, _ context: APIContext) async throws -> Response {
+        let body = try await decode(LaunchJobRequest.self, request, context)
+        let spec = try JobSpec.parse(body.spec, source: "the launch's job spec")
+        let folder: String
+        if let upload = body.upload {
+            folder = try plane.uploads.specFolder(upload: upload, workdir: spec.workdir ?? ".")
+        } else {
+            if let w = spec.workdir, !w.hasPrefix("/") {
+                throw CapstanError(.invalidRequest, "The spec's workdir '\(w)' is relative, but no upload came with it.", hint: "Upload the workdir first (POST /v1/uploads) and name it in `upload`; the CLI does this for you.")
+            }
+            folder = jobs.context.home.path("server/specs")
+            try PrivateFile.createFolder(folder)
+        }
+        var options = JobService.Options(cluster: body.cluster)
+        if let settings = body.settings { options.settings = settings }
+        let job = try await jobs.create(yaml: body.spec, folder: folder, options: options)
+        await supervisor.adopt(job.id)
+        return try json(job, status: .created)
+    }
+
+    /// `GET /v1/jobs/{id}/logs`: the node logs (and events) as NDJSON; with `follow`, until
+    /// the job has finished or the client has gone.
+    func logs(_ request: Request, _ context: APIContext) async throws -> Response {
+        let job = try await requireJob(context)
+        let follow = flag(request, "follow"), withEvents = flag(request, "events")
+        let nodeCount = max(1, (try? JobSpec.parse(job.spec))?.resources.nodes ?? 1)
+        let nodes: [Int]
+        if let n = try intParameter(request, "node") {
+            guard (0..<nodeCount).contains(n) else { throw CapstanError(.invalidRequest, "Job \(job.id) has nodes 0…\(nodeCount - 1); there is no node \(n).") }
+            nodes = [n]
+        } else {
+            nodes = Array(0..<nodeCount)
+        }
+        let store = store, ctx = jobs.context, id = job.id
+        let body = ResponseBody { writer in
+            var offsets: [Int: UInt64] = [:]
+            var buffers: [Int: LineBuffer] = [:]
+            var lastEvent: Int64 = -1
+            let encoder = CapstanAPI.encoder
+            func send(_ item: LogStreamItem) async throws {
+                var data = try encoder.encode(item)
+                data.append(0x0A)
+                try await writer.write(ByteBuffer(bytes: data))
+            }
+            func pump(final: Bool) async throws {
+                for n in nodes {
+                    if let h = FileHandle(forReadingAtPath: ctx.logFile(job: id, node: n)) {
+                        defer { try? h.close() }
+                        try? h.seek(toOffset: offsets[n] ?? 0)
+                        if let data = try? h.readToEnd(), !data.isEmpty {
+                            offsets[n, default: 0] += UInt64(data.count)
+                            for line in buffers[n, default: LineBuffer()].feed(data) { try await send(LogStreamItem(node: n, line: line)) }
+                        }
+                    }
+                    if final, let rest = buffers[n]?.flush() { try await send(LogStreamItem(node: n, line: rest)) }
+                }
+                if withEvents {
+                    for e in (try? await store.events(job: id, limit: 500)) ?? [] where (e.id ?? 0) > lastEvent {
+                        lastEvent = e.id ?? lastEvent
+                        try await send(LogStreamItem(event: e))
+                    }
+                }
+            }
+            var current = job
+            if follow {
+                while !current.status.isFinished {
+                    try await pump(final: false)
+                    try await Task.sleep(for: .milliseconds(250))
+                    current = try await store.job(id) ?? current
+                }
+            }
+            try await pump(final: true)
+            try await send(LogStreamItem(end: try await store.job(id) ?? current))
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok, headers: [.contentType: "application/x-ndjson", .cacheControl: "no-store"], body: body)
+    }
+}
+
+/// The server's version, in `/v1/health`.
+public enum CapstanServerVersion {
+    public static let string = "0.2.0"
+}
+
+// MARK: - Helpers
+
+func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
+    let data = try CapstanAPI.encoder.encode(value)
+    return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: APIContext) async throws -> T {
+    guard let value = try await decodeOptional(type, request, context) else {
+        throw CapstanError(.invalidRequest, "\(request.method) \(request.uri.path) needs a JSON body.", hint: "See docs/api.md.")
+    }
+    return value
+}
+
+func decodeOptional<T: Decodable>(_ type: T.Type, _ request: Request, _ context: APIContext) async throws -> T? {
+    var request = request
+    let buffer = try await request.collectBody(upTo: context.maxUploadSize)
+    guard buffer.readableBytes > 0 else { return nil }
+    do { return try CapstanAPI.decoder.decode(T.self, from: Data(buffer.readableBytesView)) } catch is DecodingError {
+        // Re-thrown as a DecodingError, which the error middleware words for people.
+        return try CapstanAPI.decoder.decode(T.self, from: Data(buffer.readableBytesView))
+    }
+}
+
+func flag(_ request: Request, _ name: String, default value: Bool = false) -> Bool {
+    guard let raw = request.uri.queryParameters.get(name) else { return value }
+    return ["1", "true", "yes", ""].contains(raw.lowercased())
+}
+
+func intParameter(_ request: Request, _ name: String) throws -> Int? {
+    guard let raw = request.uri.queryParameters.get(name) else { return nil }
+    guard let n = Int(raw) else { throw CapstanError(.invalidRequest, "Query parameter `\(name)` must be an integer, got '\(raw)'.") }
+    return n
+}

@@ -1,0 +1,257 @@
+import CapstanCore
+import CapstanSQLite
+import CapstanTestSupport
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A `capstan serve` process on a home of the test's, on a free port of 127.0.0.1.
+final class ServeProcess: @unchecked Sendable {
+    let home: String
+    let process = Process()
+    let log: String
+    let portFile: String
+    private(set) var port = 0
+    /// Where it listens (its network namespace's address, or loopback).
+    let address: String
+
+    /// Starts it and waits until it listens. `netns`: in that network namespace (a replica on
+    /// "another machine"), listening on all of that namespace's addresses; `address` is how the
+    /// test reaches it.
+    init(home: String, extraArgs: [String] = [], env extra: [String: String] = [:], log name: String = "serve.log", netns: String? = nil, address: String = "127.0.0.1") async throws {
+        self.home = home
+        self.log = home + "/" + name
+        self.portFile = home + "/" + name + ".port"
+        self.address = address
+        unlink(portFile)
+        let serve = ["serve", "--port", "0", "--port-file", portFile, "--supervise-seconds", "0.5"] + (netns == nil ? [] : ["--host", "0.0.0.0"]) + extraArgs
+        if let netns {
+            // `ip netns exec` execs the command: the pid is capstan's own.
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            process.arguments = ["netns", "exec", netns, BuildProducts.capstan] + serve
+        } else {
+            process.executableURL = URL(fileURLWithPath: BuildProducts.capstan)
+            process.arguments = serve
+        }
+        var e = ProcessInfo.processInfo.environment
+        e["CAPSTAN_PLUGIN_PATH"] = nil
+        e["CAPSTAN_HOME"] = home
+        for (k, v) in extra { e[k] = v }
+        process.environment = e
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        out.seekToEndOfFile()
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        let end = Date().addingTimeInterval(60)
+        while Date() < end {
+            if let s = try? String(contentsOfFile: portFile, encoding: .utf8), let p = Int(s.trimmingCharacters(in: .whitespacesAndNewlines)), p > 0 {
+                port = p
+                return
+            }
+            if !process.isRunning { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw CapstanError(.timeout, "capstan serve did not listen: \(logText)")
+    }
+
+    var url: String { "http://\(address):\(port)" }
+    var pid: pid_t { process.processIdentifier }
+    var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    func kill9() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    func terminate() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+        }
+    }
+
+    struct Answer {
+        var status: Int
+        var body: Data
+        var text: String { String(decoding: body, as: UTF8.self) }
+        func json() throws -> Any { try JSONSerialization.jsonObject(with: body) }
+    }
+
+    /// One request; `token` nil: no Authorization header.
+    func request(_ method: String, _ path: String, token: String?, body: Data? = nil, contentType: String = "application/json", authorization: String? = nil) async throws -> Answer {
+        var r = URLRequest(url: URL(string: url + path)!)
+        r.httpMethod = method
+        r.timeoutInterval = 600
+        if let token { r.setValue("Bearer " + token, forHTTPHeaderField: "Authorization") }
+        if let authorization { r.setValue(authorization, forHTTPHeaderField: "Authorization") }
+        if let body {
+            r.httpBody = body
+            r.setValue(contentType, forHTTPHeaderField: "Content-Type")
+        }
+        let (data, response) = try await URLSession.shared.data(for: r)
+        return Answer(status: (response as? HTTPURLResponse)?.statusCode ?? 0, body: data)
+    }
+}
+
+/// `capstan serve token create NAME` in `home`: the token.
+func createToken(home: String, name: String) async throws -> String {
+    let r = try await runProcess(BuildProducts.capstan, ["serve", "token", "create", name], environment: ["CAPSTAN_HOME": home])
+    #expect(r.status == 0, "\(r.stderr)")
+    return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+/// A tar of `files` (path → content), built with python's tarfile so tests can make entries
+/// `tar` itself refuses to create (absolute names, `..`, links).
+func makeTar(_ dir: TempDir, _ name: String, script: String) throws -> Data {
+    let path = dir.file(name)
+    let r = try runProcessBlocking("/usr/bin/env", ["python3", "-c", "import io, tarfile\nt = tarfile.open(\(pyString(path)), 'w')\n" + script + "\nt.close()\n"], timeout: 60)
+    #expect(r.status == 0, "\(r.stderr)")
+    return try Data(contentsOf: URL(fileURLWithPath: path))
+}
+
+func pyString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'" }
+
+@Suite("capstan serve: tokens, uploads", .serialized)
+struct ServerAccessTests {
+    @Test("no token, a malformed header, a wrong token and a revoked token are each 401 with an error body; none of the tokens reaches the log or the database")
+    func authRefusals() async throws {
+        let dir = TempDir("capstan-serve-auth")
+        defer { dir.cleanup() }
+        dir.write("config.yaml", "providers:\n  local:\n    slots: 2\n")
+        let token = try await createToken(home: dir.path, name: "laptop")
+        #expect(token.hasPrefix("cap_") && token.count > 40)
+        let serve = try await ServeProcess(home: dir.path)
+        defer { serve.terminate() }
+
+        let health = try await serve.request("GET", "/v1/health", token: nil)
+        #expect(health.status == 200 && health.text.contains("\"status\":\"ok\""))
+        let ok = try await serve.request("GET", "/v1/jobs", token: token)
+        #expect(ok.status == 200 && ok.text == "[]", "\(ok.text)")
+
+        let wrong = "cap_" + String(repeating: "x", count: 43)
+        for (what, answer) in [
+            ("no token", try await serve.request("GET", "/v1/jobs", token: nil)),
+            ("basic auth", try await serve.request("GET", "/v1/jobs", token: nil, authorization: "Basic " + Data("u:\(token)".utf8).base64EncodedString())),
+            ("wrong token", try await serve.request("GET", "/v1/jobs", token: wrong)),
+        ] {
+            #expect(answer.status == 401, "\(what): \(answer.status) \(answer.text)")
+            let body = try #require(try answer.json() as? [String: Any])
+            let error = try #require(body["error"] as? [String: Any])
+            #expect(error["code"] as? String == "auth", "\(what)")
+            #expect(!answer.text.contains(token) && !answer.text.contains(wrong))
+        }
+        let revoke = try await runProcess(BuildProducts.capstan, ["serve", "token", "revoke", "laptop"], environment: ["CAPSTAN_HOME": dir.path])
+        #expect(revoke.status == 0 && revoke.stdout.contains("revoked"), "\(revoke.stdout)\(revoke.stderr)")
+        let revoked = try await serve.request("GET", "/v1/jobs", token: token)
+        #expect(revoked.status == 401 && revoked.text.contains("revoked token"), "\(revoked.text)")
+        // A second live token keeps working; the list shows both, never a token.
+        let ci = try await createToken(home: dir.path, name: "ci")
+        #expect(try await serve.request("GET", "/v1/jobs", token: ci).status == 200)
+        let list = try await runProcess(BuildProducts.capstan, ["serve", "token", "list"], environment: ["CAPSTAN_HOME": dir.path])
+        #expect(list.stdout.contains("laptop") && list.stdout.contains("ci") && !list.stdout.contains(token) && !list.stdout.contains(ci))
+
+        serve.terminate()
+        let log = serve.logText
+        for why in ["no Authorization header", "Authorization is not `Bearer <token>`", "unknown token", "revoked token"] {
+            #expect(log.contains(why), "the log does not say \(why): \(log)")
+        }
+        let scan = SecretScan([dir.path], for: token)
+        #expect(scan.covered("/state/capstan.db") && scan.covered("/serve.log"), "\(scan.scanned)")
+        #expect(scan.hits.isEmpty, "the token appears in \(scan.hits)")
+        #expect(SecretScan([dir.path], for: ci).hits.isEmpty)
+    }
+
+    @Test("uploads: links, escaping names and non-tar bodies are refused before anything is unpacked; one past --max-upload-mb is 413")
+    func badUploads() async throws {
+        let dir = TempDir("capstan-serve-upload")
+        defer { dir.cleanup() }
+        dir.write("config.yaml", "providers:\n  local:\n    slots: 2\n")
+        let token = try await createToken(home: dir.path, name: "t")
+        let serve = try await ServeProcess(home: dir.path, extraArgs: ["--max-upload-mb", "1"])
+        defer { serve.terminate() }
+        let file = "i = tarfile.TarInfo('{N}'); d = b'x'; i.size = len(d); t.addfile(i, io.BytesIO(d))"
+        let cases: [(String, Data, String)] = [
+            ("escaping", try makeTar(dir, "a.tar", script: file.replacingOccurrences(of: "{N}", with: "../evil.txt")), "outside its folder"),
+            ("absolute", try makeTar(dir, "b.tar", script: file.replacingOccurrences(of: "{N}", with: "/tmp/evil.txt")), "outside its folder"),
+            ("symlink", try makeTar(dir, "c.tar", script: "i = tarfile.TarInfo('link'); i.type = tarfile.SYMTYPE; i.linkname = '/etc'; t.addfile(i)"), "symbolic link"),
+            ("not a tar", Data("this is not a tar archive, it is text".utf8), "not a tar archive"),
+        ]
+        for (what, body, says) in cases {
+            let r = try await serve.request("POST", "/v1/uploads", token: token, body: body, contentType: "application/x-tar")
+            #expect(r.status == 400 && r.text.contains(says), "\(what): \(r.status) \(r.text)")
+        }
+        let big = try await serve.request("POST", "/v1/uploads", token: token, body: Data(count: 2 * 1024 * 1024), contentType: "application/x-tar")
+        #expect(big.status == 413 && big.text.contains("larger than this server takes"), "\(big.status) \(big.text)")
+        // Nothing was unpacked or left behind.
+        let uploads = (try? FileManager.default.contentsOfDirectory(atPath: dir.file("server/uploads"))) ?? []
+        #expect(uploads.isEmpty, "\(uploads)")
+        #expect(!FileManager.default.fileExists(atPath: dir.file("evil.txt")) && !FileManager.default.fileExists(atPath: dir.file("server/evil.txt")))
+        // A bad body for a JSON route says which field.
+        let launch = try await serve.request("POST", "/v1/jobs", token: token, body: Data("{\"upload\": 3}".utf8))
+        #expect(launch.status == 400 && launch.text.contains("spec"), "\(launch.text)")
+        let unknownRoute = try await serve.request("GET", "/v1/nothing", token: token)
+        #expect(unknownRoute.status == 404 && unknownRoute.text.contains("No route"), "\(unknownRoute.text)")
+    }
+}
+
+@Suite("capstan serve: jobs without anyone's shell", .serialized)
+struct ServerJobTests {
+    init() throws {
+        guard torchAvailable() else {
+            throw CapstanError(.config, "python3 cannot import torch.", hint: "pip install torch (CPU wheel); .ci/run installs it.")
+        }
+    }
+
+    /// Uploads the job's folder and launches it through the API; returns the job id.
+    func launch(_ home: JobHome, _ serve: ServeProcess, token: String) async throws -> String {
+        let tar = try runProcessBlocking("/usr/bin/env", ["tar", "-C", home.dir.file("job"), "-cf", home.dir.file("job.tar"), "."], timeout: 60)
+        #expect(tar.status == 0)
+        let up = try await serve.request("POST", "/v1/uploads", token: token, body: try Data(contentsOf: URL(fileURLWithPath: home.dir.file("job.tar"))), contentType: "application/x-tar")
+        #expect(up.status == 201, "\(up.text)")
+        let upload = try #require((try up.json() as? [String: Any])?["id"] as? String)
+        let settings = ["heartbeatTimeoutSeconds": 4, "exitGraceSeconds": 30, "stopGraceSeconds": 3]
+        let body = try JSONSerialization.data(withJSONObject: ["spec": try String(contentsOfFile: home.spec, encoding: .utf8), "upload": upload, "settings": settings])
+        let r = try await serve.request("POST", "/v1/jobs", token: token, body: body)
+        #expect(r.status == 201, "\(r.text)")
+        return try #require((try r.json() as? [String: Any])?["id"] as? String)
+    }
+
+    @Test("a job launched through the server, its client gone: a killed node's worker and a kill -9 of the server itself are both recovered from; exact resume; the cluster is terminated at the end")
+    func laptopClosed() async throws {
+        let home = try JobHome(steps: 120, every: 10)
+        defer { home.dir.cleanup() }
+        let token = try await createToken(home: home.dir.path, name: "laptop")
+        var serve = try await ServeProcess(home: home.dir.path, env: ["TMPDIR": home.tmp])
+        defer { serve.terminate() }
+        let id = try await launch(home, serve, token: token)
+        #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 }, "no checkpoint came: \(serve.logText)")
+        // A node's training process dies: the server's controller restarts the gang.
+        let pid = try #require(home.workerPID(job: id, attempt: 1, rank: 1))
+        kill(pid, SIGKILL)
+        #expect(try await home.wait { (try await home.job()?.attempt ?? 0) >= 2 }, "no second attempt: \(serve.logText)")
+        #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 60 })
+        // The server itself dies mid-job; a new one adopts the job and its running agents.
+        serve.kill9()
+        let fenceBefore = try #require(try await home.job()?.controllerFence)
+        serve = try await ServeProcess(home: home.dir.path, env: ["TMPDIR": home.tmp], log: "serve-2.log")
+        #expect(try await home.wait(timeout: 300) { try await home.job()?.status.isFinished == true }, "\(serve.logText)")
+        let final = try #require(try await home.job())
+        #expect(final.status == .succeeded, "\(final.lastError ?? "")\n\(home.logTail(job: id))\n\(serve.logText)")
+        #expect(final.attempt == 2 && final.restarts == 1, "the server's restart is not a job restart: attempt \(final.attempt)")
+        #expect((final.controllerFence ?? 0) > fenceBefore, "the new server's controller took the job with a newer fencing token")
+        _ = try await home.checkContinuity(job: final, total: 120)
+        #expect(try await home.liveNodes().isEmpty, "the job's cluster is terminated")
+        let events = try await home.store().events(job: id).map(\.kind)
+        #expect(events.filter { $0 == "controller" }.count >= 2, "\(events)")
+        // The logs route streams the whole job to its end.
+        let logs = try await serve.request("GET", "/v1/jobs/\(id)/logs?node=1", token: token)
+        #expect(logs.status == 200 && logs.text.contains("{\\\"step\\\": 120") && logs.text.contains("\"end\""), "\(logs.text.suffix(500))")
+    }
+}
