@@ -6,7 +6,6 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import NIOSSL
-import Synchronization
 
 /// The Swift SDK's client of a Capstan control plane (`capstan serve`, docs/api.md): one method
 /// per route, answers decoded into the shared ``CapstanAPI`` types. The CLI uses it when
@@ -99,7 +98,7 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
     }
 
     /// `POST /v1/jobs`: submits a job; the server's controller runs it from then on.
-    public func launch(_ request: LaunchRequest) async throws -> JobRecord {
+    public func launch(_ request: LaunchJobRequest) async throws -> JobRecord {
         try await call(.POST, "/jobs", json: request, timeout: Self.long)
     }
 
@@ -120,7 +119,7 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
             let local = URL(fileURLWithPath: folder + "/" + workdir).standardizedFileURL.path
             upload = try await self.upload(folder: local, maxBytes: maxUploadBytes).id
         }
-        return try await launch(LaunchRequest(spec: yaml, upload: upload, cluster: cluster, settings: settings))
+        return try await launch(LaunchJobRequest(spec: yaml, upload: upload, cluster: cluster, settings: settings))
     }
 
     /// `POST /v1/uploads`: sends the folder `folder` as a tar stream (`tar -C folder -cf - .`,
@@ -501,13 +500,14 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
 
     // MARK: Connections
 
-    private static let clients = Mutex<[String: HTTPClient]>([:])
+    private static let clientsLock = NSLock()
+    nonisolated(unsafe) private static var clients: [String: HTTPClient] = [:]
 
     /// One HTTP client per CA file, for the life of the process (like `HTTPClient.shared`): no
     /// redirects, a connect timeout, no read timeout (a followed log stream may be quiet long).
     static func httpClient(caFile: String?) throws -> HTTPClient {
         let key = caFile ?? ""
-        if let existing = clients.withLock({ $0[key] }) { return existing }
+        if let existing = clientsLock.withLock({ clients[key] }) { return existing }
         var tls = TLSConfiguration.makeClientConfiguration()
         if let caFile {
             do {
@@ -521,7 +521,7 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow, timeout: .init(connect: .seconds(15), read: nil))
         configuration.httpVersion = .http1Only
         let made = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
-        let kept = clients.withLock { clients -> HTTPClient in
+        let kept = clientsLock.withLock { () -> HTTPClient in
             if let raced = clients[key] { return raced }
             clients[key] = made
             return made

@@ -1,8 +1,6 @@
 import CapstanCore
-import CapstanRuntime
 import Foundation
 import NIOCore
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -55,29 +53,51 @@ struct WorkdirUpload {
 
     /// Starts `tar`, its output on a pipe that ``TarProcess/chunks`` reads.
     func start() throws -> TarProcess {
-        guard let tar = Spawn.which("tar") else {
+        guard let tar = Self.which("tar") else {
             throw CapstanError(.unsupported, "No `tar` on PATH; it packs the job's workdir for the server.", hint: "Install tar (GNU or BSD), or give the spec an absolute workdir on the server's machine.")
         }
+        let errors = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-tar-\(UUID().uuidString).err").path
+        let (pid, readFD) = try Self.spawn([tar, "-C", folder, "-cf", "-", "."], stderr: errors)
+        return TarProcess(pid: pid, readFD: readFD, folder: folder, errorFile: errors)
+    }
+
+    /// The first executable `name` on `PATH`.
+    static func which(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for dir in path.split(separator: ":") where !dir.isEmpty {
+            let candidate = "\(dir)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// Starts `argv` (posix_spawn; CapstanAPI stays off CapstanRuntime's `Spawn`) with stdin
+    /// from /dev/null, stdout into a new pipe whose read end (close-on-exec) is returned, and
+    /// stderr to the file `stderr`.
+    static func spawn(_ argv: [String], stderr: String) throws -> (pid: pid_t, readFD: Int32) {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw CapstanError(.io, "Cannot make a pipe: \(String(cString: strerror(errno))).") }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        let errors = FileManager.default.temporaryDirectory.appendingPathComponent("capstan-tar-\(UUID().uuidString).err").path
-        #if os(Linux)
-        let out = "/proc/self/fd/\(fds[1])"
-        #else
-        let out = "/dev/fd/\(fds[1])"
-        #endif
-        let pid: pid_t
-        do {
-            // The child opens its stdout through the write end's name (before the spawn closes
-            // every other descriptor), so the pipe is its stdout and nothing else leaks to it.
-            pid = try Spawn.spawn([tar, "-C", folder, "-cf", "-", "."], environment: ProcessInfo.processInfo.environment, streams: Spawn.Streams(stdout: out, stderr: errors, append: false), newSession: false)
-        } catch {
-            close(fds[0]); close(fds[1])
-            throw error
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let args = argv.map { strdup($0) } + [nil]
+        let env = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            args.forEach { free($0) }
+            env.forEach { free($0) }
         }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, args, env)
         close(fds[1])
-        return TarProcess(pid: pid, readFD: fds[0], folder: folder, errorFile: errors)
+        guard rc == 0 else {
+            close(fds[0])
+            throw CapstanError(.io, "Cannot start \(argv[0]): \(String(cString: strerror(rc))).", hint: "Check that it exists and is executable.")
+        }
+        return (pid, fds[0])
     }
 }
 
@@ -85,23 +105,30 @@ struct WorkdirUpload {
 final class TarProcess: Sendable {
     struct State {
         var readFD: Int32
-        var reaped: ExitStatus?
+        var reaped: ChildExit?
         var failure: CapstanError?
     }
     let pid: pid_t
     let folder: String
     let errorFile: String
-    private let state: Mutex<State>
+    private let lock = NSLock()
+    nonisolated(unsafe) private var _state: State
 
     init(pid: pid_t, readFD: Int32, folder: String, errorFile: String) {
         self.pid = pid
         self.folder = folder
         self.errorFile = errorFile
-        self.state = Mutex(State(readFD: readFD))
+        self._state = State(readFD: readFD)
+    }
+
+    private func withState<T>(_ body: (inout State) -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&_state)
     }
 
     /// Why packing failed, if it did (set once `tar` has exited non-zero).
-    var failure: CapstanError? { state.withLock { $0.failure } }
+    var failure: CapstanError? { withState { $0.failure } }
 
     /// The pipe's bytes, 1 MiB at a time, read on a thread of their own; at the end, `tar`'s
     /// exit is checked, and a failure ends the body with an error (the upload is not completed).
@@ -118,9 +145,9 @@ final class TarProcess: Sendable {
     }
 
     func read() async throws -> ByteBuffer? {
-        let fd = state.withLock { $0.readFD }
+        let fd = withState { $0.readFD }
         guard fd >= 0 else { return nil }
-        let chunk: [UInt8] = try await Spawn.onThread {
+        let chunk: [UInt8] = try await onThread {
             var buffer = [UInt8](repeating: 0, count: 1 << 20)
             while true {
                 let n = buffer.withUnsafeMutableBytes { posixRead(fd, $0.baseAddress, $0.count) }
@@ -131,9 +158,9 @@ final class TarProcess: Sendable {
         if !chunk.isEmpty { return ByteBuffer(bytes: chunk) }
         // End of the archive: tar's verdict decides whether the body ends or fails.
         closeRead()
-        let status = await Spawn.wait(pid)
+        let status = await reap(pid)
         let failure = describe(status)
-        state.withLock {
+        withState {
             $0.reaped = status
             $0.failure = failure
         }
@@ -142,13 +169,13 @@ final class TarProcess: Sendable {
     }
 
     private func closeRead() {
-        state.withLock {
+        withState {
             if $0.readFD >= 0 { close($0.readFD) }
             $0.readFD = -1
         }
     }
 
-    private func describe(_ status: ExitStatus) -> CapstanError? {
+    private func describe(_ status: ChildExit) -> CapstanError? {
         if case .exited(0) = status { return nil }
         let stderr = (FileManager.default.contents(atPath: errorFile).map { String(decoding: $0, as: UTF8.self) } ?? "")
             .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -159,11 +186,11 @@ final class TarProcess: Sendable {
     /// removes its error file.
     func stop() async {
         closeRead()
-        let done = state.withLock { $0.reaped != nil }
+        let done = withState { $0.reaped != nil }
         if !done {
             kill(pid, SIGTERM)
-            let status = await Spawn.wait(pid)
-            state.withLock { $0.reaped = status }
+            let status = await reap(pid)
+            withState { $0.reaped = status }
         }
         unlink(errorFile)
     }
@@ -171,3 +198,37 @@ final class TarProcess: Sendable {
 
 /// `read(2)` (a free function: inside ``TarProcess`` the name is its own method's).
 private func posixRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int { read(fd, buffer, count) }
+
+/// Runs blocking `body` on a thread of its own (never on the cooperative pool) and awaits it.
+private func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+/// How a child ended.
+enum ChildExit: Sendable, CustomStringConvertible {
+    case exited(Int32), signaled(Int32)
+    var description: String {
+        switch self {
+        case .exited(let c): "exit status \(c)"
+        case .signaled(let s): "signal \(s)"
+        }
+    }
+}
+
+/// Waits for child `pid` on a thread of its own.
+private func reap(_ pid: pid_t) async -> ChildExit {
+    await withCheckedContinuation { (continuation: CheckedContinuation<ChildExit, Never>) in
+        Thread.detachNewThread {
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 {
+                if errno != EINTR {
+                    continuation.resume(returning: .exited(-1))
+                    return
+                }
+            }
+            continuation.resume(returning: status & 0x7f == 0 ? .exited((status >> 8) & 0xff) : .signaled(status & 0x7f))
+        }
+    }
+}

@@ -16,7 +16,8 @@ struct ModuleGraphTests {
         ("CapstanRuntime", "Sources/Runtime", ["CapstanCore", "CapstanPluginABI", "Foundation", "Logging", "Yams", "Glibc", "Darwin"]),
         ("CapstanSQLite", "Sources/SQLite", ["CapstanCore", "CapstanRuntime", "GRDB", "Foundation", "Glibc", "Darwin"]),
         // The control plane's wire types and client: never the server, a store or a provider's module.
-        ("CapstanAPI", "Sources/API", ["CapstanCore", "CapstanTrainer", "Foundation", "FoundationNetworking", "Logging", "AsyncHTTPClient", "NIOCore", "NIOFoundationCompat", "NIOHTTP1", "Glibc", "Darwin"]),
+        // NIOSSL: the client's TLS settings (CAPSTAN_SERVER_CA), AsyncHTTPClient's own TLS module.
+        ("CapstanAPI", "Sources/API", ["CapstanCore", "CapstanTrainer", "Foundation", "FoundationNetworking", "Logging", "AsyncHTTPClient", "NIOCore", "NIOFoundationCompat", "NIOHTTP1", "NIOSSL", "Glibc", "Darwin"]),
         // The server reaches state only through CapstanCore's protocols: no store module here.
         ("CapstanServer", "Sources/Server", ["CapstanAPI", "CapstanCore", "CapstanRuntime", "CapstanProviders", "CapstanTrainer", "Foundation", "Logging", "Crypto", "Hummingbird", "HummingbirdCore", "HummingbirdTLS", "NIOCore", "NIOSSL", "ServiceLifecycle", "UnixSignals", "Synchronization", "Glibc", "Darwin"]),
         ("CapstanPluginSim", "plugins/sim", ["CapstanPluginABI", "CapstanPluginKit", "CapstanTesting"]),
