@@ -285,7 +285,14 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
         } catch {
             throw LogStreamBroke(error: transportError(error, route: route, during: "reading the stream"))
         }
-        if let last = splitter.finish() { try take(last) }
+        if let last = splitter.finish() {
+            // A last line without its newline is whole only if it reads as an item; otherwise
+            // the connection ended mid-line.
+            if !ended, (try? CapstanAPI.decoder.decode(LogStreamItem.self, from: last)) == nil {
+                throw LogStreamBroke(error: CapstanError(.transient, "The connection to the Capstan server at \(server.absoluteString) broke off in the middle of a line of \(route).", hint: "Try again; `capstan logs JOB -f` picks up where the job is."))
+            }
+            try take(last)
+        }
         return ended
     }
 
@@ -504,7 +511,8 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
     nonisolated(unsafe) private static var clients: [String: HTTPClient] = [:]
 
     /// One HTTP client per CA file, for the life of the process (like `HTTPClient.shared`): no
-    /// redirects, a connect timeout, no read timeout (a followed log stream may be quiet long).
+    /// redirects, a connect timeout of 5 s (a refused connection is retried until then), no read
+    /// timeout (a followed log stream may be quiet long).
     static func httpClient(caFile: String?) throws -> HTTPClient {
         let key = caFile ?? ""
         if let existing = clientsLock.withLock({ clients[key] }) { return existing }
@@ -518,7 +526,7 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
                 throw CapstanError(.config, "Cannot read CA certificates from \(caFile) (\(ServerSettings.caVariable)): \(error).", hint: "It must be a PEM file of the CA certificate(s) that signed the server's certificate.")
             }
         }
-        var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow, timeout: .init(connect: .seconds(15), read: nil))
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow, timeout: .init(connect: .seconds(5), read: nil))
         configuration.httpVersion = .http1Only
         let made = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
         let kept = clientsLock.withLock { () -> HTTPClient in

@@ -290,8 +290,18 @@ struct CapstanClientTests {
         #expect(answer.id == "up-1" && answer.bytes > 300_000)
         let request = try #require(server.requests.first)
         #expect(request.method == "POST" && request.target == "/v1/uploads" && request.headers["content-type"] == "application/x-tar")
-        let listing = try Data(contentsOf: URL(fileURLWithPath: received))
-        #expect(listing.count == Int(answer.bytes))
+        let archive = try Data(contentsOf: URL(fileURLWithPath: received))
+        #expect(archive.count == Int(answer.bytes))
+        // What arrived is the folder as tar packed it.
+        let tar = Process()
+        tar.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        tar.arguments = ["tar", "-tf", received]
+        let out = Pipe()
+        tar.standardOutput = out
+        try tar.run()
+        let names = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        tar.waitUntilExit()
+        #expect(tar.terminationStatus == 0 && names.contains("./a.txt") && names.contains("./sub/b.txt"), "\(names)")
 
         await #expect { try await client.upload(folder: dir.file("work"), maxBytes: 1000) } throws: { e in
             let e = e as? CapstanError
