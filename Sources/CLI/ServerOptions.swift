@@ -63,6 +63,9 @@ func followRemote(_ client: CapstanClient, job id: String, json: Bool, quiet: Bo
     for try await item in client.logs(id, follow: true, events: true) {
         if let end = item.end { final = end; continue }
         guard !json, let event = item.jobEvent else { continue }
+        // The controller writes a header into each node's log at every attempt (`logs` shows
+        // it); the embedded follower never sees it as a line, so neither does this one.
+        if case .log(_, let line) = event, isAttemptHeader(line) { continue }
         printJobEvent(event, quiet: quiet)
         flushStdout()
     }
@@ -71,4 +74,9 @@ func followRemote(_ client: CapstanClient, job id: String, json: Bool, quiet: Bo
     }
     if !json { printJobSummary(final) }
     return final
+}
+
+/// `==== attempt 2 on node-1-abc (10.0.0.5), resuming from checkpoint step 40 ====`.
+func isAttemptHeader(_ line: String) -> Bool {
+    line.hasPrefix("==== attempt ") && line.hasSuffix(" ====") && line.contains(" on ")
 }

@@ -226,6 +226,8 @@ struct ServerClientTests {
         // the same order (how the two kinds interleave depends on when each was read).
         func lines(_ r: ProcessResult, _ prefix: String) -> [String] {
             r.stdout.replacingOccurrences(of: #"tiny-[0-9a-f]{6}"#, with: "JOB", options: .regularExpression)
+                .replacingOccurrences(of: #"MASTER_ADDR=[0-9.]+:[0-9]+"#, with: "MASTER_ADDR=ADDR", options: .regularExpression)
+                .replacingOccurrences(of: #" in [0-9.]+ s\b"#, with: " in N s", options: .regularExpression)
                 .split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
         }
         for prefix in ["[node ", "capstan: ", "Job "] {
