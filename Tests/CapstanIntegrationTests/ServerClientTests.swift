@@ -24,10 +24,10 @@ final class ServedHome: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
     }
 
-    /// Makes a token and starts the server on a free port.
-    func start() async throws {
+    /// Makes a token and starts the server on a free port (`serveArgs`: more flags for it).
+    func start(_ serveArgs: [String] = []) async throws {
         token = try await createToken(home: dir.path, name: "itest")
-        serve = try await ServeProcess(home: dir.path, env: ["TMPDIR": tmp])
+        serve = try await ServeProcess(home: dir.path, extraArgs: serveArgs, env: ["TMPDIR": tmp])
     }
 
     func stop() {
@@ -242,6 +242,38 @@ struct ServerClientTests {
         #expect(failedRemote.status == 1 && failedLocal.status == 1, "\(failedRemote.stderr) \(failedLocal.stderr)")
         #expect(failedRemote.stdout.contains("[node 0] about-to-fail"), "\(failedRemote.stdout)")
         #expect(home.clientHomeUntouched)
+    }
+
+    @Test("a workdir larger than the server takes: its 413 is the error, said as the server says it")
+    func uploadTooLarge() async throws {
+        let home = try ServedHome()
+        defer { home.stop() }
+        try await home.start(["--max-upload-mb", "1"])
+        let spec = home.writeJob("big")
+        try Data((0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 7) }).write(to: URL(fileURLWithPath: home.dir.file("big/blob.bin")))
+        let r = try await home.remote(["launch", spec, "--detach"])
+        #expect(r.status == 1 && r.stderr.contains("larger than this server takes"), "\(r.stdout) \(r.stderr)")
+        let jobs = try await home.remote(["jobs", "--json"])
+        #expect((try? JSONSerialization.jsonObject(with: Data(jobs.stdout.utf8)) as? [Any])?.isEmpty == true, "no job was made: \(jobs.stdout)")
+    }
+
+    @Test("https: the server's certificate is trusted through CAPSTAN_SERVER_CA; without it the TLS failure says what to set")
+    func tls() async throws {
+        let home = try ServedHome()
+        defer { home.stop() }
+        let cert = home.dir.file("cert.pem"), key = home.dir.file("key.pem")
+        try LambdaEmulator.makeCertificate(cert, key: key)
+        try await home.start(["--tls-cert", cert, "--tls-key", key])
+        let https = home.url.replacingOccurrences(of: "http://", with: "https://")
+
+        let trusted = try await home.remote(["jobs"], env: ["CAPSTAN_SERVER": https, "CAPSTAN_SERVER_CA": cert])
+        #expect(trusted.status == 0 && trusted.stdout.contains("No jobs"), "\(trusted.stdout) \(trusted.stderr)")
+        let untrusted = try await home.remote(["jobs"], env: ["CAPSTAN_SERVER": https])
+        #expect(untrusted.status == 1 && untrusted.stderr.contains(https) && untrusted.stderr.contains("TLS") && untrusted.stderr.contains("CAPSTAN_SERVER_CA"), "\(untrusted.stderr)")
+        #expect(!untrusted.stderr.contains(home.token))
+        let notPEM = home.dir.write("not.pem", "hello\n")
+        let bad = try await home.remote(["jobs"], env: ["CAPSTAN_SERVER": https, "CAPSTAN_SERVER_CA": notPEM])
+        #expect(bad.status == 1 && bad.stderr.contains("Cannot read CA certificates from \(notPEM)"), "\(bad.stderr)")
     }
 
     @Test("with the real server: no token, or a wrong one, is refused, and the refusal never shows the token")
