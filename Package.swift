@@ -19,6 +19,8 @@ let package = Package(
         .library(name: "CapstanRuntime", targets: ["CapstanRuntime"]),
         // The embedded state store (SQLite) behind CapstanCore's repository protocols.
         .library(name: "CapstanSQLite", targets: ["CapstanSQLite"]),
+        // The shared state store (PostgreSQL) and database leases, for `capstan serve` and replicas.
+        .library(name: "CapstanPostgres", targets: ["CapstanPostgres"]),
         .library(name: "CapstanProviders", targets: ["CapstanProviders"]),
         .library(name: "CapstanAWS", targets: ["CapstanAWS"]),
         .library(name: "CapstanStorage", targets: ["CapstanStorage"]),
@@ -43,6 +45,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         .target(
@@ -75,6 +78,17 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Sources/SQLite",
+            swiftSettings: swiftSettings
+        ),
+        // PostgreSQL: the same repository protocols on a shared database, and leases (LockService).
+        .target(
+            name: "CapstanPostgres",
+            dependencies: [
+                "CapstanCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            path: "Sources/Postgres",
             swiftSettings: swiftSettings
         ),
         .target(
@@ -211,6 +225,14 @@ let package = Package(
             name: "CapstanTrainerTests",
             dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", "CapstanTrainer"],
             path: "Tests/CapstanTrainerTests",
+            swiftSettings: swiftSettings
+        ),
+        // The state store conformance suite (SQLite and PostgreSQL) and database leases, on a
+        // real PostgreSQL (scripts/test-servers.sh starts one: CAPSTAN_TEST_POSTGRES_URL).
+        .testTarget(
+            name: "CapstanPostgresTests",
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanPostgres", .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")],
+            path: "Tests/CapstanPostgresTests",
             swiftSettings: swiftSettings
         ),
         // Loads real plugin .so files and runs the built CLI. Never depends on a plugin target.

@@ -15,6 +15,7 @@ struct ModuleGraphTests {
         ("CapstanTesting", "Sources/Testing", ["CapstanCore", "CapstanPluginKit", "CapstanStorage", "Foundation", "Logging", "Glibc", "Darwin"]),
         ("CapstanRuntime", "Sources/Runtime", ["CapstanCore", "CapstanPluginABI", "Foundation", "Logging", "Yams", "Glibc", "Darwin"]),
         ("CapstanSQLite", "Sources/SQLite", ["CapstanCore", "CapstanRuntime", "GRDB", "Foundation", "Glibc", "Darwin"]),
+        ("CapstanPostgres", "Sources/Postgres", ["CapstanCore", "PostgresNIO", "Logging", "Foundation"]),
         ("CapstanPluginSim", "plugins/sim", ["CapstanPluginABI", "CapstanPluginKit", "CapstanTesting"]),
         ("CapstanPluginAWS", "plugins/aws", ["CapstanPluginABI", "CapstanPluginKit", "CapstanAWS"]),
     ]
