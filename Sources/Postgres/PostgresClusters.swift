@@ -116,7 +116,7 @@ extension PostgresStateStore {
                     var c = Cells(row)
                     return (try c.json(Instance.self), try c.next(Date?.self))
                 }.first
-                if let (old, terminatedAt) = existing {
+                if case let (old, terminatedAt)? = existing {
                     var merged = instance
                     for (k, v) in old.tags where CapstanTags.isCapstan(k) { merged.tags[k] = v }
                     let json = try JSONColumn.encode(merged)
@@ -129,7 +129,7 @@ extension PostgresStateStore {
                 }
                 let r = InstanceRecord(instance: instance, clusterID: clusterID, intentKey: intentKey)
                 let json = try JSONColumn.encode(instance)
-                let inserted = try await Self.rows(try await conn.query("""
+                let inserted: [Void] = try await Self.rows(try await conn.query("""
                     INSERT INTO instance (provider, id, cluster_id, intent_key, state, price_per_hour, launched_at, terminated_at, instance)
                     VALUES (\(r.provider), \(r.id), \(r.clusterID), \(r.intentKey), \(r.state.rawValue), \(r.pricePerHour), \(r.launchedAt), \(r.terminatedAt), \(json)::jsonb)
                     ON CONFLICT (provider, id) DO NOTHING RETURNING 1

@@ -1,6 +1,6 @@
 public import CapstanCore
-public import Foundation
-public import Logging
+import Foundation
+import Logging
 import PostgresNIO
 
 /// Locks across machines: leases in the state database, with fencing tokens (``LockService``).

@@ -51,9 +51,12 @@ public final class PostgresStateStore: StateStore {
     /// database and user, PostgreSQL's reason and what to do: `.config` for a malformed URL or
     /// a missing database, `.auth` for refused credentials, `.io` when the server cannot be
     /// reached.
-    public static func connect(url: String, logger: Logger = Logger(label: "capstan.postgres")) async throws -> PostgresStateStore {
+    public static func connect(url: String, logger: Logger = PostgresStateStore.silent) async throws -> PostgresStateStore {
         try await connect(url: url, logger: logger, environment: ProcessInfo.processInfo.environment)
     }
+
+    /// The default logger: none (a library never bootstraps logging; pass yours).
+    public static let silent = Logger(label: "capstan.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
 
     /// ``connect(url:logger:)`` with the environment given (tests) and the operation timeout.
     package static func connect(url: String, logger: Logger, environment: [String: String], operationTimeout: Duration = .seconds(30)) async throws -> PostgresStateStore {
@@ -109,7 +112,7 @@ public final class PostgresStateStore: StateStore {
             throw PostgresErrors.scrub(e, password)
         } catch let e as PostgresTransactionError {
             // withTransaction wraps what the closure threw: a CapstanError of ours stays one.
-            if let inner = e.closureError { try mapErrors(writing) { throw inner } }
+            if let inner = e.closureError { throw error(from: inner, writing: writing) }
             throw error(from: e.commitError ?? e.beginError ?? e.rollbackError ?? e, writing: writing)
         } catch {
             throw self.error(from: error, writing: writing)
@@ -118,7 +121,7 @@ public final class PostgresStateStore: StateStore {
 
     func error(from error: any Error, writing: Bool) -> CapstanError {
         if let e = error as? CapstanError { return PostgresErrors.scrub(e, password) }
-        if let (state, message) = PostgresErrors.server(error), state == "23505" {
+        if case let (state, message)? = PostgresErrors.server(error), state == "23505" {
             return PostgresErrors.scrub(CapstanError(.invalidRequest, "State conflict: \(message)."), password)
         }
         let why = PostgresErrors.why(error)

@@ -52,15 +52,21 @@ struct PostgresURL: Sendable {
         s.addingPercentEncoding(withAllowedCharacters: .urlUserAllowed.subtracting(CharacterSet(charactersIn: ":@/?#[]"))) ?? s
     }
 
-    /// `url` with any `user:password@` part's password replaced by `***` (for messages about a
-    /// URL that could not be parsed).
+    /// `url` with any `user:password@` part's password, and any `password=` parameter's value,
+    /// replaced by `***` (for messages about a URL that could not be used).
     static func redact(_ url: String) -> String {
-        guard let scheme = url.range(of: "://") else { return url }
-        let rest = url[scheme.upperBound...]
-        guard let at = rest.lastIndex(of: "@") else { return url }
-        let userInfo = rest[..<at]
-        guard let colon = userInfo.firstIndex(of: ":") else { return url }
-        return String(url[..<scheme.upperBound]) + userInfo[..<colon] + ":***" + rest[at...]
+        var out = url
+        if let scheme = out.range(of: "://") {
+            let rest = out[scheme.upperBound...]
+            let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
+            if let at = rest[..<authorityEnd].lastIndex(of: "@"), let colon = rest[..<at].firstIndex(of: ":") {
+                out = String(out[..<colon]) + ":***" + out[at...]
+            }
+        }
+        if let regex = try? NSRegularExpression(pattern: "([?&]password=)[^&#]*", options: [.caseInsensitive]) {
+            out = regex.stringByReplacingMatches(in: out, range: NSRange(out.startIndex..., in: out), withTemplate: "$1***")
+        }
+        return out
     }
 
     init(_ url: String, environment: [String: String]) throws {
@@ -172,7 +178,7 @@ enum PostgresErrors {
 
     /// Why, in words, without postgres-nio's generic description (which hides everything).
     static func why(_ error: any Error) -> String {
-        if let (_, message) = server(error) { return message }
+        if case let (_, message)? = server(error) { return message }
         if let e = error as? PSQLError {
             if let u = e.underlying { return "\(e.code): \(describe(u))" }
             return "\(e.code)"
@@ -196,7 +202,7 @@ enum PostgresErrors {
     static func connecting(_ error: any Error, _ url: PostgresURL) -> CapstanError {
         if let e = error as? CapstanError { return scrub(e, url.password) }
         let e: CapstanError
-        if let (state, message) = server(error) {
+        if case let (state, message)? = server(error) {
             switch state {
             case "28P01", "28000":
                 e = CapstanError(

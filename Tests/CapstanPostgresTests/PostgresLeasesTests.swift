@@ -1,6 +1,7 @@
 import CapstanCore
 @testable import CapstanPostgres
 import Foundation
+import PostgresNIO
 import Testing
 
 /// Leases across machines (PostgresLeases): each "replica" is its own PostgresLeases (its own
@@ -26,8 +27,8 @@ struct PostgresLeasesTests {
             #expect(!held.isValid)
             await #expect(b.isHeld("x") == false)
             await #expect(cluster.isHeld("x"))
-            other.release()
-            y.release()
+            await (other as! PostgresLease).releaseAndWait()
+            await (y as! PostgresLease).releaseAndWait()
         }
     }
 

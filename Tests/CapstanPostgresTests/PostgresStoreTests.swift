@@ -85,11 +85,11 @@ struct PostgresStoreTests {
     func operationTimeout() async throws {
         let url = try await TestPostgres.freshDatabase("slow")
         defer { Task { await TestPostgres.dropDatabase(url) } }
-        let store = try await TestPostgres.connect(url, operationTimeout: .seconds(1))
+        let store = try await TestPostgres.connect(url, operationTimeout: .seconds(2))
         let e = await #expect(throws: CapstanError.self) { try await store.execute("SELECT pg_sleep(30)") }
         #expect(e?.code == .timeout)
-        // The store still works after.
-        await #expect(try store.ownerID().isEmpty == false)
+        // The store still works after (on another connection of the pool).
+        #expect(try await eventually { (try? await store.ownerID()) != nil })
         await store.close()
     }
 }
@@ -107,14 +107,15 @@ struct PostgresBadInputTests {
         ("postgres://u:\(secret)@127.0.0.1/db?sslmode=sometimes", "sslmode"),
         ("postgres://u:\(secret)@127.0.0.1/db?sslmod=disable", "unknown parameter"),
         ("postgres://u@127.0.0.1/db?password=\(secret)", "query string"),
-        ("not a url at all \(secret)", ""),
+        ("not a url at all", "scheme"),
+        ("postgres://u:p@ss:\(secret)@127.0.0.1:5432:1/db", ""),
     ])
     func malformed(url: String, says: String) async throws {
         let e = await #expect(throws: CapstanError.self) { try await PostgresStateStore.connect(url: url, logger: Logger(label: "t"), environment: [:]) }
         #expect(e?.code == .config)
         let text = "\(e.map { "\($0)" } ?? "") \(e?.hint ?? "")"
-        #expect(!text.contains("Sup3rSecret") || url.hasPrefix("not a url"), "\(text)")
-        #expect(text.lowercased().contains(says.lowercased()), "\(text)")
+        #expect(!text.contains("Sup3rSecret"), "\(text)")
+        #expect(says.isEmpty || text.lowercased().contains(says.lowercased()), "\(text)")
     }
 
     @Test("a wrong password: .auth, naming user, database and host, PostgreSQL's reason, and never the password (nor in the logs)")
@@ -127,7 +128,8 @@ struct PostgresBadInputTests {
         #expect(e?.code == .auth)
         let text = "\(e.map { "\($0)" } ?? "") \(e?.hint ?? "")"
         #expect(text.contains("password authentication failed"), "\(text)")
-        #expect(text.contains("'capstan'") && text.contains("127.0.0.1:\(try TestPostgres.port)"), "\(text)")
+        let port = try TestPostgres.port
+        #expect(text.contains("'capstan'") && text.contains("127.0.0.1:\(port)"), "\(text)")
         #expect(!text.contains(Self.secret))
         #expect(!logs.all.joined(separator: "\n").contains(Self.secret))
 
@@ -136,7 +138,8 @@ struct PostgresBadInputTests {
         c.password = Self.secret
         let e2 = await #expect(throws: CapstanError.self) { try await PostgresStateStore.connect(url: try #require(c.string), logger: logs.logger, environment: [:]) }
         #expect(e2?.code == .auth)
-        #expect(!"\(e2.map { "\($0)" } ?? "") \(e2?.hint ?? "")".contains(Self.secret))
+        let text2 = "\(e2.map { "\($0)" } ?? "") \(e2?.hint ?? "")"
+        #expect(!text2.contains(Self.secret))
         #expect(!logs.all.joined(separator: "\n").contains(Self.secret))
     }
 

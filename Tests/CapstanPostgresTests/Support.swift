@@ -55,7 +55,7 @@ enum TestPostgres {
         _ = try? await admin { try await $0.query(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: Logger(label: "capstan.test.admin")) }
     }
 
-    static func connect(_ url: String, logger: Logger = Logger(label: "capstan.test.postgres"), operationTimeout: Duration = .seconds(30)) async throws -> PostgresStateStore {
+    static func connect(_ url: String, logger: Logger = PostgresStateStore.silent, operationTimeout: Duration = .seconds(30)) async throws -> PostgresStateStore {
         try await PostgresStateStore.connect(url: url, logger: logger, environment: try environment, operationTimeout: operationTimeout)
     }
 
