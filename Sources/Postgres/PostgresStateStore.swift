@@ -17,7 +17,7 @@ import PostgresNIO
 /// The store owns a pooled `PostgresClient` and runs it; ``close()`` stops it. Every
 /// operation gives up after ``operationTimeout`` (a database that stopped answering fails its
 /// callers with `.timeout` instead of hanging them).
-public final class PostgresStateStore: StateStore {
+public final class PostgresStateStore: StateStore, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
     /// The database URL without its password.
     public let location: String
     /// How long one operation (a query, a transaction) may take, waiting for a connection included.
@@ -37,6 +37,11 @@ public final class PostgresStateStore: StateStore {
     }
 
     deinit { runner.cancel() }
+
+    // What prints the store shows its location only (never the password it holds).
+    public var description: String { "PostgresStateStore(\(location))" }
+    public var debugDescription: String { description }
+    public var customMirror: Mirror { Mirror(self, children: ["location": location], displayStyle: .class) }
 
     /// Connects to the database at `url` and brings its schema up to date.
     ///

@@ -59,6 +59,11 @@ struct PostgresStoreTests {
         let withPassword = try #require(c.string)
         let store = try await PostgresStateStore.connect(url: withPassword, logger: Logger(label: "t"), environment: [:])
         #expect(!store.location.contains(password))
+        var dumped = ""
+        dump(store, to: &dumped)
+        for shown in ["\(store)", String(reflecting: store), dumped] {
+            #expect(!shown.contains(password) && shown.contains(store.location), "\(shown)")
+        }
         #expect(store.location.contains("capstan_loc_") && store.location.contains("127.0.0.1") && store.location.contains("sslmode=disable"))
         await store.close()
         let fromEnv = try await TestPostgres.connect(url)
@@ -141,6 +146,14 @@ struct PostgresBadInputTests {
         let text2 = "\(e2.map { "\($0)" } ?? "") \(e2?.hint ?? "")"
         #expect(!text2.contains(Self.secret))
         #expect(!logs.all.joined(separator: "\n").contains(Self.secret))
+    }
+
+    @Test("sslmode=require against a server without TLS: .config, saying so")
+    func tlsRequired() async throws {
+        var c = try TestPostgres.components
+        c.query = "sslmode=require"
+        let e = await #expect(throws: CapstanError.self) { try await TestPostgres.connect(try #require(c.string)) }
+        #expect(e?.code == .config && e?.message.contains("TLS") == true, "\(e.map { "\($0)" } ?? "")")
     }
 
     @Test("no password at all: .auth, saying where to put one")
