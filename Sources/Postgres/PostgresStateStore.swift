@@ -100,11 +100,12 @@ public final class PostgresStateStore: StateStore, CustomStringConvertible, Cust
         return try await mapErrors(writing) { try await Deadline.run(self.operationTimeout) { try await body(client) } }
     }
 
-    /// Runs `body` in one transaction (BEGIN … COMMIT, rolled back when it throws).
-    func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    /// Runs `body` in one transaction (BEGIN … COMMIT, rolled back when it throws), within
+    /// `timeout` (default ``operationTimeout``).
+    func transaction<T: Sendable>(timeout: Duration? = nil, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let client = self.client, logger = self.logger
         return try await mapErrors(true) {
-            try await Deadline.run(self.operationTimeout) {
+            try await Deadline.run(timeout ?? self.operationTimeout) {
                 try await client.withTransaction(logger: logger) { conn in try await body(conn) }
             }
         }
@@ -162,13 +163,16 @@ public final class PostgresStateStore: StateStore, CustomStringConvertible, Cust
 
     /// The advisory lock every replica takes while it migrates (ASCII "capstan").
     static let migrationLock: Int64 = 0x63_61_70_73_74_61_6E
+    /// How long migrating (waiting for another replica's migration included) may take.
+    static let migrationTimeout: Duration = .seconds(300)
 
     /// Creates the tables, or brings them up to date: each migration once, in order, in one
     /// transaction that holds `pg_advisory_xact_lock` (replicas starting together wait for the
     /// first, then find nothing to do).
     func migrate() async throws {
         let logger = self.logger, location = self.location
-        try await transaction { conn in
+        // Longer than one operation: another replica may hold the lock while it migrates.
+        try await transaction(timeout: max(operationTimeout, Self.migrationTimeout)) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
             try await conn.query("CREATE TABLE IF NOT EXISTS schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())", logger: logger)
             let migrations = PostgresSchema.migrations

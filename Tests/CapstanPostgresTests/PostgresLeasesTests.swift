@@ -78,10 +78,11 @@ struct PostgresLeasesTests {
     @Test("a holder that stops renewing loses isValid; another takes over after the TTL with a larger fence; the stale release leaves the new lease alone")
     func expiryTakeover() async throws {
         try await TestPostgres.withStore { store in
-            let ttl = Duration.seconds(1)
-            let a = PostgresLeases(store: store, namespace: "job", holder: "a", ttl: ttl)
+            // The paused holder's lease is short (expiry comes quickly); the new holder's is long
+            // (it stays valid through the checks below however loaded the machine).
+            let a = PostgresLeases(store: store, namespace: "job", holder: "a", ttl: .seconds(1))
             let replica = try await TestPostgres.connect(store.locationForTests)
-            let b = PostgresLeases(store: replica, namespace: "job", holder: "b", ttl: ttl)
+            let b = PostgresLeases(store: replica, namespace: "job", holder: "b", ttl: .seconds(60))
             let old = try #require(try await a.acquireLease("t"))
             old.suspendRenewals()  // paused, partitioned: its renewals stop
             #expect(try await eventually { !old.isValid })
@@ -122,11 +123,12 @@ struct PostgresLeasesTests {
     @Test("renewals keep a lease past several TTLs: still valid, still exclusive")
     func renewalsKeepIt() async throws {
         try await TestPostgres.withStore { store in
-            let ttl = Duration.seconds(3)
+            // Renewed every 2 s; lost only if none got through for 6 s (a very stalled machine).
+            let ttl = Duration.seconds(6)
             let a = PostgresLeases(store: store, namespace: "job", holder: "a", ttl: ttl)
             let b = PostgresLeases(store: store, namespace: "job", holder: "b", ttl: ttl)
             let held = try #require(try await a.acquireLease("r"))
-            try await Task.sleep(for: .seconds(7))
+            try await Task.sleep(for: .seconds(14))
             #expect(held.isValid)
             await #expect(try b.acquire("r") == nil)
             await held.releaseAndWait()

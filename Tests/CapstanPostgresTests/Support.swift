@@ -44,7 +44,7 @@ enum TestPostgres {
     /// A new, empty database; returns its URL (no password in it).
     static func freshDatabase(_ label: String = "t") async throws -> String {
         let name = "capstan_\(label)_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(16))"
-        try await admin { try await $0.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: Logger(label: "capstan.test.admin")) }
+        _ = try await admin { try await $0.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: Logger(label: "capstan.test.admin")) }
         var c = try components
         c.path = "/" + name
         return try #require(c.string)
@@ -124,8 +124,8 @@ final class CapturedLogs: @unchecked Sendable {
             get { metadata[key] }
             set { metadata[key] = newValue }
         }
-        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
-            sink.append("\(level) \(message) \(self.metadata.merging(metadata ?? [:]) { $1 })")
+        func log(event: LogEvent) {
+            sink.append("\(event.level) \(event.message) \(metadata.merging(event.metadata ?? [:]) { $1 }) \(event.error.map { "\($0) \(String(reflecting: $0))" } ?? "")")
         }
     }
 }
