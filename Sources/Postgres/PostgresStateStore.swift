@@ -66,7 +66,7 @@ public final class PostgresStateStore: StateStore, CustomStringConvertible, Cust
     /// ``connect(url:logger:)`` with the environment given (tests) and the operation timeout.
     package static func connect(url: String, logger: Logger, environment: [String: String], operationTimeout: Duration = .seconds(30)) async throws -> PostgresStateStore {
         let parsed = try PostgresURL(url, environment: environment)
-        let configuration = parsed.clientConfiguration()
+        let configuration = parsed.clientConfiguration(statementTimeout: operationTimeout)
         // One connection of our own first: the pool retries a refused connection forever (a
         // lease waits), which would hang `connect` on a wrong password or a closed port.
         do {
@@ -127,8 +127,15 @@ public final class PostgresStateStore: StateStore, CustomStringConvertible, Cust
 
     func error(from error: any Error, writing: Bool) -> CapstanError {
         if let e = error as? CapstanError { return PostgresErrors.scrub(e, password) }
-        if case let (state, message)? = PostgresErrors.server(error), state == "23505" {
-            return PostgresErrors.scrub(CapstanError(.invalidRequest, "State conflict: \(message)."), password)
+        if case let (state, message)? = PostgresErrors.server(error) {
+            switch state {
+            case "23505":
+                return PostgresErrors.scrub(CapstanError(.invalidRequest, "State conflict: \(message)."), password)
+            case "57014", "25P03":  // statement_timeout, idle_in_transaction_session_timeout
+                return PostgresErrors.scrub(CapstanError(.timeout, "The state database \(location) ended a statement that ran past \(Int(operationTimeout.seconds)) s: \(message).", hint: "Check that PostgreSQL is not overloaded (locks held, slow disk)."), password)
+            default:
+                break
+            }
         }
         let why = PostgresErrors.why(error)
         return PostgresErrors.scrub(
@@ -173,6 +180,7 @@ public final class PostgresStateStore: StateStore, CustomStringConvertible, Cust
         let logger = self.logger, location = self.location
         // Longer than one operation: another replica may hold the lock while it migrates.
         try await transaction(timeout: max(operationTimeout, Self.migrationTimeout)) { conn in
+            try await conn.query("SET LOCAL statement_timeout = \(unescaped: String(Int(Self.migrationTimeout.seconds * 1000)))", logger: logger)
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
             try await conn.query("CREATE TABLE IF NOT EXISTS schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())", logger: logger)
             let migrations = PostgresSchema.migrations

@@ -142,12 +142,18 @@ struct PostgresURL: Sendable {
         return (t, true)
     }
 
-    /// The pool's configuration.
-    func clientConfiguration() -> PostgresClient.Configuration {
+    /// The pool's configuration. `statementTimeout`: the server ends a statement that runs
+    /// longer (and a transaction left idle twice as long), so work a client gave up on does
+    /// not linger holding locks.
+    func clientConfiguration(statementTimeout: Duration? = nil) -> PostgresClient.Configuration {
         let mode: PostgresClient.Configuration.TLS = tls.map { $0.required ? .require($0.configuration) : .prefer($0.configuration) } ?? .disable
         var config = PostgresClient.Configuration(host: host, port: port, username: user, password: password, database: database, tls: mode)
         config.options.connectTimeout = connectTimeout
         config.options.additionalStartupParameters = [("application_name", applicationName)]
+        if let statementTimeout {
+            let ms = Int(statementTimeout.seconds * 1000)
+            config.options.additionalStartupParameters += [("statement_timeout", "\(ms)"), ("idle_in_transaction_session_timeout", "\(2 * ms)")]
+        }
         return config
     }
 
