@@ -73,6 +73,30 @@ struct StoreConformanceTests {
         }
     }
 
+    @Test("clusters: of 10 concurrent inserts of one live name exactly one lands; the others are invalidRequest", arguments: StoreKind.allCases)
+    func concurrentClusterNames(kind: StoreKind) async throws {
+        try await kind.withStore { store in
+            let codes = try await withThrowingTaskGroup(of: CapstanError.Code?.self) { g in
+                for n in 0..<10 {
+                    g.addTask {
+                        do {
+                            try await store.insert(Self.cluster("race", id: "r\(n)", status: .provisioning, at: Double(n)))
+                            return nil
+                        } catch let e as CapstanError {
+                            return e.code
+                        }
+                    }
+                }
+                var out: [CapstanError.Code?] = []
+                for try await c in g { out.append(c) }
+                return out
+            }
+            #expect(codes.filter { $0 == nil }.count == 1)
+            #expect(codes.compactMap { $0 }.allSatisfy { $0 == .invalidRequest })
+            await #expect(try store.clusters().count == 1)
+        }
+    }
+
     @Test("launch intents: insert, status and error (kept when not given), filters, oldest first", arguments: StoreKind.allCases)
     func intents(kind: StoreKind) async throws {
         try await kind.withStore { store in
