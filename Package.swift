@@ -231,7 +231,7 @@ let package = Package(
         // real PostgreSQL (scripts/test-servers.sh starts one: CAPSTAN_TEST_POSTGRES_URL).
         .testTarget(
             name: "CapstanPostgresTests",
-            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanPostgres", .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanSQLite", "CapstanPostgres", .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")],
             path: "Tests/CapstanPostgresTests",
             swiftSettings: swiftSettings
         ),
