@@ -208,7 +208,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "CapstanBench",
-            dependencies: ["CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanPostgres", "CapstanProviders", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", .product(name: "Logging", package: "swift-log")],
             path: "Benchmarks/CapstanBench",
             swiftSettings: swiftSettings
         ),
