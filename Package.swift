@@ -19,6 +19,8 @@ let package = Package(
         .library(name: "CapstanRuntime", targets: ["CapstanRuntime"]),
         // The embedded state store (SQLite) behind CapstanCore's repository protocols.
         .library(name: "CapstanSQLite", targets: ["CapstanSQLite"]),
+        // The shared state store (PostgreSQL) and database leases, for `capstan serve` and replicas.
+        .library(name: "CapstanPostgres", targets: ["CapstanPostgres"]),
         .library(name: "CapstanProviders", targets: ["CapstanProviders"]),
         .library(name: "CapstanAWS", targets: ["CapstanAWS"]),
         .library(name: "CapstanStorage", targets: ["CapstanStorage"]),
@@ -50,6 +52,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         .target(
@@ -82,6 +85,17 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Sources/SQLite",
+            swiftSettings: swiftSettings
+        ),
+        // PostgreSQL: the same repository protocols on a shared database, and leases (LockService).
+        .target(
+            name: "CapstanPostgres",
+            dependencies: [
+                "CapstanCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            path: "Sources/Postgres",
             swiftSettings: swiftSettings
         ),
         .target(
@@ -183,7 +197,7 @@ let package = Package(
         .executableTarget(
             name: "capstan",
             dependencies: [
-                "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanStorage", "CapstanTrainer", "CapstanPluginABI", "CapstanAPI", "CapstanServer",
+                "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanStorage", "CapstanTrainer", "CapstanPluginABI", "CapstanAPI", "CapstanServer", "CapstanPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -194,7 +208,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "CapstanBench",
-            dependencies: ["CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanPostgres", "CapstanProviders", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", .product(name: "Logging", package: "swift-log")],
             path: "Benchmarks/CapstanBench",
             swiftSettings: swiftSettings
         ),
@@ -250,10 +264,18 @@ let package = Package(
             path: "Tests/CapstanTrainerTests",
             swiftSettings: swiftSettings
         ),
+        // The state store conformance suite (SQLite and PostgreSQL) and database leases, on a
+        // real PostgreSQL (scripts/test-servers.sh starts one: CAPSTAN_TEST_POSTGRES_URL).
+        .testTarget(
+            name: "CapstanPostgresTests",
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanSQLite", "CapstanPostgres", .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")],
+            path: "Tests/CapstanPostgresTests",
+            swiftSettings: swiftSettings
+        ),
         // Loads real plugin .so files and runs the built CLI. Never depends on a plugin target.
         .testTarget(
             name: "CapstanIntegrationTests",
-            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", "CapstanPostgres", .product(name: "Logging", package: "swift-log")],
             path: "Tests/CapstanIntegrationTests",
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings

@@ -2,6 +2,7 @@
 // 100,000 events and 1,000 running clusters, served by the release `capstan serve`; each figure
 // through the server next to the same query in-process on the same store (the baseline).
 import CapstanCore
+import CapstanPostgres
 import CapstanRuntime
 import CapstanSQLite
 import Foundation
@@ -140,12 +141,21 @@ func capstanBinary() -> String {
     Bundle.main.executableURL!.resolvingSymlinksInPath().deletingLastPathComponent().path + "/capstan"
 }
 
+/// The control plane at scale on the SQLite store, and on PostgreSQL when
+/// `CAPSTAN_BENCH_POSTGRES_URL` names an empty database (password in `CAPSTAN_POSTGRES_PASSWORD`).
 func serverBench() async throws {
+    try await serverBench(postgres: nil)
+    if let url = ProcessInfo.processInfo.environment["CAPSTAN_BENCH_POSTGRES_URL"], !url.isEmpty {
+        try await serverBench(postgres: url)
+    }
+}
+
+func serverBench(postgres url: String?) async throws {
     let home = try scratchFolder("server-bench")
     defer { try? FileManager.default.removeItem(atPath: home) }
-    try "providers:\n  local:\n    slots: 4\n".write(toFile: home + "/config.yaml", atomically: true, encoding: .utf8)
-    print("Control plane at scale (SQLite store): 10,000 jobs, 100,000 events, 1,000 running clusters")
-    let store = try SQLiteStateStore.open(home: CapstanHome(root: home))
+    try ("providers:\n  local:\n    slots: 4\n" + (url.map { "state: \($0)\n" } ?? "")).write(toFile: home + "/config.yaml", atomically: true, encoding: .utf8)
+    print("\nControl plane at scale (\(url == nil ? "SQLite" : "PostgreSQL") store): 10,000 jobs, 100,000 events, 1,000 running clusters")
+    let store: any StateStore = if let url { try await PostgresStateStore.connect(url: url) } else { try SQLiteStateStore.open(home: CapstanHome(root: home)) }
     try await seedScale(store, jobs: 10_000, eventsPerJob: 10, clusters: 1_000)
     let server = try await BenchServer.start(home: home, binary: capstanBinary())
     defer { server.stop() }

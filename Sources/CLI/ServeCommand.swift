@@ -45,8 +45,12 @@ struct ServeRunCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let registry = try global.loadRegistry()
-            let provisioner = try global.provisioner(registry)
-            let jobs = global.jobService(registry, provisioner: provisioner)
+            let state = try await global.openState(registry)
+            let provisioner = global.provisioner(registry, state: state)
+            let embedded = global.jobService(registry, provisioner: provisioner)
+            var context = embedded.context
+            context.jobLocks = state.jobLocks
+            let jobs = JobService(context: context, agentExecutable: embedded.agentExecutable, defaultStorage: embedded.defaultStorage)
             var options = ControlPlaneOptions()
             options.host = host
             options.port = port
@@ -63,7 +67,7 @@ struct ServeRunCommand: AsyncParsableCommand {
                 jobs: jobs, options: options,
                 offerSearch: { refresh in global.offerSearch(registry, store: provisioner.store, refresh: refresh) },
                 problems: registry.problems.map { .init(provider: $0.provider, error: $0.error) },
-                storeKind: "sqlite", logger: logger)
+                storeKind: state.kind, logger: logger)
             if try await provisioner.store.tokens().allSatisfy(\.isRevoked) {
                 printError("warning: no live API token: every request will be refused. Create one with `capstan serve token create NAME`.")
             }
@@ -85,7 +89,7 @@ struct TokenCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingErrors {
                 let registry = try global.loadRegistry()
-                let created = try await Tokens(store: try global.provisioner(registry).store).create(name: name)
+                let created = try await Tokens(store: try await global.openState(registry).store).create(name: name)
                 if global.json {
                     struct Out: Encodable { var id: String; var name: String; var token: String }
                     try printJSON(Out(id: created.record.id, name: created.record.name, token: created.token))
@@ -104,7 +108,7 @@ struct TokenCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingErrors {
                 let registry = try global.loadRegistry()
-                let tokens = try await global.provisioner(registry).store.tokens()
+                let tokens = try await global.openState(registry).store.tokens()
                 if global.json {
                     struct Row: Encodable { var id: String; var name: String; var createdAt: Date; var lastUsedAt: Date?; var revokedAt: Date? }
                     try printJSON(tokens.map { Row(id: $0.id, name: $0.name, createdAt: $0.createdAt, lastUsedAt: $0.lastUsedAt, revokedAt: $0.revokedAt) })
@@ -129,7 +133,7 @@ struct TokenCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingErrors {
                 let registry = try global.loadRegistry()
-                guard let t = try await global.provisioner(registry).store.revokeToken(token, at: Date()) else {
+                guard let t = try await global.openState(registry).store.revokeToken(token, at: Date()) else {
                     throw CapstanError(.notFound, "No token '\(token)'.", hint: "See `capstan serve token list`.")
                 }
                 print("Token \(t.id) (\(t.name)) is revoked.")

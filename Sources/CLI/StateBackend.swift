@@ -31,3 +31,14 @@ extension GlobalOptions {
             jobLocks: ClusterLocks(folder: registry.home.stateFolder + "/locks/jobs"), kind: "sqlite")
     }
 }
+
+extension GlobalOptions {
+    /// A provisioner over the configured providers and `state`.
+    func provisioner(_ registry: ProviderRegistry, state: StateBackend, progress: (@Sendable (String) -> Void)? = nil) -> Provisioner {
+        var options = ProvisionOptions()
+        options.clusterKeys = ClusterKeys(folder: registry.home.path("ssh/clusters"))
+        return Provisioner(
+            providers: registry.compute, store: state.store, locks: state.clusterLocks,
+            options: options, faults: .fromEnvironment(), logger: logger, progress: progress)
+    }
+}

@@ -187,8 +187,11 @@ public final class SQLiteStateStore: StateStore {
 
     /// Writes on GRDB's writer queue: the caller suspends, the cooperative pool is not blocked.
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        do { return try await db.write(body) } catch let e as CapstanError { throw e } catch let e as DatabaseError where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
+        do { return try await db.write(body) } catch let e as CapstanError { throw e } catch let e as DatabaseError where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE || e.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
             throw CapstanError(.invalidRequest, "State conflict: \(e.message ?? "a unique value is already taken").")
+        } catch let e as RecordError {
+            // An update of a record that is not there (GRDB's recordNotFound): not a disk problem.
+            throw CapstanError(.notFound, "Nothing to update in the state database \(path): \(e).", hint: "It was never inserted, or was deleted.")
         } catch {
             throw CapstanError(.io, "Cannot write the state database \(path): \(error).")
         }

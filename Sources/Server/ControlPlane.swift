@@ -103,9 +103,13 @@ public struct ControlPlane: Sendable {
                 onListening(port)
             },
             logger: logger)
-        let group = ServiceGroup(configuration: .init(
-            services: [app, supervisor, keeper], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        var config = ServiceGroupConfiguration(services: [app, supervisor, keeper], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // A client following a job's logs would hold a graceful shutdown open for as long as
+        // the job runs: past this, the server cancels what is left (the streams end; the jobs
+        // are untouched).
+        config.maximumGracefulShutdownDuration = .seconds(10)
+        config.maximumCancellationDuration = .seconds(10)
+        try await ServiceGroup(configuration: config).run()
     }
 }
 
