@@ -107,6 +107,12 @@ final class TarProcess: Sendable {
         var readFD: Int32
         var reaped: ChildExit?
         var failure: CapstanError?
+        /// A read is in flight on `readFD`.
+        var reading = false
+        /// ``stop()`` was called: no more reads.
+        var stopping = false
+        /// One side (the end of the stream, or ``stop()``) reaps `tar`.
+        var reapClaimed = false
     }
     let pid: pid_t
     let folder: String
@@ -145,19 +151,42 @@ final class TarProcess: Sendable {
     }
 
     func read() async throws -> ByteBuffer? {
-        let fd = withState { $0.readFD }
-        guard fd >= 0 else { return nil }
-        let chunk: [UInt8] = try await onThread {
-            var buffer = [UInt8](repeating: 0, count: 1 << 20)
-            while true {
-                let n = buffer.withUnsafeMutableBytes { posixRead(fd, $0.baseAddress, $0.count) }
-                if n >= 0 { return Array(buffer.prefix(n)) }
-                if errno != EINTR { throw CapstanError(.io, "Cannot read tar's output: \(String(cString: strerror(errno))).") }
-            }
+        // The descriptor is closed only while no read is in flight on it (so a read never
+        // lands on a number reused by something else), and `tar` is reaped by one side only.
+        let fd: Int32? = withState { s in
+            guard s.readFD >= 0, !s.stopping else { return nil }
+            s.reading = true
+            return s.readFD
         }
+        guard let fd else { return nil }
+        let result: Result<[UInt8], any Error>
+        do {
+            result = .success(try await onThread {
+                var buffer = [UInt8](repeating: 0, count: 1 << 20)
+                while true {
+                    let n = buffer.withUnsafeMutableBytes { posixRead(fd, $0.baseAddress, $0.count) }
+                    if n >= 0 { return Array(buffer.prefix(n)) }
+                    if errno != EINTR { throw CapstanError(.io, "Cannot read tar's output: \(String(cString: strerror(errno))).") }
+                }
+            })
+        } catch {
+            result = .failure(error)
+        }
+        let stopping = withState { s in
+            s.reading = false
+            if s.stopping { closeRead(&s) }
+            return s.stopping
+        }
+        if stopping { return nil }
+        let chunk = try result.get()
         if !chunk.isEmpty { return ByteBuffer(bytes: chunk) }
         // End of the archive: tar's verdict decides whether the body ends or fails.
-        closeRead()
+        let mine = withState { s -> Bool in
+            closeRead(&s)
+            defer { s.reapClaimed = true }
+            return !s.reapClaimed
+        }
+        guard mine else { return nil }
         let status = await reap(pid)
         let failure = describe(status)
         withState {
@@ -168,11 +197,9 @@ final class TarProcess: Sendable {
         return nil
     }
 
-    private func closeRead() {
-        withState {
-            if $0.readFD >= 0 { close($0.readFD) }
-            $0.readFD = -1
-        }
+    private func closeRead(_ s: inout State) {
+        if s.readFD >= 0 { close(s.readFD) }
+        s.readFD = -1
     }
 
     private func describe(_ status: ChildExit) -> CapstanError? {
@@ -185,9 +212,13 @@ final class TarProcess: Sendable {
     /// Ends `tar` if it still runs (the server answered before reading it all), reaps it, and
     /// removes its error file.
     func stop() async {
-        closeRead()
-        let done = withState { $0.reaped != nil }
-        if !done {
+        let claimed = withState { s -> Bool in
+            s.stopping = true
+            if !s.reading { closeRead(&s) }
+            defer { s.reapClaimed = true }
+            return !s.reapClaimed
+        }
+        if claimed {
             kill(pid, SIGTERM)
             let status = await reap(pid)
             withState { $0.reaped = status }
