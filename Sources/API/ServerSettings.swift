@@ -1,4 +1,4 @@
-public import CapstanCore
+import CapstanCore
 public import Foundation
 
 /// Which control plane a client talks to, and how it authenticates: `--server` /
