@@ -624,7 +624,7 @@ public struct Provisioner: Sendable {
         for idle in IdlePolicy.idleClusters(clusters, jobs: jobs, now: now) {
             guard let lock = try? await locks.acquire(idle.cluster) else { continue }
             defer { lock.release() }
-            guard let found = try? await store.cluster(named: idle.cluster), var cluster = Optional(found), let jobsNow = await jobsForIdlePolicy(),
+            guard var cluster = try? await store.cluster(named: idle.cluster), let jobsNow = await jobsForIdlePolicy(),
                 let still = IdlePolicy.idle(cluster, jobs: jobsNow, now: now)
             else { continue }
             let minutes = Int(still.idleFor / 60)

@@ -358,14 +358,14 @@ struct JobLifecycle: Sendable {
                 phase = .stopping(.cancel, Attempt(number: attempt, nodes: []), nil)
                 return [.stopGang(StopGang(reason: .cancel, attempt: attempt, waitAtMost: config.stopWait))]
             }
-            if let at, let max = config.maxDuration, let start = budgetStart, at - start >= max {
+            if let at, let limit = config.maxDuration, let start = budgetStart, at - start >= limit {
                 // Out of time (found at the top of the loop: after a pass, a restart, or by a
                 // controller that adopted the job late): stopped the graceful way, like a cancel.
                 let ran = at - start
                 expiredAfter = ran
                 phase = .stopping(.maxDuration, Attempt(number: attempt, nodes: []), nil)
                 return [
-                    .setStatus(status, "maxDuration \(JobSpec.describe(max)) reached after \(JobSpec.describe(ran)); stopping the gang (SIGTERM: the command may write a final checkpoint)."),
+                    .setStatus(status, "maxDuration \(JobSpec.describe(limit)) reached after \(JobSpec.describe(ran)); stopping the gang (SIGTERM: the command may write a final checkpoint)."),
                     .stopGang(StopGang(reason: .maxDuration, attempt: attempt, waitAtMost: config.stopWait)),
                 ]
             }
@@ -513,10 +513,10 @@ struct JobLifecycle: Sendable {
 
         // Out of time.
         case (.expiring, .latestCheckpoint(let step)):
-            let max = config.maxDuration.map(JobSpec.describe) ?? "?"
+            let limit = config.maxDuration.map(JobSpec.describe) ?? "?"
             let ran = expiredAfter.map(JobSpec.describe) ?? "?"
             let kept = step.map { "the last checkpoint is step \($0), kept in the bucket" } ?? "no checkpoint was written"
-            let message = "maxDuration \(max) reached: the job ran \(ran) since its first start (restarts included) and was stopped; \(kept)."
+            let message = "maxDuration \(limit) reached: the job ran \(ran) since its first start (restarts included) and was stopped; \(kept)."
             return finish(.failed, message, error: message)
 
         default:
@@ -647,7 +647,7 @@ struct JobLifecycle: Sendable {
                 return fail(AttemptFailure(kind: .hungAtExit, node: hung, message: "node \(hung) had not exited \(Int(config.settings.exitGraceSeconds)) s after the others finished"), w.attempt)
             }
         }
-        if let max = config.maxDuration, let start = budgetStart, now - start >= max {
+        if let limit = config.maxDuration, let start = budgetStart, now - start >= limit {
             // Out of time: back to the top of the loop, which stops the gang like a cancel.
             phase = .idle
             return [.loadJob]

@@ -250,10 +250,12 @@ public struct JobSpec: Sendable, Hashable {
     /// The forms `resources.maxDuration` takes.
     static let durationForms = "a positive number and a unit: s, m, h or d (45s, 90m, 36h, 2d)"
 
+    static let durationUnits: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+
     /// `"90m"` → 90 minutes; nil when `text` is not a positive number followed by s, m, h or d.
     public static func parseDuration(_ text: String) -> Duration? {
         let t = text.trimmingCharacters(in: .whitespaces)
-        guard let unit = t.last, let scale: Double = ["s": 1, "m": 60, "h": 3600, "d": 86400][unit],
+        guard let unit = t.last, let scale = durationUnits[unit],
             let n = Double(t.dropLast().trimmingCharacters(in: .whitespaces)), n.isFinite, n > 0, t.dropLast().allSatisfy({ $0.isNumber || $0 == "." || $0 == " " })
         else { return nil }
         return .milliseconds(Int64((n * scale * 1000).rounded()))
@@ -305,7 +307,7 @@ public struct JobSpec: Sendable, Hashable {
                 spec.maxDuration = d
             case "deadManMinutes":
                 guard v.bool == nil, let d = v.float ?? v.int.map(Double.init), d.isFinite, d > 0 else {
-                    throw r.bad("'resources.deadManMinutes' must be a positive number of minutes (fractions allowed, e.g. 15 or 0.5), got '\(v.scalar?.string ?? "a \(v.mapping != nil ? "mapping" : "list")")'", v.mark?.line)
+                    throw r.bad("'resources.deadManMinutes' must be a positive number of minutes (fractions allowed, e.g. 15 or 0.5), got '\(v.scalar?.string ?? (v.mapping != nil ? "a mapping" : "a list"))'", v.mark?.line)
                 }
                 spec.deadManMinutes = d
             case let other:
