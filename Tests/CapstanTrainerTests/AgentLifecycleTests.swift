@@ -479,8 +479,8 @@ struct AgentLifecycleTests {
         // 600 s: the switch goes off once.
         var a = w.send(.heartbeatTick, after: 1)
         #expect(Self.signals(a) == [[200, Lifecycle.sigterm]] && a.contains(.scheduleDeadline(at: .seconds(615))))
-        #expect(w.status.deadMan == "no controller for 600 s (deadManMinutes 10)" && w.status.stopRequested)
-        #expect(Self.logs(a).contains("dead-man switch: no controller for 600 s (deadManMinutes 10); stopping the command (SIGTERM: it may write a final checkpoint), uploading what is complete, then shutting the node down"))
+        #expect(w.status.deadMan == "no controller for 10 min (deadManMinutes 10)" && w.status.stopRequested)
+        #expect(Self.logs(a).contains("dead-man switch: no controller for 10 min (deadManMinutes 10); stopping the command (SIGTERM: it may write a final checkpoint), uploading what is complete, then shutting the node down"))
         #expect(Self.writes(a).last?.deadMan != nil)
         #expect(Self.signals(w.send(.heartbeatTick, after: 1)).isEmpty, "only once")
         // A controller heard now changes nothing: the stop is under way.
@@ -493,9 +493,9 @@ struct AgentLifecycleTests {
         a = w.send(.finalUploadsDone, after: 2)
         // The final status, then the shutdown, then the exit.
         let final = Self.exitStatus(a)
-        #expect(final?.deadMan == "no controller for 600 s (deadManMinutes 10)" && final?.exit == .signaled(15) && final?.endedIn == "run")
+        #expect(final?.deadMan == "no controller for 10 min (deadManMinutes 10)" && final?.exit == .signaled(15) && final?.endedIn == "run")
         #expect(Self.steps(a) == [.shutDownNode("sudo -n /sbin/shutdown -h now"), .exit(final!)])
-        #expect(Self.logs(a).first?.hasSuffix("; stopped by the dead-man switch: no controller for 600 s (deadManMinutes 10)") == true)
+        #expect(Self.logs(a).first?.hasSuffix("; stopped by the dead-man switch: no controller for 10 min (deadManMinutes 10)") == true)
         guard let write = a.firstIndex(where: { if case .writeStatus = $0 { true } else { false } }), let down = a.firstIndex(of: .shutDownNode("sudo -n /sbin/shutdown -h now")) else {
             Issue.record("no final write or shutdown: \(a)")
             return
