@@ -607,8 +607,6 @@ public struct Provisioner: Sendable {
 
     // MARK: - Down
 
-    /// Terminates every instance of cluster `name` and marks it terminated. Idempotent; a
-    /// cluster whose earlier `down` died is finished.
     /// Autostop: takes down every running cluster idle past its ``Cluster/idleMinutes`` at
     /// `now` (``IdlePolicy``), through the same path as ``down(name:)``: the cluster's lock, the
     /// terminating mark, every instance retired, an `autostop` event on the cluster saying how
@@ -649,6 +647,8 @@ public struct Provisioner: Sendable {
         return (unfinished + recent).filter { seen.insert($0.id).inserted }
     }
 
+    /// Terminates every instance of cluster `name` and marks it terminated. Idempotent; a
+    /// cluster whose earlier `down` died is finished.
     public func down(name: String) async throws -> Cluster {
         var found = try await store.cluster(named: name)
         if found == nil {
