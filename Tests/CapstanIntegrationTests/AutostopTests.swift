@@ -210,10 +210,12 @@ struct AutostopTests {
         // A controller that comes later (`capstan jobs` starts one) records why attempt 1 ended.
         let jobs = try await home.capstan(["jobs"])
         #expect(jobs.status == 0, "\(jobs.stderr)")
-        #expect(try await Self.wait {
+        let recorded = try await Self.wait {
             let a = try await home.store().attempt(job: job.id, number: 1)
             return a?.outcome == .failed && a?.message?.contains("stopped the command on its own (dead-man switch): no controller for ") == true
-        }, "\(String(describing: try? await home.store().attempt(job: job.id, number: 1)))")
+        }
+        let first = try? await home.store().attempt(job: job.id, number: 1)
+        #expect(recorded, "\(String(describing: first))")
         let c = try await home.capstan(["cancel", job.id])
         #expect(c.status == 0, "\(c.stdout)\(c.stderr)")
         #expect(try await Self.liveNodes(home).isEmpty)
