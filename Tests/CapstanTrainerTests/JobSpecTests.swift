@@ -79,7 +79,7 @@ struct JobSpecTests {
         }
         #expect(try JobSpec.parse("run: x\nresources: {deadManMinutes: 15}\n").deadManMinutes == 15)
         #expect(try JobSpec.parse("run: x\nresources: {deadManMinutes: 0.5}\n").deadManMinutes == 0.5)
-        #expect(JobSpec.describe(.seconds(5400)) == "1h 30m" && JobSpec.describe(.seconds(45)) == "45s" && JobSpec.describe(.seconds(86400 + 7200)) == "1d 2h")
+        #expect(JobSpec.describe(.seconds(5400)) == "1h 30m" && JobSpec.describe(.seconds(45)) == "45s" && JobSpec.describe(.seconds(86400 + 7200)) == "26h" && JobSpec.describe(.seconds(2 * 86400 + 3600)) == "2d 1h" && JobSpec.describe(.seconds(172_800)) == "2d")
     }
 
     @Test("a bad maxDuration or deadManMinutes names the field, the line and the accepted forms", arguments: [

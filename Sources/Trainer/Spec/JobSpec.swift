@@ -261,12 +261,12 @@ public struct JobSpec: Sendable, Hashable {
         return .milliseconds(Int64((n * scale * 1000).rounded()))
     }
 
-    /// A duration as people read it: `45s`, `1m 30s`, `2h 5m`, `3d 4h`.
+    /// A duration as people read it: `45s`, `1m 30s`, `2h 5m`, `36h`, `3d 4h` (days from two on).
     public static func describe(_ d: Duration) -> String {
         let total = Int(d.components.seconds)
         let (days, hours, minutes, seconds) = (total / 86400, total % 86400 / 3600, total % 3600 / 60, total % 60)
-        if days > 0 { return hours > 0 ? "\(days)d \(hours)h" : "\(days)d" }
-        if hours > 0 { return minutes > 0 ? "\(hours)h \(minutes)m" : "\(hours)h" }
+        if days >= 2 { return hours > 0 ? "\(days)d \(hours)h" : "\(days)d" }
+        if total >= 3600 { return minutes > 0 ? "\(total / 3600)h \(minutes)m" : "\(total / 3600)h" }
         if minutes > 0 { return seconds > 0 ? "\(minutes)m \(seconds)s" : "\(minutes)m" }
         return "\(seconds)s"
     }
