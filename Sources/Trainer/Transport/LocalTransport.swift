@@ -104,7 +104,8 @@ public struct LocalTransport: NodeTransport {
         let l = try layout(job: job, attempt: attempt, on: node)
         // Only into a folder the agent made (never creating one for an attempt not started).
         if FileManager.default.fileExists(atPath: l.stateDir) {
-            try? Data("\(Date().timeIntervalSince1970)\n".utf8).write(to: URL(fileURLWithPath: l.stateDir + "/" + AgentConfig.controllerSeenName))
+            // Owner only, like everything in the node's folder.
+            try? PrivateFile.write(Data("\(Date().timeIntervalSince1970)\n".utf8), to: l.stateDir + "/" + AgentConfig.controllerSeenName)
         }
         return try await agentStatus(job: job, attempt: attempt, on: node)
     }

@@ -380,7 +380,7 @@ public struct SSHTransport: NodeTransport {
         let l = try layout(job: job, attempt: attempt, on: node)
         let dir = SSHClient.remotePath(l.stateDir)
         let seen = SSHClient.remotePath(l.stateDir + "/" + AgentConfig.controllerSeenName)
-        let r = try await client(for: node).run(try target(node), "if [ -d \(dir) ]; then date +%s.%N > \(seen) 2>/dev/null; fi; cat \(SSHClient.remotePath(l.stateDir + "/status.json")) 2>/dev/null", timeout: 5)
+        let r = try await client(for: node).run(try target(node), "if [ -d \(dir) ]; then (umask 077; date +%s.%N > \(seen)) 2>/dev/null; fi; cat \(SSHClient.remotePath(l.stateDir + "/status.json")) 2>/dev/null", timeout: 5)
         guard r.status == 0, !r.stdout.isEmpty else { return nil }
         do { return try PluginWire.decoder.decode(AgentStatus.self, from: r.stdout) } catch {
             throw CapstanError(.io, "The agent status on node \(node.id) is unreadable (\(error)).")
