@@ -14,6 +14,7 @@ struct UpCommand: AsyncParsableCommand {
             Examples:
               capstan up demo --nodes 2                      two local nodes on this machine
               capstan up train --gpu H100 --gpus-per-node 8 --nodes 2 --spot
+              capstan up warm --nodes 2 --idle-minutes 30    terminated after 30 min without a job
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -22,9 +23,14 @@ struct UpCommand: AsyncParsableCommand {
     var name: String
     @OptionGroup var resources: RequestOptions
     @Flag(help: "Ask every provider for fresh offers.") var refresh = false
+    @Option(help: "Autostop: terminate the cluster after this many minutes without an unfinished job on it (checked by `capstan serve` every minute and by `capstan reconcile`).")
+    var idleMinutes: Int?
 
     func validate() throws {
-        do { try Provisioner.validate(name: name) } catch let e as CapstanError { throw ValidationError(e.description) }
+        do {
+            try Provisioner.validate(name: name)
+            try Provisioner.validate(idleMinutes: idleMinutes)
+        } catch let e as CapstanError { throw ValidationError(e.description) }
     }
 
     func run() async throws {
@@ -35,7 +41,7 @@ struct UpCommand: AsyncParsableCommand {
         let json = global.json
         if try await remote.run({ client in
             if !json { print("Provisioning \(name)…") }
-            try show(try await client.up(name: name, request: resources.request, refresh: refresh), json: json)
+            try show(try await client.up(name: name, request: resources.request, refresh: refresh, idleMinutes: idleMinutes), json: json)
         }) { return }
         let registry = try global.loadRegistry()
         // A provider left out (plugin missing, refused its settings) is said up front, so "no
@@ -51,7 +57,7 @@ struct UpCommand: AsyncParsableCommand {
         let request = resources.request
         if !json { print("Provisioning \(name)…") }
         let search = global.offerSearch(registry, store: provisioner.store, refresh: refresh)
-        let report = try await provisioner.up(name: name, request: request, search: search)
+        let report = try await provisioner.up(name: name, request: request, search: search, idleMinutes: idleMinutes)
         try show(report, json: json)
     }
 
@@ -174,11 +180,11 @@ struct StatusCommand: AsyncParsableCommand {
             }
             for (p, e) in report.providerErrors.sorted(by: { $0.key < $1.key }) { printError("warning: could not list \(p)'s instances: \(e)") }
             if rows.isEmpty { print("No clusters\(all ? "" : " running"). Start one with: capstan up NAME --nodes 2"); return }
-            var table = TextTable(header: ["NAME", "STATUS", "PROVIDER", "REGION", "NODES", "GPU", "$/H", "UPTIME", "COST"], rightAligned: [4, 6, 8])
+            var table = TextTable(header: ["NAME", "STATUS", "PROVIDER", "REGION", "NODES", "GPU", "$/H", "UPTIME", "COST", "AUTOSTOP"], rightAligned: [4, 6, 8])
             for r in rows {
                 let c = r.cluster
                 let gpu = c.offer.map { o in o.gpusPerNode > 0 ? "\(o.gpusPerNode)x\(o.gpu ?? o.gpuName ?? "?")" : "cpu" } ?? "-"
-                table.rows.append([c.name, c.status.rawValue, c.offer?.provider ?? "-", c.offer.map { $0.zone ?? $0.region } ?? "-", "\(c.nodes)", gpu, c.pricePerHour.map { String(format: "%.2f", $0) } ?? "-", humanDuration(r.uptimeSeconds), dollars(r.costSoFar)])
+                table.rows.append([c.name, c.status.rawValue, c.offer?.provider ?? "-", c.offer.map { $0.zone ?? $0.region } ?? "-", "\(c.nodes)", gpu, c.pricePerHour.map { String(format: "%.2f", $0) } ?? "-", humanDuration(r.uptimeSeconds), dollars(r.costSoFar), c.idleMinutes.map { "idle \($0)m" } ?? "-"])
             }
             print(table.render())
             for r in rows where !r.instances.isEmpty {
@@ -208,12 +214,17 @@ struct ReconcileCommand: AsyncParsableCommand {
         try await reportingErrors {
             if try await remote.run({ client in try render(try await client.reconcile()) }) { return }
             let registry = try global.loadRegistry()
-            try render(try await global.provisioner(registry).reconcile())
+            let provisioner = try global.provisioner(registry)
+            var report = await provisioner.reconcile()
+            // Autostop: clusters idle past their --idle-minutes go too.
+            report.autostopped = await provisioner.stopIdleClusters()
+            try render(report)
         }
     }
 
     func render(_ report: ReconcileReport) throws {
         if global.json { try printJSON(report); return }
+        for name in report.autostopped ?? [] { print("autostop: terminated idle cluster \(name)") }
         print("adopted \(report.adopted.count), terminated \(report.terminated.count), recovered clusters \(report.recoveredClusters.count), cleaned-up clusters \(report.failedClusters.count), closed intents \(report.abandonedIntents.count), finished terminations \(report.finishedTerminations.count), rebuilt clusters \(report.rebuiltClusters.count)")
         for id in report.terminated { print("  terminated \(id)") }
         for (p, e) in report.providerErrors.sorted(by: { $0.key < $1.key }) { printError("warning: could not list \(p)'s instances: \(e)") }

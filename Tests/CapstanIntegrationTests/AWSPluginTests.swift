@@ -59,6 +59,9 @@ struct AWSPluginTests {
         let seen = try await aws.describe(InstanceQuery(tags: ["test": key]))
         #expect(Set(seen.map(\.id)) == Set(launched.map(\.id)))
         #expect(seen.allSatisfy { $0.state == .running || $0.state == .pending })
+        // Launched to terminate on a guest shutdown: the dead-man switch may shut them down
+        // (the launch and every later describe say so, from the tag).
+        #expect((launched + seen).allSatisfy { $0.tags[CapstanTags.shutdownBehavior] == "terminate" && $0.shutdownCommand == "sudo -n /sbin/shutdown -h now" })
         let gone = try await aws.terminate(ids: launched.map(\.id) + ["i-0000000000000dead"])
         #expect(gone.count == 3)
         #expect(gone.allSatisfy { $0.state == .terminating || $0.state == .terminated })

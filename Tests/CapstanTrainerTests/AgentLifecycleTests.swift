@@ -22,8 +22,9 @@ struct AgentLifecycleTests {
         var machine: Lifecycle
         var t: Double = 0
 
-        init(resume: Int? = nil, python: Bool = false, setup: [String] = [], run: String = "train", grace: Double = 15) {
-            let plan = Lifecycle.Plan(resumeStep: resume, python: python, setup: setup, run: run, stopGraceSeconds: grace, job: "j", attempt: 2, node: 1, nodes: 2)
+        init(resume: Int? = nil, python: Bool = false, setup: [String] = [], run: String = "train", grace: Double = 15, deadMan: Double? = nil, shutdown: String? = nil) {
+            let plan = Lifecycle.Plan(resumeStep: resume, python: python, setup: setup, run: run, stopGraceSeconds: grace, job: "j", attempt: 2, node: 1, nodes: 2,
+                                      deadManSeconds: deadMan, shutdownCommand: shutdown)
             machine = Lifecycle(plan: plan, status: AgentStatus(job: "j", attempt: 2, node: 1, agentPID: 42))
         }
 
@@ -224,8 +225,8 @@ struct AgentLifecycleTests {
     }
 
     /// Walks to the command (started, pid 200).
-    static func inRun(owns: Bool = false, grace: Double = 15) -> Walk {
-        var w = Walk(grace: grace)
+    static func inRun(owns: Bool = false, grace: Double = 15, deadMan: Double? = nil, shutdown: String? = nil) -> Walk {
+        var w = Walk(grace: grace, deadMan: deadMan, shutdown: shutdown)
         w.send(.begin(ownsDescendants: owns))
         w.send(.probeSucceeded)
         w.send(.filesWritten)
@@ -467,6 +468,97 @@ struct AgentLifecycleTests {
         #expect(w.machine.phase == .running && w.status.commandPID == 200)
     }
 
+    // MARK: - The dead-man switch
+
+    @Test("dead-man switch: a controller silent for deadManSeconds while the command runs: SIGTERM with its grace, the status says why, the uploads finish, the node is shut down after the final status")
+    func deadManTrips() {
+        var w = Self.inRun(deadMan: 600, shutdown: "sudo -n /sbin/shutdown -h now")
+        // 599 s of silence since the agent started: nothing yet.
+        #expect(Self.signals(w.send(.heartbeatTick, after: 599)).isEmpty)
+        #expect(w.status.deadMan == nil && !w.machine.deadManTripped)
+        // 600 s: the switch goes off once.
+        var a = w.send(.heartbeatTick, after: 1)
+        #expect(Self.signals(a) == [[200, Lifecycle.sigterm]] && a.contains(.scheduleDeadline(at: .seconds(615))))
+        #expect(w.status.deadMan == "no controller for 10 min (deadManMinutes 10)" && w.status.stopRequested)
+        #expect(Self.logs(a).contains("dead-man switch: no controller for 10 min (deadManMinutes 10); stopping the command (SIGTERM: it may write a final checkpoint), uploading what is complete, then shutting the node down"))
+        #expect(Self.writes(a).last?.deadMan != nil)
+        #expect(Self.signals(w.send(.heartbeatTick, after: 1)).isEmpty, "only once")
+        // A controller heard now changes nothing: the stop is under way.
+        #expect(w.send(.controllerSeen, after: 1).isEmpty)
+        // The command writes its final checkpoint and exits; the agent drains and uploads.
+        a = w.send(.childExited(pid: 200, .signaled(15)), after: 3)
+        #expect(Self.steps(a) == [.stopCheckpointWatcher(commandFailed: true)])
+        a = w.send(.watcherStopped(workerSignal: nil))
+        #expect(Self.steps(a) == [.finalUploads(succeeded: false)])
+        a = w.send(.finalUploadsDone, after: 2)
+        // The final status, then the shutdown, then the exit.
+        let final = Self.exitStatus(a)
+        #expect(final?.deadMan == "no controller for 10 min (deadManMinutes 10)" && final?.exit == .signaled(15) && final?.endedIn == "run")
+        #expect(Self.steps(a) == [.shutDownNode("sudo -n /sbin/shutdown -h now"), .exit(final!)])
+        #expect(Self.logs(a).first?.hasSuffix("; stopped by the dead-man switch: no controller for 10 min (deadManMinutes 10)") == true)
+        guard let write = a.firstIndex(where: { if case .writeStatus = $0 { true } else { false } }), let down = a.firstIndex(of: .shutDownNode("sudo -n /sbin/shutdown -h now")) else {
+            Issue.record("no final write or shutdown: \(a)")
+            return
+        }
+        #expect(write < down, "the final status is written before the node goes down")
+    }
+
+    @Test("dead-man switch: every change of the controller's mark restarts the silence; a controller that restarts within seconds never trips it")
+    func deadManHeard() {
+        var w = Self.inRun(deadMan: 60)
+        for _ in 0..<10 {
+            #expect(Self.signals(w.send(.heartbeatTick, after: 50)).isEmpty)
+            #expect(w.send(.controllerSeen).isEmpty)  // nothing to do; the clock restarts
+            #expect(w.machine.controllerHeard == .milliseconds(Int64((w.t * 1000).rounded())))
+        }
+        // The controller is replaced: 55 s without a mark (kill, another replica adopts it).
+        #expect(Self.signals(w.send(.heartbeatTick, after: 55)).isEmpty)
+        w.send(.controllerSeen, after: 1)
+        #expect(Self.signals(w.send(.heartbeatTick, after: 59)).isEmpty && w.status.deadMan == nil)
+        // Then silence for good.
+        #expect(Self.signals(w.send(.heartbeatTick, after: 1)) == [[200, Lifecycle.sigterm]])
+        #expect(w.status.deadMan == "no controller for 60 s (deadManMinutes 1)")
+    }
+
+    @Test("dead-man switch: off without deadManSeconds; fractions of a minute; no shutdown without the provider's command; nothing to stop once the command ended")
+    func deadManLimits() {
+        // Off: a year of silence.
+        var off = Self.inRun()
+        #expect(Self.signals(off.send(.heartbeatTick, after: 365 * 86400)).isEmpty && off.status.deadMan == nil)
+        // 3 s (deadManMinutes 0.05), on a node whose provider never stops billing on a shutdown.
+        var w = Self.inRun(deadMan: 3)
+        let a = w.send(.heartbeatTick, after: 3)
+        #expect(Self.signals(a) == [[200, Lifecycle.sigterm]])
+        #expect(Self.logs(a).last?.hasSuffix("uploading what is complete; the node stays up (its provider does not stop billing on a shutdown)") == true || Self.logs(a).contains { $0.contains("the node stays up") })
+        #expect(w.status.deadMan == "no controller for 3 s (deadManMinutes 0.05)")
+        w.send(.childExited(pid: 200, .exited(143)), after: 1)
+        w.send(.watcherStopped(workerSignal: nil))
+        let done = w.send(.finalUploadsDone)
+        #expect(!done.contains { if case .shutDownNode = $0 { true } else { false } })
+        #expect(Self.exitStatus(done)?.deadMan != nil)
+        // The command ended on its own before the silence ran out: draining and finishing are not stopped.
+        var d = Self.inRun(deadMan: 10)
+        d.send(.childExited(pid: 200, .exited(0)), after: 1)
+        #expect(d.send(.heartbeatTick, after: 60).allSatisfy { if case .signalGroup = $0 { false } else { true } } && d.status.deadMan == nil)
+        d.send(.watcherStopped(workerSignal: nil))
+        #expect(d.send(.heartbeatTick, after: 60).allSatisfy { if case .log = $0 { false } else { true } } && d.status.deadMan == nil)
+        #expect(!d.send(.finalUploadsDone).contains { if case .shutDownNode = $0 { true } else { false } })
+    }
+
+    @Test("dead-man switch during setup: the setup command gets SIGTERM and the command never starts; the attempt ends in setup")
+    func deadManInSetup() {
+        var w = Walk(setup: ["pip install x"], deadMan: 30, shutdown: "poweroff")
+        w.send(.begin(ownsDescendants: false))
+        w.send(.probeSucceeded)
+        w.send(.filesWritten)
+        w.send(.childStarted(pid: 300))
+        #expect(Self.signals(w.send(.heartbeatTick, after: 30)) == [[300, Lifecycle.sigterm]])
+        let a = w.send(.childExited(pid: 300, .signaled(15)), after: 1)
+        #expect(!a.contains { if case .spawn = $0 { true } else { false } })
+        #expect(Self.exitStatus(a)?.endedIn == "setup" && Self.exitStatus(a)?.deadMan != nil)
+        #expect(Self.steps(a).first == .shutDownNode("poweroff"))
+    }
+
     // MARK: - Every (state × event) pair
 
     /// The states the enumeration starts from, each reached by events from the start (plan:
@@ -518,12 +610,13 @@ struct AgentLifecycleTests {
         ("forceStop", .stopRequested(force: true)),
         ("deadlinePassed", .deadlinePassed),
         ("heartbeatTick", .heartbeatTick),
+        ("controllerSeen", .controllerSeen),
     ]
 
     /// The pairs that are transitions (change the machine or do something); every other pair
     /// is ignored on purpose: nothing changes and nothing is done.
     static let handled: [String: Set<String>] = {
-        let stops: Set<String> = ["stop", "forceStop", "heartbeatTick"]
+        let stops: Set<String> = ["stop", "forceStop", "heartbeatTick", "controllerSeen"]
         return [
             "idle": ["begin", "stop", "forceStop"],
             "probing": stops.union(["probeSucceeded", "probeFailed"]),
@@ -536,7 +629,7 @@ struct AgentLifecycleTests {
             "running": stops.union(["childStarted", "spawnFailed", "checkpointsSeen"]),
             "running+child": stops.union(["childExited", "checkpointsSeen"]),
             // A second graceful stop adds nothing; the deadline has passed.
-            "running+child stopping": ["forceStop", "heartbeatTick", "childExited", "checkpointsSeen", "deadlinePassed"],
+            "running+child stopping": ["forceStop", "heartbeatTick", "childExited", "checkpointsSeen", "deadlinePassed", "controllerSeen"],
             "draining": stops.union(["watcherStopped", "checkpointsSeen"]),
             "finishing": stops.union(["checkpointsSeen", "outputsUploaded", "outputsFailed", "finalUploadsDone"]),
             "exited": ["stop", "forceStop"],

@@ -15,8 +15,8 @@ struct JobLifecycleTests {
     static let ids = ["i-0", "i-1"]
     static let attempt1 = M.Attempt(number: 1, nodes: ids, resumeStep: nil)
 
-    static func machine(maxRestarts: Int = 3, settings: JobSettings = JobSettings()) -> M {
-        M(config: M.Config(maxRestarts: maxRestarts, settings: settings))
+    static func machine(maxRestarts: Int = 3, settings: JobSettings = JobSettings(), maxDuration: Duration? = nil) -> M {
+        M(config: M.Config(maxRestarts: maxRestarts, settings: settings, maxDuration: maxDuration))
     }
 
     static func agent(_ rank: Int, beat: Int, phase: AgentStatus.Phase = .running) -> AgentStatus {
@@ -41,8 +41,8 @@ struct JobLifecycleTests {
     }
 
     /// A machine following attempt 1 on two nodes, started at t = 0.
-    static func running(maxRestarts: Int = 3, settings: JobSettings = JobSettings(), resumeStep: Int? = nil) -> M {
-        var m = machine(maxRestarts: maxRestarts, settings: settings)
+    static func running(maxRestarts: Int = 3, settings: JobSettings = JobSettings(), resumeStep: Int? = nil, maxDuration: Duration? = nil) -> M {
+        var m = machine(maxRestarts: maxRestarts, settings: settings, maxDuration: maxDuration)
         _ = m.receive(.jobLoaded(.pending, attempt: 0))
         _ = m.receive(.clusterReady(missing: []))
         _ = m.receive(.attemptFound(nil, nil, sameNodes: false, at: at(0)))
@@ -540,6 +540,80 @@ struct JobLifecycleTests {
         #expect(m.phase == .finished(.succeeded))
     }
 
+    // MARK: - maxDuration
+
+    @Test("maxDuration: a pass past the budget goes to the top of the loop, which stops the gang like a cancel; the job fails saying how long it ran and the last checkpoint")
+    func maxDurationWhileRunning() {
+        var m = Self.running(maxDuration: .seconds(60))
+        // Within the budget: passes go on.
+        #expect(Self.quietPass(&m, 30, beat: 2).last == .sleep(.milliseconds(500)))
+        // At the budget (60 s after the attempt started): back to the top.
+        #expect(Self.quietPass(&m, 60, beat: 3) == [.loadJob])
+        #expect(m.phase == .idle)
+        // The record's startedAt says 61 s, but the budget began with the first start the
+        // machine saw: the ran-for figure is the machine's own.
+        #expect(m.receive(.jobLoaded(.running, attempt: 1, ranFor: .seconds(1), at: Self.at(62))) == [
+            .setStatus(.running, "maxDuration 1m reached after 1m 2s; stopping the gang (SIGTERM: the command may write a final checkpoint)."),
+            .stopGang(M.StopGang(reason: .maxDuration, attempt: 1, waitAtMost: .seconds(50))),
+        ])
+        #expect(m.phase.kind == .stopping)
+        #expect(m.receive(.gangStopped(attemptFound: true)) == [.closeAttempt(1, .stopped, nil), .loadLatestCheckpoint])
+        #expect(m.phase == .expiring)
+        let message = "maxDuration 1m reached: the job ran 1m 2s since its first start (restarts included) and was stopped; the last checkpoint is step 40, kept in the bucket."
+        #expect(m.receive(.latestCheckpoint(40)) == [.finish(.failed, message, error: message)])
+        #expect(m.phase == .finished(.failed))
+    }
+
+    @Test("maxDuration at the top of the loop: a job adopted past its budget is stopped at once (no attempt left to stop: nothing closed); no checkpoint is said so")
+    func maxDurationAtTop() {
+        var m = Self.machine(maxDuration: .seconds(7200))
+        #expect(m.receive(.jobLoaded(.restarting, attempt: 2, ranFor: .seconds(3 * 3600), at: Self.at(0))) == [
+            .setStatus(.restarting, "maxDuration 2h reached after 3h; stopping the gang (SIGTERM: the command may write a final checkpoint)."),
+            .stopGang(M.StopGang(reason: .maxDuration, attempt: 2, waitAtMost: .seconds(50))),
+        ])
+        #expect(m.receive(.gangStopped(attemptFound: false)) == [.loadLatestCheckpoint])
+        let message = "maxDuration 2h reached: the job ran 3h since its first start (restarts included) and was stopped; no checkpoint was written."
+        #expect(m.receive(.latestCheckpoint(nil)) == [.finish(.failed, message, error: message)])
+        // A job that never started has spent nothing of its budget; one started within it goes on.
+        m = Self.machine(maxDuration: .seconds(60))
+        #expect(m.receive(.jobLoaded(.pending, attempt: 0, ranFor: nil, at: Self.at(1000))) == [.ensureCluster])
+        m = Self.machine(maxDuration: .seconds(60))
+        #expect(m.receive(.jobLoaded(.running, attempt: 1, ranFor: .seconds(59), at: Self.at(0))) == [.ensureCluster])
+        // Without maxDuration, no budget.
+        m = Self.machine()
+        #expect(m.receive(.jobLoaded(.running, attempt: 1, ranFor: .seconds(1e7), at: Self.at(0))) == [.ensureCluster])
+    }
+
+    @Test("maxDuration counts restarts: the budget runs from the first start, through a failed attempt and its restart")
+    func maxDurationAcrossRestarts() {
+        var m = Self.running(maxDuration: .seconds(60))
+        // Attempt 1 fails at 40 s; the gang stops, the restart is decided, back to the top.
+        Self.feed(&m, Self.pass(40, [Self.exited(0, .signaled(9), endedAt: 40), Self.agent(1, beat: 1)]), .instancesChecked([]))
+        Self.feed(&m, .gangStopped(attemptFound: true), .restartFacts(latestCheckpoint: 10, previous: nil, restartsUsed: 0))
+        #expect(m.phase == .idle)
+        // 45 s in: still within the budget, so attempt 2 starts.
+        #expect(m.receive(.jobLoaded(.restarting, attempt: 1, ranFor: .seconds(45), at: Self.at(45))) == [.ensureCluster])
+        Self.feed(&m, .clusterReady(missing: []), .attemptFound(Self.attempt1, .failed, sameNodes: true, at: Self.at(46)))
+        let a2 = M.Attempt(number: 2, nodes: Self.ids, resumeStep: 10)
+        Self.feed(&m, .attemptStarted(a2, masterAddress: "a", port: 1, reason: "r", at: Self.at(47)))
+        // 60 s after the first start (not 60 s after attempt 2's): out of time.
+        #expect(Self.quietPass(&m, 59, beat: 1).last == .sleep(.milliseconds(500)))
+        #expect(Self.quietPass(&m, 60, beat: 2) == [.loadJob])
+        #expect(m.receive(.jobLoaded(.running, attempt: 2, ranFor: .seconds(60), at: Self.at(61))).last == .stopGang(M.StopGang(reason: .maxDuration, attempt: 2, waitAtMost: .seconds(50))))
+    }
+
+    @Test("maxDuration: a job that succeeds in the pass that reaches the budget succeeds; a failure found in it is blamed first")
+    func maxDurationLosesToTheEnd() {
+        var m = Self.running(maxDuration: .seconds(60))
+        let done = m.receive(Self.pass(70, [Self.exited(0, .exited(0)), Self.exited(1, .exited(0))]))
+        #expect(done.last == .checkInstances)
+        #expect(m.receive(.instancesChecked([])).last == .finish(.succeeded, "Succeeded in attempt 1.", error: nil))
+        m = Self.running(maxDuration: .seconds(60))
+        let failed = m.receive(Self.pass(70, [Self.exited(0, .exited(3), endedAt: 69), Self.agent(1, beat: 1)]))
+        #expect(failed.last == .checkInstances)
+        #expect(m.receive(.instancesChecked([])).last == .readErrorLine(node: 0))
+    }
+
     // MARK: - Invariants
 
     @Test("a request is always the last action of a batch, and a batch that ends the job ends with it")
@@ -586,6 +660,7 @@ struct JobLifecycleTests {
         case .woke: .woke(at: at(1))
         case .gangStopped: .gangStopped(attemptFound: true)
         case .restartFacts: .restartFacts(latestCheckpoint: nil, previous: nil, restartsUsed: 0)
+        case .latestCheckpoint: .latestCheckpoint(30)
         }
     }
 
@@ -611,6 +686,9 @@ struct JobLifecycleTests {
             m = lost(1)
             feed(&m, .gangStopped(attemptFound: true))
             if event != .restartFacts { feed(&m, .restartFacts(latestCheckpoint: nil, previous: nil, restartsUsed: 0)) }
+        case .expiring:
+            m = machine(maxDuration: .seconds(60))
+            feed(&m, .jobLoaded(.running, attempt: 1, ranFor: .seconds(61), at: at(0)), .gangStopped(attemptFound: true))
         case .finished: feed(&m, .bucketUnavailable("x"))
         }
         #expect(m.phase.kind == phase)
@@ -635,6 +713,6 @@ struct JobLifecycleTests {
         let total = M.Phase.Kind.allCases.count * M.Event.Kind.allCases.count
         print("JobLifecycle: \(handled.count) handled transitions of \(total) (phase × event) pairs; \(total - handled.count) explicitly ignored")
         for h in handled { print("  \(h)") }
-        #expect(handled.count == 24)
+        #expect(handled.count == 25)
     }
 }

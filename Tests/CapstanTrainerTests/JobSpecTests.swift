@@ -67,6 +67,43 @@ struct JobSpecTests {
         #expect(e?.message.contains("job.yaml:\(line): ") == true, "\(e?.message ?? "")")
     }
 
+    @Test("resources.maxDuration takes a number and a unit (s, m, h, d); resources.deadManMinutes a positive number of minutes; both off by default")
+    func limits() throws {
+        #expect(try JobSpec.parse("run: x\n").maxDuration == nil)
+        #expect(try JobSpec.parse("run: x\n").deadManMinutes == nil)
+        for (text, seconds) in [("45s", 45.0), ("90m", 5400), ("36h", 129_600), ("2d", 172_800), ("1.5h", 5400)] {
+            let spec = try JobSpec.parse("run: x\nresources:\n  maxDuration: \(text)\n")
+            #expect(spec.maxDuration == .seconds(seconds), "\(text)")
+            // The offer request is untouched: limits are the job's, not the cluster's.
+            #expect(spec.resources == ResourceRequest())
+        }
+        #expect(try JobSpec.parse("run: x\nresources: {deadManMinutes: 15}\n").deadManMinutes == 15)
+        #expect(try JobSpec.parse("run: x\nresources: {deadManMinutes: 0.5}\n").deadManMinutes == 0.5)
+        #expect(JobSpec.describe(.seconds(5400)) == "1h 30m" && JobSpec.describe(.seconds(45)) == "45s" && JobSpec.describe(.seconds(86400 + 7200)) == "26h" && JobSpec.describe(.seconds(2 * 86400 + 3600)) == "2d 1h" && JobSpec.describe(.seconds(172_800)) == "2d")
+    }
+
+    @Test("a bad maxDuration or deadManMinutes names the field, the line and the accepted forms", arguments: [
+        ("run: x\nresources:\n  maxDuration: 90\n", "'resources.maxDuration' must be a positive number and a unit: s, m, h or d (45s, 90m, 36h, 2d), got '90'", 3),
+        ("run: x\nresources:\n  maxDuration: 90 minutes\n", "got '90 minutes'", 3),
+        ("run: x\nresources:\n  maxDuration: 0m\n", "'resources.maxDuration' must be a positive number and a unit", 3),
+        ("run: x\nresources:\n  maxDuration: -5h\n", "got '-5h'", 3),
+        ("run: x\nresources:\n  maxDuration: 2w\n", "got '2w'", 3),
+        ("run: x\nresources:\n  maxDuration: h\n", "got 'h'", 3),
+        ("run: x\nresources:\n  maxDuration: [1h]\n", "'resources.maxDuration' must be a positive number and a unit", 3),
+        ("run: x\nresources:\n  deadManMinutes: 0\n", "'resources.deadManMinutes' must be a positive number of minutes (fractions allowed, e.g. 15 or 0.5), got '0'", 3),
+        ("run: x\nresources:\n  deadManMinutes: -3\n", "got '-3'", 3),
+        ("run: x\nresources:\n  deadManMinutes: soon\n", "got 'soon'", 3),
+        ("run: x\nresources:\n  deadManMinutes: true\n", "got 'true'", 3),
+        ("run: x\nresources:\n  maxDurration: 1h\n", "unknown key 'resources.maxDurration' (did you mean 'maxDuration'?)", 3),
+    ] as [(String, String, Int)])
+    func badLimits(text: String, message: String, line: Int) {
+        let e = #expect(throws: CapstanError.self) { try JobSpec.parse(text, source: "job.yaml") }
+        #expect(e?.code == .config)
+        #expect(e?.message.contains(message) == true, "\(e?.message ?? "")")
+        #expect(e?.message.contains("job.yaml:\(line): ") == true, "\(e?.message ?? "")")
+        #expect(e?.hint?.contains("docs/jobs.md") == true)
+    }
+
     @Test("a missing run command and malformed YAML are clear errors")
     func missing() {
         let e = #expect(throws: CapstanError.self) { try JobSpec.parse("name: x\n") }

@@ -83,6 +83,9 @@ public struct ReconcileReport: Sendable, Hashable, Codable {
     /// Clusters the state store did not know (its database was lost or replaced), rebuilt from
     /// their instances' tags so they can be used and taken down as before.
     public var rebuiltClusters: [String] = []
+    /// Clusters taken down for being idle past their limit (``Provisioner/stopIdleClusters(now:)``,
+    /// which `capstan reconcile` runs after reconciling); nil when it was not run.
+    public var autostopped: [String]?
 
     public init() {}
 
@@ -161,15 +164,24 @@ public struct Provisioner: Sendable {
         }
     }
 
+    /// Checks an autostop limit: a whole number of minutes from 1 to 525600 (a year).
+    public static func validate(idleMinutes: Int?) throws {
+        guard let m = idleMinutes else { return }
+        guard m >= 1 && m <= 525_600 else {
+            throw CapstanError(.invalidRequest, "--idle-minutes must be a whole number of minutes from 1 to 525600, got \(m).", hint: "Pass how long the cluster may sit without a running job before it is terminated, e.g. --idle-minutes 30; leave it out for no autostop.")
+        }
+    }
+
     // MARK: - Up
 
     /// Provisions cluster `name` for `request` on the cheapest offer that has capacity.
     /// Throws before anything is created (bad name, name taken, no offer search possible);
     /// otherwise returns a report whose cluster is `running` or `failed`.
     /// A cluster of that name whose `down` was interrupted is first taken down for good.
-    public func up(name: String, request: ResourceRequest, search: OfferSearch) async throws -> ProvisionReport {
+    public func up(name: String, request: ResourceRequest, search: OfferSearch, idleMinutes: Int? = nil) async throws -> ProvisionReport {
         try Self.validate(name: name)
         try request.validate()
+        try Self.validate(idleMinutes: idleMinutes)
         guard let lock = try await locks.acquire(name) else {
             throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish, or check `capstan status`.")
         }
@@ -179,6 +191,7 @@ public struct Provisioner: Sendable {
         }
 
         var cluster = Cluster(name: name, request: request)
+        cluster.idleMinutes = idleMinutes
         try await store.insert(cluster)
         await store.event("created", "Cluster \(name) requested: \(request.nodes) node(s)\(request.gpu.map { " of \($0)" } ?? "").", cluster: cluster.id)
         faults.hit("up.created")
@@ -593,6 +606,46 @@ public struct Provisioner: Sendable {
     }
 
     // MARK: - Down
+
+    /// Autostop: takes down every running cluster idle past its ``Cluster/idleMinutes`` at
+    /// `now` (``IdlePolicy``), through the same path as ``down(name:)``: the cluster's lock, the
+    /// terminating mark, every instance retired, an `autostop` event on the cluster saying how
+    /// long it was idle. The policy is checked again under the lock (a job may have started on
+    /// the cluster meanwhile); a cluster another process is working on is left for the next
+    /// call. Returns the names of the clusters taken down. `capstan serve` calls it every
+    /// minute, `capstan reconcile` once.
+    @discardableResult
+    public func stopIdleClusters(now: Date = Date()) async -> [String] {
+        guard let clusters = try? await store.clusters(includeFinished: false), clusters.contains(where: { $0.idleMinutes != nil }) else { return [] }
+        guard let jobs = await jobsForIdlePolicy() else { return [] }
+        var stopped: [String] = []
+        for idle in IdlePolicy.idleClusters(clusters, jobs: jobs, now: now) {
+            guard let lock = try? await locks.acquire(idle.cluster) else { continue }
+            defer { lock.release() }
+            guard var cluster = try? await store.cluster(named: idle.cluster), let jobsNow = await jobsForIdlePolicy(),
+                let still = IdlePolicy.idle(cluster, jobs: jobsNow, now: now)
+            else { continue }
+            let minutes = Int(still.idleFor / 60)
+            let since = ISO8601DateFormatter().string(from: still.since)
+            await store.event("autostop", "autostop: idle \(minutes) min (limit \(still.limitMinutes) min; idle since \(since)); terminating the cluster.", cluster: cluster.id)
+            say("autostop: cluster \(cluster.name) idle \(minutes) min (limit \(still.limitMinutes) min); terminating it")
+            do {
+                try await finishTermination(&cluster)
+                stopped.append(cluster.name)
+            } catch {
+                // Left terminating: the next call, reconcile or `down` finishes it.
+                logger.error("autostop could not terminate the cluster", metadata: ["capstan.cluster": "\(cluster.name)", "error": "\(error)"])
+            }
+        }
+        return stopped
+    }
+
+    /// Every unfinished job and the newest finished ones: what ``IdlePolicy`` needs.
+    func jobsForIdlePolicy() async -> [JobRecord]? {
+        guard let unfinished = try? await store.unfinishedJobs(), let recent = try? await store.jobs(includeFinished: true, limit: 1000) else { return nil }
+        var seen = Set<String>()
+        return (unfinished + recent).filter { seen.insert($0.id).inserted }
+    }
 
     /// Terminates every instance of cluster `name` and marks it terminated. Idempotent; a
     /// cluster whose earlier `down` died is finished.

@@ -42,6 +42,12 @@ public struct Instance: Sendable, Hashable, Codable, Identifiable {
     /// cloud plugin: SSH to its address with the cluster's key) — read it through
     /// ``resolvedAccess``, which applies that default.
     public var access: NodeAccess?
+    /// A command, run on the node, that shuts it down **and stops its billing** — set only by a
+    /// provider where a guest shutdown does (EC2 launched with
+    /// `InstanceInitiatedShutdownBehavior=terminate`). Nil (the local provider, SSH hosts, any
+    /// cloud where a shut-down machine is still billed or kept): the node must never shut
+    /// itself down; the agent's dead-man switch then only stops the command.
+    public var shutdownCommand: String?
 
     public init(
         id: String, provider: String, instanceType: String, region: String, zone: String? = nil,
@@ -90,6 +96,10 @@ public enum CapstanTags {
     /// On a gang launched to move a cluster: the intent of the gang it replaces (so a move a
     /// crash interrupted can be finished or undone).
     public static let moveFrom = "capstan:move-from"
+    /// On an instance launched so that a shutdown from inside terminates it (EC2's
+    /// `InstanceInitiatedShutdownBehavior=terminate`). Value: "terminate". Read back by the
+    /// provider to set ``Instance/shutdownCommand`` (the agent's dead-man switch).
+    public static let shutdownBehavior = "capstan:shutdown"
 
     /// Whether `key` is one of Capstan's tags (they all start `capstan:`).
     public static func isCapstan(_ key: String) -> Bool { key.hasPrefix("capstan:") }

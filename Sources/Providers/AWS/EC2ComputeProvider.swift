@@ -228,7 +228,11 @@ public struct EC2ComputeProvider: ComputeProvider {
         if request.spot {
             p += [("InstanceMarketOptions.MarketType", "spot"), ("InstanceMarketOptions.SpotOptions.SpotInstanceType", "one-time"), ("InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior", "terminate")]
         }
+        // A shutdown from inside the instance (the agent's dead-man switch) terminates it, so
+        // its billing stops; the tag says so to every later describe.
+        p.append(("InstanceInitiatedShutdownBehavior", "terminate"))
         var tags = request.tags
+        tags[CapstanTags.shutdownBehavior] = "terminate"
         if let n = request.name { tags["Name"] = n }
         p.append(("TagSpecification.1.ResourceType", "instance"))
         for (i, (k, v)) in tags.sorted(by: { $0.key < $1.key }).enumerated() {
@@ -321,14 +325,20 @@ public struct EC2ComputeProvider: ComputeProvider {
         for t in item.path("tagSet", "item") { if let k = t.value("key") { tags[k] = t.value("value") ?? "" } }
         let type = item.value("instanceType") ?? "?"
         let spot = item.value("instanceLifecycle") == "spot"
-        return Instance(
+        var instance = Instance(
             id: item.value("instanceId") ?? "?", provider: name, instanceType: type, region: region,
             zone: item["placement"]?.value("availabilityZone"), state: Self.state(stateName, reason: reason), providerState: stateName,
             privateAddress: item.value("privateIpAddress"), publicAddress: item.value("ipAddress"), sshPort: 22, sshUser: "ubuntu",
             spot: spot, pricePerHour: spot ? nil : (settings.onDemandPrices?[type] ?? EC2PriceTable.onDemand[type]), tags: tags,
             launchedAt: item.value("launchTime").flatMap(AWSTimestamp.parse),
             stateReason: reason)
+        // Launched to terminate on a guest shutdown (tagged so at launch): a shutdown stops billing.
+        if tags[CapstanTags.shutdownBehavior] == "terminate" { instance.shutdownCommand = Self.shutdownCommand }
+        return instance
     }
+
+    /// What the agent runs to shut an instance down (the AMI's user has passwordless sudo).
+    public static let shutdownCommand = "sudo -n /sbin/shutdown -h now"
 
     static func state(_ name: String, reason: String?) -> Instance.State {
         switch name {

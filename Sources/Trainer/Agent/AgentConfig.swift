@@ -44,6 +44,14 @@ public struct AgentConfig: Sendable, Hashable, Codable {
     /// The Python environment setup and the command run in, built (or found in the node's
     /// cache) before setup; nil: the node's own `python3`.
     public var python: PythonEnvironment?
+    /// The dead-man switch (`resources.deadManMinutes`, in seconds): hearing from no controller
+    /// for this long, the agent stops the command (SIGTERM: a final checkpoint), uploads what is
+    /// complete and exits, shutting the node down when ``shutdownCommand`` is set. "Hearing":
+    /// the controller rewrites ``controllerSeenFile`` at every status read. Nil: off.
+    public var deadManSeconds: Double?
+    /// The node's provider's command that shuts the node down and stops its billing
+    /// (``Instance/shutdownCommand``); nil: the dead-man switch only stops the command.
+    public var shutdownCommand: String?
 
     public init(
         job: String, attempt: Int, node: Int, nodes: Int, setup: [String], run: String, environment: [String: String],
@@ -68,6 +76,10 @@ public struct AgentConfig: Sendable, Hashable, Codable {
     }
 
     public var statusFile: String { stateDir + "/status.json" }
+    /// Rewritten by the controller at every status read: how the agent hears from it.
+    public var controllerSeenFile: String { stateDir + "/" + Self.controllerSeenName }
+    public static let controllerSeenName = "controller-seen"
+
     public var logFile: String { stateDir + "/node.log" }
     /// This attempt's processes (``NodeProcesses``): what a forced stop kills.
     public var attemptPidsFile: String { stateDir + "/pids" }
@@ -125,6 +137,9 @@ public struct AgentStatus: Sendable, Hashable, Codable {
     /// controller records it and falls back to an older one).
     public var corruptCheckpoint: CorruptCheckpoint?
     public var stopRequested: Bool
+    /// Why the agent stopped the command on its own (the dead-man switch: "no controller for
+    /// 15 min (deadManMinutes 15)"); nil when it did not.
+    public var deadMan: String?
     public var uploadedSteps: [Int]
     public var committedSteps: [Int]
     public var outputsUploaded: Bool

@@ -43,8 +43,15 @@ public struct AgentLifecycle: Sendable, Hashable {
         public var attempt: Int
         public var node: Int
         public var nodes: Int
+        /// The dead-man switch: how long the agent may hear from no controller before it stops
+        /// the command on its own (nil: never).
+        public var deadManSeconds: Double?
+        /// What shuts the node down and stops its billing, where its provider says a guest
+        /// shutdown does (nil: the node is never shut down, only the command stopped).
+        public var shutdownCommand: String?
 
-        public init(resumeStep: Int? = nil, python: Bool = false, setup: [String] = [], run: String, stopGraceSeconds: Double = 15, job: String = "j", attempt: Int = 1, node: Int = 0, nodes: Int = 1) {
+        public init(resumeStep: Int? = nil, python: Bool = false, setup: [String] = [], run: String, stopGraceSeconds: Double = 15, job: String = "j", attempt: Int = 1, node: Int = 0, nodes: Int = 1,
+                    deadManSeconds: Double? = nil, shutdownCommand: String? = nil) {
             self.resumeStep = resumeStep
             self.python = python
             self.setup = setup
@@ -54,11 +61,14 @@ public struct AgentLifecycle: Sendable, Hashable {
             self.attempt = attempt
             self.node = node
             self.nodes = nodes
+            self.deadManSeconds = deadManSeconds
+            self.shutdownCommand = shutdownCommand
         }
 
         public init(_ config: AgentConfig) {
             self.init(resumeStep: config.resumeDir == nil ? nil : config.resumeStep, python: config.python != nil, setup: config.setup, run: config.run,
-                      stopGraceSeconds: config.stopGraceSeconds, job: config.job, attempt: config.attempt, node: config.node, nodes: config.nodes)
+                      stopGraceSeconds: config.stopGraceSeconds, job: config.job, attempt: config.attempt, node: config.node, nodes: config.nodes,
+                      deadManSeconds: config.deadManSeconds, shutdownCommand: config.shutdownCommand)
         }
     }
 
@@ -128,7 +138,12 @@ public struct AgentLifecycle: Sendable, Hashable {
         case stopRequested(force: Bool)
         /// A deadline set by ``Action/scheduleDeadline(at:)`` came.
         case deadlinePassed
+        /// A heartbeat: the status is rewritten, and the dead-man switch checks how long the
+        /// controller has been silent.
         case heartbeatTick
+        /// The controller was heard: its mark (`controller-seen` in the agent's state folder,
+        /// rewritten at every status read of a controller) changed since the last look.
+        case controllerSeen
     }
 
     public enum Action: Sendable, Hashable {
@@ -155,6 +170,9 @@ public struct AgentLifecycle: Sendable, Hashable {
         case spawn(String, environment: [String: String])
         /// Start the background checkpoint uploads.
         case startCheckpointWatcher
+        /// Run the provider's shutdown command (the dead-man switch went off, on a node whose
+        /// guest shutdown stops billing); then the exit.
+        case shutDownNode(String)
         /// Stop them; once stopped, send ``Event/watcherStopped(workerSignal:)`` (the worker
         /// signal read from the log when the command failed).
         case stopCheckpointWatcher(commandFailed: Bool)
@@ -175,6 +193,11 @@ public struct AgentLifecycle: Sendable, Hashable {
     public private(set) var ownsDescendants = false
     /// From ``Event/pythonReady(_:)``.
     public private(set) var preparedEnvironment: [String: String] = [:]
+    /// When (uptime) the controller was last heard: the agent's start, then each
+    /// ``Event/controllerSeen``.
+    public private(set) var controllerHeard: Duration = .zero
+    /// The dead-man switch went off: the agent stopped the command on its own.
+    public var deadManTripped: Bool { status.deadMan != nil }
 
     public init(plan: Plan, status: AgentStatus) {
         self.plan = plan
@@ -187,6 +210,7 @@ public struct AgentLifecycle: Sendable, Hashable {
         switch (phase, event) {
         case (.idle, .begin(let owns)):
             ownsDescendants = owns
+            controllerHeard = now.uptime
             phase = .probing
             return [write(now), .log("agent started: job \(plan.job), attempt \(plan.attempt), node \(plan.node) of \(plan.nodes)"), .probeBucket]
 
@@ -310,7 +334,13 @@ public struct AgentLifecycle: Sendable, Hashable {
                 actions.append(write(now))
             }
             if ownsDescendants { actions.append(.recordDescendants) }
-            return actions
+            return actions + deadManCheck(now)
+
+        case (.idle, .controllerSeen), (.exited, .controllerSeen):
+            return []
+        case (_, .controllerSeen):
+            controllerHeard = now.uptime
+            return []
 
         default:
             // Anything else does not belong to the phase it arrives in (a step's result in
@@ -375,13 +405,49 @@ public struct AgentLifecycle: Sendable, Hashable {
         }
     }
 
+    /// The dead-man switch: once the controller has been silent for `deadManSeconds` (on the
+    /// agent's own monotonic clock, from its start or the last ``Event/controllerSeen``), the
+    /// agent stops the command the graceful way (SIGTERM: it may write a final checkpoint),
+    /// goes on to upload what is complete, and, where the plan has a shutdown command, shuts
+    /// the node down after its final status. Only while there is work to stop, and only once.
+    private mutating func deadManCheck(_ now: Now) -> [Action] {
+        guard let limit = plan.deadManSeconds, !deadManTripped, !stopRequested else { return [] }
+        switch phase {
+        case .idle, .draining, .finishing, .exited: return []
+        default: break
+        }
+        let silent = now.uptime - controllerHeard
+        guard silent >= .seconds(limit) else { return [] }
+        let why = "no controller for \(Self.describe(silent)) (deadManMinutes \(Self.minutes(limit)))"
+        status.deadMan = why
+        let next = plan.shutdownCommand == nil
+            ? "uploading what is complete; the node stays up (its provider does not stop billing on a shutdown)"
+            : "uploading what is complete, then shutting the node down"
+        return [.log("dead-man switch: \(why); stopping the command (SIGTERM: it may write a final checkpoint), \(next)")] + requestStop(force: false, now)
+    }
+
+    static func describe(_ d: Duration) -> String {
+        let s = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        return s < 120 ? "\(Int(s)) s" : "\(Int(s / 60)) min"
+    }
+
+    static func minutes(_ seconds: Double) -> String {
+        let m = seconds / 60
+        return m == m.rounded() ? "\(Int(m))" : "\(m)"
+    }
+
     private mutating func finish(endedIn: String, exit: ExitStatus?, _ now: Now) -> [Action] {
         phase = .exited
         status.phase = .exited
         if status.endedIn == nil { status.endedIn = endedIn }
         if status.exit == nil { status.exit = exit }
         if status.endedAt == nil { status.endedAt = now.date }
-        let line = "agent done: \(status.exit.map { "\($0)" } ?? "no command result")\(status.failure.map { "; \($0)" } ?? "")"
+        let line = "agent done: \(status.exit.map { "\($0)" } ?? "no command result")\(status.failure.map { "; \($0)" } ?? "")\(status.deadMan.map { "; stopped by the dead-man switch: \($0)" } ?? "")"
+        // The final status is written before the node goes down: whoever looks later (a
+        // controller that comes back, a person) reads why.
+        if deadManTripped, let command = plan.shutdownCommand {
+            return [write(now), .log(line), .log("dead-man switch: shutting the node down (\(command))"), .shutDownNode(command), .exit(status)]
+        }
         return [write(now), .log(line), .exit(status)]
     }
 

@@ -67,8 +67,15 @@ public final class NodeAgent: Sendable {
         recordPID(getpid())
         var steps = send(.begin(ownsDescendants: asAgentProcess))
         let beats = Task { [self] in
+            var mark = controllerMark()
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(config.heartbeatSeconds))
+                // The controller rewrites its mark at every status read: a change is a sign of life.
+                let seen = controllerMark()
+                if seen != mark {
+                    mark = seen
+                    send(.controllerSeen)
+                }
                 send(.heartbeatTick)
             }
         }
@@ -131,6 +138,8 @@ public final class NodeAgent: Sendable {
             case .finalUploads(let succeeded):
                 if let watcher { await finalUploads(watcher, succeeded: succeeded) }
                 next = .finalUploadsDone
+            case .shutDownNode(let command):
+                await shutDownNode(command)
             case .writeStatus, .log, .recordPID, .recordDescendants, .signalGroup, .killDescendants, .scheduleDeadline:
                 // Done by send(_:) as they came.
                 break
@@ -172,7 +181,7 @@ public final class NodeAgent: Sendable {
                 try? await Task.sleep(until: started + at, clock: .continuous)
                 send(.deadlinePassed)
             }
-        case .exit, .probeBucket, .restore, .writeFiles, .preparePython, .spawn, .startCheckpointWatcher, .stopCheckpointWatcher, .finalUploads:
+        case .exit, .probeBucket, .restore, .writeFiles, .preparePython, .spawn, .startCheckpointWatcher, .stopCheckpointWatcher, .finalUploads, .shutDownNode:
             return false
         }
         return true
@@ -273,7 +282,11 @@ public final class NodeAgent: Sendable {
             let uploaded = Set(await watcher.uploadedSteps)
             let missing = CheckpointProtocol.completeSteps(in: config.checkpointDir).filter { !uploaded.contains($0) }
             if pending.isEmpty && missing.isEmpty { break }
-            if isStopping {
+            // A gang stopped by the controller may have lost a node, whose part never comes. A
+            // dead-man stop has no controller to commit later, and every node of the gang stops
+            // within seconds of the others (the controller went silent for all of them): the
+            // leader waits for their parts, up to the commit wait.
+            if isStopping && !deadManTripped {
                 if !pending.isEmpty { say("stopping: step(s) \(pending.map(String.init).joined(separator: ", ")) left for the controller to commit if every part arrives") }
                 break
             }
@@ -329,6 +342,24 @@ public final class NodeAgent: Sendable {
     // MARK: - Stop
 
     var isStopping: Bool { lifecycle.withLock { $0.stopRequested } }
+    var deadManTripped: Bool { lifecycle.withLock { $0.deadManTripped } }
+
+    /// The controller's mark as it is now (nil: none yet).
+    func controllerMark() -> Data? {
+        FileManager.default.contents(atPath: config.controllerSeenFile)
+    }
+
+    /// The dead-man switch's last step, on a node whose provider says a guest shutdown stops
+    /// its billing: runs the provider's shutdown command (output to the node log).
+    func shutDownNode(_ command: String) async {
+        do {
+            let pid = try Spawn.start(["/bin/sh", "-c", command], environment: BaseEnvironment.filter(ProcessInfo.processInfo.environment), cwd: config.workdir, output: config.logFile)
+            let exit = await Spawn.wait(pid)
+            if !exit.succeeded { say("the shutdown command failed (\(exit)); the node stays up") }
+        } catch {
+            say("could not run the shutdown command: \(error); the node stays up")
+        }
+    }
 
     /// SIGTERM/SIGINT: pass SIGTERM to the command's group, SIGKILL it after the grace period;
     /// the agent itself goes on to finish its uploads.

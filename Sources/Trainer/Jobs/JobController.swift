@@ -199,7 +199,7 @@ final class Run: @unchecked Sendable {
         self.spec = spec
         self.settings = settings
         self.secrets = secrets
-        self.lifecycle = JobLifecycle(config: JobLifecycle.Config(maxRestarts: spec.maxRestarts, settings: settings))
+        self.lifecycle = JobLifecycle(config: JobLifecycle.Config(maxRestarts: spec.maxRestarts, settings: settings, maxDuration: spec.maxDuration))
         self.checkpoints = CheckpointStore(store: bucket ?? UnopenedBucket(), prefix: "checkpoints")
         self.logOffsets = (try? JSONDecoder().decode([String: Int64].self, from: Data(contentsOf: URL(fileURLWithPath: offsetsFile)))) ?? [:]
     }
@@ -250,7 +250,10 @@ final class Run: @unchecked Sendable {
         switch action {
         case .loadJob:
             looped = await self.job()
-            return .jobLoaded(looped?.status, attempt: looped?.attempt ?? 0)
+            // How long since the job first started, on the wall clock (its record's `startedAt`):
+            // the machine times `maxDuration` from it.
+            let ranFor = looped?.startedAt.map { Duration.milliseconds(Int64(max(0, Date().timeIntervalSince($0)) * 1000)) }
+            return .jobLoaded(looped?.status, attempt: looped?.attempt ?? 0, ranFor: ranFor, at: .now)
         case .ensureCluster:
             do { return try await ensureCluster(job) } catch { return cannotGoOn(error) }
         case .provisionCluster:
@@ -290,6 +293,9 @@ final class Run: @unchecked Sendable {
         case .sleep(let duration):
             try? await Task.sleep(for: duration)
             return .woke(at: .now)
+        case .loadLatestCheckpoint:
+            await syncCheckpoints()
+            return .latestCheckpoint(await latestCommitted())
         case .setStatus(let status, let message):
             await c.setStatus(status, message)
         case .emit(let event):
@@ -458,6 +464,10 @@ final class Run: @unchecked Sendable {
             config.stopGraceSeconds = settings.stopGraceSeconds
             config.commitWaitSeconds = settings.commitWaitSeconds
             config.pidsFile = l.pidsFile
+            config.deadManSeconds = spec.deadManMinutes.map { $0 * 60 }
+            // Only where the provider says a guest shutdown stops billing (nil elsewhere: the
+            // dead-man switch then stops the command and leaves the node up).
+            config.shutdownCommand = node.shutdownCommand
             config.files = files
             config.python = spec.python
             appendHome(node: rank, Data("==== attempt \(number) on \(node.id) (\(addresses[rank]))\(resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") ====\n".utf8))
@@ -556,6 +566,15 @@ final class Run: @unchecked Sendable {
                 return .gangStopped(attemptFound: true)
             }
             return .gangStopped(attemptFound: false)
+        case .maxDuration:
+            // Like a cancel, but an attempt already closed (a failed one) keeps its outcome.
+            guard let a = try? await store.attempt(job: jobID, number: job.attempt), a.outcome == .running || a.outcome == .starting,
+                let nodes = try? await currentNodes(job)
+            else { return .gangStopped(attemptFound: false) }
+            await stopGang(a, nodes: nodes, waitAtMost: stop.waitAtMost)
+            // The last lines (the command's final checkpoint, the agents' uploads) come home.
+            if attempt?.attempt == a.attempt { await drainLogs(a, nodes: nodes) }
+            return .gangStopped(attemptFound: true)
         case .stale, .failure:
             guard let attempt else { return .gangStopped(attemptFound: false) }
             await stopGang(attempt, nodes: nodes, silent: ids(stop.silent), waitAtMost: stop.waitAtMost)
@@ -693,7 +712,8 @@ final class Run: @unchecked Sendable {
         return await withTaskGroup(of: (Int, AgentStatus, Bool)?.self) { group in
             for (rank, node, t) in pairs {
                 group.addTask {
-                    guard let s = try? await t.agentStatus(job: job, attempt: attempt.attempt, on: node), s.attempt == attempt.attempt else { return nil }
+                    // The controller's poll: it also tells the agent a controller is there (its dead-man switch).
+                    guard let s = try? await t.pollAgent(job: job, attempt: attempt.attempt, on: node), s.attempt == attempt.attempt else { return nil }
                     return (rank, s, t.isAgentRunning(s, on: node))
                 }
             }

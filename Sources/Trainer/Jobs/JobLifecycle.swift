@@ -19,6 +19,8 @@ struct JobLifecycle: Sendable {
     struct Config: Sendable, Hashable {
         var maxRestarts: Int
         var settings: JobSettings
+        /// The job's wall-clock budget from its first start, restarts included (`resources.maxDuration`).
+        var maxDuration: Duration? = nil
 
         /// How often the committed checkpoints are synced while an attempt runs.
         static let checkpointSyncEvery = Duration.seconds(2)
@@ -71,6 +73,9 @@ struct JobLifecycle: Sendable {
         case stale
         /// The followed attempt failed.
         case failure
+        /// The job ran out of `maxDuration`: like a cancel, the job's current attempt (if it
+        /// still runs) on the cluster's current nodes.
+        case maxDuration
     }
 
     struct StopGang: Sendable, Hashable {
@@ -96,11 +101,14 @@ struct JobLifecycle: Sendable {
         /// After a failed attempt: the restart decision (`replace` nil until it is made), then
         /// replacing the lost nodes' capacity.
         case restarting(Attempt, AttemptFailure, replace: [Int]?, moving: Bool)
+        /// The gang of a job past its `maxDuration` is stopped; the newest checkpoint is read
+        /// for the final message.
+        case expiring
         /// Done (nil: the job's record is gone).
         case finished(JobStatus?)
 
         enum Kind: String, Sendable, Hashable, CaseIterable {
-            case idle, provisioning, startingGang, running, stopping, restarting, finished
+            case idle, provisioning, startingGang, running, stopping, restarting, expiring, finished
         }
 
         var kind: Kind {
@@ -111,6 +119,7 @@ struct JobLifecycle: Sendable {
             case .running: .running
             case .stopping: .stopping
             case .restarting: .restarting
+            case .expiring: .expiring
             case .finished: .finished
             }
         }
@@ -152,8 +161,9 @@ struct JobLifecycle: Sendable {
     }
 
     enum Event: Sendable, Hashable {
-        /// The job's record at the top of the loop (status nil: the record is gone).
-        case jobLoaded(JobStatus?, attempt: Int)
+        /// The job's record at the top of the loop (status nil: the record is gone); `ranFor`:
+        /// how long since the job first started (nil: it has not), read `at`.
+        case jobLoaded(JobStatus?, attempt: Int, ranFor: Duration? = nil, at: Instant? = nil)
         /// The job's bucket cannot be opened and the job never started.
         case bucketUnavailable(String)
         /// The job's own cluster is not running: it is to be provisioned.
@@ -184,11 +194,13 @@ struct JobLifecycle: Sendable {
         /// The gang is stopped (`attemptFound` false: there was no attempt record to stop).
         case gangStopped(attemptFound: Bool)
         case restartFacts(latestCheckpoint: Int?, previous: AttemptFailure?, restartsUsed: Int)
+        /// The job's newest committed checkpoint (nil: none).
+        case latestCheckpoint(Int?)
 
         enum Kind: String, Sendable, Hashable, CaseIterable {
             case jobLoaded, bucketUnavailable, clusterNeedsProvisioning, clusterReady, nodeReplaced, replacementUnavailable, gangMoved
             case attemptFound, attemptStarted, nodeUnreachable, cannotGoOn, cancelRequested, observed, instancesChecked, errorLine
-            case agentSaid, woke, gangStopped, restartFacts
+            case agentSaid, woke, gangStopped, restartFacts, latestCheckpoint
         }
 
         var kind: Kind {
@@ -212,6 +224,7 @@ struct JobLifecycle: Sendable {
             case .woke: .woke
             case .gangStopped: .gangStopped
             case .restartFacts: .restartFacts
+            case .latestCheckpoint: .latestCheckpoint
             }
         }
     }
@@ -248,6 +261,8 @@ struct JobLifecycle: Sendable {
         case loadRestartFacts(attempt: Int)
         /// → ``Event/woke(at:)``.
         case sleep(Duration)
+        /// Syncs the bucket's checkpoints first; → ``Event/latestCheckpoint(_:)``.
+        case loadLatestCheckpoint
 
         // Effects.
         case setStatus(JobStatus, String)
@@ -270,7 +285,7 @@ struct JobLifecycle: Sendable {
         var isRequest: Bool {
             switch self {
             case .loadJob, .ensureCluster, .provisionCluster, .replaceNode, .moveGang, .findAttempt, .startAttempt, .stopGang, .observe,
-                .checkInstances, .readErrorLine, .readAgentOutput, .loadRestartFacts, .sleep:
+                .checkInstances, .readErrorLine, .readAgentOutput, .loadRestartFacts, .sleep, .loadLatestCheckpoint:
                 true
             default: false
             }
@@ -286,6 +301,11 @@ struct JobLifecycle: Sendable {
 
     let config: Config
     private(set) var phase: Phase = .idle
+    /// When the job's `maxDuration` budget began, on the controller's clock: its first start
+    /// (from the record's `startedAt` at the first `jobLoaded`, else the first attempt seen).
+    private(set) var budgetStart: Instant?
+    /// How long the job had run when it was found past its `maxDuration`.
+    private(set) var expiredAfter: Duration?
 
     init(config: Config) {
         self.config = config
@@ -313,6 +333,7 @@ struct JobLifecycle: Sendable {
         case (.restarting, .restartFacts), (.restarting, .nodeReplaced), (.restarting, .replacementUnavailable), (.restarting, .gangMoved),
             (.restarting, .cannotGoOn):
             false
+        case (.expiring, .latestCheckpoint): false
         default: true
         }
     }
@@ -323,7 +344,8 @@ struct JobLifecycle: Sendable {
         if Self.ignores(phase.kind, event.kind) { return [] }
         switch (phase, event) {
         // The top of the loop.
-        case (.idle, .jobLoaded(let status, let attempt)):
+        case (.idle, .jobLoaded(let status, let attempt, let ranFor, let at)):
+            if budgetStart == nil, let ranFor, let at { budgetStart = at - ranFor }
             guard let status else {
                 phase = .finished(nil)
                 return [.end]
@@ -335,6 +357,17 @@ struct JobLifecycle: Sendable {
             if status == .cancelling {
                 phase = .stopping(.cancel, Attempt(number: attempt, nodes: []), nil)
                 return [.stopGang(StopGang(reason: .cancel, attempt: attempt, waitAtMost: config.stopWait))]
+            }
+            if let at, let limit = config.maxDuration, let start = budgetStart, at - start >= limit {
+                // Out of time (found at the top of the loop: after a pass, a restart, or by a
+                // controller that adopted the job late): stopped the graceful way, like a cancel.
+                let ran = at - start
+                expiredAfter = ran
+                phase = .stopping(.maxDuration, Attempt(number: attempt, nodes: []), nil)
+                return [
+                    .setStatus(status, "maxDuration \(JobSpec.describe(limit)) reached after \(JobSpec.describe(ran)); stopping the gang (SIGTERM: the command may write a final checkpoint)."),
+                    .stopGang(StopGang(reason: .maxDuration, attempt: attempt, waitAtMost: config.stopWait)),
+                ]
             }
             phase = .provisioning(missing: [], moving: false)
             return [.ensureCluster]
@@ -357,6 +390,7 @@ struct JobLifecycle: Sendable {
 
         // The attempt.
         case (.startingGang, .attemptFound(let attempt, let outcome, let sameNodes, let at)):
+            if budgetStart == nil { budgetStart = at }
             guard let attempt else { return [.startAttempt] }
             switch outcome {
             case .running? where sameNodes:
@@ -370,6 +404,7 @@ struct JobLifecycle: Sendable {
                 return [.startAttempt]
             }
         case (.startingGang, .attemptStarted(let attempt, let master, let port, let reason, let at)):
+            if budgetStart == nil { budgetStart = at }
             phase = .running(Watch(attempt: attempt, started: at))
             let resuming = attempt.resumeStep.map { ", resuming from checkpoint step \($0)" } ?? ""
             return [
@@ -445,6 +480,9 @@ struct JobLifecycle: Sendable {
             switch reason {
             case .cancel:
                 return (found ? [.closeAttempt(attempt?.number ?? 0, .stopped, nil)] : []) + finish(.cancelled, "Cancelled.")
+            case .maxDuration:
+                phase = .expiring
+                return (found ? [.closeAttempt(attempt?.number ?? 0, .stopped, nil)] : []) + [.loadLatestCheckpoint]
             case .stale:
                 phase = .startingGang
                 return [.closeAttempt(attempt?.number ?? 0, .stopped, nil), .startAttempt]
@@ -472,6 +510,14 @@ struct JobLifecycle: Sendable {
             // A move brought a whole new gang: nothing else is left to replace.
             phase = .idle
             return [.loadJob]
+
+        // Out of time.
+        case (.expiring, .latestCheckpoint(let step)):
+            let limit = config.maxDuration.map(JobSpec.describe) ?? "?"
+            let ran = expiredAfter.map(JobSpec.describe) ?? "?"
+            let kept = step.map { "the last checkpoint is step \($0), kept in the bucket" } ?? "no checkpoint was written"
+            let message = "maxDuration \(limit) reached: the job ran \(ran) since its first start (restarts included) and was stopped; \(kept)."
+            return finish(.failed, message, error: message)
 
         default:
             return []
@@ -601,6 +647,11 @@ struct JobLifecycle: Sendable {
                 return fail(AttemptFailure(kind: .hungAtExit, node: hung, message: "node \(hung) had not exited \(Int(config.settings.exitGraceSeconds)) s after the others finished"), w.attempt)
             }
         }
+        if let limit = config.maxDuration, let start = budgetStart, now - start >= limit {
+            // Out of time: back to the top of the loop, which stops the gang like a cancel.
+            phase = .idle
+            return [.loadJob]
+        }
         return [.sleep(config.poll)]
     }
 
@@ -618,6 +669,11 @@ struct JobLifecycle: Sendable {
     static func failure(of s: AgentStatus, node: Int) -> AttemptFailure {
         if let bad = s.corruptCheckpoint {
             return AttemptFailure(kind: .corruptCheckpoint, node: node, message: "node \(node) could not restore it: \(bad)")
+        }
+        if let why = s.deadMan {
+            // The agent heard from no controller and stopped the command itself; a controller
+            // that comes back restarts the job from the final checkpoint.
+            return AttemptFailure(kind: .signal, node: node, exit: s.exit, message: "the agent on node \(node) stopped the command on its own (dead-man switch): \(why)")
         }
         if s.endedIn == AgentStatus.startPhase, let f = s.failure {
             return AttemptFailure(kind: .startup, node: node, message: "the agent on node \(node) could not start: \(f)")

@@ -45,6 +45,13 @@ public struct JobSpec: Sendable, Hashable {
     public var recipe: RecipeSpec?
     /// The Python environment setup and `run` use (``PythonEnvironment``); a recipe implies one.
     public var python: PythonEnvironment?
+    /// `resources.maxDuration`: the job's wall-clock budget from its first start, restarts
+    /// included; past it the controller stops the gang gracefully and the job fails. Nil: none.
+    public var maxDuration: Duration?
+    /// `resources.deadManMinutes`: an agent that hears from no controller for this long stops
+    /// its command (final checkpoint), uploads what is complete and, where its provider says a
+    /// guest shutdown stops billing, shuts its machine down. Nil: off (the default).
+    public var deadManMinutes: Double?
 
     public init(name: String, run: String, resources: ResourceRequest = .init()) {
         self.name = name
@@ -58,6 +65,8 @@ public struct JobSpec: Sendable, Hashable {
         self.workdir = nil
         self.recipe = nil
         self.python = nil
+        self.maxDuration = nil
+        self.deadManMinutes = nil
     }
 
     /// Reads a spec file.
@@ -105,7 +114,7 @@ public struct JobSpec: Sendable, Hashable {
                     guard let value = ev.scalar?.string else { throw r.bad("'env.\(n)' must be a plain value", ev.mark?.line) }
                     spec.env[n] = value
                 }
-            case "resources": spec.resources = try resources(v, r)
+            case "resources": spec.resources = try resources(v, r, limits: &spec)
             case "checkpoint":
                 guard let m = v.mapping else { throw r.bad("'checkpoint' must be a mapping", v.mark?.line) }
                 for (ck, cv) in m {
@@ -238,7 +247,31 @@ public struct JobSpec: Sendable, Hashable {
         return env
     }
 
-    static func resources(_ v: Node, _ r: YAMLReader) throws -> ResourceRequest {
+    /// The forms `resources.maxDuration` takes.
+    static let durationForms = "a positive number and a unit: s, m, h or d (45s, 90m, 36h, 2d)"
+
+    static let durationUnits: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+
+    /// `"90m"` → 90 minutes; nil when `text` is not a positive number followed by s, m, h or d.
+    public static func parseDuration(_ text: String) -> Duration? {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        guard let unit = t.last, let scale = durationUnits[unit],
+            let n = Double(t.dropLast().trimmingCharacters(in: .whitespaces)), n.isFinite, n > 0, t.dropLast().allSatisfy({ $0.isNumber || $0 == "." || $0 == " " })
+        else { return nil }
+        return .milliseconds(Int64((n * scale * 1000).rounded()))
+    }
+
+    /// A duration as people read it: `45s`, `1m 30s`, `2h 5m`, `36h`, `3d 4h` (days from two on).
+    public static func describe(_ d: Duration) -> String {
+        let total = Int(d.components.seconds)
+        let (days, hours, minutes, seconds) = (total / 86400, total % 86400 / 3600, total % 3600 / 60, total % 60)
+        if days >= 2 { return hours > 0 ? "\(days)d \(hours)h" : "\(days)d" }
+        if total >= 3600 { return minutes > 0 ? "\(total / 3600)h \(minutes)m" : "\(total / 3600)h" }
+        if minutes > 0 { return seconds > 0 ? "\(minutes)m \(seconds)s" : "\(minutes)m" }
+        return "\(seconds)s"
+    }
+
+    static func resources(_ v: Node, _ r: YAMLReader, limits spec: inout JobSpec) throws -> ResourceRequest {
         guard let m = v.mapping else { throw r.bad("'resources' must be a mapping", v.mark?.line) }
         var req = ResourceRequest()
         for (k, v) in m {
@@ -266,8 +299,19 @@ public struct JobSpec: Sendable, Hashable {
                 req.maxPricePerHour = d
             case "providers":
                 req.providers = try r.strings(v, "resources.providers", "a name or a list")
+            case "maxDuration":
+                let given = v.scalar?.string ?? ""
+                guard let d = parseDuration(given) else {
+                    throw r.bad("'resources.maxDuration' must be \(durationForms), got '\(given)'", v.mark?.line)
+                }
+                spec.maxDuration = d
+            case "deadManMinutes":
+                guard v.bool == nil, let d = v.float ?? v.int.map(Double.init), d.isFinite, d > 0 else {
+                    throw r.bad("'resources.deadManMinutes' must be a positive number of minutes (fractions allowed, e.g. 15 or 0.5), got '\(v.scalar?.string ?? (v.mapping != nil ? "a mapping" : "a list"))'", v.mark?.line)
+                }
+                spec.deadManMinutes = d
             case let other:
-                throw r.unknown("resources.\(other)", ["gpu", "gpusPerNode", "nodes", "spot", "regions", "maxPricePerHour", "providers"], k.mark?.line)
+                throw r.unknown("resources.\(other)", ["gpu", "gpusPerNode", "nodes", "spot", "regions", "maxPricePerHour", "providers", "maxDuration", "deadManMinutes"], k.mark?.line)
             }
         }
         return req

@@ -100,6 +100,16 @@ public struct LocalTransport: NodeTransport {
         }
     }
 
+    public func pollAgent(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
+        let l = try layout(job: job, attempt: attempt, on: node)
+        // Only into a folder the agent made (never creating one for an attempt not started).
+        if FileManager.default.fileExists(atPath: l.stateDir) {
+            // Owner only, like everything in the node's folder.
+            try? PrivateFile.write(Data("\(Date().timeIntervalSince1970)\n".utf8), to: l.stateDir + "/" + AgentConfig.controllerSeenName)
+        }
+        return try await agentStatus(job: job, attempt: attempt, on: node)
+    }
+
     public func readLog(job: String, attempt: Int, on node: Instance, from offset: Int64, limit: Int) async throws -> Data {
         let l = try layout(job: job, attempt: attempt, on: node)
         guard let h = FileHandle(forReadingAtPath: l.stateDir + "/node.log") else { return Data() }

@@ -33,6 +33,11 @@ public protocol NodeTransport: Sendable {
     func startAgent(_ config: AgentConfig, secrets: AgentSecrets, on node: Instance) async throws
     /// The agent's last status, or nil when it has not written one.
     func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus?
+    /// The controller's read of the agent's status (every poll): ``agentStatus(job:attempt:on:)``
+    /// that also rewrites the agent's `controller-seen` mark (``AgentConfig/controllerSeenFile``)
+    /// in the same trip to the node. That mark changing is how an agent hears from a
+    /// controller; its dead-man switch (`resources.deadManMinutes`) goes off when it stops.
+    func pollAgent(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus?
     /// Up to `limit` bytes of the node log from byte `offset`.
     func readLog(job: String, attempt: Int, on node: Instance, from offset: Int64, limit: Int) async throws -> Data
     /// Whether the agent that wrote `status` is still working: it has not written its final

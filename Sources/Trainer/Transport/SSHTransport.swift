@@ -374,6 +374,19 @@ public struct SSHTransport: NodeTransport {
         }
     }
 
+    /// One round trip, as a plain status read: the mark (the node's clock, to the nanosecond:
+    /// it changes at every poll) is written only where the agent's folder exists.
+    public func pollAgent(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
+        let l = try layout(job: job, attempt: attempt, on: node)
+        let dir = SSHClient.remotePath(l.stateDir)
+        let seen = SSHClient.remotePath(l.stateDir + "/" + AgentConfig.controllerSeenName)
+        let r = try await client(for: node).run(try target(node), "if [ -d \(dir) ]; then (umask 077; date +%s.%N > \(seen)) 2>/dev/null; fi; cat \(SSHClient.remotePath(l.stateDir + "/status.json")) 2>/dev/null", timeout: 5)
+        guard r.status == 0, !r.stdout.isEmpty else { return nil }
+        do { return try PluginWire.decoder.decode(AgentStatus.self, from: r.stdout) } catch {
+            throw CapstanError(.io, "The agent status on node \(node.id) is unreadable (\(error)).")
+        }
+    }
+
     public func readLog(job: String, attempt: Int, on node: Instance, from offset: Int64, limit: Int) async throws -> Data {
         let l = try layout(job: job, attempt: attempt, on: node)
         let r = try await client(for: node).run(try target(node), "tail -c +\(offset + 1) \(SSHClient.remotePath(l.stateDir + "/node.log")) 2>/dev/null | head -c \(limit)", timeout: 15)
