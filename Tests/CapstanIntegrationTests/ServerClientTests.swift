@@ -155,11 +155,11 @@ struct ServerClientTests {
         defer { home.stop() }
         try await home.start()
 
-        let up = try await home.remote(["up", "c1", "--nodes", "1", "--provider", "local"])
+        let up = try await home.remote(["up", "c1", "--nodes", "1", "--provider", "local", "--idle-minutes", "30"])
         #expect(up.status == 0, "\(up.stdout) \(up.stderr)")
         #expect(up.stdout.contains("Provisioning c1…") && up.stdout.contains("Cluster c1 is running: 1 node(s) on local"), "\(up.stdout)")
         let status = try await home.remote(["status", "--no-reconcile"])
-        #expect(status.status == 0 && status.stdout.contains("c1") && status.stdout.contains("running"), "\(status.stdout) \(status.stderr)")
+        #expect(status.status == 0 && status.stdout.contains("c1") && status.stdout.contains("running") && status.stdout.contains("idle 30m"), "\(status.stdout) \(status.stderr)")
 
         let down = try await home.remote(["down", "c1"])
         #expect(down.status == 0 && down.stdout == "Cluster c1 is terminated.\n", "\(down.stdout) \(down.stderr)")
