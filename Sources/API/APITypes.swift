@@ -79,6 +79,13 @@ public struct OffersRequest: Sendable, Codable, Hashable {
         self.request = request
         self.refresh = refresh
     }
+
+    enum CodingKeys: String, CodingKey { case request, refresh }
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        request = try c.decode(ResourceRequest.self, forKey: .request)
+        refresh = try c.decodeIfPresent(Bool.self, forKey: .refresh) ?? false
+    }
 }
 
 /// The answer of `POST /v1/offers`, and what `capstan offers --json` prints.
@@ -122,12 +129,26 @@ public struct UpRequest: Sendable, Codable, Hashable {
         self.refresh = refresh
         self.idleMinutes = idleMinutes
     }
+
+    enum CodingKeys: String, CodingKey { case name, request, refresh, idleMinutes }
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        request = try c.decode(ResourceRequest.self, forKey: .request)
+        refresh = try c.decodeIfPresent(Bool.self, forKey: .refresh) ?? false
+        idleMinutes = try c.decodeIfPresent(Int.self, forKey: .idleMinutes)
+    }
 }
 
 /// `POST /v1/clusters/{name}/move`.
 public struct MoveRequest: Sendable, Codable, Hashable {
     public var refresh: Bool
     public init(refresh: Bool = false) { self.refresh = refresh }
+
+    enum CodingKeys: String, CodingKey { case refresh }
+    public init(from decoder: any Decoder) throws {
+        refresh = try decoder.container(keyedBy: CodingKeys.self).decodeIfPresent(Bool.self, forKey: .refresh) ?? false
+    }
 }
 
 /// One cluster as `capstan status --json` prints it.

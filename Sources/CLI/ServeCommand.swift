@@ -60,6 +60,12 @@ struct ServeRunCommand: AsyncParsableCommand {
             options.maxUploadBytes = Int64(maxUploadMb) * 1024 * 1024
             options.supervisePeriod = .milliseconds(Int64(superviseSeconds * 1000))
             options.clusterPeriod = .milliseconds(Int64(clusterSeconds * 1000))
+            #if DEBUG
+            // Test hook (debug builds only): judge idleness this many seconds in the future.
+            if let offset = ProcessInfo.processInfo.environment["CAPSTAN_TEST_CLOCK_OFFSET_SECONDS"].flatMap(Double.init) {
+                options.clock = { Date().addingTimeInterval(offset) }
+            }
+            #endif
             var logger = Logger(label: "capstan-serve") { label in StreamLogHandler.standardError(label: label) }
             logger.logLevel = global.verbose ? .debug : .info
             let global = global

@@ -28,6 +28,8 @@ public struct ControlPlaneOptions: Sendable {
     public var supervisePeriod: Duration = .seconds(2)
     /// How often clusters are reconciled and autostopped.
     public var clusterPeriod: Duration = .seconds(30)
+    /// The time the cluster keeper judges idleness at (tests move it forward).
+    public var clock: @Sendable () -> Date = { Date() }
     public init() {}
 }
 
@@ -71,7 +73,7 @@ public struct ControlPlane: Sendable {
     /// controllers (their jobs go on; another replica or the next start adopts them), and returns.
     public func run(onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
         let supervisor = JobSupervisor(jobs: jobs, period: options.supervisePeriod, logger: logger)
-        let keeper = ClusterKeeper(provisioner: provisioner, period: options.clusterPeriod, logger: logger, extra: clusterWork)
+        let keeper = ClusterKeeper(provisioner: provisioner, period: options.clusterPeriod, logger: logger, clock: options.clock, extra: clusterWork)
         let router = Router(context: APIContext.self)
         router.middlewares.add(ErrorMiddleware(logger: logger))
         router.middlewares.add(AuthMiddleware(tokens: Tokens(store: store), logger: logger))

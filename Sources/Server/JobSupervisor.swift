@@ -88,19 +88,23 @@ public final class JobSupervisor: Service, Sendable {
 }
 
 /// The clusters' side of the control plane, every `period`: reconcile the state with the
-/// providers (one replica at a time), and take down clusters whose owning job has ended but
-/// whose termination did not happen (its controller died first, or the call failed).
+/// providers (one replica at a time), take down clusters whose owning job has ended but whose
+/// termination did not happen (its controller died first, or the call failed), and autostop
+/// clusters idle past their `idleMinutes` (``Provisioner/stopIdleClusters(now:)``).
 public final class ClusterKeeper: Service, Sendable {
     public let provisioner: Provisioner
     public let period: Duration
     let logger: Logger
-    /// Extra work each pass (autostop of idle clusters).
+    /// What time it is, for idleness.
+    let clock: @Sendable () -> Date
+    /// Extra work each pass (for embedders).
     let extra: @Sendable (Provisioner, Date) async -> Void
 
-    public init(provisioner: Provisioner, period: Duration = .seconds(30), logger: Logger, extra: @escaping @Sendable (Provisioner, Date) async -> Void = { _, _ in }) {
+    public init(provisioner: Provisioner, period: Duration = .seconds(30), logger: Logger, clock: @escaping @Sendable () -> Date = { Date() }, extra: @escaping @Sendable (Provisioner, Date) async -> Void = { _, _ in }) {
         self.provisioner = provisioner
         self.period = period
         self.logger = logger
+        self.clock = clock
         self.extra = extra
     }
 
@@ -110,7 +114,7 @@ public final class ClusterKeeper: Service, Sendable {
     public func run() async throws {
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                await self.pass()
+                await self.pass(now: self.clock())
                 try await Task.sleep(for: self.period)
             }
         }
@@ -123,6 +127,8 @@ public final class ClusterKeeper: Service, Sendable {
         let report = await provisioner.reconcile()
         if report.didSomething { logger.notice("reconciled", metadata: ["terminated": "\(report.terminated.count)", "recovered": "\(report.recoveredClusters.count)"]) }
         await downOrphanedJobClusters()
+        let stopped = await provisioner.stopIdleClusters(now: now)
+        if !stopped.isEmpty { logger.notice("autostopped idle clusters", metadata: ["clusters": "\(stopped.joined(separator: ", "))"]) }
         await extra(provisioner, now)
     }
 

@@ -35,16 +35,8 @@ struct Routes: Sendable {
         }
         v1.post("clusters") { request, context in
             let body = try await decode(UpRequest.self, request, context)
-            if let m = body.idleMinutes, m < 1 {
-                throw CapstanError(.invalidRequest, "idleMinutes must be at least 1, got \(m).", hint: "Leave it out to never autostop.")
-            }
             _ = await plane.provisioner.reconcile()
-            var report = try await plane.provisioner.up(name: body.name, request: body.request, search: plane.offerSearch(body.refresh))
-            if let minutes = body.idleMinutes, report.cluster.status == .running {
-                report.cluster.idleMinutes = minutes
-                try await store.update(report.cluster)
-            }
-            return try json(report)
+            return try json(try await plane.provisioner.up(name: body.name, request: body.request, search: plane.offerSearch(body.refresh), idleMinutes: body.idleMinutes))
         }
         v1.delete("clusters/:name") { _, context in
             let name = try context.parameters.require("name")

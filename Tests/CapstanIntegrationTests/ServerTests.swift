@@ -262,3 +262,40 @@ struct ServerJobTests {
         #expect(logs.status == 200 && logs.text.contains("{\\\"step\\\": 200") && logs.text.contains("\"end\""), "\(logs.text.suffix(500))")
     }
 }
+
+@Suite("capstan serve: clusters", .serialized)
+struct ServerClusterTests {
+    @Test("the server autostops a cluster idle past its idleMinutes (up through the API) and leaves one without a limit running")
+    func idleAutostop() async throws {
+        let dir = TempDir("capstan-serve-idle")
+        defer { dir.cleanup() }
+        dir.write("config.yaml", "providers:\n  local:\n    slots: 4\n")
+        let token = try await createToken(home: dir.path, name: "t")
+        // The keeper judges idleness two hours ahead (a debug-build hook), so nobody waits.
+        let serve = try await ServeProcess(home: dir.path, extraArgs: ["--cluster-seconds", "1"], env: ["CAPSTAN_TEST_CLOCK_OFFSET_SECONDS": "7200"])
+        defer { serve.terminate() }
+        func up(_ name: String, idle: Int?) async throws -> ServeProcess.Answer {
+            var body: [String: Any] = ["name": name, "request": ["nodes": 1, "regions": [], "providers": [], "spot": "never"]]
+            if let idle { body["idleMinutes"] = idle }
+            return try await serve.request("POST", "/v1/clusters", token: token, body: try JSONSerialization.data(withJSONObject: body))
+        }
+        let idle = try await up("idle", idle: 30)
+        #expect(idle.status == 200 && idle.text.contains("\"idleMinutes\":30"), "\(idle.text)")
+        let keep = try await up("keep", idle: nil)
+        #expect(keep.status == 200, "\(keep.text)")
+        let bad = try await up("bad", idle: 0)
+        #expect(bad.status == 400 && bad.text.contains("idle"), "\(bad.text)")
+        func status(_ name: String) async throws -> String? {
+            let r = try await serve.request("GET", "/v1/clusters?all=true&reconcile=false", token: token)
+            let rows = try #require((try r.json() as? [String: Any])?["clusters"] as? [[String: Any]])
+            return rows.compactMap { $0["cluster"] as? [String: Any] }.last { $0["name"] as? String == name }?["status"] as? String
+        }
+        let end = Date().addingTimeInterval(60)
+        while Date() < end, try await status("idle") != "terminated" { try await Task.sleep(for: .milliseconds(200)) }
+        #expect(try await status("idle") == "terminated", "\(serve.logText.suffix(2000))")
+        #expect(try await status("keep") == "running")
+        let events = try await serve.request("GET", "/v1/events?cluster=idle", token: token)
+        #expect(events.text.contains("autostop"), "\(events.text)")
+        _ = try await serve.request("DELETE", "/v1/clusters/keep", token: token)
+    }
+}
