@@ -1,6 +1,6 @@
 // capstan-bench: figures for the closing notes, each against a baseline run in the same process.
 //   swift build -c release --product capstan-bench --product CapstanPluginSim
-//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|all]
+//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|all]
 import CapstanAWS
 import CapstanCore
 import CapstanPluginKit
@@ -303,3 +303,8 @@ if which == "ranking" || which == "all" { try rankingBench() }
 if which == "cold-start" || which == "all" { try coldStartBench() }
 if which == "s3" || which == "all" { try await s3Bench() }
 if which == "lambda" || which == "all" { try await lambdaBench() }
+if which == "offers" || which == "all" { try await offersBench() }
+if which == "scale" || which == "all" { try await scaleBench() }
+if which == "status" { try await statusBench() }
+if which == "up" { try await upBench() }
+if which == "jobs" { try await jobsBench() }
