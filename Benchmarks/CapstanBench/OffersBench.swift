@@ -39,15 +39,19 @@ func percentilesMs(runs: Int, _ body: () async throws -> Void) async rethrows ->
 /// What `capstan offers` prints for the top `limit` ranked offers (the same columns), so the
 /// end-to-end figure includes the output.
 func renderTop(_ result: OfferSearchResult, limit: Int = 20) -> String {
+    renderTop(result.ranked, rejected: result.rejected.count, limit: limit)
+}
+
+func renderTop(_ ranked: [RankedOffer], rejected: Int, limit: Int = 20) -> String {
     var out = ""
-    for r in result.ranked.prefix(limit) {
+    for r in ranked.prefix(limit) {
         let o = r.offer
         out += [o.provider, o.instanceType, o.zone ?? o.region, o.gpu ?? o.gpuName ?? "-", "\(o.gpusPerNode)",
                 o.vcpus.map(String.init) ?? "-", o.memoryGiB.map { String(format: "%.0f", $0) } ?? "-",
                 String(format: "%.2f", r.pricePerNode), String(format: "%.2f", r.clusterPricePerHour),
                 r.spot ? "spot" : "on-demand", o.availability.rawValue].joined(separator: "  ") + "\n"
     }
-    out += "\(result.rejected.count) offer(s) filtered out\n"
+    out += "\(rejected) offer(s) filtered out\n"
     return out
 }
 
@@ -76,7 +80,7 @@ func offersBench() async throws {
     let payload = try await instance.invoke(PluginWire.Method.offers, request: requestJSON)
     let floor = try await medianMs(runs: runs) { try PluginWire.decoder.decode(PluginWire.OffersResponse.self, from: payload).offers.count }
     let call = try await medianMs(runs: runs) { try await instance.invoke(PluginWire.Method.offers, request: requestJSON).count }
-    let decode = floor // BEFORE: no fast decoder yet
+    let decode = try await medianMs(runs: runs) { OfferJSON.decodeResponse(payload)!.count }
     let provider = try await medianMs(runs: runs) { try await sim.offers(for: everything).count }
     let uncached = try await medianMs(runs: runs) {
         renderTop(try await OfferSearch(providers: [sim], cache: store, refresh: true).run(everything))
@@ -87,15 +91,35 @@ func offersBench() async throws {
     let uncachedFiltered = try await medianMs(runs: runs) {
         renderTop(try await OfferSearch(providers: [sim], cache: store, refresh: true).run(filtered))
     }
+    // The path before OfferJSON, in this process and without the C ABI: the plugin kit's
+    // JSONEncoder, the host's JSONDecoder, the offer cache's JSONEncoder (GRDB's, for its JSON
+    // column), then the same ranking and output.
+    let catalog = SimulatedCloud.generatedCatalog(count: n).map { $0.normalized() }
+    let oldPath = try await medianMs(runs: 3) {
+        let wire = try PluginWire.encoder.encode(PluginWire.OffersResponse(offers: catalog))
+        var offers = try PluginWire.decoder.decode(PluginWire.OffersResponse.self, from: wire).offers.map { $0.normalized() }
+        for k in offers.indices { offers[k].provider = "sim" }
+        let cacheColumn = try JSONEncoder().encode(offers)
+        let (ranked, rejected) = try OfferRanking.rank(offers, for: everything)
+        return renderTop(ranked, rejected: rejected.count).count + cacheColumn.count
+    }
+    let oldCached = try await medianMs(runs: 3) {
+        let column = try JSONEncoder().encode(catalog)
+        let offers = try JSONDecoder().decode([Offer].self, from: column)
+        let (ranked, rejected) = try OfferRanking.rank(offers, for: everything)
+        return renderTop(ranked, rejected: rejected.count).count
+    }
     let result = try await OfferSearch(providers: [sim], cache: store).run(everything)
     print(String(format: "  payload: %.1f MB of JSON; ranked %d, filtered out %d", Double(payload.count) / 1e6, result.ranked.count, result.rejected.count))
     print(String(format: "  floor: Foundation JSONDecoder of the payload:           %8.1f ms", floor.ms))
     print(String(format: "  plugin call through the C ABI (plugin encodes):         %8.1f ms", call.ms))
-    print(String(format: "  host decode of the payload (PluginOffers.decode):       %8.1f ms  (%.2f× the floor)", decode.ms, decode.ms / floor.ms))
+    print(String(format: "  host decode of the payload (OfferJSON):                 %8.1f ms  (%.2f× the floor)", decode.ms, decode.ms / floor.ms))
     print(String(format: "  PluginComputeProvider.offers (call + decode + names):   %8.1f ms", provider.ms))
     print(String(format: "  end to end, uncached (search + cache write + rank + top 20): %6.1f ms  (%.2f× the floor)", uncached.ms, uncached.ms / floor.ms))
     print(String(format: "  end to end, uncached, --gpu H100 -g 8 --nodes 2 --spot:  %7.1f ms", uncachedFiltered.ms))
     print(String(format: "  end to end, cached (cache read + rank + top 20):        %8.1f ms  (%.2f× the floor)", cached.ms, cached.ms / floor.ms))
+    print(String(format: "  baseline, the old coders in process (no C ABI): uncached %7.1f ms (%.1f× slower than now), cached %7.1f ms (%.1f× slower; the encode not timed)",
+                 oldPath.ms, oldPath.ms / uncached.ms, oldCached.ms, oldCached.ms / cached.ms))
     try offersCLIBench(n: n)
 }
 

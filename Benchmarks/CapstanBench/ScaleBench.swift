@@ -83,6 +83,31 @@ func statusBench(clusters count: Int = 1000) async throws {
         _ = try await rows(batched: true)
     }
     print(String(format: "  status with reconcile (sim lists all %d instances): p50 %7.1f ms  p99 %7.1f ms", count * 2, full.p50, full.p99))
+    try await statusCLIBench(clusters: count)
+}
+
+/// `capstan status` as a process on a home with `count` seeded clusters (their provider, sim,
+/// is not enabled there: reconcile lists the local provider only, and still reads and checks
+/// every cluster), with and without reconcile, medians of 5, against `capstan --version`.
+func statusCLIBench(clusters count: Int) async throws {
+    let dir = Bundle.main.executableURL!.resolvingSymlinksInPath().deletingLastPathComponent().path
+    let capstan = dir + "/capstan"
+    guard FileManager.default.isExecutableFile(atPath: capstan) else {
+        print("  (capstan status as a process: build capstan in the same configuration first; scripts/bench.sh does)")
+        return
+    }
+    let home = try scratchFolder("status-home")
+    defer { try? FileManager.default.removeItem(atPath: home) }
+    let store = try SQLiteStateStore.open(home: CapstanHome(root: home))
+    try await seedClusters(store, cloud: SimulatedCloud(), owner: try await store.ownerID(), prefix: "c", count: count)
+    _ = try runCapstan(capstan, ["status"], home: home)
+    func median(_ args: [String]) throws -> Double {
+        try (0..<5).map { _ in try runCapstan(capstan, args, home: home) }.sorted()[2]
+    }
+    let version = try median(["--version"])
+    let status = try median(["status"])
+    let noReconcile = try median(["status", "--no-reconcile"])
+    print(String(format: "  capstan status (process, %d clusters): %7.1f ms   --no-reconcile: %7.1f ms   (capstan --version: %.1f ms)", count, status, noReconcile, version))
 }
 
 /// One `up` (2 nodes on the in-process sim cloud) with 10, 100 and 1,000 clusters already in the
@@ -160,6 +185,14 @@ func jobsBench(jobs count: Int = 10_000, events: Int = 100_000) async throws {
     print(String(format: "  a job's events (capstan logs/status of a job): p50 %7.2f ms  p99 %7.2f ms", jobEvents.p50, jobEvents.p99))
     print(String(format: "  a cluster's events:                           p50 %7.2f ms  p99 %7.2f ms", clusterEvents.p50, clusterEvents.p99))
     for line in try await store.queryPlans() { print("  plan: " + line) }
+
+    // The same listing without the indexes migration v5 adds (as every store had before it).
+    try await store.dropIndexesForBenchmark(["job_created", "job_status", "job_name"])
+    let unindexed = try await percentilesMs(runs: 50) {
+        _ = try await store.unfinishedJobs()
+        _ = try await store.jobs(includeFinished: true, limit: 100)
+    }
+    print(String(format: "  capstan jobs without v5's job indexes:        p50 %7.2f ms  p99 %7.2f ms  (%.1f× slower than with them)", unindexed.p50, unindexed.p99, unindexed.p50 / listing.p50))
 }
 
 /// Every scale case.

@@ -33,10 +33,13 @@ extension CheckpointRecord: FetchableRecord, PersistableRecord {
     public static var databaseTableName: String { "checkpoint" }
 }
 
+/// One provider's answer to one request shape. `offers` is the JSON array of the offers, as
+/// ``OfferJSON`` writes it (a row written by an older Capstan, by GRDB's JSONEncoder, reads the
+/// same).
 struct OfferCacheRecord: Codable, FetchableRecord, PersistableRecord {
     static let databaseTableName = "offerCache"
     var provider: String
     var requestKey: String
     var fetchedAt: Date
-    var offers: [Offer]
+    var offers: String
 }

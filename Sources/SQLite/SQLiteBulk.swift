@@ -34,6 +34,14 @@ extension SQLiteStateStore {
         }
     }
 
+    /// Drops the indexes `names` (that exist), to measure a query without them. Benchmarks only:
+    /// the next migration does not bring them back.
+    package func dropIndexesForBenchmark(_ names: [String]) async throws {
+        try await write { db in
+            for name in names { try db.execute(sql: "DROP INDEX IF EXISTS \(name)") }
+        }
+    }
+
     /// SQLite's plan for each listing query `capstan status` and `capstan jobs` make (`EXPLAIN
     /// QUERY PLAN`), one line per query: shows which index each one uses. For benchmarks.
     package func queryPlans() async throws -> [String] {

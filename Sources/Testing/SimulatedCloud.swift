@@ -100,10 +100,10 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
     public init(name: String = "sim", configuration: Configuration = .init()) {
         self.name = name
         self.configuration = configuration
-        catalog = configuration.generatedOffers.map(Self.generatedCatalog(count:)) ?? configuration.offers ?? Self.defaultCatalog
+        catalog = (configuration.generatedOffers.map(Self.generatedCatalog(count:)) ?? configuration.offers ?? Self.defaultCatalog).map { $0.normalized() }
     }
 
-    /// What `offers(for:)` answers (named and normalized there).
+    /// What `offers(for:)` answers, normalized once (named there).
     private let catalog: [Offer]
 
     /// `count` offers shaped like a large multi-cloud catalog: GPU names spelled as different
@@ -146,7 +146,7 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
 
     public func offers(for request: ResourceRequest) async throws -> [Offer] {
         try await pause()
-        return catalog.map { var o = $0; o.provider = name; return o.normalized() }
+        return catalog.map { var o = $0; o.provider = name; return o }
     }
 
     public func launch(_ request: LaunchRequest) async throws -> [Instance] {
@@ -218,6 +218,19 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
         }
     }
 
+    /// `config` as a ``Configuration``. A catalog in `offers` (it may hold 100,000) is read by
+    /// ``OfferJSON`` when it has the usual shape; the rest, and any catalog it cannot read,
+    /// by JSONDecoder (whose errors name the bad setting).
+    static func decodeConfiguration(_ config: JSONValue) throws -> Configuration {
+        guard case .object(var settings) = config, let offers = settings["offers"], let json = offers.jsonData, let catalog = OfferJSON.decode(json) else {
+            return try config.decode(Configuration.self)
+        }
+        settings["offers"] = nil
+        var configuration = try JSONValue.object(settings).decode(Configuration.self)
+        configuration.offers = catalog
+        return configuration
+    }
+
     /// The plugin definition that exports this cloud (used by plugins/sim).
     public static let pluginDefinition = PluginDefinition(
         manifest: PluginManifest(
@@ -249,7 +262,7 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
             if case .object(let o) = config, let unknown = o.keys.sorted().first(where: { !known.contains($0) }) {
                 throw CapstanError(.config, "Unknown key 'providers.sim.\(unknown)'.", hint: "Known: \(known.sorted().joined(separator: ", ")).")
             }
-            do { configuration = try config.decode(Configuration.self) } catch {
+            do { configuration = try decodeConfiguration(config) } catch {
                 throw CapstanError(.config, "providers.sim is invalid: \(error).", hint: "See `capstan plugins inspect sim` for its schema.")
             }
             logger.debug("simulated cloud created", metadata: ["offers": "\(configuration.generatedOffers ?? configuration.offers?.count ?? defaultCatalog.count)"])

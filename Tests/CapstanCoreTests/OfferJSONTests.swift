@@ -75,6 +75,21 @@ struct OfferJSONTests {
         #expect(OfferJSON.decodeResponse(Data(#"{"other":[]}"#.utf8)) == nil)
     }
 
+    @Test("JSONValue: parsed and written by hand as JSONDecoder/JSONEncoder read and write it")
+    func jsonValue() throws {
+        let text = #" {"a": [1, 2.5, -3e2, true, false, null, "x\"y\u00e9"], "b": {"c": {}, "d": []}, "e": 1e300, "f": "" } "#
+        let parsed = try #require(JSONValue.parse(Data(text.utf8)))
+        #expect(parsed == (try PluginWire.decoder.decode(JSONValue.self, from: Data(text.utf8))))
+        #expect(try PluginWire.decoder.decode(JSONValue.self, from: Data(parsed.jsonString.utf8)) == parsed)
+        #expect(JSONValue.parse(Data(parsed.jsonString.utf8)) == parsed)
+        #expect(try parsed.decode(JSONValue.self) == parsed)
+        for bad in ["", "{", "[1,]", "{\"a\" 1}", "tru", "01", "\"unterminated", "1 2"] {
+            #expect(JSONValue.parse(Data(bad.utf8)) == nil, "\(bad)")
+        }
+        // A number JSON cannot carry: written as JSONEncoder would (it cannot, so `null`).
+        #expect(JSONValue.array([.number(.infinity)]).jsonString == "null")
+    }
+
     @Test("refuses to write a price that is not finite, as JSONEncoder does")
     func notFinite() {
         #expect(throws: EncodingError.self) { try OfferJSON.encode([Offer(provider: "p", instanceType: "t", region: "r", gpusPerNode: 1, onDemandPricePerHour: .nan)]) }

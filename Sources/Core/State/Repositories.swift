@@ -42,6 +42,9 @@ public protocol ClusterRepository: Sendable {
     /// implements it with one set query where it can.
     func instances(clusters ids: [String]) async throws -> [String: [InstanceRecord]]
     func allInstances() async throws -> [InstanceRecord]
+    /// Every recorded instance of the providers `names` (any state). Has a default built on
+    /// ``allInstances()``; reconcile reads only the providers it could list.
+    func instances(providers names: [String]) async throws -> [InstanceRecord]
 }
 
 extension ClusterRepository {
@@ -63,6 +66,11 @@ extension ClusterRepository {
             if !records.isEmpty { out[id] = records }
         }
         return out
+    }
+
+    public func instances(providers names: [String]) async throws -> [InstanceRecord] {
+        let wanted = Set(names)
+        return try await allInstances().filter { wanted.contains($0.provider) }
     }
 }
 
