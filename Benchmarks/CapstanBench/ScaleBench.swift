@@ -70,7 +70,8 @@ func statusBench(clusters count: Int = 1000) async throws {
         return clusters.count + (cost > 0 ? 1 : 0)
     }
     // Same answer both ways (the unit tests check the records themselves).
-    precondition(try await rows(batched: true) == rows(batched: false))
+    let batchedRows = try await rows(batched: true), perClusterRows = try await rows(batched: false)
+    precondition(batchedRows == perClusterRows)
     let old = try await percentilesMs(runs: 50) { _ = try await rows(batched: false) }
     let new = try await percentilesMs(runs: 50) { _ = try await rows(batched: true) }
     print(String(format: "  status rows, one query per cluster (old):  p50 %7.1f ms  p99 %7.1f ms", old.p50, old.p99))
