@@ -184,13 +184,55 @@ public enum OfferJSON {
         /// An object: `member` is called with each key, the reader on its value, and must
         /// consume the value (false: give up).
         mutating func object(_ member: (String, inout Reader) -> Bool) -> Bool {
+            rawObject { key, r in
+                guard let name = Reader.text(key) else { return false }
+                return member(name, &r)
+            }
+        }
+
+        /// ``object(_:)`` with each key as its UTF-8 bytes (unescaped), so a caller that knows
+        /// its keys matches them without making a String of each.
+        mutating func rawObject(_ member: (UnsafeBufferPointer<UInt8>, inout Reader) -> Bool) -> Bool {
             guard take(UInt8(ascii: "{")) else { return false }
             if take(UInt8(ascii: "}")) { return true }
             while true {
-                guard let key = string(), take(UInt8(ascii: ":")), member(key, &self) else { return false }
+                guard take(UInt8(ascii: "\"")) else { return false }
+                let start = at
+                while at < bytes.count, bytes[at] != UInt8(ascii: "\""), bytes[at] != UInt8(ascii: "\\"), bytes[at] >= 0x20 { at += 1 }
+                guard at < bytes.count else { return false }
+                let ok: Bool
+                if bytes[at] == UInt8(ascii: "\"") {
+                    let key = UnsafeBufferPointer(rebasing: bytes[start..<at])
+                    at += 1
+                    ok = take(UInt8(ascii: ":")) && member(key, &self)
+                } else {
+                    // An escaped key (rare): decoded, then handed over the same way.
+                    at = start - 1
+                    guard let key = string() else { return false }
+                    let utf8 = Array(key.utf8)
+                    ok = take(UInt8(ascii: ":")) && utf8.withUnsafeBufferPointer { member($0, &self) }
+                }
+                guard ok else { return false }
                 if take(UInt8(ascii: ",")) { continue }
                 return take(UInt8(ascii: "}"))
             }
+        }
+
+        /// `utf8` as a String; nil when it is not valid UTF-8. ASCII (almost every string in a
+        /// catalog) takes the direct path.
+        static func text(_ utf8: UnsafeBufferPointer<UInt8>) -> String? {
+            var ascii = true
+            for c in utf8 where c >= 0x80 { ascii = false; break }
+            return ascii ? String(decoding: utf8, as: UTF8.self) : String(validating: utf8, as: UTF8.self)
+        }
+
+        /// Whether `key` is the ASCII text `name`.
+        @inline(__always)
+        static func same(_ key: UnsafeBufferPointer<UInt8>, _ name: StaticString) -> Bool {
+            guard key.count == name.utf8CodeUnitCount else { return false }
+            let expected = name.utf8Start
+            for i in 0..<key.count where key[i] != expected[i] { return false }
+            return true
         }
 
         mutating func offers() -> [Offer]? {
@@ -213,22 +255,21 @@ public enum OfferJSON {
             var memoryGiB: Double?, onDemand: Double?, spot: Double?
             var availability: Offer.Availability?
             var details: [String: String]?
-            let ok = object { key, r in
-                switch key {
-                case "provider": provider = r.string(); return provider != nil
-                case "instanceType": instanceType = r.string(); return instanceType != nil
-                case "region": region = r.string(); return region != nil
-                case "zone": return r.optional(&zone) { $0.string() }
-                case "gpuName": return r.optional(&gpuName) { $0.string() }
-                case "gpu": return r.optional(&gpu) { $0.string() }
-                case "gpusPerNode": gpusPerNode = r.int(); return gpusPerNode != nil
-                case "vcpus": return r.optional(&vcpus) { $0.int() }
-                case "maxNodes": return r.optional(&maxNodes) { $0.int() }
-                case "memoryGiB": return r.optional(&memoryGiB) { $0.double() }
-                case "onDemandPricePerHour": return r.optional(&onDemand) { $0.double() }
-                case "spotPricePerHour": return r.optional(&spot) { $0.double() }
-                case "availability": availability = r.string().flatMap(Offer.Availability.init(rawValue:)); return availability != nil
-                case "details":
+            let ok = rawObject { key, r in
+                if Reader.same(key, "provider") { provider = r.string(); return provider != nil }
+                if Reader.same(key, "instanceType") { instanceType = r.string(); return instanceType != nil }
+                if Reader.same(key, "region") { region = r.string(); return region != nil }
+                if Reader.same(key, "zone") { return r.optional(&zone) { $0.string() } }
+                if Reader.same(key, "gpuName") { return r.optional(&gpuName) { $0.string() } }
+                if Reader.same(key, "gpu") { return r.optional(&gpu) { $0.string() } }
+                if Reader.same(key, "gpusPerNode") { gpusPerNode = r.int(); return gpusPerNode != nil }
+                if Reader.same(key, "vcpus") { return r.optional(&vcpus) { $0.int() } }
+                if Reader.same(key, "maxNodes") { return r.optional(&maxNodes) { $0.int() } }
+                if Reader.same(key, "memoryGiB") { return r.optional(&memoryGiB) { $0.double() } }
+                if Reader.same(key, "onDemandPricePerHour") { return r.optional(&onDemand) { $0.double() } }
+                if Reader.same(key, "spotPricePerHour") { return r.optional(&spot) { $0.double() } }
+                if Reader.same(key, "availability") { availability = r.availability(); return availability != nil }
+                if Reader.same(key, "details") {
                     var d: [String: String] = [:]
                     guard r.object({ k, r in
                         guard let v = r.string() else { return false }
@@ -237,14 +278,29 @@ public enum OfferJSON {
                     }) else { return false }
                     details = d
                     return true
-                default: return r.skipValue()
                 }
+                return r.skipValue()
             }
             guard ok, let provider, let instanceType, let region, let gpusPerNode, let availability, let details else { return nil }
             return Offer(
                 provider: provider, instanceType: instanceType, region: region, zone: zone, gpuName: gpuName, gpu: gpu,
                 gpusPerNode: gpusPerNode, vcpus: vcpus, memoryGiB: memoryGiB, onDemandPricePerHour: onDemand,
                 spotPricePerHour: spot, availability: availability, maxNodes: maxNodes, details: details)
+        }
+
+        /// An availability (its raw value), without making a String of it.
+        mutating func availability() -> Offer.Availability? {
+            skipSpace()
+            guard at < bytes.count, bytes[at] == UInt8(ascii: "\"") else { return nil }
+            var end = at + 1
+            while end < bytes.count, bytes[end] != UInt8(ascii: "\""), bytes[end] != UInt8(ascii: "\\") { end += 1 }
+            guard end < bytes.count, bytes[end] == UInt8(ascii: "\"") else { return string().flatMap(Offer.Availability.init(rawValue:)) }
+            let word = UnsafeBufferPointer(rebasing: bytes[(at + 1)..<end])
+            let value: Offer.Availability? =
+                Reader.same(word, "available") ? .available : Reader.same(word, "limited") ? .limited
+                : Reader.same(word, "unavailable") ? .unavailable : Reader.same(word, "unknown") ? .unknown : nil
+            if value != nil { at = end + 1 }
+            return value
         }
 
         /// An optional field: `null` leaves it nil, anything else must read as `value`.
@@ -270,7 +326,7 @@ public enum OfferJSON {
             while at < bytes.count {
                 let c = bytes[at]
                 if c == UInt8(ascii: "\"") {
-                    let s = String(validating: UnsafeBufferPointer(rebasing: bytes[start..<at]), as: UTF8.self)
+                    let s = Reader.text(UnsafeBufferPointer(rebasing: bytes[start..<at]))
                     at += 1
                     return s
                 }
@@ -360,8 +416,23 @@ public enum OfferJSON {
 
         /// An integer: digits only (a fraction or exponent gives up, and JSONDecoder decides).
         mutating func int() -> Int? {
-            guard let text = number() else { return nil }
-            return Int(text)
+            skipSpace()
+            let start = at
+            guard number() != nil else { return nil }
+            var k = start
+            let negative = bytes[k] == UInt8(ascii: "-")
+            if negative { k += 1 }
+            var value = 0
+            while k < at {
+                let d = bytes[k]
+                guard d >= UInt8(ascii: "0"), d <= UInt8(ascii: "9") else { return nil }
+                let (times, o1) = value.multipliedReportingOverflow(by: 10)
+                let (sum, o2) = negative ? times.subtractingReportingOverflow(Int(d - UInt8(ascii: "0"))) : times.addingReportingOverflow(Int(d - UInt8(ascii: "0")))
+                guard !o1, !o2 else { return nil }
+                value = sum
+                k += 1
+            }
+            return value
         }
 
         mutating func double() -> Double? {
