@@ -8,7 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build -c release --product CapstanPluginSim >/dev/null
 swift build -c release --product capstan >/dev/null
-swift build -c release --product CapstanPluginAWS >/dev/null
+case "${1:-all}" in
+  offers|scale|status|up|jobs|ranking) ;;  # these load the sim plugin only
+  *) swift build -c release --product CapstanPluginAWS >/dev/null ;;
+esac
 swift build -c release --product capstan-bench >/dev/null
 bin="$(swift build -c release --show-bin-path)/capstan-bench"
 if [ "${1:-all}" = "s3" ] || [ "${1:-all}" = "all" ]; then
