@@ -796,25 +796,31 @@ public struct Provisioner: Sendable {
 
         let steps = plan.instances(clusters: clusters, launched: launchedIntents, recorded: Set(records.keys))
         var faultHit = false
+        // Whether a step below wrote a record (else the records read above are still current).
+        var wrote = false
         for step in steps {
             switch step {
             case .adopt(let i, let clusterID, let intent, let isRecorded):
                 // Written only when the cloud says something new (a write per adopted instance
                 // per reconcile is what made `status` and `up` slow with many clusters).
                 if isRecorded, let rec = records[i.provider + "/" + i.id], ReconcilePlan.recordChanges(rec, listed: i) {
+                    wrote = true
                     await bestEffort("reconcile: record an instance") { _ = try await store.record(i, clusterID: clusterID, intentKey: intent) }
                 }
                 report.adopted.append(i.id)
             case .noteLeaving(let i, let clusterID, let intent):
+                wrote = true
                 // Already on its way out (EC2 `shutting-down`): nothing to do but note it.
                 await bestEffort("reconcile: record an instance") { _ = try await store.record(i, clusterID: clusterID, intentKey: intent) }
             case .number(let gang, let c, let intent, let cloudTags):
+                wrote = true
                 // Instances of a running cluster the store has not recorded (a crash between
                 // writing the cluster and its instances: a rebuild), numbered around the others.
                 let others = await (try? store.instances(cluster: c.id)) ?? []
                 let tags = ReconcilePlan.adoptionTags(intent: await (try? store.intent(intent)) ?? nil, cloudTags: cloudTags)
                 await stamp(gang, tags: tags, clusterID: c.id, intent: intent, nodes: c.nodes, taken: ReconcilePlan.takenIndices(others))
             case .terminate(let providerName, let instances, _):
+                wrote = true
                 if !faultHit { faults.hit("reconcile.terminating"); faultHit = true }
                 guard let p = provider(providerName) else { continue }
                 do {
@@ -828,7 +834,9 @@ public struct Provisioner: Sendable {
         }
 
         // Instances the store thinks are alive but the provider no longer lists are gone.
-        for rec in plan.gone(await (try? store.instances(providers: listedProviders)) ?? []) {
+        var current = recovered || wrote ? nil : Array(records.values)
+        if current == nil { current = await (try? store.instances(providers: listedProviders)) ?? [] }
+        for rec in plan.gone(current ?? []) {
             var gone = rec.instance
             gone.state = .terminated
             await bestEffort("reconcile: record an instance") { _ = try await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey) }
