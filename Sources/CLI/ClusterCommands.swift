@@ -142,8 +142,11 @@ struct StatusCommand: AsyncParsableCommand {
             let report = noReconcile ? ReconcileReport() : await provisioner.reconcile()
             let now = Date()
             var rows: [ClusterStatusRow] = []
-            for c in try await provisioner.store.clusters(includeFinished: all) {
-                let instances = try await provisioner.store.instances(cluster: c.id)
+            let clusters = try await provisioner.store.clusters(includeFinished: all)
+            // Every cluster's instances in one set query, not one query per cluster.
+            let byCluster = try await provisioner.store.instances(clusters: clusters.map(\.id))
+            for c in clusters {
+                let instances = byCluster[c.id] ?? []
                 let end = c.terminatedAt ?? now
                 rows.append(ClusterStatusRow(cluster: c, instances: instances, uptimeSeconds: c.readyAt.map { end.timeIntervalSince($0) } ?? 0, costSoFar: instances.reduce(0) { $0 + $1.cost(now: now) }))
             }
