@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Builds the benchmark and the plugins in release mode and runs them; prints figures and ratios.
+#   scripts/bench.sh [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|all]
+# offers: 100,000 offers from the sim plugin end to end (CAPSTAN_BENCH_OFFERS sets the count);
+# scale: `capstan status` with 1,000 clusters, one `up` with 10/100/1,000 clusters, `capstan jobs`
+# with 10,000 jobs and 100,000 events (status, up and jobs run one each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build -c release --product CapstanPluginSim >/dev/null
 swift build -c release --product capstan >/dev/null
-swift build -c release --product CapstanPluginAWS >/dev/null
+case "${1:-all}" in
+  offers|scale|status|up|jobs|ranking) ;;  # these load the sim plugin only
+  *) swift build -c release --product CapstanPluginAWS >/dev/null ;;
+esac
 swift build -c release --product capstan-bench >/dev/null
 bin="$(swift build -c release --show-bin-path)/capstan-bench"
 if [ "${1:-all}" = "s3" ] || [ "${1:-all}" = "all" ]; then

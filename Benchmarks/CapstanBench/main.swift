@@ -1,6 +1,6 @@
 // capstan-bench: figures for the closing notes, each against a baseline run in the same process.
 //   swift build -c release --product capstan-bench --product CapstanPluginSim
-//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|all]
+//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|all]
 import CapstanAWS
 import CapstanCore
 import CapstanPluginKit
@@ -305,3 +305,8 @@ if which == "s3" || which == "all" { try await s3Bench() }
 if which == "lambda" || which == "all" { try await lambdaBench() }
 // Not in "all": it seeds a large home and starts a server (scripts/bench-server.sh).
 if which == "server" { try await serverBench() }
+if which == "offers" || which == "all" { try await offersBench() }
+if which == "scale" || which == "all" { try await scaleBench() }
+if which == "status" { try await statusBench() }
+if which == "up" { try await upBench() }
+if which == "jobs" { try await jobsBench() }

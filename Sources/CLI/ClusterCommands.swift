@@ -159,9 +159,11 @@ struct StatusCommand: AsyncParsableCommand {
             let report = noReconcile ? ReconcileReport() : await provisioner.reconcile()
             let now = Date()
             var rows: [ClusterStatusRow] = []
-            for c in try await provisioner.store.clusters(includeFinished: all) {
-                let instances = try await provisioner.store.instances(cluster: c.id)
-                rows.append(ClusterStatusRow(cluster: c, instances: instances, now: now))
+            let clusters = try await provisioner.store.clusters(includeFinished: all)
+            // Every cluster's instances in one set query, not one query per cluster.
+            let byCluster = try await provisioner.store.instances(clusters: clusters.map(\.id))
+            for c in clusters {
+                rows.append(ClusterStatusRow(cluster: c, instances: byCluster[c.id] ?? [], now: now))
             }
             try render(StatusResponse(clusters: rows, reconcile: report))
         }

@@ -150,6 +150,23 @@ extension PostgresStateStore {
         try await all("SELECT \(unescaped: InstanceRecord.columns) FROM instance WHERE cluster_id = \(id) ORDER BY launched_at, id", InstanceRecord.init(row:))
     }
 
+    /// One set query for every cluster's instances (`capstan status`), each list in
+    /// ``instances(cluster:)``'s order.
+    public func instances(clusters ids: [String]) async throws -> [String: [InstanceRecord]] {
+        let unique = Array(Set(ids))
+        guard !unique.isEmpty else { return [:] }
+        var out: [String: [InstanceRecord]] = [:]
+        for r in try await all("SELECT \(unescaped: InstanceRecord.columns) FROM instance WHERE cluster_id = ANY(\(unique)) ORDER BY launched_at, id", InstanceRecord.init(row:)) {
+            out[r.clusterID, default: []].append(r)
+        }
+        return out
+    }
+
+    public func instances(providers names: [String]) async throws -> [InstanceRecord] {
+        guard !names.isEmpty else { return [] }
+        return try await all("SELECT \(unescaped: InstanceRecord.columns) FROM instance WHERE provider = ANY(\(names)) ORDER BY provider, id", InstanceRecord.init(row:))
+    }
+
     public func allInstances() async throws -> [InstanceRecord] {
         try await all("SELECT \(unescaped: InstanceRecord.columns) FROM instance ORDER BY provider, id", InstanceRecord.init(row:))
     }

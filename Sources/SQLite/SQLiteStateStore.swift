@@ -182,6 +182,19 @@ public final class SQLiteStateStore: StateStore {
             try db.execute(sql: "INSERT OR IGNORE INTO meta(key, value) VALUES ('createdAt', ?)", arguments: [Date().timeIntervalSince1970.description])
         }
         registerControlPlaneMigrations(&m)
+        // Indexes for the lookups that otherwise read whole tables, each of which grows with
+        // every cluster, launch and job ever made: a cluster by name (`up`, `down`, the live-name
+        // check), intents by status (every reconcile), jobs newest first, by status and by name
+        // (`capstan jobs`, a job by name). Events are found by `clusterID`/`jobID` through v1's
+        // and v2's indexes, which SQLite extends with the rowid (`id`), so "newest first" needs
+        // no sort.
+        m.registerMigration("v5-indexes") { db in
+            try db.create(index: "cluster_name", on: "cluster", columns: ["name", "createdAt"])
+            try db.create(index: "intent_status", on: "intent", columns: ["status", "createdAt"])
+            try db.create(index: "job_created", on: "job", columns: ["createdAt"])
+            try db.create(index: "job_status", on: "job", columns: ["status", "createdAt"])
+            try db.create(index: "job_name", on: "job", columns: ["name", "createdAt"])
+        }
         return m
     }
 
@@ -260,7 +273,10 @@ public final class SQLiteStateStore: StateStore {
 
     public func clusters(includeFinished: Bool = false) async throws -> [Cluster] {
         try await read { db in
-            try Cluster.order(Column("createdAt")).fetchAll(db).filter { includeFinished || $0.status.isLive }
+            // Live ones filtered in the query: finished clusters are history that only grows.
+            var query = Cluster.order(Column("createdAt"))
+            if !includeFinished { query = query.filter(ClusterStatus.allCases.filter(\.isLive).map(\.rawValue).contains(Column("status"))) }
+            return try query.fetchAll(db)
         }
     }
 
@@ -318,7 +334,31 @@ public final class SQLiteStateStore: StateStore {
         try await read { try InstanceRecord.filter(Column("clusterID") == id).order(Column("launchedAt"), Column("id")).fetchAll($0) }
     }
 
+    /// One query for all of them (in chunks of 500 ids), not one per cluster: `capstan status`
+    /// with 1,000 clusters reads their instances at once.
+    public func instances(clusters ids: [String]) async throws -> [String: [InstanceRecord]] {
+        let unique = Array(Set(ids))
+        guard !unique.isEmpty else { return [:] }
+        return try await read { db in
+            var out: [String: [InstanceRecord]] = [:]
+            for start in stride(from: 0, to: unique.count, by: 500) {
+                let chunk = unique[start..<min(start + 500, unique.count)]
+                // Ordered as instances(cluster:) orders one cluster's, so each list matches it.
+                for r in try InstanceRecord.filter(chunk.contains(Column("clusterID"))).order(Column("launchedAt"), Column("id")).fetchAll(db) {
+                    out[r.clusterID, default: []].append(r)
+                }
+            }
+            return out
+        }
+    }
+
     public func allInstances() async throws -> [InstanceRecord] { try await read { try InstanceRecord.fetchAll($0) } }
+
+    public func instances(providers names: [String]) async throws -> [InstanceRecord] {
+        guard !names.isEmpty else { return [] }
+        // The primary key (provider, id) serves this.
+        return try await read { try InstanceRecord.filter(names.contains(Column("provider"))).fetchAll($0) }
+    }
 
     // MARK: - Events
 
@@ -340,16 +380,24 @@ public final class SQLiteStateStore: StateStore {
 
     // MARK: - Offer cache
 
+    // A provider's answer is one row holding the JSON array of its offers: one write, one
+    // read, however many offers (100,000 from a large catalog). The JSON is written and read by
+    // OfferJSON (several times faster than JSONEncoder/JSONDecoder on that many); the database
+    // work happens on GRDB's queues, the JSON off them.
+
     func cachedOffers(provider: String, requestKey: String, maxAge: Duration, now: Date = Date()) async throws -> (offers: [Offer], fetchedAt: Date)? {
-        try await read { db in
-            guard let r = try OfferCacheRecord.fetchOne(db, key: ["provider": provider, "requestKey": requestKey]) else { return nil }
-            guard now.timeIntervalSince(r.fetchedAt) <= maxAge.seconds, r.fetchedAt <= now.addingTimeInterval(60) else { return nil }
-            return (r.offers, r.fetchedAt)
+        let row = try await read { db in
+            try OfferCacheRecord.fetchOne(db, key: ["provider": provider, "requestKey": requestKey])
         }
+        guard let r = row, now.timeIntervalSince(r.fetchedAt) <= maxAge.seconds, r.fetchedAt <= now.addingTimeInterval(60) else { return nil }
+        let json = Data(r.offers.utf8)
+        guard let offers = OfferJSON.decode(json) ?? (try? PluginWire.decoder.decode([Offer].self, from: json)) else { return nil }
+        return (offers, r.fetchedAt)
     }
 
     func cacheOffers(_ offers: [Offer], provider: String, requestKey: String, now: Date = Date()) async throws {
-        try await write { try OfferCacheRecord(provider: provider, requestKey: requestKey, fetchedAt: now, offers: offers).save($0) }
+        let record = OfferCacheRecord(provider: provider, requestKey: requestKey, fetchedAt: now, offers: String(decoding: try OfferJSON.encode(offers), as: UTF8.self))
+        try await write { try record.save($0) }
     }
 
     public func cachedOffers(provider: String, requestKey: String, maxAge: Duration) async throws -> (offers: [Offer], fetchedAt: Date)? {

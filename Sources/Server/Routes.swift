@@ -27,10 +27,9 @@ struct Routes: Sendable {
             let all = flag(request, "all")
             let report = flag(request, "reconcile", default: true) ? await plane.provisioner.reconcile() : ReconcileReport()
             let now = Date()
-            var rows: [ClusterStatusRow] = []
-            for c in try await store.clusters(includeFinished: all) {
-                rows.append(ClusterStatusRow(cluster: c, instances: try await store.instances(cluster: c.id), now: now))
-            }
+            let clusters = try await store.clusters(includeFinished: all)
+            let instances = try await store.instances(clusters: clusters.map(\.id))
+            let rows = clusters.map { c in ClusterStatusRow(cluster: c, instances: instances[c.id] ?? [], now: now) }
             return try json(StatusResponse(clusters: rows, reconcile: report))
         }
         v1.post("clusters") { request, context in

@@ -7,6 +7,14 @@ public import Logging
 import Glibc
 #endif
 
+extension Double {
+    /// Rounded to `places` decimals (prices in a generated catalog read like a cloud's).
+    fileprivate func rounded(toPlaces places: Int) -> Double {
+        let scale = pow(10, Double(places))
+        return (self * scale).rounded() / scale
+    }
+}
+
 /// An in-memory cloud with a configurable catalog and fault switches: the test double every
 /// broker and plugin test can run against (as NIOEmbedded is to NIOPosix), and the worked
 /// example behind the `sim` plugin in plugins/sim.
@@ -40,7 +48,12 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
         public var preemptAfterSeconds: Double?
         /// Which node indices `preemptAfterSeconds` applies to (default: every node).
         public var preemptNodes: [Int]?
-        public init(offers: [Offer]? = nil, capacityFailures: Int? = nil, noCapacityRegions: [String]? = nil, latencyMs: Int? = nil, badCredentials: Bool? = nil, bootSeconds: Double? = nil, stateFile: String? = nil, rateLimitedLaunches: Int? = nil, failBootRegions: [String]? = nil, preemptAfterSeconds: Double? = nil, preemptNodes: [Int]? = nil) {
+        /// A generated catalog of this many offers (``SimulatedCloud/generatedCatalog(count:)``)
+        /// instead of `offers`: a large cloud's catalog without writing it out in config.yaml
+        /// (the `capstan-bench offers` case asks for 100,000).
+        public var generatedOffers: Int?
+        public init(offers: [Offer]? = nil, capacityFailures: Int? = nil, noCapacityRegions: [String]? = nil, latencyMs: Int? = nil, badCredentials: Bool? = nil, bootSeconds: Double? = nil, stateFile: String? = nil, rateLimitedLaunches: Int? = nil, failBootRegions: [String]? = nil, preemptAfterSeconds: Double? = nil, preemptNodes: [Int]? = nil, generatedOffers: Int? = nil) {
+            self.generatedOffers = generatedOffers
             self.preemptAfterSeconds = preemptAfterSeconds
             self.preemptNodes = preemptNodes
             self.rateLimitedLaunches = rateLimitedLaunches
@@ -87,6 +100,31 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
     public init(name: String = "sim", configuration: Configuration = .init()) {
         self.name = name
         self.configuration = configuration
+        catalog = (configuration.generatedOffers.map(Self.generatedCatalog(count:)) ?? configuration.offers ?? Self.defaultCatalog).map { $0.normalized() }
+    }
+
+    /// What `offers(for:)` answers, normalized once (named there).
+    private let catalog: [Offer]
+
+    /// `count` offers shaped like a large multi-cloud catalog: GPU names spelled as different
+    /// clouds spell them, 1–8 GPUs per node, 23 regions with 3 zones each, on-demand prices and
+    /// (for two in three) spot prices. Deterministic: the same count gives the same catalog.
+    public static func generatedCatalog(count: Int) -> [Offer] {
+        let gpus = ["H100", "nvidia-a100-80gb", "NVIDIA L4", "gpu_8x_h100_sxm5", "NVIDIA H100 80GB HBM3", "L40S", "A10G", "nvidia-h200-141gb"]
+        let availability: [Offer.Availability] = [.available, .limited, .unknown]
+        var out: [Offer] = []
+        out.reserveCapacity(max(0, count))
+        for i in 0..<max(0, count) {
+            let perNode = [1, 2, 4, 8][i % 4]
+            // A cheap, fixed scramble of i, so prices are spread without a random generator.
+            let mix = Double((i &* 2_654_435_761) % 10_000) / 10_000
+            out.append(Offer(
+                provider: "sim", instanceType: "sim.g\(i % 97).\(perNode)x", region: "sim-r\(i % 23)", zone: "sim-r\(i % 23)\(["a", "b", "c"][i % 3])",
+                gpuName: gpus[i % gpus.count], gpusPerNode: perNode, vcpus: 12 * perNode, memoryGiB: Double(96 * perNode),
+                onDemandPricePerHour: (0.5 + mix * 99.5).rounded(toPlaces: 4), spotPricePerHour: i % 3 == 0 ? nil : (0.2 + mix * 49.8).rounded(toPlaces: 4),
+                availability: availability[i % 3]))
+        }
+        return out
     }
 
     public static let defaultCatalog: [Offer] = {
@@ -108,7 +146,7 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
 
     public func offers(for request: ResourceRequest) async throws -> [Offer] {
         try await pause()
-        return (configuration.offers ?? Self.defaultCatalog).map { var o = $0; o.provider = name; return o.normalized() }
+        return catalog.map { var o = $0; o.provider = name; return o }
     }
 
     public func launch(_ request: LaunchRequest) async throws -> [Instance] {
@@ -180,6 +218,19 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
         }
     }
 
+    /// `config` as a ``Configuration``. A catalog in `offers` (it may hold 100,000) is read by
+    /// ``OfferJSON`` when it has the usual shape; the rest, and any catalog it cannot read,
+    /// by JSONDecoder (whose errors name the bad setting).
+    static func decodeConfiguration(_ config: JSONValue) throws -> Configuration {
+        guard case .object(var settings) = config, let offers = settings["offers"], let json = offers.jsonData, let catalog = OfferJSON.decode(json) else {
+            return try config.decode(Configuration.self)
+        }
+        settings["offers"] = nil
+        var configuration = try JSONValue.object(settings).decode(Configuration.self)
+        configuration.offers = catalog
+        return configuration
+    }
+
     /// The plugin definition that exports this cloud (used by plugins/sim).
     public static let pluginDefinition = PluginDefinition(
         manifest: PluginManifest(
@@ -200,20 +251,21 @@ public final class SimulatedCloud: ComputeProvider, @unchecked Sendable {
                     "failBootRegions": .object(["type": .string("array"), "items": .object(["type": .string("string")]), "description": .string("Instances in these regions fail while booting.")]),
                     "preemptAfterSeconds": .object(["type": .string("number"), "minimum": .number(0), "description": .string("Preempt an instance this long after it starts running (once per node of a cluster), as spot does.")]),
                     "preemptNodes": .object(["type": .string("array"), "items": .object(["type": .string("integer")]), "description": .string("Node indices preemptAfterSeconds applies to (default: all).")]),
+                    "generatedOffers": .object(["type": .string("integer"), "minimum": .number(0), "description": .string("Answer a generated catalog of this many offers instead of `offers` (benchmarks).")]),
                 ]),
                 "additionalProperties": .bool(false),
             ]),
             autoEnable: false, storageSchemes: ["simfile"]),
         make: { config, logger in
             let configuration: Configuration
-            let known: Set<String> = ["offers", "capacityFailures", "noCapacityRegions", "latencyMs", "badCredentials", "bootSeconds", "stateFile", "rateLimitedLaunches", "failBootRegions", "preemptAfterSeconds", "preemptNodes"]
+            let known: Set<String> = ["offers", "capacityFailures", "noCapacityRegions", "latencyMs", "badCredentials", "bootSeconds", "stateFile", "rateLimitedLaunches", "failBootRegions", "preemptAfterSeconds", "preemptNodes", "generatedOffers"]
             if case .object(let o) = config, let unknown = o.keys.sorted().first(where: { !known.contains($0) }) {
                 throw CapstanError(.config, "Unknown key 'providers.sim.\(unknown)'.", hint: "Known: \(known.sorted().joined(separator: ", ")).")
             }
-            do { configuration = try config.decode(Configuration.self) } catch {
+            do { configuration = try decodeConfiguration(config) } catch {
                 throw CapstanError(.config, "providers.sim is invalid: \(error).", hint: "See `capstan plugins inspect sim` for its schema.")
             }
-            logger.debug("simulated cloud created", metadata: ["offers": "\(configuration.offers?.count ?? defaultCatalog.count)"])
+            logger.debug("simulated cloud created", metadata: ["offers": "\(configuration.generatedOffers ?? configuration.offers?.count ?? defaultCatalog.count)"])
             // Storage: `simfile:///path` buckets are file buckets served through the ABI, so
             // the storage side of the kit is exercised end to end.
             return PluginServices(compute: SimulatedCloud(configuration: configuration), openStore: { location in

@@ -157,6 +157,31 @@ struct ClusterCLITests {
         #expect(!refreshed.stdout.contains("cached"))
     }
 
+    @Test("a 5,000-offer catalog through the sim plugin ranks the same fresh, cached, and from config.yaml")
+    func largeCatalog() async throws {
+        let home = TempDir(); defer { home.cleanup() }
+        home.write("config.yaml", "providers:\n  sim:\n    generatedOffers: 5000\n")
+        let env = ["CAPSTAN_HOME": home.path]
+        let args = ["offers", "--gpu", "H100", "--gpus-per-node", "8", "--spot", "--limit", "5"]
+        let fresh = try await runProcess(BuildProducts.capstan, args + ["--refresh"], environment: env)
+        #expect(fresh.status == 0, "\(fresh.stderr)")
+        let cached = try await runProcess(BuildProducts.capstan, args, environment: env)
+        #expect(cached.stdout.contains("Offers from sim are cached"), "\(cached.stdout)")
+        // Same table, same counts, whichever way the offers came.
+        func table(_ out: String) -> String { out.components(separatedBy: "\n").filter { !$0.contains("cached") }.joined(separator: "\n") }
+        #expect(table(fresh.stdout) == table(cached.stdout))
+        #expect(fresh.stdout.contains("more (use --limit 0 to see all)"))
+        #expect(fresh.stdout.contains("offer(s) filtered out"))
+        // The same catalog written out in config.yaml (read by the plugin from its config).
+        let listed = TempDir(); defer { listed.cleanup() }
+        var yaml = "providers:\n  sim:\n    offers:\n"
+        for o in SimulatedCloud.generatedCatalog(count: 5000) { yaml += "      - " + String(decoding: try JSONEncoder().encode(o), as: UTF8.self) + "\n" }
+        listed.write("config.yaml", yaml)
+        let fromConfig = try await runProcess(BuildProducts.capstan, args, environment: ["CAPSTAN_HOME": listed.path])
+        #expect(fromConfig.status == 0, "\(fromConfig.stderr)")
+        #expect(table(fromConfig.stdout) == table(fresh.stdout))
+    }
+
     @Test("no capacity anywhere: exit 1 with what was tried")
     func noCapacity() async throws {
         let home = TempDir(); defer { home.cleanup() }

@@ -167,6 +167,27 @@ struct StoreConformanceTests {
         }
     }
 
+    @Test("instances by clusters and by providers: one set query each, the same lists as one query per cluster", arguments: StoreKind.allCases)
+    func instanceSets(kind: StoreKind) async throws {
+        try await kind.withStore { store in
+            for (i, cluster) in ["c1", "c2", "c3"].enumerated() {
+                for n in 0..<(i + 1) {
+                    let inst = Instance(id: "\(cluster)-\(n)", provider: n == 0 ? "sim" : "aws", instanceType: "t", region: "r", state: .running,
+                                        tags: [CapstanTags.node: "\(n)"], launchedAt: Self.t0.addingTimeInterval(Double(10 - n)))
+                    try await store.record(inst, clusterID: cluster, intentKey: "k-\(cluster)")
+                }
+            }
+            let sets = try await store.instances(clusters: ["c1", "c3", "c3", "nope"])
+            #expect(Set(sets.keys) == ["c1", "c3"])
+            for c in ["c1", "c3"] { #expect(sets[c] == (try await store.instances(cluster: c)), "\(c)") }
+            #expect(try await store.instances(clusters: []).isEmpty)
+            let aws = try await store.instances(providers: ["aws"])
+            #expect(Set(aws.map(\.id)) == ["c2-1", "c3-1", "c3-2"])
+            #expect(Set(try await store.instances(providers: ["sim", "aws"]).map(\.id)) == Set(try await store.allInstances().map(\.id)))
+            #expect(try await store.instances(providers: []).isEmpty)
+        }
+    }
+
     @Test("instances: concurrent records of one instance all land, Capstan's tags kept", arguments: StoreKind.allCases)
     func concurrentRecords(kind: StoreKind) async throws {
         try await kind.withStore { store in

@@ -79,7 +79,10 @@ public struct OfferSearch: Sendable {
                         return (ProviderReport(provider: provider.name, offers: hit.offers.count, seconds: secs, cachedAt: hit.fetchedAt), hit.offers)
                     }
                     do {
-                        let found = try await withDeadline(limit, provider: provider.name) { try await provider.offers(for: request) }.map { $0.normalized() }
+                        var found = try await withDeadline(limit, provider: provider.name) { try await provider.offers(for: request) }
+                        // In place, and only where a GPU id is missing: no second copy of a
+                        // 100,000-offer catalog.
+                        for k in found.indices where found[k].gpu == nil && found[k].gpuName != nil { found[k] = found[k].normalized() }
                         let secs = (ContinuousClock.now - start).seconds
                         if ttl > .zero, let cache { try? await cache.cacheOffers(found, provider: provider.name, requestKey: key) }
                         return (ProviderReport(provider: provider.name, offers: found.count, seconds: secs), found)

@@ -761,9 +761,14 @@ public struct Provisioner: Sendable {
         var clusters = await (try? store.clusters(includeFinished: true)) ?? []
         let createdAt = await (try? store.createdAt()) ?? .distantPast
         var plan = ReconcilePlan(.init(owners: owners, providers: Set(providers.map(\.name)), listed: listed, listingErrors: report.providerErrors, createdAt: createdAt))
-        // Clusters the store does not know at all: its database was lost or replaced.
-        await rebuildUnknownClusters(plan, known: Set(clusters.map(\.id)), report: &report)
-        clusters = await (try? store.clusters(includeFinished: true)) ?? clusters
+        // Clusters the store does not know at all: its database was lost or replaced. (The
+        // clusters are read again only when that wrote some: reading every cluster is what
+        // grows with the store.)
+        let known = Set(clusters.map(\.id))
+        if !plan.rebuilds(known: known).isEmpty {
+            await rebuildUnknownClusters(plan, known: known, report: &report)
+            clusters = await (try? store.clusters(includeFinished: true)) ?? clusters
+        }
 
         // Clusters left half-done by a dead process (`up` or `down`): take their locks; a lock
         // someone holds means live work, left alone.
@@ -784,10 +789,16 @@ public struct Provisioner: Sendable {
         }
         faults.hit("reconcile.locked")
 
+        // Launched intents by cluster, read at the first running cluster's check (after the
+        // interrupted `down`s and `up`s, which come first, have changed theirs).
+        var launchedByCluster: [String: [LaunchIntent]]?
+        // Whether a recovery changed a cluster (else the clusters need not be read again).
+        var recovered = false
         for step in plan.recoveries(clusters) {
             switch step {
             case .finishTermination(let c):
                 // `down` died: finish it.
+                recovered = true
                 var cluster = c
                 faults.hit("reconcile.finishing")
                 do {
@@ -800,11 +811,16 @@ public struct Provisioner: Sendable {
                 plan.receive(.handled(clusterID: c.id))
             case .recoverUp(let c):
                 // `up` died: finish its work when its last launch is whole, else clean up.
+                recovered = true
                 await recoverInterrupted(c, plan: plan, report: &report)
                 plan.receive(.handled(clusterID: c.id))
             case .checkMove(let c):
-                // A move died: finish it when its new gang runs whole, else undo it.
-                let launched = await (try? store.intents(cluster: c.id, status: .launched)) ?? []
+                // A move died: finish it when its new gang runs whole, else undo it. Every
+                // running cluster is checked: their launched intents are read once, together.
+                if launchedByCluster == nil {
+                    launchedByCluster = Dictionary(grouping: await (try? store.intents(status: .launched)) ?? [], by: \.clusterID)
+                }
+                let launched = launchedByCluster?[c.id] ?? []
                 guard let move = plan.pendingMove(c, launched: launched) else { continue }
                 guard let lock = try? await locks.acquire(c.name) else {
                     plan.receive(.busy(clusterID: c.id))
@@ -812,35 +828,52 @@ public struct Provisioner: Sendable {
                     continue
                 }
                 held.append(lock)
+                recovered = true
                 await recoverMove(c, to: move, plan: plan, report: &report)
                 plan.receive(.handled(clusterID: c.id))
             }
         }
 
         // Re-read: recovery and finishing changed statuses.
-        clusters = await (try? store.clusters(includeFinished: true)) ?? clusters
+        if recovered { clusters = await (try? store.clusters(includeFinished: true)) ?? clusters }
         // Launches that completed for a cluster after its first (node replacements).
         var launchedIntents: [String: String] = [:]
-        for i in await (try? store.intents(status: .launched)) ?? [] { launchedIntents[i.key] = i.clusterID }
-        let recorded = Set((await (try? store.allInstances()) ?? []).map { $0.provider + "/" + $0.id })
+        // (As read for the moves, when no recovery has changed them since.)
+        var launched = recovered ? nil : launchedByCluster.map { Array($0.values.joined()) }
+        if launched == nil { launched = await (try? store.intents(status: .launched)) ?? [] }
+        for i in launched ?? [] { launchedIntents[i.key] = i.clusterID }
+        // The records of the providers listed: the only ones the plan looks at.
+        let listedProviders = listed.keys.sorted()
+        var records: [String: InstanceRecord] = [:]
+        for r in await (try? store.instances(providers: listedProviders)) ?? [] { records[r.provider + "/" + r.id] = r }
 
-        let steps = plan.instances(clusters: clusters, launched: launchedIntents, recorded: recorded)
+        let steps = plan.instances(clusters: clusters, launched: launchedIntents, recorded: Set(records.keys))
         var faultHit = false
+        // Whether a step below wrote a record (else the records read above are still current).
+        var wrote = false
         for step in steps {
             switch step {
             case .adopt(let i, let clusterID, let intent, let isRecorded):
-                if isRecorded { await bestEffort("reconcile: record an instance") { _ = try await store.record(i, clusterID: clusterID, intentKey: intent) } }
+                // Written only when the cloud says something new (a write per adopted instance
+                // per reconcile is what made `status` and `up` slow with many clusters).
+                if isRecorded, let rec = records[i.provider + "/" + i.id], ReconcilePlan.recordChanges(rec, listed: i) {
+                    wrote = true
+                    await bestEffort("reconcile: record an instance") { _ = try await store.record(i, clusterID: clusterID, intentKey: intent) }
+                }
                 report.adopted.append(i.id)
             case .noteLeaving(let i, let clusterID, let intent):
+                wrote = true
                 // Already on its way out (EC2 `shutting-down`): nothing to do but note it.
                 await bestEffort("reconcile: record an instance") { _ = try await store.record(i, clusterID: clusterID, intentKey: intent) }
             case .number(let gang, let c, let intent, let cloudTags):
+                wrote = true
                 // Instances of a running cluster the store has not recorded (a crash between
                 // writing the cluster and its instances: a rebuild), numbered around the others.
                 let others = await (try? store.instances(cluster: c.id)) ?? []
                 let tags = ReconcilePlan.adoptionTags(intent: await (try? store.intent(intent)) ?? nil, cloudTags: cloudTags)
                 await stamp(gang, tags: tags, clusterID: c.id, intent: intent, nodes: c.nodes, taken: ReconcilePlan.takenIndices(others))
             case .terminate(let providerName, let instances, _):
+                wrote = true
                 if !faultHit { faults.hit("reconcile.terminating"); faultHit = true }
                 guard let p = provider(providerName) else { continue }
                 do {
@@ -854,7 +887,9 @@ public struct Provisioner: Sendable {
         }
 
         // Instances the store thinks are alive but the provider no longer lists are gone.
-        for rec in plan.gone(await (try? store.allInstances()) ?? []) {
+        var current = recovered || wrote ? nil : Array(records.values)
+        if current == nil { current = await (try? store.instances(providers: listedProviders)) ?? [] }
+        for rec in plan.gone(current ?? []) {
             var gone = rec.instance
             gone.state = .terminated
             await bestEffort("reconcile: record an instance") { _ = try await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey) }

@@ -48,14 +48,93 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
 
     /// Compact JSON text.
     public var jsonString: String {
-        let data = (try? PluginWire.encoder.encode(self)) ?? Data("null".utf8)
+        let data = jsonData ?? (try? PluginWire.encoder.encode(self)) ?? Data("null".utf8)
         return String(decoding: data, as: UTF8.self)
     }
     public var description: String { jsonString }
 
     /// Decodes this value as `T` (e.g. a plugin's typed config).
     public func decode<T: Decodable>(_ type: T.Type = T.self) throws -> T {
-        try PluginWire.decoder.decode(T.self, from: PluginWire.encoder.encode(self))
+        try PluginWire.decoder.decode(T.self, from: jsonData ?? PluginWire.encoder.encode(self))
+    }
+
+    /// Parses JSON text; nil when it is not JSON (decode it with `JSONDecoder` then, for the
+    /// error). Written by hand: a plugin's config may hold a whole catalog, and `JSONDecoder`
+    /// finds a `JSONValue`'s kind by trying each in turn, an error thrown per wrong guess.
+    public static func parse(_ data: Data) -> JSONValue? {
+        data.withUnsafeBytes { raw in
+            var r = OfferJSON.Reader(raw.bindMemory(to: UInt8.self))
+            guard let v = r.value(), r.atEnd else { return nil }
+            return v
+        }
+    }
+
+    /// Compact JSON text, written by hand (numbers as ``encode(to:)`` writes them, object keys
+    /// sorted); nil when a number is not finite, which `JSONEncoder` refuses.
+    package var jsonData: Data? {
+        var w = OfferJSON.Writer()
+        guard w.value(self) else { return nil }
+        return Data(w.bytes)
+    }
+}
+
+extension OfferJSON.Writer {
+    /// Writes `v`; false when it holds a number that is not finite.
+    mutating func value(_ v: JSONValue) -> Bool {
+        switch v {
+        case .null: raw("null")
+        case .bool(let b): if b { raw("true") } else { raw("false") }
+        case .number(let n): guard (try? double(n)) != nil else { return false }
+        case .string(let s): string(s)
+        case .array(let a):
+            bytes.append(UInt8(ascii: "["))
+            for (k, item) in a.enumerated() {
+                if k > 0 { bytes.append(UInt8(ascii: ",")) }
+                guard value(item) else { return false }
+            }
+            bytes.append(UInt8(ascii: "]"))
+        case .object(let o):
+            bytes.append(UInt8(ascii: "{"))
+            for (k, key) in o.keys.sorted().enumerated() {
+                if k > 0 { bytes.append(UInt8(ascii: ",")) }
+                string(key)
+                bytes.append(UInt8(ascii: ":"))
+                guard value(o[key]!) else { return false }
+            }
+            bytes.append(UInt8(ascii: "}"))
+        }
+        return true
+    }
+}
+
+extension OfferJSON.Reader {
+    /// Any JSON value.
+    mutating func value() -> JSONValue? {
+        switch peek() {
+        case UInt8(ascii: "\""): return string().map(JSONValue.string)
+        case UInt8(ascii: "{"):
+            var o: [String: JSONValue] = [:]
+            guard object({ key, r in
+                guard let v = r.value() else { return false }
+                o[key] = v
+                return true
+            }) else { return nil }
+            return .object(o)
+        case UInt8(ascii: "["):
+            at += 1
+            var a: [JSONValue] = []
+            if take(UInt8(ascii: "]")) { return .array(a) }
+            while true {
+                guard let v = value() else { return nil }
+                a.append(v)
+                if take(UInt8(ascii: ",")) { continue }
+                return take(UInt8(ascii: "]")) ? .array(a) : nil
+            }
+        case UInt8(ascii: "t"): return literal("true") ? .bool(true) : nil
+        case UInt8(ascii: "f"): return literal("false") ? .bool(false) : nil
+        case UInt8(ascii: "n"): return literal("null") ? .null : nil
+        default: return double().map(JSONValue.number)
+        }
     }
 }
 

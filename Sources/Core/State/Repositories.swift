@@ -37,7 +37,14 @@ public protocol ClusterRepository: Sendable {
     func record(_ instance: Instance, clusterID: String, intentKey: String) async throws -> Instance
     func instance(provider: String, id: String) async throws -> InstanceRecord?
     func instances(cluster id: String) async throws -> [InstanceRecord]
+    /// The instances of each of the clusters `ids`, by cluster id (a cluster without any has no
+    /// entry). Has a default built on ``instances(cluster:)``, one query per cluster; a store
+    /// implements it with one set query where it can.
+    func instances(clusters ids: [String]) async throws -> [String: [InstanceRecord]]
     func allInstances() async throws -> [InstanceRecord]
+    /// Every recorded instance of the providers `names` (any state). Has a default built on
+    /// ``allInstances()``; reconcile reads only the providers it could list.
+    func instances(providers names: [String]) async throws -> [InstanceRecord]
 }
 
 extension ClusterRepository {
@@ -45,6 +52,26 @@ extension ClusterRepository {
     public func setIntent(_ key: String, status: LaunchIntent.Status) async throws { try await setIntent(key, status: status, error: nil) }
     public func intents(cluster id: String? = nil) async throws -> [LaunchIntent] { try await intents(cluster: id, status: nil) }
     public func intents(status: LaunchIntent.Status) async throws -> [LaunchIntent] { try await intents(cluster: nil, status: status) }
+
+    /// The recorded instances of each of the clusters `ids`, by cluster id, each list ordered
+    /// as ``instances(cluster:)`` orders it (a cluster without instances has no entry).
+    ///
+    /// This default asks once per cluster; a store that can answer with one set query
+    /// (`SQLiteStateStore` does) implements it, so `capstan status` costs the same few queries
+    /// for 1,000 clusters as for one.
+    public func instances(clusters ids: [String]) async throws -> [String: [InstanceRecord]] {
+        var out: [String: [InstanceRecord]] = [:]
+        for id in Set(ids) {
+            let records = try await instances(cluster: id)
+            if !records.isEmpty { out[id] = records }
+        }
+        return out
+    }
+
+    public func instances(providers names: [String]) async throws -> [InstanceRecord] {
+        let wanted = Set(names)
+        return try await allInstances().filter { wanted.contains($0.provider) }
+    }
 }
 
 /// Jobs and their attempts.

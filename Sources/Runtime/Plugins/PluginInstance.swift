@@ -120,6 +120,12 @@ public final class PluginInstance: Sendable {
     ) async throws -> Response {
         let data = try PluginWire.encoder.encode(request)
         let answer = try await invoke(method, request: data, timeout: timeout, progress: progress)
+        return try decode(answer, of: method)
+    }
+
+    /// Decodes a plugin's answer to `method`; malformed JSON is a `.pluginFailure` that quotes
+    /// the start of the answer.
+    public func decode<Response: Decodable>(_ answer: Data, of method: String, as: Response.Type = Response.self) throws -> Response {
         do {
             return try PluginWire.decoder.decode(Response.self, from: answer)
         } catch {

@@ -17,14 +17,19 @@ public struct PluginComputeProvider: ComputeProvider {
     }
 
     public func offers(for request: ResourceRequest) async throws -> [Offer] {
-        let response = try await instance.call(PluginWire.Method.offers, request, as: PluginWire.OffersResponse.self)
+        let answer = try await instance.invoke(PluginWire.Method.offers, request: PluginWire.encoder.encode(request))
+        // A catalog can hold 100,000 offers: read by hand (OfferJSON) when the answer has the
+        // usual shape; anything else goes through JSONDecoder, which accepts or refuses it with
+        // its own error (so the fast path changes neither).
+        var offers = try OfferJSON.decodeResponse(answer) ?? instance.decode(answer, of: PluginWire.Method.offers, as: PluginWire.OffersResponse.self).offers
         // The host owns naming: whatever the plugin claims, offers carry its name and a
-        // normalized GPU id.
-        return response.offers.map { offer in
-            var o = offer.normalized()
-            o.provider = name
-            return o
+        // normalized GPU id. (In place: no second array of 100,000 offers.)
+        let name = self.name
+        for k in offers.indices {
+            if offers[k].gpu == nil { offers[k] = offers[k].normalized() }
+            offers[k].provider = name
         }
+        return offers
     }
 
     public func launch(_ request: LaunchRequest) async throws -> [Instance] {
