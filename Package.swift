@@ -173,6 +173,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             path: "Sources/API",
             swiftSettings: swiftSettings
@@ -270,6 +271,13 @@ let package = Package(
             name: "CapstanPostgresTests",
             dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanSQLite", "CapstanPostgres", .product(name: "Logging", package: "swift-log"), .product(name: "PostgresNIO", package: "postgres-nio")],
             path: "Tests/CapstanPostgresTests",
+            swiftSettings: swiftSettings
+        ),
+        // The control plane's client: NDJSON streams, settings, errors, uploads (no server needed).
+        .testTarget(
+            name: "CapstanAPITests",
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanTrainer", "CapstanAPI"],
+            path: "Tests/CapstanAPITests",
             swiftSettings: swiftSettings
         ),
         // Loads real plugin .so files and runs the built CLI. Never depends on a plugin target.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CapstanCore
+import CapstanPostgres
 import CapstanRuntime
 import CapstanSQLite
 import CapstanProviders
@@ -59,14 +60,10 @@ struct GlobalOptions: ParsableArguments {
         return registry
     }
 
-    /// Everything a provisioning verb needs: providers, state, locks, fault hooks.
-    func provisioner(_ registry: ProviderRegistry, progress: (@Sendable (String) -> Void)? = nil) throws -> Provisioner {
-        let store = try SQLiteStateStore.open(home: registry.home, faults: .fromEnvironment())
-        var options = ProvisionOptions()
-        options.clusterKeys = ClusterKeys(folder: registry.home.path("ssh/clusters"))
-        return Provisioner(
-            providers: registry.compute, store: store, locks: ClusterLocks(folder: registry.home.stateFolder + "/locks"),
-            options: options, faults: .fromEnvironment(), logger: logger, progress: progress)
+    /// Everything a provisioning verb needs: providers, the configured state and its locks,
+    /// fault hooks.
+    func provisioner(_ registry: ProviderRegistry, progress: (@Sendable (String) -> Void)? = nil) async throws -> Provisioner {
+        provisioner(registry, state: try await openState(registry), progress: progress)
     }
 
     func offerSearch(_ registry: ProviderRegistry, store: (any StateStore)?, refresh: Bool = false) -> OfferSearch {
@@ -99,10 +96,19 @@ func printError(_ s: String) {
 }
 
 /// Runs `body`, turning a ``CapstanError`` into a readable message and exit code 1.
+/// Before returning, waits for the leases this process released to be released in the
+/// database (PostgreSQL state), so the next `capstan` finds them free.
 func reportingErrors(_ body: () async throws -> Void) async throws {
-    do { try await body() } catch let e as CapstanError {
+    do {
+        try await body()
+        await PostgresLeases.finishReleases()
+    } catch let e as CapstanError {
+        await PostgresLeases.finishReleases()
         printError("error: \(e)")
         throw ExitCode(1)
+    } catch {
+        await PostgresLeases.finishReleases()
+        throw error
     }
 }
 

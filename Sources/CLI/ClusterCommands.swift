@@ -52,7 +52,7 @@ struct UpCommand: AsyncParsableCommand {
             printError("warning: provider \(p.provider) is not in use: \(error)")
         }
         let printer: (@Sendable (String) -> Void)? = json ? nil : { @Sendable line in print("  " + line) }
-        let provisioner = try global.provisioner(registry, progress: printer)
+        let provisioner = try await global.provisioner(registry, progress: printer)
         _ = await provisioner.reconcile()
         let request = resources.request
         if !json { print("Provisioning \(name)…") }
@@ -99,7 +99,7 @@ struct DownCommand: AsyncParsableCommand {
         try await reportingErrors {
             if try await remote.run({ client in try render(try await client.down(name)) }) { return }
             let registry = try global.loadRegistry()
-            let provisioner = try global.provisioner(registry)
+            let provisioner = try await global.provisioner(registry)
             let cluster = try await provisioner.down(name: name)
             _ = await provisioner.reconcile()
             try render(cluster)
@@ -130,7 +130,7 @@ struct MoveCommand: AsyncParsableCommand {
             if try await remote.run({ client in try render(try await client.move(name, refresh: refresh)) }) { return }
             let registry = try global.loadRegistry()
             let json = global.json
-            let provisioner = try global.provisioner(registry, progress: json ? nil : { @Sendable line in print("  " + line) })
+            let provisioner = try await global.provisioner(registry, progress: json ? nil : { @Sendable line in print("  " + line) })
             _ = await provisioner.reconcile()
             let report = try await provisioner.move(cluster: name, search: global.offerSearch(registry, store: provisioner.store, refresh: refresh))
             try render(report)
@@ -155,7 +155,7 @@ struct StatusCommand: AsyncParsableCommand {
         try await reportingErrors {
             if try await remote.run({ client in try render(try await client.status(all: all, reconcile: !noReconcile)) }) { return }
             let registry = try global.loadRegistry()
-            let provisioner = try global.provisioner(registry)
+            let provisioner = try await global.provisioner(registry)
             let report = noReconcile ? ReconcileReport() : await provisioner.reconcile()
             let now = Date()
             var rows: [ClusterStatusRow] = []
@@ -216,7 +216,7 @@ struct ReconcileCommand: AsyncParsableCommand {
         try await reportingErrors {
             if try await remote.run({ client in try render(try await client.reconcile()) }) { return }
             let registry = try global.loadRegistry()
-            let provisioner = try global.provisioner(registry)
+            let provisioner = try await global.provisioner(registry)
             var report = await provisioner.reconcile()
             // Autostop: clusters idle past their --idle-minutes go too.
             report.autostopped = await provisioner.stopIdleClusters()

@@ -11,20 +11,21 @@ extension GlobalOptions {
     /// Jobs over the configured providers, reaching local nodes through agents of this binary
     /// and remote ones over SSH, shipping this binary (or `$CAPSTAN_AGENT_BINARY`, e.g. a
     /// `--static-swift-stdlib` build for machines without Swift) as their agent.
-    func jobService(_ registry: ProviderRegistry, provisioner: Provisioner) -> JobService {
+    func jobService(_ registry: ProviderRegistry, provisioner: Provisioner, jobLocks: any LockService) -> JobService {
         let exe = Spawn.currentExecutable
         let remoteAgent = ProcessInfo.processInfo.environment["CAPSTAN_AGENT_BINARY"].flatMap { $0.isEmpty ? nil : $0 } ?? exe
         let ssh = SSHTransport(client: SSHClient(folder: registry.home.path("ssh")), agentBinary: remoteAgent, clusterKeys: ClusterKeys(folder: registry.home.path("ssh/clusters")))
         let context = JobContext(
             home: registry.home, store: provisioner.store, provisioner: provisioner, search: offerSearch(registry, store: provisioner.store),
             transports: [LocalTransport(agentExecutable: exe), ssh], openBucket: { try registry.store(for: $0) },
-            bucketAccess: { try registry.bucketAccess(for: $0) }, logger: logger)
+            bucketAccess: { try registry.bucketAccess(for: $0) }, logger: logger, jobLocks: jobLocks)
         return JobService(context: context, agentExecutable: exe, defaultStorage: registry.config.storage.defaultLocation)
     }
 
-    func jobs() throws -> JobService {
+    func jobs() async throws -> JobService {
         let registry = try loadRegistry()
-        return jobService(registry, provisioner: try provisioner(registry))
+        let state = try await openState(registry)
+        return jobService(registry, provisioner: provisioner(registry, state: state), jobLocks: state.jobLocks)
     }
 }
 
@@ -58,7 +59,7 @@ struct LaunchCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             if try await remote.run({ client in try await launchRemote(client) }) { return }
-            let service = try global.jobs()
+            let service = try await global.jobs()
             let yaml: String
             do { yaml = try String(contentsOfFile: spec, encoding: .utf8) } catch {
                 throw CapstanError(.invalidRequest, "Cannot read job spec \(spec): \(error.localizedDescription)", hint: "Check the path.")
@@ -134,7 +135,7 @@ struct JobsCommand: AsyncParsableCommand {
         try await reportingErrors {
             // The server's controllers run its jobs; its largest page is 1000 jobs.
             if try await remote.run({ client in try render(try await client.jobs(running: running, limit: 1000)) }) { return }
-            let service = try global.jobs()
+            let service = try await global.jobs()
             // Every unfinished job, not only those on the page listed below.
             for j in try await service.context.store.unfinishedJobs() { try await service.ensureController(j.id) }
             try render(try await service.context.store.jobs(includeFinished: !running))
@@ -171,7 +172,7 @@ struct MetricsCommand: AsyncParsableCommand {
                 let j = try await client.job(job)
                 try render(try await client.metrics(j.id), of: j)
             }) { return }
-            let service = try global.jobs()
+            let service = try await global.jobs()
             let j = try await requireJob(service, job)
             if !j.status.isFinished { try await service.ensureController(j.id) }
             try render(MetricsPoint.read(log: service.context.logFile(job: j.id, node: 0)), of: j)
@@ -223,7 +224,7 @@ struct LogsCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             if try await remote.run({ client in try await logsRemote(client) }) { return }
-            let service = try global.jobs()
+            let service = try await global.jobs()
             let j = try await requireJob(service, job)
             if !j.status.isFinished { try await service.ensureController(j.id) }
             let nodes = nodes(j)
@@ -286,7 +287,7 @@ struct CancelCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             if try await remote.run({ client in try render(try await client.cancel(job)) }) { return }
-            let service = try global.jobs()
+            let service = try await global.jobs()
             try render(try await service.cancel(try requireJob(service, job).id))
         }
     }
@@ -317,7 +318,7 @@ struct CheckpointsCommand: AsyncParsableCommand {
                 if verify { try render(try await client.verifyCheckpoints(j.id), of: j); return }
                 try render(try await client.checkpoints(j.id), of: j)
             }) { return }
-            let service = try global.jobs()
+            let service = try await global.jobs()
             let j = try await requireJob(service, job)
             if verify { try render(try await service.verifyCheckpoints(j.id), of: j); return }
             try render(try await service.checkpoints(j.id), of: j)
@@ -405,7 +406,7 @@ struct JobControllerCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let service = try global.jobs()
+            let service = try await global.jobs()
             let final = try await JobController(jobID: job, context: service.context).run()
             print("job \(final.id) \(final.status.rawValue)")
         }

@@ -42,7 +42,7 @@ struct OffersCommand: AsyncParsableCommand {
         try await reportingErrors {
             if try await remote.run({ client in try render(try await client.offers(request, refresh: refresh)) }) { return }
             let registry = try global.loadRegistry()
-            let store = try? SQLiteStateStore.open(home: registry.home)
+            let store = try? await global.openState(registry).store
             let result = try await global.offerSearch(registry, store: store, refresh: refresh).run(request)
             try render(OffersResponse(result: result, problems: registry.problems.map { .init(provider: $0.provider, error: $0.error) }))
         }

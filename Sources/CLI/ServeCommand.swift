@@ -47,10 +47,7 @@ struct ServeRunCommand: AsyncParsableCommand {
             let registry = try global.loadRegistry()
             let state = try await global.openState(registry)
             let provisioner = global.provisioner(registry, state: state)
-            let embedded = global.jobService(registry, provisioner: provisioner)
-            var context = embedded.context
-            context.jobLocks = state.jobLocks
-            let jobs = JobService(context: context, agentExecutable: embedded.agentExecutable, defaultStorage: embedded.defaultStorage)
+            let jobs = global.jobService(registry, provisioner: provisioner, jobLocks: state.jobLocks)
             var options = ControlPlaneOptions()
             options.host = host
             options.port = port

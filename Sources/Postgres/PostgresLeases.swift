@@ -163,7 +163,8 @@ public final class PostgresLease: HeldLock {
     public func release() {
         stop()
         let lease = self
-        Task.detached { await lease.expireRow() }
+        let task = Task.detached { await lease.expireRow() }
+        PendingReleases.shared.add(task)
     }
 
     /// ``release()``, waiting until the database has the lease expired (or the attempt failed).
@@ -191,4 +192,36 @@ public final class PostgresLease: HeldLock {
 
     /// Test hook: stop sending renewals (as a paused or partitioned holder would).
     package func suspendRenewals() { state.withLock { $0.suspended = true } }
+}
+
+/// Releases still on their way to the database. A short-lived process (a CLI verb) awaits
+/// ``PostgresLeases/finishReleases()`` before it exits, so the next process does not find its
+/// leases held until their TTL runs out (a `flock` is freed by the process's exit; a lease is not).
+final class PendingReleases: Sendable {
+    static let shared = PendingReleases()
+    let tasks = LockedBox<[Int: Task<Void, Never>]>([:])
+    let next = LockedBox(0)
+
+    func add(_ task: Task<Void, Never>) {
+        let id = next.withLock { n in
+            n += 1
+            return n
+        }
+        tasks.withLock { $0[id] = task }
+        Task.detached { [self] in
+            await task.value
+            _ = tasks.withLock { $0.removeValue(forKey: id) }
+        }
+    }
+
+    func drain() async {
+        for task in tasks.withLock({ Array($0.values) }) { await task.value }
+    }
+}
+
+extension PostgresLeases {
+    /// Waits until every lease released in this process is released in the database too.
+    public static func finishReleases() async {
+        await PendingReleases.shared.drain()
+    }
 }

@@ -153,3 +153,40 @@ struct HATests {
         _ = try await home.checkContinuity(job: final, total: 150)
     }
 }
+
+@Suite("embedded CLI on PostgreSQL state", .serialized)
+struct PostgresCLITests {
+    @Test("with `state: postgres://…` the embedded verbs keep their state in PostgreSQL: up, status, launch, jobs, down; a wrong password is a clear error without it")
+    func embeddedVerbs() async throws {
+        let pg = try TestServers.postgres
+        let url = try TestServers.freshPostgresDatabase("cli")
+        let dir = TempDir("capstan-pg-cli")
+        defer { dir.cleanup() }
+        dir.write("config.yaml", "providers:\n  local:\n    slots: 4\nstate: \(url)\n")
+        dir.write("job/job.yaml", "name: hello\nresources: {nodes: 2}\nrun: echo \"hello from $NODE_RANK\"\n")
+        let env = ["CAPSTAN_HOME": dir.path, "CAPSTAN_POSTGRES_PASSWORD": pg.password, "TMPDIR": NSTemporaryDirectory()]
+        func capstan(_ args: [String], env extra: [String: String] = [:]) async throws -> ProcessResult {
+            try await runProcess(BuildProducts.capstan, args, environment: env.merging(extra) { $1 }, timeout: 300)
+        }
+        let up = try await capstan(["up", "pgc", "--nodes", "1"])
+        #expect(up.status == 0, "\(up.stdout)\(up.stderr)")
+        let status = try await capstan(["status", "--json"])
+        #expect(status.status == 0 && status.stdout.contains("\"pgc\""), "\(status.stdout)\(status.stderr)")
+        let launch = try await capstan(["launch", dir.file("job/job.yaml")])
+        #expect(launch.status == 0 && launch.stdout.contains("hello from 1"), "\(launch.stdout)\(launch.stderr)")
+        let jobs = try await capstan(["jobs", "--json"])
+        #expect(jobs.stdout.contains("\"succeeded\""), "\(jobs.stdout)")
+        let down = try await capstan(["down", "pgc"])
+        #expect(down.status == 0, "\(down.stderr)")
+        // Nothing went to a SQLite file in the home.
+        #expect(!FileManager.default.fileExists(atPath: dir.file("state/capstan.db")))
+        // The state is really in the database: a store opened on it sees the job and the cluster.
+        let store = try await PostgresStateStore.connect(url: url, logger: Logger(label: "t"), environment: ["CAPSTAN_POSTGRES_PASSWORD": pg.password])
+        #expect(try await store.jobs().first?.status == .succeeded)
+        #expect(try await store.cluster(named: "pgc")?.status == .terminated)
+        await store.close()
+        let wrong = try await capstan(["status"], env: ["CAPSTAN_POSTGRES_PASSWORD": "not-the-password-\(pg.password.prefix(4))x"])
+        #expect(wrong.status == 1 && wrong.stderr.contains("password authentication failed"), "\(wrong.stderr)")
+        #expect(!wrong.stderr.contains("not-the-password"), "the password is echoed: \(wrong.stderr)")
+    }
+}
