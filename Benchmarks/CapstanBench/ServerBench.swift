@@ -208,3 +208,58 @@ func timingsSync(_ n: Int, _ body: () throws -> Void) rethrows -> [Double] {
     }
     return out
 }
+
+/// Runs `capstan ARGS` and returns the seconds from its start to the first stdout line that
+/// contains `marker` (then lets it finish).
+func secondsToLine(_ args: [String], home: String, env extra: [String: String], marker: String) throws -> Double {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: capstanBinary())
+    p.arguments = args
+    var env = ProcessInfo.processInfo.environment
+    env["CAPSTAN_HOME"] = home
+    env["CAPSTAN_PLUGIN_PATH"] = nil
+    for (k, v) in extra { env[k] = v }
+    p.environment = env
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+    let start = ContinuousClock.now
+    try p.run()
+    var seen = Data()
+    var at: Double?
+    while at == nil {
+        let chunk = out.fileHandleForReading.availableData
+        if chunk.isEmpty { break }
+        seen.append(chunk)
+        if String(decoding: seen, as: UTF8.self).contains(marker) { at = (ContinuousClock.now - start).seconds }
+    }
+    _ = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard let at else { throw CapstanError(.internalError, "`capstan \(args.joined(separator: " "))` never printed \(marker): \(String(decoding: seen.suffix(500), as: UTF8.self))") }
+    return at
+}
+
+/// Submit → first line of the job's output: `capstan launch` embedded against `capstan launch`
+/// through a server (CAPSTAN_SERVER), same home, same 2-node local job, alternating.
+func submitBench() async throws {
+    let home = try scratchFolder("submit-bench")
+    defer { try? FileManager.default.removeItem(atPath: home) }
+    try "providers:\n  local:\n    slots: 4\n".write(toFile: home + "/config.yaml", atomically: true, encoding: .utf8)
+    try FileManager.default.createDirectory(atPath: home + "/job", withIntermediateDirectories: true)
+    try "name: first\nresources: {nodes: 2}\nworkdir: .\nrun: echo first-line-$NODE_RANK\n".write(toFile: home + "/job/job.yaml", atomically: true, encoding: .utf8)
+    try "print('hi')\n".write(toFile: home + "/job/train.py", atomically: true, encoding: .utf8)
+    let server = try await BenchServer.start(home: home, binary: capstanBinary())
+    defer { server.stop() }
+    print("\nSubmit → first line of a 2-node local job (`capstan launch`, until `[node 0] first-line-0`), 10 runs each, alternating")
+    var embedded: [Double] = [], remote: [Double] = []
+    let spec = home + "/job/job.yaml"
+    _ = try secondsToLine(["launch", spec], home: home, env: ["CAPSTAN_SERVER": ""], marker: "first-line-0")  // warm
+    for _ in 0..<10 {
+        embedded.append(try secondsToLine(["launch", spec], home: home, env: ["CAPSTAN_SERVER": ""], marker: "first-line-0"))
+        remote.append(try secondsToLine(["launch", spec], home: home, env: ["CAPSTAN_SERVER": server.url, "CAPSTAN_TOKEN": server.token], marker: "first-line-0"))
+    }
+    let e = percentiles(embedded), r = percentiles(remote)
+    line("embedded `capstan launch`", e)
+    line("`capstan launch` through the server", r)
+    print(String(format: "  %@ %+.0f ms at p50 (goal ≤ +100 ms)", "through the server vs embedded".padding(toLength: 50, withPad: " ", startingAt: 0), (r.p50 - e.p50)))
+}

@@ -304,7 +304,8 @@ if which == "cold-start" || which == "all" { try coldStartBench() }
 if which == "s3" || which == "all" { try await s3Bench() }
 if which == "lambda" || which == "all" { try await lambdaBench() }
 // Not in "all": it seeds a large home and starts a server (scripts/bench-server.sh).
-if which == "server" { try await serverBench() }
+if which == "server" { try await serverBench(); try await submitBench() }
+if which == "submit" { try await submitBench() }
 if which == "offers" || which == "all" { try await offersBench() }
 if which == "scale" || which == "all" { try await scaleBench() }
 if which == "status" { try await statusBench() }

@@ -176,7 +176,8 @@ struct Routes: Sendable {
                 data.append(0x0A)
                 try await writer.write(ByteBuffer(bytes: data))
             }
-            func pump(final: Bool) async throws {
+            /// The node logs (files: cheap, every tick) and, with `database`, the new events.
+            func pump(final: Bool, database: Bool = true) async throws {
                 for n in nodes {
                     if let h = FileHandle(forReadingAtPath: ctx.logFile(job: id, node: n)) {
                         defer { try? h.close() }
@@ -188,7 +189,7 @@ struct Routes: Sendable {
                     }
                     if final, let rest = buffers[n]?.flush() { try await send(LogStreamItem(node: n, line: rest)) }
                 }
-                if withEvents {
+                if withEvents && database {
                     for e in (try? await store.events(job: id, limit: 500)) ?? [] where (e.id ?? 0) > lastEvent {
                         lastEvent = e.id ?? lastEvent
                         try await send(LogStreamItem(event: e))
@@ -197,10 +198,14 @@ struct Routes: Sendable {
             }
             var current = job
             if follow {
+                // Log lines within 50 ms of the controller copying them home; the database
+                // (events, the job's status) every 250 ms.
+                var tick = 0
                 while !current.status.isFinished {
-                    try await pump(final: false)
-                    try await Task.sleep(for: .milliseconds(250))
-                    current = try await store.job(id) ?? current
+                    try await pump(final: false, database: tick % 5 == 0)
+                    try await Task.sleep(for: .milliseconds(50))
+                    tick += 1
+                    if tick % 5 == 0 { current = try await store.job(id) ?? current }
                 }
             }
             try await pump(final: true)
