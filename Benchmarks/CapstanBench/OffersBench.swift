@@ -162,8 +162,8 @@ func offersCLIBench(n: Int) throws {
 /// Runs the `capstan` binary with `args` in `home` (stdout and stderr to /dev/null) and
 /// returns its wall time in milliseconds. posix_spawn + waitpid: Foundation's Process polls in
 /// 50 ms steps on Linux.
-func runCapstan(_ capstan: String, _ args: [String], home: String) throws -> Double {
-    let env = ProcessInfo.processInfo.environment.merging(["CAPSTAN_HOME": home]) { $1 }.map { "\($0.key)=\($0.value)" }
+func runCapstan(_ capstan: String, _ args: [String], home: String, env extra: [String: String] = [:]) throws -> Double {
+    let env = ProcessInfo.processInfo.environment.merging(["CAPSTAN_HOME": home]) { $1 }.merging(extra) { $1 }.map { "\($0.key)=\($0.value)" }
     let argv = ([capstan] + args).map { strdup($0) } + [nil]
     let envp = env.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) }; envp.forEach { free($0) } }

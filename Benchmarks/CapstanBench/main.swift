@@ -125,27 +125,7 @@ func coldStartBench() throws {
     try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: home) }
     try Data("providers:\n  sim: {}\n".utf8).write(to: URL(fileURLWithPath: home + "/config.yaml"))
-    // posix_spawn + waitpid: Foundation's Process.waitUntilExit polls its run loop in 50 ms
-    // steps on Linux, which would swamp what is measured here.
-    func run(_ args: [String]) throws -> Double {
-        let env = ProcessInfo.processInfo.environment.merging(["CAPSTAN_HOME": home]) { $1 }.map { "\($0.key)=\($0.value)" }
-        let argv = ([capstan] + args).map { strdup($0) } + [nil]
-        let envp = env.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        var pid: pid_t = 0
-        let start = ContinuousClock.now
-        guard posix_spawn(&pid, capstan, &actions, nil, argv, envp) == 0 else { throw CapstanError(.internalError, "spawn failed") }
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
-        let ms = (ContinuousClock.now - start).seconds * 1000
-        guard status == 0 else { throw CapstanError(.internalError, "capstan \(args) exited \(status)") }
-        return ms
-    }
+    func run(_ args: [String]) throws -> Double { try runCapstan(capstan, args, home: home) }
     func median(_ args: [String]) throws -> Double {
         let times = try (0..<20).map { _ in try run(args) }.sorted()
         return times[times.count / 2]
