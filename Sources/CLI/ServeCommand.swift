@@ -32,6 +32,7 @@ struct ServeRunCommand: AsyncParsableCommand {
     @Option(help: "TLS certificate chain (PEM); with --tls-key the server speaks HTTPS only.") var tlsCert: String?
     @Option(help: "TLS private key (PEM).") var tlsKey: String?
     @Option(help: "Largest workdir a launch may upload, in MiB.") var maxUploadMb = 512
+    @Flag(help: "Let launches name folders on this machine (an absolute workdir, file:// storage). Only for a server whose every token holder may read its files.") var allowServerPaths = false
     @Option(help: "Seconds between looks for jobs without a controller.") var superviseSeconds = 2.0
     @Option(help: "Seconds between cluster reconcile and autostop passes.") var clusterSeconds = 30.0
 
@@ -55,6 +56,7 @@ struct ServeRunCommand: AsyncParsableCommand {
             options.tlsCertificate = tlsCert
             options.tlsKey = tlsKey
             options.maxUploadBytes = Int64(maxUploadMb) * 1024 * 1024
+            options.allowServerPaths = allowServerPaths
             options.supervisePeriod = .milliseconds(Int64(superviseSeconds * 1000))
             options.clusterPeriod = .milliseconds(Int64(clusterSeconds * 1000))
             #if DEBUG

@@ -24,6 +24,9 @@ public struct ControlPlaneOptions: Sendable {
     /// Where the bound port is written once the server listens (for scripts and tests).
     public var portFile: String?
     public var maxUploadBytes: Int64 = CapstanAPI.defaultMaxUploadBytes
+    /// Let a launch name folders on the server's machine (an absolute `workdir`, `file://`
+    /// storage). Off: a token holder could otherwise copy the server's files to nodes.
+    public var allowServerPaths = false
     /// How often unfinished jobs without a controller are looked for.
     public var supervisePeriod: Duration = .seconds(2)
     /// How often clusters are reconciled and autostopped.
@@ -110,7 +113,9 @@ public struct ControlPlane: Sendable {
         // the job runs: past this, the server cancels what is left (the streams end; the jobs
         // are untouched).
         config.maximumGracefulShutdownDuration = .seconds(10)
-        config.maximumCancellationDuration = .seconds(10)
+        // No cancellation deadline: past one, service-lifecycle traps (the supervisor bounds
+        // its own wait instead, so the process still exits 0 soon after SIGTERM).
+        config.maximumCancellationDuration = nil
         try await ServiceGroup(configuration: config).run()
     }
 }
@@ -149,7 +154,7 @@ struct AuthMiddleware: RouterMiddleware {
             return try await next(request, context)
         case .failure(let why):
             logger.warning("refused a request", metadata: ["method": "\(request.method)", "path": "\(request.uri.path)", "peer": "\(context.peer)", "why": "\(why.rawValue)"])
-            throw CapstanError(.auth, "The control plane refused the request: \(why.rawValue).", hint: "Set CAPSTAN_TOKEN to a token from `capstan serve token create NAME` on the server.")
+            return ErrorMiddleware.response(CapstanError(.auth, "The control plane refused the request: \(why.rawValue).", hint: "Set CAPSTAN_TOKEN to a token from `capstan serve token create NAME` on the server."), status: .unauthorized)
         }
     }
 }
@@ -201,7 +206,9 @@ struct ErrorMiddleware: RouterMiddleware {
     static func status(for e: CapstanError) -> HTTPResponse.Status {
         switch e.code {
         case .invalidRequest, .config: .badRequest
-        case .auth: .unauthorized
+        // The API's own 401 comes from the token check; an `auth` error from inside a route
+        // is a cloud refusing the server's credentials.
+        case .auth: .forbidden
         case .notFound: .notFound
         case .rateLimited: .tooManyRequests
         case .unsupported: .notImplemented

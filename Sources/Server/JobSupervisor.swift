@@ -20,6 +20,12 @@ public final class JobSupervisor: Service, Sendable {
     let running = Mutex<[String: Task<Void, Never>]>([:])
     /// How many controllers this replica has started (for tests and the health page).
     let adoptions = Atomic<Int>(0)
+    /// Jobs whose controller failed to run here: not tried again before `next` (doubling from
+    /// 2 s to 5 min), so a job this replica cannot control (a bucket it cannot open, a spec it
+    /// cannot read) is not retried every sweep forever.
+    let backoff = Mutex<[String: (failures: Int, next: ContinuousClock.Instant)]>([:])
+    /// Set when shutdown begins: no new controller starts after it.
+    let stopping = Atomic<Bool>(false)
 
     public init(jobs: JobService, period: Duration = .seconds(2), logger: Logger) {
         self.jobs = jobs
@@ -54,14 +60,16 @@ public final class JobSupervisor: Service, Sendable {
 
     /// Starts a controller for `id` in this process unless one runs here or anywhere else.
     public func adopt(_ id: String) async {
-        if running.withLock({ $0[id] != nil }) { return }
+        if stopping.load(ordering: .relaxed) || running.withLock({ $0[id] != nil }) { return }
+        if let wait = backoff.withLock({ $0[id] }), ContinuousClock.now < wait.next { return }
         if await jobs.context.jobLocks.isHeld(id) { return }
         running.withLock { tasks in
-            guard tasks[id] == nil else { return }
+            guard tasks[id] == nil, !stopping.load(ordering: .relaxed) else { return }
             tasks[id] = Task { [self] in
                 defer { _ = running.withLock { $0.removeValue(forKey: id) } }
                 do {
                     let final = try await JobController(jobID: id, context: jobs.context).run()
+                    _ = backoff.withLock { $0.removeValue(forKey: id) }
                     if final.status.isFinished {
                         logger.info("job finished", metadata: ["capstan.job": "\(id)", "status": "\(final.status.rawValue)"])
                     } else {
@@ -71,7 +79,13 @@ public final class JobSupervisor: Service, Sendable {
                     // Another replica (or a `capstan` on this machine) won the job's lock.
                     logger.debug("job is controlled elsewhere", metadata: ["capstan.job": "\(id)", "why": "\(e.message)"])
                 } catch {
-                    logger.error("controller failed", metadata: ["capstan.job": "\(id)", "error": "\(error)"])
+                    let delay = backoff.withLock { b -> Duration in
+                        let failures = (b[id]?.failures ?? 0) + 1
+                        let delay = Duration.seconds(min(300, 2 << min(failures - 1, 8)))
+                        b[id] = (failures, ContinuousClock.now + delay)
+                        return delay
+                    }
+                    logger.error("controller failed; retrying later", metadata: ["capstan.job": "\(id)", "error": "\(error)", "retry_in": "\(delay)"])
                 }
             }
             adoptions.add(1, ordering: .relaxed)
@@ -79,11 +93,16 @@ public final class JobSupervisor: Service, Sendable {
         }
     }
 
-    /// Stops every controller of this process and waits for them to return.
-    public func stopAll() async {
+    /// Stops every controller of this process and waits for them to return, at most
+    /// `deadline` (a controller inside a long transfer may not notice at once; its lock lapses
+    /// or is freed with the process, and another controller picks the job up).
+    public func stopAll(deadline: Duration = .seconds(5)) async {
+        stopping.store(true, ordering: .relaxed)
         let tasks = running.withLock { Array($0.values) }
         for t in tasks { t.cancel() }
-        for t in tasks { await t.value }
+        _ = try? await withDeadline(deadline) {
+            for t in tasks { await t.value }
+        }
     }
 }
 

@@ -53,9 +53,7 @@ struct Routes: Sendable {
         v1.post("uploads") { request, context in try await upload(request, context) }
         v1.post("jobs") { request, context in try await launch(request, context) }
         v1.get("jobs") { request, _ in
-            let limit = try intParameter(request, "limit") ?? 100
-            guard (1...1000).contains(limit) else { throw CapstanError(.invalidRequest, "limit must be 1…1000, got \(limit).") }
-            return try json(try await store.jobs(includeFinished: !flag(request, "running"), limit: limit))
+            return try json(try await store.jobs(includeFinished: !flag(request, "running"), limit: try limitParameter(request, default: 100)))
         }
         v1.get("jobs/:id") { _, context in try json(try await requireJob(context)) }
         v1.post("jobs/:id/cancel") { request, context in
@@ -74,7 +72,7 @@ struct Routes: Sendable {
         }
         v1.get("jobs/:id/events") { request, context in
             let job = try await requireJob(context)
-            return try json(try await store.events(job: job.id, limit: try intParameter(request, "limit") ?? 500))
+            return try json(try await store.events(job: job.id, limit: try limitParameter(request, default: 500)))
         }
         v1.get("jobs/:id/logs") { request, context in try await logs(request, context) }
         v1.get("events") { request, _ in
@@ -83,7 +81,7 @@ struct Routes: Sendable {
                 guard let c = try await store.cluster(named: name) else { throw CapstanError(.notFound, "No cluster '\(name)'.", hint: "See `capstan status --all`.") }
                 clusterID = c.id
             }
-            return try json(try await store.events(cluster: clusterID, limit: try intParameter(request, "limit") ?? 200))
+            return try json(try await store.events(cluster: clusterID, limit: try limitParameter(request, default: 200)))
         }
     }
 
@@ -142,14 +140,34 @@ struct Routes: Sendable {
             if let w = spec.workdir, !w.hasPrefix("/") {
                 throw CapstanError(.invalidRequest, "The spec's workdir '\(w)' is relative, but no upload came with it.", hint: "Upload the workdir first (POST /v1/uploads) and name it in `upload`; the CLI does this for you.")
             }
+            // A folder on the server's machine would let any token holder copy it (keys,
+            // credentials) to nodes and read it back through the logs.
+            if let w = spec.workdir, !plane.options.allowServerPaths {
+                throw CapstanError(.invalidRequest, "The spec's workdir '\(w)' is a folder on the server's machine; this server does not run jobs from its own folders.", hint: "Use a relative workdir (the CLI uploads it), or start the server with --allow-server-paths.")
+            }
             folder = jobs.context.home.path("server/specs")
             try PrivateFile.createFolder(folder)
+        }
+        if let storage = spec.storage, storage.hasPrefix("file://"), !plane.options.allowServerPaths, !insideServerBucket(storage) {
+            throw CapstanError(.invalidRequest, "The spec's storage '\(storage)' is a folder on the server's machine; this server does not write jobs' outputs to folders a request names.", hint: "Leave `storage` out (the server's default bucket), use a bucket URI such as s3://…, or start the server with --allow-server-paths.")
         }
         var options = JobService.Options(cluster: body.cluster)
         if let settings = body.settings { options.settings = settings }
         let job = try await jobs.create(yaml: body.spec, folder: folder, options: options)
         await supervisor.adopt(job.id)
         return try json(job, status: .created)
+    }
+
+    /// Whether a `file://` storage URI is the server's own bucket (its home's `bucket` folder or
+    /// config.yaml's `storage.default`), or a folder inside it.
+    func insideServerBucket(_ uri: String) -> Bool {
+        func path(_ u: String) -> String { URL(fileURLWithPath: String(u.dropFirst("file://".count))).standardizedFileURL.path }
+        let roots = [jobs.context.home.path("bucket")] + [jobs.defaultStorage].compactMap { $0 }.filter { $0.hasPrefix("file://") }.map(path)
+        let p = path(uri)
+        return roots.contains { root in
+            let r = URL(fileURLWithPath: root).standardizedFileURL.path
+            return p == r || p.hasPrefix(r.hasSuffix("/") ? r : r + "/")
+        }
     }
 
     /// `GET /v1/jobs/{id}/logs`: the node logs (and events) as NDJSON; with `follow`, until
@@ -203,6 +221,9 @@ struct Routes: Sendable {
                 var tick = 0
                 while !current.status.isFinished {
                     try await pump(final: false, database: tick % 5 == 0)
+                    // An empty line every 15 s (clients skip it): a client that went away fails
+                    // the write, which ends this loop.
+                    if tick % 300 == 299 { try await writer.write(ByteBuffer(bytes: [0x0A])) }
                     try await Task.sleep(for: .milliseconds(50))
                     tick += 1
                     if tick % 5 == 0 { current = try await store.job(id) ?? current }
@@ -248,6 +269,13 @@ func decodeOptional<T: Decodable>(_ type: T.Type, _ request: Request, _ context:
 func flag(_ request: Request, _ name: String, default value: Bool = false) -> Bool {
     guard let raw = request.uri.queryParameters.get(name) else { return value }
     return ["1", "true", "yes", ""].contains(raw.lowercased())
+}
+
+/// `limit`, 1…1000.
+func limitParameter(_ request: Request, default value: Int) throws -> Int {
+    let limit = try intParameter(request, "limit") ?? value
+    guard (1...1000).contains(limit) else { throw CapstanError(.invalidRequest, "limit must be 1…1000, got \(limit).") }
+    return limit
 }
 
 func intParameter(_ request: Request, _ name: String) throws -> Int? {

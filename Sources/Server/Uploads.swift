@@ -23,6 +23,15 @@ struct Uploads: Sendable {
     /// and folders only, relative, no `..`. The archive is removed either way.
     func unpack(_ archive: String, id: String) async throws {
         defer { unlink(archive) }
+        // A plain (uncompressed) tar only: GNU tar would inflate gzip/xz/zstd on its own, and
+        // then the upload limit would not bound what lands on the disk.
+        let magic = FileHandle(forReadingAtPath: archive).flatMap { h -> Data? in
+            defer { try? h.close() }
+            return try? h.read(upToCount: 263)
+        }
+        guard let magic, magic.count >= 263, magic[257..<262].elementsEqual("ustar".utf8) else {
+            throw CapstanError(.invalidRequest, "The uploaded workdir is not a tar archive (or is a compressed one).", hint: "Send the output of `tar -C WORKDIR -cf - .`, uncompressed.")
+        }
         let listing = try await Spawn.onThread {
             try Spawn.runCapturing([Self.tar, "-tvf", archive, "--numeric-owner"], environment: ["LC_ALL": "C", "PATH": "/usr/bin:/bin"], timeout: 120)
         }
@@ -32,8 +41,13 @@ struct Uploads: Sendable {
         let names = try await Spawn.onThread {
             try Spawn.runCapturing([Self.tar, "-tf", archive], environment: ["LC_ALL": "C", "PATH": "/usr/bin:/bin"], timeout: 120)
         }
+        var unpacked: Int64 = 0
         for line in String(decoding: listing.stdout, as: UTF8.self).split(separator: "\n") {
             guard let type = line.first else { continue }
+            unpacked += line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(2).first.flatMap { Int64($0) } ?? 0
+            if unpacked > maxBytes {
+                throw CapstanError(.invalidRequest, "The uploaded workdir would unpack to more than this server takes (\(maxBytes) bytes).", hint: "Leave large files out of the workdir, or raise the server's --max-upload-mb.")
+            }
             guard type == "-" || type == "d" else {
                 let kind = type == "l" ? "a symbolic link" : type == "h" ? "a hard link" : "a special file (\(type))"
                 throw CapstanError(.invalidRequest, "The uploaded workdir holds \(kind): \(line.split(separator: " ", maxSplits: 5).last ?? Substring(line)).", hint: "Uploads carry plain files and folders only; pack with `tar -h` to copy what links point to.")

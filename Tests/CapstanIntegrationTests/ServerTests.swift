@@ -168,7 +168,7 @@ struct ServerAccessTests {
         #expect(SecretScan([dir.path], for: ci).hits.isEmpty)
     }
 
-    @Test("uploads: links, escaping names and non-tar bodies are refused before anything is unpacked; one past --max-upload-mb is 413")
+    @Test("uploads: links, escaping names, compressed and non-tar bodies are refused before anything is unpacked; one past --max-upload-mb is 413; launches may not name the server's folders")
     func badUploads() async throws {
         let dir = TempDir("capstan-serve-upload")
         defer { dir.cleanup() }
@@ -187,11 +187,25 @@ struct ServerAccessTests {
             let r = try await serve.request("POST", "/v1/uploads", token: token, body: body, contentType: "application/x-tar")
             #expect(r.status == 400 && r.text.contains(says), "\(what): \(r.status) \(r.text)")
         }
+        // A compressed tar would inflate past the limit on the server's disk: refused.
+        let plain = try makeTar(dir, "d.tar", script: file.replacingOccurrences(of: "{N}", with: "ok.txt"))
+        try plain.write(to: URL(fileURLWithPath: dir.file("d2.tar")))
+        #expect(try runProcessBlocking("/usr/bin/env", ["gzip", "-f", dir.file("d2.tar")], timeout: 30).status == 0)
+        let gz = try await serve.request("POST", "/v1/uploads", token: token, body: try Data(contentsOf: URL(fileURLWithPath: dir.file("d2.tar.gz"))), contentType: "application/x-tar")
+        #expect(gz.status == 400 && gz.text.contains("compressed"), "\(gz.status) \(gz.text)")
+        let ok = try await serve.request("POST", "/v1/uploads", token: token, body: plain, contentType: "application/x-tar")
+        #expect(ok.status == 201, "a plain tar is taken: \(ok.text)")
+        // A launch may not name the server's own folders (keys, credentials) without --allow-server-paths.
+        for (spec, says) in [("name: x\nworkdir: /etc\nrun: cat passwd\n", "folder on the server's machine"),
+                             ("name: x\nstorage: file:///tmp/elsewhere\nrun: echo hi\n", "folder on the server's machine")] {
+            let r = try await serve.request("POST", "/v1/jobs", token: token, body: try JSONSerialization.data(withJSONObject: ["spec": spec]))
+            #expect(r.status == 400 && r.text.contains(says) && r.text.contains("--allow-server-paths"), "\(r.text)")
+        }
         let big = try await serve.request("POST", "/v1/uploads", token: token, body: Data(count: 2 * 1024 * 1024), contentType: "application/x-tar")
         #expect(big.status == 413 && big.text.contains("larger than this server takes"), "\(big.status) \(big.text)")
-        // Nothing was unpacked or left behind.
+        // Nothing was unpacked or left behind but the one plain tar.
         let uploads = (try? FileManager.default.contentsOfDirectory(atPath: dir.file("server/uploads"))) ?? []
-        #expect(uploads.isEmpty, "\(uploads)")
+        #expect(uploads.count == 1, "\(uploads)")
         #expect(!FileManager.default.fileExists(atPath: dir.file("evil.txt")) && !FileManager.default.fileExists(atPath: dir.file("server/evil.txt")))
         // A bad body for a JSON route says which field.
         let launch = try await serve.request("POST", "/v1/jobs", token: token, body: Data("{\"upload\": 3}".utf8))

@@ -625,7 +625,7 @@ final class Run: @unchecked Sendable {
     }
 
     func finish(_ status: JobStatus, _ message: String, error: String? = nil) async -> JobRecord {
-        guard let job = await job() else { return await c.setStatus(status, message, error: error)! }
+        guard let job = await job() else { return await c.setStatus(status, message, error: error) ?? placeholder }
         if job.ownsCluster, let cluster = try? await store.cluster(named: job.clusterName), cluster.status.isLive {
             do {
                 _ = try await c.ctx.provisioner.down(name: job.clusterName)
