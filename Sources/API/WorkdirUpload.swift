@@ -38,7 +38,7 @@ struct WorkdirUpload {
                 throw CapstanError(
                     .invalidRequest,
                     "The job's workdir \(folder) holds more than \(humanSize(limit)) (counted \(humanSize(total)) so far), more than a Capstan server takes as an upload.",
-                    hint: "Keep data sets, models and outputs out of the workdir (put them in the bucket, or on the nodes with an absolute path), or raise server.maxUploadMB in the server's config.yaml.")
+                    hint: "Keep data sets, models and outputs out of the workdir (put them in the bucket, or on the nodes with an absolute path), or raise the server's --max-upload-mb.")
             }
         }
         return total
