@@ -69,17 +69,19 @@ public final class PostgresStateStore: StateStore, CustomStringConvertible, Cust
         let configuration = parsed.clientConfiguration(statementTimeout: operationTimeout)
         // One connection of our own first: the pool retries a refused connection forever (a
         // lease waits), which would hang `connect` on a wrong password or a closed port.
+        let probe: PostgresConnection
         do {
-            let probe = try await PostgresConnection.connect(configuration: try parsed.connectionConfiguration(), id: 0, logger: logger)
-            try? await probe.close()
+            probe = try await PostgresConnection.connect(configuration: try parsed.connectionConfiguration(), id: 0, logger: logger)
         } catch {
             throw PostgresErrors.connecting(error, parsed)
         }
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let store = PostgresStateStore(url: parsed, client: client, logger: logger, operationTimeout: operationTimeout)
         do {
-            try await store.migrate()
+            try await store.migrate(on: probe)
+            try? await probe.close()
         } catch {
+            try? await probe.close()
             await store.close()
             throw error
         }
@@ -176,10 +178,28 @@ public final class PostgresStateStore: StateStore, CustomStringConvertible, Cust
     /// Creates the tables, or brings them up to date: each migration once, in order, in one
     /// transaction that holds `pg_advisory_xact_lock` (replicas starting together wait for the
     /// first, then find nothing to do).
-    func migrate() async throws {
+    ///
+    /// On `conn`, the connection `connect` opened itself, not the pool's: connecting does not
+    /// depend on the pool coming up (which retries refused connections without end).
+    func migrate(on conn: PostgresConnection) async throws {
         let logger = self.logger, location = self.location
         // Longer than one operation: another replica may hold the lock while it migrates.
-        try await transaction(timeout: max(operationTimeout, Self.migrationTimeout)) { conn in
+        try await mapErrors(true) {
+            try await Deadline.run(max(self.operationTimeout, Self.migrationTimeout)) {
+                try await conn.query("BEGIN", logger: logger)
+                do {
+                    try await Self.migrationSteps(conn, logger: logger, location: location)
+                    try await conn.query("COMMIT", logger: logger)
+                } catch {
+                    _ = try? await conn.query("ROLLBACK", logger: logger)
+                    throw error
+                }
+            }
+        }
+    }
+
+    static func migrationSteps(_ conn: PostgresConnection, logger: Logger, location: String) async throws {
+        do {
             try await conn.query("SET LOCAL statement_timeout = \(unescaped: String(Int(Self.migrationTimeout.seconds * 1000)))", logger: logger)
             try await conn.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
             try await conn.query("CREATE TABLE IF NOT EXISTS schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())", logger: logger)
