@@ -61,7 +61,7 @@ public struct JobContext: Sendable {
 ///
 /// All of its state is in the state store and on the nodes, so a controller that is killed
 /// can be replaced by another (``JobService/ensureController(_:)``) which re-attaches to the
-/// running agents instead of restarting them. One controller per job: a file lock.
+/// running agents instead of restarting them. One controller per job: its job lock (``JobContext/jobLocks``), with a fencing token on every write of the job record.
 public final class JobController: Sendable {
     public let jobID: String
     let ctx: JobContext
