@@ -305,7 +305,7 @@ struct CapstanClientTests {
 
         await #expect { try await client.upload(folder: dir.file("work"), maxBytes: 1000) } throws: { e in
             let e = e as? CapstanError
-            return e?.code == .invalidRequest && e?.message.contains("more than") == true && e?.hint?.contains("maxUploadMB") == true
+            return e?.code == .invalidRequest && e?.message.contains("more than") == true && e?.hint?.contains("--max-upload-mb") == true
         }
         #expect(server.requests.count == 1, "the refused upload sent nothing")
         await #expect { try await client.upload(folder: dir.file("missing")) } throws: { e in
