@@ -324,6 +324,43 @@ private func adopted(_ steps: [ReconcilePlan.InstanceStep]) -> [String] {
         #expect(p.gone([vanished, listedDead, alive, already]).map(\.id) == ["i-1", "i-2"])
     }
 
+    @Test func aLaunchThatFinishedWhileTheListingRanIsNotGone() {
+        // Listing began at `from`; another process's `up` launched and recorded "i-new" after it
+        // (its intent turned launched then), and released its lock before the probes.
+        let from = created.addingTimeInterval(600)
+        func intentAt(_ key: String, _ status: LaunchIntent.Status, _ at: Date) -> LaunchIntent {
+            var i = intent(key, cluster: "c", status)
+            i.createdAt = at.addingTimeInterval(-5)
+            i.updatedAt = at
+            return i
+        }
+        let p = ReconcilePlan(.init(owners: ["me"], providers: ["sim"], listed: ["sim": [inst("i-dead", cluster: "c", intent: "new", state: .terminated)]], createdAt: created, listedFrom: from))
+        let new = InstanceRecord(instance: inst("i-new", cluster: "c", intent: "new"), clusterID: "c", intentKey: "new")
+        let settling = InstanceRecord(instance: inst("i-settling", cluster: "c", intent: "settling"), clusterID: "c", intentKey: "settling")
+        let old = InstanceRecord(instance: inst("i-old", cluster: "c", intent: "old"), clusterID: "c", intentKey: "old")
+        let launching = InstanceRecord(instance: inst("i-launching", cluster: "c", intent: "launching"), clusterID: "c", intentKey: "launching")
+        let listedDead = InstanceRecord(instance: inst("i-dead", cluster: "c", intent: "new"), clusterID: "c", intentKey: "new")
+        let intents = [
+            intentAt("new", .launched, from.addingTimeInterval(2)),
+            intentAt("settling", .launched, from.addingTimeInterval(-ReconcilePlan.listingSettle / 2)),
+            intentAt("old", .launched, from.addingTimeInterval(-ReconcilePlan.listingSettle - 1)),
+            intentAt("launching", .pending, from.addingTimeInterval(-3600)),
+        ]
+        // Absent and launched long before the listing: gone. Listed dead: gone whenever it was
+        // launched. Absent but launched after (or just before) the listing began, or still
+        // launching: not judged by this listing.
+        #expect(p.gone([new, settling, old, launching, listedDead], intents: intents).map(\.id) == ["i-old", "i-dead"])
+        // Without a listing start every absent record is judged, as before.
+        #expect(plan(["sim": []]).gone([new, old], intents: Array(intents.prefix(3))).map(\.id) == ["i-new", "i-old"])
+    }
+
+    @Test func aPendingIntentOfAClusterCreatedAfterTheProbesIsNotAbandoned() {
+        let p = plan([:])
+        let pending = [intent("seen", cluster: "c", .pending), intent("newer", cluster: "n", .pending)]
+        #expect(p.abandoned(pending, known: ["c"]).map(\.key) == ["seen"])
+        #expect(p.abandoned(pending).map(\.key) == ["seen", "newer"])
+    }
+
     @Test func pendingIntentOfADeadProcessIsAbandonedWithItsPid() {
         let out = plan([:]).abandoned([intent("k", cluster: "c", .pending, pid: 777)])
         #expect(out.map(\.key) == ["k"])

@@ -70,7 +70,10 @@ struct ScaleQueryTests {
     @Test("a reconcile that finds everything as recorded writes nothing; a changed instance is recorded")
     func reconcileWritesOnlyChanges() async throws {
         let dir = TempDir(); defer { dir.cleanup() }
-        let (p, cloud) = try await populated(dir, clusters: 3)
+        var (p, cloud) = try await populated(dir, clusters: 3)
+        // Reconcile as if the launches were minutes old: one too recent for the listing would
+        // not be judged gone yet (ReconcilePlan.listingSettle).
+        p.options.clock = { Date().addingTimeInterval(ReconcilePlan.listingSettle + 60) }
         _ = await p.reconcile()
         let before = try await p.store.allInstances()
         let r = await p.reconcile()

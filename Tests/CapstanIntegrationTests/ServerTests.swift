@@ -307,7 +307,9 @@ struct ServerClusterTests {
         let end = Date().addingTimeInterval(60)
         while Date() < end, try await status("idle") != "terminated" { try await Task.sleep(for: .milliseconds(200)) }
         #expect(try await status("idle") == "terminated", "\(serve.logText.suffix(2000))")
-        #expect(try await status("keep") == "running")
+        let keepStatus = try await status("keep")
+        let keepEvents = try await serve.request("GET", "/v1/events?cluster=keep", token: token)
+        #expect(keepStatus == "running", "keep is \(keepStatus ?? "missing"): \(keepEvents.text.suffix(1500)) \(serve.logText.suffix(2000))")
         let events = try await serve.request("GET", "/v1/events?cluster=idle", token: token)
         #expect(events.text.contains("autostop"), "\(events.text)")
         _ = try await serve.request("DELETE", "/v1/clusters/keep", token: token)

@@ -17,6 +17,9 @@ public struct ProvisionOptions: Sendable {
     public var readyTimeout: Duration = .seconds(900)
     /// Per-cluster SSH key pairs: the public key goes with every launch. Nil: none.
     public var clusterKeys: (any ClusterKeySource)?
+    /// What time it is for reconcile: when its listing began decides which launches are too
+    /// recent for the listing to show (``ReconcilePlan/listingSettle``). Tests move it.
+    public var clock: @Sendable () -> Date = { Date() }
 
     public init() {}
 }
@@ -733,6 +736,8 @@ public struct Provisioner: Sendable {
         guard let owners = try? await store.ownerIDs() else { return report }
         // List every provider at once, for every owner id this store has had.
         let queries = ReconcilePlan.queries(owners: owners)
+        // Launches that finish after this may be missing from the listing (ReconcilePlan.gone).
+        let listedFrom = options.clock()
         var listed: [String: [Instance]] = [:]
         await withTaskGroup(of: (String, Result<[Instance], CapstanError>).self) { group in
             for p in providers {
@@ -760,7 +765,7 @@ public struct Provisioner: Sendable {
 
         var clusters = await (try? store.clusters(includeFinished: true)) ?? []
         let createdAt = await (try? store.createdAt()) ?? .distantPast
-        var plan = ReconcilePlan(.init(owners: owners, providers: Set(providers.map(\.name)), listed: listed, listingErrors: report.providerErrors, createdAt: createdAt))
+        var plan = ReconcilePlan(.init(owners: owners, providers: Set(providers.map(\.name)), listed: listed, listingErrors: report.providerErrors, createdAt: createdAt, listedFrom: listedFrom))
         // Clusters the store does not know at all: its database was lost or replaced. (The
         // clusters are read again only when that wrote some: reading every cluster is what
         // grows with the store.)
@@ -774,6 +779,8 @@ public struct Provisioner: Sendable {
         // someone holds means live work, left alone.
         var held: [any HeldLock] = []
         defer { held.forEach { $0.release() } }
+        // The clusters the probes saw: a pending intent of one created since is at work.
+        let probed = Set(clusters.map(\.id))
         for step in plan.locking(clusters) {
             switch step {
             case .probe(let c):
@@ -889,14 +896,16 @@ public struct Provisioner: Sendable {
         // Instances the store thinks are alive but the provider no longer lists are gone.
         var current = recovered || wrote ? nil : Array(records.values)
         if current == nil { current = await (try? store.instances(providers: listedProviders)) ?? [] }
-        for rec in plan.gone(current ?? []) {
+        // Pending intents: their launches are at work (or dead: closed below), their records not gone.
+        let pending = await (try? store.intents(status: .pending)) ?? []
+        for rec in plan.gone(current ?? [], intents: (launched ?? []) + pending) {
             var gone = rec.instance
             gone.state = .terminated
             await bestEffort("reconcile: record an instance") { _ = try await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey) }
         }
 
         // Intents of dead processes.
-        for (key, error) in plan.abandoned(await (try? store.intents(status: .pending)) ?? []) {
+        for (key, error) in plan.abandoned(pending, known: probed) {
             await bestEffort("reconcile: close an intent") { try await store.setIntent(key, status: .abandoned, error: error) }
             report.abandonedIntents.append(key)
         }

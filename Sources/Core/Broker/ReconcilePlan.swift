@@ -16,8 +16,8 @@ public import Foundation
 ///    decided by ``interruptedUp(_:intents:)`` and ``pendingMove(_:launched:)`` /
 ///    ``moveOutcome(_:move:)``; the executor reports ``Event/handled(clusterID:)``.
 /// 5. ``instances(clusters:launched:recorded:)``: adopt, note or terminate each listed instance.
-/// 6. ``gone(_:)``: records the clouds no longer list.
-/// 7. ``abandoned(_:)``: intents of dead processes.
+/// 6. ``gone(_:intents:)``: records the clouds no longer list (and were launched before the listing).
+/// 7. ``abandoned(_:known:)``: intents of dead processes.
 public struct ReconcilePlan: Sendable {
 
     /// What reconcile found before deciding anything.
@@ -32,14 +32,19 @@ public struct ReconcilePlan: Sendable {
         public var listingErrors: [String: CapstanError]
         /// When the store was created (``ClusterRepository/createdAt()``).
         public var createdAt: Date
+        /// When the listing began. Whatever was launched (or written) after it may be missing
+        /// from `listed` without being gone: another process's `up` or node replacement that
+        /// finished while this reconcile listed. Nil: every launch is judged by the listing.
+        public var listedFrom: Date?
         public var now: Date
 
-        public init(owners: [String] = [], providers: Set<String>, listed: [String: [Instance]], listingErrors: [String: CapstanError] = [:], createdAt: Date, now: Date = Date()) {
+        public init(owners: [String] = [], providers: Set<String>, listed: [String: [Instance]], listingErrors: [String: CapstanError] = [:], createdAt: Date, listedFrom: Date? = nil, now: Date = Date()) {
             self.owners = owners
             self.providers = providers
             self.listed = listed
             self.listingErrors = listingErrors
             self.createdAt = createdAt
+            self.listedFrom = listedFrom
             self.now = now
         }
     }
@@ -383,25 +388,49 @@ public struct ReconcilePlan: Sendable {
 
     // MARK: 6. Gone
 
+    /// How long before the listing began a launch still counts as too recent for the listing to
+    /// be sure of: a cloud's listing lags its launches (EC2 is eventually consistent) and
+    /// another replica's clock may differ a little. Such records are judged by the next pass.
+    public static let listingSettle: TimeInterval = 60
+
+    /// Whether `intent` is too recent for this listing: still pending (its process is launching;
+    /// a dead one's is closed by ``abandoned(_:known:)``), or written within ``listingSettle`` of
+    /// the listing's start or after it.
+    func recent(_ intent: LaunchIntent) -> Bool {
+        guard intent.status != .pending else { return true }
+        guard let from = facts.listedFrom else { return false }
+        return intent.updatedAt >= from.addingTimeInterval(-Self.listingSettle)
+    }
+
     /// Rule: a record the store thinks alive, of a listed provider and a cluster neither busy nor
-    /// handled, that the provider no longer lists as live, is gone (terminated by the cloud).
-    public func gone(_ records: [InstanceRecord]) -> [InstanceRecord] {
+    /// handled, that the provider lists as dead (terminated, preempted) is gone; one it does not
+    /// list at all is gone too, unless its launch (`intents`, by key) is pending or too recent
+    /// for the listing to show it: an `up` that finished between this listing and the lock
+    /// probes is not listed yet, and its nodes are not gone.
+    public func gone(_ records: [InstanceRecord], intents: [LaunchIntent] = []) -> [InstanceRecord] {
+        let fresh = Set(intents.lazy.filter(recent).map(\.key))
         // The live ids of each listed provider, once: a lookup per record, not a scan of the
         // listing per record (1,000 clusters are 2,000 records against 2,000 listed).
         var live: [String: Set<String>] = [:]
-        for (provider, listed) in facts.listed { live[provider] = Set(listed.lazy.filter(\.state.isLive).map(\.id)) }
+        var dead: [String: Set<String>] = [:]
+        for (provider, listed) in facts.listed {
+            live[provider] = Set(listed.lazy.filter(\.state.isLive).map(\.id))
+            dead[provider] = Set(listed.lazy.filter { !$0.state.isLive }.map(\.id))
+        }
         return records.filter { rec in
-            guard !rec.state.isGone, let seen = live[rec.provider], untouched(rec.clusterID) else { return false }
-            return !seen.contains(rec.id)
+            guard !rec.state.isGone, let seen = live[rec.provider], untouched(rec.clusterID), !seen.contains(rec.id) else { return false }
+            return dead[rec.provider]?.contains(rec.id) == true || !fresh.contains(rec.intentKey)
         }
     }
 
     // MARK: 7. Dead processes' intents
 
     /// Rule: a still-pending intent whose cluster is not busy belongs to a dead process: it is
-    /// abandoned, with this message.
-    public func abandoned(_ pending: [LaunchIntent]) -> [(key: String, error: String)] {
-        pending.filter { $0.status == .pending && !busy.contains($0.clusterID) }.map {
+    /// abandoned, with this message. `known` is the clusters read before the lock probes: an
+    /// intent of a cluster created since (its `up` at work, never probed) is left for the next
+    /// pass; nil judges every intent.
+    public func abandoned(_ pending: [LaunchIntent], known: Set<String>? = nil) -> [(key: String, error: String)] {
+        pending.filter { $0.status == .pending && !busy.contains($0.clusterID) && known?.contains($0.clusterID) != false }.map {
             (key: $0.key, error: "the process that wrote it (pid \($0.pid)) died before the launch was recorded")
         }
     }
