@@ -233,20 +233,11 @@ struct LogsCommand: AsyncParsableCommand {
             let j = try await requireJob(service, job)
             if !j.status.isFinished { try await service.ensureController(j.id) }
             let nodes = nodes(j)
-            var offsets: [Int: UInt64] = [:]
-            var buffers: [Int: LineBuffer] = [:]
+            var tail = NodeLogTail()
             func pump(final: Bool) {
                 for n in nodes {
                     let prefix = Self.prefix(node: n, of: nodes)
-                    if let h = FileHandle(forReadingAtPath: service.context.logFile(job: j.id, node: n)) {
-                        defer { try? h.close() }
-                        try? h.seek(toOffset: offsets[n] ?? 0)
-                        if let data = try? h.readToEnd(), !data.isEmpty {
-                            offsets[n, default: 0] += UInt64(data.count)
-                            for line in buffers[n, default: LineBuffer()].feed(data) { print(prefix + line) }
-                        }
-                    }
-                    if final, let rest = buffers[n]?.flush() { print(prefix + rest) }
+                    for line in tail.read(n, path: service.context.logFile(job: j.id, node: n), final: final) { print(prefix + line) }
                 }
                 flushStdout()
             }

@@ -193,8 +193,7 @@ struct Routes: Sendable {
         }
         let store = store, ctx = jobs.context, id = job.id
         let body = ResponseBody { writer in
-            var offsets: [Int: UInt64] = [:]
-            var buffers: [Int: LineBuffer] = [:]
+            var tail = NodeLogTail()
             var lastEvent: Int64 = -1
             let encoder = CapstanAPI.encoder
             func send(_ item: LogStreamItem) async throws {
@@ -205,15 +204,7 @@ struct Routes: Sendable {
             /// The node logs (files: cheap, every tick) and, with `database`, the new events.
             func pump(final: Bool, database: Bool = true) async throws {
                 for n in nodes {
-                    if let h = FileHandle(forReadingAtPath: ctx.logFile(job: id, node: n)) {
-                        defer { try? h.close() }
-                        try? h.seek(toOffset: offsets[n] ?? 0)
-                        if let data = try? h.readToEnd(), !data.isEmpty {
-                            offsets[n, default: 0] += UInt64(data.count)
-                            for line in buffers[n, default: LineBuffer()].feed(data) { try await send(LogStreamItem(node: n, line: line)) }
-                        }
-                    }
-                    if final, let rest = buffers[n]?.flush() { try await send(LogStreamItem(node: n, line: rest)) }
+                    for line in tail.read(n, path: ctx.logFile(job: id, node: n), final: final) { try await send(LogStreamItem(node: n, line: line)) }
                 }
                 // Every event not sent yet, page by page.
                 while withEvents && database {
