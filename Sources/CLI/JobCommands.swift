@@ -136,7 +136,8 @@ struct JobsCommand: AsyncParsableCommand {
             // The server's controllers run its jobs; its largest page is 1000 jobs.
             if try await remote.run({ client in
                 let page = try await client.jobs(running: running, limit: 1000)
-                try render(page, costs: global.json ? [:] : try await client.jobCosts(running: running, limit: 1000))
+                // (A server older than the costs route: the COST column shows "-".)
+                try render(page, costs: global.json ? [:] : (try? await client.jobCosts(running: running, limit: 1000)) ?? [:])
             }) { return }
             let service = try await global.jobs()
             // Every unfinished job, not only those on the page listed below.

@@ -22,8 +22,10 @@ public enum JobCost {
         }
     }
 
-    /// Dollars `job` has cost by `now`, given its clusters' instance records.
+    /// Dollars `job` has cost by `now`, given its clusters' instance records. A job on a shared
+    /// cluster that never started (queued, or failed before running) has cost nothing.
     public static func cost(_ job: JobRecord, instances: [InstanceRecord], now: Date) -> Double {
+        if !job.ownsCluster && job.startedAt == nil { return 0 }
         let (from, to) = window(job, now: now)
         return instances.reduce(0) { sum, i in
             guard let price = i.pricePerHour, price > 0 else { return sum }
