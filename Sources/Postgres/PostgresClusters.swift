@@ -70,6 +70,12 @@ extension PostgresStateStore {
             """, Cluster.init(row:))
     }
 
+    public func clusters(named names: [String]) async throws -> [Cluster] {
+        let unique = Array(Set(names))
+        guard !unique.isEmpty else { return [] }
+        return try await all("SELECT \(unescaped: Cluster.columns) FROM cluster WHERE name = ANY(\(unique)) ORDER BY created_at, id", Cluster.init(row:))
+    }
+
     // MARK: - Intents
 
     public func insert(_ intent: LaunchIntent) async throws {

@@ -280,6 +280,12 @@ public final class SQLiteStateStore: StateStore {
         }
     }
 
+    public func clusters(named names: [String]) async throws -> [Cluster] {
+        let unique = Array(Set(names))
+        guard !unique.isEmpty else { return [] }
+        return try await read { db in try Cluster.filter(unique.contains(Column("name"))).order(Column("createdAt")).fetchAll(db) }
+    }
+
     // MARK: - Intents
 
     public func insert(_ intent: LaunchIntent) async throws { try await write { try intent.insert($0) } }

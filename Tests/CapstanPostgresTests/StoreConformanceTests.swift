@@ -65,6 +65,10 @@ struct StoreConformanceTests {
             try await store.insert(Self.cluster("beta", id: "c5", status: .running, at: 40))
             await #expect(try store.clusters().map(\.id) == ["c5"])
             await #expect(try store.clusters(includeFinished: true).map(\.id) == ["c1", "c4", "c2", "c5"])
+            // By name: every one of those names, live or finished, oldest first.
+            await #expect(try store.clusters(named: ["alpha", "beta", "alpha"]).map(\.id) == ["c1", "c4", "c2", "c5"])
+            await #expect(try store.clusters(named: ["beta", "nobody"]).map(\.id) == ["c5"])
+            await #expect(try store.clusters(named: []).isEmpty)
 
             // Updating a cluster that is not there is an error, not a silent no-op.
             let ghost = Self.cluster("ghost", id: "c-ghost")
