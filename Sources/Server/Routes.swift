@@ -75,6 +75,10 @@ struct Routes: Sendable {
             return try json(try await store.events(job: job.id, limit: try limitParameter(request, default: 500)))
         }
         v1.get("jobs/:id/logs") { request, context in try await logs(request, context) }
+        v1.get("jobs/:id/telemetry") { _, context in
+            let job = try await requireJob(context)
+            return try json(TelemetryResponse(nodes: try await store.telemetry(job: job.id)))
+        }
         v1.get("events") { request, _ in
             var clusterID: String?
             if let name = request.uri.queryParameters.get("cluster") {
