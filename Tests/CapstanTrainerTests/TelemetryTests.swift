@@ -6,6 +6,9 @@ import CapstanTestSupport
 import CapstanTrainer
 import Foundation
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The telemetry parsers on real-looking and broken input, the sampler on a fake `/proc` and
 /// fake `nvidia-smi`s (working, failing, hanging), and the agent shipping samples in its status.
@@ -124,9 +127,14 @@ struct TelemetryTests {
         // The fake checks it was asked exactly the documented query, else prints garbage.
         let (proc, smi) = try Self.fakeMachine(dir, nvidiaSMI: """
             [ "$1" = "--query-gpu=index,name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw" ] && [ "$2" = "--format=csv,noheader,nounits" ] || { echo "bad arguments: $*"; exit 6; }
+            [ -z "$CAPSTAN_TELEMETRY_TEST_SECRET" ] || { echo "the agent's environment leaked"; exit 7; }
+            [ -n "$PATH" ] || exit 8
             echo "0, NVIDIA H100 80GB HBM3, 97, 71234, 81559, 64, 612.25"
             echo "1, NVIDIA H100 80GB HBM3, [N/A], 10, 81559, [N/A], [N/A]"
             """)
+        // nvidia-smi gets PATH and the GPU stack's settings, not the rest of the agent's environment.
+        setenv("CAPSTAN_TELEMETRY_TEST_SECRET", "not-for-nvidia-smi", 1)
+        defer { unsetenv("CAPSTAN_TELEMETRY_TEST_SECRET") }
         let s = TelemetrySampler(job: "j-1", node: 2, attempt: 3, nvidiaSMI: smi, procRoot: proc)
         s.prime()
         dir.write("proc/stat", Self.stat2)

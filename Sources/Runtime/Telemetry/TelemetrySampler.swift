@@ -146,6 +146,12 @@ public final class TelemetrySampler: Sendable {
             memoryUsedBytes: memory?.used ?? 0, memoryTotalBytes: memory?.total ?? 0, gpus: readGPUs())
     }
 
+    /// What `nvidia-smi` runs with: where to find things and the GPU stack's settings, nothing
+    /// else of the agent's environment.
+    static func nvidiaSMIEnvironment(_ env: [String: String]) -> [String: String] {
+        env.filter { k, _ in ["PATH", "LD_LIBRARY_PATH", "HOME", "LANG", "TMPDIR"].contains(k) || ["LC_", "CUDA_", "NVIDIA_"].contains { k.hasPrefix($0) } }
+    }
+
     func readCPU() -> TelemetryParsers.CPUTimes? {
         (try? String(contentsOfFile: procRoot + "/stat", encoding: .utf8)).flatMap(TelemetryParsers.cpuTimes(procStat:))
     }
@@ -153,7 +159,7 @@ public final class TelemetrySampler: Sendable {
     /// The GPUs `nvidia-smi` lists; none when it is missing, fails or runs past its timeout.
     func readGPUs() -> [GPUSample] {
         guard let nvidiaSMI else { return [] }
-        guard let run = try? Spawn.runCapturing([nvidiaSMI] + TelemetryParsers.nvidiaSMIArguments, timeout: nvidiaSMITimeout),
+        guard let run = try? Spawn.runCapturing([nvidiaSMI] + TelemetryParsers.nvidiaSMIArguments, environment: Self.nvidiaSMIEnvironment(ProcessInfo.processInfo.environment), timeout: nvidiaSMITimeout),
               !run.timedOut, run.status == .exited(0) else { return [] }
         return TelemetryParsers.gpus(nvidiaSMI: String(decoding: run.stdout, as: UTF8.self))
     }
