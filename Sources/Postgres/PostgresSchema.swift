@@ -177,5 +177,6 @@ enum PostgresSchema {
             )
             """,
         ]),
+        Migration(name: "outbox", statements: PostgresStateStore.outboxMigration),
     ] }
 }

@@ -107,6 +107,8 @@ public struct JobSettings: Sendable, Hashable, Codable {
     public var describeSeconds: Double = 5
     public var heartbeatSeconds: Double = 1
     public var checkpointPollSeconds: Double = 0.5
+    /// config.yaml's default `notify:`, recorded at submit for a spec without its own.
+    public var notify: NotifySpec?
 
     public init() {}
 }

@@ -1,0 +1,162 @@
+import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fixtures/notify_receiver.py on 127.0.0.1:`port`: refuses the first `refuse` POSTs (503),
+/// logs every one with whether its signature verified. Stopped with SIGKILL (down, abruptly).
+final class NotifyReceiver: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+    let log: String
+
+    init(port: Int, log: String, refuse: Int, secret: String) async throws {
+        self.port = port
+        self.log = log
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", BuildProducts.fixtures + "/notify_receiver.py", "\(port)", log, "\(refuse)", "RECEIVER_SECRET"]
+        process.environment = ProcessInfo.processInfo.environment.merging(["RECEIVER_SECRET": secret]) { $1 }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        // Listening once it says so (a line on stdout).
+        _ = try await Spawn.onThread { pipe.fileHandleForReading.availableData }
+    }
+
+    func stop() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    struct Delivery: Decodable {
+        var path: String
+        var key: String?
+        var status: Int
+        var signed: Bool
+        var valid: Bool
+        var body: String
+    }
+
+    var deliveries: [Delivery] {
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { try? JSONDecoder().decode(Delivery.self, from: Data($0.utf8)) }
+    }
+
+    static func freePort() throws -> Int {
+        let r = try runProcessBlocking("/usr/bin/env", ["python3", "-c", "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"], timeout: 30)
+        return try #require(Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+    }
+}
+
+@Suite("Notifications: at least once through capstan serve", .serialized)
+struct NotificationTests {
+    /// Polls until `condition` holds (false after `timeout` seconds).
+    func wait(_ timeout: Double = 180, _ condition: () async throws -> Bool) async throws -> Bool {
+        let end = Date().addingTimeInterval(timeout)
+        while Date() < end {
+            if (try? await condition()) == true { return true }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        return false
+    }
+
+    @Test("a receiver that refuses the first 3 deliveries and is down while the server restarts (SIGTERM, then kill -9) still gets every event, each key at least once, signatures valid; no secret in the log, the state or an error")
+    func atLeastOnce() async throws {
+        let dir = TempDir("capstan-notify")
+        defer { dir.cleanup() }
+        let secret = "whsec-" + UUID().uuidString
+        let slackToken = "SLACKTOKEN" + UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        let port = try NotifyReceiver.freePort()
+        let receiverLog = dir.file("received.jsonl")
+        dir.write("config.yaml", """
+            providers:
+              local:
+                slots: 2
+            notifyDelivery: {retryBaseSeconds: 0.5, retryMaxSeconds: 2, leaseSeconds: 3, pollSeconds: 0.2, timeoutSeconds: 5}
+            """)
+        dir.write("secret", secret + "\n")
+        // Attempt 1 fails (exit 3) at once; attempt 2 prints no step for a while (no-progress),
+        // long enough for the server to be restarted twice under it, then succeeds.
+        let spec = """
+            name: notified
+            resources: {nodes: 1}
+            run: if [ "$CAPSTAN_ATTEMPT" = 1 ]; then sleep 1; echo boom >&2; exit 3; fi; sleep 25; echo done
+            maxRestarts: 2
+            notify:
+              webhooks:
+                - name: ops
+                  url: http://127.0.0.1:\(port)/hook
+                  secretFile: \(dir.file("secret"))
+              slack:
+                urlEnv: TEST_SLACK_URL
+                events: [failed, succeeded, restarted]
+              noProgressMinutes: 0.1
+            """
+        let env = ["TEST_SLACK_URL": "http://127.0.0.1:\(port)/services/T0/B0/\(slackToken)"]
+        let token = try await createToken(home: dir.path, name: "t")
+        var receiver = try await NotifyReceiver(port: port, log: receiverLog, refuse: 3, secret: secret)
+        defer { receiver.stop() }
+        var serve = try await ServeProcess(home: dir.path, env: env)
+        defer { serve.terminate() }
+        let launched = try await serve.request("POST", "/v1/jobs", token: token, body: try JSONSerialization.data(withJSONObject: ["spec": spec, "settings": ["heartbeatTimeoutSeconds": 6, "stopGraceSeconds": 2]]))
+        #expect(launched.status == 201, "\(launched.text)")
+        let id = try #require((try launched.json() as? [String: Any])?["id"] as? String)
+        let store = try SQLiteStateStore(path: dir.file("state/capstan.db"))
+        func job() async throws -> JobRecord? { try await store.job(id) }
+
+        // The first 3 are refused; then one gets through.
+        #expect(try await wait { receiver.deliveries.contains { $0.status == 200 } }, "\(receiver.deliveries.map(\.status)) \(serve.logText.suffix(3000))")
+        #expect(receiver.deliveries.prefix(3).allSatisfy { $0.status == 503 })
+        // Attempt 2 runs: the receiver goes down, and the server is stopped politely.
+        #expect(try await wait { (try await job()?.attempt ?? 0) >= 2 && (try await job()?.status) == .running }, "\(serve.logText.suffix(3000))")
+        receiver.stop()
+        serve.terminate()
+        #expect(serve.process.terminationStatus == 0, "\(serve.logText.suffix(2000))")
+        // A new server adopts the job; its deliveries fail (the receiver is down) and stay due.
+        serve = try await ServeProcess(home: dir.path, env: env, log: "serve-2.log")
+        #expect(try await wait { try await store.outbox(job: id).contains { ($0.lastError ?? "").contains("could not be reached") } }, "\(try await store.outbox(job: id)) \(serve.logText.suffix(3000))")
+        // It dies mid-delivery (kill -9): its claims lapse after their lease.
+        serve.kill9()
+        serve = try await ServeProcess(home: dir.path, env: env, log: "serve-3.log")
+        receiver = try await NotifyReceiver(port: port, log: receiverLog, refuse: 0, secret: secret)
+        #expect(try await wait(240) { try await job()?.status.isFinished == true }, "\(serve.logText.suffix(3000))")
+        #expect(try await job()?.status == .succeeded, "\(try await job()?.lastError ?? "")")
+        // Every entry of the outbox is delivered.
+        #expect(try await wait { let rows = try await store.outbox(job: id); return !rows.isEmpty && rows.allSatisfy { $0.deliveredAt != nil } }, "\(try await store.outbox(job: id).map { "\($0.key) \($0.lastError ?? "")" }) \(serve.logText.suffix(3000))")
+        let rows = try await store.outbox(job: id)
+        let expected: Set<String> = [
+            "\(id):started:ops", "\(id):restarted:2:ops", "\(id):no-progress:2-none:ops", "\(id):succeeded:ops",
+            "\(id):restarted:2:slack-0", "\(id):succeeded:slack-0",
+        ]
+        #expect(Set(rows.map(\.key)) == expected, "\(rows.map(\.key))")
+        // The receiver got each key at least once with a 200, every webhook signed validly.
+        let got = receiver.deliveries
+        for key in expected {
+            #expect(got.contains { $0.key == key && $0.status == 200 }, "\(key) never accepted: \(got.map { "\($0.key ?? "-") \($0.status)" })")
+        }
+        let hooks = got.filter { $0.path == "/hook" }
+        #expect(!hooks.isEmpty && hooks.allSatisfy { $0.signed && $0.valid }, "\(hooks.map { "\($0.key ?? "-") signed \($0.signed) valid \($0.valid)" })")
+        #expect(got.filter { $0.path.hasPrefix("/services/") }.allSatisfy { !$0.signed && $0.body.hasPrefix("{\"text\":") })
+        // The restart says why.
+        let restarted = try #require(got.first { $0.key == "\(id):restarted:2:ops" })
+        let payload = try #require(try JSONSerialization.jsonObject(with: Data(restarted.body.utf8)) as? [String: Any])
+        #expect(payload["event"] as? String == "restarted" && payload["id"] as? String == "\(id):restarted:2:ops")
+        let reason = try #require(payload["reason"] as? [String: Any])
+        #expect(reason["kind"] as? String == "exit" && (reason["message"] as? String ?? "").contains("3"), "\(reason)")
+        #expect((payload["job"] as? [String: Any])?["attempt"] as? Int == 2)
+        // The secret and the Slack URL's token: in no log, no state file, no error.
+        serve.terminate()
+        for needle in [secret, slackToken] {
+            let scan = SecretScan([dir.path], for: needle, skip: { $0 == dir.file("secret") || $0 == receiverLog })
+            #expect(scan.covered("serve.log") && scan.covered("serve-2.log") && scan.covered("state/capstan.db"))
+            #expect(scan.hits.isEmpty, "\(needle.prefix(6))… found in \(scan.hits)")
+        }
+        #expect(!rows.contains { ($0.lastError ?? "").contains(slackToken) })
+    }
+}
