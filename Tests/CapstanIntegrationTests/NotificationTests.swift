@@ -114,22 +114,33 @@ struct NotificationTests {
         #expect(try await wait { receiver.deliveries.contains { $0.status == 200 } }, "\(receiver.deliveries.map(\.status)) \(serve.logText.suffix(3000))")
         #expect(receiver.deliveries.prefix(3).allSatisfy { $0.status == 503 })
         // Attempt 2 runs: the receiver goes down, and the server is stopped politely.
-        #expect(try await wait { (try await job()?.attempt ?? 0) >= 2 && (try await job()?.status) == .running }, "\(serve.logText.suffix(3000))")
+        let attempt2 = try await wait {
+            let j = try await job()
+            return (j?.attempt ?? 0) >= 2 && j?.status == .running
+        }
+        #expect(attempt2, "\(serve.logText.suffix(3000))")
         receiver.stop()
         serve.terminate()
         #expect(serve.process.terminationStatus == 0, "\(serve.logText.suffix(2000))")
         // A new server adopts the job; its deliveries fail (the receiver is down) and stay due.
         serve = try await ServeProcess(home: dir.path, env: env, log: "serve-2.log")
-        #expect(try await wait { try await store.outbox(job: id).contains { ($0.lastError ?? "").contains("could not be reached") } }, "\(try await store.outbox(job: id)) \(serve.logText.suffix(3000))")
+        let failedWhileDown = try await wait { try await store.outbox(job: id).contains { ($0.lastError ?? "").contains("could not be reached") } }
+        let whileDown = try await store.outbox(job: id)
+        #expect(failedWhileDown, "\(whileDown) \(serve.logText.suffix(3000))")
         // It dies mid-delivery (kill -9): its claims lapse after their lease.
         serve.kill9()
         serve = try await ServeProcess(home: dir.path, env: env, log: "serve-3.log")
         receiver = try await NotifyReceiver(port: port, log: receiverLog, refuse: 0, secret: secret)
         #expect(try await wait(240) { try await job()?.status.isFinished == true }, "\(serve.logText.suffix(3000))")
-        #expect(try await job()?.status == .succeeded, "\(try await job()?.lastError ?? "")")
+        let final = try #require(try await job())
+        #expect(final.status == .succeeded, "\(final.lastError ?? "")")
         // Every entry of the outbox is delivered.
-        #expect(try await wait { let rows = try await store.outbox(job: id); return !rows.isEmpty && rows.allSatisfy { $0.deliveredAt != nil } }, "\(try await store.outbox(job: id).map { "\($0.key) \($0.lastError ?? "")" }) \(serve.logText.suffix(3000))")
+        let allDelivered = try await wait {
+            let rows = try await store.outbox(job: id)
+            return !rows.isEmpty && rows.allSatisfy { $0.deliveredAt != nil }
+        }
         let rows = try await store.outbox(job: id)
+        #expect(allDelivered, "\(rows.map { "\($0.key) \($0.lastError ?? "")" }) \(serve.logText.suffix(3000))")
         let expected: Set<String> = [
             "\(id):started:ops", "\(id):restarted:2:ops", "\(id):no-progress:2-none:ops", "\(id):succeeded:ops",
             "\(id):restarted:2:slack-0", "\(id):succeeded:slack-0",

@@ -106,7 +106,7 @@ public struct NotifySpec: Sendable, Hashable, Codable {
             let key = try r.key(k)
             switch key {
             case "webhooks":
-                let items = value.sequence ?? (value.mapping != nil ? [value] : nil)
+                let items: [Node]? = value.sequence.map { Array($0) } ?? (value.mapping != nil ? [value] : nil)
                 guard let items else { throw r.bad("'\(path).webhooks' must be a list of webhooks, each with a `url`", value.mark?.line) }
                 for item in items {
                     let i = spec.webhooks.count
@@ -115,7 +115,7 @@ public struct NotifySpec: Sendable, Hashable, Codable {
                     spec.webhooks.append(hook)
                 }
             case "slack":
-                let items = value.sequence ?? (value.mapping != nil ? [value] : nil)
+                let items: [Node]? = value.sequence.map { Array($0) } ?? (value.mapping != nil ? [value] : nil)
                 guard let items else { throw r.bad("'\(path).slack' must be a mapping with `urlEnv` or `urlFile` (or a list of them)", value.mark?.line) }
                 for item in items {
                     let i = spec.slack.count
@@ -188,7 +188,7 @@ public struct NotifySpec: Sendable, Hashable, Codable {
 
     static func webhook(_ v: Node, _ r: YAMLReader, path: String, index: Int) throws -> Webhook {
         guard let m = v.mapping else { throw r.bad("'\(path)' must be a mapping with a `url`", v.mark?.line) }
-        let pairs = Array(m)
+        let pairs = m.map { ($0.key, $0.value) }
         var hook = Webhook(name: try name(pairs, r, path: path, default: "webhook-\(index)"), url: "")
         for (k, value) in pairs {
             let key = try r.key(k)
@@ -221,7 +221,7 @@ public struct NotifySpec: Sendable, Hashable, Codable {
 
     static func slack(_ v: Node, _ r: YAMLReader, path: String, index: Int) throws -> Slack {
         guard let m = v.mapping else { throw r.bad("'\(path)' must be a mapping with `urlEnv` or `urlFile`", v.mark?.line) }
-        let pairs = Array(m)
+        let pairs = m.map { ($0.key, $0.value) }
         var s = Slack(name: try name(pairs, r, path: path, default: "slack-\(index)"))
         for (k, value) in pairs {
             let key = try r.key(k)

@@ -1,6 +1,8 @@
 public import CapstanCore
 public import CapstanRuntime
 import Foundation
+import Logging
+import Synchronization
 
 // Where the controller records a job event, it enqueues the job's notifications in the same
 // write (NotificationOutbox.jobEvent): every path that records a status, a checkpoint, a cost
@@ -108,7 +110,9 @@ extension Run {
                 progress.priceRead = now
                 progress.price = await (try? store.cluster(named: looped?.clusterName ?? jobID))??.pricePerHour
             }
-            if let cost = Notifier.cost(pricePerHour: progress.price, startedAt: looped?.startedAt ?? (await job())?.startedAt, now: now), cost >= threshold {
+            var startedAt = looped?.startedAt
+            if startedAt == nil { startedAt = await job()?.startedAt }
+            if let cost = Notifier.cost(pricePerHour: progress.price, startedAt: startedAt, now: now), cost >= threshold {
                 progress.fired.insert("cost-above")
                 await c.record("cost-above", String(format: "The job has cost $%.2f, above notify.costAbove ($%.2f).", cost, threshold), notify: .costAbove, detail: String(format: "%g", threshold), threshold: threshold)
             }

@@ -29,6 +29,11 @@ public struct NotificationPayload: Sendable, Hashable, Codable {
         public var kind: String
         public var node: Int?
         public var message: String
+        public init(kind: String, node: Int?, message: String) {
+            self.kind = kind
+            self.node = node
+            self.message = message
+        }
     }
 
     /// The idempotency key (also the `Capstan-Idempotency-Key` header).
@@ -63,7 +68,7 @@ public struct NotificationPayload: Sendable, Hashable, Codable {
         return text + "\n" + facts.joined(separator: " · ")
     }
 
-    static let iso: ISO8601DateFormatter = {
+    nonisolated(unsafe) static let iso: ISO8601DateFormatter = {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return f
