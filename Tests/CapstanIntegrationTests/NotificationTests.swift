@@ -159,7 +159,7 @@ struct NotificationTests {
         let payload = try #require(try JSONSerialization.jsonObject(with: Data(restarted.body.utf8)) as? [String: Any])
         #expect(payload["event"] as? String == "restarted" && payload["id"] as? String == "\(id):restarted:2:ops")
         let reason = try #require(payload["reason"] as? [String: Any])
-        #expect(reason["kind"] as? String == "exit" && (reason["message"] as? String ?? "").contains("3"), "\(reason)")
+        #expect(reason["kind"] as? String == "command" && reason["message"] as? String == "the command on node 0 ended with exit code 3", "\(reason)")
         #expect((payload["job"] as? [String: Any])?["attempt"] as? Int == 2)
         // The secret and the Slack URL's token: in no log, no state file, no error.
         serve.terminate()

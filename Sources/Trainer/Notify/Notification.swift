@@ -7,7 +7,7 @@ public import Foundation
 ///
 /// ```json
 /// {"id": "llama-1a2b3c:restarted:2:ops", "event": "restarted", "at": "2026-11-30T10:00:00Z",
-///  "message": "Attempt 2 started …", "reason": {"kind": "exit", "message": "node 1 exited 1"},
+///  "message": "Attempt 2 started …", "reason": {"kind": "command", "node": 1, "message": "the command on node 1 ended with exit code 1"},
 ///  "job": {"id": "llama-1a2b3c", "name": "llama", "status": "running", "attempt": 2, "restarts": 1, "step": 1200, "cost": 12.5}}
 /// ```
 public struct NotificationPayload: Sendable, Hashable, Codable {
