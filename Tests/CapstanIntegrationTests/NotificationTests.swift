@@ -127,6 +127,7 @@ struct NotificationTests {
         let failedWhileDown = try await wait { try await store.outbox(job: id).contains { ($0.lastError ?? "").contains("could not be reached") } }
         let whileDown = try await store.outbox(job: id)
         #expect(failedWhileDown, "\(whileDown) \(serve.logText.suffix(3000))")
+        #expect(whileDown.contains { $0.deliveredAt == nil }, "something is waiting while the receiver is down")
         // It dies mid-delivery (kill -9): its claims lapse after their lease.
         serve.kill9()
         serve = try await ServeProcess(home: dir.path, env: env, log: "serve-3.log")
@@ -169,5 +170,46 @@ struct NotificationTests {
             #expect(scan.hits.isEmpty, "\(needle.prefix(6))… found in \(scan.hits)")
         }
         #expect(!rows.contains { ($0.lastError ?? "").contains(slackToken) })
+    }
+
+    @Test("embedded: `capstan launch` delivers its job's notifications from its own process, by config.yaml's default notify:; `notify: false` opts a job out")
+    func embedded() async throws {
+        let dir = TempDir("capstan-notify-embedded")
+        defer { dir.cleanup() }
+        let secret = "whsec-" + UUID().uuidString
+        let port = try NotifyReceiver.freePort()
+        let receiverLog = dir.file("received.jsonl")
+        dir.write("home/config.yaml", """
+            providers:
+              local:
+                slots: 2
+            notify:
+              webhooks: [{url: 'http://127.0.0.1:\(port)/hook', secretEnv: TEST_HOOK_SECRET, events: [started, succeeded, failed]}]
+            notifyDelivery: {retryBaseSeconds: 0.2, retryMaxSeconds: 0.5}
+            """)
+        dir.write("job.yaml", "name: embedded\nresources: {nodes: 1}\nrun: sleep 1; echo done\n")
+        dir.write("quiet.yaml", "name: quiet\nresources: {nodes: 1}\nrun: echo done\nnotify: false\n")
+        let receiver = try await NotifyReceiver(port: port, log: receiverLog, refuse: 1, secret: secret)
+        defer { receiver.stop() }
+        let env = ["CAPSTAN_HOME": dir.file("home"), "TEST_HOOK_SECRET": secret]
+        let r = try await runProcess(BuildProducts.capstan, ["launch", dir.file("job.yaml")], environment: env, timeout: 300)
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        let store = try SQLiteStateStore(path: dir.file("home/state/capstan.db"))
+        let job = try #require(try await store.jobs().first { $0.name == "embedded" })
+        #expect(job.settings.contains("notify"), "config.yaml's default is recorded with the job")
+        // Delivered before `launch` returned (the refused first one retried).
+        let rows = try await store.outbox(job: job.id)
+        #expect(Set(rows.map(\.key)) == ["\(job.id):started:webhook-0", "\(job.id):succeeded:webhook-0"])
+        #expect(rows.allSatisfy { $0.deliveredAt != nil }, "\(rows.map { "\($0.key) \($0.lastError ?? "")" })")
+        let got = receiver.deliveries
+        #expect(got.first?.status == 503)
+        #expect(got.filter { $0.status == 200 }.compactMap(\.key).sorted() == rows.map(\.key).sorted())
+        #expect(got.allSatisfy { $0.signed && $0.valid })
+        // Opted out: nothing enqueued.
+        let q = try await runProcess(BuildProducts.capstan, ["launch", dir.file("quiet.yaml")], environment: env, timeout: 300)
+        #expect(q.status == 0, "\(q.stderr)")
+        let quiet = try #require(try await store.jobs().first { $0.name == "quiet" })
+        #expect(try await store.outbox(job: quiet.id).isEmpty)
+        #expect(SecretScan([dir.file("home")], for: secret).hits.isEmpty)
     }
 }
