@@ -1,7 +1,9 @@
 import CapstanCore
+import CapstanPostgres
 import CapstanRuntime
 import CapstanSQLite
 import Foundation
+import Logging
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -66,19 +68,24 @@ struct NotificationTests {
         return false
     }
 
-    @Test("a receiver that refuses the first 3 deliveries and is down while the server restarts (SIGTERM, then kill -9) still gets every event, each key at least once, signatures valid; no secret in the log, the state or an error")
-    func atLeastOnce() async throws {
+    /// `postgres`: the state in the test PostgreSQL, and a second replica serving it all along
+    /// (both deliverers claim from one outbox).
+    @Test("a receiver that refuses the first 3 deliveries and is down while the server restarts (SIGTERM, then kill -9) still gets every event, each key at least once, signatures valid; no secret in the log, the state or an error", arguments: ["sqlite", "postgres"])
+    func atLeastOnce(state: String) async throws {
         let dir = TempDir("capstan-notify")
         defer { dir.cleanup() }
         let secret = "whsec-" + UUID().uuidString
         let slackToken = "SLACKTOKEN" + UUID().uuidString.replacingOccurrences(of: "-", with: "")
         let port = try NotifyReceiver.freePort()
         let receiverLog = dir.file("received.jsonl")
+        let stateURL = state == "postgres" ? try TestServers.freshPostgresDatabase("notify") : nil
+        let pgPassword = state == "postgres" ? try TestServers.postgres.password : nil
         dir.write("config.yaml", """
             providers:
               local:
                 slots: 2
             notifyDelivery: {retryBaseSeconds: 0.5, retryMaxSeconds: 2, leaseSeconds: 3, pollSeconds: 0.2, timeoutSeconds: 5}
+            \(stateURL.map { "state: \($0)" } ?? "")
             """)
         dir.write("secret", secret + "\n")
         // Attempt 1 fails (exit 3) at once; attempt 2 prints no step for a while (no-progress),
@@ -98,16 +105,26 @@ struct NotificationTests {
                 events: [failed, succeeded, restarted]
               noProgressMinutes: 0.1
             """
-        let env = ["TEST_SLACK_URL": "http://127.0.0.1:\(port)/services/T0/B0/\(slackToken)"]
-        let token = try await createToken(home: dir.path, name: "t")
+        var env = ["TEST_SLACK_URL": "http://127.0.0.1:\(port)/services/T0/B0/\(slackToken)"]
+        if let pgPassword { env["CAPSTAN_POSTGRES_PASSWORD"] = pgPassword }
+        let created = try await runProcess(BuildProducts.capstan, ["serve", "token", "create", "t"], environment: env.merging(["CAPSTAN_HOME": dir.path]) { $1 })
+        #expect(created.status == 0, "\(created.stderr)")
+        let token = created.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         var receiver = try await NotifyReceiver(port: port, log: receiverLog, refuse: 3, secret: secret)
         defer { receiver.stop() }
         var serve = try await ServeProcess(home: dir.path, env: env)
         defer { serve.terminate() }
+        let replica = stateURL == nil ? nil : try await ServeProcess(home: dir.path, env: env, log: "serve-b.log")
+        defer { replica?.terminate() }
         let launched = try await serve.request("POST", "/v1/jobs", token: token, body: try JSONSerialization.data(withJSONObject: ["spec": spec, "settings": ["heartbeatTimeoutSeconds": 6, "stopGraceSeconds": 2]]))
         #expect(launched.status == 201, "\(launched.text)")
         let id = try #require((try launched.json() as? [String: Any])?["id"] as? String)
-        let store = try SQLiteStateStore(path: dir.file("state/capstan.db"))
+        let store: any StateStore
+        if let stateURL, let pgPassword {
+            store = try await PostgresStateStore.connect(url: stateURL, logger: Logger(label: "t"), environment: ["CAPSTAN_POSTGRES_PASSWORD": pgPassword])
+        } else {
+            store = try SQLiteStateStore(path: dir.file("state/capstan.db"))
+        }
         func job() async throws -> JobRecord? { try await store.job(id) }
 
         // The first 3 are refused; then one gets through.
@@ -152,6 +169,8 @@ struct NotificationTests {
         for key in expected {
             #expect(got.contains { $0.key == key && $0.status == 200 }, "\(key) never accepted: \(got.map { "\($0.key ?? "-") \($0.status)" })")
         }
+        let accepted = got.filter { $0.status == 200 }.compactMap(\.key)
+        print("notify figures (\(state)): \(got.count) POSTs for \(expected.count) keys; \(got.filter { $0.status != 200 }.count) refused; \(accepted.count - Set(accepted).count) accepted more than once")
         let hooks = got.filter { $0.path == "/hook" }
         #expect(!hooks.isEmpty && hooks.allSatisfy { $0.signed && $0.valid }, "\(hooks.map { "\($0.key ?? "-") signed \($0.signed) valid \($0.valid)" })")
         #expect(got.filter { $0.path.hasPrefix("/services/") }.allSatisfy { !$0.signed && $0.body.hasPrefix("{\"text\":") })
@@ -164,12 +183,15 @@ struct NotificationTests {
         #expect((payload["job"] as? [String: Any])?["attempt"] as? Int == 2)
         // The secret and the Slack URL's token: in no log, no state file, no error.
         serve.terminate()
+        replica?.terminate()
+        let events = try await store.events(job: id).map(\.message).joined(separator: "\n")
         for needle in [secret, slackToken] {
             let scan = SecretScan([dir.path], for: needle, skip: { $0 == dir.file("secret") || $0 == receiverLog })
-            #expect(scan.covered("serve.log") && scan.covered("serve-2.log") && scan.covered("state/capstan.db"))
+            #expect(scan.covered("serve.log") && scan.covered("serve-2.log") && (stateURL != nil || scan.covered("state/capstan.db")))
             #expect(scan.hits.isEmpty, "\(needle.prefix(6))… found in \(scan.hits)")
+            #expect(!rows.contains { ($0.lastError ?? "").contains(needle) || $0.payload.contains(needle) } && !events.contains(needle))
         }
-        #expect(!rows.contains { ($0.lastError ?? "").contains(slackToken) })
+        if let pg = store as? PostgresStateStore { await pg.close() }
     }
 
     @Test("embedded: `capstan launch` delivers its job's notifications from its own process, by config.yaml's default notify:; `notify: false` opts a job out")
