@@ -234,4 +234,28 @@ struct NotificationTests {
         #expect(try await store.outbox(job: quiet.id).isEmpty)
         #expect(SecretScan([dir.file("home")], for: secret).hits.isEmpty)
     }
+
+    @Test("capstan notify test: a signed test event to every target; a missing secret or no targets is a clear error without the secret")
+    func notifyTest() async throws {
+        let dir = TempDir("capstan-notify-test")
+        defer { dir.cleanup() }
+        let secret = "whsec-" + UUID().uuidString
+        let port = try NotifyReceiver.freePort()
+        let receiver = try await NotifyReceiver(port: port, log: dir.file("received.jsonl"), refuse: 0, secret: secret)
+        defer { receiver.stop() }
+        dir.write("home/config.yaml", "providers:\n  local:\n    slots: 1\n")
+        dir.write("job.yaml", "name: tested\nrun: echo\nnotify:\n  webhooks: [{url: 'http://127.0.0.1:\(port)/hook', secretEnv: TEST_HOOK_SECRET}]\n")
+        let home = ["CAPSTAN_HOME": dir.file("home")]
+        let ok = try await runProcess(BuildProducts.capstan, ["notify", "test", "--job-spec", dir.file("job.yaml")], environment: home.merging(["TEST_HOOK_SECRET": secret]) { $1 })
+        #expect(ok.status == 0 && ok.stdout.contains("ok   webhook-0: delivered to webhook 'webhook-0' (http://127.0.0.1:\(port))"), "\(ok.stdout)\(ok.stderr)")
+        let got = try #require(receiver.deliveries.first)
+        #expect(got.signed && got.valid && got.body.contains("\"event\":\"test\"") && got.body.contains("\"name\":\"tested\""), "\(got)")
+        // The secret's variable is not set: FAIL, naming the variable.
+        let missing = try await runProcess(BuildProducts.capstan, ["notify", "test", "--job-spec", dir.file("job.yaml")], environment: home)
+        #expect(missing.status == 1 && missing.stdout.contains("FAIL webhook-0") && missing.stdout.contains("TEST_HOOK_SECRET is empty or missing"), "\(missing.stdout)\(missing.stderr)")
+        // No targets anywhere.
+        let none = try await runProcess(BuildProducts.capstan, ["notify", "test"], environment: home)
+        #expect(none.status == 1 && none.stderr.contains("has no notify: targets") && none.stderr.contains("--job-spec"), "\(none.stderr)")
+        for r in [ok, missing, none] { #expect(!(r.stdout + r.stderr).contains(secret)) }
+    }
 }

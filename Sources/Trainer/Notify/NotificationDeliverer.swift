@@ -26,13 +26,13 @@ public final class NotificationDeliverer: Sendable {
     /// Who claims (`<host>:<pid>:<random>`).
     public let holder: String
     let logger: Logger
-    let environment: [String: String]
+    let sender: NotificationSender
 
     public init(store: any StateStore, settings: NotifyDelivery = NotifyDelivery(), logger: Logger, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.store = store
         self.settings = settings
         self.logger = logger
-        self.environment = environment
+        self.sender = NotificationSender(settings: settings, environment: environment)
         self.holder = ProcessInfo.processInfo.hostName + ":\(getpid()):" + String(UUID().uuidString.prefix(8)).lowercased()
     }
 
@@ -119,34 +119,15 @@ public final class NotificationDeliverer: Sendable {
         }
     }
 
-    /// What one attempt came to.
-    enum Outcome: Equatable {
-        case delivered
-        /// Try again (no sooner than `after` seconds when the receiver said so).
-        case retry(String, after: Double?)
-        case giveUp(String)
-    }
-
-    /// A resolved target: where to POST, what, and what may never be written anywhere.
-    struct Resolved {
-        var url: String
-        var body: Data
-        var headers: [(String, String)]
-        /// For messages: the target without its secrets.
-        var label: String
-        /// Strings to scrub from any error text (the secret, a Slack URL).
-        var secrets: [String]
-    }
-
     func deliver(_ entry: OutboxEntry, spec: Result<NotifySpec, CapstanError>) async {
-        let outcome: Outcome
+        let outcome: NotificationSender.Outcome
         var label = "target '\(entry.target)'"
-        switch resolve(entry, spec) {
+        switch sender.resolve(entry, spec) {
         case .failure(let why):
             outcome = why.code == .notFound ? .giveUp(why.message) : .retry(why.message, after: nil)
         case .success(let target):
             label = target.label
-            outcome = await post(target)
+            outcome = await sender.post(target)
         }
         if Task.isCancelled, outcome != .delivered { return }  // stopping: the claim is released
         let now = Date()
@@ -173,6 +154,39 @@ public final class NotificationDeliverer: Sendable {
         } catch {
             logger.warning("could not record a notification's delivery", metadata: ["key": "\(entry.key)", "error": "\(error)"])
         }
+    }
+
+}
+
+/// Sends one notification: resolves its target from the job's `notify:` (secrets read now,
+/// from this process's environment and files) and POSTs it. Used by the deliverer and by
+/// `capstan notify test`.
+public struct NotificationSender: Sendable {
+    public let settings: NotifyDelivery
+    let environment: [String: String]
+
+    public init(settings: NotifyDelivery = NotifyDelivery(), environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.settings = settings
+        self.environment = environment
+    }
+
+    /// What one attempt came to.
+    enum Outcome: Equatable {
+        case delivered
+        /// Try again (no sooner than `after` seconds when the receiver said so).
+        case retry(String, after: Double?)
+        case giveUp(String)
+    }
+
+    /// A resolved target: where to POST, what, and what may never be written anywhere.
+    struct Resolved {
+        var url: String
+        var body: Data
+        var headers: [(String, String)]
+        /// For messages: the target without its secrets.
+        var label: String
+        /// Strings to scrub from any error text (the secret, a Slack URL).
+        var secrets: [String]
     }
 
     /// The URL, body and headers for `entry`, its secrets read now.
@@ -279,4 +293,37 @@ public final class NotificationDeliverer: Sendable {
         configuration.httpVersion = .http1Only
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }()
+}
+
+extension NotificationSender {
+    /// What `capstan notify test` reports for one target.
+    public struct TestResult: Sendable, Hashable, Codable {
+        public var target: String
+        public var delivered: Bool
+        /// "HTTP 2xx", or why not (no secret, no URL).
+        public var detail: String
+    }
+
+    /// Sends a `test` notification to every target of `spec` now, directly (not through the
+    /// outbox, not retried), signed as a real one; one result per target.
+    public func sendTest(_ spec: NotifySpec, jobName: String, now: Date = Date()) async -> [TestResult] {
+        var out: [TestResult] = []
+        let run = String(UUID().uuidString.prefix(8)).lowercased()
+        for (target, _) in spec.targets {
+            let key = "test-\(run):test:\(target)"
+            let payload = NotificationPayload(
+                id: key, event: "test", job: .init(id: "test", name: jobName, status: "running", attempt: 0, restarts: 0, step: nil, cost: nil, cluster: ""),
+                message: "A test notification from `capstan notify test`.", at: NotificationPayload.timestamp(now))
+            let entry = OutboxEntry(key: key, jobID: "test", target: target, event: "test", payload: payload.json(), createdAt: now)
+            switch resolve(entry, .success(spec)) {
+            case .failure(let e): out.append(TestResult(target: target, delivered: false, detail: e.message))
+            case .success(let resolved):
+                switch await post(resolved) {
+                case .delivered: out.append(TestResult(target: target, delivered: true, detail: "delivered to \(resolved.label)"))
+                case .retry(let why, _), .giveUp(let why): out.append(TestResult(target: target, delivered: false, detail: why))
+                }
+            }
+        }
+        return out
+    }
 }
