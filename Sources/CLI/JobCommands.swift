@@ -294,7 +294,11 @@ struct CancelCommand: AsyncParsableCommand {
         try await reportingErrors {
             if try await remote.run({ client in try render(try await client.cancel(job)) }) { return }
             let service = try await global.jobs()
-            try render(try await service.cancel(try requireJob(service, job).id))
+            // The `cancelled` notification, when this process ends the job, is delivered from here too.
+            let id = try await requireJob(service, job).id
+            try render(try await NotificationDeliverer.alongside(store: service.context.store, settings: service.notifyDelivery, logger: global.logger) {
+                try await service.cancel(id)
+            })
         }
     }
 

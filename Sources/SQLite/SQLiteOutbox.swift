@@ -47,6 +47,15 @@ extension SQLiteStateStore {
     /// deliverers never claim the same entry).
     public func claimOutbox(holder: String, now: Date, lease: Duration, limit: Int) async throws -> [OutboxEntry] {
         let until = now.addingTimeInterval(lease.seconds)
+        // A read first (the partial index answers it): a poll that finds nothing due takes no
+        // write lock away from the controllers.
+        let due = try await read { db in
+            try Bool.fetchOne(db, sql: """
+                SELECT EXISTS(SELECT 1 FROM outbox WHERE deliveredAt IS NULL AND givenUpAt IS NULL AND nextAttemptAt <= ?
+                AND (claimedUntil IS NULL OR claimedUntil <= ?))
+                """, arguments: [now, now]) ?? false
+        }
+        guard due else { return [] }
         return try await write { db in
             var due = try OutboxEntry.fetchAll(db, sql: """
                 SELECT * FROM outbox WHERE deliveredAt IS NULL AND givenUpAt IS NULL AND nextAttemptAt <= ?

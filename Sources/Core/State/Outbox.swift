@@ -49,8 +49,8 @@ public struct OutboxEntry: Sendable, Hashable, Codable {
     public var isPending: Bool { deliveredAt == nil && givenUpAt == nil }
 }
 
-/// The notification outbox: entries written with the job events they announce, claimed and
-/// delivered by ``OutboxEntry`` deliverers (one in `capstan serve`, one in an embedded
+/// The notification outbox: ``OutboxEntry``s written with the job events they announce,
+/// claimed and delivered by deliverers (one in `capstan serve`, one in an embedded
 /// `capstan launch`). Claims are leases, so two deliverers (two replicas on one PostgreSQL)
 /// never hold one entry at once, and an entry whose holder died is claimed again when its
 /// lease ends: delivery is at least once.
