@@ -206,10 +206,12 @@ struct NotificationTests {
               local:
                 slots: 2
             notify:
-              webhooks: [{url: 'http://127.0.0.1:\(port)/hook', secretEnv: TEST_HOOK_SECRET, events: [started, succeeded, failed]}]
+              webhooks: [{url: 'http://127.0.0.1:\(port)/hook', secretEnv: TEST_HOOK_SECRET, events: [started, succeeded, failed, checkpoint]}]
+              checkpoints: true
             notifyDelivery: {retryBaseSeconds: 0.2, retryMaxSeconds: 0.5}
             """)
-        dir.write("job.yaml", "name: embedded\nresources: {nodes: 1}\nrun: sleep 1; echo done\n")
+        // One checkpoint (the protocol of docs/jobs.md: files, then `.done`), then success.
+        dir.write("job.yaml", "name: embedded\nresources: {nodes: 1}\nrun: d=$CAPSTAN_CHECKPOINT_DIR/step-5; mkdir -p $d; echo w > $d/weights; touch $d/.done; sleep 2; echo done\n")
         dir.write("quiet.yaml", "name: quiet\nresources: {nodes: 1}\nrun: echo done\nnotify: false\n")
         let receiver = try await NotifyReceiver(port: port, log: receiverLog, refuse: 1, secret: secret)
         defer { receiver.stop() }
@@ -221,12 +223,14 @@ struct NotificationTests {
         #expect(job.settings.contains("notify"), "config.yaml's default is recorded with the job")
         // Delivered before `launch` returned (the refused first one retried).
         let rows = try await store.outbox(job: job.id)
-        #expect(Set(rows.map(\.key)) == ["\(job.id):started:webhook-0", "\(job.id):succeeded:webhook-0"])
+        #expect(Set(rows.map(\.key)) == ["\(job.id):started:webhook-0", "\(job.id):checkpoint:5:webhook-0", "\(job.id):succeeded:webhook-0"])
         #expect(rows.allSatisfy { $0.deliveredAt != nil }, "\(rows.map { "\($0.key) \($0.lastError ?? "")" })")
         let got = receiver.deliveries
         #expect(got.first?.status == 503)
         #expect(got.filter { $0.status == 200 }.compactMap(\.key).sorted() == rows.map(\.key).sorted())
         #expect(got.allSatisfy { $0.signed && $0.valid })
+        let checkpoint = try #require(got.first { $0.key == "\(job.id):checkpoint:5:webhook-0" })
+        #expect(checkpoint.body.contains("\"checkpoint\":5"), "\(checkpoint.body)")
         // Opted out: nothing enqueued.
         let q = try await runProcess(BuildProducts.capstan, ["launch", dir.file("quiet.yaml")], environment: env, timeout: 300)
         #expect(q.status == 0, "\(q.stderr)")
