@@ -158,6 +158,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                // Notifications: the outbox's deliverer POSTs webhooks (Sources/Trainer/Notify).
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             path: "Sources/Trainer",
             // The recipes' Python, compiled into the binary: a node gets it from the agent itself.

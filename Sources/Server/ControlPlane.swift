@@ -108,7 +108,8 @@ public struct ControlPlane: Sendable {
                 onListening(port)
             },
             logger: logger)
-        var config = ServiceGroupConfiguration(services: [app, supervisor, keeper], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let notifications = NotificationService(deliverer: NotificationDeliverer(store: store, settings: jobs.notifyDelivery, logger: logger))
+        var config = ServiceGroupConfiguration(services: [app, supervisor, keeper, notifications], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         // A client following a job's logs would hold a graceful shutdown open for as long as
         // the job runs: past this, the server cancels what is left (the streams end; the jobs
         // are untouched).
