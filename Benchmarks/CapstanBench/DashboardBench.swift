@@ -1,4 +1,5 @@
 import CapstanCore
+import CapstanRuntime
 import CapstanSQLite
 import Foundation
 #if canImport(FoundationNetworking)

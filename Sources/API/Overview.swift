@@ -104,8 +104,8 @@ public struct OverviewJob: Sendable, Codable, Hashable {
                 if case .number(let n)? = object[key], n.isFinite { return n }
                 return nil
             }
-            step = number("step").flatMap { Int(exactly: $0.rounded()) }
-            totalSteps = (number("total_steps") ?? number("max_steps")).flatMap { Int(exactly: $0.rounded()) }
+            step = number("step").flatMap { Int(exactly: $0) }
+            totalSteps = (number("total_steps") ?? number("max_steps")).flatMap { Int(exactly: $0) }
             loss = number("loss")
             tokensPerSecond = number("tokens_per_s")
         }

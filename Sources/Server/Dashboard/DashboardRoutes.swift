@@ -107,8 +107,8 @@ struct DashboardAsset: Sendable {
             .cacheControl: "no-cache",
             .xContentTypeOptions: "nosniff",
             .contentSecurityPolicy: Self.contentSecurityPolicy,
-            HTTPField.Name("Referrer-Policy")!: "no-referrer",
-            HTTPField.Name("X-Frame-Options")!: "DENY",
+            HTTPFields.Element.Name("Referrer-Policy")!: "no-referrer",
+            HTTPFields.Element.Name("X-Frame-Options")!: "DENY",
         ]
         let match = request.headers[values: .ifNoneMatch].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }
         if match.contains(etag) || match.contains("*") {
