@@ -6,7 +6,7 @@ import Testing
 @Suite("The dashboard's overview rows")
 struct OverviewTests {
     func job(metrics: String?) -> JobRecord {
-        var j = JobRecord(id: "ft-abc123", name: "ft", spec: "name: ft\nrun: x\n", specFolder: "/tmp", settings: "{}", clusterName: "ft-abc123", ownsCluster: true, storage: "file:///tmp/b")
+        var j = JobRecord(id: "ft-abc123", name: "ft", spec: "name: ft\nrun: x\n", specFolder: "/tmp", settings: "{}", clusterName: "ft-abc123", ownsCluster: true, storage: "file:///tmp/b", createdAt: Date(timeIntervalSince1970: 1_790_000_000.25))
         j.status = .running
         j.attempt = 2
         j.restarts = 1

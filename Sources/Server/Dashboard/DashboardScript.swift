@@ -157,20 +157,22 @@ enum DashboardScript {
     view.stops.forEach((f) => f());
     view = null;
   }
-  /** Runs `fn` now and every `ms` while the view lives; errors show in the header. */
+  /** Runs `fn` now and every `ms` (or the number of ms `fn` returns) while the view lives; errors show in the header. */
   function poll(v, fn, ms) {
     let timer = null;
     const tick = async () => {
       if (v.stopped) return;
+      let next = ms;
       try {
-        await fn();
+        const wait = await fn();
+        if (typeof wait === "number") next = wait;
         setLive(true);
       } catch (e) {
         if (v.stopped || e.name === "AbortError") return;
         if (e instanceof AuthError) return authFailed(e.message);
         setLive(false, e.message);
       }
-      if (!v.stopped) timer = setTimeout(tick, ms);
+      if (!v.stopped) timer = setTimeout(tick, next);
     };
     tick();
     v.stops.push(() => clearTimeout(timer));
@@ -297,7 +299,8 @@ enum DashboardScript {
       try {
         telemetry.render(await api(path + "/telemetry", v.signal));
       } catch (e) {
-        if (e instanceof ApiError && (e.status === 404 || e.status === 501)) return telemetry.none();
+        // A server without the route (or no samples for the job): say so, and ask less often.
+        if (e instanceof ApiError && (e.status === 404 || e.status === 501)) { telemetry.none(); return 15000; }
         throw e;
       }
     }, 3000);
