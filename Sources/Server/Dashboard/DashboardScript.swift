@@ -13,7 +13,7 @@ enum DashboardScript {
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const main = $("#main");
   // Figures for scripts/bench-dashboard.sh (and anyone curious): when the job list was first painted.
-  const perf = (window.capstanDashboard = { jobsRendered: null, overviewFetchMs: null });
+  const perf = (window.capstanDashboard = { jobsRendered: null, jobsAllRendered: null, overviewFetchMs: null, renderMs: null });
 
   let token = sessionStorage.getItem(TOKEN_KEY);
   let view = null;
@@ -79,6 +79,13 @@ enum DashboardScript {
     if (s < 86400) return Math.floor(s / 3600) + "h " + String(Math.floor(s / 60) % 60).padStart(2, "0") + "m";
     return Math.floor(s / 86400) + "d " + Math.floor(s / 3600) % 24 + "h";
   }
+  /** A stable time for lists: HH:MM today, else "Nov 29 HH:MM". */
+  function when(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso), now = new Date();
+    const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+    return d.toDateString() === now.toDateString() ? hm : d.toLocaleDateString("en-US", { month: "short", day: "numeric" }) + " " + hm;
+  }
   const ago = (iso) => (iso ? duration((Date.now() - Date.parse(iso)) / 1000) + " ago" : "—");
   const clock = (iso) => (iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) : "—");
   const badge = (status) => `<span class="badge s-${esc(status)}">${esc(status)}</span>`;
@@ -88,7 +95,7 @@ enum DashboardScript {
   }
   function progress(j) {
     if (j.step == null) return "—";
-    if (j.totalSteps) return `<span class="progress">${bar(j.step / j.totalSteps)}<span>${j.step} / ${j.totalSteps}</span></span>`;
+    if (j.totalSteps) return `<progress max="${j.totalSteps}" value="${Math.min(j.step, j.totalSteps)}"></progress> ${j.step} / ${j.totalSteps}`;
     return "step " + j.step;
   }
 
@@ -212,10 +219,11 @@ enum DashboardScript {
       const t0 = performance.now();
       const data = await api("/v1/overview?limit=1000", v.signal);
       if (v.stopped) return;
-      if (perf.overviewFetchMs == null) perf.overviewFetchMs = performance.now() - t0;
+      const t1 = performance.now();
       last = data;
       renderClusters(data.clusters);
       renderJobs(data.jobs, filter.value);
+      if (perf.overviewFetchMs == null) { perf.overviewFetchMs = t1 - t0; perf.renderMs = performance.now() - t1; }
       if (perf.jobsRendered == null) {
         // After the next paint: what a person sees.
         requestAnimationFrame(() => setTimeout(() => {
@@ -237,21 +245,52 @@ enum DashboardScript {
 <td class="num">${c.nodes}</td><td class="num">${c.pricePerHour == null ? "—" : money(c.pricePerHour)}</td><td class="num">${money(c.costSoFar)}</td><td class="num">${duration(c.uptimeSeconds)}</td></tr>`).join("");
   }
 
+  // The job table: the first screenful at once, the rest after it is painted (in chunks);
+  // later refreshes replace only the rows that changed.
+  const FIRST_ROWS = 60, CHUNK_ROWS = 200;
+  let jobRows = { ids: [], html: [] }, renderRun = 0;
+  function jobRow(j) {
+    return `<tr data-job="${esc(j.id)}" data-status="${esc(j.status)}"><td><a href="#/jobs/${esc(enc(j.id))}"><b>${esc(j.name)}</b></a> <span class="count mono">${esc(j.id)}</span></td>` +
+      `<td>${badge(j.status)}</td><td class="num">${j.attempt}${j.restarts ? ` <span class="count">(${j.restarts} restart${j.restarts === 1 ? "" : "s"})</span>` : ""}</td><td class="num">${j.nodes ?? "—"}</td>` +
+      `<td>${progress(j)}</td><td class="num">${num(j.loss)}</td><td class="num">${thousands(j.tokensPerSecond)}</td><td class="num">${money(j.cost)}</td>` +
+      `<td>${when(j.startedAt)}</td><td class="err" title="${esc(j.lastError || "")}">${esc(j.lastError || "")}</td></tr>`;
+  }
   function renderJobs(jobs, filter) {
     const running = jobs.filter((j) => j.status === "running").length;
     const f = (filter || "").trim().toLowerCase();
     const shown = f ? jobs.filter((j) => (j.id + " " + j.name + " " + j.status + " " + j.cluster).toLowerCase().includes(f)) : jobs;
     $("#job-count").textContent = `${jobs.length} job${jobs.length === 1 ? "" : "s"} · ${running} running${f ? ` · ${shown.length} shown` : ""}`;
     $("#no-jobs").hidden = jobs.length > 0;
-    const rows = new Array(shown.length);
-    for (let i = 0; i < shown.length; i++) {
-      const j = shown[i];
-      rows[i] = `<tr data-job="${esc(j.id)}" data-status="${esc(j.status)}"><td><a href="#/jobs/${esc(enc(j.id))}"><b>${esc(j.name)}</b></a> <span class="count mono">${esc(j.id)}</span></td>
-<td>${badge(j.status)}</td><td class="num">${j.attempt}${j.restarts ? ` <span class="count">(${j.restarts} restart${j.restarts === 1 ? "" : "s"})</span>` : ""}</td><td class="num">${j.nodes ?? "—"}</td>
-<td>${progress(j)}</td><td class="num">${num(j.loss)}</td><td class="num">${thousands(j.tokensPerSecond)}</td><td class="num">${money(j.cost)}</td>
-<td>${j.startedAt ? ago(j.startedAt) : "—"}</td><td class="err" title="${esc(j.lastError || "")}">${esc(j.lastError || "")}</td></tr>`;
+    const tbody = $("#jobs tbody");
+    const ids = shown.map((j) => j.id);
+    const same = tbody.dataset.complete === "1" && ids.length === jobRows.ids.length && ids.every((id, i) => id === jobRows.ids[i]);
+    if (same) {
+      const html = shown.map(jobRow), prev = jobRows.html;
+      jobRows = { ids, html };
+      for (let i = 0; i < html.length; i++) if (html[i] !== prev[i]) tbody.rows[i].outerHTML = html[i];
+      return;
     }
-    $("#jobs tbody").innerHTML = rows.join("");
+    const run = ++renderRun, html = [];
+    jobRows = { ids, html };
+    const rows = (from, to) => {
+      const out = [];
+      for (let i = from; i < Math.min(to, shown.length); i++) out.push((html[i] = jobRow(shown[i])));
+      return out.join("");
+    };
+    tbody.dataset.complete = "0";
+    tbody.innerHTML = rows(0, FIRST_ROWS);
+    let at = FIRST_ROWS;
+    const more = () => {
+      if (run !== renderRun) return;
+      if (at < shown.length) {
+        tbody.insertAdjacentHTML("beforeend", rows(at, at + CHUNK_ROWS));
+        at += CHUNK_ROWS;
+        return setTimeout(more, 0);
+      }
+      tbody.dataset.complete = "1";
+      if (perf.jobsAllRendered == null) requestAnimationFrame(() => setTimeout(() => { perf.jobsAllRendered = performance.now(); }, 0));
+    };
+    requestAnimationFrame(() => setTimeout(more, 0));
   }
 
   // ---- one job ----

@@ -52,7 +52,7 @@ td.err { max-width: 380px; overflow: hidden; text-overflow: ellipsis; color: var
 .bar .bg { fill: var(--line); }
 .bar .fg { fill: var(--accent); }
 .bar.hot .fg { fill: var(--warn); }
-.progress { display: inline-flex; align-items: center; gap: 8px; }
+progress { width: 100px; height: 8px; vertical-align: middle; margin-right: 6px; accent-color: var(--accent); }
 .login { position: fixed; inset: 0; display: grid; place-items: center; background: var(--bg); z-index: 10; }
 .login form { width: min(440px, 92vw); background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 24px; display: grid; gap: 10px; }
 .login input { padding: 8px 10px; border: 1px solid var(--line); border-radius: 6px; background: var(--bg); font-family: var(--mono); }
