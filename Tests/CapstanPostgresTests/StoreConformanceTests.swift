@@ -345,6 +345,13 @@ struct StoreConformanceTests {
             await #expect(try store.events(job: "j1").count == 6)
             await #expect(try store.events(job: "j2").map(\.kind) == ["other"])
             await #expect(try store.events(job: "none").isEmpty)
+            // Paging: ids above `after`, oldest first.
+            let firstPage = try await store.events(job: "j1", after: 0, limit: 4)
+            #expect(firstPage.map(\.message) == (0..<4).map { "job event \($0)" })
+            let rest = try await store.events(job: "j1", after: firstPage.last!.id!, limit: 4)
+            #expect(rest.map(\.message) == ["job event 4", "job event 5"])
+            await #expect(try store.events(job: "j1", after: rest.last!.id!, limit: 4).isEmpty)
+            await #expect(try store.events(job: "j2", after: 0, limit: 10).map(\.kind) == ["other"])
             await #expect(try store.events(cluster: "c-none").isEmpty)
             await #expect(try store.events(cluster: nil, limit: 0).isEmpty)
         }
