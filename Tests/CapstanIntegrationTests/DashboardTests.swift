@@ -143,7 +143,7 @@ struct DashboardTests {
         let overview = try await serve.request("GET", "/v1/overview", token: token)
         let jobs = try #require((try overview.json() as? [String: Any])?["jobs"] as? [[String: Any]])
         let row = try #require(jobs.first { $0["id"] as? String == id }, "\(overview.text)")
-        #expect(row["status"] as? String == "running" && row["nodes"] as? Int == 2 && row["totalSteps"] as? Int == 3000 && row["step"] != nil && row["tokensPerSecond"] != nil, "\(row)")
+        #expect(row["status"] as? String == "running" && row["nodes"] as? Int == 2 && row["totalSteps"] as? Int == 3000 && row["step"] != nil && row["tokensPerSecond"] != nil && row["cost"] != nil, "\(row)")
 
         let shot = home.dir.file("dashboard.png")
         let python = Browser.python!

@@ -54,9 +54,9 @@ struct Dashboard: Sendable {
         return OverviewResponse(generatedAt: now, clusters: rows, jobs: jobs.map { OverviewJob($0, nodes: nodeCounts.nodes($0), cost: costs[$0.id]) })
     }
 
-    /// What each job has cost so far.
+    /// What each job has cost so far (two reads however many jobs: ``StateStore/jobCosts(_:now:)``).
     func jobCosts(_ jobs: [JobRecord], now: Date) async throws -> [String: Double] {
-        [:]
+        try await store.jobCosts(jobs, now: now)
     }
 }
 

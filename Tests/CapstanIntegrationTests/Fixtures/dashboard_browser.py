@@ -76,6 +76,7 @@ try:
     wait("the event timeline", "return document.querySelectorAll('#events li:not(.empty)').length > 0")
     wait("the nodes panel (telemetry or its absence)", "return document.getElementById('telemetry').dataset.state")
     wait("progress as step / total", "return /step \\d+ \\/ \\d+/.test(document.getElementById('job-facts').textContent)")
+    wait("the job's cost in the facts", "return /cost \\$[0-9]/.test(document.getElementById('job-facts').textContent)")
     wait("tokens/s in the facts", "return /tokens\\/s [0-9.]+k?/.test(document.getElementById('job-facts').textContent)")
     # Another metric can be chosen.
     js("const s = document.getElementById('metric'); s.value = 'tokens_per_s'; s.dispatchEvent(new Event('change'))")
