@@ -1,6 +1,6 @@
 // capstan-bench: figures for the closing notes, each against a baseline run in the same process.
 //   swift build -c release --product capstan-bench --product CapstanPluginSim
-//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|all]
+//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|telemetry|all]
 import CapstanAWS
 import CapstanCore
 import CapstanPluginKit
@@ -292,3 +292,4 @@ if which == "status" { try await statusBench() }
 if which == "up" { try await upBench() }
 if which == "jobs" { try await jobsBench() }
 if which == "dashboard" { try await dashboardBench() }
+if which == "telemetry" { try await telemetryBench() }

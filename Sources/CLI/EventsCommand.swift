@@ -48,14 +48,18 @@ struct EventsCommand: AsyncParsableCommand {
         func drain() async throws {
             while true {
                 let page = try await source.page(last)
-                for e in page {
+                // (Ids at or below the last seen are skipped: a server that ignores `after`
+                // answers its newest events again.)
+                var fresh = 0
+                for e in page where (e.id ?? 0) > last {
+                    fresh += 1
                     last = max(last, e.id ?? last)
                     if let kinds, !kinds.contains(e.kind) { continue }
                     print(try Self.line(e, json: global.json))
                     printed += 1
                 }
                 flushStdout()
-                if page.count < Self.pageSize { break }
+                if page.count < Self.pageSize || fresh == 0 { break }
             }
         }
         try await drain()

@@ -70,6 +70,12 @@ extension PostgresStateStore {
             """, Cluster.init(row:))
     }
 
+    public func clusters(named names: [String]) async throws -> [Cluster] {
+        let unique = Array(Set(names))
+        guard !unique.isEmpty else { return [] }
+        return try await all("SELECT \(unescaped: Cluster.columns) FROM cluster WHERE name = ANY(\(unique)) ORDER BY created_at, id", Cluster.init(row:))
+    }
+
     // MARK: - Intents
 
     public func insert(_ intent: LaunchIntent) async throws {
@@ -82,7 +88,12 @@ extension PostgresStateStore {
     }
 
     public func setIntent(_ key: String, status: LaunchIntent.Status, error: String? = nil) async throws {
-        try await execute("UPDATE intent SET status = \(status.rawValue), error = COALESCE(\(error.pg), error), updated_at = \(Date()) WHERE key = \(key)")
+        // Only a pending intent is abandoned: one its process has just closed keeps its status.
+        if status == .abandoned {
+            try await execute("UPDATE intent SET status = \(status.rawValue), error = COALESCE(\(error.pg), error), updated_at = \(Date()) WHERE key = \(key) AND status = 'pending'")
+        } else {
+            try await execute("UPDATE intent SET status = \(status.rawValue), error = COALESCE(\(error.pg), error), updated_at = \(Date()) WHERE key = \(key)")
+        }
     }
 
     public func intent(_ key: String) async throws -> LaunchIntent? {

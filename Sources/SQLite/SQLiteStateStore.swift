@@ -195,6 +195,7 @@ public final class SQLiteStateStore: StateStore {
             try db.create(index: "job_status", on: "job", columns: ["status", "createdAt"])
             try db.create(index: "job_name", on: "job", columns: ["name", "createdAt"])
         }
+        registerTelemetryMigrations(&m)
         return m
     }
 
@@ -280,13 +281,21 @@ public final class SQLiteStateStore: StateStore {
         }
     }
 
+    public func clusters(named names: [String]) async throws -> [Cluster] {
+        let unique = Array(Set(names))
+        guard !unique.isEmpty else { return [] }
+        return try await read { db in try Cluster.filter(unique.contains(Column("name"))).order(Column("createdAt")).fetchAll(db) }
+    }
+
     // MARK: - Intents
 
     public func insert(_ intent: LaunchIntent) async throws { try await write { try intent.insert($0) } }
 
     public func setIntent(_ key: String, status: LaunchIntent.Status, error: String? = nil) async throws {
         try await write { db in
-            try db.execute(sql: "UPDATE intent SET status = ?, error = COALESCE(?, error), updatedAt = ? WHERE key = ?", arguments: [status.rawValue, error, Date(), key])
+            // Only a pending intent is abandoned: one its process has just closed keeps its status.
+            let onlyPending = status == .abandoned ? " AND status = 'pending'" : ""
+            try db.execute(sql: "UPDATE intent SET status = ?, error = COALESCE(?, error), updatedAt = ? WHERE key = ?" + onlyPending, arguments: [status.rawValue, error, Date(), key])
         }
     }
 

@@ -41,8 +41,11 @@ struct JobCostTests {
         let rs = [record("a", cluster: "c1", price: 7.2, from: 0, to: nil), record("free", cluster: "c1", price: nil, from: 0, to: nil)]
         let cost = JobCost.cost(j, instances: rs, now: t0.addingTimeInterval(1500))
         #expect(abs(cost - 1000 * 0.002) < 1e-9)
-        // Not started yet (shared): nothing.
-        #expect(JobCost.cost(job(owns: false, created: 0, started: nil, finished: nil), instances: rs, now: t0) == 0)
+        // Not started (shared): nothing, running or failed before it ran.
+        #expect(JobCost.cost(job(owns: false, created: 0, started: nil, finished: nil), instances: rs, now: t0.addingTimeInterval(1000)) == 0)
+        #expect(JobCost.cost(job(owns: false, created: 0, started: nil, finished: 900), instances: rs, now: t0.addingTimeInterval(1000)) == 0)
+        // Its own cluster's nodes are the job's from its creation, started or not.
+        #expect(JobCost.cost(job(owns: true, created: 0, started: nil, finished: nil), instances: rs, now: t0.addingTimeInterval(1000)) > 0)
     }
 
     @Test("the job's cluster is the one of its name alive in its window, not an older or newer cluster of that name")

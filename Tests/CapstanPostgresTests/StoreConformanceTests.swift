@@ -65,6 +65,10 @@ struct StoreConformanceTests {
             try await store.insert(Self.cluster("beta", id: "c5", status: .running, at: 40))
             await #expect(try store.clusters().map(\.id) == ["c5"])
             await #expect(try store.clusters(includeFinished: true).map(\.id) == ["c1", "c4", "c2", "c5"])
+            // By name: every one of those names, live or finished, oldest first.
+            await #expect(try store.clusters(named: ["alpha", "beta", "alpha"]).map(\.id) == ["c1", "c4", "c2", "c5"])
+            await #expect(try store.clusters(named: ["beta", "nobody"]).map(\.id) == ["c5"])
+            await #expect(try store.clusters(named: []).isEmpty)
 
             // Updating a cluster that is not there is an error, not a silent no-op.
             let ghost = Self.cluster("ghost", id: "c-ghost")
@@ -110,11 +114,15 @@ struct StoreConformanceTests {
             let keyTaken = await #expect(throws: CapstanError.self) { try await store.insert(i1) }
             #expect(keyTaken?.code == .invalidRequest)
 
-            try await store.setIntent("k1", status: .failed, error: "no capacity")
+            try await store.setIntent("k1", status: .abandoned, error: "its process died")
             try await store.setIntent("k1", status: .abandoned)
             let k1 = try #require(try await store.intent("k1"))
-            #expect(k1.status == .abandoned && k1.error == "no capacity" && k1.updatedAt > Self.t0)
+            #expect(k1.status == .abandoned && k1.error == "its process died" && k1.updatedAt > Self.t0)
+            // Only a pending intent is abandoned: one its process closed meanwhile keeps its status.
             try await store.setIntent("k2", status: .launched)
+            try await store.setIntent("k2", status: .abandoned, error: "late")
+            let k2 = try #require(try await store.intent("k2"))
+            #expect(k2.status == .launched && k2.error == nil)
 
             await #expect(try store.intents().map(\.key) == ["k1", "k2", "k3"])
             await #expect(try store.intents(cluster: "c1").map(\.key) == ["k1", "k3"])

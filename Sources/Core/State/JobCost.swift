@@ -22,8 +22,10 @@ public enum JobCost {
         }
     }
 
-    /// Dollars `job` has cost by `now`, given its clusters' instance records.
+    /// Dollars `job` has cost by `now`, given its clusters' instance records. A job on a shared
+    /// cluster that never started (queued, or failed before running) has cost nothing.
     public static func cost(_ job: JobRecord, instances: [InstanceRecord], now: Date) -> Double {
+        if !job.ownsCluster && job.startedAt == nil { return 0 }
         let (from, to) = window(job, now: now)
         return instances.reduce(0) { sum, i in
             guard let price = i.pricePerHour, price > 0 else { return sum }
@@ -35,12 +37,11 @@ public enum JobCost {
 }
 
 extension StateStore {
-    /// The cost of each of `jobs` by `now`, by job id, in two reads (every cluster, then their
-    /// instances in one batch) however many jobs there are.
+    /// The cost of each of `jobs` by `now`, by job id, in two reads (the clusters of their
+    /// names, then those clusters' instances in one batch) however many jobs there are.
     public func jobCosts(_ jobs: [JobRecord], now: Date = Date()) async throws -> [String: Double] {
         guard !jobs.isEmpty else { return [:] }
-        let names = Set(jobs.map(\.clusterName))
-        let all = try await clusters(includeFinished: true).filter { names.contains($0.name) }
+        let all = try await clusters(named: jobs.map(\.clusterName))
         var byJob: [String: [Cluster]] = [:]
         for job in jobs { byJob[job.id] = JobCost.clusters(of: job, in: all, now: now) }
         let ids = Array(Set(byJob.values.joined().map(\.id)))

@@ -24,6 +24,10 @@ public protocol ClusterRepository: Sendable {
     func cluster(named name: String) async throws -> Cluster?
     func cluster(id: String) async throws -> Cluster?
     func clusters(includeFinished: Bool) async throws -> [Cluster]
+    /// Every cluster, live or finished, called one of `names`, oldest first. Has a default built
+    /// on ``clusters(includeFinished:)``; the stores answer it from their name index (a job's
+    /// cost reads its cluster's history, not every cluster ever).
+    func clusters(named names: [String]) async throws -> [Cluster]
 
     func insert(_ intent: LaunchIntent) async throws
     func setIntent(_ key: String, status: LaunchIntent.Status, error: String?) async throws
@@ -48,6 +52,11 @@ public protocol ClusterRepository: Sendable {
 }
 
 extension ClusterRepository {
+    public func clusters(named names: [String]) async throws -> [Cluster] {
+        let wanted = Set(names)
+        return try await clusters(includeFinished: true).filter { wanted.contains($0.name) }
+    }
+
     public func clusters() async throws -> [Cluster] { try await clusters(includeFinished: false) }
     public func setIntent(_ key: String, status: LaunchIntent.Status) async throws { try await setIntent(key, status: status, error: nil) }
     public func intents(cluster id: String? = nil) async throws -> [LaunchIntent] { try await intents(cluster: id, status: nil) }
@@ -140,7 +149,7 @@ public protocol TokenRepository: Sendable {
 }
 
 /// All of Capstan's state: what the provisioner, the job service and the CLI are given.
-public protocol StateStore: ClusterRepository, JobRepository, CheckpointRepository, EventLog, OfferCache, TokenRepository {
+public protocol StateStore: ClusterRepository, JobRepository, CheckpointRepository, EventLog, OfferCache, TokenRepository, TelemetryRepository {
     /// Where it is, for messages (a file path, or a database URL without its password).
     var location: String { get }
 }

@@ -74,7 +74,8 @@ try:
     wait("a new log line", f"const l = document.querySelectorAll('#logs .ln'); return +document.getElementById('logs').dataset.lines > {lines} && l[l.length - 1].textContent !== {json.dumps(last)}")
     wait("a checkpoint in the table", "return document.querySelectorAll('#checkpoints tbody tr').length > 0")
     wait("the event timeline", "return document.querySelectorAll('#events li:not(.empty)').length > 0")
-    wait("the nodes panel (telemetry or its absence)", "return document.getElementById('telemetry').dataset.state")
+    # The agents sample CPU and memory on every node (no GPUs here): a card per node.
+    wait("CPU and memory of both nodes", "const t = document.getElementById('telemetry'); return t.dataset.state === 'nodes' && t.querySelectorAll('.node[data-node]').length === 2 && /CPU/.test(t.textContent) && /Memory/.test(t.textContent)")
     wait("progress as step / total", "return /step \\d+ \\/ \\d+/.test(document.getElementById('job-facts').textContent)")
     wait("the job's cost in the facts", "return /cost \\$[0-9]/.test(document.getElementById('job-facts').textContent)")
     wait("tokens/s in the facts", "return /tokens\\/s [0-9.]+k?/.test(document.getElementById('job-facts').textContent)")
