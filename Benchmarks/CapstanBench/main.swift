@@ -291,4 +291,5 @@ if which == "scale" || which == "all" { try await scaleBench() }
 if which == "status" { try await statusBench() }
 if which == "up" { try await upBench() }
 if which == "jobs" { try await jobsBench() }
+if which == "dashboard" { try await dashboardBench() }
 if which == "telemetry" { try await telemetryBench() }

@@ -95,6 +95,8 @@ struct Routes: Sendable {
             }
             return try json(try await store.events(cluster: clusterID, limit: try limitParameter(request, default: 200)))
         }
+        // The web dashboard at `/` and its routes (Sources/Server/Dashboard).
+        Dashboard(plane: plane).add(to: router)
     }
 
     // MARK: - Jobs
