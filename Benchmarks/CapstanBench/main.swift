@@ -1,6 +1,6 @@
 // capstan-bench: figures for the closing notes, each against a baseline run in the same process.
 //   swift build -c release --product capstan-bench --product CapstanPluginSim
-//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|all]
+//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|metrics|all]
 import CapstanAWS
 import CapstanCore
 import CapstanPluginKit
@@ -291,3 +291,5 @@ if which == "scale" || which == "all" { try await scaleBench() }
 if which == "status" { try await statusBench() }
 if which == "up" { try await upBench() }
 if which == "jobs" { try await jobsBench() }
+// Not in "all": it starts a server (scripts/bench-metrics.sh).
+if which == "metrics" { try await metricsBench() }
