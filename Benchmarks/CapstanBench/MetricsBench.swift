@@ -2,6 +2,7 @@
 // < 100 ms), from the release `capstan serve`, next to `GET /v1/jobs?limit=1000` (the same jobs
 // as JSON) on the same server as the baseline.
 import CapstanCore
+import CapstanRuntime
 import CapstanSQLite
 import Foundation
 #if canImport(FoundationNetworking)

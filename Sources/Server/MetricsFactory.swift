@@ -10,24 +10,24 @@ struct HelpfulPrometheusFactory: MetricsFactory {
     let durationBuckets: [String: [Duration]]
 
     func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
-        registry.makeCounter(name: label, labels: dimensions, help: MetricHelp.text(label))
+        registry.makeCounter(descriptor: MetricHelp.descriptor(label), labels: dimensions)
     }
 
     func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
-        registry.makeCounter(name: label, labels: dimensions, help: MetricHelp.text(label))
+        registry.makeCounter(descriptor: MetricHelp.descriptor(label), labels: dimensions)
     }
 
     func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
-        guard aggregate else { return registry.makeGauge(name: label, labels: dimensions, help: MetricHelp.text(label)) }
-        return registry.makeValueHistogram(name: label, labels: dimensions, buckets: MetricHelp.defaultSeconds.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }, help: MetricHelp.text(label))
+        guard aggregate else { return registry.makeGauge(descriptor: MetricHelp.descriptor(label), labels: dimensions) }
+        return registry.makeValueHistogram(descriptor: MetricHelp.descriptor(label), labels: dimensions, buckets: MetricHelp.defaultSeconds.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 })
     }
 
     func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
-        registry.makeGauge(name: label, labels: dimensions, help: MetricHelp.text(label))
+        registry.makeGauge(descriptor: MetricHelp.descriptor(label), labels: dimensions)
     }
 
     func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
-        registry.makeDurationHistogram(name: label, labels: dimensions, buckets: durationBuckets[label] ?? MetricHelp.defaultSeconds, help: MetricHelp.text(label))
+        registry.makeDurationHistogram(descriptor: MetricHelp.descriptor(label), labels: dimensions, buckets: durationBuckets[label] ?? MetricHelp.defaultSeconds)
     }
 
     func destroyCounter(_ handler: any CounterHandler) {

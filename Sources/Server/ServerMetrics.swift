@@ -2,7 +2,7 @@ import CapstanAPI
 public import CapstanCore
 public import CapstanTrainer
 public import CoreMetrics
-import Foundation
+public import Foundation
 import Prometheus
 import Synchronization
 
@@ -93,7 +93,7 @@ public final class ServerMetrics: Sendable {
             for (key, value) in values {
                 let gauge: Prometheus.Gauge
                 if let g = series[key] { gauge = g } else {
-                    gauge = state.makeGauge(name: key.name, labels: Array(zip(MetricName.labels[key.name] ?? [], key.labels)), help: MetricHelp.text(key.name))
+                    gauge = state.makeGauge(descriptor: MetricHelp.descriptor(key.name), labels: Array(zip(MetricName.labels[key.name] ?? [], key.labels)))
                     series[key] = gauge
                 }
                 gauge.set(to: value)
@@ -243,6 +243,8 @@ enum MetricHelp {
     ]
 
     static func text(_ name: String) -> String { texts[name] ?? "" }
+    /// `name` (whole, no unit suffix added) with its help text.
+    static func descriptor(_ name: String) -> MetricNameDescriptor { MetricNameDescriptor(metricName: name, unitName: "", helpText: text(name)) }
 
     static let defaultSeconds: [Duration] = [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30), .seconds(60)]
     static let stallSeconds: [Duration] = [.milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30), .seconds(60), .seconds(120)]

@@ -39,7 +39,7 @@ final class PrometheusProcess: @unchecked Sendable {
         try config.write(toFile: folder + "/prometheus.yml", atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["--config.file=\(folder)/prometheus.yml", "--storage.tsdb.path=\(folder)/data", "--web.listen-address=127.0.0.1:\(port)"]
-        FileManager.default.createFile(atPath: folder + "/prometheus.log", contents: nil)
+        _ = FileManager.default.createFile(atPath: folder + "/prometheus.log", contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: folder + "/prometheus.log"))
         process.standardOutput = out
         process.standardError = out
@@ -144,11 +144,11 @@ struct MetricsEndpointTests {
         // The token in a file only its owner reads, as Prometheus' credentials_file wants it.
         let credentials = home.dir.file("prometheus/token")
         try FileManager.default.createDirectory(atPath: home.dir.file("prometheus"), withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: credentials, contents: Data(token.utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: credentials, contents: Data(token.utf8), attributes: [.posixPermissions: 0o600])
         let prometheus = try PrometheusProcess(folder: home.dir.file("prometheus"), target: "127.0.0.1:\(serve.port)", credentialsFile: credentials)
         defer { prometheus.stop() }
 
-        let id = try await ServerAccessTests().launch(home, serve, token: token)
+        let id = try await ServerJobTests().launch(home, serve, token: token)
         #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 }, "no checkpoint came: \(serve.logText)")
         let pid = try #require(home.workerPID(job: id, attempt: 1, rank: 1))
         kill(pid, SIGKILL)
@@ -157,7 +157,8 @@ struct MetricsEndpointTests {
         // Prometheus needs ~6 s for its first scrape; then a sample a second. Generous deadline.
         func value(_ promql: String) async -> Double? { try? await prometheus.query(promql).first?.value }
         let restarted = try await home.wait(timeout: 180) { (await value("capstan_job_restarts{job=\"\(id)\"}") ?? 0) >= 1 }
-        #expect(restarted, "PromQL never showed the restart; targets: \(await prometheus.targets())\n\(prometheus.logText.suffix(2000))")
+        let targets = await prometheus.targets()
+        #expect(restarted, "PromQL never showed the restart; targets: \(targets)\n\(prometheus.logText.suffix(2000))")
         #expect(try await home.wait(timeout: 180) { (await value("capstan_job_step{job=\"\(id)\"}") ?? 0) > 0 }, "no step in PromQL")
         #expect(try await home.wait(timeout: 180) { (await value("capstan_job_status{job=\"\(id)\",status=\"running\"}") ?? 0) == 1 }, "the job is not running in PromQL")
         #expect(try await home.wait(timeout: 180) { (await value("sum(capstan_checkpoint_upload_seconds_count{job=\"\(id)\"})") ?? 0) > 0 }, "no checkpoint upload durations in PromQL")
@@ -167,7 +168,9 @@ struct MetricsEndpointTests {
         #expect(try await home.wait(timeout: 300) { try await home.job()?.status.isFinished == true }, "\(serve.logText)")
         let final = try #require(try await home.job())
         #expect(final.status == .succeeded, "\(final.lastError ?? "")\n\(home.logTail(job: id))")
-        #expect(try await home.wait(timeout: 180) { await value("capstan_job_step{job=\"\(id)\"}") == 240 }, "PromQL's last step is not the job's last: \(await value("capstan_job_step{job=\"\(id)\"}") ?? -1)")
+        let lastStep = try await home.wait(timeout: 180) { await value("capstan_job_step{job=\"\(id)\"}") == 240 }
+        let seen = await value("capstan_job_step{job=\"\(id)\"}") ?? -1
+        #expect(lastStep, "PromQL's last step is not the job's last: \(seen)")
         let restarts = try #require(await value("capstan_job_restarts{job=\"\(id)\",name=\"ddp\"}"))
         #expect(restarts == Double(final.restarts) && restarts >= 1)
         #expect(try await home.wait(timeout: 180) { (await value("capstan_job_status{job=\"\(id)\",status=\"succeeded\"}") ?? 0) == 1 })
