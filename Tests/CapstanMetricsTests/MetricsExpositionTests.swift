@@ -84,6 +84,9 @@ struct MetricsExpositionTests {
         try await store.insert(job("a-1", name: "a", status: .running, at: 0, metrics: #"{"step": 5, "loss": 1.5}"#))
         try await store.insert(job("b-1", name: "b", status: .succeeded, at: 10))
         try await store.insert(job("c-1", name: "c", status: .failed, at: 20))
+        var cluster = Cluster(name: "gpu-pool", request: ResourceRequest(), createdAt: Self.t0)
+        cluster.status = .running
+        try await store.insert(cluster)
         // One finished job exported (the newest); every unfinished one always is.
         let m = ServerMetrics(finishedJobs: 1)
         var lines = try await samples(m, store)
@@ -98,11 +101,15 @@ struct MetricsExpositionTests {
         #expect(lines.contains(#"capstan_job_step{job="a-1",name="a"} 9.0"#) && lines.contains(#"capstan_job_loss{job="a-1",name="a"} 1.25"#))
         #expect(lines.contains(#"capstan_job_restarts{job="a-1",name="a"} 1.0"#))
 
+        #expect(lines.contains(#"capstan_cluster_status{cluster="gpu-pool",status="running"} 1.0"#))
+        cluster.status = .terminated
+        try await store.update(cluster)
         // Finished, and older than the newest finished job (c-1): it leaves the read, and /metrics.
         _ = try await store.updateJob("a-1") { $0.status = .succeeded }
         lines = try await samples(m, store)
         #expect(!lines.contains { $0.contains(#"job="a-1""#) }, "\(lines)")
         #expect(lines.contains(#"capstan_job_status{job="c-1",name="c",status="failed"} 1.0"#))
+        #expect(!lines.contains { $0.contains(#"cluster="gpu-pool""#) }, "a terminated cluster is not exported: \(lines)")
 
         // A fresh ServerMetrics (another replica, or this one restarted) renders the same state.
         let again = try await samples(ServerMetrics(finishedJobs: 1), store)
