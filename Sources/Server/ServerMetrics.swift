@@ -66,9 +66,9 @@ public final class ServerMetrics: Sendable {
         }
         switch kind {
         case "checkpoint" where node == 0:
-            if let s = seconds("stall_s") { CoreMetrics.Timer(label: MetricName.checkpointStall, dimensions: [("job", job)], factory: factory).recordSeconds(s) }
+            if let s = seconds("stall_s") { CoreMetrics.Timer(label: MetricName.checkpointStall, dimensions: [("job_id", job)], factory: factory).recordSeconds(s) }
         case "checkpoint_uploaded":
-            if let s = seconds("seconds") { CoreMetrics.Timer(label: MetricName.checkpointUpload, dimensions: [("job", job)], factory: factory).recordSeconds(s) }
+            if let s = seconds("seconds") { CoreMetrics.Timer(label: MetricName.checkpointUpload, dimensions: [("job_id", job)], factory: factory).recordSeconds(s) }
         default:
             break
         }
@@ -203,15 +203,15 @@ enum MetricName {
     /// The label names of each state metric, in order.
     static let labels: [String: [String]] = [
         serverInfo: ["version", "store"],
-        jobStatus: ["job", "name", "status"],
-        jobAttempt: ["job", "name"],
-        jobRestarts: ["job", "name"],
-        jobCheckpoint: ["job", "name"],
-        jobStep: ["job", "name"],
-        jobLoss: ["job", "name"],
-        jobTokens: ["job", "name"],
-        jobMetric: ["job", "name", "metric"],
-        jobCost: ["job", "name"],
+        jobStatus: ["job_id", "name", "status"],
+        jobAttempt: ["job_id", "name"],
+        jobRestarts: ["job_id", "name"],
+        jobCheckpoint: ["job_id", "name"],
+        jobStep: ["job_id", "name"],
+        jobLoss: ["job_id", "name"],
+        jobTokens: ["job_id", "name"],
+        jobMetric: ["job_id", "name", "metric"],
+        jobCost: ["job_id", "name"],
         clusterStatus: ["cluster", "status"],
         clusterNodes: ["cluster"],
         clusterHourly: ["cluster"],

@@ -154,26 +154,28 @@ struct MetricsEndpointTests {
         kill(pid, SIGKILL)
         #expect(try await home.wait { (try await home.job()?.attempt ?? 0) >= 2 }, "no second attempt: \(serve.logText)")
 
-        // Prometheus needs ~6 s for its first scrape; then a sample a second. Generous deadline.
+        // Prometheus needs ~6 s for its first scrape; then a sample a second. Generous deadlines;
+        // what may have passed by the time it is asked (the running status, the live cluster) is
+        // asked over the last hour.
         func value(_ promql: String) async -> Double? { try? await prometheus.query(promql).first?.value }
-        let restarted = try await home.wait(timeout: 180) { (await value("capstan_job_restarts{job=\"\(id)\"}") ?? 0) >= 1 }
+        let restarted = try await home.wait(timeout: 180) { (await value("capstan_job_restarts{job_id=\"\(id)\"}") ?? 0) >= 1 }
         let targets = await prometheus.targets()
         #expect(restarted, "PromQL never showed the restart; targets: \(targets)\n\(prometheus.logText.suffix(2000))")
-        #expect(try await home.wait(timeout: 180) { (await value("capstan_job_step{job=\"\(id)\"}") ?? 0) > 0 }, "no step in PromQL")
-        #expect(try await home.wait(timeout: 180) { (await value("capstan_job_status{job=\"\(id)\",status=\"running\"}") ?? 0) == 1 }, "the job is not running in PromQL")
-        #expect(try await home.wait(timeout: 180) { (await value("sum(capstan_checkpoint_upload_seconds_count{job=\"\(id)\"})") ?? 0) > 0 }, "no checkpoint upload durations in PromQL")
-        #expect(try await home.wait(timeout: 180) { (await value("capstan_cluster_nodes") ?? 0) == 2 }, "the job's 2-node cluster is not in PromQL")
+        #expect(try await home.wait(timeout: 180) { (await value("capstan_job_step{job_id=\"\(id)\"}") ?? 0) > 0 }, "no step in PromQL")
+        #expect(try await home.wait(timeout: 180) { (await value("max_over_time(capstan_job_status{job_id=\"\(id)\",status=\"running\"}[1h])") ?? 0) == 1 }, "the job was never running in PromQL")
+        #expect(try await home.wait(timeout: 180) { (await value("sum(capstan_checkpoint_upload_seconds_count{job_id=\"\(id)\"})") ?? 0) > 0 }, "no checkpoint upload durations in PromQL")
+        #expect(try await home.wait(timeout: 180) { (await value("max(max_over_time(capstan_cluster_nodes[1h]))") ?? 0) == 2 }, "the job's 2-node cluster never showed in PromQL")
 
         // To its end: the final step and the one restart are what Prometheus has last.
         #expect(try await home.wait(timeout: 300) { try await home.job()?.status.isFinished == true }, "\(serve.logText)")
         let final = try #require(try await home.job())
         #expect(final.status == .succeeded, "\(final.lastError ?? "")\n\(home.logTail(job: id))")
-        let lastStep = try await home.wait(timeout: 180) { await value("capstan_job_step{job=\"\(id)\"}") == 240 }
-        let seen = await value("capstan_job_step{job=\"\(id)\"}") ?? -1
+        let lastStep = try await home.wait(timeout: 180) { await value("capstan_job_step{job_id=\"\(id)\"}") == 240 }
+        let seen = await value("capstan_job_step{job_id=\"\(id)\"}") ?? -1
         #expect(lastStep, "PromQL's last step is not the job's last: \(seen)")
-        let restarts = try #require(await value("capstan_job_restarts{job=\"\(id)\",name=\"ddp\"}"))
+        let restarts = try #require(await value("capstan_job_restarts{job_id=\"\(id)\",name=\"ddp\"}"))
         #expect(restarts == Double(final.restarts) && restarts >= 1)
-        #expect(try await home.wait(timeout: 180) { (await value("capstan_job_status{job=\"\(id)\",status=\"succeeded\"}") ?? 0) == 1 })
+        #expect(try await home.wait(timeout: 180) { (await value("capstan_job_status{job_id=\"\(id)\",status=\"succeeded\"}") ?? 0) == 1 })
         prometheus.stop()
         #expect(prometheus.process.terminationStatus == 0, "prometheus: \(prometheus.logText.suffix(1000))")
         // The scrape's token is in the credentials file only: never in Prometheus' log or the server's.

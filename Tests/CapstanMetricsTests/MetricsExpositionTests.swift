@@ -49,18 +49,18 @@ struct MetricsExpositionTests {
 
         let m = ServerMetrics()
         let lines = try await samples(m, store)
-        let l = #"job="train-1a2b3c",name="train""#
+        let l = #"job_id="train-1a2b3c",name="train""#
         for expected in [
-            #"capstan_job_status{job="train-1a2b3c",name="train",status="running"} 1.0"#,
+            #"capstan_job_status{job_id="train-1a2b3c",name="train",status="running"} 1.0"#,
             "capstan_job_attempt{\(l)} 3.0",
             "capstan_job_restarts{\(l)} 2.0",
             "capstan_job_step{\(l)} 120.0",
             "capstan_job_loss{\(l)} 4.37",
             "capstan_job_tokens_per_second{\(l)} 6100.0",
-            #"capstan_job_metric{job="train-1a2b3c",name="train",metric="lr"} 0.0011"#,
+            #"capstan_job_metric{job_id="train-1a2b3c",name="train",metric="lr"} 0.0011"#,
             "capstan_job_checkpoint_step{\(l)} 100.0",
-            #"capstan_job_status{job="eval-000001",name="eval",status="succeeded"} 1.0"#,
-            #"capstan_job_restarts{job="eval-000001",name="eval"} 0.0"#,
+            #"capstan_job_status{job_id="eval-000001",name="eval",status="succeeded"} 1.0"#,
+            #"capstan_job_restarts{job_id="eval-000001",name="eval"} 0.0"#,
             #"capstan_cluster_status{cluster="train-1a2b3c",status="running"} 1.0"#,
             #"capstan_cluster_nodes{cluster="train-1a2b3c"} 2.0"#,
             #"capstan_cluster_hourly_cost_dollars{cluster="train-1a2b3c"} 2.5"#,
@@ -73,7 +73,7 @@ struct MetricsExpositionTests {
         #expect(cost >= 2.5, "\(cost)")
         // `attempt` is the record's, not the metrics line's; no step for a job without metrics.
         #expect(!lines.contains { $0.hasPrefix("capstan_job_metric{") && $0.contains("attempt") })
-        #expect(!lines.contains { $0.hasPrefix("capstan_job_step{job=\"eval-000001\"") })
+        #expect(!lines.contains { $0.hasPrefix("capstan_job_step{job_id=\"eval-000001\"") })
     }
 
     @Test("a series follows the store at every scrape: a status change replaces the old status series, a job that leaves the read and a finished cluster are gone")
@@ -90,16 +90,16 @@ struct MetricsExpositionTests {
         // One finished job exported (the newest); every unfinished one always is.
         let m = ServerMetrics(finishedJobs: 1)
         var lines = try await samples(m, store)
-        #expect(lines.contains(#"capstan_job_status{job="a-1",name="a",status="running"} 1.0"#))
-        #expect(lines.contains(#"capstan_job_status{job="c-1",name="c",status="failed"} 1.0"#))
-        #expect(!lines.contains { $0.contains(#"job="b-1""#) }, "\(lines)")
+        #expect(lines.contains(#"capstan_job_status{job_id="a-1",name="a",status="running"} 1.0"#))
+        #expect(lines.contains(#"capstan_job_status{job_id="c-1",name="c",status="failed"} 1.0"#))
+        #expect(!lines.contains { $0.contains(#"job_id="b-1""#) }, "\(lines)")
 
         _ = try await store.updateJob("a-1") { $0.status = .restarting; $0.restarts = 1; $0.metrics = #"{"step": 9, "loss": 1.25}"# }
         lines = try await samples(m, store)
-        #expect(lines.contains(#"capstan_job_status{job="a-1",name="a",status="restarting"} 1.0"#))
-        #expect(!lines.contains { $0.hasPrefix(#"capstan_job_status{job="a-1",name="a",status="running"}"#) }, "the old status series is gone: \(lines)")
-        #expect(lines.contains(#"capstan_job_step{job="a-1",name="a"} 9.0"#) && lines.contains(#"capstan_job_loss{job="a-1",name="a"} 1.25"#))
-        #expect(lines.contains(#"capstan_job_restarts{job="a-1",name="a"} 1.0"#))
+        #expect(lines.contains(#"capstan_job_status{job_id="a-1",name="a",status="restarting"} 1.0"#))
+        #expect(!lines.contains { $0.hasPrefix(#"capstan_job_status{job_id="a-1",name="a",status="running"}"#) }, "the old status series is gone: \(lines)")
+        #expect(lines.contains(#"capstan_job_step{job_id="a-1",name="a"} 9.0"#) && lines.contains(#"capstan_job_loss{job_id="a-1",name="a"} 1.25"#))
+        #expect(lines.contains(#"capstan_job_restarts{job_id="a-1",name="a"} 1.0"#))
 
         #expect(lines.contains(#"capstan_cluster_status{cluster="gpu-pool",status="running"} 1.0"#))
         cluster.status = .terminated
@@ -107,8 +107,8 @@ struct MetricsExpositionTests {
         // Finished, and older than the newest finished job (c-1): it leaves the read, and /metrics.
         _ = try await store.updateJob("a-1") { $0.status = .succeeded }
         lines = try await samples(m, store)
-        #expect(!lines.contains { $0.contains(#"job="a-1""#) }, "\(lines)")
-        #expect(lines.contains(#"capstan_job_status{job="c-1",name="c",status="failed"} 1.0"#))
+        #expect(!lines.contains { $0.contains(#"job_id="a-1""#) }, "\(lines)")
+        #expect(lines.contains(#"capstan_job_status{job_id="c-1",name="c",status="failed"} 1.0"#))
         #expect(!lines.contains { $0.contains(#"cluster="gpu-pool""#) }, "a terminated cluster is not exported: \(lines)")
 
         // A fresh ServerMetrics (another replica, or this one restarted) renders the same state.
@@ -125,8 +125,8 @@ struct MetricsExpositionTests {
         try await store.insert(job("plain-1", name: "plain", status: .running, metrics: #"{"step": 3, "loss": 0.5}"#))
         let m = ServerMetrics()
         let text = String(decoding: try await m.render(store: store, storeKind: "sqlite"), as: UTF8.self)
-        #expect(text.contains(#"capstan_job_status{job="weird-1",name="we\"ird\\name\nnext",status="running"} 1.0"#), "\(text)")
-        #expect(text.contains(#"capstan_job_metric{job="weird-1",name="we\"ird\\name\nnext",metric="odd \"key\"\n"} 2.0"#), "\(text)")
+        #expect(text.contains(#"capstan_job_status{job_id="weird-1",name="we\"ird\\name\nnext",status="running"} 1.0"#), "\(text)")
+        #expect(text.contains(#"capstan_job_metric{job_id="weird-1",name="we\"ird\\name\nnext",metric="odd \"key\"\n"} 2.0"#), "\(text)")
         // Every sample line is one line: nothing a job wrote breaks the format.
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
             #expect(line.hasPrefix("capstan_"), "a stray line: \(line)")
@@ -150,7 +150,7 @@ struct MetricsExpositionTests {
         j.settings = #"{"password": "SettingsSecret789"}"#
         try await store.insert(j)
         let text = String(decoding: try await ServerMetrics().render(store: store, storeKind: "sqlite"), as: UTF8.self)
-        #expect(text.contains(#"job="secret-1""#))
+        #expect(text.contains(#"job_id="secret-1""#))
         for secret in [created.token, created.record.hash, "hf_SpecSecretValue123", "ErrorSecretValue456", "SettingsSecret789", "cap_"] {
             #expect(!text.contains(secret), "\(secret) is in /metrics")
         }
@@ -170,11 +170,11 @@ struct MetricsExpositionTests {
             m.observe(job: "j-1", .log(node: 0, line: junk))
         }
         let lines = try await samples(m, store)
-        #expect(lines.contains(#"capstan_checkpoint_stall_seconds_count{job="j-1"} 1"#), "\(lines)")
-        #expect(lines.contains(#"capstan_checkpoint_stall_seconds_bucket{job="j-1",le="0.25"} 1"#), "\(lines)")
-        #expect(lines.contains(#"capstan_checkpoint_upload_seconds_count{job="j-1"} 2"#), "\(lines)")
-        #expect(lines.contains(#"capstan_checkpoint_upload_seconds_sum{job="j-1"} 4.5"#), "\(lines)")
-        #expect(lines.contains(#"capstan_checkpoint_upload_seconds_bucket{job="j-1",le="2.5"} 1"#), "\(lines)")
+        #expect(lines.contains(#"capstan_checkpoint_stall_seconds_count{job_id="j-1"} 1"#), "\(lines)")
+        #expect(lines.contains(#"capstan_checkpoint_stall_seconds_bucket{job_id="j-1",le="0.25"} 1"#), "\(lines)")
+        #expect(lines.contains(#"capstan_checkpoint_upload_seconds_count{job_id="j-1"} 2"#), "\(lines)")
+        #expect(lines.contains(#"capstan_checkpoint_upload_seconds_sum{job_id="j-1"} 4.5"#), "\(lines)")
+        #expect(lines.contains(#"capstan_checkpoint_upload_seconds_bucket{job_id="j-1",le="2.5"} 1"#), "\(lines)")
     }
 
     @Test("a metered provider times every call and counts failures by error code, and otherwise answers as the provider it wraps")
