@@ -71,6 +71,9 @@ echo
 echo "==> capstan checkpoints $job"
 "$bin" checkpoints "$job"
 echo
+echo "==> capstan events $job --kind attempt,restarting,succeeded,failed   (its history, from the state store)"
+"$bin" events "$job" --kind attempt,restarting,succeeded,failed
+echo
 out=$("$bin" jobs --json | python3 -c 'import json,sys; print([j for j in json.load(sys.stdin) if j["name"]=="sft-tiny"][0]["storage"])')/outputs
 venv=$("$bin" logs "$job" --node 0 | sed -n 's/.*python env [0-9a-f]*: \(building\|cached\) in \([^ ]*\).*/\2/p' | head -1)
 echo "==> the final adapter, loaded with peft from the bucket, answers:"

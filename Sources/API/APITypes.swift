@@ -171,6 +171,13 @@ public struct ClusterStatusRow: Sendable, Codable, Hashable {
     }
 }
 
+/// `GET /v1/costs/jobs` — what each job of a `GET /v1/jobs` page has cost so far, in dollars
+/// (``JobCost``), by job id.
+public struct JobCostsResponse: Sendable, Codable, Hashable {
+    public var costs: [String: Double]
+    public init(costs: [String: Double]) { self.costs = costs }
+}
+
 /// `GET /v1/clusters` — `capstan status`.
 public struct StatusResponse: Sendable, Codable, Hashable {
     public var clusters: [ClusterStatusRow]

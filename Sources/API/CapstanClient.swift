@@ -158,6 +158,15 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
         return try await call(.GET, "/jobs", query: query)
     }
 
+    /// `GET /v1/costs/jobs`: the cost so far of each job on the page `jobs(running:limit:)`
+    /// lists, by job id.
+    public func jobCosts(running: Bool = false, limit: Int? = nil) async throws -> [String: Double] {
+        var query = [("running", "\(running)")]
+        if let limit { query.append(("limit", "\(limit)")) }
+        let answer: JobCostsResponse = try await call(.GET, "/costs/jobs", query: query)
+        return answer.costs
+    }
+
     /// `GET /v1/jobs/{id}`: one job, by id or name.
     public func job(_ id: String) async throws -> JobRecord {
         try await call(.GET, "/jobs/\(Self.segment(id))")
@@ -192,6 +201,12 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
     /// `GET /v1/jobs/{id}/events`: a job's events, oldest first.
     public func events(job id: String, limit: Int? = nil) async throws -> [StateEvent] {
         try await call(.GET, "/jobs/\(Self.segment(id))/events", query: limit.map { [("limit", "\($0)")] } ?? [])
+    }
+
+    /// `GET /v1/jobs/{id}/events?after=`: the job's events above id `after`, oldest first, at
+    /// most `limit` (the server's cap is 1,000): page with the last id seen.
+    public func events(job id: String, after: Int64, limit: Int = 1000) async throws -> [StateEvent] {
+        try await call(.GET, "/jobs/\(Self.segment(id))/events", query: [("after", "\(after)"), ("limit", "\(limit)")])
     }
 
     /// `GET /v1/events`: events, oldest first, all or one cluster's.

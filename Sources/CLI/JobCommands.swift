@@ -134,23 +134,29 @@ struct JobsCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             // The server's controllers run its jobs; its largest page is 1000 jobs.
-            if try await remote.run({ client in try render(try await client.jobs(running: running, limit: 1000)) }) { return }
+            if try await remote.run({ client in
+                let page = try await client.jobs(running: running, limit: 1000)
+                // (A server older than the costs route: the COST column shows "-".)
+                try render(page, costs: global.json ? [:] : (try? await client.jobCosts(running: running, limit: 1000)) ?? [:])
+            }) { return }
             let service = try await global.jobs()
             // Every unfinished job, not only those on the page listed below.
             for j in try await service.context.store.unfinishedJobs() { try await service.ensureController(j.id) }
-            try render(try await service.context.store.jobs(includeFinished: !running))
+            let page = try await service.context.store.jobs(includeFinished: !running)
+            try render(page, costs: global.json ? [:] : try await service.context.store.jobCosts(page))
         }
     }
 
-    /// What `jobs` prints, here or from a server.
-    func render(_ fresh: [JobRecord]) throws {
+    /// What `jobs` prints, here or from a server: `costs` by job id (``JobCost``).
+    func render(_ fresh: [JobRecord], costs: [String: Double]) throws {
         if global.json { try printJSON(fresh); return }
         if fresh.isEmpty { print("No jobs. Start one with: capstan launch job.yaml"); return }
-        var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "PROGRESS", "CLUSTER", "AGE"], rightAligned: [2, 3, 4])
+        var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "PROGRESS", "COST", "CLUSTER", "AGE"], rightAligned: [2, 3, 4, 6])
         let now = Date()
         for j in fresh {
             let progress = j.metrics.flatMap { MetricsPoint.parse($0) }?.summary ?? "-"
-            table.rows.append([j.id, j.status.rawValue, "\(j.attempt)", "\(j.restarts)", j.latestCheckpoint.map { "step \($0)" } ?? "-", progress, j.clusterName, humanDuration(now.timeIntervalSince(j.createdAt))])
+            let cost = costs[j.id].map { String(format: "$%.2f", $0) } ?? "-"
+            table.rows.append([j.id, j.status.rawValue, "\(j.attempt)", "\(j.restarts)", j.latestCheckpoint.map { "step \($0)" } ?? "-", progress, cost, j.clusterName, humanDuration(now.timeIntervalSince(j.createdAt))])
         }
         print(table.render())
         for j in fresh where j.status == .failed { if let e = j.lastError { print("\n\(j.id): \(e)") } }
@@ -228,20 +234,11 @@ struct LogsCommand: AsyncParsableCommand {
             let j = try await requireJob(service, job)
             if !j.status.isFinished { try await service.ensureController(j.id) }
             let nodes = nodes(j)
-            var offsets: [Int: UInt64] = [:]
-            var buffers: [Int: LineBuffer] = [:]
+            var tail = NodeLogTail()
             func pump(final: Bool) {
                 for n in nodes {
                     let prefix = Self.prefix(node: n, of: nodes)
-                    if let h = FileHandle(forReadingAtPath: service.context.logFile(job: j.id, node: n)) {
-                        defer { try? h.close() }
-                        try? h.seek(toOffset: offsets[n] ?? 0)
-                        if let data = try? h.readToEnd(), !data.isEmpty {
-                            offsets[n, default: 0] += UInt64(data.count)
-                            for line in buffers[n, default: LineBuffer()].feed(data) { print(prefix + line) }
-                        }
-                    }
-                    if final, let rest = buffers[n]?.flush() { print(prefix + rest) }
+                    for line in tail.read(n, path: service.context.logFile(job: j.id, node: n), final: final) { print(prefix + line) }
                 }
                 flushStdout()
             }

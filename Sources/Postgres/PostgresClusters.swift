@@ -82,7 +82,12 @@ extension PostgresStateStore {
     }
 
     public func setIntent(_ key: String, status: LaunchIntent.Status, error: String? = nil) async throws {
-        try await execute("UPDATE intent SET status = \(status.rawValue), error = COALESCE(\(error.pg), error), updated_at = \(Date()) WHERE key = \(key)")
+        // Only a pending intent is abandoned: one its process has just closed keeps its status.
+        if status == .abandoned {
+            try await execute("UPDATE intent SET status = \(status.rawValue), error = COALESCE(\(error.pg), error), updated_at = \(Date()) WHERE key = \(key) AND status = 'pending'")
+        } else {
+            try await execute("UPDATE intent SET status = \(status.rawValue), error = COALESCE(\(error.pg), error), updated_at = \(Date()) WHERE key = \(key)")
+        }
     }
 
     public func intent(_ key: String) async throws -> LaunchIntent? {

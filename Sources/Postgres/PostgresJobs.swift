@@ -126,6 +126,10 @@ extension PostgresStateStore {
         try await all("SELECT \(unescaped: StateEvent.columns) FROM event WHERE job_id = \(id) ORDER BY id DESC LIMIT \(max(0, limit))", StateEvent.init(row:)).reversed()
     }
 
+    public func events(job id: String, after: Int64, limit: Int) async throws -> [StateEvent] {
+        try await all("SELECT \(unescaped: StateEvent.columns) FROM event WHERE job_id = \(id) AND id > \(after) ORDER BY id LIMIT \(max(0, limit))", StateEvent.init(row:))
+    }
+
     // MARK: - API tokens
 
     /// Stores a new token; fails with `.invalidRequest` when its id or hash is taken.

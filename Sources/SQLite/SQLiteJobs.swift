@@ -146,4 +146,10 @@ extension SQLiteStateStore {
             try StateEvent.fetchAll(db, sql: "SELECT id, time, clusterID, kind, message FROM event WHERE jobID = ? ORDER BY id DESC LIMIT ?", arguments: [id, limit]).reversed()
         }
     }
+
+    public func events(job id: String, after: Int64, limit: Int) async throws -> [StateEvent] {
+        try await read { db in
+            try StateEvent.fetchAll(db, sql: "SELECT id, time, clusterID, kind, message FROM event WHERE jobID = ? AND id > ? ORDER BY id LIMIT ?", arguments: [id, after, limit])
+        }
+    }
 }

@@ -286,7 +286,9 @@ public final class SQLiteStateStore: StateStore {
 
     public func setIntent(_ key: String, status: LaunchIntent.Status, error: String? = nil) async throws {
         try await write { db in
-            try db.execute(sql: "UPDATE intent SET status = ?, error = COALESCE(?, error), updatedAt = ? WHERE key = ?", arguments: [status.rawValue, error, Date(), key])
+            // Only a pending intent is abandoned: one its process has just closed keeps its status.
+            let onlyPending = status == .abandoned ? " AND status = 'pending'" : ""
+            try db.execute(sql: "UPDATE intent SET status = ?, error = COALESCE(?, error), updatedAt = ? WHERE key = ?" + onlyPending, arguments: [status.rawValue, error, Date(), key])
         }
     }
 

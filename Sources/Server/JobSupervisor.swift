@@ -51,14 +51,23 @@ public final class JobSupervisor: Service, Sendable {
     /// Jobs whose controller runs in this process now.
     public var controlled: [String] { running.withLock { Array($0.keys).sorted() } }
 
-    /// Adopts every unfinished job no controller holds.
+    /// How long a job no controller has taken yet is left to the process that wrote it (a
+    /// replica's launch route, a `capstan launch`), which starts its controller right after
+    /// writing it: a sweep of another replica in between would take it from its launcher.
+    public static let launchGrace: TimeInterval = 10
+
+    /// Adopts every unfinished job no controller holds (one never controlled, once it is older
+    /// than ``launchGrace``).
     public func sweep() async {
         let unfinished: [JobRecord]
         do { unfinished = try await store.unfinishedJobs() } catch {
             logger.warning("cannot list unfinished jobs", metadata: ["error": "\(error)"])
             return
         }
-        for job in unfinished { await adopt(job.id) }
+        let now = Date()
+        for job in unfinished where job.controllerHolder != nil || now.timeIntervalSince(job.createdAt) >= Self.launchGrace {
+            await adopt(job.id)
+        }
     }
 
     /// Starts a controller for `id` in this process unless one runs here or anywhere else.

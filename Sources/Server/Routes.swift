@@ -73,7 +73,15 @@ struct Routes: Sendable {
         }
         v1.get("jobs/:id/events") { request, context in
             let job = try await requireJob(context)
-            return try json(try await store.events(job: job.id, limit: try limitParameter(request, default: 500)))
+            let limit = try limitParameter(request, default: 500)
+            // With `after`: the page of events above that id, oldest first (the whole history,
+            // page by page); without: the newest `limit`.
+            if let after = try int64Parameter(request, "after") { return try json(try await store.events(job: job.id, after: max(0, after), limit: limit)) }
+            return try json(try await store.events(job: job.id, limit: limit))
+        }
+        v1.get("costs/jobs") { request, _ in
+            let page = try await store.jobs(includeFinished: !flag(request, "running"), limit: try limitParameter(request, default: 100))
+            return try json(JobCostsResponse(costs: try await store.jobCosts(page)))
         }
         v1.get("jobs/:id/logs") { request, context in try await logs(request, context) }
         v1.get("events") { request, _ in
@@ -192,8 +200,7 @@ struct Routes: Sendable {
         }
         let store = store, ctx = jobs.context, id = job.id
         let body = ResponseBody { writer in
-            var offsets: [Int: UInt64] = [:]
-            var buffers: [Int: LineBuffer] = [:]
+            var tail = NodeLogTail()
             var lastEvent: Int64 = -1
             let encoder = CapstanAPI.encoder
             func send(_ item: LogStreamItem) async throws {
@@ -204,21 +211,16 @@ struct Routes: Sendable {
             /// The node logs (files: cheap, every tick) and, with `database`, the new events.
             func pump(final: Bool, database: Bool = true) async throws {
                 for n in nodes {
-                    if let h = FileHandle(forReadingAtPath: ctx.logFile(job: id, node: n)) {
-                        defer { try? h.close() }
-                        try? h.seek(toOffset: offsets[n] ?? 0)
-                        if let data = try? h.readToEnd(), !data.isEmpty {
-                            offsets[n, default: 0] += UInt64(data.count)
-                            for line in buffers[n, default: LineBuffer()].feed(data) { try await send(LogStreamItem(node: n, line: line)) }
-                        }
-                    }
-                    if final, let rest = buffers[n]?.flush() { try await send(LogStreamItem(node: n, line: rest)) }
+                    for line in tail.read(n, path: ctx.logFile(job: id, node: n), final: final) { try await send(LogStreamItem(node: n, line: line)) }
                 }
-                if withEvents && database {
-                    for e in (try? await store.events(job: id, limit: 500)) ?? [] where (e.id ?? 0) > lastEvent {
+                // Every event not sent yet, page by page.
+                while withEvents && database {
+                    let page = (try? await store.events(job: id, after: lastEvent, limit: 1000)) ?? []
+                    for e in page {
                         lastEvent = e.id ?? lastEvent
                         try await send(LogStreamItem(event: e))
                     }
+                    if page.count < 1000 { break }
                 }
             }
             var current = job
@@ -283,6 +285,12 @@ func limitParameter(_ request: Request, default value: Int) throws -> Int {
     let limit = try intParameter(request, "limit") ?? value
     guard (1...1000).contains(limit) else { throw CapstanError(.invalidRequest, "limit must be 1…1000, got \(limit).") }
     return limit
+}
+
+func int64Parameter(_ request: Request, _ name: String) throws -> Int64? {
+    guard let raw = request.uri.queryParameters.get(name) else { return nil }
+    guard let n = Int64(raw) else { throw CapstanError(.invalidRequest, "Query parameter `\(name)` must be an integer, got '\(raw)'.") }
+    return n
 }
 
 func intParameter(_ request: Request, _ name: String) throws -> Int? {

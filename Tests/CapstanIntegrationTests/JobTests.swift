@@ -283,8 +283,40 @@ struct JobTests {
             let summary = try await home.checkContinuity(job: final, total: 150)
             let atStep = try home.steps(job: job.id, node: rank).filter { $0.attempt == 1 }.last?.step ?? 0
             results.append("trial \(trial): killed rank \(rank)'s worker after step \(atStep); \(summary)")
+            if trial == 1 { try await eventsShowTheWholeHistory(home, job: final) }
         }
         print(results.joined(separator: "\n"))
+    }
+
+    /// `capstan events` and `jobs` after a job that restarted once: every attempt, the failure,
+    /// the restart, checkpoints and the end, oldest first; the kind filter; JSON lines; cost.
+    func eventsShowTheWholeHistory(_ home: JobHome, job: JobRecord) async throws {
+        let events = try await home.capstan(["events", job.id])
+        #expect(events.status == 0, "\(events.stderr)")
+        let lines = events.stdout.split(separator: "\n").map(String.init)
+        func first(_ needle: String) -> Int? { lines.firstIndex { $0.contains(needle) } }
+        let a1 = first("Attempt 1 started on 2 node(s)"), a2 = first("Attempt 2 started on 2 node(s)")
+        let restart = lines.firstIndex { $0.contains("  restarting ") }, done = lines.lastIndex { $0.contains("  succeeded ") }
+        #expect(a1 != nil && a2 != nil && restart != nil && done != nil, "\(events.stdout)")
+        if let a1, let a2, let restart, let done { #expect(a1 < restart && restart < a2 && a2 < done, "\(events.stdout)") }
+        #expect(lines.contains { $0.contains("resuming from step") } && lines.contains { $0.contains("  checkpoint ") }, "\(events.stdout)")
+        #expect(lines.allSatisfy { $0.range(of: #"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  "#, options: .regularExpression) != nil }, "\(events.stdout)")
+        let attempts = try await home.capstan(["events", job.name, "--kind", "attempt"])
+        #expect(attempts.stdout.split(separator: "\n").count == 2 && attempts.stdout.contains("Attempt 2"), "\(attempts.stdout)")
+        let json = try await home.capstan(["events", job.id, "--json"])
+        let objects = try json.stdout.split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(objects.count == lines.count && objects.allSatisfy { $0?["kind"] is String && $0?["id"] is Int && $0?["message"] is String })
+        // The store's whole history, not a page of it.
+        let stored = try await home.anyStore().events(job: job.id, after: 0, limit: 10_000)
+        #expect(stored.count == lines.count)
+        // Bad input: an unknown job, an empty kind list.
+        let unknown = try await home.capstan(["events", "no-such-job"])
+        #expect(unknown.status != 0 && unknown.stderr.contains("no-such-job"), "\(unknown.stderr)")
+        let empty = try await home.capstan(["events", job.id, "--kind", ","])
+        #expect(empty.status != 0 && empty.stderr.contains("--kind"), "\(empty.stderr)")
+        // `jobs` says what each job cost (local nodes are free).
+        let list = try await home.capstan(["jobs"])
+        #expect(list.stdout.contains("COST") && list.stdout.contains("$0.00"), "\(list.stdout)")
     }
 
     @Test("a node lost mid-upload: the cut checkpoint is never used; the job resumes from the one before on a replacement node")

@@ -274,6 +274,18 @@ struct ServerJobTests {
         // The logs route streams the whole job to its end.
         let logs = try await serve.request("GET", "/v1/jobs/\(id)/logs?node=1", token: token)
         #expect(logs.status == 200 && logs.text.contains("{\\\"step\\\": 200") && logs.text.contains("\"end\""), "\(logs.text.suffix(500))")
+        // The whole history, page by page: ids above `after`, oldest first.
+        let page = try await serve.request("GET", "/v1/jobs/\(id)/events?after=0&limit=2", token: token)
+        let firstTwo = try #require(try page.json() as? [[String: Any]])
+        #expect(firstTwo.count == 2 && (firstTwo[0]["id"] as? Int ?? 0) < (firstTwo[1]["id"] as? Int ?? 0), "\(page.text)")
+        let rest = try await serve.request("GET", "/v1/jobs/\(id)/events?after=\(firstTwo[1]["id"] as? Int ?? 0)&limit=1000", token: token)
+        let stored = try await home.store().events(job: id, after: 0, limit: 10_000)
+        #expect((try rest.json() as? [[String: Any]])?.count == stored.count - 2, "\(rest.text.suffix(500))")
+        let badAfter = try await serve.request("GET", "/v1/jobs/\(id)/events?after=x", token: token)
+        #expect(badAfter.status == 400 && badAfter.text.contains("after"), "\(badAfter.text)")
+        // What it cost (local nodes are free), by job id.
+        let costs = try await serve.request("GET", "/v1/costs/jobs", token: token)
+        #expect(((try costs.json() as? [String: Any])?["costs"] as? [String: Any])?[id] as? Double == 0, "\(costs.text)")
     }
 }
 

@@ -110,11 +110,15 @@ struct StoreConformanceTests {
             let keyTaken = await #expect(throws: CapstanError.self) { try await store.insert(i1) }
             #expect(keyTaken?.code == .invalidRequest)
 
-            try await store.setIntent("k1", status: .failed, error: "no capacity")
+            try await store.setIntent("k1", status: .abandoned, error: "its process died")
             try await store.setIntent("k1", status: .abandoned)
             let k1 = try #require(try await store.intent("k1"))
-            #expect(k1.status == .abandoned && k1.error == "no capacity" && k1.updatedAt > Self.t0)
+            #expect(k1.status == .abandoned && k1.error == "its process died" && k1.updatedAt > Self.t0)
+            // Only a pending intent is abandoned: one its process closed meanwhile keeps its status.
             try await store.setIntent("k2", status: .launched)
+            try await store.setIntent("k2", status: .abandoned, error: "late")
+            let k2 = try #require(try await store.intent("k2"))
+            #expect(k2.status == .launched && k2.error == nil)
 
             await #expect(try store.intents().map(\.key) == ["k1", "k2", "k3"])
             await #expect(try store.intents(cluster: "c1").map(\.key) == ["k1", "k3"])
@@ -345,6 +349,13 @@ struct StoreConformanceTests {
             await #expect(try store.events(job: "j1").count == 6)
             await #expect(try store.events(job: "j2").map(\.kind) == ["other"])
             await #expect(try store.events(job: "none").isEmpty)
+            // Paging: ids above `after`, oldest first.
+            let firstPage = try await store.events(job: "j1", after: 0, limit: 4)
+            #expect(firstPage.map(\.message) == (0..<4).map { "job event \($0)" })
+            let rest = try await store.events(job: "j1", after: firstPage.last!.id!, limit: 4)
+            #expect(rest.map(\.message) == ["job event 4", "job event 5"])
+            await #expect(try store.events(job: "j1", after: rest.last!.id!, limit: 4).isEmpty)
+            await #expect(try store.events(job: "j2", after: 0, limit: 10).map(\.kind) == ["other"])
             await #expect(try store.events(cluster: "c-none").isEmpty)
             await #expect(try store.events(cluster: nil, limit: 0).isEmpty)
         }

@@ -893,21 +893,30 @@ public struct Provisioner: Sendable {
             }
         }
 
-        // Instances the store thinks are alive but the provider no longer lists are gone.
-        var current = recovered || wrote ? nil : Array(records.values)
-        if current == nil { current = await (try? store.instances(providers: listedProviders)) ?? [] }
-        // Pending intents: their launches are at work (or dead: closed below), their records not gone.
-        let pending = await (try? store.intents(status: .pending)) ?? []
-        for rec in plan.gone(current ?? [], intents: (launched ?? []) + pending) {
-            var gone = rec.instance
-            gone.state = .terminated
-            await bestEffort("reconcile: record an instance") { _ = try await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey) }
-        }
-
-        // Intents of dead processes.
-        for (key, error) in plan.abandoned(pending, known: probed) {
+        // Intents of dead processes, closed first: their records are then judged like any other.
+        let abandoned = plan.abandoned(await (try? store.intents(status: .pending)) ?? [], known: probed)
+        for (key, error) in abandoned {
             await bestEffort("reconcile: close an intent") { try await store.setIntent(key, status: .abandoned, error: error) }
             report.abandonedIntents.append(key)
+        }
+
+        // Instances the store thinks are alive but the provider no longer lists are gone —
+        // unless their launch is too recent for the listing (ReconcilePlan.gone): their intents
+        // are read after the records, so a launch recorded since shows as pending or launched.
+        var current = recovered || wrote ? nil : Array(records.values)
+        if current == nil { current = await (try? store.instances(providers: listedProviders)) ?? [] }
+        let candidates = plan.gone(current ?? [])
+        if !candidates.isEmpty {
+            let closed = Set(abandoned.map(\.key))
+            var launches: [LaunchIntent] = []
+            for key in Set(candidates.map(\.intentKey)).subtracting(closed).sorted() {
+                if let i = await (try? store.intent(key)) ?? nil { launches.append(i) }
+            }
+            for rec in plan.gone(candidates, intents: launches) {
+                var gone = rec.instance
+                gone.state = .terminated
+                await bestEffort("reconcile: record an instance") { _ = try await store.record(gone, clusterID: rec.clusterID, intentKey: rec.intentKey) }
+            }
         }
         if report.didSomething {
             logger.notice("reconciled", metadata: ["terminated": "\(report.terminated.count)", "adopted": "\(report.adopted.count)"])

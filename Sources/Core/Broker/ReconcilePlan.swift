@@ -394,12 +394,13 @@ public struct ReconcilePlan: Sendable {
     public static let listingSettle: TimeInterval = 60
 
     /// Whether `intent` is too recent for this listing: still pending (its process is launching;
-    /// a dead one's is closed by ``abandoned(_:known:)``), or written within ``listingSettle`` of
-    /// the listing's start or after it.
+    /// a dead one's is closed by ``abandoned(_:known:)`` first, and then not passed here), or
+    /// written within ``listingSettle`` of the listing's start or after it (less than an hour).
     func recent(_ intent: LaunchIntent) -> Bool {
         guard intent.status != .pending else { return true }
         guard let from = facts.listedFrom else { return false }
-        return intent.updatedAt >= from.addingTimeInterval(-Self.listingSettle)
+        // (A writer's clock an hour or more ahead is not believed: its records are judged.)
+        return intent.updatedAt >= from.addingTimeInterval(-Self.listingSettle) && intent.updatedAt < from.addingTimeInterval(3600)
     }
 
     /// Rule: a record the store thinks alive, of a listed provider and a cluster neither busy nor

@@ -112,6 +112,9 @@ public protocol EventLog: Sendable {
     func events(cluster id: String?, limit: Int) async throws -> [StateEvent]
     func jobEvent(_ kind: String, _ message: String, job: String, cluster: String?) async
     func events(job id: String, limit: Int) async throws -> [StateEvent]
+    /// A job's events with an id above `after`, oldest first, at most `limit`: pages through
+    /// the whole history (`capstan events`), and what a follower has not seen yet.
+    func events(job id: String, after: Int64, limit: Int) async throws -> [StateEvent]
 }
 
 extension EventLog {

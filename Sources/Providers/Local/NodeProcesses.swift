@@ -35,6 +35,19 @@ public enum NodeProcesses {
         AppendFile.append("\(pid) \(start)\n", to: file)
     }
 
+    /// Every live (not zombie) process in process group `pgid`.
+    public static func groupMembers(_ pgid: pid_t) -> [pid_t] {
+        var out: [pid_t] = []
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let p = pid_t(name), let text = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8),
+                  let close = text.lastIndex(of: ")") else { continue }
+            // After "pid (comm)": state, ppid, pgrp, …
+            let fields = text[text.index(after: close)...].split(separator: " ")
+            if fields.count > 2, fields[0] != "Z", pid_t(fields[2]) == pgid { out.append(p) }
+        }
+        return out
+    }
+
     /// Every live descendant of `pid` (children, their children, …).
     public static func descendants(of pid: pid_t) -> [pid_t] {
         var children: [pid_t: [pid_t]] = [:]

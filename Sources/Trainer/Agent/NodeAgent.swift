@@ -240,7 +240,19 @@ public final class NodeAgent: Sendable {
         }
         send(.childStarted(pid: pid))
         let exit = await Spawn.wait(pid)
+        await awaitGroupOnStop(pid)
         return (exit, send(.childExited(pid: pid, exit)))
+    }
+
+    /// On a graceful stop the whole group got SIGTERM, and its leader (`sh -c`) may end at once
+    /// while the program under it is still in its handler, writing a final checkpoint: the
+    /// group gets what is left of the grace to end on its own (at the deadline the lifecycle
+    /// SIGKILLs it) before the command counts as ended and what is left of it is killed.
+    func awaitGroupOnStop(_ pgid: pid_t) async {
+        guard case .terminating(let signalled, let deadline) = lifecycle.withLock({ $0.stop }), signalled == pgid else { return }
+        while !NodeProcesses.groupMembers(pgid).isEmpty, ContinuousClock.now < started + deadline + .seconds(2) {
+            try? await Task.sleep(for: .milliseconds(100))
+        }
     }
 
     /// A command of the Python environment's (venv, pip), before the environment exists.

@@ -299,6 +299,11 @@ final class Run: @unchecked Sendable {
         case .setStatus(let status, let message):
             await c.setStatus(status, message)
         case .emit(let event):
+            // An attempt's start is part of the job's history (`capstan events`); the rest of
+            // what is emitted is written where it happens.
+            if case .attemptStarted(let number, let resume, let nodes) = event {
+                await c.store.jobEvent("attempt", "Attempt \(number) started on \(nodes.count) node(s) (\(nodes.joined(separator: ", ")))" + (resume.map { ", resuming from step \($0)." } ?? ", from the start."), job: c.jobID)
+            }
             c.emit(event)
         case .closeAttempt(let number, let outcome, let failure):
             await closeAttempt(number, outcome: outcome, failure: failure)

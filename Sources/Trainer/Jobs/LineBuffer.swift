@@ -22,3 +22,28 @@ public struct LineBuffer: Sendable {
         return pending.isEmpty ? nil : String(decoding: pending, as: UTF8.self)
     }
 }
+
+/// Tails the node logs of a job by offset: each ``read(_:path:final:)`` returns the whole lines
+/// written to that node's log since the last read (`final`: the unterminated rest too). What
+/// `capstan logs` prints and the server's log stream sends, from the same files.
+public struct NodeLogTail: Sendable {
+    private var offsets: [Int: UInt64] = [:]
+    private var buffers: [Int: LineBuffer] = [:]
+
+    public init() {}
+
+    /// The new lines of node `node`'s log at `path`; a log not written yet has none.
+    public mutating func read(_ node: Int, path: String, final: Bool) -> [String] {
+        var lines: [String] = []
+        if let h = FileHandle(forReadingAtPath: path) {
+            defer { try? h.close() }
+            try? h.seek(toOffset: offsets[node] ?? 0)
+            if let data = try? h.readToEnd(), !data.isEmpty {
+                offsets[node, default: 0] += UInt64(data.count)
+                lines = buffers[node, default: LineBuffer()].feed(data)
+            }
+        }
+        if final, let rest = buffers[node]?.flush() { lines.append(rest) }
+        return lines
+    }
+}
