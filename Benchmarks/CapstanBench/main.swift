@@ -1,6 +1,6 @@
 // capstan-bench: figures for the closing notes, each against a baseline run in the same process.
 //   swift build -c release --product capstan-bench --product CapstanPluginSim
-//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|metrics|all]
+//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|metrics|telemetry|all]
 import CapstanAWS
 import CapstanCore
 import CapstanPluginKit
@@ -293,3 +293,4 @@ if which == "up" { try await upBench() }
 if which == "jobs" { try await jobsBench() }
 // Not in "all": it starts a server (scripts/bench-metrics.sh).
 if which == "metrics" { try await metricsBench() }
+if which == "telemetry" { try await telemetryBench() }

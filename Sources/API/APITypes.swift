@@ -257,3 +257,10 @@ public struct LogStreamItem: Sendable, Codable, Hashable {
     public init(event: StateEvent) { self.event = event }
     public init(end: JobRecord) { self.end = end }
 }
+
+/// `GET /v1/jobs/{id}/telemetry`: the newest CPU, memory and GPU sample of each node of a
+/// job, by node (docs/telemetry.md).
+public struct TelemetryResponse: Sendable, Codable, Hashable {
+    public var nodes: [NodeTelemetry]
+    public init(nodes: [NodeTelemetry]) { self.nodes = nodes }
+}

@@ -209,6 +209,13 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
         try await call(.GET, "/jobs/\(Self.segment(id))/events", query: [("after", "\(after)"), ("limit", "\(limit)")])
     }
 
+    /// `GET /v1/jobs/{id}/telemetry`: the newest CPU, memory and GPU sample of each node, by
+    /// node (`capstan top`).
+    public func telemetry(job id: String) async throws -> [NodeTelemetry] {
+        let answer: TelemetryResponse = try await call(.GET, "/jobs/\(Self.segment(id))/telemetry")
+        return answer.nodes
+    }
+
     /// `GET /v1/events`: events, oldest first, all or one cluster's.
     public func events(cluster: String? = nil, limit: Int? = nil) async throws -> [StateEvent] {
         var query: [(String, String)] = []

@@ -55,6 +55,13 @@ struct LaunchCommand: AsyncParsableCommand {
     @Option(help: "Seconds without a heartbeat before a node counts as lost.") var heartbeatTimeout: Double?
     @Option(help: "Seconds the other ranks may take to exit after one finished.") var exitGrace: Double?
     @Option(help: "Seconds between asking a command to stop and killing it.") var stopGrace: Double?
+    @Option(help: "Seconds between GPU/CPU/memory samples on each node (docs/telemetry.md); 0 turns them off. Default 5.") var telemetryInterval: Double?
+
+    func validate() throws {
+        if let t = telemetryInterval, !(t.isFinite && t >= 0 && t <= 3600) {
+            throw ValidationError("--telemetry-interval \(t) is out of range: give seconds between 0 (no sampling) and 3600.")
+        }
+    }
 
     func run() async throws {
         try await reportingErrors {
@@ -70,6 +77,7 @@ struct LaunchCommand: AsyncParsableCommand {
             if let heartbeatTimeout { options.settings.heartbeatTimeoutSeconds = heartbeatTimeout }
             if let exitGrace { options.settings.exitGraceSeconds = exitGrace }
             if let stopGrace { options.settings.stopGraceSeconds = stopGrace }
+            if let telemetryInterval { options.settings.telemetrySeconds = telemetryInterval }
             // The spec's folder, absolute: its `workdir` is relative to it.
             let folder = URL(fileURLWithPath: (spec as NSString).expandingTildeInPath).deletingLastPathComponent().path
             let job = try await service.create(yaml: yaml, folder: folder, options: options)
@@ -88,11 +96,12 @@ struct LaunchCommand: AsyncParsableCommand {
     /// followed here through the job's log stream.
     func launchRemote(_ client: CapstanClient) async throws {
         var settings: JobSettings?
-        if heartbeatTimeout != nil || exitGrace != nil || stopGrace != nil {
+        if heartbeatTimeout != nil || exitGrace != nil || stopGrace != nil || telemetryInterval != nil {
             var s = JobSettings()
             if let heartbeatTimeout { s.heartbeatTimeoutSeconds = heartbeatTimeout }
             if let exitGrace { s.exitGraceSeconds = exitGrace }
             if let stopGrace { s.stopGraceSeconds = stopGrace }
+            if let telemetryInterval { s.telemetrySeconds = telemetryInterval }
             settings = s
         }
         let job = try await client.launch(specFile: spec, cluster: cluster, settings: settings)
@@ -137,26 +146,37 @@ struct JobsCommand: AsyncParsableCommand {
             if try await remote.run({ client in
                 let page = try await client.jobs(running: running, limit: 1000)
                 // (A server older than the costs route: the COST column shows "-".)
-                try render(page, costs: global.json ? [:] : (try? await client.jobCosts(running: running, limit: 1000)) ?? [:])
+                try render(page, costs: global.json ? [:] : (try? await client.jobCosts(running: running, limit: 1000)) ?? [:], usage: await Self.usage(of: page) { try await client.telemetry(job: $0) })
             }) { return }
             let service = try await global.jobs()
             // Every unfinished job, not only those on the page listed below.
             for j in try await service.context.store.unfinishedJobs() { try await service.ensureController(j.id) }
             let page = try await service.context.store.jobs(includeFinished: !running)
-            try render(page, costs: global.json ? [:] : try await service.context.store.jobCosts(page))
+            let store = service.context.store
+            try render(page, costs: global.json ? [:] : try await store.jobCosts(page), usage: await Self.usage(of: page) { try await store.telemetry(job: $0) })
         }
     }
 
-    /// What `jobs` prints, here or from a server: `costs` by job id (``JobCost``).
-    func render(_ fresh: [JobRecord], costs: [String: Double]) throws {
+    /// The USAGE column (`gpu 97% 70/80G`, `cpu 12%`) of each running job (docs/telemetry.md);
+    /// a job whose telemetry cannot be read has none.
+    static func usage(of jobs: [JobRecord], _ read: (String) async throws -> [NodeTelemetry]) async -> [String: String] {
+        var out: [String: String] = [:]
+        for j in jobs where j.status == .running {
+            if let s = (try? await read(j.id)).flatMap(TelemetryView.usage) { out[j.id] = s }
+        }
+        return out
+    }
+
+    /// What `jobs` prints, here or from a server: `costs` by job id (``JobCost``), `usage` by job id.
+    func render(_ fresh: [JobRecord], costs: [String: Double], usage: [String: String] = [:]) throws {
         if global.json { try printJSON(fresh); return }
         if fresh.isEmpty { print("No jobs. Start one with: capstan launch job.yaml"); return }
-        var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "PROGRESS", "COST", "CLUSTER", "AGE"], rightAligned: [2, 3, 4, 6])
+        var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "PROGRESS", "USAGE", "COST", "CLUSTER", "AGE"], rightAligned: [2, 3, 4, 7])
         let now = Date()
         for j in fresh {
             let progress = j.metrics.flatMap { MetricsPoint.parse($0) }?.summary ?? "-"
             let cost = costs[j.id].map { String(format: "$%.2f", $0) } ?? "-"
-            table.rows.append([j.id, j.status.rawValue, "\(j.attempt)", "\(j.restarts)", j.latestCheckpoint.map { "step \($0)" } ?? "-", progress, cost, j.clusterName, humanDuration(now.timeIntervalSince(j.createdAt))])
+            table.rows.append([j.id, j.status.rawValue, "\(j.attempt)", "\(j.restarts)", j.latestCheckpoint.map { "step \($0)" } ?? "-", progress, usage[j.id] ?? "-", cost, j.clusterName, humanDuration(now.timeIntervalSince(j.createdAt))])
         }
         print(table.render())
         for j in fresh where j.status == .failed { if let e = j.lastError { print("\n\(j.id): \(e)") } }

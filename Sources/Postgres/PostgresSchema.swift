@@ -177,5 +177,18 @@ enum PostgresSchema {
             )
             """,
         ]),
+        Migration(name: "telemetry", statements: [
+            // The newest telemetry sample per job and node (PostgresTelemetry).
+            """
+            CREATE TABLE telemetry (
+                job_id text NOT NULL,
+                node bigint NOT NULL,
+                attempt bigint NOT NULL,
+                sampled_at timestamptz NOT NULL,
+                sample jsonb NOT NULL,
+                PRIMARY KEY (job_id, node)
+            )
+            """,
+        ]),
     ] }
 }

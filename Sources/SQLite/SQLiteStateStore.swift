@@ -195,6 +195,7 @@ public final class SQLiteStateStore: StateStore {
             try db.create(index: "job_status", on: "job", columns: ["status", "createdAt"])
             try db.create(index: "job_name", on: "job", columns: ["name", "createdAt"])
         }
+        registerTelemetryMigrations(&m)
         return m
     }
 

@@ -84,6 +84,10 @@ struct Routes: Sendable {
             return try json(JobCostsResponse(costs: try await store.jobCosts(page)))
         }
         v1.get("jobs/:id/logs") { request, context in try await logs(request, context) }
+        v1.get("jobs/:id/telemetry") { _, context in
+            let job = try await requireJob(context)
+            return try json(TelemetryResponse(nodes: try await store.telemetry(job: job.id)))
+        }
         v1.get("events") { request, _ in
             var clusterID: String?
             if let name = request.uri.queryParameters.get("cluster") {

@@ -52,6 +52,10 @@ public struct AgentConfig: Sendable, Hashable, Codable {
     /// The node's provider's command that shuts the node down and stops its billing
     /// (``Instance/shutdownCommand``); nil: the dead-man switch only stops the command.
     public var shutdownCommand: String?
+    /// How often the agent samples the machine's CPU, memory and GPUs (``TelemetrySampler``)
+    /// for its status; nil: every ``defaultTelemetrySeconds``; 0 or less: never.
+    public var telemetrySeconds: Double?
+    public static let defaultTelemetrySeconds: Double = 5
 
     public init(
         job: String, attempt: Int, node: Int, nodes: Int, setup: [String], run: String, environment: [String: String],
@@ -144,6 +148,10 @@ public struct AgentStatus: Sendable, Hashable, Codable {
     public var committedSteps: [Int]
     public var outputsUploaded: Bool
     public var updatedAt: Date
+    /// The agent's newest sample of its machine (CPU, memory, GPUs), taken off the heartbeat's
+    /// path every ``AgentConfig/telemetrySeconds``; nil before the first (and from an agent
+    /// that predates telemetry).
+    public var telemetry: NodeTelemetry?
 
     public init(job: String, attempt: Int, node: Int, agentPID: Int32) {
         self.job = job

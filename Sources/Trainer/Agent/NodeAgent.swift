@@ -30,6 +30,8 @@ public final class NodeAgent: Sendable {
     let filesUploaded = LockedBox<Int>(0)
     /// Pids already written to the pids files.
     let recorded = LockedBox<Set<pid_t>>([])
+    /// The newest telemetry sample, put on every status written (``sampleTelemetry()``).
+    let latestTelemetry = LockedBox<NodeTelemetry?>(nil)
 
     /// What the controller handed over on stdin: only used here to keep its secrets out of
     /// every line and status this agent writes.
@@ -80,6 +82,10 @@ public final class NodeAgent: Sendable {
             }
         }
         defer { beats.cancel() }
+        // Sampling runs beside the heartbeat, never on its path: a slow nvidia-smi delays only
+        // the next sample, and the beat carries whichever sample is newest.
+        let sampling = Task { [self] in await sampleTelemetry() }
+        defer { sampling.cancel() }
         let signals = asAgentProcess ? installStopHandler() : []
         defer { signals.forEach { $0.cancel() } }
 
@@ -400,8 +406,24 @@ public final class NodeAgent: Sendable {
 
     // MARK: - Files
 
+    /// Samples the machine every ``AgentConfig/telemetrySeconds`` (off at 0) until cancelled;
+    /// the next status written carries the newest sample.
+    func sampleTelemetry() async {
+        // At most hourly (a longer or non-finite interval would not make a Duration).
+        let every = min(config.telemetrySeconds ?? AgentConfig.defaultTelemetrySeconds, 3600)
+        guard every > 0 else { return }
+        let sampler = TelemetrySampler(job: config.job, node: config.node, attempt: config.attempt)
+        sampler.prime()
+        while !Task.isCancelled {
+            guard (try? await Task.sleep(for: .seconds(every))) != nil else { return }
+            let sample = await sampler.sample()
+            latestTelemetry.withLock { $0 = sample }
+        }
+    }
+
     private func writeStatus(_ s: AgentStatus) {
         var s = s
+        s.telemetry = latestTelemetry.withLock { $0 }
         s.failure = s.failure.map(secrets.redact)
         Self.write(s, to: config.statusFile)
     }

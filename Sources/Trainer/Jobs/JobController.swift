@@ -182,6 +182,8 @@ final class Run: @unchecked Sendable {
     var latestMetrics: String?
     var metricsSaved = Date.distantPast
     var knownCheckpoints: Set<Int> = []
+    /// When each node's newest telemetry sample saved was taken, by rank (``saveTelemetry(_:)``).
+    var telemetrySaved: [Int: Date] = [:]
     /// The job's lifecycle: this class performs what it decides.
     var lifecycle: JobLifecycle
     /// The job's record at the top of the loop (nil: it is gone).
@@ -465,6 +467,7 @@ final class Run: @unchecked Sendable {
                 workdir: l.workdir, stateDir: l.stateDir, checkpointDir: l.checkpointDir, outputDir: l.outputDir,
                 resumeDir: resume == nil ? nil : l.resumeDir, resumeStep: resume?.step, bucket: job.storage, keep: spec.checkpoint.keep)
             config.heartbeatSeconds = settings.heartbeatSeconds
+            config.telemetrySeconds = settings.telemetrySeconds
             config.checkpointPollSeconds = settings.checkpointPollSeconds
             config.stopGraceSeconds = settings.stopGraceSeconds
             config.commitWaitSeconds = settings.commitWaitSeconds
@@ -513,6 +516,7 @@ final class Run: @unchecked Sendable {
         let readsBegan = ContinuousClock.now
         let answers = await readStatuses(attempt, nodes: nodes)
         let answered = ContinuousClock.now
+        await saveTelemetry(answers)
         await pullLogs(attempt, nodes: nodes, only: Set(answers.map(\.0)))
         let pass = JobLifecycle.Pass(
             readsBegan: readsBegan, answered: answered, now: .now,
@@ -762,6 +766,20 @@ final class Run: @unchecked Sendable {
             }
         }
         await saveMetrics(force: true)
+    }
+
+    /// Keeps each node's newest telemetry sample in the store (docs/telemetry.md), once per
+    /// sample. Best effort: a store that refuses it is logged, and the job goes on.
+    func saveTelemetry(_ answers: [(Int, AgentStatus, Bool)]) async {
+        for (rank, status, _) in answers {
+            guard var sample = status.telemetry, telemetrySaved[rank] != sample.sampledAt else { continue }
+            // The controller's names for it, whatever the agent wrote.
+            sample.job = jobID
+            sample.node = rank
+            sample.attempt = status.attempt
+            telemetrySaved[rank] = sample.sampledAt
+            await bestEffort("telemetry") { try await store.saveTelemetry(sample) }
+        }
     }
 
     /// Puts the newest metrics line on the job record (`capstan jobs`), at most every 2 s.

@@ -107,6 +107,28 @@ public struct JobSettings: Sendable, Hashable, Codable {
     public var describeSeconds: Double = 5
     public var heartbeatSeconds: Double = 1
     public var checkpointPollSeconds: Double = 0.5
+    /// How often each agent samples its machine's CPU, memory and GPUs (docs/telemetry.md);
+    /// 0 turns sampling off.
+    public var telemetrySeconds: Double = AgentConfig.defaultTelemetrySeconds
 
     public init() {}
+
+    /// Each field that is present; the others keep their defaults (settings written by an
+    /// older Capstan, without the newer fields, still decode).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func read(_ key: CodingKeys, _ value: inout Double) throws {
+            if let v = try c.decodeIfPresent(Double.self, forKey: key) { value = v }
+        }
+        try read(.heartbeatTimeoutSeconds, &heartbeatTimeoutSeconds)
+        try read(.exitGraceSeconds, &exitGraceSeconds)
+        try read(.stopGraceSeconds, &stopGraceSeconds)
+        try read(.commitWaitSeconds, &commitWaitSeconds)
+        try read(.agentStartTimeoutSeconds, &agentStartTimeoutSeconds)
+        try read(.pollSeconds, &pollSeconds)
+        try read(.describeSeconds, &describeSeconds)
+        try read(.heartbeatSeconds, &heartbeatSeconds)
+        try read(.checkpointPollSeconds, &checkpointPollSeconds)
+        try read(.telemetrySeconds, &telemetrySeconds)
+    }
 }
