@@ -9,7 +9,8 @@ import Synchronization
 /// What `GET /metrics` serves (docs/metrics.md), in Prometheus' text exposition format.
 ///
 /// Two kinds of series:
-/// - **State**, read from the state store at every scrape (jobs, clusters, nodes): right on any
+/// - **State**, read from the state store at every scrape (jobs and their cost, clusters, the
+///   newest telemetry sample of each node of a running job): right on any
 ///   replica and after any restart, since nothing is counted in this process. Kept as gauges of
 ///   one long-lived registry, set from each fresh read; a series whose job or cluster left the
 ///   read is unregistered, so it stops at once.
@@ -124,12 +125,14 @@ public final class ServerMetrics: Sendable {
         var seen = Set(jobs.map(\.id))
         for j in try await store.jobs(includeFinished: true, limit: finishedJobs) where seen.insert(j.id).inserted { jobs.append(j) }
         let points = latestPoints(jobs)
+        let costs = try await store.jobCosts(jobs, now: now)
         for j in jobs {
             let l = [j.id, j.name]
             put(MetricName.jobStatus, l + [j.status.rawValue], 1)
             put(MetricName.jobAttempt, l, Double(j.attempt))
             put(MetricName.jobRestarts, l, Double(j.restarts))
             put(MetricName.jobCheckpoint, l, j.latestCheckpoint.map(Double.init))
+            put(MetricName.jobCost, l, costs[j.id])
             if let p = points[j.id] {
                 put(MetricName.jobStep, l, Double(p.step))
                 for (key, value) in p.values {
@@ -138,6 +141,26 @@ public final class ServerMetrics: Sendable {
                     case "tokens_per_s": put(MetricName.jobTokens, l, value)
                     default: put(MetricName.jobMetric, l + [key], value)
                     }
+                }
+            }
+        }
+
+        // Nodes: the newest telemetry sample of each node of each running job.
+        for j in jobs where j.status == .running {
+            for t in (try? await store.telemetry(job: j.id)) ?? [] {
+                let n = [j.id, "\(t.node)"]
+                put(MetricName.nodeSampled, n, t.sampledAt.timeIntervalSince1970)
+                put(MetricName.nodeCPU, n, t.cpuPercent)
+                put(MetricName.nodeMemoryUsed, n, Double(t.memoryUsedBytes))
+                put(MetricName.nodeMemoryTotal, n, Double(t.memoryTotalBytes))
+                for g in t.gpus {
+                    let gl = n + ["\(g.index)"]
+                    put(MetricName.gpuInfo, gl + [g.name], 1)
+                    put(MetricName.gpuUtilization, gl, g.utilizationPercent)
+                    put(MetricName.gpuMemoryUsed, gl, g.memoryUsedMiB.map { $0 * 1_048_576 })
+                    put(MetricName.gpuMemoryTotal, gl, g.memoryTotalMiB.map { $0 * 1_048_576 })
+                    put(MetricName.gpuTemperature, gl, g.temperatureC)
+                    put(MetricName.gpuPower, gl, g.powerW)
                 }
             }
         }
@@ -195,6 +218,16 @@ enum MetricName {
     static let clusterNodes = "capstan_cluster_nodes"
     static let clusterHourly = "capstan_cluster_hourly_cost_dollars"
     static let clusterCost = "capstan_cluster_cost_dollars"
+    static let nodeSampled = "capstan_node_sample_timestamp_seconds"
+    static let nodeCPU = "capstan_node_cpu_percent"
+    static let nodeMemoryUsed = "capstan_node_memory_used_bytes"
+    static let nodeMemoryTotal = "capstan_node_memory_total_bytes"
+    static let gpuInfo = "capstan_node_gpu_info"
+    static let gpuUtilization = "capstan_node_gpu_utilization_percent"
+    static let gpuMemoryUsed = "capstan_node_gpu_memory_used_bytes"
+    static let gpuMemoryTotal = "capstan_node_gpu_memory_total_bytes"
+    static let gpuTemperature = "capstan_node_gpu_temperature_celsius"
+    static let gpuPower = "capstan_node_gpu_power_watts"
     static let checkpointStall = "capstan_checkpoint_stall_seconds"
     static let checkpointUpload = "capstan_checkpoint_upload_seconds"
     static let providerDuration = "capstan_provider_request_duration_seconds"
@@ -212,6 +245,16 @@ enum MetricName {
         jobTokens: ["job_id", "name"],
         jobMetric: ["job_id", "name", "metric"],
         jobCost: ["job_id", "name"],
+        nodeSampled: ["job_id", "node"],
+        nodeCPU: ["job_id", "node"],
+        nodeMemoryUsed: ["job_id", "node"],
+        nodeMemoryTotal: ["job_id", "node"],
+        gpuInfo: ["job_id", "node", "gpu", "model"],
+        gpuUtilization: ["job_id", "node", "gpu"],
+        gpuMemoryUsed: ["job_id", "node", "gpu"],
+        gpuMemoryTotal: ["job_id", "node", "gpu"],
+        gpuTemperature: ["job_id", "node", "gpu"],
+        gpuPower: ["job_id", "node", "gpu"],
         clusterStatus: ["cluster", "status"],
         clusterNodes: ["cluster"],
         clusterHourly: ["cluster"],
@@ -232,6 +275,16 @@ enum MetricHelp {
         MetricName.jobTokens: "Tokens per second in the job's newest metrics line (tokens_per_s).",
         MetricName.jobMetric: "Any other number in the job's newest metrics line, by key.",
         MetricName.jobCost: "What the job's instances have cost so far, in dollars.",
+        MetricName.nodeSampled: "When the node's newest telemetry sample was taken (Unix seconds, the node's clock).",
+        MetricName.nodeCPU: "The node's whole-machine CPU use, 0-100, in its newest telemetry sample.",
+        MetricName.nodeMemoryUsed: "Memory in use on the node (total less available), bytes.",
+        MetricName.nodeMemoryTotal: "The node's memory, bytes.",
+        MetricName.gpuInfo: "1 for each GPU of a node, with its model name.",
+        MetricName.gpuUtilization: "Percent of the last sample period a kernel ran on the GPU (nvidia-smi utilization.gpu).",
+        MetricName.gpuMemoryUsed: "GPU memory in use, bytes.",
+        MetricName.gpuMemoryTotal: "The GPU's memory, bytes.",
+        MetricName.gpuTemperature: "GPU temperature, degrees Celsius.",
+        MetricName.gpuPower: "GPU power draw, watts.",
         MetricName.clusterStatus: "1 for the live cluster's current status.",
         MetricName.clusterNodes: "Live instances of the cluster.",
         MetricName.clusterHourly: "What the cluster's live instances cost per hour, in dollars.",

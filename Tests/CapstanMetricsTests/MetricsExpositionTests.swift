@@ -47,6 +47,14 @@ struct MetricsExpositionTests {
             try await store.record(inst, clusterID: c.id, intentKey: "k")
         }
 
+        // Telemetry of the running job's two nodes: one with a GPU (power unknown), one CPU-only.
+        try await store.saveTelemetry(NodeTelemetry(job: "train-1a2b3c", node: 0, attempt: 3, sampledAt: Self.t0, cpuPercent: 12.5, memoryUsedBytes: 1_000, memoryTotalBytes: 4_000, gpus: [
+            GPUSample(index: 0, name: "NVIDIA H100 80GB HBM3", utilizationPercent: 97, memoryUsedMiB: 70_000, memoryTotalMiB: 81_559, temperatureC: 64, powerW: nil),
+        ]))
+        try await store.saveTelemetry(NodeTelemetry(job: "train-1a2b3c", node: 1, attempt: 3, sampledAt: Self.t0, cpuPercent: 50, memoryUsedBytes: 2_000, memoryTotalBytes: 4_000))
+        // A finished job's last sample is not exported.
+        try await store.saveTelemetry(NodeTelemetry(job: "eval-000001", node: 0, attempt: 1, sampledAt: Self.t0, cpuPercent: 1, memoryUsedBytes: 1, memoryTotalBytes: 2))
+
         let m = ServerMetrics()
         let lines = try await samples(m, store)
         let l = #"job_id="train-1a2b3c",name="train""#
@@ -64,6 +72,18 @@ struct MetricsExpositionTests {
             #"capstan_cluster_status{cluster="train-1a2b3c",status="running"} 1.0"#,
             #"capstan_cluster_nodes{cluster="train-1a2b3c"} 2.0"#,
             #"capstan_cluster_hourly_cost_dollars{cluster="train-1a2b3c"} 2.5"#,
+            // One hour of the two live nodes and of the replaced one (charged until now).
+            "capstan_job_cost_dollars{\(l)} 3.75",
+            #"capstan_job_cost_dollars{job_id="eval-000001",name="eval"} 0.0"#,
+            #"capstan_node_cpu_percent{job_id="train-1a2b3c",node="0"} 12.5"#,
+            #"capstan_node_cpu_percent{job_id="train-1a2b3c",node="1"} 50.0"#,
+            #"capstan_node_memory_used_bytes{job_id="train-1a2b3c",node="1"} 2000.0"#,
+            #"capstan_node_memory_total_bytes{job_id="train-1a2b3c",node="0"} 4000.0"#,
+            #"capstan_node_sample_timestamp_seconds{job_id="train-1a2b3c",node="0"} 1790000000.0"#,
+            #"capstan_node_gpu_info{job_id="train-1a2b3c",node="0",gpu="0",model="NVIDIA H100 80GB HBM3"} 1.0"#,
+            #"capstan_node_gpu_utilization_percent{job_id="train-1a2b3c",node="0",gpu="0"} 97.0"#,
+            #"capstan_node_gpu_memory_used_bytes{job_id="train-1a2b3c",node="0",gpu="0"} 73400320000.0"#,
+            #"capstan_node_gpu_temperature_celsius{job_id="train-1a2b3c",node="0",gpu="0"} 64.0"#,
             #"capstan_server_info{version="\#(CapstanServerVersion.string)",store="sqlite"} 1.0"#,
         ] {
             #expect(lines.contains(expected), "missing \(expected) in\n\(lines.joined(separator: "\n"))")
@@ -71,6 +91,8 @@ struct MetricsExpositionTests {
         // Two live nodes for an hour, and the replaced one for as long as it was recorded live.
         let cost = try #require(lines.first { $0.hasPrefix(#"capstan_cluster_cost_dollars{cluster="train-1a2b3c"} "#) }.flatMap { Double($0.split(separator: " ").last!) })
         #expect(cost >= 2.5, "\(cost)")
+        #expect(!lines.contains { $0.hasPrefix("capstan_node_gpu_power_watts") }, "an unknown power draw has no series")
+        #expect(!lines.contains { $0.hasPrefix("capstan_node_") && $0.contains("eval-000001") }, "a finished job's telemetry is not exported")
         // `attempt` is the record's, not the metrics line's; no step for a job without metrics.
         #expect(!lines.contains { $0.hasPrefix("capstan_job_metric{") && $0.contains("attempt") })
         #expect(!lines.contains { $0.hasPrefix("capstan_job_step{job_id=\"eval-000001\"") })
