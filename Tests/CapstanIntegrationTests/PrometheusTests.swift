@@ -133,7 +133,7 @@ struct MetricsEndpointTests {
     }
 
     @Test(
-        "a real Prometheus scrapes /metrics with a bearer credentials file: a 2-node job's step, its restart after a kill -9 of a worker, and its checkpoint uploads come back from PromQL",
+        "a real Prometheus scrapes /metrics with a bearer credentials file: a 2-node job's step, its restart after a kill -9 of a worker, its checkpoint uploads, node telemetry and cost come back from PromQL",
         .enabled(if: PrometheusProcess.binary != nil || PrometheusProcess.required, "Prometheus is not installed (apt-get install -y prometheus; .ci/run installs it)"))
     func realPrometheus() async throws {
         let home = try JobHome(steps: 240, every: 10)
@@ -165,6 +165,9 @@ struct MetricsEndpointTests {
         #expect(try await home.wait(timeout: 180) { (await value("max_over_time(capstan_job_status{job_id=\"\(id)\",status=\"running\"}[1h])") ?? 0) == 1 }, "the job was never running in PromQL")
         #expect(try await home.wait(timeout: 180) { (await value("sum(capstan_checkpoint_upload_seconds_count{job_id=\"\(id)\"})") ?? 0) > 0 }, "no checkpoint upload durations in PromQL")
         #expect(try await home.wait(timeout: 180) { (await value("max(max_over_time(capstan_cluster_nodes[1h]))") ?? 0) == 2 }, "the job's 2-node cluster never showed in PromQL")
+        // Each node's telemetry (CPU and memory here; GPUs where nvidia-smi is) and the job's cost.
+        #expect(try await home.wait(timeout: 180) { (await value("count(max_over_time(capstan_node_memory_total_bytes{job_id=\"\(id)\"}[1h]))") ?? 0) == 2 }, "no telemetry of both nodes in PromQL")
+        #expect(try await home.wait(timeout: 180) { await value("capstan_job_cost_dollars{job_id=\"\(id)\"}") != nil }, "no cost in PromQL")
 
         // To its end: the final step and the one restart are what Prometheus has last.
         #expect(try await home.wait(timeout: 300) { try await home.job()?.status.isFinished == true }, "\(serve.logText)")
