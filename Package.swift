@@ -53,6 +53,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .target(
@@ -158,6 +160,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                // Notifications: the outbox's deliverer POSTs webhooks (Sources/Trainer/Notify).
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             path: "Sources/Trainer",
             // The recipes' Python, compiled into the binary: a node gets it from the agent itself.
@@ -191,6 +197,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/Server",
             swiftSettings: swiftSettings
@@ -286,6 +294,13 @@ let package = Package(
             dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", "CapstanPostgres", .product(name: "Logging", package: "swift-log")],
             path: "Tests/CapstanIntegrationTests",
             exclude: ["Fixtures"],
+            swiftSettings: swiftSettings
+        ),
+        // `/metrics`: the exposition rendered from a store (CapstanServer in process).
+        .testTarget(
+            name: "CapstanMetricsTests",
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanTrainer", "CapstanServer"],
+            path: "Tests/CapstanMetricsTests",
             swiftSettings: swiftSettings
         ),
     ]

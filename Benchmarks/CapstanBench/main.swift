@@ -1,6 +1,6 @@
 // capstan-bench: figures for the closing notes, each against a baseline run in the same process.
 //   swift build -c release --product capstan-bench --product CapstanPluginSim
-//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|telemetry|all]
+//   .build/release/capstan-bench [plugin-call|ranking|cold-start|s3|lambda|offers|scale|status|up|jobs|metrics|telemetry|all]
 import CapstanAWS
 import CapstanCore
 import CapstanPluginKit
@@ -292,4 +292,6 @@ if which == "status" { try await statusBench() }
 if which == "up" { try await upBench() }
 if which == "jobs" { try await jobsBench() }
 if which == "dashboard" { try await dashboardBench() }
+// Not in "all": it starts a server (scripts/bench-metrics.sh).
+if which == "metrics" { try await metricsBench() }
 if which == "telemetry" { try await telemetryBench() }

@@ -24,7 +24,7 @@ struct Capstan: AsyncParsableCommand {
             OffersCommand.self, UpCommand.self, DownCommand.self, MoveCommand.self, StatusCommand.self, ReconcileCommand.self,
             LaunchCommand.self, JobsCommand.self, LogsCommand.self, EventsCommand.self, MetricsCommand.self, CancelCommand.self, CheckpointsCommand.self,
             StorageCommand.self, PluginsCommand.self, ServeCommand.self, AgentCommand.self, JobControllerCommand.self,
-            TopCommand.self,
+            TopCommand.self, NotifyCommand.self,
         ])
 }
 

@@ -19,7 +19,10 @@ extension GlobalOptions {
             home: registry.home, store: provisioner.store, provisioner: provisioner, search: offerSearch(registry, store: provisioner.store),
             transports: [LocalTransport(agentExecutable: exe), ssh], openBucket: { try registry.store(for: $0) },
             bucketAccess: { try registry.bucketAccess(for: $0) }, logger: logger, jobLocks: jobLocks)
-        return JobService(context: context, agentExecutable: exe, defaultStorage: registry.config.storage.defaultLocation)
+        var service = JobService(context: context, agentExecutable: exe, defaultStorage: registry.config.storage.defaultLocation)
+        service.defaultNotify = registry.config.notify
+        service.notifyDelivery = registry.config.notifyDelivery
+        return service
     }
 
     func jobs() async throws -> JobService {
@@ -87,7 +90,10 @@ struct LaunchCommand: AsyncParsableCommand {
                 return
             }
             if !global.json { print("Job \(job.id): checkpoints and outputs in \(job.storage)") }
-            let final = try await follow(service.attach(job.id), json: global.json, quiet: quiet)
+            // Embedded: this process delivers the job's notifications while it runs it.
+            let final = try await NotificationDeliverer.alongside(store: service.context.store, settings: service.notifyDelivery, logger: global.logger) {
+                try await follow(service.attach(job.id), json: global.json, quiet: quiet)
+            }
             try finished(final)
         }
     }
@@ -305,7 +311,11 @@ struct CancelCommand: AsyncParsableCommand {
         try await reportingErrors {
             if try await remote.run({ client in try render(try await client.cancel(job)) }) { return }
             let service = try await global.jobs()
-            try render(try await service.cancel(try requireJob(service, job).id))
+            // The `cancelled` notification, when this process ends the job, is delivered from here too.
+            let id = try await requireJob(service, job).id
+            try render(try await NotificationDeliverer.alongside(store: service.context.store, settings: service.notifyDelivery, logger: global.logger) {
+                try await service.cancel(id)
+            })
         }
     }
 
@@ -424,7 +434,9 @@ struct JobControllerCommand: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let service = try await global.jobs()
-            let final = try await JobController(jobID: job, context: service.context).run()
+            let final = try await NotificationDeliverer.alongside(store: service.context.store, settings: service.notifyDelivery, logger: global.logger) {
+                try await JobController(jobID: job, context: service.context).run()
+            }
             print("job \(final.id) \(final.status.rawValue)")
         }
     }

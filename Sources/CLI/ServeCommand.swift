@@ -35,6 +35,7 @@ struct ServeRunCommand: AsyncParsableCommand {
     @Flag(help: "Let launches name folders on this machine (an absolute workdir, file:// storage). Only for a server whose every token holder may read its files.") var allowServerPaths = false
     @Option(help: "Seconds between looks for jobs without a controller.") var superviseSeconds = 2.0
     @Option(help: "Seconds between cluster reconcile and autostop passes.") var clusterSeconds = 30.0
+    @Flag(help: "Serve GET /metrics without a token (only where every client that can reach the port may read job names and costs).") var metricsWithoutToken = false
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0…65535, got \(port).") }
@@ -45,7 +46,9 @@ struct ServeRunCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let registry = try global.loadRegistry()
+            // /metrics: every provider call is timed and its errors counted (docs/metrics.md).
+            ServerMetrics.shared.bootstrapMetricsSystem()
+            let registry = try global.loadRegistry().metered()
             let state = try await global.openState(registry)
             let provisioner = global.provisioner(registry, state: state)
             let jobs = global.jobService(registry, provisioner: provisioner, jobLocks: state.jobLocks)
@@ -57,6 +60,7 @@ struct ServeRunCommand: AsyncParsableCommand {
             options.tlsKey = tlsKey
             options.maxUploadBytes = Int64(maxUploadMb) * 1024 * 1024
             options.allowServerPaths = allowServerPaths
+            options.metricsWithoutToken = metricsWithoutToken
             options.supervisePeriod = .milliseconds(Int64(superviseSeconds * 1000))
             options.clusterPeriod = .milliseconds(Int64(clusterSeconds * 1000))
             #if DEBUG
@@ -144,5 +148,14 @@ struct TokenCommand: AsyncParsableCommand {
                 print("Token \(t.id) (\(t.name)) is revoked.")
             }
         }
+    }
+}
+
+extension ProviderRegistry {
+    /// The same registry, its compute providers wrapped to report to `/metrics`.
+    func metered(_ metrics: ServerMetrics = .shared) -> ProviderRegistry {
+        var r = self
+        r.compute = r.compute.map { MeteredComputeProvider($0, metrics: metrics) }
+        return r
     }
 }

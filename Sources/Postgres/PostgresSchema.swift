@@ -190,5 +190,6 @@ enum PostgresSchema {
             )
             """,
         ]),
+        Migration(name: "outbox", statements: PostgresStateStore.outboxMigration),
     ] }
 }

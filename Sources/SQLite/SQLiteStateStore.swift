@@ -196,6 +196,7 @@ public final class SQLiteStateStore: StateStore {
             try db.create(index: "job_name", on: "job", columns: ["name", "createdAt"])
         }
         registerTelemetryMigrations(&m)
+        registerOutboxMigrations(&m)
         return m
     }
 

@@ -33,6 +33,8 @@ public struct ControlPlaneOptions: Sendable {
     public var clusterPeriod: Duration = .seconds(30)
     /// The time the cluster keeper judges idleness at (tests move it forward).
     public var clock: @Sendable () -> Date = { Date() }
+    /// Serve `GET /metrics` without a token (for a Prometheus that cannot send one).
+    public var metricsWithoutToken = false
     public init() {}
 }
 
@@ -53,6 +55,8 @@ public struct ControlPlane: Sendable {
     public let logger: Logger
     /// Extra work of the cluster keeper's passes (autostop).
     public let clusterWork: @Sendable (Provisioner, Date) async -> Void
+    /// What `GET /metrics` serves; the job controllers report checkpoint durations to it.
+    public var metrics: ServerMetrics = .shared
 
     public init(
         jobs: JobService, options: ControlPlaneOptions, offerSearch: @escaping @Sendable (Bool) -> OfferSearch, problems: [OffersResponse.Problem],
@@ -75,11 +79,11 @@ public struct ControlPlane: Sendable {
     /// Runs until SIGTERM or SIGINT: then stops taking requests, stops this replica's
     /// controllers (their jobs go on; another replica or the next start adopts them), and returns.
     public func run(onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
-        let supervisor = JobSupervisor(jobs: jobs, period: options.supervisePeriod, logger: logger)
+        let supervisor = JobSupervisor(jobs: jobs, period: options.supervisePeriod, logger: logger, onEvent: metrics.observe)
         let keeper = ClusterKeeper(provisioner: provisioner, period: options.clusterPeriod, logger: logger, clock: options.clock, extra: clusterWork)
         let router = Router(context: APIContext.self)
         router.middlewares.add(ErrorMiddleware(logger: logger))
-        router.middlewares.add(AuthMiddleware(tokens: Tokens(store: store), logger: logger))
+        router.middlewares.add(AuthMiddleware(tokens: Tokens(store: store), logger: logger, open: options.metricsWithoutToken ? ["/metrics"] : []))
         Routes(plane: self, supervisor: supervisor).add(to: router)
         let server: HTTPServerBuilder
         switch (options.tlsCertificate, options.tlsKey) {
@@ -108,7 +112,8 @@ public struct ControlPlane: Sendable {
                 onListening(port)
             },
             logger: logger)
-        var config = ServiceGroupConfiguration(services: [app, supervisor, keeper], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let notifications = NotificationService(deliverer: NotificationDeliverer(store: store, settings: jobs.notifyDelivery, logger: logger))
+        var config = ServiceGroupConfiguration(services: [app, supervisor, keeper, notifications], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         // A client following a job's logs would hold a graceful shutdown open for as long as
         // the job runs: past this, the server cancels what is left (the streams end; the jobs
         // are untouched).
@@ -141,11 +146,13 @@ struct AuthMiddleware: RouterMiddleware {
     typealias Context = APIContext
     let tokens: Tokens
     let logger: Logger
+    /// Paths served without a token (`/metrics` with --metrics-without-token).
+    var open: Set<String> = []
     /// When each token's `lastUsedAt` was last written (at most once a minute).
     let touched = TouchTimes()
 
     func handle(_ request: Request, context: APIContext, next: (Request, APIContext) async throws -> Response) async throws -> Response {
-        if request.uri.path == CapstanAPI.prefix + "/health" { return try await next(request, context) }
+        if request.uri.path == CapstanAPI.prefix + "/health" || open.contains(request.uri.path) { return try await next(request, context) }
         // The dashboard's page and assets hold no data; the page sends a token with each API call.
         if Dashboard.isPublic(request.uri.path) { return try await next(request, context) }
         switch try await tokens.authenticate(header: request.headers[.authorization]) {

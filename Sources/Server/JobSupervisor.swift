@@ -26,8 +26,11 @@ public final class JobSupervisor: Service, Sendable {
     let backoff = Mutex<[String: (failures: Int, next: ContinuousClock.Instant)]>([:])
     /// Set when shutdown begins: no new controller starts after it.
     let stopping = Atomic<Bool>(false)
+    /// What each controller reports (the job's id, the event): `/metrics` reads checkpoint durations.
+    let onEvent: @Sendable (String, JobEvent) -> Void
 
-    public init(jobs: JobService, period: Duration = .seconds(2), logger: Logger) {
+    public init(jobs: JobService, period: Duration = .seconds(2), logger: Logger, onEvent: @escaping @Sendable (String, JobEvent) -> Void = { _, _ in }) {
+        self.onEvent = onEvent
         self.jobs = jobs
         self.period = period
         self.logger = logger
@@ -77,7 +80,7 @@ public final class JobSupervisor: Service, Sendable {
             tasks[id] = Task { [self] in
                 defer { _ = running.withLock { $0.removeValue(forKey: id) } }
                 do {
-                    let final = try await JobController(jobID: id, context: jobs.context).run()
+                    let final = try await JobController(jobID: id, context: jobs.context, onEvent: { [onEvent] in onEvent(id, $0) }).run()
                     _ = backoff.withLock { $0.removeValue(forKey: id) }
                     if final.status.isFinished {
                         logger.info("job finished", metadata: ["capstan.job": "\(id)", "status": "\(final.status.rawValue)"])

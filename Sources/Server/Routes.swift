@@ -15,6 +15,7 @@ struct Routes: Sendable {
     var jobs: JobService { plane.jobs }
 
     func add(to router: Router<APIContext>) {
+        router.get("metrics") { _, _ in try await metrics() }
         let v1 = router.group(RouterPath(CapstanAPI.prefix))
         v1.get("health") { _, _ in try json(HealthResponse(status: "ok", version: CapstanServerVersion.string, replica: plane.replica, store: plane.storeKind)) }
         v1.post("offers") { request, context in
@@ -97,6 +98,12 @@ struct Routes: Sendable {
         }
         // The web dashboard at `/` and its routes (Sources/Server/Dashboard).
         Dashboard(plane: plane).add(to: router)
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition (docs/metrics.md).
+    func metrics() async throws -> Response {
+        let bytes = try await plane.metrics.render(store: store, now: Date(), storeKind: plane.storeKind)
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
     // MARK: - Jobs

@@ -19,7 +19,7 @@ struct ModuleGraphTests {
         // NIOSSL: the client's TLS settings (CAPSTAN_SERVER_CA), AsyncHTTPClient's own TLS module.
         ("CapstanAPI", "Sources/API", ["CapstanCore", "CapstanTrainer", "Foundation", "FoundationNetworking", "Logging", "AsyncHTTPClient", "NIOCore", "NIOFoundationCompat", "NIOHTTP1", "NIOSSL", "Glibc", "Darwin"]),
         // The server reaches state only through CapstanCore's protocols: no store module here.
-        ("CapstanServer", "Sources/Server", ["CapstanAPI", "CapstanCore", "CapstanRuntime", "CapstanProviders", "CapstanTrainer", "Foundation", "Logging", "Crypto", "Hummingbird", "HummingbirdCore", "HummingbirdTLS", "NIOCore", "NIOSSL", "ServiceLifecycle", "UnixSignals", "Synchronization", "Glibc", "Darwin"]),
+        ("CapstanServer", "Sources/Server", ["CapstanAPI", "CapstanCore", "CapstanRuntime", "CapstanProviders", "CapstanTrainer", "Foundation", "Logging", "Crypto", "Hummingbird", "HummingbirdCore", "HummingbirdTLS", "NIOCore", "NIOSSL", "ServiceLifecycle", "UnixSignals", "CoreMetrics", "Prometheus", "Synchronization", "Glibc", "Darwin"]),
         ("CapstanPostgres", "Sources/Postgres", ["CapstanCore", "PostgresNIO", "Logging", "Foundation"]),
         ("CapstanPluginSim", "plugins/sim", ["CapstanPluginABI", "CapstanPluginKit", "CapstanTesting"]),
         ("CapstanPluginAWS", "plugins/aws", ["CapstanPluginABI", "CapstanPluginKit", "CapstanAWS"]),

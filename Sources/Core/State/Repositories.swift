@@ -149,7 +149,7 @@ public protocol TokenRepository: Sendable {
 }
 
 /// All of Capstan's state: what the provisioner, the job service and the CLI are given.
-public protocol StateStore: ClusterRepository, JobRepository, CheckpointRepository, EventLog, OfferCache, TokenRepository, TelemetryRepository {
+public protocol StateStore: ClusterRepository, JobRepository, CheckpointRepository, EventLog, OfferCache, TokenRepository, TelemetryRepository, NotificationOutbox {
     /// Where it is, for messages (a file path, or a database URL without its password).
     var location: String { get }
 }

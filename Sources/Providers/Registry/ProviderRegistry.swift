@@ -31,7 +31,7 @@ public struct ProviderRegistry: Sendable {
     public let candidates: [PluginDiscovery.Candidate]
     /// The plugins loaded: those config.yaml enables (a failure is kept with its error).
     public let plugins: [PluginDiscovery.Entry]
-    public let compute: [any ComputeProvider]
+    public var compute: [any ComputeProvider]
     /// Plugin instances by name (enabled plugins only).
     public let instances: [String: PluginInstance]
     public let problems: [Problem]

@@ -19,6 +19,8 @@ public import Yams
 /// storage:
 ///   default: file:///data/capstan-bucket
 /// state: postgres://capstan@db.internal:5432/capstan   # default: SQLite in the home
+/// notify:                   # for job specs without their own (docs/notifications.md)
+///   webhooks: [{url: https://hooks.example.com/capstan, secretEnv: CAPSTAN_WEBHOOK_SECRET}]
 /// ```
 /// Unknown keys are errors, so a typo never silently changes behaviour. The `providers.<name>`
 /// sections are checked against their provider's schema by ``ConfigSchema`` when providers are
@@ -47,6 +49,10 @@ public struct CapstanConfig: Sendable, Hashable {
     /// `postgres://user@host:port/db` URL (the password from `CAPSTAN_POSTGRES_PASSWORD`, or
     /// in the URL), which several `capstan serve` replicas can share.
     public var state: String?
+    /// The `notify:` a job spec without one gets (docs/notifications.md).
+    public var notify: NotifySpec?
+    /// How notifications are delivered (retries, timeouts).
+    public var notifyDelivery = NotifyDelivery()
     /// The file the config was read from, for messages ("config" when parsed from text).
     public var source = "config"
     /// Where each provider setting was written: `providers.local.slots` (list entries as
@@ -151,8 +157,12 @@ public struct CapstanConfig: Sendable, Hashable {
                     throw r.bad("'state' must be `sqlite` or a PostgreSQL URL like postgres://capstan@db:5432/capstan (got a value that is neither)", v.mark?.line)
                 }
                 config.state = url
+            case "notify":
+                let n = try NotifySpec.parse(v, r)
+                config.notify = n.isOff ? nil : n
+            case "notifyDelivery": config.notifyDelivery = try NotifyDelivery.parse(v, r)
             default:
-                throw r.unknown(key, ["providers", "plugins", "storage", "state"], k.mark?.line)
+                throw r.unknown(key, ["providers", "plugins", "storage", "state", "notify", "notifyDelivery"], k.mark?.line)
             }
         }
         return config

@@ -30,6 +30,8 @@ public actor CheckpointWatcher {
     public var pendingCommits: [Int] { awaitingCommit.sorted() }
     /// Steps whose manifest this watcher committed, ascending.
     public private(set) var committed: [Int] = []
+    /// How long each step's part took to upload (seconds) and its size (bytes).
+    public private(set) var uploads: [Int: (seconds: Double, bytes: Int64)] = [:]
 
     public init(
         folder: String, checkpoints: CheckpointStore, job: String, attempt: Int, node: Int, nodes: Int, keep: Int,
@@ -61,9 +63,11 @@ public actor CheckpointWatcher {
             let part = try await checkpoints.uploadPart(folder: "\(folder)/step-\(step)", step: step, node: node, attempt: attempt, afterFile: afterFile)
             uploaded.insert(step)
             done.append(step)
+            let seconds = (ContinuousClock.now - start).seconds, bytes = part.files.reduce(Int64(0)) { $0 + Int64($1.size) }
+            uploads[step] = (seconds, bytes)
             logger.info("checkpoint uploaded", metadata: [
                 "capstan.job": "\(job)", "capstan.node": "\(node)", "step": "\(step)",
-                "bytes": "\(part.files.reduce(0) { $0 + $1.size })", "seconds": "\(String(format: "%.2f", (ContinuousClock.now - start).seconds))",
+                "bytes": "\(bytes)", "seconds": "\(String(format: "%.2f", seconds))",
             ])
             if node == 0 { awaitingCommit.insert(step) }
         }

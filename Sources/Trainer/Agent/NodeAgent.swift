@@ -275,6 +275,12 @@ public final class NodeAgent: Sendable {
             if !steps.isEmpty {
                 say("checkpoint step \(steps.map(String.init).joined(separator: ", ")) uploaded in \(String(format: "%.2f", (ContinuousClock.now - start).seconds)) s")
             }
+            // One JSON line per part, for the controller (`capstan_checkpoint_upload_seconds`).
+            let uploads = await watcher.uploads
+            for step in steps {
+                guard let u = uploads[step] else { continue }
+                AppendFile.append("{\"event\": \"checkpoint_uploaded\", \"step\": \(step), \"node\": \(config.node), \"seconds\": \(String(format: "%.3f", u.seconds)), \"bytes\": \(u.bytes)}\n", to: config.logFile)
+            }
         } catch {
             say("checkpoint upload failed, will retry: \(error)")
         }

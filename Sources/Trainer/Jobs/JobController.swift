@@ -68,6 +68,8 @@ public final class JobController: Sendable {
     let onEvent: @Sendable (JobEvent) -> Void
     /// The job lock this controller holds while it runs (nil before and after).
     let held = Mutex<(any HeldLock)?>(nil)
+    /// The job's `notify:` (its spec's, else config.yaml's recorded at submit); nil: none.
+    let notifier = Mutex<Notifier?>(nil)
 
     public init(jobID: String, context: JobContext, onEvent: @escaping @Sendable (JobEvent) -> Void = { _ in }) {
         self.jobID = jobID
@@ -106,6 +108,7 @@ public final class JobController: Sendable {
         await store.jobEvent("controller", "Controller \(holder) took the job (fencing token \(fence)).", job: jobID)
         let spec = try JobSpec.parse(job.spec, source: "job \(jobID)")
         let settings = (try? PluginWire.decoder.decode(JobSettings.self, from: Data(job.settings.utf8))) ?? JobSettings()
+        notifier.withLock { $0 = Notifier.forJob(spec: spec, settings: settings) }
         let bucket: any ObjectStore
         let secrets: AgentSecrets
         do {
@@ -158,7 +161,7 @@ public final class JobController: Sendable {
             logger.error("could not write the job's status", metadata: ["capstan.job": "\(jobID)", "status": "\(status.rawValue)", "error": "\(error)"])
             job = nil
         }
-        await store.jobEvent(status.rawValue, message, job: jobID)
+        await record(status.rawValue, message, status: status, job: job)
         emit(.status(job?.status ?? status, message))
         logger.notice("\(message)", metadata: ["capstan.job": "\(jobID)", "status": "\(status.rawValue)"])
         return job
@@ -194,6 +197,8 @@ final class Run: @unchecked Sendable {
     var attempt: JobAttemptRecord?
     /// The nodes the cluster should have.
     var wantNodes = 0
+    /// The job's cost and progress, for `notify:` (``watchProgress()``).
+    var progress = ProgressWatch()
 
     /// `bucket` nil: a run that can only finish (the bucket could not be opened).
     init(controller: JobController, spec: JobSpec, settings: JobSettings, bucket: (any ObjectStore)?, secrets: AgentSecrets) {
@@ -518,6 +523,7 @@ final class Run: @unchecked Sendable {
         let answered = ContinuousClock.now
         await saveTelemetry(answers)
         await pullLogs(attempt, nodes: nodes, only: Set(answers.map(\.0)))
+        await watchProgress()
         let pass = JobLifecycle.Pass(
             readsBegan: readsBegan, answered: answered, now: .now,
             answers: answers.map { JobLifecycle.Answer(rank: $0.0, status: $0.1, running: $0.2) })
@@ -618,7 +624,7 @@ final class Run: @unchecked Sendable {
         // Steps whose parts all arrived but whose leader did not commit them (it was lost, or
         // stopped before the last part came): the data is complete, so they are committed.
         for step in (try? await checkpoints.commitComplete(job: jobID, nodes: attempt.nodes.count)) ?? [] {
-            await store.jobEvent("checkpoint", "Checkpoint step \(step) had every part but no manifest; committed it.", job: jobID)
+            await c.record("checkpoint", "Checkpoint step \(step) had every part but no manifest; committed it.", notify: .checkpoint, detail: "\(step)", checkpoint: step)
         }
     }
 
@@ -686,7 +692,7 @@ final class Run: @unchecked Sendable {
             knownCheckpoints.insert(step)
             c.ctx.provisioner.faults.hit("controller-checkpoint")
             await bestEffort("latest checkpoint") { _ = try await c.updateJob { j in j.latestCheckpoint = max(j.latestCheckpoint ?? -1, step) } }
-            await store.jobEvent("checkpoint", "Checkpoint step \(step) committed (\(m.totalBytes) bytes, attempt \(m.attempt)).", job: jobID)
+            await c.record("checkpoint", "Checkpoint step \(step) committed (\(m.totalBytes) bytes, attempt \(m.attempt)).", notify: .checkpoint, detail: "\(step)", checkpoint: step)
             c.emit(.checkpoint(step: step, bytes: m.totalBytes))
         }
         let records = await (try? store.checkpoints(job: jobID)) ?? []

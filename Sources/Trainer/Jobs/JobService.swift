@@ -53,6 +53,10 @@ public struct JobService: Sendable {
     public let agentExecutable: String
     /// The bucket used when neither the spec nor config.yaml names one.
     public let defaultStorage: String?
+    /// The `notify:` a spec without one gets (config.yaml's); recorded in the job's settings.
+    public var defaultNotify: NotifySpec?
+    /// How this process delivers notifications (config.yaml's `notifyDelivery:`).
+    public var notifyDelivery = NotifyDelivery()
 
     public init(context: JobContext, agentExecutable: String, defaultStorage: String? = nil) {
         self.context = context
@@ -100,7 +104,9 @@ public struct JobService: Sendable {
             }
         }
         try Self.checkRecipeInputs(spec, folder: folder)
-        let settings = String(decoding: try PluginWire.encoder.encode(options.settings), as: UTF8.self)
+        var jobSettings = options.settings
+        if spec.notify == nil, jobSettings.notify == nil { jobSettings.notify = defaultNotify }
+        let settings = String(decoding: try PluginWire.encoder.encode(jobSettings), as: UTF8.self)
         let job = JobRecord(
             id: id, name: spec.name, spec: yaml, specFolder: (folder as NSString).standardizingPath, settings: settings,
             clusterName: options.cluster ?? id, ownsCluster: options.cluster == nil, storage: storage)

@@ -110,6 +110,8 @@ public struct JobSettings: Sendable, Hashable, Codable {
     /// How often each agent samples its machine's CPU, memory and GPUs (docs/telemetry.md);
     /// 0 turns sampling off.
     public var telemetrySeconds: Double = AgentConfig.defaultTelemetrySeconds
+    /// config.yaml's default `notify:`, recorded at submit for a spec without its own.
+    public var notify: NotifySpec?
 
     public init() {}
 
@@ -130,5 +132,6 @@ public struct JobSettings: Sendable, Hashable, Codable {
         try read(.heartbeatSeconds, &heartbeatSeconds)
         try read(.checkpointPollSeconds, &checkpointPollSeconds)
         try read(.telemetrySeconds, &telemetrySeconds)
+        notify = try c.decodeIfPresent(NotifySpec.self, forKey: .notify)
     }
 }

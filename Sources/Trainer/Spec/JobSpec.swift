@@ -14,6 +14,7 @@ public import Yams
 /// checkpoint: {intervalMinutes: 30, keep: 3}
 /// storage: s3://my-bucket/jobs
 /// maxRestarts: 3
+/// notify: {webhooks: [{url: https://hooks.example.com/x, secretEnv: HOOK_SECRET}]}
 /// ```
 /// Unknown keys and bad values are errors that name the key and the line.
 public struct JobSpec: Sendable, Hashable {
@@ -52,6 +53,9 @@ public struct JobSpec: Sendable, Hashable {
     /// its command (final checkpoint), uploads what is complete and, where its provider says a
     /// guest shutdown stops billing, shuts its machine down. Nil: off (the default).
     public var deadManMinutes: Double?
+    /// `notify:`: webhooks and Slack targets told about the job (docs/notifications.md); nil:
+    /// config.yaml's default. `notify: false` is an empty spec (no targets).
+    public var notify: NotifySpec?
 
     public init(name: String, run: String, resources: ResourceRequest = .init()) {
         self.name = name
@@ -67,6 +71,7 @@ public struct JobSpec: Sendable, Hashable {
         self.python = nil
         self.maxDuration = nil
         self.deadManMinutes = nil
+        self.notify = nil
     }
 
     /// Reads a spec file.
@@ -141,6 +146,7 @@ public struct JobSpec: Sendable, Hashable {
             case "data":
                 data = try r.strings(v, "data", "a JSONL file or a list of them")
             case "train": trainNode = v
+            case "notify": spec.notify = try NotifySpec.parse(v, r)
             case "python":
                 if v.string == "system" { pythonSystem = true } else { spec.python = try python(v, r) }
             default:
@@ -180,7 +186,7 @@ public struct JobSpec: Sendable, Hashable {
         return spec
     }
 
-    static let keys = ["name", "resources", "setup", "run", "env", "checkpoint", "storage", "maxRestarts", "workdir", "recipe", "model", "data", "train", "python"]
+    static let keys = ["name", "resources", "setup", "run", "env", "checkpoint", "storage", "maxRestarts", "workdir", "recipe", "model", "data", "train", "python", "notify"]
 
     /// `transformers>=4.46` → `transformers` (to let a job's own pin replace a recipe's).
     static func requirementName(_ req: String) -> String {
