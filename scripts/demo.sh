@@ -58,7 +58,7 @@ echo "    1's training process with kill -9: watch the job resume from its last 
   done ) &
 killer=$!
 "$bin" launch examples/sft-tiny/job.yaml --heartbeat-timeout 10 \
-  | grep -v -e '"step": [0-9]*[1-9],' -e '"step": [0-9]*[1-46-9]0,' -e checkpoint_written \
+  | grep -v -e '"step": [0-9]*[1-9],' -e '"step": [0-9]*[1-46-9]0,' -e checkpoint_written -e checkpoint_uploaded \
       -E -e '^\[node [0-9]+\] (\[rank[0-9]+\]: |  |Traceback|torch\.distributed\.elastic|E[0-9]{4} |={20}|-{20})' || true
 # (Shown: every 50th step, and capstan's own account of the failure; the workers' tracebacks
 # are in `capstan logs`.)

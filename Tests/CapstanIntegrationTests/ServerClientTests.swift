@@ -228,6 +228,7 @@ struct ServerClientTests {
             r.stdout.replacingOccurrences(of: #"tiny-[0-9a-f]{6}"#, with: "JOB", options: .regularExpression)
                 .replacingOccurrences(of: #"MASTER_ADDR=[0-9.]+:[0-9]+"#, with: "MASTER_ADDR=ADDR", options: .regularExpression)
                 .replacingOccurrences(of: #" in [0-9.]+ s\b"#, with: " in N s", options: .regularExpression)
+                .replacingOccurrences(of: #""seconds": [0-9.]+"#, with: #""seconds": N"#, options: .regularExpression)
                 .split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
         }
         for prefix in ["[node ", "capstan: ", "Job "] {
