@@ -61,8 +61,8 @@ struct LaunchCommand: AsyncParsableCommand {
     @Option(help: "Seconds between GPU/CPU/memory samples on each node (docs/telemetry.md); 0 turns them off. Default 5.") var telemetryInterval: Double?
 
     func validate() throws {
-        if let t = telemetryInterval, !(t.isFinite && t >= 0 && t <= 3600) {
-            throw ValidationError("--telemetry-interval \(t) is out of range: give seconds between 0 (no sampling) and 3600.")
+        if let t = telemetryInterval, !(t == 0 || (t.isFinite && t >= 1 && t <= 3600)) {
+            throw ValidationError("--telemetry-interval \(t) is out of range: give 0 (no sampling) or seconds from 1 to 3600.")
         }
     }
 

@@ -172,12 +172,37 @@ struct Routes: Sendable {
         if let storage = spec.storage, storage.hasPrefix("file://"), !plane.options.allowServerPaths, !insideServerBucket(storage) {
             throw CapstanError(.invalidRequest, "The spec's storage '\(storage)' is a folder on the server's machine; this server does not write jobs' outputs to folders a request names.", hint: "Leave `storage` out (the server's default bucket), use a bucket URI such as s3://…, or start the server with --allow-server-paths.")
         }
+        if let notify = spec.notify { try Self.checkServerNotify(notify, allowServerPaths: plane.options.allowServerPaths) }
         var options = JobService.Options(cluster: body.cluster)
-        if let settings = body.settings { options.settings = settings }
+        if let settings = body.settings {
+            let t = settings.telemetrySeconds
+            guard t == 0 || (t.isFinite && t >= 1 && t <= 3600) else {
+                throw CapstanError(.invalidRequest, "settings.telemetrySeconds \(t) is out of range.", hint: "Give 0 (no sampling) or seconds from 1 to 3600 between samples.")
+            }
+            options.settings = settings
+        }
         let job = try await jobs.create(yaml: body.spec, folder: folder, options: options)
         await supervisor.adopt(job.id)
         return try json(job, status: .created)
     }
+
+    /// The server delivers a job's notifications with its own environment and files: a spec sent
+    /// through the API may name only variables meant for it (`CAPSTAN_NOTIFY_…`), and files only
+    /// on a server started with --allow-server-paths — else any token holder could have the server
+    /// sign with (or send) its database password or any file it can read.
+    static func checkServerNotify(_ notify: NotifySpec, allowServerPaths: Bool) throws {
+        let envs = notify.webhooks.compactMap(\.secretEnv) + notify.slack.compactMap(\.urlEnv)
+        if let bad = envs.first(where: { !$0.hasPrefix(Self.notifyEnvPrefix) }) {
+            throw CapstanError(.invalidRequest, "The spec's notify: names the variable \(bad); a server reads only variables named \(Self.notifyEnvPrefix)… for notifications.", hint: "Set the secret on the server as \(Self.notifyEnvPrefix)\(bad) (or another \(Self.notifyEnvPrefix) name) and name that in the spec.")
+        }
+        let files = notify.webhooks.compactMap(\.secretFile) + notify.slack.compactMap(\.urlFile)
+        if let file = files.first, !allowServerPaths {
+            throw CapstanError(.invalidRequest, "The spec's notify: names the file \(file) on the server's machine; this server does not read files a request names.", hint: "Name a \(Self.notifyEnvPrefix)… variable set on the server instead, or start the server with --allow-server-paths.")
+        }
+    }
+
+    /// The prefix of the environment variables a job sent to a server may name in `notify:`.
+    static let notifyEnvPrefix = "CAPSTAN_NOTIFY_"
 
     /// Whether a `file://` storage URI is the server's own bucket (its home's `bucket` folder or
     /// config.yaml's `storage.default`), or a folder inside it.

@@ -99,13 +99,14 @@ struct NotificationTests {
               webhooks:
                 - name: ops
                   url: http://127.0.0.1:\(port)/hook
-                  secretFile: \(dir.file("secret"))
+                  secretEnv: CAPSTAN_NOTIFY_HOOK_SECRET
               slack:
-                urlEnv: TEST_SLACK_URL
+                urlEnv: CAPSTAN_NOTIFY_SLACK_URL
                 events: [failed, succeeded, restarted]
               noProgressMinutes: 0.1
             """
-        var env = ["TEST_SLACK_URL": "http://127.0.0.1:\(port)/services/T0/B0/\(slackToken)"]
+        // (A job sent to a server may name only CAPSTAN_NOTIFY_… variables of the server's.)
+        var env = ["CAPSTAN_NOTIFY_SLACK_URL": "http://127.0.0.1:\(port)/services/T0/B0/\(slackToken)", "CAPSTAN_NOTIFY_HOOK_SECRET": secret]
         if let pgPassword { env["CAPSTAN_POSTGRES_PASSWORD"] = pgPassword }
         let created = try await runProcess(BuildProducts.capstan, ["serve", "token", "create", "t"], environment: env.merging(["CAPSTAN_HOME": dir.path]) { $1 })
         #expect(created.status == 0, "\(created.stderr)")
@@ -118,6 +119,14 @@ struct NotificationTests {
         defer { replica?.terminate() }
         let launched = try await serve.request("POST", "/v1/jobs", token: token, body: try JSONSerialization.data(withJSONObject: ["spec": spec, "settings": ["heartbeatTimeoutSeconds": 6, "stopGraceSeconds": 2]]))
         #expect(launched.status == 201, "\(launched.text)")
+        // A spec naming another variable of the server's, or a file on its machine, is refused.
+        for (target, named) in [("secretEnv: CAPSTAN_POSTGRES_PASSWORD", "CAPSTAN_POSTGRES_PASSWORD"), ("secretFile: /etc/hostname", "/etc/hostname")] {
+            let probe = "name: probe\nrun: 'true'\nnotify:\n  webhooks: [{url: 'http://127.0.0.1:9/x', \(target)}]\n"
+            let refused = try await serve.request("POST", "/v1/jobs", token: token, body: try JSONSerialization.data(withJSONObject: ["spec": probe]))
+            #expect(refused.status == 400 && refused.text.contains(named), "\(refused.text)")
+        }
+        let tooFast = try await serve.request("POST", "/v1/jobs", token: token, body: try JSONSerialization.data(withJSONObject: ["spec": "name: fast\nrun: 'true'\n", "settings": ["telemetrySeconds": 0.001]]))
+        #expect(tooFast.status == 400 && tooFast.text.contains("telemetrySeconds"), "\(tooFast.text)")
         let id = try #require((try launched.json() as? [String: Any])?["id"] as? String)
         let store: any StateStore
         if let stateURL, let pgPassword {
