@@ -236,7 +236,8 @@ struct NotificationTests {
         #expect(rows.allSatisfy { $0.deliveredAt != nil }, "\(rows.map { "\($0.key) \($0.lastError ?? "")" })")
         let got = receiver.deliveries
         #expect(got.first?.status == 503)
-        #expect(got.filter { $0.status == 200 }.compactMap(\.key).sorted() == rows.map(\.key).sorted())
+        // At least once: a delivery cut by the end of `launch` may be sent again by its drain.
+        #expect(Set(got.filter { $0.status == 200 }.compactMap(\.key)) == Set(rows.map(\.key)))
         #expect(got.allSatisfy { $0.signed && $0.valid })
         let checkpoint = try #require(got.first { $0.key == "\(job.id):checkpoint:5:webhook-0" })
         #expect(checkpoint.body.contains("\"checkpoint\":5"), "\(checkpoint.body)")
