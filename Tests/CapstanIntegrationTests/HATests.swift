@@ -103,7 +103,9 @@ struct HATests {
         let b = try await ha.replica(2)
         defer { b.terminate() }
         let home = ha.home
-        let id = try await ServerJobTests().launch(home, a, token: ha.token)
+        // A 20 s heartbeat: the adoption, not a node missed under load, is what this checks
+        // (a 4 s one restarted the gang once with a build beside the suite).
+        let id = try await ServerJobTests().launch(home, a, token: ha.token, heartbeatTimeout: 20)
         #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 }, "no checkpoint: \(a.logText)")
         let before = try #require(try await home.job())
         #expect(before.controllerHolder?.hasSuffix(":\(a.pid)") == true, "replica 1 took the job it was given: \(before.controllerHolder ?? "-")")

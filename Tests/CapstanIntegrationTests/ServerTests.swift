@@ -224,13 +224,13 @@ struct ServerJobTests {
     }
 
     /// Uploads the job's folder and launches it through the API; returns the job id.
-    func launch(_ home: JobHome, _ serve: ServeProcess, token: String) async throws -> String {
+    func launch(_ home: JobHome, _ serve: ServeProcess, token: String, heartbeatTimeout: Int = 4) async throws -> String {
         let tar = try runProcessBlocking("/usr/bin/env", ["tar", "-C", home.dir.file("job"), "-cf", home.dir.file("job.tar"), "."], timeout: 60)
         #expect(tar.status == 0)
         let up = try await serve.request("POST", "/v1/uploads", token: token, body: try Data(contentsOf: URL(fileURLWithPath: home.dir.file("job.tar"))), contentType: "application/x-tar")
         #expect(up.status == 201, "\(up.text)")
         let upload = try #require((try up.json() as? [String: Any])?["id"] as? String)
-        let settings = ["heartbeatTimeoutSeconds": 4, "exitGraceSeconds": 30, "stopGraceSeconds": 3]
+        let settings = ["heartbeatTimeoutSeconds": heartbeatTimeout, "exitGraceSeconds": 30, "stopGraceSeconds": 3]
         let body = try JSONSerialization.data(withJSONObject: ["spec": try String(contentsOfFile: home.spec, encoding: .utf8), "upload": upload, "settings": settings])
         let r = try await serve.request("POST", "/v1/jobs", token: token, body: body)
         #expect(r.status == 201, "\(r.text)")
