@@ -29,18 +29,7 @@ func metricsBench() async throws {
         j.metrics = "{\"step\": \(100 + i), \"loss\": \(1.0 + Double(i % 100) / 100), \"lr\": 0.0002, \"tokens_per_s\": \(6000 + i), \"step_time_s\": 0.41, \"epoch\": 1.25, \"attempt\": \(j.attempt)}"
         try await store.insert(j)
     }
-    let request = ResourceRequest(gpu: nil, gpusPerNode: nil, nodes: 2, regions: [], spot: .never, maxPricePerHour: nil, providers: [])
-    for i in 0..<clusters {
-        var c = Cluster(name: "scale-\(i)", request: request)
-        c.status = .running
-        c.readyAt = Date()
-        c.pricePerHour = 2.5
-        try await store.insert(c)
-        for n in 0..<2 {
-            let inst = Instance(id: "i-\(i)-\(n)", provider: "bench", instanceType: "bench.large", region: "local", state: .running, privateAddress: "10.0.\(i % 250).\(n + 2)", pricePerHour: 1.25, tags: [CapstanTags.node: "\(n)"], launchedAt: Date())
-            try await store.record(inst, clusterID: c.id, intentKey: "k-\(i)")
-        }
-    }
+    try await seedClusters(store, count: clusters)
     let server = try await BenchServer.start(home: home, binary: capstanBinary())
     defer { server.stop() }
 

@@ -62,8 +62,14 @@ func seedScale(_ store: any StateStore, jobs: Int, eventsPerJob: Int, clusters: 
         }
         try await group.waitForAll()
     }
+    try await seedClusters(store, count: clusters)
+    print(String(format: "  seeded %d jobs, %d events, %d clusters in %.1f s", jobs, jobs * eventsPerJob, clusters, (ContinuousClock.now - start).seconds))
+}
+
+/// `count` running 2-node clusters (`scale-N`, $2.50/h) with their instance records.
+func seedClusters(_ store: any StateStore, count: Int) async throws {
     let request = ResourceRequest(gpu: nil, gpusPerNode: nil, nodes: 2, regions: [], spot: .never, maxPricePerHour: nil, providers: [])
-    for i in 0..<clusters {
+    for i in 0..<count {
         var c = Cluster(name: "scale-\(i)", request: request)
         c.status = .running
         c.readyAt = Date()
@@ -74,7 +80,6 @@ func seedScale(_ store: any StateStore, jobs: Int, eventsPerJob: Int, clusters: 
             try await store.record(inst, clusterID: c.id, intentKey: "k-\(i)")
         }
     }
-    print(String(format: "  seeded %d jobs, %d events, %d clusters in %.1f s", jobs, jobs * eventsPerJob, clusters, (ContinuousClock.now - start).seconds))
 }
 
 /// A running `capstan serve` (the release binary next to this one).

@@ -49,11 +49,6 @@ final class NotifyReceiver: @unchecked Sendable {
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         return text.split(separator: "\n").compactMap { try? JSONDecoder().decode(Delivery.self, from: Data($0.utf8)) }
     }
-
-    static func freePort() throws -> Int {
-        let r = try runProcessBlocking("/usr/bin/env", ["python3", "-c", "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"], timeout: 30)
-        return try #require(Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
-    }
 }
 
 @Suite("Notifications: at least once through capstan serve", .serialized)
@@ -76,7 +71,7 @@ struct NotificationTests {
         defer { dir.cleanup() }
         let secret = "whsec-" + UUID().uuidString
         let slackToken = "SLACKTOKEN" + UUID().uuidString.replacingOccurrences(of: "-", with: "")
-        let port = try NotifyReceiver.freePort()
+        let port = try freeLoopbackPort()
         let receiverLog = dir.file("received.jsonl")
         let stateURL = state == "postgres" ? try TestServers.freshPostgresDatabase("notify") : nil
         let pgPassword = state == "postgres" ? try TestServers.postgres.password : nil
@@ -208,7 +203,7 @@ struct NotificationTests {
         let dir = TempDir("capstan-notify-embedded")
         defer { dir.cleanup() }
         let secret = "whsec-" + UUID().uuidString
-        let port = try NotifyReceiver.freePort()
+        let port = try freeLoopbackPort()
         let receiverLog = dir.file("received.jsonl")
         dir.write("home/config.yaml", """
             providers:
@@ -254,7 +249,7 @@ struct NotificationTests {
         let dir = TempDir("capstan-notify-test")
         defer { dir.cleanup() }
         let secret = "whsec-" + UUID().uuidString
-        let port = try NotifyReceiver.freePort()
+        let port = try freeLoopbackPort()
         let receiver = try await NotifyReceiver(port: port, log: dir.file("received.jsonl"), refuse: 0, secret: secret)
         defer { receiver.stop() }
         dir.write("home/config.yaml", "providers:\n  local:\n    slots: 1\n")

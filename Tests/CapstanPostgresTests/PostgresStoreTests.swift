@@ -174,7 +174,7 @@ struct PostgresBadInputTests {
 
     @Test("nothing listening on the port: .io naming host and port, with what to check")
     func unreachable() async throws {
-        let port = try freePort()
+        let port = try freeLoopbackPort()
         let e = await #expect(throws: CapstanError.self) {
             try await PostgresStateStore.connect(url: "postgres://capstan:\(Self.secret)@127.0.0.1:\(port)/capstan?sslmode=disable", logger: Logger(label: "t"), environment: [:])
         }
@@ -200,19 +200,6 @@ struct PostgresBadInputTests {
         await store.close()
         #expect(!logs.all.isEmpty)
         #expect(!logs.all.joined(separator: "\n").contains(password))
-    }
-
-    func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 }
 
