@@ -174,6 +174,13 @@ public struct NotifySpec: Sendable, Hashable, Codable {
         return n
     }
 
+    /// A `…File:` value: a non-empty path, `~` expanded.
+    static func filePath(_ v: Node, _ r: YAMLReader, _ key: String) throws -> String {
+        let f = try r.string(v, key)
+        guard !f.isEmpty else { throw r.bad("'\(key)' must be a file path", v.mark?.line) }
+        return (f as NSString).expandingTildeInPath
+    }
+
     static func events(_ v: Node, _ r: YAMLReader, _ key: String) throws -> [Event] {
         let names = try r.strings(v, key, "an event or a list of events")
         return try names.map { n in
@@ -206,10 +213,7 @@ public struct NotifySpec: Sendable, Hashable, Codable {
             case "secret":
                 throw r.bad("'\(path).secret' is not accepted: the spec is stored in the state database, so a secret in it would be too. Name it instead: `secretEnv: VARIABLE` (in the environment of the process that delivers) or `secretFile: PATH`", k.mark?.line)
             case "secretEnv": hook.secretEnv = try envName(value, r, "\(path).secretEnv")
-            case "secretFile":
-                let f = try r.string(value, "\(path).secretFile")
-                guard !f.isEmpty else { throw r.bad("'\(path).secretFile' must be a file path", value.mark?.line) }
-                hook.secretFile = (f as NSString).expandingTildeInPath
+            case "secretFile": hook.secretFile = try filePath(value, r, "\(path).secretFile")
             case "events": hook.events = try events(value, r, "\(path).events")
             default: throw r.unknown("\(path).\(key)", ["name", "url", "secretEnv", "secretFile", "events"], k.mark?.line)
             }
@@ -230,10 +234,7 @@ public struct NotifySpec: Sendable, Hashable, Codable {
             case "url", "webhook":
                 throw r.bad("'\(path).\(key)' is not accepted: a Slack incoming-webhook URL is a credential and the spec is stored in the state database. Name it instead: `urlEnv: VARIABLE` or `urlFile: PATH`", k.mark?.line)
             case "urlEnv": s.urlEnv = try envName(value, r, "\(path).urlEnv")
-            case "urlFile":
-                let f = try r.string(value, "\(path).urlFile")
-                guard !f.isEmpty else { throw r.bad("'\(path).urlFile' must be a file path", value.mark?.line) }
-                s.urlFile = (f as NSString).expandingTildeInPath
+            case "urlFile": s.urlFile = try filePath(value, r, "\(path).urlFile")
             case "events": s.events = try events(value, r, "\(path).events")
             default: throw r.unknown("\(path).\(key)", ["name", "urlEnv", "urlFile", "events"], k.mark?.line)
             }
