@@ -79,7 +79,7 @@ struct NotificationTests {
             providers:
               local:
                 slots: 2
-            notifyDelivery: {retryBaseSeconds: 0.5, retryMaxSeconds: 2, leaseSeconds: 3, pollSeconds: 0.2, timeoutSeconds: 5}
+            notifyDelivery: {retryBaseSeconds: 0.5, retryMaxSeconds: 2, leaseSeconds: 4, pollSeconds: 0.2, timeoutSeconds: 2}
             \(stateURL.map { "state: \($0)" } ?? "")
             """)
         dir.write("secret", secret + "\n")

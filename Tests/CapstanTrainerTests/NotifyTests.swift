@@ -94,6 +94,7 @@ struct NotifyTests {
             ("notifyDelivery: {maxAttempts: 0}", "≥ 1"),
             ("notifyDelivery: {retryBaseSeconds: 10, retryMaxSeconds: 1}", "below retryBaseSeconds"),
             ("notifyDelivery: {retries: 3}", "unknown key 'notifyDelivery.retries'"),
+            ("notifyDelivery: {timeoutSeconds: 5, leaseSeconds: 3}", "must be longer than timeoutSeconds (5.0)"),
             ("notify: {slack: {url: https://hooks.slack.com/services/SECRET}}", "urlEnv"),
             ("notfy: {}", "did you mean 'notify'"),
         ] {

@@ -255,11 +255,17 @@ public struct NotifyDelivery: Sendable, Hashable, Codable {
     public var maxAttempts = 150
     /// One POST's limit.
     public var timeoutSeconds: Double = 10
-    /// How long a claim lasts: a deliverer killed mid-delivery leaves its entries to others after this.
+    /// How long a claim lasts: a deliverer killed mid-delivery leaves its entries to others after
+    /// this. Longer than `timeoutSeconds`: a claim that lapsed mid-POST would let another
+    /// deliverer take the entry, and the first one's outcome would not be recorded.
     public var leaseSeconds: Double = 60
     /// How often due entries are looked for.
     public var pollSeconds: Double = 1
     public init() {}
+
+    /// The lease a deliverer takes: `leaseSeconds`, but never shorter than one POST's limit plus
+    /// a margin (for settings built in code, which skip the config check).
+    public var effectiveLeaseSeconds: Double { Swift.max(leaseSeconds, timeoutSeconds + 2) }
 
     static let keys = ["retryBaseSeconds", "retryMaxSeconds", "maxAttempts", "timeoutSeconds", "leaseSeconds", "pollSeconds"]
 
@@ -287,6 +293,9 @@ public struct NotifyDelivery: Sendable, Hashable, Codable {
         }
         if d.retryMaxSeconds < d.retryBaseSeconds {
             throw r.bad("'notifyDelivery.retryMaxSeconds' (\(d.retryMaxSeconds)) is below retryBaseSeconds (\(d.retryBaseSeconds))", v.mark?.line)
+        }
+        if d.leaseSeconds <= d.timeoutSeconds {
+            throw r.bad("'notifyDelivery.leaseSeconds' (\(d.leaseSeconds)) must be longer than timeoutSeconds (\(d.timeoutSeconds)): a claim that lapses while its POST is still waiting lets another deliverer send the same entry, and the outcome of the first is lost; raise leaseSeconds or lower timeoutSeconds", v.mark?.line)
         }
         return d
     }

@@ -88,7 +88,7 @@ public final class NotificationDeliverer: Sendable {
     public func deliverDue(now: Date = Date()) async -> Int {
         let claimed: [OutboxEntry]
         do {
-            claimed = try await store.claimOutbox(holder: holder, now: now, lease: .milliseconds(Int64(settings.leaseSeconds * 1000)), limit: 16)
+            claimed = try await store.claimOutbox(holder: holder, now: now, lease: .milliseconds(Int64(settings.effectiveLeaseSeconds * 1000)), limit: 16)
         } catch {
             logger.warning("cannot claim notifications", metadata: ["error": "\(error)"])
             return 0
@@ -287,10 +287,13 @@ public struct NotificationSender: Sendable {
         secrets.reduce(text) { $0.replacingOccurrences(of: $1, with: "<redacted>") }
     }
 
-    /// One client for the process: no redirects, connect timeout of 5 s.
+    /// One client for the process: no redirects, connect timeout of 5 s. A refused connection
+    /// fails the POST at once (the pool's own retries would hold it to its deadline, past a
+    /// short lease); the deliverer's backoff does the retrying.
     static let client: HTTPClient = {
         var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(5), read: nil))
         configuration.httpVersion = .http1Only
+        configuration.connectionPool.retryConnectionEstablishment = false
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }()
 }
