@@ -190,12 +190,27 @@ extension PostgresStateStore {
     }
 
     func writeEvent(_ kind: String, _ message: String, cluster: String?, job: String?) async {
+        let logger = self.logger
         do {
-            try await execute("INSERT INTO event (time, cluster_id, job_id, kind, message) VALUES (\(Date()), \(cluster), \(job), \(kind.pg), \(message.pg))")
+            try await transaction { conn in
+                try await Self.lockEventOrder(conn, logger: logger)
+                try await conn.query("INSERT INTO event (time, cluster_id, job_id, kind, message) VALUES (\(Date()), \(cluster), \(job), \(kind.pg), \(message.pg))", logger: logger)
+            }
         } catch {
             logger.warning("event not written", metadata: ["kind": "\(kind)", "error": "\(error)"])
         }
     }
+
+    /// Event ids come from a sequence when a row is inserted, so two writers could commit them
+    /// out of order, and a follower paging with `id > after` would skip the one committed late.
+    /// Every event insert takes this transaction lock first: ids commit in the order they are
+    /// given (events are few; the lock is held for one insert).
+    static func lockEventOrder(_ conn: PostgresConnection, logger: Logger) async throws {
+        try await conn.query("SELECT pg_advisory_xact_lock(\(Self.eventOrderLock))", logger: logger)
+    }
+
+    /// The advisory lock key of event inserts ("capstan" "event" in ASCII, as one bigint).
+    static let eventOrderLock: Int64 = 0x6361_7073_6576_6E74
 
     /// The newest `limit` events (of one cluster, or all), oldest first.
     public func events(cluster id: String? = nil, limit: Int = 200) async throws -> [StateEvent] {

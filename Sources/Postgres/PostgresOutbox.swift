@@ -50,6 +50,7 @@ extension PostgresStateStore {
     public func jobEvent(_ kind: String, _ message: String, job: String, cluster: String?, notifications: [OutboxEntry]) async throws {
         let logger = self.logger
         try await transaction { conn in
+            try await Self.lockEventOrder(conn, logger: logger)
             try await conn.query("INSERT INTO event (time, cluster_id, job_id, kind, message) VALUES (\(Date()), \(cluster), \(job), \(kind.pg), \(message.pg))", logger: logger)
             for e in notifications {
                 try await conn.query("""

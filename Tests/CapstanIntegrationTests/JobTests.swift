@@ -103,8 +103,12 @@ struct JobHome {
     /// The `{"step": …}` lines of node `node`'s log, as (attempt, step) in order.
     func steps(job: String, node: Int) throws -> [(attempt: Int, step: Int)] {
         let text = (try? String(contentsOfFile: dir.file("jobs/\(job)/logs/node-\(node).log"), encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").compactMap { line in
-            guard line.hasPrefix("{\"step\""), let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+        // A step line is one atomic append, but it may land after another writer's unfinished
+        // line (a C++ library's stderr written piecemeal): read it from where it starts.
+        return text.split(separator: "\n").compactMap { whole in
+            guard let start = whole.range(of: "{\"step\"") else { return nil }
+            let line = whole[start.lowerBound...]
+            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                   let s = o["step"] as? Int, let a = o["attempt"] as? Int else { return nil }
             return (a, s)
         }
@@ -174,7 +178,7 @@ struct JobHome {
                 guard !mine.isEmpty else { continue }
                 let first = (a.resumeStep ?? 0) + 1
                 #expect(mine.first == first, "node \(node) attempt \(a.attempt) began at step \(mine.first!), expected \(first)", sourceLocation: sourceLocation)
-                #expect(mine == Array(mine.first!...mine.last!), "node \(node) attempt \(a.attempt) skipped or repeated steps", sourceLocation: sourceLocation)
+                #expect(mine == Array(mine.first!...mine.last!), "node \(node) attempt \(a.attempt) skipped or repeated steps: \(mine)\n\(logTail(job: job.id, lines: 400))", sourceLocation: sourceLocation)
                 if a.attempt == attempts.last?.attempt { #expect(mine.last == total, sourceLocation: sourceLocation) }
             }
         }
