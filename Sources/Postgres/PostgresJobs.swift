@@ -46,15 +46,18 @@ extension PostgresStateStore {
     @discardableResult
     public func updateJob(_ id: String, _ change: @escaping @Sendable (inout JobRecord) throws -> Void) async throws -> JobRecord {
         let logger = self.logger
-        return try await transaction { conn in
-            let found = try await Self.rows(try await conn.query("SELECT \(unescaped: JobRecord.columns) FROM job WHERE id = \(id) FOR UPDATE", logger: logger), JobRecord.init(row:))
-            guard var job = found.first else {
-                throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.")
-            }
-            try change(&job)
-            try await Self.write(job, conn, logger)
-            return job
+        return try await transaction { conn in try await Self.changeJob(conn, id, change, logger) }
+    }
+
+    /// Reads (locking the row), changes and writes a job inside the caller's transaction.
+    static func changeJob(_ conn: PostgresConnection, _ id: String, _ change: (inout JobRecord) throws -> Void, _ logger: Logger) async throws -> JobRecord {
+        let found = try await Self.rows(try await conn.query("SELECT \(unescaped: JobRecord.columns) FROM job WHERE id = \(id) FOR UPDATE", logger: logger), JobRecord.init(row:))
+        guard var job = found.first else {
+            throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.")
         }
+        try change(&job)
+        try await Self.write(job, conn, logger)
+        return job
     }
 
     /// The job with this id, or else the newest job with this name.

@@ -1,5 +1,6 @@
 public import CapstanCore
 public import Foundation
+import Logging
 import PostgresNIO
 
 // The notification outbox: SQLiteStateStore's semantics; claims take rows with
@@ -50,15 +51,29 @@ extension PostgresStateStore {
     public func jobEvent(_ kind: String, _ message: String, job: String, cluster: String?, notifications: [OutboxEntry]) async throws {
         let logger = self.logger
         try await transaction { conn in
-            try await Self.lockEventOrder(conn, logger: logger)
-            try await conn.query("INSERT INTO event (time, cluster_id, job_id, kind, message) VALUES (\(Date()), \(cluster), \(job), \(kind.pg), \(message.pg))", logger: logger)
-            for e in notifications {
-                try await conn.query("""
-                    INSERT INTO outbox (key, job_id, target, event, payload, attempts, created_at, next_attempt_at)
-                    VALUES (\(e.key), \(e.jobID), \(e.target), \(e.event), \(e.payload.pg), \(e.attempts), \(e.createdAt), \(e.nextAttemptAt))
-                    ON CONFLICT (key) DO NOTHING
-                    """, logger: logger)
-            }
+            try await Self.insertJobEvent(conn, JobEventWrite(kind: kind, message: message, notifications: notifications), job: job, cluster: cluster, logger)
+        }
+    }
+
+    /// Changes a job and records its event and notifications in one transaction.
+    public func updateJob(_ id: String, _ change: @escaping @Sendable (inout JobRecord) throws -> Void, recording: @escaping @Sendable (JobRecord) -> JobEventWrite?) async throws -> JobRecord {
+        let logger = self.logger
+        return try await transaction { conn in
+            let job = try await Self.changeJob(conn, id, change, logger)
+            if let e = recording(job) { try await Self.insertJobEvent(conn, e, job: id, cluster: nil, logger) }
+            return job
+        }
+    }
+
+    static func insertJobEvent(_ conn: PostgresConnection, _ e: JobEventWrite, job: String, cluster: String?, _ logger: Logger) async throws {
+        try await Self.lockEventOrder(conn, logger: logger)
+        try await conn.query("INSERT INTO event (time, cluster_id, job_id, kind, message) VALUES (\(Date()), \(cluster), \(job), \(e.kind.pg), \(e.message.pg))", logger: logger)
+        for n in e.notifications {
+            try await conn.query("""
+                INSERT INTO outbox (key, job_id, target, event, payload, attempts, created_at, next_attempt_at)
+                VALUES (\(n.key), \(n.jobID), \(n.target), \(n.event), \(n.payload.pg), \(n.attempts), \(n.createdAt), \(n.nextAttemptAt))
+                ON CONFLICT (key) DO NOTHING
+                """, logger: logger)
         }
     }
 

@@ -73,14 +73,17 @@ extension SQLiteStateStore {
     /// Reads, changes and writes a job in one transaction (so a concurrent `cancel` is never lost).
     @discardableResult
     public func updateJob(_ id: String, _ change: @escaping @Sendable (inout JobRecord) throws -> Void) async throws -> JobRecord {
-        try await write { db in
-            guard var job = try JobRecord.fetchOne(db, key: id) else {
-                throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.")
-            }
-            try change(&job)
-            try job.update(db)
-            return job
+        try await write { db in try Self.changeJob(db, id, change) }
+    }
+
+    /// Reads, changes and writes a job inside the caller's write transaction.
+    static func changeJob(_ db: Database, _ id: String, _ change: (inout JobRecord) throws -> Void) throws -> JobRecord {
+        guard var job = try JobRecord.fetchOne(db, key: id) else {
+            throw CapstanError(.notFound, "No job '\(id)'.", hint: "See `capstan jobs`.")
         }
+        try change(&job)
+        try job.update(db)
+        return job
     }
 
     /// The job with this id, or else the newest job with this name.

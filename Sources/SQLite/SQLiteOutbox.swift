@@ -37,10 +37,21 @@ extension SQLiteStateStore {
 
     /// Records a job event and enqueues its notifications in one transaction.
     public func jobEvent(_ kind: String, _ message: String, job: String, cluster: String?, notifications: [OutboxEntry]) async throws {
+        try await write { db in try Self.insertJobEvent(db, JobEventWrite(kind: kind, message: message, notifications: notifications), job: job, cluster: cluster) }
+    }
+
+    /// Changes a job and records its event and notifications in one write transaction.
+    public func updateJob(_ id: String, _ change: @escaping @Sendable (inout JobRecord) throws -> Void, recording: @escaping @Sendable (JobRecord) -> JobEventWrite?) async throws -> JobRecord {
         try await write { db in
-            try db.execute(sql: "INSERT INTO event(time, clusterID, kind, message, jobID) VALUES (?, ?, ?, ?, ?)", arguments: [Date(), cluster, kind, message, job])
-            for entry in notifications { try entry.insert(db, onConflict: .ignore) }
+            let job = try Self.changeJob(db, id, change)
+            if let e = recording(job) { try Self.insertJobEvent(db, e, job: id, cluster: nil) }
+            return job
         }
+    }
+
+    static func insertJobEvent(_ db: Database, _ e: JobEventWrite, job: String, cluster: String?) throws {
+        try db.execute(sql: "INSERT INTO event(time, clusterID, kind, message, jobID) VALUES (?, ?, ?, ?, ?)", arguments: [Date(), cluster, e.kind, e.message, job])
+        for entry in e.notifications { try entry.insert(db, onConflict: .ignore) }
     }
 
     /// Claims due entries in one write transaction (SQLite has one writer at a time, so two

@@ -97,4 +97,37 @@ struct OutboxConformanceTests {
             #expect(Set(taken).count == 40)
         }
     }
+
+    @Test("a job change with its event and notifications: all in one write; a change that throws writes none of them; a key already there is left as it is", arguments: StoreKind.allCases)
+    func changeWithEvent(kind: StoreKind) async throws {
+        try await kind.withStore { store in
+            try await store.insert(StoreConformanceTests.job("j1", status: .running))
+            let done = try await store.updateJob("j1", { $0.status = .succeeded }, recording: { job in
+                JobEventWrite(kind: "succeeded", message: "Succeeded in attempt \(job.attempt).", notifications: job.status == .succeeded ? [Self.entry("j1:succeeded:ops")] : [])
+            })
+            #expect(done.status == .succeeded)
+            #expect(try await store.job("j1")?.status == .succeeded)
+            #expect(try await store.events(job: "j1").map(\.kind) == ["succeeded"])
+            #expect(try await store.outbox(job: "j1").map(\.key) == ["j1:succeeded:ops"])
+            // A change that throws (a fenced-out controller): no status, no event, no entry.
+            await #expect(throws: CapstanError.self) {
+                try await store.updateJob("j1", { j in
+                    j.status = .failed
+                    throw CapstanError(.invalidRequest, "fenced out")
+                }, recording: { _ in JobEventWrite(kind: "failed", message: "x", notifications: [Self.entry("j1:failed:ops")]) })
+            }
+            #expect(try await store.job("j1")?.status == .succeeded)
+            #expect(try await store.events(job: "j1").count == 1)
+            #expect(try await store.outbox(job: "j1").count == 1)
+            // The same key again is left as it is; nil records nothing.
+            _ = try await store.updateJob("j1", { $0.lastError = "later" }, recording: { _ in JobEventWrite(kind: "note", message: "again", notifications: [Self.entry("j1:succeeded:ops", at: 9)]) })
+            _ = try await store.updateJob("j1", { $0.lastError = "quiet" }, recording: { _ in nil })
+            #expect(try await store.events(job: "j1").map(\.kind) == ["succeeded", "note"])
+            #expect(try await store.outbox(job: "j1") == [Self.entry("j1:succeeded:ops")])
+            #expect(try await store.job("j1")?.lastError == "quiet")
+            // An unknown job: .notFound, nothing written.
+            await #expect(throws: CapstanError.self) { try await store.updateJob("nobody", { $0.status = .failed }, recording: { _ in JobEventWrite(kind: "failed", message: "x") }) }
+            #expect(try await store.events(job: "nobody").isEmpty)
+        }
+    }
 }

@@ -49,6 +49,20 @@ public struct OutboxEntry: Sendable, Hashable, Codable {
     public var isPending: Bool { deliveredAt == nil && givenUpAt == nil }
 }
 
+/// A job event with the notifications it enqueues (written with a job change by
+/// ``NotificationOutbox/updateJob(_:_:recording:)``).
+public struct JobEventWrite: Sendable, Hashable {
+    public var kind: String
+    public var message: String
+    public var notifications: [OutboxEntry]
+
+    public init(kind: String, message: String, notifications: [OutboxEntry] = []) {
+        self.kind = kind
+        self.message = message
+        self.notifications = notifications
+    }
+}
+
 /// The notification outbox: ``OutboxEntry``s written with the job events they announce,
 /// claimed and delivered by deliverers (one in `capstan serve`, one in an embedded
 /// `capstan launch`). Claims are leases, so two deliverers (two replicas on one PostgreSQL)
@@ -58,6 +72,11 @@ public protocol NotificationOutbox: Sendable {
     /// Records a job event and enqueues `notifications` in one transaction (both or neither);
     /// an entry whose key is already in the outbox is left as it is.
     func jobEvent(_ kind: String, _ message: String, job: String, cluster: String?, notifications: [OutboxEntry]) async throws
+    /// Changes a job and records the event of the change with its notifications, in one
+    /// transaction: a crash leaves the new status with its event and notifications, or none of
+    /// them (a status written without its `succeeded` notification would never be announced).
+    /// `recording` sees the job after `change`; nil records no event.
+    func updateJob(_ id: String, _ change: @escaping @Sendable (inout JobRecord) throws -> Void, recording: @escaping @Sendable (JobRecord) -> JobEventWrite?) async throws -> JobRecord
     /// Claims up to `limit` due entries (pending, `nextAttemptAt` ≤ `now`, unclaimed or their
     /// claim ended) for `holder` until `now + lease`, oldest due first.
     func claimOutbox(holder: String, now: Date, lease: Duration, limit: Int) async throws -> [OutboxEntry]

@@ -133,35 +133,41 @@ public final class JobController: Sendable {
 
     /// Changes the job record in one transaction, fenced: refused (`.invalidRequest`) when
     /// another controller has taken the job over since this one did.
+    /// `recording`: the event of the change (and its notifications), written in the same
+    /// transaction.
     @discardableResult
-    func updateJob(_ change: @escaping @Sendable (inout JobRecord) throws -> Void) async throws -> JobRecord {
+    func updateJob(_ change: @escaping @Sendable (inout JobRecord) throws -> Void, recording: (@Sendable (JobRecord) -> JobEventWrite?)? = nil) async throws -> JobRecord {
         let fence = held.withLock { $0?.fence }
-        return try await store.updateJob(jobID) { j in
+        let fenced: @Sendable (inout JobRecord) throws -> Void = { j in
             if let fence, let current = j.controllerFence, current != fence {
                 throw CapstanError(.invalidRequest, "Job \(j.id) is now controlled under fencing token \(current) (\(j.controllerHolder ?? "another process")), not this controller's \(fence).", hint: "This controller stops; the other one goes on.")
             }
             try change(&j)
         }
+        guard let recording else { return try await store.updateJob(jobID, fenced) }
+        return try await store.updateJob(jobID, fenced, recording: recording)
     }
 
-    /// Sets the job's status (and records an event) unless a cancel came in meanwhile.
+    /// Sets the job's status unless a cancel came in meanwhile, and records its event with the
+    /// notifications it means in the same transaction.
     @discardableResult
     func setStatus(_ status: JobStatus, _ message: String, error: String? = nil) async -> JobRecord? {
         let job: JobRecord?
+        let notice = await statusNotice(status, message)
         do {
-            job = try await updateJob { j in
+            job = try await updateJob({ j in
                 if j.status == .cancelling && !status.isFinished { return }
                 j.status = status
                 if let error { j.lastError = error }
                 if status == .running, j.startedAt == nil { j.startedAt = Date() }
                 if status.isFinished { j.finishedAt = Date() }
-            }
+            }, recording: notice)
         } catch {
             // The controller goes on (the next pass sets it again); the failure is logged.
             logger.error("could not write the job's status", metadata: ["capstan.job": "\(jobID)", "status": "\(status.rawValue)", "error": "\(error)"])
+            await store.jobEvent(status.rawValue, message, job: jobID)
             job = nil
         }
-        await record(status.rawValue, message, status: status, job: job)
         emit(.status(job?.status ?? status, message))
         logger.notice("\(message)", metadata: ["capstan.job": "\(jobID)", "status": "\(status.rawValue)"])
         return job

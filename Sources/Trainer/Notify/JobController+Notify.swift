@@ -40,26 +40,39 @@ extension JobController {
 
     /// A status change's event, with the notification it means: `started` (attempt 1 running),
     /// `restarted` (a later attempt running, with how the one before failed), and the ends.
-    func record(_ kind: String, _ message: String, status: JobStatus, job: JobRecord?) async {
-        guard let job, job.status == status, notifier.withLock({ $0 != nil }) else {
-            await store.jobEvent(kind, message, job: jobID)
-            return
-        }
+    /// What it needs from the store (the price, the attempt before) is read now; the entries
+    /// are made from the job as the change leaves it, inside the change's transaction. A
+    /// change that did not take (a cancel came in) records the event without notifications.
+    func statusNotice(_ status: JobStatus, _ message: String) async -> @Sendable (JobRecord) -> JobEventWrite? {
+        let kind = status.rawValue
+        guard let notifier = notifier.withLock({ $0 }) else { return { _ in JobEventWrite(kind: kind, message: message) } }
+        let event: NotifySpec.Event?
         switch status {
-        case .running where job.attempt <= 1:
-            await record(kind, message, notify: .started, detail: nil, job: job)
-        case .running:
-            let before = try? await store.attempt(job: jobID, number: job.attempt - 1)
-            let reason = before.map { a in
-                NotificationPayload.Reason(
-                    kind: a.failureKind ?? a.outcome.rawValue, node: a.failedNode,
-                    message: a.message ?? "attempt \(a.attempt) ended \(a.outcome.rawValue)")
-            }
-            await record(kind, message, notify: .restarted, detail: "\(job.attempt)", job: job, reason: reason)
-        case .succeeded: await record(kind, message, notify: .succeeded, job: job)
-        case .failed: await record(kind, message, notify: .failed, job: job)
-        case .cancelled: await record(kind, message, notify: .cancelled, job: job)
-        default: await store.jobEvent(kind, message, job: jobID)
+        case .running: event = nil  // started or restarted: by the attempt, below
+        case .succeeded: event = .succeeded
+        case .failed: event = .failed
+        case .cancelled: event = .cancelled
+        default: return { _ in JobEventWrite(kind: kind, message: message) }
+        }
+        let current = (try? await store.job(jobID)) ?? nil
+        let attempt = current?.attempt ?? 0
+        let chosen = event ?? (attempt <= 1 ? .started : .restarted)
+        guard !notifier.spec.targets(for: chosen).isEmpty else { return { _ in JobEventWrite(kind: kind, message: message) } }
+        var price: Double?
+        if let current { price = ((try? await store.cluster(named: current.clusterName)) ?? nil)?.pricePerHour }
+        var reason: NotificationPayload.Reason?
+        if chosen == .restarted, let before = (try? await store.attempt(job: jobID, number: attempt - 1)) ?? nil {
+            reason = NotificationPayload.Reason(
+                kind: before.failureKind ?? before.outcome.rawValue, node: before.failedNode,
+                message: before.message ?? "attempt \(before.attempt) ended \(before.outcome.rawValue)")
+        }
+        let why = reason, perHour = price
+        return { job in
+            guard job.status == status else { return JobEventWrite(kind: kind, message: message) }
+            let entries = notifier.entries(
+                chosen, detail: chosen == .restarted ? "\(job.attempt)" : nil, job: job, message: message, reason: why,
+                cost: Notifier.cost(pricePerHour: perHour, startedAt: job.startedAt))
+            return JobEventWrite(kind: kind, message: message, notifications: entries)
         }
     }
 }
