@@ -230,6 +230,37 @@ struct NotifyTests {
         #expect(await deliverer.deliverDue(now: Date().addingTimeInterval(3600)) == 0)
     }
 
+    @Test("an embedded run's drain waits for retries that fall due before its limit, and stops at once when none can")
+    func drainWaitsForRetries() async throws {
+        let dir = TempDir()
+        defer { dir.cleanup() }
+        let receiver = try Receiver([503, 503])
+        defer { receiver.server.stop() }
+        let store = try Self.store(dir)
+        _ = try await Self.enqueue(store, notify: "notify:\n  webhooks: [{url: '\(receiver.server.url)/hook'}]\n")
+        var settings = NotifyDelivery()
+        settings.retryBaseSeconds = 0.2
+        settings.retryMaxSeconds = 0.4
+        settings.pollSeconds = 0.1
+        let deliverer = NotificationDeliverer(store: store, settings: settings, logger: Self.logger)
+        await deliverer.drain(for: .seconds(30))
+        let row = try #require(try await store.outbox().first)
+        #expect(row.deliveredAt != nil && row.attempts == 3, "\(row)")
+        #expect(receiver.server.requests.count == 3)
+        // A receiver that keeps failing past the limit: drain gives up at its limit, the entry stays pending.
+        let down = try Receiver(Array(repeating: 503, count: 50))
+        defer { down.server.stop() }
+        let other = TempDir()
+        defer { other.cleanup() }
+        let store2 = try Self.store(other)
+        _ = try await Self.enqueue(store2, notify: "notify:\n  webhooks: [{url: '\(down.server.url)/hook'}]\n")
+        settings.retryBaseSeconds = 5
+        settings.retryMaxSeconds = 5
+        await NotificationDeliverer(store: store2, settings: settings, logger: Self.logger).drain(for: .seconds(2))
+        #expect(try await store2.outbox().first?.isPending == true)
+        #expect(down.server.requests.count == 1, "the retry falls due after the limit: not waited for")
+    }
+
     @Test("the deliverer gives up on a 4xx other than 408/429, and after maxAttempts")
     func givenUp() async throws {
         let dir = TempDir()

@@ -5,6 +5,7 @@ public import Foundation
 public import Logging
 import NIOCore
 import NIOHTTP1
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -27,6 +28,8 @@ public final class NotificationDeliverer: Sendable {
     public let holder: String
     let logger: Logger
     let sender: NotificationSender
+    /// The jobs whose entries this deliverer has claimed (what ``drain(for:)`` waits for).
+    let triedJobs = Mutex<Set<String>>([])
 
     public init(store: any StateStore, settings: NotifyDelivery = NotifyDelivery(), logger: Logger, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.store = store
@@ -47,14 +50,31 @@ public final class NotificationDeliverer: Sendable {
         await release()
     }
 
-    /// Delivers what is due now, for at most `limit`: for an embedded controller that ends
-    /// (entries not yet due, or whose receiver is down, stay for a server or the next run).
+    /// Delivers for at most `limit`, for an embedded controller that ends: what is due now, and
+    /// the retries of entries this deliverer has tried that fall due before the limit (a
+    /// receiver that answered 503 once). Entries due later, or whose receiver stays down, stay
+    /// for a server or the next run.
     public func drain(for limit: Duration) async {
         let deadline = ContinuousClock.now + limit
+        let end = Date().addingTimeInterval(limit.seconds)
         while ContinuousClock.now < deadline, !Task.isCancelled {
-            if await deliverDue() == 0 { break }
+            if await deliverDue() > 0 { continue }
+            guard let next = await nextRetry(), next < end else { break }
+            let wait = Swift.min(Swift.max(next.timeIntervalSinceNow, 0.01), settings.pollSeconds)
+            try? await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
         }
         await release()
+    }
+
+    /// The earliest pending entry's due time among the jobs this deliverer has claimed from.
+    func nextRetry() async -> Date? {
+        var next: Date?
+        for job in triedJobs.withLock({ $0 }) {
+            for e in (try? await store.outbox(job: job)) ?? [] where e.isPending {
+                next = Swift.min(next ?? e.nextAttemptAt, e.nextAttemptAt)
+            }
+        }
+        return next
     }
 
     /// Runs `body` (an embedded controller) with a deliverer alongside, then drains for up to
@@ -94,6 +114,7 @@ public final class NotificationDeliverer: Sendable {
             return 0
         }
         guard !claimed.isEmpty else { return 0 }
+        triedJobs.withLock { $0.formUnion(claimed.map(\.jobID)) }
         var specs: [String: Result<NotifySpec, CapstanError>] = [:]
         for id in Set(claimed.map(\.jobID)) { specs[id] = await notifySpec(job: id) }
         let resolved = specs
