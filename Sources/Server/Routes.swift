@@ -191,11 +191,11 @@ struct Routes: Sendable {
     /// on a server started with --allow-server-paths — else any token holder could have the server
     /// sign with (or send) its database password or any file it can read.
     static func checkServerNotify(_ notify: NotifySpec, allowServerPaths: Bool) throws {
-        let envs = notify.webhooks.compactMap(\.secretEnv) + notify.slack.compactMap(\.urlEnv)
+        let envs = notify.webhooks.flatMap { [$0.secretEnv, $0.urlEnv].compactMap { $0 } } + notify.slack.compactMap(\.urlEnv)
         if let bad = envs.first(where: { !$0.hasPrefix(Self.notifyEnvPrefix) }) {
             throw CapstanError(.invalidRequest, "The spec's notify: names the variable \(bad); a server reads only variables named \(Self.notifyEnvPrefix)… for notifications.", hint: "Set the secret on the server as \(Self.notifyEnvPrefix)\(bad) (or another \(Self.notifyEnvPrefix) name) and name that in the spec.")
         }
-        let files = notify.webhooks.compactMap(\.secretFile) + notify.slack.compactMap(\.urlFile)
+        let files = notify.webhooks.flatMap { [$0.secretFile, $0.urlFile].compactMap { $0 } } + notify.slack.compactMap(\.urlFile)
         if let file = files.first, !allowServerPaths {
             throw CapstanError(.invalidRequest, "The spec's notify: names the file \(file) on the server's machine; this server does not read files a request names.", hint: "Name a \(Self.notifyEnvPrefix)… variable set on the server instead, or start the server with --allow-server-paths.")
         }

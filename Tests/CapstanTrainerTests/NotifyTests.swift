@@ -61,6 +61,8 @@ struct NotifyTests {
         ("notify:\n  webhooks: [{url: 'https://user:pw@h.example.com/'}]", "credentials"),
         ("notify:\n  webhooks: [{secretEnv: X}]", "'notify.webhooks[0].url' is missing"),
         ("notify:\n  webhooks: [{url: https://h.example.com, secretEnv: X, secretFile: /f}]", "both"),
+        ("notify:\n  webhooks: [{url: https://h.example.com, urlEnv: HOOK_URL}]", "more than one of `url`, `urlEnv` and `urlFile`"),
+        ("notify:\n  webhooks: [{urlEnv: 'https://h.example.com/?token=x'}]", "must name an environment variable"),
         ("notify:\n  webhooks: [{url: https://h.example.com, secretEnv: 'not a name!'}]", "environment variable"),
         ("notify:\n  webhooks: [{url: https://h.example.com, events: [faild]}]", "did you mean 'failed'"),
         ("notify:\n  webhooks: [{url: https://h.example.com, events: [checkpoint]}]", "checkpoints: true"),
@@ -312,6 +314,19 @@ struct NotifyTests {
         let hook = try #require(rows.first { $0.target == "webhook-0" })
         #expect(hook.deliveredAt == nil && hook.givenUpAt == nil)
         #expect(hook.lastError?.contains(dir.file("missing")) == true)
+        // A webhook whose URL (with a token in its query) is named by urlEnv: delivered; an unset
+        // variable is an error naming the variable, never a URL.
+        let tokenURL = receiver.server.url + "/named?token=TOKENXYZ123"
+        let store3 = try SQLiteStateStore(path: dir.file("state3.db"))
+        _ = try await Self.enqueue(store3, notify: "notify:\n  webhooks: [{name: named, urlEnv: HOOK_URL}, {name: unset, urlEnv: NOT_SET_HOOK_URL}]\n")
+        #expect(await NotificationDeliverer(store: store3, logger: Self.logger, environment: ["HOOK_URL": tokenURL]).deliverDue() == 2)
+        let named = try await store3.outbox()
+        #expect(named.first { $0.target == "named" }?.deliveredAt != nil)
+        #expect(receiver.server.requests.contains { $0.target == "/named?token=TOKENXYZ123" })
+        let unset = try #require(named.first { $0.target == "unset" })
+        #expect(unset.deliveredAt == nil && unset.lastError?.contains("NOT_SET_HOOK_URL") == true, "\(unset.lastError ?? "")")
+        let db3 = try String(decoding: Data(contentsOf: URL(fileURLWithPath: dir.file("state3.db"))), as: UTF8.self)
+        #expect(!db3.contains("TOKENXYZ123"))
         // Nothing in the outbox holds the Slack URL.
         let db = try String(decoding: Data(contentsOf: URL(fileURLWithPath: dir.file("state.db"))), as: UTF8.self)
         #expect(!db.contains("XXXXSECRETXXXX"))

@@ -31,16 +31,24 @@ public struct NotifySpec: Sendable, Hashable, Codable {
     /// A JSON webhook, signed with HMAC-SHA256 when it has a secret.
     public struct Webhook: Sendable, Hashable, Codable {
         public var name: String
-        public var url: String
+        /// The address, in the spec; or, for a URL that carries a token, named by `urlEnv` or
+        /// `urlFile` (exactly one of the three).
+        public var url: String?
+        /// The environment variable holding the URL (in the process that delivers).
+        public var urlEnv: String?
+        /// The file holding the URL (its first line).
+        public var urlFile: String?
         /// The environment variable holding the signing secret (in the process that delivers).
         public var secretEnv: String?
         /// The file holding the signing secret (its first line).
         public var secretFile: String?
         /// nil: every event the spec turns on.
         public var events: [Event]?
-        public init(name: String, url: String, secretEnv: String? = nil, secretFile: String? = nil, events: [Event]? = nil) {
+        public init(name: String, url: String? = nil, urlEnv: String? = nil, urlFile: String? = nil, secretEnv: String? = nil, secretFile: String? = nil, events: [Event]? = nil) {
             self.name = name
             self.url = url
+            self.urlEnv = urlEnv
+            self.urlFile = urlFile
             self.secretEnv = secretEnv
             self.secretFile = secretFile
             self.events = events
@@ -196,7 +204,8 @@ public struct NotifySpec: Sendable, Hashable, Codable {
     static func webhook(_ v: Node, _ r: YAMLReader, path: String, index: Int) throws -> Webhook {
         guard let m = v.mapping else { throw r.bad("'\(path)' must be a mapping with a `url`", v.mark?.line) }
         let pairs = m.map { ($0.key, $0.value) }
-        var hook = Webhook(name: try name(pairs, r, path: path, default: "webhook-\(index)"), url: "")
+        var hook = Webhook(name: try name(pairs, r, path: path, default: "webhook-\(index)"))
+        let keys = ["name", "url", "urlEnv", "urlFile", "secretEnv", "secretFile", "events"]
         for (k, value) in pairs {
             let key = try r.key(k)
             switch key {
@@ -207,18 +216,24 @@ public struct NotifySpec: Sendable, Hashable, Codable {
                     throw r.bad("'\(path).url' must be an http:// or https:// URL, got '\(u)'", value.mark?.line)
                 }
                 guard url.user == nil, url.password == nil else {
-                    throw r.bad("'\(path).url' has credentials in it (user:password@), and the spec is stored in the state database; sign with `secretEnv`/`secretFile` instead", value.mark?.line)
+                    throw r.bad("'\(path).url' has credentials in it (user:password@), and the spec is stored in the state database; sign with `secretEnv`/`secretFile` instead, or name the URL with `urlEnv`/`urlFile`", value.mark?.line)
                 }
                 hook.url = u
+            case "urlEnv": hook.urlEnv = try envName(value, r, "\(path).urlEnv")
+            case "urlFile": hook.urlFile = try filePath(value, r, "\(path).urlFile")
             case "secret":
                 throw r.bad("'\(path).secret' is not accepted: the spec is stored in the state database, so a secret in it would be too. Name it instead: `secretEnv: VARIABLE` (in the environment of the process that delivers) or `secretFile: PATH`", k.mark?.line)
             case "secretEnv": hook.secretEnv = try envName(value, r, "\(path).secretEnv")
             case "secretFile": hook.secretFile = try filePath(value, r, "\(path).secretFile")
             case "events": hook.events = try events(value, r, "\(path).events")
-            default: throw r.unknown("\(path).\(key)", ["name", "url", "secretEnv", "secretFile", "events"], k.mark?.line)
+            default: throw r.unknown("\(path).\(key)", keys, k.mark?.line)
             }
         }
-        guard !hook.url.isEmpty else { throw r.bad("'\(path).url' is missing: the address notifications are POSTed to", v.mark?.line) }
+        switch [hook.url, hook.urlEnv, hook.urlFile].compactMap({ $0 }).count {
+        case 0: throw r.bad("'\(path).url' is missing: the address notifications are POSTed to (or `urlEnv: VARIABLE` / `urlFile: PATH` naming where it is, for a URL that carries a token)", v.mark?.line)
+        case 1: break
+        default: throw r.bad("'\(path)' has more than one of `url`, `urlEnv` and `urlFile`; keep one", v.mark?.line)
+        }
         if hook.secretEnv != nil, hook.secretFile != nil { throw r.bad("'\(path)' has both `secretEnv` and `secretFile`; keep one", v.mark?.line) }
         return hook
     }

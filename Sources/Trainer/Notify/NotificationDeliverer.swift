@@ -221,7 +221,23 @@ public struct NotificationSender: Sendable {
         if let hook = n.webhooks.first(where: { $0.name == entry.target }) {
             var headers = [("Content-Type", "application/json"), ("User-Agent", "capstan-notify"), ("Capstan-Idempotency-Key", entry.key), ("Capstan-Event", entry.event)]
             var secrets: [String] = []
-            let label = "webhook '\(hook.name)' (\(Self.origin(hook.url)))"
+            let url: String
+            let label: String
+            if let fixed = hook.url {
+                url = fixed
+                label = "webhook '\(hook.name)' (\(Self.origin(fixed)))"
+            } else {
+                label = "webhook '\(hook.name)' (URL from \(hook.urlEnv.map { "$\($0)" } ?? hook.urlFile ?? "?"))"
+                switch readSecret(env: hook.urlEnv, file: hook.urlFile, what: "the URL of \(label)") {
+                case .failure(let e): return .failure(e)
+                case .success(let named):
+                    guard let u = URL(string: named), ["http", "https"].contains(u.scheme?.lowercased() ?? ""), u.host?.isEmpty == false else {
+                        return .failure(CapstanError(.config, "The URL of \(label) is not an http(s) URL."))
+                    }
+                    url = named
+                    secrets += [named, u.path, u.query ?? ""].filter { $0.count > 1 }
+                }
+            }
             if hook.secretEnv != nil || hook.secretFile != nil {
                 switch readSecret(env: hook.secretEnv, file: hook.secretFile, what: "the signing secret of \(label)") {
                 case .failure(let e): return .failure(e)
@@ -230,7 +246,7 @@ public struct NotificationSender: Sendable {
                     headers.append(("Capstan-Signature", WebhookSignature.header(body: body, secret: secret, at: Date())))
                 }
             }
-            return .success(Resolved(url: hook.url, body: body, headers: headers, label: label, secrets: secrets))
+            return .success(Resolved(url: url, body: body, headers: headers, label: label, secrets: secrets))
         }
         if let slack = n.slack.first(where: { $0.name == entry.target }) {
             let label = "Slack '\(slack.name)' (URL from \(slack.urlEnv.map { "$\($0)" } ?? slack.urlFile ?? "?"))"
