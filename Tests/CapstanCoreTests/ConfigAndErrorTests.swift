@@ -164,11 +164,9 @@ struct OfferSearchTests {
         let slow = ScriptedProvider(name: "slow", delay: .seconds(120), catalog: realisticCatalog)
         let broken = ScriptedProvider(name: "broken", failure: CapstanError(.auth, "bad key", cloudCode: "global/invalid-api-key"))
         let search = OfferSearch(providers: [fast, slow, broken], timeout: .milliseconds(300))
-        let start = ContinuousClock.now
         let result = try await search.run(ResourceRequest(gpu: "H100"))
-        // Not a timing test: the slow provider would take 120 s; the search must not wait for it
-        // (the bound is loose so a loaded machine cannot flake it).
-        #expect(ContinuousClock.now - start < .seconds(60))
+        // Not a timing test: the slow provider would answer with its offers after 120 s; its
+        // timeout error below shows the search did not wait for it.
         #expect(result.ranked.map(\.offer.instanceType) == ["gpu_1x_h100_pcie", "gpu_8x_h100_sxm5"])
         #expect(result.providers.map(\.provider) == ["broken", "fast", "slow"])
         #expect(result.providers[0].error?.code == .auth)
