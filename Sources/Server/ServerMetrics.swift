@@ -30,6 +30,10 @@ public final class ServerMetrics: Sendable {
     let lastSize = Atomic<Int>(64 * 1024)
     /// Finished jobs exported: the newest this many (every unfinished job always is).
     public let finishedJobs: Int
+    /// Jobs with checkpoint histograms in `process`: dropped once a job leaves the exported
+    /// jobs (finished, and older than the newest `finishedJobs`), so a server that runs for
+    /// months does not keep a histogram per job it ever ran.
+    let histogramJobs = Mutex<Set<String>>([])
 
     /// The one `capstan serve` uses: its providers and job controllers report to it.
     public static let shared = ServerMetrics()
@@ -65,13 +69,29 @@ public final class ServerMetrics: Sendable {
             if case .number(let s)? = object[key], s.isFinite, s >= 0 { return s }
             return nil
         }
+        let label: String
+        let value: Double?
         switch kind {
-        case "checkpoint" where node == 0:
-            if let s = seconds("stall_s") { CoreMetrics.Timer(label: MetricName.checkpointStall, dimensions: [("job_id", job)], factory: factory).recordSeconds(s) }
-        case "checkpoint_uploaded":
-            if let s = seconds("seconds") { CoreMetrics.Timer(label: MetricName.checkpointUpload, dimensions: [("job_id", job)], factory: factory).recordSeconds(s) }
-        default:
-            break
+        case "checkpoint" where node == 0: (label, value) = (MetricName.checkpointStall, seconds("stall_s"))
+        case "checkpoint_uploaded": (label, value) = (MetricName.checkpointUpload, seconds("seconds"))
+        default: return
+        }
+        guard let value else { return }
+        histogramJobs.withLock { jobs in
+            jobs.insert(job)
+            CoreMetrics.Timer(label: label, dimensions: [("job_id", job)], factory: factory).recordSeconds(value)
+        }
+    }
+
+    /// Unregisters the checkpoint histograms of every job not in `exported`.
+    func dropHistograms(keeping exported: Set<String>) {
+        histogramJobs.withLock { jobs in
+            for job in jobs.subtracting(exported) {
+                for label in [MetricName.checkpointStall, MetricName.checkpointUpload] {
+                    CoreMetrics.Timer(label: label, dimensions: [("job_id", job)], factory: factory).destroy()
+                }
+                jobs.remove(job)
+            }
         }
     }
 
@@ -124,6 +144,7 @@ public final class ServerMetrics: Sendable {
         var jobs = try await store.unfinishedJobs()
         var seen = Set(jobs.map(\.id))
         for j in try await store.jobs(includeFinished: true, limit: finishedJobs) where seen.insert(j.id).inserted { jobs.append(j) }
+        dropHistograms(keeping: seen)
         let points = latestPoints(jobs)
         let costs = try await store.jobCosts(jobs, now: now)
         for j in jobs {

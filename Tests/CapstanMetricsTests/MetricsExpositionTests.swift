@@ -183,6 +183,7 @@ struct MetricsExpositionTests {
         let dir = TempDir("capstan-metrics")
         defer { dir.cleanup() }
         let store = try SQLiteStateStore(path: dir.file("capstan.db"))
+        try await store.insert(job("j-1", name: "j", status: .running, at: 0))
         let m = ServerMetrics()
         m.observe(job: "j-1", .log(node: 0, line: #"{"event": "checkpoint", "step": 10, "stall_s": 0.2, "waited_s": 0.0}"#))
         m.observe(job: "j-1", .log(node: 1, line: #"{"event": "checkpoint", "step": 10, "stall_s": 9.0}"#))
@@ -197,6 +198,29 @@ struct MetricsExpositionTests {
         #expect(lines.contains(#"capstan_checkpoint_upload_seconds_count{job_id="j-1"} 2"#), "\(lines)")
         #expect(lines.contains(#"capstan_checkpoint_upload_seconds_sum{job_id="j-1"} 4.5"#), "\(lines)")
         #expect(lines.contains(#"capstan_checkpoint_upload_seconds_bucket{job_id="j-1",le="2.5"} 1"#), "\(lines)")
+    }
+
+    @Test("a job's checkpoint histograms are dropped once it leaves the exported jobs (finished, older than the newest finishedJobs); a running job's stay")
+    func histogramsDropped() async throws {
+        let dir = TempDir("capstan-metrics")
+        defer { dir.cleanup() }
+        let store = try SQLiteStateStore(path: dir.file("capstan.db"))
+        try await store.insert(job("old-1", name: "old", status: .running, at: 0))
+        try await store.insert(job("run-1", name: "run", status: .running, at: 5))
+        let m = ServerMetrics(finishedJobs: 1)
+        for id in ["old-1", "run-1"] {
+            m.observe(job: id, .log(node: 0, line: #"{"event": "checkpoint", "step": 10, "stall_s": 0.2}"#))
+            m.observe(job: id, .log(node: 1, line: #"{"event": "checkpoint_uploaded", "step": 10, "node": 1, "seconds": 1.0, "bytes": 1}"#))
+        }
+        var lines = try await samples(m, store)
+        #expect(lines.contains(#"capstan_checkpoint_upload_seconds_count{job_id="old-1"} 1"#), "\(lines)")
+        // old-1 ends; a newer job ends after it: old-1 leaves the read, and its histograms go.
+        _ = try await store.updateJob("old-1") { $0.status = .succeeded }
+        try await store.insert(job("new-1", name: "new", status: .failed, at: 10))
+        lines = try await samples(m, store)
+        #expect(!lines.contains { $0.contains(#"job_id="old-1""#) }, "\(lines)")
+        #expect(lines.contains(#"capstan_checkpoint_stall_seconds_count{job_id="run-1"} 1"#), "\(lines)")
+        #expect(lines.contains(#"capstan_checkpoint_upload_seconds_count{job_id="run-1"} 1"#), "\(lines)")
     }
 
     @Test("a metered provider times every call and counts failures by error code, and otherwise answers as the provider it wraps")
