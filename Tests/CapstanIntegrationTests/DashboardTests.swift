@@ -161,7 +161,7 @@ struct DashboardTests {
 
         let cancel = try await serve.request("POST", "/v1/jobs/\(id)/cancel?wait=120", token: token)
         #expect(cancel.status == 200 && cancel.text.contains("\"cancelled\""), "\(cancel.text)")
-        serve.terminate()
+        await serve.stop()
         // The token went only into headers: not in the server's log or state.
         let scan = SecretScan([home.dir.path], for: token)
         #expect(scan.hits.isEmpty, "the token appears in \(scan.hits)")

@@ -197,9 +197,10 @@ enum PostgresStores {
     static let shared = Mutex<[String: PostgresStateStore]>([:])
 }
 
-func torchAvailable() -> Bool {
-    (try? runProcessBlocking("/usr/bin/env", ["python3", "-c", "import torch"], timeout: 60).status) == 0
-}
+/// Whether python3 imports torch (asked once per test process: every JobTests test asks).
+func torchAvailable() -> Bool { torchImports }
+
+private let torchImports = (try? runProcessBlocking("/usr/bin/env", ["python3", "-c", "import torch"], timeout: 60).status) == 0
 
 @Suite("Jobs on local nodes with real torch.distributed", .serialized)
 struct JobTests {
@@ -277,7 +278,7 @@ struct JobTests {
             let rank = Int.random(in: 0...1)
             let pid = try #require(home.workerPID(job: job.id, attempt: 1, rank: rank))
             kill(pid, SIGKILL)
-            launch.waitUntilExit()
+            await launch.exited()
             let final = try await #require(try home.job())
             #expect(final.status == .succeeded, "trial \(trial): \(final.lastError ?? "")\n\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
             let history = try await home.store().attempts(job: job.id).map { "attempt \($0.attempt): \($0.failureKind ?? "ok") \($0.message ?? "")" }
@@ -357,7 +358,7 @@ struct JobTests {
         _ = try await LocalProvider(root: home.dir.file("local"), configuration: .init(slots: 6)).terminate(ids: [before[1]])
         // Everything of the lost node dies with it, the worker included.
         #expect(try await home.wait(timeout: 30) { home.survivors(node: before[1]).isEmpty }, "left running: \(home.survivors(node: before[1]))")
-        launch.waitUntilExit()
+        await launch.exited()
         let final = try await #require(try home.job())
         #expect(final.status == .succeeded, "\(final.lastError ?? "")")
         let f = ISO8601DateFormatter()

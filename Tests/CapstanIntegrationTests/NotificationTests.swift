@@ -141,7 +141,7 @@ struct NotificationTests {
         }
         #expect(attempt2, "\(serve.logText.suffix(3000))")
         receiver.stop()
-        serve.terminate()
+        await serve.stop()
         #expect(serve.process.terminationStatus == 0, "\(serve.logText.suffix(2000))")
         // A new server adopts the job; its deliveries fail (the receiver is down) and stay due.
         serve = try await ServeProcess(home: dir.path, env: env, log: "serve-2.log")
@@ -186,8 +186,8 @@ struct NotificationTests {
         #expect(reason["kind"] as? String == "command" && reason["message"] as? String == "the command on node 0 ended with exit code 3", "\(reason)")
         #expect((payload["job"] as? [String: Any])?["attempt"] as? Int == 2)
         // The secret and the Slack URL's token: in no log, no state file, no error.
-        serve.terminate()
-        replica?.terminate()
+        await serve.stop()
+        await replica?.stop()
         let events = try await store.events(job: id).map(\.message).joined(separator: "\n")
         for needle in [secret, slackToken] {
             let scan = SecretScan([dir.path], for: needle, skip: { $0 == dir.file("secret") || $0 == receiverLog })

@@ -104,7 +104,7 @@ struct MetricsEndpointTests {
         let after = try await serve.request("GET", "/metrics", token: token)
         #expect(after.text.contains("capstan_provider_request_duration_seconds_count{provider=\"local\",operation=\"offers\"}"), "\(after.text)")
         #expect(!after.text.contains(token) && !after.text.contains(Self.sha256(token)))
-        serve.terminate()
+        await serve.stop()
 
         serve = try await ServeProcess(home: dir.path, extraArgs: ["--metrics-without-token"], log: "serve-open.log")
         let open = try await serve.request("GET", "/metrics", token: nil)

@@ -70,10 +70,19 @@ final class ServeProcess: @unchecked Sendable {
         process.waitUntilExit()
     }
 
+    /// SIGTERM, and waits for the graceful stop (for `defer`; in a test body use ``stop()``).
     func terminate() {
         if process.isRunning {
             kill(process.processIdentifier, SIGTERM)
             process.waitUntilExit()
+        }
+    }
+
+    /// SIGTERM, and waits for the graceful stop on a thread of its own.
+    func stop() async {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+            await process.exited()
         }
     }
 
@@ -157,7 +166,7 @@ struct ServerAccessTests {
         let list = try await runProcess(BuildProducts.capstan, ["serve", "token", "list"], environment: ["CAPSTAN_HOME": dir.path])
         #expect(list.stdout.contains("laptop") && list.stdout.contains("ci") && !list.stdout.contains(token) && !list.stdout.contains(ci))
 
-        serve.terminate()
+        await serve.stop()
         let log = serve.logText
         for why in ["no Authorization header", "Authorization is not `Bearer <token>`", "unknown token", "revoked token"] {
             #expect(log.contains(why), "the log does not say \(why): \(log)")
@@ -253,7 +262,7 @@ struct ServerJobTests {
         #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 60 })
         // The server is stopped the polite way (SIGTERM): it exits 0, the job goes on without it,
         // and the next server adopts it.
-        serve.terminate()
+        await serve.stop()
         #expect(serve.process.terminationStatus == 0, "SIGTERM: exit status \(serve.process.terminationStatus)\n\(serve.logText.suffix(2000))")
         #expect(try await home.job()?.status == .running)
         serve = try await ServeProcess(home: home.dir.path, env: ["TMPDIR": home.tmp], log: "serve-2.log")
