@@ -212,7 +212,7 @@ let package = Package(
             ],
             path: "Sources/CLI",
             // The public plugin header (a link to Sources/PluginABI's), for `capstan plugins sdk`.
-            resources: [.embedInCode("Resources/capstan_plugin.h")],
+            resources: [.embedInCode("Resources/capstan_plugin.h"), .embedInCode("Resources/lsan-swift-host.supp")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

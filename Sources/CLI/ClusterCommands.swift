@@ -5,6 +5,9 @@ import CapstanRuntime
 import CapstanSQLite
 import CapstanProviders
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct UpCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,6 +37,8 @@ struct UpCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Line-buffered even into a file or pipe: what `up` said survives a kill -9.
+        setvbuf(stdout, nil, _IOLBF, 0)
         try await reportingErrors { try await provision() }
     }
 
@@ -71,9 +76,14 @@ struct UpCommand: AsyncParsableCommand {
         if !report.attempts.isEmpty {
             var table = TextTable(header: ["#", "OFFER", "MARKET", "$/H", "OUTCOME", "SECONDS"], rightAligned: [0, 3, 5])
             for (i, a) in report.attempts.enumerated() {
-                table.rows.append(["\(i + 1)", a.offer.id, a.spot ? "spot" : "on-demand", String(format: "%.2f", a.clusterPricePerHour), a.error.map { "\($0.code.name): \($0.message)" } ?? a.outcome, String(format: "%.1f", a.seconds)])
+                table.rows.append(["\(i + 1)", a.offer.id, a.spot ? "spot" : "on-demand", String(format: "%.2f", a.clusterPricePerHour), a.outcome, String(format: "%.1f", a.seconds)])
             }
             print(table.render())
+            // The errors below the table, by attempt number: a cloud's message would make the
+            // OUTCOME column as wide as its longest sentence.
+            for (i, a) in report.attempts.enumerated() {
+                if let e = a.error { print("  #\(i + 1) \(e.code.name): \(e.message)") }
+            }
         }
         let c = report.cluster
         if c.status == .running {
