@@ -5,9 +5,6 @@ import CapstanRuntime
 import CapstanSQLite
 import CapstanProviders
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct UpCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -37,8 +34,6 @@ struct UpCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        // Line-buffered even into a file or pipe: what `up` said survives a kill -9.
-        setvbuf(stdout, nil, _IOLBF, 0)
         try await reportingErrors { try await provision() }
     }
 
@@ -56,11 +51,13 @@ struct UpCommand: AsyncParsableCommand {
             error.provider = nil  // named already
             printError("warning: provider \(p.provider) is not in use: \(error)")
         }
-        let printer: (@Sendable (String) -> Void)? = json ? nil : { @Sendable line in print("  " + line) }
+        // Each line flushed: stdio buffers a file or pipe by block, and what `up` said must
+        // survive a kill -9 of it.
+        let printer: (@Sendable (String) -> Void)? = json ? nil : { @Sendable line in print("  " + line); flushStdout() }
         let provisioner = try await global.provisioner(registry, progress: printer)
         _ = await provisioner.reconcile()
         let request = resources.request
-        if !json { print("Provisioning \(name)…") }
+        if !json { print("Provisioning \(name)…"); flushStdout() }
         let search = global.offerSearch(registry, store: provisioner.store, refresh: refresh)
         let report = try await provisioner.up(name: name, request: request, search: search, idleMinutes: idleMinutes)
         try show(report, json: json)

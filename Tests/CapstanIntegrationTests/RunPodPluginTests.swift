@@ -178,9 +178,13 @@ struct RunPodProvisioningTests {
         let table = up.stdout.split(separator: "\n").filter { $0.contains("OUTCOME") || $0.contains("on-demand") || $0.contains("spot") }
         #expect(table.allSatisfy { $0.count < 140 }, "\(table)")
         #expect(up.stdout.contains("node 0") && up.stdout.contains("node 1"))
-        let status = try await runProcess(BuildProducts.capstan, ["status", "rp", "--json"], environment: Self.env(home))
+        let status = try await runProcess(BuildProducts.capstan, ["status"], environment: Self.env(home))
         #expect(status.status == 0, "\(status.stderr)")
         let pods = (try await server.admin("state")["pods"] as? [[String: Any]]) ?? []
+        // Each pod on its own line under its node index (RunPod echoes no `capstan:node`).
+        for (k, id) in pods.compactMap({ $0["id"] as? String }).enumerated() {
+            #expect(status.stdout.split(separator: "\n").contains { $0.contains(id) && ($0.hasPrefix("  0 ") || $0.hasPrefix("  1 ")) }, "pod \(k): \(status.stdout)")
+        }
         #expect(pods.count == 2 && pods.allSatisfy { $0["podType"] as? String == "INTERRUPTABLE" })
         #expect(Set(pods.compactMap { $0["name"] as? String }) == ["capstan-rp-0", "capstan-rp-1"])
         let down = try await runProcess(BuildProducts.capstan, ["down", "rp"], environment: Self.env(home))
