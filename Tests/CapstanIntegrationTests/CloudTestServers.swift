@@ -74,6 +74,7 @@ final class TestServerProcess: @unchecked Sendable {
         if let body {
             req.httpMethod = "POST"
             req.httpBody = try JSONSerialization.data(withJSONObject: body)
+            req.setValue("application/json", forHTTPHeaderField: "Content-Type")
         }
         if let method { req.httpMethod = method }
         let (data, _) = try await URLSession.shared.data(for: req)

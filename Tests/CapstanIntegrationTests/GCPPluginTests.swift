@@ -36,13 +36,13 @@ struct GCPPluginTests {
         let dir = TempDir(); defer { dir.cleanup() }
         let gcp = try await GCPServer(); defer { gcp.stop() }
         let compute = try Self.provider(gcp, dir: dir)
-        let offer = try #require(try await compute.offers(for: ResourceRequest(gpu: "L4", gpusPerNode: 1)).first { $0.zone == "us-central1-b" })
+        let offer = try #require(try await compute.offers(for: ResourceRequest(gpu: "L4", gpusPerNode: 1)).first { $0.zone == "us-central1-b" && $0.instanceType == "g2-standard-4" })
         let key = "cap-" + UUID().uuidString.lowercased()
         let tags = [CapstanTags.managed: "true", CapstanTags.intent: key, CapstanTags.owner: "Owner_1.x", "Name": "capstan-t"]
         let sshKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEexampleEXAMPLEexampleEXAMPLEexam capstan"
         let request = LaunchRequest(offer: offer, count: 2, idempotencyKey: key, tags: tags, sshPublicKey: sshKey, userData: "#!/bin/sh\necho hi\n", name: "capstan-t", spot: true, nodeIndices: [0, 1])
         let launched = try await compute.launch(request)
-        #expect(launched.count == 2 && launched.allSatisfy { $0.spot && $0.tags == tags && $0.zone == "us-central1-b" && $0.sshUser == "capstan" && $0.pricePerHour == 0.28 })
+        #expect(launched.count == 2 && launched.allSatisfy { $0.spot && $0.tags == tags && $0.zone == "us-central1-b" && $0.sshUser == "capstan" && $0.pricePerHour == 0.28 }, "\(launched)")
         #expect(launched.map(\.id).allSatisfy { $0.hasPrefix("us-central1-b/capstan-t-") })
         let state = try await gcp.server.admin("state")
         let body = try #require(state["lastInsert"] as? [String: Any])
@@ -183,7 +183,15 @@ enum GCSEmulator {
         return try await TestServerProcess("gcs", ["gcp-storage-emulator", "start", "--host", "127.0.0.1", "--port", "\(port)", "--in-memory"], fixedPort: port)
     }
 
+    /// Creates a bucket (retried: the emulator may accept connections a moment before it answers).
     static func createBucket(_ server: TestServerProcess, _ name: String) async throws {
-        _ = try await TestServerProcess.json(server.base + "/storage/v1/b?project=capstan-test", body: ["name": name])
+        for attempt in 0..<40 {
+            do {
+                let doc = try await TestServerProcess.json(server.base + "/storage/v1/b?project=capstan-test", body: ["name": name])
+                if doc["name"] as? String == name { return }
+            } catch where attempt < 39 {}
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        throw CapstanError(.internalError, "gcp-storage-emulator did not create bucket \(name).")
     }
 }
