@@ -195,3 +195,74 @@ enum GCSEmulator {
         throw CapstanError(.internalError, "gcp-storage-emulator did not create bucket \(name).")
     }
 }
+
+@Suite("capstan up/down on GCP (test server)", .serialized)
+struct GCPProvisioningTests {
+    static func home(_ gcp: GCPServer) throws -> TempDir {
+        let home = TempDir("capstan-gcp")
+        home.write("config.yaml", "providers:\n  local:\n    enabled: false\n" + (try gcp.section(home: home, zones: ["us-central1-a", "us-central1-b"])))
+        return home
+    }
+
+    static func env(_ home: TempDir) -> [String: String] {
+        ["CAPSTAN_HOME": home.path, "CAPSTAN_PLUGIN_PATH": GCPServer.pluginPath]
+    }
+
+    /// Live instances this home owns that no running cluster of it claims.
+    static func leaked(_ gcp: GCPServer, home: TempDir) async throws -> (live: [Instance], leaked: [Instance]) {
+        let store = try SQLiteStateStore(path: home.file("state/capstan.db"))
+        let dir = TempDir(); defer { dir.cleanup() }
+        let compute = try GCPPluginTests.provider(gcp, dir: dir)
+        let live = try await compute.describe(InstanceQuery(tags: [CapstanTags.owner: try await store.ownerID()]))
+        var leaked: [Instance] = []
+        for i in live {
+            let c = try await store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
+            if !(c?.status == .running && c?.intentKey == i.tags[CapstanTags.intent]) { leaked.append(i) }
+        }
+        return (live, leaked)
+    }
+
+    @Test("up on SPOT fails over from an exhausted zone, down deletes; the key never reaches the state or the output")
+    func upDown() async throws {
+        let gcp = try await GCPServer(faults: ["no_capacity_zones": ["us-central1-a"]]); defer { gcp.stop() }
+        let home = try Self.home(gcp); defer { home.cleanup() }
+        let up = try await runProcess(BuildProducts.capstan, ["up", "g1", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "2", "--spot"], environment: Self.env(home))
+        #expect(up.status == 0, "\(up.stderr)\n\(up.stdout)")
+        #expect(up.stdout.contains("#1 capacity: Compute Engine could not create") && up.stdout.contains("us-central1-b"), "\(up.stdout)")
+        let (live, leaked) = try await Self.leaked(gcp, home: home)
+        #expect(live.count == 2 && leaked.isEmpty && live.allSatisfy { $0.spot && $0.zone == "us-central1-b" })
+        let down = try await runProcess(BuildProducts.capstan, ["down", "g1"], environment: Self.env(home))
+        #expect(down.status == 0, "\(down.stderr)")
+        #expect(try await Self.leaked(gcp, home: home).live.isEmpty)
+        let keyLine = gcp.privateKey.split(separator: "\n")[2]
+        let scan = SecretScan([home.path + "/state"], for: String(keyLine))
+        #expect(scan.hits.isEmpty && scan.covered("capstan.db"), "\(scan.hits)")
+        #expect(!(up.stdout + up.stderr + down.stdout + down.stderr).contains(String(keyLine)))
+    }
+
+    @Test("kill -9 of up and of down on GCP, then reconcile: no live instance that no cluster owns")
+    func crashes() async throws {
+        let gcp = try await GCPServer(); defer { gcp.stop() }
+        for point in ["up.before-launch", "up.after-launch", "up.waiting", "down.listed", "down.terminated"] {
+            let home = try Self.home(gcp); defer { home.cleanup() }
+            let env = Self.env(home)
+            let upArgs = ["up", "c1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "2"]
+            let isDown = point.hasPrefix("down.")
+            if isDown {
+                let up = try await runProcess(BuildProducts.capstan, upArgs, environment: env)
+                #expect(up.status == 0, "\(point): \(up.stderr)")
+            }
+            let killed = try await runProcess(BuildProducts.capstan, isDown ? ["down", "c1"] : upArgs, environment: env.merging(["CAPSTAN_TEST_CRASH_AT": point]) { $1 })
+            #expect(killed.status == 9, "\(point): \(killed.stderr)")
+            let reconcile = try await runProcess(BuildProducts.capstan, ["reconcile"], environment: env)
+            #expect(reconcile.status == 0, "\(point): \(reconcile.stderr)")
+            let (live, leaked) = try await Self.leaked(gcp, home: home)
+            #expect(leaked.isEmpty, "\(point): leaked \(leaked.map(\.id))")
+            if !live.isEmpty {
+                let down = try await runProcess(BuildProducts.capstan, ["down", "c1"], environment: env)
+                #expect(down.status == 0, "\(point): \(down.stderr)")
+            }
+            #expect(try await Self.leaked(gcp, home: home).live.isEmpty, "\(point): instances left")
+        }
+    }
+}
