@@ -374,7 +374,9 @@ extension JobTests {
             }
             #expect(try emu.counter("rate_limited") > limitedBefore)
             // A plugin told not to wait answers rateLimited, with when to retry, for the broker.
-            let impatient = try Self.provider(emu, dir: dir, extra: ["maxRateLimitWaitSeconds": .number(0)])
+            var impatient = try Self.provider(emu, dir: dir, extra: ["maxRateLimitWaitSeconds": .number(0)])
+            // The host would retry it (PluginRetry): here the plugin's own answer is checked.
+            impatient.retry.maxRetries = 0
             try emu.set(["rate_limit": ["requests_per_second": 0.2, "burst": 1, "launch_interval_seconds": 10], "retry_after_header": true])
             _ = try? await impatient.describe(InstanceQuery())
             let limited = await #expect(throws: CapstanError.self) { try await impatient.describe(InstanceQuery()) }
