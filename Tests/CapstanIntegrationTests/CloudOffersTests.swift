@@ -34,6 +34,10 @@ struct CloudOffersTests {
         #expect(table.status == 0, "\(table.stderr)")
         // The transcript (docs/plugins/gcp.md quotes it).
         print("$ capstan \(args.joined(separator: " "))\n\(table.stdout)")
+        // On demand only, for comparison (moto's spot price history answers $0.00 for p5).
+        let onDemand = try await runProcess(BuildProducts.capstan, args.filter { $0 != "--spot" }, environment: env, timeout: 120)
+        #expect(onDemand.status == 0, "\(onDemand.stderr)")
+        print("$ capstan \(args.filter { $0 != "--spot" }.joined(separator: " "))\n\(onDemand.stdout)")
         let json = try await runProcess(BuildProducts.capstan, args + ["--json"], environment: env, timeout: 120)
         #expect(json.status == 0, "\(json.stderr)")
         let ranked = try JSONDecoder.iso.decode(Output.self, from: Data(json.stdout.utf8)).offers

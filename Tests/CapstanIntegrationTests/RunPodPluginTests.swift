@@ -109,6 +109,20 @@ struct RunPodPluginTests {
         #expect(cloud?.message.contains("SECURE or COMMUNITY") == true)
     }
 
+    @Test("plugins inspect prints the schema's URLs unescaped; plugins sdk writes the header and the LSan suppressions")
+    func inspectAndSDK() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let inspect = try await runProcess(BuildProducts.capstan, ["plugins", "inspect", RunPodServer.pluginPath], environment: ["CAPSTAN_HOME": dir.path])
+        #expect(inspect.status == 0, "\(inspect.stderr)")
+        #expect(inspect.stdout.contains("https://api.runpod.io/graphql") && !inspect.stdout.contains("\\/"), "\(inspect.stdout)")
+        let sdk = try await runProcess(BuildProducts.capstan, ["plugins", "sdk", dir.file("include")])
+        #expect(sdk.status == 0, "\(sdk.stderr)")
+        let supp = try String(contentsOfFile: dir.file("include/lsan-capstan-host.supp"), encoding: .utf8)
+        #expect(supp.contains("leak:") && FileManager.default.fileExists(atPath: dir.file("include/capstan_plugin.h")))
+        let header = try String(contentsOfFile: dir.file("include/capstan_plugin.h"), encoding: .utf8)
+        #expect(["timeout", "config", "io", "pluginFailure"].allSatisfy { header.contains($0) })
+    }
+
     @Test("the host retries offers, describe and terminate on 429 (waiting Retry-After) and 5xx, and gives up after its retries")
     func hostRetries() async throws {
         let dir = TempDir(); defer { dir.cleanup() }
@@ -206,6 +220,10 @@ struct RunPodProvisioningTests {
             let args = isDown ? ["down", "c1"] : ["up", "c1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "2"]
             let killed = try await runProcess(BuildProducts.capstan, args, environment: env.merging(["CAPSTAN_TEST_CRASH_AT": point]) { $1 })
             #expect(killed.status == 9, "\(point): \(killed.stderr)")
+            if !isDown {
+                // Flushed line by line into the pipe: what up said before the kill is there.
+                #expect(killed.stdout.contains("Provisioning c1") && killed.stdout.contains("trying runpod/"), "\(point): \(killed.stdout)")
+            }
             let reconcile = try await runProcess(BuildProducts.capstan, ["reconcile"], environment: env)
             #expect(reconcile.status == 0, "\(point): \(reconcile.stderr)")
             let (live, leaked) = try await Self.leaked(server, home: home)
