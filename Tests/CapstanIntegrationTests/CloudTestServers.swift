@@ -1,4 +1,6 @@
 import CapstanCore
+import CapstanRuntime
+import CapstanSQLite
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -161,4 +163,17 @@ final class GCPServer: @unchecked Sendable {
         server.stop()
         keyDir.cleanup()
     }
+}
+
+/// What a cloud holds for a Capstan home: the live instances carrying its owner tag, and those
+/// of them no running cluster of it claims (launch intent included) — leaked.
+func ownedInstances(_ compute: PluginComputeProvider, home: TempDir) async throws -> (live: [Instance], leaked: [Instance]) {
+    let store = try SQLiteStateStore(path: home.file("state/capstan.db"))
+    let live = try await compute.describe(InstanceQuery(tags: [CapstanTags.owner: try await store.ownerID()]))
+    var leaked: [Instance] = []
+    for i in live {
+        let c = try await store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
+        if !(c?.status == .running && c?.intentKey == i.tags[CapstanTags.intent]) { leaked.append(i) }
+    }
+    return (live, leaked)
 }

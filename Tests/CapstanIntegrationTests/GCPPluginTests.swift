@@ -208,18 +208,10 @@ struct GCPProvisioningTests {
         ["CAPSTAN_HOME": home.path, "CAPSTAN_PLUGIN_PATH": GCPServer.pluginPath]
     }
 
-    /// Live instances this home owns that no running cluster of it claims.
+    /// Live instances this home owns, and those no running cluster of it claims.
     static func leaked(_ gcp: GCPServer, home: TempDir) async throws -> (live: [Instance], leaked: [Instance]) {
-        let store = try SQLiteStateStore(path: home.file("state/capstan.db"))
         let dir = TempDir(); defer { dir.cleanup() }
-        let compute = try GCPPluginTests.provider(gcp, dir: dir)
-        let live = try await compute.describe(InstanceQuery(tags: [CapstanTags.owner: try await store.ownerID()]))
-        var leaked: [Instance] = []
-        for i in live {
-            let c = try await store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
-            if !(c?.status == .running && c?.intentKey == i.tags[CapstanTags.intent]) { leaked.append(i) }
-        }
-        return (live, leaked)
+        return try await ownedInstances(GCPPluginTests.provider(gcp, dir: dir), home: home)
     }
 
     @Test("up on SPOT fails over from an exhausted zone, down deletes; the key never reaches the state or the output")

@@ -167,18 +167,10 @@ struct RunPodProvisioningTests {
         ["CAPSTAN_HOME": home.path, "CAPSTAN_PLUGIN_PATH": RunPodServer.pluginPath]
     }
 
-    /// Live pods this home owns that no running cluster of it claims (launch intent included).
+    /// Live pods this home owns, and those no running cluster of it claims.
     static func leaked(_ server: TestServerProcess, home: TempDir) async throws -> (live: [Instance], leaked: [Instance]) {
-        let store = try SQLiteStateStore(path: home.file("state/capstan.db"))
         let dir = TempDir(); defer { dir.cleanup() }
-        let runpod = try RunPodPluginTests.provider(server, dir: dir)
-        let live = try await runpod.describe(InstanceQuery(tags: [CapstanTags.owner: try await store.ownerID()]))
-        var leaked: [Instance] = []
-        for i in live {
-            let c = try await store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
-            if !(c?.status == .running && c?.intentKey == i.tags[CapstanTags.intent]) { leaked.append(i) }
-        }
-        return (live, leaked)
+        return try await ownedInstances(RunPodPluginTests.provider(server, dir: dir), home: home)
     }
 
     @Test("up (spot, failing over past no capacity), status with node indices, down; up's output readable in a file")
