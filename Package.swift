@@ -147,7 +147,7 @@ let package = Package(
         .target(
             name: "CapstanProviders",
             dependencies: [
-                "CapstanCore", "CapstanRuntime", "CapstanAWS", "CapstanStorage",
+                "CapstanCore", "CapstanRuntime", "CapstanAWS", "CapstanStorage", "CapstanCloudKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -237,11 +237,15 @@ let package = Package(
             path: "plugins/aws",
             swiftSettings: swiftSettings
         ),
-        // The HTTP client the RunPod and GCP plugins share (one try per call; endpoint checks).
+        // The HTTP client the RunPod and GCP plugins share (one try per call; endpoint checks),
+        // and Cloud Storage (gs://) with its service-account tokens: the gcp plugin's store and
+        // the built-in client a job's nodes open a gs:// bucket with.
         .target(
             name: "CapstanCloudKit",
             dependencies: [
                 "CapstanCore", "CapstanAWS",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -263,7 +267,6 @@ let package = Package(
                 "CapstanPluginKit", "CapstanCore", "CapstanCloudKit", "CapstanPluginABI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],
             path: "plugins/gcp",
             exclude: ["emulator"],

@@ -1,5 +1,6 @@
 import CapstanCore
 import CapstanPluginKit
+import CapstanCloudKit
 import Foundation
 import Logging
 

@@ -197,6 +197,7 @@ public struct ProviderRegistry: Sendable {
     public func bucketAccess(for location: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> BucketAccess? {
         let scheme = try Self.scheme(of: location)
         if scheme == "file" { return BucketAccess(location: location) }
+        if scheme == "gs" { return try gcsAccess(for: location, environment: environment) }
         guard scheme == "s3" else { return nil }
         var settings = AWSSettings()
         settings.allowInsecureHTTP = config.storage.allowInsecureHTTP

@@ -1,28 +1,32 @@
-import CapstanCore
-import CapstanCloudKit
+public import CapstanCore
 import Crypto
-import Foundation
+public import Foundation
 import _CryptoExtras
 
 /// A service-account key file (the JSON a GCP console download holds). Only `client_email`,
 /// `private_key`, `private_key_id`, `project_id` and `token_uri` are read.
-struct ServiceAccountKey: Decodable, Sendable {
-    var type: String?
-    var project_id: String?
-    var private_key_id: String?
-    var private_key: String
-    var client_email: String
-    var token_uri: String?
+public struct ServiceAccountKey: Decodable, Sendable {
+    public var type: String?
+    public var project_id: String?
+    public var private_key_id: String?
+    public var private_key: String
+    public var client_email: String
+    public var token_uri: String?
 
     /// Reads and checks the key file. Errors name the file and the field, never the key.
-    static func load(_ path: String) throws -> ServiceAccountKey {
+    public static func load(_ path: String) throws -> ServiceAccountKey {
         let text = try CloudHTTP.readSecret(path, what: "GCP service-account key", provider: "gcp")
+        return try parse(text, source: (path as NSString).expandingTildeInPath)
+    }
+
+    /// The key file's text (`source` names it in errors).
+    public static func parse(_ text: String, source: String) throws -> ServiceAccountKey {
         let key: ServiceAccountKey
         do { key = try JSONDecoder().decode(ServiceAccountKey.self, from: Data(text.utf8)) } catch {
-            throw CapstanError(.auth, "\((path as NSString).expandingTildeInPath) is not a GCP service-account key file (JSON with client_email and private_key).", hint: "Download a key: console.cloud.google.com → IAM → Service accounts → Keys → Add key → JSON.", provider: "gcp")
+            throw CapstanError(.auth, "\(source) is not a GCP service-account key file (JSON with client_email and private_key).", hint: "Download a key: console.cloud.google.com → IAM → Service accounts → Keys → Add key → JSON.", provider: "gcp")
         }
         if let t = key.type, t != "service_account" {
-            throw CapstanError(.auth, "\((path as NSString).expandingTildeInPath) holds credentials of type '\(t)', not a service account's key.", hint: "Use a service-account JSON key (type service_account).", provider: "gcp")
+            throw CapstanError(.auth, "\(source) holds credentials of type '\(t)', not a service account's key.", hint: "Use a service-account JSON key (type service_account).", provider: "gcp")
         }
         return key
     }
@@ -31,16 +35,16 @@ struct ServiceAccountKey: Decodable, Sendable {
 /// OAuth2 access tokens for a service account: an RS256-signed JWT assertion exchanged at the
 /// key's `token_uri`, cached and refreshed before it expires (a tenth of its life, at most
 /// 5 minutes, ahead). Neither the key nor a token is ever logged or put in an error.
-actor GCPTokenSource {
+public actor GCPTokenSource {
     private let key: ServiceAccountKey
     private let signer: _RSA.Signing.PrivateKey
-    let tokenURI: String
+    public let tokenURI: String
     static let scope = "https://www.googleapis.com/auth/cloud-platform"
     private var token: (value: String, refreshAt: Date)?
     /// Tokens fetched so far (for tests and logs).
     private(set) var fetched = 0
 
-    init(key: ServiceAccountKey, allowInsecureHTTP: Bool) throws {
+    public init(key: ServiceAccountKey, allowInsecureHTTP: Bool) throws {
         self.key = key
         do { signer = try _RSA.Signing.PrivateKey(pemRepresentation: key.private_key) } catch {
             throw CapstanError(.auth, "The service-account key of \(key.client_email) has a private_key that is not an RSA key in PEM form.", hint: "Download a new JSON key for the service account.", provider: "gcp")
@@ -65,10 +69,10 @@ actor GCPTokenSource {
     }
 
     /// Drops the cached token (after a 401: it was revoked or the clock is off).
-    func invalidate() { token = nil }
+    public func invalidate() { token = nil }
 
     /// A valid access token, fetched when none is cached or the cached one is near its end.
-    func accessToken() async throws -> String {
+    public func accessToken() async throws -> String {
         let now = Date()
         if let token, now < token.refreshAt { return token.value }
         let form = "grant_type=" + "urn:ietf:params:oauth:grant-type:jwt-bearer".addingPercentEncoding(withAllowedCharacters: .alphanumerics)! + "&assertion=" + (try assertion(now: now))

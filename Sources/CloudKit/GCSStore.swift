@@ -1,7 +1,6 @@
-import CapstanCore
-import CapstanCloudKit
+public import CapstanCore
 import Crypto
-import Foundation
+public import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -34,15 +33,15 @@ struct CRC32C {
 /// (multiples of 256 KiB), `ifGenerationMatch=0` for a put that must not overwrite, the object's
 /// CRC32C and MD5 checked against the file's after the upload and after every download, and
 /// Capstan's SHA-256 kept in the object's metadata (`capstan-sha256`).
-struct GCSStore: ObjectStore {
-    let location: String
+public struct GCSStore: ObjectStore {
+    public let location: String
     let bucket: String
     let prefix: String
     let base: String
     let auth: GCPTokenSource
     static let chunk = 8 << 20
 
-    init(location: String, base: String, auth: GCPTokenSource, allowInsecureHTTP: Bool) throws {
+    public init(location: String, base: String, auth: GCPTokenSource, allowInsecureHTTP: Bool) throws {
         guard location.hasPrefix("gs://") else {
             throw CapstanError(.invalidRequest, "'\(location)' is not a gs:// bucket URI.", hint: "Use gs://BUCKET or gs://BUCKET/PREFIX.", provider: "gcp")
         }
@@ -91,7 +90,7 @@ struct GCSStore: ObjectStore {
         return ObjectInfo(key: String(name.dropFirst(prefix.count)), size: size, sha256: sha, etag: o["md5Hash"] as? String, lastModified: updated, metadata: metadata)
     }
 
-    func put(file path: String, key: String, options: PutOptions, progress: TransferProgressHandler?) async throws -> ObjectInfo {
+    public func put(file path: String, key: String, options: PutOptions, progress: TransferProgressHandler?) async throws -> ObjectInfo {
         try ObjectKey.validate(key)
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw CapstanError(.io, "Cannot read \(path) to upload it.", hint: "Check the file exists and is readable.")
@@ -162,7 +161,7 @@ struct GCSStore: ObjectStore {
         CapstanError(.invalidRequest, "Object \(key) already exists in \(location) and the upload asked not to overwrite it.", provider: "gcp", cloudCode: "PreconditionFailed")
     }
 
-    func get(key: String, to path: String, progress: TransferProgressHandler?) async throws -> ObjectInfo {
+    public func get(key: String, to path: String, progress: TransferProgressHandler?) async throws -> ObjectInfo {
         guard let meta = try await headRaw(key: key) else {
             throw CapstanError(.notFound, "No object \(key) in \(location).", provider: "gcp")
         }
@@ -208,7 +207,7 @@ struct GCSStore: ObjectStore {
         return object
     }
 
-    func list(prefix p: String) async throws -> [ObjectInfo] {
+    public func list(prefix p: String) async throws -> [ObjectInfo] {
         var out: [ObjectInfo] = []
         var token: String?
         repeat {
@@ -229,11 +228,11 @@ struct GCSStore: ObjectStore {
         return r.status == 404 ? nil : r.json
     }
 
-    func head(key: String) async throws -> ObjectInfo? {
+    public func head(key: String) async throws -> ObjectInfo? {
         try await headRaw(key: key).map(info)
     }
 
-    func delete(key: String) async throws {
+    public func delete(key: String) async throws {
         try ObjectKey.validate(key)
         _ = try await send("DELETE", "\(base)/storage/v1/b/\(Self.enc(bucket))/o/\(Self.enc(prefix + key))", what: "delete \(key)")
     }
