@@ -40,4 +40,17 @@ extension JobTests {
         let scan = SecretScan([home.dir.path, home.tmp], for: line, skip: { $0.hasSuffix("gcp-key.json") })
         #expect(scan.covered("/state/capstan.db") && scan.hits.isEmpty, "the key appears in \(scan.hits)")
     }
+
+    @Test("a gs:// job without GCP credentials is refused before anything starts, saying what to set")
+    func gcsBucketWithoutCredentials() async throws {
+        let home = try JobHome(steps: 10, storage: "gs://capstan-gcs/runs")
+        defer { home.dir.cleanup() }
+        // No gcp section: nothing serves gs://.
+        let none = try await home.capstan(["launch", home.spec, "--quiet"] + JobHome.fast, env: ["GOOGLE_APPLICATION_CREDENTIALS": ""])
+        #expect(none.status != 0 && none.stderr.contains("No enabled storage plugin serves 'gs://' buckets"), "\(none.stderr)")
+        // The plugin enabled without a key: it says which setting is missing.
+        home.dir.write("config.yaml", "providers:\n  local:\n    slots: 6\n  gcp: {}\n")
+        let noKey = try await home.capstan(["launch", home.spec, "--quiet"] + JobHome.fast, env: ["GOOGLE_APPLICATION_CREDENTIALS": "", "CAPSTAN_PLUGIN_PATH": GCPServer.pluginPath])
+        #expect(noKey.status != 0 && noKey.stderr.contains("providers.gcp.credentialsFile"), "\(noKey.stderr)")
+    }
 }

@@ -165,7 +165,13 @@ public struct ProviderRegistry: Sendable {
                 return try PluginObjectStore(instance, location: location)
             }
         }
-        return try Self.builtInStore(for: location, home: home, allowInsecureHTTP: config.storage.allowInsecureHTTP)
+        do {
+            return try Self.builtInStore(for: location, home: home, allowInsecureHTTP: config.storage.allowInsecureHTTP)
+        } catch var e as CapstanError where scheme != "file" && scheme != "s3" && !problems.isEmpty {
+            // The plugin that would serve it may be among those that failed to start: say why.
+            e.message += " Not in use: " + problems.map { "\($0.provider) (\($0.error.message))" }.joined(separator: "; ") + "."
+            throw e
+        }
     }
 
     /// Opens a bucket with the clients compiled into Capstan, no plugins: `file://`, and
