@@ -1,6 +1,7 @@
 import CapstanCore
 import CapstanRuntime
 import CapstanSQLite
+import Testing
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -176,4 +177,37 @@ func ownedInstances(_ compute: PluginComputeProvider, home: TempDir) async throw
         if !(c?.status == .running && c?.intentKey == i.tags[CapstanTags.intent]) { leaked.append(i) }
     }
     return (live, leaked)
+}
+
+/// kill -9 of `capstan up` and of `capstan down` at each crash point (a fresh home each), then
+/// `capstan reconcile`: no live instance is left that no running cluster owns, and after a final
+/// `down` none at all. `provider` names the offers `up` prints it is trying.
+func killUpAndDownThenReconcile(
+    provider: String, makeHome: () throws -> TempDir, env: (TempDir) -> [String: String],
+    owned: (TempDir) async throws -> (live: [Instance], leaked: [Instance])
+) async throws {
+    let upArgs = ["up", "c1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "2"]
+    for point in ["up.before-launch", "up.after-launch", "up.waiting", "down.listed", "down.terminated"] {
+        let home = try makeHome(); defer { home.cleanup() }
+        let isDown = point.hasPrefix("down.")
+        if isDown {
+            let up = try await runProcess(BuildProducts.capstan, upArgs, environment: env(home))
+            #expect(up.status == 0, "\(point): \(up.stderr)")
+        }
+        let killed = try await runProcess(BuildProducts.capstan, isDown ? ["down", "c1"] : upArgs, environment: env(home).merging(["CAPSTAN_TEST_CRASH_AT": point]) { $1 })
+        #expect(killed.status == 9, "\(point): \(killed.stderr)")
+        if !isDown {
+            // Flushed line by line into the pipe: what up said before the kill is there.
+            #expect(killed.stdout.contains("Provisioning c1") && killed.stdout.contains("trying \(provider)/"), "\(point): \(killed.stdout)")
+        }
+        let reconcile = try await runProcess(BuildProducts.capstan, ["reconcile"], environment: env(home))
+        #expect(reconcile.status == 0, "\(point): \(reconcile.stderr)")
+        let (live, leaked) = try await owned(home)
+        #expect(leaked.isEmpty, "\(point): leaked \(leaked.map(\.id))")
+        if !live.isEmpty {
+            let down = try await runProcess(BuildProducts.capstan, ["down", "c1"], environment: env(home))
+            #expect(down.status == 0, "\(point): \(down.stderr)")
+        }
+        #expect(try await owned(home).live.isEmpty, "\(point): instances left")
+    }
 }

@@ -235,26 +235,6 @@ struct GCPProvisioningTests {
     @Test("kill -9 of up and of down on GCP, then reconcile: no live instance that no cluster owns")
     func crashes() async throws {
         let gcp = try await GCPServer(); defer { gcp.stop() }
-        for point in ["up.before-launch", "up.after-launch", "up.waiting", "down.listed", "down.terminated"] {
-            let home = try Self.home(gcp); defer { home.cleanup() }
-            let env = Self.env(home)
-            let upArgs = ["up", "c1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "2"]
-            let isDown = point.hasPrefix("down.")
-            if isDown {
-                let up = try await runProcess(BuildProducts.capstan, upArgs, environment: env)
-                #expect(up.status == 0, "\(point): \(up.stderr)")
-            }
-            let killed = try await runProcess(BuildProducts.capstan, isDown ? ["down", "c1"] : upArgs, environment: env.merging(["CAPSTAN_TEST_CRASH_AT": point]) { $1 })
-            #expect(killed.status == 9, "\(point): \(killed.stderr)")
-            let reconcile = try await runProcess(BuildProducts.capstan, ["reconcile"], environment: env)
-            #expect(reconcile.status == 0, "\(point): \(reconcile.stderr)")
-            let (live, leaked) = try await Self.leaked(gcp, home: home)
-            #expect(leaked.isEmpty, "\(point): leaked \(leaked.map(\.id))")
-            if !live.isEmpty {
-                let down = try await runProcess(BuildProducts.capstan, ["down", "c1"], environment: env)
-                #expect(down.status == 0, "\(point): \(down.stderr)")
-            }
-            #expect(try await Self.leaked(gcp, home: home).live.isEmpty, "\(point): instances left")
-        }
+        try await killUpAndDownThenReconcile(provider: "gcp", makeHome: { try Self.home(gcp) }, env: Self.env, owned: { try await Self.leaked(gcp, home: $0) })
     }
 }

@@ -201,30 +201,6 @@ struct RunPodProvisioningTests {
     @Test("kill -9 of up and of down on RunPod, then reconcile: no live pod that no cluster owns")
     func crashes() async throws {
         let server = try await RunPodServer.start(); defer { server.stop() }
-        for point in ["up.before-launch", "up.after-launch", "up.waiting", "down.listed", "down.terminated"] {
-            let home = Self.home(server); defer { home.cleanup() }
-            let env = Self.env(home)
-            let isDown = point.hasPrefix("down.")
-            if isDown {
-                let up = try await runProcess(BuildProducts.capstan, ["up", "c1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "2"], environment: env)
-                #expect(up.status == 0, "\(point): \(up.stderr)")
-            }
-            let args = isDown ? ["down", "c1"] : ["up", "c1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "2"]
-            let killed = try await runProcess(BuildProducts.capstan, args, environment: env.merging(["CAPSTAN_TEST_CRASH_AT": point]) { $1 })
-            #expect(killed.status == 9, "\(point): \(killed.stderr)")
-            if !isDown {
-                // Flushed line by line into the pipe: what up said before the kill is there.
-                #expect(killed.stdout.contains("Provisioning c1") && killed.stdout.contains("trying runpod/"), "\(point): \(killed.stdout)")
-            }
-            let reconcile = try await runProcess(BuildProducts.capstan, ["reconcile"], environment: env)
-            #expect(reconcile.status == 0, "\(point): \(reconcile.stderr)")
-            let (live, leaked) = try await Self.leaked(server, home: home)
-            #expect(leaked.isEmpty, "\(point): leaked \(leaked.map(\.id))")
-            if !live.isEmpty {
-                let down = try await runProcess(BuildProducts.capstan, ["down", "c1"], environment: env)
-                #expect(down.status == 0, "\(point): \(down.stderr)")
-            }
-            #expect(try await Self.leaked(server, home: home).live.isEmpty, "\(point): pods left")
-        }
+        try await killUpAndDownThenReconcile(provider: "runpod", makeHome: { Self.home(server) }, env: Self.env, owned: { try await Self.leaked(server, home: $0) })
     }
 }
