@@ -166,11 +166,12 @@ final class GCPServer: @unchecked Sendable {
     }
 }
 
-/// What a cloud holds for a Capstan home: the live instances carrying its owner tag, and those
-/// of them no running cluster of it claims (launch intent included) — leaked.
-func ownedInstances(_ compute: PluginComputeProvider, home: TempDir) async throws -> (live: [Instance], leaked: [Instance]) {
+/// What a cloud holds for a Capstan home: the live instances carrying its owner tag (one already
+/// terminating counts as gone), and those of them no running cluster of it claims (launch
+/// intent included) — leaked.
+func ownedInstances(_ compute: any ComputeProvider, home: TempDir) async throws -> (live: [Instance], leaked: [Instance]) {
     let store = try SQLiteStateStore(path: home.file("state/capstan.db"))
-    let live = try await compute.describe(InstanceQuery(tags: [CapstanTags.owner: try await store.ownerID()]))
+    let live = try await compute.describe(InstanceQuery(tags: [CapstanTags.owner: try await store.ownerID()])).filter { $0.state != .terminating }
     var leaked: [Instance] = []
     for i in live {
         let c = try await store.cluster(id: i.tags[CapstanTags.clusterID] ?? "")
@@ -183,10 +184,10 @@ func ownedInstances(_ compute: PluginComputeProvider, home: TempDir) async throw
 /// `capstan reconcile`: no live instance is left that no running cluster owns, and after a final
 /// `down` none at all. `provider` names the offers `up` prints it is trying.
 func killUpAndDownThenReconcile(
-    provider: String, makeHome: () throws -> TempDir, env: (TempDir) -> [String: String],
+    provider: String, gpu: [String] = ["--gpu", "L4", "--gpus-per-node", "1"], makeHome: () throws -> TempDir, env: (TempDir) -> [String: String],
     owned: (TempDir) async throws -> (live: [Instance], leaked: [Instance])
 ) async throws {
-    let upArgs = ["up", "c1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "2"]
+    let upArgs = ["up", "c1"] + gpu + ["--nodes", "2"]
     for point in ["up.before-launch", "up.after-launch", "up.waiting", "down.listed", "down.terminated"] {
         let home = try makeHome(); defer { home.cleanup() }
         let isDown = point.hasPrefix("down.")
