@@ -22,7 +22,7 @@ public struct PluginComputeProvider: ComputeProvider {
     public func offers(for request: ResourceRequest) async throws -> [Offer] {
         let body = try PluginWire.encoder.encode(request)
         let instance = self.instance
-        let answer = try await retry.run(PluginWire.Method.offers, plugin: name) { try await instance.invoke(PluginWire.Method.offers, request: body) }
+        let answer = try await retry.run { try await instance.invoke(PluginWire.Method.offers, request: body) }
         // A catalog can hold 100,000 offers: read by hand (OfferJSON) when the answer has the
         // usual shape; anything else goes through JSONDecoder, which accepts or refuses it with
         // its own error (so the fast path changes neither).
@@ -42,13 +42,13 @@ public struct PluginComputeProvider: ComputeProvider {
     }
 
     public func describe(_ query: InstanceQuery) async throws -> [Instance] {
-        try await retry.run(PluginWire.Method.describe, plugin: name) {
+        try await retry.run {
             try await instance.call(PluginWire.Method.describe, query, as: PluginWire.InstancesResponse.self).instances
         }
     }
 
     public func terminate(ids: [String]) async throws -> [Instance] {
-        try await retry.run(PluginWire.Method.terminate, plugin: name) {
+        try await retry.run {
             try await instance.call(PluginWire.Method.terminate, PluginWire.TerminateRequest(ids: ids), as: PluginWire.InstancesResponse.self).instances
         }
     }
@@ -78,27 +78,27 @@ public struct PluginObjectStore: ObjectStore {
 
     public func put(file path: String, key: String, options: PutOptions, progress: TransferProgressHandler?) async throws -> ObjectInfo {
         try ObjectKey.validate(key)
-        return try await retry.run(PluginWire.Method.put, plugin: instance.name) { try await instance.call(PluginWire.Method.put, PluginWire.PutRequest(location: location, file: path, key: key, options: options), as: ObjectInfo.self, timeout: longTimeout, progress: progress) }
+        return try await retry.run { try await instance.call(PluginWire.Method.put, PluginWire.PutRequest(location: location, file: path, key: key, options: options), as: ObjectInfo.self, timeout: longTimeout, progress: progress) }
     }
 
     public func get(key: String, to path: String, progress: TransferProgressHandler?) async throws -> ObjectInfo {
         try ObjectKey.validate(key)
-        return try await retry.run(PluginWire.Method.get, plugin: instance.name) { try await instance.call(PluginWire.Method.get, PluginWire.GetRequest(location: location, key: key, file: path), as: ObjectInfo.self, timeout: longTimeout, progress: progress) }
+        return try await retry.run { try await instance.call(PluginWire.Method.get, PluginWire.GetRequest(location: location, key: key, file: path), as: ObjectInfo.self, timeout: longTimeout, progress: progress) }
     }
 
     public func list(prefix: String) async throws -> [ObjectInfo] {
         try ObjectKey.validatePrefix(prefix)
-        return try await retry.run(PluginWire.Method.list, plugin: instance.name) { try await instance.call(PluginWire.Method.list, PluginWire.ListRequest(location: location, prefix: prefix), as: PluginWire.ListResponse.self).objects }
+        return try await retry.run { try await instance.call(PluginWire.Method.list, PluginWire.ListRequest(location: location, prefix: prefix), as: PluginWire.ListResponse.self).objects }
     }
 
     public func head(key: String) async throws -> ObjectInfo? {
         try ObjectKey.validate(key)
-        return try await retry.run(PluginWire.Method.head, plugin: instance.name) { try await instance.call(PluginWire.Method.head, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.HeadResponse.self).object }
+        return try await retry.run { try await instance.call(PluginWire.Method.head, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.HeadResponse.self).object }
     }
 
     public func delete(key: String) async throws {
         try ObjectKey.validate(key)
-        _ = try await retry.run(PluginWire.Method.delete, plugin: instance.name) { try await instance.call(PluginWire.Method.delete, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.Empty.self) }
+        _ = try await retry.run { try await instance.call(PluginWire.Method.delete, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.Empty.self) }
     }
 }
 
@@ -115,7 +115,8 @@ public struct PluginRetry: Sendable {
 
     public init() {}
 
-    public func run<T: Sendable>(_ method: String, plugin: String, _ body: @Sendable () async throws -> T) async throws -> T {
+    /// Runs `body`, again after each retryable failure, until it succeeds or the retries are spent.
+    public func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
         var attempt = 0
         while true {
             do {
