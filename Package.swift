@@ -40,6 +40,8 @@ let package = Package(
         // Plugins: one dynamic library per cloud, loaded at run time with dlopen.
         .library(name: "CapstanPluginSim", type: .dynamic, targets: ["CapstanPluginSim"]),
         .library(name: "CapstanPluginAWS", type: .dynamic, targets: ["CapstanPluginAWS"]),
+        .library(name: "CapstanPluginRunPod", type: .dynamic, targets: ["CapstanPluginRunPod"]),
+        .library(name: "CapstanPluginGCP", type: .dynamic, targets: ["CapstanPluginGCP"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -145,7 +147,7 @@ let package = Package(
         .target(
             name: "CapstanProviders",
             dependencies: [
-                "CapstanCore", "CapstanRuntime", "CapstanAWS", "CapstanStorage",
+                "CapstanCore", "CapstanRuntime", "CapstanAWS", "CapstanStorage", "CapstanCloudKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -212,7 +214,7 @@ let package = Package(
             ],
             path: "Sources/CLI",
             // The public plugin header (a link to Sources/PluginABI's), for `capstan plugins sdk`.
-            resources: [.embedInCode("Resources/capstan_plugin.h")],
+            resources: [.embedInCode("Resources/capstan_plugin.h"), .embedInCode("Resources/lsan-swift-host.supp")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -233,6 +235,41 @@ let package = Package(
             name: "CapstanPluginAWS",
             dependencies: ["CapstanPluginKit", "CapstanAWS", "CapstanPluginABI"],
             path: "plugins/aws",
+            swiftSettings: swiftSettings
+        ),
+        // The HTTP client the RunPod and GCP plugins share (one try per call; endpoint checks),
+        // and Cloud Storage (gs://) with its service-account tokens: the gcp plugin's store and
+        // the built-in client a job's nodes open a gs:// bucket with.
+        .target(
+            name: "CapstanCloudKit",
+            dependencies: [
+                "CapstanCore", "CapstanAWS",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Sources/CloudKit",
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanPluginRunPod",
+            dependencies: ["CapstanPluginKit", "CapstanCore", "CapstanCloudKit", "CapstanPluginABI", .product(name: "Logging", package: "swift-log")],
+            path: "plugins/runpod",
+            exclude: ["emulator"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CapstanPluginGCP",
+            dependencies: [
+                "CapstanPluginKit", "CapstanCore", "CapstanCloudKit", "CapstanPluginABI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "plugins/gcp",
+            exclude: ["emulator"],
             swiftSettings: swiftSettings
         ),
         // Helpers every test target shares (temp folders).

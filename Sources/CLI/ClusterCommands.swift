@@ -51,11 +51,13 @@ struct UpCommand: AsyncParsableCommand {
             error.provider = nil  // named already
             printError("warning: provider \(p.provider) is not in use: \(error)")
         }
-        let printer: (@Sendable (String) -> Void)? = json ? nil : { @Sendable line in print("  " + line) }
+        // Each line flushed: stdio buffers a file or pipe by block, and what `up` said must
+        // survive a kill -9 of it.
+        let printer: (@Sendable (String) -> Void)? = json ? nil : { @Sendable line in print("  " + line); flushStdout() }
         let provisioner = try await global.provisioner(registry, progress: printer)
         _ = await provisioner.reconcile()
         let request = resources.request
-        if !json { print("Provisioning \(name)…") }
+        if !json { print("Provisioning \(name)…"); flushStdout() }
         let search = global.offerSearch(registry, store: provisioner.store, refresh: refresh)
         let report = try await provisioner.up(name: name, request: request, search: search, idleMinutes: idleMinutes)
         try show(report, json: json)
@@ -71,9 +73,14 @@ struct UpCommand: AsyncParsableCommand {
         if !report.attempts.isEmpty {
             var table = TextTable(header: ["#", "OFFER", "MARKET", "$/H", "OUTCOME", "SECONDS"], rightAligned: [0, 3, 5])
             for (i, a) in report.attempts.enumerated() {
-                table.rows.append(["\(i + 1)", a.offer.id, a.spot ? "spot" : "on-demand", String(format: "%.2f", a.clusterPricePerHour), a.error.map { "\($0.code.name): \($0.message)" } ?? a.outcome, String(format: "%.1f", a.seconds)])
+                table.rows.append(["\(i + 1)", a.offer.id, a.spot ? "spot" : "on-demand", String(format: "%.2f", a.clusterPricePerHour), a.outcome, String(format: "%.1f", a.seconds)])
             }
             print(table.render())
+            // The errors below the table, by attempt number: a cloud's message would make the
+            // OUTCOME column as wide as its longest sentence.
+            for (i, a) in report.attempts.enumerated() {
+                if let e = a.error { print("  #\(i + 1) \(e.code.name): \(e.message)") }
+            }
         }
         let c = report.cluster
         if c.status == .running {

@@ -139,7 +139,7 @@ struct PluginsCommand: AsyncParsableCommand {
                 if let d = m.description { print("description:   \(d)") }
                 if let schema = m.configSchema {
                     let e = JSONEncoder()
-                    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+                    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
                     print("config schema (providers.\(m.name) in config.yaml):")
                     print(String(decoding: try e.encode(schema), as: UTF8.self))
                 }
@@ -198,24 +198,29 @@ struct PluginsCommand: AsyncParsableCommand {
     struct SDK: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "sdk",
-            abstract: "Write the plugin ABI header (capstan_plugin.h) this capstan speaks into a folder, to build a plugin against.",
+            abstract: "Write the plugin ABI header (capstan_plugin.h) this capstan speaks, and the LeakSanitizer suppressions for checking a plugin inside it, into a folder.",
             discussion: """
                 Example: capstan plugins sdk ./include && make CAPSTAN_INCLUDE=./include
+                Writes capstan_plugin.h and lsan-capstan-host.supp (the Swift host's own leaks, for
+                LSAN_OPTIONS=suppressions=… when an ASan-built plugin runs inside capstan).
                 The guide: docs/writing-a-plugin.md; the Lambda plugin (plugins/lambda) is its worked example.
                 """)
-        @Argument(help: "Folder to write capstan_plugin.h into (created if missing).")
+        @Argument(help: "Folder to write capstan_plugin.h and lsan-capstan-host.supp into (created if missing).")
         var folder: String
 
         func run() async throws {
             try await reportingErrors {
                 let path = (folder as NSString).appendingPathComponent("capstan_plugin.h")
+                let supp = (folder as NSString).appendingPathComponent("lsan-capstan-host.supp")
                 do {
                     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
                     try Data(PackageResources.capstan_plugin_h).write(to: URL(fileURLWithPath: path))
+                    try Data(PackageResources.lsan_swift_host_supp).write(to: URL(fileURLWithPath: supp))
                 } catch {
-                    throw CapstanError(.io, "Cannot write capstan_plugin.h into \(folder): \(error.localizedDescription)", hint: "Pick a folder you can write to.")
+                    throw CapstanError(.io, "Cannot write the plugin SDK into \(folder): \(error.localizedDescription)", hint: "Pick a folder you can write to.")
                 }
                 print("\(path): plugin ABI \(capstan_host_abi_version())")
+                print("\(supp): LeakSanitizer suppressions for the capstan host (docs/writing-a-plugin.md, Memory safety)")
             }
         }
     }

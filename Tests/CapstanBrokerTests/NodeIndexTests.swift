@@ -31,8 +31,40 @@ struct ScramblingCloud: ComputeProvider {
     func terminate(ids: [String]) async throws -> [Instance] { scramble(try await inner.terminate(ids: ids)) }
 }
 
+/// Keeps every launch request it is sent (a real SimulatedCloud behind it).
+final class RecordingCloud: ComputeProvider, @unchecked Sendable {
+    let inner: SimulatedCloud
+    let requests = LockedBox<[LaunchRequest]>([])
+    init(_ inner: SimulatedCloud) { self.inner = inner }
+    var name: String { inner.name }
+    func offers(for request: ResourceRequest) async throws -> [Offer] { try await inner.offers(for: request) }
+    func launch(_ request: LaunchRequest) async throws -> [Instance] {
+        requests.withLock { $0.append(request) }
+        return try await inner.launch(request)
+    }
+    func describe(_ query: InstanceQuery) async throws -> [Instance] { try await inner.describe(query) }
+    func terminate(ids: [String]) async throws -> [Instance] { try await inner.terminate(ids: ids) }
+}
+
 @Suite("Node indices are Capstan's, whatever the plugin returns")
 struct NodeIndexTests {
+    @Test("the launch request says which node index each instance serves: 0..<n for a gang, the lost index for a replacement; the k-th instance returned is recorded as that node")
+    func launchRequestCarriesIndices() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cloud = RecordingCloud(SimulatedCloud(configuration: .init(offers: threeRegions, bootSeconds: 0.05)))
+        let p = try makeProvisioner([cloud], dir: dir)
+        let report = try await p.up(name: "c", request: ResourceRequest(gpu: "H100", gpusPerNode: 8, nodes: 3), search: OfferSearch(providers: [cloud]))
+        let gang = try #require(cloud.requests.withLock { $0.first })
+        #expect(gang.nodeIndices == [0, 1, 2] && gang.count == 3)
+        #expect(report.instances.map(\.nodeIndex) == [0, 1, 2])
+        let fresh = try await p.replaceNode(cluster: "c", node: 1)
+        #expect(cloud.requests.withLock { $0.last?.nodeIndices } == [1])
+        #expect(fresh.nodeIndex == 1)
+        // On the wire: the field a plugin reads.
+        let wire = String(decoding: try JSONEncoder().encode(gang), as: UTF8.self)
+        #expect(wire.contains(#""nodeIndices":[0,1,2]"#))
+    }
+
     @Test("assign: kept indices stand, the rest take the lowest free ones in order")
     func assign() {
         #expect(NodeIndices.assign([nil, nil, nil], nodes: 3) == [0, 1, 2])

@@ -374,7 +374,9 @@ extension JobTests {
             }
             #expect(try emu.counter("rate_limited") > limitedBefore)
             // A plugin told not to wait answers rateLimited, with when to retry, for the broker.
-            let impatient = try Self.provider(emu, dir: dir, extra: ["maxRateLimitWaitSeconds": .number(0)])
+            var impatient = try Self.provider(emu, dir: dir, extra: ["maxRateLimitWaitSeconds": .number(0)])
+            // The host would retry it (PluginRetry): here the plugin's own answer is checked.
+            impatient.retry.maxRetries = 0
             try emu.set(["rate_limit": ["requests_per_second": 0.2, "burst": 1, "launch_interval_seconds": 10], "retry_after_header": true])
             _ = try? await impatient.describe(InstanceQuery())
             let limited = await #expect(throws: CapstanError.self) { try await impatient.describe(InstanceQuery()) }
@@ -467,12 +469,15 @@ extension JobTests {
                 """
             if let aws { config += AWSProvisioningTests.providerSection(home, endpoint: aws) }
             home.write("config.yaml", config)
+            let so = try LambdaPlugin.build(asan: true)
+            // The suppressions `capstan plugins sdk` wrote beside the header, as a vendor uses them.
+            let supp = URL(fileURLWithPath: so).deletingLastPathComponent().deletingLastPathComponent().path + "/include/lsan-capstan-host.supp"
             let env = [
-                "CAPSTAN_HOME": home.path, "CAPSTAN_PLUGIN_PATH": try LambdaPlugin.build(asan: true),
+                "CAPSTAN_HOME": home.path, "CAPSTAN_PLUGIN_PATH": so,
                 "LD_PRELOAD": LambdaPlugin.libasan,
                 "ASAN_OPTIONS": "detect_leaks=1:log_path=\(logs.path)/asan:exitcode=66",
                 // Known leaks of the host's Swift runtime, not the plugin's (see the file).
-                "LSAN_OPTIONS": "suppressions=\(BuildProducts.fixtures)/lsan-swift-host.supp:print_suppressions=0",
+                "LSAN_OPTIONS": "suppressions=\(supp):print_suppressions=0",
             ]
             return Run(home: home, emulator: emulator, asanLogs: logs, environment: env)
         }

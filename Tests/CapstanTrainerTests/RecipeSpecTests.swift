@@ -66,6 +66,13 @@ struct RecipeSpecTests {
         #expect(e?.message.contains(expected) == true, "\(e?.message ?? "no error")")
     }
 
+    @Test("an error built from a hint that ends in a full stop gets no second one")
+    func oneFullStop() {
+        let e = #expect(throws: CapstanError.self) { try JobSpec.parse("run: x\nresources: {gpu: H900}\n", source: "job.yaml") }
+        #expect(e?.message.hasSuffix(".") == true && e?.message.contains("..") == false, "\(e?.message ?? "no error")")
+        #expect(CapstanError.sentence("done") == "done." && CapstanError.sentence("done.") == "done." && CapstanError.sentence("why?") == "why?")
+    }
+
     @Test("a venv's identity: same inputs share one; any change to what gets installed makes another")
     func envHash() {
         let env = PythonEnvironment(requirements: ["peft", "transformers>=4.46"])

@@ -321,7 +321,9 @@ public struct Provisioner: Sendable {
         say("trying \(offer.id): \(count) node(s), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " spot" : ""))
         faults.hit("\(stage).before-launch")
 
-        var request = LaunchRequest(offer: offer, count: count, idempotencyKey: key, tags: tags, name: "capstan-\(cluster.name)", spot: ranked.spot)
+        // The indices ``stamp`` gives the instances, in the order the plugin returns them.
+        let indices = node.map { [$0] } ?? Array(0..<count)
+        var request = LaunchRequest(offer: offer, count: count, idempotencyKey: key, tags: tags, name: "capstan-\(cluster.name)", spot: ranked.spot, nodeIndices: indices)
         if let keys = options.clusterKeys {
             do { request.sshPublicKey = try await keys.publicKey(for: cluster) } catch {
                 say("no SSH key of its own for cluster \(cluster.name): \((error as? CapstanError)?.message ?? "\(error)")")

@@ -17,11 +17,18 @@ public struct LaunchRequest: Sendable, Hashable, Codable {
     public var name: String?
     /// Launch as spot (preemptible) capacity.
     public var spot: Bool
+    /// The node index (0 = leader) each of the `count` instances serves, in order: Capstan
+    /// numbers the k-th instance a launch returns `nodeIndices[k]` when it records the launch.
+    /// A plugin may use it (in names, say); it never has to echo it back (``CapstanTags/node``
+    /// is Capstan's, whatever `describe` returns). Nil from hosts older than this field.
+    public var nodeIndices: [Int]?
 
     public init(
         offer: Offer, count: Int, idempotencyKey: String, tags: [String: String] = [:],
-        sshPublicKey: String? = nil, userData: String? = nil, name: String? = nil, spot: Bool = false
+        sshPublicKey: String? = nil, userData: String? = nil, name: String? = nil, spot: Bool = false,
+        nodeIndices: [Int]? = nil
     ) {
+        self.nodeIndices = nodeIndices
         self.offer = offer
         self.count = count
         self.idempotencyKey = idempotencyKey

@@ -89,6 +89,13 @@ public struct CapstanError: Error, Sendable, Hashable, Codable, CustomStringConv
         self.cloudMessage = cloudMessage
     }
 
+    /// `text` ending with exactly one full stop: a message built as "…: \(what)." whose `what`
+    /// (a hint, a cloud's message) already ends in ".", "?" or "!" gets none added.
+    public static func sentence(_ text: String) -> String {
+        guard let last = text.last else { return text }
+        return ".?!".contains(last) ? text : text + "."
+    }
+
     /// `retryAfterSeconds` as a `Duration`.
     public var retryAfter: Duration? { retryAfterSeconds.map { .milliseconds(Int64($0 * 1000)) } }
 

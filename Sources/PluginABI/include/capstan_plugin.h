@@ -40,11 +40,18 @@
  *
  * Status codes: `completion(ctx, CAPSTAN_STATUS_OK, result)` carries the method's result document;
  * `completion(ctx, CAPSTAN_STATUS_ERROR, error)` carries an error document:
- *   {"code": "capacity|quota|auth|rateLimited|invalidRequest|notFound|transient|unsupported|internal",
+ *   {"code": "capacity|quota|auth|rateLimited|invalidRequest|notFound|transient|unsupported|
+ *            timeout|config|io|internal|pluginFailure",
  *    "message": "what happened, to what, and what to do",
- *    "retryAfterSeconds": 3.0,          (optional, with rateLimited)
+ *    "hint": "what the user should do",  (optional)
+ *    "retryAfterSeconds": 3.0,          (optional, with rateLimited/transient: the host waits this long)
  *    "cloudCode": "InsufficientInstanceCapacity", (optional: the cloud's own code)
  *    "cloudMessage": "..."}             (optional)
+ *
+ * The host retries rateLimited and transient answers of every method with backoff (launch with the
+ * same idempotencyKey); capacity and quota move on to the next offer; auth, config and
+ * pluginFailure stop using the provider for that search; the rest are reported. An unknown code
+ * is read as pluginFailure. Meanings: docs/plugin-abi.md, "Status and errors".
  *
  * Methods and their JSON shapes are listed in docs/plugin-abi.md.
  */

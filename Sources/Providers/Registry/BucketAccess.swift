@@ -2,6 +2,7 @@ public import CapstanCore
 public import CapstanRuntime
 public import CapstanAWS
 public import CapstanStorage
+import CapstanCloudKit
 public import Foundation
 
 /// Everything a node's agent needs to open a job's bucket, resolved once by the controller
@@ -29,25 +30,54 @@ public struct BucketAccess: Sendable, Hashable, Codable, CustomStringConvertible
         }
     }
 
-    /// The bucket URI (`s3://bucket/prefix`, `file:///path`).
+    /// A `gs://` bucket: Cloud Storage's JSON API at `endpoint`, with a service account's key
+    /// (the JSON key file's text) that the node exchanges for access tokens itself.
+    public struct GCS: Sendable, Hashable, Codable {
+        public var endpoint: String
+        public var serviceAccountKey: String
+        public var allowInsecureHTTP: Bool?
+
+        public init(endpoint: String, serviceAccountKey: String, allowInsecureHTTP: Bool? = nil) {
+            self.endpoint = endpoint
+            self.serviceAccountKey = serviceAccountKey
+            self.allowInsecureHTTP = allowInsecureHTTP
+        }
+    }
+
+    /// The bucket URI (`s3://bucket/prefix`, `file:///path`, `gs://bucket/prefix`).
     public var location: String
     /// Set for `s3://`.
     public var s3: S3?
+    /// Set for `gs://`.
+    public var gcs: GCS?
 
-    public init(location: String, s3: S3? = nil) {
+    public init(location: String, s3: S3? = nil, gcs: GCS? = nil) {
         self.location = location
         self.s3 = s3
+        self.gcs = gcs
     }
 
-    /// The secret strings in it, for redaction.
-    public var secrets: [String] { [s3?.secretAccessKey, s3?.sessionToken].compactMap { $0 }.filter { !$0.isEmpty } }
+    /// The secret strings in it, for redaction: the S3 secret and token; the whole GCS key and
+    /// each line of its private key (a line of a log holds one line of it at most).
+    public var secrets: [String] {
+        var out = [s3?.secretAccessKey, s3?.sessionToken, gcs?.serviceAccountKey].compactMap { $0 }
+        if let key = gcs.flatMap({ try? ServiceAccountKey.parse($0.serviceAccountKey, source: "") }) {
+            out += key.private_key.split(separator: "\n").map(String.init).filter { $0.count >= 16 && !$0.hasPrefix("-----") }
+        }
+        return out.filter { !$0.isEmpty }
+    }
 
     public var description: String {
-        "BucketAccess(\(location)\(s3.map { ", endpoint \($0.endpoint ?? "AWS"), region \($0.region), key \($0.accessKeyID), secret: <redacted>" } ?? ""))"
+        "BucketAccess(\(location)\(s3.map { ", endpoint \($0.endpoint ?? "AWS"), region \($0.region), key \($0.accessKeyID), secret: <redacted>" } ?? "")\(gcs.map { ", endpoint \($0.endpoint), service-account key: <redacted>" } ?? ""))"
     }
 
     /// Opens the bucket with the built-in clients.
     public func open(home: CapstanHome) throws -> any ObjectStore {
+        if let gcs {
+            let key = try ServiceAccountKey.parse(gcs.serviceAccountKey, source: "The service-account key for \(location)")
+            let allow = gcs.allowInsecureHTTP ?? false
+            return try GCSStore(location: location, base: gcs.endpoint, auth: GCPTokenSource(key: key, allowInsecureHTTP: allow), allowInsecureHTTP: allow)
+        }
         if let s3 {
             var configuration = S3Configuration(endpoint: s3.endpoint, region: s3.region, pathStyle: s3.pathStyle, uploadStateFolder: home.path("uploads"))
             configuration.allowInsecureHTTP = s3.allowInsecureHTTP ?? false

@@ -165,7 +165,13 @@ public struct ProviderRegistry: Sendable {
                 return try PluginObjectStore(instance, location: location)
             }
         }
-        return try Self.builtInStore(for: location, home: home, allowInsecureHTTP: config.storage.allowInsecureHTTP)
+        do {
+            return try Self.builtInStore(for: location, home: home, allowInsecureHTTP: config.storage.allowInsecureHTTP)
+        } catch var e as CapstanError where scheme != "file" && scheme != "s3" && !problems.isEmpty {
+            // The plugin that would serve it may be among those that failed to start: say why.
+            e.message += " Not in use: " + problems.map { "\($0.provider) (\($0.error.message))" }.joined(separator: "; ") + "."
+            throw e
+        }
     }
 
     /// Opens a bucket with the clients compiled into Capstan, no plugins: `file://`, and
@@ -197,6 +203,7 @@ public struct ProviderRegistry: Sendable {
     public func bucketAccess(for location: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> BucketAccess? {
         let scheme = try Self.scheme(of: location)
         if scheme == "file" { return BucketAccess(location: location) }
+        if scheme == "gs" { return try gcsAccess(for: location, environment: environment) }
         guard scheme == "s3" else { return nil }
         var settings = AWSSettings()
         settings.allowInsecureHTTP = config.storage.allowInsecureHTTP

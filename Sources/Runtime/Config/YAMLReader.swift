@@ -19,7 +19,7 @@ package struct YAMLReader: Sendable {
     }
 
     package func bad(_ what: String, _ line: Int?) -> CapstanError {
-        CapstanError(.config, "Invalid \(kind) \(source)\(line.map { ":\($0)" } ?? ""): \(what).", hint: hint)
+        CapstanError(.config, CapstanError.sentence("Invalid \(kind) \(source)\(line.map { ":\($0)" } ?? ""): \(what)"), hint: hint)
     }
 
     package func unknown(_ key: String, _ known: [String], _ line: Int?) -> CapstanError {

@@ -34,7 +34,7 @@ public final class PluginLibrary: Sendable {
     /// `.pluginFailure` that names the file and what to do; none crashes the host.
     public static func load(path: String) throws -> PluginLibrary {
         func fail(_ what: String, hint: String) -> CapstanError {
-            CapstanError(.pluginFailure, "Cannot load plugin \(path): \(what).", hint: hint)
+            CapstanError(.pluginFailure, CapstanError.sentence("Cannot load plugin \(path): \(what)"), hint: hint)
         }
         // The file type first, from stat alone: opening a FIFO or a device could block forever.
         if let problem = PluginFile.typeProblem(path: path) { throw fail(problem.what, hint: problem.hint) }
@@ -101,7 +101,7 @@ public final class PluginLibrary: Sendable {
     /// Throws the `.pluginFailure` that ``load(path:)`` would.
     public static func checkFile(path: String) throws {
         func fail(_ what: String, hint: String) -> CapstanError {
-            CapstanError(.pluginFailure, "Cannot load plugin \(path): \(what).", hint: hint)
+            CapstanError(.pluginFailure, CapstanError.sentence("Cannot load plugin \(path): \(what)"), hint: hint)
         }
         if let problem = PluginFile.typeProblem(path: path) { throw fail(problem.what, hint: problem.hint) }
         // Read the first bytes ourselves: dlopen on a non-library gives a terse message, and on

@@ -5,6 +5,9 @@ public import Foundation
 public struct PluginComputeProvider: ComputeProvider {
     public let instance: PluginInstance
     public var name: String { instance.name }
+    /// Retries of `offers`, `describe` and `terminate` on `rateLimited`/`transient` (`launch` is
+    /// retried by the broker, with the same idempotency key: ``ProvisionOptions/launchRetries``).
+    public var retry = PluginRetry()
     public var offerCacheTTL: Duration {
         .milliseconds(Int64((instance.library.manifest.offerCacheSeconds ?? 600) * 1000))
     }
@@ -17,7 +20,9 @@ public struct PluginComputeProvider: ComputeProvider {
     }
 
     public func offers(for request: ResourceRequest) async throws -> [Offer] {
-        let answer = try await instance.invoke(PluginWire.Method.offers, request: PluginWire.encoder.encode(request))
+        let body = try PluginWire.encoder.encode(request)
+        let instance = self.instance
+        let answer = try await retry.run { try await instance.invoke(PluginWire.Method.offers, request: body) }
         // A catalog can hold 100,000 offers: read by hand (OfferJSON) when the answer has the
         // usual shape; anything else goes through JSONDecoder, which accepts or refuses it with
         // its own error (so the fast path changes neither).
@@ -37,11 +42,15 @@ public struct PluginComputeProvider: ComputeProvider {
     }
 
     public func describe(_ query: InstanceQuery) async throws -> [Instance] {
-        try await instance.call(PluginWire.Method.describe, query, as: PluginWire.InstancesResponse.self).instances
+        try await retry.run {
+            try await instance.call(PluginWire.Method.describe, query, as: PluginWire.InstancesResponse.self).instances
+        }
     }
 
     public func terminate(ids: [String]) async throws -> [Instance] {
-        try await instance.call(PluginWire.Method.terminate, PluginWire.TerminateRequest(ids: ids), as: PluginWire.InstancesResponse.self).instances
+        try await retry.run {
+            try await instance.call(PluginWire.Method.terminate, PluginWire.TerminateRequest(ids: ids), as: PluginWire.InstancesResponse.self).instances
+        }
     }
 }
 
@@ -52,6 +61,8 @@ public struct PluginObjectStore: ObjectStore {
     public let location: String
     /// Limit for one transfer; nil means no limit (progress keeps the user informed).
     public var transferTimeout: Duration?
+    /// Retries of every storage call on `rateLimited`/`transient` (a put is whole or not at all).
+    public var retry = PluginRetry()
 
     public init(_ instance: PluginInstance, location: String, transferTimeout: Duration? = nil) throws {
         guard instance.library.manifest.capabilities.contains(.storage) else {
@@ -67,26 +78,54 @@ public struct PluginObjectStore: ObjectStore {
 
     public func put(file path: String, key: String, options: PutOptions, progress: TransferProgressHandler?) async throws -> ObjectInfo {
         try ObjectKey.validate(key)
-        return try await instance.call(PluginWire.Method.put, PluginWire.PutRequest(location: location, file: path, key: key, options: options), as: ObjectInfo.self, timeout: longTimeout, progress: progress)
+        return try await retry.run { try await instance.call(PluginWire.Method.put, PluginWire.PutRequest(location: location, file: path, key: key, options: options), as: ObjectInfo.self, timeout: longTimeout, progress: progress) }
     }
 
     public func get(key: String, to path: String, progress: TransferProgressHandler?) async throws -> ObjectInfo {
         try ObjectKey.validate(key)
-        return try await instance.call(PluginWire.Method.get, PluginWire.GetRequest(location: location, key: key, file: path), as: ObjectInfo.self, timeout: longTimeout, progress: progress)
+        return try await retry.run { try await instance.call(PluginWire.Method.get, PluginWire.GetRequest(location: location, key: key, file: path), as: ObjectInfo.self, timeout: longTimeout, progress: progress) }
     }
 
     public func list(prefix: String) async throws -> [ObjectInfo] {
         try ObjectKey.validatePrefix(prefix)
-        return try await instance.call(PluginWire.Method.list, PluginWire.ListRequest(location: location, prefix: prefix), as: PluginWire.ListResponse.self).objects
+        return try await retry.run { try await instance.call(PluginWire.Method.list, PluginWire.ListRequest(location: location, prefix: prefix), as: PluginWire.ListResponse.self).objects }
     }
 
     public func head(key: String) async throws -> ObjectInfo? {
         try ObjectKey.validate(key)
-        return try await instance.call(PluginWire.Method.head, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.HeadResponse.self).object
+        return try await retry.run { try await instance.call(PluginWire.Method.head, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.HeadResponse.self).object }
     }
 
     public func delete(key: String) async throws {
         try ObjectKey.validate(key)
-        _ = try await instance.call(PluginWire.Method.delete, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.Empty.self)
+        _ = try await retry.run { try await instance.call(PluginWire.Method.delete, PluginWire.KeyRequest(location: location, key: key), as: PluginWire.Empty.self) }
+    }
+}
+
+/// The host's retry of a plugin call answered `rateLimited` or `transient`: the plugin's
+/// `retryAfterSeconds` when it gives one (capped at `maxWait`), else jittered exponential
+/// backoff; `maxRetries` retries, then the last error. Every other code fails at once.
+public struct PluginRetry: Sendable {
+    public var maxRetries = 4
+    public var backoff = Backoff(initial: .milliseconds(500), max: .seconds(20))
+    /// The longest wait a `retryAfterSeconds` may ask for.
+    public var maxWait: Duration = .seconds(60)
+    /// Waits between tries; a test may record them.
+    public var pause: @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }
+
+    public init() {}
+
+    /// Runs `body`, again after each retryable failure, until it succeeds or the retries are spent.
+    public func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        var attempt = 0
+        while true {
+            do {
+                return try await body()
+            } catch let e as CapstanError where (e.code == .rateLimited || e.code == .transient) && attempt < maxRetries {
+                let wait = e.retryAfter.map { min($0, maxWait) } ?? backoff.delay(attempt)
+                attempt += 1
+                try await pause(wait)
+            }
+        }
     }
 }
