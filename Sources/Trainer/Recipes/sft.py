@@ -688,7 +688,9 @@ def main():
             dcp.load(state, checkpoint_id=os.path.join(resume, "global", "dcp"), no_dist=world == 1)
         except Exception as e:
             raise RecipeError(f"cannot load the restored checkpoint in {resume}: {e}")
-        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"], options=sd_opts)
+        # LoRA: the checkpoint holds the adapter only (the base is the model folder's, or seeded).
+        load_opts = StateDictOptions(ignore_frozen_params=cfg["method"] == "lora", strict=cfg["method"] != "lora")
+        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"], options=load_opts)
         sched.load_state_dict(meta_in["scheduler"])
         start = meta_in["step"]
         rng_file = os.path.join(resume, "global", f"rng-rank{rank}.pt")

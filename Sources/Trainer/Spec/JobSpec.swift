@@ -224,6 +224,12 @@ public struct JobSpec: Sendable, Hashable {
                     throw r.bad("'train.\(key)' must be one of \(setting.choices.joined(separator: ", ")), got '\(s)'", line)
                 }
                 out[setting.recipeKey] = .string(s)
+            case .size:
+                let s = try r.string(v, "train.\(key)")
+                guard s.wholeMatch(of: /[0-9]+(KB|MB|GB)/) != nil else {
+                    throw r.bad("'train.\(key)' must be a size like 5GB or 500MB, got '\(s)'", line)
+                }
+                out[setting.recipeKey] = .string(s)
             }
         }
         return out
