@@ -115,6 +115,29 @@ def load_config(path):
         cfg["lr"] = 2e-4 if cfg["method"] == "lora" else 2e-5
     if isinstance(cfg["data"], str):
         cfg["data"] = [cfg["data"]]
+    # hf:// and s3:// sources: fetched by the node's agent into its cache (CAPSTAN_RECIPE_SOURCES
+    # maps each URL to a local folder or file); cfg["model"] stays the URL, the run's identity.
+    try:
+        fetched = json.loads(os.environ.get("CAPSTAN_RECIPE_SOURCES") or "{}")
+    except ValueError:
+        fetched = {}
+
+    def local(url, what):
+        if "://" not in url:
+            return url
+        if url not in fetched:
+            raise RecipeError(f"the {what} {url} was not fetched to this node: run the recipe through capstan, "
+                              "whose agent fetches hf:// and s3:// sources into the node's cache")
+        return fetched[url]
+
+    cfg["model_path"] = local(cfg["model"], "model")
+    cfg["data_paths"] = []
+    for d in cfg["data"]:
+        p = local(d, "data")
+        if os.path.isdir(p):
+            cfg["data_paths"] += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith((".jsonl", ".json")))
+        else:
+            cfg["data_paths"].append(p)
     return cfg
 
 
@@ -491,7 +514,7 @@ def set_rng_state(s):
 def load_tokenizer(cfg):
     from transformers import AutoTokenizer
     try:
-        tok = AutoTokenizer.from_pretrained(cfg["model"])
+        tok = AutoTokenizer.from_pretrained(cfg["model_path"])
     except Exception as e:
         raise RecipeError(f"cannot load a tokenizer from {cfg['model']}: {e}")
     if tok.pad_token_id is None:
@@ -506,19 +529,19 @@ def build_model(cfg, dtype, device):
     from transformers import AutoConfig, AutoModelForCausalLM
     if cfg["init"] == "random":
         try:
-            mc = AutoConfig.from_pretrained(cfg["model"])
+            mc = AutoConfig.from_pretrained(cfg["model_path"])
         except Exception as e:
             raise RecipeError(f"cannot read the model config in {cfg['model']}: {e}")
         torch.manual_seed(cfg["seed"])  # every rank and every attempt builds the same weights
         with device:  # initialised where it trains: an 8B model takes seconds on a GPU, minutes on CPU
             model = AutoModelForCausalLM.from_config(mc, dtype=dtype)
     else:
-        has_weights = any(n.endswith((".safetensors", ".bin")) for n in os.listdir(cfg["model"]))
+        has_weights = any(n.endswith((".safetensors", ".bin")) for n in os.listdir(cfg["model_path"]))
         if not has_weights:
             raise RecipeError(f"{cfg['model']} has no weights (*.safetensors or *.bin); set `init: random` "
                               "to train a randomly initialised model of that config")
         try:
-            model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=dtype)
         except Exception as e:
             raise RecipeError(f"cannot load the model in {cfg['model']}: {e}")
     if cfg["gradient_checkpointing"]:
@@ -592,7 +615,7 @@ def main():
         pass
     tok = load_tokenizer(cfg)
     if args.check_data:
-        examples, stats = load_data(tok, cfg["data"], cfg["seq_len"])
+        examples, stats = load_data(tok, cfg["data_paths"], cfg["seq_len"])
         ids, labels = examples[0]
         stats["first_example"] = {
             "context": tok.decode([t for t, l in zip(ids, labels) if l == -100]),
@@ -615,7 +638,10 @@ def main():
     else:
         device = torch.device("cpu")
     ckpt_group = None
-    if world > 1:
+    # An explicit fsdp on one process (one GPU under torchrun) still shards: FSDP2's mixed
+    # precision and offload apply, and the checkpoint is the same sharded one.
+    solo_fsdp = world == 1 and cfg["parallelism"] == "fsdp" and "MASTER_ADDR" in os.environ
+    if world > 1 or solo_fsdp:
         dist.init_process_group("nccl" if on_gpu else "gloo", device_id=device if on_gpu else None)
         # The checkpoint writer's collectives run on a thread: a group of their own.
         ckpt_group = dist.new_group(backend="gloo")
@@ -627,14 +653,14 @@ def main():
     out_dir = os.environ.get("CAPSTAN_OUTPUT_DIR", os.path.abspath("output"))
     resume = os.environ.get("CAPSTAN_RESUME_DIR")
 
-    parallelism, why = choose_parallelism(cfg, cfg["model"], world, local_world, on_gpu, dtype)
-    fsdp = parallelism == "fsdp" and world > 1
+    parallelism, why = choose_parallelism(cfg, cfg["model_path"], world, local_world, on_gpu, dtype)
+    fsdp = parallelism == "fsdp" and dist.is_initialized()
     # bf16 mixed precision under FSDP: fp32 master weights and optimizer, bf16 compute, fp32
     # gradient reduction (dtype auto on a GPU); an explicit dtype keeps the weights in it.
     mixed = fsdp and on_gpu and cfg["dtype"] == "auto"
     build_dtype = torch.float32 if mixed else dtype
 
-    examples, stats = load_data(tok, cfg["data"], cfg["seq_len"])
+    examples, stats = load_data(tok, cfg["data_paths"], cfg["seq_len"])
     rows = pack(examples, cfg["seq_len"]) if cfg["packing"] else None
     # Under FSDP the model is built on the CPU and each rank keeps (and moves) only its shard.
     model = build_model(cfg, build_dtype, torch.device("cpu") if fsdp else device)
@@ -685,7 +711,7 @@ def main():
         msd, osd = get_state_dict(model, opt, options=sd_opts)
         state = {"model": msd, "optim": osd}
         try:
-            dcp.load(state, checkpoint_id=os.path.join(resume, "global", "dcp"), no_dist=world == 1)
+            dcp.load(state, checkpoint_id=os.path.join(resume, "global", "dcp"), no_dist=not dist.is_initialized())
         except Exception as e:
             raise RecipeError(f"cannot load the restored checkpoint in {resume}: {e}")
         # LoRA: the checkpoint holds the adapter only (the base is the model folder's, or seeded).
@@ -765,7 +791,7 @@ def main():
             window_t += r["stall_s"]
     ckpt.close()
     export(cfg, model, tok, out_dir, leader, fsdp, total, last_loss)
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 

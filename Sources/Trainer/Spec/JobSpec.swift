@@ -160,6 +160,9 @@ public struct JobSpec: Sendable, Hashable {
             guard run == nil else { throw r.bad("a job has either 'recipe' or 'run', not both: the recipe is the command", line) }
             guard let model else { throw r.bad("'model' is missing: the recipe needs a Hugging Face model folder (on every node; relative to the workdir)", nil) }
             guard let data, !data.isEmpty else { throw r.bad("'data' is missing: the recipe needs a JSONL file of chat `messages` or `prompt`/`completion` records", nil) }
+            for (what, text) in [("model", model)] + data.map({ ("data", $0) }) {
+                do { _ = try RecipeSource.parse(text, what: what) } catch { throw r.bad(error.description, nil) }
+            }
             if let trainNode { train = try settings(trainNode, recipe, r) }
             spec.recipe = RecipeSpec(name: recipe.name, model: model, data: data, settings: train)
             if !pythonSystem {
