@@ -6,8 +6,8 @@ data pipeline, no checkpoints. Prints one JSON line.
     python3 plain_sft.py MODEL_DIR --method lora --batch 4 --seq 2048 --steps 20 --warmup 3
 
 --fsdp (under torchrun): the bare FSDP2 loop the recipe's `parallelism: fsdp` is measured
-against: every transformer block and the root sharded with fully_shard (bf16 compute over
-fp32 weights on GPU), gradients synchronised every step. tokens_per_s is the whole job's.
+against: every transformer block and the root sharded with fully_shard (bf16 weights on GPU,
+or with --mixed fp32 weights and bf16 compute), gradients synchronised every step. tokens_per_s is the whole job's.
 """
 import os
 import argparse
@@ -27,6 +27,7 @@ ap.add_argument("--warmup", type=int, default=3)
 ap.add_argument("--lora-rank", type=int, default=16)
 ap.add_argument("--gradient-checkpointing", action="store_true")
 ap.add_argument("--fsdp", action="store_true")
+ap.add_argument("--mixed", action="store_true", help="fsdp on GPU: fp32 weights, bf16 compute (else bf16 weights)")
 a = ap.parse_args()
 
 gpu = torch.cuda.is_available()
@@ -35,7 +36,7 @@ local = int(os.environ.get("LOCAL_RANK", "0"))
 device = torch.device("cuda", local) if gpu else torch.device("cpu")
 if gpu:
     torch.cuda.set_device(device)
-dtype = torch.bfloat16 if gpu and not a.fsdp else torch.float32  # fsdp: fp32 weights, bf16 compute
+dtype = torch.bfloat16 if gpu and not a.mixed else torch.float32
 if a.fsdp:
     import torch.distributed as dist
     dist.init_process_group("nccl" if gpu else "gloo", device_id=device if gpu else None)
@@ -52,7 +53,7 @@ if a.method == "lora":
         model.enable_input_require_grads()
 if a.fsdp:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} if gpu else {}
+    kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} if gpu and a.mixed else {}
     names = set()
     for m in model.modules():
         names.update(getattr(m, "_no_split_modules", None) or [])

@@ -662,8 +662,10 @@ def main():
 
     examples, stats = load_data(tok, cfg["data_paths"], cfg["seq_len"])
     rows = pack(examples, cfg["seq_len"]) if cfg["packing"] else None
-    # Under FSDP the model is built on the CPU and each rank keeps (and moves) only its shard.
-    model = build_model(cfg, build_dtype, torch.device("cpu") if fsdp else device)
+    # Under FSDP a pretrained model is loaded on the CPU and each rank keeps (and moves) only
+    # its shard; a random one is initialised on the GPU (minutes faster), then sharded.
+    where = device if not fsdp or (on_gpu and cfg["init"] == "random") else torch.device("cpu")
+    model = build_model(cfg, build_dtype, where)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for _, p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
@@ -790,7 +792,7 @@ def main():
             # The stall is not training time.
             window_t += r["stall_s"]
     ckpt.close()
-    export(cfg, model, tok, out_dir, leader, fsdp, total, last_loss)
+    export(cfg, model, tok, out_dir, leader, fsdp, total, last_loss, (build_dtype, where))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -826,7 +828,7 @@ def keep_global_batch(meta, cfg, world, n, leader):
     return accum, Order(n, cfg["seed"], cfg["shuffle"], world, cfg["batch_size"], accum)
 
 
-def export(cfg, model, tok, out_dir, leader, fsdp, total, last_loss):
+def export(cfg, model, tok, out_dir, leader, fsdp, total, last_loss, built):
     """The final model in Hugging Face layout: the adapter (LoRA), or config.json + safetensors
     shards and their index (full; shards of at most `export_shard_size`). Under FSDP the full
     state is gathered to rank 0's CPU first (every rank takes part)."""
@@ -845,9 +847,10 @@ def export(cfg, model, tok, out_dir, leader, fsdp, total, last_loss):
         model.save_pretrained(out_dir, safe_serialization=True, state_dict=full_sd)
         if cfg["init"] == "random":
             # The adapter needs its base, and a random one exists nowhere else: save it too.
-            # The base is frozen: rebuilt from the config and seed it is the trained one.
+            # The base is frozen: rebuilt from the config and seed, as and where it was built
+            # for training, it is the trained one.
             if fsdp:
-                base = build_model(dict(cfg, method="full", gradient_checkpointing=False), torch.float32, torch.device("cpu"))
+                base = build_model(dict(cfg, method="full", gradient_checkpointing=False), *built).to("cpu")
             else:
                 base = model.unload()  # after the adapter: unload() takes the adapter's layers out
             base.save_pretrained(os.path.join(out_dir, "base"), safe_serialization=True, max_shard_size=shard)
