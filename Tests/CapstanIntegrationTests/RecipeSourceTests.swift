@@ -1,6 +1,7 @@
 import CapstanAWS
 import CapstanCore
 import CapstanRuntime
+import CapstanSQLite
 import CapstanStorage
 import CapstanTestSupport
 import CapstanTrainer

@@ -1,5 +1,6 @@
 import CapstanCore
 import CapstanRuntime
+import CapstanSQLite
 import CapstanStorage
 import CapstanTestSupport
 import CapstanTrainer
@@ -15,7 +16,7 @@ import Glibc
 extension JobHome {
     /// A recipe job of 2 nodes × `procs` processes training the tiny model with `train`.
     static func shardedRecipe(train: String, procs: Int = 2, nodes: Int = 2, maxRestarts: Int = 3) throws -> JobHome {
-        var home = try JobHome.recipe(steps: 1, every: 1, maxRestarts: maxRestarts)
+        let home = try JobHome.recipe(steps: 1, every: 1, maxRestarts: maxRestarts)
         home.dir.write("job/job.yaml", """
             name: sft
             resources: {nodes: \(nodes)}

@@ -29,9 +29,10 @@ public struct RecipeSpec: Sendable, Hashable {
 
     /// The recipe's name (``Recipe/all``).
     public var name: String
-    /// A Hugging Face model folder, as the node sees it (relative paths are from the workdir).
+    /// A Hugging Face model folder, as the node sees it (relative paths are from the workdir),
+    /// or where the agents fetch one from: `hf://org/name[@revision]`, `s3://bucket/prefix/`.
     public var model: String
-    /// JSONL files, as the node sees them.
+    /// JSONL files, as the node sees them, or `s3://` objects or prefixes the agents fetch.
     public var data: [String]
     /// `train:` settings by the recipe's own (snake_case) names.
     public var settings: [String: Value]

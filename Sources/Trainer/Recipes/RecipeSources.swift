@@ -135,7 +135,7 @@ public struct HubClient: Sendable {
             var lfs: LFS?
         }
         struct Info: Decodable { var sha: String?; var siblings: [Sibling]? }
-        guard let info = try? JSONDecoder().decode(Info.self, from: Data(buffer: body)), let sha = info.sha, let siblings = info.siblings else {
+        guard let info = try? JSONDecoder().decode(Info.self, from: Data(body.readableBytesView)), let sha = info.sha, let siblings = info.siblings else {
             throw CapstanError(.transient, "The Hugging Face Hub at \(endpoint) sent no commit and file list for hf://\(repo)@\(revision).", hint: "Is HF_ENDPOINT a Hub?")
         }
         let files = siblings.map { File(name: $0.rfilename, size: $0.lfs?.size ?? $0.size, sha256: $0.lfs?.sha256) }
@@ -166,7 +166,7 @@ public struct HubClient: Sendable {
         defer { try? out.close() }
         var hasher = SHA256(), size: Int64 = 0
         for try await chunk in response.body {
-            let bytes = Data(buffer: chunk)
+            let bytes = Data(chunk.readableBytesView)
             hasher.update(data: bytes)
             try out.write(contentsOf: bytes)
             size += Int64(bytes.count)
