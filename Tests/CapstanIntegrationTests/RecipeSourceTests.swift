@@ -113,6 +113,7 @@ extension JobTests {
         #expect(first.status == 0 && job1.status == .succeeded, "\(first.stderr) \(home.logTail(job: job1.id))")
         let files = try FileManager.default.contentsOfDirectory(atPath: home.dir.file("hub/capstan-test/tiny")).sorted()
         let fetched = hub.downloads()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: home.dir.file("sources")).contains { $0.hasPrefix("hf-") && !$0.hasSuffix(".lock") })
         #expect(fetched.count == files.count && Set(fetched).count == files.count, "\(fetched)")
         let log = (try? String(contentsOfFile: home.dir.file("jobs/\(job1.id)/logs/node-0.log"), encoding: .utf8)) ?? ""
         #expect(log.contains("model hf://capstan-test/tiny@") && log.contains("\"model\": \"hf://capstan-test/tiny\""), "\(log.suffix(3000))")
@@ -132,8 +133,10 @@ extension JobTests {
         var home = try JobHome.recipe(steps: 1, every: 1)
         defer { home.dir.cleanup() }
         let creds = try TestServers.seaweedCredentials
-        home.dir.write("aws-credentials", "[default]\naws_access_key_id = \(creds.accessKeyID)\naws_secret_access_key = \(creds.secretAccessKey)\n")
-        home.dir.write("config.yaml", "providers:\n  aws:\n    credentialsFile: \(home.dir.file("aws-credentials"))\n    s3Endpoint: \(try TestServers.seaweed)\n    regions: [us-east-1]\n")
+        // The launching shell's AWS settings: the controller resolves the source bucket's
+        // access from them and hands it to the agents on their stdin.
+        let aws = ["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey,
+                   "AWS_ENDPOINT_URL_S3": try TestServers.seaweed, "AWS_REGION": "us-east-1"]
         home.env["CAPSTAN_SOURCE_CACHE"] = home.dir.file("sources")
         let s3 = try S3ObjectStore(location: "s3://capstan-src", credentials: creds, configuration: S3Configuration(endpoint: try TestServers.seaweed, uploadStateFolder: home.dir.file("uploads")))
         try? await s3.createBucket()
@@ -145,15 +148,16 @@ extension JobTests {
         _ = try await s3.put(file: home.dir.file("job/data/train.jsonl"), key: "\(run)/data/train.jsonl")
 
         home.sourceSpec(model: "s3://capstan-src/\(run)/models/none/", data: "s3://capstan-src/\(run)/data/train.jsonl")
-        let missing = try await home.capstan(["launch", home.spec] + JobHome.fast)
+        let missing = try await home.capstan(["launch", home.spec] + JobHome.fast, env: aws)
         #expect(missing.status != 0 && missing.stderr.contains("The recipe's model s3://capstan-src/\(run)/models/none/ does not exist"), "\(missing.stderr)")
 
         home.sourceSpec(model: "s3://capstan-src/\(run)/models/tiny/", data: "s3://capstan-src/\(run)/data/train.jsonl")
-        let r = try await home.capstan(["launch", home.spec] + JobHome.fast, timeout: 420)
+        let r = try await home.capstan(["launch", home.spec] + JobHome.fast, env: aws, timeout: 420)
         let job = try await #require(try home.store().jobs().first)
         #expect(r.status == 0 && job.status == .succeeded, "\(r.stderr) \(home.logTail(job: job.id))")
         let log = (try? String(contentsOfFile: home.dir.file("jobs/\(job.id)/logs/node-0.log"), encoding: .utf8)) ?? ""
         #expect(log.contains("model s3://capstan-src/\(run)/models/tiny/: fetch") && log.contains("data s3://capstan-src/\(run)/data/train.jsonl"), "\(log.suffix(3000))")
         #expect(!log.contains(creds.secretAccessKey))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: home.dir.file("sources")).filter { $0.hasPrefix("s3-") && !$0.hasSuffix(".lock") }.count == 2)
     }
 }
