@@ -54,10 +54,7 @@ final class HubServer: @unchecked Sendable {
 extension JobHome {
     /// examples/sft-tiny's model with seeded random weights saved beside it (a model as the
     /// Hub or a bucket holds it), in `folder`.
-    func pretrainedTinyModel(in folder: String) async throws {
-        let python = try #require(try FileManager.default.contentsOfDirectory(atPath: JobHome.pythonCache)
-            .map { JobHome.pythonCache + "/" + $0 + "/bin/python" }.first { FileManager.default.isExecutableFile(atPath: $0) },
-            "no venv in \(JobHome.pythonCache): run the recipe tests first")
+    func pretrainedTinyModel(in folder: String, python: String) async throws {
         try FileManager.default.createDirectory(atPath: (folder as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: JobHome.repoRoot + "/examples/sft-tiny/model", toPath: folder)
         let r = try await runProcess(python, ["-c", """
@@ -91,7 +88,7 @@ extension JobTests {
         var home = try JobHome.recipe(steps: 1, every: 1)
         defer { home.dir.cleanup() }
         try FileManager.default.removeItem(atPath: home.dir.file("job/model"))
-        try await home.pretrainedTinyModel(in: home.dir.file("hub/capstan-test/tiny"))
+        try await home.pretrainedTinyModel(in: home.dir.file("hub/capstan-test/tiny"), python: try await recipePython())
         let token = "hf_" + UUID().uuidString.replacingOccurrences(of: "-", with: "")
         let hub = try await HubServer(root: home.dir.file("hub"), log: home.dir.file("hub.log"), token: token)
         defer { hub.stop() }
@@ -141,7 +138,7 @@ extension JobTests {
         let s3 = try S3ObjectStore(location: "s3://capstan-src", credentials: creds, configuration: S3Configuration(endpoint: try TestServers.seaweed, uploadStateFolder: home.dir.file("uploads")))
         try? await s3.createBucket()
         let run = "run-" + UUID().uuidString.prefix(8).lowercased()
-        try await home.pretrainedTinyModel(in: home.dir.file("src/tiny"))
+        try await home.pretrainedTinyModel(in: home.dir.file("src/tiny"), python: try await recipePython())
         for f in try FileManager.default.contentsOfDirectory(atPath: home.dir.file("src/tiny")) {
             _ = try await s3.put(file: home.dir.file("src/tiny/\(f)"), key: "\(run)/models/tiny/\(f)")
         }

@@ -65,6 +65,17 @@ extension JobHome {
 }
 
 extension JobTests {
+    /// The recipe's venv (transformers, peft): one a recipe test built, or one a 2-step job
+    /// builds now (the tests of this suite run in any order).
+    func recipePython() async throws -> String {
+        if let py = try await recipeVenv() { return py }
+        let home = try JobHome.recipe(steps: 2, every: 2)
+        defer { home.dir.cleanup() }
+        _ = try await home.capstan(["launch", home.spec] + JobHome.fast, timeout: 420)
+        let job = try await home.job()
+        return try #require(job.flatMap { home.venvPython(job: $0.id) }, "no venv: \(home.logTail(job: job?.id ?? "-"))")
+    }
+
     @Test("sft under FSDP, 2 nodes × 2 processes: kill -9 a worker mid-run, the resume retraces the same losses; one shard per rank per checkpoint, nothing twice; the checkpoint resumes on 1 node × 2 and × 4 processes on the same losses; full export in HF shards")
     func fsdpKillResumeReshard() async throws {
         let home = try JobHome.shardedRecipe(train: "method: full, parallelism: fsdp, steps: 24, checkpointEvery: 8, exportShardSize: 1MB")
@@ -171,9 +182,7 @@ extension JobTests {
     func packingMasks() async throws {
         let home = try JobHome.shardedRecipe(train: "packing: true, steps: 1", maxRestarts: 0)
         defer { home.dir.cleanup() }
-        let python = try #require(FileManager.default.contentsOfDirectory(atPath: JobHome.pythonCache)
-            .map { JobHome.pythonCache + "/" + $0 + "/bin/python" }.first { FileManager.default.isExecutableFile(atPath: $0) },
-            "no venv in \(JobHome.pythonCache): run the recipe tests first")
+        let python = try await recipePython()
         let cfg = home.dir.file("pack.json")
         try JSONSerialization.data(withJSONObject: ["model": "model", "data": "data/train.jsonl", "seq_len": 128, "batch_size": 8, "packing": true])
             .write(to: URL(fileURLWithPath: cfg))
