@@ -1,15 +1,22 @@
 """Capstan's built-in supervised fine-tuning recipe (`recipe: sft` in a job spec).
 
 Fine-tunes a Hugging Face causal LM on JSONL data with LoRA (default) or full fine-tuning, under
-torchrun (DDP: NCCL on GPUs, gloo on CPU), following Capstan's env contract:
+torchrun (NCCL on GPUs, gloo on CPU), with DDP or FSDP2 (`parallelism`: auto picks from the
+model's size and the memory, and says why in the first metrics line), following Capstan's env
+contract:
 
 - checkpoints go to $CAPSTAN_CHECKPOINT_DIR/step-N/, marked complete by `.done` (the agent uploads
-  them); the state is snapshotted into reused (pinned, on GPU) CPU buffers and written by a
-  background thread, so the loop stalls only for the device-to-host copy;
+  them): torch.distributed.checkpoint shards under step-N/global/ (each rank its own; under DDP
+  each tensor once), staged into reused (pinned, on GPU) host buffers and written on a thread, so
+  the loop stalls only for the copy;
 - a restored checkpoint in $CAPSTAN_RESUME_DIR resumes the weights (adapter or full), optimizer,
-  LR schedule, every rank's RNG and the data position: the run continues as if never stopped;
+  LR schedule, every rank's RNG and the data position: the run continues as if never stopped,
+  also on another number of processes (resharded on load, the global batch kept);
 - the final model goes to $CAPSTAN_OUTPUT_DIR in Hugging Face layout (adapter_config.json +
-  adapter_model.safetensors, or config.json + model.safetensors), with the tokenizer;
+  adapter_model.safetensors, or config.json + safetensors shards and their index), with the
+  tokenizer;
+- hf:// and s3:// models and data are fetched by the agent; $CAPSTAN_RECIPE_SOURCES maps them to
+  local paths;
 - metrics are JSON lines on stdout (global rank 0): step, loss, lr, tokens/s, step time.
 
 Data (one JSON object per line): {"messages": [{"role": "user", "content": ...}, {"role":
