@@ -44,8 +44,15 @@ extension NodeAgent {
                 switch source {
                 case .hub(let repo, let revision):
                     let client = HubClient(endpoint: config.environment["HF_ENDPOINT"], token: secrets.hubToken)
-                    let rev = try await client.revision(repo: repo, revision: revision)
-                    map[url] = try await cache.hub(client, rev) { [self] in say("\(what) \($0)") }
+                    let rev: HubClient.Revision
+                    do { rev = try await client.revision(repo: repo, revision: revision) } catch {
+                        // A restart on a machine that has the model: the Hub may be down.
+                        guard let (folder, commit) = cache.cachedHub(client, repo: repo, revision: revision) else { throw error }
+                        say("\(what) \(url): the Hub did not answer (\((error as? CapstanError)?.message ?? "\(error)")); using commit \(commit.prefix(12)) cached in \(folder)")
+                        map[url] = folder
+                        continue
+                    }
+                    map[url] = try await cache.hub(client, rev, asked: revision) { [self] in say("\(what) \($0)") }
                 case .bucket:
                     let (location, prefix) = splitBucketURL(url)
                     let store: any ObjectStore

@@ -195,9 +195,32 @@ public struct SourceCache: Sendable {
         SHA256.hash(data: Data(parts.joined(separator: "\n").utf8)).map { String(format: "%02x", $0) }.joined().prefix(24).description
     }
 
-    /// The folder holding `revision`'s files, downloading them unless cached. `say` reports.
-    public func hub(_ client: HubClient, _ revision: Revision, say: @Sendable (String) -> Void) async throws -> String {
-        let entry = "\(root)/hf-\(Self.key(["hf", client.endpoint, revision.repo, revision.commit]))"
+    func hubEntry(_ client: HubClient, repo: String, commit: String) -> String {
+        "\(root)/hf-\(Self.key(["hf", client.endpoint, repo, commit]))"
+    }
+
+    func hubRef(_ client: HubClient, repo: String, revision: String) -> String {
+        "\(root)/hf-ref-\(Self.key(["hf-ref", client.endpoint, repo, revision]))"
+    }
+
+    /// The ready folder of the commit `revision` resolved to when it was last fetched here, if
+    /// any: a restart needs no Hub at all for a model it already has.
+    public func cachedHub(_ client: HubClient, repo: String, revision: String) -> (folder: String, commit: String)? {
+        guard let data = FileManager.default.contents(atPath: hubRef(client, repo: repo, revision: revision)) else { return nil }
+        let commit = String(decoding: data, as: UTF8.self)
+        let entry = hubEntry(client, repo: repo, commit: commit)
+        return FileManager.default.fileExists(atPath: entry + "/.capstan-ready") ? (entry, commit) : nil
+    }
+
+    /// The folder holding `revision`'s files (asked for as `asked`: a branch, tag or commit),
+    /// downloading them unless cached. `say` reports.
+    public func hub(_ client: HubClient, _ revision: Revision, asked: String, say: @Sendable (String) -> Void) async throws -> String {
+        let entry = hubEntry(client, repo: revision.repo, commit: revision.commit)
+        defer {
+            if FileManager.default.fileExists(atPath: entry + "/.capstan-ready") {
+                try? Data(revision.commit.utf8).write(to: URL(fileURLWithPath: hubRef(client, repo: revision.repo, revision: asked)), options: .atomic)
+            }
+        }
         return try await fill(entry, label: "hf://\(revision.repo)@\(revision.commit.prefix(12))", say: say) { scratch in
             var bytes: Int64 = 0
             for f in revision.files {
