@@ -747,12 +747,17 @@ def main():
         for micro in range(grad_accum):
             batch = [items[i] for i in order.indices(step, micro, rank)]
             if rows is not None:
-                ids, labels, real, pos = (t.to(device, non_blocking=True) for t in collate_packed(batch, cfg["seq_len"], tok.pad_token_id))
-                mask, extra = None, {"position_ids": pos}  # no mask: transformers masks by segment
+                ids, labels, real, pos = collate_packed(batch, cfg["seq_len"], tok.pad_token_id)
+                step_tokens += int(real.sum())
+                ids, labels, pos = (t.to(device, non_blocking=True) for t in (ids, labels, pos))
+                mask, real, extra = None, None, {"position_ids": pos}  # no mask: transformers masks by segment
             else:
-                ids, labels, mask = (t.to(device, non_blocking=True) for t in collate(batch, tok.pad_token_id))
+                ids, labels, mask = collate(batch, tok.pad_token_id)
+                step_tokens += int(mask.sum())
+                # No padding in the batch: no mask, so attention takes its plain causal path.
+                mask = None if bool(mask.all()) else mask.to(device, non_blocking=True)
+                ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 real, extra = None, {}
-            step_tokens += int((real if mask is None else mask).sum())
             sync = micro == grad_accum - 1 or world == 1
             if fsdp:
                 model.set_requires_gradient_sync(sync)
