@@ -10,7 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHAPE=${SHAPE:-tiny}; PROCS=${PROCS:-2}; BATCH=${BATCH:-4}; SEQ=${SEQ:-256}; STEPS=${STEPS:-30}; RUNS=${RUNS:-2}; METHOD=${METHOD:-full}
-py=${PYTHON:-$(ls -d "${TMPDIR:-/tmp}"/capstan-test-python/*/bin/python 2>/dev/null | head -1)}
+# Default: a finished venv of the recipe tests (ready marker, transformers and peft import).
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+  for v in "${TMPDIR:-/tmp}"/capstan-test-python/*/; do
+    [ -f "$v/.capstan-ready" ] && "$v/bin/python" -c 'import transformers, peft' 2>/dev/null && { py="$v/bin/python"; break; }
+  done
+fi
 py=${py:-python3}
 work=$(mktemp -d /tmp/capstan-bench-fsdp.XXXXXX)
 trap 'rm -rf "$work"' EXIT
