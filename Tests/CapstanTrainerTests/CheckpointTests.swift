@@ -86,6 +86,38 @@ struct CheckpointTests {
         await #expect(throws: CapstanError.self) { try await cs.restore(m, node: 3, into: dir.file("x")) }
     }
 
+    @Test("a sharded checkpoint (files under global/) restores whole on every node, on fewer or more nodes than wrote it; a global file in two parts is refused")
+    func restoreGlobal() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cs = try store(dir)
+        for node in 0..<2 {
+            for rank in [2 * node, 2 * node + 1] {
+                dir.write("node\(node)/ckpt/step-5/global/dcp/__\(rank)_0.distcp", "shard \(rank)")
+                dir.write("node\(node)/ckpt/step-5/global/rng-rank\(rank).pt", "rng \(rank)")
+            }
+            if node == 0 { dir.write("node0/ckpt/step-5/global/dcp/.metadata", "index") }
+            dir.write("node\(node)/ckpt/step-5/local.log", "node \(node)")
+            dir.write("node\(node)/ckpt/step-5/.done", "")
+            try await cs.uploadPart(folder: dir.file("node\(node)/ckpt/step-5"), step: 5, node: node)
+        }
+        let m = try #require(try await cs.commit(step: 5, job: "j1", attempt: 1, nodes: 2))
+        // One node now (it lost one): every shard and every rank's RNG, and its own files.
+        try await cs.restore(m, node: 0, into: dir.file("one"))
+        let got = try #require(CheckpointProtocol.regularFiles(in: dir.file("one")))
+        #expect(got == [".done", "global/dcp/.metadata", "global/dcp/__0_0.distcp", "global/dcp/__1_0.distcp", "global/dcp/__2_0.distcp", "global/dcp/__3_0.distcp",
+                        "global/rng-rank0.pt", "global/rng-rank1.pt", "global/rng-rank2.pt", "global/rng-rank3.pt", "local.log"], "\(got)")
+        #expect((try? String(contentsOfFile: dir.file("one/local.log"), encoding: .utf8)) == "node 0")
+        // A third node (a bigger cluster): the job-wide files only.
+        try await cs.restore(m, node: 2, into: dir.file("three"))
+        #expect(CheckpointProtocol.regularFiles(in: dir.file("three"))?.contains("local.log") == false)
+        #expect(CheckpointProtocol.regularFiles(in: dir.file("three"))?.filter { $0.hasPrefix("global/") }.count == 9)
+        // The same job-wide path from two nodes: which one is the job's is unknowable.
+        var twice = m
+        twice.parts[1].files.append(m.parts[0].files.first { $0.path.hasPrefix("global/") }!)
+        let e = await #expect(throws: CorruptCheckpoint.self) { try await cs.restore(twice, node: 0, into: dir.file("x")) }
+        #expect(e?.reason.contains("for both node 0 and node 1") == true, "\(String(describing: e))")
+    }
+
     @Test("a part left by a dead attempt is never mixed into a new attempt's manifest")
     func attemptsKeptApart() async throws {
         let dir = TempDir(); defer { dir.cleanup() }

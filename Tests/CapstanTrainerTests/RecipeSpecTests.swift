@@ -19,7 +19,7 @@ struct RecipeSpecTests {
             recipe: sft
             model: ./llama
             data: [a.jsonl, b.jsonl]
-            train: {method: full, steps: 50, batchSize: 2, lr: 1e-5, gradientCheckpointing: true, loraAlpha: 16}
+            train: {method: full, steps: 50, batchSize: 2, lr: 1e-5, gradientCheckpointing: true, loraAlpha: 16, parallelism: fsdp, cpuOffload: true, packing: true, exportShardSize: 2GB}
             python: {requirements: ["transformers==4.57.0", numpy], wheels: /opt/wheels}
             """)
         let recipe = try #require(spec.recipe)
@@ -33,6 +33,8 @@ struct RecipeSpecTests {
         let config = try #require(try JSONSerialization.jsonObject(with: Data(recipe.configJSON().utf8)) as? [String: Any])
         #expect(config["steps"] as? Int == 50 && config["batch_size"] as? Int == 2 && config["method"] as? String == "full")
         #expect(config["lr"] as? Double == 1e-5 && config["gradient_checkpointing"] as? Bool == true && config["lora_alpha"] as? Double == 16)
+        #expect(config["parallelism"] as? String == "fsdp" && config["cpu_offload"] as? Bool == true && config["packing"] as? Bool == true && config["export_shard_size"] as? String == "2GB")
+        #expect(spec.run.contains("--nproc-per-node=${CAPSTAN_NPROC_PER_NODE:-$NPROC_PER_NODE}"))
         #expect(recipe.configJSON().contains("\"steps\" : 50") || recipe.configJSON().contains("\"steps\": 50"))
         let files = Recipe.sft.files(for: recipe)
         #expect(files["sft.py"]?.contains("class Checkpointer") == true && files["sft.json"] == recipe.configJSON())
@@ -57,6 +59,15 @@ struct RecipeSpecTests {
         ("recipe: sft\nmodel: m\ndata: d\ntrain: {steps: 2.5}\n", "'train.steps' must be a whole number"),
         ("recipe: sft\nmodel: m\ndata: d\ntrain: {method: qlora}\n", "'train.method' must be one of lora, full, got 'qlora'"),
         ("recipe: sft\nmodel: m\ndata: d\ntrain: {batchSize: 0}\n", "'train.batchSize' must be at least 1"),
+        ("recipe: sft\nmodel: hf://meta-llama/Llama/3\ndata: d\n", "'model' is 'hf://meta-llama/Llama/3', not a Hub model: write hf://org/name or hf://org/name@revision"),
+        ("recipe: sft\nmodel: hf://org/name@\ndata: d\n", "'model' names the revision '' in 'hf://org/name@'"),
+        ("recipe: sft\nmodel: m\ndata: hf://org/set\n", "'data' cannot come from the Hugging Face Hub"),
+        ("recipe: sft\nmodel: s3://bucket\ndata: d\n", "name the objects too, as s3://bucket/prefix/"),
+        ("recipe: sft\nmodel: gs://b/m\ndata: d\n", "the scheme gs:// is not one Capstan fetches"),
+        ("recipe: sft\nmodel: m\ndata: d\ntrain: {parallelism: zero3}\n", "'train.parallelism' must be one of auto, ddp, fsdp, got 'zero3'"),
+        ("recipe: sft\nmodel: m\ndata: d\ntrain: {packing: yes please}\n", "'train.packing' must be true or false"),
+        ("recipe: sft\nmodel: m\ndata: d\ntrain: {cpuOffload: 1}\n", "'train.cpuOffload' must be true or false"),
+        ("recipe: sft\nmodel: m\ndata: d\ntrain: {exportShardSize: 5 gigs}\n", "'train.exportShardSize' must be a size like 5GB or 500MB, got '5 gigs'"),
         ("recipe: sft\nmodel: m\ndata: d\npython: {requirement: [x]}\n", "unknown key 'python.requirement' (did you mean 'requirements'?)"),
         ("run: x\npython: {systemPackages: maybe}\n", "'python.systemPackages' must be true or false"),
         ("run: x\npython: conda\n", "'python' must be a mapping, or `system`"),

@@ -94,11 +94,21 @@ public struct AgentConfig: Sendable, Hashable, Codable {
 public struct AgentSecrets: Sendable, Hashable, Codable {
     /// Nil: the agent opens the bucket with its own environment and config.
     public var bucket: BucketAccess?
+    /// How to open the buckets a recipe's `s3://` model or data live in.
+    public var sources: [BucketAccess]?
+    /// The launching environment's `HF_TOKEN`, for a recipe's `hf://` model.
+    public var hubToken: String?
 
-    public init(bucket: BucketAccess? = nil) { self.bucket = bucket }
+    public init(bucket: BucketAccess? = nil, sources: [BucketAccess]? = nil, hubToken: String? = nil) {
+        self.bucket = bucket
+        self.sources = sources
+        self.hubToken = hubToken
+    }
 
     /// Every secret string in it, for redaction.
-    public var secrets: [String] { bucket?.secrets ?? [] }
+    public var secrets: [String] {
+        (bucket?.secrets ?? []) + (sources ?? []).flatMap(\.secrets) + (hubToken.map { [$0] } ?? [])
+    }
 
     /// `text` with every secret replaced by `<redacted>`.
     public func redact(_ text: String) -> String {
@@ -170,7 +180,7 @@ public struct AgentStatus: Sendable, Hashable, Codable {
     /// Capstan's own settings an agent inherits from the controller's environment (its home,
     /// the Python cache, plugins, and in debug builds the crash-test hook) — by name: nothing
     /// else of it.
-    public static let inheritedSettings = ["CAPSTAN_HOME", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_PLUGIN_PATH"] + testHookSettings
+    public static let inheritedSettings = ["CAPSTAN_HOME", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_SOURCE_CACHE", "CAPSTAN_PLUGIN_PATH"] + testHookSettings
 
     /// The test hooks' variables (`CAPSTAN_TEST_CRASH_AT`), passed on to agents in debug builds
     /// only: a release build neither honours nor forwards them.

@@ -113,11 +113,12 @@ public final class NodeAgent: Sendable {
             case .writeFiles:
                 next = writeFiles()
             case .preparePython:
-                if let python = config.python {
-                    do { next = .pythonReady(try await preparePython(python)) } catch { next = .pythonFailed("\(error)") }
-                } else {
-                    next = .pythonReady([:])
-                }
+                do {
+                    var env = [String: String]()
+                    if let python = config.python { env = try await preparePython(python) }
+                    for (k, v) in try await fetchRecipeSources() { env[k] = v }
+                    next = .pythonReady(env)
+                } catch { next = .pythonFailed("\(error)") }
             case .spawn(let command, let environment):
                 // Its end (or failure to start) was the event; what follows comes back here.
                 steps += await runCommand(command, prepared: environment).next

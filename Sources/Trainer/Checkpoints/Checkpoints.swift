@@ -15,6 +15,8 @@ public import Foundation
 /// 2. then its part record `attempt-A/node-R.part.json` (files, sizes, SHA-256),
 /// 3. the leader (rank 0), once every node's part record of its attempt is in, writes
 ///    `manifest.json` last, with if-none-match: the first complete attempt wins.
+/// Files under `global/` (a sharded checkpoint: torch.distributed.checkpoint's per-rank files)
+/// are restored on every node from every part, so a job can resume on a different node count.
 /// Parts are kept apart by attempt because a restarted job writes the same step numbers again:
 /// a part left by a dead attempt can never be mixed into the manifest of a new one.
 /// A checkpoint exists iff its manifest exists and verifies: every file it lists is present with
@@ -23,6 +25,9 @@ public import Foundation
 public enum CheckpointProtocol {
     public static let marker = ".done"
     public static let manifestName = "manifest.json"
+    /// Files under `step-N/global/` belong to the whole job, not to the node that wrote them
+    /// (each named uniquely, e.g. for its rank): every node restores all of them.
+    public static let globalFolder = "global"
 
     /// The step number of a folder named `step-N`, else nil.
     public static func step(ofFolder name: String) -> Int? {
@@ -100,6 +105,31 @@ public struct CheckpointManifest: Sendable, Hashable, Codable {
             if segment == "." || segment == ".." { return "has a '\(segment)' path segment" }
         }
         return nil
+    }
+
+    /// What node `node` restores, with the node whose part holds each file: its own part's
+    /// files, and every part's `global/` files (``CheckpointProtocol/globalFolder``). A node
+    /// beyond the nodes that wrote the checkpoint gets the `global/` files only; without any,
+    /// it has nothing to resume from and is refused.
+    public func files(forNode node: Int) throws -> [(node: Int, file: CheckpointFile)] {
+        let prefix = CheckpointProtocol.globalFolder + "/"
+        var out: [(node: Int, file: CheckpointFile)] = []
+        var owner: [String: Int] = [:]
+        for part in parts.sorted(by: { $0.node < $1.node }) {
+            for f in part.files where f.path.hasPrefix(prefix) {
+                if let other = owner[f.path] {
+                    throw CorruptCheckpoint(step: step, reason: "its manifest lists the job-wide file \(Self.quoted(f.path)) for both node \(other) and node \(part.node); a file under \(prefix) must be written by one rank only, so the whole checkpoint is refused")
+                }
+                owner[f.path] = part.node
+                out.append((part.node, f))
+            }
+        }
+        let own = parts.first(where: { $0.node == node })
+        guard own != nil || !out.isEmpty else {
+            throw CapstanError(.notFound, "Checkpoint step \(step) has no part for node \(node).", hint: "The job's node count changed since it was written; only checkpoints with job-wide files (under \(prefix), as the sft recipe writes) resume on another node count.")
+        }
+        for f in own?.files ?? [] where !f.path.hasPrefix(prefix) { out.append((node, f)) }
+        return out
     }
 
     /// `path` in quotes with control characters escaped (a manifest is untrusted input).
@@ -284,16 +314,17 @@ public struct CheckpointStore: Sendable {
     }
 
     /// Downloads node `node`'s part of `manifest` into `folder` (each file checksum-verified by
-    /// the store), and marks it complete. A manifest with a path that could reach outside
-    /// `folder` (absolute, `..`, `.`, empty segments, NUL) is refused as a whole, before any
+    /// the store), and marks it complete. Files under `global/` are job-wide (a sharded
+    /// checkpoint, each file named for the rank that wrote it): every node restores the union of
+    /// every part's `global/` files, so a job resumes on fewer or more nodes than wrote it. A
+    /// manifest with a path that could reach outside `folder` (absolute, `..`, `.`, empty
+    /// segments, NUL), or a `global/` path in two parts, is refused as a whole, before any
     /// download: a ``CorruptCheckpoint``, recorded like any other corrupt checkpoint.
     public func restore(_ manifest: CheckpointManifest, node: Int, into folder: String) async throws {
         try manifest.checkPaths()
-        guard let part = manifest.parts.first(where: { $0.node == node }) else {
-            throw CapstanError(.notFound, "Checkpoint step \(manifest.step) has no part for node \(node).", hint: "The job's node count changed since it was written.")
-        }
-        for f in part.files {
-            let key = partKey(manifest.step, attempt: manifest.attempt, "node-\(node)/\(f.path)")
+        let files = try manifest.files(forNode: node)
+        for (owner, f) in files {
+            let key = partKey(manifest.step, attempt: manifest.attempt, "node-\(owner)/\(f.path)")
             let info: ObjectInfo
             do { info = try await store.get(key: key, to: folder + "/" + f.path, progress: nil) } catch where Self.isCorruption(error) {
                 throw CorruptCheckpoint(step: manifest.step, reason: "\(key): \((error as? CapstanError)?.message ?? "\(error)")")

@@ -110,10 +110,11 @@ public final class JobController: Sendable {
         let settings = (try? PluginWire.decoder.decode(JobSettings.self, from: Data(job.settings.utf8))) ?? JobSettings()
         notifier.withLock { $0 = Notifier.forJob(spec: spec, settings: settings) }
         let bucket: any ObjectStore
-        let secrets: AgentSecrets
+        var secrets: AgentSecrets
         do {
             bucket = try ctx.openBucket(job.storage)
             secrets = AgentSecrets(bucket: try ctx.bucketAccess(job.storage))
+            if let recipe = spec.recipe { secrets.addSources(of: recipe, access: ctx.bucketAccess) }
         } catch where job.attempt == 0 {
             // A job that has not started, without credentials or with a bad endpoint: no agent
             // could work either. (A running job is left to its agents: this controller may just
@@ -472,6 +473,8 @@ final class Run: @unchecked Sendable {
             if let r = spec.recipe, let recipe = Recipe.named(r.name) {
                 env["CAPSTAN_RECIPE_DIR"] = l.stateDir + "/" + Recipe.folderName
                 for (name, text) in recipe.files(for: r) { files[Recipe.folderName + "/" + name] = text }
+                // The Hub endpoint the launch checked the model against, for the agents' fetch.
+                if env["HF_ENDPOINT"] == nil, let e = ProcessInfo.processInfo.environment["HF_ENDPOINT"], !r.remoteSources.isEmpty { env["HF_ENDPOINT"] = e }
             }
             var config = AgentConfig(
                 job: jobID, attempt: number, node: rank, nodes: nodes.count, setup: spec.setup, run: spec.run, environment: env,

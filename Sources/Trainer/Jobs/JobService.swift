@@ -104,6 +104,7 @@ public struct JobService: Sendable {
             }
         }
         try Self.checkRecipeInputs(spec, folder: folder)
+        try await checkRemoteRecipeInputs(spec)
         var jobSettings = options.settings
         if spec.notify == nil, jobSettings.notify == nil { jobSettings.notify = defaultNotify }
         let settings = String(decoding: try PluginWire.encoder.encode(jobSettings), as: UTF8.self)
@@ -118,7 +119,11 @@ public struct JobService: Sendable {
     /// A recipe's model folder and data files that the workdir carries (relative paths) are
     /// checked here, before anything is provisioned. Absolute paths are on the nodes.
     static func checkRecipeInputs(_ spec: JobSpec, folder: String) throws {
-        guard let recipe = spec.recipe else { return }
+        guard var recipe = spec.recipe else { return }
+        // Fetched by each node's agent, checked by checkRemoteRecipeInputs.
+        let remote = Set(recipe.remoteSources.map(\.url))
+        if remote.contains(recipe.model) { recipe.model = "/" }
+        recipe.data.removeAll { remote.contains($0) }
         guard let workdir = spec.workdir else {
             if !recipe.model.hasPrefix("/") || recipe.data.contains(where: { !$0.hasPrefix("/") }) {
                 throw CapstanError(.invalidRequest, "The recipe's model or data is a relative path, but the job has no workdir to carry it to the nodes.", hint: "Add `workdir: .` (the spec's folder), or use absolute paths that exist on every node.")
@@ -135,6 +140,39 @@ public struct JobService: Sendable {
         for file in recipe.data where !file.hasPrefix("/") {
             guard FileManager.default.fileExists(atPath: root + "/" + file) else {
                 throw CapstanError(.invalidRequest, "The recipe's data file \(file) is not in the workdir \(root).", hint: "`data` paths are relative to the workdir.")
+            }
+        }
+    }
+
+    /// A recipe's `hf://` model and `s3://` model or data must exist and be readable with the
+    /// credentials the nodes will get (`HF_TOKEN`, the bucket's), checked before anything is
+    /// provisioned: a typo costs an error, not a cluster.
+    func checkRemoteRecipeInputs(_ spec: JobSpec) async throws {
+        guard let recipe = spec.recipe else { return }
+        for (what, url, source) in recipe.remoteSources {
+            switch source {
+            case .hub(let repo, let revision):
+                let env = ProcessInfo.processInfo.environment
+                let client = HubClient(endpoint: spec.env["HF_ENDPOINT"] ?? env["HF_ENDPOINT"], token: env["HF_TOKEN"])
+                let rev = try await client.revision(repo: repo, revision: revision)
+                guard rev.files.contains(where: { $0.name == "config.json" }) else {
+                    throw CapstanError(.invalidRequest, "The recipe's model \(url) has no config.json at commit \(rev.commit.prefix(12)) on \(client.endpoint): not a Hugging Face model.", hint: "Name a model repository (hf://org/name[@revision]).")
+                }
+            case .bucket:
+                let (location, prefix) = splitBucketURL(url)
+                let store: any ObjectStore
+                do { store = try context.openBucket(location) } catch {
+                    throw CapstanError(.invalidRequest, "Cannot open the bucket of the recipe's \(what) \(url): \((error as? CapstanError)?.message ?? "\(error)")", hint: "The nodes read it with the same credentials as the job's storage; see docs/recipes.md.")
+                }
+                let objects: [ObjectInfo]
+                do { objects = try await SourceCache.objects(store, prefix: prefix, location: url) } catch let e as CapstanError where e.code == .notFound {
+                    throw CapstanError(.invalidRequest, "The recipe's \(what) \(url) does not exist: \(e.message)", hint: e.hint)
+                }
+                if what == "model", !objects.contains(where: { SourceCache.relative($0.key, prefix: prefix) == "config.json" }) {
+                    throw CapstanError(.invalidRequest, "The recipe's model \(url) has no config.json: not a Hugging Face model folder.", hint: "Upload the folder as `huggingface-cli download` leaves it (config.json, weights, tokenizer).")
+                }
+            case .path:
+                break
             }
         }
     }

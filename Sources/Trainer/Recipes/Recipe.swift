@@ -29,9 +29,10 @@ public struct RecipeSpec: Sendable, Hashable {
 
     /// The recipe's name (``Recipe/all``).
     public var name: String
-    /// A Hugging Face model folder, as the node sees it (relative paths are from the workdir).
+    /// A Hugging Face model folder, as the node sees it (relative paths are from the workdir),
+    /// or where the agents fetch one from: `hf://org/name[@revision]`, `s3://bucket/prefix/`.
     public var model: String
-    /// JSONL files, as the node sees them.
+    /// JSONL files, as the node sees them, or `s3://` objects or prefixes the agents fetch.
     public var data: [String]
     /// `train:` settings by the recipe's own (snake_case) names.
     public var settings: [String: Value]
@@ -54,7 +55,10 @@ public struct RecipeSpec: Sendable, Hashable {
 
 /// A built-in recipe: its program, the `train:` settings it takes, and what it needs installed.
 public struct Recipe: Sendable {
-    public enum Kind: Sendable { case int, number, text, flag }
+    public enum Kind: Sendable { case int, number, text, flag
+        /// A size as Hugging Face writes it: digits then KB, MB or GB (`5GB`).
+        case size
+    }
 
     /// A `train:` key as the spec spells it, the recipe's name for it, its type and its choices.
     public struct Setting: Sendable {
@@ -102,6 +106,10 @@ public struct Recipe: Sendable {
             .init(key: "seed", recipeKey: "seed", kind: .int, choices: [], minimum: 0),
             .init(key: "shuffle", recipeKey: "shuffle", kind: .flag, choices: [], minimum: nil),
             .init(key: "checkpointMode", recipeKey: "checkpoint_mode", kind: .text, choices: ["background", "sync"], minimum: nil),
+            .init(key: "parallelism", recipeKey: "parallelism", kind: .text, choices: ["auto", "ddp", "fsdp"], minimum: nil),
+            .init(key: "cpuOffload", recipeKey: "cpu_offload", kind: .flag, choices: [], minimum: nil),
+            .init(key: "packing", recipeKey: "packing", kind: .flag, choices: [], minimum: nil),
+            .init(key: "exportShardSize", recipeKey: "export_shard_size", kind: .size, choices: [], minimum: nil),
         ],
         requirements: ["torch", "transformers>=4.46", "peft>=0.13", "safetensors"])
 
@@ -115,10 +123,11 @@ public struct Recipe: Sendable {
 
     /// The command every node runs: torchrun with the env contract, the recipe and its config
     /// (written by the agent in `$CAPSTAN_RECIPE_DIR`), on `$CAPSTAN_PYTHON` (the job's
-    /// Python environment).
+    /// Python environment). `CAPSTAN_NPROC_PER_NODE` in the job's `env:` overrides the
+    /// processes per node (one per GPU, or one on a CPU node).
     public var command: String {
         "\"$CAPSTAN_PYTHON\" -m torch.distributed.run --nnodes=$NNODES --node-rank=$NODE_RANK"
-            + " --nproc-per-node=$NPROC_PER_NODE --master-addr=$MASTER_ADDR --master-port=$MASTER_PORT"
+            + " --nproc-per-node=${CAPSTAN_NPROC_PER_NODE:-$NPROC_PER_NODE} --master-addr=$MASTER_ADDR --master-port=$MASTER_PORT"
             + " \"$CAPSTAN_RECIPE_DIR/\(fileName)\" --config \"$CAPSTAN_RECIPE_DIR/\(name).json\""
     }
 

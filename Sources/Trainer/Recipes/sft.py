@@ -1,15 +1,22 @@
 """Capstan's built-in supervised fine-tuning recipe (`recipe: sft` in a job spec).
 
 Fine-tunes a Hugging Face causal LM on JSONL data with LoRA (default) or full fine-tuning, under
-torchrun (DDP: NCCL on GPUs, gloo on CPU), following Capstan's env contract:
+torchrun (NCCL on GPUs, gloo on CPU), with DDP or FSDP2 (`parallelism`: auto picks from the
+model's size and the memory, and says why in the first metrics line), following Capstan's env
+contract:
 
 - checkpoints go to $CAPSTAN_CHECKPOINT_DIR/step-N/, marked complete by `.done` (the agent uploads
-  them); the state is snapshotted into reused (pinned, on GPU) CPU buffers and written by a
-  background thread, so the loop stalls only for the device-to-host copy;
+  them): torch.distributed.checkpoint shards under step-N/global/ (each rank its own; under DDP
+  each tensor once), staged into reused (pinned, on GPU) host buffers and written on a thread, so
+  the loop stalls only for the copy;
 - a restored checkpoint in $CAPSTAN_RESUME_DIR resumes the weights (adapter or full), optimizer,
-  LR schedule, every rank's RNG and the data position: the run continues as if never stopped;
+  LR schedule, every rank's RNG and the data position: the run continues as if never stopped,
+  also on another number of processes (resharded on load, the global batch kept);
 - the final model goes to $CAPSTAN_OUTPUT_DIR in Hugging Face layout (adapter_config.json +
-  adapter_model.safetensors, or config.json + model.safetensors), with the tokenizer;
+  adapter_model.safetensors, or config.json + safetensors shards and their index), with the
+  tokenizer;
+- hf:// and s3:// models and data are fetched by the agent; $CAPSTAN_RECIPE_SOURCES maps them to
+  local paths;
 - metrics are JSON lines on stdout (global rank 0): step, loss, lr, tokens/s, step time.
 
 Data (one JSON object per line): {"messages": [{"role": "user", "content": ...}, {"role":
@@ -24,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -59,7 +67,11 @@ DEFAULTS = {
     "log_every": 10,           # steps
     "seed": 42,
     "shuffle": True,
-    "checkpoint_mode": "background",  # background | sync (the naive baseline, for benchmarks)
+    "checkpoint_mode": "background",  # background | sync (the blocking baseline, for benchmarks)
+    "parallelism": "auto",     # auto | ddp | fsdp (FSDP2: every rank holds a shard of weights and optimizer)
+    "cpu_offload": False,      # fsdp on GPU: weights, gradients and optimizer state live in host memory
+    "packing": False,          # pack several examples per row (each attends only to itself)
+    "export_shard_size": "5GB",  # full fine-tunes: the largest safetensors file of the final model
 }
 
 
@@ -96,6 +108,13 @@ def load_config(path):
         raise RecipeError(f"`checkpoint_mode` must be background or sync, got {cfg['checkpoint_mode']!r}")
     if cfg["dtype"] not in ("auto", "bf16", "fp16", "fp32"):
         raise RecipeError(f"`dtype` must be auto, bf16, fp16 or fp32, got {cfg['dtype']!r}")
+    if cfg["parallelism"] not in ("auto", "ddp", "fsdp"):
+        raise RecipeError(f"`parallelism` must be auto, ddp or fsdp, got {cfg['parallelism']!r}")
+    for key in ("cpu_offload", "packing", "gradient_checkpointing", "shuffle"):
+        if not isinstance(cfg[key], bool):
+            raise RecipeError(f"`{key}` must be true or false, got {cfg[key]!r}")
+    if not isinstance(cfg["export_shard_size"], str) or not re.fullmatch(r"[0-9]+(KB|MB|GB)", cfg["export_shard_size"]):
+        raise RecipeError(f"`export_shard_size` must be a size like 5GB or 500MB, got {cfg['export_shard_size']!r}")
     for key in ("batch_size", "grad_accum", "seq_len", "checkpoint_every", "log_every", "lora_rank"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise RecipeError(f"`{key}` must be a whole number >= 1, got {cfg[key]!r}")
@@ -103,6 +122,29 @@ def load_config(path):
         cfg["lr"] = 2e-4 if cfg["method"] == "lora" else 2e-5
     if isinstance(cfg["data"], str):
         cfg["data"] = [cfg["data"]]
+    # hf:// and s3:// sources: fetched by the node's agent into its cache (CAPSTAN_RECIPE_SOURCES
+    # maps each URL to a local folder or file); cfg["model"] stays the URL, the run's identity.
+    try:
+        fetched = json.loads(os.environ.get("CAPSTAN_RECIPE_SOURCES") or "{}")
+    except ValueError:
+        fetched = {}
+
+    def local(url, what):
+        if "://" not in url:
+            return url
+        if url not in fetched:
+            raise RecipeError(f"the {what} {url} was not fetched to this node: run the recipe through capstan, "
+                              "whose agent fetches hf:// and s3:// sources into the node's cache")
+        return fetched[url]
+
+    cfg["model_path"] = local(cfg["model"], "model")
+    cfg["data_paths"] = []
+    for d in cfg["data"]:
+        p = local(d, "data")
+        if os.path.isdir(p):
+            cfg["data_paths"] += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith((".jsonl", ".json")))
+        else:
+            cfg["data_paths"].append(p)
     return cfg
 
 
@@ -218,6 +260,78 @@ def collate(batch, pad_id):
     return ids, labels, mask
 
 
+def pack(examples, seq_len):
+    """Examples packed greedily, in order, into rows of at most seq_len tokens (a row is a list
+    of examples). Each example keeps its own positions and attends only to itself."""
+    rows, row, used = [], [], 0
+    for ex in examples:
+        if row and used + len(ex[0]) > seq_len:
+            rows.append(row)
+            row, used = [], 0
+        row.append(ex)
+        used += len(ex[0])
+    if row:
+        rows.append(row)
+    return rows
+
+
+def collate_packed(batch, seq_len, pad_id):
+    """Packed rows to (input_ids, labels, real-token mask, position_ids). position_ids restart
+    at 0 for every example: transformers then masks attention block-diagonally (no example sees
+    another), given no attention_mask. Each example's first label is masked: in a row it would
+    be the previous example's last prediction, which unpacked training never makes."""
+    import torch
+    width = max(sum(len(ids) for ids, _ in row) for row in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    real = torch.zeros((len(batch), width), dtype=torch.long)
+    pos = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        at = 0
+        for x, y in row:
+            n = len(x)
+            ids[i, at: at + n] = torch.tensor(x)
+            labels[i, at + 1: at + n] = torch.tensor(y[1:], dtype=torch.long)
+            real[i, at: at + n] = 1
+            pos[i, at: at + n] = torch.arange(n)
+            at += n
+        if at < width:  # padding: a segment of its own, never trained
+            pos[i, at:] = torch.arange(width - at)
+    return ids, labels, real, pos
+
+
+def trained_targets(labels):
+    """(position, token) pairs a causal LM's loss trains on: position t predicts labels[t + 1]."""
+    return [(t, int(labels[t + 1])) for t in range(len(labels) - 1) if int(labels[t + 1]) != -100]
+
+
+def check_packing(examples, seq_len, batch_size, pad_id):
+    """Packed vs unpacked on the first batch of rows: for every example, the trained (position,
+    target) pairs and the attention segment must be identical."""
+    rows = pack(examples, seq_len)
+    batch = rows[:batch_size]
+    ids, labels, real, pos = collate_packed(batch, seq_len, pad_id)
+    mismatches, checked = [], 0
+    for i, row in enumerate(batch):
+        at = 0
+        segment = (pos[i, 1:] != pos[i, :-1] + 1).long().cumsum(0).tolist()
+        segment = [0] + segment
+        for k, (x, y) in enumerate(row):
+            n = len(x)
+            u_ids, u_labels, _ = collate([(x, y)], pad_id)
+            want = trained_targets(u_labels[0].tolist())
+            got = [(t - at, tok) for t, tok in trained_targets(labels[i].tolist()) if at <= t < at + n]
+            same_segment = len(set(segment[at: at + n])) == 1 and (at == 0 or segment[at] != segment[at - 1])
+            if want != got or not same_segment or ids[i, at: at + n].tolist() != x:
+                mismatches.append({"row": i, "example": k})
+            checked += 1
+            at += n
+    unpacked_trained = sum(len(trained_targets(y)) for row in batch for _, y in row)
+    return {"rows": len(rows), "examples": len(examples), "checked": checked, "identical": not mismatches,
+            "mismatches": mismatches[:5], "trained_targets": unpacked_trained,
+            "fill": round(sum(len(x) for r in rows for x, _ in r) / (len(rows) * seq_len), 3)}
+
+
 class Order:
     """Which examples a (step, micro-step, rank) trains on: a seeded permutation per epoch, so the
     data position is a pure function of the step and a resumed run sees exactly the same batches."""
@@ -262,133 +376,126 @@ def lr_factor(kind, step, warmup, total):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: snapshot into reused CPU buffers, write in the background.
+# Checkpoints: torch.distributed.checkpoint, every rank its own shard, written in the background.
 
 class Checkpointer:
-    """Writes step-N/ in the background. `save` costs the loop the device-to-host copy into
-    buffers allocated once (pinned when on GPU: 55 GB/s instead of ~1.5 from pageable memory),
-    plus any wait for the previous write when checkpoints come faster than the disk takes them;
-    the write itself and the `.done` marker happen on a thread while training goes on. The
-    buffers are allocated by `prepare` on a thread too, early in the run (pinning 16 GB takes
-    seconds), so not even the first checkpoint waits for them.
+    """Writes step-N/ with torch.distributed.checkpoint (DCP):
 
-    mode "sync" is the naive baseline for benchmarks: copy to pageable memory and write, all in
-    the loop."""
+        step-N/global/dcp/__<rank>_0.distcp   each rank's shard of model + optimizer
+        step-N/global/dcp/.metadata           the index (rank 0)
+        step-N/global/rng-rank<R>.pt          each rank's RNG state
+        step-N/global/trainer.json            step, schedule, loss, world (rank 0)
+        step-N/.done                          last, by each node's local rank 0
 
-    def __init__(self, root, rank, local_rank, local_world, on_gpu, mode="background"):
+    Under FSDP each rank holds and writes only its shard; under DDP the state is replicated and
+    DCP's planner writes each tensor once, spread over the ranks: the whole job writes 1x the
+    state either way. Every file under `global/` has a name unique in the job, so the agent
+    restores the union of all nodes' `global/` files on every node, whatever the node count.
+
+    `save` costs the loop DCP's planning (a collective) and the copy of the state into CPU
+    staging buffers (pinned on GPU, reused); the files are written by a background thread, on a
+    separate gloo group so its collectives never meet the training loop's. A rank writes its
+    RNG file once its shard is on disk; a node's local rank 0 marks the folder complete once
+    its own write is done and every local rank's RNG file is there.
+
+    mode "sync" is the blocking baseline for benchmarks: the same files, written in the loop."""
+
+    def __init__(self, root, rank, local_rank, local_world, on_gpu, mode="background", group=None):
         self.root, self.rank, self.local_rank, self.local_world = root, rank, local_rank, local_world
-        self.on_gpu, self.mode = on_gpu, mode
-        self.buffers = {"weights": {}, "optimizer": {}}
-        self.thread = None
-        self.preparing = None
+        self.on_gpu, self.mode, self.group = on_gpu, mode, group
+        self.future = None
+        self.finisher = None
+        self.stager = None
         self.error = None
 
-    def prepare(self, weights, optimizer):
-        """Allocates the buffers for tensors shaped like these, on a thread."""
-        if self.local_rank != 0 or self.mode != "background" or self.preparing is not None:
-            return
-        import torch
-        shapes = {kind: {n: (t.shape, t.dtype) for n, t in ts.items()} for kind, ts in (("weights", weights), ("optimizer", optimizer))}
-
-        def allocate():
-            for kind, items in shapes.items():
-                for name, (shape, dtype) in items.items():
-                    if name not in self.buffers[kind]:
-                        self.buffers[kind][name] = torch.empty(shape, dtype=dtype, device="cpu", pin_memory=self.on_gpu)
-
-        self.preparing = threading.Thread(target=allocate, name="checkpoint-buffers", daemon=True)
-        self.preparing.start()
-
-    def _snapshot(self, kind, tensors):
-        import torch
-        if self.preparing is not None:
-            self.preparing.join()
-        out, buffers = {}, self.buffers[kind]
-        for name, t in tensors.items():
-            if self.mode == "sync":
-                out[name] = t.detach().to("cpu", copy=True).contiguous()
-                continue
-            buf = buffers.get(name)
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=self.on_gpu)
-                buffers[name] = buf
-            buf.copy_(t.detach(), non_blocking=self.on_gpu)
-            out[name] = buf
-        return out
-
     def wait(self):
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
+        if self.future is not None:
+            try:
+                self.future.result()
+            except Exception as e:
+                self.error = self.error or e
+            self.future = None
+        if self.finisher is not None:
+            self.finisher.join()
+            self.finisher = None
         if self.error is not None:
             raise self.error
 
-    def save(self, step, weights, optimizer, meta, rng):
+    def _stager(self):
+        if self.stager is None:
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+            # Pinned, reused host buffers on GPU; synchronous staging (the copy is the stall).
+            self.stager = DefaultStager(StagingOptions(use_pinned_memory=self.on_gpu, use_shared_memory=False,
+                                                       use_async_staging=False, use_non_blocking_copy=self.on_gpu))
+        return self.stager
+
+    def save(self, step, state, meta, rng):
         import torch
+        import torch.distributed.checkpoint as dcp
         t0 = time.perf_counter()
-        self.wait()  # the buffers are reused: the previous write must be done
+        self.wait()  # one write at a time: staging buffers are reused
         waited = time.perf_counter() - t0
         folder = os.path.join(self.root, f"step-{step}")
-        os.makedirs(folder, exist_ok=True)
-        torch.save(rng, os.path.join(folder, f"rng-rank{self.rank}.pt"))
-        if self.local_rank != 0:
-            return {"stall_s": time.perf_counter() - t0}
-        w = self._snapshot("weights", weights)
-        o = self._snapshot("optimizer", optimizer)
-        if self.on_gpu:
-            torch.cuda.current_stream().synchronize()
-        copied = time.perf_counter() - t0
-        expected = [f"rng-rank{r}.pt" for r in range(self.rank, self.rank + self.local_world)]
+        glob = os.path.join(folder, "global")
+        os.makedirs(os.path.join(glob, "dcp"), exist_ok=True)
+        if self.rank == 0:
+            _write_atomic(os.path.join(glob, "trainer.json"), json.dumps(meta).encode())
+        import io
+        buf = io.BytesIO()
+        torch.save(rng, buf)
+        rng_bytes = buf.getvalue()
+        expected = [os.path.join(glob, f"rng-rank{r}.pt") for r in range(self.rank, self.rank + self.local_world)]
+        distributed = torch.distributed.is_initialized()
 
-        def write():
+        def finish(ok_future):
             try:
-                from safetensors.torch import save_file
-                w0 = time.perf_counter()
-                save_file(w, os.path.join(folder, "weights.safetensors"))
-                save_file(o, os.path.join(folder, "optimizer.safetensors"))
-                with open(os.path.join(folder, "trainer.json"), "w") as f:
-                    json.dump(meta, f)
-                # Every rank of this node writes its RNG state; the part is complete with all.
+                ok_future.result() if ok_future is not None else None
+                _write_atomic(os.path.join(glob, f"rng-rank{self.rank}.pt"), rng_bytes)
+                if self.local_rank != 0:
+                    return
                 deadline = time.time() + 600
-                while not all(os.path.exists(os.path.join(folder, e)) for e in expected):
+                while not all(os.path.exists(e) for e in expected):
                     if time.time() > deadline:
-                        raise RuntimeError(f"step {step}: RNG state of a local rank never arrived")
+                        raise RuntimeError(f"step {step}: a local rank's shard never completed")
                     time.sleep(0.01)
-                size = sum(os.path.getsize(os.path.join(folder, x)) for x in os.listdir(folder))
+                size = sum(os.path.getsize(os.path.join(d, x)) for d, _, xs in os.walk(folder) for x in xs)
                 open(os.path.join(folder, ".done"), "w").close()
-                emit({"event": "checkpoint_written", "step": step, "write_s": round(time.perf_counter() - w0, 3), "bytes": size})
+                emit({"event": "checkpoint_written", "step": step, "rank": self.rank,
+                      "write_s": round(time.perf_counter() - t1, 3), "bytes": size})
             except Exception as e:  # surfaced at the next save or at the end
-                self.error = e
+                self.error = self.error or e
 
+        t1 = time.perf_counter()
+        ckpt_id = os.path.join(glob, "dcp")
         if self.mode == "sync":
-            write()
+            dcp.save(state, checkpoint_id=ckpt_id, process_group=self.group, no_dist=not distributed)
+            finish(None)
             if self.error is not None:
                 raise self.error
-            return {"stall_s": time.perf_counter() - t0, "copy_s": copied}
-        self.thread = threading.Thread(target=write, name=f"checkpoint-{step}", daemon=True)
-        self.thread.start()
+            return {"stall_s": time.perf_counter() - t0}
+        fut = dcp.async_save(state, checkpoint_id=ckpt_id, process_group=self.group, async_stager=self._stager(),
+                             no_dist=not distributed)
+        fut = getattr(fut, "upload_completion", fut)
+        self.future = fut
+        self.finisher = threading.Thread(target=finish, args=(fut,), name=f"checkpoint-{step}", daemon=True)
+        self.finisher.start()
         return {"stall_s": time.perf_counter() - t0, "waited_s": waited}
 
-
-def flatten_optimizer(sd):
-    tensors, state = {}, {}
-    for idx, st in sd["state"].items():
-        plain = {}
-        for k, v in st.items():
-            if hasattr(v, "shape"):
-                tensors[f"{idx}.{k}"] = v
-            else:
-                plain[k] = v
-        state[str(idx)] = plain
-    return tensors, {"param_groups": sd["param_groups"], "state": state}
+    def close(self):
+        try:
+            self.wait()
+        finally:
+            if self.stager is not None:
+                self.stager.close()
 
 
-def unflatten_optimizer(tensors, meta):
-    state = {int(i): dict(v) for i, v in meta["state"].items()}
-    for key, t in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = t
-    return {"state": state, "param_groups": meta["param_groups"]}
+def _write_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def rng_state():
@@ -414,7 +521,7 @@ def set_rng_state(s):
 def load_tokenizer(cfg):
     from transformers import AutoTokenizer
     try:
-        tok = AutoTokenizer.from_pretrained(cfg["model"])
+        tok = AutoTokenizer.from_pretrained(cfg["model_path"])
     except Exception as e:
         raise RecipeError(f"cannot load a tokenizer from {cfg['model']}: {e}")
     if tok.pad_token_id is None:
@@ -429,19 +536,19 @@ def build_model(cfg, dtype, device):
     from transformers import AutoConfig, AutoModelForCausalLM
     if cfg["init"] == "random":
         try:
-            mc = AutoConfig.from_pretrained(cfg["model"])
+            mc = AutoConfig.from_pretrained(cfg["model_path"])
         except Exception as e:
             raise RecipeError(f"cannot read the model config in {cfg['model']}: {e}")
         torch.manual_seed(cfg["seed"])  # every rank and every attempt builds the same weights
         with device:  # initialised where it trains: an 8B model takes seconds on a GPU, minutes on CPU
             model = AutoModelForCausalLM.from_config(mc, dtype=dtype)
     else:
-        has_weights = any(n.endswith((".safetensors", ".bin")) for n in os.listdir(cfg["model"]))
+        has_weights = any(n.endswith((".safetensors", ".bin")) for n in os.listdir(cfg["model_path"]))
         if not has_weights:
             raise RecipeError(f"{cfg['model']} has no weights (*.safetensors or *.bin); set `init: random` "
                               "to train a randomly initialised model of that config")
         try:
-            model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=dtype)
         except Exception as e:
             raise RecipeError(f"cannot load the model in {cfg['model']}: {e}")
     if cfg["gradient_checkpointing"]:
@@ -456,6 +563,48 @@ def build_model(cfg, dtype, device):
         if cfg["gradient_checkpointing"]:
             model.enable_input_require_grads()
     return model.to(device)
+
+
+def layer_modules(model):
+    """The transformer blocks (the model's `_no_split_modules` classes): FSDP's units."""
+    names = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:  # a model that does not name its blocks: every module list's children
+        import torch
+        blocks = [c for m in model.modules() if isinstance(m, torch.nn.ModuleList) for c in m]
+    return blocks
+
+
+def choose_parallelism(cfg, model_dir, world, local_world, on_gpu, dtype):
+    """ddp or fsdp, and why (the first metrics line says it)."""
+    if cfg["parallelism"] != "auto":
+        return cfg["parallelism"], f"train.parallelism is {cfg['parallelism']}"
+    if world == 1:
+        return "ddp", "one process: nothing to shard"
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    try:
+        with torch.device("meta"):
+            m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+        n = sum(p.numel() for p in m.parameters())
+    except Exception as e:
+        return "fsdp", f"the model's size could not be read from its config ({type(e).__name__}): shard to be safe"
+    width = torch.finfo(dtype).bits // 8
+    # Replicated per process: the weights, plus (full fine-tune) gradients and AdamW's two moments.
+    state = n * width * (1 if cfg["method"] == "lora" else 4)
+    if on_gpu:
+        mem = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        where = "of one GPU's"
+    else:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / max(1, local_world)
+        where = "of the host memory per process,"
+    budget = 0.5 * mem
+    gib = lambda b: f"{b / 2**30:.1f} GiB"
+    if state > budget:
+        return "fsdp", f"{n / 1e9:.2f}B params: replicated state {gib(state)} > 50% {where} {gib(mem)}"
+    return "ddp", f"{n / 1e9:.2f}B params: replicated state {gib(state)} fits in 50% {where} {gib(mem)}"
 
 
 def main():
@@ -473,12 +622,14 @@ def main():
         pass
     tok = load_tokenizer(cfg)
     if args.check_data:
-        examples, stats = load_data(tok, cfg["data"], cfg["seq_len"])
+        examples, stats = load_data(tok, cfg["data_paths"], cfg["seq_len"])
         ids, labels = examples[0]
         stats["first_example"] = {
             "context": tok.decode([t for t, l in zip(ids, labels) if l == -100]),
             "trained": tok.decode([t for t, l in zip(ids, labels) if l != -100]),
         }
+        if cfg["packing"]:
+            stats["packing"] = check_packing(examples, cfg["seq_len"], cfg["batch_size"], tok.pad_token_id)
         emit(stats)
         return
 
@@ -493,8 +644,14 @@ def main():
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if world > 1:
+    ckpt_group = None
+    # An explicit fsdp on one process (one GPU under torchrun) still shards: FSDP2's mixed
+    # precision and offload apply, and the checkpoint is the same sharded one.
+    solo_fsdp = world == 1 and cfg["parallelism"] == "fsdp" and "MASTER_ADDR" in os.environ
+    if world > 1 or solo_fsdp:
         dist.init_process_group("nccl" if on_gpu else "gloo", device_id=device if on_gpu else None)
+        # The checkpoint writer's collectives run on a thread: a group of their own.
+        ckpt_group = dist.new_group(backend="gloo")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
         cfg["dtype"], torch.bfloat16 if on_gpu else torch.float32)
     leader = rank == 0
@@ -503,80 +660,113 @@ def main():
     out_dir = os.environ.get("CAPSTAN_OUTPUT_DIR", os.path.abspath("output"))
     resume = os.environ.get("CAPSTAN_RESUME_DIR")
 
-    examples, stats = load_data(tok, cfg["data"], cfg["seq_len"])
-    model = build_model(cfg, dtype, device)
+    parallelism, why = choose_parallelism(cfg, cfg["model_path"], world, local_world, on_gpu, dtype)
+    fsdp = parallelism == "fsdp" and dist.is_initialized()
+    # bf16 mixed precision under FSDP: fp32 master weights and optimizer, bf16 compute, fp32
+    # gradient reduction (dtype auto on a GPU); an explicit dtype keeps the weights in it.
+    mixed = fsdp and on_gpu and cfg["dtype"] == "auto"
+    build_dtype = torch.float32 if mixed else dtype
+
+    examples, stats = load_data(tok, cfg["data_paths"], cfg["seq_len"])
+    rows = pack(examples, cfg["seq_len"]) if cfg["packing"] else None
+    # Under FSDP a pretrained model is loaded on the CPU and each rank keeps (and moves) only
+    # its shard; a random one is initialised on the GPU (minutes faster), then sharded.
+    where = device if not fsdp or (on_gpu and cfg["init"] == "random") else torch.device("cpu")
+    model = build_model(cfg, build_dtype, where)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for _, p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
-    order = Order(len(examples), cfg["seed"], cfg["shuffle"], world, cfg["batch_size"], cfg["grad_accum"])
-    total = cfg["steps"] or max(1, math.ceil(cfg["epochs"] * len(examples) / order.per_step))
+    if fsdp:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+        kw = {}
+        if mixed:
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if cfg["cpu_offload"] and on_gpu:
+            kw["offload_policy"] = CPUOffloadPolicy()
+        for block in layer_modules(model):
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
+        if not (cfg["cpu_offload"] and on_gpu):
+            model.to(device)
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    items = rows if rows is not None else examples
+    grad_accum = cfg["grad_accum"]
+    order = Order(len(items), cfg["seed"], cfg["shuffle"], world, cfg["batch_size"], grad_accum)
+    meta_in = None
+    if resume:
+        meta_in = read_resume_meta(resume, cfg)
+        grad_accum, order = keep_global_batch(meta_in, cfg, world, len(items), leader)
+    unit = "rows" if rows is not None else "examples"
+    total = cfg["steps"] or max(1, math.ceil(cfg["epochs"] * len(items) / order.per_step))
     warmup = int(cfg["warmup_ratio"] * total)
     opt = torch.optim.AdamW([p for _, p in trainable], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                             fused=on_gpu or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg["scheduler"], s, warmup, total))
     if leader:
         emit({"event": "recipe", "recipe": "sft", "method": cfg["method"], "model": cfg["model"], "init": cfg["init"],
-              "params": n_total, "trainable": n_trainable, "examples": len(examples), "trained_tokens": stats["trained_tokens"],
-              "truncated": stats["truncated"], "skipped": stats["skipped"], "steps": total, "world": world,
-              "global_batch": order.per_step, "device": str(device.type), "dtype": str(dtype).replace("torch.", ""),
-              "attempt": attempt})
+              "parallelism": parallelism, "parallelism_why": why, "mixed_precision": "bf16" if mixed else None,
+              "params": n_total, "trainable": n_trainable, "examples": len(examples), unit: len(items),
+              "trained_tokens": stats["trained_tokens"], "truncated": stats["truncated"], "skipped": stats["skipped"],
+              "steps": total, "world": world, "global_batch": order.per_step, "device": str(device.type),
+              "dtype": str(build_dtype).replace("torch.", ""), "attempt": attempt})
 
-    # Weights saved in a checkpoint: what trains (the adapter, or everything for full).
-    def weights():
-        if cfg["method"] == "lora":
-            return {n: p for n, p in trainable}
-        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+    # Checkpointed weights: what trains (the adapter, or everything for full).
+    sd_opts = StateDictOptions(ignore_frozen_params=cfg["method"] == "lora")
 
     start = 0
     if resume:
-        from safetensors.torch import load_file
+        import torch.distributed.checkpoint as dcp
+        msd, osd = get_state_dict(model, opt, options=sd_opts)
+        state = {"model": msd, "optim": osd}
         try:
-            with open(os.path.join(resume, "trainer.json")) as f:
-                meta = json.load(f)
-            w = load_file(os.path.join(resume, "weights.safetensors"))
-            o = load_file(os.path.join(resume, "optimizer.safetensors"))
-        except (OSError, ValueError) as e:
-            raise RecipeError(f"the restored checkpoint in {resume} is incomplete: {e}")
-        if meta.get("method") != cfg["method"] or meta.get("model") != cfg["model"]:
-            raise RecipeError(f"the checkpoint was written by a {meta.get('method')} run of {meta.get('model')}, "
-                              f"this run is {cfg['method']} of {cfg['model']}")
-        if cfg["method"] == "lora":
-            params = dict(trainable)
-            missing = sorted(set(params) - set(w))
-            if missing:
-                raise RecipeError(f"the checkpoint lacks {len(missing)} adapter tensors, e.g. {missing[0]}")
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(w[n])
-        else:
-            model.load_state_dict(w)
-        opt.load_state_dict(unflatten_optimizer(o, meta["optimizer"]))
-        sched.load_state_dict(meta["scheduler"])
-        start = meta["step"]
-        rng_file = os.path.join(resume, f"rng-rank{rank}.pt")
+            dcp.load(state, checkpoint_id=os.path.join(resume, "global", "dcp"), no_dist=not dist.is_initialized())
+        except Exception as e:
+            raise RecipeError(f"cannot load the restored checkpoint in {resume}: {e}")
+        # LoRA: the checkpoint holds the adapter only (the base is the model folder's, or seeded).
+        load_opts = StateDictOptions(ignore_frozen_params=cfg["method"] == "lora", strict=cfg["method"] != "lora")
+        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"], options=load_opts)
+        sched.load_state_dict(meta_in["scheduler"])
+        start = meta_in["step"]
+        rng_file = os.path.join(resume, "global", f"rng-rank{rank}.pt")
         if os.path.exists(rng_file):
             set_rng_state(torch.load(rng_file, weights_only=False))
         if leader:
-            emit({"event": "resumed", "step": start, "attempt": attempt, "loss": meta.get("loss")})
+            emit({"event": "resumed", "step": start, "attempt": attempt, "loss": meta_in.get("loss"),
+                  "from_world": meta_in.get("world"), "world": world, "grad_accum": grad_accum})
 
     ddp = model
-    if world > 1:
+    if world > 1 and not fsdp:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if on_gpu else None)
     model.train()
-    ckpt = Checkpointer(ckpt_root, rank, local_rank, local_world, on_gpu, cfg["checkpoint_mode"])
+    ckpt = Checkpointer(ckpt_root, rank, local_rank, local_world, on_gpu, cfg["checkpoint_mode"], ckpt_group)
     window_t, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
     last_loss = None
     for step in range(start + 1, total + 1):
         step_tokens = 0
-        for micro in range(cfg["grad_accum"]):
-            batch = [examples[i] for i in order.indices(step, micro, rank)]
-            ids, labels, mask = (t.to(device, non_blocking=True) for t in collate(batch, tok.pad_token_id))
-            step_tokens += int(mask.sum())
-            sync = micro == cfg["grad_accum"] - 1 or world == 1
-            ctx = ddp.no_sync() if not sync else _null()
+        for micro in range(grad_accum):
+            batch = [items[i] for i in order.indices(step, micro, rank)]
+            if rows is not None:
+                ids, labels, real, pos = collate_packed(batch, cfg["seq_len"], tok.pad_token_id)
+                step_tokens += int(real.sum())
+                ids, labels, pos = (t.to(device, non_blocking=True) for t in (ids, labels, pos))
+                mask, real, extra = None, None, {"position_ids": pos}  # no mask: transformers masks by segment
+            else:
+                ids, labels, mask = collate(batch, tok.pad_token_id)
+                step_tokens += int(mask.sum())
+                # No padding in the batch: no mask, so attention takes its plain causal path.
+                mask = None if bool(mask.all()) else mask.to(device, non_blocking=True)
+                ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                real, extra = None, {}
+            sync = micro == grad_accum - 1 or world == 1
+            if fsdp:
+                model.set_requires_gradient_sync(sync)
+                ctx = _null()
+            else:
+                ctx = ddp.no_sync() if not sync else _null()
             with ctx:
-                out = ddp(input_ids=ids, attention_mask=mask, labels=labels)
-                (out.loss / cfg["grad_accum"]).backward()
+                out = ddp(input_ids=ids, attention_mask=mask, labels=labels, **extra)
+                (out.loss / grad_accum).backward()
             window_loss += out.loss.detach()
             window_n += 1
         if cfg["max_grad_norm"]:
@@ -585,8 +775,6 @@ def main():
         sched.step()
         opt.zero_grad(set_to_none=True)
         window_tokens += step_tokens
-        if step == start + 1:  # the optimizer's state exists now: size the checkpoint buffers
-            ckpt.prepare(weights(), flatten_optimizer(opt.state_dict())[0])
 
         if step % cfg["log_every"] == 0 or step == total or step == start + 1:
             stats_t = torch.tensor([float(window_loss), float(window_n), float(window_tokens)], device=device)
@@ -596,7 +784,7 @@ def main():
                 torch.cuda.synchronize()
             now = time.perf_counter()
             loss_sum, n, tokens = stats_t.tolist()
-            steps_in_window = n / cfg["grad_accum"] / world
+            steps_in_window = n / grad_accum / world
             last_loss = loss_sum / n
             if leader:
                 emit({"step": step, "loss": round(last_loss, 5), "lr": float(f"{sched.get_last_lr()[0]:.4g}"),
@@ -606,36 +794,85 @@ def main():
             window_t, window_tokens, window_loss, window_n = now, 0, 0.0, 0
 
         if step % cfg["checkpoint_every"] == 0 or step == total:
-            o_tensors, o_meta = flatten_optimizer(opt.state_dict())
-            meta = {"step": step, "method": cfg["method"], "model": cfg["model"], "loss": last_loss,
-                    "optimizer": o_meta, "scheduler": sched.state_dict(), "world": world}
-            r = ckpt.save(step, weights(), o_tensors, meta, rng_state())
+            msd, osd = get_state_dict(model, opt, options=sd_opts)
+            meta = {"format": 2, "step": step, "method": cfg["method"], "model": cfg["model"], "loss": last_loss,
+                    "scheduler": sched.state_dict(), "world": world, "grad_accum": grad_accum,
+                    "batch_size": cfg["batch_size"], "parallelism": parallelism}
+            r = ckpt.save(step, {"model": msd, "optim": osd}, meta, rng_state())
             if leader:
                 emit({"event": "checkpoint", "step": step, **{k: round(v, 4) for k, v in r.items()}})
             # The stall is not training time.
             window_t += r["stall_s"]
-    ckpt.wait()
-
-    if leader:
-        os.makedirs(out_dir, exist_ok=True)
-        t0 = time.perf_counter()
-        if cfg["method"] == "lora":
-            model.save_pretrained(out_dir, safe_serialization=True)
-            if cfg["init"] == "random":
-                # The adapter needs its base, and a random one exists nowhere else: save it
-                # too (after the adapter: unload() takes the adapter's layers out).
-                base = model.unload()
-                base.save_pretrained(os.path.join(out_dir, "base"), safe_serialization=True)
-                tok.save_pretrained(os.path.join(out_dir, "base"))
-                _point_adapter_at(out_dir, "base")
-        else:
-            model.save_pretrained(out_dir, safe_serialization=True)
-        tok.save_pretrained(out_dir)
-        emit({"event": "saved", "output": out_dir, "method": cfg["method"], "save_s": round(time.perf_counter() - t0, 3),
-              "final_loss": last_loss, "steps": total})
-    if world > 1:
+    ckpt.close()
+    export(cfg, model, tok, out_dir, leader, fsdp, total, last_loss, (build_dtype, where))
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def read_resume_meta(resume, cfg):
+    try:
+        with open(os.path.join(resume, "global", "trainer.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        if os.path.exists(os.path.join(resume, "weights.safetensors")):
+            raise RecipeError(f"the restored checkpoint in {resume} was written by an older Capstan (one file per node); "
+                              "this recipe resumes only sharded checkpoints: start the job afresh or finish it with that version")
+        raise RecipeError(f"the restored checkpoint in {resume} is incomplete: {e}")
+    if meta.get("method") != cfg["method"] or meta.get("model") != cfg["model"]:
+        raise RecipeError(f"the checkpoint was written by a {meta.get('method')} run of {meta.get('model')}, "
+                          f"this run is {cfg['method']} of {cfg['model']}")
+    return meta
+
+
+def keep_global_batch(meta, cfg, world, n, leader):
+    """The same global batch after a change of world size (fewer or more processes): grad_accum
+    scales so every step trains the same examples as before, and the run continues unchanged."""
+    before = meta.get("world", world) * meta.get("grad_accum", cfg["grad_accum"])
+    accum = cfg["grad_accum"]
+    if meta.get("world", world) != world:
+        if before % world == 0 and meta.get("batch_size", cfg["batch_size"]) == cfg["batch_size"]:
+            accum = before // world
+        elif leader:
+            emit({"event": "warning", "message": f"resharded from {meta.get('world')} to {world} processes: the global "
+                  f"batch cannot stay {before * cfg['batch_size']} (not a multiple of {world}); it is now "
+                  f"{world * accum * cfg['batch_size']}"})
+    return accum, Order(n, cfg["seed"], cfg["shuffle"], world, cfg["batch_size"], accum)
+
+
+def export(cfg, model, tok, out_dir, leader, fsdp, total, last_loss, built):
+    """The final model in Hugging Face layout: the adapter (LoRA), or config.json + safetensors
+    shards and their index (full; shards of at most `export_shard_size`). Under FSDP the full
+    state is gathered to rank 0's CPU first (every rank takes part)."""
+    import torch
+    t0 = time.perf_counter()
+    full_sd = None
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        full_sd = get_model_state_dict(model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=cfg["method"] == "lora"))
+    if not leader:
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    shard = cfg["export_shard_size"]
+    if cfg["method"] == "lora":
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=full_sd)
+        if cfg["init"] == "random":
+            # The adapter needs its base, and a random one exists nowhere else: save it too.
+            # The base is frozen: rebuilt from the config and seed, as and where it was built
+            # for training, it is the trained one.
+            if fsdp:
+                base = build_model(dict(cfg, method="full", gradient_checkpointing=False), *built).to("cpu")
+            else:
+                base = model.unload()  # after the adapter: unload() takes the adapter's layers out
+            base.save_pretrained(os.path.join(out_dir, "base"), safe_serialization=True, max_shard_size=shard)
+            tok.save_pretrained(os.path.join(out_dir, "base"))
+            _point_adapter_at(out_dir, "base")
+    else:
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=full_sd, max_shard_size=shard)
+    tok.save_pretrained(out_dir)
+    emit({"event": "saved", "output": out_dir, "method": cfg["method"], "save_s": round(time.perf_counter() - t0, 3),
+          "files": sorted(os.listdir(out_dir)), "final_loss": last_loss, "steps": total})
 
 
 class _null:

@@ -160,6 +160,9 @@ public struct JobSpec: Sendable, Hashable {
             guard run == nil else { throw r.bad("a job has either 'recipe' or 'run', not both: the recipe is the command", line) }
             guard let model else { throw r.bad("'model' is missing: the recipe needs a Hugging Face model folder (on every node; relative to the workdir)", nil) }
             guard let data, !data.isEmpty else { throw r.bad("'data' is missing: the recipe needs a JSONL file of chat `messages` or `prompt`/`completion` records", nil) }
+            for (what, text) in [("model", model)] + data.map({ ("data", $0) }) {
+                do { _ = try RecipeSource.parse(text, what: what) } catch { throw r.bad(error.description, nil) }
+            }
             if let trainNode { train = try settings(trainNode, recipe, r) }
             spec.recipe = RecipeSpec(name: recipe.name, model: model, data: data, settings: train)
             if !pythonSystem {
@@ -222,6 +225,12 @@ public struct JobSpec: Sendable, Hashable {
                 let s = try r.string(v, "train.\(key)")
                 guard setting.choices.isEmpty || setting.choices.contains(s) else {
                     throw r.bad("'train.\(key)' must be one of \(setting.choices.joined(separator: ", ")), got '\(s)'", line)
+                }
+                out[setting.recipeKey] = .string(s)
+            case .size:
+                let s = try r.string(v, "train.\(key)")
+                guard s.wholeMatch(of: /[0-9]+(KB|MB|GB)/) != nil else {
+                    throw r.bad("'train.\(key)' must be a size like 5GB or 500MB, got '\(s)'", line)
                 }
                 out[setting.recipeKey] = .string(s)
             }

@@ -47,7 +47,7 @@ public struct SSHTransport: NodeTransport {
     /// Nodes that have answered, by instance id.
     let reached: LockedBox<Set<String>> = LockedBox([])
 
-    public init(client: SSHClient, agentBinary: String, clusterKeys: ClusterKeys? = nil, forwardedPrefixes: [String] = ["CAPSTAN_PYTHON_CACHE"] + AgentStatus.testHookSettings) {
+    public init(client: SSHClient, agentBinary: String, clusterKeys: ClusterKeys? = nil, forwardedPrefixes: [String] = ["CAPSTAN_PYTHON_CACHE", "CAPSTAN_SOURCE_CACHE"] + AgentStatus.testHookSettings) {
         self.client = client
         self.clusterKeys = clusterKeys
         self.agentBinary = agentBinary
