@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a release of Capstan for this machine's Linux and architecture: `capstan` (the CLI, the
-# control plane, the node agent and the detached job controller in one binary) and the plugins,
+# control plane, the node agent and the detached job controller in one binary),
 # into dist/capstan-<version>-linux-<arch>.tar.gz with its SHA-256 (and SHA256SUMS inside).
 #
 #   scripts/release.sh                  # ~8-10 min on 2 cores from scratch (.build-release)
@@ -30,10 +30,12 @@ else
 fi
 echo "==> building $name: $kind" >&2
 start=$(date +%s)
-# One product per invocation (given twice, --product builds only the last); they share $scratch.
-for product in capstan CapstanPluginAWS CapstanPluginSim; do
-  swift build -c release --scratch-path "$scratch" "${flags[@]}" --product "$product" >&2
-done
+# Only `capstan`: SwiftPM cannot link a dynamic library (a plugin) with --static-swift-stdlib
+# (ld: cannot find -lCoreFoundation, -l_FoundationCShims), and a Swift plugin linked against the
+# shared Swift runtime would need the toolchain's runtime on the machine. The built-in local and
+# SSH providers and file:// and s3:// buckets are in the binary; C plugins (plugins/lambda)
+# need no Swift runtime and can be dropped next to it.
+swift build -c release --scratch-path "$scratch" "${flags[@]}" --product capstan >&2
 built=$(( $(date +%s) - start ))
 bin="$(swift build -c release --scratch-path "$scratch" "${flags[@]}" --show-bin-path)"
 
@@ -42,16 +44,12 @@ trap 'rm -rf "$stage"' EXIT
 dir="$stage/$name"
 mkdir -p "$dir"
 cp "$bin/capstan" "$dir/capstan"
-# Plugins sit next to the binary, where `capstan` looks for them; config.yaml enables each.
-for so in "$bin"/libCapstanPlugin*.so; do cp "$so" "$dir/"; done
-strip --strip-unneeded "$dir/capstan" "$dir"/*.so 2>/dev/null || true
+strip --strip-unneeded "$dir/capstan"
 {
   echo "capstan $version for linux-$arch: $kind"
   echo
-  for f in "$dir/capstan" "$dir"/*.so; do
-    echo "$(basename "$f"):"
-    ldd "$f" 2>&1 | sed 's/ (0x[0-9a-f]*)//; s/^/  /'
-  done
+  echo "capstan:"
+  ldd "$dir/capstan" 2>&1 | sed 's/ (0x[0-9a-f]*)//; s/^/  /'
 } > "$dir/SHARED-LIBS.txt"
 cat > "$dir/INSTALL.txt" <<EOF
 Capstan $version (linux-$arch). No Swift toolchain is needed.
@@ -60,11 +58,12 @@ Capstan $version (linux-$arch). No Swift toolchain is needed.
   export PATH="\$PWD/$name:\$PATH"
   capstan offers
 
-\`capstan\` is also the node agent and the detached job controller: keep the plugins
-(libCapstanPlugin*.so) next to it. The built-in recipe (sft) needs python3 with torch on the
-nodes. SHARED-LIBS.txt lists the system libraries it still links.
+\`capstan\` is also the node agent and the detached job controller. Plugins are found next to
+it (C plugins need no Swift runtime; a Swift plugin needs the Swift toolchain's runtime). The
+built-in recipe (sft) needs python3 with torch on the nodes. SHARED-LIBS.txt lists the system
+libraries it still links.
 EOF
-(cd "$dir" && sha256sum capstan ./*.so SHARED-LIBS.txt INSTALL.txt | sed 's#  \./#  #' > SHA256SUMS)
+(cd "$dir" && sha256sum capstan SHARED-LIBS.txt INSTALL.txt > SHA256SUMS)
 mkdir -p dist
 tar -C "$stage" -czf "dist/$name.tar.gz" "$name"
 (cd dist && sha256sum "$name.tar.gz" > "$name.tar.gz.sha256")
