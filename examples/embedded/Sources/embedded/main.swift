@@ -23,7 +23,7 @@ func show(_ event: JobEvent, _ prefix: String) {
     case .finished(let job): print("\(prefix)finished: \(job.status.rawValue)")
     default: break
     }
-    fflush(stdout)
+    fflush(nil)
 }
 
 let args = Array(CommandLine.arguments.dropFirst())
@@ -36,7 +36,7 @@ do {
     if args[0] == "run" {
         let handle = try await capstan.submit(specFile: args[1])
         print("job \(handle.id)")
-        fflush(stdout)
+        fflush(nil)
         for await event in handle.events { show(event, "") }
         let job = try await handle.result()
         print("job \(job.id) \(job.status.rawValue)")
