@@ -35,6 +35,8 @@ let package = Package(
         .library(name: "CapstanPluginKit", targets: ["CapstanPluginKit"]),
         // The public C ABI every plugin includes (capstan_plugin.h).
         .library(name: "CapstanPluginABI", targets: ["CapstanPluginABI"]),
+        // Capstan in one value (`Capstan(home:)`): the CLI's wiring, for a program that embeds it.
+        .library(name: "CapstanSDK", targets: ["CapstanSDK"]),
         .executable(name: "capstan", targets: ["capstan"]),
         .executable(name: "capstan-bench", targets: ["CapstanBench"]),
         // Plugins: one dynamic library per cloud, loaded at run time with dlopen.
@@ -205,9 +207,20 @@ let package = Package(
             path: "Sources/Server",
             swiftSettings: swiftSettings
         ),
+        // `Capstan(home:)`: registry, state, provisioner, transports and jobs wired as the CLI does.
+        .target(
+            name: "CapstanSDK",
+            dependencies: [
+                "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanPostgres", "CapstanProviders", "CapstanTrainer",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/SDK",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "capstan",
             dependencies: [
+                "CapstanSDK",
                 "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanStorage", "CapstanTrainer", "CapstanPluginABI", "CapstanAPI", "CapstanServer", "CapstanPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -328,7 +341,8 @@ let package = Package(
         // Loads real plugin .so files and runs the built CLI. Never depends on a plugin target.
         .testTarget(
             name: "CapstanIntegrationTests",
-            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", "CapstanPostgres", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CapstanTestSupport", "CapstanCore", "CapstanRuntime", "CapstanSQLite", "CapstanProviders", "CapstanAWS", "CapstanTesting", "CapstanPluginKit", "CapstanStorage", "CapstanPostgres", .product(name: "Logging", package: "swift-log"),
+                "CapstanSDK"],
             path: "Tests/CapstanIntegrationTests",
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings

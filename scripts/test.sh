@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build --build-tests
+# examples/embedded (a package depending on this one by path) builds in its own .build-embedded,
+# which compiles the dependency graph again (minutes on 2 cores): start it now, alongside the
+# tests (all of them: no arguments); its test (JobTests.embeddedExample) waits for this build.
+[ $# -eq 0 ] && { swift build --package-path examples/embedded --scratch-path .build-embedded >/dev/null 2>&1 & }
 # The C Lambda plugin builds from its own Makefile (the tests also build it out of tree, and with
 # AddressSanitizer). Needs libcurl4-openssl-dev and libjansson-dev.
 if ! make -s -C plugins/lambda; then

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CapstanCore
+import CapstanSDK
 import CapstanPostgres
 import CapstanRuntime
 import CapstanSQLite
@@ -7,8 +8,9 @@ import CapstanProviders
 import Foundation
 import Logging
 
+/// The `capstan` command (named apart from CapstanSDK's ``Capstan``, which it is built on).
 @main
-struct Capstan: AsyncParsableCommand {
+struct CapstanCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "capstan",
         abstract: "Provision the cheapest GPU capacity across clouds and run fine-tunes on it.",
@@ -68,7 +70,7 @@ struct GlobalOptions: ParsableArguments {
     }
 
     func offerSearch(_ registry: ProviderRegistry, store: (any StateStore)?, refresh: Bool = false) -> OfferSearch {
-        OfferSearch(providers: registry.compute, timeout: .milliseconds(Int64(registry.config.plugins.timeoutSeconds * 1000)), cache: store, refresh: refresh)
+        CapstanWiring.offerSearch(registry, store: store, refresh: refresh)
     }
 }
 

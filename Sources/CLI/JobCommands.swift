@@ -2,6 +2,7 @@ import ArgumentParser
 import CapstanAPI
 import CapstanCore
 import CapstanRuntime
+import CapstanSDK
 import CapstanSQLite
 import CapstanProviders
 import CapstanTrainer
@@ -12,23 +13,17 @@ extension GlobalOptions {
     /// and remote ones over SSH, shipping this binary (or `$CAPSTAN_AGENT_BINARY`, e.g. a
     /// `--static-swift-stdlib` build for machines without Swift) as their agent.
     func jobService(_ registry: ProviderRegistry, provisioner: Provisioner, jobLocks: any LockService) -> JobService {
-        let exe = Spawn.currentExecutable
-        let remoteAgent = ProcessInfo.processInfo.environment["CAPSTAN_AGENT_BINARY"].flatMap { $0.isEmpty ? nil : $0 } ?? exe
-        let ssh = SSHTransport(client: SSHClient(folder: registry.home.path("ssh")), agentBinary: remoteAgent, clusterKeys: ClusterKeys(folder: registry.home.path("ssh/clusters")))
-        let context = JobContext(
-            home: registry.home, store: provisioner.store, provisioner: provisioner, search: offerSearch(registry, store: provisioner.store),
-            transports: [LocalTransport(agentExecutable: exe), ssh], openBucket: { try registry.store(for: $0) },
-            bucketAccess: { try registry.bucketAccess(for: $0) }, logger: logger, jobLocks: jobLocks)
-        var service = JobService(context: context, agentExecutable: exe, defaultStorage: registry.config.storage.defaultLocation)
-        service.defaultNotify = registry.config.notify
-        service.notifyDelivery = registry.config.notifyDelivery
-        return service
+        CapstanWiring.jobService(registry, provisioner: provisioner, jobLocks: jobLocks, agents: .currentExecutable(), logger: logger)
+    }
+
+    /// The home wired as CapstanSDK's ``Capstan`` (the one wiring an embedding program gets too),
+    /// this binary its agent.
+    func capstan() async throws -> Capstan {
+        try await Capstan(home: capstanHome, agent: .currentExecutable(), logger: logger, registry: try loadRegistry())
     }
 
     func jobs() async throws -> JobService {
-        let registry = try loadRegistry()
-        let state = try await openState(registry)
-        return jobService(registry, provisioner: provisioner(registry, state: state), jobLocks: state.jobLocks)
+        try await capstan().jobService
     }
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import CapstanAPI
 import CapstanCore
 import CapstanRuntime
+import CapstanSDK
 import CapstanSQLite
 import CapstanProviders
 import Foundation

@@ -3,6 +3,7 @@ import CapstanAPI
 import CapstanCore
 import CapstanProviders
 import CapstanRuntime
+import CapstanSDK
 import CapstanServer
 import CapstanTrainer
 import Foundation

@@ -45,6 +45,7 @@ func printJobEvent(_ event: JobEvent, quiet: Bool) {
     case .checkpoint(let step, let bytes): print("capstan: checkpoint step \(step) committed (\(humanBytes(bytes)))")
     case .nodeReplaced(let node, let instance): print("capstan: node \(node) replaced by \(instance)")
     case .attemptStarted, .finished: break
+    case .metrics, .provisioning: break  // the metrics line is printed as the node's line
     case .failure: break  // the status line that follows says it, with what happens next
     }
 }

@@ -128,6 +128,17 @@ public final class JobController: Sendable {
 
     func emit(_ e: JobEvent) { onEvent(e) }
 
+    /// The context's provisioner, its progress lines also emitted as ``JobEvent/provisioning(_:)``.
+    var provisioner: Provisioner {
+        var p = ctx.provisioner
+        let previous = p.progress, onEvent = onEvent
+        p.progress = { line in
+            previous?(line)
+            onEvent(.provisioning(line))
+        }
+        return p
+    }
+
     /// Whether this controller may go on: it holds the job's lock, and the lock is still valid
     /// (a lease renewed in time).
     var holdsJob: Bool { held.withLock { $0?.isValid ?? false } }
@@ -383,7 +394,7 @@ final class Run: @unchecked Sendable {
 
     /// Provisions the job's own cluster.
     func provisionCluster(_ job: JobRecord) async throws -> JobLifecycle.Event {
-        let report = try await c.ctx.provisioner.up(name: job.clusterName, request: spec.resources, search: c.ctx.search)
+        let report = try await c.provisioner.up(name: job.clusterName, request: spec.resources, search: c.ctx.search)
         guard report.cluster.status == .running else {
             throw CapstanError(.capacity, "No capacity for the job: \(report.noOfferReason ?? report.cluster.lastError ?? "every offer failed").", hint: "Try other GPUs, regions or spot; `capstan offers --explain` shows why offers were filtered.")
         }
@@ -402,7 +413,7 @@ final class Run: @unchecked Sendable {
     /// whole gang then moves (``move(_:)``).
     func replace(node: Int, of job: JobRecord) async throws -> JobLifecycle.Event {
         do {
-            let fresh = try await c.ctx.provisioner.replaceNode(cluster: job.clusterName, node: node)
+            let fresh = try await c.provisioner.replaceNode(cluster: job.clusterName, node: node)
             c.emit(.nodeReplaced(node: node, instance: fresh.id))
             await store.jobEvent("replaced", "Node \(node) is now \(fresh.id).", job: jobID)
             return .nodeReplaced(node)
@@ -414,7 +425,7 @@ final class Run: @unchecked Sendable {
     /// Moves the whole gang to the next offer that fits, on any provider
     /// (``Provisioner/move(cluster:search:)``); the job resumes there from the bucket.
     func move(_ job: JobRecord) async throws -> JobLifecycle.Event {
-        let report = try await c.ctx.provisioner.move(cluster: job.clusterName, search: c.ctx.search)
+        let report = try await c.provisioner.move(cluster: job.clusterName, search: c.ctx.search)
         let to = report.cluster.offer.map { "\($0.provider) \($0.instanceType) in \($0.zone ?? $0.region)" } ?? "?"
         await store.jobEvent("moved", "The gang moved to \(to) (\(report.instances.map(\.id).joined(separator: ", "))); the job resumes there from the bucket.", job: jobID)
         return .gangMoved
@@ -759,10 +770,7 @@ final class Run: @unchecked Sendable {
                 appendHome(node: rank, data)
                 logOffsets[key] = offset + Int64(data.count)
                 changed = true
-                for line in lines[rank, default: LineBuffer()].feed(data) {
-                    if rank == 0, MetricsPoint.parse(line) != nil { latestMetrics = line }
-                    c.emit(.log(node: rank, line: line))
-                }
+                for line in lines[rank, default: LineBuffer()].feed(data) { emitLine(rank, line) }
                 if data.count < 1 << 20 { break }
             }
         }
@@ -772,13 +780,19 @@ final class Run: @unchecked Sendable {
         }
     }
 
+    /// A node's log line as an event; the leader's metrics lines as typed metrics too.
+    func emitLine(_ rank: Int, _ line: String) {
+        c.emit(.log(node: rank, line: line))
+        if rank == 0, let point = MetricsPoint.parse(line) {
+            latestMetrics = line
+            c.emit(.metrics(point))
+        }
+    }
+
     func drainLogs(_ attempt: JobAttemptRecord, nodes: [Instance], skipping: Set<String> = []) async {
         await pullLogs(attempt, nodes: nodes, only: Set(nodes.indices.filter { !skipping.contains(nodes[$0].id) }))
         for rank in lines.keys.sorted() {
-            if let rest = lines[rank]?.flush() {
-                if rank == 0, MetricsPoint.parse(rest) != nil { latestMetrics = rest }
-                c.emit(.log(node: rank, line: rest))
-            }
+            if let rest = lines[rank]?.flush() { emitLine(rank, rest) }
         }
         await saveMetrics(force: true)
     }

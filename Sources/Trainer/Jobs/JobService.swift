@@ -57,6 +57,10 @@ public struct JobService: Sendable {
     public var defaultNotify: NotifySpec?
     /// How this process delivers notifications (config.yaml's `notifyDelivery:`).
     public var notifyDelivery = NotifyDelivery()
+    /// Whether a controller ``attach(_:)`` runs in this process also delivers the job's
+    /// notifications (``NotificationDeliverer/alongside(store:settings:logger:drain:_:)``), as
+    /// `capstan launch` does around its follower. Off by default.
+    public var deliversNotifications = false
 
     public init(context: JobContext, agentExecutable: String, defaultStorage: String? = nil) {
         self.context = context
@@ -187,9 +191,11 @@ public struct JobService: Sendable {
     public func attach(_ id: String) -> JobHandle {
         let (stream, continuation) = AsyncStream.makeStream(of: JobEvent.self, bufferingPolicy: .unbounded)
         let controller = JobController(jobID: id, context: context) { continuation.yield($0) }
+        let (delivers, store, settings, logger) = (deliversNotifications, context.store, notifyDelivery, context.logger)
         let task = Task {
             defer { continuation.finish() }
-            return try await controller.run()
+            guard delivers else { return try await controller.run() }
+            return try await NotificationDeliverer.alongside(store: store, settings: settings, logger: logger) { try await controller.run() }
         }
         return JobHandle(id: id, events: stream, task: task)
     }
