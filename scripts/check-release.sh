@@ -30,8 +30,9 @@ if "${clean[@]}" sh -c 'command -v swift || command -v swiftc || ls /usr/lib/swi
 fi
 echo "(none)"
 echo "==> ldd capstan (what it still links):"
-ldd "$bin"
-if ldd "$bin" | grep -q -i swift; then echo "FAIL: capstan links a shared Swift library" >&2; exit 1; fi
+libs="$(ldd "$bin" 2>&1 || true)"   # a fully static binary: "not a dynamic executable", exit 1
+echo "$libs"
+if grep -q -i swift <<<"$libs"; then echo "FAIL: capstan links a shared Swift library" >&2; exit 1; fi
 echo "==> capstan --version"
 "${clean[@]}" "$bin" --version
 echo "==> capstan offers"

@@ -49,7 +49,7 @@ strip --strip-unneeded "$dir/capstan"
   echo "capstan $version for linux-$arch: $kind"
   echo
   echo "capstan:"
-  ldd "$dir/capstan" 2>&1 | sed 's/ (0x[0-9a-f]*)//; s/^/  /'
+  { ldd "$dir/capstan" 2>&1 || true; } | sed 's/ (0x[0-9a-f]*)//; s/^/  /'
 } > "$dir/SHARED-LIBS.txt"
 cat > "$dir/INSTALL.txt" <<EOF
 Capstan $version (linux-$arch). No Swift toolchain is needed.

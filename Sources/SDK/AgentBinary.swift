@@ -37,8 +37,11 @@ public struct AgentBinary: Sendable, Hashable {
         environment: [String: String] = ProcessInfo.processInfo.environment, executableFolder: String? = nil, buildFolders: [String] = defaultBuildFolders
     ) throws -> AgentBinary {
         var looked: [String] = []
-        if let path = environment["CAPSTAN_AGENT_BINARY"], !path.isEmpty {
-            guard FileManager.default.isExecutableFile(atPath: path) else {
+        if let given = environment["CAPSTAN_AGENT_BINARY"], !given.isEmpty {
+            // Absolute: local agents start in the job's workdir, where a relative path means another file.
+            let path = URL(fileURLWithPath: given).standardizedFileURL.path
+            var isFolder: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), !isFolder.boolValue, FileManager.default.isExecutableFile(atPath: path) else {
                 throw CapstanError(.notFound, "CAPSTAN_AGENT_BINARY is \(path), which is not an executable file.", hint: "Point it at a `capstan` binary (a release's, or `swift build --product capstan`'s), or unset it to use the one next to this program.")
             }
             return AgentBinary(local: path)

@@ -87,4 +87,30 @@ struct ReconcileRaceTests {
         #expect(done.cluster.status == .running)
         #expect(try await p.store.intents(cluster: done.cluster.id).map(\.status) == [.launched])
     }
+
+    @Test("an up that finishes after a reconcile read its cluster as provisioning is not judged interrupted when its lock comes free: its cluster stays running")
+    func upFinishingBeforeTheLock() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let cloud = SimulatedCloud(configuration: .init(offers: threeRegions))
+        let p = try makeProvisioner([cloud], dir: dir)
+        // The up stops with its cluster provisioning and its lock held; the reconcile reads the
+        // clusters then; the up finishes (running, lock released) before the reconcile takes locks.
+        let upGate = Gate(at: "up.before-launch")
+        let gate = Gate(at: "reconcile.read")
+        let upper = Provisioner(providers: p.providers, store: p.store, locks: p.locks, options: p.options, faults: upGate.faults)
+        let reconciler = Provisioner(providers: p.providers, store: p.store, locks: p.locks, options: p.options, faults: gate.faults)
+        let up = Task(executorPreference: OwnThread()) { try await upper.up(name: "racing", request: ResourceRequest(gpu: "H100", nodes: 2), search: OfferSearch(providers: [cloud])) }
+        try await upGate.waitUntilReached()
+        let reconcile = Task(executorPreference: OwnThread()) { await reconciler.reconcile() }
+        try await gate.waitUntilReached()
+        upGate.resume.signal()
+        let done = try await up.value
+        #expect(done.cluster.status == .running)
+        gate.resume.signal()
+        let report = await reconcile.value
+        #expect(report.terminated.isEmpty && report.abandonedIntents.isEmpty, "\(report)")
+        let cluster = try await p.store.cluster(id: done.cluster.id)
+        #expect(cluster?.status == .running, "\(cluster?.status.rawValue ?? "-"): \(cluster?.lastError ?? "")")
+        #expect(try await cloud.describe(InstanceQuery(tags: [CapstanTags.clusterID: done.cluster.id])).count == 2)
+    }
 }

@@ -86,10 +86,12 @@ extension JobTests {
         let jobID = (try? await home.job()?.id) ?? "-"
         #expect(checkpointed, "no checkpoint: \(home.logTail(job: jobID))")
         let job0 = try await #require(try home.job())
-        // Kill between two checkpoints, so attempt 2 retraces steps attempt 1 logged.
-        _ = try await home.wait(timeout: 10) {
-            (home.losses(job: job0.id)[1]?.keys.max()).map { $0 > 8 && (2...6).contains($0 % 8) } ?? false
+        // Kill between two checkpoints (attempt 1 has logged a step after 8, and not reached 16), so
+        // attempt 2 retraces steps attempt 1 logged. Polled, not timed: the window is 7 steps.
+        let between = try await home.wait(timeout: 300) {
+            (home.losses(job: job0.id)[1]?.keys.max()).map { (9...15).contains($0) } ?? false
         }
+        try #require(between, "attempt 1 never logged a step between 9 and 15: \(home.logTail(job: job0.id))")
         let node = Int.random(in: 0...1)
         let worker = try #require(home.recipeWorker(job: job0.id, rank: node), "no worker on node \(node)")
         kill(worker, SIGKILL)

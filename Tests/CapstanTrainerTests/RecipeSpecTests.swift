@@ -107,6 +107,15 @@ struct RecipeSpecTests {
 
 @Suite("Job metrics")
 struct MetricsTests {
+    @Test("HF_TOKEN goes only to the launching environment's Hub endpoint, never to one a job spec names")
+    func hubTokenEndpoint() {
+        #expect(HubClient.mayReceiveToken(specEndpoint: nil, environment: [:]))
+        #expect(HubClient.mayReceiveToken(specEndpoint: nil, environment: ["HF_ENDPOINT": "https://mirror.example"]))
+        #expect(HubClient.mayReceiveToken(specEndpoint: "https://mirror.example", environment: ["HF_ENDPOINT": "https://mirror.example"]))
+        #expect(!HubClient.mayReceiveToken(specEndpoint: "http://collector.example", environment: [:]))
+        #expect(!HubClient.mayReceiveToken(specEndpoint: "http://collector.example", environment: ["HF_ENDPOINT": "https://mirror.example"]))
+    }
+
     @Test("metrics lines are JSON objects with a whole step and numbers; events and other lines are not")
     func parse() throws {
         let p = try #require(MetricsPoint.parse(#"{"step": 120, "loss": 4.37, "lr": 0.0011, "tokens_per_s": 6100, "attempt": 2, "note": "x", "ok": true}"#))

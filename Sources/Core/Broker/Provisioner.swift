@@ -776,6 +776,7 @@ public struct Provisioner: Sendable {
             await rebuildUnknownClusters(plan, known: known, report: &report)
             clusters = await (try? store.clusters(includeFinished: true)) ?? clusters
         }
+        faults.hit("reconcile.read")
 
         // Clusters left half-done by a dead process (`up` or `down`): take their locks; a lock
         // someone holds means live work, left alone.
@@ -790,6 +791,14 @@ public struct Provisioner: Sendable {
             case .take(let c):
                 if let lock = try? await locks.acquire(c.name) {
                     held.append(lock)
+                    // The record was read before the lock: its `up` or `down` may have finished
+                    // and let go of the lock since (a running cluster is not an interrupted
+                    // `up`). Only a record still as read is half-done work to repair.
+                    let current = try? await store.cluster(id: c.id)
+                    if current?.status != c.status {
+                        plan.receive(.busy(clusterID: c.id))
+                        report.busyClusters.append(c.name)
+                    }
                 } else {
                     plan.receive(.busy(clusterID: c.id))
                     report.busyClusters.append(c.name)

@@ -6,8 +6,10 @@ import Foundation
 extension AgentSecrets {
     /// Adds how to open the buckets of `recipe`'s `s3://` sources, and the launching
     /// environment's `HF_TOKEN` when it has an `hf://` model. A bucket the controller cannot
-    /// resolve is left to the agent's own environment.
-    public mutating func addSources(of recipe: RecipeSpec, access: (String) throws -> BucketAccess?) {
+    /// resolve is left to the agent's own environment. `specEndpoint`: the job spec's own
+    /// `HF_ENDPOINT`; the token goes only to the launching environment's endpoint (or the
+    /// Hub), never to one a spec names (a spec from someone else could collect it).
+    public mutating func addSources(of recipe: RecipeSpec, specEndpoint: String? = nil, access: (String) throws -> BucketAccess?) {
         for (_, url, source) in recipe.remoteSources {
             switch source {
             case .bucket:
@@ -15,7 +17,9 @@ extension AgentSecrets {
                 if sources?.contains(where: { $0.location == location }) == true { continue }
                 if let a = try? access(location) { sources = (sources ?? []) + [a] }
             case .hub:
-                if let t = ProcessInfo.processInfo.environment["HF_TOKEN"], !t.isEmpty { hubToken = t }
+                let env = ProcessInfo.processInfo.environment
+                guard HubClient.mayReceiveToken(specEndpoint: specEndpoint, environment: env) else { continue }
+                if let t = env["HF_TOKEN"], !t.isEmpty { hubToken = t }
             case .path:
                 break
             }

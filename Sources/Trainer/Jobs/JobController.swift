@@ -114,7 +114,7 @@ public final class JobController: Sendable {
         do {
             bucket = try ctx.openBucket(job.storage)
             secrets = AgentSecrets(bucket: try ctx.bucketAccess(job.storage))
-            if let recipe = spec.recipe { secrets.addSources(of: recipe, access: ctx.bucketAccess) }
+            if let recipe = spec.recipe { secrets.addSources(of: recipe, specEndpoint: spec.env["HF_ENDPOINT"], access: ctx.bucketAccess) }
         } catch where job.attempt == 0 {
             // A job that has not started, without credentials or with a bad endpoint: no agent
             // could work either. (A running job is left to its agents: this controller may just

@@ -157,7 +157,9 @@ public struct JobService: Sendable {
             switch source {
             case .hub(let repo, let revision):
                 let env = ProcessInfo.processInfo.environment
-                let client = HubClient(endpoint: spec.env["HF_ENDPOINT"] ?? env["HF_ENDPOINT"], token: env["HF_TOKEN"])
+                let specEndpoint = spec.env["HF_ENDPOINT"]
+                let token = HubClient.mayReceiveToken(specEndpoint: specEndpoint, environment: env) ? env["HF_TOKEN"] : nil
+                let client = HubClient(endpoint: specEndpoint ?? env["HF_ENDPOINT"], token: token)
                 let rev = try await client.revision(repo: repo, revision: revision)
                 guard rev.files.contains(where: { $0.name == "config.json" }) else {
                     throw CapstanError(.invalidRequest, "The recipe's model \(url) has no config.json at commit \(rev.commit.prefix(12)) on \(client.endpoint): not a Hugging Face model.", hint: "Name a model repository (hf://org/name[@revision]).")

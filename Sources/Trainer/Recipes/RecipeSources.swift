@@ -92,6 +92,14 @@ public struct HubClient: Sendable {
         self.token = token?.isEmpty == false ? token : nil
     }
 
+    /// Whether the launching environment's `HF_TOKEN` may go to the endpoint a job uses: only
+    /// when the job spec names no `HF_ENDPOINT` of its own, or the same one as the launching
+    /// environment (the user's choice, not a spec's).
+    public static func mayReceiveToken(specEndpoint: String?, environment: [String: String]) -> Bool {
+        guard let specEndpoint else { return true }
+        return specEndpoint == environment["HF_ENDPOINT"]
+    }
+
     /// The client the environment describes (`HF_ENDPOINT`, `HF_TOKEN`).
     public static func fromEnvironment(_ env: [String: String]) -> HubClient {
         HubClient(endpoint: env["HF_ENDPOINT"], token: env["HF_TOKEN"])
@@ -249,6 +257,10 @@ public struct SourceCache: Sendable {
             var bytes: Int64 = 0
             for o in objects {
                 let rel = Self.relative(o.key, prefix: prefix)
+                // A key is any string: one with `..` (or absolute) would write outside the cache.
+                if let problem = CheckpointManifest.pathProblem(rel) {
+                    throw CapstanError(.invalidRequest, "\(location) holds the object '\(o.key)', whose path \(problem); Capstan does not fetch it.", hint: "Remove or rename that object in the bucket.")
+                }
                 let dest = scratch + "/" + rel
                 try FileManager.default.createDirectory(atPath: (dest as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
                 let info = try await store.get(key: o.key, to: dest, progress: nil)  // verified against a recorded SHA-256

@@ -551,9 +551,10 @@ def build_model(cfg, dtype, device):
             model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=dtype)
         except Exception as e:
             raise RecipeError(f"cannot load the model in {cfg['model']}: {e}")
+    # Training never reads a KV cache; without one, packed rows are masked per example.
+    model.config.use_cache = False
     if cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
     if cfg["method"] == "lora":
         from peft import LoraConfig, get_peft_model
         targets = cfg["lora_targets"]
@@ -668,6 +669,13 @@ def main():
     build_dtype = torch.float32 if mixed else dtype
 
     examples, stats = load_data(tok, cfg["data_paths"], cfg["seq_len"])
+    if cfg["packing"]:
+        import transformers
+        version = tuple(int(x) for x in transformers.__version__.split(".")[:2] if x.isdigit())
+        if version < (4, 53):
+            # Older releases mask by the attention mask only: packed examples would see each other.
+            raise RecipeError(f"packing: true needs transformers 4.53 or newer (per-example masking from position ids); "
+                              f"this environment has {transformers.__version__}: add transformers>=4.53 to python.requirements")
     rows = pack(examples, cfg["seq_len"]) if cfg["packing"] else None
     # Under FSDP a pretrained model is loaded on the CPU and each rank keeps (and moves) only
     # its shard; a random one is initialised on the GPU (minutes faster), then sharded.
@@ -750,7 +758,9 @@ def main():
                 ids, labels, real, pos = collate_packed(batch, cfg["seq_len"], tok.pad_token_id)
                 step_tokens += int(real.sum())
                 ids, labels, pos = (t.to(device, non_blocking=True) for t in (ids, labels, pos))
-                mask, real, extra = None, None, {"position_ids": pos}  # no mask: transformers masks by segment
+                # No mask: transformers masks by segment from the restarting position ids, which it
+                # does only without a KV cache (with one, a packed example attends to the one before).
+                mask, real, extra = None, None, {"position_ids": pos, "use_cache": False}
             else:
                 ids, labels, mask = collate(batch, tok.pad_token_id)
                 step_tokens += int(mask.sum())
@@ -833,10 +843,14 @@ def keep_global_batch(meta, cfg, world, n, leader):
     if meta.get("world", world) != world:
         if before % world == 0 and meta.get("batch_size", cfg["batch_size"]) == cfg["batch_size"]:
             accum = before // world
-        elif leader:
-            emit({"event": "warning", "message": f"resharded from {meta.get('world')} to {world} processes: the global "
-                  f"batch cannot stay {before * cfg['batch_size']} (not a multiple of {world}); it is now "
-                  f"{world * accum * cfg['batch_size']}"})
+        else:
+            # Another global batch would move every later step's examples (some skipped, some
+            # seen twice) and the LR schedule's length: refuse rather than continue inexactly.
+            divisors = [w for w in range(1, before + 1) if before % w == 0]
+            raise RecipeError(f"cannot resume on {world} processes: the checkpoint was written by {meta.get('world')} "
+                              f"processes with grad_accum {meta.get('grad_accum')} ({before} micro-batches per step), "
+                              f"which {world} processes cannot split evenly; run on a total process count that divides "
+                              f"{before} ({', '.join(map(str, divisors))}), or start the job afresh")
     return accum, Order(n, cfg["seed"], cfg["shuffle"], world, cfg["batch_size"], accum)
 
 
