@@ -78,6 +78,7 @@ let package = Package(
                 "CapstanCore", "CapstanPluginABI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Sources/Runtime",
             swiftSettings: swiftSettings
