@@ -301,6 +301,25 @@ struct GCPProvisioningTests {
         #expect(left.isEmpty, "\(left.map { "\($0["name"] ?? "?") \($0["status"] ?? "?")" })")
     }
 
+    @Test("reconcile deletes a preempted spot VM still listed whose cluster no longer runs")
+    func reconcileDeletesPreempted() async throws {
+        let gcp = try await GCPServer(faults: ["preempt_delete_seconds": 3600]); defer { gcp.stop() }
+        let home = try Self.home(gcp); defer { home.cleanup() }
+        let up = try await runProcess(BuildProducts.capstan, ["up", "p2", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "1", "--spot"], environment: Self.env(home))
+        #expect(up.status == 0, "\(up.stderr)\n\(up.stdout)")
+        let live = try await Self.leaked(gcp, home: home).live
+        let node = try #require(live.first)
+        try await gcp.server.admin("preempt", ["name": node.details["name"] ?? ""])
+        // As a `down` before this fix left it: the cluster terminated, the preempted VM listed.
+        let sql = "UPDATE instance SET state = 'preempted', instance = json_set(instance, '$.state', 'preempted') WHERE id = '\(node.id)'; UPDATE cluster SET status = 'terminated' WHERE name = 'p2';"
+        let edit = try await runProcess("/usr/bin/env", ["sqlite3", home.path + "/state/capstan.db", sql])
+        #expect(edit.status == 0, "\(edit.stderr)")
+        let rec = try await runProcess(BuildProducts.capstan, ["reconcile"], environment: Self.env(home))
+        #expect(rec.status == 0, "\(rec.stderr)")
+        let left = try await gcp.server.admin("state")["instances"] as? [[String: Any]] ?? []
+        #expect(left.isEmpty, "\(left.map { "\($0["name"] ?? "?") \($0["status"] ?? "?")" })\n\(rec.stdout)")
+    }
+
     @Test("kill -9 of up and of down on GCP, then reconcile: no live instance that no cluster owns")
     func crashes() async throws {
         let gcp = try await GCPServer(); defer { gcp.stop() }
