@@ -289,12 +289,7 @@ struct GCPProvisioningTests {
         let live = try await Self.leaked(gcp, home: home).live
         let name = try #require(live.first?.details["name"])
         try await gcp.server.admin("preempt", ["name": name])
-        // The store learns of the preemption as a job's node watch records it (JobController).
-        let id = try #require(live.first?.id)
-        let db = home.path + "/state/capstan.db"
-        let sql = "UPDATE instance SET state = 'preempted', instance = json_set(instance, '$.state', 'preempted') WHERE id = '\(id)';"
-        let rec = try await runProcess("/usr/bin/env", ["sqlite3", db, sql])
-        #expect(rec.status == 0, "\(rec.stderr)")
+        try await recordPreempted(try #require(live.first?.id), home: home)
         let down = try await runProcess(BuildProducts.capstan, ["down", "p1"], environment: Self.env(home))
         #expect(down.status == 0, "\(down.stderr)")
         let left = try await gcp.server.admin("state")["instances"] as? [[String: Any]] ?? []
@@ -311,9 +306,7 @@ struct GCPProvisioningTests {
         let node = try #require(live.first)
         try await gcp.server.admin("preempt", ["name": node.details["name"] ?? ""])
         // As a `down` before this fix left it: the cluster terminated, the preempted VM listed.
-        let sql = "UPDATE instance SET state = 'preempted', instance = json_set(instance, '$.state', 'preempted') WHERE id = '\(node.id)'; UPDATE cluster SET status = 'terminated' WHERE name = 'p2';"
-        let edit = try await runProcess("/usr/bin/env", ["sqlite3", home.path + "/state/capstan.db", sql])
-        #expect(edit.status == 0, "\(edit.stderr)")
+        try await recordPreempted(node.id, home: home, also: "UPDATE cluster SET status = 'terminated' WHERE name = 'p2';")
         let rec = try await runProcess(BuildProducts.capstan, ["reconcile"], environment: Self.env(home))
         #expect(rec.status == 0, "\(rec.stderr)")
         let left = try await gcp.server.admin("state")["instances"] as? [[String: Any]] ?? []
@@ -325,4 +318,12 @@ struct GCPProvisioningTests {
         let gcp = try await GCPServer(); defer { gcp.stop() }
         try await killUpAndDownThenReconcile(provider: "gcp", makeHome: { try Self.home(gcp) }, env: Self.env, owned: { try await Self.leaked(gcp, home: $0) })
     }
+}
+
+/// Records instance `id` as preempted in `home`'s SQLite store, as a job's node watch does
+/// (JobController), with `also` (more SQL) in the same call.
+func recordPreempted(_ id: String, home: TempDir, also: String = "") async throws {
+    let sql = "UPDATE instance SET state = 'preempted', instance = json_set(instance, '$.state', 'preempted') WHERE id = '\(id)'; " + also
+    let r = try await runProcess("/usr/bin/env", ["sqlite3", home.path + "/state/capstan.db", sql])
+    #expect(r.status == 0, "\(r.stderr)")
 }

@@ -206,10 +206,7 @@ struct RunPodProvisioningTests {
         #expect(up.status == 0, "\(up.stderr)\n\(up.stdout)")
         let pod = try #require(try await Self.leaked(server, home: home).live.first)
         try await server.admin("preempt", ["podId": pod.id])
-        // The store learns of the preemption as a job's node watch records it (JobController).
-        let sql = "UPDATE instance SET state = 'preempted', instance = json_set(instance, '$.state', 'preempted') WHERE id = '\(pod.id)';"
-        let edit = try await runProcess("/usr/bin/env", ["sqlite3", home.path + "/state/capstan.db", sql])
-        #expect(edit.status == 0, "\(edit.stderr)")
+        try await recordPreempted(pod.id, home: home)
         let down = try await runProcess(BuildProducts.capstan, ["down", "rq"], environment: Self.env(home))
         #expect(down.status == 0, "\(down.stderr)")
         let pods = (try await server.admin("state")["pods"] as? [[String: Any]]) ?? []
