@@ -324,6 +324,8 @@ struct GCPProvisioningTests {
 /// (JobController), with `also` (more SQL) in the same call.
 func recordPreempted(_ id: String, home: TempDir, also: String = "") async throws {
     let sql = "UPDATE instance SET state = 'preempted', instance = json_set(instance, '$.state', 'preempted') WHERE id = '\(id)'; " + also
-    let r = try await runProcess("/usr/bin/env", ["sqlite3", home.path + "/state/capstan.db", sql])
+    // Python's sqlite3 (CI installs no sqlite3 command).
+    let script = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"
+    let r = try await runProcess("/usr/bin/env", ["python3", "-c", script, home.path + "/state/capstan.db", sql])
     #expect(r.status == 0, "\(r.stderr)")
 }
