@@ -152,7 +152,8 @@ public struct GCSStore: ObjectStore {
         let start = try await send("POST", url, headers: [("Content-Type", "application/json"), ("X-Upload-Content-Length", "\(size)")], body: CloudHTTP.json(["name": name, "metadata": metadata, "md5Hash": md5b64, "crc32c": crc.base64]), what: "start the upload of \(key)")
         if start.status == 412 { throw exists(key) }
         guard start.status == 200 || start.status == 201, let session = start.header("Location") else {
-            throw CapstanError(.transient, "Cloud Storage started no upload session for \(key) (no Location header).", provider: "gcp")
+            if start.status == 404 { throw CapstanError(.notFound, "No bucket gs://\(bucket) to upload \(key) to.", hint: "Create it (gcloud storage buckets create gs://\(bucket)).", provider: "gcp") }
+            throw CapstanError(.transient, "Cloud Storage started no upload session for \(key) (HTTP \(start.status)\(start.header("Location") == nil ? ", no Location header" : "")).", provider: "gcp")
         }
         // The chunks: 308 with Range for all but the last; the last answers the object (200/201).
         // A chunk that fails is not sent again blindly: the session is asked what it holds
