@@ -80,6 +80,7 @@ let package = Package(
                 "CapstanCore", "CapstanPluginABI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Sources/Runtime",
             swiftSettings: swiftSettings

@@ -16,10 +16,10 @@ public struct CloudHTTPResponse: Sendable {
         headers.first { $0.0.lowercased() == name.lowercased() }?.1
     }
 
-    /// `Retry-After` in seconds (a number; an HTTP date is read as 1 s).
+    /// `Retry-After` in seconds (a number, clamped to 0…3600; an HTTP date or NaN is read as 1 s).
     public var retryAfterSeconds: Double? {
         guard let v = header("Retry-After") else { return nil }
-        return Double(v.trimmingCharacters(in: .whitespaces)) ?? 1
+        return CapstanError.clampedRetryAfter(Double(v.trimmingCharacters(in: .whitespaces))) ?? 1
     }
 
     /// The body as a JSON object, or nil.

@@ -63,11 +63,38 @@ public struct GCSStore: ObjectStore {
         return s.addingPercentEncoding(withAllowedCharacters: allowed) ?? s
     }
 
-    func send(_ method: String, _ url: String, headers: [(String, String)] = [], body: Data? = nil, what: String) async throws -> CloudHTTPResponse {
+    /// Tries of one request on 429/5xx/a dropped connection (the last failure is thrown), and
+    /// the longest `Retry-After` honoured between them.
+    static let tries = 4
+    static let maxRetryAfter = 10.0
+
+    /// One request with the token: a 401 drops the cached token and tries once more with a
+    /// fresh one; 429, 5xx and connection failures are tried `tries` times with backoff (a
+    /// `Retry-After` capped at `maxRetryAfter`) unless `retry` is false. 2xx/3xx, 404, 412 and
+    /// `pass` are answered; every other status throws.
+    func send(_ method: String, _ url: String, headers: [(String, String)] = [], body: Data? = nil, what: String, pass: Set<Int> = [], retry: Bool = true) async throws -> CloudHTTPResponse {
+        var attempt = 0, reauthorized = false
+        while true {
+            attempt += 1
+            do {
+                return try await sendOnce(method, url, headers: headers, body: body, what: what, pass: pass)
+            } catch let e as CapstanError where e.code == .auth && e.cloudCode == "HTTP 401" && !reauthorized {
+                reauthorized = true
+                attempt -= 1
+                await auth.invalidate()
+            } catch let e as CapstanError where (e.code == .rateLimited || e.code == .transient) && retry && attempt < Self.tries {
+                let wait = e.retryAfterSeconds.map { min($0, Self.maxRetryAfter) } ?? 0.2 * Double(1 << attempt)
+                try await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+            }
+        }
+    }
+
+    func sendOnce(_ method: String, _ url: String, headers: [(String, String)], body: Data?, what: String, pass: Set<Int>) async throws -> CloudHTTPResponse {
         let token = try await auth.accessToken()
         let r = try await CloudHTTP.send(method, url, headers: [("Authorization", "Bearer \(token)")] + headers, body: body, provider: "gcp")
         switch r.status {
         case 200..<400, 404, 412: return r
+        case _ where pass.contains(r.status): return r
         default:
             let e = r.json?["error"] as? [String: Any]
             let message = e?["message"] as? String ?? "HTTP \(r.status)"
@@ -75,10 +102,16 @@ public struct GCSStore: ObjectStore {
             switch r.status {
             case 429: throw CapstanError(.rateLimited, text, provider: "gcp", retryAfterSeconds: r.retryAfterSeconds ?? 1, cloudCode: "HTTP 429")
             case 401, 403: throw CapstanError(.auth, text, hint: "Grant the service account roles/storage.objectAdmin on gs://\(bucket).", provider: "gcp", cloudCode: "HTTP \(r.status)", cloudMessage: message)
-            case 500...: throw CapstanError(.transient, text, provider: "gcp", cloudCode: "HTTP \(r.status)")
+            case 500...: throw CapstanError(.transient, text, provider: "gcp", retryAfterSeconds: r.retryAfterSeconds, cloudCode: "HTTP \(r.status)")
             default: throw CapstanError(.invalidRequest, text, provider: "gcp", cloudCode: "HTTP \(r.status)", cloudMessage: message)
             }
         }
+    }
+
+    /// The bytes a resumable session holds after a 308: `Range: bytes=0-N` is N+1; no `Range`
+    /// is none.
+    static func kept(_ range: String?) -> Int64 {
+        range.flatMap { Int64($0.split(separator: "-").last ?? "") }.map { $0 + 1 } ?? 0
     }
 
     func info(_ o: [String: Any]) -> ObjectInfo {
@@ -118,39 +151,77 @@ public struct GCSStore: ObjectStore {
         metadata["capstan-sha256"] = digest
         let start = try await send("POST", url, headers: [("Content-Type", "application/json"), ("X-Upload-Content-Length", "\(size)")], body: CloudHTTP.json(["name": name, "metadata": metadata, "md5Hash": md5b64, "crc32c": crc.base64]), what: "start the upload of \(key)")
         if start.status == 412 { throw exists(key) }
-        guard let session = start.header("Location") else {
-            throw CapstanError(.transient, "Cloud Storage started no upload session for \(key) (no Location header).", provider: "gcp")
+        guard start.status == 200 || start.status == 201, let session = start.header("Location") else {
+            if start.status == 404 { throw CapstanError(.notFound, "No bucket gs://\(bucket) to upload \(key) to.", hint: "Create it (gcloud storage buckets create gs://\(bucket)).", provider: "gcp") }
+            throw CapstanError(.transient, "Cloud Storage started no upload session for \(key) (HTTP \(start.status)\(start.header("Location") == nil ? ", no Location header" : "")).", provider: "gcp")
         }
-        // The chunks: 308 with Range for all but the last; the last answers the object.
-        try handle.seek(toOffset: 0)
+        // The chunks: 308 with Range for all but the last; the last answers the object (200/201).
+        // A chunk that fails is not sent again blindly: the session is asked what it holds
+        // (`bytes */size`) and the upload goes on from there.
         var offset: Int64 = 0
         var object: [String: Any]?
-        repeat {
-            let d = try handle.read(upToCount: Self.chunk) ?? Data()
+        var failures = 0, stalls = 0  // chunks that failed; 308s that kept nothing new
+        var query = false
+        while object == nil {
+            let d: Data
+            if query || offset >= size {
+                d = Data()
+            } else {
+                try handle.seek(toOffset: UInt64(offset))
+                d = try handle.read(upToCount: Self.chunk) ?? Data()
+            }
             let end = offset + Int64(d.count)
             let range = d.isEmpty ? "bytes */\(size)" : "bytes \(offset)-\(end - 1)/\(size)"
-            let r = try await send("PUT", session, headers: [("Content-Range", range)], body: d, what: "upload \(key)")
-            if r.status == 412 { throw exists(key) }
-            if r.status == 308, d.isEmpty {
-                throw CapstanError(.transient, "Cloud Storage did not finish the upload of \(key): it holds \(r.header("Range") ?? "nothing") of \(size) bytes after the last chunk.", provider: "gcp")
-            } else if r.status == 308 {
-                // What the server has: `Range: bytes=0-N`; go on from N+1.
-                let have = r.header("Range").flatMap { Int64($0.split(separator: "-").last ?? "") }.map { $0 + 1 } ?? end
-                if have != end { try handle.seek(toOffset: UInt64(have)) }
+            let r: CloudHTTPResponse
+            do {
+                r = try await send("PUT", session, headers: [("Content-Range", range)], body: d, what: "upload \(key)", pass: [410], retry: query)
+            } catch let e as CapstanError where (e.code == .transient || e.code == .rateLimited) && !query && failures < Self.tries {
+                failures += 1
+                query = true
+                continue
+            }
+            query = false
+            switch r.status {
+            case 200, 201:
+                guard let doc = r.json else {
+                    throw CapstanError(.transient, "Cloud Storage finished the upload of \(key) to \(location) but answered no object (HTTP \(r.status)).", hint: "Upload it again.", provider: "gcp")
+                }
+                object = doc
+                offset = size
+            case 308:
+                let have = Self.kept(r.header("Range"))
+                guard have <= size else {
+                    throw CapstanError(.transient, "Cloud Storage says it holds \(have) bytes of \(key), more than the file's \(size).", hint: "Upload it again.", provider: "gcp")
+                }
+                if have <= offset { stalls += 1 }  // no progress: bounded, never a loop
+                if stalls > Self.tries {
+                    throw CapstanError(.transient, "Cloud Storage did not finish the upload of \(key) to \(location): it holds \(have) of \(size) bytes and takes no more.", hint: "Upload it again.", provider: "gcp")
+                }
                 offset = have
-            } else {
-                object = r.json
-                offset = end
+            case 412:
+                throw exists(key)
+            case 404, 410:
+                throw CapstanError(.transient, "The upload session of \(key) to \(location) has expired or was cancelled (HTTP \(r.status)); the object was not written.", hint: "Upload it again (a new session starts).", provider: "gcp", cloudCode: "HTTP \(r.status)")
+            default:
+                throw CapstanError(.transient, "Cloud Storage answered HTTP \(r.status) to a chunk of \(key)'s upload to \(location), neither the object (200/201) nor the bytes it holds (308).", hint: "Upload it again.", provider: "gcp", cloudCode: "HTTP \(r.status)")
             }
             progress?(TransferProgress(bytesDone: UInt64(offset), bytesTotal: UInt64(size)))
-        } while object == nil && offset <= size
+        }
         guard let object else { throw CapstanError(.transient, "Cloud Storage did not finish the upload of \(key).", provider: "gcp") }
         // End to end: what the bucket holds must be what the file held.
-        if let got = object["crc32c"] as? String, got != crc.base64 {
+        let gotCRC = object["crc32c"] as? String, gotMD5 = object["md5Hash"] as? String
+        guard gotCRC != nil || gotMD5 != nil else {
+            throw CapstanError(.io, "Cloud Storage's object \(key) in \(location) carries neither a CRC32C nor an MD5, so its upload cannot be checked.", hint: "Upload it again; check providers.gcp.storageEndpoint is Cloud Storage.", provider: "gcp")
+        }
+        if let got = gotCRC, got != crc.base64 {
             throw CapstanError(.io, "The upload of \(key) to \(location) arrived corrupted (CRC32C \(got), the file's \(crc.base64)).", hint: "Upload it again.")
         }
-        if let got = object["md5Hash"] as? String, got != md5b64 {
+        if let got = gotMD5, got != md5b64 {
             throw CapstanError(.io, "The upload of \(key) to \(location) arrived corrupted (MD5 \(got), the file's \(md5b64)).", hint: "Upload it again.")
+        }
+        let gotSize = Int64(object["size"] as? String ?? "") ?? (object["size"] as? Int).map(Int64.init)
+        if gotSize != size {
+            throw CapstanError(.io, "The upload of \(key) to \(location) arrived with \(gotSize.map(String.init) ?? "no") size, the file's is \(size) bytes.", hint: "Upload it again.")
         }
         var out = info(object)
         out.sha256 = out.sha256 ?? digest

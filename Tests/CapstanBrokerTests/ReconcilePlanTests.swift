@@ -136,9 +136,18 @@ private func adopted(_ steps: [ReconcilePlan.InstanceStep]) -> [String] {
         #expect(i.id == "i-1")
     }
 
-    @Test func goneInstancesInTheListingAreIgnored() {
-        let p = plan(["sim": [inst("i-1", cluster: "x", intent: "k", state: .terminated), inst("i-2", cluster: "x", intent: "k", state: .preempted)]])
+    @Test func terminatedInstancesInTheListingAreIgnored() {
+        let p = plan(["sim": [inst("i-1", cluster: "x", intent: "k", state: .terminated)]])
         #expect(p.instances(clusters: [], launched: [:], recorded: []).isEmpty)
+    }
+
+    /// A preempted instance the cloud still lists (a stopped spot VM) bills its disk: deleted
+    /// unless its cluster runs (its job recovers; `down` deletes it).
+    @Test func preemptedInstancesStillListedOfAnUnknownClusterAreDeleted() {
+        let p = plan(["sim": [inst("i-2", cluster: "x", intent: "k", state: .preempted)]])
+        let steps = p.instances(clusters: [], launched: [:], recorded: [])
+        guard steps.count == 1, case .terminate("sim", let doomed, let reasons) = steps[0] else { Issue.record("\(steps)"); return }
+        #expect(doomed.map(\.id) == ["i-2"] && reasons["i-2"] == .unknownCluster)
     }
 
     // MARK: Lost database

@@ -13,7 +13,7 @@ struct ModuleGraphTests {
         ("CapstanPluginKit", "Sources/PluginKit", ["CapstanCore", "CapstanPluginABI", "Foundation", "Logging"]),
         ("CapstanStorage", "Sources/Providers/Storage", ["CapstanCore", "Crypto", "Foundation", "Glibc", "Darwin"]),
         ("CapstanTesting", "Sources/Testing", ["CapstanCore", "CapstanPluginKit", "CapstanStorage", "Foundation", "Logging", "Glibc", "Darwin"]),
-        ("CapstanRuntime", "Sources/Runtime", ["CapstanCore", "CapstanPluginABI", "Foundation", "Logging", "Yams", "Glibc", "Darwin"]),
+        ("CapstanRuntime", "Sources/Runtime", ["CapstanCore", "CapstanPluginABI", "Foundation", "Logging", "Yams", "Crypto", "Glibc", "Darwin"]),
         ("CapstanSQLite", "Sources/SQLite", ["CapstanCore", "CapstanRuntime", "GRDB", "Foundation", "Glibc", "Darwin"]),
         // The control plane's wire types and client: never the server, a store or a provider's module.
         // NIOSSL: the client's TLS settings (CAPSTAN_SERVER_CA), AsyncHTTPClient's own TLS module.

@@ -34,7 +34,7 @@ struct GCPPluginTests {
     @Test("launch: SPOT VMs with encoded labels, ssh-keys metadata and request ids, operations polled; idempotent; describe by label; preemption; delete")
     func lifecycle() async throws {
         let dir = TempDir(); defer { dir.cleanup() }
-        let gcp = try await GCPServer(); defer { gcp.stop() }
+        let gcp = try await GCPServer(faults: ["preempt_delete_seconds": 3600]); defer { gcp.stop() }
         let compute = try Self.provider(gcp, dir: dir)
         let offer = try #require(try await compute.offers(for: ResourceRequest(gpu: "L4", gpusPerNode: 1)).first { $0.zone == "us-central1-b" && $0.instanceType == "g2-standard-4" })
         let key = "cap-" + UUID().uuidString.lowercased()
@@ -47,7 +47,7 @@ struct GCPPluginTests {
         let state = try await gcp.server.admin("state")
         let body = try #require(state["lastInsert"] as? [String: Any])
         let scheduling = body["scheduling"] as? [String: Any]
-        #expect(scheduling?["provisioningModel"] as? String == "SPOT" && scheduling?["instanceTerminationAction"] as? String == "STOP")
+        #expect(scheduling?["provisioningModel"] as? String == "SPOT" && scheduling?["instanceTerminationAction"] as? String == "DELETE", "a preempted VM must not stay, its disk billed")
         let labels = body["labels"] as? [String: String] ?? [:]
         #expect(labels["capstan_3aowner"] == "_4fwner_5f1_2ex" && labels["z_z_4eame"] == "capstan-t", "\(labels)")
         let items = (body["metadata"] as? [String: Any])?["items"] as? [[String: String]] ?? []
@@ -114,19 +114,67 @@ struct GCPPluginTests {
         #expect(typo?.message.contains("providers.gcp.zone") == true)
     }
 
-    @Test("tokens are refreshed before they expire: no call is refused for an expired token")
+    @Test("tokens are refreshed before they expire, and a call that meets an expired one still succeeds")
     func tokenRefresh() async throws {
+        // Counted, not timed: every call succeeds (a token that expired in flight is refreshed
+        // on its 401) and the token endpoint is asked again as tokens expire.
         let dir = TempDir(); defer { dir.cleanup() }
         let gcp = try await GCPServer(faults: ["token_ttl": 1.5]); defer { gcp.stop() }
         let compute = try Self.provider(gcp, dir: dir)
-        let until = ContinuousClock.now + .seconds(4)
-        while ContinuousClock.now < until {
+        var counters: [String: Int] = [:]
+        let deadline = ContinuousClock.now + .seconds(60)
+        while (counters["tokens"] ?? 0) < 3, ContinuousClock.now < deadline {
             _ = try await compute.describe(InstanceQuery())
             try await Task.sleep(for: .milliseconds(100))
+            counters = (try await gcp.server.admin("state")["counters"] as? [String: Int]) ?? [:]
         }
-        let counters = (try await gcp.server.admin("state")["counters"] as? [String: Int]) ?? [:]
         #expect((counters["tokens"] ?? 0) >= 3, "\(counters)")
-        #expect(counters["rejected_tokens"] == 0, "\(counters)")
+    }
+
+    @Test("aggregated lists: every page (nextPageToken) of machine types and instances; only A2/A3/G2 types asked for")
+    func paging() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let gcp = try await GCPServer(faults: ["page_size": 1]); defer { gcp.stop() }
+        let compute = try Self.provider(gcp, dir: dir)
+        let offers = try await compute.offers(for: ResourceRequest())
+        var state = try await gcp.server.admin("state")
+        let listed = (state["counters"] as? [String: Int])?["machine_types_listed"] ?? 0
+        #expect(offers.count == listed && listed > 3, "every page read, and no n2 type asked for: \(offers.count) of \(listed)")
+        #expect(Set(offers.compactMap(\.zone)) == ["us-central1-a", "us-central1-b", "europe-west4-a"])
+        let offer = try #require(offers.first { $0.zone == "us-central1-b" && $0.instanceType == "g2-standard-4" })
+        _ = try await compute.launch(LaunchRequest(offer: offer, count: 3, idempotencyKey: "k-pages", tags: [CapstanTags.intent: "k-pages"]))
+        #expect(try await compute.describe(InstanceQuery(tags: [CapstanTags.intent: "k-pages"])).count == 3)
+        state = try await gcp.server.admin("state")
+        #expect(((state["counters"] as? [String: Int])?["pages"] ?? 0) >= listed + 3, "one page per resource")
+    }
+
+    @Test("launch returns once the inserts are accepted (pending), without waiting out slow operations; the host's describe sees them run")
+    func launchDoesNotWaitOutOperations() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let gcp = try await GCPServer(faults: ["operation_seconds": 3600]); defer { gcp.stop() }
+        let compute = try Self.provider(gcp, dir: dir)
+        let offer = try #require(try await compute.offers(for: ResourceRequest(gpu: "L4", gpusPerNode: 1)).first)
+        let launched = try await compute.launch(LaunchRequest(offer: offer, count: 2, idempotencyKey: "k-slow", tags: [CapstanTags.intent: "k-slow"], spot: true))
+        #expect(launched.count == 2 && launched.allSatisfy { $0.state == .pending && $0.spot && $0.tags[CapstanTags.intent] == "k-slow" }, "\(launched)")
+        var seen: [Instance] = []
+        for _ in 0..<300 where !(seen.count == 2 && seen.allSatisfy { $0.state == .running }) {
+            seen = try await compute.describe(InstanceQuery(ids: launched.map(\.id)))
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(Set(seen.map(\.id)) == Set(launched.map(\.id)) && seen.allSatisfy { $0.state == .running })
+    }
+
+    @Test("terminate retried while the delete is under way: the same request id, still terminating, one delete")
+    func terminateRetried() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let gcp = try await GCPServer(faults: ["delete_seconds": 3600]); defer { gcp.stop() }
+        let compute = try Self.provider(gcp, dir: dir)
+        let offer = try #require(try await compute.offers(for: ResourceRequest(gpu: "L4", gpusPerNode: 1)).first)
+        let launched = try await compute.launch(LaunchRequest(offer: offer, count: 1, idempotencyKey: "k-del", tags: [CapstanTags.intent: "k-del"]))
+        let first = try await compute.terminate(ids: launched.map(\.id))
+        let again = try await compute.terminate(ids: launched.map(\.id))
+        #expect(first.map(\.state) == [.terminating] && again.map(\.state) == [.terminating])
+        #expect((try await gcp.server.admin("state")["counters"] as? [String: Int])?["deletes"] == 1)
     }
 
     @Test("labels: Capstan's tags encoded reversibly (`:` and every character GCP forbids)")
@@ -232,9 +280,52 @@ struct GCPProvisioningTests {
         #expect(!(up.stdout + up.stderr + down.stdout + down.stderr).contains(String(keyLine)))
     }
 
+    @Test("down deletes a preempted spot VM Compute Engine still lists (TERMINATED, disk billed)")
+    func downDeletesPreempted() async throws {
+        let gcp = try await GCPServer(faults: ["preempt_delete_seconds": 3600]); defer { gcp.stop() }
+        let home = try Self.home(gcp); defer { home.cleanup() }
+        let up = try await runProcess(BuildProducts.capstan, ["up", "p1", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "2", "--spot"], environment: Self.env(home))
+        #expect(up.status == 0, "\(up.stderr)\n\(up.stdout)")
+        let live = try await Self.leaked(gcp, home: home).live
+        let name = try #require(live.first?.details["name"])
+        try await gcp.server.admin("preempt", ["name": name])
+        try await recordPreempted(try #require(live.first?.id), home: home)
+        let down = try await runProcess(BuildProducts.capstan, ["down", "p1"], environment: Self.env(home))
+        #expect(down.status == 0, "\(down.stderr)")
+        let left = try await gcp.server.admin("state")["instances"] as? [[String: Any]] ?? []
+        #expect(left.isEmpty, "\(left.map { "\($0["name"] ?? "?") \($0["status"] ?? "?")" })")
+    }
+
+    @Test("reconcile deletes a preempted spot VM still listed whose cluster no longer runs")
+    func reconcileDeletesPreempted() async throws {
+        let gcp = try await GCPServer(faults: ["preempt_delete_seconds": 3600]); defer { gcp.stop() }
+        let home = try Self.home(gcp); defer { home.cleanup() }
+        let up = try await runProcess(BuildProducts.capstan, ["up", "p2", "--gpu", "L4", "--gpus-per-node", "1", "--nodes", "1", "--spot"], environment: Self.env(home))
+        #expect(up.status == 0, "\(up.stderr)\n\(up.stdout)")
+        let live = try await Self.leaked(gcp, home: home).live
+        let node = try #require(live.first)
+        try await gcp.server.admin("preempt", ["name": node.details["name"] ?? ""])
+        // As a `down` before this fix left it: the cluster terminated, the preempted VM listed.
+        try await recordPreempted(node.id, home: home, also: "UPDATE cluster SET status = 'terminated' WHERE name = 'p2';")
+        let rec = try await runProcess(BuildProducts.capstan, ["reconcile"], environment: Self.env(home))
+        #expect(rec.status == 0, "\(rec.stderr)")
+        let left = try await gcp.server.admin("state")["instances"] as? [[String: Any]] ?? []
+        #expect(left.isEmpty, "\(left.map { "\($0["name"] ?? "?") \($0["status"] ?? "?")" })\n\(rec.stdout)")
+    }
+
     @Test("kill -9 of up and of down on GCP, then reconcile: no live instance that no cluster owns")
     func crashes() async throws {
         let gcp = try await GCPServer(); defer { gcp.stop() }
         try await killUpAndDownThenReconcile(provider: "gcp", makeHome: { try Self.home(gcp) }, env: Self.env, owned: { try await Self.leaked(gcp, home: $0) })
     }
+}
+
+/// Records instance `id` as preempted in `home`'s SQLite store, as a job's node watch does
+/// (JobController), with `also` (more SQL) in the same call.
+func recordPreempted(_ id: String, home: TempDir, also: String = "") async throws {
+    let sql = "UPDATE instance SET state = 'preempted', instance = json_set(instance, '$.state', 'preempted') WHERE id = '\(id)'; " + also
+    // Python's sqlite3 (CI installs no sqlite3 command).
+    let script = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"
+    let r = try await runProcess("/usr/bin/env", ["python3", "-c", script, home.path + "/state/capstan.db", sql])
+    #expect(r.status == 0, "\(r.stderr)")
 }

@@ -198,6 +198,21 @@ struct RunPodProvisioningTests {
         #expect(try await Self.leaked(server, home: home).live.isEmpty)
     }
 
+    @Test("down terminates an interruptible pod RunPod stopped (EXITED, preempted: its disk is billed)")
+    func downTerminatesPreempted() async throws {
+        let server = try await RunPodServer.start(); defer { server.stop() }
+        let home = Self.home(server); defer { home.cleanup() }
+        let up = try await runProcess(BuildProducts.capstan, ["up", "rq", "--gpu", "H100", "--gpus-per-node", "8", "--nodes", "1", "--spot"], environment: Self.env(home))
+        #expect(up.status == 0, "\(up.stderr)\n\(up.stdout)")
+        let pod = try #require(try await Self.leaked(server, home: home).live.first)
+        try await server.admin("preempt", ["podId": pod.id])
+        try await recordPreempted(pod.id, home: home)
+        let down = try await runProcess(BuildProducts.capstan, ["down", "rq"], environment: Self.env(home))
+        #expect(down.status == 0, "\(down.stderr)")
+        let pods = (try await server.admin("state")["pods"] as? [[String: Any]]) ?? []
+        #expect(!pods.contains { $0["desiredStatus"] as? String == "EXITED" }, "\(pods.map { "\($0["id"] ?? "?") \($0["desiredStatus"] ?? "?")" })")
+    }
+
     @Test("kill -9 of up and of down on RunPod, then reconcile: no live pod that no cluster owns")
     func crashes() async throws {
         let server = try await RunPodServer.start(); defer { server.stop() }

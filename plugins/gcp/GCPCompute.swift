@@ -123,6 +123,8 @@ final class GCPCompute: ComputeProvider, Sendable {
     let diskSizeGb: Int
     let prices: [String: GCPPrice]
     let logger: Logger
+    /// How long a launch waits for its insert operations (well inside the host's 30 s call).
+    let operationWait: TimeInterval = 10
     /// The login Capstan's key is authorised for (through the `ssh-keys` metadata item).
     static let sshUser = "capstan"
 
@@ -200,12 +202,30 @@ final class GCPCompute: ComputeProvider, Sendable {
         }
     }
 
+    /// An aggregated list's `items` (scope → value), every page (`nextPageToken` followed,
+    /// `returnPartialSuccess`: an unreachable zone does not fail the whole list).
+    func aggregated(_ path: String, what: String) async throws -> [(String, Any)] {
+        var out: [(String, Any)] = []
+        var token: String?
+        var pages = 0
+        repeat {
+            var p = path + (path.contains("?") ? "&" : "?") + "returnPartialSuccess=true"
+            if let token { p += "&pageToken=" + token.addingPercentEncoding(withAllowedCharacters: .alphanumerics)! }
+            let doc = try await call("GET", p, what: what)
+            out += (doc["items"] as? [String: Any] ?? [:]).map { ($0.key, $0.value) }
+            token = (doc["nextPageToken"] as? String).flatMap { $0.isEmpty ? nil : $0 }
+            pages += 1
+            if pages > 1000 { throw CapstanError(.transient, "Compute Engine answered more than 1,000 pages to \(what).", provider: name) }
+        } while token != nil
+        return out
+    }
+
     // MARK: ComputeProvider
 
     func offers(for request: ResourceRequest) async throws -> [Offer] {
-        let doc = try await call("GET", "/aggregated/machineTypes", what: "list machine types")
+        let filter = "name eq \"(a2|a3|g2)-.*\"".addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         var out: [Offer] = []
-        for (scope, value) in doc["items"] as? [String: Any] ?? [:] {
+        for (scope, value) in try await aggregated("/aggregated/machineTypes?filter=\(filter)", what: "list machine types") {
             let zone = scope.hasPrefix("zones/") ? String(scope.dropFirst(6)) : scope
             if let zones, !zones.contains(zone) { continue }
             let region = zone.split(separator: "-").dropLast().joined(separator: "-")
@@ -256,7 +276,8 @@ final class GCPCompute: ComputeProvider, Sendable {
         var scheduling: [String: Any] = ["onHostMaintenance": "TERMINATE", "automaticRestart": !request.spot]
         if request.spot {
             scheduling["provisioningModel"] = "SPOT"
-            scheduling["instanceTerminationAction"] = "STOP"
+            // DELETE, not STOP: a stopped (preempted) VM keeps its disk, billed, until deleted.
+            scheduling["instanceTerminationAction"] = "DELETE"
         }
         // Insert every node (each with its own request id), then wait for every operation.
         var pending: [(name: String, operation: String?)] = []
@@ -277,12 +298,18 @@ final class GCPCompute: ComputeProvider, Sendable {
                 break
             }
         }
+        // The operations are waited for a few seconds at most (the host gives a plugin call
+        // 30 s): one that fails in that time fails the launch; the rest return as pending, and
+        // the host's wait for running reads them (an insert that fails later leaves no instance:
+        // the broker's capacity path).
+        var done = Set<String>()
         if failure == nil {
+            let deadline = Date().addingTimeInterval(operationWait)
             for p in pending {
                 guard let op = p.operation else { continue }
-                if let e = try await wait(operation: op, zone: zone, what: "create \(p.name) (\(request.offer.instanceType))") {
-                    failure = failure ?? e
-                }
+                let (finished, e) = try await wait(operation: op, zone: zone, what: "create \(p.name) (\(request.offer.instanceType))", until: deadline)
+                if finished, e == nil { done.insert(p.name) }
+                if let e { failure = failure ?? e }
             }
         }
         if let failure {
@@ -299,27 +326,32 @@ final class GCPCompute: ComputeProvider, Sendable {
         }
         var out: [Instance] = []
         for p in pending {
-            out.append(instance(try await call("GET", "/zones/\(zone)/instances/\(p.name)", what: "read \(p.name)")))
+            if done.contains(p.name), let i = try? await call("GET", "/zones/\(zone)/instances/\(p.name)", what: "read \(p.name)") {
+                out.append(instance(i))
+            } else {
+                out.append(Instance(
+                    id: "\(zone)/\(p.name)", provider: name, instanceType: request.offer.instanceType, region: request.offer.region, zone: zone,
+                    state: .pending, providerState: "PROVISIONING", sshUser: Self.sshUser, spot: request.spot,
+                    pricePerHour: request.spot ? request.offer.spotPricePerHour : request.offer.onDemandPricePerHour, tags: request.tags,
+                    details: ["name": p.name]))
+            }
         }
         return out
     }
 
-    /// Polls a zone operation until DONE (0.2 s doubling to 2 s, at most 10 minutes); its error
-    /// mapped, or nil.
-    func wait(operation: String, zone: String, what: String) async throws -> CapstanError? {
+    /// Polls a zone operation until DONE or `deadline` (0.2 s doubling to 2 s): whether it is
+    /// done, and its error mapped.
+    func wait(operation: String, zone: String, what: String, until deadline: Date) async throws -> (done: Bool, error: CapstanError?) {
         var delay = 0.2
-        let deadline = Date().addingTimeInterval(600)
         while true {
             let op = try await call("GET", "/zones/\(zone)/operations/\(operation)", what: "read operation \(operation)")
             if op["status"] as? String == "DONE" {
                 if let first = ((op["error"] as? [String: Any])?["errors"] as? [[String: Any]])?.first {
-                    return Self.mapOperationError(first, zone: zone, what: what)
+                    return (true, Self.mapOperationError(first, zone: zone, what: what))
                 }
-                return nil
+                return (true, nil)
             }
-            if Date() > deadline {
-                return CapstanError(.timeout, "Compute Engine operation \(operation) (\(what)) was not done after 10 minutes.", provider: name)
-            }
+            if Date().addingTimeInterval(delay) > deadline { return (false, nil) }
             try await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
             delay = min(delay * 2, 2)
         }
@@ -331,9 +363,8 @@ final class GCPCompute: ComputeProvider, Sendable {
             let filter = try GCPLabels.labels(query.tags).sorted { $0.key < $1.key }.map { "labels.\($0.key) = \"\($0.value)\"" }.joined(separator: " AND ")
             path += "?filter=" + filter.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
         }
-        let doc = try await call("GET", path, what: "list instances")
         var all: [Instance] = []
-        for (_, value) in doc["items"] as? [String: Any] ?? [:] {
+        for (_, value) in try await aggregated(path, what: "list instances") {
             for i in (value as? [String: Any])?["instances"] as? [[String: Any]] ?? [] { all.append(instance(i)) }
         }
         var out = all.filter(query.matches)
@@ -356,9 +387,15 @@ final class GCPCompute: ComputeProvider, Sendable {
             }
             var state = Instance.State.terminating
             do {
-                _ = try await call("DELETE", "/zones/\(parts[0])/instances/\(parts[1])", what: "delete \(parts[1])")
+                // The request id names this VM (its numeric id, so a later VM of the same name
+                // is not deduplicated away): a retried delete is the same request.
+                let current = try await call("GET", "/zones/\(parts[0])/instances/\(parts[1])", what: "read \(parts[1])")
+                let rid = Self.requestID("delete/\(id)/\(current["id"] as? String ?? "")", 0)
+                _ = try await call("DELETE", "/zones/\(parts[0])/instances/\(parts[1])?requestId=\(rid)", what: "delete \(parts[1])")
             } catch let e as CapstanError where e.code == .notFound {
                 state = .terminated
+            } catch let e as CapstanError where e.cloudCode == "resourceNotReady" || (e.cloudMessage ?? "").contains("already being deleted") {
+                state = .terminating  // a delete already under way (an earlier try's)
             }
             out.append(Instance(id: id, provider: name, instanceType: "unknown", region: parts[0].split(separator: "-").dropLast().joined(separator: "-"), zone: parts[0], state: state))
         }

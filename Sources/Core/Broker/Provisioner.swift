@@ -696,7 +696,9 @@ public struct Provisioner: Sendable {
             // Everything tagged with this cluster, not only what the store knows.
             var owners = Dictionary(group.filter { !$0.state.isGone }.map { ($0.id, Owner(cluster: cluster.id, intent: $0.intentKey)) }) { a, _ in a }
             do {
-                for i in try await provider.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id])) where owners[i.id] == nil {
+                // Preempted instances too: one the cloud still lists (a stopped spot VM) bills its
+                // disk until it is deleted.
+                for i in try await provider.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id], includeTerminated: true)) where owners[i.id] == nil && i.state != .terminated {
                     owners[i.id] = Owner(cluster: cluster.id, intent: i.tags[CapstanTags.intent] ?? "")
                 }
             } catch {

@@ -80,7 +80,9 @@ public struct ReconcilePlan: Sendable {
     /// Rule: only instances tagged with one of this store's owner ids are listed (another
     /// owner's instances are never seen, so never touched).
     public static func queries(owners: [String]) -> [InstanceQuery] {
-        owners.map { InstanceQuery(tags: [CapstanTags.managed: "true", CapstanTags.owner: $0]) }
+        // Dead ones too: a preempted instance the cloud still lists (a stopped spot VM, an
+        // EXITED RunPod pod) bills its disk until it is deleted (``instances(clusters:launched:recorded:)``).
+        owners.map { InstanceQuery(tags: [CapstanTags.managed: "true", CapstanTags.owner: $0], includeTerminated: true) }
     }
 
     /// Every listed instance, of every listed provider.
@@ -335,11 +337,20 @@ public struct ReconcilePlan: Sendable {
         var doomed: [String: [Instance]] = [:]
         var reasons: [String: [String: Orphan]] = [:]
         for providerName in facts.listed.keys.sorted() {
-            for i in facts.listed[providerName]! where i.state.isLive {
+            for i in facts.listed[providerName]! where i.state.isLive || i.state == .preempted {
                 let clusterID = i.tags[CapstanTags.clusterID] ?? ""
                 let intent = i.tags[CapstanTags.intent] ?? ""
                 guard untouched(clusterID) else { continue }
                 let c = byID[clusterID]
+                if i.state == .preempted {
+                    // Still listed, so still billed: deleted unless its cluster runs (a running
+                    // cluster's job recovers from the preemption and `down` deletes it).
+                    if c?.status != .running {
+                        doomed[providerName, default: []].append(i)
+                        reasons[providerName, default: [:]][i.id] = c.map { .clusterNotRunning($0.status) } ?? .unknownCluster
+                    }
+                    continue
+                }
                 if let c, c.status == .running, c.intentKey == intent || launched[intent] == c.id {
                     let isRecorded = recorded.contains(i.provider + "/" + i.id)
                     if !isRecorded { unrecorded[intent, default: []].append(i) }

@@ -84,7 +84,7 @@ public struct CapstanError: Error, Sendable, Hashable, Codable, CustomStringConv
         self.message = message
         self.hint = hint
         self.provider = provider
-        self.retryAfterSeconds = retryAfterSeconds
+        self.retryAfterSeconds = Self.clampedRetryAfter(retryAfterSeconds)
         self.cloudCode = cloudCode
         self.cloudMessage = cloudMessage
     }
@@ -96,8 +96,16 @@ public struct CapstanError: Error, Sendable, Hashable, Codable, CustomStringConv
         return ".?!".contains(last) ? text : text + "."
     }
 
-    /// `retryAfterSeconds` as a `Duration`.
-    public var retryAfter: Duration? { retryAfterSeconds.map { .milliseconds(Int64($0 * 1000)) } }
+    /// `retryAfterSeconds` as a `Duration` (clamped to 0…3600 s: a plugin or a `Retry-After`
+    /// header may send anything).
+    public var retryAfter: Duration? { Self.clampedRetryAfter(retryAfterSeconds).map { .milliseconds(Int64($0 * 1000)) } }
+
+    /// A wait in seconds made safe to turn into a `Duration`: NaN is no wait given (nil),
+    /// anything else is clamped to 0…3600 (infinity → 3600).
+    public static func clampedRetryAfter(_ seconds: Double?) -> Double? {
+        guard let seconds, !seconds.isNaN else { return nil }
+        return min(max(seconds, 0), 3600)
+    }
 
     public var description: String {
         var s = ""

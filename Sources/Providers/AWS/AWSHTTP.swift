@@ -101,7 +101,7 @@ public struct AWSHTTP: Sendable {
                 let data = try await response.body.collect(upTo: maxResponseBytes)
                 let out = AWSResponse(status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) }, body: Data(buffer: data))
                 guard Self.isRetryable(out) else { return out }
-                retryAfter = out.header("Retry-After").flatMap(Double.init).map { .milliseconds(Int64($0 * 1000)) }
+                retryAfter = CapstanError.clampedRetryAfter(out.header("Retry-After").flatMap(Double.init)).map { .milliseconds(Int64($0 * 1000)) }
                 failure = CapstanError(out.status == 429 || out.status == 503 ? .rateLimited : .transient, "\(method) \(path) answered HTTP \(out.status).", provider: provider)
                 if attempt >= maxRetries { return out }
             } catch let e as CapstanError {

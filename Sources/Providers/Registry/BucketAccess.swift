@@ -62,9 +62,13 @@ public struct BucketAccess: Sendable, Hashable, Codable, CustomStringConvertible
     public var secrets: [String] {
         var out = [s3?.secretAccessKey, s3?.sessionToken, gcs?.serviceAccountKey].compactMap { $0 }
         if let key = gcs.flatMap({ try? ServiceAccountKey.parse($0.serviceAccountKey, source: "") }) {
-            out += key.private_key.split(separator: "\n").map(String.init).filter { $0.count >= 16 && !$0.hasPrefix("-----") }
+            // Each base64 line of the PEM (the last one too, however short), and each as JSON
+            // writes it (`/` as `\/`): output may hold the key re-encoded.
+            let lines = key.private_key.split(separator: "\n").map(String.init).filter { !$0.hasPrefix("-----") }
+            let kept = lines.enumerated().filter { $0.element.count >= 16 || ($0.offset == lines.count - 1 && $0.element.count >= 4) }.map(\.element)
+            out += kept + kept.map { $0.replacingOccurrences(of: "/", with: "\\/") }.filter { !kept.contains($0) }
         }
-        return out.filter { !$0.isEmpty }
+        return out.filter { !$0.isEmpty }.sorted { $0.count > $1.count }
     }
 
     public var description: String {

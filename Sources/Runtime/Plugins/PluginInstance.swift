@@ -275,7 +275,10 @@ final class CallRegistry: Sendable {
     }
 
     static func decodeError(_ data: Data) -> CapstanError {
-        if let e = try? PluginWire.decoder.decode(CapstanError.self, from: data) { return e }
+        if var e = try? PluginWire.decoder.decode(CapstanError.self, from: data) {
+            e.retryAfterSeconds = CapstanError.clampedRetryAfter(e.retryAfterSeconds)
+            return e
+        }
         return malformed("an error that is not a Capstan error document: \(String(decoding: data.prefix(120), as: UTF8.self))")
     }
 }

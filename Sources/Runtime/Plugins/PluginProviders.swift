@@ -1,4 +1,5 @@
 public import CapstanCore
+import Crypto
 public import Foundation
 
 /// A ``ComputeProvider`` backed by a loaded plugin: every call crosses the C ABI as JSON.
@@ -78,7 +79,31 @@ public struct PluginObjectStore: ObjectStore {
 
     public func put(file path: String, key: String, options: PutOptions, progress: TransferProgressHandler?) async throws -> ObjectInfo {
         try ObjectKey.validate(key)
-        return try await retry.run { try await instance.call(PluginWire.Method.put, PluginWire.PutRequest(location: location, file: path, key: key, options: options), as: ObjectInfo.self, timeout: longTimeout, progress: progress) }
+        let tries = LockedBox(0)
+        do {
+            return try await retry.run {
+                tries.withLock { $0 += 1 }
+                return try await instance.call(PluginWire.Method.put, PluginWire.PutRequest(location: location, file: path, key: key, options: options), as: ObjectInfo.self, timeout: longTimeout, progress: progress)
+            }
+        } catch let e as CapstanError where options.ifNoneMatch && e.cloudCode == "PreconditionFailed" && tries.withLock({ $0 }) > 1 {
+            // A retried no-overwrite put that finds the object: an earlier try may have written
+            // it and lost its answer. The same bytes are this put's success.
+            if let there = try await head(key: key), let sha = there.sha256, sha == (try options.expectedSHA256 ?? Self.sha256(file: path)) {
+                return there
+            }
+            throw e
+        }
+    }
+
+    /// The SHA-256 (hex) of the file at `path`.
+    static func sha256(file path: String) throws -> String {
+        guard let h = FileHandle(forReadingAtPath: path) else {
+            throw CapstanError(.io, "Cannot read \(path) to check its upload.", hint: "Check the file exists and is readable.")
+        }
+        defer { try? h.close() }
+        var sha = SHA256()
+        while let d = try h.read(upToCount: 8 << 20), !d.isEmpty { sha.update(data: d) }
+        return sha.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
     public func get(key: String, to path: String, progress: TransferProgressHandler?) async throws -> ObjectInfo {

@@ -311,7 +311,7 @@ final class Run: @unchecked Sendable {
         case .readAgentOutput(let rank):
             var said = ""
             if let attempt, nodes.indices.contains(rank), let t = try? transport(for: nodes[rank]) { said = await t.agentOutput(job: jobID, attempt: attempt.attempt, on: nodes[rank]) }
-            return .agentSaid(said.isEmpty ? nil : secrets.redact(String(said.suffix(500))))
+            return .agentSaid(said.isEmpty ? nil : String(secrets.redact(said).suffix(500)))
         case .loadRestartFacts:
             guard let attempt else { return await .restartFacts(latestCheckpoint: latestCommitted(), previous: nil, restartsUsed: (self.job() ?? job).restarts) }
             return await restartFacts(after: attempt, job: job)

@@ -32,6 +32,13 @@ Switches (POST /_emulator/faults, merged; GET shows them; no auth):
     token_ttl          float   seconds a token lives (default 3600)
     boot_seconds       float   (default 0.3)
     operation_seconds  float   an operation is RUNNING this long before DONE (default 0.2)
+    page_size          int     aggregated lists answer this many resources a page (nextPageToken)
+    delete_seconds     float   a deleted instance stays STOPPING this long (default 0: gone at
+                               once); another DELETE meanwhile answers 400 resourceNotReady
+                               unless it repeats the first one's requestId
+    preempt_delete_seconds float a preempted SPOT instance with instanceTerminationAction
+                               DELETE stays TERMINATED this long, then is deleted (default 1);
+                               one with STOP stays TERMINATED (its disk billed) until deleted
 GET /_emulator/state: counters (tokens issued, requests, rejected_tokens, rate_limited, …),
 instances and the last insert body seen; POST /_emulator/reset.
 """
@@ -222,6 +229,35 @@ def insert(state, zone, body, request_id):
     return 200, op_view(op)
 
 
+def page(state, q, items, key):
+    """Aggregated `items` ({scope: {key: [...]}}) cut to page_size resources from pageToken."""
+    size = int(state.faults.get("page_size") or 0)
+    flat = [(scope, r) for scope in sorted(items) for r in items[scope][key]]
+    start = int(q.get("pageToken") or 0)
+    end = len(flat) if size <= 0 else start + size
+    out = {}
+    for scope, r in flat[start:end]:
+        out.setdefault(scope, {key: []})[key].append(r)
+    doc = {"items": out}
+    if end < len(flat):
+        doc["nextPageToken"] = str(end)
+    state.count("pages")
+    return doc
+
+
+def name_filter(flt):
+    """`name eq "REGEX"` → a compiled regex (None: no filter)."""
+    m = re.match(r'^\s*name\s+eq\s+"?([^"]*)"?\s*$', flt or "")
+    return re.compile(m.group(1)) if m else None
+
+
+def purge(state):
+    """Instances whose deletion (delete_seconds, a preemption with DELETE) has finished."""
+    now = time.time()
+    for k in [k for k, i in state.instances.items() if i.get("_deleteAt") and i["_deleteAt"] <= now]:
+        del state.instances[k]
+
+
 def label_filter(flt):
     """`labels.K = "V" AND labels.K2 = V2` → {K: V}."""
     return {m.group(1): m.group(2) for m in re.finditer(r'labels\.([a-z0-9_-]+)\s*=\s*"?([a-z0-9_-]*)"?', flt or "")}
@@ -262,6 +298,7 @@ class Handler(BaseHTTPRequestHandler):
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         raw = self.read_body()
         with s.lock:
+            purge(s)
             if path.startswith("/_emulator/"):
                 return self.admin(method, path, raw)
             if path == "/token" and method == "POST":
@@ -305,19 +342,23 @@ class Handler(BaseHTTPRequestHandler):
                     {"kind": "compute#zone", "name": z, "region": "%s/regions/%s" % (s.base, r), "status": "UP"} for z, r in ZONES.items()]})
             if rest == ["aggregated", "machineTypes"] and method == "GET":
                 items = {}
+                want = name_filter(q.get("filter"))
+                if q.get("filter") and want is None:
+                    return self.send(*api_error(400, "Invalid list filter expression '%s'." % q.get("filter"), "invalid", "INVALID_ARGUMENT"))
                 for z in ZONES:
                     items["zones/" + z] = {"machineTypes": [
                         dict({"kind": "compute#machineType", "name": n, "guestCpus": c, "memoryMb": mem, "zone": z},
                              **({"accelerators": [{"guestAcceleratorType": acc, "guestAcceleratorCount": cnt}]} if acc else {}))
-                        for (n, c, mem, acc, cnt) in MACHINE_TYPES if n in ZONE_TYPES[z]]}
-                return self.send(200, {"kind": "compute#machineTypeAggregatedList", "items": items})
+                        for (n, c, mem, acc, cnt) in MACHINE_TYPES if n in ZONE_TYPES[z] and (want is None or want.fullmatch(n))]}
+                s.counters["machine_types_listed"] = sum(len(v["machineTypes"]) for v in items.values())
+                return self.send(200, dict(page(s, q, items, "machineTypes"), kind="compute#machineTypeAggregatedList"))
             if rest == ["aggregated", "instances"] and method == "GET":
                 want = label_filter(q.get("filter"))
                 items = {}
                 for (z, n), inst in s.instances.items():
                     if all(inst["labels"].get(k) == v for k, v in want.items()):
                         items.setdefault("zones/" + z, {"instances": []})["instances"].append(instance_view(s, inst))
-                return self.send(200, {"kind": "compute#instanceAggregatedList", "items": items})
+                return self.send(200, dict(page(s, q, items, "instances"), kind="compute#instanceAggregatedList"))
             if len(rest) >= 3 and rest[0] == "zones" and rest[1] in ZONES:
                 zone = rest[1]
                 tail = rest[2:]
@@ -334,10 +375,22 @@ class Handler(BaseHTTPRequestHandler):
                     if method == "GET":
                         return self.send(200, instance_view(s, inst))
                     if method == "DELETE":
+                        rid = q.get("requestId")
+                        if rid and rid in s.request_ids:
+                            return self.send(200, op_view(s.operations[s.request_ids[rid]]))
+                        if inst.get("_deleting"):
+                            return self.send(*api_error(400, "The resource 'projects/%s/zones/%s/instances/%s' is not ready" % (s.project, zone, tail[1]), "resourceNotReady", "FAILED_PRECONDITION"))
                         s.count("deletes")
                         op = new_operation(s, zone, "delete", tail[1])
+                        if rid:
+                            s.request_ids[rid] = op["name"]
                         inst["status"] = "STOPPING"
-                        del s.instances[(zone, tail[1])]
+                        wait = float(s.faults.get("delete_seconds") or 0)
+                        if wait > 0:
+                            inst["_deleting"] = True
+                            inst["_deleteAt"] = time.time() + wait
+                        else:
+                            del s.instances[(zone, tail[1])]
                         return self.send(200, op_view(op))
                 if len(tail) == 2 and tail[0] == "operations" and method == "GET":
                     op = s.operations.get(tail[1])
@@ -364,6 +417,8 @@ class Handler(BaseHTTPRequestHandler):
                 if n == doc.get("name") and (inst["scheduling"] or {}).get("provisioningModel") == "SPOT":
                     inst["status"] = "TERMINATED"
                     new_operation(s, z, "compute.instances.preempted", n)
+                    if (inst["scheduling"] or {}).get("instanceTerminationAction") == "DELETE":
+                        inst["_deleteAt"] = time.time() + float(s.faults.get("preempt_delete_seconds", 1))
                     return self.send(200, {})
             return self.send(404, {"error": "no spot instance %s" % doc.get("name")})
         return self.send(404, {})
