@@ -48,7 +48,7 @@ echo "    nodes (torchrun + gloo, CPU); each node's agent first builds the job's
 echo "    (transformers, peft) once and caches it. After checkpoint step 100 this script kills node"
 echo "    1's training process with kill -9: watch the job resume from its last checkpoint."
 ( for _ in $(seq 1 900); do
-    ck=$("$bin" jobs --json 2>/dev/null | python3 -c 'import json,sys; j=[x for x in json.load(sys.stdin) if x["name"]=="sft-tiny"]; print(j[0].get("latestCheckpoint") or 0 if j else 0)' 2>/dev/null || echo 0)
+    ck=$("$bin" jobs --json 2>/dev/null | python3 -c 'import json,sys; j=[x for x in json.load(sys.stdin) if x["name"]=="sft-tiny" and not x.get("finishedAt")]; print(j[0].get("latestCheckpoint") or 0 if j else 0)' 2>/dev/null || echo 0)
     if [ "${ck:-0}" -ge 100 ]; then
       pid=$(ps -eo pid=,args= | grep '/node-1-[^ ]*/recipe/sft.py' | grep -v -e torch.distributed.run -e grep | awk '{print $1}' | head -1)
       [ -n "$pid" ] && echo "==> kill -9 $pid  (node 1's training process, after checkpoint step $ck)" && kill -9 "$pid"
