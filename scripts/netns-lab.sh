@@ -29,8 +29,20 @@ case "$cmd" in
 down) down ;;
 up)
   n=${3:?hosts}
-  id=$(printf '%04x' $(( (RANDOM << 1 ^ $$) & 0xffff )))
-  k=$(( (0x$id % 240) + 10 ))
+  # Labs run side by side (tests in parallel): the subnet and names are chosen and the bridge
+  # made under one lock, skipping any subnet a lab already routes. (Two bridges on one subnet
+  # send a lab's logins to the other lab's sshd: "Permission denied (publickey)".)
+  lockdir=/run/lock; [ -d "$lockdir" ] && [ -w "$lockdir" ] || lockdir=/tmp
+  exec 9>"$lockdir/capstan-netns-lab.lock"
+  flock -w 60 9
+  free=""
+  for _ in $(seq 1 500); do
+    id=$(printf '%04x' $(( (RANDOM << 1 ^ $$ ^ RANDOM) & 0xffff )))
+    k=$(( (0x$id % 240) + 10 ))
+    taken=$(ip -4 -o addr show; ip -4 route show "10.213.$k.0/24")
+    [[ "$taken" != *" 10.213.$k."* && "$taken" != *"10.213.$k.0/24"* ]] && ! ip link show "cbr$id" >/dev/null 2>&1 && { free=1; break; }
+  done
+  [ -n "$free" ] || { echo "netns-lab: no free 10.213.K.0/24 subnet (all 240 in use?)" >&2; exit 1; }
   br="cbr$id"; names=""
   for i in $(seq 1 "$n"); do names="$names cap$id-$i"; done
   printf 'BRIDGE=%s\nNAMESPACES="%s"\nSUBNET=10.213.%s\n' "$br" "$names" "$k" > "$dir/lab.env"
@@ -38,6 +50,7 @@ up)
   ip link add "$br" type bridge
   ip addr add "10.213.$k.1/24" dev "$br"
   ip link set "$br" up
+  flock -u 9; exec 9>&-
   [ -f "$dir/client_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/client_key"
   cp "$dir/client_key.pub" "$dir/authorized_keys"
   mkdir -p /run/sshd

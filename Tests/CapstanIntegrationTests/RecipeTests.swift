@@ -21,7 +21,9 @@ extension JobHome {
     static let pythonCache = NSTemporaryDirectory() + "capstan-test-python"
 
     /// A recipe job over a copy of examples/sft-tiny.
-    static func recipe(steps: Int, every: Int, data: String? = nil, maxRestarts: Int = 3) throws -> JobHome {
+    /// `stopAt` (`attempt:step:rank`) makes that worker stop itself (SIGSTOP) after that step:
+    /// see `stoppedWorker(job:)`.
+    static func recipe(steps: Int, every: Int, data: String? = nil, maxRestarts: Int = 3, stopAt: String? = nil) throws -> JobHome {
         var home = try JobHome()
         home.env["CAPSTAN_PYTHON_CACHE"] = pythonCache
         let example = repoRoot + "/examples/sft-tiny"
@@ -40,7 +42,7 @@ extension JobHome {
             model: model
             data: data/train.jsonl
             train: {init: random, steps: \(steps), batchSize: 8, seqLen: 128, lr: 3.0e-3, loraRank: 32, loraAlpha: 64, checkpointEvery: \(every), logEvery: 1}
-            env: {GLOO_SOCKET_IFNAME: lo, OMP_NUM_THREADS: "1"}
+            env: {GLOO_SOCKET_IFNAME: lo, OMP_NUM_THREADS: "1"\(stopAt.map { ", CAPSTAN_TEST_STOP_AT: \"\($0)\"" } ?? "")}
             checkpoint: {keep: 3}
             maxRestarts: \(maxRestarts)
             storage: file://\(home.dir.file("bucket"))
@@ -67,12 +69,17 @@ extension JobHome {
         return text[r].split(separator: " ").last.map { String($0) + "/bin/python" }
     }
 
-    /// The pid of node `rank`'s recipe worker (not torchrun) in attempt 1.
-    func recipeWorker(job: String, rank: Int) -> pid_t? {
+    /// The attempt-1 recipe worker that stopped itself at its `CAPSTAN_TEST_STOP_AT` (state T in
+    /// /proc), with its node: a known point to kill -9 it, not a race with the log.
+    func stoppedWorker(job: String) -> (pid: pid_t, node: Int)? {
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
             guard let pid = pid_t(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
             let cmd = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
-            if cmd.contains("/node-\(rank)-"), cmd.contains("/\(job)/attempt-1/recipe/sft.py"), !cmd.contains("torch.distributed.run") { return pid }
+            guard cmd.contains("/\(job)/attempt-1/recipe/sft.py"), !cmd.contains("torch.distributed.run"),
+                  let node = (0...7).first(where: { cmd.contains("/node-\($0)-") }),
+                  let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.range(of: ") ", options: .backwards) else { continue }
+            if stat[close.upperBound...].hasPrefix("T") { return (pid, node) }
         }
         return nil
     }
@@ -81,7 +88,10 @@ extension JobHome {
 extension JobTests {
     @Test("sft recipe: kill -9 a node's worker mid-run; the job resumes from the last checkpoint and retraces the same losses; the adapter loads and generates")
     func recipeKillResume() async throws {
-        let home = try JobHome.recipe(steps: 90, every: 15)
+        // Between two checkpoints (5 steps past 15), one node's worker stops itself, and is
+        // killed -9 there: attempt 2 resumes from 15 and retraces steps 16–20.
+        let rank = Int.random(in: 0...1)
+        let home = try JobHome.recipe(steps: 90, every: 15, stopAt: "1:20:\(rank)")
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch()
         defer { if launch.isRunning { launch.terminate() } }
@@ -90,16 +100,11 @@ extension JobTests {
         let jobID = (try? await home.job()?.id) ?? "-"
         #expect(checkpointed, "no checkpoint: \(home.logTail(job: jobID))")
         let job0 = try await #require(try home.job())
-        // Kill between two checkpoints (the leader has logged a step 3 to 10 past one), so some
-        // steps of attempt 1 come after the checkpoint attempt 2 resumes from and are retraced.
-        // Not an expectation: a leader whose lines never show such a step is killed anyway
-        // (after 5 s, long before the run could end), and the retrace check below fails.
-        _ = try await home.wait(timeout: 5) {
-            (home.losses(job: job0.id)[1]?.keys.max()).map { $0 > 15 && (3...10).contains($0 % 15) } ?? false
-        }
-        let rank = Int.random(in: 0...1)
-        let worker = try #require(home.recipeWorker(job: job0.id, rank: rank), "no worker on node \(rank)")
-        kill(worker, SIGKILL)
+        var stopped: (pid: pid_t, node: Int)?
+        _ = try await home.wait(timeout: 300) { stopped = home.stoppedWorker(job: job0.id); return stopped != nil }
+        let worker = try #require(stopped, "no worker stopped at step 20: \(home.logTail(job: job0.id))")
+        #expect(worker.node == rank)
+        kill(worker.pid, SIGKILL)
         #expect(try await home.wait(timeout: 300) { !launch.isRunning }, "launch did not end: \(home.logTail(job: job0.id))")
         let job = try await #require(try home.job())
         let attempts = try await home.store().attempts(job: job.id)

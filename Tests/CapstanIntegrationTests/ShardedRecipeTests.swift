@@ -15,7 +15,7 @@ import Glibc
 /// In JobTests' serialized suite: jobs on 2 cores must not run side by side.
 extension JobHome {
     /// A recipe job of 2 nodes × `procs` processes training the tiny model with `train`.
-    static func shardedRecipe(train: String, procs: Int = 2, nodes: Int = 2, maxRestarts: Int = 3) throws -> JobHome {
+    static func shardedRecipe(train: String, procs: Int = 2, nodes: Int = 2, maxRestarts: Int = 3, stopAt: String? = nil) throws -> JobHome {
         let home = try JobHome.recipe(steps: 1, every: 1, maxRestarts: maxRestarts)
         home.dir.write("job/job.yaml", """
             name: sft
@@ -25,7 +25,7 @@ extension JobHome {
             model: model
             data: data/train.jsonl
             train: {init: random, batchSize: 2, seqLen: 64, lr: 3.0e-3, logEvery: 1, \(train)}
-            env: {GLOO_SOCKET_IFNAME: lo, OMP_NUM_THREADS: "1", CAPSTAN_NPROC_PER_NODE: "\(procs)"}
+            env: {GLOO_SOCKET_IFNAME: lo, OMP_NUM_THREADS: "1", CAPSTAN_NPROC_PER_NODE: "\(procs)"\(stopAt.map { ", CAPSTAN_TEST_STOP_AT: \"\($0)\"" } ?? "")}
             checkpoint: {keep: 3}
             maxRestarts: \(maxRestarts)
             storage: file://\(home.dir.file("bucket"))
@@ -78,7 +78,10 @@ extension JobTests {
 
     @Test("sft under FSDP, 2 nodes × 2 processes: kill -9 a worker mid-run, the resume retraces the same losses; one shard per rank per checkpoint, nothing twice; the checkpoint resumes on 1 node × 2 and × 4 processes on the same losses; full export in HF shards")
     func fsdpKillResumeReshard() async throws {
-        let home = try JobHome.shardedRecipe(train: "method: full, parallelism: fsdp, steps: 24, checkpointEvery: 8, exportShardSize: 1MB")
+        // Between two checkpoints (step 12; they come every 8), a random rank's worker stops
+        // itself and is killed -9 there: attempt 2 resumes from 8 and retraces steps 9–12.
+        let rank = Int.random(in: 0...3)
+        let home = try JobHome.shardedRecipe(train: "method: full, parallelism: fsdp, steps: 24, checkpointEvery: 8, exportShardSize: 1MB", stopAt: "1:12:\(rank)")
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch()
         defer { if launch.isRunning { launch.terminate() } }
@@ -86,15 +89,12 @@ extension JobTests {
         let jobID = (try? await home.job()?.id) ?? "-"
         #expect(checkpointed, "no checkpoint: \(home.logTail(job: jobID))")
         let job0 = try await #require(try home.job())
-        // Kill between two checkpoints (attempt 1 has logged a step after 8, and not reached 16), so
-        // attempt 2 retraces steps attempt 1 logged. Polled, not timed: the window is 7 steps.
-        let between = try await home.wait(timeout: 300) {
-            (home.losses(job: job0.id)[1]?.keys.max()).map { (9...15).contains($0) } ?? false
-        }
-        try #require(between, "attempt 1 never logged a step between 9 and 15: \(home.logTail(job: job0.id))")
-        let node = Int.random(in: 0...1)
-        let worker = try #require(home.recipeWorker(job: job0.id, rank: node), "no worker on node \(node)")
-        kill(worker, SIGKILL)
+        var stopped: (pid: pid_t, node: Int)?
+        _ = try await home.wait(timeout: 300) { stopped = home.stoppedWorker(job: job0.id); return stopped != nil }
+        let worker = try #require(stopped, "no worker stopped at step 12: \(home.logTail(job: job0.id))")
+        #expect(worker.node == rank / 2)
+        let node = worker.node
+        kill(worker.pid, SIGKILL)
         #expect(try await home.wait(timeout: 420) { !launch.isRunning }, "launch did not end: \(home.logTail(job: job0.id))")
         let job = try await #require(try home.job())
         #expect(job.status == .succeeded && job.attempt == 2, "\(job.status) \(job.lastError ?? "") \(home.logTail(job: job.id))")

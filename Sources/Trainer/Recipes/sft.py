@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -750,6 +751,8 @@ def main():
     ckpt = Checkpointer(ckpt_root, rank, local_rank, local_world, on_gpu, cfg["checkpoint_mode"], ckpt_group)
     window_t, window_tokens, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
     last_loss = None
+    # CAPSTAN_TEST_STOP_AT=attempt:step:rank (tests only; see the stop below).
+    stop_at = tuple(int(x) for x in os.environ["CAPSTAN_TEST_STOP_AT"].split(":")) if os.environ.get("CAPSTAN_TEST_STOP_AT") else None
     for step in range(start + 1, total + 1):
         step_tokens = 0
         for micro in range(grad_accum):
@@ -813,6 +816,13 @@ def main():
                 emit({"event": "checkpoint", "step": step, **{k: round(v, 4) for k, v in r.items()}})
             # The stall is not training time.
             window_t += r["stall_s"]
+        if stop_at == (attempt, step, rank):
+            # Test hook: this worker stops (SIGSTOP) after a logged step, its checkpoint in
+            # flight written, so a test can kill -9 it at a known point between checkpoints
+            # instead of racing the log.
+            ckpt.wait()
+            emit({"event": "test_stopped", "step": step, "rank": rank, "pid": os.getpid()})
+            os.kill(os.getpid(), signal.SIGSTOP)
     ckpt.close()
     export(cfg, model, tok, out_dir, leader, fsdp, total, last_loss, (build_dtype, where))
     if dist.is_initialized():
