@@ -86,7 +86,8 @@ CFG
   done
   # sshd daemonizes; wait until each answers.
   for i in $(seq 1 "$n"); do
-    for _ in $(seq 1 50); do [ -s "$dir/host$i/sshd.pid" ] && break; sleep 0.1; done
+    for _ in $(seq 1 300); do [ -s "$dir/host$i/sshd.pid" ] && break; sleep 0.1; done
+    [ -s "$dir/host$i/sshd.pid" ] || { echo "netns-lab: host $i's sshd did not start in 30 s: $(tail -5 "$dir/host$i/sshd.log" 2>/dev/null)" >&2; down; exit 1; }
   done
   ;;
 *) echo "usage: $0 up DIR N | down DIR" >&2; exit 2 ;;

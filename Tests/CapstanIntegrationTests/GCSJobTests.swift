@@ -26,7 +26,7 @@ extension JobTests {
         #expect(job.storage == "gs://capstan-gcs/runs/\(job.id)")
         let pid = try #require(home.workerPID(job: job.id, attempt: 1, rank: 1))
         kill(pid, SIGKILL)
-        launch.waitUntilExit()
+        await launch.exited()
         let final = try #require(try await home.job())
         #expect(final.status == .succeeded && final.attempt == 2, "\(final.lastError ?? "")\n\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
         print("gs:// job: \(try await home.checkContinuity(job: final, total: 150))")

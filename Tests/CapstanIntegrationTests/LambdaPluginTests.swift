@@ -225,8 +225,9 @@ extension JobTests {
 
         @Test("launch registers the SSH key once, tags every instance, is idempotent per intent; describe and terminate")
         func lifecycle() async throws {
-            // Terminating lasts until the test says (a loaded machine may take seconds between calls).
-            let emu = try await LambdaEmulator(faults: ["boot_seconds": 0.6, "terminate_seconds": 3600]); defer { emu.stop() }
+            // Terminating lasts until the test says, booting 5 s (a loaded machine may take seconds
+            // between the launch request and the plugin's listing, which must still say booting).
+            let emu = try await LambdaEmulator(faults: ["boot_seconds": 5, "terminate_seconds": 3600]); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
             let lambda = try Self.provider(emu, dir: dir)
             let offer = try #require(try await lambda.offers(for: ResourceRequest(gpu: "H100")).first { $0.instanceType == "gpu_8x_h100_sxm5" && $0.availability == .available })
@@ -248,7 +249,7 @@ extension JobTests {
             let other = try await lambda.launch(LaunchRequest(offer: offer, count: 1, idempotencyKey: key + "-b", tags: [CapstanTags.intent: key + "-b"], sshPublicKey: request.sshPublicKey))
             #expect(try emu.counter("ssh_keys_created") == 1)
 
-            // Booted (0.6 s): wait for the state, not for a time.
+            // Booted (5 s): wait for the state, not for a time.
             var running: [Instance] = []
             let booted = Date().addingTimeInterval(30)
             repeat {

@@ -8,8 +8,11 @@
  * -DABI=n and -DSIZE=n forge the table's version and size; -DNO_ENTRY exports no entry symbol.
  * -DPLUGIN_NAME='"x"' names it x (default ctest). Whenever it is loaded (dlopen runs its
  * constructor, before any Capstan check) it appends a line to $CTEST_LOAD_MARKER, if set: the
- * proof that a plugin Capstan should not have loaded never ran. */
+ * proof that a plugin Capstan should not have loaded never ran. The line names the file loaded
+ * (tests in one process load other copies side by side). */
+#define _GNU_SOURCE
 #include "capstan_plugin.h"
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +37,9 @@ __attribute__((constructor)) static void loaded(void) {
     if (!marker || !*marker) return;
     FILE *f = fopen(marker, "a");
     if (f) {
-        fprintf(f, "%s loaded in pid %d\n", PLUGIN_NAME, (int)getpid());
+        Dl_info info;
+        const char *file = dladdr((void *)loaded, &info) && info.dli_fname ? info.dli_fname : "?";
+        fprintf(f, "%s loaded in pid %d from %s\n", PLUGIN_NAME, (int)getpid(), file);
         fclose(f);
     }
 }
