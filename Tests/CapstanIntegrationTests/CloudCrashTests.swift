@@ -22,8 +22,8 @@ struct CloudCrashTests {
     func lambda() async throws {
         let emulator = try await LambdaEmulator(faults: ["boot_seconds": 0.3, "terminate_seconds": 0.1]); defer { emulator.stop() }
         let dir = TempDir(); defer { dir.cleanup() }
-        let plugin = try LambdaPlugin.build()
-        let compute = try JobTests.LambdaPluginTests.provider(emulator, dir: dir)
+        let plugin = try await LambdaPlugin.build()
+        let compute = try await JobTests.LambdaPluginTests.provider(emulator, dir: dir)
         try await killUpAndDownThenReconcile(
             provider: "lambda", gpu: ["--gpu", "H100", "--gpus-per-node", "8"],
             makeHome: {

@@ -75,7 +75,7 @@ extension LambdaEmulator {
 extension JobTests {
     @Test("lambda: a 2-node job on the C Lambda plugin runs on the instances the cloud hands out (hosts with their own network stacks and real sshd): checkpoints go to the bucket, a killed training process resumes, an instance terminated in the cloud is replaced, and exactly the instances the job needed were ever billed")
     func lambdaJob() async throws {
-        let lab = try NetnsLab.up(3)
+        let lab = try await NetnsLab.up(3)
         defer { lab.down() }
         let emulator = try await LambdaEmulator(faults: [
             "hosts": LambdaEmulator.hosts(lab, [1, 2, 3]), "boot_seconds": 2.0, "forget_terminated_seconds": 3600.0,
@@ -104,7 +104,7 @@ extension JobTests {
         defer { relay.stop() }
         let creds = try TestServers.seaweedCredentials
         home.env = [
-            "CAPSTAN_PLUGIN_PATH": try LambdaPlugin.build(),
+            "CAPSTAN_PLUGIN_PATH": try await LambdaPlugin.build(),
             "AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey,
             "AWS_ENDPOINT_URL_S3": relay.endpoint, "AWS_REGION": "us-east-1",
         ]

@@ -27,7 +27,7 @@ struct CloudOffersTests {
         config += RunPodServer.section(runpod, home: home)
         config += AWSProvisioningTests.providerSection(home, endpoint: try TestServers.moto)
         home.write("config.yaml", config)
-        let path = [try LambdaPlugin.build(), GCPServer.pluginPath, RunPodServer.pluginPath].joined(separator: ":")
+        let path = [try await LambdaPlugin.build(), GCPServer.pluginPath, RunPodServer.pluginPath].joined(separator: ":")
         let env = ["CAPSTAN_HOME": home.path, "CAPSTAN_PLUGIN_PATH": path]
         let args = ["offers", "--gpu", "H100", "--gpus-per-node", "8", "--spot", "--limit", "0"]
         let table = try await runProcess(BuildProducts.capstan, args, environment: env, timeout: 120)

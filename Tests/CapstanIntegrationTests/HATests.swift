@@ -40,7 +40,7 @@ struct ReplicaLab {
     let token: String
 
     static func start(steps: Int, every: Int) async throws -> ReplicaLab {
-        let lab = try NetnsLab.up(2)
+        let lab = try await NetnsLab.up(2)
         do {
             let pg = try TestServers.postgres
             let local = try TestServers.freshPostgresDatabase("ha")

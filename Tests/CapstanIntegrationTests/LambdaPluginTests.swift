@@ -30,7 +30,13 @@ enum LambdaPlugin {
     /// plugins/lambda's Makefile and sources are copied into a fresh folder, `capstan plugins
     /// sdk` writes `capstan_plugin.h` beside them (its ABI version then set to `abi` when given,
     /// to forge a plugin built for another Capstan), and `make` runs there.
-    static func build(asan: Bool = false, abi: Int? = nil) throws -> String {
+    /// Built on a thread of its own: `make` (and waiting for another test's) must not hold one
+    /// of Swift concurrency's cooperative threads (two on a 2-core machine) for tens of seconds.
+    static func build(asan: Bool = false, abi: Int? = nil) async throws -> String {
+        try await Spawn.onThread { try buildBlocking(asan: asan, abi: abi) }
+    }
+
+    private static func buildBlocking(asan: Bool, abi: Int?) throws -> String {
         let key = "\(asan)-\(abi.map(String.init) ?? "cur")"
         lock.lock(); defer { lock.unlock() }
         if let p = built[key] { return p }
@@ -161,13 +167,13 @@ extension JobTests {
             return .object(o)
         }
 
-        static func provider(_ emulator: LambdaEmulator, dir: TempDir, extra: [String: JSONValue] = [:]) throws -> PluginComputeProvider {
-            try PluginComputeProvider(PluginLibrary.load(path: LambdaPlugin.build()).instantiate(config: config(emulator, dir: dir, extra: extra), timeout: .seconds(30)))
+        static func provider(_ emulator: LambdaEmulator, dir: TempDir, extra: [String: JSONValue] = [:]) async throws -> PluginComputeProvider {
+            try PluginComputeProvider(PluginLibrary.load(path: await LambdaPlugin.build()).instantiate(config: config(emulator, dir: dir, extra: extra), timeout: .seconds(30)))
         }
 
         @Test("built out of tree by its own Makefile; exports only the entry symbol; the manifest loads")
         func buildsAndLoads() async throws {
-            let so = try LambdaPlugin.build()
+            let so = try await LambdaPlugin.build()
             let lib = try PluginLibrary.load(path: so)
             #expect(lib.name == "lambda" && lib.abiVersion == 1 && lib.manifest.capabilities == [.compute] && lib.manifest.autoEnable == nil)
             let nm = try await runProcess("/usr/bin/nm", ["-D", "--defined-only", so])
@@ -180,7 +186,7 @@ extension JobTests {
         @Test("a plugin built against a newer or older ABI header is refused with both versions named")
         func abiMismatch() async throws {
             for (abi, hint) in [(2, "Upgrade Capstan"), (0, "Rebuild the plugin")] {
-                let so = try LambdaPlugin.build(abi: abi)
+                let so = try await LambdaPlugin.build(abi: abi)
                 let r = try await runProcess(BuildProducts.capstan, ["plugins", "inspect", so])
                 #expect(r.status != 0)
                 #expect(r.stderr.contains("built for plugin ABI version \(abi), and this Capstan supports 1–1"), "\(r.stderr)")
@@ -197,7 +203,7 @@ extension JobTests {
         func offers() async throws {
             let emu = try await LambdaEmulator(); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
-            let lambda = try Self.provider(emu, dir: dir)
+            let lambda = try await Self.provider(emu, dir: dir)
             let offers = try await lambda.offers(for: ResourceRequest())
             let h100x8 = offers.filter { $0.instanceType == "gpu_8x_h100_sxm5" }
             #expect(Set(h100x8.filter { $0.availability == .available }.map(\.region)) == ["us-east-1", "us-south-1", "us-west-1"])
@@ -213,7 +219,7 @@ extension JobTests {
             #expect(ranked.first?.offer.instanceType == "gpu_8x_h100_sxm5" && ranked.first?.clusterPricePerHour == 47.84)
 
             // Settings narrow it; the request's regions too.
-            let narrow = try Self.provider(emu, dir: dir, extra: ["regions": .array([.string("us-west-1")]), "instanceTypes": .array([.string("gpu_8x_*")])])
+            let narrow = try await Self.provider(emu, dir: dir, extra: ["regions": .array([.string("us-west-1")]), "instanceTypes": .array([.string("gpu_8x_*")])])
             let few = try await narrow.offers(for: ResourceRequest())
             #expect(!few.isEmpty && few.allSatisfy { $0.region == "us-west-1" && $0.instanceType.hasPrefix("gpu_8x_") })
             let south = try await lambda.offers(for: ResourceRequest(regions: ["us-south-1"]))
@@ -229,7 +235,7 @@ extension JobTests {
             // between the launch request and the plugin's listing, which must still say booting).
             let emu = try await LambdaEmulator(faults: ["boot_seconds": 5, "terminate_seconds": 3600]); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
-            let lambda = try Self.provider(emu, dir: dir)
+            let lambda = try await Self.provider(emu, dir: dir)
             let offer = try #require(try await lambda.offers(for: ResourceRequest(gpu: "H100")).first { $0.instanceType == "gpu_8x_h100_sxm5" && $0.availability == .available })
             let key = "cap-" + UUID().uuidString.lowercased()
             let tags = [CapstanTags.managed: "true", CapstanTags.intent: key, "test": key]
@@ -288,7 +294,7 @@ extension JobTests {
         func errors() async throws {
             let emu = try await LambdaEmulator(); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
-            let lib = try PluginLibrary.load(path: LambdaPlugin.build())
+            let lib = try PluginLibrary.load(path: await LambdaPlugin.build())
 
             // A wrong key: auth, Lambda's code, and never the key itself.
             dir.write("wrong-key", "secret_wrong_key_0000\n")
@@ -313,7 +319,7 @@ extension JobTests {
             let badURL = #expect(throws: CapstanError.self) { try lib.instantiate(config: Self.config(emu, dir: dir, extra: ["endpoint": .string("cloud.lambda.ai")])) }
             #expect(badURL?.code == .config && badURL?.message.contains("is not an http(s) URL") == true)
 
-            let lambda = try Self.provider(emu, dir: dir)
+            let lambda = try await Self.provider(emu, dir: dir)
             let pub = try await sshPublicKey(in: dir)
             let offers = try await lambda.offers(for: ResourceRequest(gpu: "A10"))
             let a10 = try #require(offers.first { $0.availability == .available })
@@ -355,7 +361,7 @@ extension JobTests {
             let emu = try await LambdaEmulator(faults: ["rate_limit": ["requests_per_second": 5, "burst": 2, "launch_interval_seconds": 10], "retry_after_header": true])
             defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
-            let lambda = try Self.provider(emu, dir: dir)
+            let lambda = try await Self.provider(emu, dir: dir)
             // Twelve concurrent reads at 5/s: Lambda refuses some, the plugin waits them out.
             try await withThrowingTaskGroup(of: Int.self) { group in
                 for _ in 0..<12 { group.addTask { try await lambda.describe(InstanceQuery()).count } }
@@ -366,7 +372,7 @@ extension JobTests {
             // come back in step (in step, only the bucket's burst of 2 would pass each round).
             // A 30 s budget: the default 12 s is rarely but sometimes too little for six at once,
             // and then the call answers rateLimited (checked below), which is not what this checks.
-            let patient = try Self.provider(emu, dir: dir, extra: ["maxRateLimitWaitSeconds": .number(30)])
+            let patient = try await Self.provider(emu, dir: dir, extra: ["maxRateLimitWaitSeconds": .number(30)])
             try emu.set(["retry_after_header": false])
             let limitedBefore = try emu.counter("rate_limited")
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -375,7 +381,7 @@ extension JobTests {
             }
             #expect(try emu.counter("rate_limited") > limitedBefore)
             // A plugin told not to wait answers rateLimited, with when to retry, for the broker.
-            var impatient = try Self.provider(emu, dir: dir, extra: ["maxRateLimitWaitSeconds": .number(0)])
+            var impatient = try await Self.provider(emu, dir: dir, extra: ["maxRateLimitWaitSeconds": .number(0)])
             // The host would retry it (PluginRetry): here the plugin's own answer is checked.
             impatient.retry.maxRetries = 0
             try emu.set(["rate_limit": ["requests_per_second": 0.2, "burst": 1, "launch_interval_seconds": 10], "retry_after_header": true])
@@ -388,7 +394,7 @@ extension JobTests {
         func bootStates() async throws {
             let emu = try await LambdaEmulator(faults: ["boot_seconds": 3600]); defer { emu.stop() }
             let dir = TempDir(); defer { dir.cleanup() }
-            let lambda = try Self.provider(emu, dir: dir)
+            let lambda = try await Self.provider(emu, dir: dir)
             let offer = try #require(try await lambda.offers(for: ResourceRequest(gpu: "GH200")).first { $0.availability == .available })
             let slow = try await lambda.launch(LaunchRequest(offer: offer, count: 1, idempotencyKey: "k-\(UUID())", sshPublicKey: try await sshPublicKey(in: dir)))
             let seen = try await lambda.describe(InstanceQuery(ids: slow.map(\.id)))
@@ -408,7 +414,7 @@ extension JobTests {
             // counts how many are in flight at once: the plugin's workers, each in one request.
             let proxy = try await HTTPScript(upstream: "http://127.0.0.1:\(emu.port)", hold: 0.3)
             defer { proxy.stop() }
-            let lambda = try Self.provider(emu, dir: dir, extra: ["endpoint": .string(proxy.url + "/api/v1")])
+            let lambda = try await Self.provider(emu, dir: dir, extra: ["endpoint": .string(proxy.url + "/api/v1")])
             let before = try await proxy.log().requests.count
             let answers = try await withThrowingTaskGroup(of: (Int, Int).self) { group in
                 for i in 0..<50 {
@@ -470,7 +476,7 @@ extension JobTests {
                 """
             if let aws { config += AWSProvisioningTests.providerSection(home, endpoint: aws) }
             home.write("config.yaml", config)
-            let so = try LambdaPlugin.build(asan: true)
+            let so = try await LambdaPlugin.build(asan: true)
             // The suppressions `capstan plugins sdk` wrote beside the header, as a vendor uses them.
             let supp = URL(fileURLWithPath: so).deletingLastPathComponent().deletingLastPathComponent().path + "/include/lsan-capstan-host.supp"
             let env = [

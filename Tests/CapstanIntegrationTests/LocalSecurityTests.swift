@@ -115,11 +115,11 @@ struct LocalSecurityTests {
     // MARK: Plain HTTP to another machine (the Lambda C plugin)
 
     @Test("the Lambda plugin refuses a plain-HTTP endpoint on another machine, naming it and the fix, never the key")
-    func lambdaRefusesPlainHTTP() throws {
+    func lambdaRefusesPlainHTTP() async throws {
         let dir = TempDir(); defer { dir.cleanup() }
         let key = "secret_lambda_key_3f9a0c"
         dir.write("lambda-key", "api_key = \(key)\n")
-        let lib = try PluginLibrary.load(path: LambdaPlugin.build())
+        let lib = try PluginLibrary.load(path: await LambdaPlugin.build())
         func create(_ endpoint: String, allow: JSONValue? = nil) -> CapstanError? {
             var o: [String: JSONValue] = ["endpoint": .string(endpoint), "apiKeyFile": .string(dir.file("lambda-key"))]
             if let allow { o["allowInsecureHTTP"] = allow }

@@ -18,16 +18,16 @@ import Glibc
 @Suite("Plugin discovery: search order, shadowing, what is loaded and what is refused", .serialized)
 struct PluginDiscoveryTests {
     /// The fixture plugin built under `name` (its manifest's and table's name).
-    static func fixture(named name: String) throws -> String {
-        try CFixtures.plugin(["-DPLUGIN_NAME=\"\(name)\""])
+    static func fixture(named name: String) async throws -> String {
+        try await CFixtures.plugin(["-DPLUGIN_NAME=\"\(name)\""])
     }
 
     /// A private folder (0700) holding copies of fixture plugins, as `file name → plugin name`.
-    static func folder(_ files: [String: String]) throws -> TempDir {
+    static func folder(_ files: [String: String]) async throws -> TempDir {
         let dir = TempDir("capstan-plugdir")
         chmod(dir.path, 0o700)
         for (file, name) in files {
-            try FileManager.default.copyItem(atPath: try fixture(named: name), toPath: dir.file(file))
+            try FileManager.default.copyItem(atPath: try await fixture(named: name), toPath: dir.file(file))
             chmod(dir.file(file), 0o755)
         }
         return dir
@@ -63,7 +63,7 @@ struct PluginDiscoveryTests {
     }
 
     @Test("search order: CAPSTAN_PLUGIN_PATH, then $CAPSTAN_HOME/plugins, then plugins.paths, then the binary's folder")
-    func searchOrder() throws {
+    func searchOrder() async throws {
         let home = CapstanHome(root: "/h")
         let d = try PluginDiscovery.standard(home: home, extraFolders: ["/opt/p"], environment: ["CAPSTAN_PLUGIN_PATH": "/a:/b/x.so::/c"], executableFolder: "/bin/capstan-dir")
         #expect(d.searchPath.map(\.folder) == ["/a", "/b/x.so", "/c", "/h/plugins", "/opt/p", "/bin/capstan-dir"])
@@ -71,7 +71,7 @@ struct PluginDiscoveryTests {
     }
 
     @Test("a relative CAPSTAN_PLUGIN_PATH entry or plugins.paths folder is refused, naming it and the fix")
-    func relativeRefused() throws {
+    func relativeRefused() async throws {
         let home = CapstanHome(root: "/h")
         for env in ["build", "/abs:plugins/lambda/build", "./x.so"] {
             let e = #expect(throws: CapstanError.self) { try PluginDiscovery.standard(home: home, environment: ["CAPSTAN_PLUGIN_PATH": env]) }
@@ -83,8 +83,8 @@ struct PluginDiscoveryTests {
     }
 
     @Test("the first file of a name wins, later ones are shadowed; finding them runs none of their code")
-    func shadowing() throws {
-        let a = try Self.folder(["libcapstan-ctest.so": "ctest", "libcapstan-other.so": "other"]), b = try Self.folder(["libcapstan-ctest.so": "ctest"])
+    func shadowing() async throws {
+        let a = try await Self.folder(["libcapstan-ctest.so": "ctest", "libcapstan-other.so": "other"]), b = try await Self.folder(["libcapstan-ctest.so": "ctest"])
         let log = TempDir(); defer { a.cleanup(); b.cleanup(); log.cleanup() }
         setenv("CTEST_LOAD_MARKER", log.file("loaded.txt"), 1)
         defer { unsetenv("CTEST_LOAD_MARKER") }
@@ -99,8 +99,8 @@ struct PluginDiscoveryTests {
     }
 
     @Test("a folder or file others can write, or another user owns, is refused before anything loads it")
-    func unsafeRefused() throws {
-        let dir = try Self.folder(["libcapstan-ctest.so": "ctest"])
+    func unsafeRefused() async throws {
+        let dir = try await Self.folder(["libcapstan-ctest.so": "ctest"])
         let log = TempDir(); defer { dir.cleanup(); log.cleanup() }
         func only() -> PluginDiscovery.Candidate? { PluginDiscovery(searchPath: [(dir.path, "CAPSTAN_PLUGIN_PATH")]).candidates().first }
 
@@ -134,8 +134,8 @@ struct PluginDiscoveryTests {
     }
 
     @Test("a symbolic link is judged by its target: a target in a folder anyone can write is refused")
-    func symlinkTarget() throws {
-        let open = try Self.folder(["libcapstan-ctest.so": "ctest"]), mine = TempDir()
+    func symlinkTarget() async throws {
+        let open = try await Self.folder(["libcapstan-ctest.so": "ctest"]), mine = TempDir()
         defer { open.cleanup(); mine.cleanup() }
         chmod(mine.path, 0o700)
         try FileManager.default.createSymbolicLink(atPath: mine.file("libcapstan-ctest.so"), withDestinationPath: open.file("libcapstan-ctest.so"))
@@ -145,8 +145,8 @@ struct PluginDiscoveryTests {
     }
 
     @Test("a plugin whose manifest name is not its file name's is refused when loaded")
-    func nameMismatch() throws {
-        let dir = try Self.folder(["libcapstan-foo.so": "ctest"]); defer { dir.cleanup() }
+    func nameMismatch() async throws {
+        let dir = try await Self.folder(["libcapstan-foo.so": "ctest"]); defer { dir.cleanup() }
         let c = try #require(PluginDiscovery(searchPath: [(dir.path, "x")]).candidates().first)
         let e = #expect(throws: CapstanError.self) { try PluginDiscovery.load(c).result.get() }
         #expect(e?.message.contains("calls itself 'ctest', but its file name makes it 'foo'") == true && e?.hint?.contains("libcapstan-ctest.so") == true, "\(String(describing: e))")
@@ -161,7 +161,7 @@ struct PluginDiscoveryTests {
         chmod(bin.path, 0o755)
         // A hard link: the copy's folder is its own, as after `cp capstan ~/bin/`.
         #expect(link(BuildProducts.capstan, bin.file("capstan")) == 0 || (try? FileManager.default.copyItem(atPath: BuildProducts.capstan, toPath: bin.file("capstan"))) != nil)
-        try FileManager.default.copyItem(atPath: try Self.fixture(named: "evil"), toPath: bin.file("libCapstanPluginEvil.so"))
+        try FileManager.default.copyItem(atPath: try await Self.fixture(named: "evil"), toPath: bin.file("libCapstanPluginEvil.so"))
         let env = ["CTEST_LOAD_MARKER": log.file("loaded.txt")]
         for args in [["status"], ["offers"], ["plugins", "list"], ["status", "--all", "--json"]] {
             let r = try await capstan(args, home: home, env: env, binary: bin.file("capstan"))
@@ -180,7 +180,7 @@ struct PluginDiscoveryTests {
 
     @Test("`plugins inspect NAME` loads the one asked for, and only it; `plugins list --load` loads all on request")
     func inspectLoadsOnlyWhatIsAsked() async throws {
-        let dir = try Self.folder(["libcapstan-ctest.so": "ctest", "libcapstan-other.so": "other"])
+        let dir = try await Self.folder(["libcapstan-ctest.so": "ctest", "libcapstan-other.so": "other"])
         let home = TempDir(), log = TempDir()
         defer { dir.cleanup(); home.cleanup(); log.cleanup() }
         let env = ["CAPSTAN_PLUGIN_PATH": dir.path, "CTEST_LOAD_MARKER": log.file("loaded.txt")]
@@ -197,7 +197,7 @@ struct PluginDiscoveryTests {
 
     @Test("shadowed: the first folder's file wins for a name; the list says which shadows which")
     func shadowedInList() async throws {
-        let a = try Self.folder(["libcapstan-ctest.so": "ctest"]), b = try Self.folder(["libcapstan-ctest.so": "ctest"])
+        let a = try await Self.folder(["libcapstan-ctest.so": "ctest"]), b = try await Self.folder(["libcapstan-ctest.so": "ctest"])
         let home = TempDir(); defer { a.cleanup(); b.cleanup(); home.cleanup() }
         home.write("config.yaml", "providers:\n  local: {enabled: false}\n  ctest: {}\n")
         let r = try await capstan(["plugins", "list", "--json"], home: home, env: ["CAPSTAN_PLUGIN_PATH": "\(a.path):\(b.path)"])
@@ -210,7 +210,7 @@ struct PluginDiscoveryTests {
 
     @Test("capstan refuses a relative CAPSTAN_PLUGIN_PATH with the fix, before loading anything")
     func relativeInCLI() async throws {
-        let home = TempDir(), work = try Self.folder(["libcapstan-ctest.so": "ctest"]), log = TempDir()
+        let home = TempDir(), work = try await Self.folder(["libcapstan-ctest.so": "ctest"]), log = TempDir()
         defer { home.cleanup(); work.cleanup(); log.cleanup() }
         home.write("config.yaml", "providers:\n  ctest: {}\n")
         // From inside the folder, `CAPSTAN_PLUGIN_PATH=.` would name it.
@@ -223,7 +223,7 @@ struct PluginDiscoveryTests {
 
     @Test("a configured plugin in a folder anyone can write is refused and reported, never loaded")
     func writableFolderInCLI() async throws {
-        let dir = try Self.folder(["libcapstan-ctest.so": "ctest"]), home = TempDir(), log = TempDir()
+        let dir = try await Self.folder(["libcapstan-ctest.so": "ctest"]), home = TempDir(), log = TempDir()
         defer { dir.cleanup(); home.cleanup(); log.cleanup() }
         chmod(dir.path, 0o777)
         home.write("config.yaml", "providers:\n  ctest: {}\n")

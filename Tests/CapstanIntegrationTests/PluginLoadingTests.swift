@@ -16,7 +16,7 @@ import Glibc
 @Suite("Plugin loading (real .so files)")
 struct PluginLoadingTests {
     @Test("the sim plugin loads and its manifest lists name, version, capabilities and schema")
-    func manifest() throws {
+    func manifest() async throws {
         let lib = try PluginLibrary.load(path: BuildProducts.simPlugin)
         #expect(lib.name == "sim")
         #expect(lib.abiVersion == 1)
@@ -144,7 +144,7 @@ struct BadPluginTests {
     }
 
     @Test("a folder, a socket, or a link to one is named for what it is, before any open", arguments: ["folder.so", "socket.so", "link.so"])
-    func notARegularFile(name: String) throws {
+    func notARegularFile(name: String) async throws {
         let tmp = TempDir(); defer { tmp.cleanup() }
         try FileManager.default.createDirectory(atPath: tmp.file("folder.so"), withIntermediateDirectories: true)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -174,7 +174,7 @@ struct BadPluginTests {
     }
 
     @Test("a truncated library")
-    func truncated() throws {
+    func truncated() async throws {
         let tmp = TempDir(); defer { tmp.cleanup() }
         let data = try Data(contentsOf: URL(fileURLWithPath: BuildProducts.simPlugin)).prefix(4096)
         let path = tmp.file("libtrunc.so")
@@ -184,9 +184,9 @@ struct BadPluginTests {
     }
 
     @Test("a library built for another CPU")
-    func foreignArchitecture() throws {
+    func foreignArchitecture() async throws {
         let tmp = TempDir(); defer { tmp.cleanup() }
-        var data = try Data(contentsOf: URL(fileURLWithPath: try CFixtures.plugin([])))
+        var data = try Data(contentsOf: URL(fileURLWithPath: try await CFixtures.plugin([])))
         // e_machine (offset 18): 40 = 32-bit ARM, foreign to every 64-bit host.
         data[18] = 40; data[19] = 0
         let path = tmp.file("libforeign.so")
@@ -196,40 +196,40 @@ struct BadPluginTests {
     }
 
     @Test("a program instead of a library")
-    func executable() throws {
+    func executable() async throws {
         let e = loadError("/bin/ls")
         #expect(e?.code == .pluginFailure)
         #expect(e?.message.contains("/bin/ls") == true)
     }
 
     @Test("a library without the entry symbol")
-    func noEntry() throws {
-        let e = loadError(try CFixtures.plugin(["-DNO_ENTRY"]))
+    func noEntry() async throws {
+        let e = loadError(try await CFixtures.plugin(["-DNO_ENTRY"]))
         #expect(e?.message.contains("does not export the entry symbol 'capstan_plugin_entry'") == true)
     }
 
     @Test("a plugin built for a newer or older ABI", arguments: [(2, "Upgrade Capstan"), (0, "Rebuild the plugin")] as [(Int, String)])
-    func wrongABI(version: Int, hint: String) throws {
-        let e = loadError(try CFixtures.plugin(["-DABI=\(version)u"]))
+    func wrongABI(version: Int, hint: String) async throws {
+        let e = loadError(try await CFixtures.plugin(["-DABI=\(version)u"]))
         #expect(e?.message.contains("built for plugin ABI version \(version), and this Capstan supports 1–1") == true)
         #expect(e?.hint?.contains(hint) == true)
     }
 
     @Test("a function table smaller than the ABI requires")
-    func shortTable() throws {
-        let e = loadError(try CFixtures.plugin(["-DSIZE=16"]))
+    func shortTable() async throws {
+        let e = loadError(try await CFixtures.plugin(["-DSIZE=16"]))
         #expect(e?.message.contains("function table is 16 bytes") == true)
     }
 
     @Test("a manifest that is not JSON, and an entry that returns NULL")
-    func badManifest() throws {
-        #expect(loadError(try CFixtures.plugin(["-DMODE=5"]))?.message.contains("manifest is not valid") == true)
-        #expect(loadError(try CFixtures.plugin(["-DMODE=6"]))?.message.contains("returned no function table") == true)
+    func badManifest() async throws {
+        #expect(loadError(try await CFixtures.plugin(["-DMODE=5"]))?.message.contains("manifest is not valid") == true)
+        #expect(loadError(try await CFixtures.plugin(["-DMODE=6"]))?.message.contains("returned no function table") == true)
     }
 
     @Test("create failing with the plugin's own error")
-    func createFails() throws {
-        let lib = try PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=4"]))
+    func createFails() async throws {
+        let lib = try PluginLibrary.load(path: try await CFixtures.plugin(["-DMODE=4"]))
         let e = #expect(throws: CapstanError.self) { try lib.instantiate() }
         #expect(e?.code == .auth)
         #expect(e?.cloudCode == "global/invalid-api-key")
@@ -238,18 +238,18 @@ struct BadPluginTests {
 
     @Test("an invoke that returns malformed JSON")
     func malformedJSON() async throws {
-        let provider = try PluginComputeProvider(PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=1"])).instantiate())
+        let provider = try PluginComputeProvider(PluginLibrary.load(path: try await CFixtures.plugin(["-DMODE=1"])).instantiate())
         let e = await #expect(throws: CapstanError.self) { try await provider.offers(for: ResourceRequest()) }
         #expect(e?.code == .pluginFailure)
         #expect(e?.message.contains("returned malformed JSON for 'compute.offers'") == true)
-        let bad = try PluginComputeProvider(PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=7"])).instantiate())
+        let bad = try PluginComputeProvider(PluginLibrary.load(path: try await CFixtures.plugin(["-DMODE=7"])).instantiate())
         let e2 = await #expect(throws: CapstanError.self) { try await bad.offers(for: ResourceRequest()) }
         #expect(e2?.message.contains("not a Capstan error document") == true)
     }
 
     @Test("an invoke that never calls back times out")
     func neverCallsBack() async throws {
-        let lib = try PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=2"]))
+        let lib = try PluginLibrary.load(path: try await CFixtures.plugin(["-DMODE=2"]))
         let provider = try PluginComputeProvider(lib.instantiate(timeout: .milliseconds(200)))
         let start = ContinuousClock.now
         let e = await #expect(throws: CapstanError.self) { try await provider.offers(for: ResourceRequest()) }
@@ -261,9 +261,9 @@ struct BadPluginTests {
 
     @Test("a second completion for one call is ignored; answers from plugin threads work")
     func doubleCompletion() async throws {
-        let twice = try PluginComputeProvider(PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=3"])).instantiate())
+        let twice = try PluginComputeProvider(PluginLibrary.load(path: try await CFixtures.plugin(["-DMODE=3"])).instantiate())
         for _ in 0..<50 { #expect(try await twice.offers(for: ResourceRequest()).isEmpty) }
-        let threaded = try PluginComputeProvider(PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=8"])).instantiate())
+        let threaded = try PluginComputeProvider(PluginLibrary.load(path: try await CFixtures.plugin(["-DMODE=8"])).instantiate())
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<200 { group.addTask { _ = try await threaded.offers(for: ResourceRequest()) } }
             try await group.waitForAll()
@@ -276,7 +276,7 @@ struct BadPluginTests {
         setenv("CTEST_DESTROY_MARKER", dir.file("marker"), 1)
         setenv("CTEST_DESTROY_LOG", dir.file("destroyed"), 1)
         // A build of its own that counts destroys (no other test loads it).
-        let lib = try PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=8", "-DDESTROY_LOG"]))
+        let lib = try PluginLibrary.load(path: try await CFixtures.plugin(["-DMODE=8", "-DDESTROY_LOG"]))
         for _ in 0..<300 {
             // The caller drops its reference at once; the last one often goes with the call's
             // record, on the plugin's thread that is still inside its completion.
@@ -294,7 +294,7 @@ struct BadPluginTests {
 
     @Test("a cancelled call returns promptly even if the plugin never answers")
     func cancellation() async throws {
-        let provider = try PluginComputeProvider(PluginLibrary.load(path: try CFixtures.plugin(["-DMODE=2"])).instantiate(timeout: .seconds(600)))
+        let provider = try PluginComputeProvider(PluginLibrary.load(path: try await CFixtures.plugin(["-DMODE=2"])).instantiate(timeout: .seconds(600)))
         let task = Task { try await provider.offers(for: ResourceRequest()) }
         try await Task.sleep(for: .milliseconds(50))
         let start = ContinuousClock.now

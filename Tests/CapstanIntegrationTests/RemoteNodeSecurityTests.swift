@@ -102,7 +102,7 @@ struct RemoteNodeSecurityTests {
 
     @Test("ssh: the agent's config (the job's env values) travels on the SSH session's stdin: no command line on the node holds it or its base64; agent.json is 0600, its folders 0700 (umask 077); the secret never lands in a file on the controller, even with over 60 kB of stdin")
     func configNeverInCommandLines() async throws {
-        let lab = try NetnsLab.up(1)
+        let lab = try await NetnsLab.up(1)
         defer { lab.down() }
         let t = Self.transport(lab)
         let root = lab.dir.file("host1/rs-work")
@@ -161,7 +161,7 @@ struct RemoteNodeSecurityTests {
 
     @Test("ssh: a work root (or its bin) that another user owns or that others can write to is refused, saying what, where and what to do; nothing is started or written there")
     func refusesUnsafeWorkRoot() async throws {
-        let lab = try NetnsLab.up(1)
+        let lab = try await NetnsLab.up(1)
         defer { lab.down() }
         let t = Self.transport(lab)
         let fm = FileManager.default
@@ -196,7 +196,7 @@ struct RemoteNodeSecurityTests {
 
     @Test("ssh: the agent binary's SHA-256 is checked on the node before every start: a tampered copy is never run; a fresh upload replaces it")
     func tamperedAgentReplaced() async throws {
-        let lab = try NetnsLab.up(1)
+        let lab = try await NetnsLab.up(1)
         defer { lab.down() }
         let t = Self.transport(lab)
         let root = lab.dir.file("host1/work")

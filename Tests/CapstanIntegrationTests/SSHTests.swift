@@ -30,7 +30,12 @@ struct NetnsLab {
         return nil
     }
 
-    static func up(_ count: Int) throws -> NetnsLab {
+    /// Made on a thread of its own (seconds: keys, namespaces, sshds), off the cooperative pool.
+    static func up(_ count: Int) async throws -> NetnsLab {
+        try await Spawn.onThread { try upBlocking(count) }
+    }
+
+    private static func upBlocking(_ count: Int) throws -> NetnsLab {
         if let why = available() { throw CapstanError(.config, "Cannot build the SSH test lab: \(why).") }
         let dir = TempDir("capstan-lab")
         let r = try runProcessBlocking(JobHome.repoRoot + "/scripts/netns-lab.sh", ["up", dir.path, "\(count)"], timeout: 60)
@@ -101,7 +106,7 @@ extension JobHome {
 extension JobTests {
     @Test("ssh: a 2-node gloo job on two hosts with their own network stacks, through real sshd; checkpoints go from the hosts to the bucket; a restarted controller re-attaches to the running agents")
     func sshJob() async throws {
-        let lab = try NetnsLab.up(2)
+        let lab = try await NetnsLab.up(2)
         defer { lab.down() }
         var home = try JobHome.ssh(lab, hosts: [1, 2], steps: 80, pause: 0.08)
         defer { home.dir.cleanup() }
@@ -176,7 +181,7 @@ extension JobTests {
 
     @Test("ssh: a host's link goes down mid-job; it is detected within a bounded time and the job resumes on a replacement host from the last checkpoint")
     func sshLinkDown() async throws {
-        let lab = try NetnsLab.up(3)
+        let lab = try await NetnsLab.up(3)
         defer { lab.down() }
         let home = try JobHome.ssh(lab, hosts: [1, 2, 3], steps: 150, pause: 0.05)
         defer { home.dir.cleanup() }
@@ -209,7 +214,7 @@ extension JobTests {
 
     @Test("ssh: a node unreachable when the next attempt starts is replaced (not waited on as if booting): one rank killed while another host's link goes down")
     func sshUnreachableAtStart() async throws {
-        let lab = try NetnsLab.up(4)
+        let lab = try await NetnsLab.up(4)
         defer { lab.down() }
         let home = try JobHome.ssh(lab, hosts: [1, 2, 3, 4], steps: 150, pause: 0.05)
         defer { home.dir.cleanup() }
@@ -238,7 +243,7 @@ extension JobTests {
 
     @Test("ssh: a host whose key changed since first contact is refused with a clear message; a host that never answers is skipped, or reported when it is all there is")
     func sshRefusals() async throws {
-        let lab = try NetnsLab.up(2)
+        let lab = try await NetnsLab.up(2)
         defer { lab.down() }
         let home = try JobHome()
         defer { home.dir.cleanup() }

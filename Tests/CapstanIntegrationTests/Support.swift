@@ -77,7 +77,12 @@ enum CFixtures {
     nonisolated(unsafe) private static var built: [String: String] = [:]
     private static let dir = TempDir("capstan-cplugins")
 
-    static func plugin(_ flags: [String]) throws -> String {
+    /// Compiled on a thread of its own (see `LambdaPlugin.build`).
+    static func plugin(_ flags: [String]) async throws -> String {
+        try await Spawn.onThread { try pluginBlocking(flags) }
+    }
+
+    private static func pluginBlocking(_ flags: [String]) throws -> String {
         let key = flags.joined(separator: " ")
         cache.lock(); defer { cache.unlock() }
         if let p = built[key] { return p }
