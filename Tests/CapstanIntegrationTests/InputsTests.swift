@@ -198,3 +198,66 @@ extension JobTests {
         #expect(!home.allLogs(job.id, nodes: 1).contains("never"))
     }
 }
+
+extension JobTests {
+    /// What rootful podman needs on these machines (cgroups in hybrid mode: crun refuses them;
+    /// no CAP_SYS_RESOURCE: podman's default ulimits cannot be set): runc, lower ulimits.
+    static let podmanOptions = "--runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096"
+
+    /// A minimal image built here, no registry: busybox (Debian's busybox-static) and a marker
+    /// file, imported into podman as `name`.
+    static func busyboxImage(_ podman: String, name: String, in dir: TempDir) async throws {
+        let busybox = try #require(Spawn.which("busybox"), "busybox is missing (.ci/run installs busybox-static)")
+        let root = dir.file("rootfs")
+        for sub in ["bin", "tmp", "etc"] { try FileManager.default.createDirectory(atPath: root + "/" + sub, withIntermediateDirectories: true) }
+        try FileManager.default.copyItem(atPath: busybox, toPath: root + "/bin/busybox")
+        for tool in ["sh", "cat", "echo", "test", "touch", "ls", "env", "["] { try FileManager.default.createSymbolicLink(atPath: root + "/bin/" + tool, withDestinationPath: "busybox") }
+        dir.write("rootfs/etc/capstan-image", "capstan-test\n")
+        let tar = try await runProcess("/bin/tar", ["-C", root, "-cf", dir.file("rootfs.tar"), "."])
+        #expect(tar.status == 0, "\(tar.stderr)")
+        let imported = try await runProcess(podman, ["import", dir.file("rootfs.tar"), name], timeout: 120)
+        #expect(imported.status == 0, "\(imported.stderr)")
+    }
+
+    @Test("image: setup and the command run in a locally built image (podman) on both nodes: one container per node with setup's changes, the env contract, the input mounted read-only, the outputs uploaded")
+    func imageJob() async throws {
+        guard let podman = Spawn.which("podman") else {
+            if ProcessInfo.processInfo.environment["CI"] != nil { Issue.record("podman is missing (.ci/run installs it)") }
+            return
+        }
+        var home = try JobHome()
+        defer { home.dir.cleanup() }
+        home.env["CAPSTAN_SOURCE_CACHE"] = home.dir.file("sources")
+        let image = "localhost/capstan-test:" + UUID().uuidString.prefix(8).lowercased()
+        try await Self.busyboxImage(podman, name: image, in: home.dir)
+        defer { _ = try? runProcessBlocking(podman, ["rmi", "-f", image]) }
+        home.dir.write("in/a.txt", "alpha")
+        home.dir.write("job/job.yaml", """
+            name: boxed
+            resources: {nodes: 2}
+            workdir: .
+            image: \(image)
+            inputs: {data: file://\(home.dir.file("in"))/}
+            setup: echo from-setup > /tmp/marker
+            run: test -f /tmp/marker && echo "BOXED rank=$CAPSTAN_NODE_RANK of $NNODES image=$(cat /etc/capstan-image) data=$(cat $CAPSTAN_INPUT_DATA/a.txt) path=$PATH" && cat $CAPSTAN_INPUT_DATA/a.txt > $CAPSTAN_OUTPUT_DIR/out-$CAPSTAN_NODE_RANK.txt && if touch $CAPSTAN_INPUT_DATA/x; then echo WROTE-INPUT; fi
+            maxRestarts: 0
+            storage: file://\(home.dir.file("bucket"))
+            """)
+        let r = try await home.capstan(["launch", home.spec] + JobHome.fast, env: ["CAPSTAN_CONTAINER_RUNTIME": podman, "CAPSTAN_CONTAINER_OPTIONS": Self.podmanOptions])
+        let job = try await #require(try home.job())
+        #expect(r.status == 0 && job.status == .succeeded, "\(r.stderr) \(home.logTail(job: job.id))")
+        let log = home.allLogs(job.id)
+        for rank in 0..<2 {
+            #expect(log.contains("BOXED rank=\(rank) of 2 image=capstan-test data=alpha path="), "\(log.suffix(3000))")
+        }
+        // The image's PATH, not the node's; the input's mount refused the write.
+        #expect(!log.contains("path=\(ProcessInfo.processInfo.environment["PATH"] ?? "-")"))
+        #expect(!log.contains("WROTE-INPUT") && log.contains("Read-only file system"), "\(log.suffix(3000))")
+        #expect(log.contains("image \(image): running setup and the command in it with \(podman)"))
+        let bucket = try FileObjectStore(location: job.storage)
+        #expect(try await bucket.list(prefix: "outputs/").map(\.key).filter { $0.hasSuffix(".txt") } == ["outputs/node-1/out-1.txt", "outputs/out-0.txt"])
+        // Nothing left running: each container went with its command.
+        let left = try await runProcess(podman, ["ps", "-a", "--filter", "name=capstan-\(job.id)", "--format", "{{.Names}}"])
+        #expect(left.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(left.stdout)")
+    }
+}

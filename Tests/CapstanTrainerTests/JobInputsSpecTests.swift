@@ -57,6 +57,8 @@ struct JobInputsSpecTests {
         #expect(a.filter { $0 == "/w:/w" }.count == 1 && a.contains("/w/ckpt:/w/ckpt") && a.contains("/cache:/cache:ro"))
         #expect(a.suffix(4) == ["localhost/job:1", "/bin/sh", "-c", script])
         #expect(a.contains("MASTER_ADDR") && !a.contains { $0.contains("=") && !$0.hasPrefix("nvidia") })
+        run.options = ["--runtime", "runc"]
+        #expect(Array(run.arguments(script: "true", environment: []).dropFirst(9).prefix(2)) == ["--runtime", "runc"])
         run.runtime = "/usr/bin/docker"
         run.gpus = true
         #expect(run.arguments(script: "true", environment: []).contains("--gpus"))

@@ -184,7 +184,7 @@ public struct AgentStatus: Sendable, Hashable, Codable {
     /// Capstan's own settings an agent inherits from the controller's environment (its home,
     /// the Python cache, plugins, and in debug builds the crash-test hook) — by name: nothing
     /// else of it.
-    public static let inheritedSettings = ["CAPSTAN_HOME", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_SOURCE_CACHE", "CAPSTAN_PLUGIN_PATH", "CAPSTAN_CONTAINER_RUNTIME"] + testHookSettings
+    public static let inheritedSettings = ["CAPSTAN_HOME", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_SOURCE_CACHE", "CAPSTAN_PLUGIN_PATH", "CAPSTAN_CONTAINER_RUNTIME", "CAPSTAN_CONTAINER_OPTIONS"] + testHookSettings
 
     /// The test hooks' variables (`CAPSTAN_TEST_CRASH_AT`), passed on to agents in debug builds
     /// only: a release build neither honours nor forwards them.

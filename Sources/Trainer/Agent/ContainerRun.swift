@@ -20,8 +20,12 @@ public struct ContainerRun: Sendable, Hashable {
     public var readOnlyMounts: [String]
     public var workdir: String
     public var gpus: Bool
+    /// More `run` options from the node's `CAPSTAN_CONTAINER_OPTIONS` (`--runtime runc --ulimit
+    /// nproc=4096:4096` where the host's cgroups or capabilities need them).
+    public var options: [String]
 
-    public init(runtime: String, image: String, name: String, mounts: [String], readOnlyMounts: [String], workdir: String, gpus: Bool) {
+    public init(runtime: String, image: String, name: String, mounts: [String], readOnlyMounts: [String], workdir: String, gpus: Bool, options: [String] = []) {
+        self.options = options
         self.runtime = runtime
         self.image = image
         self.name = name
@@ -46,7 +50,7 @@ public struct ContainerRun: Sendable, Hashable {
     /// `run` with `environment`'s names passed through (`-e NAME`: the values reach the
     /// runtime in its environment, never in its arguments).
     public func arguments(script: String, environment names: [String]) -> [String] {
-        var a = [runtime, "run", "--rm", "--name", name, "--network", "host", "--ipc", "host"]
+        var a = [runtime, "run", "--rm", "--name", name, "--network", "host", "--ipc", "host"] + options
         if gpus { a += isDocker ? ["--gpus", "all"] : ["--device", "nvidia.com/gpu=all"] }
         for m in Self.unique(mounts) { a += ["-v", "\(m):\(m)"] }
         for m in Self.unique(readOnlyMounts) { a += ["-v", "\(m):\(m):ro"] }
@@ -65,7 +69,7 @@ public struct ContainerRun: Sendable, Hashable {
     /// the GPU stack's (`CUDA_*`, `NVIDIA_*`, `NCCL_*`); never the node's `PATH`, `HOME` or
     /// `LD_LIBRARY_PATH` (the image has its own).
     public static func names(config: [String: String], prepared: [String: String], node: [String: String]) -> [String] {
-        Array(Set(config.keys).union(prepared.keys).union(node.keys.filter { k in ["CUDA_", "NVIDIA_", "NCCL_"].contains { k.hasPrefix($0) } }))
+        Array(Set(config.keys).union(prepared.keys).union(node.keys.filter { k in ["CAPSTAN_", "CUDA_", "NVIDIA_", "NCCL_"].contains { k.hasPrefix($0) } }))
     }
 
     /// The runtime to use on this node: `CAPSTAN_CONTAINER_RUNTIME` (a program, or a
@@ -102,7 +106,8 @@ extension NodeAgent {
             runtime: runtime, image: image, name: containerName,
             mounts: [config.workdir, config.checkpointDir, config.outputDir, config.stateDir] + (config.resumeDir.map { [$0] } ?? []),
             readOnlyMounts: FileManager.default.fileExists(atPath: cache) ? [cache] : [], workdir: config.workdir,
-            gpus: (Int(config.environment["CAPSTAN_GPUS_PER_NODE"] ?? "") ?? 0) > 0)
+            gpus: (Int(config.environment["CAPSTAN_GPUS_PER_NODE"] ?? "") ?? 0) > 0,
+            options: (ProcessInfo.processInfo.environment["CAPSTAN_CONTAINER_OPTIONS"] ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
         return run.arguments(script: command, environment: ContainerRun.names(config: config.environment, prepared: prepared, node: env))
     }
 

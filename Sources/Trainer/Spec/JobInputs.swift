@@ -94,6 +94,7 @@ extension JobSpec {
             let name = try r.key(k)
             guard let url = v.scalar?.string, !url.isEmpty else { throw r.bad("'inputs.\(name)' must be a bucket URI like s3://bucket/prefix/", v.mark?.line) }
             if let problem = JobInput.problem(name: name, url: url) { throw r.bad(problem, v.mark?.line) }
+            if out.contains(where: { $0.name == name }) { throw r.bad("'inputs.\(name)' is given twice", k.mark?.line) }
             out.append(JobInput(name: name, url: url))
         }
         return out.sorted { $0.name < $1.name }
