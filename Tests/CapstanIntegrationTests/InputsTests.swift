@@ -149,7 +149,7 @@ extension JobTests {
             let r = try await home.capstan(["launch", home.spec] + JobHome.fast, env: aws)
             #expect(r.status != 0 && r.stderr.contains(message), "\(inputs): \(r.stderr)")
         }
-        #expect(try home.store().jobs().isEmpty)
+        #expect(try await home.store().jobs().isEmpty)
         #expect(try await home.liveNodes().isEmpty)
     }
 
