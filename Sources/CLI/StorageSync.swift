@@ -65,14 +65,8 @@ extension StorageCommand {
         var path = String(uri[r.upperBound...])
         guard path.hasPrefix("/") else { throw ValidationError("'\(uri)' must be an absolute path, e.g. file:///data/bucket/run/.") }
         while path.count > 1, path.hasSuffix("/") { path.removeLast() }
-        var dir = path
-        while dir != "/" && !dir.isEmpty {
-            if FileManager.default.fileExists(atPath: dir + "/.capstan-tmp") {
-                return ("file://" + dir, dir == path ? "" : String(path.dropFirst(dir.count + 1)) + "/")
-            }
-            dir = LocalPath.folder(of: dir)
-        }
-        return ("file://" + path, "")
+        guard let dir = FileObjectStore.enclosingBucket(of: path) else { return ("file://" + path, "") }
+        return ("file://" + dir, dir == path ? "" : String(path.dropFirst(dir.count + 1)) + "/")
     }
 
     /// Where `cp URI DEST` writes: DEST, or DEST/<the object's name> when DEST is a folder

@@ -66,6 +66,17 @@ public struct FileObjectStore: ObjectStore {
         }
     }
 
+    /// The file bucket `path` lies in or is: the nearest folder at or above it holding
+    /// `.capstan-tmp` (nil: none, `path` is no bucket's).
+    public static func enclosingBucket(of path: String, includingItself: Bool = true) -> String? {
+        var dir = includingItself ? path : LocalPath.folder(of: path)
+        while dir != "/" && !dir.isEmpty && dir != "." {
+            if FileManager.default.fileExists(atPath: dir + "/.capstan-tmp") { return dir }
+            dir = LocalPath.folder(of: dir)
+        }
+        return nil
+    }
+
     public var location: String { "file://" + root }
     var tmpFolder: String { root + "/.capstan-tmp" }
     /// Where `key` lives; throws unless that resolves inside the bucket.

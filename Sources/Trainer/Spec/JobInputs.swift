@@ -2,6 +2,7 @@ public import CapstanCore
 public import CapstanRuntime
 public import Foundation
 public import Yams
+import CapstanStorage
 
 /// One entry of a job spec's `inputs:` (`data: s3://bucket/prefix/`): objects in a bucket that
 /// every node's agent fetches into the machine's source cache (``SourceCache``: once per
@@ -66,12 +67,8 @@ public struct JobInput: Sendable, Hashable, Codable {
             var path = rest
             while path.count > 1, path.hasSuffix("/") { path.removeLast() }
             let slash = rest.hasSuffix("/") ? "/" : ""
-            var dir = LocalPath.folder(of: path)
-            while dir != "/" && !dir.isEmpty {
-                if FileManager.default.fileExists(atPath: dir + "/.capstan-tmp") {
-                    return ("file://" + dir, String(path.dropFirst(dir.count + 1)) + slash)
-                }
-                dir = LocalPath.folder(of: dir)
+            if let dir = FileObjectStore.enclosingBucket(of: path, includingItself: false) {
+                return ("file://" + dir, String(path.dropFirst(dir.count + 1)) + slash)
             }
             var isDir: ObjCBool = false
             if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
