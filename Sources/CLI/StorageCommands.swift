@@ -9,7 +9,7 @@ struct StorageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "storage",
         abstract: "Copy, list and delete objects in your buckets (file://, s3://, … through the storage plugins).",
-        subcommands: [Copy.self, List.self, Remove.self])
+        subcommands: [Copy.self, Sync.self, List.self, Remove.self])
 
     /// Splits `s3://bucket/a/b.bin` into the store location (`s3://bucket`) and the key (`a/b.bin`).
     static func split(_ uri: String) throws -> (location: String, key: String) {
@@ -40,7 +40,7 @@ struct StorageCommand: AsyncParsableCommand {
     }
 
     struct Copy: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "cp", abstract: "Upload a file to a bucket URI, or download an object to a file.")
+        static let configuration = CommandConfiguration(commandName: "cp", abstract: "Upload a file to a bucket URI, or download an object to a file or into a folder; -r: a whole folder or prefix.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Source: a local file or a bucket URI.") var source: String
         @Argument(help: "Destination: a bucket URI or a local file.") var destination: String
@@ -48,9 +48,12 @@ struct StorageCommand: AsyncParsableCommand {
         @Option(help: "Parts in flight at once.") var concurrency: Int?
         @Option(name: .customLong("max-bandwidth-mib"), help: "Upload at most this many MiB/s on average (network stores).") var maxBandwidthMiB: Double?
         @Flag(help: "Fail instead of overwriting an existing object.") var noClobber = false
+        @Flag(name: .shortAndLong, help: "Copy a folder to a prefix or a prefix to a folder (every file; `sync` skips unchanged ones).") var recursive = false
+        @Option(help: "With -r: files in flight at once.") var parallel = 8
 
         func run() async throws {
             try await reportingErrors {
+                if recursive { return try await StorageCommand.transferTree(source, destination, onlyChanged: false, parallel: parallel, global: global) }
                 let registry = try global.loadRegistry()
                 let start = ContinuousClock.now
                 let reporter = ProgressReporter(quiet: global.json)
@@ -63,7 +66,7 @@ struct StorageCommand: AsyncParsableCommand {
                     info = try await store.put(file: source, key: key.isEmpty ? (source as NSString).lastPathComponent : key, options: options, progress: reporter.report)
                 } else {
                     let (location, key) = try StorageCommand.split(source)
-                    info = try await registry.store(for: location).get(key: key, to: destination, progress: reporter.report)
+                    info = try await registry.store(for: location).get(key: key, to: StorageCommand.downloadPath(destination, key: key), progress: reporter.report)
                 }
                 let seconds = (ContinuousClock.now - start).seconds
                 if global.json { try printJSON(info); return }
@@ -81,7 +84,7 @@ struct StorageCommand: AsyncParsableCommand {
             try await reportingErrors {
                 try ObjectKey.validateLocation(uri)
                 let registry = try global.loadRegistry()
-                let (location, prefix) = try uri.hasPrefix("file://") ? (uri, "") : StorageCommand.split(uri)
+                let (location, prefix) = try StorageCommand.splitPrefix(uri)
                 let objects = try await registry.store(for: location).list(prefix: prefix)
                 if global.json { try printJSON(objects); return }
                 for o in objects { print(String(format: "%12lld  %@", o.size, o.key)) }

@@ -26,23 +26,28 @@ public struct FileObjectStore: ObjectStore {
     /// Bytes per read/write while streaming.
     public var bufferSize = 4 << 20
 
-    public init(root: String) throws {
+    /// `create`: make the folder (and its `.capstan-tmp`) when missing; false opens an existing
+    /// folder to read, writing nothing there (a job's `file://` input, a read-only mount).
+    public init(root: String, create: Bool = true) throws {
         let expanded = (root as NSString).expandingTildeInPath
         guard expanded.hasPrefix("/") else {
             throw CapstanError(.invalidRequest, "A file bucket needs an absolute path, got '\(root)'.", hint: "Use file:///absolute/path.")
         }
         try ObjectKey.validateLocation(expanded)
         self.root = expanded
-        do {
-            try FileManager.default.createDirectory(atPath: expanded, withIntermediateDirectories: true)
-        } catch {
-            throw CapstanError(.io, "Cannot create the bucket folder \(expanded): \(error.localizedDescription)", hint: "Check that the path is writable.")
+        if create {
+            do {
+                try FileManager.default.createDirectory(atPath: expanded, withIntermediateDirectories: true)
+            } catch {
+                throw CapstanError(.io, "Cannot create the bucket folder \(expanded): \(error.localizedDescription)", hint: "Check that the path is writable.")
+            }
         }
         guard let real = realpath(expanded, nil) else {
             throw CapstanError(.io, "Cannot resolve the bucket folder \(expanded): \(String(cString: strerror(errno))).", hint: "Check that the path is a folder you can read.")
         }
         realRoot = String(cString: real)
         free(real)
+        guard create else { return }
         do {
             try FileManager.default.createDirectory(atPath: tmpFolder, withIntermediateDirectories: true)
         } catch {
@@ -59,6 +64,17 @@ public struct FileObjectStore: ObjectStore {
         } else {
             throw CapstanError(.invalidRequest, "'\(location)' is not a file bucket URI.", hint: "Use file:///absolute/path.")
         }
+    }
+
+    /// The file bucket `path` lies in or is: the nearest folder at or above it holding
+    /// `.capstan-tmp` (nil: none, `path` is no bucket's).
+    public static func enclosingBucket(of path: String, includingItself: Bool = true) -> String? {
+        var dir = includingItself ? path : LocalPath.folder(of: path)
+        while dir != "/" && !dir.isEmpty && dir != "." {
+            if FileManager.default.fileExists(atPath: dir + "/.capstan-tmp") { return dir }
+            dir = LocalPath.folder(of: dir)
+        }
+        return nil
     }
 
     public var location: String { "file://" + root }
@@ -168,7 +184,8 @@ public struct FileObjectStore: ObjectStore {
         var out: [ObjectInfo] = []
         while let rel = walker.nextObject() as? String {
             let key = folderPart.isEmpty ? rel : folderPart + "/" + rel
-            if key.hasPrefix(".capstan-") { walker.skipDescendants(); continue }
+            // The store's own records, here or in a bucket nested below (a home's `bucket/`).
+            if key.hasPrefix(".capstan-") || key.contains("/.capstan-") { walker.skipDescendants(); continue }
             let type = walker.fileAttributes?[.type] as? FileAttributeType
             if type == .typeDirectory {
                 // Descend only where keys below can still match the prefix.

@@ -56,6 +56,10 @@ public struct AgentConfig: Sendable, Hashable, Codable {
     /// for its status; nil: every ``defaultTelemetrySeconds``; 0 or less: never.
     public var telemetrySeconds: Double?
     public static let defaultTelemetrySeconds: Double = 5
+    /// The spec's `inputs:`, fetched into the machine's source cache before setup; nil: none.
+    public var inputs: [JobInput]?
+    /// The spec's `image:`: setup and the command run in it (``ContainerRun``); nil: on the node.
+    public var image: String?
 
     public init(
         job: String, attempt: Int, node: Int, nodes: Int, setup: [String], run: String, environment: [String: String],
@@ -94,7 +98,7 @@ public struct AgentConfig: Sendable, Hashable, Codable {
 public struct AgentSecrets: Sendable, Hashable, Codable {
     /// Nil: the agent opens the bucket with its own environment and config.
     public var bucket: BucketAccess?
-    /// How to open the buckets a recipe's `s3://` model or data live in.
+    /// How to open the buckets a recipe's `s3://` model or data, and the job's `inputs:`, live in.
     public var sources: [BucketAccess]?
     /// The launching environment's `HF_TOKEN`, for a recipe's `hf://` model.
     public var hubToken: String?
@@ -180,7 +184,7 @@ public struct AgentStatus: Sendable, Hashable, Codable {
     /// Capstan's own settings an agent inherits from the controller's environment (its home,
     /// the Python cache, plugins, and in debug builds the crash-test hook) — by name: nothing
     /// else of it.
-    public static let inheritedSettings = ["CAPSTAN_HOME", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_SOURCE_CACHE", "CAPSTAN_PLUGIN_PATH"] + testHookSettings
+    public static let inheritedSettings = ["CAPSTAN_HOME", "CAPSTAN_PYTHON_CACHE", "CAPSTAN_SOURCE_CACHE", "CAPSTAN_PLUGIN_PATH", "CAPSTAN_CONTAINER_RUNTIME", "CAPSTAN_CONTAINER_OPTIONS"] + testHookSettings
 
     /// The test hooks' variables (`CAPSTAN_TEST_CRASH_AT`), passed on to agents in debug builds
     /// only: a release build neither honours nor forwards them.

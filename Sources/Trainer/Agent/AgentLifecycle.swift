@@ -32,7 +32,7 @@ public struct AgentLifecycle: Sendable, Hashable {
     public struct Plan: Sendable, Hashable {
         /// The checkpoint step to restore first, if any.
         public var resumeStep: Int?
-        /// Whether the job has a Python environment to prepare.
+        /// Whether the job has a Python environment, inputs or a container runtime to prepare.
         public var python: Bool
         public var setup: [String]
         public var run: String
@@ -66,7 +66,7 @@ public struct AgentLifecycle: Sendable, Hashable {
         }
 
         public init(_ config: AgentConfig) {
-            self.init(resumeStep: config.resumeDir == nil ? nil : config.resumeStep, python: config.python != nil, setup: config.setup, run: config.run,
+            self.init(resumeStep: config.resumeDir == nil ? nil : config.resumeStep, python: config.python != nil || config.inputs != nil || config.image != nil, setup: config.setup, run: config.run,
                       stopGraceSeconds: config.stopGraceSeconds, job: config.job, attempt: config.attempt, node: config.node, nodes: config.nodes,
                       deadManSeconds: config.deadManSeconds, shutdownCommand: config.shutdownCommand)
         }

@@ -32,6 +32,8 @@ public final class NodeAgent: Sendable {
     let recorded = LockedBox<Set<pid_t>>([])
     /// The newest telemetry sample, put on every status written (``sampleTelemetry()``).
     let latestTelemetry = LockedBox<NodeTelemetry?>(nil)
+    /// The container runtime found for the job's `image:` (``ContainerRun``) at start-up.
+    let containerRuntime = LockedBox<String?>(nil)
 
     /// What the controller handed over on stdin: only used here to keep its secrets out of
     /// every line and status this agent writes.
@@ -117,6 +119,13 @@ public final class NodeAgent: Sendable {
                     var env = [String: String]()
                     if let python = config.python { env = try await preparePython(python) }
                     for (k, v) in try await fetchRecipeSources() { env[k] = v }
+                    for (k, v) in try await fetchInputs() { env[k] = v }
+                    if let image = config.image {
+                        containerRuntime.withLock { $0 = nil }
+                        let runtime = try await ContainerRun.findRuntime(node: config.node, image: image, environment: ProcessInfo.processInfo.environment)
+                        containerRuntime.withLock { $0 = runtime }
+                        say("image \(image): running setup and the command in it with \(runtime)")
+                    }
                     next = .pythonReady(env)
                 } catch { next = .pythonFailed("\(error)") }
             case .spawn(let command, let environment):
@@ -239,15 +248,17 @@ public final class NodeAgent: Sendable {
         for (k, v) in config.environment { env[k] = v }
         for (k, v) in prepared { env[k] = v }
         if env["CAPSTAN_PYTHON"] == nil { env["CAPSTAN_PYTHON"] = "python3" }
+        let argv = await commandLine(command, environment: env, prepared: prepared)
         let pid: pid_t
         do {
-            pid = try Spawn.start(["/bin/sh", "-c", command], environment: env, cwd: config.workdir, output: config.logFile)
+            pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: config.logFile)
         } catch {
             return (.exited(127), send(.spawnFailed("\(error)")))
         }
         send(.childStarted(pid: pid))
         let exit = await Spawn.wait(pid)
         await awaitGroupOnStop(pid)
+        await removeContainer(environment: env)
         return (exit, send(.childExited(pid: pid, exit)))
     }
 

@@ -115,6 +115,7 @@ public final class JobController: Sendable {
             bucket = try ctx.openBucket(job.storage)
             secrets = AgentSecrets(bucket: try ctx.bucketAccess(job.storage))
             if let recipe = spec.recipe { secrets.addSources(of: recipe, specEndpoint: spec.env["HF_ENDPOINT"], access: ctx.bucketAccess) }
+            secrets.addInputs(spec.inputs, access: ctx.bucketAccess)
         } catch where job.attempt == 0 {
             // A job that has not started, without credentials or with a bad endpoint: no agent
             // could work either. (A running job is left to its agents: this controller may just
@@ -503,6 +504,10 @@ final class Run: @unchecked Sendable {
             config.shutdownCommand = node.shutdownCommand
             config.files = files
             config.python = spec.python
+            config.inputs = spec.inputs.isEmpty ? nil : spec.inputs
+            config.image = spec.image
+            // In a container, setup and the command are one script: setup's changes stay for it.
+            if spec.image != nil { (config.setup, config.run) = ([], ContainerRun.script(setup: spec.setup, run: spec.run)) }
             appendHome(node: rank, Data("==== attempt \(number) on \(node.id) (\(addresses[rank]))\(resume.map { ", resuming from checkpoint step \($0.step)" } ?? "") ====\n".utf8))
             starts.append((t, config, node))
         }

@@ -109,6 +109,7 @@ public struct JobService: Sendable {
         }
         try Self.checkRecipeInputs(spec, folder: folder)
         try await checkRemoteRecipeInputs(spec)
+        try await checkInputs(spec)
         var jobSettings = options.settings
         if spec.notify == nil, jobSettings.notify == nil { jobSettings.notify = defaultNotify }
         let settings = String(decoding: try PluginWire.encoder.encode(jobSettings), as: UTF8.self)

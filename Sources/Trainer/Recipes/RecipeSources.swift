@@ -250,11 +250,14 @@ public struct SourceCache: Sendable {
 
     /// The folder holding the objects of `store` under `prefix` (or the one object `prefix`
     /// names), downloading them unless cached; `location` names the source in messages.
-    public func bucket(_ store: any ObjectStore, prefix: String, location: String, say: @Sendable (String) -> Void) async throws -> (folder: String, files: [String]) {
+    /// `afterFile`: called with the count of files fetched so far (a test's crash point).
+    public func bucket(_ store: any ObjectStore, prefix: String, location: String, say: @Sendable (String) -> Void, afterFile: (@Sendable (Int) -> Void)? = nil) async throws -> (folder: String, files: [String]) {
         let objects = try await Self.objects(store, prefix: prefix, location: location)
-        let entry = "\(root)/s3-\(Self.key(["s3", location] + objects.map { "\($0.key) \($0.size) \($0.sha256 ?? $0.etag ?? "")" }))"
+        // A store that records no checksum (a plain folder) is keyed by modification time.
+        let entry = "\(root)/s3-\(Self.key(["s3", location] + objects.map { "\($0.key) \($0.size) \($0.sha256 ?? $0.etag ?? $0.lastModified.map { "\($0.timeIntervalSince1970)" } ?? "")" }))"
         let folder = try await fill(entry, label: location, say: say) { scratch in
             var bytes: Int64 = 0
+            var count = 0
             for o in objects {
                 let rel = Self.relative(o.key, prefix: prefix)
                 // A key is any string: one with `..` (or absolute) would write outside the cache.
@@ -270,6 +273,8 @@ public struct SourceCache: Sendable {
                 }
                 _ = info
                 bytes += size
+                count += 1
+                afterFile?(count)
             }
             return bytes
         }
@@ -315,14 +320,47 @@ public struct SourceCache: Sendable {
         let start = ContinuousClock.now
         say("\(label): fetching into \(entry)")
         let scratch = entry + ".partial"
-        try? FileManager.default.removeItem(atPath: scratch)
-        try? FileManager.default.removeItem(atPath: entry)
+        Self.removeTree(scratch)
+        Self.removeTree(entry)
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         let bytes = try await download(scratch)
+        // Read-only from here on: an entry is shared by every job on the machine.
+        Self.makeReadOnly(scratch, top: false)
         try FileManager.default.moveItem(atPath: scratch, toPath: entry)
         guard FileManager.default.createFile(atPath: ready, contents: nil) else { throw CapstanError(.io, "Cannot mark \(entry) ready.") }
+        chmod(ready, 0o444)
+        chmod(entry, 0o555)
         say("\(label): fetched \(bytes) bytes in \(String(format: "%.1f", (ContinuousClock.now - start).seconds)) s")
         return entry
+    }
+}
+
+extension SourceCache {
+    /// Takes every write bit off the files and folders under `path` (and `path` itself when
+    /// `top`), so a job cannot change what another job reads. (Root ignores the bits.)
+    static func makeReadOnly(_ path: String, top: Bool) {
+        if let walker = FileManager.default.enumerator(atPath: path) {
+            var folders: [String] = []
+            while let rel = walker.nextObject() as? String {
+                let full = path + "/" + rel
+                if walker.fileAttributes?[.type] as? FileAttributeType == .typeDirectory { folders.append(full) } else { chmod(full, 0o444) }
+            }
+            // Folders last, deepest first.
+            for f in folders.reversed() { chmod(f, 0o555) }
+        }
+        if top { chmod(path, 0o555) }
+    }
+
+    /// Removes `path` (a read-only entry or a cut download) whatever its bits.
+    static func removeTree(_ path: String) {
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        chmod(path, 0o755)
+        if let walker = FileManager.default.enumerator(atPath: path) {
+            while let rel = walker.nextObject() as? String {
+                if walker.fileAttributes?[.type] as? FileAttributeType == .typeDirectory { chmod(path + "/" + rel, 0o755) }
+            }
+        }
+        try? FileManager.default.removeItem(atPath: path)
     }
 }
 

@@ -56,6 +56,10 @@ public struct JobSpec: Sendable, Hashable {
     /// `notify:`: webhooks and Slack targets told about the job (docs/notifications.md); nil:
     /// config.yaml's default. `notify: false` is an empty spec (no targets).
     public var notify: NotifySpec?
+    /// `inputs:`: bucket prefixes every node fetches before setup (``JobInput``), by name.
+    public var inputs: [JobInput] = []
+    /// `image:`: the container image setup and `run` run in (``ContainerRun``); nil: on the node.
+    public var image: String?
 
     public init(name: String, run: String, resources: ResourceRequest = .init()) {
         self.name = name
@@ -147,6 +151,8 @@ public struct JobSpec: Sendable, Hashable {
                 data = try r.strings(v, "data", "a JSONL file or a list of them")
             case "train": trainNode = v
             case "notify": spec.notify = try NotifySpec.parse(v, r)
+            case "inputs": spec.inputs = try inputs(v, r)
+            case "image": spec.image = try image(v, r)
             case "python":
                 if v.string == "system" { pythonSystem = true } else { spec.python = try python(v, r) }
             default:
@@ -183,13 +189,16 @@ public struct JobSpec: Sendable, Hashable {
         }
         spec.run = run
         spec.name = name ?? "job"
+        if spec.image != nil, spec.python != nil {
+            throw r.bad("'image' cannot go with 'python' or a recipe yet: the image brings its own Python; install what the job needs in the image or in `setup`", nil)
+        }
         do { try spec.resources.validate() } catch let e as CapstanError {
             throw r.bad("'resources': \(e.message)\(e.hint.map { " \($0)" } ?? "")", nil)
         }
         return spec
     }
 
-    static let keys = ["name", "resources", "setup", "run", "env", "checkpoint", "storage", "maxRestarts", "workdir", "recipe", "model", "data", "train", "python", "notify"]
+    static let keys = ["name", "resources", "setup", "run", "env", "checkpoint", "storage", "maxRestarts", "workdir", "recipe", "model", "data", "train", "python", "notify", "inputs", "image"]
 
     /// `transformers>=4.46` → `transformers` (to let a job's own pin replace a recipe's).
     static func requirementName(_ req: String) -> String {
