@@ -11,8 +11,10 @@ import Glibc
 /// through the built `capstan` (shell commands: no torch needed). Its config.yaml names a
 /// secrets file in the home (mode 0600).
 struct SpecHome {
-    let dir = TempDir("capstan-spec")
-    var tmp: String { dir.file("tmp") }
+    /// The home, its temp folder and how `capstan` runs in it (its own job spec is not used).
+    let small = SmallJobHome(run: "'true'")
+    var dir: TempDir { small.dir }
+    var tmp: String { small.tmp }
     var secretsFile: String { dir.file("secrets.env") }
 
     /// `providers`: more of config.yaml's `providers:` section.
@@ -20,7 +22,6 @@ struct SpecHome {
         dir.write("config.yaml", "providers:\n  local:\n    slots: \(slots)\n\(providers)secrets: {file: \(dir.file("secrets.env"))}\n")
         dir.write("secrets.env", secrets)
         chmod(dir.file("secrets.env"), 0o600)
-        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
     }
 
     /// Writes `job/<name>.yaml` (its bucket in the home) and returns its path.
@@ -31,14 +32,7 @@ struct SpecHome {
     /// The built `capstan` with this process's environment (minus `AWS_*` and the plugin
     /// path), then `extra`.
     func capstan(_ args: [String], env extra: [String: String] = [:], timeout: Double = 180) async throws -> ProcessResult {
-        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("AWS_") && $0.key != "CAPSTAN_PLUGIN_PATH" }
-        for (k, v) in extra { env[k] = v }
-        env["CAPSTAN_HOME"] = dir.path
-        env["TMPDIR"] = tmp
-        let environment = env
-        let r = try await Spawn.onThread { try Spawn.runCapturing([BuildProducts.capstan] + args, environment: environment, timeout: timeout) }
-        let code: Int32 = switch r.status { case .exited(let c): c; case .signaled(let s): s }
-        return ProcessResult(status: code, stdout: String(decoding: r.stdout, as: UTF8.self), stderr: String(decoding: r.stderr, as: UTF8.self))
+        try await small.capstan(args, env: extra, timeout: timeout)
     }
 
     func store() throws -> SQLiteStateStore { try SQLiteStateStore(path: dir.file("state/capstan.db")) }
@@ -61,7 +55,7 @@ struct SpecHome {
         SecretScan([dir.path, tmp], for: secret) { $0.hasSuffix("/secrets.env") }
     }
 
-    static let fast = ["--heartbeat-timeout", "10", "--exit-grace", "20", "--stop-grace", "3"]
+    static let fast = SmallJobHome.fast
 }
 
 /// The first 16 hex digits of `value`'s SHA-256, as the jobs' commands print it.
