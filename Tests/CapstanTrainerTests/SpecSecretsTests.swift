@@ -73,7 +73,7 @@ struct SpecSecretsTests {
     func requestValidation() {
         for (request, message) in [
             (ResourceRequest(anyOf: []), "anyOf is an empty list."),
-            (ResourceRequest(gpu: "H100", anyOf: [.init(gpu: "A100")]), "anyOf goes with neither gpu nor gpusPerNode"),
+            (ResourceRequest(gpu: "H100", anyOf: [.init(gpu: "A100")]), "anyOf goes with neither gpu nor gpusPerNode: each alternative names its own."),
             (ResourceRequest(anyOf: [.init()]), "anyOf[0] names neither gpu nor gpusPerNode."),
             (ResourceRequest(anyOf: [.init(gpu: "H100"), .init(gpu: "Z9")]), "anyOf[1]: Unknown GPU 'Z9'."),
             (ResourceRequest(anyOf: [.init(gpu: "H100", gpusPerNode: 99)]), "anyOf[0]: GPUs per node must be between 1 and 64, got 99."),

@@ -1,5 +1,5 @@
-public import CapstanCore
-public import Foundation
+import CapstanCore
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
