@@ -299,12 +299,7 @@ public struct JobSpec: Sendable, Hashable {
         var req = ResourceRequest()
         for (k, v) in m {
             switch try r.key(k) {
-            case "gpu":
-                let g = try r.string(v, "resources.gpu")
-                do { _ = try GPUCatalog.resolve(g) } catch let e as CapstanError {
-                    throw r.bad("'resources.gpu': \(e.message) \(e.hint ?? "")", v.mark?.line)
-                }
-                req.gpu = g
+            case "gpu": req.gpu = try gpu(v, r, "resources.gpu")
             case "gpusPerNode":
                 guard let n = v.int, n >= 0 else { throw r.bad("'resources.gpusPerNode' must be a whole number ≥ 0", v.mark?.line) }
                 req.gpusPerNode = n
@@ -344,6 +339,15 @@ public struct JobSpec: Sendable, Hashable {
         return req
     }
 
+    /// A GPU name the catalog knows (`key` names it in the error).
+    static func gpu(_ v: Node, _ r: YAMLReader, _ key: String) throws -> String {
+        let g = try r.string(v, key)
+        do { _ = try GPUCatalog.resolve(g) } catch let e as CapstanError {
+            throw r.bad("'\(key)': \(e.message) \(e.hint ?? "")", v.mark?.line)
+        }
+        return g
+    }
+
     /// `resources.anyOf`: a list of `{gpu, gpusPerNode}` alternatives, ranked together by price.
     static func alternatives(_ v: Node, _ r: YAMLReader) throws -> [ResourceRequest.Alternative] {
         guard let seq = v.sequence else {
@@ -362,12 +366,7 @@ public struct JobSpec: Sendable, Hashable {
             var alt = ResourceRequest.Alternative()
             for (k, v) in m {
                 switch try r.key(k) {
-                case "gpu":
-                    let g = try r.string(v, "\(at).gpu")
-                    do { _ = try GPUCatalog.resolve(g) } catch let e as CapstanError {
-                        throw r.bad("'\(at).gpu': \(e.message) \(e.hint ?? "")", v.mark?.line)
-                    }
-                    alt.gpu = g
+                case "gpu": alt.gpu = try gpu(v, r, "\(at).gpu")
                 case "gpusPerNode":
                     guard v.bool == nil, let n = v.int, (1...64).contains(n) else {
                         throw r.bad("'\(at).gpusPerNode' must be a whole number from 1 to 64", v.mark?.line)
