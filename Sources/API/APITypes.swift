@@ -231,8 +231,9 @@ public struct LaunchJobRequest: Sendable, Codable, Hashable {
         let defaults = try JSONDecoder().decode([String: JSONValue].self, from: JSONEncoder().encode(JobSettings()))
         var merged = defaults
         for (key, value) in partial {
-            guard defaults[key] != nil else {
-                throw DecodingError.dataCorrupted(.init(codingPath: path, debugDescription: "Unknown setting `\(key)`; the settings are \(defaults.keys.sorted().joined(separator: ", "))."))
+            // `env` (launch --env) has no default to list; `notify` is the server's own to set.
+            guard defaults[key] != nil || key == "env" else {
+                throw DecodingError.dataCorrupted(.init(codingPath: path, debugDescription: "Unknown setting `\(key)`; the settings are \((defaults.keys + ["env"]).sorted().joined(separator: ", "))."))
             }
             merged[key] = value
         }

@@ -54,8 +54,10 @@ struct LaunchCommand: AsyncParsableCommand {
     @Option(help: "Seconds the other ranks may take to exit after one finished.") var exitGrace: Double?
     @Option(help: "Seconds between asking a command to stop and killing it.") var stopGrace: Double?
     @Option(help: "Seconds between GPU/CPU/memory samples on each node (docs/telemetry.md); 0 turns them off. Default 5.") var telemetryInterval: Double?
+    @Option(name: .customLong("env"), help: ArgumentHelp("Set a variable over the spec's env: (repeatable). Plain values, shown by `jobs --json`; secrets go in the spec's `secrets:`.", valueName: "NAME=VALUE")) var envs: [String] = []
 
     func validate() throws {
+        _ = try launchEnv()
         if let t = telemetryInterval, !(t == 0 || (t.isFinite && t >= 1 && t <= 3600)) {
             throw ValidationError("--telemetry-interval \(t) is out of range: give 0 (no sampling) or seconds from 1 to 3600.")
         }
@@ -76,6 +78,7 @@ struct LaunchCommand: AsyncParsableCommand {
             if let exitGrace { options.settings.exitGraceSeconds = exitGrace }
             if let stopGrace { options.settings.stopGraceSeconds = stopGrace }
             if let telemetryInterval { options.settings.telemetrySeconds = telemetryInterval }
+            options.settings.env = try launchEnv()
             // The spec's folder, absolute: its `workdir` is relative to it.
             let folder = URL(fileURLWithPath: (spec as NSString).expandingTildeInPath).deletingLastPathComponent().path
             let job = try await service.create(yaml: yaml, folder: folder, options: options)
@@ -97,18 +100,36 @@ struct LaunchCommand: AsyncParsableCommand {
     /// followed here through the job's log stream.
     func launchRemote(_ client: CapstanClient) async throws {
         var settings: JobSettings?
-        if heartbeatTimeout != nil || exitGrace != nil || stopGrace != nil || telemetryInterval != nil {
+        if heartbeatTimeout != nil || exitGrace != nil || stopGrace != nil || telemetryInterval != nil || !envs.isEmpty {
             var s = JobSettings()
             if let heartbeatTimeout { s.heartbeatTimeoutSeconds = heartbeatTimeout }
             if let exitGrace { s.exitGraceSeconds = exitGrace }
             if let stopGrace { s.stopGraceSeconds = stopGrace }
             if let telemetryInterval { s.telemetrySeconds = telemetryInterval }
+            s.env = try launchEnv()
             settings = s
         }
         let job = try await client.launch(specFile: spec, cluster: cluster, settings: settings)
         if detach { try started(job); return }
         if !global.json { print("Job \(job.id): checkpoints and outputs in \(job.storage)") }
         try finished(try await followRemote(client, job: job.id, json: global.json, quiet: quiet))
+    }
+
+    /// `--env NAME=VALUE` options as a map (nil: none); the last of a name wins.
+    func launchEnv() throws -> [String: String]? {
+        guard !envs.isEmpty else { return nil }
+        var out: [String: String] = [:]
+        for e in envs {
+            guard let eq = e.firstIndex(of: "="), eq != e.startIndex else {
+                throw ValidationError("--env \(e): expected NAME=VALUE (e.g. --env WANDB_MODE=offline; an empty value is --env NAME=).")
+            }
+            let name = String(e[..<eq])
+            guard name.range(of: "^[A-Za-z_][A-Za-z0-9_]*$", options: .regularExpression) != nil else {
+                throw ValidationError("--env \(e): '\(name)' is not a valid variable name (letters, digits and _, not starting with a digit).")
+            }
+            out[name] = String(e[e.index(after: eq)...])
+        }
+        return out
     }
 
     /// What `launch --detach` prints.

@@ -5,6 +5,7 @@ import CapstanRuntime
 import CapstanSDK
 import CapstanSQLite
 import CapstanProviders
+import CapstanTrainer
 import Foundation
 
 struct OffersCommand: AsyncParsableCommand {
@@ -33,11 +34,23 @@ struct OffersCommand: AsyncParsableCommand {
     @Flag(help: "Ask every provider now instead of using offers cached in the last few minutes.")
     var refresh = false
 
+    @Option(help: "Rank for this job spec's resources (its anyOf alternatives included) instead of --gpu, --nodes and the other request options.")
+    var spec: String?
+
     func validate() throws {
         if limit < 0 { throw ValidationError("--limit must be 0 (all) or more, got \(limit).") }
+        if spec != nil, resources.gpu != nil || resources.gpusPerNode != nil {
+            throw ValidationError("--spec takes the GPU from the job spec's resources; leave out --gpu and --gpus-per-node.")
+        }
+        do { _ = try specRequest() } catch let e as CapstanError { throw ValidationError(e.description) }
     }
 
-    var request: ResourceRequest { resources.request }
+    /// The job spec's resources (`--spec`); nil without it.
+    func specRequest() throws -> ResourceRequest? {
+        try spec.map { try JobSpec.load(path: ($0 as NSString).expandingTildeInPath).resources }
+    }
+
+    var request: ResourceRequest { (try? specRequest()) ?? resources.request }
 
     func run() async throws {
         try await reportingErrors {
@@ -72,6 +85,7 @@ struct OffersCommand: AsyncParsableCommand {
             let best = shown[0]
             print("\nCheapest: \(best.offer.provider) \(best.offer.instanceType) in \(best.offer.zone ?? best.offer.region), "
                 + String(format: "$%.2f/h for %d node(s)", best.clusterPricePerHour, best.nodes) + (best.spot ? " on spot." : " on demand."))
+            if let i = best.alternative, let alt = request.anyOf?[i] { print("  Picked by anyOf[\(i)]: \(alt.description); if it has no capacity the next offer is tried, whichever alternative it fits.") }
             if result.offers.count > 1 {
                 let next = result.offers[1]
                 let gap = next.clusterPricePerHour - best.clusterPricePerHour
@@ -100,7 +114,7 @@ struct OffersCommand: AsyncParsableCommand {
     func describe(_ r: ResourceRequest) -> String {
         var parts = ["\(r.nodes) node(s)"]
         if let g = r.gpusPerNode { parts.append("\(g) GPU(s) per node") }
-        if let gpu = r.gpu { parts.append("GPU \(gpu)") }
+        if let gpu = r.gpuDescription { parts.append("GPU \(gpu)") }
         if !r.regions.isEmpty { parts.append("regions \(r.regions.joined(separator: ","))") }
         if let p = r.maxPricePerHour { parts.append(String(format: "under $%.2f/h", p)) }
         parts.append(r.spot == .never ? "on demand" : r.spot == .only ? "spot only" : "spot allowed")

@@ -52,7 +52,10 @@ struct ServeRunCommand: AsyncParsableCommand {
             let registry = try global.loadRegistry().metered()
             let state = try await global.openState(registry)
             let provisioner = global.provisioner(registry, state: state)
-            let jobs = global.jobService(registry, provisioner: provisioner, jobLocks: state.jobLocks)
+            var jobs = global.jobService(registry, provisioner: provisioner, jobLocks: state.jobLocks)
+            // Jobs launched through the API read secrets from the server's own environment (under
+            // CAPSTAN_SECRET_ only) and its secrets file, never from a client.
+            jobs.context.secretSource = .server(file: registry.config.secretsFile)
             var options = ControlPlaneOptions()
             options.host = host
             options.port = port

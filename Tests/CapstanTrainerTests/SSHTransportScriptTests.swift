@@ -157,7 +157,7 @@ struct SSHTransportScriptTests {
             bucket: "file:///b", keep: 1)
         config.pidsFile = root + "/nodes/n1/pids"
         let secret = "s3cr3t-" + UUID().uuidString
-        let secrets = AgentSecrets(bucket: BucketAccess(location: "s3://b/p", s3: .init(endpoint: nil, region: "us-east-1", pathStyle: nil, accessKeyID: "AKIA", secretAccessKey: secret, sessionToken: nil)))
+        let secrets = AgentSecrets(bucket: BucketAccess(location: "s3://b/p", s3: .init(endpoint: nil, region: "us-east-1", pathStyle: nil, accessKeyID: "AKIA", secretAccessKey: secret, sessionToken: nil)), environment: ["JOB_TOKEN": "job-" + secret])
         let input = try SSHTransport.startInput(config: config, secrets: secrets, environment: ["CAPSTAN_PYTHON_CACHE": "/cache dir"])
         let exe = root + "/bin/capstan-fake"
         let exeHere = dir.file(".capstan-node/bin/capstan-fake")

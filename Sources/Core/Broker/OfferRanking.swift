@@ -9,6 +9,8 @@ public struct RankedOffer: Sendable, Hashable, Codable {
     public var nodes: Int
     /// `pricePerNode × nodes`, $/h.
     public var clusterPricePerHour: Double
+    /// The `resources.anyOf` entry it fits (the first that does), by index; nil without anyOf.
+    public var alternative: Int? = nil
 }
 
 /// An offer that does not satisfy a request, and why (shown by `capstan offers --explain`).
@@ -103,27 +105,49 @@ public enum OfferRanking {
     /// costs time here.
     public static func rank(_ offers: [Offer], for request: ResourceRequest) throws -> (ranked: [RankedOffer], rejected: [OfferRejection]) {
         try request.validate()
-        let accepted = try request.gpu.map(GPUCatalog.resolve)
-        var fits: [(index: Int, price: Double, spot: Bool)] = []
+        // One request per `anyOf` entry (or the request alone): an offer fits when one of them
+        // fits it, and ranks at its price (the same for every entry: only the GPU differs).
+        // At the same price the entry listed first wins, then the usual tie-break.
+        let alternatives = request.alternatives
+        let accepted = try alternatives.map { try $0.gpu.map(GPUCatalog.resolve) }
+        var fits: [(index: Int, price: Double, spot: Bool, alternative: Int)] = []
         var misses: [(index: Int, why: OfferRejection.Why)] = []
         misses.reserveCapacity(offers.count)
         offers.withUnsafeBufferPointer { buffer in
             for i in buffer.indices {
-                switch verdict(buffer[i], for: request, acceptedGPUs: accepted) {
-                case .fit(let price, let spot): fits.append((i, price, spot))
-                case .reject(let why): misses.append((i, why))
+                var miss: OfferRejection.Why?
+                var fit: (price: Double, spot: Bool, alternative: Int)?
+                for a in alternatives.indices {
+                    switch verdict(buffer[i], for: alternatives[a], acceptedGPUs: accepted[a]) {
+                    case .fit(let price, let spot): fit = (price, spot, a)
+                    case .reject(let why):
+                        // The most telling reason: an entry whose GPU matched says more than
+                        // "not an H100" from the entries whose GPU did not.
+                        if miss == nil || (Self.isOtherGPU(miss!) && !Self.isOtherGPU(why)) { miss = why }
+                    }
+                    if fit != nil { break }
                 }
+                if let fit { fits.append((i, fit.price, fit.spot, fit.alternative)) } else if let miss { misses.append((i, miss)) }
             }
             fits.sort { a, b in
                 if a.price != b.price { return a.price < b.price }
+                if a.alternative != b.alternative { return a.alternative < b.alternative }
                 return tieBreak(buffer[a.index], a.spot, buffer[b.index], b.spot)
             }
         }
+        let marked = request.anyOf != nil
         let ranked = fits.map { f in
-            RankedOffer(offer: offers[f.index], spot: f.spot, pricePerNode: f.price, nodes: request.nodes, clusterPricePerHour: f.price * Double(request.nodes))
+            RankedOffer(offer: offers[f.index], spot: f.spot, pricePerNode: f.price, nodes: request.nodes, clusterPricePerHour: f.price * Double(request.nodes), alternative: marked ? f.alternative : nil)
         }
         let rejected = misses.map { OfferRejection(offer: offers[$0.index], why: $0.why) }
         return (ranked, rejected)
+    }
+
+    static func isOtherGPU(_ why: OfferRejection.Why) -> Bool {
+        switch why {
+        case .otherGPU, .noGPU, .unknownGPU: true
+        default: false
+        }
     }
 
     enum Verdict {

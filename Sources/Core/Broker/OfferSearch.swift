@@ -63,6 +63,44 @@ public struct OfferSearch: Sendable {
                 throw CapstanError(.invalidRequest, "Provider '\(missing)' is not enabled.", hint: "Enabled: \(known.sorted().joined(separator: ", ")). See `capstan plugins list`.")
             }
         }
+        // Each `anyOf` entry is its own question to every provider (a provider may filter by
+        // GPU); the answers are pooled, each offer once, and ranked together.
+        let asks = request.alternatives
+        var offers: [Offer] = []
+        var reports: [ProviderReport] = []
+        if asks.count == 1 {
+            (reports, offers) = await gather(request, from: wanted)
+        } else {
+            var answers: [(Int, [ProviderReport], [Offer])] = []
+            await withTaskGroup(of: (Int, [ProviderReport], [Offer]).self) { group in
+                for (i, ask) in asks.enumerated() {
+                    group.addTask { let (r, o) = await gather(ask, from: wanted); return (i, r, o) }
+                }
+                for await answer in group { answers.append(answer) }
+            }
+            var seen = Set<String>()
+            var byProvider: [String: ProviderReport] = [:]
+            for (_, found, list) in answers.sorted(by: { $0.0 < $1.0 }) {
+                for o in list where seen.insert(o.id).inserted { offers.append(o) }
+                for r in found {
+                    guard var merged = byProvider[r.provider] else { byProvider[r.provider] = r; continue }
+                    merged.offers += r.offers
+                    merged.seconds = max(merged.seconds, r.seconds)
+                    merged.error = merged.error ?? r.error
+                    merged.cachedAt = [merged.cachedAt, r.cachedAt].compactMap { $0 }.min()
+                    byProvider[r.provider] = merged
+                }
+            }
+            reports = Array(byProvider.values)
+        }
+        reports.sort { $0.provider < $1.provider }
+        let (ranked, rejected) = try OfferRanking.rank(offers, for: request)
+        return OfferSearchResult(request: request, ranked: ranked, rejected: rejected, providers: reports)
+    }
+
+    /// Asks every provider in `wanted` for offers for `request` (one GPU), each under the time
+    /// limit, through the cache.
+    func gather(_ request: ResourceRequest, from wanted: [any ComputeProvider]) async -> ([ProviderReport], [Offer]) {
         let limit = timeout
         let cache = self.cache
         let refresh = self.refresh
@@ -99,9 +137,7 @@ public struct OfferSearch: Sendable {
                 offers.append(contentsOf: found)
             }
         }
-        reports.sort { $0.provider < $1.provider }
-        let (ranked, rejected) = try OfferRanking.rank(offers, for: request)
-        return OfferSearchResult(request: request, ranked: ranked, rejected: rejected, providers: reports)
+        return (reports, offers)
     }
 }
 

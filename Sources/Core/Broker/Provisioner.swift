@@ -196,7 +196,7 @@ public struct Provisioner: Sendable {
         var cluster = Cluster(name: name, request: request)
         cluster.idleMinutes = idleMinutes
         try await store.insert(cluster)
-        await store.event("created", "Cluster \(name) requested: \(request.nodes) node(s)\(request.gpu.map { " of \($0)" } ?? "").", cluster: cluster.id)
+        await store.event("created", "Cluster \(name) requested: \(request.nodes) node(s)\(request.gpuDescription.map { " of \($0)" } ?? "").", cluster: cluster.id)
         faults.hit("up.created")
 
         let owner = try await store.ownerID()
@@ -234,8 +234,8 @@ public struct Provisioner: Sendable {
             cluster.intentKey = intent
             cluster.readyAt = Date()
             try await store.update(cluster)
-            await store.event("ready", "Running on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " (spot)." : "."), cluster: cluster.id)
-            say("ready: \(instances.count) node(s) on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region)")
+            await store.event("ready", "Running on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region), " + String(format: "$%.2f/h", ranked.clusterPricePerHour) + (ranked.spot ? " (spot)" : "") + Self.pick(ranked, of: request) + ".", cluster: cluster.id)
+            say("ready: \(instances.count) node(s) on \(offer.provider) \(offer.instanceType) in \(offer.zone ?? offer.region)\(Self.pick(ranked, of: request))")
             return ProvisionReport(cluster: cluster, attempts: attempts, instances: instances)
         }
         cluster.status = .failed
@@ -244,6 +244,12 @@ public struct Provisioner: Sendable {
         try await store.update(cluster)
         await store.event("failed", cluster.lastError ?? "", cluster: cluster.id)
         return ProvisionReport(cluster: cluster, attempts: attempts, instances: [])
+    }
+
+    /// `, anyOf[1]: A100-80GB×8` for an offer picked by an `anyOf` entry; empty otherwise.
+    static func pick(_ ranked: RankedOffer, of request: ResourceRequest) -> String {
+        guard let i = ranked.alternative, let alt = request.anyOf?[i] else { return "" }
+        return ", anyOf[\(i)]: \(alt.description)"
     }
 
     /// Why an offer search found nothing to try, in one line.

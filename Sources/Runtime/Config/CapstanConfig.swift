@@ -53,6 +53,9 @@ public struct CapstanConfig: Sendable, Hashable {
     public var notify: NotifySpec?
     /// How notifications are delivered (retries, timeouts).
     public var notifyDelivery = NotifyDelivery()
+    /// `secrets: {file: PATH}`: the secrets file jobs' `secrets:` are read from after the
+    /// environment (``SecretsFile``), absolute (`~` expanded; relative to config.yaml's folder).
+    public var secretsFile: String?
     /// The file the config was read from, for messages ("config" when parsed from text).
     public var source = "config"
     /// Where each provider setting was written: `providers.local.slots` (list entries as
@@ -161,8 +164,19 @@ public struct CapstanConfig: Sendable, Hashable {
                 let n = try NotifySpec.parse(v, r)
                 config.notify = n.isOff ? nil : n
             case "notifyDelivery": config.notifyDelivery = try NotifyDelivery.parse(v, r)
+            case "secrets":
+                guard let m = v.mapping else { throw r.bad("'secrets' must be a mapping like {file: ~/.capstan/secrets.env}", v.mark?.line) }
+                for (sk, sv) in m {
+                    switch sk.string {
+                    case "file":
+                        guard let f = sv.string?.trimmingCharacters(in: .whitespaces), !f.isEmpty else { throw r.bad("'secrets.file' must be a path like ~/.capstan/secrets.env", sv.mark?.line) }
+                        let path = (f as NSString).expandingTildeInPath
+                        config.secretsFile = path.hasPrefix("/") ? path : ((source as NSString).deletingLastPathComponent as NSString).appendingPathComponent(path)
+                    default: throw r.unknown("secrets.\(sk.string ?? "?")", ["file"], sk.mark?.line)
+                    }
+                }
             default:
-                throw r.unknown(key, ["providers", "plugins", "storage", "state", "notify", "notifyDelivery"], k.mark?.line)
+                throw r.unknown(key, ["providers", "plugins", "storage", "state", "notify", "notifyDelivery", "secrets"], k.mark?.line)
             }
         }
         return config

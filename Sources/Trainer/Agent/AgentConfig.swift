@@ -102,16 +102,22 @@ public struct AgentSecrets: Sendable, Hashable, Codable {
     public var sources: [BucketAccess]?
     /// The launching environment's `HF_TOKEN`, for a recipe's `hf://` model.
     public var hubToken: String?
+    /// The job spec's `secrets:` by name: set in the environment of setup and the command
+    /// (never in the agent's own, nor in any file).
+    public var environment: [String: String]?
 
-    public init(bucket: BucketAccess? = nil, sources: [BucketAccess]? = nil, hubToken: String? = nil) {
+    public init(bucket: BucketAccess? = nil, sources: [BucketAccess]? = nil, hubToken: String? = nil, environment: [String: String]? = nil) {
         self.bucket = bucket
         self.sources = sources
         self.hubToken = hubToken
+        self.environment = environment
     }
 
-    /// Every secret string in it, for redaction.
+    /// Every secret string in it, for redaction (longest first, so a secret that contains
+    /// another is redacted whole).
     public var secrets: [String] {
-        (bucket?.secrets ?? []) + (sources ?? []).flatMap(\.secrets) + (hubToken.map { [$0] } ?? [])
+        let all = (bucket?.secrets ?? []) + (sources ?? []).flatMap(\.secrets) + (hubToken.map { [$0] } ?? []) + (environment ?? [:]).values.sorted()
+        return all.filter { !$0.isEmpty }.sorted { $0.count > $1.count }
     }
 
     /// `text` with every secret replaced by `<redacted>`.

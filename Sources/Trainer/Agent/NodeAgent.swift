@@ -243,9 +243,11 @@ public final class NodeAgent: Sendable {
     /// it left behind). Returns how it ended and the steps the lifecycle took next.
     func runCommand(_ command: String, prepared: [String: String]) async -> (exit: ExitStatus, next: [AgentLifecycle.Action]) {
         // Only the base environment of the agent's own (never its credentials), then the env
-        // contract and the spec's `env:`, then the Python environment's.
+        // contract and the spec's `env:`, the spec's `secrets:` (from stdin), then the Python
+        // environment's.
         var env = BaseEnvironment.filter(ProcessInfo.processInfo.environment)
         for (k, v) in config.environment { env[k] = v }
+        for (k, v) in secrets.environment ?? [:] { env[k] = v }
         for (k, v) in prepared { env[k] = v }
         if env["CAPSTAN_PYTHON"] == nil { env["CAPSTAN_PYTHON"] = "python3" }
         let argv = await commandLine(command, environment: env, prepared: prepared)

@@ -30,6 +30,9 @@ public struct JobContext: Sendable {
     public var jobLocks: any LockService
     /// Who this process is, in ``JobRecord/controllerHolder`` (`<host>:<pid>`).
     public var holder: String
+    /// Where jobs' `secrets:` get their values (read at launch and by each controller when it
+    /// starts; kept in memory only).
+    public var secretSource = SecretSource()
 
     public init(
         home: CapstanHome, store: any StateStore, provisioner: Provisioner, search: OfferSearch, transports: [any NodeTransport],
@@ -106,8 +109,8 @@ public final class JobController: Sendable {
         }
         held.withLock { $0 = lock }
         await store.jobEvent("controller", "Controller \(holder) took the job (fencing token \(fence)).", job: jobID)
-        let spec = try JobSpec.parse(job.spec, source: "job \(jobID)")
         let settings = (try? PluginWire.decoder.decode(JobSettings.self, from: Data(job.settings.utf8))) ?? JobSettings()
+        let spec = try JobSpec.parse(job.spec, source: "job \(jobID)").applying(settings)
         notifier.withLock { $0 = Notifier.forJob(spec: spec, settings: settings) }
         let bucket: any ObjectStore
         var secrets: AgentSecrets
@@ -123,7 +126,23 @@ public final class JobController: Sendable {
             let message = "Cannot open the job's bucket \(job.storage): \((error as? CapstanError)?.description ?? "\(error)")"
             return await Run(controller: self, spec: spec, settings: settings, bucket: nil, secrets: AgentSecrets()).drive(after: .bucketUnavailable(message))
         }
+        // The spec's `secrets:`, read now (this controller's environment, the secrets file). A
+        // job not started yet cannot start without them; a running one keeps its agents (they
+        // have theirs), and only a restart that needs them fails, saying why.
+        var secretsMissing: CapstanError?
+        var values: [String: String] = [:]
+        for name in spec.secrets {
+            do { values[name] = try ctx.secretSource.resolve([name])[name] } catch let e as CapstanError { secretsMissing = secretsMissing ?? e }
+        }
+        if !values.isEmpty { secrets.environment = values }
+        if let e = secretsMissing {
+            if job.attempt == 0 {
+                return await Run(controller: self, spec: spec, settings: settings, bucket: nil, secrets: AgentSecrets()).drive(after: .bucketUnavailable("Cannot start the job: \(e.message) \(e.hint ?? "")"))
+            }
+            await store.jobEvent("controller", "This controller (\(holder)) cannot read the job's secrets: \(e.message) The running agents keep theirs; a restart would fail.", job: jobID)
+        }
         let run = Run(controller: self, spec: spec, settings: settings, bucket: bucket, secrets: secrets)
+        run.secretsMissing = secretsMissing
         return await run.drive()
     }
 
@@ -196,6 +215,11 @@ final class Run: @unchecked Sendable {
     let checkpoints: CheckpointStore
     /// Handed to every agent on its stdin.
     let secrets: AgentSecrets
+    /// Why this controller could not read the spec's `secrets:` (it re-attached without them):
+    /// starting an attempt then fails with it.
+    var secretsMissing: CapstanError?
+    /// What the logs copied home are redacted of: every secret handed to the agents.
+    let redactions: [Data]
     /// Bytes of each node log already copied home, by "attempt/node".
     var logOffsets: [String: Int64] = [:]
     /// Unfinished lines of each node's log, for the line events.
@@ -225,6 +249,7 @@ final class Run: @unchecked Sendable {
         self.spec = spec
         self.settings = settings
         self.secrets = secrets
+        self.redactions = secrets.secrets.map { Data($0.utf8) }
         self.lifecycle = JobLifecycle(config: JobLifecycle.Config(maxRestarts: spec.maxRestarts, settings: settings, maxDuration: spec.maxDuration))
         self.checkpoints = CheckpointStore(store: bucket ?? UnopenedBucket(), prefix: "checkpoints")
         self.logOffsets = (try? JSONDecoder().decode([String: Int64].self, from: Data(contentsOf: URL(fileURLWithPath: offsetsFile)))) ?? [:]
@@ -388,7 +413,7 @@ final class Run: @unchecked Sendable {
             guard job.ownsCluster else {
                 throw CapstanError(.notFound, "Cluster '\(job.clusterName)' is not running.", hint: "Start it with `capstan up`, or launch without --cluster.")
             }
-            return .clusterNeedsProvisioning(cluster: job.clusterName, nodes: spec.resources.nodes, gpu: spec.resources.gpu.map { "\($0)" })
+            return .clusterNeedsProvisioning(cluster: job.clusterName, nodes: spec.resources.nodes, gpu: spec.resources.gpuDescription)
         }
         return await .clusterReady(missing: try missingNodes(job))
     }
@@ -459,6 +484,9 @@ final class Run: @unchecked Sendable {
     /// Starts attempt `job.attempt + 1` on every node of the gang, from the newest verified checkpoint.
     func startAttempt(_ job: JobRecord, nodes: [Instance]) async throws -> JobLifecycle.Event {
         let number = job.attempt + 1
+        if let missing = secretsMissing {
+            throw CapstanError(.config, "Cannot start attempt \(number): \(missing.message)", hint: "The controller that took the job over reads secrets from its own environment (the shell that ran `capstan jobs`/`logs`) or config.yaml's secrets file; keep them in the secrets file so any controller finds them (docs/jobs.md, Secrets).")
+        }
         let resume = try await checkpoints.latestVerified()
         let chosen = NodeAddresses(nodes)
         let masterAddress = chosen.master ?? "127.0.0.1"
@@ -763,20 +791,37 @@ final class Run: @unchecked Sendable {
         }
     }
 
-    /// `only`: the ranks to read (those that answered this pass); nil: all.
-    func pullLogs(_ attempt: JobAttemptRecord, nodes: [Instance], only: Set<Int>? = nil) async {
+    /// `only`: the ranks to read (those that answered this pass); nil: all. With secrets to
+    /// keep out (``AgentSecrets/secrets``), a line is copied home only once it is whole, with
+    /// every secret in it redacted, so a value split across two reads is redacted too;
+    /// `final` (the attempt is over) copies an unfinished last line as well.
+    func pullLogs(_ attempt: JobAttemptRecord, nodes: [Instance], only: Set<Int>? = nil, final: Bool = false) async {
         var changed = false
+        let limit = 1 << 20
         for (rank, node) in nodes.enumerated() where attempt.nodes.contains(node.id) && only?.contains(rank) != false {
             guard let t = try? transport(for: node) else { continue }
             let key = "\(attempt.attempt)/\(rank)"
             while true {
                 let offset = logOffsets[key] ?? 0
-                guard let data = try? await t.readLog(job: jobID, attempt: attempt.attempt, on: node, from: offset, limit: 1 << 20), !data.isEmpty else { break }
+                guard let read = try? await t.readLog(job: jobID, attempt: attempt.attempt, on: node, from: offset, limit: limit), !read.isEmpty else { break }
+                var data = Data(read)
+                if !redactions.isEmpty {
+                    // Up to the last line end; all of it when the attempt is over, or when a
+                    // whole read (1 MiB) holds no line end at all.
+                    if !final {
+                        if let end = data.lastIndex(where: { $0 == 0x0A || $0 == 0x0D }) {
+                            data = data.prefix(through: end)
+                        } else if data.count < limit { break }
+                    }
+                    logOffsets[key] = offset + Int64(data.count)
+                    data = Self.redact(data, redactions)
+                } else {
+                    logOffsets[key] = offset + Int64(data.count)
+                }
                 appendHome(node: rank, data)
-                logOffsets[key] = offset + Int64(data.count)
                 changed = true
                 for line in lines[rank, default: LineBuffer()].feed(data) { emitLine(rank, line) }
-                if data.count < 1 << 20 { break }
+                if read.count < limit { break }
             }
         }
         await saveMetrics(force: false)
@@ -794,8 +839,23 @@ final class Run: @unchecked Sendable {
         }
     }
 
+    /// `bytes` with every occurrence of each of `secrets` (UTF-8) replaced by `<redacted>`,
+    /// byte for byte otherwise.
+    static func redact(_ bytes: Data, _ secrets: [Data]) -> Data {
+        var out = bytes
+        let mark = Data("<redacted>".utf8)
+        for needle in secrets where !needle.isEmpty {
+            var from = out.startIndex
+            while let r = out.range(of: needle, in: from..<out.endIndex) {
+                out.replaceSubrange(r, with: mark)
+                from = r.lowerBound + mark.count
+            }
+        }
+        return out
+    }
+
     func drainLogs(_ attempt: JobAttemptRecord, nodes: [Instance], skipping: Set<String> = []) async {
-        await pullLogs(attempt, nodes: nodes, only: Set(nodes.indices.filter { !skipping.contains(nodes[$0].id) }))
+        await pullLogs(attempt, nodes: nodes, only: Set(nodes.indices.filter { !skipping.contains(nodes[$0].id) }), final: true)
         for rank in lines.keys.sorted() {
             if let rest = lines[rank]?.flush() { emitLine(rank, rest) }
         }

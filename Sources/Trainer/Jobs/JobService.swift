@@ -48,7 +48,7 @@ public struct CheckpointSummary: Sendable, Hashable, Codable {
 /// let job = try await handle.result()
 /// ```
 public struct JobService: Sendable {
-    public let context: JobContext
+    public var context: JobContext
     /// The `capstan` binary: runs agents and detached controllers.
     public let agentExecutable: String
     /// The bucket used when neither the spec nor config.yaml names one.
@@ -78,7 +78,11 @@ public struct JobService: Sendable {
 
     /// Checks the spec and writes the job (status `pending`). Nothing runs yet.
     public func create(yaml: String, folder: String, options: Options = .init()) async throws -> JobRecord {
-        let spec = try JobSpec.parse(yaml, source: "job spec")
+        let parsed = try JobSpec.parse(yaml, source: "job spec")
+        try parsed.checkLaunchEnv(options.settings.env ?? [:])
+        let spec = parsed.applying(options.settings)
+        // Every secret must be there now (its value is read again by each controller, never stored).
+        _ = try context.secretSource.resolve(spec.secrets)
         let suffix = String(UUID().uuidString.lowercased().filter(\.isHexDigit).prefix(6))
         let id = String(spec.name.prefix(56)) + "-" + suffix
         if let cluster = options.cluster {

@@ -112,6 +112,9 @@ public struct JobSettings: Sendable, Hashable, Codable {
     public var telemetrySeconds: Double = AgentConfig.defaultTelemetrySeconds
     /// config.yaml's default `notify:`, recorded at submit for a spec without its own.
     public var notify: NotifySpec?
+    /// `capstan launch --env K=V`: set over the spec's `env:` (plain values, shown by
+    /// `capstan jobs --json` like the spec's; secrets go in `secrets:`).
+    public var env: [String: String]?
 
     public init() {}
 
@@ -133,5 +136,6 @@ public struct JobSettings: Sendable, Hashable, Codable {
         try read(.checkpointPollSeconds, &checkpointPollSeconds)
         try read(.telemetrySeconds, &telemetrySeconds)
         notify = try c.decodeIfPresent(NotifySpec.self, forKey: .notify)
+        env = try c.decodeIfPresent([String: String].self, forKey: .env)
     }
 }

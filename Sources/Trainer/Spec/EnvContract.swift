@@ -39,6 +39,15 @@ public struct EnvContract: Sendable, Hashable {
         guard attempt >= 1 else { throw CapstanError(.invalidRequest, "Attempt numbers start at 1, got \(attempt).") }
     }
 
+    /// The torchrun-compatible names the contract sets (besides its `CAPSTAN_` ones): a secret
+    /// may not take one of them.
+    public static let reservedNames: Set<String> = ["MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE"]
+    /// Capstan's own names the contract sets on every node.
+    public static let contractNames: Set<String> = [
+        "CAPSTAN_JOB_ID", "CAPSTAN_NODE_RANK", "CAPSTAN_NUM_NODES", "CAPSTAN_GPUS_PER_NODE", "CAPSTAN_NODE_IPS",
+        "CAPSTAN_CHECKPOINT_DIR", "CAPSTAN_OUTPUT_DIR", "CAPSTAN_ATTEMPT", "CAPSTAN_RESUME_DIR",
+    ]
+
     /// The variables, ready to merge over the user's `env`.
     public var variables: [String: String] {
         // torchrun's NPROC_PER_NODE: one process per GPU, or one on a CPU-only node.

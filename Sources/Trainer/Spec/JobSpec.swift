@@ -60,6 +60,10 @@ public struct JobSpec: Sendable, Hashable {
     public var inputs: [JobInput] = []
     /// `image:`: the container image setup and `run` run in (``ContainerRun``); nil: on the node.
     public var image: String?
+    /// `secrets:`: names of variables whose values are read when the job is launched (the
+    /// launching environment, or config.yaml's `secrets.file`) and handed to every node's agent
+    /// on its stdin (``AgentSecrets``), never written down; see ``SecretSource``.
+    public var secrets: [String] = []
 
     public init(name: String, run: String, resources: ResourceRequest = .init()) {
         self.name = name
@@ -153,6 +157,7 @@ public struct JobSpec: Sendable, Hashable {
             case "notify": spec.notify = try NotifySpec.parse(v, r)
             case "inputs": spec.inputs = try inputs(v, r)
             case "image": spec.image = try image(v, r)
+            case "secrets": spec.secrets = try secretNames(v, r)
             case "python":
                 if v.string == "system" { pythonSystem = true } else { spec.python = try python(v, r) }
             default:
@@ -192,13 +197,16 @@ public struct JobSpec: Sendable, Hashable {
         if spec.image != nil, spec.python != nil {
             throw r.bad("'image' cannot go with 'python' or a recipe yet: the image brings its own Python; install what the job needs in the image or in `setup`", nil)
         }
+        if let both = spec.secrets.first(where: { spec.env[$0] != nil }) {
+            throw r.bad("'\(both)' is in both 'env' and 'secrets'; a secret's value comes only from the launching environment or the secrets file", nil)
+        }
         do { try spec.resources.validate() } catch let e as CapstanError {
             throw r.bad("'resources': \(e.message)\(e.hint.map { " \($0)" } ?? "")", nil)
         }
         return spec
     }
 
-    static let keys = ["name", "resources", "setup", "run", "env", "checkpoint", "storage", "maxRestarts", "workdir", "recipe", "model", "data", "train", "python", "notify", "inputs", "image"]
+    static let keys = ["name", "resources", "setup", "run", "env", "checkpoint", "storage", "maxRestarts", "workdir", "recipe", "model", "data", "train", "python", "notify", "inputs", "image", "secrets"]
 
     /// `transformers>=4.46` → `transformers` (to let a job's own pin replace a recipe's).
     static func requirementName(_ req: String) -> String {
@@ -300,12 +308,7 @@ public struct JobSpec: Sendable, Hashable {
         var req = ResourceRequest()
         for (k, v) in m {
             switch try r.key(k) {
-            case "gpu":
-                let g = try r.string(v, "resources.gpu")
-                do { _ = try GPUCatalog.resolve(g) } catch let e as CapstanError {
-                    throw r.bad("'resources.gpu': \(e.message) \(e.hint ?? "")", v.mark?.line)
-                }
-                req.gpu = g
+            case "gpu": req.gpu = try gpu(v, r, "resources.gpu")
             case "gpusPerNode":
                 guard let n = v.int, n >= 0 else { throw r.bad("'resources.gpusPerNode' must be a whole number ≥ 0", v.mark?.line) }
                 req.gpusPerNode = n
@@ -329,16 +332,108 @@ public struct JobSpec: Sendable, Hashable {
                     throw r.bad("'resources.maxDuration' must be \(durationForms), got '\(given)'", v.mark?.line)
                 }
                 spec.maxDuration = d
+            case "anyOf": req.anyOf = try alternatives(v, r)
             case "deadManMinutes":
                 guard v.bool == nil, let d = v.float ?? v.int.map(Double.init), d.isFinite, d > 0 else {
                     throw r.bad("'resources.deadManMinutes' must be a positive number of minutes (fractions allowed, e.g. 15 or 0.5), got '\(v.scalar?.string ?? (v.mapping != nil ? "a mapping" : "a list"))'", v.mark?.line)
                 }
                 spec.deadManMinutes = d
             case let other:
-                throw r.unknown("resources.\(other)", ["gpu", "gpusPerNode", "nodes", "spot", "regions", "maxPricePerHour", "providers", "maxDuration", "deadManMinutes"], k.mark?.line)
+                throw r.unknown("resources.\(other)", ["gpu", "gpusPerNode", "nodes", "spot", "regions", "maxPricePerHour", "providers", "maxDuration", "deadManMinutes", "anyOf"], k.mark?.line)
             }
         }
+        if req.anyOf != nil, req.gpu != nil || req.gpusPerNode != nil {
+            throw r.bad("'resources.anyOf' goes with neither 'resources.gpu' nor 'resources.gpusPerNode': each alternative names its own (move them into the anyOf entries)", m.first { $0.key.string == "anyOf" }?.key.mark?.line)
+        }
         return req
+    }
+
+    /// A GPU name the catalog knows (`key` names it in the error).
+    static func gpu(_ v: Node, _ r: YAMLReader, _ key: String) throws -> String {
+        let g = try r.string(v, key)
+        do { _ = try GPUCatalog.resolve(g) } catch let e as CapstanError {
+            throw r.bad("'\(key)': \(e.message) \(e.hint ?? "")", v.mark?.line)
+        }
+        return g
+    }
+
+    /// `resources.anyOf`: a list of `{gpu, gpusPerNode}` alternatives, ranked together by price.
+    static func alternatives(_ v: Node, _ r: YAMLReader) throws -> [ResourceRequest.Alternative] {
+        guard let seq = v.sequence else {
+            throw r.bad("'resources.anyOf' must be a list of alternatives like [{gpu: H100, gpusPerNode: 8}, {gpu: A100-80GB, gpusPerNode: 8}]", v.mark?.line)
+        }
+        guard !seq.isEmpty else {
+            throw r.bad("'resources.anyOf' is an empty list; list at least one {gpu, gpusPerNode}, or use 'resources.gpu'", v.mark?.line)
+        }
+        guard seq.count <= ResourceRequest.maxAlternatives else {
+            throw r.bad("'resources.anyOf' lists \(seq.count) alternatives; at most \(ResourceRequest.maxAlternatives) are searched", v.mark?.line)
+        }
+        var out: [ResourceRequest.Alternative] = []
+        for (i, entry) in seq.enumerated() {
+            let at = "resources.anyOf[\(i)]"
+            guard let m = entry.mapping else { throw r.bad("'\(at)' must be a mapping like {gpu: H100, gpusPerNode: 8}", entry.mark?.line) }
+            var alt = ResourceRequest.Alternative()
+            for (k, v) in m {
+                switch try r.key(k) {
+                case "gpu": alt.gpu = try gpu(v, r, "\(at).gpu")
+                case "gpusPerNode":
+                    guard v.bool == nil, let n = v.int, (1...64).contains(n) else {
+                        throw r.bad("'\(at).gpusPerNode' must be a whole number from 1 to 64", v.mark?.line)
+                    }
+                    alt.gpusPerNode = n
+                case let other:
+                    throw r.unknown("\(at).\(other)", ["gpu", "gpusPerNode"], k.mark?.line)
+                }
+            }
+            guard alt.gpu != nil || alt.gpusPerNode != nil else {
+                throw r.bad("'\(at)' names neither gpu nor gpusPerNode", entry.mark?.line)
+            }
+            if let j = out.firstIndex(of: alt) { throw r.bad("'\(at)' repeats resources.anyOf[\(j)] (\(alt.description))", entry.mark?.line) }
+            out.append(alt)
+        }
+        return out
+    }
+
+    /// `secrets:`: a name or a list of names of environment variables, each once, none of the
+    /// env contract's (``EnvContract``) nor Capstan's own `CAPSTAN_` settings.
+    static func secretNames(_ v: Node, _ r: YAMLReader) throws -> [String] {
+        let names = try r.strings(v, "secrets", "a variable name or a list of them, like [WANDB_API_KEY, HF_TOKEN]")
+        var seen = Set<String>()
+        for n in names {
+            guard n.range(of: "^[A-Za-z_][A-Za-z0-9_]*$", options: .regularExpression) != nil else {
+                throw r.bad("'secrets': '\(n)' is not a valid variable name (letters, digits and _, not starting with a digit)", v.mark?.line)
+            }
+            guard seen.insert(n).inserted else { throw r.bad("'secrets' lists \(n) twice", v.mark?.line) }
+            if EnvContract.reservedNames.contains(n) || n.hasPrefix("CAPSTAN_") {
+                throw r.bad("'secrets': \(n) is set by Capstan itself (the env contract or its own settings); choose another name", v.mark?.line)
+            }
+        }
+        return names
+    }
+}
+
+extension JobSpec {
+    /// The spec as the job runs it: `settings.env` (`launch --env`) set over `env:`.
+    public func applying(_ settings: JobSettings) -> JobSpec {
+        var spec = self
+        for (k, v) in settings.env ?? [:] { spec.env[k] = v }
+        return spec
+    }
+
+    /// Checks `launch --env` values for this spec: valid names, none of the spec's `secrets:`
+    /// nor of the env contract's. Throws `.invalidRequest`.
+    public func checkLaunchEnv(_ env: [String: String]) throws {
+        for name in env.keys.sorted() {
+            guard name.range(of: "^[A-Za-z_][A-Za-z0-9_]*$", options: .regularExpression) != nil else {
+                throw CapstanError(.invalidRequest, "--env \(name)=…: '\(name)' is not a valid variable name.", hint: "Use letters, digits and _, not starting with a digit: --env WANDB_MODE=offline.")
+            }
+            if secrets.contains(name) {
+                throw CapstanError(.invalidRequest, "--env \(name)=… would set the job's secret \(name) in plain text.", hint: "Leave it to `secrets:` (read from the launching environment or the secrets file), or drop it from `secrets:`.")
+            }
+            if EnvContract.reservedNames.contains(name) || EnvContract.contractNames.contains(name) {
+                throw CapstanError(.invalidRequest, "--env \(name)=…: \(name) is set by Capstan on every node (the env contract).", hint: "Choose another name; docs/jobs.md lists the contract.")
+            }
+        }
     }
 }
 
