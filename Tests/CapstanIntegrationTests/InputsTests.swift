@@ -238,15 +238,18 @@ extension JobTests {
             workdir: .
             image: \(image)
             inputs: {data: file://\(home.dir.file("in"))/}
+            secrets: [BOX_TOKEN]
             setup: echo from-setup > /tmp/marker
-            run: test -f /tmp/marker && echo "BOXED rank=$CAPSTAN_NODE_RANK of $NNODES image=$(cat /etc/capstan-image) data=$(cat $CAPSTAN_INPUT_DATA/a.txt) path=$PATH" && cat $CAPSTAN_INPUT_DATA/a.txt > $CAPSTAN_OUTPUT_DIR/out-$CAPSTAN_NODE_RANK.txt && if touch $CAPSTAN_INPUT_DATA/x; then echo WROTE-INPUT; fi
+            run: test -f /tmp/marker && if [ "$BOX_TOKEN" = "s3cr3t-box-7731" ]; then echo SECRET-IN-BOX; fi && echo "BOXED rank=$CAPSTAN_NODE_RANK of $NNODES image=$(cat /etc/capstan-image) data=$(cat $CAPSTAN_INPUT_DATA/a.txt) path=$PATH" && cat $CAPSTAN_INPUT_DATA/a.txt > $CAPSTAN_OUTPUT_DIR/out-$CAPSTAN_NODE_RANK.txt && if touch $CAPSTAN_INPUT_DATA/x; then echo WROTE-INPUT; fi
             maxRestarts: 0
             storage: file://\(home.dir.file("bucket"))
             """)
-        let r = try await home.capstan(["launch", home.spec] + JobHome.fast, env: ["CAPSTAN_CONTAINER_RUNTIME": podman, "CAPSTAN_CONTAINER_OPTIONS": Self.podmanOptions])
+        let r = try await home.capstan(["launch", home.spec] + JobHome.fast, env: ["CAPSTAN_CONTAINER_RUNTIME": podman, "CAPSTAN_CONTAINER_OPTIONS": Self.podmanOptions, "BOX_TOKEN": "s3cr3t-box-7731"])
         let job = try await #require(try home.job())
         #expect(r.status == 0 && job.status == .succeeded, "\(r.stderr) \(home.logTail(job: job.id))")
         let log = home.allLogs(job.id)
+        // The spec's secret reaches the command in the container (by name: never in podman's arguments).
+        #expect(log.components(separatedBy: "SECRET-IN-BOX").count == 3 && !log.contains("s3cr3t-box-7731"), "\(log.suffix(3000))")
         for rank in 0..<2 {
             #expect(log.contains("BOXED rank=\(rank) of 2 image=capstan-test data=alpha path="), "\(log.suffix(3000))")
         }

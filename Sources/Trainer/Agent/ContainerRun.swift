@@ -64,8 +64,8 @@ public struct ContainerRun: Sendable, Hashable {
         return paths.filter { seen.insert($0).inserted }
     }
 
-    /// The names of the command's environment that go into the container: the env contract
-    /// and the spec's `env:` (`config`), what the agent prepared (inputs, `CAPSTAN_PYTHON`) and
+    /// The names of the command's environment that go into the container: the env contract,
+    /// the spec's `env:` and `secrets:` (`config`), what the agent prepared (inputs, `CAPSTAN_PYTHON`) and
     /// the GPU stack's (`CUDA_*`, `NVIDIA_*`, `NCCL_*`); never the node's `PATH`, `HOME` or
     /// `LD_LIBRARY_PATH` (the image has its own).
     public static func names(config: [String: String], prepared: [String: String], node: [String: String]) -> [String] {
@@ -108,7 +108,8 @@ extension NodeAgent {
             readOnlyMounts: FileManager.default.fileExists(atPath: cache) ? [cache] : [], workdir: config.workdir,
             gpus: (Int(config.environment["CAPSTAN_GPUS_PER_NODE"] ?? "") ?? 0) > 0,
             options: (ProcessInfo.processInfo.environment["CAPSTAN_CONTAINER_OPTIONS"] ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
-        return run.arguments(script: command, environment: ContainerRun.names(config: config.environment, prepared: prepared, node: env))
+        // The spec's `secrets:` go in by name like the rest: their values stay in the environment.
+        return run.arguments(script: command, environment: ContainerRun.names(config: config.environment.merging(secrets.environment ?? [:]) { $1 }, prepared: prepared, node: env))
     }
 
     /// `rm -f` of this attempt's container (none: nothing happens).
