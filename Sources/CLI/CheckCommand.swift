@@ -125,6 +125,9 @@ struct CheckReport: Codable {
         var found: [String: PluginFile] = [:]
         for c in registry.candidates where c.shadowedBy == nil {
             guard let name = c.name, !ProviderRegistry.builtInNames.contains(name) else { continue }
+            // A library that is not a plugin (a dependency beside the binary) is left out,
+            // unless config.yaml names it: its file is read, none of its code runs.
+            guard config.providers[name] != nil || Self.exportsPluginEntry(c.path) else { continue }
             found[name] = PluginFile(path: c.path, source: c.source)
         }
         let files = found
@@ -146,6 +149,13 @@ struct CheckReport: Codable {
             ok: checks.allSatisfy(\.working) && s.answered && b.answered,
             home: registry.home.root, config: ConfigFile(path: registry.home.configFile, exists: FileManager.default.fileExists(atPath: registry.home.configFile)),
             providers: checks, state: s, bucket: b)
+    }
+
+    /// Whether the file names the plugin entry point (`capstan_plugin_entry`, in its dynamic
+    /// symbol table), read without loading it.
+    static func exportsPluginEntry(_ path: String) -> Bool {
+        guard let data = try? Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) else { return false }
+        return data.range(of: Data("capstan_plugin_entry".utf8)) != nil
     }
 
     static func check(_ name: String, registry: ProviderRegistry, plugin: PluginFile?, timeout: Double) async -> ProviderCheck {
@@ -231,12 +241,14 @@ struct CheckReport: Codable {
             out.append(pad(p.name) + head)
             if let f = p.plugin { out.append(indent + "plugin:      \(f.path) (\(f.source))") }
             let cred = p.credentials
-            switch cred.status {
+            // (A provider that is off shows its credentials only when they are there.)
+            switch p.enabled || cred.status == "found" ? cred.status : "" {
             case "found": out.append(indent + "credentials: \(cred.foundIn ?? "?")")
             case "not needed": out.append(indent + "credentials: none needed")
             case "unknown": out.append(indent + "credentials: not known to Capstan (see `capstan plugins inspect \(p.name)`)")
+            case "": break
             default:
-                out.append(indent + "credentials: " + (p.enabled ? style.red("not found") : "not found") + "; looked at:")
+                out.append(indent + "credentials: " + style.red("not found") + "; looked at:")
                 for s in cred.searched { out.append(indent + "               " + s) }
             }
             if let e = p.error ?? p.api?.error {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CapstanAPI
 import CapstanCore
 import CapstanSQLite
 import CapstanRuntime
@@ -63,12 +64,10 @@ struct LogEndJSON: Encodable {
     var end: JobJSON
 }
 
-/// Prints one compact JSON object on a line of its own (NDJSON).
+/// Prints one compact JSON object on a line of its own (NDJSON), dates with milliseconds as
+/// `events --json` and the API write them.
 func printJSONLine<T: Encodable>(_ value: T) throws {
-    let e = JSONEncoder()
-    e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-    e.dateEncodingStrategy = .iso8601
-    print(String(decoding: try e.encode(value), as: UTF8.self))
+    print(String(decoding: try CapstanAPI.encoder.encode(value), as: UTF8.self))
 }
 
 /// The error style every verb shares: `error: what happened` on stderr, the hint on its own line
