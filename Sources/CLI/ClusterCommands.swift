@@ -59,7 +59,11 @@ struct UpCommand: AsyncParsableCommand {
         let request = resources.request
         if !json { print("Provisioning \(name)…"); flushStdout() }
         let search = global.offerSearch(registry, store: provisioner.store, refresh: refresh)
-        let report = try await provisioner.up(name: name, request: request, search: search, idleMinutes: idleMinutes)
+        let report: ProvisionReport
+        do { report = try await provisioner.up(name: name, request: request, search: search, idleMinutes: idleMinutes) } catch {
+            steps.finish()
+            throw error
+        }
         steps.finish()
         try show(report, json: json)
     }

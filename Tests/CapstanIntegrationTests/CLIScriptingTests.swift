@@ -93,7 +93,8 @@ struct CLIScriptingTests {
         // The rest, each decoded and checked for JSON inside strings.
         let events = try await home.capstan(["events", job.id, "--json"])
         struct Event: Decodable { var id: Int64; var time: String; var kind: String; var message: String }
-        #expect(events.status == 0 && !(try Self.lines(events.stdout).map { try Self.decode(Event.self, $0) }).isEmpty, "\(events.stdout)")
+        let decodedEvents = try Self.lines(events.stdout).map { try Self.decode(Event.self, $0) }
+        #expect(events.status == 0 && !decodedEvents.isEmpty, "\(events.stdout)")
         try Self.checkNested("events --json", events.stdout, ndjson: true)
         let metrics = try await home.capstan(["metrics", job.id, "--json"])
         struct Point: Decodable { var step: Int; var values: [String: Double] }
@@ -107,7 +108,8 @@ struct CLIScriptingTests {
         try Self.checkNested("cancel --json", cancelled.stdout)
         let up = try await home.capstan(["up", "shapes", "--json"])
         struct Report: Decodable { var cluster: Cluster; var instances: [Instance] }
-        #expect(up.status == 0 && (try Self.decode(Report.self, up.stdout)).cluster.status == .running, "\(up.stdout) \(up.stderr)")
+        #expect(up.status == 0, "\(up.stdout) \(up.stderr)")
+        #expect(try Self.decode(Report.self, up.stdout).cluster.status == .running)
         try Self.checkNested("up --json", up.stdout)
         struct Status: Decodable { var clusters: [ClusterStatusRowOut]; var reconcile: ReconcileReport }
         struct ClusterStatusRowOut: Decodable { var cluster: Cluster; var instances: [JSONValue]; var uptimeSeconds: Double; var costSoFar: Double }
@@ -193,7 +195,8 @@ struct CLIScriptingTests {
         // No match, as JSON: the (empty) answer on stdout, exit 1.
         let none = try await capstan(["offers", "--gpu", "GB200", "--json"])
         struct Offers: Decodable { var offers: [JSONValue]; var rejected: [JSONValue] }
-        #expect(none.status == 1 && (try Self.decode(Offers.self, none.stdout)).offers.isEmpty, "\(none.stdout) \(none.stderr)")
+        #expect(none.status == 1, "\(none.stdout) \(none.stderr)")
+        #expect(try Self.decode(Offers.self, none.stdout).offers.isEmpty)
         let some = try await capstan(["offers"])
         #expect(some.status == 0, "\(some.stderr)")
     }
