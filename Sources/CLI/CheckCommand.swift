@@ -220,7 +220,7 @@ struct CheckReport: Codable {
             _ = try await store.list(prefix: "capstan-check/")
             return "listed"
         }
-        probe.detail = configured == nil ? "the home's bucket (config.yaml has no storage.default)" : "storage.default in config.yaml"
+        probe.detail = configured == nil ? "the home's bucket; config.yaml has no storage.default" : "storage.default in config.yaml"
         return probe
     }
 
