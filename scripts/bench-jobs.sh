@@ -17,7 +17,7 @@ swift build -c release --product capstan >/dev/null
 CAPSTAN="$PWD/.build/release/capstan"
 work="$(mktemp -d /tmp/capstan-bench-jobs.XXXXXX)"
 export CAPSTAN_HOME="$work/home"
-trap '"$CAPSTAN" down warm >/dev/null 2>&1 || true; "$CAPSTAN" down warm1 >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+trap '"$CAPSTAN" down --force warm >/dev/null 2>&1 || true; "$CAPSTAN" down --force warm1 >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 mkdir -p "$work/job"
 cp examples/ddp-regression/train.py Benchmarks/jobs/stall.py "$work/job/"
 cat > "$work/job/job.yaml" <<YAML

@@ -13,7 +13,7 @@ if [[ -z "$bin" ]]; then
   bin="$(swift build -c release --show-bin-path)/capstan"
 fi
 home="$(mktemp -d /tmp/capstan-release-hooks.XXXXXX)"
-trap 'CAPSTAN_HOME="$home" "$bin" down c1 >/dev/null 2>&1 || true; rm -rf "$home"' EXIT
+trap 'CAPSTAN_HOME="$home" "$bin" down --force c1 >/dev/null 2>&1 || true; rm -rf "$home"' EXIT
 
 # up.created is the first fault point of `capstan up`: a debug build dies there (SIGKILL, 137).
 set +e

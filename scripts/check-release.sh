@@ -17,7 +17,7 @@ root="$(mktemp -d /tmp/capstan-release-check.XXXXXX)"
 name="$(basename "$tarball" .tar.gz)"
 bin="$root/$name/capstan"
 clean=(env -i "HOME=$root/home" "CAPSTAN_HOME=$root/capstan-home" PATH=/usr/bin:/bin)
-cleanup() { "${clean[@]}" "$bin" down demo-release >/dev/null 2>&1 || true; rm -rf "$root"; }
+cleanup() { "${clean[@]}" "$bin" down --force demo-release >/dev/null 2>&1 || true; rm -rf "$root"; }
 trap cleanup EXIT
 mkdir -p "$root/home"
 tar -C "$root" -xzf "$tarball"

@@ -5,6 +5,11 @@
 # toolchain, a C compiler, make, libcurl4-openssl-dev and libjansson-dev, and Python 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The Debian packages the tests need (openssh-server, postgresql, chromium, …): installed when run
+# as root with apt-get; otherwise the missing ones are named, with the command, and the run goes on.
+source scripts/lib/test-packages.sh
+capstan_install_test_packages || true
+if [ "$(id -u)" -eq 0 ]; then capstan_install_test_python_packages; fi
 swift build --build-tests
 # examples/embedded (a package depending on this one by path) builds in its own .build-embedded,
 # which compiles the dependency graph again (minutes on 2 cores). Built before the tests, not

@@ -26,8 +26,22 @@ struct CapstanCommand: AsyncParsableCommand {
             OffersCommand.self, UpCommand.self, DownCommand.self, MoveCommand.self, StatusCommand.self, ReconcileCommand.self,
             LaunchCommand.self, JobsCommand.self, LogsCommand.self, EventsCommand.self, MetricsCommand.self, CancelCommand.self, CheckpointsCommand.self,
             StorageCommand.self, PluginsCommand.self, ServeCommand.self, AgentCommand.self, JobControllerCommand.self,
-            TopCommand.self, NotifyCommand.self,
+            TopCommand.self, NotifyCommand.self, CheckCommand.self,
         ])
+
+    /// ArgumentParser's entry point, with its error messages in Capstan's style (``ErrorStyle``).
+    static func main() async {
+        do {
+            var command = try await asyncParseAsRoot(nil)
+            if var asyncCommand = command as? any AsyncParsableCommand { try await asyncCommand.run() } else { try command.run() }
+        } catch {
+            let code = exitCode(for: error)
+            guard code != .success, !(error is ExitCode) else { exit(withError: error) }
+            let message = fullMessage(for: error)
+            if !message.isEmpty { printError(ErrorStyle.message(message)) }
+            Foundation.exit(code.rawValue)
+        }
+    }
 }
 
 enum CapstanVersion {
@@ -107,7 +121,7 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
         await PostgresLeases.finishReleases()
     } catch let e as CapstanError {
         await PostgresLeases.finishReleases()
-        printError("error: \(e)")
+        printError(ErrorStyle.message("error: \(e)"))
         throw ExitCode(1)
     } catch {
         await PostgresLeases.finishReleases()

@@ -53,13 +53,18 @@ struct UpCommand: AsyncParsableCommand {
         }
         // Each line flushed: stdio buffers a file or pipe by block, and what `up` said must
         // survive a kill -9 of it.
-        let printer: (@Sendable (String) -> Void)? = json ? nil : { @Sendable line in print("  " + line); flushStdout() }
-        let provisioner = try await global.provisioner(registry, progress: printer)
+        let steps = StepPrinter()
+        let provisioner = try await global.provisioner(registry, progress: json ? nil : steps.callback)
         _ = await provisioner.reconcile()
         let request = resources.request
         if !json { print("Provisioning \(name)…"); flushStdout() }
         let search = global.offerSearch(registry, store: provisioner.store, refresh: refresh)
-        let report = try await provisioner.up(name: name, request: request, search: search, idleMinutes: idleMinutes)
+        let report: ProvisionReport
+        do { report = try await provisioner.up(name: name, request: request, search: search, idleMinutes: idleMinutes) } catch {
+            steps.finish()
+            throw error
+        }
+        steps.finish()
         try show(report, json: json)
     }
 
@@ -97,16 +102,23 @@ struct UpCommand: AsyncParsableCommand {
 }
 
 struct DownCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "down", abstract: "Terminate a cluster's instances.")
+    static let configuration = CommandConfiguration(
+        commandName: "down", abstract: "Terminate a cluster's instances.",
+        discussion: "Refused while a job that has not ended runs on the cluster: cancel it first (`capstan cancel JOB`), or pass --force.")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var remote: ServerOptions
-    @Argument(help: "Cluster name.") var name: String
+    @Argument(help: "Cluster name.", completion: .custom(NameCompletion.clusters)) var name: String
+    @Flag(help: "Terminate the cluster even while a job runs on it (the job loses its nodes).") var force = false
 
     func run() async throws {
         try await reportingErrors {
-            if try await remote.run({ client in try render(try await client.down(name)) }) { return }
+            if try await remote.run({ client in
+                if !force { try Self.refuseBusy(name, jobs: try await client.jobs(running: true, limit: 1000)) }
+                try render(try await client.down(name))
+            }) { return }
             let registry = try global.loadRegistry()
             let provisioner = try await global.provisioner(registry)
+            if !force { try Self.refuseBusy(name, jobs: try await provisioner.store.unfinishedJobs()) }
             let cluster = try await provisioner.down(name: name)
             _ = await provisioner.reconcile()
             try render(cluster)
@@ -116,6 +128,16 @@ struct DownCommand: AsyncParsableCommand {
     func render(_ cluster: Cluster) throws {
         if global.json { try printJSON(cluster); return }
         print("Cluster \(cluster.name) is \(cluster.status.rawValue).")
+    }
+
+    /// Refuses to take down a cluster that an unfinished job (of `jobs`) runs on.
+    static func refuseBusy(_ cluster: String, jobs: [JobRecord]) throws {
+        let busy = jobs.filter { $0.clusterName == cluster && !$0.status.isFinished }
+        guard let first = busy.first else { return }
+        let names = busy.map { "\($0.id) (\($0.status.rawValue))" }.joined(separator: ", ")
+        throw CapstanError(
+            .invalidRequest, "Cluster \(cluster) is not taken down: job\(busy.count == 1 ? "" : "s") \(names) \(busy.count == 1 ? "runs" : "run") on it.",
+            hint: "Cancel \(busy.count == 1 ? "it" : "them") first (`capstan cancel \(first.id)`), or run `capstan down \(cluster) --force` to terminate the cluster under \(busy.count == 1 ? "it" : "them").")
     }
 }
 
@@ -129,7 +151,7 @@ struct MoveCommand: AsyncParsableCommand {
             """)
     @OptionGroup var global: GlobalOptions
     @OptionGroup var remote: ServerOptions
-    @Argument(help: "Cluster name.") var name: String
+    @Argument(help: "Cluster name.", completion: .custom(NameCompletion.clusters)) var name: String
     @Flag(help: "Ask every provider for fresh offers.") var refresh = false
 
     func run() async throws {

@@ -14,7 +14,7 @@ struct EventsCommand: AsyncParsableCommand {
         discussion: "One line per event: its time (UTC), its kind and what happened. --json prints one JSON object per line (id, time, kind, message).")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var remote: ServerOptions
-    @Argument(help: "Job id or name.") var job: String
+    @Argument(help: "Job id or name.", completion: .custom(NameCompletion.jobs)) var job: String
     @Flag(name: [.short, .long], help: "Follow until the job ends.") var follow = false
     @Option(help: "Only these kinds (comma-separated, e.g. attempt,restarting,failed).") var kind: String?
 

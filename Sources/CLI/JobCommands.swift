@@ -38,17 +38,18 @@ struct LaunchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "launch",
         abstract: "Run a job: acquire its cluster, start it on every node, checkpoint to the bucket, resume after failures.",
+        // One line per paragraph: ArgumentParser wraps them to the terminal's width.
         discussion: """
-            The job goes on if this command is interrupted (Ctrl-C, a closed terminal, kill -9): the
-            next `capstan jobs` or `capstan logs` re-attaches a controller to it. Stop it with
-            `capstan cancel JOB`. The job spec format is in docs/jobs.md.
+            The job goes on if this command is interrupted (Ctrl-C, a closed terminal, kill -9): the next `capstan jobs` or `capstan logs` re-attaches a controller to it. Stop it with `capstan cancel JOB`. The job spec format is in docs/jobs.md.
+
+            Exit status, when it follows the job (no --detach): 0 if the job succeeded, 1 if it failed, 2 if it was cancelled.
             """)
 
     @OptionGroup var global: GlobalOptions
     @OptionGroup var remote: ServerOptions
     @Argument(help: "The job spec (YAML).") var spec: String
     @Flag(help: "Start the job and return; follow it with `capstan logs JOB -f`.") var detach = false
-    @Option(help: "Run on this running cluster (not terminated at the end) instead of provisioning one.") var cluster: String?
+    @Option(help: "Run on this running cluster (not terminated at the end) instead of provisioning one.", completion: .custom(NameCompletion.clusters)) var cluster: String?
     @Flag(help: "Print status and checkpoints only, not the nodes' output.") var quiet = false
     @Option(help: "Seconds without a heartbeat before a node counts as lost.") var heartbeatTimeout: Double?
     @Option(help: "Seconds the other ranks may take to exit after one finished.") var exitGrace: Double?
@@ -134,14 +135,14 @@ struct LaunchCommand: AsyncParsableCommand {
 
     /// What `launch --detach` prints.
     func started(_ job: JobRecord) throws {
-        if global.json { try printJSON(job); return }
+        if global.json { try printJSON(JobJSON(job: job)); return }
         print("Job \(job.id) started. Follow it: capstan logs \(job.id) -f   Stop it: capstan cancel \(job.id)")
     }
 
     /// What `launch` prints and exits with once the job it followed has ended.
     func finished(_ job: JobRecord) throws {
-        if global.json { try printJSON(job) }
-        if job.status != .succeeded { throw ExitCode(1) }
+        if global.json { try printJSON(JobJSON(job: job)) }
+        try JobExit.finish(job)
     }
 }
 
@@ -191,7 +192,7 @@ struct JobsCommand: AsyncParsableCommand {
 
     /// What `jobs` prints, here or from a server: `costs` by job id (``JobCost``), `usage` by job id.
     func render(_ fresh: [JobRecord], costs: [String: Double], usage: [String: String] = [:]) throws {
-        if global.json { try printJSON(fresh); return }
+        if global.json { try printJSON(JobJSON.list(fresh)); return }
         if fresh.isEmpty { print("No jobs. Start one with: capstan launch job.yaml"); return }
         var table = TextTable(header: ["JOB", "STATUS", "ATTEMPT", "RESTARTS", "CHECKPOINT", "PROGRESS", "USAGE", "COST", "CLUSTER", "AGE"], rightAligned: [2, 3, 4, 7])
         let now = Date()
@@ -210,7 +211,7 @@ struct MetricsCommand: AsyncParsableCommand {
         commandName: "metrics", abstract: "A job's metrics (loss, lr, tokens/s…) from its leader's JSON lines, as a chart and a table.")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var remote: ServerOptions
-    @Argument(help: "Job id or name.") var job: String
+    @Argument(help: "Job id or name.", completion: .custom(NameCompletion.jobs)) var job: String
     @Option(help: "The metric to chart.") var key = "loss"
     @Option(help: "Table rows (evenly spaced steps); 0 for none.") var rows = 10
 
@@ -252,9 +253,21 @@ struct LogsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print a job's node logs (every attempt); -f follows until the job ends.")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var remote: ServerOptions
-    @Argument(help: "Job id or name.") var job: String
-    @Flag(name: [.short, .long], help: "Follow until the job ends.") var follow = false
+    @Argument(help: "Job id or name.", completion: .custom(NameCompletion.jobs)) var job: String
+    @Flag(name: [.short, .long], help: "Follow until the job ends; exit 0 if it succeeded, 1 if it failed, 2 if it was cancelled.") var follow = false
     @Option(help: "Only this node's log.") var node: Int?
+
+    /// One log line as printed: `[node N] line`, or with `--json` a ``LogLineJSON`` object.
+    func emit(_ line: String, node n: Int, of nodes: [Int]) throws {
+        if global.json { try printJSONLine(LogLineJSON(node: n, time: Date(), line: line)) } else { print(Self.prefix(node: n, of: nodes) + line) }
+    }
+
+    /// How `logs -f` ends: the job's last line (or `{"end": job}`), and its exit status.
+    func finishFollowing(_ job: JobRecord) throws {
+        if global.json { try printJSONLine(LogEndJSON(end: JobJSON(job: job))) } else { Self.printEnd(job) }
+        flushStdout()
+        try JobExit.finish(job)
+    }
 
     /// The nodes whose logs are printed: `--node`'s, else every node of the job.
     func nodes(_ j: JobRecord) -> [Int] {
@@ -279,8 +292,7 @@ struct LogsCommand: AsyncParsableCommand {
             var tail = NodeLogTail()
             func pump(final: Bool) {
                 for n in nodes {
-                    let prefix = Self.prefix(node: n, of: nodes)
-                    for line in tail.read(n, path: service.context.logFile(job: j.id, node: n), final: final) { print(prefix + line) }
+                    for line in tail.read(n, path: service.context.logFile(job: j.id, node: n), final: final) { try? emit(line, node: n, of: nodes) }
                 }
                 flushStdout()
             }
@@ -293,7 +305,7 @@ struct LogsCommand: AsyncParsableCommand {
                 if await !service.context.jobLocks.isHeld(j.id) { try await service.ensureController(j.id) }
                 try await Task.sleep(for: .milliseconds(300))
             }
-            Self.printEnd(try await requireJob(service, j.id))
+            try finishFollowing(try await requireJob(service, j.id))
         }
     }
 
@@ -304,7 +316,7 @@ struct LogsCommand: AsyncParsableCommand {
         var end: JobRecord?
         for try await item in client.logs(j.id, node: node, follow: follow) {
             if let line = item.line {
-                print(Self.prefix(node: item.node ?? 0, of: nodes) + line)
+                try emit(line, node: item.node ?? 0, of: nodes)
                 flushStdout()
             }
             if let e = item.end { end = e }
@@ -313,7 +325,7 @@ struct LogsCommand: AsyncParsableCommand {
         guard let end, end.status.isFinished else {
             throw CapstanError(.transient, "The server's log stream of job \(j.id) ended before the job did.", hint: "Follow it again with `capstan logs \(j.id) -f`; the job goes on on the server.")
         }
-        Self.printEnd(end)
+        try finishFollowing(end)
     }
 }
 
@@ -321,7 +333,7 @@ struct CancelCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Stop a job: its nodes upload what is complete, then its own cluster is terminated.")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var remote: ServerOptions
-    @Argument(help: "Job id or name.") var job: String
+    @Argument(help: "Job id or name.", completion: .custom(NameCompletion.jobs)) var job: String
 
     func run() async throws {
         try await reportingErrors {
@@ -336,7 +348,7 @@ struct CancelCommand: AsyncParsableCommand {
     }
 
     func render(_ j: JobRecord) throws {
-        if global.json { try printJSON(j); return }
+        if global.json { try printJSON(JobJSON(job: j)); return }
         print("Job \(j.id) is \(j.status.rawValue).")
     }
 }
@@ -351,7 +363,7 @@ struct CheckpointsCommand: AsyncParsableCommand {
             """)
     @OptionGroup var global: GlobalOptions
     @OptionGroup var remote: ServerOptions
-    @Argument(help: "Job id or name.") var job: String
+    @Argument(help: "Job id or name.", completion: .custom(NameCompletion.jobs)) var job: String
     @Flag(help: "Download and re-hash every file of every checkpoint against its manifest.") var verify = false
 
     func run() async throws {

@@ -64,12 +64,11 @@ struct OffersCommand: AsyncParsableCommand {
 
     /// What `offers` prints, here or from a server.
     func render(_ result: OffersResponse) throws {
-        if global.json { try printJSON(result); return }
+        // No offer: exit 1, so `capstan offers … && capstan up …` stops here (docs/cli.md).
+        if global.json { try printJSON(result); if result.offers.isEmpty { throw ExitCode(1) }; return }
         let problems = result.problems
         let shown = limit > 0 ? Array(result.offers.prefix(limit)) : result.offers
-        if shown.isEmpty {
-            print("No offer matches \(describe(request)).")
-        } else {
+        if !shown.isEmpty {
             var table = TextTable(header: ["PROVIDER", "INSTANCE TYPE", "REGION", "GPU", "GPUS", "VCPUS", "MEM GiB", "$/H NODE", "$/H TOTAL", "MARKET", "AVAIL"], rightAligned: [4, 5, 6, 7, 8])
             for r in shown {
                 let o = r.offer
@@ -108,6 +107,11 @@ struct OffersCommand: AsyncParsableCommand {
         }
         for p in problems {
             printError("warning: \(p.provider): \(p.error)")
+        }
+        if result.offers.isEmpty {
+            printError(ErrorStyle.message("error: No offer matches \(describe(request))."))
+            printError("  → " + (result.rejected.isEmpty ? "`capstan check` shows which providers are enabled and answer." : "--explain shows why each offer was filtered out; `capstan check` shows which providers answer."))
+            throw ExitCode(1)
         }
     }
 

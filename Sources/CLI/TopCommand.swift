@@ -14,7 +14,7 @@ struct TopCommand: AsyncParsableCommand {
         commandName: "top", abstract: "A live view of a job's nodes: CPU, memory and each GPU's utilisation, memory, temperature and power, with its step, loss and tokens/s.")
     @OptionGroup var global: GlobalOptions
     @OptionGroup var remote: ServerOptions
-    @Argument(help: "Job id or name.") var job: String
+    @Argument(help: "Job id or name.", completion: .custom(NameCompletion.jobs)) var job: String
     @Flag(help: "Print one frame and exit.") var once = false
     @Option(help: "Seconds between frames.") var interval: Double = 2
 
@@ -47,7 +47,7 @@ struct TopCommand: AsyncParsableCommand {
         while true {
             let (j, nodes) = try await read()
             if global.json {
-                try printJSON(TopFrame(job: j, nodes: nodes))
+                try printJSON(TopFrame(job: JobJSON(job: j), nodes: nodes))
             } else {
                 // A terminal is redrawn in place; a pipe gets one frame after another.
                 if live { print("\u{1B}[H\u{1B}[2J", terminator: "") }
@@ -63,7 +63,7 @@ struct TopCommand: AsyncParsableCommand {
 
 /// What `top --json` prints for a frame.
 struct TopFrame: Encodable {
-    var job: JobRecord
+    var job: JobJSON
     var nodes: [NodeTelemetry]
 }
 
