@@ -7,6 +7,7 @@ capstan_missing_test_packages() {
   command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)    # key pairs in the AWS tests; the SSH transport
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)                     # real sshd in the SSH tests' network namespaces
   command -v ip >/dev/null 2>&1 || need+=(iproute2)                   # those namespaces
+  command -v ps >/dev/null 2>&1 || need+=(procps)                     # ps: no job secret in any command line (JobSpecFeatureTests)
   command -v make >/dev/null 2>&1 || need+=(make)                     # the C Lambda plugin's own Makefile
   dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)  # … its HTTP client
   dpkg -s libjansson-dev >/dev/null 2>&1 || need+=(libjansson-dev)    # … and its JSON
@@ -18,6 +19,11 @@ capstan_missing_test_packages() {
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
   # The dashboard's browser test: a real headless Chromium driven by Selenium (PyPI).
   { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || need+=(chromium chromium-driver)
+  # Container images (`image:`): rootful podman with runc (crun refuses hybrid cgroups) and a
+  # static busybox for the test's locally built image (InputsTests).
+  command -v podman >/dev/null 2>&1 || need+=(podman)
+  command -v runc >/dev/null 2>&1 || need+=(runc)
+  command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}"
 }
 
