@@ -55,7 +55,10 @@ enum TestPostgres {
         _ = try? await admin { try await $0.query(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: Logger(label: "capstan.test.admin")) }
     }
 
-    static func connect(_ url: String, logger: Logger = PostgresStateStore.silent, operationTimeout: Duration = .seconds(30)) async throws -> PostgresStateStore {
+    /// A store on `url`. Its operations may wait 120 s for an answer (the product's default is
+    /// 30 s): in the whole suite's first minutes on two cores, a query's answer can wait that
+    /// long for a cooperative thread; the timeout itself is tested with its own short limit.
+    static func connect(_ url: String, logger: Logger = PostgresStateStore.silent, operationTimeout: Duration = .seconds(120)) async throws -> PostgresStateStore {
         try await PostgresStateStore.connect(url: url, logger: logger, environment: try environment, operationTimeout: operationTimeout)
     }
 
