@@ -211,7 +211,7 @@ extension JobTests {
         let root = dir.file("rootfs")
         for sub in ["bin", "tmp", "etc"] { try FileManager.default.createDirectory(atPath: root + "/" + sub, withIntermediateDirectories: true) }
         try FileManager.default.copyItem(atPath: busybox, toPath: root + "/bin/busybox")
-        for tool in ["sh", "cat", "echo", "test", "touch", "ls", "env", "["] { try FileManager.default.createSymbolicLink(atPath: root + "/bin/" + tool, withDestinationPath: "busybox") }
+        for tool in ["sh", "cat", "echo", "test", "touch", "ls", "env", "[", "sleep"] { try FileManager.default.createSymbolicLink(atPath: root + "/bin/" + tool, withDestinationPath: "busybox") }
         dir.write("rootfs/etc/capstan-image", "capstan-test\n")
         let tar = try await runProcess("/bin/tar", ["-C", root, "-cf", dir.file("rootfs.tar"), "."])
         #expect(tar.status == 0, "\(tar.stderr)")
@@ -240,15 +240,41 @@ extension JobTests {
             inputs: {data: file://\(home.dir.file("in"))/}
             secrets: [BOX_TOKEN]
             setup: echo from-setup > /tmp/marker
-            run: test -f /tmp/marker && if [ "$BOX_TOKEN" = "s3cr3t-box-7731" ]; then echo SECRET-IN-BOX; fi && echo "BOXED rank=$CAPSTAN_NODE_RANK of $NNODES image=$(cat /etc/capstan-image) data=$(cat $CAPSTAN_INPUT_DATA/a.txt) path=$PATH" && cat $CAPSTAN_INPUT_DATA/a.txt > $CAPSTAN_OUTPUT_DIR/out-$CAPSTAN_NODE_RANK.txt && if touch $CAPSTAN_INPUT_DATA/x; then echo WROTE-INPUT; fi
+            run: test -f /tmp/marker && if [ "${BOX_TOKEN%-7731}" = s3cr3t-box ]; then echo SECRET-IN-BOX; fi && while [ ! -e go ]; do sleep 0.2; done && echo "BOXED rank=$CAPSTAN_NODE_RANK of $NNODES image=$(cat /etc/capstan-image) data=$(cat $CAPSTAN_INPUT_DATA/a.txt) path=$PATH" && cat $CAPSTAN_INPUT_DATA/a.txt > $CAPSTAN_OUTPUT_DIR/out-$CAPSTAN_NODE_RANK.txt && if touch $CAPSTAN_INPUT_DATA/x; then echo WROTE-INPUT; fi
             maxRestarts: 0
             storage: file://\(home.dir.file("bucket"))
             """)
-        let r = try await home.capstan(["launch", home.spec] + JobHome.fast, env: ["CAPSTAN_CONTAINER_RUNTIME": podman, "CAPSTAN_CONTAINER_OPTIONS": Self.podmanOptions, "BOX_TOKEN": "s3cr3t-box-7731"])
-        let job = try await #require(try home.job())
-        #expect(r.status == 0 && job.status == .succeeded, "\(r.stderr) \(home.logTail(job: job.id))")
+        let r = try await home.capstan(["launch", home.spec, "--detach"] + JobHome.fast, env: ["CAPSTAN_CONTAINER_RUNTIME": podman, "CAPSTAN_CONTAINER_OPTIONS": Self.podmanOptions, "BOX_TOKEN": "s3cr3t-box-7731"])
+        #expect(r.status == 0, "\(r.stderr)")
+        var job = try await #require(try home.job())
+        let deadline = Date().addingTimeInterval(240)
+        while home.allLogs(job.id).components(separatedBy: "SECRET-IN-BOX").count < 3, Date() < deadline { try await Task.sleep(for: .milliseconds(200)) }
+        // While both containers run: the secret is in neither's configuration (`inspect`, which
+        // does show the env contract) nor anywhere in podman's container storage.
+        for rank in 0..<2 {
+            let inspect = try await runProcess(podman, ["inspect", "capstan-\(job.id)-a1-n\(rank)"])
+            #expect(inspect.status == 0 && inspect.stdout.contains("CAPSTAN_NODE_RANK=\(rank)") && inspect.stdout.contains("capstan.job"), "\(inspect.stdout.prefix(2000)) \(inspect.stderr)")
+            #expect(!inspect.stdout.contains("s3cr3t-box-7731"), "podman keeps the secret in the container's configuration")
+        }
+        let info = try await runProcess(podman, ["info", "--format", "{{.Store.GraphRoot}} {{.Store.RunRoot}}"])
+        let roots = info.stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        #expect(info.status == 0 && roots.count == 2, "\(info.stdout) \(info.stderr)")
+        let scan = SecretScan([roots[0] + "/overlay-containers", roots[1]], for: "s3cr3t-box-7731")
+        #expect(scan.scanned.contains { $0.hasSuffix("/config.json") }, "the scan found no container configuration: \(scan.scanned.prefix(20))")
+        #expect(scan.hits.isEmpty, "the secret is in \(scan.hits)")
+        // Each command waits for `go` in its node's workdir (mounted at the same path).
+        for rank in 0..<2 {
+            let workdir = try await runProcess(podman, ["inspect", "--format", "{{.Config.WorkingDir}}", "capstan-\(job.id)-a1-n\(rank)"])
+            let path = workdir.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(workdir.status == 0 && path.hasPrefix("/"), "\(workdir.stdout) \(workdir.stderr)")
+            _ = FileManager.default.createFile(atPath: path + "/go", contents: nil)
+        }
+        while !(try await home.job()?.status.isFinished ?? false), Date() < deadline { try await Task.sleep(for: .milliseconds(200)) }
+        job = try await #require(try home.job())
+        #expect(job.status == .succeeded, "\(home.logTail(job: job.id))")
         let log = home.allLogs(job.id)
-        // The spec's secret reaches the command in the container (by name: never in podman's arguments).
+        // The spec's secret reaches the command in the container (on its stdin: never in podman's
+        // arguments; the spec spells it only in part, so the scans find only what was delivered).
         #expect(log.components(separatedBy: "SECRET-IN-BOX").count == 3 && !log.contains("s3cr3t-box-7731"), "\(log.suffix(3000))")
         for rank in 0..<2 {
             #expect(log.contains("BOXED rank=\(rank) of 2 image=capstan-test data=alpha path="), "\(log.suffix(3000))")

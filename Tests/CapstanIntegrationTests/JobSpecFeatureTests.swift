@@ -202,7 +202,7 @@ struct JobSpecFeatureTests {
             resources: {nodes: 1, providers: [local]}
             secrets: [JOB_TOKEN]
             maxRestarts: 2
-            run: 'echo attempt=$CAPSTAN_ATTEMPT; while [ ! -e \(go) ]; do sleep 0.2; done; exit 3'
+            run: 'echo attempt=$CAPSTAN_ATTEMPT; while [ ! -e \(go) ]; do sleep 0.2; done; printf "late=%s\\nsplit=%s" "$JOB_TOKEN" "$(echo $JOB_TOKEN | cut -c1-9)"; sleep 1; echo "$JOB_TOKEN" | cut -c10-; while [ ! -e \(go)2 ]; do sleep 0.2; done; exit 3'
 
             """)
         let started = try await home.capstan(["launch", spec, "--detach"] + SpecHome.fast, env: ["JOB_TOKEN": token])
@@ -216,7 +216,15 @@ struct JobSpecFeatureTests {
         let listed = try await home.capstan(["jobs"])
         #expect(listed.status == 0, "\(listed.stderr)")
         #expect(try await home.wait(timeout: 30) { (try await home.job(named: "takeover"))?.controllerPID.map { $0 != controller } == true })
+        // What the command prints of the secret now (once whole, once split over two writes
+        // a second apart) reaches the node's own log and the home redacted, although this
+        // controller has no value to redact with: the agent redacted it.
         _ = FileManager.default.createFile(atPath: go, contents: nil)
+        #expect(try await home.wait { home.log(job.id, node: 0).contains("late=<redacted>") && home.log(job.id, node: 0).contains("split=<redacted>") }, "\(home.log(job.id, node: 0))")
+        let scan = home.scan(for: token)
+        #expect(scan.scanned.contains { $0.hasSuffix("/node.log") } && scan.covered("/logs/node-0.log"), "the scan missed the node logs: \(scan.scanned)")
+        #expect(scan.hits.isEmpty, "the secret is in \(scan.hits)")
+        _ = FileManager.default.createFile(atPath: go + "2", contents: nil)
         #expect(try await home.wait { (try await home.job(named: "takeover"))?.status.isFinished == true })
         let final = try #require(try await home.job(named: "takeover"))
         #expect(final.status == .failed && final.attempt == 1)

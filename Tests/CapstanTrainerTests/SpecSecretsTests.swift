@@ -189,9 +189,9 @@ struct SpecSecretsTests {
         #expect(secrets.secrets == ["tok-longer", "tok"])
         #expect(secrets.redact("x tok-longer y tok z") == "x <redacted> y <redacted> z")
         let bytes = Data("a tok b\n".utf8) + Data([0xff, 0xfe]) + Data(" tok-longer\n".utf8)
-        let out = Run.redact(bytes, secrets.secrets.map { Data($0.utf8) })
+        let out = Redactor.redact(bytes, Redactor(secrets.secrets).secrets)
         #expect(out == Data("a <redacted> b\n".utf8) + Data([0xff, 0xfe]) + Data(" <redacted>\n".utf8))
-        #expect(Run.redact(Data("nothing".utf8), []) == Data("nothing".utf8))
+        #expect(Redactor.redact(Data("nothing".utf8), []) == Data("nothing".utf8))
         // The secrets travel on stdin as JSON and come back whole.
         let back = try? PluginWire.decoder.decode(AgentSecrets.self, from: PluginWire.encoder.encode(secrets))
         #expect(back?.environment == ["A": "tok", "B": "tok-longer"])

@@ -31,6 +31,8 @@ package enum Spawn {
         package var append: Bool
         /// A descriptor to read stdin from instead of `stdin` (a pipe holding `input`).
         var stdinFD: Int32?
+        /// A descriptor for stdout and stderr instead of the files (a ``RedactingPipe``'s).
+        var outputFD: Int32?
 
         package init(stdin: String? = nil, stdout: String? = nil, stderr: String? = nil, append: Bool = true) {
             self.stdin = stdin
@@ -54,6 +56,18 @@ package enum Spawn {
         let fd = try inputHolding(input)
         defer { close(fd) }
         var streams = Streams(stdout: output)
+        streams.stdinFD = fd
+        return try spawn(argv, environment: environment, cwd: cwd, streams: streams, newSession: true)
+    }
+
+    /// ``start(_:environment:cwd:output:)`` with stdout and stderr into `pipe` (which redacts
+    /// secrets before they reach its file) and, when given, `input` on stdin (as
+    /// ``start(_:environment:cwd:output:input:)`` does).
+    package static func start(_ argv: [String], environment: [String: String], cwd: String? = nil, output pipe: RedactingPipe, input: Data? = nil) throws -> pid_t {
+        var streams = Streams()
+        streams.outputFD = pipe.writeEnd
+        let fd = try input.map { try inputHolding($0) }
+        defer { if let fd { close(fd) } }
         streams.stdinFD = fd
         return try spawn(argv, environment: environment, cwd: cwd, streams: streams, newSession: true)
     }
@@ -159,8 +173,12 @@ package enum Spawn {
             posix_spawn_file_actions_addopen(&actions, 0, streams.stdin ?? "/dev/null", O_RDONLY, 0)
         }
         let mode = O_WRONLY | O_CREAT | (streams.append ? O_APPEND : O_TRUNC)
-        posix_spawn_file_actions_addopen(&actions, 1, streams.stdout ?? "/dev/null", mode, 0o600)
-        if let err = streams.stderr {
+        if let fd = streams.outputFD {
+            posix_spawn_file_actions_adddup2(&actions, fd, 1)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 1, streams.stdout ?? "/dev/null", mode, 0o600)
+        }
+        if let err = streams.stderr, streams.outputFD == nil {
             posix_spawn_file_actions_addopen(&actions, 2, err, mode, 0o600)
         } else {
             posix_spawn_file_actions_adddup2(&actions, 1, 2)

@@ -38,8 +38,17 @@ public struct ContainerRun: Sendable, Hashable {
     /// Setup and `run` as one script for the container: setup's changes (a `pip install`)
     /// are in the container the command runs in. The command is exec'd, so it is the one the
     /// runtime's forwarded SIGTERM reaches (a graceful stop, a final checkpoint).
-    public static func script(setup: [String], run: String) -> String {
-        (["set -e"] + setup + ["exec /bin/sh -c " + quote(run)]).joined(separator: "\n")
+    /// `secretsOnStdin`: the script first reads `export` lines for the spec's secrets from its
+    /// stdin (``secretInput(_:)``), so their values are in no argument and in none of the
+    /// container's configuration the runtime keeps on disk.
+    public static func script(setup: [String], run: String, secretsOnStdin: Bool = false) -> String {
+        (["set -e"] + (secretsOnStdin ? [#"eval "$(cat)""#, "exec </dev/null"] : []) + setup + ["exec /bin/sh -c " + quote(run)]).joined(separator: "\n")
+    }
+
+    /// The stdin of a container whose script reads its secrets (``script(setup:run:secretsOnStdin:)``):
+    /// one `export NAME='value'` per secret.
+    public static func secretInput(_ secrets: [String: String]) -> Data {
+        Data(secrets.keys.sorted().map { "export \($0)=\(quote(secrets[$0]!))\n" }.joined().utf8)
     }
 
     /// `text` as one single-quoted shell word.
@@ -47,10 +56,23 @@ public struct ContainerRun: Sendable, Hashable {
 
     var isDocker: Bool { (runtime as NSString).lastPathComponent.hasPrefix("docker") }
 
+    /// The labels every container of a job's carries (``NodeAgent/removeStaleContainers(environment:)``
+    /// finds what a killed agent left by them).
+    public var labels: [String: String] = [:]
+    /// Run as this `uid:gid` (docker, whose containers otherwise write root-owned files into
+    /// the mounted job folders; rootless podman maps root to the user already).
+    public var user: String?
+
     /// `run` with `environment`'s names passed through (`-e NAME`: the values reach the
-    /// runtime in its environment, never in its arguments).
-    public func arguments(script: String, environment names: [String]) -> [String] {
-        var a = [runtime, "run", "--rm", "--name", name, "--network", "host", "--ipc", "host"] + options
+    /// runtime in its environment, never in its arguments). `stdin`: the container reads
+    /// the runtime's stdin (the secrets' exports).
+    public func arguments(script: String, environment names: [String], stdin: Bool = false) -> [String] {
+        var a = [runtime, "run", "--rm", "--name", name, "--network", "host", "--ipc", "host"]
+        if stdin { a.append("-i") }
+        for (k, v) in labels.sorted(by: { $0.key < $1.key }) { a += ["--label", "\(k)=\(v)"] }
+        if isDocker, let user { a += ["--user", user, "-e", "HOME=/tmp"] }
+        // The node's options last: they may override the above (`--user 0`).
+        a += options
         if gpus { a += isDocker ? ["--gpus", "all"] : ["--device", "nvidia.com/gpu=all"] }
         for m in Self.unique(mounts) { a += ["-v", "\(m):\(m)"] }
         for m in Self.unique(readOnlyMounts) { a += ["-v", "\(m):\(m):ro"] }
@@ -94,22 +116,29 @@ public struct ContainerRun: Sendable, Hashable {
 
 extension NodeAgent {
     var containerName: String { "capstan-\(config.job)-a\(config.attempt)-n\(config.node)" }
+    static let jobLabel = "capstan.job"
 
-    /// The program and arguments `command` runs as: `/bin/sh -c command` on the node, or, for
-    /// a job with `image:`, the runtime's `run` of it (a container left by a killed agent of
-    /// this attempt is removed first).
-    func commandLine(_ command: String, environment env: [String: String], prepared: [String: String]) async -> [String] {
-        guard let image = config.image, let runtime = containerRuntime.withLock({ $0 }) else { return ["/bin/sh", "-c", command] }
+    /// The program and arguments `command` runs as, and its stdin: `/bin/sh -c command` on the
+    /// node, or, for a job with `image:`, the runtime's `run` of it (a container left by a
+    /// killed agent of this attempt is removed first), with the spec's secrets taken out of
+    /// `env` and handed over on stdin instead.
+    func commandLine(_ command: String, environment env: inout [String: String], prepared: [String: String]) async -> (argv: [String], input: Data?) {
+        guard let image = config.image, let runtime = containerRuntime.withLock({ $0 }) else { return (["/bin/sh", "-c", command], nil) }
         await removeContainer(environment: env)
         let cache = SourceCache.root(environment: ProcessInfo.processInfo.environment.merging(config.environment) { $1 })
-        let run = ContainerRun(
+        var run = ContainerRun(
             runtime: runtime, image: image, name: containerName,
             mounts: [config.workdir, config.checkpointDir, config.outputDir, config.stateDir] + (config.resumeDir.map { [$0] } ?? []),
             readOnlyMounts: FileManager.default.fileExists(atPath: cache) ? [cache] : [], workdir: config.workdir,
             gpus: (Int(config.environment["CAPSTAN_GPUS_PER_NODE"] ?? "") ?? 0) > 0,
             options: (ProcessInfo.processInfo.environment["CAPSTAN_CONTAINER_OPTIONS"] ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
-        // The spec's `secrets:` go in by name like the rest: their values stay in the environment.
-        return run.arguments(script: command, environment: ContainerRun.names(config: config.environment.merging(secrets.environment ?? [:]) { $1 }, prepared: prepared, node: env))
+        run.labels = [Self.jobLabel: config.job, "capstan.node": String(config.node), "capstan.attempt": String(config.attempt)]
+        if getuid() != 0 { run.user = "\(getuid()):\(getgid())" }
+        let secretValues = secrets.environment ?? [:]
+        for name in secretValues.keys { env[name] = nil }
+        let script = secretValues.isEmpty ? command : ContainerRun.script(setup: [], run: command, secretsOnStdin: true)
+        let argv = run.arguments(script: script, environment: ContainerRun.names(config: config.environment, prepared: prepared, node: env), stdin: !secretValues.isEmpty)
+        return (argv, secretValues.isEmpty ? nil : ContainerRun.secretInput(secretValues))
     }
 
     /// `rm -f` of this attempt's container (none: nothing happens).
@@ -117,5 +146,26 @@ extension NodeAgent {
         guard config.image != nil, let runtime = containerRuntime.withLock({ $0 }) else { return }
         let name = containerName
         _ = try? await Spawn.onThread { try Spawn.runCapturing([runtime, "rm", "-f", name], environment: env, timeout: 60) }
+    }
+
+    /// `rm -f` of this job's containers for this node from earlier attempts, which an agent
+    /// killed with SIGKILL left running (docker's are not its descendants; podman's `--rm`
+    /// needs the `run` process alive). Found by label, so whatever the names.
+    func removeStaleContainers(environment env: [String: String]) async {
+        guard config.image != nil, let runtime = containerRuntime.withLock({ $0 }) else { return }
+        let (job, node, attempt, label) = (config.job, config.node, config.attempt, Self.jobLabel)
+        let listed = try? await Spawn.onThread {
+            try Spawn.runCapturing([runtime, "ps", "-a", "--filter", "label=\(label)=\(job)", "--format", "{{.Names}}"], environment: env, timeout: 60)
+        }
+        guard let listed, listed.status == .exited(0) else { return }
+        let stale = String(decoding: listed.stdout, as: UTF8.self).split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { name in
+            // capstan-<job>-a<attempt>-n<node>: this node's, of another attempt.
+            guard name.hasPrefix("capstan-\(job)-a"), name.hasSuffix("-n\(node)"),
+                  let a = Int(name.dropFirst("capstan-\(job)-a".count).dropLast("-n\(node)".count)) else { return false }
+            return a != attempt
+        }
+        guard !stale.isEmpty else { return }
+        say("removing container(s) an earlier attempt left: \(stale.joined(separator: ", "))")
+        _ = try? await Spawn.onThread { try Spawn.runCapturing([runtime, "rm", "-f"] + stale, environment: env, timeout: 120) }
     }
 }

@@ -124,6 +124,7 @@ public final class NodeAgent: Sendable {
                         containerRuntime.withLock { $0 = nil }
                         let runtime = try await ContainerRun.findRuntime(node: config.node, image: image, environment: ProcessInfo.processInfo.environment)
                         containerRuntime.withLock { $0 = runtime }
+                        await removeStaleContainers(environment: ProcessInfo.processInfo.environment)
                         say("image \(image): running setup and the command in it with \(runtime)")
                     }
                     next = .pythonReady(env)
@@ -250,10 +251,22 @@ public final class NodeAgent: Sendable {
         for (k, v) in secrets.environment ?? [:] { env[k] = v }
         for (k, v) in prepared { env[k] = v }
         if env["CAPSTAN_PYTHON"] == nil { env["CAPSTAN_PYTHON"] = "python3" }
-        let argv = await commandLine(command, environment: env, prepared: prepared)
+        let (argv, input) = await commandLine(command, environment: &env, prepared: prepared)
         let pid: pid_t
+        // A job with `secrets:`: its output reaches the node log through the agent, which
+        // redacts every value first (the controller may not have them to redact with).
+        var output: RedactingPipe?
         do {
-            pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: config.logFile)
+            if let values = secrets.environment, !values.isEmpty {
+                let pipe = try RedactingPipe(secrets: secrets.secrets, appendingTo: config.logFile)
+                output = pipe
+                defer { pipe.closeWriteEnd() }
+                pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: pipe, input: input)
+            } else if let input {
+                pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: config.logFile, input: input)
+            } else {
+                pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: config.logFile)
+            }
         } catch {
             return (.exited(127), send(.spawnFailed("\(error)")))
         }
@@ -261,6 +274,9 @@ public final class NodeAgent: Sendable {
         let exit = await Spawn.wait(pid)
         await awaitGroupOnStop(pid)
         await removeContainer(environment: env)
+        // Its last lines are in the log before the agent's own about its end (a daemon it left
+        // holding the output keeps writing there, redacted).
+        if let output { _ = await output.drained(within: 5) }
         return (exit, send(.childExited(pid: pid, exit)))
     }
 

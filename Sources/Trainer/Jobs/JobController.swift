@@ -249,7 +249,7 @@ final class Run: @unchecked Sendable {
         self.spec = spec
         self.settings = settings
         self.secrets = secrets
-        self.redactions = secrets.secrets.map { Data($0.utf8) }
+        self.redactions = Redactor(secrets.secrets).secrets
         self.lifecycle = JobLifecycle(config: JobLifecycle.Config(maxRestarts: spec.maxRestarts, settings: settings, maxDuration: spec.maxDuration))
         self.checkpoints = CheckpointStore(store: bucket ?? UnopenedBucket(), prefix: "checkpoints")
         self.logOffsets = (try? JSONDecoder().decode([String: Int64].self, from: Data(contentsOf: URL(fileURLWithPath: offsetsFile)))) ?? [:]
@@ -806,15 +806,16 @@ final class Run: @unchecked Sendable {
                 guard let read = try? await t.readLog(job: jobID, attempt: attempt.attempt, on: node, from: offset, limit: limit), !read.isEmpty else { break }
                 var data = Data(read)
                 if !redactions.isEmpty {
-                    // Up to the last line end; all of it when the attempt is over, or when a
-                    // whole read (1 MiB) holds no line end at all.
+                    // The agent redacted what it wrote already (docs/jobs.md); this is the
+                    // second line of defence. All but a tail that could be the start of a
+                    // secret (read again next time); all of it when the attempt is over.
                     if !final {
-                        if let end = data.lastIndex(where: { $0 == 0x0A || $0 == 0x0D }) {
-                            data = data.prefix(through: end)
-                        } else if data.count < limit { break }
+                        let cut = Redactor.safeCut(data, secrets: redactions)
+                        if cut == 0 && data.count < limit { break }
+                        if cut > 0 { data = data.prefix(cut) }
                     }
                     logOffsets[key] = offset + Int64(data.count)
-                    data = Self.redact(data, redactions)
+                    data = Redactor.redact(data, redactions)
                 } else {
                     logOffsets[key] = offset + Int64(data.count)
                 }
@@ -837,21 +838,6 @@ final class Run: @unchecked Sendable {
             latestMetrics = line
             c.emit(.metrics(point))
         }
-    }
-
-    /// `bytes` with every occurrence of each of `secrets` (UTF-8) replaced by `<redacted>`,
-    /// byte for byte otherwise.
-    static func redact(_ bytes: Data, _ secrets: [Data]) -> Data {
-        var out = bytes
-        let mark = Data("<redacted>".utf8)
-        for needle in secrets where !needle.isEmpty {
-            var from = out.startIndex
-            while let r = out.range(of: needle, in: from..<out.endIndex) {
-                out.replaceSubrange(r, with: mark)
-                from = r.lowerBound + mark.count
-            }
-        }
-        return out
     }
 
     func drainLogs(_ attempt: JobAttemptRecord, nodes: [Instance], skipping: Set<String> = []) async {
