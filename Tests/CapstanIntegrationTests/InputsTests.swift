@@ -200,6 +200,46 @@ extension JobTests {
 }
 
 extension JobTests {
+    @Test("image: a container left running by an agent killed -9 is removed when the next attempt starts on that node; nothing of the job's is left")
+    func staleContainerRemoved() async throws {
+        guard let podman = Spawn.which("podman") else {
+            if ProcessInfo.processInfo.environment["CI"] != nil { Issue.record("podman is missing (.ci/run installs it)") }
+            return
+        }
+        var home = try JobHome()
+        defer { home.dir.cleanup() }
+        home.env["CAPSTAN_SOURCE_CACHE"] = home.dir.file("sources")
+        let image = "localhost/capstan-test:" + UUID().uuidString.prefix(8).lowercased()
+        try await Self.busyboxImage(podman, name: image, in: home.dir)
+        defer { _ = try? runProcessBlocking(podman, ["rmi", "-f", image]) }
+        home.dir.write("job/job.yaml", """
+            name: stale
+            resources: {nodes: 1}
+            workdir: .
+            image: \(image)
+            run: echo "up attempt=$CAPSTAN_ATTEMPT"; if [ "$CAPSTAN_ATTEMPT" = 1 ]; then sleep 600; fi; echo finished
+            maxRestarts: 1
+            storage: file://\(home.dir.file("bucket"))
+            """)
+        let env = ["CAPSTAN_CONTAINER_RUNTIME": podman, "CAPSTAN_CONTAINER_OPTIONS": Self.podmanOptions]
+        let r = try await home.capstan(["launch", home.spec, "--detach"] + JobHome.fast, env: env)
+        #expect(r.status == 0, "\(r.stderr)")
+        let job = try await #require(try home.job())
+        let deadline = Date().addingTimeInterval(240)
+        while !home.allLogs(job.id, nodes: 1).contains("up attempt=1"), Date() < deadline { try await Task.sleep(for: .milliseconds(200)) }
+        let agent = try #require(processCommandLines().first { $0.value.contains(" agent --config ") && $0.value.contains("/\(job.id)/") }?.key, "no agent of \(job.id) running")
+        kill(agent, SIGKILL)
+        while !(try await home.job()?.status.isFinished ?? false), Date() < deadline { try await Task.sleep(for: .milliseconds(200)) }
+        let final = try await #require(try home.job())
+        let log = home.allLogs(job.id, nodes: 1)
+        #expect(final.status == .succeeded && final.attempt == 2 && log.contains("finished"), "\(final.status) \(final.lastError ?? "") \(log.suffix(3000))")
+        #expect(log.contains("removing container(s) an earlier attempt left: capstan-\(job.id)-a1-n0"), "\(log.suffix(3000))")
+        let left = try await runProcess(podman, ["ps", "-a", "--filter", "label=capstan.job=\(job.id)", "--format", "{{.Names}}"])
+        #expect(left.status == 0 && left.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "left: \(left.stdout)")
+    }
+}
+
+extension JobTests {
     /// What rootful podman needs on these machines (cgroups in hybrid mode: crun refuses them;
     /// no CAP_SYS_RESOURCE: podman's default ulimits cannot be set): runc, lower ulimits.
     static let podmanOptions = "--runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096"
