@@ -5,12 +5,7 @@ import Testing
 
 /// Bad input files and values are data errors (exit 1, `error:` naming the file and line or
 /// the name), not command-line errors (64): docs/cli.md, Exit codes.
-@Suite("CLI: bad spec files and short secrets exit 1 with a clear error")
-struct InputErrorTests {
-    func capstan(_ args: [String], home: TempDir, env: [String: String] = [:]) async throws -> ProcessResult {
-        try await runProcess(BuildProducts.capstan, args, environment: env.merging(["CAPSTAN_HOME": home.path]) { $1 })
-    }
-
+extension CLITests {
     @Test("offers --spec with a spec that does not parse exits 1 naming the file and line; a wrong command line stays 64")
     func offersBadSpec() async throws {
         let home = TempDir(); defer { home.cleanup() }
