@@ -296,7 +296,7 @@ public struct SourceCache: Sendable {
         return (folder, objects.map { Self.relative($0.key, prefix: prefix) })
     }
 
-    /// What a file on this machine is cached by (docs/inputs.md, Caching).
+    /// What a file on this machine is cached by (docs/inputs.md, "`file://` folders").
     enum LocalKey: Equatable {
         /// Device, inode, size, and modification and change times in nanoseconds: any write
         /// (in place or by rename) moves the change time, which no one can set back.
