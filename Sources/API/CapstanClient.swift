@@ -82,9 +82,10 @@ public final class CapstanClient: Sendable, CustomStringConvertible {
         try await up(UpRequest(name: name, request: request, refresh: refresh, idleMinutes: idleMinutes))
     }
 
-    /// `DELETE /v1/clusters/{name}`: terminates a cluster's instances (`capstan down`).
-    public func down(_ cluster: String) async throws -> Cluster {
-        try await call(.DELETE, "/clusters/\(Self.segment(cluster))", timeout: Self.long)
+    /// `DELETE /v1/clusters/{name}`: terminates a cluster's instances (`capstan down`). The
+    /// server refuses (409) while a job that has not ended runs on it, unless `force`.
+    public func down(_ cluster: String, force: Bool = false) async throws -> Cluster {
+        try await call(.DELETE, "/clusters/\(Self.segment(cluster))", query: force ? [("force", "true")] : [], timeout: Self.long)
     }
 
     /// `POST /v1/clusters/{name}/move`: moves a running cluster to the cheapest other offer.

@@ -112,14 +112,10 @@ struct DownCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            if try await remote.run({ client in
-                if !force { try Self.refuseBusy(name, jobs: try await client.jobs(running: true, limit: 1000)) }
-                try render(try await client.down(name))
-            }) { return }
+            if try await remote.run({ client in try render(try await client.down(name, force: force)) }) { return }
             let registry = try global.loadRegistry()
             let provisioner = try await global.provisioner(registry)
-            if !force { try Self.refuseBusy(name, jobs: try await provisioner.store.unfinishedJobs()) }
-            let cluster = try await provisioner.down(name: name)
+            let cluster = try await provisioner.down(name: name, force: force)
             _ = await provisioner.reconcile()
             try render(cluster)
         }
@@ -128,16 +124,6 @@ struct DownCommand: AsyncParsableCommand {
     func render(_ cluster: Cluster) throws {
         if global.json { try printJSON(cluster); return }
         print("Cluster \(cluster.name) is \(cluster.status.rawValue).")
-    }
-
-    /// Refuses to take down a cluster that an unfinished job (of `jobs`) runs on.
-    static func refuseBusy(_ cluster: String, jobs: [JobRecord]) throws {
-        let busy = jobs.filter { $0.clusterName == cluster && !$0.status.isFinished }
-        guard let first = busy.first else { return }
-        let names = busy.map { "\($0.id) (\($0.status.rawValue))" }.joined(separator: ", ")
-        throw CapstanError(
-            .invalidRequest, "Cluster \(cluster) is not taken down: job\(busy.count == 1 ? "" : "s") \(names) \(busy.count == 1 ? "runs" : "run") on it.",
-            hint: "Cancel \(busy.count == 1 ? "it" : "them") first (`capstan cancel \(first.id)`), or run `capstan down \(cluster) --force` to terminate the cluster under \(busy.count == 1 ? "it" : "them").")
     }
 }
 

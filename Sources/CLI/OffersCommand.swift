@@ -42,7 +42,6 @@ struct OffersCommand: AsyncParsableCommand {
         if spec != nil, resources.gpu != nil || resources.gpusPerNode != nil {
             throw ValidationError("--spec takes the GPU from the job spec's resources; leave out --gpu and --gpus-per-node.")
         }
-        do { _ = try specRequest() } catch let e as CapstanError { throw ValidationError(e.description) }
     }
 
     /// The job spec's resources (`--spec`); nil without it.
@@ -54,6 +53,9 @@ struct OffersCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
+            // A spec that does not parse is bad input (exit 1, naming the file and line), not a
+            // wrong command line (64).
+            _ = try specRequest()
             if try await remote.run({ client in try render(try await client.offers(request, refresh: refresh)) }) { return }
             let registry = try global.loadRegistry()
             let store = try? await global.openState(registry).store

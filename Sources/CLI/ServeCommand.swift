@@ -33,7 +33,7 @@ struct ServeRunCommand: AsyncParsableCommand {
     @Option(help: "TLS certificate chain (PEM); with --tls-key the server speaks HTTPS only.") var tlsCert: String?
     @Option(help: "TLS private key (PEM).") var tlsKey: String?
     @Option(help: "Largest workdir a launch may upload, in MiB.") var maxUploadMb = 512
-    @Flag(help: "Let launches name folders on this machine (an absolute workdir, file:// storage). Only for a server whose every token holder may read its files.") var allowServerPaths = false
+    @Flag(help: "Let launches name folders on this machine (an absolute workdir, file:// storage and inputs). Only for a server whose every token holder may read its files.") var allowServerPaths = false
     @Option(help: "Seconds between looks for jobs without a controller.") var superviseSeconds = 2.0
     @Option(help: "Seconds between cluster reconcile and autostop passes.") var clusterSeconds = 30.0
     @Flag(help: "Serve GET /metrics without a token (only where every client that can reach the port may read job names and costs).") var metricsWithoutToken = false

@@ -85,9 +85,10 @@ public final class Capstan: Sendable {
         return try await p.up(name: name, request: request, search: CapstanWiring.offerSearch(registry, store: state.store, refresh: refresh), idleMinutes: idleMinutes)
     }
 
-    /// Terminates cluster `name`'s instances.
-    public func down(_ name: String) async throws -> Cluster {
-        let cluster = try await provisioner.down(name: name)
+    /// Terminates cluster `name`'s instances. Refused (`.invalidRequest`, naming the jobs)
+    /// while a job that has not ended runs on it, unless `force` (the job loses its nodes).
+    public func down(_ name: String, force: Bool = false) async throws -> Cluster {
+        let cluster = try await provisioner.down(name: name, force: force)
         _ = await provisioner.reconcile()
         return cluster
     }

@@ -38,9 +38,13 @@ struct Routes: Sendable {
             _ = await plane.provisioner.reconcile()
             return try json(try await plane.provisioner.up(name: body.name, request: body.request, search: plane.offerSearch(body.refresh), idleMinutes: body.idleMinutes))
         }
-        v1.delete("clusters/:name") { _, context in
+        v1.delete("clusters/:name") { request, context in
             let name = try context.parameters.require("name")
-            let cluster = try await plane.provisioner.down(name: name)
+            let cluster: Cluster
+            // A job on it (or another process working on it): 409, the cluster as it was.
+            do { cluster = try await plane.provisioner.down(name: name, force: flag(request, "force")) } catch let e as CapstanError where e.code == .invalidRequest {
+                return ErrorMiddleware.response(e, status: .conflict)
+            }
             _ = await plane.provisioner.reconcile()
             return try json(cluster)
         }
@@ -171,6 +175,11 @@ struct Routes: Sendable {
         }
         if let storage = spec.storage, storage.hasPrefix("file://"), !plane.options.allowServerPaths, !insideServerBucket(storage) {
             throw CapstanError(.invalidRequest, "The spec's storage '\(storage)' is a folder on the server's machine; this server does not write jobs' outputs to folders a request names.", hint: "Leave `storage` out (the server's default bucket), use a bucket URI such as s3://…, or start the server with --allow-server-paths.")
+        }
+        // A file:// input on local nodes is a copy of the server's own files (its state
+        // database, keys, secrets file), which the job could print.
+        if !plane.options.allowServerPaths, let input = spec.inputs.first(where: { $0.url.hasPrefix("file://") && !insideServerBucket($0.url) }) {
+            throw CapstanError(.invalidRequest, "The spec's input '\(input.name)' (\(input.url)) is a path on the server's machine; this server does not let jobs read folders a request names.", hint: "Put the data in a bucket (s3://…, gs://…, or the server's own bucket) and name that, or start the server with --allow-server-paths.")
         }
         if let notify = spec.notify { try Self.checkServerNotify(notify, allowServerPaths: plane.options.allowServerPaths) }
         var options = JobService.Options(cluster: body.cluster)

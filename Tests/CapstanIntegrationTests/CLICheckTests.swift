@@ -114,13 +114,17 @@ struct CLICheckTests {
         }
     }
 
-    @Test("an endpoint that never answers and a PostgreSQL state that refuses are reported within --timeout, exit 1; the database password is never printed")
+    @Test("an endpoint and a PostgreSQL state that never answer are reported within --timeout, exit 1; the database password is never printed")
     func noAnswer() async throws {
-        let silent = try FakeHTTPServer { _ in Thread.sleep(forTimeInterval: 120); return [] }
+        // Both listen for the test's whole life and never accept: the kernel takes each
+        // connection and nothing answers (a port picked and released could be taken meanwhile).
+        let silent = try SilentListener()
         defer { silent.stop() }
+        let silentPostgres = try SilentListener()
+        defer { silentPostgres.stop() }
         let home = FreshHome(); defer { home.dir.cleanup() }
         _ = home.dir.write(".aws/credentials", "[training]\naws_access_key_id = AKIDMOTOTEST\naws_secret_access_key = motosecret\n")
-        let port = try freeLoopbackPort()
+        let port = silentPostgres.port
         _ = home.dir.write("config.yaml", "providers:\n" + Self.awsSection(endpoint: silent.url) + "state: postgres://capstan:hunter2-pw@127.0.0.1:\(port)/capstan\n")
         let r = try await home.capstan(["check", "--json", "--timeout", "3"])
         #expect(r.status == 1, "\(r.stdout)\n\(r.stderr)")

@@ -198,4 +198,27 @@ extension JobTests {
         let events = try await home.store().events(job: id)
         #expect(events.filter { $0.kind == "controller" }.count == 1 && !events.contains { $0.kind == "reattached" }, "\(events.map(\.kind))")
     }
+
+    @Test("Capstan.down refuses a cluster a job runs on, naming the job and --force; down(force: true) takes it down")
+    func downBusy() async throws {
+        let dir = TempDir("capstan-sdk-down")
+        defer { dir.cleanup() }
+        let capstan = try await Capstan(home: dir.path, agent: AgentBinary(local: BuildProducts.capstan))
+        let report = try await capstan.up("spare", ResourceRequest())
+        #expect(report.cluster.status == .running, "\(report)")
+        // A job (not started: no controller) that runs on it.
+        let job = JobRecord(id: "held-0a1b2c", name: "held", spec: "name: held\nrun: sleep 60\n", specFolder: dir.path, settings: "{}", clusterName: "spare", ownsCluster: false, storage: "file://\(dir.file("bucket"))/held-0a1b2c")
+        try await capstan.state.store.insert(job)
+        do {
+            _ = try await capstan.down("spare")
+            Issue.record("a busy cluster was taken down")
+        } catch let e as CapstanError {
+            #expect(e.code == .invalidRequest && e.message == "Cluster spare is not taken down: job held-0a1b2c (pending) runs on it.", "\(e)")
+            #expect(e.hint == "Cancel it first (`capstan cancel held-0a1b2c`), or run `capstan down spare --force` to terminate the cluster under it.", "\(e)")
+        }
+        #expect(try await capstan.clusters().first { $0.name == "spare" }?.status == .running)
+        #expect(try await capstan.down("spare", force: true).status == .terminated)
+        // Down again (already terminated): no job check, idempotent.
+        #expect(try await capstan.down("spare").status == .terminated)
+    }
 }

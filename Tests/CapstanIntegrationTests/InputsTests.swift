@@ -248,6 +248,9 @@ extension JobTests {
     /// file, imported into podman as `name`.
     static func busyboxImage(_ podman: String, name: String, in dir: TempDir) async throws {
         let busybox = try #require(Spawn.which("busybox"), "busybox is missing (.ci/run installs busybox-static)")
+        // The image has no libc: a dynamic busybox (Debian's `busybox`) cannot start in it.
+        let ldd = try await runProcess("/usr/bin/env", ["ldd", busybox])
+        #expect(ldd.status != 0, "\(busybox) is dynamically linked (\(ldd.stdout.prefix(200))); the image needs busybox-static (scripts/lib/test-packages.sh installs it)")
         let root = dir.file("rootfs")
         for sub in ["bin", "tmp", "etc"] { try FileManager.default.createDirectory(atPath: root + "/" + sub, withIntermediateDirectories: true) }
         try FileManager.default.copyItem(atPath: busybox, toPath: root + "/bin/busybox")
@@ -257,6 +260,28 @@ extension JobTests {
         #expect(tar.status == 0, "\(tar.stderr)")
         let imported = try await runProcess(podman, ["import", dir.file("rootfs.tar"), name], timeout: 120)
         #expect(imported.status == 0, "\(imported.stderr)")
+    }
+
+    @Test("scripts/lib/test-packages.sh asks for busybox-static when the busybox on PATH is dynamic (or missing), not when it is static")
+    func staticBusyboxWanted() async throws {
+        let dir = TempDir("capstan-busybox")
+        defer { dir.cleanup() }
+        let script = JobHome.repoRoot + "/scripts/lib/test-packages.sh"
+        func wanted(_ busybox: String?) async throws -> Bool {
+            let bin = dir.file("bin-\(UUID().uuidString.prefix(6))")
+            try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+            if let busybox { try FileManager.default.createSymbolicLink(atPath: bin + "/busybox", withDestinationPath: busybox) }
+            // Only that folder and the basic tools: no other busybox is found.
+            let r = try await runProcess("/bin/bash", ["-c", "source \"$1\"; PATH=\"$2:/usr/bin:/bin\"; hash -r; capstan_static_busybox && echo static || echo wanted", "-", script, bin])
+            #expect(r.status == 0, "\(r.stderr)")
+            return r.stdout.contains("wanted")
+        }
+        let dynamic = try #require(Spawn.which("ls"))
+        #expect(try await wanted(dynamic), "a dynamic binary named busybox passed for busybox-static")
+        if Spawn.which("busybox", path: "/usr/bin:/bin") == nil { #expect(try await wanted(nil)) }
+        if let busybox = Spawn.which("busybox"), (try await runProcess("/usr/bin/env", ["ldd", busybox])).status != 0 {
+            #expect(try await !wanted(busybox), "the static \(busybox) was not taken")
+        }
     }
 
     @Test("image: setup and the command run in a locally built image (podman) on both nodes: one container per node with setup's changes, the env contract, the input mounted read-only, the outputs uploaded")
@@ -270,7 +295,15 @@ extension JobTests {
         home.env["CAPSTAN_SOURCE_CACHE"] = home.dir.file("sources")
         let image = "localhost/capstan-test:" + UUID().uuidString.prefix(8).lowercased()
         try await Self.busyboxImage(podman, name: image, in: home.dir)
-        defer { _ = try? runProcessBlocking(podman, ["rmi", "-f", image]) }
+        // The image goes whatever happens, off the cooperative pool (`runProcess` waits on a thread).
+        do { try await boxed(podman: podman, image: image, home: home) } catch {
+            _ = try? await runProcess(podman, ["rmi", "-f", image])
+            throw error
+        }
+        _ = try? await runProcess(podman, ["rmi", "-f", image])
+    }
+
+    func boxed(podman: String, image: String, home: JobHome) async throws {
         home.dir.write("in/a.txt", "alpha")
         home.dir.write("job/job.yaml", """
             name: boxed

@@ -284,7 +284,7 @@ struct JobSpecFeatureTests {
             let refused = try await home.capstan(["launch", bad], env: env)
             #expect(refused.status != 0 && refused.stderr.contains(says), "\(refused.stderr)")
             let rankedBad = try await home.capstan(["offers", "--spec", bad], env: env)
-            #expect(rankedBad.status != 0 && rankedBad.stderr.contains(says), "\(rankedBad.stderr)")
+            #expect(rankedBad.status == 1 && rankedBad.stderr.contains(says), "\(rankedBad.status) \(rankedBad.stderr)")
         }
         #expect(try await store.jobs().count == 1)
     }

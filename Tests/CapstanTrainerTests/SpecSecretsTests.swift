@@ -167,6 +167,28 @@ struct SpecSecretsTests {
         #expect(own?.description.contains("the-servers-own") == false)
     }
 
+    @Test("a secret shorter than 8 characters is refused at launch, naming the secret and why, never its value")
+    func shortSecret() throws {
+        let dir = TempDir("capstan-secrets")
+        defer { dir.cleanup() }
+        let file = dir.write("secrets.env", "SHORT_FILE=x7q\n")
+        chmod(file, 0o600)
+        let source = SecretSource(environment: ["SHORT": "abc1234", "LONG": "abcd1234"], file: file)
+        #expect(try source.resolve(["LONG"]) == ["LONG": "abcd1234"])
+        for (name, value) in [("SHORT", "abc1234"), ("SHORT_FILE", "x7q")] {
+            let e = #expect(throws: CapstanError.self) { try source.resolve(["LONG", name]) }
+            #expect(e?.code == .config)
+            #expect(e?.message == "The job's secret \(name) is shorter than 8 characters; Capstan refuses it: every secret's value is masked as *** in the job's logs and events, and one this short would mask ordinary text too.", "\(e?.message ?? "")")
+            #expect(e?.hint?.contains("or pass a value that is not secret with `env:` or `launch --env` instead") == true)
+            #expect(e?.description.contains(value) == false)
+        }
+        // Launching checks the same way: JobService.create resolves the spec's secrets first.
+        var server = SecretSource.server(file: nil)
+        server.environment = ["CAPSTAN_SECRET_PIN": "1234"]
+        let pin = #expect(throws: CapstanError.self) { try server.resolve(["PIN"]) }
+        #expect(pin?.message.hasPrefix("The job's secret PIN is shorter than 8 characters") == true)
+    }
+
     @Test("config.yaml names the secrets file; relative paths are from config.yaml's folder; bad keys are errors")
     func config() throws {
         #expect(try CapstanConfig.parse("secrets: {file: /etc/capstan/secrets.env}\n").secretsFile == "/etc/capstan/secrets.env")

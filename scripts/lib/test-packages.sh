@@ -23,8 +23,16 @@ capstan_missing_test_packages() {
   # static busybox for the test's locally built image (InputsTests).
   command -v podman >/dev/null 2>&1 || need+=(podman)
   command -v runc >/dev/null 2>&1 || need+=(runc)
-  command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+  # The image needs a static busybox (no libc in it): Debian's plain `busybox` is dynamic.
+  capstan_static_busybox || need+=(busybox-static)
   [ ${#need[@]} -eq 0 ] || printf '%s\n' "${need[@]}"
+}
+
+# Whether the `busybox` on PATH is statically linked (ldd: "not a dynamic executable").
+capstan_static_busybox() {
+  local b
+  b="$(command -v busybox 2>/dev/null)" || return 1
+  ! ldd "$b" >/dev/null 2>&1
 }
 
 # Installs the missing ones with apt-get (as root). Returns 1, saying what is missing and the

@@ -658,8 +658,30 @@ public struct Provisioner: Sendable {
         return (unfinished + recent).filter { seen.insert($0.id).inserted }
     }
 
-    /// Terminates every instance of cluster `name` and marks it terminated. Idempotent; a
-    /// cluster whose earlier `down` died is finished.
+    /// `capstan down`, the server's `DELETE /v1/clusters/{name}` and the SDK's `down`: as
+    /// ``down(name:)``, but refused (`.invalidRequest`, naming the jobs and `--force`) while a
+    /// job that has not ended runs on the live cluster `name`, unless `force`.
+    public func down(name: String, force: Bool) async throws -> Cluster {
+        if !force, let cluster = try await store.cluster(named: name), cluster.status.isLive {
+            try Self.refuseBusy(name, jobs: try await store.unfinishedJobs())
+        }
+        return try await down(name: name)
+    }
+
+    /// Refuses to take down `cluster` while an unfinished job of `jobs` runs on it.
+    static func refuseBusy(_ cluster: String, jobs: [JobRecord]) throws {
+        let busy = jobs.filter { $0.clusterName == cluster && !$0.status.isFinished }
+        guard let first = busy.first else { return }
+        let names = busy.map { "\($0.id) (\($0.status.rawValue))" }.joined(separator: ", ")
+        let one = busy.count == 1
+        throw CapstanError(
+            .invalidRequest, "Cluster \(cluster) is not taken down: job\(one ? "" : "s") \(names) \(one ? "runs" : "run") on it.",
+            hint: "Cancel \(one ? "it" : "them") first (`capstan cancel \(first.id)`), or run `capstan down \(cluster) --force` to terminate the cluster under \(one ? "it" : "them").")
+    }
+
+    /// Terminates every instance of cluster `name` and marks it terminated, whatever runs on
+    /// it (a job's own controller taking its cluster down; people go through
+    /// ``down(name:force:)``). Idempotent; a cluster whose earlier `down` died is finished.
     public func down(name: String) async throws -> Cluster {
         var found = try await store.cluster(named: name)
         if found == nil {

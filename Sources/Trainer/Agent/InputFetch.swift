@@ -46,7 +46,9 @@ extension NodeAgent {
             do {
                 let (store, prefix) = try input.store(access: secrets.sources, home: home) { try ProviderRegistry.builtInStore(for: $0, home: home) }
                 let attempt = config.attempt
-                let (folder, files) = try await cache.bucket(store, prefix: prefix, location: input.url, say: { [self] in say("input \(input.name) \($0)") }) { [faults] n in
+                let location = JobInput.split(input.url).location
+                let localRoot = location.hasPrefix("file://") ? String(location.dropFirst("file://".count)) : nil
+                let (folder, files) = try await cache.bucket(store, prefix: prefix, location: input.url, localRoot: localRoot, say: { [self] in say("input \(input.name) \($0)") }) { [faults] n in
                     if attempt == 1 { faults.hit("agent-input", n) }
                 }
                 // A single object (a file): its path; a prefix: the folder.

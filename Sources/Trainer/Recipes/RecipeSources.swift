@@ -251,10 +251,16 @@ public struct SourceCache: Sendable {
     /// The folder holding the objects of `store` under `prefix` (or the one object `prefix`
     /// names), downloading them unless cached; `location` names the source in messages.
     /// `afterFile`: called with the count of files fetched so far (a test's crash point).
-    public func bucket(_ store: any ObjectStore, prefix: String, location: String, say: @Sendable (String) -> Void, afterFile: (@Sendable (Int) -> Void)? = nil) async throws -> (folder: String, files: [String]) {
+    /// `localRoot`: the folder on this machine `store` reads (a `file://` input), whose files
+    /// with no recorded checksum are keyed by ``localKey(_:now:)``.
+    public func bucket(_ store: any ObjectStore, prefix: String, location: String, localRoot: String? = nil, say: @Sendable (String) -> Void, afterFile: (@Sendable (Int) -> Void)? = nil) async throws -> (folder: String, files: [String]) {
         let objects = try await Self.objects(store, prefix: prefix, location: location)
-        // A store that records no checksum (a plain folder) is keyed by modification time.
-        let entry = "\(root)/s3-\(Self.key(["s3", location] + objects.map { "\($0.key) \($0.size) \($0.sha256 ?? $0.etag ?? $0.lastModified.map { "\($0.timeIntervalSince1970)" } ?? "")" }))"
+        var local: [String: LocalKey] = [:]
+        if let localRoot {
+            let now = Date()
+            for o in objects where o.sha256 == nil { local[o.key] = try localKey(localRoot + "/" + o.key, now: now) }
+        }
+        let entry = "\(root)/s3-\(Self.key(["s3", location] + objects.map { "\($0.key) \($0.size) \(local[$0.key]?.text ?? $0.sha256 ?? $0.etag ?? $0.lastModified.map { "\($0.timeIntervalSince1970)" } ?? "")" }))"
         let folder = try await fill(entry, label: location, say: say) { scratch in
             var bytes: Int64 = 0
             var count = 0
@@ -271,7 +277,16 @@ public struct SourceCache: Sendable {
                 guard size == o.size else {
                     throw CapstanError(.io, "\(location)/\(rel) came as \(size) bytes, the bucket lists \(o.size).")
                 }
-                _ = info
+                if let localRoot, let key = local[o.key] {
+                    // The copy is what the key names: the same bytes, or a file not written since.
+                    let same = switch key {
+                    case .content(let sha): info.sha256 == sha
+                    case .status(let before): (try? localKey(localRoot + "/" + o.key, now: .distantFuture)) == .status(before)
+                    }
+                    guard same else {
+                        throw CapstanError(.transient, "\(location)/\(rel) changed while it was being fetched.", hint: "It is fetched again on the next attempt; write inputs before launching.")
+                    }
+                }
                 bytes += size
                 count += 1
                 afterFile?(count)
@@ -279,6 +294,40 @@ public struct SourceCache: Sendable {
             return bytes
         }
         return (folder, objects.map { Self.relative($0.key, prefix: prefix) })
+    }
+
+    /// What a file on this machine is cached by (docs/inputs.md, "`file://` folders").
+    enum LocalKey: Equatable {
+        /// Device, inode, size, and modification and change times in nanoseconds: any write
+        /// (in place or by rename) moves the change time, which no one can set back.
+        case status(String)
+        /// The SHA-256 of its bytes: its status changed within ``settleSeconds`` of the look,
+        /// so a write in the same filesystem clock tick could leave every time as it was.
+        case content(String)
+
+        var text: String {
+            switch self {
+            case .status(let s): "stat \(s)"
+            case .content(let sha): "sha256 \(sha)"
+            }
+        }
+    }
+
+    /// How long after its last change a file's status is trusted to name its bytes (far
+    /// above any filesystem's timestamp granularity).
+    public var settleSeconds: Double = 2
+
+    /// The key of the file at `path` looked at `now` (`.distantFuture`: its status only).
+    func localKey(_ path: String, now: Date) throws -> LocalKey {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw CapstanError(.io, "Cannot read \(path): \(String(cString: strerror(errno))).")
+        }
+        let changed = Double(st.st_ctim.tv_sec) + Double(st.st_ctim.tv_nsec) / 1e9
+        if now != .distantFuture, now.timeIntervalSince1970 - changed < settleSeconds {
+            return .content(try CheckpointStore.hashFile(path).1)
+        }
+        return .status("\(st.st_dev):\(st.st_ino):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec):\(st.st_ctim.tv_sec).\(st.st_ctim.tv_nsec)")
     }
 
     /// The objects a source names: every object under `prefix/`, or the object `prefix`.
