@@ -209,9 +209,10 @@ extension JobTests {
         var home = try JobHome()
         defer { home.dir.cleanup() }
         home.env["CAPSTAN_SOURCE_CACHE"] = home.dir.file("sources")
-        let image = "localhost/capstan-test:" + UUID().uuidString.prefix(8).lowercased()
-        try await Self.busyboxImage(podman, name: image, in: home.dir)
-        defer { _ = try? runProcessBlocking(podman, ["rmi", "-f", image]) }
+        try await Self.withBusyboxImage(podman, in: home.dir) { image in try await staleContainer(podman: podman, image: image, home: home) }
+    }
+
+    func staleContainer(podman: String, image: String, home: JobHome) async throws {
         home.dir.write("job/job.yaml", """
             name: stale
             resources: {nodes: 1}
@@ -293,10 +294,15 @@ extension JobTests {
         var home = try JobHome()
         defer { home.dir.cleanup() }
         home.env["CAPSTAN_SOURCE_CACHE"] = home.dir.file("sources")
+        try await Self.withBusyboxImage(podman, in: home.dir) { image in try await boxed(podman: podman, image: image, home: home) }
+    }
+
+    /// `body` with a fresh ``busyboxImage(_:name:in:)``, which goes whatever happens, off the
+    /// cooperative pool (`runProcess` waits on a thread).
+    static func withBusyboxImage(_ podman: String, in dir: TempDir, _ body: (String) async throws -> Void) async throws {
         let image = "localhost/capstan-test:" + UUID().uuidString.prefix(8).lowercased()
-        try await Self.busyboxImage(podman, name: image, in: home.dir)
-        // The image goes whatever happens, off the cooperative pool (`runProcess` waits on a thread).
-        do { try await boxed(podman: podman, image: image, home: home) } catch {
+        try await busyboxImage(podman, name: image, in: dir)
+        do { try await body(image) } catch {
             _ = try? await runProcess(podman, ["rmi", "-f", image])
             throw error
         }
