@@ -154,18 +154,24 @@ extension NodeAgent {
     func removeStaleContainers(environment env: [String: String]) async {
         guard config.image != nil, let runtime = containerRuntime.withLock({ $0 }) else { return }
         let (job, node, attempt, label) = (config.job, config.node, config.attempt, Self.jobLabel)
-        let listed = try? await Spawn.onThread {
-            try Spawn.runCapturing([runtime, "ps", "-a", "--filter", "label=\(label)=\(job)", "--format", "{{.Names}}"], environment: env, timeout: 60)
+        // The runtime may still be tearing one down itself (podman's `--rm` cleanup racing our
+        // `rm -f`): listed again until none is left, for a few rounds.
+        for round in 0..<5 {
+            let listed = try? await Spawn.onThread {
+                try Spawn.runCapturing([runtime, "ps", "-a", "--filter", "label=\(label)=\(job)", "--format", "{{.Names}}"], environment: env, timeout: 60)
+            }
+            guard let listed, listed.status == .exited(0) else { return }
+            let stale = String(decoding: listed.stdout, as: UTF8.self).split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { name in
+                // capstan-<job>-a<attempt>-n<node>: this node's, of another attempt.
+                guard name.hasPrefix("capstan-\(job)-a"), name.hasSuffix("-n\(node)"),
+                      let a = Int(name.dropFirst("capstan-\(job)-a".count).dropLast("-n\(node)".count)) else { return false }
+                return a != attempt
+            }
+            guard !stale.isEmpty else { return }
+            if round == 0 { say("removing container(s) an earlier attempt left: \(stale.joined(separator: ", "))") }
+            _ = try? await Spawn.onThread { try Spawn.runCapturing([runtime, "rm", "-f"] + stale, environment: env, timeout: 120) }
+            if round > 0 { try? await Task.sleep(for: .seconds(1)) }
         }
-        guard let listed, listed.status == .exited(0) else { return }
-        let stale = String(decoding: listed.stdout, as: UTF8.self).split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { name in
-            // capstan-<job>-a<attempt>-n<node>: this node's, of another attempt.
-            guard name.hasPrefix("capstan-\(job)-a"), name.hasSuffix("-n\(node)"),
-                  let a = Int(name.dropFirst("capstan-\(job)-a".count).dropLast("-n\(node)".count)) else { return false }
-            return a != attempt
-        }
-        guard !stale.isEmpty else { return }
-        say("removing container(s) an earlier attempt left: \(stale.joined(separator: ", "))")
-        _ = try? await Spawn.onThread { try Spawn.runCapturing([runtime, "rm", "-f"] + stale, environment: env, timeout: 120) }
+        say("container(s) of an earlier attempt could not be removed; remove them with `\((runtime as NSString).lastPathComponent) rm -f`")
     }
 }
