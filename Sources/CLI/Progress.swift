@@ -226,7 +226,8 @@ final class PythonEnvView: @unchecked Sendable {
             return was
         }
         if live && out.isLive {
-            if lock.withLock({ building.isEmpty }) { out.clear() } else { out.show { [self] in snapshot() } }
+            // A new phase is drawn at once, however soon after the last drawing.
+            if lock.withLock({ building.isEmpty }) { out.clear() } else { out.show(force: previous != e.phase) { [self] in snapshot() } }
         } else if let text = Self.plain(e, previous: previous) {
             out.print(prefix + text)
         }

@@ -241,7 +241,7 @@ extension JobTests {
                 setup:
                   - |
                     f="$(dirname "$CAPSTAN_CHECKPOINT_DIR")/python-env.log"
-                    if [ -f "$f" ]; then echo "env-log mode $(stat -c %a "$f"), $(grep -c 'Successfully installed capstan-probe-1.0' "$f") install(s)"; else echo "env-log none"; fi
+                    if [ -f "$f" ]; then echo "env-log mode $(stat -c %a "$f"), $(grep -c 'Successfully install[e]d capstan-probe-1.0' "$f") install(s)"; else echo "env-log none"; fi
                 run: "\\"$CAPSTAN_PYTHON\\" -c 'import capstan_probe, sys; print(capstan_probe.VALUE, sys.prefix)'"
                 maxRestarts: 1
                 storage: file://\(home.dir.file("bucket"))
@@ -263,6 +263,11 @@ extension JobTests {
         let again = try await env.capstan(["launch", job("capstan-probe==1.0")] + JobHome.fast, timeout: 300)
         #expect(again.status == 0 && again.stdout.contains(": cached in ") && !again.stdout.contains("installing from") && again.stdout.contains("env-log none"), "\(again.stdout)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: home.dir.file("pycache")).filter { !$0.hasSuffix(".lock") }.count == 1)
+        // On a terminal (script(1) gives launch one), a new build is a live bar redrawn in place.
+        let terminal = env.env.merging(["CAPSTAN_HOME": home.dir.path, "TMPDIR": home.tmp, "TERM": "xterm-256color", "COLUMNS": "120", "NO_COLOR": "", "CAPSTAN_PROGRESS": ""]) { $1 }
+        let tty = try await runProcess("/usr/bin/script", ["-qfec", ([BuildProducts.capstan, "launch", job("capstan-probe")] + JobHome.fast).joined(separator: " "), "/dev/null"], environment: terminal, timeout: 300)
+        #expect(tty.status == 0 && tty.stdout.contains("\r\u{1B}[K\u{1B}[1m[node 0] python env: installing\u{1B}[0m [") && tty.stdout.contains("/1 packages  "), "\(tty.stdout.debugDescription)")
+        #expect(!tty.stdout.contains("python env: installing 1 package (") && !tty.stdout.contains(#""python_env""#) && tty.stdout.contains("(1 package installed)"), "\(tty.stdout.debugDescription)")
         // Not in the folder and no index: the job fails, saying what and where to look.
         let missing = try await env.capstan(["launch", job("capstan-nonexistent-probe==9.9")] + JobHome.fast, timeout: 300)
         #expect(missing.status != 0)

@@ -10,7 +10,8 @@ public struct PipProgress: Sendable, Hashable {
     public var toInstall: Int?
     /// From `Successfully installed a-1.0 b-2.0`.
     public var installed: Int?
-    /// The latest package's name (names only: never a URL, which may carry a token).
+    /// The package collected last (a name only: never a URL, which may carry a token); nil
+    /// once pip installs.
     public var latest: String?
     /// pip's `ERROR:` lines.
     public var errors: [String] = []
@@ -32,7 +33,7 @@ public struct PipProgress: Sendable, Hashable {
         } else if line.hasPrefix("Installing collected packages:") {
             let names = line.dropFirst("Installing collected packages:".count).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
             toInstall = names.count
-            latest = names.last.flatMap { Self.name(requirement: $0) }
+            latest = nil  // pip says nothing as it goes from one to the next
         } else if line.hasPrefix("Successfully installed") {
             installed = line.dropFirst("Successfully installed".count).split(separator: " ").count
         } else if line.hasPrefix("ERROR:") {
@@ -71,7 +72,8 @@ public struct PipProgress: Sendable, Hashable {
 /// JSON line (the CLI draws it as a live bar on a terminal, a plain line elsewhere;
 /// docs/cli.md, "Progress"):
 ///
-///     {"event": "python_env", "node": 0, "phase": "installing", "done": 12, "total": 34, "seconds": 8.1, "package": "numpy"}
+///     {"event": "python_env", "node": 0, "phase": "collecting", "done": 7, "seconds": 3.2, "package": "numpy"}
+///     {"event": "python_env", "node": 0, "phase": "installing", "done": 12, "total": 34, "seconds": 8.1}
 ///
 /// `phase` is `collecting` (`done`: packages found so far, no `total`), `installing` (`done`
 /// of `total` unpacked), then `ready` (`done` = `total` = packages installed) or `failed`.
