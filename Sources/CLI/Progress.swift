@@ -127,8 +127,9 @@ final class ProgressLine: @unchecked Sendable {
 
     private func write(_ s: String) {
         if fd == STDOUT_FILENO {
+            // Plain lines keep stdout's buffering (the verb flushes); a live line shows now.
             Swift.print(s, terminator: "")
-            fflush(nil)
+            if isLive { fflush(nil) }
         } else {
             FileHandle.standardError.write(Data(s.utf8))
         }

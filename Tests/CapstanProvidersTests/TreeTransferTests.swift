@@ -49,31 +49,39 @@ struct TreeTransferTests {
         #expect(TreeTransfer.stale(".capstan-sync-bad-name", modified: Date()) == false)
     }
 
-    @Test("two downloads into one folder at once both finish whole, leaving nothing of their own behind; progress adds up to the totals")
+    @Test("a download starting while another into the same folder has a file in flight leaves that file alone; both finish whole, nothing of theirs left behind; progress adds up to the totals")
     func concurrentDownloads() async throws {
         let dir = TempDir(); defer { dir.cleanup() }
         let store = try await bucket(dir, count: 24)
         let seen = LockedBox<[TreeTransfer.Progress]>([])
+        // The first run stops in the middle of a file (its temporary file on disk, not yet
+        // renamed) until the second has started and cleaned up what it took for leftovers.
+        let firstInFlight = DispatchSemaphore(value: 0), secondStarted = DispatchSemaphore(value: 0)
+        let held = LockedBox(false), signalled = LockedBox(false)
         var a = TreeTransfer(store: store, direction: .download(prefix: "tree/", folder: dir.file("down")), onlyChanged: false, parallel: 3)
-        a.progress = { p, step in if step != nil { seen.withLock { $0.append(p) } } }
-        let first = a
-        let b = TreeTransfer(store: store, direction: .download(prefix: "tree", folder: dir.file("down")), onlyChanged: false, parallel: 3)
-        // The second starts once the first has files in flight: its start-up cleaning meets them.
-        for round in 1...4 {
-            async let x = first.run()
-            let deadline = ContinuousClock.now + .seconds(120)
-            while seen.withLock({ $0.count }) < 24 * (round - 1) + 1, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
-            let sb = try await b.run()
-            let sa = try await x
-            #expect(sa.transferred == 24 && sb.transferred == 24)
+        a.progress = { p, step in
+            if step != nil { seen.withLock { $0.append(p) } }
+            guard step == nil, held.withLock({ h in defer { h = true }; return !h }) else { return }
+            firstInFlight.signal()
+            _ = secondStarted.wait(timeout: .now() + 60)
         }
+        var b = TreeTransfer(store: store, direction: .download(prefix: "tree", folder: dir.file("down")), onlyChanged: false, parallel: 3)
+        b.progress = { _, _ in
+            if signalled.withLock({ s in defer { s = true }; return !s }) { secondStarted.signal() }
+        }
+        let first = a, second = b
+        async let x = first.run()
+        #expect(await Task.detached { firstInFlight.wait(timeout: .now() + 60) }.value == .success)
+        let sb = try await second.run()
+        let sa = try await x
+        #expect(sa.transferred == 24 && sb.transferred == 24)
         let names = try FileManager.default.subpathsOfDirectory(atPath: dir.file("down"))
         #expect(names.filter { $0.hasSuffix(".bin") }.count == 24 && !names.contains { $0.contains(".capstan-") }, "\(names.filter { $0.contains(".capstan-") })")
         for i in [0, 7, 23] {
             #expect(FileManager.default.contents(atPath: dir.file("down/d\(i % 4)/f\(i).bin")) == Data(repeating: UInt8(i), count: 65_536 * (1 + i % 16)))
         }
         let last = try #require(seen.withLock { $0 }.max { $0.filesDone < $1.filesDone })
-        #expect(seen.withLock { $0.count } == 4 * 24)
+        #expect(seen.withLock { $0.count } == 24)
         let total: Int64 = (0..<24).reduce(0) { $0 + Int64(65_536 * (1 + $1 % 16)) }
         #expect(last.filesDone == 24 && last.filesTotal == 24)
         #expect(last.bytesDone == total && last.bytesMoved == total && last.bytesTotal == total)
