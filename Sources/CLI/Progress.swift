@@ -77,14 +77,6 @@ final class ProgressLine: @unchecked Sendable {
         }
     }
 
-    /// Redraws the live line now (after its source's numbers moved), at most ten times a second.
-    func refresh() {
-        guard isLive else { return }
-        lock.withLock {
-            if lastDraw.map({ ContinuousClock.now - $0 >= .milliseconds(100) }) ?? true { draw() }
-        }
-    }
-
     /// Clears the live line and stops showing progress (with `tag`: only that source's).
     func clear(tag: String? = nil) {
         lock.withLock {
@@ -245,8 +237,7 @@ final class PythonEnvView: @unchecked Sendable {
     /// The live line: the latest node's build.
     func snapshot() -> ProgressSnapshot? {
         lock.withLock {
-            guard let (node, b) = building.max(by: { $0.value.at < $1.value.at }) else { return nil }
-            _ = node
+            guard let b = building.values.max(by: { $0.at < $1.at }) else { return nil }
             return Self.snapshot(b.event, prefix: b.prefix, others: building.count - 1, elapsed: b.event.seconds + (ContinuousClock.now - b.at).seconds)
         }
     }

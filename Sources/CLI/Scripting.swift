@@ -126,6 +126,7 @@ final class StepPrinter: Sendable {
         let text = line.hasPrefix("ready:") || line.hasPrefix("moved:") ? style.green(line) : line.hasPrefix("failed:") ? style.red(line) : line
         out.clear(tag: Self.tag)
         out.print("  " + text)
+        flushStdout()
         if line.contains("waiting") {
             let since = ContinuousClock.now
             out.show(tag: Self.tag, force: true) { ProgressSnapshot(label: "  … waiting", fraction: nil, elapsed: (ContinuousClock.now - since).seconds) }

@@ -24,7 +24,7 @@ struct TreeTransferTests {
     @Test("another run's staging folder is left alone while its process lives, removed once it is gone or a day old; old temporary files go after a day")
     func leftovers() throws {
         let dir = TempDir(); defer { dir.cleanup() }
-        let host = ProcessInfo.processInfo.hostName
+        let host = TreeTransfer.thisHost
         // A child that has ended: its pid is free (not reused this soon).
         let child = Process()
         child.executableURL = URL(fileURLWithPath: "/bin/true")

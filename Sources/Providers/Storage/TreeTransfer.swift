@@ -233,10 +233,18 @@ public struct TreeTransfer: Sendable {
     }
 
     /// This run's staging folder's name: `.capstan-sync-<host>-<pid>-<random>`.
-    public static func stagingName(host: String = ProcessInfo.processInfo.hostName, pid: Int32 = getpid()) -> String {
+    public static func stagingName(host: String = thisHost, pid: Int32 = getpid()) -> String {
         ".capstan-sync-\(safeHost(host))-\(pid)-\(String(UInt32.random(in: 0 ... .max), radix: 16))"
     }
 
+    /// This machine's name (`gethostname`, no DNS lookup).
+    public static var thisHost: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "host" }
+        return String(cString: buffer)
+    }
+
+    /// `host` as it appears in a staging folder's name: letters, digits and dots.
     public static func safeHost(_ host: String) -> String {
         let s = String(host.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == ".") ? $0 : "_" }.prefix(64))
         return s.isEmpty ? "host" : s
@@ -244,7 +252,7 @@ public struct TreeTransfer: Sendable {
 
     /// Whether another run's staging folder `name` is left over: a day old, or its run's
     /// process is gone (a pid of this host's that no longer exists).
-    public static func stale(_ name: String, modified: Date?, now: Date = Date(), host: String = ProcessInfo.processInfo.hostName) -> Bool {
+    public static func stale(_ name: String, modified: Date?, now: Date = Date(), host: String = thisHost) -> Bool {
         if let modified, now.timeIntervalSince(modified) > 86_400 { return true }
         let parts = name.dropFirst(".capstan-sync-".count).split(separator: "-")
         guard parts.count >= 3, let pid = Int32(parts[parts.count - 2]), pid > 0,
