@@ -241,7 +241,7 @@ public struct TreeTransfer: Sendable {
     public static var thisHost: String {
         var buffer = [CChar](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count - 1) == 0 else { return "host" }
-        return String(cString: buffer)
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// `host` as it appears in a staging folder's name: letters, digits and dots.

@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 
 /// How far a `pip install` is, read from its output (the agent sends pip's output to
 /// `<state>/python-env.log`, not the node log): packages collected, then the count it installs
