@@ -92,12 +92,7 @@ struct GlobalOptions: ParsableArguments {
 func dollars(_ v: Double) -> String { String(format: "$%.2f", v) }
 
 /// Formats a duration in seconds as `3h12m`, `4m05s`, `12s`.
-func humanDuration(_ seconds: Double) -> String {
-    let s = Int(max(0, seconds))
-    if s >= 3600 { return "\(s / 3600)h\(String(format: "%02d", (s % 3600) / 60))m" }
-    if s >= 60 { return "\(s / 60)m\(String(format: "%02d", s % 60))s" }
-    return "\(s)s"
-}
+func humanDuration(_ seconds: Double) -> String { ProgressText.duration(seconds) }
 
 /// Prints a value as pretty JSON to stdout.
 func printJSON<T: Encodable>(_ value: T) throws {

@@ -258,12 +258,18 @@ struct LogsCommand: AsyncParsableCommand {
     @Option(help: "Only this node's log.") var node: Int?
 
     /// One log line as printed: `[node N] line`, or with `--json` a ``LogLineJSON`` object.
+    /// A Python environment build's progress line is drawn as a live bar while following on
+    /// a terminal, else as its one plain line (``PythonEnvView``).
     func emit(_ line: String, node n: Int, of nodes: [Int]) throws {
-        if global.json { try printJSONLine(LogLineJSON(node: n, time: Date(), line: line)) } else { print(Self.prefix(node: n, of: nodes) + line) }
+        if global.json { try printJSONLine(LogLineJSON(node: n, time: Date(), line: line)); return }
+        let prefix = Self.prefix(node: n, of: nodes)
+        if PythonEnvView.shared.handle(line, node: n, prefix: prefix, out: .stdout, live: follow) { return }
+        ProgressLine.stdout.print(prefix + line)
     }
 
     /// How `logs -f` ends: the job's last line (or `{"end": job}`), and its exit status.
     func finishFollowing(_ job: JobRecord) throws {
+        ProgressLine.stdout.clear()
         if global.json { try printJSONLine(LogEndJSON(end: JobJSON(job: job))) } else { Self.printEnd(job) }
         flushStdout()
         try JobExit.finish(job)
@@ -474,9 +480,4 @@ struct JobControllerCommand: AsyncParsableCommand {
 func flushStdout() { fflush(nil) }
 
 /// `5.3 KiB`, `256.0 MiB`, `1.2 GiB`.
-func humanBytes(_ n: Int64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var v = Double(n), i = 0
-    while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-    return i == 0 ? "\(n) B" : String(format: "%.1f", v) + " " + units[i]
-}
+func humanBytes(_ n: Int64) -> String { ProgressText.bytes(n) }

@@ -109,54 +109,30 @@ enum NameCompletion {
 }
 
 /// How `up` and `move` say each step of provisioning: one line per step; on a terminal (see
-/// ``TerminalStyle``) the wait for nodes to boot also shows its elapsed time, redrawn in place
-/// every second until the next step, and outcomes are coloured. Piped, nothing is redrawn.
-final class StepPrinter: @unchecked Sendable {
-    private let lock = NSLock()
-    private let style: TerminalStyle
-    private var waitingSince: ContinuousClock.Instant?
-    private var ticking = false
+/// ``ProgressMode``) the wait for nodes to boot also shows its elapsed time on the live line
+/// (``ProgressLine``), redrawn every second until the next step, and outcomes are coloured.
+/// Piped, nothing is redrawn.
+final class StepPrinter: Sendable {
+    static let tag = "steps"
+    private let out: ProgressLine
 
-    init(style: TerminalStyle = .stdout) { self.style = style }
+    init(out: ProgressLine = .stdout) { self.out = out }
 
     /// The provisioner's progress callback.
     var callback: @Sendable (String) -> Void { { [self] line in self.step(line) } }
 
     func step(_ line: String) {
-        lock.withLock {
-            clearTicker()
-            let text = line.hasPrefix("ready:") || line.hasPrefix("moved:") ? style.green(line) : line.hasPrefix("failed:") ? style.red(line) : line
-            print("  " + text)
-            flushStdout()
-            if style.enabled, line.contains("waiting") {
-                waitingSince = .now
-                if !ticking {
-                    ticking = true
-                    Thread.detachNewThread { [self] in
-                        while true {
-                            Thread.sleep(forTimeInterval: 1)
-                            self.tick()
-                        }
-                    }
-                }
-            }
+        let style = out.style
+        let text = line.hasPrefix("ready:") || line.hasPrefix("moved:") ? style.green(line) : line.hasPrefix("failed:") ? style.red(line) : line
+        out.clear(tag: Self.tag)
+        out.print("  " + text)
+        flushStdout()
+        if line.contains("waiting") {
+            let since = ContinuousClock.now
+            out.show(tag: Self.tag, force: true) { ProgressSnapshot(label: "  … waiting", fraction: nil, elapsed: (ContinuousClock.now - since).seconds) }
         }
     }
 
     /// Ends a live elapsed-time line, before the verb prints its result.
-    func finish() { lock.withLock { clearTicker() } }
-
-    private func tick() {
-        lock.withLock {
-            guard let since = waitingSince else { return }
-            print("\r\u{1B}[K  " + style.dim("… \(humanDuration((ContinuousClock.now - since).seconds)) waiting"), terminator: "")
-            flushStdout()
-        }
-    }
-
-    private func clearTicker() {
-        guard waitingSince != nil else { return }
-        waitingSince = nil
-        print("\r\u{1B}[K", terminator: "")
-    }
+    func finish() { out.clear(tag: Self.tag) }
 }

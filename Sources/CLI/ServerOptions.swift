@@ -38,20 +38,27 @@ struct ServerOptions: ParsableArguments {
 }
 
 /// Prints a job's event as the follower of `launch` does (`[node N] line`, `capstan: …`).
-func printJobEvent(_ event: JobEvent, quiet: Bool) {
+/// On a terminal, provisioning's latest step and the agents' Python environment builds are
+/// live lines (Sources/CLI/Progress.swift); piped, builds print one plain line each.
+func printJobEvent(_ event: JobEvent, quiet: Bool, out: ProgressLine = .stdout) {
+    if case .provisioning(let line) = event { ProvisioningView.step(line, out: out); return }
+    if case .metrics = event { return }  // the metrics line is printed as the node's line
+    ProvisioningView.end(out: out)
     switch event {
-    case .log(let node, let line): if !quiet { print("[node \(node)] \(line)") }
-    case .status(_, let message): print("capstan: \(message)")
-    case .checkpoint(let step, let bytes): print("capstan: checkpoint step \(step) committed (\(humanBytes(bytes)))")
-    case .nodeReplaced(let node, let instance): print("capstan: node \(node) replaced by \(instance)")
-    case .attemptStarted, .finished: break
-    case .metrics, .provisioning: break  // the metrics line is printed as the node's line
+    case .log(let node, let line):
+        guard !quiet, !PythonEnvView.shared.handle(line, node: node, prefix: "[node \(node)] ", out: out, live: true) else { return }
+        out.print("[node \(node)] \(line)")
+    case .status(_, let message): out.print("capstan: \(message)")
+    case .checkpoint(let step, let bytes): out.print("capstan: checkpoint step \(step) committed (\(humanBytes(bytes)))")
+    case .nodeReplaced(let node, let instance): out.print("capstan: node \(node) replaced by \(instance)")
+    case .attemptStarted, .finished, .metrics, .provisioning: break
     case .failure: break  // the status line that follows says it, with what happens next
     }
 }
 
 /// The lines that end `launch`'s following of a job.
 func printJobSummary(_ job: JobRecord) {
+    ProgressLine.stdout.clear()
     print("capstan: job \(job.id) \(job.status.rawValue) after \(job.attempt) attempt(s), \(job.restarts) restart(s)" + (job.latestCheckpoint.map { "; latest checkpoint step \($0)" } ?? ""))
     if job.status == .succeeded { print("capstan: outputs in \(job.storage)/outputs") }
     if let e = job.lastError, job.status != .succeeded { printError("error: \(e)") }

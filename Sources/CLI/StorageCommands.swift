@@ -56,17 +56,17 @@ struct StorageCommand: AsyncParsableCommand {
                 if recursive { return try await StorageCommand.transferTree(source, destination, onlyChanged: false, parallel: parallel, global: global) }
                 let registry = try global.loadRegistry()
                 let start = ContinuousClock.now
-                let reporter = ProgressReporter(quiet: global.json)
-                let info: ObjectInfo
-                if destination.contains("://") {
-                    let (location, key) = try StorageCommand.split(destination)
-                    let store = try registry.store(for: location)
-                    if let m = maxBandwidthMiB, !(m > 0) { throw ValidationError("--max-bandwidth-mib must be above 0 (got \(m)).") }
-                    let options = PutOptions(ifNoneMatch: noClobber, partSize: partSizeMiB.map { $0 << 20 }, concurrency: concurrency, maxBytesPerSecond: maxBandwidthMiB.map { Int64($0 * 1_048_576) })
-                    info = try await store.put(file: source, key: key.isEmpty ? (source as NSString).lastPathComponent : key, options: options, progress: reporter.report)
-                } else {
+                let reporter = TransferDisplay(label: destination.contains("://") ? "upload" : "download", quiet: global.json, single: true)
+                let info: ObjectInfo = try await reporter.around {
+                    if destination.contains("://") {
+                        let (location, key) = try StorageCommand.split(destination)
+                        let store = try registry.store(for: location)
+                        if let m = maxBandwidthMiB, !(m > 0) { throw ValidationError("--max-bandwidth-mib must be above 0 (got \(m)).") }
+                        let options = PutOptions(ifNoneMatch: noClobber, partSize: partSizeMiB.map { $0 << 20 }, concurrency: concurrency, maxBytesPerSecond: maxBandwidthMiB.map { Int64($0 * 1_048_576) })
+                        return try await store.put(file: source, key: key.isEmpty ? (source as NSString).lastPathComponent : key, options: options, progress: reporter.file)
+                    }
                     let (location, key) = try StorageCommand.split(source)
-                    info = try await registry.store(for: location).get(key: key, to: StorageCommand.downloadPath(destination, key: key), progress: reporter.report)
+                    return try await registry.store(for: location).get(key: key, to: StorageCommand.downloadPath(destination, key: key), progress: reporter.file)
                 }
                 let seconds = (ContinuousClock.now - start).seconds
                 if global.json { try printJSON(info); return }
@@ -101,29 +101,6 @@ struct StorageCommand: AsyncParsableCommand {
             try await reportingErrors {
                 let (location, key) = try StorageCommand.split(uri)
                 try await global.loadRegistry().store(for: location).delete(key: key)
-            }
-        }
-    }
-}
-
-/// Prints transfer progress to stderr, at most every 10%.
-final class ProgressReporter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lastDecile = -1
-    let quiet: Bool
-    init(quiet: Bool) { self.quiet = quiet }
-
-    var report: TransferProgressHandler {
-        { [self] p in
-            guard !quiet, p.bytesTotal > 0 else { return }
-            let decile = Int(p.bytesDone * 10 / p.bytesTotal)
-            let show: Bool = lock.withLock {
-                guard decile > lastDecile else { return false }
-                lastDecile = decile
-                return true
-            }
-            if show {
-                printError(String(format: "progress %.1f/%.1f MiB", Double(p.bytesDone) / 1_048_576, Double(p.bytesTotal) / 1_048_576))
             }
         }
     }

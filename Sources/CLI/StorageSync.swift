@@ -40,10 +40,11 @@ extension StorageCommand {
         let (location, prefix) = try splitPrefix(up ? destination : source)
         let store = try registry.store(for: location)
         var transfer = TreeTransfer(store: store, direction: up ? .upload(folder: source, prefix: prefix) : .download(prefix: prefix, folder: destination), onlyChanged: onlyChanged, parallel: parallel)
-        if !global.json { transfer.report = { printError($0) } }
+        let display = TransferDisplay(label: onlyChanged ? "sync" : "cp -r", quiet: global.json)
+        transfer.progress = { p, step in display.tree(p, step: step) }
         let faults = FaultPoints.fromEnvironment()
         transfer.afterFile = { faults.hit("storage-transfer", $0) }
-        let s = try await transfer.run()
+        let s = try await display.around { try await transfer.run() }
         if global.json { try printJSON(s); return }
         print(String(format: "%d file(s) %@ (%.1f MiB in %.1f s, %.0f MiB/s), %d unchanged", s.transferred, up ? "uploaded" : "downloaded",
                      Double(s.bytes) / 1_048_576, s.seconds, Double(s.bytes) / 1_048_576 / max(s.seconds, 0.001), s.unchanged))

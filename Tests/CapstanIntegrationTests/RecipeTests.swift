@@ -238,6 +238,10 @@ extension JobTests {
                 name: pyenv
                 resources: {nodes: 1}
                 python: {requirements: [\(requirement)], wheels: \(wheels), index: "http://127.0.0.1:9/simple", systemPackages: false}
+                setup:
+                  - |
+                    f="$(dirname "$CAPSTAN_CHECKPOINT_DIR")/python-env.log"
+                    if [ -f "$f" ]; then echo "env-log mode $(stat -c %a "$f"), $(grep -c 'Successfully install[e]d capstan-probe-1.0' "$f") install(s)"; else echo "env-log none"; fi
                 run: "\\"$CAPSTAN_PYTHON\\" -c 'import capstan_probe, sys; print(capstan_probe.VALUE, sys.prefix)'"
                 maxRestarts: 1
                 storage: file://\(home.dir.file("bucket"))
@@ -247,15 +251,31 @@ extension JobTests {
         let first = try await env.capstan(["launch", job("capstan-probe==1.0")] + JobHome.fast, timeout: 300)
         #expect(first.status == 0, "\(first.stdout)\n\(first.stderr)")
         #expect(first.stdout.contains("installing from the wheel folder") && first.stdout.contains("from-the-wheel-folder " + home.dir.file("pycache")), "\(first.stdout)")
+        // pip's output went to python-env.log (0600), not the log: the build says one line as it
+        // starts, one progress line (piped: plain), and one when it is ready.
+        #expect(first.stdout.contains("env-log mode 600, 1 install(s)"), "\(first.stdout)")
+        for pipLine in ["Looking in links", "Processing ", "Installing collected packages", "Successfully installed", #""event": "python_env""#] {
+            #expect(!first.stdout.contains(pipLine), "\(pipLine) in \(first.stdout)")
+        }
+        let build = first.stdout.split(separator: "\n").filter { $0.contains("python env") }
+        #expect(build.count == 4 && build[1].contains("installing from the wheel folder") && build[2].hasPrefix("[node 0] python env: installing 1 package (") && build[3].contains("(1 package installed)") && !first.stdout.contains("\r"), "\(build)")
         // The same requirements again: the cached venv, no install.
         let again = try await env.capstan(["launch", job("capstan-probe==1.0")] + JobHome.fast, timeout: 300)
-        #expect(again.status == 0 && again.stdout.contains(": cached in ") && !again.stdout.contains("installing from"), "\(again.stdout)")
+        #expect(again.status == 0 && again.stdout.contains(": cached in ") && !again.stdout.contains("installing from") && again.stdout.contains("env-log none"), "\(again.stdout)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: home.dir.file("pycache")).filter { !$0.hasSuffix(".lock") }.count == 1)
+        // On a terminal (script(1) gives launch one), a new build is a live bar redrawn in place.
+        let terminal = env.env.merging(["CAPSTAN_HOME": home.dir.path, "TMPDIR": home.tmp, "TERM": "xterm-256color", "COLUMNS": "120", "NO_COLOR": "", "CAPSTAN_PROGRESS": ""]) { $1 }
+        let tty = try await runProcess("/usr/bin/script", ["-qfec", ([BuildProducts.capstan, "launch", job("capstan-probe")] + JobHome.fast).joined(separator: " "), "/dev/null"], environment: terminal, timeout: 300)
+        #expect(tty.status == 0 && tty.stdout.contains("\r\u{1B}[K\u{1B}[1m[node 0] python env: installing\u{1B}[0m [") && tty.stdout.contains("/1 packages  "), "\(tty.stdout.debugDescription)")
+        #expect(!tty.stdout.contains("python env: installing 1 package (") && !tty.stdout.contains(#""python_env""#) && tty.stdout.contains("(1 package installed)"), "\(tty.stdout.debugDescription)")
         // Not in the folder and no index: the job fails, saying what and where to look.
         let missing = try await env.capstan(["launch", job("capstan-nonexistent-probe==9.9")] + JobHome.fast, timeout: 300)
         #expect(missing.status != 0)
         let failed = try await #require(try home.store().jobs().first { $0.status == .failed })
         #expect(failed.lastError?.contains("python env failed: Installing the job's Python requirements") == true, "\(failed.lastError ?? "")")
+        // pip's last lines are in the log, and where all of them are.
+        #expect(failed.lastError?.contains("/python-env.log on node 0") == true, "\(failed.lastError ?? "")")
+        #expect(missing.stdout.contains("python env: pip failed; its last ") && missing.stdout.contains("python-env.log") && missing.stdout.contains("ERROR: No matching distribution found for capstan-nonexistent-probe==9.9"), "\(missing.stdout)")
     }
 }
 

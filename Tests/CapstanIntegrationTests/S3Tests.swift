@@ -204,8 +204,9 @@ struct InterruptedUploadTests {
         // The same copy again (uncapped) resumes from the recorded parts.
         let again = try await runProcess(BuildProducts.capstan, args, environment: ["CAPSTAN_HOME": home.path])
         #expect(again.status == 0, "\(again.stderr)")
-        let firstProgress = again.stderr.split(separator: "\n").first { $0.hasPrefix("progress ") }
-        let doneMiB = firstProgress.flatMap { Double($0.dropFirst("progress ".count).split(separator: "/")[0]) } ?? 0
+        // Piped, one plain line per tenth: `upload   30%  30.0 MiB/100.0 MiB  …`.
+        let firstProgress = again.stderr.split(separator: "\n").first { $0.hasPrefix("upload ") }
+        let doneMiB = firstProgress.flatMap { line in line.range(of: #"[0-9.]+ MiB/"#, options: .regularExpression).flatMap { Double(line[$0].dropLast(" MiB/".count)) } } ?? 0
         #expect(doneMiB >= Double(parts * 5) - 0.1, "first progress after resume: \(firstProgress ?? "none")")
         #expect(try FileManager.default.contentsOfDirectory(atPath: uploads).filter { $0.hasSuffix(".json") }.isEmpty)
         let back = home.file("back.bin")

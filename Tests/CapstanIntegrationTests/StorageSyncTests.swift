@@ -95,6 +95,56 @@ struct StorageSyncTests {
         try await roundTrip("s3://capstan-sync/run-\(UUID().uuidString.prefix(8).lowercased())/tree/", env: env, dir: dir)
     }
 
+    @Test("progress: piped, cp -r and sync print one plain line per file copied and never a \\r; on a terminal a live bar redrawn in place; TERM=dumb is plain")
+    func progressLines() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let env = ["CAPSTAN_HOME": dir.file("home"), "CAPSTAN_PROGRESS": "", "NO_COLOR": ""]
+        try Self.tree(dir, "src")
+        let uri = "file://" + dir.file("bucket/tree")
+        let up = try await capstan(["cp", "-r", dir.file("src"), uri], env: env)
+        #expect(up.status == 0, "\(up.stderr)")
+        let lines = up.stderr.split(separator: "\n")
+        #expect(lines.count == 12 && lines.allSatisfy { $0.hasPrefix("uploaded ") && $0.contains(" files  ") } && !up.stderr.contains("\r"), "\(up.stderr)")
+        #expect(lines.contains { $0.contains("(100%  12/12 files  ") }, "\(up.stderr)")
+        #expect(up.stdout.hasPrefix("12 file(s) uploaded") && !up.stdout.contains("\r"))
+        // A sync with nothing to copy prints no step, only its result.
+        let again = try await capstan(["sync", dir.file("src"), uri], env: env)
+        #expect(again.status == 0 && again.stderr.isEmpty && again.stdout.hasPrefix("0 file(s) uploaded"), "\(again.stderr)")
+
+        // On a terminal (script(1) gives the command one): the bar, redrawn with \r and cleared
+        // before the result; no per-file lines. Colour unless NO_COLOR.
+        func onTerminal(_ args: String, _ extra: [String: String]) async throws -> ProcessResult {
+            try await runProcess("/usr/bin/script", ["-qfec", "\(BuildProducts.capstan) storage \(args)", "/dev/null"], environment: env.merging(extra.merging(["COLUMNS": "100"]) { $1 }) { $1 }, timeout: 120)
+        }
+        let live = try await onTerminal("sync \(uri) \(dir.file("down"))", ["TERM": "xterm-256color"])
+        #expect(live.status == 0 && live.stdout.contains("\r\u{1B}[K") && live.stdout.contains("\u{1B}[1msync\u{1B}[0m [") && !live.stdout.contains("\ndownloaded "), "\(live.stdout.debugDescription)")
+        #expect(live.stdout.contains("12 file(s) downloaded"))
+        let plainColours = try await onTerminal("cp -r \(uri) \(dir.file("down2"))", ["TERM": "xterm-256color", "NO_COLOR": "1"])
+        #expect(plainColours.status == 0 && plainColours.stdout.contains("cp -r [") && !plainColours.stdout.contains("\u{1B}[1m"), "\(plainColours.stdout.debugDescription)")
+        // (The terminal itself turns each \n into \r\n.)
+        let dumb = try await onTerminal("cp -r \(uri) \(dir.file("down3"))", ["TERM": "dumb"])
+        #expect(dumb.status == 0 && !dumb.stdout.contains("\u{1B}") && dumb.stdout.split(whereSeparator: \.isNewline).count { $0.hasPrefix("downloaded ") } == 12, "\(dumb.stdout.debugDescription)")
+        #expect(Self.contents(dir.file("down3")) == Self.contents(dir.file("src")))
+    }
+
+    @Test("two syncs into one folder at once both finish, the folder whole, nothing of theirs left behind")
+    func concurrentSyncs() async throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let env = ["CAPSTAN_HOME": dir.file("home")]
+        try Self.tree(dir, "src", count: 40)
+        let uri = "file://" + dir.file("bucket/tree")
+        #expect(try await capstan(["sync", dir.file("src"), uri, "--json"], env: env).status == 0)
+        async let a = capstan(["sync", uri, dir.file("down"), "--parallel", "2", "--json"], env: env)
+        async let b = capstan(["sync", uri, dir.file("down"), "--parallel", "2", "--json"], env: env)
+        let (ra, rb) = try await (a, b)
+        #expect(ra.status == 0 && rb.status == 0, "\(ra.stderr)\n\(rb.stderr)")
+        let sa = try summary(ra), sb = try summary(rb)
+        #expect(sa.transferred + sa.unchanged == 40 && sb.transferred + sb.unchanged == 40)
+        #expect(Self.contents(dir.file("down")) == Self.contents(dir.file("src")))
+        let own = try FileManager.default.subpathsOfDirectory(atPath: dir.file("down")).filter { $0.contains(".capstan-") }
+        #expect(own.isEmpty, "\(own)")
+    }
+
     @Test("storage ls never lists a file bucket's own records (.capstan-meta, .capstan-tmp), also when the bucket is a folder below the one listed")
     func lsHidesRecords() async throws {
         let dir = TempDir(); defer { dir.cleanup() }

@@ -11,6 +11,11 @@ import Glibc
 /// cut anywhere (kill -9) leaves only whole files, and a sync run again transfers only what
 /// is missing or differs: same size, and the same SHA-256 (recorded by Capstan's stores) or,
 /// for an S3 object without one, the same MD5 ETag.
+///
+/// A download stages each file in a folder of its own run's, `.capstan-sync-<host>-<pid>-<random>`
+/// at the top of the destination, and renames it into place: runs into one folder at once
+/// never touch each other's files in flight. A run removes its own staging folder as it ends,
+/// and another run's only once that run is gone (same host, its pid dead) or a day old.
 public struct TreeTransfer: Sendable {
     public enum Direction: Sendable {
         /// Every regular file under `folder` to `prefix + relative path`.
@@ -31,14 +36,34 @@ public struct TreeTransfer: Sendable {
         public init() {}
     }
 
+    /// How far a transfer is: files and bytes done of the total (a sync's unchanged files count
+    /// as done), and the bytes actually moved (for a rate).
+    public struct Progress: Sendable, Hashable {
+        public var filesDone = 0
+        public var filesTotal = 0
+        public var bytesDone: Int64 = 0
+        public var bytesTotal: Int64 = 0
+        public var bytesMoved: Int64 = 0
+
+        public init(filesDone: Int = 0, filesTotal: Int = 0, bytesDone: Int64 = 0, bytesTotal: Int64 = 0, bytesMoved: Int64 = 0) {
+            self.filesDone = filesDone
+            self.filesTotal = filesTotal
+            self.bytesDone = bytesDone
+            self.bytesTotal = bytesTotal
+            self.bytesMoved = bytesMoved
+        }
+    }
+
     public var store: any ObjectStore
     public var direction: Direction
     /// Skip files the destination already holds (sync); false copies every file (cp -r).
     public var onlyChanged: Bool
     /// Files in flight at once.
     public var parallel: Int
-    /// Called as each file is copied (`uploaded key`, `downloaded path`).
-    public var report: (@Sendable (String) -> Void)?
+    /// Called as each file is copied, with the step (`uploaded rel → key (n bytes)`,
+    /// `downloaded key → rel (n bytes)`), and with nil as bytes move within a file or a file is
+    /// found unchanged.
+    public var progress: (@Sendable (Progress, _ step: String?) -> Void)?
     /// Called with the count of files copied so far (a test's crash point).
     public var afterFile: (@Sendable (Int) -> Void)?
 
@@ -66,6 +91,8 @@ public struct TreeTransfer: Sendable {
         let start = ContinuousClock.now
         var work: [(rel: String, key: String, size: Int64, remote: ObjectInfo?)] = []
         let folder: String
+        var staging: String?
+        defer { if let staging { try? FileManager.default.removeItem(atPath: staging) } }
         switch direction {
         case .upload(let f, let p):
             folder = f
@@ -87,6 +114,7 @@ public struct TreeTransfer: Sendable {
             try ObjectKey.validatePrefix(prefix)
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             Self.removeLeftovers(folder)
+            staging = folder + "/" + Self.stagingName()
             for o in try await store.list(prefix: prefix) where !o.key.hasSuffix("/") {
                 let rel = String(o.key.dropFirst(prefix.count))
                 do { try ObjectKey.validate(rel) } catch {
@@ -99,13 +127,40 @@ public struct TreeTransfer: Sendable {
         if work.isEmpty, case .download = direction {
             throw CapstanError(.notFound, "No objects under \(store.location)/\(Self.folderPrefix(prefixOf(direction))).", hint: "Check the URI with `capstan storage ls`.")
         }
+        if let staging { try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true) }
+        let stage = staging
         let counter = LockedBox(Summary())
-        let store = self.store, direction = self.direction, onlyChanged = self.onlyChanged, report = self.report, afterFile = self.afterFile
+        let moving = LockedBox(Progress(filesTotal: work.count, bytesTotal: work.reduce(0) { $0 + $1.size }))
+        let inFlight = LockedBox<[Int: Int64]>([:])
+        let store = self.store, direction = self.direction, onlyChanged = self.onlyChanged, report = self.progress, afterFile = self.afterFile
+        /// The progress now: files done, and bytes done including those in flight.
+        @Sendable func now(_ change: (inout Progress) -> Void = { _ in }) -> Progress {
+            let partial = inFlight.withLock { $0.values.reduce(0, +) }
+            var p = moving.withLock { p in change(&p); return p }
+            p.bytesDone += partial
+            p.bytesMoved += partial
+            return p
+        }
+        @Sendable func fileProgress(_ index: Int) -> TransferProgressHandler? {
+            guard let report else { return nil }
+            return { t in
+                inFlight.withLock { $0[index] = Int64(t.bytesDone) }
+                report(now(), nil)
+            }
+        }
+        @Sendable func done(_ index: Int, size: Int64, moved: Bool) -> Progress {
+            inFlight.withLock { $0[index] = nil }
+            return now { p in
+                p.filesDone += 1
+                p.bytesDone += size
+                if moved { p.bytesMoved += size }
+            }
+        }
         try await withThrowingTaskGroup(of: Void.self) { group in
             var next = 0
             func add() {
                 guard next < work.count else { return }
-                let item = work[next]
+                let item = work[next], index = next
                 next += 1
                 group.addTask {
                     let local = folder + "/" + item.rel
@@ -113,21 +168,23 @@ public struct TreeTransfer: Sendable {
                     case .upload:
                         if onlyChanged, let remote = item.remote, try await Self.same(local: local, remote: remote, store: store) {
                             counter.withLock { $0.unchanged += 1 }
+                            report?(done(index, size: item.size, moved: false), nil)
                             return
                         }
-                        let info = try await store.put(file: local, key: item.key, options: PutOptions(), progress: nil)
+                        let info = try await store.put(file: local, key: item.key, options: PutOptions(), progress: fileProgress(index))
                         let n = counter.withLock { s -> Int in s.transferred += 1; s.bytes += info.size; return s.transferred }
-                        report?("uploaded \(item.rel) → \(item.key) (\(info.size) bytes)")
+                        report?(done(index, size: info.size, moved: true), "uploaded \(item.rel) → \(item.key) (\(info.size) bytes)")
                         afterFile?(n)
                     case .download:
                         if onlyChanged, let remote = item.remote, FileManager.default.fileExists(atPath: local), try await Self.same(local: local, remote: remote, store: store) {
                             counter.withLock { $0.unchanged += 1 }
+                            report?(done(index, size: item.size, moved: false), nil)
                             return
                         }
                         try FileManager.default.createDirectory(atPath: LocalPath.folder(of: local), withIntermediateDirectories: true)
-                        let info = try await store.get(key: item.key, to: local, progress: nil)
+                        let info = try await Self.download(item.key, to: local, staged: stage.map { "\($0)/\(index)" }, store: store, progress: fileProgress(index))
                         let n = counter.withLock { s -> Int in s.transferred += 1; s.bytes += info.size; return s.transferred }
-                        report?("downloaded \(item.key) → \(item.rel) (\(info.size) bytes)")
+                        report?(done(index, size: info.size, moved: true), "downloaded \(item.key) → \(item.rel) (\(info.size) bytes)")
                         afterFile?(n)
                     }
                 }
@@ -161,13 +218,65 @@ public struct TreeTransfer: Sendable {
         return out.sorted { $0.0 < $1.0 }
     }
 
-    /// Removes the temporary files of downloads cut before their rename (`.capstan-get-…`,
-    /// `….capstan-part`).
-    static func removeLeftovers(_ folder: String) {
-        guard let walker = FileManager.default.enumerator(atPath: folder) else { return }
+    /// Downloads `key` to `staged` (this run's staging folder) and renames it to `local`; where
+    /// the rename cannot be done (another file system below the folder), straight to `local`.
+    static func download(_ key: String, to local: String, staged: String?, store: any ObjectStore, progress: TransferProgressHandler?) async throws -> ObjectInfo {
+        guard let staged else { return try await store.get(key: key, to: local, progress: progress) }
+        let info = try await store.get(key: key, to: staged, progress: progress)
+        if rename(staged, local) == 0 { return info }
+        let err = errno
+        unlink(staged)
+        guard err == EXDEV else {
+            throw CapstanError(.io, "Cannot move the downloaded \(key) into place at \(local): \(String(cString: strerror(err))).", hint: "Check that the folder is writable.")
+        }
+        return try await store.get(key: key, to: local, progress: progress)
+    }
+
+    /// This run's staging folder's name: `.capstan-sync-<host>-<pid>-<random>`.
+    public static func stagingName(host: String = thisHost, pid: Int32 = getpid()) -> String {
+        ".capstan-sync-\(safeHost(host))-\(pid)-\(String(UInt32.random(in: 0 ... .max), radix: 16))"
+    }
+
+    /// This machine's name (`gethostname`, no DNS lookup).
+    public static var thisHost: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "host" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// `host` as it appears in a staging folder's name: letters, digits and dots.
+    public static func safeHost(_ host: String) -> String {
+        let s = String(host.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == ".") ? $0 : "_" }.prefix(64))
+        return s.isEmpty ? "host" : s
+    }
+
+    /// Whether another run's staging folder `name` is left over: a day old, or its run's
+    /// process is gone (a pid of this host's that no longer exists).
+    public static func stale(_ name: String, modified: Date?, now: Date = Date(), host: String = thisHost) -> Bool {
+        if let modified, now.timeIntervalSince(modified) > 86_400 { return true }
+        let parts = name.dropFirst(".capstan-sync-".count).split(separator: "-")
+        guard parts.count >= 3, let pid = Int32(parts[parts.count - 2]), pid > 0,
+              parts[..<(parts.count - 2)].joined(separator: "-") == safeHost(host) else { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
+    }
+
+    /// Removes what downloads cut short left (kill -9): other runs' staging folders that are
+    /// stale (``stale(_:modified:now:host:)``), and the temporary files of older versions'
+    /// downloads (`.capstan-get-…`, `….capstan-part` outside a staging folder) once a day old.
+    /// A run still going keeps its files.
+    public static func removeLeftovers(_ folder: String, now: Date = Date()) {
+        let fm = FileManager.default
+        for name in (try? fm.contentsOfDirectory(atPath: folder)) ?? [] where name.hasPrefix(".capstan-sync-") {
+            let path = folder + "/" + name
+            if stale(name, modified: (try? fm.attributesOfItem(atPath: path))?[.modificationDate] as? Date, now: now) { try? fm.removeItem(atPath: path) }
+        }
+        guard let walker = fm.enumerator(atPath: folder) else { return }
         while let rel = walker.nextObject() as? String {
             let name = (rel as NSString).lastPathComponent
-            if name.hasPrefix(".capstan-get-") || name.hasSuffix(".capstan-part") { try? FileManager.default.removeItem(atPath: folder + "/" + rel) }
+            if name.hasPrefix(".capstan-sync-") { walker.skipDescendants(); continue }
+            guard name.hasPrefix(".capstan-get-") || name.hasSuffix(".capstan-part"),
+                  let modified = walker.fileAttributes?[.modificationDate] as? Date, now.timeIntervalSince(modified) > 86_400 else { continue }
+            try? fm.removeItem(atPath: folder + "/" + rel)
         }
     }
 

@@ -31,8 +31,10 @@ extension NodeAgent {
     /// Finds or builds the job's venv and returns the variables setup and the command run
     /// with (`PATH`, `VIRTUAL_ENV`, `CAPSTAN_PYTHON`). Each node and requirements hash gets
     /// one venv in the node's cache, built under a lock (local nodes share a machine) and
-    /// marked ready last, so a build cut short is redone, never used. Progress goes to the
-    /// node log. Throws with what failed and what to do.
+    /// marked ready last, so a build cut short is redone, never used. venv's and pip's output
+    /// go to ``pythonLog``; the node log gets a line as the build starts, ``PythonEnvProgress``
+    /// lines while it runs, a line when it is ready, and pip's last lines when it fails.
+    /// Throws with what failed and what to do.
     func preparePython(_ python: PythonEnvironment) async throws -> [String: String] {
         let start = ContinuousClock.now
         var env = BaseEnvironment.filter(ProcessInfo.processInfo.environment)
@@ -61,35 +63,110 @@ extension NodeAgent {
         if FileManager.default.fileExists(atPath: ready) {
             say("python env \(hash.prefix(12)): cached in \(venv) (python \(version), \(requirements.count) requirement(s))")
         } else {
-            say("python env \(hash.prefix(12)): building in \(venv) (python \(version), \(requirements.joined(separator: " ")))")
+            say("python env \(hash.prefix(12)): building in \(venv) (python \(version), \(requirements.joined(separator: " "))); pip's output goes to \(pythonLog)")
             try? FileManager.default.removeItem(atPath: venv)
-            let made = await runCommand(shell([python.interpreter, "-m", "venv"] + (python.systemPackages ? ["--system-site-packages"] : []) + [venv]))
+            // venv's and pip's output go to a file of their own (0600, next to the node log):
+            // the node log gets progress lines, and pip's last lines if it fails.
+            try PrivateFile.write(Data("capstan: python env \(hash) in \(venv), \(ISO8601DateFormatter().string(from: Date()))\n".utf8), to: pythonLog)
+            let made = await runLogged(shell([python.interpreter, "-m", "venv"] + (python.systemPackages ? ["--system-site-packages"] : []) + [venv]))
             guard made.succeeded else {
-                throw CapstanError(.invalidRequest, "Creating the venv \(venv) failed (\(made)).", hint: "The node needs Python's venv module (Debian/Ubuntu: apt install python3-venv).")
+                sayTail(of: pythonLog, what: "python -m venv")
+                throw CapstanError(.invalidRequest, "Creating the venv \(venv) failed (\(made)); its output is in the node log, all of it in \(pythonLog) on node \(config.node).", hint: "The node needs Python's venv module (Debian/Ubuntu: apt install python3-venv).")
             }
+            var count = 0
             if !requirements.isEmpty {
                 let reqFile = venv + "/capstan-requirements.txt"
                 try Data((requirements.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: reqFile))
                 let pip = [venv + "/bin/python", "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
-                var installed = false
+                var installed: Int?
                 if let wheels = python.wheels {
                     say("python env: installing from the wheel folder \(wheels) only (offline)")
-                    installed = await runCommand(shell(pip + ["--no-index", "--find-links", wheels, "-r", reqFile])).succeeded
-                    if !installed { say("python env: the wheel folder lacks some of them; installing from the index, wheels first") }
+                    let offline = await runPip(shell(pip + ["--no-index", "--find-links", wheels, "-r", reqFile]), venv: venv, start: start)
+                    if offline.exit.succeeded { installed = offline.installed } else { say("python env: the wheel folder lacks some of them; installing from the index, wheels first") }
                 }
-                if !installed {
+                if installed == nil {
                     let sources = (python.wheels.map { ["--find-links", $0] } ?? []) + (python.index.map { ["--index-url", $0] } ?? [])
-                    let exit = await runCommand(shell(pip + sources + ["-r", reqFile]))
-                    guard exit.succeeded else {
-                        throw CapstanError(.transient, "Installing the job's Python requirements into \(venv) failed (\(exit)); pip's output is in the node log.", hint: "Check the requirement names and that the node reaches the package index, or set python.wheels to a folder holding the wheels.")
+                    let online = await runPip(shell(pip + sources + ["-r", reqFile]), venv: venv, start: start)
+                    guard online.exit.succeeded else {
+                        sayTail(of: pythonLog, what: "pip")
+                        progress(PythonEnvProgress(node: config.node, phase: .failed, done: 0, total: nil, seconds: (ContinuousClock.now - start).seconds))
+                        throw CapstanError(.transient, "Installing the job's Python requirements into \(venv) failed (\(online.exit)); pip's last lines are in the node log, all of its output in \(pythonLog) on node \(config.node).", hint: "Check the requirement names and that the node reaches the package index, or set python.wheels to a folder holding the wheels.")
                     }
+                    installed = online.installed
                 }
+                count = installed ?? 0
             }
             let info: [String: Any] = ["hash": hash, "python": version, "requirements": requirements, "built": ISO8601DateFormatter().string(from: Date())]
             try JSONSerialization.data(withJSONObject: info, options: [.sortedKeys]).write(to: URL(fileURLWithPath: ready))
-            say("python env \(hash.prefix(12)): ready in \(String(format: "%.1f", (ContinuousClock.now - start).seconds)) s")
+            let seconds = (ContinuousClock.now - start).seconds
+            progress(PythonEnvProgress(node: config.node, phase: .ready, done: count, total: count, seconds: seconds))
+            say("python env \(hash.prefix(12)): ready in \(String(format: "%.1f", seconds)) s (\(count) package\(count == 1 ? "" : "s") installed)")
         }
         return ["PATH": venv + "/bin:" + (env["PATH"] ?? "/usr/bin:/bin"), "VIRTUAL_ENV": venv, "CAPSTAN_PYTHON": venv + "/bin/python"]
+    }
+
+    /// Where venv's and pip's output goes: next to the node log, 0600.
+    var pythonLog: String { config.stateDir + "/python-env.log" }
+
+    /// A command of the Python environment's, its output appended to ``pythonLog``.
+    func runLogged(_ command: String) async -> ExitStatus {
+        await runCommand("exec >>" + SSHClient.quote(pythonLog) + " 2>&1; " + command)
+    }
+
+    /// Runs a `pip install` (output to ``pythonLog``), writing ``PythonEnvProgress`` lines to
+    /// the node log while it runs: at each phase, and as the count moves (at most once a
+    /// second). Returns how pip ended and the count of packages it installed.
+    func runPip(_ command: String, venv: String, start: ContinuousClock.Instant) async -> (exit: ExitStatus, installed: Int) {
+        let log = pythonLog, node = config.node
+        let from = (try? FileManager.default.attributesOfItem(atPath: log)[.size] as? NSNumber)?.uint64Value ?? 0
+        let baseline = Self.packagesUnpacked(venv)
+        let watcher = Task { [self] in
+            var reader = PipLogReader(file: log, offset: from)
+            var last = "", lastAt = ContinuousClock.now
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(500))
+                reader.read()
+                let e = reader.progress.event(node: node, seconds: (ContinuousClock.now - start).seconds, installedNow: Self.packagesUnpacked(venv) - baseline)
+                let newPhase = !last.hasPrefix(e.phase.rawValue + " ")
+                if e.state != last, newPhase || ContinuousClock.now - lastAt >= .seconds(1) {
+                    progress(e)
+                    last = e.state
+                    lastAt = .now
+                }
+            }
+            reader.read()
+            // A short install may have ended between two looks: its one installing line still goes.
+            if let n = reader.progress.toInstall, !last.hasPrefix(PythonEnvProgress.Phase.installing.rawValue + " ") {
+                progress(PythonEnvProgress(node: node, phase: .installing, done: reader.progress.installed ?? n, total: n, seconds: (ContinuousClock.now - start).seconds, package: reader.progress.latest))
+            }
+            return reader.progress
+        }
+        let exit = await runLogged(command)
+        watcher.cancel()
+        let seen = await watcher.value
+        return (exit, seen.installed ?? 0)
+    }
+
+    /// Writes a progress line to the node log.
+    func progress(_ event: PythonEnvProgress) {
+        AppendFile.append(event.line + "\n", to: config.logFile)
+    }
+
+    /// Packages unpacked into `venv` (its `*.dist-info` folders): how far pip's install phase is.
+    static func packagesUnpacked(_ venv: String) -> Int {
+        let lib = venv + "/lib"
+        var n = 0
+        for py in (try? FileManager.default.contentsOfDirectory(atPath: lib)) ?? [] where py.hasPrefix("python") {
+            n += ((try? FileManager.default.contentsOfDirectory(atPath: "\(lib)/\(py)/site-packages")) ?? []).count(where: { $0.hasSuffix(".dist-info") })
+        }
+        return n
+    }
+
+    /// Says the last lines of `file` (up to 40) in the node log, and where the rest is.
+    func sayTail(of file: String, what: String) {
+        let lines = PipLogReader.lastLines(of: file, count: 40)
+        say("python env: \(what) failed; its last \(lines.count) line(s) follow, all of its output is in \(file)")
+        for line in lines { say("  " + line) }
     }
 
     /// Takes an exclusive `flock` on `path`, waiting without blocking a thread.
@@ -117,5 +194,41 @@ extension NodeAgent {
     /// `argv` as one `/bin/sh` command line, each word single-quoted.
     func shell(_ argv: [String]) -> String {
         argv.map(SSHClient.quote).joined(separator: " ")
+    }
+}
+
+/// Reads pip's output file as it grows, into a ``PipProgress``.
+struct PipLogReader {
+    let file: String
+    var offset: UInt64
+    var partial = Data()
+    var progress = PipProgress()
+
+    init(file: String, offset: UInt64) {
+        self.file = file
+        self.offset = offset
+    }
+
+    /// Feeds the whole lines written since the last read.
+    mutating func read() {
+        guard let h = FileHandle(forReadingAtPath: file) else { return }
+        defer { try? h.close() }
+        guard (try? h.seek(toOffset: offset)) != nil, let data = try? h.readToEnd(), !data.isEmpty else { return }
+        offset += UInt64(data.count)
+        partial.append(data)
+        guard let end = partial.lastIndex(where: { $0 == 0x0A || $0 == 0x0D }) else { return }
+        progress.feed(text: String(decoding: partial[...end], as: UTF8.self))
+        partial = Data(partial[partial.index(after: end)...])
+    }
+
+    /// The last `count` non-empty lines of `file` (from its last 64 KiB).
+    static func lastLines(of file: String, count: Int) -> [String] {
+        guard let h = FileHandle(forReadingAtPath: file) else { return [] }
+        defer { try? h.close() }
+        let size = (try? h.seekToEnd()) ?? 0
+        let from = size > 65_536 ? size - 65_536 : 0
+        guard (try? h.seek(toOffset: from)) != nil, let data = try? h.readToEnd() else { return [] }
+        let lines = String(decoding: data, as: UTF8.self).split(whereSeparator: { $0 == "\n" || $0 == "\r" }).map(String.init)
+        return Array(lines.dropFirst(from > 0 ? 1 : 0).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }.suffix(count))
     }
 }
