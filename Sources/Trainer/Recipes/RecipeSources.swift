@@ -278,10 +278,9 @@ public struct SourceCache: Sendable {
                     throw CapstanError(.io, "\(location)/\(rel) came as \(size) bytes, the bucket lists \(o.size).")
                 }
                 if let localRoot, let key = local[o.key] {
-                    // The copy is what the key names: the same bytes, or a file not written since.
+                    // The copy is what the key names: the same bytes.
                     let same = switch key {
                     case .content(let sha): info.sha256 == sha
-                    case .status(let before): (try? localKey(localRoot + "/" + o.key, now: .distantFuture)) == .status(before)
                     }
                     guard same else {
                         throw CapstanError(.transient, "\(location)/\(rel) changed while it was being fetched.", hint: "It is fetched again on the next attempt; write inputs before launching.")
@@ -296,38 +295,44 @@ public struct SourceCache: Sendable {
         return (folder, objects.map { Self.relative($0.key, prefix: prefix) })
     }
 
-    /// What a file on this machine is cached by (docs/inputs.md, "`file://` folders").
+    /// What a file on this machine is cached by (docs/inputs.md, "`file://` folders"): the
+    /// SHA-256 of its bytes, always, so the same bytes are one cache entry whenever they are
+    /// looked at.
     enum LocalKey: Equatable {
-        /// Device, inode, size, and modification and change times in nanoseconds: any write
-        /// (in place or by rename) moves the change time, which no one can set back.
-        case status(String)
-        /// The SHA-256 of its bytes: its status changed within ``settleSeconds`` of the look,
-        /// so a write in the same filesystem clock tick could leave every time as it was.
         case content(String)
 
         var text: String {
             switch self {
-            case .status(let s): "stat \(s)"
             case .content(let sha): "sha256 \(sha)"
             }
         }
     }
 
-    /// How long after its last change a file's status is trusted to name its bytes (far
-    /// above any filesystem's timestamp granularity).
+    /// How long after its last change a file's status (device, inode, size, modification and
+    /// change times in nanoseconds) is trusted to name its bytes, so its hash is remembered by
+    /// it and the file is not read again: far above any filesystem's timestamp granularity. A
+    /// write (in place or by rename) moves the change time, which no one can set back.
     public var settleSeconds: Double = 2
 
-    /// The key of the file at `path` looked at `now` (`.distantFuture`: its status only).
+    /// The key of the file at `path` looked at `now`: its SHA-256, from the memo of settled
+    /// files' hashes (`<root>/local-hashes/`) when its status is in it, else read and hashed
+    /// (and remembered once settled).
     func localKey(_ path: String, now: Date) throws -> LocalKey {
         var st = stat()
         guard stat(path, &st) == 0 else {
             throw CapstanError(.io, "Cannot read \(path): \(String(cString: strerror(errno))).")
         }
         let changed = Double(st.st_ctim.tv_sec) + Double(st.st_ctim.tv_nsec) / 1e9
-        if now != .distantFuture, now.timeIntervalSince1970 - changed < settleSeconds {
-            return .content(try CheckpointStore.hashFile(path).1)
+        let settled = now.timeIntervalSince1970 - changed >= settleSeconds
+        let status = "\(path)\u{0}\(st.st_dev):\(st.st_ino):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec):\(st.st_ctim.tv_sec).\(st.st_ctim.tv_nsec)"
+        let memo = "\(root)/local-hashes/\(Self.key([status]))"
+        if settled, let known = try? String(contentsOfFile: memo, encoding: .utf8), known.count == 64 { return .content(known) }
+        let sha = try CheckpointStore.hashFile(path).1
+        if settled {
+            try? FileManager.default.createDirectory(atPath: root + "/local-hashes", withIntermediateDirectories: true)
+            try? Data(sha.utf8).write(to: URL(fileURLWithPath: memo), options: .atomic)
         }
-        return .status("\(st.st_dev):\(st.st_ino):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec):\(st.st_ctim.tv_sec).\(st.st_ctim.tv_nsec)")
+        return .content(sha)
     }
 
     /// The objects a source names: every object under `prefix/`, or the object `prefix`.
