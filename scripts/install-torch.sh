@@ -5,6 +5,8 @@
 set -euo pipefail
 if python3 -c 'import torch' >/dev/null 2>&1; then exit 0; fi
 echo "installing torch (CPU) for $(command -v python3)…" >&2
+# A distribution's own Python refuses pip installs (PEP 668); older pips ignore the variable.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 python3 -m pip install -q 'torch==2.13.0+cpu' 2>/dev/null \
   || python3 -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu \
   || python3 -m pip install -q torch

@@ -39,8 +39,16 @@ struct OffersCommand: AsyncParsableCommand {
 
     func validate() throws {
         if limit < 0 { throw ValidationError("--limit must be 0 (all) or more, got \(limit).") }
-        if spec != nil, resources.gpu != nil || resources.gpusPerNode != nil {
-            throw ValidationError("--spec takes the GPU from the job spec's resources; leave out --gpu and --gpus-per-node.")
+        if spec != nil {
+            // The spec's resources are the whole request: an option beside it would be dropped.
+            let given = [
+                ("--gpu", resources.gpu != nil), ("--gpus-per-node", resources.gpusPerNode != nil), ("--nodes", resources.nodes != 1),
+                ("--spot", resources.spot), ("--spot-only", resources.spotOnly), ("--region", !resources.regions.isEmpty),
+                ("--provider", !resources.providers.isEmpty), ("--max-price", resources.maxPrice != nil),
+            ].filter(\.1).map(\.0)
+            if !given.isEmpty {
+                throw ValidationError("--spec takes the whole request from the job spec's resources (GPU, nodes, spot, regions, providers, price); leave out \(given.joined(separator: ", ")), or change the spec.")
+            }
         }
     }
 

@@ -17,6 +17,10 @@ extension CLITests {
         #expect(missing.status == 1 && missing.stderr.contains("Cannot read job spec \(home.file("specs/none.yaml"))"), "\(missing.stderr)")
         let both = try await capstan(["offers", "--spec", bad, "--gpu", "H100"], home: home)
         #expect(both.status == 64 && both.stderr.contains("leave out --gpu"), "\(both.status) \(both.stderr)")
+        // Every other request option too: beside a spec it would be dropped without a word.
+        let good = home.write("specs/good.yaml", "name: good\nresources: {nodes: 2}\nrun: x\n")
+        let nodes = try await capstan(["offers", "--spec", good, "--nodes", "4", "--spot", "--max-price", "9"], home: home)
+        #expect(nodes.status == 64 && nodes.stderr.contains("leave out --nodes, --spot, --max-price, or change the spec."), "\(nodes.status) \(nodes.stderr)")
     }
 
     @Test("launch refuses a secret shorter than 8 characters, naming it and why, never printing its value; nothing is launched")

@@ -57,7 +57,7 @@ struct InputCacheTests {
         #expect(try await fetch(cache, data) == ("version-2", true))
     }
 
-    @Test("a file whose status settled is keyed by device, inode, size and times in nanoseconds: a replacement of the same size and modification time is a new entry")
+    @Test("a settled file's hash is remembered by its device, inode, size and times in nanoseconds: the same status is not read again; a replacement of the same size and modification time is read and is a new entry")
     func settledStatus() async throws {
         let dir = TempDir("capstan-input-cache")
         defer { SourceCache.removeTree(dir.file("cache")); dir.cleanup() }
@@ -67,21 +67,22 @@ struct InputCacheTests {
         cache.settleSeconds = 0  // every file counts as settled: keyed by its status alone
         #expect(try await fetch(cache, data) == ("version-1", false))
         #expect(try await fetch(cache, data) == ("version-1", true))
-        #expect(try cache.localKey(file, now: Date()) == cache.localKey(file, now: .distantFuture))
+        #expect(try cache.localKey(file, now: Date()) == .content(CheckpointStore.hashFile(file).1))
+        // A settled file's hash is remembered by its status: a look with the same status does
+        // not read the file (a planted memo is believed).
+        let memos = dir.file("cache/local-hashes")
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: memos)) ?? []
+        #expect(names.count == 1, "\(names)")
+        let planted = String(repeating: "ab", count: 32)
+        for n in names { try Data(planted.utf8).write(to: URL(fileURLWithPath: memos + "/" + n)) }
+        #expect(try cache.localKey(file, now: Date()) == .content(planted))
         // Replaced by rename (a new inode), with the same size and modification time.
         let before = times(file)
         let next = dir.write("data-next.bin", "version-2")
         setTimes(next, before)
         #expect(rename(next, file) == 0)
         #expect(try await fetch(cache, data) == ("version-2", false))
-        // A file changed just now is keyed by its bytes.
-        #expect(SourceCache(root: dir.file("cache")).localKeyIsContent(file))
-    }
-}
-
-extension SourceCache {
-    func localKeyIsContent(_ path: String) -> Bool {
-        if case .content = try? localKey(path, now: Date()) { return true }
-        return false
+        // A file changed just now is read and hashed, whatever is remembered.
+        #expect(try SourceCache(root: dir.file("cache")).localKey(file, now: Date()) == .content(CheckpointStore.hashFile(file).1))
     }
 }

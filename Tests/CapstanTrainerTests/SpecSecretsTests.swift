@@ -178,7 +178,7 @@ struct SpecSecretsTests {
         for (name, value) in [("SHORT", "abc1234"), ("SHORT_FILE", "x7q")] {
             let e = #expect(throws: CapstanError.self) { try source.resolve(["LONG", name]) }
             #expect(e?.code == .config)
-            #expect(e?.message == "The job's secret \(name) is shorter than 8 characters; Capstan refuses it: every secret's value is masked as *** in the job's logs and events, and one this short would mask ordinary text too.", "\(e?.message ?? "")")
+            #expect(e?.message == "The job's secret \(name) is shorter than 8 characters; Capstan refuses it: every secret's value is replaced by <redacted> in the job's logs and events, and one this short would mask ordinary text too.", "\(e?.message ?? "")")
             #expect(e?.hint?.contains("or pass a value that is not secret with `env:` or `launch --env` instead") == true)
             #expect(e?.description.contains(value) == false)
         }

@@ -14,7 +14,8 @@ capstan_missing_test_packages() {
   [ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ] || need+=(postgresql)  # the PostgreSQL state store's tests (a throwaway server)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)               # a TLS certificate for the Lambda emulator
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)         # /metrics scraped by a real Prometheus (PrometheusTests)
-  command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)    # Debian's python3 comes without pip
   # The agent builds each job's Python environment as a venv (the recipe tests: transformers, peft).
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
   # The dashboard's browser test: a real headless Chromium driven by Selenium (PyPI).
@@ -63,5 +64,7 @@ capstan_install_test_python_packages() {
   command -v gcp-storage-emulator >/dev/null 2>&1 || need+=(gcp-storage-emulator)
   [ ${#need[@]} -gt 0 ] || return 0
   if [ "${1:-}" = "--names-only" ]; then printf '%s\n' "${need[@]}"; return 0; fi
-  python3 -m pip install -q "${need[@]}"
+  # A distribution's own Python refuses pip installs (PEP 668, "externally-managed-environment");
+  # the tests' tools go into it anyway (older pips ignore the variable).
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q "${need[@]}"
 }

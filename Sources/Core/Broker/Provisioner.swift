@@ -665,7 +665,7 @@ public struct Provisioner: Sendable {
         if !force, let cluster = try await store.cluster(named: name), cluster.status.isLive {
             try Self.refuseBusy(name, jobs: try await store.unfinishedJobs())
         }
-        return try await down(name: name)
+        return try await down(name: name, checkingBusy: !force)
     }
 
     /// Refuses to take down `cluster` while an unfinished job of `jobs` runs on it.
@@ -683,6 +683,12 @@ public struct Provisioner: Sendable {
     /// it (a job's own controller taking its cluster down; people go through
     /// ``down(name:force:)``). Idempotent; a cluster whose earlier `down` died is finished.
     public func down(name: String) async throws -> Cluster {
+        try await down(name: name, checkingBusy: false)
+    }
+
+    /// `checkingBusy`: the busy check again once the cluster's lock is held, so a job launched
+    /// onto it between the first check and the lock is not left without its cluster.
+    func down(name: String, checkingBusy: Bool) async throws -> Cluster {
         var found = try await store.cluster(named: name)
         if found == nil {
             // Unknown here: perhaps the database was lost and the cluster lives on in the clouds.
@@ -697,6 +703,9 @@ public struct Provisioner: Sendable {
             throw CapstanError(.invalidRequest, "Another capstan process is working on cluster '\(name)'.", hint: "Wait for it to finish (or kill it; the next command reconciles).")
         }
         defer { lock.release() }
+        if checkingBusy, cluster.status != .terminating {
+            try Self.refuseBusy(name, jobs: try await store.unfinishedJobs())
+        }
         try await finishTermination(&cluster)
         return cluster
     }

@@ -260,23 +260,15 @@ public struct TreeTransfer: Sendable {
         return kill(pid, 0) != 0 && errno == ESRCH
     }
 
-    /// Removes what downloads cut short left (kill -9): other runs' staging folders that are
-    /// stale (``stale(_:modified:now:host:)``), and the temporary files of older versions'
-    /// downloads (`.capstan-get-…`, `….capstan-part` outside a staging folder) once a day old.
-    /// A run still going keeps its files.
+    /// Removes what downloads cut short left (kill -9): other runs' staging folders at the top
+    /// of `folder` that are stale (``stale(_:modified:now:host:)``). A run still going keeps its
+    /// files. Nothing below the top is looked at: the destination may be a big tree (a home),
+    /// and every sync download stages at the top.
     public static func removeLeftovers(_ folder: String, now: Date = Date()) {
         let fm = FileManager.default
         for name in (try? fm.contentsOfDirectory(atPath: folder)) ?? [] where name.hasPrefix(".capstan-sync-") {
             let path = folder + "/" + name
             if stale(name, modified: (try? fm.attributesOfItem(atPath: path))?[.modificationDate] as? Date, now: now) { try? fm.removeItem(atPath: path) }
-        }
-        guard let walker = fm.enumerator(atPath: folder) else { return }
-        while let rel = walker.nextObject() as? String {
-            let name = (rel as NSString).lastPathComponent
-            if name.hasPrefix(".capstan-sync-") { walker.skipDescendants(); continue }
-            guard name.hasPrefix(".capstan-get-") || name.hasSuffix(".capstan-part"),
-                  let modified = walker.fileAttributes?[.modificationDate] as? Date, now.timeIntervalSince(modified) > 86_400 else { continue }
-            try? fm.removeItem(atPath: folder + "/" + rel)
         }
     }
 

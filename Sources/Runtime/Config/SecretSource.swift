@@ -41,7 +41,7 @@ public struct SecretSource: Sendable, Hashable {
         SecretSource(environmentPrefix: serverPrefix, file: file, place: "the server's environment")
     }
 
-    /// The fewest characters a secret's value may have: every value is replaced by `***`
+    /// The fewest characters a secret's value may have: every value is replaced by `<redacted>`
     /// wherever Capstan shows a job's output, so a short one (`abc`, `1234`) would blank out
     /// ordinary text everywhere.
     public static let minimumLength = 8
@@ -53,7 +53,7 @@ public struct SecretSource: Sendable, Hashable {
         let out = try lookUp(names)
         if let name = names.first(where: { (out[$0]?.count ?? Self.minimumLength) < Self.minimumLength }) {
             throw CapstanError(
-                .config, "The job's secret \(name) is shorter than \(Self.minimumLength) characters; Capstan refuses it: every secret's value is masked as *** in the job's logs and events, and one this short would mask ordinary text too.",
+                .config, "The job's secret \(name) is shorter than \(Self.minimumLength) characters; Capstan refuses it: every secret's value is replaced by <redacted> in the job's logs and events, and one this short would mask ordinary text too.",
                 hint: "Give \(name) its real value (API keys and tokens are longer), or pass a value that is not secret with `env:` or `launch --env` instead.")
         }
         return out

@@ -27,8 +27,15 @@ package final class RedactingPipe: @unchecked Sendable {
     /// Starts reading; the caller starts the child with ``writeEnd`` and then calls
     /// ``closeWriteEnd()``.
     package init(secrets: [String], appendingTo file: String) throws {
+        // The file first: output with nowhere to go is an error now, never dropped later.
+        let out = open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard out >= 0 else { throw CapstanError(.io, "Cannot open \(file) for a command's output: \(String(cString: strerror(errno))).") }
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw CapstanError(.io, "Cannot make a pipe for a command's output: \(String(cString: strerror(errno))).") }
+        guard pipe(&fds) == 0 else {
+            let why = String(cString: strerror(errno))
+            close(out)
+            throw CapstanError(.io, "Cannot make a pipe for a command's output: \(why).")
+        }
         for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         readEnd = fds[0]
         writeEnd = fds[1]
@@ -37,10 +44,9 @@ package final class RedactingPipe: @unchecked Sendable {
         let (readEnd, done, finished) = (readEnd, done, finished)
         Thread.detachNewThread {
             var redactor = redactor
-            let out = open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
             var buffer = [UInt8](repeating: 0, count: 65536)
             func write(_ data: Data) {
-                if out >= 0, !data.isEmpty { _ = Spawn.writeAll(out, data) }
+                if !data.isEmpty { _ = Spawn.writeAll(out, data) }
             }
             while true {
                 let n = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
@@ -49,7 +55,7 @@ package final class RedactingPipe: @unchecked Sendable {
                 write(redactor.feed(Data(buffer[0..<n])))
             }
             write(redactor.finish())
-            if out >= 0 { close(out) }
+            close(out)
             close(readEnd)
             done.withLock { $0 = true }
             finished.signal()

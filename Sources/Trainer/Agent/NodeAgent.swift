@@ -242,7 +242,9 @@ public final class NodeAgent: Sendable {
     /// Runs `/bin/sh -c command` in the workdir, output appended to the node log: the
     /// lifecycle hears it start and end (and records it, signals it on a stop, and kills what
     /// it left behind). Returns how it ended and the steps the lifecycle took next.
-    func runCommand(_ command: String, prepared: [String: String]) async -> (exit: ExitStatus, next: [AgentLifecycle.Action]) {
+    /// `output`: the file its output is appended to (default: the node log).
+    func runCommand(_ command: String, prepared: [String: String], output logFile: String? = nil) async -> (exit: ExitStatus, next: [AgentLifecycle.Action]) {
+        let logFile = logFile ?? config.logFile
         // Only the base environment of the agent's own (never its credentials), then the env
         // contract and the spec's `env:`, the spec's `secrets:` (from stdin), then the Python
         // environment's.
@@ -258,14 +260,14 @@ public final class NodeAgent: Sendable {
         var output: RedactingPipe?
         do {
             if let values = secrets.environment, !values.isEmpty {
-                let pipe = try RedactingPipe(secrets: secrets.secrets, appendingTo: config.logFile)
+                let pipe = try RedactingPipe(secrets: secrets.secrets, appendingTo: logFile)
                 output = pipe
                 defer { pipe.closeWriteEnd() }
                 pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: pipe, input: input)
             } else if let input {
-                pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: config.logFile, input: input)
+                pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: logFile, input: input)
             } else {
-                pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: config.logFile)
+                pid = try Spawn.start(argv, environment: env, cwd: config.workdir, output: logFile)
             }
         } catch {
             return (.exited(127), send(.spawnFailed("\(error)")))
@@ -292,8 +294,8 @@ public final class NodeAgent: Sendable {
     }
 
     /// A command of the Python environment's (venv, pip), before the environment exists.
-    func runCommand(_ command: String) async -> ExitStatus {
-        await runCommand(command, prepared: [:]).exit
+    func runCommand(_ command: String, output: String? = nil) async -> ExitStatus {
+        await runCommand(command, prepared: [:], output: output).exit
     }
 
     /// One upload pass; prunes local checkpoint folders that are safely in the bucket (all but

@@ -110,7 +110,8 @@ extension NodeAgent {
 
     /// A command of the Python environment's, its output appended to ``pythonLog``.
     func runLogged(_ command: String) async -> ExitStatus {
-        await runCommand("exec >>" + SSHClient.quote(pythonLog) + " 2>&1; " + command)
+        // Through the agent like the command's output: a job's secrets redacted on the way.
+        await runCommand(command, output: pythonLog)
     }
 
     /// Runs a `pip install` (output to ``pythonLog``), writing ``PythonEnvProgress`` lines to
