@@ -792,11 +792,10 @@ final class Run: @unchecked Sendable {
     }
 
     /// `only`: the ranks to read (those that answered this pass); nil: all. With secrets to
-    /// keep out (``AgentSecrets/secrets``), a line is copied home only once it is whole, with
-    /// every secret in it redacted, so a value split across two reads is redacted too;
-    /// `final` (the attempt is over) copies an unfinished last line as well.
+    /// keep out (``AgentSecrets/secrets``), a tail that could be the start of one waits for the
+    /// next read (``Redactor/safeCut(_:secrets:)``) and every whole one is redacted; `final`
+    /// (the attempt is over) copies what is left as well.
     func pullLogs(_ attempt: JobAttemptRecord, nodes: [Instance], only: Set<Int>? = nil, final: Bool = false) async {
-        var changed = false
         let limit = 1 << 20
         for (rank, node) in nodes.enumerated() where attempt.nodes.contains(node.id) && only?.contains(rank) != false {
             guard let t = try? transport(for: node) else { continue }
@@ -820,15 +819,20 @@ final class Run: @unchecked Sendable {
                     logOffsets[key] = offset + Int64(data.count)
                 }
                 appendHome(node: rank, data)
-                changed = true
+                // The offsets right after the copy, before anything that waits (a metrics write
+                // to PostgreSQL): a controller killed in between leaves the next one (a replica
+                // taking over) to copy those bytes again — seen as repeated lines in the HA test.
+                saveOffsets()
                 for line in lines[rank, default: LineBuffer()].feed(data) { emitLine(rank, line) }
                 if read.count < limit { break }
             }
         }
         await saveMetrics(force: false)
-        if changed, let data = try? JSONEncoder().encode(logOffsets) {
-            try? PrivateFile.write(data, to: offsetsFile)
-        }
+    }
+
+    /// Writes ``logOffsets`` (atomically: a reader never sees half of it).
+    func saveOffsets() {
+        if let data = try? JSONEncoder().encode(logOffsets) { try? PrivateFile.write(data, to: offsetsFile) }
     }
 
     /// A node's log line as an event; the leader's metrics lines as typed metrics too.
