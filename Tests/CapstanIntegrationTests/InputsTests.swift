@@ -202,14 +202,7 @@ extension JobTests {
 extension JobTests {
     @Test("image: a container left running by an agent killed -9 is removed when the next attempt starts on that node; nothing of the job's is left")
     func staleContainerRemoved() async throws {
-        guard let podman = Spawn.which("podman") else {
-            if ProcessInfo.processInfo.environment["CI"] != nil { Issue.record("podman is missing (.ci/run installs it)") }
-            return
-        }
-        var home = try JobHome()
-        defer { home.dir.cleanup() }
-        home.env["CAPSTAN_SOURCE_CACHE"] = home.dir.file("sources")
-        try await Self.withBusyboxImage(podman, in: home.dir) { image in try await staleContainer(podman: podman, image: image, home: home) }
+        try await Self.withPodmanHome { podman, image, home in try await staleContainer(podman: podman, image: image, home: home) }
     }
 
     func staleContainer(podman: String, image: String, home: JobHome) async throws {
@@ -287,6 +280,12 @@ extension JobTests {
 
     @Test("image: setup and the command run in a locally built image (podman) on both nodes: one container per node with setup's changes, the env contract, the input mounted read-only, the outputs uploaded")
     func imageJob() async throws {
+        try await Self.withPodmanHome { podman, image, home in try await boxed(podman: podman, image: image, home: home) }
+    }
+
+    /// `body` with podman (skipped, or a recorded issue under CI, where it is missing), a job
+    /// home with a source cache of its own, and a fresh busybox image in it.
+    static func withPodmanHome(_ body: (String, String, JobHome) async throws -> Void) async throws {
         guard let podman = Spawn.which("podman") else {
             if ProcessInfo.processInfo.environment["CI"] != nil { Issue.record("podman is missing (.ci/run installs it)") }
             return
@@ -294,7 +293,7 @@ extension JobTests {
         var home = try JobHome()
         defer { home.dir.cleanup() }
         home.env["CAPSTAN_SOURCE_CACHE"] = home.dir.file("sources")
-        try await Self.withBusyboxImage(podman, in: home.dir) { image in try await boxed(podman: podman, image: image, home: home) }
+        try await withBusyboxImage(podman, in: home.dir) { image in try await body(podman, image, home) }
     }
 
     /// `body` with a fresh ``busyboxImage(_:name:in:)``, which goes whatever happens, off the

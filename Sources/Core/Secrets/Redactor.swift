@@ -36,6 +36,12 @@ public struct Redactor: Sendable {
         return Self.redact(held, secrets)
     }
 
+    /// `text` with every one of this redactor's secrets replaced by `<redacted>` (a whole
+    /// text, not a stream: nothing is held back).
+    public func redact(_ text: String) -> String {
+        secrets.isEmpty ? text : String(decoding: Self.redact(Data(text.utf8), secrets), as: UTF8.self)
+    }
+
     /// `bytes` with every occurrence of each of `secrets` replaced by `<redacted>`.
     public static func redact(_ bytes: Data, _ secrets: [Data]) -> Data {
         var out = bytes

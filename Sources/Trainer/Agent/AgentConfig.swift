@@ -122,7 +122,7 @@ public struct AgentSecrets: Sendable, Hashable, Codable {
 
     /// `text` with every secret replaced by `<redacted>`.
     public func redact(_ text: String) -> String {
-        secrets.reduce(text) { $0.replacingOccurrences(of: $1, with: "<redacted>") }
+        Redactor(secrets).redact(text)
     }
 }
 
