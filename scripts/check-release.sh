@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks a release tarball (scripts/release.sh) the way a user without Swift meets it: verifies
 # its SHA-256 sums, unpacks it on a fresh path, and runs it under `env -i` with PATH=/usr/bin:/bin
-# (no Swift toolchain): `capstan offers`, `capstan plugins list`, and the demo job (examples/sft-tiny, the built-in sft recipe on 2 local nodes). The job's python3
+# (no Swift toolchain): `capstan offers`, `capstan plugins list` and `plugins inspect` (every plugin in it loads), ldd
+# (Swift libraries only from its lib/; capstan-agent links none), and the demo job (examples/sft-tiny, the built-in sft recipe on 2 local nodes). The job's python3
 # (with torch) is the only thing added to PATH, for the nodes.
 #
 #   scripts/check-release.sh [dist/capstan-<version>-linux-<arch>.tar.gz]
@@ -29,16 +30,32 @@ if "${clean[@]}" sh -c 'command -v swift || command -v swiftc || ls /usr/lib/swi
   echo "FAIL: a Swift toolchain is reachable on the clean PATH" >&2; exit 1
 fi
 echo "(none)"
-echo "==> ldd capstan (what it still links):"
-libs="$(ldd "$bin" 2>&1 || true)"   # a fully static binary: "not a dynamic executable", exit 1
+echo "==> ldd capstan and the plugins: every Swift library from the release's lib/"
+for f in "$bin" "$root/$name"/libCapstanPlugin*.so; do
+  libs="$(ldd "$f" 2>&1 || true)"
+  echo "$(basename "$f"):"; echo "$libs" | sed 's/^/  /'
+  if grep -q "not found" <<<"$libs"; then echo "FAIL: $(basename "$f") misses a library" >&2; exit 1; fi
+  if grep -i swift <<<"$libs" | grep -v -q "=> $root/$name/lib/"; then echo "FAIL: $(basename "$f") links a Swift library from outside the release" >&2; exit 1; fi
+done
+echo "==> ldd capstan-agent (what remote nodes receive; no shared Swift library):"
+libs="$(ldd "$root/$name/capstan-agent" 2>&1 || true)"   # a fully static binary: "not a dynamic executable", exit 1
 echo "$libs"
-if grep -q -i swift <<<"$libs"; then echo "FAIL: capstan links a shared Swift library" >&2; exit 1; fi
+if grep -q -i swift <<<"$libs"; then echo "FAIL: capstan-agent links a shared Swift library" >&2; exit 1; fi
+"${clean[@]}" "$root/$name/capstan-agent" --version
 echo "==> capstan --version"
 "${clean[@]}" "$bin" --version
 echo "==> capstan offers"
 "${clean[@]}" "$bin" offers
 echo "==> capstan plugins list"
 "${clean[@]}" "$bin" plugins list
+echo "==> capstan plugins inspect, for each shipped plugin (it loads, on the release's one Swift runtime)"
+for f in "$root/$name"/libCapstanPlugin*.so; do
+  p="$(basename "$f" .so)"; p="${p#libCapstanPlugin}"; p="${p,,}"
+  if ! out="$("${clean[@]}" "$bin" plugins inspect "$p" 2>&1)" || ! grep -q "^path: *$f$" <<<"$out"; then
+    echo "$out" >&2; echo "FAIL: plugin $p did not load from the release" >&2; exit 1
+  fi
+  sed -n '1,2p' <<<"$out"
+done
 py="$(dirname "$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')")"
 cp -r "$repo/examples/sft-tiny" "$root/sft-tiny"
 echo "==> capstan launch sft-tiny/job.yaml   (PATH=/usr/bin:/bin:$py, for the nodes' python3 with torch)"

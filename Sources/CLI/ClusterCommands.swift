@@ -208,7 +208,9 @@ struct StatusCommand: AsyncParsableCommand {
                 print("\n\(r.cluster.name):")
                 var t = TextTable(header: ["  NODE", "INSTANCE", "STATE", "ADDRESS", "$/H"], rightAligned: [4])
                 for i in r.instances {
-                    t.rows.append(["  " + (i.instance.tags[CapstanTags.node] ?? "-"), i.id, i.state.rawValue, i.instance.privateAddress ?? i.instance.publicAddress ?? "-", String(format: "%.2f", i.pricePerHour ?? 0)])
+                    // Why a node is not running, in its provider's words (a Slurm queue's reason and position).
+                    let state = i.state.rawValue + (i.state == .running ? "" : i.instance.stateReason.map { " (\($0))" } ?? "")
+                    t.rows.append(["  " + (i.instance.tags[CapstanTags.node] ?? "-"), i.id, state, i.instance.privateAddress ?? i.instance.publicAddress ?? "-", String(format: "%.2f", i.pricePerHour ?? 0)])
                 }
                 print(t.render())
                 let live = r.instances.map(\.instance).filter { $0.state.isLive }

@@ -17,16 +17,31 @@ public struct AgentBinary: Sendable, Hashable {
         self.remote = remote ?? local
     }
 
-    /// The running `capstan` itself (what the CLI uses): its remote agent is
-    /// `$CAPSTAN_AGENT_BINARY` when set.
+    /// The file a release ships beside `capstan` for remote nodes: `capstan` with the Swift
+    /// runtime linked in (the release's `capstan` uses the shared runtime in its `lib/`, which a
+    /// node would not have). See scripts/release.sh.
+    public static let remoteAgentFileName = "capstan-agent"
+
+    /// The running `capstan` itself (what the CLI uses). Its remote agent is
+    /// `$CAPSTAN_AGENT_BINARY` when set, else `capstan-agent` beside it when there is one (a
+    /// release), else itself.
     public static func currentExecutable(environment: [String: String] = ProcessInfo.processInfo.environment) -> AgentBinary {
         let exe = Spawn.currentExecutable
-        return AgentBinary(local: exe, remote: environment["CAPSTAN_AGENT_BINARY"].flatMap { $0.isEmpty ? nil : $0 })
+        if let given = environment["CAPSTAN_AGENT_BINARY"], !given.isEmpty { return AgentBinary(local: exe, remote: given) }
+        return beside(exe)
+    }
+
+    /// `executable`, with the release's `capstan-agent` beside it as the remote agent when
+    /// that file is there and executable.
+    public static func beside(_ executable: String) -> AgentBinary {
+        let agent = URL(fileURLWithPath: executable).deletingLastPathComponent().appendingPathComponent(remoteAgentFileName).path
+        return AgentBinary(local: executable, remote: FileManager.default.isExecutableFile(atPath: agent) ? agent : nil)
     }
 
     /// Finds `capstan` for a program that embeds Capstan, first found wins:
     /// 1. `$CAPSTAN_AGENT_BINARY`;
-    /// 2. `capstan` next to the running executable (how a host app ships it);
+    /// 2. `capstan` next to the running executable (how a host app ships it; with a release's
+    ///    `capstan-agent` beside it, that is what remote nodes receive);
     /// 3. this package's build folder (`.build/debug/capstan` or `.build/release/capstan` of
     ///    the Capstan checkout the program was built from, e.g. a `.package(path:)` dependency
     ///    after `swift build --product capstan` there).
@@ -49,11 +64,11 @@ public struct AgentBinary: Sendable, Hashable {
         let folder = executableFolder ?? URL(fileURLWithPath: Spawn.currentExecutable).deletingLastPathComponent().path
         let next = folder + "/capstan"
         looked.append(next)
-        if FileManager.default.isExecutableFile(atPath: next) { return AgentBinary(local: next) }
+        if FileManager.default.isExecutableFile(atPath: next) { return beside(next) }
         for folder in buildFolders {
             let path = folder + "/capstan"
             looked.append(path)
-            if FileManager.default.isExecutableFile(atPath: path) { return AgentBinary(local: path) }
+            if FileManager.default.isExecutableFile(atPath: path) { return beside(path) }
         }
         throw CapstanError(
             .notFound, "No `capstan` executable to run this program's jobs with (it is their node agent and detached controller); looked at \(looked.joined(separator: ", ")).",

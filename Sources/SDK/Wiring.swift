@@ -59,12 +59,13 @@ public enum CapstanWiring {
     }
 
     /// Jobs over the configured providers: local nodes run agents of `agents.local`, remote
-    /// ones (SSH) get `agents.remote` shipped to them; detached controllers are `agents.local`.
+    /// ones (SSH, Slurm) get `agents.remote` shipped to them; detached controllers are
+    /// `agents.local`.
     public static func jobService(_ registry: ProviderRegistry, provisioner: Provisioner, jobLocks: any LockService, agents: AgentBinary, logger: Logger) -> JobService {
         let ssh = SSHTransport(client: SSHClient(folder: registry.home.path("ssh")), agentBinary: agents.remote, clusterKeys: ClusterKeys(folder: registry.home.path("ssh/clusters")))
         var context = JobContext(
             home: registry.home, store: provisioner.store, provisioner: provisioner, search: offerSearch(registry, store: provisioner.store),
-            transports: [LocalTransport(agentExecutable: agents.local), ssh], openBucket: { try registry.store(for: $0) },
+            transports: [LocalTransport(agentExecutable: agents.local), ssh, SlurmTransport(agentBinary: agents.remote, ssh: ssh)], openBucket: { try registry.store(for: $0) },
             bucketAccess: { try registry.bucketAccess(for: $0) }, logger: logger, jobLocks: jobLocks)
         context.secretSource = SecretSource(file: registry.config.secretsFile)
         var service = JobService(context: context, agentExecutable: agents.local, defaultStorage: registry.config.storage.defaultLocation)

@@ -54,10 +54,10 @@ struct NodeAccessTests {
 
     @Test("an unknown kind decodes as unsupported, kept verbatim; so does one without a kind")
     func unknown() throws {
-        let json = #"{"kind":"slurm","partition":"gpu","nodes":["a","b"],"account":{"id":7}}"#
+        let json = #"{"kind":"k8s-exec","partition":"gpu","nodes":["a","b"],"account":{"id":7}}"#
         let a = try decode(NodeAccess.self, json)
         guard case .unsupported(let kind, let fields) = a else { Issue.record("decoded as \(a)"); return }
-        #expect(kind == "slurm" && a.kind == "slurm")
+        #expect(kind == "k8s-exec" && a.kind == "k8s-exec")
         #expect(fields["partition"] == .string("gpu"))
         // Encodes back unchanged (a state row written by a newer Capstan survives this one).
         #expect(try object(a) == (try object(decode(JSONValue.self, json))))
@@ -80,8 +80,20 @@ struct NodeAccessTests {
         n.access = .ssh(SSHNodeAccess(address: "3.3.3.3", user: "ubuntu"))
         #expect(try object(n)["access"]?["kind"] == .string("ssh"))
         #expect(try decode(Instance.self, String(decoding: PluginWire.encoder.encode(n), as: UTF8.self)) == n)
-        let future = #"{"id":"j","provider":"hpc","instanceType":"x","region":"r","state":"running","spot":false,"tags":{},"details":{},"access":{"kind":"slurm","job":"42"}}"#
-        #expect(try decode(Instance.self, future).access?.kind == "slurm")
+        let future = #"{"id":"j","provider":"hpc","instanceType":"x","region":"r","state":"running","spot":false,"tags":{},"details":{},"access":{"kind":"k8s-exec","pod":"42"}}"#
+        #expect(try decode(Instance.self, future).access?.kind == "k8s-exec")
+        // A Slurm node (with and without a login node) round-trips; a Slurm access without its
+        // job is malformed.
+        for access in [
+            NodeAccess.slurm(SlurmNodeAccess(job: "4711", node: "gpu-07", workRoot: "/shared/capstan")),
+            .slurm(SlurmNodeAccess(job: "4711", node: "gpu-07", workRoot: "~/.capstan-slurm", slurmConf: "/etc/slurm/x.conf", login: SlurmLogin(address: "login1", port: 2222, user: "alice", key: "~/.ssh/id"))),
+        ] {
+            var s = i
+            s.access = access
+            #expect(try object(s)["access"]?["kind"] == .string("slurm"))
+            #expect(try decode(Instance.self, String(decoding: PluginWire.encoder.encode(s), as: UTF8.self)) == s)
+        }
+        #expect(throws: DecodingError.self) { try decode(NodeAccess.self, #"{"kind":"slurm","node":"n","workRoot":"/w"}"#) }
     }
 
     func instance(_ provider: String, user: String? = nil, priv: String? = nil, pub: String? = nil, port: Int? = nil, details: [String: String] = [:], access: NodeAccess? = nil) -> Instance {

@@ -25,16 +25,21 @@ struct LabRelay {
     let endpoint: String
 
     static func start(_ lab: NetnsLab, to target: URL) throws -> LabRelay {
+        try start(bridge: lab.subnet + ".1", to: target)
+    }
+
+    /// A relay listening on `bridge` (a lab bridge's own address) to `target`.
+    static func start(bridge: String, to target: URL) throws -> LabRelay {
         let relay = Process()
         relay.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        relay.arguments = ["python3", JobHome.repoRoot + "/Tests/CapstanIntegrationTests/Fixtures/tcp_relay.py", lab.subnet + ".1", target.host ?? "127.0.0.1", "\(target.port ?? 80)"]
+        relay.arguments = ["python3", JobHome.repoRoot + "/Tests/CapstanIntegrationTests/Fixtures/tcp_relay.py", bridge, target.host ?? "127.0.0.1", "\(target.port ?? 80)"]
         let out = Pipe()
         relay.standardOutput = out
         // Not the test's own stderr: a child holding it would keep `swift test` waiting.
         relay.standardError = FileHandle.nullDevice
         try relay.run()
         let port = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        return LabRelay(process: relay, endpoint: "http://\(lab.subnet).1:\(port)")
+        return LabRelay(process: relay, endpoint: "http://\(bridge):\(port)")
     }
 
     /// SIGKILL: a child of the test process may inherit a mask that blocks SIGTERM.

@@ -30,7 +30,7 @@ struct EmbeddedSDKTests {
         #expect(snippet == file, "docs/public-api.md's example and examples/embedded/Sources/Snippet/main.swift differ")
     }
 
-    @Test("the agent binary: $CAPSTAN_AGENT_BINARY, next to the program, the build folder; else an error saying what to ship")
+    @Test("the agent binary: $CAPSTAN_AGENT_BINARY, next to the program (with a release's capstan-agent for remote nodes), the build folder; else an error saying what to ship")
     func agentBinaryLookup() throws {
         let dir = TempDir("capstan-agent")
         defer { dir.cleanup() }
@@ -58,6 +58,14 @@ struct EmbeddedSDKTests {
         try FileManager.default.copyItem(atPath: BuildProducts.capstan, toPath: dir.file("app/capstan"))
         let found = try AgentBinary.locate(environment: [:], executableFolder: dir.file("app"), buildFolders: [dir.file("build")])
         #expect(found.local == dir.file("app/capstan") && found.remote == found.local)
+        // A release's capstan-agent beside it (the static build) is what remote nodes receive;
+        // one that is not executable is not.
+        #expect(FileManager.default.createFile(atPath: dir.file("app/capstan-agent"), contents: Data("#!/bin/sh\n".utf8), attributes: [.posixPermissions: 0o644]))
+        #expect(try AgentBinary.locate(environment: [:], executableFolder: dir.file("app"), buildFolders: []).remote == dir.file("app/capstan"))
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: dir.file("app/capstan-agent"))
+        let release = try AgentBinary.locate(environment: [:], executableFolder: dir.file("app"), buildFolders: [])
+        #expect(release.local == dir.file("app/capstan") && release.remote == dir.file("app/capstan-agent"))
+        #expect(AgentBinary.beside(dir.file("app/capstan")) == release)
         #expect(try AgentBinary.locate(environment: ["CAPSTAN_AGENT_BINARY": BuildProducts.capstan], executableFolder: dir.file("app")).local == BuildProducts.capstan)
     }
 

@@ -297,6 +297,20 @@ struct JobLifecycleTests {
         #expect(m.receive(.restartFacts(latestCheckpoint: nil, previous: nil, restartsUsed: 0)).contains { if case .sleep = $0 { true } else { false } } == false)
     }
 
+    @Test("every node gone at once (an allocation cancelled, a zone lost): one new gang, on the cluster's own offer first, not a node at a time")
+    func wholeGangGone() {
+        var m = Self.running()
+        #expect(m.receive(Self.pass(1, [Self.agent(0, beat: 1), Self.agent(1, beat: 1)], running: false)) == [.syncCheckpoints, .checkInstances])
+        let actions = m.receive(.instancesChecked([M.Seen(rank: 0, instance: "i-0", state: .terminated), M.Seen(rank: 1, instance: "i-1", state: .preempted)]))
+        let f = Self.failure(actions)
+        #expect(f?.node == 0 && f?.alsoGone == [1], "\(String(describing: f))")
+        Self.feed(&m, .gangStopped(attemptFound: true))
+        #expect(m.receive(.restartFacts(latestCheckpoint: 20, previous: nil, restartsUsed: 0)) == [
+            .countRestart, .setStatus(.restarting, "Every node of the gang is gone; launching a new gang (on the cluster's own offer first)."), .relaunchGang,
+        ])
+        #expect(m.receive(.gangMoved) == [.loadJob])
+    }
+
     // MARK: - Blame rules
 
     @Test("blame 1: a gone instance is blamed before an agent that died")
@@ -474,7 +488,11 @@ struct JobLifecycleTests {
         }
         #expect(M.goneFailure([M.Seen(rank: 0, instance: "i-0", state: nil)])?.message == "instance i-0 is gone (the provider no longer lists it)")
         // The first gone node in the order checked.
-        #expect(M.goneFailure([M.Seen(rank: 1, instance: "i-1", state: .failed), M.Seen(rank: 0, instance: "i-0", state: .terminated)])?.node == 1)
+        let both = M.goneFailure([M.Seen(rank: 1, instance: "i-1", state: .failed), M.Seen(rank: 0, instance: "i-0", state: .terminated), M.Seen(rank: 2, instance: "i-2", state: .running)])
+        #expect(both?.node == 1 && both?.alsoGone == [0] && both?.message == "instance i-1 is failed (and node(s) 0 too)")
+        // Every node seen gone gets new capacity before the restart (a Slurm allocation cancelled
+        // from outside takes all of them at once).
+        #expect(RestartPolicy.decide(failure: both!, previous: nil, progressed: true, restartsUsed: 0, maxRestarts: 3) == .restart(replace: [1, 0]))
     }
 
     @Test("blame 14: the periodic instance check blames a gone instance while every agent looks fine")

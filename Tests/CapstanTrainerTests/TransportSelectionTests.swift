@@ -70,11 +70,11 @@ struct TransportSelectionTests {
 
     @Test("an unsupported kind, no access at all, or no transport for the kind: a CapstanError naming the node, the kind and what to do")
     func errors() throws {
-        let slurm = node("hpc", access: .unsupported(kind: "slurm", fields: .object(["kind": .string("slurm")])), user: "u", pub: "p")
-        let e = try #require(throws: CapstanError.self) { try pick(slurm) }
+        let future = node("hpc", access: .unsupported(kind: "k8s-exec", fields: .object(["kind": .string("k8s-exec")])), user: "u", pub: "p")
+        let e = try #require(throws: CapstanError.self) { try pick(future) }
         #expect(e.code == .unsupported && e.provider == "hpc")
-        #expect(e.message.contains("Node n-1 on hpc") && e.message.contains("'slurm' access") && e.message.contains("local and ssh"), "\(e.message)")
-        #expect(e.hint?.contains("supports 'slurm' nodes") == true)
+        #expect(e.message.contains("Node n-1 on hpc") && e.message.contains("'k8s-exec' access") && e.message.contains("local, ssh and slurm"), "\(e.message)")
+        #expect(e.hint?.contains("supports 'k8s-exec' nodes") == true)
 
         let kindless = node("hpc", access: .unsupported(kind: "", fields: .object([:])))
         let k = try #require(throws: CapstanError.self) { try pick(kindless) }

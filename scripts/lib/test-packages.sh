@@ -20,6 +20,9 @@ capstan_missing_test_packages() {
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
   # The dashboard's browser test: a real headless Chromium driven by Selenium (PyPI).
   { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || need+=(chromium chromium-driver)
+  # The Slurm provider's tests: a real slurmctld + slurmd lab (scripts/slurm-lab.sh).
+  { command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 && command -v sbatch >/dev/null 2>&1; } || need+=(slurm-wlm)
+  command -v munged >/dev/null 2>&1 || need+=(munge)
   # Container images (`image:`): rootful podman with runc (crun refuses hybrid cgroups) and a
   # static busybox for the test's locally built image (InputsTests).
   command -v podman >/dev/null 2>&1 || need+=(podman)

@@ -405,7 +405,8 @@ public struct Provisioner: Sendable {
     /// `readyTimeout` passes. Records what it sees.
     func waitUntilRunning(provider: any ComputeProvider, ids: [String], clusterID: String, intent: String, stage: String) async -> WaitOutcome {
         let deadline = ContinuousClock.now + options.readyTimeout
-        var delay = options.waitMinDelay
+        let longest = provider.bootPollInterval.map { min($0, options.waitMaxDelay) } ?? options.waitMaxDelay
+        var delay = min(options.waitMinDelay, longest)
         var polls = 0
         while true {
             do {
@@ -435,7 +436,7 @@ public struct Provisioner: Sendable {
             do { try await Task.sleep(for: delay) } catch {
                 return .failed(CapstanError(.timeout, "Cancelled while waiting for \(ids.joined(separator: ", ")) on \(provider.name)."))
             }
-            delay = min(delay * 2, options.waitMaxDelay)
+            delay = min(delay * 2, longest)
         }
     }
 
@@ -528,8 +529,7 @@ public struct Provisioner: Sendable {
         }
         faults.hit("replace.retired")
         let owner = try await store.ownerID()
-        let perNode = (cluster.spot ? offer.spotPricePerHour : offer.onDemandPricePerHour) ?? 0
-        let ranked = RankedOffer(offer: offer, spot: cluster.spot, pricePerNode: perNode, nodes: 1, clusterPricePerHour: perNode * Double(cluster.nodes))
+        let ranked = Self.own(offer, of: cluster, nodes: 1)
         var last: CapstanError?
         tries: for n in 0...options.launchRetries {
             if n > 0 { try await Task.sleep(for: options.backoff.delay(n - 1)) }
@@ -557,7 +557,12 @@ public struct Provisioner: Sendable {
     /// node cannot be replaced in the cluster's own offer (no capacity left, region gone). The
     /// job resumes on the new gang from the bucket. Throws when no other offer has capacity
     /// (the cluster is left as it was).
-    public func move(cluster name: String, search: OfferSearch) async throws -> ProvisionReport {
+    ///
+    /// `sameOfferFirst`: every node of the cluster is gone (a Slurm allocation cancelled or out
+    /// of time, a zone lost), so nothing speaks against its own offer: a whole new gang is
+    /// launched there first, in one launch, and on the others only if that fails; what is left
+    /// of the old gang is retired before, not after, the launch.
+    public func move(cluster name: String, search: OfferSearch, sameOfferFirst: Bool = false) async throws -> ProvisionReport {
         guard var cluster = try await store.cluster(named: name), cluster.status == .running else {
             throw CapstanError(.notFound, "Cluster '\(name)' is not running, so it cannot be moved.", hint: "See `capstan status`.")
         }
@@ -567,10 +572,19 @@ public struct Provisioner: Sendable {
         defer { lock.release() }
         let result = try await search.run(cluster.request)
         let from = cluster.offer
-        // Every other offer; the one it is on failed to give capacity.
-        let candidates = result.ranked.filter { $0.offer.id != from?.id }
+        // Every other offer; the one it is on failed to give capacity (unless the whole gang
+        // is gone: then that one first).
+        var candidates = result.ranked.filter { $0.offer.id != from?.id }
+        if sameOfferFirst, let from {
+            candidates.insert(result.ranked.first { $0.offer.id == from.id && $0.spot == cluster.spot } ?? Self.own(from, of: cluster, nodes: cluster.nodes), at: 0)
+        }
         guard !candidates.isEmpty else {
             throw CapstanError(.capacity, "Cluster '\(name)' cannot move: \(Self.noOfferReason(result)) (besides \(from?.id ?? "its own offer")).", hint: "Widen the job's resources (other GPUs, regions or spot).")
+        }
+        if sameOfferFirst {
+            // Whatever is left of the old gang goes first: on a Slurm cluster its allocation
+            // would hold the very nodes the new one waits for (until its time limit).
+            try await retireAll(of: cluster, except: nil)
         }
         say("moving cluster \(name) off \(from?.id ?? "?")")
         let owner = try await store.ownerID()
@@ -590,16 +604,7 @@ public struct Provisioner: Sendable {
     /// (what the store knows and what the providers tag with its id) is terminated, then the
     /// cluster points at the new gang. The caller holds the cluster's lock.
     func finishMove(_ cluster: inout Cluster, to intent: LaunchIntent) async throws {
-        let records = try await store.instances(cluster: cluster.id)
-        for providerName in Set(records.map(\.provider) + [intent.provider]).sorted() {
-            guard let p = provider(providerName) else { continue }
-            var old = Dictionary(records.filter { $0.provider == providerName && !$0.state.isGone && $0.intentKey != intent.key }.map { ($0.id, Owner(cluster: cluster.id, intent: $0.intentKey)) }) { a, _ in a }
-            for i in (try? await p.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id]))) ?? [] where i.tags[CapstanTags.intent] != intent.key {
-                old[i.id] = Owner(cluster: cluster.id, intent: i.tags[CapstanTags.intent] ?? "")
-            }
-            guard !old.isEmpty else { continue }
-            try await retire(old, at: p)
-        }
+        try await retireAll(of: cluster, except: intent.key, alsoAt: intent.provider)
         faults.hit("move.retired")
         let from = cluster.offer
         cluster.offer = intent.offer
@@ -609,6 +614,28 @@ public struct Provisioner: Sendable {
         cluster.lastError = nil
         try await store.update(cluster)
         await store.event("moved", "Moved from \(from?.id ?? "?") to \(intent.offer.id), " + String(format: "$%.2f/h", cluster.pricePerHour ?? 0) + ".", cluster: cluster.id)
+    }
+
+    /// Retires every instance of `cluster` (recorded, or tagged with it at its providers)
+    /// except those of launch `keep`.
+    func retireAll(of cluster: Cluster, except keep: String?, alsoAt extra: String? = nil) async throws {
+        let records = try await store.instances(cluster: cluster.id)
+        for providerName in Set(records.map(\.provider) + (extra.map { [$0] } ?? [])).sorted() {
+            guard let p = provider(providerName) else { continue }
+            var old = Dictionary(records.filter { $0.provider == providerName && !$0.state.isGone && $0.intentKey != keep }.map { ($0.id, Owner(cluster: cluster.id, intent: $0.intentKey)) }) { a, _ in a }
+            for i in (try? await p.describe(InstanceQuery(tags: [CapstanTags.clusterID: cluster.id]))) ?? [] where i.tags[CapstanTags.intent] != keep {
+                old[i.id] = Owner(cluster: cluster.id, intent: i.tags[CapstanTags.intent] ?? "")
+            }
+            guard !old.isEmpty else { continue }
+            try await retire(old, at: p)
+        }
+    }
+
+    /// `offer` (the cluster's own) ranked for a launch of `nodes` of the cluster's nodes, on its
+    /// market, priced for the whole cluster.
+    static func own(_ offer: Offer, of cluster: Cluster, nodes: Int) -> RankedOffer {
+        let perNode = (cluster.spot ? offer.spotPricePerHour : offer.onDemandPricePerHour) ?? 0
+        return RankedOffer(offer: offer, spot: cluster.spot, pricePerNode: perNode, nodes: nodes, clusterPricePerHour: perNode * Double(cluster.nodes))
     }
 
     /// A cluster's price on `intent`'s offer and market, $/h.

@@ -12,9 +12,10 @@ import Foundation
 /// {"kind": "local", "folder": "/…/nodes/node-0-1a2b", "workdir": "/…/nodes/node-0-1a2b/work"}
 /// {"kind": "ssh", "address": "10.0.0.5", "port": 22, "user": "ubuntu", "key": "cluster",
 ///  "workRoot": "/scratch/capstan", "interface": "eth1"}
+/// {"kind": "slurm", "job": "4711", "node": "gpu-07", "workRoot": "/shared/capstan"}
 /// ```
 ///
-/// A kind this build does not know (a later one: Slurm, container exec, …) decodes as
+/// A kind this build does not know (a later one: container exec, …) decodes as
 /// ``unsupported(kind:fields:)``, kept verbatim (it encodes back unchanged), so a newer plugin
 /// or state row never makes an instance unreadable; only running a job there fails, with an
 /// error naming the kind and the node.
@@ -23,6 +24,8 @@ public enum NodeAccess: Sendable, Hashable, Codable {
     case local(LocalNodeAccess)
     /// A login over SSH.
     case ssh(SSHNodeAccess)
+    /// A node of a Slurm allocation, reached with `srun` steps in that allocation.
+    case slurm(SlurmNodeAccess)
     /// A kind this build cannot use: its name (`""` when the object names none) and the whole
     /// object as received.
     case unsupported(kind: String, fields: JSONValue)
@@ -32,6 +35,7 @@ public enum NodeAccess: Sendable, Hashable, Codable {
         switch self {
         case .local: "local"
         case .ssh: "ssh"
+        case .slurm: "slurm"
         case .unsupported(let kind, _): kind
         }
     }
@@ -50,6 +54,7 @@ public enum NodeAccess: Sendable, Hashable, Codable {
         switch kind {
         case "local": self = .local(try LocalNodeAccess(from: decoder))
         case "ssh": self = .ssh(try SSHNodeAccess(from: decoder))
+        case "slurm": self = .slurm(try SlurmNodeAccess(from: decoder))
         default: self = .unsupported(kind: kind ?? "", fields: try JSONValue(from: decoder))
         }
     }
@@ -64,9 +69,53 @@ public enum NodeAccess: Sendable, Hashable, Codable {
             var c = encoder.container(keyedBy: Key.self)
             try c.encode("ssh", forKey: .kind)
             try s.encode(to: encoder)
+        case .slurm(let s):
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode("slurm", forKey: .kind)
+            try s.encode(to: encoder)
         case .unsupported(_, let fields):
             try fields.encode(to: encoder)
         }
+    }
+}
+
+/// A node of a Slurm allocation: the agent runs there as an `srun` step of `job` pinned to
+/// `node`, and its files live under `workRoot`, a folder the submit host and the nodes share.
+public struct SlurmNodeAccess: Sendable, Hashable, Codable {
+    /// The allocation's job id.
+    public var job: String
+    /// The node's Slurm name.
+    public var node: String
+    /// The shared folder (absolute).
+    public var workRoot: String
+    /// `SLURM_CONF` for `srun`, when the cluster's configuration is not found by default.
+    public var slurmConf: String?
+    /// The login node that runs `srun` and holds `workRoot`, when Capstan runs elsewhere; nil:
+    /// this machine is a submit host and sees `workRoot` itself.
+    public var login: SlurmLogin?
+
+    public init(job: String, node: String, workRoot: String, slurmConf: String? = nil, login: SlurmLogin? = nil) {
+        self.job = job
+        self.node = node
+        self.workRoot = workRoot
+        self.slurmConf = slurmConf
+        self.login = login
+    }
+}
+
+/// A Slurm cluster's login node, reached over SSH (`providers.slurm.login`).
+public struct SlurmLogin: Sendable, Hashable, Codable {
+    public var address: String
+    public var port: Int?
+    public var user: String
+    /// A private key file (only its path is ever passed to ssh); nil: the SSH client's own.
+    public var key: String?
+
+    public init(address: String, port: Int? = nil, user: String, key: String? = nil) {
+        self.address = address
+        self.port = port
+        self.user = user
+        self.key = key
     }
 }
 

@@ -39,7 +39,7 @@ public struct ProviderRegistry: Sendable {
     public let homeNotices: [String]
 
     /// Names the built-in providers own: never a plugin's.
-    public static let builtInNames: Set<String> = ["local", "ssh", "file"]
+    public static let builtInNames: Set<String> = ["local", "ssh", "slurm", "file"]
 
     /// Loads config, finds plugins and loads and creates the enabled ones.
     public static func load(
@@ -59,7 +59,9 @@ public struct ProviderRegistry: Sendable {
         // Every provider's settings against its schema, built in or from a loaded plugin's
         // manifest, before any provider is created: a typo or a wrong type is an error with its
         // line. Plugins found but not loaded are known by name (for "did you mean").
-        var schemas: [String: JSONValue?] = ["local": LocalProvider.Configuration.schema, "ssh": SSHProvider.Configuration.schema]
+        var schemas: [String: JSONValue?] = [
+            "local": LocalProvider.Configuration.schema, "ssh": SSHProvider.Configuration.schema, "slurm": SlurmProvider.Configuration.schema,
+        ]
         for candidate in candidates where candidate.shadowedBy == nil {
             if let name = candidate.name, schemas[name] == nil { schemas.updateValue(nil, forKey: name) }
         }
@@ -92,7 +94,19 @@ public struct ProviderRegistry: Sendable {
             }
         }
 
-        var found = Set<String>(["local", "ssh"])
+        // A Slurm cluster, from a submit host: on when providers.slurm is there.
+        if config.providers["slurm"] != nil, config.isEnabled("slurm", defaultOn: true) {
+            do {
+                let slurm = try config.providerConfig("slurm").decode(SlurmProvider.Configuration.self)
+                compute.append(try SlurmProvider(configuration: slurm, environment: environment, ssh: SSHClient(folder: home.path("ssh"))))
+            } catch let e as CapstanError {
+                problems.append(Problem(provider: "slurm", error: e))
+            } catch {
+                problems.append(Problem(provider: "slurm", error: CapstanError(.config, "providers.slurm is invalid: \(PluginWire.describe(error)).", hint: "providers.slurm takes partitions, account, qos, timeLimit, stopBeforeLimitSeconds, pricePerNodeHour, workRoot, slurmConf, commandSeconds, login: {address, port, user, key} (docs/slurm.md).")))
+            }
+        }
+
+        var found = Set<String>(["local", "ssh", "slurm"])
         for entry in entries {
             guard let library = entry.library else { continue }
             found.insert(library.name)

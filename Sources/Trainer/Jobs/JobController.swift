@@ -313,6 +313,8 @@ final class Run: @unchecked Sendable {
             do { return try await replace(node: node, of: job) } catch { return cannotGoOn(error) }
         case .moveGang:
             do { return try await move(job) } catch { return cannotGoOn(error) }
+        case .relaunchGang:
+            do { return try await move(job, sameOfferFirst: true) } catch { return cannotGoOn(error) }
         case .findAttempt:
             do { return try await findAttempt(job) } catch { return cannotGoOn(error) }
         case .startAttempt:
@@ -450,8 +452,9 @@ final class Run: @unchecked Sendable {
 
     /// Moves the whole gang to the next offer that fits, on any provider
     /// (``Provisioner/move(cluster:search:)``); the job resumes there from the bucket.
-    func move(_ job: JobRecord) async throws -> JobLifecycle.Event {
-        let report = try await c.provisioner.move(cluster: job.clusterName, search: c.ctx.search)
+    /// `sameOfferFirst`: every node is gone, so the cluster's own offer is tried first.
+    func move(_ job: JobRecord, sameOfferFirst: Bool = false) async throws -> JobLifecycle.Event {
+        let report = try await c.provisioner.move(cluster: job.clusterName, search: c.ctx.search, sameOfferFirst: sameOfferFirst)
         let to = report.cluster.offer.map { "\($0.provider) \($0.instanceType) in \($0.zone ?? $0.region)" } ?? "?"
         await store.jobEvent("moved", "The gang moved to \(to) (\(report.instances.map(\.id).joined(separator: ", "))); the job resumes there from the bucket.", job: jobID)
         return .gangMoved
@@ -615,7 +618,8 @@ final class Run: @unchecked Sendable {
             guard let p = c.ctx.provisioner.providers.first(where: { $0.name == providerName }) else { continue }
             guard let seen = try? await p.describe(InstanceQuery(ids: group.map(\.element.id), includeTerminated: true)) else { continue }
             for (rank, node) in group {
-                out.append(JobLifecycle.Seen(rank: rank, instance: node.id, state: seen.first { $0.id == node.id }?.state))
+                let now = seen.first { $0.id == node.id }
+                out.append(JobLifecycle.Seen(rank: rank, instance: node.id, state: now?.state, reason: now?.state == .running ? nil : now?.stateReason))
             }
             if JobLifecycle.goneFailure(out) != nil { break }
         }

@@ -63,6 +63,8 @@ struct JobLifecycle: Sendable {
         var rank: Int
         var instance: String
         var state: Instance.State?
+        /// Why, as its provider says (a spot notice, a Slurm time limit).
+        var reason: String? = nil
     }
 
     /// Why a gang is being stopped.
@@ -242,6 +244,10 @@ struct JobLifecycle: Sendable {
         case replaceNode(Int)
         /// → ``Event/gangMoved`` or ``Event/cannotGoOn(_:)``.
         case moveGang
+        /// Every node is gone: a whole new gang in one launch, on the cluster's own offer first
+        /// (one Slurm allocation, one placement), else the next that fits.
+        /// → ``Event/gangMoved`` or ``Event/cannotGoOn(_:)``.
+        case relaunchGang
         /// → ``Event/attemptFound(_:_:sameNodes:at:)``.
         case findAttempt
         /// → ``Event/attemptStarted(_:masterAddress:port:reason:at:)``, ``Event/nodeUnreachable(_:rank:error:)`` or ``Event/cannotGoOn(_:)``.
@@ -284,7 +290,7 @@ struct JobLifecycle: Sendable {
 
         var isRequest: Bool {
             switch self {
-            case .loadJob, .ensureCluster, .provisionCluster, .replaceNode, .moveGang, .findAttempt, .startAttempt, .stopGang, .observe,
+            case .loadJob, .ensureCluster, .provisionCluster, .replaceNode, .moveGang, .relaunchGang, .findAttempt, .startAttempt, .stopGang, .observe,
                 .checkInstances, .readErrorLine, .readAgentOutput, .loadRestartFacts, .sleep, .loadLatestCheckpoint:
                 true
             default: false
@@ -499,7 +505,15 @@ struct JobLifecycle: Sendable {
             case .giveUp(let why):
                 return finish(.failed, why, error: why)
             case .restart(let lost):
-                return (failure.countsAsRestart ? [.countRestart] : []) + replaceLost(attempt, failure, lost)
+                let counted: [Action] = failure.countsAsRestart ? [.countRestart] : []
+                // The whole gang is gone (an allocation cancelled or out of time, a zone lost):
+                // one new gang, not a node at a time (separate launches would each end on
+                // their own, and a Slurm cluster would become several allocations).
+                if lost.count > 1, Set(lost) == Set(0..<attempt.nodes.count) {
+                    phase = .restarting(attempt, failure, replace: lost, moving: true)
+                    return counted + [.setStatus(.restarting, "Every node of the gang is gone; launching a new gang (on the cluster's own offer first)."), .relaunchGang]
+                }
+                return counted + replaceLost(attempt, failure, lost)
             }
         case (.restarting(let attempt, let failure, let lost?, _), .nodeReplaced):
             return replaceLost(attempt, failure, Array(lost.dropFirst()))
@@ -656,13 +670,17 @@ struct JobLifecycle: Sendable {
     }
 
     /// The failure of the first node whose instance is gone (its provider says terminated,
-    /// preempted, failed or stopped, or no longer lists it), if any.
+    /// preempted, failed or stopped, or no longer lists it), if any; the other nodes seen gone
+    /// are its ``AttemptFailure/alsoGone``.
     static func goneFailure(_ seen: [Seen]) -> AttemptFailure? {
-        for s in seen {
-            if let state = s.state, !(state.isGone || state == .failed || state == .stopped) { continue }
-            return AttemptFailure(kind: .instanceGone, node: s.rank, message: "instance \(s.instance) is \(s.state?.rawValue ?? "gone (the provider no longer lists it)")")
+        let gone = seen.filter { s in s.state.map { $0.isGone || $0 == .failed || $0 == .stopped } ?? true }
+        guard let s = gone.first else { return nil }
+        var failure = AttemptFailure(kind: .instanceGone, node: s.rank, message: "instance \(s.instance) is \(s.state?.rawValue ?? "gone (the provider no longer lists it)")" + (s.reason.map { ": \($0)" } ?? ""))
+        if gone.count > 1 {
+            failure.alsoGone = gone.dropFirst().map(\.rank)
+            failure.message += " (and node(s) \(gone.dropFirst().map { "\($0.rank)" }.joined(separator: ", ")) too)"
         }
-        return nil
+        return failure
     }
 
     /// How a node's command (or agent) failed, from its final status.

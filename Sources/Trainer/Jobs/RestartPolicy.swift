@@ -28,6 +28,10 @@ public struct AttemptFailure: Sendable, Hashable, Codable, CustomStringConvertib
     public var kind: Kind
     /// The node it was first seen on.
     public var node: Int?
+    /// Other nodes seen gone at the same check (an instance-gone failure): a Slurm allocation
+    /// cancelled from outside, a zone lost. Their capacity is replaced too, before the restart,
+    /// so the next attempt does not start on them only to fail again.
+    public var alsoGone: [Int]?
     public var exit: ExitStatus?
     public var message: String
 
@@ -54,7 +58,7 @@ public struct AttemptFailure: Sendable, Hashable, Codable, CustomStringConvertib
 ///
 /// - Infrastructure failures (lost heartbeat, instance gone, a signal, a hung rank) restart the
 ///   gang from the latest verified checkpoint; a lost heartbeat or a gone instance first
-///   replaces that node's capacity. Each restart counts against `maxRestarts`.
+///   replaces that node's capacity (every node seen gone at that check). Each restart counts against `maxRestarts`.
 /// - A command that exits non-zero is retried once: it may have been a transient fault
 ///   (a flaky NCCL/gloo connection). If the next attempt fails **the same way** (same exit code)
 ///   **without making progress** (no new checkpoint since it started), it is a user error and
@@ -84,7 +88,7 @@ public enum RestartPolicy {
         if restartsUsed >= maxRestarts {
             return .giveUp("Gave up after \(restartsUsed) restart(s) (maxRestarts: \(maxRestarts)). Last failure: \(failure)")
         }
-        return .restart(replace: failure.needsNewCapacity ? failure.node.map { [$0] } ?? [] : [])
+        return .restart(replace: failure.needsNewCapacity ? (failure.node.map { [$0] } ?? []) + (failure.alsoGone ?? []) : [])
     }
 }
 

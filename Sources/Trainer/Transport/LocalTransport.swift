@@ -12,7 +12,8 @@ import Darwin
 /// folder on this machine (its `workdir`), and its agent is a `capstan agent` process in a session of
 /// its own, so it outlives the controller. The agent's pid and its command's process group are
 /// recorded in the node's `pids` file, so terminating the node kills them like a cloud would.
-public struct LocalTransport: NodeTransport {
+/// Files, status and logs are read in place (``SharedFolderTransport``).
+public struct LocalTransport: SharedFolderTransport {
     /// The `capstan` executable that runs `agent`.
     public let agentExecutable: String
     /// Extra environment for agents (merged over this process's).
@@ -43,29 +44,9 @@ public struct LocalTransport: NodeTransport {
             resumeDir: state + "/resume", pidsFile: folder + "/pids")
     }
 
-    public func uploadWorkdir(_ localPath: String, job: String, on node: Instance) async throws {
-        let (work, _) = try folders(node)
-        let marker = "\(work)/.capstan/\(job)/workdir-copied"
-        if FileManager.default.fileExists(atPath: marker) { return }
-        try FileManager.default.createDirectory(atPath: "\(work)/.capstan/\(job)", withIntermediateDirectories: true)
-        let pid = try Spawn.start(["/bin/cp", "-a", localPath + "/.", work + "/"], environment: ProcessInfo.processInfo.environment)
-        let exit = await Spawn.wait(pid)
-        guard exit.succeeded else {
-            throw CapstanError(.io, "Copying the workdir \(localPath) to node \(node.id) failed (\(exit)).", hint: "Check that the folder exists and is readable.")
-        }
-        try PrivateFile.write(Data(), to: marker)
-    }
-
     public func startAgent(_ config: AgentConfig, secrets: AgentSecrets, on node: Instance) async throws {
         if let s = try await agentStatus(job: config.job, attempt: config.attempt, on: node), isAgentRunning(s, on: node) { return }
-        try PrivateFile.createFolder(config.stateDir)
-        let path = config.stateDir + "/agent.json"
-        // It holds the spec's env: values: owner only (PrivateFile), whatever the umask.
-        do {
-            try PrivateFile.write(PluginWire.encoder.encode(config), to: path)
-        } catch {
-            throw CapstanError(.io, "Cannot write the agent's config \(path): \((error as? CapstanError)?.message ?? error.localizedDescription)")
-        }
+        let path = try writeAgentConfig(config)
         // The agent gets the base environment and Capstan's own settings, not this process's
         // credentials: those it needs come on its stdin, through a pipe.
         var env = Self.agentEnvironment(ProcessInfo.processInfo.environment)
@@ -82,40 +63,6 @@ public struct LocalTransport: NodeTransport {
     /// (``AgentStatus/inheritedSettings``).
     static func agentEnvironment(_ environment: [String: String]) -> [String: String] {
         BaseEnvironment.filter(environment).merging(environment.filter { AgentStatus.inheritedSettings.contains($0.key) }) { $1 }
-    }
-
-    public func agentOutput(job: String, attempt: Int, on node: Instance) async -> String {
-        guard let l = try? layout(job: job, attempt: attempt, on: node), let h = FileHandle(forReadingAtPath: l.stateDir + "/agent.out") else { return "" }
-        defer { try? h.close() }
-        let end = (try? h.seekToEnd()) ?? 0
-        try? h.seek(toOffset: end > 2000 ? end - 2000 : 0)
-        return String(decoding: (try? h.readToEnd()) ?? Data(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    public func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
-        let l = try layout(job: job, attempt: attempt, on: node)
-        guard let data = FileManager.default.contents(atPath: l.stateDir + "/status.json") else { return nil }
-        do { return try PluginWire.decoder.decode(AgentStatus.self, from: data) } catch {
-            throw CapstanError(.io, "The agent status on node \(node.id) is unreadable (\(error)).")
-        }
-    }
-
-    public func pollAgent(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
-        let l = try layout(job: job, attempt: attempt, on: node)
-        // Only into a folder the agent made (never creating one for an attempt not started).
-        if FileManager.default.fileExists(atPath: l.stateDir) {
-            // Owner only, like everything in the node's folder.
-            try? PrivateFile.write(Data("\(Date().timeIntervalSince1970)\n".utf8), to: l.stateDir + "/" + AgentConfig.controllerSeenName)
-        }
-        return try await agentStatus(job: job, attempt: attempt, on: node)
-    }
-
-    public func readLog(job: String, attempt: Int, on node: Instance, from offset: Int64, limit: Int) async throws -> Data {
-        let l = try layout(job: job, attempt: attempt, on: node)
-        guard let h = FileHandle(forReadingAtPath: l.stateDir + "/node.log") else { return Data() }
-        defer { try? h.close() }
-        try h.seek(toOffset: UInt64(max(0, offset)))
-        return try h.read(upToCount: limit) ?? Data()
     }
 
     /// The agent runs on this machine, so a dead one is seen at once (a kill -9 leaves its

@@ -17,7 +17,8 @@ public struct NodeLayout: Sendable, Hashable {
 
 /// How the controller reaches a node: start the agent, read its status and log, stop it.
 /// Each serves kinds of ``NodeAccess``, the value a node's provider returns: folders on this
-/// machine (``LocalTransport``), SSH logins (``SSHTransport``). Everything the controller knows
+/// machine (``LocalTransport``), SSH logins (``SSHTransport``), Slurm allocations
+/// (``SlurmTransport``). Everything the controller knows
 /// about a node comes through here, so the gang logic is the same for all.
 public protocol NodeTransport: Sendable {
     /// Whether this transport reaches nodes by `access` (by its kind only: the provider's name
@@ -65,8 +66,8 @@ public enum NodeTransports {
         if case .unsupported(let kind, _) = access {
             let what = kind.isEmpty ? "access that names no kind" : "'\(kind)' access"
             throw CapstanError(
-                .unsupported, "Node \(node.id) on \(node.provider) is reached by \(what), which this Capstan cannot use (it knows local and ssh).",
-                hint: kind.isEmpty ? "The provider must give the instance's access a \"kind\" (docs/plugin-abi.md)." : "Run a Capstan that supports '\(kind)' nodes, or run the job on a provider whose nodes are reached by local or ssh access.",
+                .unsupported, "Node \(node.id) on \(node.provider) is reached by \(what), which this Capstan cannot use (it knows local, ssh and slurm).",
+                hint: kind.isEmpty ? "The provider must give the instance's access a \"kind\" (docs/plugin-abi.md)." : "Run a Capstan that supports '\(kind)' nodes, or run the job on a provider whose nodes are reached by local, ssh or slurm access.",
                 provider: node.provider)
         }
         throw CapstanError(

@@ -229,18 +229,7 @@ public struct SSHTransport: NodeTransport {
     }
 
     /// SHA-256 of the agent binary (once).
-    func agentDigest() throws -> String {
-        if let d = digest.withLock({ $0 }) { return d }
-        guard let h = FileHandle(forReadingAtPath: agentBinary) else {
-            throw CapstanError(.io, "Cannot read the agent binary \(agentBinary).", hint: "Build capstan, or set the agent binary to a static build.")
-        }
-        defer { try? h.close() }
-        var hasher = SHA256()
-        while let chunk = try h.read(upToCount: 4 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
-        let d = hasher.finalize().hex
-        digest.withLock { $0 = d }
-        return d
-    }
+    func agentDigest() throws -> String { try AgentBinaryDigest.sha256(of: agentBinary, cache: digest) }
 
     /// The agent's path on the node for this build.
     func agentPath(on node: Instance) throws -> String {
@@ -297,9 +286,13 @@ public struct SSHTransport: NodeTransport {
     /// `AGENT-MISMATCH` after removing a copy that does not match: the caller uploads it),
     /// reads ``startInput(config:secrets:environment:)`` from stdin, writes the config (0600;
     /// `~/` in its paths resolved from `$HOME`) and starts the agent detached.
-    static func startScript(_ config: AgentConfig, exe: String, sha: String, root: String) -> String {
+    /// `srun`: a Slurm login node's `srun …` command line that runs the agent as a step on a
+    /// compute node; its pid (here) is then what tells whether the agent runs (in `srun.pid`:
+    /// the agent's own pid is another machine's).
+    static func startScript(_ config: AgentConfig, exe: String, sha: String, root: String, srun: String? = nil) -> String {
         let p = SSHClient.remotePath
         let state = p(config.stateDir)
+        let alive = srun == nil ? "p=$(sed -n 's/.*\"agentPID\" *: *\\([0-9]*\\).*/\\1/p' \"$s\")" : "p=$(cat \(state)/srun.pid 2>/dev/null)"
         let pidsDir = config.pidsFile.map { p(($0 as NSString).deletingLastPathComponent) } ?? ""
         // `~/ROOT` in the config's paths (and the env contract's) becomes `$HOME/ROOT` on the
         // node ($HOME's characters were checked by safeRootScript).
@@ -311,7 +304,7 @@ public struct SSHTransport: NodeTransport {
         return shaFunction + """
             s=\(state)/status.json
             if [ -f "$s" ] && grep -Eq '"phase" *: *"(starting|restoring|setup|running|finishing)"' "$s"; then
-              p=$(sed -n 's/.*"agentPID" *: *\\([0-9]*\\).*/\\1/p' "$s"); if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo RUNNING; exit 0; fi
+              \(alive); if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo RUNNING; exit 0; fi
             fi
             e=\(p(exe))
             [ -f "$e" ] || { echo NO-AGENT; exit 0; }
@@ -326,9 +319,10 @@ public struct SSHTransport: NodeTransport {
             printf '%s\\n' "$capstan_config" | base64 -d\(resolve) > \(state)/agent.json && [ -s \(state)/agent.json ] || { echo "CONFIG-FAILED"; exit 1; }
             capstan_config=
             cd \(p(config.workdir)) || exit 1
-            printf '%s\\n' "$capstan_secrets" | base64 -d | setsid nohup "$e" agent --config \(state)/agent.json --secrets-stdin > \(state)/agent.out 2>&1 &
+            printf '%s\\n' "$capstan_secrets" | base64 -d | setsid nohup \(srun.map { $0 + " " } ?? "")"$e" agent --config \(state)/agent.json --secrets-stdin > \(state)/agent.out 2>&1 &
             capstan_secrets=
             p=$!
+            \(srun == nil ? ":" : "echo \"$p\" > \(state)/srun.pid")
             \(config.pidsFile.map { "echo \"$p 0\" >> \(p($0))" } ?? ":")
             echo "STARTED $p"
             """
@@ -340,9 +334,15 @@ public struct SSHTransport: NodeTransport {
     /// the agent started. Only a node that lacks this build of the agent (or whose copy does
     /// not match its SHA-256) costs more: the upload, checked again.
     public func startAgent(_ config: AgentConfig, secrets: AgentSecrets, on node: Instance) async throws {
+        try await startAgent(config, secrets: secrets, on: node, srun: nil)
+    }
+
+    /// ``startAgent(_:secrets:on:)``, the agent started by `srun` (a Slurm login node: see
+    /// ``startScript(_:exe:sha:root:srun:)``) when given.
+    func startAgent(_ config: AgentConfig, secrets: AgentSecrets, on node: Instance, srun: String?) async throws {
         let env = ProcessInfo.processInfo.environment.filter { k, _ in forwardedPrefixes.contains { k.hasPrefix($0) } }
         let input = try Self.startInput(config: config, secrets: secrets, environment: env)
-        let script = Self.startScript(config, exe: try agentPath(on: node), sha: try agentDigest(), root: try root(node))
+        let script = Self.startScript(config, exe: try agentPath(on: node), sha: try agentDigest(), root: try root(node), srun: srun)
         var mismatched: String?
         for round in 0..<2 {
             let r = try await runSafely(node, script, input: input)
