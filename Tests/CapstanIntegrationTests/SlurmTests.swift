@@ -248,6 +248,19 @@ struct SlurmProviderTests {
         } catch let e as CapstanError {
             #expect(e.code == .config && e.message.contains("not an absolute path"), "\(e)")
         }
+        // Through a login node, workRoot is a folder there: absolute or ~/FOLDER, nothing else.
+        let login = SlurmLogin(address: "127.0.0.1", user: "root")
+        for bad in ["shared", "~", "~/", "~/../etc", "~root/x"] {
+            do {
+                _ = try SlurmProvider(configuration: .init(workRoot: bad, login: login))
+                Issue.record("the login workRoot '\(bad)' was accepted")
+            } catch let e as CapstanError {
+                #expect(e.code == .config && e.message.contains("'\(bad)' is neither an absolute path nor ~/FOLDER on the login node") && e.hint?.contains("/shared/capstan") == true, "\(e)")
+            }
+        }
+        let sshFolder = TempDir("capstan-slurm-ssh")
+        defer { sshFolder.cleanup() }
+        #expect(throws: Never.self) { _ = try SlurmProvider(configuration: .init(workRoot: "~/.capstan-slurm", login: login), ssh: SSHClient(folder: sshFolder.path)) }
         // No Slurm client here: says where Capstan must run.
         let nowhere = try SlurmProvider(configuration: .init(workRoot: "/tmp/x"), environment: ["PATH": "/nonexistent"])
         do {
@@ -459,6 +472,70 @@ extension JobTests {
         print("slurm time limit: \(summary)")
         // The attempt's failure says why, in the provider's words.
         #expect(first.message?.contains("the allocation's time limit is") == true && first.message?.contains("stopBeforeLimitSeconds: 95") == true, "\(first.message ?? "")")
+        #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty })
+    }
+
+    @Test("slurm: a node of the allocation goes down (NODE_FAIL): Capstan notices, its next allocation waits in the queue while the node is down (status says why), and the job resumes from the last checkpoint once the node is back")
+    func slurmNodeFail() async throws {
+        let lab = try await SlurmLab.up(2)
+        defer { lab.down() }
+        let home = try JobHome.slurm(lab, steps: 120, pause: 0.05)
+        defer { home.dir.cleanup() }
+        let launch = try home.startLaunch()
+        defer { if launch.isRunning { launch.terminate() } }
+        #expect(try await home.wait(timeout: 180) { (try await home.job()?.latestCheckpoint ?? 0) >= 20 }, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
+        let job0 = try await #require(try home.job())
+        let first = try #require(try await lab.liveCapstanJobs().first)
+        // An admin (or slurmctld, on a node that stops answering) marks node2 down: Slurm ends
+        // every job on it.
+        let down = try await lab.run("scontrol", ["update", "NodeName=node2", "State=DOWN", "Reason=capstan-test"])
+        #expect(down.status == 0, "\(down.stderr)")
+        // Capstan notices, and its next allocation waits: one of the two nodes is down.
+        var shown = ""
+        #expect(try await home.wait(timeout: 120) {
+            shown = (try await home.capstan(["status"])).stdout
+            return shown.contains("pending (queued in debug: ")
+        }, "\(shown)\n\(home.logTail(job: job0.id))")
+        #expect(try await lab.liveCapstanJobs().filter { $0 != first }.count == 1)
+        // Back in service (the lab's ReturnToService=2 may have done it already, as slurmd
+        // never stopped answering: then RESUME is refused as "Invalid node state").
+        let resume = try await lab.run("scontrol", ["update", "NodeName=node2", "State=RESUME"])
+        #expect(resume.status == 0 || resume.stderr.contains("Invalid node state"), "\(resume.stderr)")
+        #expect(try await home.wait(timeout: 300) { !launch.isRunning }, "\(home.logTail(job: job0.id))")
+        let job = try await #require(try home.job())
+        #expect(job.status == .succeeded && job.attempt == 2, "\(job.status) attempt \(job.attempt) \(job.lastError ?? "") \(home.logTail(job: job.id))")
+        let attempts = try await home.store().attempts(job: job.id)
+        let failed = try #require(attempts.first)
+        // The failure is the allocation's end, in Slurm's words.
+        #expect(failed.failureKind == "instance-gone" && failed.message?.contains("NodeDown") == true, "\(failed.failureKind ?? "-") \(failed.message ?? "")")
+        #expect(attempts.last?.resumeStep.map { $0 >= 20 } == true)
+        let summary = try await home.checkContinuity(job: job, total: 120)
+        print("slurm node failure: \(summary)")
+        #expect(try await lab.liveCapstanJobs().isEmpty)
+    }
+
+    @Test("slurm: kill -9 of the controller after it cancelled an allocation near its time limit and before it submitted the next (move.retired-first): nothing is left in squeue; the next command re-attaches a controller, which resumes the job on a new allocation")
+    func slurmRelaunchCrash() async throws {
+        let lab = try await SlurmLab.up(2)
+        defer { lab.down() }
+        // 2-minute allocations taken back 95 s before their end: the first ends about 25 s in.
+        let home = try JobHome.slurm(lab, steps: 250, pause: 0.1, settings: ["timeLimit: \"2\"", "stopBeforeLimitSeconds: 95"])
+        defer { home.dir.cleanup() }
+        let r = try await home.capstan(["launch", home.spec, "--quiet"] + JobHome.fast, env: ["CAPSTAN_TEST_CRASH_AT": "move.retired-first"], timeout: 300)
+        #expect(r.status == 9, "the controller was not killed at move.retired-first: \(r.stderr)")
+        let stale = try await #require(try home.job())
+        #expect(!stale.status.isFinished && (stale.latestCheckpoint ?? 0) >= 10, "\(stale.status) \(stale.latestCheckpoint ?? -1)")
+        // The old allocation was cancelled before the kill; no new one was submitted.
+        let left = try await lab.jobs()
+        #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty }, "\(left)")
+        let jobs = try await home.capstan(["jobs"])
+        #expect(jobs.status == 0, "\(jobs.stderr)")
+        #expect(try await home.wait(timeout: 400) { try await home.job()?.status.isFinished == true }, "\(home.logTail(job: stale.id))")
+        let job = try await #require(try home.job())
+        #expect(job.status == .succeeded, "\(job.status) \(job.lastError ?? "") \(home.logTail(job: job.id))")
+        let attempts = try await home.store().attempts(job: job.id)
+        #expect(attempts.count >= 2 && attempts.dropFirst().allSatisfy { $0.resumeStep != nil }, "\(attempts.map { ($0.attempt, $0.resumeStep ?? -1) })")
+        _ = try await home.checkContinuity(job: job, total: 250)
         #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty })
     }
 

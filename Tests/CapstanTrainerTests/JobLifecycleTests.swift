@@ -277,16 +277,21 @@ struct JobLifecycleTests {
         settings.commitWaitSeconds = 3
         settings.describeSeconds = 10
         var m = Self.running(settings: settings)
-        // t=0: sync and describe (never done yet).
+        // t=0: sync and describe (never done yet). In the attempt's first 10 s the poll is
+        // 0.1 s (the command's first lines show at once), then the job's own.
         #expect(m.receive(Self.pass(0, [Self.agent(0, beat: 1), Self.agent(1, beat: 1)])) == [.syncCheckpoints, .checkInstances])
-        #expect(m.receive(.instancesChecked([])) == [.sleep(.milliseconds(250))])
-        #expect(m.receive(.woke(at: Self.at(0.25))) == [.observe])
+        #expect(m.receive(.instancesChecked([])) == [.sleep(.milliseconds(100))])
+        #expect(m.receive(.woke(at: Self.at(0.1))) == [.observe])
         // t=1.9: neither is due.
-        #expect(m.receive(Self.pass(1.9, [Self.agent(0, beat: 2), Self.agent(1, beat: 2)])) == [.sleep(.milliseconds(250))])
+        #expect(m.receive(Self.pass(1.9, [Self.agent(0, beat: 2), Self.agent(1, beat: 2)])) == [.sleep(.milliseconds(100))])
         // t=2: a sync (every 2 s), no describe.
-        #expect(m.receive(Self.pass(2, [Self.agent(0, beat: 3), Self.agent(1, beat: 3)])) == [.syncCheckpoints, .sleep(.milliseconds(250))])
-        // t=10: both.
-        #expect(m.receive(Self.pass(10, [Self.agent(0, beat: 4), Self.agent(1, beat: 4)])) == [.syncCheckpoints, .checkInstances])
+        #expect(m.receive(Self.pass(2, [Self.agent(0, beat: 3), Self.agent(1, beat: 3)])) == [.syncCheckpoints, .sleep(.milliseconds(100))])
+        // t=9.9: still the start's poll; from t=10 the job's (and a describe, every 10 s).
+        #expect(m.receive(Self.pass(9.9, [Self.agent(0, beat: 4), Self.agent(1, beat: 4)])) == [.syncCheckpoints, .sleep(.milliseconds(100))])
+        #expect(m.receive(Self.pass(10, [Self.agent(0, beat: 5), Self.agent(1, beat: 5)])) == [.checkInstances])
+        #expect(m.receive(.instancesChecked([])) == [.sleep(.milliseconds(250))])
+        // t=20: both.
+        #expect(m.receive(Self.pass(20, [Self.agent(0, beat: 6), Self.agent(1, beat: 6)])) == [.syncCheckpoints, .checkInstances])
         // A stop waits stopGrace + commitWait + 5 s for the agents.
         let actions = m.receive(.instancesChecked([M.Seen(rank: 1, instance: "i-1", state: .preempted)]))
         #expect(Self.stop(actions)?.waitAtMost == .seconds(10))
@@ -427,7 +432,7 @@ struct JobLifecycleTests {
     @Test("blame 10: a rank that has not exited exitGrace after another finished is hung at exit")
     func blameHungAtExit() {
         var m = Self.running()
-        #expect(Self.quietPass(&m, 0, beat: 1) == [.sleep(.milliseconds(500))])
+        #expect(Self.quietPass(&m, 0, beat: 1) == [.sleep(.milliseconds(100))])
         Self.feed(&m, Self.pass(1, [Self.exited(0, .exited(0)), Self.agent(1, beat: 2)]))
         #expect(m.receive(Self.pass(121, [Self.exited(0, .exited(0)), Self.agent(1, beat: 3)], began: 121)).last == .checkInstances)
         let notYet = m.receive(.instancesChecked([]))

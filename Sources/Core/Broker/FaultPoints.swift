@@ -27,7 +27,7 @@ package struct FaultPoints: Sendable {
         "reconcile.listed", "reconcile.locked", "reconcile.finishing", "reconcile.recovering", "reconcile.rebuilt",
         "reconcile.terminating", "reconcile.terminated",
         "replace.retired", "replace.before-launch", "replace.after-launch", "replace.recorded", "replace.waiting", "replace.ready",
-        "move.before-launch", "move.after-launch", "move.recorded", "move.waiting", "move.cleanup", "move.launched", "move.retired",
+        "move.retired-first", "move.before-launch", "move.after-launch", "move.recorded", "move.waiting", "move.cleanup", "move.launched", "move.retired",
         "reconcile.moving",
     ]
 }

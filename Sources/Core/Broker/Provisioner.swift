@@ -400,13 +400,20 @@ public struct Provisioner: Sendable {
         case failed(CapstanError)
     }
 
-    /// Polls `describe` for `ids` (from `waitMinDelay`, doubling to `waitMaxDelay`) until every
-    /// one runs (→ `.running`, in node order), one fails, stops or disappears, or
-    /// `readyTimeout` passes. Records what it sees.
+    /// How long a provider's ``ComputeProvider/bootPollInterval`` holds in a launch's wait;
+    /// after it (a job waiting in a batch queue) the wait doubles up to `waitMaxDelay`.
+    static let fastPollPeriod: Duration = .seconds(20)
+
+    /// Polls `describe` for `ids` (from `waitMinDelay`, doubling to `waitMaxDelay`; at the
+    /// provider's `bootPollInterval` for the first ``fastPollPeriod``) until every one runs
+    /// (→ `.running`, in node order), one fails, stops or disappears, or the provider's
+    /// `readyTimeout` (else the options') passes. Records what it sees.
     func waitUntilRunning(provider: any ComputeProvider, ids: [String], clusterID: String, intent: String, stage: String) async -> WaitOutcome {
-        let deadline = ContinuousClock.now + options.readyTimeout
-        let longest = provider.bootPollInterval.map { min($0, options.waitMaxDelay) } ?? options.waitMaxDelay
-        var delay = min(options.waitMinDelay, longest)
+        let started = ContinuousClock.now
+        let timeout = provider.readyTimeout ?? options.readyTimeout
+        let deadline = started + timeout
+        let fast = provider.bootPollInterval.map { min($0, options.waitMaxDelay) }
+        var delay = min(options.waitMinDelay, fast ?? options.waitMaxDelay)
         var polls = 0
         while true {
             do {
@@ -431,12 +438,16 @@ public struct Provisioner: Sendable {
                 logger.warning("describe failed while waiting", metadata: ["capstan.provider": "\(provider.name)", "error": "\(error)"])
             }
             if ContinuousClock.now + delay > deadline {
-                return .failed(CapstanError(.timeout, "Instances \(ids.joined(separator: ", ")) on \(provider.name) were not running after \(options.readyTimeout).", provider: provider.name))
+                return .failed(CapstanError(.timeout, "Instances \(ids.joined(separator: ", ")) on \(provider.name) were not running after \(timeout).", provider: provider.name))
             }
             do { try await Task.sleep(for: delay) } catch {
                 return .failed(CapstanError(.timeout, "Cancelled while waiting for \(ids.joined(separator: ", ")) on \(provider.name)."))
             }
-            delay = min(delay * 2, longest)
+            if let fast, ContinuousClock.now - started < Self.fastPollPeriod {
+                delay = fast
+            } else {
+                delay = min(max(delay * 2, options.waitMinDelay), options.waitMaxDelay)
+            }
         }
     }
 
@@ -585,6 +596,7 @@ public struct Provisioner: Sendable {
             // Whatever is left of the old gang goes first: on a Slurm cluster its allocation
             // would hold the very nodes the new one waits for (until its time limit).
             try await retireAll(of: cluster, except: nil)
+            faults.hit("move.retired-first")
         }
         say("moving cluster \(name) off \(from?.id ?? "?")")
         let owner = try await store.ownerID()

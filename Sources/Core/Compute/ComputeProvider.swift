@@ -80,13 +80,19 @@ public protocol ComputeProvider: Sendable {
     /// How long this provider's offers may be served from the offer cache (`.zero`: never
     /// cached). Default 10 minutes: prices and catalogs change slowly.
     var offerCacheTTL: Duration { get }
-    /// The longest wait between `describe` calls while instances boot; nil: the provisioner's
-    /// own (from 0.5 s, doubling to 5 s), right for a cloud API's rate limits. A provider whose
+    /// The wait between `describe` calls in a launch's first seconds (``Provisioner/fastPollPeriod``,
+    /// after which the wait doubles up to the provisioner's longest); nil: the provisioner's own
+    /// (from 0.5 s, doubling to 5 s), right for a cloud API's rate limits. A provider whose
     /// describe is cheap and whose instances start in seconds (a Slurm allocation) says less.
     var bootPollInterval: Duration? { get }
+    /// How long a launch may take to run before it counts as failed; nil: the provisioner's
+    /// `readyTimeout` (15 min), right for instances that boot. A batch scheduler's queue can
+    /// hold a job for hours, and that is no failure.
+    var readyTimeout: Duration? { get }
 }
 
 extension ComputeProvider {
     public var offerCacheTTL: Duration { .seconds(600) }
     public var bootPollInterval: Duration? { nil }
+    public var readyTimeout: Duration? { nil }
 }

@@ -55,6 +55,10 @@ public struct SlurmProvider: ComputeProvider {
         public var slurmConf: String?
         /// Seconds each Slurm command may take (default 30).
         public var commandSeconds: Int?
+        /// Minutes an allocation may wait in the queue before the launch gives up (and cancels
+        /// it); default 1440 (a day). Waiting is no failure: `capstan status` shows the reason
+        /// and the place in the queue meanwhile.
+        public var queueTimeoutMinutes: Int?
         /// Run Slurm's commands and the agents' `srun` on this login node over SSH (the system
         /// OpenSSH client, Capstan's `known_hosts`); `workRoot` is then a folder there, shared
         /// with the compute nodes. Nil: this machine is a submit host.
@@ -62,8 +66,10 @@ public struct SlurmProvider: ComputeProvider {
 
         public init(
             partitions: [String]? = nil, account: String? = nil, qos: String? = nil, timeLimit: String? = nil, stopBeforeLimitSeconds: Int? = nil,
-            pricePerNodeHour: Double? = nil, workRoot: String? = nil, slurmConf: String? = nil, commandSeconds: Int? = nil, login: SlurmLogin? = nil
+            pricePerNodeHour: Double? = nil, workRoot: String? = nil, slurmConf: String? = nil, commandSeconds: Int? = nil, queueTimeoutMinutes: Int? = nil,
+            login: SlurmLogin? = nil
         ) {
+            self.queueTimeoutMinutes = queueTimeoutMinutes
             self.login = login
             self.partitions = partitions
             self.account = account
@@ -88,6 +94,7 @@ public struct SlurmProvider: ComputeProvider {
                     "pricePerNodeHour": .object(["type": .string("number"), "minimum": .number(0)]),
                     "workRoot": type("string"), "slurmConf": type("string"),
                     "commandSeconds": .object(["type": .string("integer"), "minimum": .number(1)]),
+                    "queueTimeoutMinutes": .object(["type": .string("integer"), "minimum": .number(1)]),
                     "login": .object([
                         "type": .string("object"), "additionalProperties": .bool(false), "required": .array([.string("address"), .string("user")]),
                         "properties": .object([
@@ -104,13 +111,18 @@ public struct SlurmProvider: ComputeProvider {
     /// Idle nodes change by the minute: offers are read fresh.
     public var offerCacheTTL: Duration { .zero }
     /// An allocation starts within seconds of Slurm's scheduling pass, and `squeue` is a local
-    /// command: watched closely (with the provisioner's doubling from 0.5 s, a job that started
-    /// at 1.6 s was seen at 3.5 s).
+    /// command: watched closely in a launch's first seconds (with the provisioner's doubling
+    /// from 0.5 s, a job that started at 1.6 s was seen at 3.5 s); a job still queued after
+    /// them is looked at less and less often, up to every 5 s.
     public var bootPollInterval: Duration? { .milliseconds(250) }
+    /// A queue can hold an allocation for hours: `queueTimeoutMinutes` (default a day).
+    public var readyTimeout: Duration? { .seconds(60 * (configuration.queueTimeoutMinutes ?? 1440)) }
     public let configuration: Configuration
     public let commands: SlurmCommands
     /// `workRoot`, with `~` expanded.
     public let workRoot: String
+    /// Node name → NodeAddr, as `sinfo` said (``addresses(for:)``).
+    let knownAddresses = LockedBox<[String: String]>([:])
 
     /// `ssh`: the SSH client for `login` (Capstan's `known_hosts`); needed only with one.
     public init(configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment, ssh: SSHClient? = nil) throws {
@@ -277,14 +289,22 @@ public struct SlurmProvider: ComputeProvider {
         return positions
     }
 
-    /// NodeAddr of each node of `jobs` (how the other nodes reach it).
+    /// NodeAddr of each node of `jobs` (how the other nodes reach it). A node's address is
+    /// remembered by this provider: `sinfo` runs only for nodes it has not seen (the controller
+    /// describes its gang every few seconds for days).
     func addresses(for jobs: [SlurmParsing.JobLine]) async throws -> [String: String] {
         let nodes = Set(jobs.flatMap(\.nodes))
-        guard !nodes.isEmpty else { return [:] }
-        let out = try await commands.check(["sinfo", "-h", "-N", "-n", nodes.sorted().joined(separator: ","), "-o", SlurmParsing.sinfoFormat], what: "Reading the nodes' addresses (sinfo)")
-        var map: [String: String] = [:]
-        for n in try SlurmParsing.parseNodes(out) { map[n.node] = n.address ?? n.node }
-        return map
+        let known = knownAddresses.withLock { $0 }
+        let missing = nodes.subtracting(known.keys)
+        guard !missing.isEmpty else { return known.filter { nodes.contains($0.key) } }
+        let out = try await commands.check(["sinfo", "-h", "-N", "-n", missing.sorted().joined(separator: ","), "-o", SlurmParsing.sinfoFormat], what: "Reading the nodes' addresses (sinfo)")
+        var found: [String: String] = [:]
+        for n in try SlurmParsing.parseNodes(out) { found[n.node] = n.address ?? n.node }
+        let all = knownAddresses.withLock { cache in
+            cache.merge(found) { _, new in new }
+            return cache
+        }
+        return all.filter { nodes.contains($0.key) }
     }
 
     /// One instance per node of `job` (its node count while it waits).

@@ -30,6 +30,11 @@ struct JobLifecycle: Sendable {
         var exitGrace: Duration { .seconds(settings.exitGraceSeconds) }
         var describeEvery: Duration { .seconds(settings.describeSeconds) }
         var poll: Duration { .seconds(settings.pollSeconds) }
+        /// The poll in an attempt's first ``startWindow``: the command's first lines reach the
+        /// launch output, and a failing start is seen, within a tenth of a second (a pass is a
+        /// status read and a log read per node; the provider's describe has its own period).
+        static let startPoll = Duration.milliseconds(100)
+        static let startWindow = Duration.seconds(10)
         /// How long a stop waits for the agents (not the silent ones) before forcing them.
         var stopWait: Duration { .seconds(settings.stopGraceSeconds + settings.commitWaitSeconds + 5) }
     }
@@ -666,7 +671,7 @@ struct JobLifecycle: Sendable {
             phase = .idle
             return [.loadJob]
         }
-        return [.sleep(config.poll)]
+        return [.sleep(now - w.started < Config.startWindow ? min(config.poll, Config.startPoll) : config.poll)]
     }
 
     /// The failure of the first node whose instance is gone (its provider says terminated,
