@@ -539,6 +539,82 @@ extension JobTests {
         #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty })
     }
 
+    @Test("slurm: the demo recipe (sft on examples/sft-tiny) on one 2-node allocation, checkpoints and the adapter in an s3:// bucket (SeaweedFS); kill -9 of a node's worker resumes on the same allocation, retracing the same losses")
+    func slurmRecipe() async throws {
+        // The lab's nodes cannot reach PyPI: the recipe's venv comes from the cache the local
+        // recipe tests fill (a 2-step local job builds it when none has yet).
+        if try await recipeVenv() == nil {
+            let warm = try JobHome.recipe(steps: 2, every: 2)
+            defer { warm.dir.cleanup() }
+            _ = try await warm.capstan(["launch", warm.spec] + JobHome.fast, timeout: 600)
+        }
+        try #require(try await recipeVenv() != nil, "no venv with transformers and peft could be built")
+        let lab = try await SlurmLab.up(2)
+        defer { lab.down() }
+        // Between two checkpoints (5 steps past 15), node 1's worker stops itself and is killed -9.
+        var home = try JobHome.recipe(steps: 45, every: 15, stopAt: "1:20:1")
+        defer { home.dir.cleanup() }
+        let seaweed = try #require(URL(string: try TestServers.seaweed))
+        let relay = try LabRelay.start(bridge: lab.bridge, to: seaweed)
+        defer { relay.stop() }
+        let creds = try TestServers.seaweedCredentials
+        home.env.merge(["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_ENDPOINT_URL_S3": relay.endpoint, "AWS_REGION": "us-east-1"]) { $1 }
+        let spec = try String(contentsOfFile: home.spec, encoding: .utf8)
+            .replacingOccurrences(of: "storage: file://" + home.dir.file("bucket"), with: "storage: s3://capstan-slurm-recipe/runs")
+            .replacingOccurrences(of: "GLOO_SOCKET_IFNAME: lo", with: "GLOO_SOCKET_IFNAME: eth0")
+        home.dir.write("job/job.yaml", spec)
+        home.dir.write("config.yaml", lab.config(workRoot: home.dir.file("shared")) + "storage:\n  allowInsecureHTTP: true\n")
+        var adminConfig = S3Configuration(endpoint: relay.endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads"))
+        adminConfig.allowInsecureHTTP = true
+        try await S3ObjectStore(location: "s3://capstan-slurm-recipe/runs", credentials: creds, configuration: adminConfig).createBucket()
+        let launch = try home.startLaunch()
+        defer { if launch.isRunning { launch.terminate() } }
+        var stopped: pid_t?
+        _ = try await home.wait(timeout: 420) {
+            stopped = Self.stoppedRecipeWorker(under: home.dir.path); return stopped != nil || !launch.isRunning
+        }
+        let jobID = (try? await home.job()?.id) ?? "-"
+        let worker = try #require(stopped, "no worker stopped at step 20: \(home.logTail(job: jobID))\n\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
+        kill(worker, SIGKILL)
+        #expect(try await home.wait(timeout: 300) { !launch.isRunning }, "\(home.logTail(job: jobID))")
+        let job = try await #require(try home.job())
+        #expect(job.status == .succeeded && job.attempt == 2, "\(job.status) attempt \(job.attempt) \(job.lastError ?? "") \(home.logTail(job: job.id))")
+        let attempts = try await home.store().attempts(job: job.id)
+        #expect(attempts.first?.failureKind == "signal" && attempts.count == 2 && attempts[1].nodes == attempts[0].nodes, "\(attempts.map { ($0.failureKind ?? "-", $0.nodes) })")
+        // The same steps give the same losses after the resume.
+        let losses = home.losses(job: job.id)
+        let first = try #require(losses[1]), second = try #require(losses[2])
+        let resume = try #require(attempts.last?.resumeStep)
+        #expect(resume == 15 && Set(second.keys) == Set(16...45), "resumed from \(resume), attempt 2 logged \(second.keys.sorted())")
+        let overlap = Set(first.keys).intersection(second.keys).sorted()
+        #expect(!overlap.isEmpty)
+        for step in overlap {
+            #expect(abs(first[step]! - second[step]!) <= 1e-3 * max(1, abs(first[step]!)), "step \(step): \(first[step]!) then \(second[step]!)")
+        }
+        print("slurm recipe: resumed from step \(resume), \(overlap.count) retraced step(s) matched; loss \(first[1] ?? 0) → \(second[45] ?? 0)")
+        // Checkpoints (both nodes' parts) and the adapter are in the bucket.
+        let bucket = try S3ObjectStore(location: job.storage, credentials: creds, configuration: adminConfig)
+        let m = try #require(try await CheckpointStore(store: bucket, prefix: "checkpoints").latestVerified())
+        #expect(m.step == 45 && m.parts.map(\.node) == [0, 1])
+        for f in ["outputs/adapter_model.safetensors", "outputs/adapter_config.json", "outputs/manifest.json"] {
+            #expect(try await bucket.head(key: f) != nil, "\(f) is not in \(job.storage)")
+        }
+        #expect(try await lab.liveCapstanJobs().isEmpty)
+    }
+
+    /// The attempt-1 recipe worker below `folder` that stopped itself at its `CAPSTAN_TEST_STOP_AT`.
+    static func stoppedRecipeWorker(under folder: String) -> pid_t? {
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            let cmd = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+            guard cmd.contains(folder + "/"), cmd.contains("/attempt-1/recipe/sft.py"), !cmd.contains("torch.distributed.run"),
+                  let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.range(of: ") ", options: .backwards) else { continue }
+            if stat[close.upperBound...].hasPrefix("T") { return pid }
+        }
+        return nil
+    }
+
     /// Every file called `name` below `root`.
     static func files(under root: String, named name: String) -> [String] {
         guard let e = FileManager.default.enumerator(atPath: root) else { return [] }
