@@ -332,6 +332,18 @@ extension JobHome {
         home.dir.write("config.yaml", lab.config(workRoot: home.dir.file("shared"), slurm: settings))
         return home
     }
+
+    /// Starts `capstan launch` of the job and waits for its checkpoint `step`: the launch
+    /// process, the job, and the lab job id of its allocation.
+    func launchOnSlurm(_ lab: SlurmLab, untilCheckpoint step: Int) async throws -> (Process, JobRecord, String) {
+        let launch = try startLaunch()
+        let reached = try await wait(timeout: 180) { (try await job()?.latestCheckpoint ?? 0) >= step }
+        if !reached { launch.terminate() }
+        try #require(reached, "no checkpoint \(step): \((try? String(contentsOfFile: dir.file("launch.out"), encoding: .utf8)) ?? "")")
+        let record = try await #require(try job())
+        let allocation = try #require(try await lab.liveCapstanJobs().first)
+        return (launch, record, allocation)
+    }
 }
 
 extension JobTests {
@@ -341,11 +353,8 @@ extension JobTests {
         defer { lab.down() }
         let home = try JobHome.slurm(lab, steps: 150, pause: 0.05)
         defer { home.dir.cleanup() }
-        let launch = try home.startLaunch()
+        let (launch, job0, first) = try await home.launchOnSlurm(lab, untilCheckpoint: 20)
         defer { if launch.isRunning { launch.terminate() } }
-        #expect(try await home.wait(timeout: 180) { (try await home.job()?.latestCheckpoint ?? 0) >= 20 }, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
-        let job0 = try await #require(try home.job())
-        let first = try #require(try await lab.liveCapstanJobs().first)
         // kill -9 of node 1's training process (rank 1, its torchrun's worker).
         let pidFile = try #require(Self.files(under: home.dir.file("shared/nodes"), named: "worker-1.pid").first { $0.contains("slurm-\(first)-1/") && $0.contains("/attempt-1/") })
         let pid = try #require(pid_t((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)))
@@ -481,11 +490,8 @@ extension JobTests {
         defer { lab.down() }
         let home = try JobHome.slurm(lab, steps: 120, pause: 0.05)
         defer { home.dir.cleanup() }
-        let launch = try home.startLaunch()
+        let (launch, job0, first) = try await home.launchOnSlurm(lab, untilCheckpoint: 20)
         defer { if launch.isRunning { launch.terminate() } }
-        #expect(try await home.wait(timeout: 180) { (try await home.job()?.latestCheckpoint ?? 0) >= 20 }, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
-        let job0 = try await #require(try home.job())
-        let first = try #require(try await lab.liveCapstanJobs().first)
         // An admin (or slurmctld, on a node that stops answering) marks node2 down: Slurm ends
         // every job on it.
         let down = try await lab.run("scontrol", ["update", "NodeName=node2", "State=DOWN", "Reason=capstan-test"])
