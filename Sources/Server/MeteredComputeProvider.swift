@@ -16,6 +16,7 @@ public struct MeteredComputeProvider: ComputeProvider {
     public var offerCacheTTL: Duration { base.offerCacheTTL }
     public var bootPollInterval: Duration? { base.bootPollInterval }
     public var readyTimeout: Duration? { base.readyTimeout }
+    public var allocatesGangs: Bool { base.allocatesGangs }
 
     public func offers(for request: ResourceRequest) async throws -> [Offer] {
         try await timed("offers") { try await base.offers(for: request) }

@@ -193,7 +193,9 @@ struct ChaosTests {
     @Test("every fault point is in the chaos suite")
     func coverage() {
         let covered = Set(Self.scenarios.map { String($0.point.split(separator: ":")[0]) })
-        let reachable = Set(FaultPoints.provisioning.filter { !$0.hasPrefix("replace.") })
+        // `move.retired-first` is reached only by a job's controller relaunching a gang that is
+        // gone whole (no CLI verb does): JobTests.slurmRelaunchCrash kills it there.
+        let reachable = Set(FaultPoints.provisioning.filter { !$0.hasPrefix("replace.") && $0 != "move.retired-first" })
         #expect(reachable.subtracting(covered).isEmpty, "not covered: \(reachable.subtracting(covered).sorted())")
         #expect(Self.scenarios.count >= 28)
     }

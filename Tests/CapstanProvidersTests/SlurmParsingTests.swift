@@ -84,4 +84,14 @@ struct SlurmParsingTests {
         #expect(try SlurmParsing.parseSubmitted("4711;cluster-a") == "4711")
         #expect(throws: CapstanError.self) { try SlurmParsing.parseSubmitted("sbatch: error: Batch job submission failed") }
     }
+
+    @Test("pending reasons Slurm never clears (a partition, account or QOS limit) against those that pass (resources, priority, a node back soon)")
+    func hopelessReasons() {
+        for never in ["PartitionTimeLimit", "AccountNotAllowed", "InvalidQOS", "QOSMaxWallDurationPerJobLimit", "DependencyNeverSatisfied", "BadConstraints, more detail"] {
+            #expect(SlurmParsing.isHopeless(reason: never), "\(never)")
+        }
+        for waits in ["Resources", "Priority", "ReqNodeNotAvail, UnavailableNodes:node2", "JobHeldAdmin", "Dependency", "None", ""] {
+            #expect(!SlurmParsing.isHopeless(reason: waits), "\(waits)")
+        }
+    }
 }

@@ -116,6 +116,10 @@ public struct Provisioner: Sendable {
     public var logger: Logger
     /// Called with one line per step (offer tried, failed, launched, ready).
     public var progress: (@Sendable (String) -> Void)?
+    /// Asked between polls while a launch waits to run (an allocation can wait in a batch
+    /// queue for hours), and before each further offer: a reason to give up (the job was
+    /// cancelled) ends the wait; the launch is cleaned up like any failed one. Nil: never.
+    public var stopWaiting: (@Sendable () async -> String?)?
 
     public init(
         providers: [any ComputeProvider], store: any StateStore, locks: any LockService, options: ProvisionOptions = .init(),
@@ -152,6 +156,14 @@ public struct Provisioner: Sendable {
     }
 
     func provider(_ name: String) -> (any ComputeProvider)? { providers.first { $0.name == name } }
+
+    /// Whether running cluster `name`'s capacity comes in all-or-nothing gangs
+    /// (``ComputeProvider/allocatesGangs``: a Slurm allocation), so a lost node is never
+    /// replaced alone: the whole gang is relaunched (``move(cluster:search:sameOfferFirst:)``).
+    public func allocatesGangs(cluster name: String) async -> Bool {
+        guard let offer = (try? await store.cluster(named: name))??.offer else { return false }
+        return provider(offer.provider)?.allocatesGangs ?? false
+    }
 
     /// A state write on a path that is already failing: its own failure must not hide the
     /// error being reported, and is logged instead (never silently dropped). What it leaves
@@ -271,6 +283,10 @@ public struct Provisioner: Sendable {
         var launchesPerProvider: [String: Int] = [:]
         for ranked in offers {
             if attempts.count >= options.maxAttempts { break }
+            if !attempts.isEmpty, let why = await stopWaiting?() {
+                say("not trying further offers: \(why)")
+                break
+            }
             let offer = ranked.offer
             if skippedProviders[offer.provider] != nil { continue }
             guard let provider = provider(offer.provider) else { continue }
@@ -440,6 +456,9 @@ public struct Provisioner: Sendable {
             if ContinuousClock.now + delay > deadline {
                 return .failed(CapstanError(.timeout, "Instances \(ids.joined(separator: ", ")) on \(provider.name) were not running after \(timeout).", provider: provider.name))
             }
+            if let why = await stopWaiting?() {
+                return .failed(CapstanError(.invalidRequest, "Stopped waiting for \(ids.joined(separator: ", ")) on \(provider.name) to run: \(why).", provider: provider.name))
+            }
             do { try await Task.sleep(for: delay) } catch {
                 return .failed(CapstanError(.timeout, "Cancelled while waiting for \(ids.joined(separator: ", ")) on \(provider.name)."))
             }
@@ -543,7 +562,10 @@ public struct Provisioner: Sendable {
         let ranked = Self.own(offer, of: cluster, nodes: 1)
         var last: CapstanError?
         tries: for n in 0...options.launchRetries {
-            if n > 0 { try await Task.sleep(for: options.backoff.delay(n - 1)) }
+            if n > 0 {
+                if let why = await stopWaiting?() { throw CapstanError(.invalidRequest, "Node \(node) of cluster '\(name)' was not replaced: \(why).") }
+                try await Task.sleep(for: options.backoff.delay(n - 1))
+            }
             switch await attempt(cluster: cluster, owner: owner, ranked: ranked, provider: provider, node: node, stage: "replace") {
             case .ready(let instances, _):
                 faults.hit("replace.ready")
@@ -572,7 +594,8 @@ public struct Provisioner: Sendable {
     /// `sameOfferFirst`: every node of the cluster is gone (a Slurm allocation cancelled or out
     /// of time, a zone lost), so nothing speaks against its own offer: a whole new gang is
     /// launched there first, in one launch, and on the others only if that fails; what is left
-    /// of the old gang is retired before, not after, the launch.
+    /// of the old gang is retired before, not after, the launch (so when every offer fails, the
+    /// cluster is left with no live instance, not as it was).
     public func move(cluster name: String, search: OfferSearch, sameOfferFirst: Bool = false) async throws -> ProvisionReport {
         guard var cluster = try await store.cluster(named: name), cluster.status == .running else {
             throw CapstanError(.notFound, "Cluster '\(name)' is not running, so it cannot be moved.", hint: "See `capstan status`.")

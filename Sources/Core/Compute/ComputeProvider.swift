@@ -89,10 +89,15 @@ public protocol ComputeProvider: Sendable {
     /// `readyTimeout` (15 min), right for instances that boot. A batch scheduler's queue can
     /// hold a job for hours, and that is no failure.
     var readyTimeout: Duration? { get }
+    /// Whether a launch of N is one all-or-nothing allocation whose nodes end together (a
+    /// Slurm job): a lost node is then never replaced alone (a one-node allocation beside the
+    /// rest, with its own time limit); the whole gang is relaunched. Default false.
+    var allocatesGangs: Bool { get }
 }
 
 extension ComputeProvider {
     public var offerCacheTTL: Duration { .seconds(600) }
     public var bootPollInterval: Duration? { nil }
     public var readyTimeout: Duration? { nil }
+    public var allocatesGangs: Bool { false }
 }

@@ -210,6 +210,21 @@ public enum SlurmParsing {
         }
     }
 
+    /// Reasons a pending job gives when Slurm will never start it as submitted (squeue's job
+    /// reason codes): a limit of the partition, account or QOS it exceeds, an account or QOS it
+    /// may not use, a dependency that cannot be met. Waiting would be waiting forever.
+    public static let hopelessReasons: Set<String> = [
+        "PartitionTimeLimit", "PartitionNodeLimit", "PartitionConfig", "AccountNotAllowed", "InvalidAccount", "InvalidQOS",
+        "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit", "AssocMaxWallDurationPerJobLimit", "AssocMaxNodesPerJobLimit",
+        "DependencyNeverSatisfied", "BadConstraints",
+    ]
+
+    /// Whether a pending job's `reason` is one of the ``hopelessReasons`` (squeue may add
+    /// detail after a comma: `ReqNodeNotAvail, UnavailableNodes:node3`).
+    public static func isHopeless(reason: String) -> Bool {
+        hopelessReasons.contains(reason.split(separator: ",").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? reason)
+    }
+
     /// The marker every Capstan comment starts with.
     public static let commentMarker = "capstan"
 

@@ -14,7 +14,8 @@ public import Foundation
 ///   node; while the job waits in the queue they are `pending`, with Slurm's reason and queue
 ///   position as their state reason.
 /// - **The time limit**: `stopBeforeLimitSeconds` before it, the nodes read as preempted, so
-///   the controller moves the job to a new allocation while this one still runs.
+///   the controller stops the gang while the allocation still runs (the agents finish their
+///   uploads), cancels it, and resumes the job on a new one.
 /// - **`terminate`** is `scancel`; `describe` lists this user's jobs with Capstan's comment
 ///   (`squeue`), which is how reconcile finds and cancels an allocation no cluster owns.
 /// - **Nodes** are reached through Slurm itself: `NodeAccess.slurm`, served by the trainer's
@@ -115,19 +116,29 @@ public struct SlurmProvider: ComputeProvider {
     /// from 0.5 s, a job that started at 1.6 s was seen at 3.5 s); a job still queued after
     /// them is looked at less and less often, up to every 5 s.
     public var bootPollInterval: Duration? { .milliseconds(250) }
+    /// Slurm gives an allocation's nodes all or none, and ends them together.
+    public var allocatesGangs: Bool { true }
     /// A queue can hold an allocation for hours: `queueTimeoutMinutes` (default a day).
     public var readyTimeout: Duration? { .seconds(60 * (configuration.queueTimeoutMinutes ?? 1440)) }
     public let configuration: Configuration
     public let commands: SlurmCommands
     /// `workRoot`, with `~` expanded.
     public let workRoot: String
-    /// Node name → NodeAddr, as `sinfo` said (``addresses(for:)``).
+    /// `<job>/<node>` → NodeAddr, as `sinfo` said (``addresses(for:)``).
     let knownAddresses = LockedBox<[String: String]>([:])
 
     /// `ssh`: the SSH client for `login` (Capstan's `known_hosts`); needed only with one.
     public init(configuration: Configuration, environment: [String: String] = ProcessInfo.processInfo.environment, ssh: SSHClient? = nil) throws {
-        if let limit = configuration.timeLimit, SlurmParsing.parseDuration(limit) == nil {
-            throw CapstanError(.config, "providers.slurm.timeLimit '\(limit)' is not a Slurm time limit.", hint: "Write minutes (90), H:MM:SS (4:00:00) or D-HH:MM:SS (2-00:00:00).")
+        if let limit = configuration.timeLimit {
+            guard let seconds = SlurmParsing.parseDuration(limit) else {
+                throw CapstanError(.config, "providers.slurm.timeLimit '\(limit)' is not a Slurm time limit.", hint: "Write minutes (90), H:MM:SS (4:00:00) or D-HH:MM:SS (2-00:00:00).")
+            }
+            let lead = configuration.stopBeforeLimitSeconds ?? 300
+            guard seconds > lead else {
+                throw CapstanError(
+                    .config, "providers.slurm.timeLimit '\(limit)' (\(seconds) s) leaves no time to train: the nodes count as taken back stopBeforeLimitSeconds (\(lead) s) before it.",
+                    hint: "Raise timeLimit, or lower stopBeforeLimitSeconds.")
+            }
         }
         let given = configuration.workRoot ?? "~/.capstan-slurm"
         let root: String
@@ -160,6 +171,8 @@ public struct SlurmProvider: ComputeProvider {
     public func offers(for request: ResourceRequest) async throws -> [Offer] {
         let nodes = try SlurmParsing.parseNodes(try await commands.check(["sinfo", "-h", "-N", "-o", SlurmParsing.sinfoFormat], what: "Listing the cluster's nodes (sinfo)"))
         let wanted = configuration.partitions.map(Set.init)
+        let wantedSeconds = configuration.timeLimit.flatMap(SlurmParsing.parseDuration)
+        let lead = configuration.stopBeforeLimitSeconds ?? 300
         var groups: [String: [SlurmParsing.NodeLine]] = [:]
         for n in nodes where wanted?.contains(n.partition) ?? true {
             groups[Self.instanceType(partition: n.partition, gpu: Self.gpu(of: n)), default: []].append(n)
@@ -168,14 +181,27 @@ public struct SlurmProvider: ComputeProvider {
             let members = groups[key]!
             let first = members[0]
             let gpu = Self.gpu(of: first)
-            let usable = members.filter(\.isUsable)
-            let idle = members.filter(\.isIdle)
+            var usable = members.filter(\.isUsable)
+            var idle = members.filter(\.isIdle)
             var details = [
                 "partition": first.partition, "nodes": "\(members.count)", "idle": "\(idle.count)",
                 "timeLimit": first.timeLimitSeconds.map { "\($0 / 60) min" } ?? "unlimited",
             ]
             // What sbatch asks for: `gpu:<type>:<count>`, or `gpu:<count>` on a cluster whose GPUs have no type.
             if let g = gpu { details["gres"] = g.type.map { "gpu:\($0):\(g.count)" } ?? "gpu:\(g.count)" }
+            // A partition whose own limit is below the allocation's (or below the lead before
+            // it) would hold the job pending forever (PartitionTimeLimit), or take it back at once.
+            if let partitionLimit = first.timeLimitSeconds {
+                if let w = wantedSeconds, partitionLimit < w {
+                    details["unusable"] = "its time limit (\(partitionLimit / 60) min) is below providers.slurm.timeLimit (\(w / 60) min)"
+                } else if wantedSeconds == nil, partitionLimit <= lead {
+                    details["unusable"] = "its time limit (\(partitionLimit / 60) min) is within stopBeforeLimitSeconds (\(lead) s)"
+                }
+                if details["unusable"] != nil {
+                    usable = []
+                    idle = []
+                }
+            }
             return Offer(
                 provider: name, instanceType: key, region: first.partition, gpuName: gpu.map { $0.type ?? "gpu" }, gpusPerNode: gpu?.count ?? 0,
                 vcpus: first.cpus, memoryGiB: first.memoryMiB.map { Double($0) / 1024 },
@@ -204,7 +230,7 @@ public struct SlurmProvider: ComputeProvider {
         // Idempotency: a retried launch (or one after a crash) finds the job it submitted.
         let previous = try await jobs().filter { $0.tags?[CapstanTags.intent] == request.idempotencyKey }
         if let job = previous.first(where: { SlurmParsing.instanceState($0.state).isLive }) ?? previous.first {
-            return instances(of: job, addresses: try await addresses(for: [job]), positions: [:])
+            return instances(of: job, addresses: ((try? await addresses(for: [job])) ?? [:])[job.id] ?? [:], positions: [:])
         }
         var tags = request.tags
         tags[CapstanTags.managed] = "true"
@@ -240,12 +266,15 @@ public struct SlurmProvider: ComputeProvider {
 
     // MARK: - Describe, terminate
 
+    /// Capstan's jobs from `squeue`; the queue positions and node addresses beside them are
+    /// best effort (without them, no position is shown and a node's name stands for its
+    /// address): only `squeue` failing fails a describe.
     public func describe(_ query: InstanceQuery) async throws -> [Instance] {
         let all = try await jobs()
         let pending = all.filter { SlurmParsing.instanceState($0.state) == .pending }
-        let positions = pending.isEmpty ? [:] : try await queuePositions()
-        let addresses = try await addresses(for: all.filter { SlurmParsing.instanceState($0.state) == .running })
-        return all.flatMap { instances(of: $0, addresses: addresses, positions: positions) }.filter(query.matches).sorted { $0.id < $1.id }
+        let positions = pending.isEmpty ? [:] : ((try? await queuePositions()) ?? [:])
+        let addresses = (try? await addresses(for: all.filter { SlurmParsing.instanceState($0.state) == .running })) ?? [:]
+        return all.flatMap { instances(of: $0, addresses: addresses[$0.id] ?? [:], positions: positions) }.filter(query.matches).sorted { $0.id < $1.id }
     }
 
     public func terminate(ids: [String]) async throws -> [Instance] {
@@ -254,9 +283,12 @@ public struct SlurmProvider: ComputeProvider {
             // scancel of a job that already ended exits 0 (it says so on stderr): nothing to undo.
             try await commands.check(["scancel"] + jobIDs.sorted(), what: "Cancelling \(jobIDs.sorted().joined(separator: ", ")) (scancel)", allowing: "Invalid job id specified")
         }
-        let described = Dictionary(uniqueKeysWithValues: try await describe(InstanceQuery(ids: ids, includeTerminated: true)).map { ($0.id, $0) })
+        // The cancel is done; what squeue says of it now is best effort (a failing squeue must
+        // not turn a cancel that worked into an error): unknown, the nodes are terminating.
+        let listed = try? await describe(InstanceQuery(ids: ids, includeTerminated: true))
+        let described = Dictionary((listed ?? []).map { ($0.id, $0) }) { a, _ in a }
         return ids.map { id in
-            var i = described[id] ?? Instance(id: id, provider: name, instanceType: "slurm", region: "slurm", state: .terminated, providerState: "not-found")
+            var i = described[id] ?? Instance(id: id, provider: name, instanceType: "slurm", region: "slurm", state: listed == nil ? .terminating : .terminated, providerState: listed == nil ? "unknown" : "not-found")
             if i.state.isLive { i.state = .terminating }
             return i
         }
@@ -289,22 +321,29 @@ public struct SlurmProvider: ComputeProvider {
         return positions
     }
 
-    /// NodeAddr of each node of `jobs` (how the other nodes reach it). A node's address is
-    /// remembered by this provider: `sinfo` runs only for nodes it has not seen (the controller
-    /// describes its gang every few seconds for days).
-    func addresses(for jobs: [SlurmParsing.JobLine]) async throws -> [String: String] {
-        let nodes = Set(jobs.flatMap(\.nodes))
+    /// NodeAddr of each node of `jobs` (how the other nodes reach it), by job id and node name.
+    /// Remembered per allocation (a node's address can change between allocations on clusters
+    /// that power nodes down or burst to a cloud): `sinfo` runs once for each new allocation,
+    /// not on each of the controller's describes (every few seconds, for days).
+    func addresses(for jobs: [SlurmParsing.JobLine]) async throws -> [String: [String: String]] {
         let known = knownAddresses.withLock { $0 }
-        let missing = nodes.subtracting(known.keys)
-        guard !missing.isEmpty else { return known.filter { nodes.contains($0.key) } }
-        let out = try await commands.check(["sinfo", "-h", "-N", "-n", missing.sorted().joined(separator: ","), "-o", SlurmParsing.sinfoFormat], what: "Reading the nodes' addresses (sinfo)")
+        let missing = Set(jobs.flatMap { job in job.nodes.filter { known["\(job.id)/\($0)"] == nil } })
         var found: [String: String] = [:]
-        for n in try SlurmParsing.parseNodes(out) { found[n.node] = n.address ?? n.node }
-        let all = knownAddresses.withLock { cache in
-            cache.merge(found) { _, new in new }
-            return cache
+        if !missing.isEmpty {
+            let out = try await commands.check(["sinfo", "-h", "-N", "-n", missing.sorted().joined(separator: ","), "-o", SlurmParsing.sinfoFormat], what: "Reading the nodes' addresses (sinfo)")
+            for n in try SlurmParsing.parseNodes(out) { found[n.node] = n.address ?? n.node }
         }
-        return all.filter { nodes.contains($0.key) }
+        var out: [String: [String: String]] = [:]
+        knownAddresses.withLock { cache in
+            for job in jobs {
+                for node in job.nodes {
+                    let key = "\(job.id)/\(node)"
+                    if cache[key] == nil, let a = found[node] { cache[key] = a }
+                    if let a = cache[key] { out[job.id, default: [:]][node] = a }
+                }
+            }
+        }
+        return out
     }
 
     /// One instance per node of `job` (its node count while it waits).
@@ -312,14 +351,20 @@ public struct SlurmProvider: ComputeProvider {
         var state = SlurmParsing.instanceState(job.state)
         var reason: String?
         // The time limit is near: like a spot notice, the nodes count as taken back now, so the
-        // controller stops the gang (the agents finish their uploads) and resumes it on a new
-        // allocation while this one still runs.
+        // controller stops the gang while the allocation still runs (the agents finish their
+        // uploads), then cancels it and resumes the job on a new one.
         let lead = configuration.stopBeforeLimitSeconds ?? 300
         if state == .running, let left = job.timeLeftSeconds, left <= lead {
             state = .preempted
             reason = "the allocation's time limit is \(left) s away (providers.slurm.stopBeforeLimitSeconds: \(lead))"
         }
+        if state == .pending, SlurmParsing.isHopeless(reason: job.reason) {
+            // Slurm will never start it as it is: the launch fails (and cancels it) now.
+            state = .failed
+            reason = "Slurm will never start it: \(job.reason) (check providers.slurm's timeLimit, account and qos against the partition's limits: `scontrol show partition \(job.partition)`)"
+        }
         switch state {
+        case .failed where reason != nil: break
         case .pending: reason = "queued in \(job.partition): \(job.reason)" + (positions[job.id].map { ", position \($0)" } ?? "")
         case .running: reason = job.timeLeftSeconds.map { "\($0 / 60) min left of its time limit" }
         case .preempted where reason != nil: break

@@ -148,7 +148,8 @@ public final class JobController: Sendable {
 
     func emit(_ e: JobEvent) { onEvent(e) }
 
-    /// The context's provisioner, its progress lines also emitted as ``JobEvent/provisioning(_:)``.
+    /// The context's provisioner, its progress lines also emitted as ``JobEvent/provisioning(_:)``;
+    /// a launch waiting to run (in a batch queue, for hours) gives up once the job is cancelled.
     var provisioner: Provisioner {
         var p = ctx.provisioner
         let previous = p.progress, onEvent = onEvent
@@ -156,6 +157,8 @@ public final class JobController: Sendable {
             previous?(line)
             onEvent(.provisioning(line))
         }
+        let store = ctx.store, job = jobID
+        p.stopWaiting = { (try? await store.job(job))?.status == .cancelling ? "the job was cancelled" : nil }
         return p
     }
 
@@ -297,6 +300,11 @@ final class Run: @unchecked Sendable {
     /// Performs one action of the machine; a request's answer is the event returned.
     func perform(_ action: JobLifecycle.Action) async -> JobLifecycle.Event? {
         func cannotGoOn(_ error: any Error) -> JobLifecycle.Event { .cannotGoOn((error as? CapstanError)?.description ?? "\(error)") }
+        // A launch given up because the job was cancelled (or one that failed meanwhile) is
+        // the cancel's to finish, not a failure of the job.
+        func provisioningFailed(_ error: any Error) async -> JobLifecycle.Event {
+            await self.job()?.status == .cancelling ? .cancelRequested : cannotGoOn(error)
+        }
         let job = looped ?? placeholder
         switch action {
         case .loadJob:
@@ -308,13 +316,13 @@ final class Run: @unchecked Sendable {
         case .ensureCluster:
             do { return try await ensureCluster(job) } catch { return cannotGoOn(error) }
         case .provisionCluster:
-            do { return try await provisionCluster(job) } catch { return cannotGoOn(error) }
+            do { return try await provisionCluster(job) } catch { return await provisioningFailed(error) }
         case .replaceNode(let node):
-            do { return try await replace(node: node, of: job) } catch { return cannotGoOn(error) }
+            do { return try await replace(node: node, of: job) } catch { return await provisioningFailed(error) }
         case .moveGang:
-            do { return try await move(job) } catch { return cannotGoOn(error) }
+            do { return try await move(job) } catch { return await provisioningFailed(error) }
         case .relaunchGang:
-            do { return try await move(job, sameOfferFirst: true) } catch { return cannotGoOn(error) }
+            do { return try await move(job, sameOfferFirst: true) } catch { return await provisioningFailed(error) }
         case .findAttempt:
             do { return try await findAttempt(job) } catch { return cannotGoOn(error) }
         case .startAttempt:
@@ -439,7 +447,13 @@ final class Run: @unchecked Sendable {
     /// Replaces node `node`'s capacity (``Provisioner/replaceNode(cluster:node:)``). When the
     /// cluster's own offer has no capacity left for it (or its region is gone), says so: the
     /// whole gang then moves (``move(_:)``).
+    /// On a provider that allocates gangs (Slurm), the whole gang is relaunched instead: a
+    /// one-node allocation beside the others would end on its own time limit.
     func replace(node: Int, of job: JobRecord) async throws -> JobLifecycle.Event {
+        if await c.ctx.provisioner.allocatesGangs(cluster: job.clusterName) {
+            await store.jobEvent("relaunch", "Node \(node) is lost, and its provider gives nodes only as a whole allocation: relaunching the gang.", job: jobID)
+            return try await move(job, sameOfferFirst: true)
+        }
         do {
             let fresh = try await c.provisioner.replaceNode(cluster: job.clusterName, node: node)
             c.emit(.nodeReplaced(node: node, instance: fresh.id))

@@ -331,7 +331,8 @@ struct JobLifecycle: Sendable {
         switch (phase, event) {
         case (.finished, _): true  // nothing happens to a finished job
         // A cancel is in the store: it is acted on at the next top of the loop or pass.
-        case (_, .cancelRequested): phase != .running
+        // While provisioning or restarting: a launch given up for the cancel.
+        case (_, .cancelRequested): ![.running, .provisioning, .restarting].contains(phase)
         case (.idle, .jobLoaded), (.idle, .bucketUnavailable): false
         case (.provisioning, .clusterNeedsProvisioning), (.provisioning, .clusterReady), (.provisioning, .nodeReplaced),
             (.provisioning, .replacementUnavailable), (.provisioning, .gangMoved), (.provisioning, .cannotGoOn):
@@ -433,7 +434,7 @@ struct JobLifecycle: Sendable {
             return finish(.failed, "The job cannot go on: \(message)", error: message)
 
         // Following the attempt.
-        case (.running, .cancelRequested):
+        case (.running, .cancelRequested), (.provisioning, .cancelRequested), (.restarting, .cancelRequested):
             // Back to the top of the loop, which stops the gang and finishes the job.
             phase = .idle
             return [.loadJob]
