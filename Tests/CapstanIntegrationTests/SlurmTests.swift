@@ -299,7 +299,7 @@ struct SlurmProviderTests {
         let short = try #require(offers.first { $0.region == "short" })
         #expect(short.availability == .unavailable && short.details["unusable"] == "its time limit (30 min) is below providers.slurm.timeLimit (60 min)", "\(short)")
         #expect(offers.first { $0.region == "debug" }?.availability == .available)
-        // Submitted there anyway, Slurm would hold it forever (PartitionTimeLimit): it reads
+        // Submitted there anyway, Slurm would hold it forever: it reads
         // failed at once, in Slurm's words, and is cancelled with the launch.
         let held = try await hour.launch(LaunchRequest(offer: short, count: 1, idempotencyKey: "k3"))
         var seen: Instance?
@@ -308,7 +308,9 @@ struct SlurmProviderTests {
             if seen?.state == .failed { break }
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(seen?.state == .failed && seen?.stateReason?.hasPrefix("Slurm will never start it: PartitionTimeLimit") == true, "\(String(describing: seen))")
+        // (PartitionTimeLimit, or PartitionConfig as this lab's Slurm 22.05 says.)
+        let said = seen?.stateReason ?? ""
+        #expect(seen?.state == .failed && (said.hasPrefix("Slurm will never start it: PartitionTimeLimit") || said.hasPrefix("Slurm will never start it: PartitionConfig")), "\(String(describing: seen))")
         _ = try await hour.terminate(ids: held.map(\.id))
         #expect(try await lab.liveCapstanJobs().isEmpty)
     }
@@ -572,6 +574,29 @@ extension JobTests {
         // The re-attached controller relaunched the gang as one allocation, not node by node.
         #expect(attempts.allSatisfy { Self.allocations($0.nodes).count == 1 }, "\(attempts.map(\.nodes))")
         _ = try await home.checkContinuity(job: job, total: 250)
+        #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty })
+    }
+
+    @Test("slurm: capstan cancel of a job whose allocation waits in the queue ends the wait at once: the job is cancelled, its queued allocation with it")
+    func slurmCancelQueued() async throws {
+        let lab = try await SlurmLab.up(2)
+        defer { lab.down() }
+        let home = try JobHome.slurm(lab, steps: 20)
+        defer { home.dir.cleanup() }
+        // Someone else holds both nodes for 5 minutes.
+        let theirs = try await lab.run("sbatch", ["--parsable", "-N2", "--chdir=/tmp", "--output=/dev/null", "--wrap", "sleep 300"])
+        #expect(theirs.status == 0, "\(theirs.stderr)")
+        defer { Task { _ = try? await lab.run("scancel", [theirs.stdout.trimmingCharacters(in: .whitespacesAndNewlines)]) } }
+        let launch = try home.startLaunch()
+        defer { if launch.isRunning { launch.terminate() } }
+        #expect(try await home.wait(timeout: 60) { try await lab.liveCapstanJobs().count == 1 }, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
+        let job = try await #require(try home.job())
+        #expect(job.status == .provisioning, "\(job.status)")
+        let cancel = try await home.capstan(["cancel", job.id], timeout: 120)
+        #expect(cancel.status == 0, "\(cancel.stdout) \(cancel.stderr)")
+        #expect(try await home.wait(timeout: 60) { !launch.isRunning }, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
+        let done = try await #require(try home.job())
+        #expect(done.status == .cancelled, "\(done.status) \(done.lastError ?? "")")
         #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty })
     }
 
