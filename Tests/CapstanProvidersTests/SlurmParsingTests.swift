@@ -90,7 +90,7 @@ struct SlurmParsingTests {
         for never in ["PartitionTimeLimit", "AccountNotAllowed", "InvalidQOS", "QOSMaxWallDurationPerJobLimit", "DependencyNeverSatisfied", "BadConstraints, more detail"] {
             #expect(SlurmParsing.isHopeless(reason: never), "\(never)")
         }
-        for waits in ["Resources", "Priority", "ReqNodeNotAvail, UnavailableNodes:node2", "JobHeldAdmin", "Dependency", "None", ""] {
+        for waits in ["Resources", "Priority", "ReqNodeNotAvail, UnavailableNodes:node2", "PartitionNodeLimit", "PartitionConfig", "JobHeldAdmin", "Dependency", "None", ""] {
             #expect(!SlurmParsing.isHopeless(reason: waits), "\(waits)")
         }
     }

@@ -5,6 +5,9 @@ import CapstanTestSupport
 @testable import CapstanTrainer
 import Foundation
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The agent binary's SHA-256, remembered across processes for the same file.
 @Suite("Agent binary digest")
@@ -34,6 +37,10 @@ struct AgentBinaryDigestTests {
         #expect(try AgentBinaryDigest.sha256(of: binary, cache: LockedBox(nil), memoFolder: memos) == Self.firstBuild)
         #expect(try String(contentsOfFile: memos + "/" + name, encoding: .utf8) == planted)
         try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: memos)
+        // A memo file others may write is not believed either.
+        try PrivateFile.write(Data(planted.utf8), to: memos + "/" + name)
+        try FileManager.default.setAttributes([.posixPermissions: 0o666], ofItemAtPath: memos + "/" + name)
+        #expect(try AgentBinaryDigest.sha256(of: binary, cache: LockedBox(nil), memoFolder: memos) == Self.firstBuild)
         // A memo that is not a digest is ignored (and replaced).
         try PrivateFile.write(Data("garbage".utf8), to: memos + "/" + name)
         #expect(try AgentBinaryDigest.sha256(of: binary, cache: LockedBox(nil), memoFolder: memos) == first)
@@ -49,32 +56,38 @@ struct AgentBinaryDigestTests {
     }
 }
 
-/// The Slurm transport's work root: the agent binary nodes run lives there.
+/// The Slurm provider's work root: the agent binary nodes run lives there.
 @Suite("Slurm work root")
 struct SlurmWorkRootTests {
-    @Test("made owner-only (with bin/ and nodes/) when missing; one others may write to is refused, saying what to do")
+    func mode(_ path: String) throws -> Int? { try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int }
+
+    @Test("made owner-only (with bin/ and nodes/); one of this user's that others may write is made owner-only; a link to one is followed; one another user owns is refused, saying what to do")
     func privateRoot() throws {
         let dir = TempDir("capstan-slurm-root")
         defer { dir.cleanup() }
         let root = dir.file("fresh/capstan")
         try SlurmTransport.prepareRoot(root)
-        for folder in [root, root + "/bin", root + "/nodes"] {
-            #expect(try FileManager.default.attributesOfItem(atPath: folder)[.posixPermissions] as? Int == 0o700, "\(folder)")
-        }
-        // An existing folder of one's own that others cannot write is fine as it is.
-        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: root)
+        for folder in [root, root + "/bin", root + "/nodes"] { #expect(try mode(folder) == 0o700, "\(folder)") }
+        // This user's own, left open (an earlier version under umask 002): made owner-only.
+        try FileManager.default.setAttributes([.posixPermissions: 0o775], ofItemAtPath: root + "/bin")
+        try FileManager.default.setAttributes([.posixPermissions: 0o1777], ofItemAtPath: root)
         try SlurmTransport.prepareRoot(root)
-        // A team's shared folder (1777) is not a work root.
-        let shared = dir.file("shared")
-        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
-        try FileManager.default.setAttributes([.posixPermissions: 0o1777], ofItemAtPath: shared)
+        #expect(try mode(root) == 0o700 && mode(root + "/bin") == 0o700)
+        // A link to it (a work root on scratch) is followed.
+        try FileManager.default.createSymbolicLink(atPath: dir.file("link"), withDestinationPath: root)
+        try SlurmTransport.prepareRoot(dir.file("link"))
+        // Another user's folder is not a work root (this test runs as root, so it can give one away).
+        guard getuid() == 0 else { return }
+        let theirs = dir.file("theirs")
+        try FileManager.default.createDirectory(atPath: theirs, withIntermediateDirectories: true)
+        #expect(chown(theirs, 65534, 65534) == 0)
         do {
-            try SlurmTransport.prepareRoot(shared)
-            Issue.record("a world-writable work root was accepted")
+            try SlurmTransport.prepareRoot(theirs)
+            Issue.record("another user's work root was accepted")
         } catch let e as CapstanError {
-            #expect(e.code == .config && e.message.contains("writable by other users (mode 1777)") && e.hint?.contains("a folder of your own in it") == true, "\(e)")
+            #expect(e.code == .config && e.message.contains("is owned by another user") && e.hint?.contains("a folder of your own") == true, "\(e)")
         }
-        #expect(!FileManager.default.fileExists(atPath: shared + "/bin"))
+        #expect(!FileManager.default.fileExists(atPath: theirs + "/bin"))
         // A file is not a folder.
         dir.write("file", "x")
         #expect(throws: CapstanError.self) { try SlurmTransport.prepareRoot(dir.file("file")) }

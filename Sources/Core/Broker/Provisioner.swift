@@ -160,8 +160,8 @@ public struct Provisioner: Sendable {
     /// Whether running cluster `name`'s capacity comes in all-or-nothing gangs
     /// (``ComputeProvider/allocatesGangs``: a Slurm allocation), so a lost node is never
     /// replaced alone: the whole gang is relaunched (``move(cluster:search:sameOfferFirst:)``).
-    public func allocatesGangs(cluster name: String) async -> Bool {
-        guard let offer = (try? await store.cluster(named: name))??.offer else { return false }
+    public func allocatesGangs(cluster name: String) async throws -> Bool {
+        guard let offer = try await store.cluster(named: name)?.offer else { return false }
         return provider(offer.provider)?.allocatesGangs ?? false
     }
 
@@ -283,7 +283,7 @@ public struct Provisioner: Sendable {
         var launchesPerProvider: [String: Int] = [:]
         for ranked in offers {
             if attempts.count >= options.maxAttempts { break }
-            if !attempts.isEmpty, let why = await stopWaiting?() {
+            if let why = await stopWaiting?() {
                 say("not trying further offers: \(why)")
                 break
             }
@@ -424,9 +424,10 @@ public struct Provisioner: Sendable {
     /// provider's `bootPollInterval` for the first ``fastPollPeriod``) until every one runs
     /// (→ `.running`, in node order), one fails, stops or disappears, or the provider's
     /// `readyTimeout` (else the options') passes. Records what it sees.
-    func waitUntilRunning(provider: any ComputeProvider, ids: [String], clusterID: String, intent: String, stage: String) async -> WaitOutcome {
+    /// `timeout`: instead of the provider's.
+    func waitUntilRunning(provider: any ComputeProvider, ids: [String], clusterID: String, intent: String, stage: String, timeout given: Duration? = nil) async -> WaitOutcome {
         let started = ContinuousClock.now
-        let timeout = provider.readyTimeout ?? options.readyTimeout
+        let timeout = given ?? provider.readyTimeout ?? options.readyTimeout
         let deadline = started + timeout
         let fast = provider.bootPollInterval.map { min($0, options.waitMaxDelay) }
         var delay = min(options.waitMinDelay, fast ?? options.waitMaxDelay)
@@ -1081,7 +1082,10 @@ public struct Provisioner: Sendable {
             // (The dead `up` may not have recorded them: numbered here, once.)
             await stamp(gang, tags: last.tags, clusterID: c.id, intent: last.key, nodes: c.nodes)
             if let provider = provider(last.provider),
-               case .running(let nodes) = await waitUntilRunning(provider: provider, ids: gang.map(\.id), clusterID: c.id, intent: last.key, stage: "reconcile") {
+               // At most the provisioner's own ready timeout: a reconcile must not wait a day on
+               // an allocation queued in Slurm (given up, it is cancelled; the job's controller
+               // submits a new one and waits there, where a cancel can end the wait).
+               case .running(let nodes) = await waitUntilRunning(provider: provider, ids: gang.map(\.id), clusterID: c.id, intent: last.key, stage: "reconcile", timeout: options.readyTimeout) {
                 // Anything else of this cluster (an earlier offer's leftovers) goes.
                 await terminate(others, clusterID: c.id, report: &report)
                 await bestEffort("reconcile: close an intent") { try await store.setIntent(last.key, status: .launched) }

@@ -211,10 +211,12 @@ public enum SlurmParsing {
     }
 
     /// Reasons a pending job gives when Slurm will never start it as submitted (squeue's job
-    /// reason codes): a limit of the partition, account or QOS it exceeds, an account or QOS it
-    /// may not use, a dependency that cannot be met. Waiting would be waiting forever.
+    /// reason codes): a time limit of the partition, account or QOS it exceeds, an account or
+    /// QOS it may not use, a dependency that cannot be met. Waiting would be waiting forever.
+    /// (Not `PartitionNodeLimit` or `PartitionConfig`: Slurm says those too while nodes are
+    /// down or drained; the provider checks the partition's limits for `PartitionConfig`.)
     public static let hopelessReasons: Set<String> = [
-        "PartitionTimeLimit", "PartitionNodeLimit", "PartitionConfig", "AccountNotAllowed", "InvalidAccount", "InvalidQOS",
+        "PartitionTimeLimit", "AccountNotAllowed", "InvalidAccount", "InvalidQOS",
         "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit", "AssocMaxWallDurationPerJobLimit", "AssocMaxNodesPerJobLimit",
         "DependencyNeverSatisfied", "BadConstraints",
     ]

@@ -1,6 +1,11 @@
 public import CapstanCore
 public import CapstanRuntime
 public import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// A Slurm cluster as capacity (`providers.slurm` in config.yaml). Slurm does the allocating;
 /// Capstan asks it for a gang and runs its agents there:
@@ -221,16 +226,54 @@ public struct SlurmProvider: ComputeProvider {
         node.gres.first { $0.name == "gpu" && $0.count > 0 }
     }
 
+    // MARK: - Work root
+
+    /// Makes `root` (and its `bin/` and `nodes/`) this user's own and owner-only: created mode
+    /// 0700 (never wider, not even for a moment), an existing one of this user's made 0700; one
+    /// another user owns (or a link another user owns) is refused. Nodes run the agent binary
+    /// kept in `bin/`, with the job's credentials on its stdin. A link to a folder (e.g. on
+    /// scratch) is followed. Checked before each allocation is submitted, and before each agent
+    /// starts.
+    public static func prepareWorkRoot(_ root: String) throws {
+        func refuse(_ why: String) -> CapstanError {
+            CapstanError(
+                .config, "providers.slurm.workRoot \(root) \(why): the nodes run the agent binary kept there.",
+                hint: "Name a folder of your own that the nodes share, e.g. ~/.capstan-slurm or \(root)/\(ProcessInfo.processInfo.environment["USER"] ?? "$USER").", provider: "slurm")
+        }
+        func own(_ path: String) throws {
+            if mkdir(path, 0o700) != 0 && errno != EEXIST {
+                throw refuse("cannot be made (\(path): \(String(cString: strerror(errno))))")
+            }
+            var link = stat()
+            if lstat(path, &link) == 0, (link.st_mode & S_IFMT) == S_IFLNK, link.st_uid != getuid() {
+                throw refuse("is a link another user owns (\(path), uid \(link.st_uid))")
+            }
+            var st = stat()
+            guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { throw refuse("is not a folder (\(path))") }
+            guard st.st_uid == getuid() else { throw refuse("is owned by another user (\(path), uid \(st.st_uid))") }
+            if st.st_mode & 0o077 != 0, chmod(path, 0o700) != 0 {
+                throw refuse("cannot be made owner-only (\(path): \(String(cString: strerror(errno))))")
+            }
+        }
+        let parent = (root as NSString).deletingLastPathComponent
+        do { try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true) } catch {
+            throw refuse("cannot be made (\(parent): \(error.localizedDescription))")
+        }
+        try own(root)
+        for sub in ["bin", "nodes"] { try own(root + "/" + sub) }
+    }
+
     // MARK: - Launch
 
     public func launch(_ request: LaunchRequest) async throws -> [Instance] {
         guard request.offer.provider == name, let partition = request.offer.details["partition"] else {
             throw CapstanError(.invalidRequest, "Offer \(request.offer.id) is not one of the slurm provider's.", provider: name)
         }
+        if configuration.login == nil { try Self.prepareWorkRoot(workRoot) }
         // Idempotency: a retried launch (or one after a crash) finds the job it submitted.
         let previous = try await jobs().filter { $0.tags?[CapstanTags.intent] == request.idempotencyKey }
         if let job = previous.first(where: { SlurmParsing.instanceState($0.state).isLive }) ?? previous.first {
-            return instances(of: job, addresses: ((try? await addresses(for: [job])) ?? [:])[job.id] ?? [:], positions: [:])
+            return try await describe(InstanceQuery(tags: [CapstanTags.intent: request.idempotencyKey], includeTerminated: true)).filter { $0.details["job"] == job.id }
         }
         var tags = request.tags
         tags[CapstanTags.managed] = "true"
@@ -269,12 +312,46 @@ public struct SlurmProvider: ComputeProvider {
     /// Capstan's jobs from `squeue`; the queue positions and node addresses beside them are
     /// best effort (without them, no position is shown and a node's name stands for its
     /// address): only `squeue` failing fails a describe.
+    /// A running job whose nodes' addresses cannot be read reads `pending` (saying why) until
+    /// they can: a guessed address would become the gang's `MASTER_ADDR`.
     public func describe(_ query: InstanceQuery) async throws -> [Instance] {
         let all = try await jobs()
         let pending = all.filter { SlurmParsing.instanceState($0.state) == .pending }
         let positions = pending.isEmpty ? [:] : ((try? await queuePositions()) ?? [:])
-        let addresses = (try? await addresses(for: all.filter { SlurmParsing.instanceState($0.state) == .running })) ?? [:]
-        return all.flatMap { instances(of: $0, addresses: addresses[$0.id] ?? [:], positions: positions) }.filter(query.matches).sorted { $0.id < $1.id }
+        var addresses: [String: [String: String]] = [:]
+        var addressError: String?
+        do { addresses = try await self.addresses(for: all.filter { SlurmParsing.instanceState($0.state) == .running }) } catch {
+            addressError = (error as? CapstanError)?.message ?? "\(error)"
+        }
+        let ruledOut = await ruledOutByPartition(pending)
+        return all.flatMap { job in
+            instances(of: job, addresses: addresses[job.id] ?? [:], positions: positions, hopeless: ruledOut.contains(job.id), addressError: addressError)
+        }.filter(query.matches).sorted { $0.id < $1.id }
+    }
+
+    /// Pending jobs held for `PartitionConfig` that their partition's own limits rule out for
+    /// good (more time than its MaxTime, more nodes than it has), by job id; best effort.
+    func ruledOutByPartition(_ pending: [SlurmParsing.JobLine]) async -> Set<String> {
+        let held = pending.filter { $0.reason.hasPrefix("PartitionConfig") }
+        guard !held.isEmpty else { return [] }
+        let wanted = configuration.timeLimit.flatMap(SlurmParsing.parseDuration)
+        var out: Set<String> = []
+        for partition in Set(held.map(\.partition)) {
+            guard let text = try? await commands.check(["sinfo", "-h", "-p", partition, "-o", "%l|%D"], what: "Reading partition \(partition)'s limits (sinfo)") else { continue }
+            var maxTime: Int?
+            var nodes = 0
+            for line in text.split(separator: "\n") {
+                let f = line.split(separator: "|").map(String.init)
+                guard f.count == 2 else { continue }
+                maxTime = SlurmParsing.parseDuration(f[0])
+                nodes += Int(f[1]) ?? 0
+            }
+            for job in held where job.partition == partition {
+                if let w = wanted, let m = maxTime, w > m { out.insert(job.id) }
+                if nodes > 0, job.nodeCount > nodes { out.insert(job.id) }
+            }
+        }
+        return out
     }
 
     public func terminate(ids: [String]) async throws -> [Instance] {
@@ -347,7 +424,9 @@ public struct SlurmProvider: ComputeProvider {
     }
 
     /// One instance per node of `job` (its node count while it waits).
-    func instances(of job: SlurmParsing.JobLine, addresses: [String: String], positions: [String: Int]) -> [Instance] {
+    /// `hopeless`: Slurm will never start it (``ruledOutByPartition(_:)``); `addressError`: why
+    /// the running nodes' addresses are unknown.
+    func instances(of job: SlurmParsing.JobLine, addresses: [String: String], positions: [String: Int], hopeless: Bool = false, addressError: String? = nil) -> [Instance] {
         var state = SlurmParsing.instanceState(job.state)
         var reason: String?
         // The time limit is near: like a spot notice, the nodes count as taken back now, so the
@@ -358,13 +437,18 @@ public struct SlurmProvider: ComputeProvider {
             state = .preempted
             reason = "the allocation's time limit is \(left) s away (providers.slurm.stopBeforeLimitSeconds: \(lead))"
         }
-        if state == .pending, SlurmParsing.isHopeless(reason: job.reason) {
+        if state == .running, let addressError, job.nodes.contains(where: { addresses[$0] == nil }) {
+            state = .pending
+            reason = "allocated, but its nodes' addresses could not be read yet (\(addressError))"
+        }
+        if state == .pending, hopeless || SlurmParsing.isHopeless(reason: job.reason) {
             // Slurm will never start it as it is: the launch fails (and cancels it) now.
             state = .failed
             reason = "Slurm will never start it: \(job.reason) (check providers.slurm's timeLimit, account and qos against the partition's limits: `scontrol show partition \(job.partition)`)"
         }
         switch state {
         case .failed where reason != nil: break
+        case .pending where reason != nil: break
         case .pending: reason = "queued in \(job.partition): \(job.reason)" + (positions[job.id].map { ", position \($0)" } ?? "")
         case .running: reason = job.timeLeftSeconds.map { "\($0 / 60) min left of its time limit" }
         case .preempted where reason != nil: break

@@ -414,8 +414,9 @@ final class Run: @unchecked Sendable {
     func ensureCluster(_ job: JobRecord) async throws -> JobLifecycle.Event {
         var cluster = try await store.cluster(named: job.clusterName)
         if cluster?.status == .provisioning {
-            // A controller died while provisioning: let reconcile decide what it left.
-            _ = await c.ctx.provisioner.reconcile()
+            // A controller died while provisioning: let reconcile decide what it left (its wait
+            // for a launch still booting or queued gives up, like this job's, on a cancel).
+            _ = await c.provisioner.reconcile()
             cluster = try await store.cluster(named: job.clusterName)
         }
         wantNodes = cluster?.nodes ?? spec.resources.nodes
@@ -450,7 +451,7 @@ final class Run: @unchecked Sendable {
     /// On a provider that allocates gangs (Slurm), the whole gang is relaunched instead: a
     /// one-node allocation beside the others would end on its own time limit.
     func replace(node: Int, of job: JobRecord) async throws -> JobLifecycle.Event {
-        if await c.ctx.provisioner.allocatesGangs(cluster: job.clusterName) {
+        if try await c.ctx.provisioner.allocatesGangs(cluster: job.clusterName) {
             await store.jobEvent("relaunch", "Node \(node) is lost, and its provider gives nodes only as a whole allocation: relaunching the gang.", job: jobID)
             return try await move(job, sameOfferFirst: true)
         }
@@ -647,7 +648,11 @@ final class Run: @unchecked Sendable {
     func stopGang(_ stop: JobLifecycle.StopGang, job: JobRecord) async -> JobLifecycle.Event {
         switch stop.reason {
         case .cancel:
-            if let a = try? await store.attempt(job: jobID, number: job.attempt), let nodes = try? await currentNodes(job) {
+            // An attempt already closed (a failed one, its gang being relaunched when the cancel
+            // came) keeps its outcome and failure.
+            if let a = try? await store.attempt(job: jobID, number: job.attempt), a.outcome == .running || a.outcome == .starting,
+                let nodes = try? await currentNodes(job)
+            {
                 await stopGang(a, nodes: nodes, waitAtMost: stop.waitAtMost)
                 return .gangStopped(attemptFound: true)
             }

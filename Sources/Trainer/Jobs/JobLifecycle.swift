@@ -189,7 +189,8 @@ struct JobLifecycle: Sendable {
         case nodeUnreachable(Attempt, rank: Int, error: String)
         /// Something the job cannot do without (the cluster, the store) failed.
         case cannotGoOn(String)
-        /// The job's status is `cancelling` (seen at the start of a pass).
+        /// The job's status is `cancelling`: seen at the start of a pass, or the answer of a
+        /// provisioning request that gave up waiting for the cancel.
         case cancelRequested
         case observed(Pass)
         /// The attempt's instances, as their providers described them (in the order checked).
@@ -243,15 +244,17 @@ struct JobLifecycle: Sendable {
         /// Reconciles a cluster left provisioning; → ``Event/clusterReady(missing:)``,
         /// ``Event/clusterNeedsProvisioning(cluster:nodes:gpu:)`` or ``Event/cannotGoOn(_:)``.
         case ensureCluster
-        /// → ``Event/clusterReady(missing:)`` or ``Event/cannotGoOn(_:)``.
+        /// → ``Event/clusterReady(missing:)``, ``Event/cancelRequested`` or ``Event/cannotGoOn(_:)``.
         case provisionCluster
-        /// → ``Event/nodeReplaced(_:)``, ``Event/replacementUnavailable(node:reason:)`` or ``Event/cannotGoOn(_:)``.
+        /// → ``Event/nodeReplaced(_:)``, ``Event/replacementUnavailable(node:reason:)``, ``Event/gangMoved``
+        /// (a provider that allocates gangs relaunches the whole gang), ``Event/cancelRequested`` or
+        /// ``Event/cannotGoOn(_:)``.
         case replaceNode(Int)
-        /// → ``Event/gangMoved`` or ``Event/cannotGoOn(_:)``.
+        /// → ``Event/gangMoved``, ``Event/cancelRequested`` or ``Event/cannotGoOn(_:)``.
         case moveGang
         /// Every node is gone: a whole new gang in one launch, on the cluster's own offer first
         /// (one Slurm allocation, one placement), else the next that fits.
-        /// → ``Event/gangMoved`` or ``Event/cannotGoOn(_:)``.
+        /// → ``Event/gangMoved``, ``Event/cancelRequested`` or ``Event/cannotGoOn(_:)``.
         case relaunchGang
         /// → ``Event/attemptFound(_:_:sameNodes:at:)``.
         case findAttempt

@@ -178,25 +178,8 @@ public struct SlurmTransport: SharedFolderTransport {
         try await folderUploadWorkdir(localPath, job: job, on: node)
     }
 
-    /// Makes the work root (and its `bin/` and `nodes/`) owner-only when missing, and refuses
-    /// one another user owns or may write to: nodes run the agent found in `bin/` with the
-    /// job's credentials on its stdin, and read the user's code and data from `nodes/`.
-    static func prepareRoot(_ root: String) throws {
-        do { try PrivateFile.createFolder(root) } catch {
-            throw CapstanError(.config, "Cannot make providers.slurm.workRoot \(root): \((error as? CapstanError)?.message ?? error.localizedDescription)", hint: "Name a folder of your own that the nodes share, e.g. ~/.capstan-slurm.", provider: "slurm")
-        }
-        var st = stat()
-        guard lstat(root, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
-            throw CapstanError(.config, "providers.slurm.workRoot \(root) is not a folder.", hint: "Name a folder of your own that the nodes share, e.g. ~/.capstan-slurm.", provider: "slurm")
-        }
-        guard st.st_uid == getuid(), st.st_mode & 0o022 == 0 else {
-            throw CapstanError(
-                .config, "providers.slurm.workRoot \(root) is " + (st.st_uid == getuid() ? "writable by other users (mode \(String(st.st_mode & 0o7777, radix: 8)))" : "owned by another user (uid \(st.st_uid))")
-                    + ": the nodes run the agent binary kept there.",
-                hint: "Name a folder of your own in it, e.g. \(root)/\(ProcessInfo.processInfo.environment["USER"] ?? "$USER"), or chmod go-w it.", provider: "slurm")
-        }
-        for sub in ["bin", "nodes"] { try PrivateFile.createFolder(root + "/" + sub) }
-    }
+    /// The work root made and checked (``SlurmProvider/prepareWorkRoot(_:)``).
+    static func prepareRoot(_ root: String) throws { try SlurmProvider.prepareWorkRoot(root) }
 
     public func agentStatus(job: String, attempt: Int, on node: Instance) async throws -> AgentStatus? {
         if let (ssh, twin) = try viaLogin(node) { return try await ssh.agentStatus(job: job, attempt: attempt, on: twin) }
