@@ -360,6 +360,25 @@ extension JobHome {
         return home
     }
 
+    /// Points the job at `s3://<bucket>/runs` on SeaweedFS, which the lab's nodes reach on this
+    /// machine's loopback through a relay on the lab bridge: the relay (stop it), the
+    /// credentials, and an S3 configuration to read the bucket with (the bucket is created).
+    mutating func useLabS3(_ lab: SlurmLab, bucket: String) async throws -> (LabRelay, AWSCredentials, S3Configuration) {
+        let seaweed = try #require(URL(string: try TestServers.seaweed))
+        let relay = try LabRelay.start(bridge: lab.bridge, to: seaweed)
+        let creds = try TestServers.seaweedCredentials
+        env.merge(["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_ENDPOINT_URL_S3": relay.endpoint, "AWS_REGION": "us-east-1"]) { $1 }
+        dir.write("job/job.yaml", try String(contentsOfFile: spec, encoding: .utf8).replacingOccurrences(of: "storage: file://" + dir.file("bucket"), with: "storage: s3://\(bucket)/runs"))
+        dir.write("config.yaml", lab.config(workRoot: dir.file("shared")) + "storage:\n  allowInsecureHTTP: true\n")
+        var adminConfig = S3Configuration(endpoint: relay.endpoint, region: "us-east-1", uploadStateFolder: dir.file("uploads"))
+        adminConfig.allowInsecureHTTP = true
+        do { try await S3ObjectStore(location: "s3://\(bucket)/runs", credentials: creds, configuration: adminConfig).createBucket() } catch {
+            relay.stop()
+            throw error
+        }
+        return (relay, creds, adminConfig)
+    }
+
     /// Starts `capstan launch` of the job and waits for its checkpoint `step`: the launch
     /// process, the job, and the lab job id of its allocation.
     func launchOnSlurm(_ lab: SlurmLab, untilCheckpoint step: Int) async throws -> (Process, JobRecord, String) {
@@ -463,18 +482,8 @@ extension JobTests {
         defer { lab.down() }
         var home = try JobHome.slurm(lab, steps: 40)
         defer { home.dir.cleanup() }
-        // The nodes reach SeaweedFS on this machine's loopback through a relay on the lab bridge.
-        let seaweed = try #require(URL(string: try TestServers.seaweed))
-        let relay = try LabRelay.start(bridge: lab.bridge, to: seaweed)
+        let (relay, creds, adminConfig) = try await home.useLabS3(lab, bucket: "capstan-slurm")
         defer { relay.stop() }
-        let creds = try TestServers.seaweedCredentials
-        home.env = ["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_ENDPOINT_URL_S3": relay.endpoint, "AWS_REGION": "us-east-1"]
-        let spec = try String(contentsOfFile: home.spec, encoding: .utf8).replacingOccurrences(of: "storage: file://" + home.dir.file("bucket"), with: "storage: s3://capstan-slurm/runs")
-        home.dir.write("job/job.yaml", spec)
-        home.dir.write("config.yaml", lab.config(workRoot: home.dir.file("shared")) + "storage:\n  allowInsecureHTTP: true\n")
-        var adminConfig = S3Configuration(endpoint: relay.endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads"))
-        adminConfig.allowInsecureHTTP = true
-        try await S3ObjectStore(location: "s3://capstan-slurm/runs", credentials: creds, configuration: adminConfig).createBucket()
         let r = try await home.capstan(["launch", home.spec] + JobHome.fast, timeout: 300)
         let job = try await #require(try home.job())
         #expect(r.status == 0 && job.status == .succeeded, "\(r.stderr) \(home.logTail(job: job.id))")
@@ -615,19 +624,9 @@ extension JobTests {
         // Between two checkpoints (5 steps past 15), node 1's worker stops itself and is killed -9.
         var home = try JobHome.recipe(steps: 45, every: 15, stopAt: "1:20:1")
         defer { home.dir.cleanup() }
-        let seaweed = try #require(URL(string: try TestServers.seaweed))
-        let relay = try LabRelay.start(bridge: lab.bridge, to: seaweed)
+        let (relay, creds, adminConfig) = try await home.useLabS3(lab, bucket: "capstan-slurm-recipe")
         defer { relay.stop() }
-        let creds = try TestServers.seaweedCredentials
-        home.env.merge(["AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_ENDPOINT_URL_S3": relay.endpoint, "AWS_REGION": "us-east-1"]) { $1 }
-        let spec = try String(contentsOfFile: home.spec, encoding: .utf8)
-            .replacingOccurrences(of: "storage: file://" + home.dir.file("bucket"), with: "storage: s3://capstan-slurm-recipe/runs")
-            .replacingOccurrences(of: "GLOO_SOCKET_IFNAME: lo", with: "GLOO_SOCKET_IFNAME: eth0")
-        home.dir.write("job/job.yaml", spec)
-        home.dir.write("config.yaml", lab.config(workRoot: home.dir.file("shared")) + "storage:\n  allowInsecureHTTP: true\n")
-        var adminConfig = S3Configuration(endpoint: relay.endpoint, region: "us-east-1", uploadStateFolder: home.dir.file("uploads"))
-        adminConfig.allowInsecureHTTP = true
-        try await S3ObjectStore(location: "s3://capstan-slurm-recipe/runs", credentials: creds, configuration: adminConfig).createBucket()
+        home.dir.write("job/job.yaml", try String(contentsOfFile: home.spec, encoding: .utf8).replacingOccurrences(of: "GLOO_SOCKET_IFNAME: lo", with: "GLOO_SOCKET_IFNAME: eth0"))
         let launch = try home.startLaunch()
         defer { if launch.isRunning { launch.terminate() } }
         var stopped: pid_t?
