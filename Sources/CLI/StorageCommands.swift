@@ -63,7 +63,13 @@ struct StorageCommand: AsyncParsableCommand {
                         let store = try registry.store(for: location)
                         if let m = maxBandwidthMiB, !(m > 0) { throw ValidationError("--max-bandwidth-mib must be above 0 (got \(m)).") }
                         let options = PutOptions(ifNoneMatch: noClobber, partSize: partSizeMiB.map { $0 << 20 }, concurrency: concurrency, maxBytesPerSecond: maxBandwidthMiB.map { Int64($0 * 1_048_576) })
-                        return try await store.put(file: source, key: key.isEmpty ? (source as NSString).lastPathComponent : key, options: options, progress: reporter.file)
+                        // Test hook: `CAPSTAN_TEST_CRASH_AT=storage-upload-progress:N` kills the copy at
+                        // its N-th progress report (in a multipart upload, once N parts are recorded).
+                        let faults = FaultPoints.fromEnvironment(), show = reporter.file
+                        return try await store.put(file: source, key: key.isEmpty ? (source as NSString).lastPathComponent : key, options: options) { p in
+                            show(p)
+                            faults.hit("storage-upload-progress")
+                        }
                     }
                     let (location, key) = try StorageCommand.split(source)
                     return try await registry.store(for: location).get(key: key, to: StorageCommand.downloadPath(destination, key: key), progress: reporter.file)

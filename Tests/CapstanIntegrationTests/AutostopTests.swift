@@ -63,12 +63,7 @@ struct AutostopTests {
 
     /// Polls until `condition` holds (false after `timeout` seconds).
     static func wait(timeout: Double = 120, _ condition: () async throws -> Bool) async throws -> Bool {
-        let end = Date().addingTimeInterval(timeout)
-        while Date() < end {
-            if (try? await condition()) == true { return true }
-            try await Task.sleep(for: .milliseconds(200))
-        }
-        return false
+        try await eventually(timeout: timeout, every: .milliseconds(200), condition)
     }
 
     // MARK: - maxDuration
@@ -211,7 +206,7 @@ struct AutostopTests {
         #expect(log.contains("\"event\": \"final checkpoint\""), "\(log.suffix(2000))")
         #expect(try await cs.verified(step: 999) != nil)
         // Nothing of the attempt runs on; the node itself stays (a local node is never shut down).
-        #expect(try await Self.wait(timeout: 30) { !Spawn.isAlive(final.agentPID) })
+        #expect(try await Self.wait(timeout: 90) { !Spawn.isAlive(final.agentPID) })
         #expect(try await Self.liveNodes(home).count == 1)
         #expect(try await home.job()?.status == .running, "no controller has seen it yet")
 

@@ -94,14 +94,14 @@ struct BadInputTests {
         let env = ["CAPSTAN_PLUGIN_PATH": plugins.path]
 
         // A hang is killed at the timeout (status 15) instead of blocking the suite.
-        let list = try await capstan(["plugins", "list"], home: home, env: env, timeout: 20)
+        let list = try await capstan(["plugins", "list"], home: home, env: env, timeout: 120)
         #expect(list.status == 0, "\(list.status) \(list.stderr)")
         #expect(list.stdout.contains("x.so") && list.stdout.contains("failed to load"), "\(list.stdout)")
         #expect(list.stderr.contains("\(plugins.file("x.so")): it is a FIFO (named pipe), not a shared library"), "\(list.stderr)")
         #expect(list.stderr.contains("symbolic link to \(plugins.file("pipe")), which is a FIFO (named pipe), not a shared library"), "\(list.stderr)")
         #expect(list.stderr.contains("Remove it from the plugin folder"), "\(list.stderr)")
 
-        let offers = try await capstan(["offers"], home: home, env: env, timeout: 20)
+        let offers = try await capstan(["offers"], home: home, env: env, timeout: 120)
         #expect(offers.status == 0, "\(offers.status) \(offers.stderr)")
         #expect(offers.stdout.contains("Cheapest: local"), "\(offers.stdout)")
     }

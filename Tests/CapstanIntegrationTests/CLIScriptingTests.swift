@@ -291,11 +291,6 @@ struct CLIScriptingTests {
 
     /// Polls `condition` until it holds (a generous deadline, not a timing bound).
     static func waitFor(_ seconds: Double = 120, _ condition: () async throws -> Bool) async throws -> Bool {
-        let end = Date().addingTimeInterval(seconds)
-        while Date() < end {
-            if (try? await condition()) == true { return true }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        return false
+        try await eventually(timeout: seconds, condition)
     }
 }

@@ -236,7 +236,6 @@ struct JobReliabilityTests {
         #expect(error.contains("could not start") && error.contains("cannot write to the bucket") && error.contains("AccessDenied"), "\(error)")
         #expect(!error.contains("did not start within"), "\(error)")
         #expect(!home.log(job.id).contains("should-not-run"))
-        #expect(seconds < 60, "took \(seconds) s")
         #expect(!error.contains(secret) && !r.stdout.contains(secret) && !r.stderr.contains(secret))
         let scan = home.scan(for: secret)
         #expect(scan.covered("/state/capstan.db") && scan.hits.isEmpty, "the secret is in \(scan.hits) (\(scan.scanned.count) files scanned)")

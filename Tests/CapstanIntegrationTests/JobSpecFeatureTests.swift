@@ -41,12 +41,7 @@ struct SpecHome {
 
     /// Polls until `condition` holds (false after `timeout` seconds).
     func wait(timeout: Double = 120, _ condition: () async throws -> Bool) async throws -> Bool {
-        let end = Date().addingTimeInterval(timeout)
-        while Date() < end {
-            if (try? await condition()) == true { return true }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        return false
+        try await eventually(timeout: timeout, condition)
     }
 
     /// The leak scan of the home (database, logs, bucket, local nodes' folders) and the temp
@@ -164,10 +159,10 @@ struct JobSpecFeatureTests {
         // which re-attaches, then restarts the gang after attempt 1 fails, with the secrets.
         let controller = try #require(try await home.job(named: "secrets")?.controllerPID)
         kill(controller, SIGKILL)
-        _ = try await home.wait(timeout: 20) { kill(controller, 0) != 0 }
+        _ = try await home.wait(timeout: 90) { kill(controller, 0) != 0 }
         let listed = try await home.capstan(["jobs", "--json"], env: ["JOB_TOKEN": envToken])
         #expect(listed.status == 0 && !listed.stdout.contains(envToken) && !listed.stdout.contains(fileToken), "\(listed.stderr)")
-        #expect(try await home.wait(timeout: 30) { (try await home.job(named: "secrets"))?.controllerPID.map { $0 != controller } == true })
+        #expect(try await home.wait(timeout: 90) { (try await home.job(named: "secrets"))?.controllerPID.map { $0 != controller } == true })
         _ = FileManager.default.createFile(atPath: go, contents: nil)
         #expect(try await home.wait { (try await home.job(named: "secrets"))?.status.isFinished == true })
         let final = try #require(try await home.job(named: "secrets"))
@@ -211,11 +206,11 @@ struct JobSpecFeatureTests {
         #expect(try await home.wait { home.log(job.id, node: 0).contains("attempt=1") })
         let controller = try #require(try await home.job(named: "takeover")?.controllerPID)
         kill(controller, SIGKILL)
-        _ = try await home.wait(timeout: 20) { kill(controller, 0) != 0 }
+        _ = try await home.wait(timeout: 90) { kill(controller, 0) != 0 }
         // Another shell, without JOB_TOKEN (and the secrets file does not have it).
         let listed = try await home.capstan(["jobs"])
         #expect(listed.status == 0, "\(listed.stderr)")
-        #expect(try await home.wait(timeout: 30) { (try await home.job(named: "takeover"))?.controllerPID.map { $0 != controller } == true })
+        #expect(try await home.wait(timeout: 90) { (try await home.job(named: "takeover"))?.controllerPID.map { $0 != controller } == true })
         // What the command prints of the secret now (once whole, once split over two writes
         // a second apart) reaches the node's own log and the home redacted, although this
         // controller has no value to redact with: the agent redacted it.

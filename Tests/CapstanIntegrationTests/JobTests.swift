@@ -92,12 +92,7 @@ struct JobHome {
 
     /// Polls until `condition` holds (false after `timeout` seconds).
     func wait(timeout: Double = 120, _ condition: () async throws -> Bool) async throws -> Bool {
-        let end = Date().addingTimeInterval(timeout)
-        while Date() < end {
-            if (try? await condition()) == true { return true }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        return false
+        try await eventually(timeout: timeout, condition)
     }
 
     /// The `{"step": …}` lines of node `node`'s log, as (attempt, step) in order.
@@ -354,10 +349,10 @@ struct JobTests {
         let before = try await #require(try home.store().attempt(job: job.id, number: 1)).nodes
         // torchrun starts its worker in a session of its own; the agent records it anyway.
         let worker = try #require(home.workerPID(job: job.id, attempt: 1, rank: 1))
-        #expect(try await home.wait(timeout: 30) { home.recordedProcesses(node: before[1]).contains { $0.pid == worker } }, "worker \(worker) is not recorded")
+        #expect(try await home.wait(timeout: 90) { home.recordedProcesses(node: before[1]).contains { $0.pid == worker } }, "worker \(worker) is not recorded")
         _ = try await LocalProvider(root: home.dir.file("local"), configuration: .init(slots: 6)).terminate(ids: [before[1]])
         // Everything of the lost node dies with it, the worker included.
-        #expect(try await home.wait(timeout: 30) { home.survivors(node: before[1]).isEmpty }, "left running: \(home.survivors(node: before[1]))")
+        #expect(try await home.wait(timeout: 90) { home.survivors(node: before[1]).isEmpty }, "left running: \(home.survivors(node: before[1]))")
         await launch.exited()
         let final = try await #require(try home.job())
         #expect(final.status == .succeeded, "\(final.lastError ?? "")")

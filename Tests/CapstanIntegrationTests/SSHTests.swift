@@ -200,8 +200,8 @@ extension JobTests {
         let failedAt = try #require(events.first { $0.kind == "restarting" && $0.message.hasPrefix("Attempt 1 failed") }).time
         let detected = failedAt.timeIntervalSince(cut)
         // Two bounded status reads without an answer (5 s each) past the heartbeat timeout (4 s):
-        // 14 s, with slack for a loaded machine.
-        #expect(detected < 30, "the lost host was noticed after \(detected) s")
+        // about 14 s. The bound is loose (a loaded machine) but far below any give-up timeout.
+        #expect(detected < 90, "the lost host was noticed after \(detected) s")
         #expect(a1.failedNode == 1 && ["heartbeat", "agent"].contains(a1.failureKind ?? ""), "\(a1.failureKind ?? "-") \(a1.message ?? "")")
         // Node 0 kept its host; node 1 moved to the spare.
         #expect(a2.nodes[0] == a1.nodes[0] && a2.nodes[1] != a1.nodes[1])

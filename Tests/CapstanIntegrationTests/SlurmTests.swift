@@ -518,7 +518,7 @@ extension JobTests {
         print("slurm time limit: \(summary)")
         // The attempt's failure says why, in the provider's words.
         #expect(first.message?.contains("the allocation's time limit is") == true && first.message?.contains("stopBeforeLimitSeconds: 95") == true, "\(first.message ?? "")")
-        #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty })
+        #expect(try await home.wait(timeout: 90) { try await lab.liveCapstanJobs().isEmpty })
     }
 
     @Test("slurm: a node of the allocation goes down (NODE_FAIL): Capstan notices, its next allocation waits in the queue while the node is down (status says why), and the job resumes from the last checkpoint once the node is back")
@@ -572,7 +572,7 @@ extension JobTests {
         #expect(!stale.status.isFinished && (stale.latestCheckpoint ?? 0) >= 10, "\(stale.status) \(stale.latestCheckpoint ?? -1)")
         // The old allocation was cancelled before the kill; no new one was submitted.
         let left = try await lab.jobs()
-        #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty }, "\(left)")
+        #expect(try await home.wait(timeout: 90) { try await lab.liveCapstanJobs().isEmpty }, "\(left)")
         let jobs = try await home.capstan(["jobs"])
         #expect(jobs.status == 0, "\(jobs.stderr)")
         #expect(try await home.wait(timeout: 400) { try await home.job()?.status.isFinished == true }, "\(home.logTail(job: stale.id))")
@@ -583,7 +583,7 @@ extension JobTests {
         // The re-attached controller relaunched the gang as one allocation, not node by node.
         #expect(attempts.allSatisfy { Self.allocations($0.nodes).count == 1 }, "\(attempts.map(\.nodes))")
         _ = try await home.checkContinuity(job: job, total: 250)
-        #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty })
+        #expect(try await home.wait(timeout: 90) { try await lab.liveCapstanJobs().isEmpty })
     }
 
     @Test("slurm: capstan cancel of a job whose allocation waits in the queue ends the wait at once: the job is cancelled, its queued allocation with it")
@@ -606,7 +606,7 @@ extension JobTests {
         #expect(try await home.wait(timeout: 60) { !launch.isRunning }, "\((try? String(contentsOfFile: home.dir.file("launch.out"), encoding: .utf8)) ?? "")")
         let done = try await #require(try home.job())
         #expect(done.status == .cancelled, "\(done.status) \(done.lastError ?? "")")
-        #expect(try await home.wait(timeout: 30) { try await lab.liveCapstanJobs().isEmpty })
+        #expect(try await home.wait(timeout: 90) { try await lab.liveCapstanJobs().isEmpty })
     }
 
     @Test("slurm: the demo recipe (sft on examples/sft-tiny) on one 2-node allocation, checkpoints and the adapter in an s3:// bucket (SeaweedFS); kill -9 of a node's worker resumes on the same allocation, retracing the same losses")

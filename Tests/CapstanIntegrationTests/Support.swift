@@ -126,3 +126,15 @@ struct SecretScan {
     /// Whether a file whose path ends with `suffix` was scanned.
     func covered(_ suffix: String) -> Bool { scanned.contains { $0.hasSuffix(suffix) } }
 }
+
+/// Polls `condition` every `interval` until it holds; false once `timeout` seconds have passed.
+/// It looks once more after the deadline, so a test task that was not run for a while (a loaded
+/// 2-core machine) does not give up on a condition that has come true meanwhile.
+func eventually(timeout: Double = 120, every interval: Duration = .milliseconds(100), _ condition: () async throws -> Bool) async throws -> Bool {
+    let end = Date().addingTimeInterval(timeout)
+    while Date() < end {
+        if (try? await condition()) == true { return true }
+        try await Task.sleep(for: interval)
+    }
+    return (try? await condition()) == true
+}

@@ -71,8 +71,8 @@ struct SpawnTests {
     func timeout() throws {
         let r = try Spawn.runBlocking(["/bin/sleep", "30"], streams: .init(), timeout: 0.3)
         #expect(r.timedOut && r.status == .signaled(SIGTERM))
-        // One that ignores SIGTERM gets SIGKILL.
-        let stubborn = try Spawn.runBlocking(["/bin/sh", "-c", "trap '' TERM; sleep 30"], streams: .init(), timeout: 0.3)
+        // One that ignores SIGTERM gets SIGKILL (3 s: time for the shell to set its trap first).
+        let stubborn = try Spawn.runBlocking(["/bin/sh", "-c", "trap '' TERM; sleep 30"], streams: .init(), timeout: 3)
         #expect(stubborn.timedOut && stubborn.status == .signaled(SIGKILL))
     }
 
