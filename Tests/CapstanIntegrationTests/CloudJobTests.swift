@@ -86,7 +86,9 @@ extension JobTests {
             "hosts": LambdaEmulator.hosts(lab, [1, 2, 3]), "boot_seconds": 2.0, "forget_terminated_seconds": 3600.0,
         ])
         defer { emulator.stop() }
-        var home = try JobHome(steps: 150, every: 10, pause: 0.06)
+        // Attempts 1 and 2 hold at step 140 (the lab's hosts share this file system): each break
+        // lands mid-attempt however late the test looks.
+        var home = try JobHome(steps: 150, every: 10, pause: 0.06, hold: [(1, 140), (2, 140)])
         defer { home.dir.cleanup() }
         home.dir.write("lambda-key", "api_key = \(LambdaEmulator.apiKey)\n")
         home.dir.write("config.yaml", """

@@ -14,7 +14,8 @@ extension JobTests {
         let gcp = try await GCPServer(); defer { gcp.stop() }
         let gcs = try await GCSEmulator.start(); defer { gcs.stop() }
         try await GCSEmulator.createBucket(gcs, "capstan-gcs")
-        var home = try JobHome(steps: 150, every: 10, storage: "gs://capstan-gcs/runs")
+        // Attempt 1 holds at step 140: the worker is killed mid-attempt however late the test looks.
+        var home = try JobHome(steps: 150, every: 10, storage: "gs://capstan-gcs/runs", hold: [(1, 140)])
         defer { home.dir.cleanup() }
         // Local nodes; the gcp plugin enabled for the controller's bucket (the nodes use the
         // built-in gs:// client, with the key from the controller on their stdin).

@@ -34,12 +34,18 @@ struct JobHome {
     /// a folder the test owns, so the secret-leak scans see what was written to the temp folder.
     var tmp: String { dir.file("tmp") }
 
-    init(steps: Int = 60, every: Int = 10, pause: Double = 0.05, keep: Int = 3, storage: String? = nil, extraEnv: [String: String] = [:], maxRestarts: Int = 3) throws {
+    /// `hold`: steps (of an attempt) after which train.py waits for ``release(attempt:step:)``,
+    /// so a test breaks the job while it is surely still running, however late the test looks.
+    init(steps: Int = 60, every: Int = 10, pause: Double = 0.05, keep: Int = 3, storage: String? = nil, extraEnv: [String: String] = [:], maxRestarts: Int = 3, hold: [(attempt: Int, step: Int)] = []) throws {
         dir.write("config.yaml", "providers:\n  local:\n    slots: 6\n")
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir.file("job"), withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: Self.repoRoot + "/examples/ddp-regression/train.py", toPath: dir.file("job/train.py"))
         var jobEnv = ["TOTAL_STEPS": "\(steps)", "CKPT_EVERY": "\(every)", "STEP_SLEEP": "\(pause)", "GLOO_SOCKET_IFNAME": "lo"]
+        if !hold.isEmpty {
+            jobEnv["HOLD_AT"] = hold.map { "\($0.attempt):\($0.step)" }.joined(separator: ",")
+            jobEnv["HOLD_RELEASE"] = dir.file("release")
+        }
         for (k, v) in extraEnv { jobEnv[k] = v }
         dir.write("job/job.yaml", """
             name: ddp
@@ -55,6 +61,11 @@ struct JobHome {
     }
 
     var spec: String { dir.file("job/job.yaml") }
+
+    /// Lets train.py go on past a `hold` step.
+    func release(attempt: Int, step: Int) {
+        FileManager.default.createFile(atPath: dir.file("release-\(attempt)-\(step)"), contents: nil)
+    }
 
     func capstan(_ args: [String], env extra: [String: String] = [:], timeout: Double = 300) async throws -> ProcessResult {
         try await runProcess(BuildProducts.capstan, args, environment: env.merging(extra) { $1 }.merging(["CAPSTAN_HOME": dir.path, "TMPDIR": tmp]) { $1 }, timeout: timeout)
@@ -264,7 +275,8 @@ struct JobTests {
     func killTrials() async throws {
         var results: [String] = []
         for trial in 1...3 {
-            let home = try JobHome(steps: 150, every: 10)
+            // Attempt 1 holds at step 140: the kill lands on a live worker however late it comes.
+            let home = try JobHome(steps: 150, every: 10, hold: [(1, 140)])
             defer { home.dir.cleanup() }
             let launch = try home.startLaunch(["--quiet"])
             #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 }, "trial \(trial): no checkpoint came")
@@ -341,7 +353,8 @@ struct JobTests {
 
     @Test("a node whose instance goes away is replaced; only that node's capacity changes")
     func instanceGone() async throws {
-        let home = try JobHome(steps: 80, every: 10)
+        // Attempt 1 holds at step 20, so the node goes away mid-attempt whenever the test gets to it.
+        let home = try JobHome(steps: 80, every: 10, hold: [(1, 20)])
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch(["--quiet"])
         #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 })
@@ -381,14 +394,16 @@ struct JobTests {
 
     @Test("kill -9 capstan launch mid-job: `capstan jobs` re-attaches, the agents are not restarted, the job finishes")
     func controllerRestart() async throws {
-        let home = try JobHome(steps: 80, every: 10)
+        // Held at step 20 until the controller is gone: the kill always lands mid-job.
+        let home = try JobHome(steps: 80, every: 10, hold: [(1, 20)])
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch()
         #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 10 })
         kill(launch.processIdentifier, SIGKILL)
-        launch.waitUntilExit()
+        await launch.exited()
         let job = try await #require(try home.job())
         #expect(job.status == .running)
+        home.release(attempt: 1, step: 20)
         let jobs = try await home.capstan(["jobs"])
         #expect(jobs.stdout.contains(job.id), "\(jobs.stdout)\(jobs.stderr)")
         let logs = try await home.capstan(["logs", job.id, "-f"])

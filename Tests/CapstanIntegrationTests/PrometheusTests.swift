@@ -121,7 +121,8 @@ struct MetricsEndpointTests {
         "a real Prometheus scrapes /metrics with a bearer credentials file: a 2-node job's step, its restart after a kill -9 of a worker, its checkpoint uploads, node telemetry and cost come back from PromQL",
         .enabled(if: PrometheusProcess.binary != nil || PrometheusProcess.required, "Prometheus is not installed (apt-get install -y prometheus; .ci/run installs it)"))
     func realPrometheus() async throws {
-        let home = try JobHome(steps: 240, every: 10)
+        // Attempt 1 holds at step 230: the worker is killed mid-attempt however late the test looks.
+        let home = try JobHome(steps: 240, every: 10, hold: [(1, 230)])
         defer { home.dir.cleanup() }
         let token = try await createToken(home: home.dir.path, name: "prometheus")
         let serve = try await ServeProcess(home: home.dir.path, env: ["TMPDIR": home.tmp])

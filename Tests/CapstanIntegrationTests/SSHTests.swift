@@ -92,8 +92,10 @@ struct NetnsLab {
 
 extension JobHome {
     /// The ddp-regression job on the lab's hosts.
-    static func ssh(_ lab: NetnsLab, hosts: [Int], steps: Int = 40, pause: Double = 0.05) throws -> JobHome {
-        let home = try JobHome(steps: steps, pause: pause)
+    static func ssh(_ lab: NetnsLab, hosts: [Int], steps: Int = 40, pause: Double = 0.05, hold: [(attempt: Int, step: Int)] = []) throws -> JobHome {
+        // The hosts share this machine's file system (only their network is their own): a
+        // `hold`'s release file reaches them.
+        let home = try JobHome(steps: steps, pause: pause, hold: hold)
         home.dir.write("config.yaml", lab.config(hosts: hosts))
         // The job's own GLOO_SOCKET_IFNAME=lo would not reach the other host: the provider names
         // each host's interface instead.
@@ -108,7 +110,7 @@ extension JobTests {
     func sshJob() async throws {
         let lab = try await NetnsLab.up(2)
         defer { lab.down() }
-        var home = try JobHome.ssh(lab, hosts: [1, 2], steps: 80, pause: 0.08)
+        var home = try JobHome.ssh(lab, hosts: [1, 2], steps: 80, pause: 0.08, hold: [(1, 30)])
         defer { home.dir.cleanup() }
         // The bucket is SeaweedFS (S3), reached by the hosts over their own network: through a
         // relay on the lab bridge's address to the server on this machine's loopback.
@@ -134,6 +136,7 @@ extension JobTests {
         launch.waitUntilExit()
         let job0 = try await #require(try home.job())
         #expect(job0.status == .running)
+        home.release(attempt: 1, step: 30)
         // `capstan logs -f` re-attaches a controller and follows to the end.
         let logs = try await home.capstan(["logs", job0.id, "-f"], timeout: 240)
         #expect(logs.status == 0)
@@ -183,7 +186,8 @@ extension JobTests {
     func sshLinkDown() async throws {
         let lab = try await NetnsLab.up(3)
         defer { lab.down() }
-        let home = try JobHome.ssh(lab, hosts: [1, 2, 3], steps: 150, pause: 0.05)
+        // Attempt 1 holds at step 140: the link goes down mid-attempt however late the test looks.
+        let home = try JobHome.ssh(lab, hosts: [1, 2, 3], steps: 150, pause: 0.05, hold: [(1, 140)])
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch()
         defer { if launch.isRunning { launch.terminate() } }
@@ -216,7 +220,7 @@ extension JobTests {
     func sshUnreachableAtStart() async throws {
         let lab = try await NetnsLab.up(4)
         defer { lab.down() }
-        let home = try JobHome.ssh(lab, hosts: [1, 2, 3, 4], steps: 150, pause: 0.05)
+        let home = try JobHome.ssh(lab, hosts: [1, 2, 3, 4], steps: 150, pause: 0.05, hold: [(1, 140)])
         defer { home.dir.cleanup() }
         let launch = try home.startLaunch()
         defer { if launch.isRunning { launch.terminate() } }

@@ -248,7 +248,9 @@ struct ServerJobTests {
 
     @Test("a job launched through the server, its client gone: a killed node's worker, a SIGTERM of the server (exit 0) and a kill -9 of it are all recovered from; exact resume; the cluster is terminated at the end")
     func laptopClosed() async throws {
-        let home = try JobHome(steps: 200, every: 10)
+        // Held at step 20 of attempt 1 (its worker is killed there), then at 70 and 130 of
+        // attempt 2 until each server change is done: every break lands mid-job.
+        let home = try JobHome(steps: 200, every: 10, hold: [(1, 20), (2, 70), (2, 130)])
         defer { home.dir.cleanup() }
         let token = try await createToken(home: home.dir.path, name: "laptop")
         var serve = try await ServeProcess(home: home.dir.path, env: ["TMPDIR": home.tmp])
@@ -266,11 +268,13 @@ struct ServerJobTests {
         #expect(serve.process.terminationStatus == 0, "SIGTERM: exit status \(serve.process.terminationStatus)\n\(serve.logText.suffix(2000))")
         #expect(try await home.job()?.status == .running)
         serve = try await ServeProcess(home: home.dir.path, env: ["TMPDIR": home.tmp], log: "serve-2.log")
+        home.release(attempt: 2, step: 70)
         #expect(try await home.wait { (try await home.job()?.latestCheckpoint ?? 0) >= 120 }, "\(serve.logText)")
         // Then it dies mid-job (kill -9); a new one adopts the job and its running agents.
         serve.kill9()
         let fenceBefore = try #require(try await home.job()?.controllerFence)
         serve = try await ServeProcess(home: home.dir.path, env: ["TMPDIR": home.tmp], log: "serve-3.log")
+        home.release(attempt: 2, step: 130)
         #expect(try await home.wait(timeout: 300) { try await home.job()?.status.isFinished == true }, "\(serve.logText)")
         let final = try #require(try await home.job())
         #expect(final.status == .succeeded, "\(final.lastError ?? "")\n\(home.logTail(job: id))\n\(serve.logText)")

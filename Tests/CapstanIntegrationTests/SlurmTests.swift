@@ -354,8 +354,9 @@ struct SlurmProviderTests {
 
 extension JobHome {
     /// The ddp-regression job on the Slurm lab: nodes talk over the namespaces' eth0.
-    static func slurm(_ lab: SlurmLab, steps: Int, pause: Double = 0.05, settings: [String] = []) throws -> JobHome {
-        let home = try JobHome(steps: steps, pause: pause, extraEnv: ["GLOO_SOCKET_IFNAME": "eth0"])
+    /// The lab's nodes share this machine's file system: a `hold`'s release file reaches them.
+    static func slurm(_ lab: SlurmLab, steps: Int, pause: Double = 0.05, settings: [String] = [], hold: [(attempt: Int, step: Int)] = []) throws -> JobHome {
+        let home = try JobHome(steps: steps, pause: pause, extraEnv: ["GLOO_SOCKET_IFNAME": "eth0"], hold: hold)
         home.dir.write("config.yaml", lab.config(workRoot: home.dir.file("shared"), slurm: settings))
         return home
     }
@@ -397,7 +398,8 @@ extension JobTests {
     func slurmJob() async throws {
         let lab = try await SlurmLab.up(2)
         defer { lab.down() }
-        let home = try JobHome.slurm(lab, steps: 150, pause: 0.05)
+        // Attempt 1 holds at step 140 and attempt 2 at 100: each break lands mid-attempt.
+        let home = try JobHome.slurm(lab, steps: 150, pause: 0.05, hold: [(1, 140), (2, 100)])
         defer { home.dir.cleanup() }
         let (launch, job0, first) = try await home.launchOnSlurm(lab, untilCheckpoint: 20)
         defer { if launch.isRunning { launch.terminate() } }
@@ -525,7 +527,7 @@ extension JobTests {
     func slurmNodeFail() async throws {
         let lab = try await SlurmLab.up(2)
         defer { lab.down() }
-        let home = try JobHome.slurm(lab, steps: 120, pause: 0.05)
+        let home = try JobHome.slurm(lab, steps: 120, pause: 0.05, hold: [(1, 110)])
         defer { home.dir.cleanup() }
         let (launch, job0, first) = try await home.launchOnSlurm(lab, untilCheckpoint: 20)
         defer { if launch.isRunning { launch.terminate() } }

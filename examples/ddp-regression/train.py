@@ -4,7 +4,10 @@ CKPT_EVERY steps written to $CAPSTAN_CHECKPOINT_DIR/step-N/ and marked complete 
 resumed from $CAPSTAN_RESUME_DIR, final weights to $CAPSTAN_OUTPUT_DIR.
 
 Run it under torchrun (see job.yaml). Knobs (env): TOTAL_STEPS, CKPT_EVERY, STEP_SLEEP,
-FAIL_WITH (exit with this code at once: a job that is broken).
+FAIL_WITH (exit with this code at once: a job that is broken), and for fault tests HOLD_AT
+("attempt:step[,attempt:step...]"): after that step (and its checkpoint) every rank waits until
+the file $HOLD_RELEASE-<attempt>-<step> exists, so a test breaks the job at a known step instead
+of racing it.
 """
 import json
 import os
@@ -32,6 +35,7 @@ with open(os.path.join(os.path.dirname(ckpt_dir), f"worker-{rank}.pid"), "w") as
 total = int(os.environ.get("TOTAL_STEPS", "60"))
 every = int(os.environ.get("CKPT_EVERY", "10"))
 pause = float(os.environ.get("STEP_SLEEP", "0.05"))
+holds = {tuple(int(x) for x in h.split(":")) for h in os.environ.get("HOLD_AT", "").split(",") if h}
 
 torch.manual_seed(0)
 model = torch.nn.Linear(16, 1)
@@ -61,6 +65,11 @@ for step in range(start + 1, total + 1):
         os.makedirs(folder, exist_ok=True)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, os.path.join(folder, "state.pt"))
         open(os.path.join(folder, ".done"), "w").close()  # complete: the agent may upload it
+    if (attempt, step) in holds:
+        release = f"{os.environ['HOLD_RELEASE']}-{attempt}-{step}"
+        print(json.dumps({"event": "hold", "step": step, "rank": rank, "attempt": attempt, "until": release}), flush=True)
+        while not os.path.exists(release):
+            time.sleep(0.05)
     time.sleep(pause)
 
 if rank == 0:
