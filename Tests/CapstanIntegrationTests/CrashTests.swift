@@ -92,11 +92,11 @@ struct CrashTests {
     func randomKills(target: Target) async throws {
         var afterLaunch: [String] = []
         for trial in 0..<5 {
-            let home = Home(target, bootSeconds: 2); defer { home.dir.cleanup() }
+            let home = Home(target, bootSeconds: 8); defer { home.dir.cleanup() }
             // (With the home's boot time: a describe here moves booting instances on.)
             let provider: any ComputeProvider = target == .local
-                ? try LocalProvider(root: home.dir.file("local"), configuration: .init(slots: 4, bootSeconds: 2))
-                : SimulatedCloud(configuration: .init(bootSeconds: 2, stateFile: home.dir.file("sim-cloud.json")))
+                ? try LocalProvider(root: home.dir.file("local"), configuration: .init(slots: 4, bootSeconds: 8))
+                : SimulatedCloud(configuration: .init(bootSeconds: 8, stateFile: home.dir.file("sim-cloud.json")))
             let p = Process()
             p.executableURL = URL(fileURLWithPath: BuildProducts.capstan)
             p.arguments = home.upArgs
@@ -105,8 +105,8 @@ struct CrashTests {
             p.standardError = FileHandle.nullDevice
             try p.run()
             // Trial 0 kills at a random early moment; the others once the launch has reached the
-            // provider (its instances exist), at a random moment of their 2 s boot (long enough that
-            // a test process slowed by a loaded machine still sees the launch before `up` ends).
+            // provider (its instances exist), at a random moment early in their 8 s boot (long enough
+            // that a test task not run for seconds on a loaded machine still kills `up` before it ends).
             var launched = false
             if trial == 0 {
                 try await Task.sleep(for: .milliseconds(Int.random(in: 0...300)))

@@ -64,7 +64,7 @@ struct JobHome {
 
     /// Lets train.py go on past a `hold` step.
     func release(attempt: Int, step: Int) {
-        FileManager.default.createFile(atPath: dir.file("release-\(attempt)-\(step)"), contents: nil)
+        _ = FileManager.default.createFile(atPath: dir.file("release-\(attempt)-\(step)"), contents: nil)
     }
 
     func capstan(_ args: [String], env extra: [String: String] = [:], timeout: Double = 300) async throws -> ProcessResult {
