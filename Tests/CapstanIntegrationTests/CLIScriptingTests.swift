@@ -143,7 +143,7 @@ struct CLIScriptingTests {
         defer { waiting.dir.cleanup() }
         let detached = try await waiting.capstan(["launch", waiting.spec, "--detach"] + SmallJobHome.fast)
         #expect(detached.status == 0, "\(detached.stderr)")
-        let running = try await Self.waitFor { try await waiting.job()?.status == .running }
+        let running = try await eventually { try await waiting.job()?.status == .running }
         let started = try #require(try await waiting.job())
         #expect(running, "\(started.status)")
         let refused = try await waiting.capstan(["down", started.clusterName])
@@ -164,7 +164,7 @@ struct CLIScriptingTests {
         let idle = try await home.capstan(["down", "idle"])
         #expect(idle.status == 0 && idle.stdout.contains("Cluster idle is terminated."), "\(idle.stderr)")
         #expect(try await home.capstan(["launch", home.spec, "--detach"] + SmallJobHome.fast).status == 0)
-        #expect(try await Self.waitFor { try await home.job()?.status == .running })
+        #expect(try await eventually { try await home.job()?.status == .running })
         let job = try #require(try await home.job())
         let forced = try await home.capstan(["down", job.clusterName, "--force"])
         #expect(forced.status == 0 && forced.stdout.contains("Cluster \(job.clusterName) is terminated."), "\(forced.stdout) \(forced.stderr)")
@@ -287,10 +287,5 @@ struct CLIScriptingTests {
         for name in ["tty", "pipe"] {
             #expect(try await runProcess(BuildProducts.capstan, ["down", name], environment: ["CAPSTAN_HOME": home.path]).status == 0)
         }
-    }
-
-    /// Polls `condition` until it holds (a generous deadline, not a timing bound).
-    static func waitFor(_ seconds: Double = 120, _ condition: () async throws -> Bool) async throws -> Bool {
-        try await eventually(timeout: seconds, condition)
     }
 }

@@ -214,21 +214,18 @@ struct CLIVerbTests {
         #expect(launched.status == 0, "\(launched.stderr)")
         let job = try await #require(try home.job())
         // The detached controller has the job running; it dies.
-        func waitFor(_ seconds: Double = 60, _ condition: () async throws -> Bool) async throws -> Bool {
-            try await eventually(timeout: seconds, condition)
-        }
-        let running = try await waitFor { let j = try await home.job(); return j?.status == .running && j?.controllerPID != nil }
+        let running = try await eventually(timeout: 60) { let j = try await home.job(); return j?.status == .running && j?.controllerPID != nil }
         let seen = try? await home.job()
         #expect(running, "\(String(describing: seen))")
         let first = try await #require(try home.job()?.controllerPID)
         kill(first, SIGKILL)
         // Gone (or a zombie nobody reaped yet).
-        #expect(try await waitFor(60) { kill(first, 0) != 0 || ((try? String(contentsOfFile: "/proc/\(first)/stat", encoding: .utf8))?.contains(") Z ") ?? true) }, "controller \(first) still alive")
+        #expect(try await eventually(timeout: 60) { kill(first, 0) != 0 || ((try? String(contentsOfFile: "/proc/\(first)/stat", encoding: .utf8))?.contains(") Z ") ?? true) }, "controller \(first) still alive")
         await #expect(try home.job()?.status == .running)
 
         // A new controller takes over…
         async let taken = home.capstan(["job-controller", job.id], timeout: 180)
-        #expect(try await waitFor { let pid = try await home.job()?.controllerPID; return pid != nil && pid != first }, "no new controller recorded")
+        #expect(try await eventually(timeout: 60) { let pid = try await home.job()?.controllerPID; return pid != nil && pid != first }, "no new controller recorded")
         // …and a second one is refused while it works.
         let second = try await home.capstan(["job-controller", job.id])
         #expect(second.status == 1 && second.stderr.contains("Another capstan process is controlling job \(job.id)"), "\(second.status) \(second.stderr)")

@@ -44,7 +44,7 @@ struct JobHome {
         var jobEnv = ["TOTAL_STEPS": "\(steps)", "CKPT_EVERY": "\(every)", "STEP_SLEEP": "\(pause)", "GLOO_SOCKET_IFNAME": "lo"]
         if !hold.isEmpty {
             jobEnv["HOLD_AT"] = hold.map { "\($0.attempt):\($0.step)" }.joined(separator: ",")
-            jobEnv["HOLD_RELEASE"] = dir.file("release")
+            jobEnv["HOLD_RELEASE"] = releasePrefix
         }
         for (k, v) in extraEnv { jobEnv[k] = v }
         dir.write("job/job.yaml", """
@@ -62,9 +62,12 @@ struct JobHome {
 
     var spec: String { dir.file("job/job.yaml") }
 
+    /// train.py's `HOLD_RELEASE`: the file `<prefix>-<attempt>-<step>` lets a held step go on.
+    private var releasePrefix: String { dir.file("release") }
+
     /// Lets train.py go on past a `hold` step.
     func release(attempt: Int, step: Int) {
-        _ = FileManager.default.createFile(atPath: dir.file("release-\(attempt)-\(step)"), contents: nil)
+        _ = FileManager.default.createFile(atPath: "\(releasePrefix)-\(attempt)-\(step)", contents: nil)
     }
 
     func capstan(_ args: [String], env extra: [String: String] = [:], timeout: Double = 300) async throws -> ProcessResult {
